@@ -1,0 +1,41 @@
+# ppml — two commands from a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck protos bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch (a plain requirement would pull a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	# crypten's metadata requires sklearn/torchvision; its real needs are in pyproject.toml
+	$(PY) -m pip install -q --no-deps crypten==0.4.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ppml.client.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+protos: $(STAMP)
+	$(PY) -m ppml.proto.generate
+
+bench: $(STAMP)
+	$(PY) bench/network_a.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,143 @@
+"""The public architecture of a secret-shared model.
+
+Layer types and sizes are public (ARCHITECTURE.md); weights are secret. An
+:class:`Architecture` is a chain of layers applied in order to an input of
+shape ``(batch, *input_shape)``. Each layer's secret parameters are named
+``"{index}.{name}"``; :meth:`Architecture.parameter_shapes` lists them, and
+that list is exactly what a model upload must carry, one share per name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    """2-D convolution; weight ``(out, in // groups, kh, kw)``, bias ``(out,)``."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: Pair
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    bias: bool = True
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {
+            "weight": (
+                self.out_channels,
+                self.in_channels // self.groups,
+                *self.kernel_size,
+            )
+        }
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """Element-wise ``max(x, 0)``."""
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class AvgPool2d:
+    """Average pooling (zero padding counted, as torch's default)."""
+
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair = (0, 0)
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    """Max pooling."""
+
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair = (0, 0)
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Flattens every dimension after the batch dimension."""
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Affine:
+    """``y = x * scale + shift`` per feature: a BatchNorm in eval mode.
+
+    ``shape`` broadcasts against one sample, e.g. ``(C, 1, 1)`` after a
+    convolution or ``(F,)`` after a linear layer.
+    """
+
+    shape: tuple[int, ...]
+
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {"scale": self.shape, "shift": self.shape}
+
+
+Layer = Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A chain of layers, plus the per-sample input and output shapes."""
+
+    layers: tuple[Layer, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    meta: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every secret parameter's name and shape, in layer order."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for index, layer in enumerate(self.layers):
+            for name, shape in layer.params().items():
+                shapes[f"{index}.{name}"] = shape
+        return shapes
+
+    def describe(self) -> str:
+        """A short human-readable summary, e.g. ``Linear(784→128) → ReLU``."""
+        parts = []
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                parts.append(f"Linear({layer.in_features}→{layer.out_features})")
+            elif isinstance(layer, Conv2d):
+                k = "x".join(map(str, layer.kernel_size))
+                parts.append(f"Conv2d({layer.in_channels}→{layer.out_channels}, {k})")
+            else:
+                parts.append(type(layer).__name__)
+        return " → ".join(parts)

@@ -1,0 +1,1 @@
+"""ppml.training."""
