@@ -1,1 +1,38 @@
-"""ppml.client."""
+"""ppml client SDK: secret-share inputs, models and datasets; reconstruct results."""
+
+from ppml.client.cluster import Cluster, Endpoint, ModelListing, Prediction
+from ppml.client.errors import (
+    AuthenticationFailed,
+    DeadlineExceeded,
+    DuplicateRequest,
+    InvalidModel,
+    InvalidRequest,
+    InvalidShare,
+    ModelExists,
+    ModelNotFound,
+    PermissionDenied,
+    PpmlClientError,
+    PredictionAborted,
+    ServerUnavailable,
+)
+from ppml.client.model_export import UnsupportedModelError
+
+__all__ = [
+    "AuthenticationFailed",
+    "Cluster",
+    "DeadlineExceeded",
+    "DuplicateRequest",
+    "Endpoint",
+    "InvalidModel",
+    "InvalidRequest",
+    "InvalidShare",
+    "ModelExists",
+    "ModelListing",
+    "ModelNotFound",
+    "PermissionDenied",
+    "PpmlClientError",
+    "Prediction",
+    "PredictionAborted",
+    "ServerUnavailable",
+    "UnsupportedModelError",
+]

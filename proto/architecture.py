@@ -141,3 +141,67 @@ class Architecture:
             else:
                 parts.append(type(layer).__name__)
         return " → ".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """A stored model's public metadata (never its shares)."""
+
+    model_id: str
+    name: str
+    owner: str
+    architecture: Architecture
+    created_unix_ms: int
+
+    @property
+    def parameter_count(self) -> int:
+        total = 0
+        for shape in self.architecture.parameter_shapes().values():
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+        return total
+
+
+def _pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def infer_output_shape(a: Architecture) -> tuple[int, ...]:
+    """Propagate one sample's shape through the chain; ValueError on a mismatch."""
+    shape = a.input_shape
+    for index, layer in enumerate(a.layers):
+        where = f"layer {index} ({type(layer).__name__})"
+        if isinstance(layer, Linear):
+            if shape != (layer.in_features,):
+                raise ValueError(f"{where} expects ({layer.in_features},), gets {shape}")
+            shape = (layer.out_features,)
+        elif isinstance(layer, Conv2d | AvgPool2d | MaxPool2d):
+            if len(shape) != 3:
+                raise ValueError(f"{where} expects (C, H, W), gets {shape}")
+            channels = shape[0]
+            dilation = layer.dilation if isinstance(layer, Conv2d) else (1, 1)
+            if isinstance(layer, Conv2d):
+                if channels != layer.in_channels:
+                    raise ValueError(f"{where} expects {layer.in_channels} channels, gets {shape}")
+                channels = layer.out_channels
+            h, w = (
+                _pool_out(shape[1 + i], layer.kernel_size[i], layer.stride[i], layer.padding[i],
+                          dilation[i])
+                for i in range(2)
+            )
+            if h <= 0 or w <= 0 or min(layer.stride) <= 0:
+                raise ValueError(f"{where} produces an empty output from {shape}")
+            shape = (channels, h, w)
+        elif isinstance(layer, Flatten):
+            size = 1
+            for dim in shape:
+                size *= dim
+            shape = (size,)
+        elif isinstance(layer, Affine):
+            if len(layer.shape) != len(shape) or any(
+                s not in (1, d) for s, d in zip(layer.shape, shape, strict=True)
+            ):
+                raise ValueError(f"{where} shape {layer.shape} does not broadcast to {shape}")
+    return shape

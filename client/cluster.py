@@ -1,0 +1,320 @@
+"""The client SDK: secret-share models and inputs, reconstruct outputs.
+
+A :class:`Cluster` holds one TLS channel per compute server. Secrets exist
+only on the caller's side: ``share_model`` and ``predict`` split every tensor
+into additive shares with the OS CSPRNG (:mod:`ppml.proto.shares`) and send
+share i to server i only; ``predict`` sums the output shares it gets back.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ppml.client.errors import PpmlClientError, ServerUnavailable, from_rpc_error, most_relevant
+from ppml.client.model_export import export_model
+from ppml.proto import serde, shares
+from ppml.proto.architecture import ModelMeta
+from ppml.proto.status import StatusReport
+from ppml.servers.config import load_config
+from ppml.servers.grpc_server import client_channel
+from ppml.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
+
+T = TypeVar("T")
+ModelSource = torch.nn.Module | str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Reconstructed output plus how the servers batched the request."""
+
+    output: torch.Tensor
+    batch_requests: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    meta: ModelMeta
+    servers: tuple[str, ...]  # servers that hold a share of it
+    complete: bool  # every server holds it
+
+
+class _Server:
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+        self.name = endpoint.name
+        self.channel = channel
+        self.registry = registry_pb2_grpc.ModelRegistryStub(channel)
+        self.inference = inference_pb2_grpc.InferenceStub(channel)
+        self.status = status_pb2_grpc.StatusStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+
+class Cluster:
+    """Client of a ppml cluster (all compute servers, in rank order)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        token: str,
+        ca_cert: Path | None,
+        timeout: float = 60.0,
+    ) -> None:
+        if len(endpoints) < 2:
+            raise ValueError("a cluster has at least two compute servers")
+        self._servers = [_Server(e, client_channel(e.address, ca_cert)) for e in endpoints]
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | Path,
+        token: str | None = None,
+        insecure: bool = False,
+        monitor: bool = False,
+        timeout: float = 60.0,
+    ) -> Cluster:
+        """Connect using a topology file; the token defaults to its ``[client]`` token file."""
+        config = load_config(path)
+        if token is None:
+            token_file = config.monitor_token_file if monitor else config.client_token_file
+            token = token_file.read_text().strip() if token_file else ""
+        endpoints = [Endpoint(p.name, p.grpc_address) for p in config.parties]
+        return cls(endpoints, token, None if insecure else config.ca_cert, timeout)
+
+    @property
+    def parties(self) -> int:
+        return len(self._servers)
+
+    @property
+    def server_names(self) -> list[str]:
+        return [s.name for s in self._servers]
+
+    # ------------------------------------------------------------ plumbing
+
+    def _call_all(
+        self,
+        call: Callable[[_Server, int], grpc.Future],
+        fail_fast: bool = True,
+    ) -> list[Any]:
+        """Start one call per server; return results in rank order or raise the best error."""
+        done: queue.Queue[int] = queue.Queue()
+        calls: list[grpc.Future] = []
+        for rank, server in enumerate(self._servers):
+            fut = call(server, rank)
+            fut.add_done_callback(lambda _, r=rank: done.put(r))
+            calls.append(fut)
+        results: list[Any] = [None] * len(self._servers)
+        errors: list[PpmlClientError] = []
+        for _ in calls:
+            rank = done.get()
+            try:
+                results[rank] = calls[rank].result()
+            except grpc.RpcError as err:
+                errors.append(from_rpc_error(err, self._servers[rank].name))
+                if fail_fast:
+                    for other in calls:
+                        other.cancel()
+                    break
+        if errors:
+            raise most_relevant(errors)
+        return results
+
+    def _retry(self, fn: Callable[[], T], attempts: int = 4) -> T:
+        """Retry only on UNAVAILABLE, with exponential backoff."""
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except ServerUnavailable:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ models
+
+    def share_model(
+        self,
+        model: ModelSource,
+        sample_input: torch.Tensor | None = None,
+        name: str = "",
+        model_id: str | None = None,
+    ) -> str:
+        """Secret-share a torch module (exported via ONNX) or an ONNX file; returns its id.
+
+        Weights are fixed-point encoded and split here; server i receives share i
+        only. If any server rejects the upload, it is removed from the others.
+        """
+        architecture, weights = export_model(model, sample_input)
+        model_id = model_id or uuid.uuid4().hex[:16]
+        per_server: list[dict[str, shares.Ring]] = [{} for _ in self._servers]
+        for param, value in weights.items():
+            for rank, part in enumerate(shares.share(shares.encode(value), self.parties)):
+                per_server[rank][param] = part
+        arch_msg = serde.architecture_to_proto(architecture)
+
+        def upload(server: _Server, rank: int) -> grpc.Future:
+            request = registry_pb2.UploadModelRequest(
+                model_id=model_id,
+                name=name,
+                architecture=arch_msg,
+                parameters=serde.named_shares_to_proto(per_server[rank]),
+            )
+            return server.registry.UploadModel.future(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+
+        try:
+            self._call_all(upload, fail_fast=False)
+        except PpmlClientError:
+            self._delete_quietly(model_id)
+            raise
+        return model_id
+
+    def _delete_quietly(self, model_id: str) -> None:
+        for server in self._servers:
+            try:
+                server.registry.DeleteModel(
+                    registry_pb2.DeleteModelRequest(model_id=model_id),
+                    timeout=10,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError:
+                pass
+
+    def list_models(self) -> list[ModelListing]:
+        """Models known to any server, with which servers hold their shares."""
+
+        def list_all() -> list[registry_pb2.ListModelsResponse]:
+            return self._call_all(
+                lambda s, _: s.registry.ListModels.future(
+                    registry_pb2.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+                )
+            )
+
+        replies = self._retry(list_all)
+        holders: dict[str, list[str]] = {}
+        metas: dict[str, ModelMeta] = {}
+        for server, reply in zip(self._servers, replies, strict=True):
+            for info in reply.models:
+                metas.setdefault(info.model_id, serde.model_meta_from_proto(info))
+                holders.setdefault(info.model_id, []).append(server.name)
+        return [
+            ModelListing(metas[k], tuple(v), len(v) == self.parties) for k, v in holders.items()
+        ]
+
+    def delete_model(self, model_id: str) -> None:
+        self._call_all(
+            lambda s, _: s.registry.DeleteModel.future(
+                registry_pb2.DeleteModelRequest(model_id=model_id),
+                timeout=self.timeout,
+                metadata=self._metadata,
+            ),
+            fail_fast=False,
+        )
+
+    # ------------------------------------------------------------ inference
+
+    def predict(
+        self, model_id: str, x: torch.Tensor | np.ndarray, timeout: float | None = None
+    ) -> torch.Tensor:
+        """Encrypted prediction: returns the reconstructed output as a float tensor."""
+        return self.predict_detailed(model_id, x, timeout).output
+
+    def predict_detailed(
+        self, model_id: str, x: torch.Tensor | np.ndarray, timeout: float | None = None
+    ) -> Prediction:
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        parts = shares.share(shares.encode(array), self.parties)
+        request_id = uuid.uuid4().hex
+        deadline = timeout or self.timeout
+
+        def send(server: _Server, rank: int) -> grpc.Future:
+            request = inference_pb2.PredictRequest(
+                request_id=request_id, model_id=model_id, input=serde.share_to_proto(parts[rank])
+            )
+            return server.inference.Predict.future(
+                request, timeout=deadline, metadata=self._metadata
+            )
+
+        replies: list[inference_pb2.PredictResponse] = self._call_all(send)
+        outputs = [serde.share_from_proto(r.output, what="output") for r in replies]
+        value = shares.decode(shares.reconstruct(outputs))
+        return Prediction(
+            torch.from_numpy(value).float(), min(r.batch_requests for r in replies), request_id
+        )
+
+    # ------------------------------------------------------------ monitoring
+
+    def status(self) -> list[StatusReport]:
+        replies = self._call_all(
+            lambda s, _: s.status.GetStatus.future(
+                status_pb2.GetStatusRequest(), timeout=10, metadata=self._metadata
+            ),
+            fail_fast=False,
+        )
+        return [serde.status_from_proto(r) for r in replies]
+
+    def health(self) -> dict[str, bool]:
+        """Each server's grpc.health.v1 answer (False when unreachable)."""
+        result = {}
+        for server in self._servers:
+            try:
+                reply = server.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                result[server.name] = reply.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                result[server.name] = False
+        return result
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(self.health().values()):
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"cluster not SERVING after {timeout}s: {self.health()}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.channel.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cluster({', '.join(s.name for s in self._servers)})"

@@ -1,0 +1,128 @@
+"""Typed exceptions of the SDK, mapped from gRPC statuses and ppml error codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode
+
+
+class PpmlClientError(Exception):
+    """Base class of every SDK error; ``server`` names the server that said it."""
+
+    def __init__(self, message: str, server: str | None = None) -> None:
+        super().__init__(f"{server}: {message}" if server else message)
+        self.server = server
+
+
+class InvalidRequest(PpmlClientError):
+    """The request was malformed (bad id, wrong row count, …)."""
+
+
+class InvalidShare(InvalidRequest):
+    """A share tensor has the wrong shape, dtype or byte length."""
+
+
+class InvalidModel(InvalidRequest):
+    """The model cannot be stored or served (bad architecture or parameters)."""
+
+
+class ModelNotFound(PpmlClientError):
+    """No model with that id on (some of) the servers."""
+
+
+class ModelExists(PpmlClientError):
+    """A model with that id already exists."""
+
+
+class DuplicateRequest(PpmlClientError):
+    """The request id was already used."""
+
+
+class AuthenticationFailed(PpmlClientError):
+    """Missing or unknown token, or a TLS handshake failure."""
+
+
+class PermissionDenied(PpmlClientError):
+    """The token is valid but its role may not do this."""
+
+
+class ServerUnavailable(PpmlClientError):
+    """A server is down, unreachable, or not ready (MPC session restarting)."""
+
+
+class PredictionAborted(PpmlClientError):
+    """The servers dropped the request (missing share, peer failure, overload)."""
+
+
+class DeadlineExceeded(PpmlClientError):
+    """No answer within the deadline."""
+
+
+_BY_CODE: dict[str, type[PpmlClientError]] = {
+    ErrorCode.INVALID_ARGUMENT: InvalidRequest,
+    ErrorCode.INVALID_SHARE: InvalidShare,
+    ErrorCode.INVALID_MODEL: InvalidModel,
+    ErrorCode.MODEL_NOT_FOUND: ModelNotFound,
+    ErrorCode.MODEL_EXISTS: ModelExists,
+    ErrorCode.DUPLICATE_REQUEST: DuplicateRequest,
+    ErrorCode.UNAUTHENTICATED: AuthenticationFailed,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
+    ErrorCode.NOT_READY: ServerUnavailable,
+    ErrorCode.PREDICTION_ABORTED: PredictionAborted,
+    ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    ErrorCode.RESOURCE_EXHAUSTED: ServerUnavailable,
+}
+
+_BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.ALREADY_EXISTS: DuplicateRequest,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationFailed,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
+    grpc.StatusCode.ABORTED: PredictionAborted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServerUnavailable,
+    grpc.StatusCode.CANCELLED: PredictionAborted,
+}
+
+# When servers disagree, the most actionable error wins.
+_PRIORITY: list[type[PpmlClientError]] = [
+    AuthenticationFailed,
+    PermissionDenied,
+    InvalidShare,
+    InvalidModel,
+    InvalidRequest,
+    ModelNotFound,
+    ModelExists,
+    DuplicateRequest,
+    ServerUnavailable,
+    PredictionAborted,
+    DeadlineExceeded,
+    PpmlClientError,
+]
+
+
+def from_rpc_error(error: grpc.RpcError, server: str) -> PpmlClientError:
+    """The typed exception for one server's failed call."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    trailing = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+    cls = _BY_CODE.get(str(trailing.get(ERROR_CODE_KEY, "")))
+    if cls is None:
+        cls = _BY_STATUS.get(code, PpmlClientError)
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake" in (details or "").lower():
+        cls = AuthenticationFailed
+    return cls(f"{code.name}: {details}", server)
+
+
+def most_relevant(errors: list[PpmlClientError]) -> PpmlClientError:
+    """Pick the error to raise when several servers failed; mention all of them."""
+    best = min(errors, key=lambda e: next(i for i, c in enumerate(_PRIORITY) if isinstance(e, c)))
+    if len(errors) == 1:
+        return best
+    others = "; ".join(str(e) for e in errors if e is not best)
+    combined = type(best)(f"{best} (also: {others})")
+    combined.server = best.server
+    return combined

@@ -1,0 +1,222 @@
+"""Export a plaintext model to its public architecture and its (still plaintext) weights.
+
+The client secret-shares the weights afterwards; the servers only ever see the
+:class:`~ppml.proto.architecture.Architecture`. A torch module is checked layer
+by layer, exported to ONNX in memory and parsed by the same code as an ONNX
+file (:mod:`ppml.client.onnx_graph`), so both routes accept exactly the same
+graphs. :func:`plaintext_forward` is the reference semantics of an architecture.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from google.protobuf.message import DecodeError
+from torch import nn
+
+from ppml.client.onnx_graph import UnsupportedModelError, parse_onnx
+from ppml.proto.architecture import (
+    Affine,
+    Architecture,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
+
+__all__ = ["UnsupportedModelError", "export_model", "plaintext_forward"]
+
+_SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.Flatten,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
+)
+_SUPPORTED_NAMES = ", ".join(cls.__name__ for cls in _SUPPORTED_MODULES)
+
+
+def export_model(
+    model: nn.Module | str | os.PathLike[str] | bytes,
+    sample_input: torch.Tensor | None = None,
+) -> tuple[Architecture, dict[str, np.ndarray]]:
+    """Return ``(architecture, weights)`` for a torch module or an ONNX model.
+
+    Args:
+        model: a ``torch.nn.Module`` (then ``sample_input`` is required, batch
+            dimension first), or an ONNX model as a file path or as bytes.
+        sample_input: an example input batch for tracing a torch module.
+
+    Returns:
+        The public architecture, and float64 weights keyed exactly like
+        ``architecture.parameter_shapes()``, with those shapes. BatchNorm
+        layers are folded into the preceding Conv2d/Linear where possible,
+        else they become :class:`Affine` layers.
+
+    Raises:
+        UnsupportedModelError: a layer, an op or the graph's shape is not
+            supported; the message names the offending layer or node.
+        ValueError: missing/ill-shaped ``sample_input`` or unreadable ONNX.
+    """
+    if isinstance(model, nn.Module):
+        if sample_input is None or sample_input.dim() < 2:
+            raise ValueError("a torch module needs a sample_input of shape (batch, ...)")
+        check_supported_modules(model)
+        proto = _torch_to_onnx(model, sample_input)
+    elif isinstance(model, bytes | bytearray):
+        proto = _load(lambda: onnx.load_from_string(bytes(model)))
+    elif isinstance(model, str | os.PathLike):
+        path = os.fspath(model)
+        proto = _load(lambda: onnx.load(path))
+    else:
+        raise TypeError(f"cannot export a {type(model).__name__}: expected a module or ONNX")
+    arch, weights = parse_onnx(proto)
+    if isinstance(model, nn.Module):
+        assert sample_input is not None
+        arch = Architecture(
+            arch.layers,
+            arch.input_shape,
+            arch.output_shape,
+            meta={**arch.meta, "source": f"torch:{type(model).__name__}"},
+        )
+        _check_reproduces(model, arch, weights, sample_input)
+    return arch, weights
+
+
+def check_supported_modules(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` for the first unsupported leaf module.
+
+    Composite modules (those with children) are not judged here: their
+    ``forward`` may be any composition, which the ONNX parser checks op by op.
+    A childless custom root module is likewise left to the ONNX parser.
+    """
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+        if module is model and not type(module).__module__.startswith("torch."):
+            continue
+        where = f"layer {name or '<root>'!r} ({type(module).__name__})"
+        if not isinstance(module, _SUPPORTED_MODULES):
+            raise UnsupportedModelError(
+                f"{where} is not supported; supported layers: {_SUPPORTED_NAMES}"
+            )
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.running_mean is None:
+            raise UnsupportedModelError(
+                f"{where} is not supported without running statistics (track_running_stats=False)"
+            )
+
+
+def _torch_to_onnx(model: nn.Module, sample_input: torch.Tensor) -> onnx.ModelProto:
+    """Export in eval mode (batch dim dynamic); every module's training flag is restored."""
+    flags = [(module, module.training) for module in model.modules()]
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                model.eval(),
+                (sample_input.detach(),),
+                buffer,  # type: ignore[arg-type]
+                dynamo=False,
+                opset_version=17,
+                do_constant_folding=True,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+    finally:
+        for module, training in flags:
+            module.training = training
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_reproduces(
+    model: nn.Module, arch: Architecture, weights: dict[str, np.ndarray], x: torch.Tensor
+) -> None:
+    """Guard against a silent mismatch between the model and the exported chain."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            expected = model.eval()(x).double()
+    finally:
+        for module, training in flags:
+            module.training = training
+    got = plaintext_forward(arch, weights, x)
+    error = (got - expected).abs().max().item() if got.shape == expected.shape else np.inf
+    if not error <= 1e-3 * (1.0 + expected.abs().max().item()):
+        raise UnsupportedModelError(
+            f"the exported chain ({arch.describe()}) does not reproduce the model's output "
+            f"(max abs error {error:.3g}); the model's forward uses unsupported operations"
+        )
+
+
+def _load(loader: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """Call ``loader``, turning a parse failure into a ValueError."""
+    try:
+        proto = loader()
+    except (DecodeError, OSError) as exc:
+        raise ValueError(f"not a readable ONNX model: {exc}") from exc
+    if not isinstance(proto, onnx.ModelProto):
+        raise ValueError("not a readable ONNX model")
+    return proto
+
+
+def plaintext_forward(
+    arch: Architecture, weights: dict[str, np.ndarray], x: torch.Tensor
+) -> torch.Tensor:
+    """Run the chain in float64 torch: the reference for what the servers compute in MPC."""
+    if tuple(x.shape[1:]) != arch.input_shape:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not match (batch, "
+            f"{', '.join(map(str, arch.input_shape))})"
+        )
+    p = {
+        name: torch.as_tensor(np.asarray(value), dtype=torch.float64)
+        for name, value in weights.items()
+    }
+    x = x.detach().to(torch.float64)
+    for i, layer in enumerate(arch.layers):
+        if isinstance(layer, Linear):
+            x = F.linear(x, p[f"{i}.weight"], p.get(f"{i}.bias"))
+        elif isinstance(layer, Conv2d):
+            x = F.conv2d(
+                x,
+                p[f"{i}.weight"],
+                p.get(f"{i}.bias"),
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+            )
+        elif isinstance(layer, ReLU):
+            x = F.relu(x)
+        elif isinstance(layer, AvgPool2d):
+            x = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, MaxPool2d):
+            x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, Flatten):
+            x = x.flatten(1)
+        elif isinstance(layer, Affine):
+            x = x * p[f"{i}.scale"] + p[f"{i}.shift"]
+        else:
+            raise TypeError(f"unknown layer type {type(layer).__name__}")
+    return x

@@ -1,0 +1,62 @@
+"""Control-plane messages between the leader and the other parties, as domain types.
+
+Mirrors ``ppml/v1/coordinator.proto``; :mod:`ppml.proto.serde` converts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hello:
+    rank: int
+    role: str  # "party" | "dealer"
+    incarnation: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    request_id: str
+    model_id: str
+    rows: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class JoinEpoch:
+    epoch: int
+    store_prefix: str
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    model_id: str
+    request_ids: tuple[str, ...]
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HeartbeatJob:
+    pass
+
+
+@dataclass(frozen=True)
+class RunJob:
+    seq: int
+    epoch: int
+    job: PredictJob | HeartbeatJob
+
+    @property
+    def kind(self) -> str:
+        return "predict" if isinstance(self.job, PredictJob) else "heartbeat"
+
+
+@dataclass(frozen=True)
+class DropRequests:
+    request_ids: tuple[str, ...]
+    reason: str
+
+
+LeaderCommand = JoinEpoch | RunJob | DropRequests
+PartyMessage = Hello | Announce

@@ -1,0 +1,66 @@
+"""The error catalogue: every domain error's code, gRPC status and public message.
+
+Servers raise :class:`PpmlError` with a code and a detail a user can act on;
+``ppml.servers.errors.rpc_boundary`` turns it into the status below and sends
+the code in the trailing metadata key :data:`ERROR_CODE_KEY`; the SDK turns it
+back into a typed exception (``ppml.client.errors``). The detail never carries
+secret values (shares, weights, predictions): only ids, shapes and counts.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import grpc
+
+ERROR_CODE_KEY = "ppml-error-code"
+
+
+class ErrorCode(StrEnum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_SHARE = "INVALID_SHARE"
+    INVALID_MODEL = "INVALID_MODEL"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_EXISTS = "MODEL_EXISTS"
+    DUPLICATE_REQUEST = "DUPLICATE_REQUEST"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_READY = "NOT_READY"
+    PREDICTION_ABORTED = "PREDICTION_ABORTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    INTERNAL = "INTERNAL"
+
+
+CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
+    ErrorCode.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "invalid argument"),
+    ErrorCode.INVALID_SHARE: (grpc.StatusCode.INVALID_ARGUMENT, "invalid share tensor"),
+    ErrorCode.INVALID_MODEL: (grpc.StatusCode.INVALID_ARGUMENT, "invalid model"),
+    ErrorCode.MODEL_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "model not found"),
+    ErrorCode.MODEL_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "model already exists"),
+    ErrorCode.DUPLICATE_REQUEST: (grpc.StatusCode.ALREADY_EXISTS, "duplicate request id"),
+    ErrorCode.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, "authentication failed"),
+    ErrorCode.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, "permission denied"),
+    ErrorCode.NOT_READY: (grpc.StatusCode.UNAVAILABLE, "server not ready"),
+    ErrorCode.PREDICTION_ABORTED: (grpc.StatusCode.ABORTED, "prediction aborted"),
+    ErrorCode.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
+    ErrorCode.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded"),
+    ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, "internal error"),
+}
+
+
+class PpmlError(Exception):
+    """A domain error with a catalogue code and a detail safe to show users."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{CATALOG[code][1]}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return CATALOG[self.code][0]
+
+    @property
+    def public_message(self) -> str:
+        return str(self)

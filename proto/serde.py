@@ -1,0 +1,381 @@
+"""Every conversion between domain objects and ``ppml.v1`` protobuf messages.
+
+Domain code never touches ``*_pb2`` modules: it calls these ``x_to_proto`` /
+``x_from_proto`` pairs. ``*_from_proto`` functions validate what arrives from
+the network and raise :class:`~ppml.proto.errors.PpmlError` with a message a
+caller can act on.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ppml.proto import architecture as arch
+from ppml.proto import commands as cmd
+from ppml.proto import status as st
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.shares import FRACTIONAL_BITS, Ring
+from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
+
+MAX_ELEMENTS = 1 << 27  # 1 GiB of int64 per tensor
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def check_id(value: str, what: str) -> str:
+    """Ids are 1-64 characters of ``[A-Za-z0-9_.-]``."""
+    if not _ID_PATTERN.match(value):
+        raise PpmlError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
+        )
+    return value
+
+
+# ---------------------------------------------------------------- shares
+
+
+def share_to_proto(share: Ring) -> common_pb2.ShareTensor:
+    """An int64 share as shape + DTYPE_RING64 + little-endian bytes."""
+    array = np.ascontiguousarray(share, dtype="<i8")
+    return common_pb2.ShareTensor(
+        shape=list(array.shape),
+        dtype=common_pb2.DTYPE_RING64,
+        data=array.tobytes(),
+        fractional_bits=FRACTIONAL_BITS,
+    )
+
+
+def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
+    """Validate and decode a ShareTensor; raises INVALID_SHARE on any mismatch."""
+    if msg.dtype != common_pb2.DTYPE_RING64:
+        name = common_pb2.DType.Name(msg.dtype) if msg.dtype in (0, 1) else str(msg.dtype)
+        raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: dtype must be DTYPE_RING64, got {name}")
+    if msg.fractional_bits != FRACTIONAL_BITS:
+        raise PpmlError(
+            ErrorCode.INVALID_SHARE,
+            f"{what}: fractional_bits must be {FRACTIONAL_BITS}, got {msg.fractional_bits}",
+        )
+    shape = tuple(int(d) for d in msg.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: invalid shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if count > MAX_ELEMENTS:
+        raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: {count} elements is too many")
+    if len(msg.data) != 8 * count:
+        raise PpmlError(
+            ErrorCode.INVALID_SHARE,
+            f"{what}: shape {list(shape)} needs {8 * count} bytes of int64, got {len(msg.data)}",
+        )
+    return np.frombuffer(msg.data, dtype="<i8").astype(np.int64).reshape(shape)
+
+
+# ---------------------------------------------------------------- architecture
+
+
+def _pair(values: object, what: str) -> arch.Pair:
+    items = [int(v) for v in values]  # type: ignore[attr-defined]
+    if len(items) != 2 or any(v < 0 for v in items):
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"{what} must be two non-negative ints")
+    return (items[0], items[1])
+
+
+def layer_to_proto(layer: arch.Layer) -> common_pb2.Layer:
+    match layer:
+        case arch.Linear():
+            return common_pb2.Layer(
+                linear=common_pb2.Linear(
+                    in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias
+                )
+            )
+        case arch.Conv2d():
+            return common_pb2.Layer(
+                conv2d=common_pb2.Conv2d(
+                    in_channels=layer.in_channels,
+                    out_channels=layer.out_channels,
+                    kernel_size=layer.kernel_size,
+                    stride=layer.stride,
+                    padding=layer.padding,
+                    dilation=layer.dilation,
+                    groups=layer.groups,
+                    bias=layer.bias,
+                )
+            )
+        case arch.ReLU():
+            return common_pb2.Layer(relu=common_pb2.ReLU())
+        case arch.AvgPool2d() | arch.MaxPool2d():
+            pool = common_pb2.Pool2d(
+                kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding
+            )
+            if isinstance(layer, arch.AvgPool2d):
+                return common_pb2.Layer(avg_pool2d=pool)
+            return common_pb2.Layer(max_pool2d=pool)
+        case arch.Flatten():
+            return common_pb2.Layer(flatten=common_pb2.Flatten())
+        case arch.Affine():
+            return common_pb2.Layer(affine=common_pb2.Affine(shape=layer.shape))
+    raise TypeError(f"unknown layer {layer!r}")
+
+
+def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
+    kind = msg.WhichOneof("kind")
+    where = f"layer {index}"
+    if kind == "linear":
+        lin = msg.linear
+        if lin.in_features <= 0 or lin.out_features <= 0:
+            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: Linear sizes must be positive")
+        return arch.Linear(lin.in_features, lin.out_features, lin.bias)
+    if kind == "conv2d":
+        c = msg.conv2d
+        if c.in_channels <= 0 or c.out_channels <= 0 or c.groups <= 0:
+            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: Conv2d sizes must be positive")
+        if c.in_channels % c.groups or c.out_channels % c.groups:
+            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: channels not divisible by groups")
+        return arch.Conv2d(
+            c.in_channels,
+            c.out_channels,
+            _pair(c.kernel_size, f"{where}: kernel_size"),
+            _pair(c.stride, f"{where}: stride"),
+            _pair(c.padding, f"{where}: padding"),
+            _pair(c.dilation, f"{where}: dilation"),
+            c.groups,
+            c.bias,
+        )
+    if kind == "relu":
+        return arch.ReLU()
+    if kind in ("avg_pool2d", "max_pool2d"):
+        p = getattr(msg, kind)
+        args = (
+            _pair(p.kernel_size, f"{where}: kernel_size"),
+            _pair(p.stride, f"{where}: stride"),
+            _pair(p.padding, f"{where}: padding"),
+        )
+        return arch.AvgPool2d(*args) if kind == "avg_pool2d" else arch.MaxPool2d(*args)
+    if kind == "flatten":
+        return arch.Flatten()
+    if kind == "affine":
+        return arch.Affine(tuple(int(d) for d in msg.affine.shape))
+    raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: no layer kind set")
+
+
+def architecture_to_proto(a: arch.Architecture) -> common_pb2.Architecture:
+    return common_pb2.Architecture(
+        layers=[layer_to_proto(layer) for layer in a.layers],
+        input_shape=a.input_shape,
+        output_shape=a.output_shape,
+    )
+
+
+def architecture_from_proto(msg: common_pb2.Architecture) -> arch.Architecture:
+    if not msg.layers:
+        raise PpmlError(ErrorCode.INVALID_MODEL, "architecture has no layers")
+    input_shape = tuple(int(d) for d in msg.input_shape)
+    output_shape = tuple(int(d) for d in msg.output_shape)
+    if not input_shape or any(d <= 0 for d in input_shape + output_shape) or not output_shape:
+        raise PpmlError(ErrorCode.INVALID_MODEL, "input_shape/output_shape must be positive")
+    layers = tuple(layer_from_proto(layer, i) for i, layer in enumerate(msg.layers))
+    return arch.Architecture(layers, input_shape, output_shape)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def model_meta_to_proto(meta: arch.ModelMeta) -> registry_pb2.ModelInfo:
+    return registry_pb2.ModelInfo(
+        model_id=meta.model_id,
+        name=meta.name,
+        owner=meta.owner,
+        architecture=architecture_to_proto(meta.architecture),
+        created_unix_ms=meta.created_unix_ms,
+        parameter_count=meta.parameter_count,
+    )
+
+
+def model_meta_from_proto(msg: registry_pb2.ModelInfo) -> arch.ModelMeta:
+    return arch.ModelMeta(
+        model_id=msg.model_id,
+        name=msg.name,
+        owner=msg.owner,
+        architecture=architecture_from_proto(msg.architecture),
+        created_unix_ms=msg.created_unix_ms,
+    )
+
+
+def named_shares_to_proto(shares: dict[str, Ring]) -> list[common_pb2.NamedShare]:
+    return [common_pb2.NamedShare(name=k, share=share_to_proto(v)) for k, v in shares.items()]
+
+
+def named_shares_from_proto(
+    items: list[common_pb2.NamedShare], expected: dict[str, tuple[int, ...]]
+) -> dict[str, Ring]:
+    """Decode parameter shares and check they match the architecture exactly."""
+    shares: dict[str, Ring] = {}
+    for item in items:
+        if item.name in shares:
+            raise PpmlError(ErrorCode.INVALID_MODEL, f"parameter {item.name!r} sent twice")
+        if item.name not in expected:
+            raise PpmlError(
+                ErrorCode.INVALID_MODEL, f"parameter {item.name!r} is not in the architecture"
+            )
+        value = share_from_proto(item.share, what=f"parameter {item.name!r}")
+        if value.shape != expected[item.name]:
+            raise PpmlError(
+                ErrorCode.INVALID_SHARE,
+                f"parameter {item.name!r} has shape {list(value.shape)}, "
+                f"architecture says {list(expected[item.name])}",
+            )
+        shares[item.name] = value
+    missing = sorted(set(expected) - set(shares))
+    if missing:
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"missing parameter shares: {missing}")
+    return shares
+
+
+def model_meta_to_bytes(meta: arch.ModelMeta) -> bytes:
+    """Public metadata as serialised ModelInfo (how servers store it on disk)."""
+    return bytes(model_meta_to_proto(meta).SerializeToString())
+
+
+def model_meta_from_bytes(data: bytes) -> arch.ModelMeta:
+    return model_meta_from_proto(registry_pb2.ModelInfo.FromString(data))
+
+
+# ---------------------------------------------------------------- control plane
+
+
+def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessage:
+    if isinstance(msg, cmd.Hello):
+        return coordinator_pb2.PartyMessage(
+            hello=coordinator_pb2.Hello(rank=msg.rank, role=msg.role, incarnation=msg.incarnation)
+        )
+    return coordinator_pb2.PartyMessage(
+        announce=coordinator_pb2.Announce(
+            request_id=msg.request_id,
+            model_id=msg.model_id,
+            rows=msg.rows,
+            timeout_ms=max(1, int(msg.timeout_s * 1000)),
+        )
+    )
+
+
+def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMessage:
+    kind = msg.WhichOneof("kind")
+    if kind == "hello":
+        return cmd.Hello(msg.hello.rank, msg.hello.role, msg.hello.incarnation)
+    if kind == "announce":
+        a = msg.announce
+        return cmd.Announce(a.request_id, a.model_id, a.rows, a.timeout_ms / 1000.0)
+    raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty party message")
+
+
+def leader_command_to_proto(command: cmd.LeaderCommand) -> coordinator_pb2.LeaderMessage:
+    if isinstance(command, cmd.JoinEpoch):
+        return coordinator_pb2.LeaderMessage(
+            join=coordinator_pb2.JoinEpoch(epoch=command.epoch, store_prefix=command.store_prefix)
+        )
+    if isinstance(command, cmd.DropRequests):
+        return coordinator_pb2.LeaderMessage(
+            drop=coordinator_pb2.DropRequests(
+                request_ids=list(command.request_ids), reason=command.reason
+            )
+        )
+    run = coordinator_pb2.RunJob(seq=command.seq, epoch=command.epoch)
+    if isinstance(command.job, cmd.PredictJob):
+        run.predict.CopyFrom(
+            coordinator_pb2.PredictJob(
+                model_id=command.job.model_id,
+                request_ids=list(command.job.request_ids),
+                rows=list(command.job.rows),
+            )
+        )
+    else:
+        run.heartbeat.CopyFrom(coordinator_pb2.HeartbeatJob())
+    return coordinator_pb2.LeaderMessage(run=run)
+
+
+def leader_command_from_proto(msg: coordinator_pb2.LeaderMessage) -> cmd.LeaderCommand:
+    kind = msg.WhichOneof("kind")
+    if kind == "join":
+        return cmd.JoinEpoch(msg.join.epoch, msg.join.store_prefix)
+    if kind == "drop":
+        return cmd.DropRequests(tuple(msg.drop.request_ids), msg.drop.reason)
+    if kind == "run":
+        run = msg.run
+        job: cmd.PredictJob | cmd.HeartbeatJob
+        if run.WhichOneof("job") == "predict":
+            p = run.predict
+            job = cmd.PredictJob(p.model_id, tuple(p.request_ids), tuple(int(r) for r in p.rows))
+        else:
+            job = cmd.HeartbeatJob()
+        return cmd.RunJob(run.seq, run.epoch, job)
+    raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty leader message")
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
+    return status_pb2.ServerStatus(
+        rank=report.rank,
+        world_size=report.world_size,
+        version=report.version,
+        uptime_s=report.uptime_s,
+        tls=report.tls,
+        serving=report.serving,
+        mpc_epoch=report.mpc_epoch,
+        last_error=report.last_error,
+        queue_depth=report.queue_depth,
+        models_stored=report.models_stored,
+        heartbeats=report.heartbeats,
+        requests_total=report.requests_total,
+        models=[
+            status_pb2.ModelServingStats(
+                model_id=m.model_id,
+                requests=m.requests,
+                batches=m.batches,
+                latency=status_pb2.LatencySummary(
+                    count=m.latency.count,
+                    p50_ms=m.latency.p50_ms,
+                    p95_ms=m.latency.p95_ms,
+                    p99_ms=m.latency.p99_ms,
+                ),
+            )
+            for m in report.models
+        ],
+        batch_sizes=report.batch_sizes,
+        mpc_cost=[
+            status_pb2.JobCost(kind=c.kind, jobs=c.jobs, rounds=c.rounds, bytes=c.bytes)
+            for c in report.mpc_cost
+        ],
+        errors=report.errors,
+    )
+
+
+def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
+    return st.StatusReport(
+        rank=msg.rank,
+        world_size=msg.world_size,
+        version=msg.version,
+        uptime_s=msg.uptime_s,
+        tls=msg.tls,
+        serving=msg.serving,
+        mpc_epoch=msg.mpc_epoch,
+        last_error=msg.last_error,
+        queue_depth=msg.queue_depth,
+        models_stored=msg.models_stored,
+        heartbeats=msg.heartbeats,
+        requests_total=msg.requests_total,
+        models=[
+            st.ModelServing(
+                m.model_id,
+                m.requests,
+                m.batches,
+                st.Latency(m.latency.count, m.latency.p50_ms, m.latency.p95_ms, m.latency.p99_ms),
+            )
+            for m in msg.models
+        ],
+        batch_sizes=dict(msg.batch_sizes),
+        mpc_cost=[st.JobCost(c.kind, c.jobs, c.rounds, c.bytes) for c in msg.mpc_cost],
+        errors=dict(msg.errors),
+    )

@@ -1,0 +1,49 @@
+"""A server's status report (public counters and timings only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Latency:
+    count: int = 0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelServing:
+    model_id: str
+    requests: int
+    batches: int
+    latency: Latency
+
+
+@dataclass(frozen=True)
+class JobCost:
+    kind: str
+    jobs: int
+    rounds: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    rank: int
+    world_size: int
+    version: str
+    uptime_s: float
+    tls: bool
+    serving: bool
+    mpc_epoch: int
+    last_error: str
+    queue_depth: int
+    models_stored: int
+    heartbeats: int
+    requests_total: int
+    models: list[ModelServing] = field(default_factory=list)
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    mpc_cost: list[JobCost] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,180 @@
+"""One compute server: gRPC front + one MPC party, wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import metadata
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ppml.proto.status import ModelServing, StatusReport
+from ppml.servers import mpc_session
+from ppml.servers.auth import TokenAuthInterceptor, load_auth_file
+from ppml.servers.config import ClusterConfig
+from ppml.servers.follower import Follower
+from ppml.servers.grpc_server import ServerTls, create_server
+from ppml.servers.inference import InferenceService
+from ppml.servers.leader import Leader
+from ppml.servers.metrics import ServerMetrics
+from ppml.servers.pending import PendingTable
+from ppml.servers.registry import ModelRegistry
+from ppml.servers.servicers import (
+    CoordinatorServicer,
+    InferenceServicer,
+    RegistryServicer,
+    StatusServicer,
+)
+from ppml.servers.storage import FileModelStore
+from ppml.servers.worker import MpcWorker
+from ppml.v1 import (
+    coordinator_pb2_grpc,
+    inference_pb2_grpc,
+    registry_pb2_grpc,
+    status_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ppml")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+class ComputeServer:
+    """Builds and runs rank ``rank`` of the cluster described by ``config``."""
+
+    def __init__(self, config: ClusterConfig, rank: int, insecure: bool = False) -> None:
+        party = config.party(rank)
+        self.config = config
+        self.rank = rank
+        self.tls = not insecure
+        self.metrics = ServerMetrics()
+        self.pending = PendingTable()
+        self.registry = ModelRegistry(FileModelStore(party.data_dir))
+        self.leader: Leader | None = None
+        self.follower: Follower | None = None
+        self.worker = MpcWorker(
+            rank, config.world_size, config.leader.mpc_host_port, self.pending, self.metrics
+        )
+        if rank == 0:
+            self.leader = Leader(config, self.worker, self.pending)
+            self.worker._on_joined = self.leader.on_joined
+            self.worker._on_job_done = self.leader.on_job_done
+            announcer = self.leader.announce
+        else:
+            token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
+            self.follower = Follower(config, rank, self.worker, self.pending, token, insecure)
+            announcer = self.follower.announce
+        self.inference = InferenceService(
+            rank,
+            self.registry,
+            self.pending,
+            announcer,
+            lambda: self.worker.serving,
+            config.serving,
+            self.metrics,
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._stop = threading.Event()
+        self.server, self.port = self._build_server(insecure)
+
+    def _build_server(self, insecure: bool) -> tuple[grpc.Server, int]:
+        cfg = self.config.party(self.rank)
+        interceptors = []
+        if cfg.auth_file is not None:
+            interceptors.append(TokenAuthInterceptor(load_auth_file(cfg.auth_file)))
+        else:
+            log.warning("no auth_file for %s: every caller is accepted", cfg.name)
+        registrations = [
+            lambda s: registry_pb2_grpc.add_ModelRegistryServicer_to_server(
+                RegistryServicer(self.registry), s
+            ),
+            lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(
+                InferenceServicer(self.inference), s
+            ),
+            lambda s: status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(self.report), s),
+            lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s),
+        ]
+        if self.leader is not None:
+            leader = self.leader
+            registrations.append(
+                lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+                    CoordinatorServicer(leader), s
+                )
+            )
+        tls = None
+        if not insecure:
+            if cfg.tls_cert is None or cfg.tls_key is None:
+                raise ValueError(f"{cfg.name}: tls_cert and tls_key are required (or --insecure)")
+            tls = ServerTls(cfg.tls_cert, cfg.tls_key)
+        return create_server(registrations, cfg.grpc_address, tls, interceptors)
+
+    def report(self) -> StatusReport:
+        snap = self.metrics.snapshot()
+        epoch = self.worker.epoch
+        queued = len(self.pending) + (self.leader.backlog if self.leader else 0)
+        return StatusReport(
+            rank=self.rank,
+            world_size=self.config.world_size,
+            version=_version(),
+            uptime_s=snap.uptime_s,
+            tls=self.tls,
+            serving=self.worker.serving,
+            mpc_epoch=epoch or 0,
+            last_error=snap.last_error,
+            queue_depth=queued,
+            models_stored=len(self.registry),
+            heartbeats=snap.heartbeats,
+            requests_total=snap.requests_total,
+            models=[ModelServing(k, r, b, lat) for k, (r, b, lat) in snap.models.items()],
+            batch_sizes=snap.batch_sizes,
+            mpc_cost=snap.job_costs,
+            errors=snap.errors,
+        )
+
+    def _watch_health(self) -> None:
+        last = None
+        while not self._stop.is_set():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.worker.serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            if status != last:
+                for service in ("", "ppml.v1.Inference"):
+                    self.health.set(service, status)
+                last = status
+            self._stop.wait(0.1)
+
+    def start(self) -> None:
+        for service in ("", "ppml.v1.Inference"):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.leader is not None:
+            host, port = self.config.leader.mpc_host_port
+            mpc_session.host_master_store(host, port)
+            self.leader.start()
+        self.worker.start()
+        self.server.start()
+        if self.follower is not None:
+            self.follower.start()
+        threading.Thread(target=self._watch_health, name="health", daemon=True).start()
+        log.info(
+            "%s (rank %d/%d) listening on port %d, TLS %s",
+            self.config.party(self.rank).name,
+            self.rank,
+            self.config.world_size,
+            self.port,
+            "on" if self.tls else "OFF",
+        )
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.worker.stop()
+

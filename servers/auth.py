@@ -1,0 +1,165 @@
+"""Bearer-token authentication as a gRPC server interceptor.
+
+Each server reads an auth file listing the tokens it accepts, by SHA-256 hash
+only (a stolen auth file does not reveal tokens)::
+
+    [[tokens]]
+    identity = "hospital-a"   # who; becomes the owner of what it uploads
+    role = "client"           # client | monitor | peer
+    sha256 = "9f86d0…"
+
+Roles: ``client`` may use every public service; ``monitor`` only reads status
+(the dashboard); ``peer`` is for the servers' and dealer's links to the leader.
+``grpc.health.v1`` is open to all (it reveals nothing). The interceptor makes
+the caller's identity available to handlers through :func:`current_identity`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import os
+import secrets
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROLES = ("client", "monitor", "peer")
+_IDENTITY: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "ppml_identity", default=None
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str
+
+
+def new_token() -> str:
+    """A fresh random bearer token (256 bits from the OS CSPRNG)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def write_auth_file(path: Path, entries: list[tuple[str, str, str]]) -> None:
+    """Write an auth file from ``(identity, role, token)`` triples."""
+    lines = []
+    for identity, role, token in entries:
+        lines += [
+            "[[tokens]]",
+            f'identity = "{identity}"',
+            f'role = "{role}"',
+            f'sha256 = "{token_hash(token)}"',
+            "",
+        ]
+    write_secret(path, "\n".join(lines))
+
+
+def load_auth_file(path: Path) -> dict[str, Identity]:
+    """Token hash -> identity; raises ValueError naming a malformed entry."""
+    raw = tomllib.loads(path.read_text())
+    table: dict[str, Identity] = {}
+    for i, entry in enumerate(raw.get("tokens", [])):
+        role = entry.get("role")
+        digest = entry.get("sha256", "")
+        if role not in ROLES or len(digest) != 64 or not entry.get("identity"):
+            raise ValueError(f"{path}: tokens[{i}] needs identity, role in {ROLES}, sha256")
+        table[digest] = Identity(entry["identity"], role)
+    return table
+
+
+def current_identity() -> Identity | None:
+    """The authenticated caller of the RPC being handled (None when auth is off)."""
+    return _IDENTITY.get()
+
+
+def required_roles(method: str) -> tuple[str, ...] | None:
+    """Roles allowed to call ``method``; None means no token needed."""
+    if method.startswith("/grpc.health.v1.Health/"):
+        return None
+    if method.startswith("/ppml.v1.Status/"):
+        return ("client", "monitor", "peer")
+    if method.startswith("/ppml.v1.Coordinator/"):
+        return ("peer",)
+    return ("client",)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodHandler:
+    def bind(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        if fn is None:
+            return None
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            token = _IDENTITY.set(identity)
+            try:
+                return fn(request, context)
+            finally:
+                _IDENTITY.reset(token)
+
+        return call
+
+    return handler._replace(  # type: ignore[attr-defined, no-any-return]
+        unary_unary=bind(handler.unary_unary),
+        unary_stream=bind(handler.unary_stream),
+        stream_unary=bind(handler.stream_unary),
+        stream_stream=bind(handler.stream_stream),
+    )
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request: Any, context: grpc.ServicerContext) -> Any:
+        context.set_trailing_metadata((("ppml-error-code", code.name),))
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Checks ``authorization: Bearer <token>`` against the auth table."""
+
+    def __init__(self, table: dict[str, Identity]) -> None:
+        self._table = table
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        roles = required_roles(handler_call_details.method)
+        if handler is None or roles is None:
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = str(metadata.get("authorization", ""))
+        if not header.startswith("Bearer "):
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' token")
+        digest = token_hash(header[len("Bearer ") :])
+        identity = next(
+            (ident for key, ident in self._table.items() if hmac.compare_digest(key, digest)),
+            None,
+        )
+        if identity is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        if identity.role not in roles:
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role '{identity.role}' may not call {handler_call_details.method}",
+            )
+        return _wrap(handler, identity)

@@ -1,0 +1,185 @@
+"""The topology file (``cluster.toml``): parties in rank order, dealer, settings.
+
+One file describes the whole cluster and works on one machine or many: every
+process reads the same file and picks its own section by rank. Relative paths
+are resolved against the file's folder. A host only needs the key, token and
+data paths of the process it runs. Example::
+
+    [cluster]
+    name = "local"
+    ca_cert = "tls/ca.pem"           # private CA that signed every server cert
+    peer_token_file = "secrets/peer.token"   # servers + dealer -> leader links
+
+    [[parties]]                        # rank 0 first; rank 0 is the leader
+    name = "server-0"
+    grpc_address = "127.0.0.1:50051"
+    mpc_address = "127.0.0.1:29500"    # rank 0's is the MPC rendezvous store
+    tls_cert = "tls/server-0.pem"
+    tls_key = "tls/server-0.key"
+    data_dir = "data/server-0"
+    auth_file = "auth/server-0.toml"  # tokens this server accepts (sha256 only)
+
+    [dealer]
+    name = "dealer"
+
+    [client]
+    token_file = "secrets/client.token"
+
+    [serving]
+    max_batch_rows = 64
+    max_wait_ms = 2.0
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The topology file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    rank: int
+    name: str
+    grpc_address: str
+    mpc_address: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    data_dir: Path
+    auth_file: Path | None
+    metrics_port: int | None = None
+
+    @property
+    def grpc_host(self) -> str:
+        return self.grpc_address.rsplit(":", 1)[0]
+
+    @property
+    def mpc_host_port(self) -> tuple[str, int]:
+        host, port = self.mpc_address.rsplit(":", 1)
+        return host, int(port)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    max_batch_rows: int = 64
+    max_wait_ms: float = 2.0
+    heartbeat_s: float = 20.0
+    default_timeout_s: float = 30.0
+    join_timeout_s: float = 60.0
+    max_rows_per_request: int = 4096
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path
+    name: str
+    ca_cert: Path | None
+    peer_token_file: Path | None
+    parties: tuple[PartyConfig, ...]
+    dealer_name: str
+    client_token_file: Path | None
+    monitor_token_file: Path | None
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.parties)
+
+    @property
+    def leader(self) -> PartyConfig:
+        return self.parties[0]
+
+    def party(self, rank: int) -> PartyConfig:
+        if not 0 <= rank < self.world_size:
+            raise ConfigError(f"rank {rank} is not in 0..{self.world_size - 1}")
+        return self.parties[rank]
+
+
+def _address(value: object, what: str) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{what} must be 'host:port', got {value!r}")
+    host, port = value.rsplit(":", 1)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be 'host:port' with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _path(base: Path, value: object, what: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a path string")
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def _serving(raw: dict[str, object]) -> ServingConfig:
+    known = ServingConfig.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"[serving] has unknown keys {unknown}; known: {sorted(known)}")
+    values: dict[str, float | int] = {}
+    for key, value in raw.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"[serving] {key} must be a positive number")
+        values[key] = int(value) if key in ("max_batch_rows", "max_rows_per_request") else value
+    return ServingConfig(**values)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a topology file; raises ConfigError naming the problem."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"topology file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base = path.parent
+    cluster = raw.get("cluster", {})
+    parties_raw = raw.get("parties")
+    if not isinstance(parties_raw, list) or len(parties_raw) < 2:
+        raise ConfigError(f"{path}: needs at least two [[parties]] (non-colluding servers)")
+    parties = []
+    for rank, entry in enumerate(parties_raw):
+        where = f"{path}: parties[{rank}]"
+        name = entry.get("name", f"server-{rank}")
+        data_dir = _path(base, entry.get("data_dir", f"data/{name}"), f"{where}.data_dir")
+        assert data_dir is not None
+        metrics = entry.get("metrics_port")
+        parties.append(
+            PartyConfig(
+                rank=rank,
+                name=name,
+                grpc_address=_address(entry.get("grpc_address"), f"{where}.grpc_address"),
+                mpc_address=_address(entry.get("mpc_address"), f"{where}.mpc_address"),
+                tls_cert=_path(base, entry.get("tls_cert"), f"{where}.tls_cert"),
+                tls_key=_path(base, entry.get("tls_key"), f"{where}.tls_key"),
+                data_dir=data_dir,
+                auth_file=_path(base, entry.get("auth_file"), f"{where}.auth_file"),
+                metrics_port=int(metrics) if metrics is not None else None,
+            )
+        )
+    names = [p.name for p in parties]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: party names must be unique, got {names}")
+    grpc_addresses = [p.grpc_address for p in parties]
+    if len(set(grpc_addresses)) != len(grpc_addresses):
+        raise ConfigError(f"{path}: two parties share a grpc_address")
+    dealer = raw.get("dealer", {})
+    client = raw.get("client", {})
+    return ClusterConfig(
+        path=path,
+        name=str(cluster.get("name", "ppml")),
+        ca_cert=_path(base, cluster.get("ca_cert"), "cluster.ca_cert"),
+        peer_token_file=_path(base, cluster.get("peer_token_file"), "cluster.peer_token_file"),
+        parties=tuple(parties),
+        dealer_name=str(dealer.get("name", "dealer")),
+        client_token_file=_path(base, client.get("token_file"), "client.token_file"),
+        monitor_token_file=_path(base, client.get("monitor_token_file"), "client.monitor_token_file"),
+        serving=_serving(raw.get("serving", {})),
+    )

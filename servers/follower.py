@@ -1,0 +1,55 @@
+"""A follower (rank >= 1): applies the leader's decisions to this server."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from ppml.proto import commands as cmd
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.servers.config import ClusterConfig
+from ppml.servers.leader_link import LeaderLink
+from ppml.servers.pending import PendingTable
+from ppml.servers.worker import MpcWorker
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        rank: int,
+        worker: MpcWorker,
+        pending: PendingTable,
+        token: str,
+        insecure: bool,
+    ) -> None:
+        self._worker = worker
+        self._pending = pending
+        self.link = LeaderLink(
+            config.leader.grpc_address,
+            None if insecure else config.ca_cert,
+            token,
+            cmd.Hello(rank, "party", secrets.token_hex(8)),
+            self._on_command,
+            self._on_lost,
+        )
+
+    def start(self) -> None:
+        self.link.start()
+
+    def _on_command(self, command: cmd.LeaderCommand) -> None:
+        if isinstance(command, cmd.DropRequests):
+            error = PpmlError(ErrorCode.PREDICTION_ABORTED, command.reason)
+            self._pending.fail(list(command.request_ids), error)
+        else:
+            self._worker.submit(command)
+
+    def _on_lost(self, reason: str) -> None:
+        error = PpmlError(ErrorCode.PREDICTION_ABORTED, f"lost contact with the leader: {reason}")
+        self._pending.fail(None, error)
+        self._worker.leave()
+
+    def announce(self, rank: int, announce: cmd.Announce) -> bool:
+        return self.link.send(announce)

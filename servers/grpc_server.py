@@ -1,0 +1,76 @@
+"""The one gRPC server factory used by every ppml process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
+
+Register = Callable[[grpc.Server], None]
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert: Path
+    key: Path
+
+
+def create_server(
+    registrations: Sequence[Register],
+    address: str,
+    tls: ServerTls | None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    max_workers: int = 64,
+) -> tuple[grpc.Server, int]:
+    """Build an unstarted server; returns it and the bound port (bind port 0 in tests).
+
+    ``tls=None`` means plaintext and is only reached through an explicit
+    ``--insecure``; it logs a warning.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=list(interceptors),
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=None,
+    )
+    for register in registrations:
+        register(server)
+    if tls is None:
+        log.warning("serving WITHOUT TLS on %s (--insecure): shares travel in the clear", address)
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return server, port
+
+
+def client_channel(
+    address: str, ca_cert: Path | None, options: Sequence[tuple[str, object]] = ()
+) -> grpc.Channel:
+    """A channel to a ppml server: TLS against the cluster CA unless ``ca_cert`` is None."""
+    opts = [*GRPC_OPTIONS, *options]
+    if ca_cert is None:
+        return grpc.insecure_channel(address, options=opts)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert.read_bytes())
+    return grpc.secure_channel(address, credentials, options=opts)

@@ -1,0 +1,76 @@
+"""Build a CrypTen model whose parameters are this party's shares.
+
+No communication happens here: each party wraps its own shares with
+``MPCTensor.from_shares``; together the parties hold the secret model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ppml.proto import architecture as arch
+from ppml.proto.shares import Ring
+from ppml.servers.crypten_compat import crypten
+
+
+class Affine(crypten.nn.Module):  # type: ignore[misc]
+    """``x * scale + shift`` with secret per-feature scale and shift."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_parameter("scale", torch.ones(shape))
+        self.register_parameter("shift", torch.zeros(shape))
+
+    def forward(self, x: Any) -> Any:
+        return x * self.scale + self.shift
+
+
+def _module(layer: arch.Layer) -> Any:
+    nn = crypten.nn
+    match layer:
+        case arch.Linear():
+            return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+        case arch.Conv2d():
+            return nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+                bias=layer.bias,
+            )
+        case arch.ReLU():
+            return nn.ReLU()
+        case arch.AvgPool2d():
+            return nn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
+        case arch.MaxPool2d():
+            return nn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
+        case arch.Flatten():
+            return nn.Flatten()
+        case arch.Affine():
+            return Affine(layer.shape)
+    raise TypeError(f"unsupported layer {layer!r}")
+
+
+def build_layers(architecture: arch.Architecture) -> list[Any]:
+    """Plaintext CrypTen modules for each layer (parameters still public)."""
+    return [_module(layer) for layer in architecture.layers]
+
+
+def build_shared_model(architecture: arch.Architecture, shares: dict[str, Ring]) -> Any:
+    """A CrypTen Sequential whose parameters are MPCTensors over ``shares``."""
+    from crypten.mpc import MPCTensor
+
+    layers = build_layers(architecture)
+    for index, module in enumerate(layers):
+        for name in architecture.layers[index].params():
+            share = torch.from_numpy(shares[f"{index}.{name}"].copy())
+            module.set_parameter(name, MPCTensor.from_shares(share))
+        module.encrypted = True
+    model = crypten.nn.Sequential(*layers)
+    model.encrypted = True
+    return model.eval()

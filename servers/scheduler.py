@@ -1,0 +1,151 @@
+"""The leader's scheduling decisions, as pure logic (no I/O, injectable clock).
+
+* A request becomes *ready* once every compute party has announced that it
+  holds its share (same model id and row count everywhere).
+* A request not ready by its deadline is dropped, naming the parties whose
+  share never arrived.
+* Dynamic batching: ready requests for one model are merged into one job of
+  at most ``max_batch_rows`` rows, dispatched when the batch is full or its
+  oldest request has waited ``max_wait_s``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+_FORGET_S = 600.0
+
+
+@dataclass
+class Tracked:
+    request_id: str
+    model_id: str
+    rows: int
+    deadline: float
+    holders: set[int] = field(default_factory=set)
+    ready_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    model_id: str
+    request_ids: tuple[str, ...]
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Drop:
+    request_ids: tuple[str, ...]
+    reason: str
+
+
+class Scheduler:
+    def __init__(self, world_size: int, max_batch_rows: int, max_wait_s: float) -> None:
+        self.world_size = world_size
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_s
+        self._tracked: dict[str, Tracked] = {}
+        self._ready: OrderedDict[str, Tracked] = OrderedDict()
+        self._finished: OrderedDict[str, float] = OrderedDict()
+
+    def _finish(self, request_id: str, now: float) -> None:
+        self._tracked.pop(request_id, None)
+        self._ready.pop(request_id, None)
+        self._finished[request_id] = now
+        while self._finished and next(iter(self._finished.values())) < now - _FORGET_S:
+            self._finished.popitem(last=False)
+
+    def announce(
+        self, rank: int, request_id: str, model_id: str, rows: int, timeout_s: float, now: float
+    ) -> Drop | None:
+        """Record that ``rank`` holds its share; returns a drop decision if it must go."""
+        if request_id in self._finished:
+            return Drop((request_id,), f"request {request_id!r} was already dropped or answered")
+        entry = self._tracked.get(request_id)
+        if entry is None:
+            entry = Tracked(request_id, model_id, rows, now + timeout_s)
+            self._tracked[request_id] = entry
+        elif entry.model_id != model_id or entry.rows != rows:
+            self._finish(request_id, now)
+            return Drop(
+                (request_id,),
+                f"servers received different model ids or row counts for request {request_id!r}",
+            )
+        entry.deadline = min(entry.deadline, now + timeout_s)
+        entry.holders.add(rank)
+        if len(entry.holders) == self.world_size and entry.ready_at is None:
+            entry.ready_at = now
+            self._ready[request_id] = entry
+        return None
+
+    def expire(self, now: float, names: list[str]) -> list[Drop]:
+        """Drop requests whose deadline passed before they could run."""
+        drops = []
+        for entry in list(self._tracked.values()):
+            if entry.deadline > now:
+                continue
+            self._finish(entry.request_id, now)
+            if entry.ready_at is None:
+                missing = [names[r] for r in range(self.world_size) if r not in entry.holders]
+                reason = (
+                    f"request {entry.request_id!r}: its share never reached {', '.join(missing)} "
+                    "before the deadline; every server dropped it"
+                )
+            else:
+                reason = f"request {entry.request_id!r}: deadline passed while queued (overload)"
+            drops.append(Drop((entry.request_id,), reason))
+        return drops
+
+    def drop_rank(self, rank: int, now: float, name: str) -> Drop | None:
+        """A party went away: drop every undispatched request it held."""
+        gone = [e.request_id for e in self._tracked.values() if rank in e.holders]
+        for request_id in gone:
+            self._finish(request_id, now)
+        if not gone:
+            return None
+        return Drop(tuple(gone), f"{name} went away before the request could run; retry")
+
+    def drop_all(self, now: float, reason: str) -> Drop | None:
+        gone = list(self._tracked)
+        for request_id in gone:
+            self._finish(request_id, now)
+        return Drop(tuple(gone), reason) if gone else None
+
+    def next_job(self, now: float) -> Job | None:
+        """The next batch to run, or None if nothing should run yet."""
+        if not self._ready:
+            return None
+        oldest = next(iter(self._ready.values()))
+        batch = [e for e in self._ready.values() if e.model_id == oldest.model_id]
+        chosen: list[Tracked] = []
+        rows = 0
+        for entry in batch:
+            if chosen and rows + entry.rows > self.max_batch_rows:
+                break
+            chosen.append(entry)
+            rows += entry.rows
+        assert oldest.ready_at is not None
+        full = rows >= self.max_batch_rows or len(chosen) < len(batch)
+        if not full and now - oldest.ready_at < self.max_wait_s:
+            return None
+        for entry in chosen:
+            self._finish(entry.request_id, now)
+        return Job(
+            oldest.model_id,
+            tuple(e.request_id for e in chosen),
+            tuple(e.rows for e in chosen),
+        )
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`next_job` or :meth:`expire` may next have something to do."""
+        times = [e.deadline for e in self._tracked.values()]
+        if self._ready:
+            ready_at = next(iter(self._ready.values())).ready_at
+            assert ready_at is not None
+            times.append(ready_at + self.max_wait_s)
+        return min(times) if times else None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._tracked)

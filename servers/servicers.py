@@ -1,0 +1,157 @@
+"""Thin gRPC servicers: proto in, one domain call, proto out.
+
+No validation, storage or MPC logic lives here; errors are mapped by
+:func:`ppml.servers.errors.rpc_boundary`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from ppml.proto import commands as cmd
+from ppml.proto import serde
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.status import StatusReport
+from ppml.servers.auth import current_identity
+from ppml.servers.errors import rpc_boundary
+from ppml.servers.inference import InferenceService
+from ppml.servers.leader import Leader
+from ppml.servers.registry import ModelRegistry
+from ppml.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
+
+
+def _owner() -> str:
+    identity = current_identity()
+    return identity.name if identity else "anonymous"
+
+
+class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def UploadModel(
+        self, request: registry_pb2.UploadModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        with rpc_boundary(context, "UploadModel"):
+            architecture = serde.architecture_from_proto(request.architecture)
+            shares = serde.named_shares_from_proto(
+                list(request.parameters), architecture.parameter_shapes()
+            )
+            meta = self._registry.upload(
+                request.model_id, request.name, _owner(), architecture, shares
+            )
+            return serde.model_meta_to_proto(meta)
+        raise AssertionError("unreachable")
+
+    def ListModels(
+        self, request: registry_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ListModelsResponse:
+        with rpc_boundary(context, "ListModels"):
+            models = [serde.model_meta_to_proto(m) for m in self._registry.list()]
+            return registry_pb2.ListModelsResponse(models=models)
+        raise AssertionError("unreachable")
+
+    def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        with rpc_boundary(context, "GetModel"):
+            return serde.model_meta_to_proto(self._registry.meta(request.model_id))
+        raise AssertionError("unreachable")
+
+    def DeleteModel(
+        self, request: registry_pb2.DeleteModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.DeleteModelResponse:
+        with rpc_boundary(context, "DeleteModel"):
+            self._registry.delete(request.model_id)
+            return registry_pb2.DeleteModelResponse()
+        raise AssertionError("unreachable")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        with rpc_boundary(context, "Predict"):
+            share = serde.share_from_proto(request.input, what="input")
+            outcome = self._service.predict(
+                request.request_id, request.model_id, share, context.time_remaining()
+            )
+            return inference_pb2.PredictResponse(
+                request_id=request.request_id,
+                output=serde.share_to_proto(outcome.share),
+                batch_requests=outcome.batch_requests,
+                job_seq=outcome.job_seq,
+            )
+        raise AssertionError("unreachable")
+
+
+class StatusServicer(status_pb2_grpc.StatusServicer):
+    def __init__(self, report: Callable[[], StatusReport]) -> None:
+        self._report = report
+
+    def GetStatus(
+        self, request: status_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> status_pb2.ServerStatus:
+        with rpc_boundary(context, "GetStatus"):
+            return serde.status_to_proto(self._report())
+        raise AssertionError("unreachable")
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    """The leader's end of the control links (only rank 0 registers it)."""
+
+    def __init__(self, leader: Leader) -> None:
+        self._leader = leader
+
+    def Link(
+        self,
+        request_iterator: Iterator[coordinator_pb2.PartyMessage],
+        context: grpc.ServicerContext,
+    ) -> Iterator[coordinator_pb2.LeaderMessage]:
+        with rpc_boundary(context, "Link"):
+            hello = serde.party_message_from_proto(next(request_iterator))
+            if not isinstance(hello, cmd.Hello):
+                raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
+            outbox = self._leader.attach(hello)
+        rank = hello.rank
+
+        def read() -> None:
+            try:
+                for message in request_iterator:
+                    announce = serde.party_message_from_proto(message)
+                    if isinstance(announce, cmd.Announce):
+                        self._leader.announce(rank, announce)
+            except (grpc.RpcError, PpmlError, ValueError):
+                pass
+            finally:
+                self._leader.detach(rank, outbox)
+                outbox.put(None)
+
+        threading.Thread(target=read, name=f"link-{rank}", daemon=True).start()
+        context.add_callback(lambda: outbox.put(None))
+        while True:
+            try:
+                command = outbox.get(timeout=30)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                continue
+            if command is None:
+                return
+            yield serde.leader_command_to_proto(command)

@@ -1,0 +1,307 @@
+"""Tests for ppml.client.model_export: torch/ONNX -> public architecture + weights."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from ppml.client.model_export import UnsupportedModelError, export_model, plaintext_forward
+from ppml.proto.architecture import (
+    Affine,
+    Architecture,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _randomize_batchnorm(model: nn.Module) -> None:
+    """Give every BatchNorm non-trivial statistics, so folding is really exercised."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
+                module.running_mean.uniform_(-1.0, 1.0)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+
+
+def _onnx_bytes(model: nn.Module, x: torch.Tensor, dynamic_batch: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (x,),
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=True,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes=axes,
+        )
+    return buffer.getvalue()
+
+
+def _export_and_check(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[Architecture, dict[str, np.ndarray]]:
+    """Export ``model``; check weights, semantics, and that the model is untouched."""
+    training = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    arch, weights = export_model(model, x)
+
+    assert [m.training for m in model.modules()] == training
+    after = model.state_dict()
+    assert state.keys() == after.keys()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    shapes = arch.parameter_shapes()
+    assert list(weights) == list(shapes)
+    assert {k: v.shape for k, v in weights.items()} == shapes
+    assert all(v.dtype == np.float64 for v in weights.values())
+    assert arch.input_shape == tuple(x.shape[1:])
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(x).double()
+    for module, flag in zip(model.modules(), training, strict=True):
+        module.training = flag
+    got = plaintext_forward(arch, weights, x)
+    assert got.dtype == torch.float64
+    assert arch.output_shape == tuple(expected.shape[1:])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    return arch, weights
+
+
+def test_mlp() -> None:
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    arch, _ = _export_and_check(model, torch.randn(4, 1, 8, 8))
+    assert [type(layer) for layer in arch.layers] == [Flatten, Linear, ReLU, Linear, ReLU, Linear]
+    assert arch.layers[1] == Linear(64, 32)
+    assert arch.input_shape == (1, 8, 8) and arch.output_shape == (10,)
+
+
+def test_cnn_with_batchnorm_pools_and_dropout() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(6),  # after a ReLU: cannot be folded -> Affine
+        nn.AvgPool2d(2),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 10),
+    )
+    _randomize_batchnorm(model)
+    model.train()  # export must use eval semantics and restore this flag
+    arch, weights = _export_and_check(model, torch.randn(3, 1, 8, 8))
+    assert model.training
+    assert [type(layer) for layer in arch.layers] == [
+        Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, Affine, AvgPool2d, Flatten, Linear,
+    ]  # fmt: skip
+    assert arch.layers[0] == Conv2d(1, 4, (3, 3), padding=(1, 1))
+    assert arch.layers[2] == MaxPool2d((2, 2), (2, 2))
+    assert arch.layers[5] == Affine((6, 1, 1))
+    assert weights["5.scale"].shape == (6, 1, 1)
+
+
+def test_mlp_with_batchnorm1d_is_folded() -> None:
+    model = nn.Sequential(
+        nn.BatchNorm1d(10),  # first layer: nothing to fold into -> Affine (F,)
+        nn.Linear(10, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 3, bias=False),
+        nn.BatchNorm1d(3),
+    )
+    _randomize_batchnorm(model)
+    arch, _ = _export_and_check(model, torch.randn(5, 10))
+    assert [type(layer) for layer in arch.layers] == [Affine, Linear, ReLU, Linear]
+    assert arch.layers[0] == Affine((10,))
+    assert arch.layers[3] == Linear(16, 3, bias=True)  # the BatchNorm's shift became a bias
+
+
+class _ViewNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+def test_view_flatten_and_dynamic_batch() -> None:
+    model = _ViewNet()
+    arch, weights = _export_and_check(model, torch.randn(1, 2, 8, 8))
+    assert [type(layer) for layer in arch.layers] == [Conv2d, ReLU, Flatten, Linear]
+    assert arch.layers[0].stride == (2, 2)
+    x = torch.randn(6, 2, 8, 8)  # a batch size other than the sample's
+    with torch.no_grad():
+        torch.testing.assert_close(plaintext_forward(arch, weights, x), model(x).double())
+
+
+def test_onnx_file_and_bytes(tmp_path: Path) -> None:
+    model = _ViewNet().eval()
+    x = torch.randn(2, 2, 8, 8)
+    data = _onnx_bytes(model, x, dynamic_batch=False)  # view() folds to Reshape [2, -1]
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data)
+    with torch.no_grad():
+        expected = model(x).double()
+    for source in (path, str(path), data):
+        arch, weights = export_model(source)
+        assert arch.input_shape == (2, 8, 8) and arch.output_shape == (5,)
+        assert {k: v.shape for k, v in weights.items()} == arch.parameter_shapes()
+        torch.testing.assert_close(plaintext_forward(arch, weights, x), expected)
+
+
+def test_handwritten_onnx_matmul_add_and_gemm_attributes() -> None:
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(size=(4, 3)), rng.normal(size=(3,))
+    w2, b2 = rng.normal(size=(3, 2)), rng.normal(size=(1, 2))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"], name="mm"),
+            helper.make_node("Add", ["h0", "b1"], ["h1"], name="add"),
+            helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+            helper.make_node("Identity", ["h2"], ["h3"], name="id"),
+            helper.make_node(
+                "Gemm", ["h3", "w2", "b2"], ["y"], name="gemm", transB=0, alpha=0.5, beta=2.0
+            ),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [
+            numpy_helper.from_array(a.astype(np.float32), name)
+            for name, a in [("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)]
+        ],
+    )
+    arch, weights = export_model(helper.make_model(graph).SerializeToString())
+    assert arch.layers == (Linear(4, 3), ReLU(), Linear(3, 2))
+    x = rng.normal(size=(7, 4))
+    f32 = [a.astype(np.float32).astype(np.float64) for a in (w1, b1, w2, b2)]
+    expected = 0.5 * (np.maximum(x @ f32[0] + f32[1], 0) @ f32[2]) + 2.0 * f32[3]
+    got = plaintext_forward(arch, weights, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_onnx_symbolic_feature_dim_is_rejected() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "features"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "features"])],
+    )
+    with pytest.raises(ValueError, match="symbolic"):
+        export_model(helper.make_model(graph).SerializeToString())
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 4, batch_first=True)
+
+
+class _RnnModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = _Encoder()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.encoder.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_lstm_is_rejected_by_layer_name() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"layer 'encoder\.rnn' \(LSTM\)") as info:
+        export_model(_RnnModel(), torch.randn(2, 3, 4))
+    assert "Linear" in str(info.value)  # the supported layers are listed
+
+
+def test_sigmoid_module_is_rejected_by_layer_name() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
+    with pytest.raises(UnsupportedModelError, match=r"layer '1' \(Sigmoid\)"):
+        export_model(model, torch.randn(2, 4))
+
+
+class _FunctionalSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x))
+
+
+def test_functional_sigmoid_is_rejected_by_onnx_node() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"node '/Sigmoid' \(Sigmoid\)"):
+        export_model(_FunctionalSigmoid(), torch.randn(2, 4))
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(x)
+
+
+def test_residual_onnx_is_rejected_by_node() -> None:
+    data = _onnx_bytes(_Residual(), torch.randn(2, 4))
+    with pytest.raises(UnsupportedModelError, match=r"node '/Add' \(Add\)"):
+        export_model(data)
+    with pytest.raises(UnsupportedModelError, match=r"\(Add\)"):
+        export_model(_Residual(), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(2, ceil_mode=True)])
+def test_ceil_mode_pooling_is_rejected(pool: nn.Module) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), pool)
+    with pytest.raises(UnsupportedModelError, match="ceil_mode"):
+        export_model(model, torch.randn(2, 1, 7, 7))
+
+
+def test_export_restores_mixed_training_flags() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(), nn.Linear(4, 2))
+    model.train()
+    model[2].eval()
+    flags = [m.training for m in model.modules()]
+    before = [p.detach().clone() for p in model.parameters()]
+    export_model(model, torch.randn(3, 4))
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_module_needs_sample_input() -> None:
+    with pytest.raises(ValueError, match="sample_input"):
+        export_model(nn.Linear(2, 2))
