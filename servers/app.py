@@ -59,7 +59,12 @@ class ComputeServer:
         self.leader: Leader | None = None
         self.follower: Follower | None = None
         self.worker = MpcWorker(
-            rank, config.world_size, config.leader.mpc_host_port, self.pending, self.metrics
+            rank,
+            config.world_size,
+            config.leader.mpc_host_port,
+            self.pending,
+            self.metrics,
+            config.serving.mpc_timeout_s,
         )
         if rank == 0:
             self.leader = Leader(config, self.worker, self.pending)

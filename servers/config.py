@@ -69,7 +69,11 @@ class ServingConfig:
     max_wait_ms: float = 2.0
     heartbeat_s: float = 20.0
     default_timeout_s: float = 30.0
-    join_timeout_s: float = 60.0
+    # CrypTen's process-group timeout (also bounds joining an epoch): a party
+    # waiting this long in one collective fails. Heartbeats (every heartbeat_s)
+    # keep idle parties and the dealer well inside it, so an idle cluster
+    # stays up indefinitely.
+    mpc_timeout_s: float = 120.0
     max_rows_per_request: int = 4096
 
 

@@ -22,7 +22,12 @@ relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
    it pass :func:`tensor_loader` as ``load_closure``, which only accepts
    plain tensors (never arbitrary pickles).
 
-3. The dealer's seeds. CrypTen's ``TTPServer`` draws the per-party PRSS seeds
+3. Process-group timeout. CrypTen's communicator calls
+   ``init_process_group`` without a ``timeout``, so torch's 30-minute default
+   applies to every collective. :func:`set_process_group_timeout` sets the
+   default torch reads at that call (``distributed_c10d.default_pg_timeout``).
+
+4. The dealer's seeds. CrypTen's ``TTPServer`` draws the per-party PRSS seeds
    with ``torch.randint`` from torch's default generator, whose start seed is
    a public constant. ppml's dealer (:mod:`ppml.servers.dealer`) overrides
    that with a CSPRNG; :func:`csprng_seed` is the helper both use.
@@ -69,6 +74,15 @@ def tensor_loader(f: Any, **kwargs: Any) -> torch.Tensor:
     return obj
 
 
+def set_process_group_timeout(seconds: float) -> None:
+    """Timeout of the next ``crypten.init()``'s process groups (see patch 3)."""
+    from datetime import timedelta
+
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = timedelta(seconds=seconds)
+
+
 def csprng_seed() -> int:
     """A uniformly random signed 64-bit seed from the OS CSPRNG."""
     return int.from_bytes(os.urandom(8), "big", signed=True)
@@ -79,4 +93,4 @@ _install_registration_stub()
 import crypten  # noqa: E402  (must follow the stub)
 import crypten.mpc  # noqa: E402
 
-__all__ = ["crypten", "csprng_seed", "tensor_loader"]
+__all__ = ["crypten", "csprng_seed", "set_process_group_timeout", "tensor_loader"]

@@ -107,7 +107,12 @@ def run(config: ClusterConfig, insecure: bool) -> None:
         join = joins.get()
         while not joins.empty():  # only the newest epoch matters
             join = joins.get()
-        mpc_session.join_as_dealer(config.world_size, config.leader.mpc_host_port, join.store_prefix)
+        mpc_session.join_as_dealer(
+            config.world_size,
+            config.leader.mpc_host_port,
+            join.store_prefix,
+            config.serving.mpc_timeout_s,
+        )
         log.info("joining MPC epoch %d", join.epoch)
         reason = dealer.serve()
         log.info("epoch %d over: %s (requests so far: %s)", join.epoch, reason, dict(dealer.requests))

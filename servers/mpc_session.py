@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlparse
 import torch
 import torch.distributed as dist
 
-from ppml.servers.crypten_compat import crypten
+from ppml.servers.crypten_compat import crypten, set_process_group_timeout
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ def _rendezvous_handler(url: str, timeout: timedelta = timedelta(seconds=60), **
 dist.register_rendezvous_handler(_SCHEME, _rendezvous_handler)
 
 
-def configure_crypten() -> None:
+def configure_crypten(timeout_s: float) -> None:
     """Settings every ppml MPC process uses (parties and dealer alike)."""
+    set_process_group_timeout(timeout_s)
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     torch.set_num_threads(1)
@@ -83,16 +84,20 @@ def _set_env(rank: int, world_size: int, store_address: tuple[str, int], prefix:
     )
 
 
-def join(rank: int, world_size: int, store_address: tuple[str, int], prefix: str) -> None:
+def join(
+    rank: int, world_size: int, store_address: tuple[str, int], prefix: str, timeout_s: float
+) -> None:
     """Join epoch ``prefix`` as compute party ``rank`` (blocks until all joined)."""
-    configure_crypten()
+    configure_crypten(timeout_s)
     _set_env(rank, world_size, store_address, prefix)
     crypten.init()
 
 
-def join_as_dealer(world_size: int, store_address: tuple[str, int], prefix: str) -> None:
+def join_as_dealer(
+    world_size: int, store_address: tuple[str, int], prefix: str, timeout_s: float
+) -> None:
     """Prepare the environment for the dealer (CrypTen's TTP has rank world_size)."""
-    configure_crypten()
+    configure_crypten(timeout_s)
     _set_env(world_size, world_size, store_address, prefix)
 
 

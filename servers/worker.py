@@ -43,6 +43,7 @@ class MpcWorker:
         store_address: tuple[str, int],
         pending: PendingTable,
         metrics: ServerMetrics,
+        mpc_timeout_s: float = 300.0,
         on_joined: JoinCallback = lambda epoch, ok, error: None,
         on_job_done: JobCallback = lambda job, ok: None,
     ) -> None:
@@ -51,6 +52,7 @@ class MpcWorker:
         self._store_address = store_address
         self._pending = pending
         self._metrics = metrics
+        self._mpc_timeout_s = mpc_timeout_s
         self._on_joined = on_joined
         self._on_job_done = on_job_done
         self._commands: queue.Queue[object] = queue.Queue()
@@ -103,7 +105,11 @@ class MpcWorker:
         self._leave()
         try:
             mpc_session.join(
-                self.rank, self.world_size, self._store_address, command.store_prefix
+                self.rank,
+                self.world_size,
+                self._store_address,
+                command.store_prefix,
+                self._mpc_timeout_s,
             )
         except Exception as exc:
             log.warning("could not join MPC epoch %d: %s", command.epoch, exc)

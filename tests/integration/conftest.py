@@ -1,0 +1,106 @@
+"""Fixtures for integration tests: real server processes on free ports, TLS on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from ppml.client import Cluster
+from ppml.servers.local import LocalCluster
+
+
+@dataclass(frozen=True)
+class Digits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    data = load_digits()
+    x = (data.data / 16.0 - 0.5).astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.2, random_state=0)
+    return Digits(
+        torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
+    )
+
+
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(steps):
+        index = torch.randint(0, len(x), (128,), generator=torch.Generator().manual_seed(step))
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mlp(digits: Digits) -> torch.nn.Module:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    return _train(model, digits.x_train, digits.y_train, 300)
+
+
+@pytest.fixture(scope="session")
+def cnn(digits: Digits) -> torch.nn.Module:
+    torch.manual_seed(2)
+    body = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(16 * 2 * 2, 10),
+    )
+    images = digits.x_train.reshape(-1, 1, 8, 8)
+    return _train(body, images, digits.y_train, 300)
+
+
+def _start(tmp: Path, parties: int, **serving: float) -> LocalCluster:
+    return LocalCluster(parties=parties, directory=tmp, serving=serving or None).start()
+
+
+@pytest.fixture(scope="session")
+def local2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = _start(tmp_path_factory.mktemp("cluster2"), 2, max_wait_ms=5)
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster2(local2: LocalCluster) -> Iterator[Cluster]:
+    with Cluster.from_config(local2.config_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def local3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = _start(tmp_path_factory.mktemp("cluster3"), 3)
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster of its own, for tests that kill or restart processes."""
+    local = LocalCluster(parties=2, directory=tmp_path / "cluster", serving={"heartbeat_s": 2})
+    local.start()
+    yield local
+    local.stop()

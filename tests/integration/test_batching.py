@@ -1,0 +1,47 @@
+"""Concurrent clients are answered correctly and merged into batched MPC jobs."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from ppml.client import Cluster
+from ppml.servers.local import LocalCluster
+
+CLIENTS = 32
+
+
+def test_32_concurrent_clients_are_batched(
+    local2: LocalCluster, mlp: torch.nn.Module, digits: Any
+) -> None:
+    with Cluster.from_config(local2.config_path) as owner:
+        model_id = owner.share_model(mlp, digits.x_test[:1], name="batched")
+        before = owner.status()[0].batch_sizes
+    rows = digits.x_test[: 2 * CLIENTS]
+
+    def client(i: int) -> list[tuple[int, torch.Tensor, int]]:
+        # each client has its own SDK instance (own channels), as separate users would
+        with Cluster.from_config(local2.config_path) as cluster:
+            out = []
+            for j in (2 * i, 2 * i + 1):
+                result = cluster.predict_detailed(model_id, rows[j : j + 1])
+                out.append((j, result.output, result.batch_requests))
+            return out
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [r for chunk in pool.map(client, range(CLIENTS)) for r in chunk]
+
+    with torch.no_grad():
+        plain = mlp(rows)
+    assert len(results) == 2 * CLIENTS
+    for j, output, _ in results:
+        assert (output[0] - plain[j]).abs().max().item() < 1e-2
+    assert max(batch for _, _, batch in results) > 1
+    with Cluster.from_config(local2.config_path) as owner:
+        after = owner.status()
+    for report in after:  # every server ran the same batched jobs
+        new_jobs = {k: v - before.get(k, 0) for k, v in report.batch_sizes.items()}
+        assert any(size > 1 and count > 0 for size, count in new_jobs.items())
+        assert sum(size * count for size, count in new_jobs.items()) == 2 * CLIENTS

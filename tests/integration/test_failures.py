@@ -1,0 +1,96 @@
+"""Crashes, restarts, readiness and idle periods, with real processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ppml.client import Cluster, PredictionAborted, ServerUnavailable
+from ppml.servers.local import LocalCluster, write_local_topology
+
+
+def _big_cnn_input(rows: int) -> torch.Tensor:
+    return torch.randn(rows, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("victim", ["server-1", "server-0"])
+def test_killing_a_server_mid_request_fails_fast_then_recovers(
+    fresh_cluster: LocalCluster, cnn: torch.nn.Module, victim: str
+) -> None:
+    cluster = Cluster.from_config(fresh_cluster.config_path)
+    model_id = cluster.share_model(cnn, _big_cnn_input(1), name="survivor")
+    x = _big_cnn_input(256)  # several seconds of MPC
+    outcome: dict[str, Any] = {}
+
+    def request() -> None:
+        started = time.monotonic()
+        try:
+            cluster.predict(model_id, x, timeout=20)
+            outcome["result"] = "answered"
+        except Exception as exc:  # recorded and asserted below
+            outcome["error"] = exc
+        outcome["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(1.0)
+    fresh_cluster.kill(victim)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), ServerUnavailable | PredictionAborted), outcome
+    assert outcome["elapsed"] < 20
+
+    rank = int(victim.rsplit("-", 1)[1])
+    fresh_cluster.start_server(rank)
+    fresh_cluster.wait_serving(timeout=120)
+    small = _big_cnn_input(4)
+    with torch.no_grad():
+        expected = cnn(small)
+    assert (cluster.predict(model_id, small) - expected).abs().max().item() < 1e-2
+    cluster.close()
+
+
+def test_health_is_not_serving_until_peers_and_dealer(tmp_path: Path) -> None:
+    local = LocalCluster(parties=2, directory=tmp_path)
+    write_local_topology(tmp_path, 2)
+    try:
+        local.start_server(0)
+        local.start_server(1)
+        with Cluster.from_config(local.config_path) as cluster:
+            deadline = time.monotonic() + 60
+            while True:  # wait until both servers answer RPCs
+                try:
+                    reports = cluster.status()
+                    break
+                except ServerUnavailable:
+                    assert time.monotonic() < deadline, "servers did not start"
+                    time.sleep(0.2)
+            time.sleep(1.0)
+            assert not any(r.serving for r in reports)
+            assert cluster.health() == {"server-0": False, "server-1": False}
+            local.start_dealer()
+            local.wait_serving(timeout=60)
+            assert cluster.health() == {"server-0": True, "server-1": True}
+    finally:
+        local.stop()
+
+
+def test_idle_cluster_outlives_the_mpc_timeout(tmp_path: Path, mlp: torch.nn.Module) -> None:
+    # Every collective times out after 4 s, yet heartbeats keep an idle cluster up.
+    serving = {"mpc_timeout_s": 4, "heartbeat_s": 1}
+    with LocalCluster(parties=2, directory=tmp_path, serving=serving) as local:
+        with Cluster.from_config(local.config_path) as cluster:
+            model_id = cluster.share_model(mlp, torch.zeros(1, 64))
+            epoch = cluster.status()[0].mpc_epoch
+            time.sleep(10)
+            x = torch.ones(1, 64) * 0.1
+            with torch.no_grad():
+                assert (cluster.predict(model_id, x) - mlp(x)).abs().max().item() < 1e-2
+            reports = cluster.status()
+    assert [r.mpc_epoch for r in reports] == [epoch, epoch]  # no session restart
+    assert all(r.heartbeats >= 5 for r in reports)
