@@ -62,10 +62,8 @@ def _is_running(pid: int) -> bool:
     if not Path("/proc/self").exists():  # no procfs (macOS): signal 0 probes existence
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except OSError:
             return False
-        except PermissionError:
-            return True
         return True
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -282,8 +280,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ppml", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ppml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--config", required=True, help="topology file (cluster.toml)")

@@ -8,6 +8,7 @@ share i to server i only; ``predict`` sums the output shares it gets back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
@@ -201,14 +202,12 @@ class Cluster:
 
     def _delete_quietly(self, model_id: str) -> None:
         for server in self._servers:
-            try:
+            with contextlib.suppress(grpc.RpcError):
                 server.registry.DeleteModel(
                     registry_pb2.DeleteModelRequest(model_id=model_id),
                     timeout=10,
                     metadata=self._metadata,
                 )
-            except grpc.RpcError:
-                pass
 
     def list_models(self) -> list[ModelListing]:
         """Models known to any server, with which servers hold their shares."""

@@ -311,6 +311,7 @@ class _ChainParser:
                 "weight": w * scale.reshape(-1, *[1] * (w.ndim - 1)),
                 "bias": b * scale + shift,
             }
+            assert isinstance(target.layer, Linear | Conv2d)
             target.layer = replace(target.layer, bias=True)
         else:
             ashape = (int(shape[1]),) + (1,) * (len(shape) - 2)

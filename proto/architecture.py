@@ -187,8 +187,13 @@ def infer_output_shape(a: Architecture) -> tuple[int, ...]:
                     raise ValueError(f"{where} expects {layer.in_channels} channels, gets {shape}")
                 channels = layer.out_channels
             h, w = (
-                _pool_out(shape[1 + i], layer.kernel_size[i], layer.stride[i], layer.padding[i],
-                          dilation[i])
+                _pool_out(
+                    shape[1 + i],
+                    layer.kernel_size[i],
+                    layer.stride[i],
+                    layer.padding[i],
+                    dilation[i],
+                )
                 for i in range(2)
             )
             if h <= 0 or w <= 0 or min(layer.stride) <= 0:
@@ -199,9 +204,9 @@ def infer_output_shape(a: Architecture) -> tuple[int, ...]:
             for dim in shape:
                 size *= dim
             shape = (size,)
-        elif isinstance(layer, Affine):
-            if len(layer.shape) != len(shape) or any(
-                s not in (1, d) for s, d in zip(layer.shape, shape, strict=True)
-            ):
-                raise ValueError(f"{where} shape {layer.shape} does not broadcast to {shape}")
+        elif isinstance(layer, Affine) and (
+            len(layer.shape) != len(shape)
+            or any(s not in (1, d) for s, d in zip(layer.shape, shape, strict=True))
+        ):
+            raise ValueError(f"{where} shape {layer.shape} does not broadcast to {shape}")
     return shape

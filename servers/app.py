@@ -182,4 +182,3 @@ class ComputeServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.worker.stop()
-

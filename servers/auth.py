@@ -115,7 +115,7 @@ def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodH
 
         return call
 
-    return handler._replace(  # type: ignore[attr-defined, no-any-return]
+    return handler._replace(
         unary_unary=bind(handler.unary_unary),
         unary_stream=bind(handler.unary_stream),
         stream_unary=bind(handler.stream_unary),

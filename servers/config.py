@@ -184,6 +184,8 @@ def load_config(path: str | Path) -> ClusterConfig:
         parties=tuple(parties),
         dealer_name=str(dealer.get("name", "dealer")),
         client_token_file=_path(base, client.get("token_file"), "client.token_file"),
-        monitor_token_file=_path(base, client.get("monitor_token_file"), "client.monitor_token_file"),
+        monitor_token_file=_path(
+            base, client.get("monitor_token_file"), "client.monitor_token_file"
+        ),
         serving=_serving(raw.get("serving", {})),
     )

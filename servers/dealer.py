@@ -19,21 +19,22 @@ import queue
 import secrets
 import sys
 from collections import Counter
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ppml.proto import commands as cmd
 from ppml.servers import mpc_session
 from ppml.servers.config import ClusterConfig, load_config
 from ppml.servers.crypten_compat import crypten, csprng_seed
 from ppml.servers.leader_link import LeaderLink
-from ppml.proto import commands as cmd
 
 log = logging.getLogger("ppml.dealer")
-TTPServer = crypten.mpc.provider.ttp_provider.TTPServer
+TTPServer: Any = crypten.mpc.provider.ttp_provider.TTPServer
 
 
-class Dealer(TTPServer):  # type: ignore[misc]
+class Dealer(TTPServer):
     """CrypTen's TTP functions, CSPRNG-seeded, one session per ``serve`` call."""
 
     def __init__(self) -> None:  # do not run TTPServer's blocking __init__
@@ -52,7 +53,8 @@ class Dealer(TTPServer):  # type: ignore[misc]
             self.generators.append(generator)
         self.generators_cuda = [None] * world_size
         for request in pending:
-            request.wait()
+            if request is not None:
+                request.wait()
         dist.barrier(group=self.ttp_group)
 
     def serve(self) -> str:
@@ -102,7 +104,9 @@ def run(config: ClusterConfig, insecure: bool) -> None:
     )
     link.start()
     dealer = Dealer()
-    log.info("dealer %s waiting for the leader at %s", config.dealer_name, config.leader.grpc_address)
+    log.info(
+        "dealer %s waiting for the leader at %s", config.dealer_name, config.leader.grpc_address
+    )
     while True:
         join = joins.get()
         while not joins.empty():  # only the newest epoch matters
@@ -115,7 +119,9 @@ def run(config: ClusterConfig, insecure: bool) -> None:
         )
         log.info("joining MPC epoch %d", join.epoch)
         reason = dealer.serve()
-        log.info("epoch %d over: %s (requests so far: %s)", join.epoch, reason, dict(dealer.requests))
+        log.info(
+            "epoch %d over: %s (requests so far: %s)", join.epoch, reason, dict(dealer.requests)
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,9 +56,7 @@ def create_server(
         log.warning("serving WITHOUT TLS on %s (--insecure): shares travel in the clear", address)
         port = server.add_insecure_port(address)
     else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key.read_bytes(), tls.cert.read_bytes())]
-        )
+        credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")

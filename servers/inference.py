@@ -67,7 +67,7 @@ class InferenceService:
         model = self._registry.get(model_id)
         expected = model.meta.architecture.input_shape
         rows = int(share.shape[0])
-        if tuple(share.shape[1:]) != expected or not 1 <= rows:
+        if tuple(share.shape[1:]) != expected or not rows >= 1:
             raise PpmlError(
                 ErrorCode.INVALID_SHARE,
                 f"input share has shape {list(share.shape)}; model {model_id!r} expects "

@@ -127,7 +127,9 @@ class Leader:
         for rank, outbox in self._links.items():
             if rank < self._config.world_size:
                 outbox.put(command)
-        self._pending.fail(list(drop.request_ids), PpmlError(ErrorCode.PREDICTION_ABORTED, drop.reason))
+        self._pending.fail(
+            list(drop.request_ids), PpmlError(ErrorCode.PREDICTION_ABORTED, drop.reason)
+        )
 
     @property
     def backlog(self) -> int:

@@ -58,8 +58,11 @@ def write_local_topology(
         issue_server_cert(ca, directory / "tls", name, ["127.0.0.1", "localhost"])
         write_auth_file(
             directory / "auth" / f"{name}.toml",
-            [("local-user", "client", client), ("monitor", "monitor", monitor),
-             ("peer", "peer", peer)],
+            [
+                ("local-user", "client", client),
+                ("monitor", "monitor", monitor),
+                ("peer", "peer", peer),
+            ],
         )
         lines += [
             "[[parties]]",
@@ -144,7 +147,10 @@ class LocalCluster:
             cmd.append("--insecure")
         with open(logs / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 

@@ -15,7 +15,7 @@ from ppml.proto.shares import Ring
 from ppml.servers.crypten_compat import crypten
 
 
-class Affine(crypten.nn.Module):  # type: ignore[misc]
+class Affine(crypten.nn.Module):
     """``x * scale + shift`` with secret per-feature scale and shift."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:

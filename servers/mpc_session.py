@@ -14,6 +14,7 @@ Every session uses CrypTen's TTP provider: Beaver triples come from the dealer
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -39,14 +40,17 @@ def host_master_store(host: str, port: int) -> None:
     with _master_lock:
         if (host, port) not in _master_store:
             _master_store[(host, port)] = dist.TCPStore(
-                host, port, is_master=True, wait_for_workers=False,
+                host,
+                port,
+                is_master=True,
+                wait_for_workers=False,
                 timeout=timedelta(seconds=60),
             )
 
 
-def _rendezvous_handler(url: str, timeout: timedelta = timedelta(seconds=60), **_: Any) -> Iterator[
-    tuple[dist.Store, int, int]
-]:
+def _rendezvous_handler(
+    url: str, timeout: timedelta = timedelta(seconds=60), **_: Any
+) -> Iterator[tuple[dist.Store, int, int]]:
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
     rank, world_size = int(query["rank"][0]), int(query["world_size"][0])
@@ -131,14 +135,10 @@ def leave() -> None:
         except Exception as exc:  # broken session: peers gone
             log.info("leaving a broken MPC session (%s)", exc)
             for group in ("main_group", "ttp_group", "ttp_comm_group"):
-                try:
+                with contextlib.suppress(Exception):
                     dist.destroy_process_group(getattr(DistributedCommunicator.instance, group))
-                except Exception:
-                    pass
-            try:
+            with contextlib.suppress(Exception):
                 if dist.is_initialized():
                     dist.destroy_process_group()
-            except Exception:
-                pass
             DistributedCommunicator.instance = None
     TTPClient.uninit()

@@ -1,8 +1,9 @@
 """Per-server storage of models: public metadata plus this server's shares.
 
 :class:`ModelStore` is the interface; :class:`FileModelStore` keeps each model
-in its own folder (``meta.pb``, the public ModelInfo message, + ``shares.npz``), written to a temporary
-folder and renamed into place so a crash never leaves a half-written model;
+in its own folder (``meta.pb``, the public ModelInfo message, and
+``shares.npz``), written to a temporary folder and renamed into place so a
+crash never leaves a half-written model;
 :class:`MemoryModelStore` is for tests. ``tests/unit/test_storage.py`` runs
 one contract test against both.
 """
@@ -14,13 +15,14 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ppml.proto import serde
 from ppml.proto.architecture import ModelMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
-from ppml.proto import serde
 
 
 class ModelStore(ABC):
@@ -107,7 +109,8 @@ class FileModelStore(ModelStore):
             tmp.mkdir()
             (tmp / "meta.pb").write_bytes(serde.model_meta_to_bytes(meta))
             with open(tmp / "shares.npz", "wb") as handle:
-                np.savez(handle, **{k: np.asarray(v, dtype=np.int64) for k, v in shares.items()})
+                arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.int64) for k, v in shares.items()}
+                np.savez(handle, **arrays)
             tmp.rename(self._folder(meta.model_id))
 
     def get_meta(self, model_id: str) -> ModelMeta:

@@ -139,7 +139,9 @@ class MpcWorker:
         except Exception as exc:
             log.warning("MPC job %d (%s) failed: %s", command.seq, command.kind, exc)
             self._metrics.record_error(f"job {command.seq} failed: {exc}")
-            self._fail(requests, "a server or the dealer went away during the MPC evaluation; retry")
+            self._fail(
+                requests, "a server or the dealer went away during the MPC evaluation; retry"
+            )
             self._leave()
             self._on_job_done(command, False)
             return

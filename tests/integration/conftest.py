@@ -30,7 +30,10 @@ def digits() -> Digits:
     x = (data.data / 16.0 - 0.5).astype(np.float32)
     x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.2, random_state=0)
     return Digits(
-        torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te),
     )
 
 
@@ -48,9 +51,7 @@ def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int)
 @pytest.fixture(scope="session")
 def mlp(digits: Digits) -> torch.nn.Module:
     torch.manual_seed(1)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-    )
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     return _train(model, digits.x_train, digits.y_train, 300)
 
 

@@ -87,7 +87,9 @@ def test_wrong_dtype(stubs: Any, metadata: Any, cluster2: Cluster, model_id: str
     _still_serving(cluster2, model_id, mlp)
 
 
-def test_garbage_bytes(stubs: Any, metadata: Any, cluster2: Cluster, model_id: str, mlp: Any) -> None:
+def test_garbage_bytes(
+    stubs: Any, metadata: Any, cluster2: Cluster, model_id: str, mlp: Any
+) -> None:
     tensor = common_pb2.ShareTensor(
         shape=[1, 64], dtype=common_pb2.DTYPE_RING64, data=b"\x01garbage", fractional_bits=16
     )
@@ -130,9 +132,11 @@ def test_nan_input_is_rejected_before_sending(cluster2: Cluster, model_id: str) 
 
 
 def test_unknown_token(local2: LocalCluster, model_id: str) -> None:
-    with Cluster.from_config(local2.config_path, token="not-a-token") as intruder:
-        with pytest.raises(AuthenticationFailed):
-            intruder.predict(model_id, torch.zeros(1, 64))
+    with (
+        Cluster.from_config(local2.config_path, token="not-a-token") as intruder,
+        pytest.raises(AuthenticationFailed),
+    ):
+        intruder.predict(model_id, torch.zeros(1, 64))
 
 
 def test_impossible_deadline(cluster2: Cluster, model_id: str, mlp: torch.nn.Module) -> None:

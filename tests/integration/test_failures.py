@@ -83,14 +83,16 @@ def test_health_is_not_serving_until_peers_and_dealer(tmp_path: Path) -> None:
 def test_idle_cluster_outlives_the_mpc_timeout(tmp_path: Path, mlp: torch.nn.Module) -> None:
     # Every collective times out after 4 s, yet heartbeats keep an idle cluster up.
     serving = {"mpc_timeout_s": 4, "heartbeat_s": 1}
-    with LocalCluster(parties=2, directory=tmp_path, serving=serving) as local:
-        with Cluster.from_config(local.config_path) as cluster:
-            model_id = cluster.share_model(mlp, torch.zeros(1, 64))
-            epoch = cluster.status()[0].mpc_epoch
-            time.sleep(10)
-            x = torch.ones(1, 64) * 0.1
-            with torch.no_grad():
-                assert (cluster.predict(model_id, x) - mlp(x)).abs().max().item() < 1e-2
-            reports = cluster.status()
+    with (
+        LocalCluster(parties=2, directory=tmp_path, serving=serving) as local,
+        Cluster.from_config(local.config_path) as cluster,
+    ):
+        model_id = cluster.share_model(mlp, torch.zeros(1, 64))
+        epoch = cluster.status()[0].mpc_epoch
+        time.sleep(10)
+        x = torch.ones(1, 64) * 0.1
+        with torch.no_grad():
+            assert (cluster.predict(model_id, x) - mlp(x)).abs().max().item() < 1e-2
+        reports = cluster.status()
     assert [r.mpc_epoch for r in reports] == [epoch, epoch]  # no session restart
     assert all(r.heartbeats >= 5 for r in reports)

@@ -1,0 +1,260 @@
+"""Tests for ppml.servers.scheduler.Scheduler (pure logic, explicit clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppml.servers.scheduler import Drop, Job, Scheduler
+
+NAMES = ["server-0", "server-1", "server-2"]
+
+
+def _announce_all(
+    s: Scheduler,
+    request_id: str,
+    now: float,
+    model_id: str = "m1",
+    rows: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    for rank in range(s.world_size):
+        assert s.announce(rank, request_id, model_id, rows, timeout_s, now) is None
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def test_request_is_ready_only_after_every_rank_announced() -> None:
+    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    assert s.announce(0, "r1", "m1", 2, 30.0, now=0.0) is None
+    assert s.announce(2, "r1", "m1", 2, 30.0, now=0.1) is None
+    assert s.next_job(now=10.0) is None  # rank 1 has not announced
+    assert s.announce(1, "r1", "m1", 2, 30.0, now=0.2) is None
+    assert s.next_job(now=0.2) == Job("m1", ("r1",), (2,))
+    assert s.backlog == 0
+
+
+def test_repeated_announce_by_one_rank_does_not_make_it_ready() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    for t in range(5):
+        assert s.announce(0, "r1", "m1", 1, 30.0, now=float(t)) is None
+    assert s.next_job(now=5.0) is None
+    assert s.backlog == 1
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+def test_deadline_expiry_names_the_missing_servers() -> None:
+    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s.announce(0, "r1", "m1", 1, 5.0, now=0.0)
+    s.announce(2, "r1", "m1", 1, 5.0, now=1.0)  # deadline min(5, 6) = 5
+    assert s.expire(now=4.99, names=NAMES) == []
+    drops = s.expire(now=5.0, names=NAMES)
+    assert len(drops) == 1
+    assert drops[0].request_ids == ("r1",)
+    assert "server-1" in drops[0].reason
+    assert "server-0" not in drops[0].reason
+    assert "server-2" not in drops[0].reason
+    assert s.backlog == 0
+    # the straggler's share arrives late: dropped, never scheduled
+    late = s.announce(1, "r1", "m1", 1, 5.0, now=5.5)
+    assert isinstance(late, Drop) and late.request_ids == ("r1",)
+    assert s.next_job(now=100.0) is None
+
+
+def test_deadline_expiry_names_every_missing_server() -> None:
+    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s.announce(1, "r1", "m1", 1, 2.0, now=0.0)
+    (drop,) = s.expire(now=2.0, names=NAMES)
+    assert "server-0" in drop.reason and "server-2" in drop.reason
+    assert "server-1" not in drop.reason
+
+
+def test_deadline_is_the_earliest_of_all_announces() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s.announce(0, "r1", "m1", 1, 30.0, now=0.0)
+    s.announce(0, "r1", "m1", 1, 1.0, now=0.5)  # a shorter deadline wins
+    assert s.next_wakeup() == pytest.approx(1.5)
+    assert [d.request_ids for d in s.expire(now=1.5, names=NAMES)] == [("r1",)]
+
+
+def test_ready_request_past_its_deadline_is_dropped_as_overload() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=10.0)
+    _announce_all(s, "r1", now=0.0, timeout_s=1.0)
+    (drop,) = s.expire(now=1.0, names=NAMES)
+    assert drop.request_ids == ("r1",)
+    assert "overload" in drop.reason
+    assert s.next_job(now=100.0) is None
+
+
+def test_expire_leaves_requests_before_their_deadline() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s.announce(0, "early", "m1", 1, 1.0, now=0.0)
+    s.announce(0, "late", "m1", 1, 10.0, now=0.0)
+    assert [d.request_ids for d in s.expire(now=2.0, names=NAMES)] == [("early",)]
+    assert s.backlog == 1
+    s.announce(1, "late", "m1", 1, 10.0, now=2.0)
+    assert s.next_job(now=2.0) == Job("m1", ("late",), (1,))
+
+
+# ---------------------------------------------------------------- mismatches and finished ids
+
+
+@pytest.mark.parametrize(("model_id", "rows"), [("m2", 1), ("m1", 2)])
+def test_mismatched_model_or_rows_is_dropped(model_id: str, rows: int) -> None:
+    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    assert s.announce(0, "r1", "m1", 1, 30.0, now=0.0) is None
+    drop = s.announce(1, "r1", model_id, rows, 30.0, now=0.1)
+    assert isinstance(drop, Drop)
+    assert drop.request_ids == ("r1",)
+    assert s.backlog == 0
+    # the remaining party's announce is dropped too, and nothing ever runs
+    assert isinstance(s.announce(2, "r1", "m1", 1, 30.0, now=0.2), Drop)
+    assert s.next_job(now=100.0) is None
+    assert s.expire(now=100.0, names=NAMES) == []
+
+
+def test_re_announce_after_dispatch_is_dropped() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    _announce_all(s, "r1", now=0.0)
+    assert s.next_job(now=0.0) == Job("m1", ("r1",), (1,))
+    again = s.announce(0, "r1", "m1", 1, 30.0, now=1.0)
+    assert isinstance(again, Drop) and again.request_ids == ("r1",)
+    assert s.backlog == 0
+    assert s.next_job(now=2.0) is None
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_no_dispatch_before_max_wait_unless_full() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=0.010)
+    _announce_all(s, "a", now=0.0, rows=3)
+    _announce_all(s, "b", now=0.004, rows=3)
+    assert s.next_job(now=0.0) is None
+    assert s.next_job(now=0.0099) is None
+    assert s.next_job(now=0.010) == Job("m1", ("a", "b"), (3, 3))
+    assert s.next_job(now=1.0) is None
+
+
+def test_full_batch_dispatches_immediately() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=10.0)
+    _announce_all(s, "a", now=0.0, rows=4)
+    assert s.next_job(now=0.0) is None
+    _announce_all(s, "b", now=0.001, rows=4)
+    assert s.next_job(now=0.001) == Job("m1", ("a", "b"), (4, 4))
+
+
+def test_batch_never_exceeds_max_batch_rows() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=10.0)
+    for i, rows in enumerate([5, 2, 3, 1]):
+        _announce_all(s, f"r{i}", now=0.0, rows=rows)
+    # r0 + r1 = 7; adding r2 (3) would exceed 8, so the batch is cut and goes now
+    assert s.next_job(now=0.0) == Job("m1", ("r0", "r1"), (5, 2))
+    # r2 + r3 = 4 rows: not full, waits for max_wait
+    assert s.next_job(now=0.0) is None
+    assert s.next_job(now=10.0) == Job("m1", ("r2", "r3"), (3, 1))
+
+
+def test_request_larger_than_a_batch_runs_alone() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=4, max_wait_s=10.0)
+    _announce_all(s, "big", now=0.0, rows=9)
+    _announce_all(s, "small", now=0.0, rows=1)
+    assert s.next_job(now=0.0) == Job("m1", ("big",), (9,))
+    assert s.next_job(now=0.0) is None
+    assert s.next_job(now=10.0) == Job("m1", ("small",), (1,))
+
+
+def test_max_wait_counts_from_when_the_oldest_became_ready() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=1.0)
+    s.announce(0, "a", "m1", 1, 30.0, now=0.0)
+    s.announce(1, "a", "m1", 1, 30.0, now=5.0)  # ready at 5.0, not 0.0
+    assert s.next_job(now=5.5) is None
+    assert s.next_job(now=6.0) == Job("m1", ("a",), (1,))
+
+
+# ---------------------------------------------------------------- ordering
+
+
+def test_fifo_within_a_model_by_readiness() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    for rid in ["a", "b", "c"]:
+        s.announce(0, rid, "m1", 1, 30.0, now=0.0)
+    for t, rid in enumerate(["c", "a", "b"]):
+        s.announce(1, rid, "m1", 1, 30.0, now=float(t))
+    job = s.next_job(now=10.0)
+    assert job is not None
+    assert job.request_ids == ("c", "a", "b")
+
+
+def test_one_model_per_job_oldest_model_first() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    _announce_all(s, "a", now=0.0, model_id="m1", rows=1)
+    _announce_all(s, "b", now=0.1, model_id="m2", rows=2)
+    _announce_all(s, "c", now=0.2, model_id="m1", rows=3)
+    assert s.next_job(now=1.0) == Job("m1", ("a", "c"), (1, 3))
+    assert s.next_job(now=1.0) == Job("m2", ("b",), (2,))
+    assert s.next_job(now=1.0) is None
+
+
+# ---------------------------------------------------------------- parties going away
+
+
+def test_drop_rank_drops_only_requests_that_rank_held() -> None:
+    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=10.0)
+    s.announce(0, "held-by-0-1", "m1", 1, 30.0, now=0.0)
+    s.announce(1, "held-by-0-1", "m1", 1, 30.0, now=0.0)
+    s.announce(0, "held-by-0", "m1", 1, 30.0, now=0.0)
+    _announce_all(s, "ready", now=0.0)
+    s.announce(2, "held-by-2", "m1", 1, 30.0, now=0.0)
+    drop = s.drop_rank(1, now=1.0, name="server-1")
+    assert drop is not None
+    assert set(drop.request_ids) == {"held-by-0-1", "ready"}
+    assert "server-1" in drop.reason
+    assert s.backlog == 2
+    assert s.next_job(now=100.0) is None  # "ready" is gone
+    # the survivors can still complete
+    s.announce(1, "held-by-0", "m1", 1, 30.0, now=2.0)
+    s.announce(2, "held-by-0", "m1", 1, 30.0, now=2.0)
+    assert s.next_job(now=20.0) == Job("m1", ("held-by-0",), (1,))
+    # a dropped id cannot come back
+    assert isinstance(s.announce(2, "held-by-0-1", "m1", 1, 30.0, now=3.0), Drop)
+
+
+def test_drop_rank_with_nothing_held_returns_none() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s.announce(0, "r1", "m1", 1, 30.0, now=0.0)
+    assert s.drop_rank(1, now=1.0, name="server-1") is None
+    assert s.backlog == 1
+
+
+def test_drop_all() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=10.0)
+    assert s.drop_all(now=0.0, reason="restart") is None
+    s.announce(0, "a", "m1", 1, 30.0, now=0.0)
+    _announce_all(s, "b", now=0.0)
+    drop = s.drop_all(now=1.0, reason="restart")
+    assert drop is not None and set(drop.request_ids) == {"a", "b"}
+    assert drop.reason == "restart"
+    assert s.backlog == 0
+    assert s.next_job(now=100.0) is None
+    assert s.next_wakeup() is None
+
+
+# ---------------------------------------------------------------- wake-ups
+
+
+def test_next_wakeup() -> None:
+    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.5)
+    assert s.next_wakeup() is None
+    s.announce(0, "a", "m1", 1, 10.0, now=0.0)
+    assert s.next_wakeup() == pytest.approx(10.0)  # a's deadline
+    s.announce(0, "b", "m1", 1, 3.0, now=1.0)
+    assert s.next_wakeup() == pytest.approx(4.0)  # b's deadline is sooner
+    s.announce(1, "a", "m1", 1, 10.0, now=2.0)  # a ready at 2.0
+    assert s.next_wakeup() == pytest.approx(2.5)  # batch window closes
+    assert s.next_job(now=2.5) == Job("m1", ("a",), (1,))
+    assert s.next_wakeup() == pytest.approx(4.0)
+    s.expire(now=4.0, names=NAMES)
+    assert s.next_wakeup() is None
