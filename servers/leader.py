@@ -37,7 +37,10 @@ class Leader:
         self._pending = pending
         self._names = [p.name for p in config.parties]
         self._scheduler = Scheduler(
-            config.world_size, serving.max_batch_rows, serving.max_wait_ms / 1000.0
+            config.world_size,
+            serving.max_batch_rows,
+            serving.max_wait_ms / 1000.0,
+            serving.max_delay_ms / 1000.0,
         )
         self._heartbeat_s = serving.heartbeat_s
         self._links: dict[int, Outbox] = {}

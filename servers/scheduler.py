@@ -5,8 +5,11 @@
 * A request not ready by its deadline is dropped, naming the parties whose
   share never arrived.
 * Dynamic batching: ready requests for one model are merged into one job of
-  at most ``max_batch_rows`` rows, dispatched when the batch is full or its
-  oldest request has waited ``max_wait_s``.
+  at most ``max_batch_rows`` rows. The job is dispatched when the batch is
+  full, when no new request for that model has been announced for
+  ``max_wait_s`` (a quiet gap: a burst of concurrent clients lands in one
+  job however long the burst takes to arrive), or when its oldest request
+  has waited ``max_delay_s``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ class Drop:
 
 
 class Scheduler:
-    def __init__(self, world_size: int, max_batch_rows: int, max_wait_s: float) -> None:
+    def __init__(
+        self, world_size: int, max_batch_rows: int, max_wait_s: float, max_delay_s: float
+    ) -> None:
         self.world_size = world_size
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
+        self.max_delay_s = max(max_delay_s, max_wait_s)
+        self._last_announce: dict[str, float] = {}
         self._tracked: dict[str, Tracked] = {}
         self._ready: OrderedDict[str, Tracked] = OrderedDict()
         self._finished: OrderedDict[str, float] = OrderedDict()
@@ -74,6 +81,7 @@ class Scheduler:
             )
         entry.deadline = min(entry.deadline, now + timeout_s)
         entry.holders.add(rank)
+        self._last_announce[model_id] = now
         if len(entry.holders) == self.world_size and entry.ready_at is None:
             entry.ready_at = now
             self._ready[request_id] = entry
@@ -127,10 +135,14 @@ class Scheduler:
             rows += entry.rows
         assert oldest.ready_at is not None
         full = rows >= self.max_batch_rows or len(chosen) < len(batch)
-        if not full and now - oldest.ready_at < self.max_wait_s:
+        quiet = now - self._last_announce.get(oldest.model_id, 0.0) >= self.max_wait_s
+        overdue = now - oldest.ready_at >= self.max_delay_s
+        if not (full or quiet or overdue):
             return None
         for entry in chosen:
             self._finish(entry.request_id, now)
+        if not any(e.model_id == oldest.model_id for e in self._tracked.values()):
+            self._last_announce.pop(oldest.model_id, None)
         return Job(
             oldest.model_id,
             tuple(e.request_id for e in chosen),
@@ -141,9 +153,10 @@ class Scheduler:
         """When :meth:`next_job` or :meth:`expire` may next have something to do."""
         times = [e.deadline for e in self._tracked.values()]
         if self._ready:
-            ready_at = next(iter(self._ready.values())).ready_at
-            assert ready_at is not None
-            times.append(ready_at + self.max_wait_s)
+            oldest = next(iter(self._ready.values()))
+            assert oldest.ready_at is not None
+            times.append(oldest.ready_at + self.max_delay_s)
+            times.append(self._last_announce.get(oldest.model_id, 0.0) + self.max_wait_s)
         return min(times) if times else None
 
     @property

@@ -1,0 +1,210 @@
+"""ppml.servers.errors.rpc_boundary on a real gRPC server, and the SDK's mapping back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from ppml.client import errors as client_errors
+from ppml.client.errors import (
+    AuthenticationFailed,
+    InvalidShare,
+    ModelNotFound,
+    PermissionDenied,
+    PpmlClientError,
+    ServerUnavailable,
+    from_rpc_error,
+    most_relevant,
+)
+from ppml.proto.errors import CATALOG, ERROR_CODE_KEY, ErrorCode, PpmlError
+from ppml.servers.errors import rpc_boundary
+from ppml.v1 import registry_pb2, registry_pb2_grpc
+
+SECRET_TEXT = "weights=[0.123, -4.56] at /srv/ppml/data/server-0/models/x"
+
+
+class BoundaryRegistry(registry_pb2_grpc.ModelRegistryServicer):
+    """GetModel's behaviour is chosen by the requested model id."""
+
+    def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        with rpc_boundary(context, "GetModel"):
+            model_id = request.model_id
+            if model_id in ErrorCode.__members__:
+                raise PpmlError(ErrorCode(model_id), f"detail about {model_id.lower()}")
+            if model_id == "crash":
+                raise RuntimeError(SECRET_TEXT)
+            if model_id == "key-error":
+                raise KeyError(SECRET_TEXT)
+            if model_id == "abort-permission":
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+            if model_id == "abort-handshake":
+                context.abort(grpc.StatusCode.UNAVAILABLE, "TLS handshake failed")
+            return registry_pb2.ModelInfo(model_id=model_id)
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[registry_pb2_grpc.ModelRegistryStub]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    registry_pb2_grpc.add_ModelRegistryServicer_to_server(BoundaryRegistry(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield registry_pb2_grpc.ModelRegistryStub(channel)
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def _fail(stub: registry_pb2_grpc.ModelRegistryStub, model_id: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as excinfo:
+        stub.GetModel(registry_pb2.GetModelRequest(model_id=model_id), timeout=5)
+    return excinfo.value  # type: ignore[return-value]
+
+
+def _trailing_code(error: grpc.RpcError) -> str | None:
+    value = dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)  # type: ignore[attr-defined]
+    return str(value) if value is not None else None
+
+
+def test_success_passes_through(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
+    reply = stub.GetModel(registry_pb2.GetModelRequest(model_id="ok"), timeout=5)
+    assert reply.model_id == "ok"
+
+
+def test_model_not_found(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
+    error = _fail(stub, "MODEL_NOT_FOUND")
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert _trailing_code(error) == "MODEL_NOT_FOUND"
+    assert error.details() == "model not found: detail about model_not_found"  # type: ignore[attr-defined]
+    mapped = from_rpc_error(error, "server-1")
+    assert type(mapped) is ModelNotFound
+    assert mapped.server == "server-1"
+    assert "detail about model_not_found" in str(mapped)
+
+
+EXPECTED_CLIENT_CLASS = {
+    ErrorCode.INVALID_ARGUMENT: client_errors.InvalidRequest,
+    ErrorCode.INVALID_SHARE: client_errors.InvalidShare,
+    ErrorCode.INVALID_MODEL: client_errors.InvalidModel,
+    ErrorCode.MODEL_NOT_FOUND: client_errors.ModelNotFound,
+    ErrorCode.MODEL_EXISTS: client_errors.ModelExists,
+    ErrorCode.DUPLICATE_REQUEST: client_errors.DuplicateRequest,
+    ErrorCode.UNAUTHENTICATED: client_errors.AuthenticationFailed,
+    ErrorCode.PERMISSION_DENIED: client_errors.PermissionDenied,
+    ErrorCode.NOT_READY: client_errors.ServerUnavailable,
+    ErrorCode.PREDICTION_ABORTED: client_errors.PredictionAborted,
+    ErrorCode.DEADLINE_EXCEEDED: client_errors.DeadlineExceeded,
+    ErrorCode.RESOURCE_EXHAUSTED: client_errors.ServerUnavailable,
+    ErrorCode.INTERNAL: client_errors.PpmlClientError,
+}
+
+
+def test_every_code_has_an_expected_client_class() -> None:
+    assert set(EXPECTED_CLIENT_CLASS) == set(ErrorCode) == set(CATALOG)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_every_catalogue_code_round_trips(
+    stub: registry_pb2_grpc.ModelRegistryStub, code: ErrorCode
+) -> None:
+    error = _fail(stub, code.value)
+    status, public = CATALOG[code]
+    assert error.code() == status  # type: ignore[attr-defined]
+    assert _trailing_code(error) == code.value
+    assert error.details().startswith(public)  # type: ignore[attr-defined]
+    mapped = from_rpc_error(error, "s0")
+    assert type(mapped) is EXPECTED_CLIENT_CLASS[code]
+
+
+@pytest.mark.parametrize("model_id", ["crash", "key-error"])
+def test_unexpected_exception_is_internal_without_leaking(
+    stub: registry_pb2_grpc.ModelRegistryStub, model_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="ppml.servers.errors"):
+        error = _fail(stub, model_id)
+    details = error.details()  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    assert "incident" in details
+    assert SECRET_TEXT not in details
+    assert "weights" not in details and "/srv/" not in details
+    assert "Error" not in details  # not even the exception type
+    assert _trailing_code(error) == "INTERNAL"
+    # the server logged the details, under the same incident id
+    incident = details.split("incident ")[1].split(")")[0]
+    records = [r for r in caplog.records if incident in r.getMessage()]
+    assert records, caplog.text
+    assert records[0].exc_info is not None
+    assert SECRET_TEXT in str(records[0].exc_info[1])
+    mapped = from_rpc_error(error, "s0")
+    assert type(mapped) is PpmlClientError
+    assert SECRET_TEXT not in str(mapped)
+
+
+def test_incident_ids_differ(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
+    first = _fail(stub, "crash").details()  # type: ignore[attr-defined]
+    second = _fail(stub, "crash").details()  # type: ignore[attr-defined]
+    assert first != second
+
+
+def test_handler_abort_is_not_rewritten(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
+    error = _fail(stub, "abort-permission")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert error.details() == "handler said no"  # type: ignore[attr-defined]
+    assert isinstance(from_rpc_error(error, "s0"), PermissionDenied)
+
+
+def test_handshake_failure_maps_to_authentication(
+    stub: registry_pb2_grpc.ModelRegistryStub,
+) -> None:
+    error = _fail(stub, "abort-handshake")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert isinstance(from_rpc_error(error, "s0"), AuthenticationFailed)
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        stub = registry_pb2_grpc.ModelRegistryStub(channel)
+        error = _fail(stub, "ok")
+    finally:
+        channel.close()
+    assert isinstance(from_rpc_error(error, "s1"), ServerUnavailable)
+
+
+# ---------------------------------------------------------------- most_relevant
+
+
+def test_most_relevant_prefers_invalid_share_over_unavailable() -> None:
+    unavailable = ServerUnavailable("UNAVAILABLE: connection refused", "server-0")
+    invalid = InvalidShare("INVALID_ARGUMENT: invalid share tensor: bad bytes", "server-1")
+    for errors in ([unavailable, invalid], [invalid, unavailable]):
+        best = most_relevant(list(errors))
+        assert type(best) is InvalidShare
+        assert best.server == "server-1"
+        assert "bad bytes" in str(best)
+        assert "connection refused" in str(best)  # the others are mentioned
+
+
+def test_most_relevant_single_error_is_returned_as_is() -> None:
+    error = ModelNotFound("NOT_FOUND: model not found", "server-0")
+    assert most_relevant([error]) is error
+
+
+def test_most_relevant_priority() -> None:
+    errors: list[PpmlClientError] = [
+        PpmlClientError("unknown", "s0"),
+        ServerUnavailable("down", "s1"),
+        ModelNotFound("missing", "s2"),
+        PermissionDenied("denied", "s3"),
+    ]
+    assert type(most_relevant(errors)) is PermissionDenied
+    assert type(most_relevant(errors[:3])) is ModelNotFound
+    assert type(most_relevant(errors[:2])) is ServerUnavailable
