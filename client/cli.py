@@ -158,18 +158,20 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     options = {"max_batch_rows": args.max_batch_rows, "max_wait_ms": args.max_wait_ms}
     serving = {key: value for key, value in options.items() if value is not None}
     config_path = write_local_topology(directory, args.parties, serving)
+    load_config(config_path)  # reject bad --max-* values before starting anything
     cluster = LocalCluster(args.parties, directory, args.insecure)
     try:
         for rank in range(args.parties):
             cluster.start_server(rank)
         cluster.start_dealer()
+        _write_pids(directory, cluster)  # before waiting: `down` can clean up if we die
         _wait_healthy(cluster, args.timeout)
     except BaseException:
         cluster.stop()
+        (directory / PIDS_FILE).unlink(missing_ok=True)
         print(f"start-up failed; stopped what was started. Logs: {directory / 'logs'}",
               file=sys.stderr)
         raise
-    _write_pids(directory, cluster)
     flags = " --insecure" if args.insecure else ""
     pids = ", ".join(f"{name}={proc.pid}" for name, proc in cluster.processes.items())
     print(f"cluster of {args.parties} compute servers + dealer is SERVING ({pids})")

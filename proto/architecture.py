@@ -180,6 +180,8 @@ def infer_output_shape(a: Architecture) -> tuple[int, ...]:
         elif isinstance(layer, Conv2d | AvgPool2d | MaxPool2d):
             if len(shape) != 3:
                 raise ValueError(f"{where} expects (C, H, W), gets {shape}")
+            if min(layer.stride) <= 0 or min(layer.kernel_size) <= 0:
+                raise ValueError(f"{where} needs positive kernel size and stride")
             channels = shape[0]
             dilation = layer.dilation if isinstance(layer, Conv2d) else (1, 1)
             if isinstance(layer, Conv2d):
@@ -196,7 +198,7 @@ def infer_output_shape(a: Architecture) -> tuple[int, ...]:
                 )
                 for i in range(2)
             )
-            if h <= 0 or w <= 0 or min(layer.stride) <= 0:
+            if h <= 0 or w <= 0:
                 raise ValueError(f"{where} produces an empty output from {shape}")
             shape = (channels, h, w)
         elif isinstance(layer, Flatten):

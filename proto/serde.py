@@ -8,6 +8,7 @@ caller can act on.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -20,12 +21,12 @@ from ppml.proto.shares import FRACTIONAL_BITS, Ring
 from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
 
 MAX_ELEMENTS = 1 << 27  # 1 GiB of int64 per tensor
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def check_id(value: str, what: str) -> str:
     """Ids are 1-64 characters of ``[A-Za-z0-9_.-]``."""
-    if not _ID_PATTERN.match(value):
+    if not _ID_PATTERN.fullmatch(value) or value in (".", ".."):
         raise PpmlError(
             ErrorCode.INVALID_ARGUMENT,
             f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
@@ -60,7 +61,7 @@ def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
     shape = tuple(int(d) for d in msg.shape)
     if not shape or any(d < 0 for d in shape):
         raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: invalid shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: {count} elements is too many")
     if len(msg.data) != 8 * count:
@@ -74,10 +75,10 @@ def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
 # ---------------------------------------------------------------- architecture
 
 
-def _pair(values: object, what: str) -> arch.Pair:
+def _pair(values: object, what: str, minimum: int = 0) -> arch.Pair:
     items = [int(v) for v in values]  # type: ignore[attr-defined]
-    if len(items) != 2 or any(v < 0 for v in items):
-        raise PpmlError(ErrorCode.INVALID_MODEL, f"{what} must be two non-negative ints")
+    if len(items) != 2 or any(v < minimum for v in items):
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"{what} must be two ints >= {minimum}")
     return (items[0], items[1])
 
 
@@ -135,10 +136,10 @@ def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
         return arch.Conv2d(
             c.in_channels,
             c.out_channels,
-            _pair(c.kernel_size, f"{where}: kernel_size"),
-            _pair(c.stride, f"{where}: stride"),
+            _pair(c.kernel_size, f"{where}: kernel_size", 1),
+            _pair(c.stride, f"{where}: stride", 1),
             _pair(c.padding, f"{where}: padding"),
-            _pair(c.dilation, f"{where}: dilation"),
+            _pair(c.dilation, f"{where}: dilation", 1),
             c.groups,
             c.bias,
         )
@@ -147,8 +148,8 @@ def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
     if kind in ("avg_pool2d", "max_pool2d"):
         p = getattr(msg, kind)
         args = (
-            _pair(p.kernel_size, f"{where}: kernel_size"),
-            _pair(p.stride, f"{where}: stride"),
+            _pair(p.kernel_size, f"{where}: kernel_size", 1),
+            _pair(p.stride, f"{where}: stride", 1),
             _pair(p.padding, f"{where}: padding"),
         )
         return arch.AvgPool2d(*args) if kind == "avg_pool2d" else arch.MaxPool2d(*args)

@@ -54,6 +54,7 @@ def write_secret(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file already existed
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -92,8 +93,17 @@ def write_local_topology(
     return path
 
 
-def wait_serving(config: ClusterConfig, timeout: float = 120.0, insecure: bool = False) -> None:
-    """Block until every compute server's health check says SERVING."""
+def wait_serving(
+    config: ClusterConfig,
+    timeout: float = 120.0,
+    insecure: bool = False,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Block until every compute server's health check says SERVING.
+
+    ``alive`` is called while waiting and may raise to stop early (e.g. when a
+    process being waited for has exited).
+    """
     deadline = time.monotonic() + timeout
     for party in config.parties:
         channel = client_channel(party.grpc_address, None if insecure else config.ca_cert)
@@ -106,6 +116,7 @@ def wait_serving(config: ClusterConfig, timeout: float = 120.0, insecure: bool =
                         break
                 except grpc.RpcError:
                     pass
+                alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{party.name} did not become SERVING within {timeout}s")
                 time.sleep(0.2)
@@ -174,10 +185,12 @@ class LocalCluster:
         return self
 
     def wait_serving(self, timeout: float = 120.0) -> None:
+        wait_serving(self.config, timeout, self.insecure, self._check_alive)
+
+    def _check_alive(self) -> None:
         for name, proc in self.processes.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
-        wait_serving(self.config, timeout, self.insecure)
 
     def log(self, name: str) -> Path:
         return self.directory / "logs" / f"{name}.log"

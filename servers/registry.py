@@ -57,6 +57,7 @@ class ModelRegistry:
 
     def get(self, model_id: str) -> LoadedModel:
         """The model with its shares (cached); MODEL_NOT_FOUND if absent."""
+        check_id(model_id, "model_id")
         with self._lock:
             cached = self._cache.get(model_id)
             if cached is not None:
@@ -70,12 +71,13 @@ class ModelRegistry:
         return loaded
 
     def meta(self, model_id: str) -> ModelMeta:
-        return self._store.get_meta(model_id)
+        return self._store.get_meta(check_id(model_id, "model_id"))
 
     def list(self) -> list[ModelMeta]:
         return self._store.list()
 
     def delete(self, model_id: str) -> None:
+        check_id(model_id, "model_id")
         with self._lock:
             self._cache.pop(model_id, None)
         self._store.delete(model_id)

@@ -57,7 +57,11 @@ class Scheduler:
         self._finished: OrderedDict[str, float] = OrderedDict()
 
     def _finish(self, request_id: str, now: float) -> None:
-        self._tracked.pop(request_id, None)
+        entry = self._tracked.pop(request_id, None)
+        if entry is not None and not any(
+            e.model_id == entry.model_id for e in self._tracked.values()
+        ):
+            self._last_announce.pop(entry.model_id, None)
         self._ready.pop(request_id, None)
         self._finished[request_id] = now
         while self._finished and next(iter(self._finished.values())) < now - _FORGET_S:
@@ -141,8 +145,6 @@ class Scheduler:
             return None
         for entry in chosen:
             self._finish(entry.request_id, now)
-        if not any(e.model_id == oldest.model_id for e in self._tracked.values()):
-            self._last_announce.pop(oldest.model_id, None)
         return Job(
             oldest.model_id,
             tuple(e.request_id for e in chosen),

@@ -99,7 +99,11 @@ class FileModelStore(ModelStore):
             shutil.rmtree(leftover, ignore_errors=True)
 
     def _folder(self, model_id: str) -> Path:
-        return self._dir / model_id
+        """The model's folder; refuses any id that would leave the store."""
+        folder = self._dir / model_id
+        if model_id in ("", ".", "..") or folder.resolve().parent != self._dir.resolve():
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, f"invalid model id {model_id!r}")
+        return folder
 
     def put(self, meta: ModelMeta, shares: dict[str, Ring]) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
         serialization.NoEncryption(),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

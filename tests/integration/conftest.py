@@ -24,6 +24,12 @@ class Digits:
     y_test: torch.Tensor
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    # the servers run in other processes on the same 2 cores
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def digits() -> Digits:
     data = load_digits()

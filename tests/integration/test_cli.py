@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ def shared(cluster: RunningCluster, tmp_path_factory: pytest.TempPathFactory) ->
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     x = torch.randn(5, 6)
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but supported
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), str(path), dynamo=False)
     result = ppml("models", "share", "--config", cluster.config, "--onnx", path, "--name", "tiny")
     assert result.returncode == 0, result.stderr
     return SharedModel(result.stdout.strip(), model, x)

@@ -41,8 +41,10 @@ def test_new_tokens_are_long_and_distinct() -> None:
 def test_auth_file_round_trip(tmp_path: Path) -> None:
     client, monitor, peer = new_token(), new_token(), new_token()
     path = tmp_path / "auth" / "server-0.toml"
-    write_auth_file(path, [("hospital-a", "client", client), ("dash", "monitor", monitor),
-                           ("peer", "peer", peer)])
+    write_auth_file(
+        path,
+        [("hospital-a", "client", client), ("dash", "monitor", monitor), ("peer", "peer", peer)],
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
     for token in (client, monitor, peer):
@@ -69,11 +71,6 @@ def test_write_secret_creates_owner_only_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: servers/auth.py write_secret passes 0o600 to os.open, which only applies "
-    "when the file is created; an existing world-readable file keeps its mode",
-)
 def test_write_secret_tightens_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "client.token"
     path.write_text("old")
@@ -170,9 +167,14 @@ class Harness:
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     tokens = {"client": new_token(), "monitor": new_token(), "peer": new_token()}
     path = tmp_path_factory.mktemp("auth") / "server.toml"
-    write_auth_file(path, [("hospital-a", "client", tokens["client"]),
-                           ("dashboard", "monitor", tokens["monitor"]),
-                           ("server-1", "peer", tokens["peer"])])
+    write_auth_file(
+        path,
+        [
+            ("hospital-a", "client", tokens["client"]),
+            ("dashboard", "monitor", tokens["monitor"]),
+            ("server-1", "peer", tokens["peer"]),
+        ],
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         interceptors=[TokenAuthInterceptor(load_auth_file(path))],
@@ -226,8 +228,9 @@ def test_status_without_a_valid_token_is_unauthenticated(
 ) -> None:
     before = len(harness.status_servicer.seen)
     error = _status_error(
-        lambda: harness.status.GetStatus(status_pb2.GetStatusRequest(), metadata=metadata,
-                                         timeout=5)
+        lambda: harness.status.GetStatus(
+            status_pb2.GetStatusRequest(), metadata=metadata, timeout=5
+        )
     )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert dict(error.trailing_metadata() or ())[ERROR_CODE_KEY] == "UNAUTHENTICATED"
@@ -284,6 +287,9 @@ def test_identity_does_not_leak_between_calls(harness: Harness) -> None:
             status_pb2.GetStatusRequest(), metadata=_bearer(harness.tokens[role]), timeout=5
         )
     assert [i.role for i in harness.status_servicer.seen[-4:] if i] == [
-        "client", "monitor", "client", "peer"
+        "client",
+        "monitor",
+        "client",
+        "peer",
     ]
     assert current_identity() is None  # nothing set outside a handler

@@ -143,15 +143,16 @@ def test_fewer_than_two_parties(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "127.0.0.1:", ":5000", "127.0.0.1:0", "127.0.0.1:65536", "host:http",
-     "host:-1"],
+    ["127.0.0.1", "127.0.0.1:", ":5000", "127.0.0.1:0", "127.0.0.1:65536", "host:http", "host:-1"],
 )
 @pytest.mark.parametrize("key", ["grpc_address", "mpc_address"])
 def test_bad_address(tmp_path: Path, address: str, key: str) -> None:
     good = {"grpc_address": "127.0.0.1:5002", "mpc_address": "127.0.0.1:6002"}
     good[key] = address
-    text = _party("a", 5001, 6001) + "[[parties]]\n" + "".join(
-        f'{k} = "{v}"\n' for k, v in good.items()
+    text = (
+        _party("a", 5001, 6001)
+        + "[[parties]]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in good.items())
     )
     with pytest.raises(ConfigError, match=rf"parties\[1\]\.{key}") as excinfo:
         load_config(_write(tmp_path, text))
@@ -185,8 +186,14 @@ def test_unknown_serving_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["max_batch_rows = 0", "max_wait_ms = -1.0", "heartbeat_s = 0.0", "heartbeat_s = true",
-     'default_timeout_s = "30"', "max_rows_per_request = -4096"],
+    [
+        "max_batch_rows = 0",
+        "max_wait_ms = -1.0",
+        "heartbeat_s = 0.0",
+        "heartbeat_s = true",
+        'default_timeout_s = "30"',
+        "max_rows_per_request = -4096",
+    ],
 )
 def test_non_positive_serving_value(tmp_path: Path, line: str) -> None:
     key = line.split(" ")[0]

@@ -66,11 +66,11 @@ def stub() -> Iterator[registry_pb2_grpc.ModelRegistryStub]:
 def _fail(stub: registry_pb2_grpc.ModelRegistryStub, model_id: str) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as excinfo:
         stub.GetModel(registry_pb2.GetModelRequest(model_id=model_id), timeout=5)
-    return excinfo.value  # type: ignore[return-value]
+    return excinfo.value
 
 
 def _trailing_code(error: grpc.RpcError) -> str | None:
-    value = dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)  # type: ignore[attr-defined]
+    value = dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
     return str(value) if value is not None else None
 
 
@@ -81,9 +81,9 @@ def test_success_passes_through(stub: registry_pb2_grpc.ModelRegistryStub) -> No
 
 def test_model_not_found(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
     error = _fail(stub, "MODEL_NOT_FOUND")
-    assert error.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.NOT_FOUND
     assert _trailing_code(error) == "MODEL_NOT_FOUND"
-    assert error.details() == "model not found: detail about model_not_found"  # type: ignore[attr-defined]
+    assert error.details() == "model not found: detail about model_not_found"
     mapped = from_rpc_error(error, "server-1")
     assert type(mapped) is ModelNotFound
     assert mapped.server == "server-1"
@@ -117,9 +117,9 @@ def test_every_catalogue_code_round_trips(
 ) -> None:
     error = _fail(stub, code.value)
     status, public = CATALOG[code]
-    assert error.code() == status  # type: ignore[attr-defined]
+    assert error.code() == status
     assert _trailing_code(error) == code.value
-    assert error.details().startswith(public)  # type: ignore[attr-defined]
+    assert error.details().startswith(public)
     mapped = from_rpc_error(error, "s0")
     assert type(mapped) is EXPECTED_CLIENT_CLASS[code]
 
@@ -130,8 +130,8 @@ def test_unexpected_exception_is_internal_without_leaking(
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="ppml.servers.errors"):
         error = _fail(stub, model_id)
-    details = error.details()  # type: ignore[attr-defined]
-    assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    details = error.details()
+    assert error.code() == grpc.StatusCode.INTERNAL
     assert "incident" in details
     assert SECRET_TEXT not in details
     assert "weights" not in details and "/srv/" not in details
@@ -149,15 +149,15 @@ def test_unexpected_exception_is_internal_without_leaking(
 
 
 def test_incident_ids_differ(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
-    first = _fail(stub, "crash").details()  # type: ignore[attr-defined]
-    second = _fail(stub, "crash").details()  # type: ignore[attr-defined]
+    first = _fail(stub, "crash").details()
+    second = _fail(stub, "crash").details()
     assert first != second
 
 
 def test_handler_abort_is_not_rewritten(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
     error = _fail(stub, "abort-permission")
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
-    assert error.details() == "handler said no"  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details() == "handler said no"
     assert isinstance(from_rpc_error(error, "s0"), PermissionDenied)
 
 
@@ -165,7 +165,7 @@ def test_handshake_failure_maps_to_authentication(
     stub: registry_pb2_grpc.ModelRegistryStub,
 ) -> None:
     error = _fail(stub, "abort-handshake")
-    assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert isinstance(from_rpc_error(error, "s0"), AuthenticationFailed)
 
 

@@ -9,6 +9,17 @@ from ppml.servers.scheduler import Drop, Job, Scheduler
 NAMES = ["server-0", "server-1", "server-2"]
 
 
+def _scheduler(
+    world_size: int, max_batch_rows: int = 64, max_wait_s: float = 0.0, max_delay_s: float = 0.0
+) -> Scheduler:
+    return Scheduler(
+        world_size=world_size,
+        max_batch_rows=max_batch_rows,
+        max_wait_s=max_wait_s,
+        max_delay_s=max_delay_s,
+    )
+
+
 def _announce_all(
     s: Scheduler,
     request_id: str,
@@ -25,7 +36,7 @@ def _announce_all(
 
 
 def test_request_is_ready_only_after_every_rank_announced() -> None:
-    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(3, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     assert s.announce(0, "r1", "m1", 2, 30.0, now=0.0) is None
     assert s.announce(2, "r1", "m1", 2, 30.0, now=0.1) is None
     assert s.next_job(now=10.0) is None  # rank 1 has not announced
@@ -35,7 +46,7 @@ def test_request_is_ready_only_after_every_rank_announced() -> None:
 
 
 def test_repeated_announce_by_one_rank_does_not_make_it_ready() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     for t in range(5):
         assert s.announce(0, "r1", "m1", 1, 30.0, now=float(t)) is None
     assert s.next_job(now=5.0) is None
@@ -46,7 +57,7 @@ def test_repeated_announce_by_one_rank_does_not_make_it_ready() -> None:
 
 
 def test_deadline_expiry_names_the_missing_servers() -> None:
-    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(3, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     s.announce(0, "r1", "m1", 1, 5.0, now=0.0)
     s.announce(2, "r1", "m1", 1, 5.0, now=1.0)  # deadline min(5, 6) = 5
     assert s.expire(now=4.99, names=NAMES) == []
@@ -64,7 +75,7 @@ def test_deadline_expiry_names_the_missing_servers() -> None:
 
 
 def test_deadline_expiry_names_every_missing_server() -> None:
-    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(3, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     s.announce(1, "r1", "m1", 1, 2.0, now=0.0)
     (drop,) = s.expire(now=2.0, names=NAMES)
     assert "server-0" in drop.reason and "server-2" in drop.reason
@@ -72,7 +83,7 @@ def test_deadline_expiry_names_every_missing_server() -> None:
 
 
 def test_deadline_is_the_earliest_of_all_announces() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     s.announce(0, "r1", "m1", 1, 30.0, now=0.0)
     s.announce(0, "r1", "m1", 1, 1.0, now=0.5)  # a shorter deadline wins
     assert s.next_wakeup() == pytest.approx(1.5)
@@ -80,7 +91,7 @@ def test_deadline_is_the_earliest_of_all_announces() -> None:
 
 
 def test_ready_request_past_its_deadline_is_dropped_as_overload() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=10.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
     _announce_all(s, "r1", now=0.0, timeout_s=1.0)
     (drop,) = s.expire(now=1.0, names=NAMES)
     assert drop.request_ids == ("r1",)
@@ -89,7 +100,7 @@ def test_ready_request_past_its_deadline_is_dropped_as_overload() -> None:
 
 
 def test_expire_leaves_requests_before_their_deadline() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     s.announce(0, "early", "m1", 1, 1.0, now=0.0)
     s.announce(0, "late", "m1", 1, 10.0, now=0.0)
     assert [d.request_ids for d in s.expire(now=2.0, names=NAMES)] == [("early",)]
@@ -103,7 +114,7 @@ def test_expire_leaves_requests_before_their_deadline() -> None:
 
 @pytest.mark.parametrize(("model_id", "rows"), [("m2", 1), ("m1", 2)])
 def test_mismatched_model_or_rows_is_dropped(model_id: str, rows: int) -> None:
-    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(3, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     assert s.announce(0, "r1", "m1", 1, 30.0, now=0.0) is None
     drop = s.announce(1, "r1", model_id, rows, 30.0, now=0.1)
     assert isinstance(drop, Drop)
@@ -116,7 +127,7 @@ def test_mismatched_model_or_rows_is_dropped(model_id: str, rows: int) -> None:
 
 
 def test_re_announce_after_dispatch_is_dropped() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     _announce_all(s, "r1", now=0.0)
     assert s.next_job(now=0.0) == Job("m1", ("r1",), (1,))
     again = s.announce(0, "r1", "m1", 1, 30.0, now=1.0)
@@ -129,17 +140,46 @@ def test_re_announce_after_dispatch_is_dropped() -> None:
 
 
 def test_no_dispatch_before_max_wait_unless_full() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=0.010)
+    # times are binary fractions so the clock arithmetic is exact
+    s = _scheduler(2, max_batch_rows=8, max_wait_s=0.25, max_delay_s=4.0)
     _announce_all(s, "a", now=0.0, rows=3)
-    _announce_all(s, "b", now=0.004, rows=3)
-    assert s.next_job(now=0.0) is None
-    assert s.next_job(now=0.0099) is None
-    assert s.next_job(now=0.010) == Job("m1", ("a", "b"), (3, 3))
-    assert s.next_job(now=1.0) is None
+    _announce_all(s, "b", now=0.125, rows=3)
+    assert s.next_job(now=0.125) is None
+    assert s.next_job(now=0.25) is None  # only 0.125 s since the last announce
+    assert s.next_job(now=0.37) is None
+    assert s.next_job(now=0.375) == Job("m1", ("a", "b"), (3, 3))
+    assert s.next_job(now=10.0) is None
+
+
+def test_a_steady_burst_is_batched_until_max_delay() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.25, max_delay_s=1.0)
+    ids = [f"r{i}" for i in range(12)]
+    jobs: list[tuple[float, Job]] = []
+    for i, rid in enumerate(ids):
+        now = i * 0.125  # a new request every 0.125 s, faster than max_wait
+        _announce_all(s, rid, now=now)
+        job = s.next_job(now=now)
+        if job is not None:
+            jobs.append((now, job))
+    # r0 became ready at 0.0 and has waited max_delay_s at 1.0: everything so far goes
+    assert jobs == [(1.0, Job("m1", tuple(ids[:9]), (1,) * 9))]
+    # the rest of the burst forms a new batch, sent once the announces stop for max_wait
+    assert s.next_job(now=1.5) is None
+    assert s.next_job(now=1.625) == Job("m1", tuple(ids[9:]), (1, 1, 1))
+
+
+def test_an_incomplete_request_keeps_the_batch_open() -> None:
+    """Announces of requests not yet ready still count as activity for that model."""
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.25, max_delay_s=4.0)
+    _announce_all(s, "a", now=0.0)
+    s.announce(0, "b", "m1", 1, 30.0, now=0.125)
+    assert s.next_job(now=0.25) is None
+    s.announce(1, "b", "m1", 1, 30.0, now=0.25)
+    assert s.next_job(now=0.5) == Job("m1", ("a", "b"), (1, 1))
 
 
 def test_full_batch_dispatches_immediately() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=10.0)
+    s = _scheduler(2, max_batch_rows=8, max_wait_s=10.0, max_delay_s=10.0)
     _announce_all(s, "a", now=0.0, rows=4)
     assert s.next_job(now=0.0) is None
     _announce_all(s, "b", now=0.001, rows=4)
@@ -147,7 +187,7 @@ def test_full_batch_dispatches_immediately() -> None:
 
 
 def test_batch_never_exceeds_max_batch_rows() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=8, max_wait_s=10.0)
+    s = _scheduler(2, max_batch_rows=8, max_wait_s=10.0, max_delay_s=10.0)
     for i, rows in enumerate([5, 2, 3, 1]):
         _announce_all(s, f"r{i}", now=0.0, rows=rows)
     # r0 + r1 = 7; adding r2 (3) would exceed 8, so the batch is cut and goes now
@@ -158,7 +198,7 @@ def test_batch_never_exceeds_max_batch_rows() -> None:
 
 
 def test_request_larger_than_a_batch_runs_alone() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=4, max_wait_s=10.0)
+    s = _scheduler(2, max_batch_rows=4, max_wait_s=10.0, max_delay_s=10.0)
     _announce_all(s, "big", now=0.0, rows=9)
     _announce_all(s, "small", now=0.0, rows=1)
     assert s.next_job(now=0.0) == Job("m1", ("big",), (9,))
@@ -166,8 +206,8 @@ def test_request_larger_than_a_batch_runs_alone() -> None:
     assert s.next_job(now=10.0) == Job("m1", ("small",), (1,))
 
 
-def test_max_wait_counts_from_when_the_oldest_became_ready() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=1.0)
+def test_waits_count_from_readiness_and_last_announce() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=1.0, max_delay_s=1.0)
     s.announce(0, "a", "m1", 1, 30.0, now=0.0)
     s.announce(1, "a", "m1", 1, 30.0, now=5.0)  # ready at 5.0, not 0.0
     assert s.next_job(now=5.5) is None
@@ -178,7 +218,7 @@ def test_max_wait_counts_from_when_the_oldest_became_ready() -> None:
 
 
 def test_fifo_within_a_model_by_readiness() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     for rid in ["a", "b", "c"]:
         s.announce(0, rid, "m1", 1, 30.0, now=0.0)
     for t, rid in enumerate(["c", "a", "b"]):
@@ -189,7 +229,7 @@ def test_fifo_within_a_model_by_readiness() -> None:
 
 
 def test_one_model_per_job_oldest_model_first() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     _announce_all(s, "a", now=0.0, model_id="m1", rows=1)
     _announce_all(s, "b", now=0.1, model_id="m2", rows=2)
     _announce_all(s, "c", now=0.2, model_id="m1", rows=3)
@@ -202,7 +242,7 @@ def test_one_model_per_job_oldest_model_first() -> None:
 
 
 def test_drop_rank_drops_only_requests_that_rank_held() -> None:
-    s = Scheduler(world_size=3, max_batch_rows=64, max_wait_s=10.0)
+    s = _scheduler(3, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
     s.announce(0, "held-by-0-1", "m1", 1, 30.0, now=0.0)
     s.announce(1, "held-by-0-1", "m1", 1, 30.0, now=0.0)
     s.announce(0, "held-by-0", "m1", 1, 30.0, now=0.0)
@@ -223,14 +263,14 @@ def test_drop_rank_drops_only_requests_that_rank_held() -> None:
 
 
 def test_drop_rank_with_nothing_held_returns_none() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
     s.announce(0, "r1", "m1", 1, 30.0, now=0.0)
     assert s.drop_rank(1, now=1.0, name="server-1") is None
     assert s.backlog == 1
 
 
 def test_drop_all() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=10.0)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
     assert s.drop_all(now=0.0, reason="restart") is None
     s.announce(0, "a", "m1", 1, 30.0, now=0.0)
     _announce_all(s, "b", now=0.0)
@@ -246,15 +286,27 @@ def test_drop_all() -> None:
 
 
 def test_next_wakeup() -> None:
-    s = Scheduler(world_size=2, max_batch_rows=64, max_wait_s=0.5)
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.5, max_delay_s=2.0)
     assert s.next_wakeup() is None
     s.announce(0, "a", "m1", 1, 10.0, now=0.0)
     assert s.next_wakeup() == pytest.approx(10.0)  # a's deadline
     s.announce(0, "b", "m1", 1, 3.0, now=1.0)
     assert s.next_wakeup() == pytest.approx(4.0)  # b's deadline is sooner
     s.announce(1, "a", "m1", 1, 10.0, now=2.0)  # a ready at 2.0
-    assert s.next_wakeup() == pytest.approx(2.5)  # batch window closes
+    assert s.next_wakeup() == pytest.approx(2.5)  # quiet gap ends
+    assert s.next_job(now=2.25) is None
     assert s.next_job(now=2.5) == Job("m1", ("a",), (1,))
     assert s.next_wakeup() == pytest.approx(4.0)
     s.expire(now=4.0, names=NAMES)
     assert s.next_wakeup() is None
+
+
+def test_next_wakeup_during_a_burst_is_the_max_delay() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.5, max_delay_s=1.0)
+    _announce_all(s, "a", now=0.0)
+    for i in range(1, 4):
+        _announce_all(s, f"b{i}", now=i * 0.25)
+    # last announce at 0.75 -> quiet at 1.25; but a has waited max_delay at 1.0
+    assert s.next_wakeup() == pytest.approx(1.0)
+    job = s.next_job(now=1.0)
+    assert job is not None and job.request_ids == ("a", "b1", "b2", "b3")

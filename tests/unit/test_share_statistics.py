@@ -118,7 +118,10 @@ def wire() -> Iterator[dict[str, WireShares]]:
         endpoints.append(Endpoint(f"s{rank}", f"127.0.0.1:{port}"))
     cluster = Cluster(endpoints, token="t", ca_cert=None)
     try:
-        yield {"x": _collect(cluster, servicers, X), "x_other": _collect(cluster, servicers, X_OTHER)}
+        yield {
+            "x": _collect(cluster, servicers, X),
+            "x_other": _collect(cluster, servicers, X_OTHER),
+        }
     finally:
         cluster.close()
         for server in servers:
@@ -146,9 +149,7 @@ def byte_pvalues(values: np.ndarray) -> np.ndarray:
     """Chi-square p-values of 'bytes are uniform over 0..255': all bytes, then each position."""
     raw = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(-1, 8)
     columns = [raw.reshape(-1)] + [raw[:, k] for k in range(8)]
-    return np.array(
-        [stats.chisquare(np.bincount(col, minlength=256)).pvalue for col in columns]
-    )
+    return np.array([stats.chisquare(np.bincount(col, minlength=256)).pvalue for col in columns])
 
 
 def two_sample_pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -109,7 +109,7 @@ def test_decode_is_exact_inverse_on_ring_values() -> None:
 )
 def test_encode_rejects_nan_inf_and_too_large(bad: object) -> None:
     with pytest.raises(ValueError):
-        encode(bad)  # type: ignore[arg-type]
+        encode(bad)
 
 
 def test_encode_accepts_empty() -> None:
@@ -225,8 +225,10 @@ def test_random_ring_is_little_endian_bytes_of_the_csprng(
     raw = bytes(range(16))
     monkeypatch.setattr(shares.secrets, "token_bytes", lambda n: raw[:n])
     ring = random_ring((2,))
-    expected = [int.from_bytes(raw[:8], "little", signed=True),
-                int.from_bytes(raw[8:], "little", signed=True)]
+    expected = [
+        int.from_bytes(raw[:8], "little", signed=True),
+        int.from_bytes(raw[8:], "little", signed=True),
+    ]
     assert ring.tolist() == expected
 
 

@@ -172,12 +172,6 @@ def test_file_store_writes_no_pickles(tmp_path: Path) -> None:
         assert all(data[k].dtype == np.int64 for k in data.files)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: servers/storage.py FileModelStore uses the raw model_id as a path and "
-    "ModelRegistry.delete/meta never call check_id, so DeleteModel('../../x') renames and "
-    "rmtree()s a folder outside the store",
-)
 def test_file_store_refuses_path_traversal(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
