@@ -169,8 +169,10 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     except BaseException:
         cluster.stop()
         (directory / PIDS_FILE).unlink(missing_ok=True)
-        print(f"start-up failed; stopped what was started. Logs: {directory / 'logs'}",
-              file=sys.stderr)
+        print(
+            f"start-up failed; stopped what was started. Logs: {directory / 'logs'}",
+            file=sys.stderr,
+        )
         raise
     flags = " --insecure" if args.insecure else ""
     pids = ", ".join(f"{name}={proc.pid}" for name, proc in cluster.processes.items())

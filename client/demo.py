@@ -97,15 +97,19 @@ def run() -> float:
         x_train, x_test, y_train, y_test = load_data()
         start = time.perf_counter()
         model = train(x_train, y_train)
-        print(f"trained in {time.perf_counter() - start:.1f} s on {len(x_train)} images; "
-              f"plaintext test accuracy {accuracy(model, x_test, y_test):.1%}")
+        print(
+            f"trained in {time.perf_counter() - start:.1f} s on {len(x_train)} images; "
+            f"plaintext test accuracy {accuracy(model, x_test, y_test):.1%}"
+        )
 
         heading("3. Secret-share the model (each server gets one share of every weight)")
         model_id = cluster.share_model(model, x_train[:4], name="digits-mlp")
         listing = next(m for m in cluster.list_models() if m.meta.model_id == model_id)
-        print(f"model {model_id}: {listing.meta.architecture.describe()}, "
-              f"{listing.meta.parameter_count} secret parameters, "
-              f"held by {', '.join(listing.servers)}")
+        print(
+            f"model {model_id}: {listing.meta.architecture.describe()}, "
+            f"{listing.meta.parameter_count} secret parameters, "
+            f"held by {', '.join(listing.servers)}"
+        )
 
         x, labels = x_test[:ROWS], y_test[:ROWS]
         with torch.no_grad():
@@ -119,12 +123,16 @@ def run() -> float:
         heading(f"5. The same rows as {ROWS} concurrent single-row requests")
         start = time.perf_counter()
         singles = concurrent_single_rows(cluster, model_id, x)
-        print(f"answered in {1000 * (time.perf_counter() - start):.0f} ms; "
-              f"requests per MPC batch seen by each call: {[p.batch_requests for p in singles]}")
+        print(
+            f"answered in {1000 * (time.perf_counter() - start):.0f} ms; "
+            f"requests per MPC batch seen by each call: {[p.batch_requests for p in singles]}"
+        )
         for report in cluster.status():
             sizes = sorted(report.batch_sizes.items())
-            print(f"server-{report.rank} ran "
-                  + ", ".join(f"{count} MPC batch(es) of {n} request(s)" for n, count in sizes))
+            print(
+                f"server-{report.rank} ran "
+                + ", ".join(f"{count} MPC batch(es) of {n} request(s)" for n, count in sizes)
+            )
 
         single_out = torch.cat([p.output for p in singles])
         diff = max(

@@ -113,7 +113,9 @@ class FileModelStore(ModelStore):
             tmp.mkdir()
             (tmp / "meta.pb").write_bytes(serde.model_meta_to_bytes(meta))
             with open(tmp / "shares.npz", "wb") as handle:
-                arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.int64) for k, v in shares.items()}
+                arrays: dict[str, Any] = {
+                    k: np.asarray(v, dtype=np.int64) for k, v in shares.items()
+                }
                 np.savez(handle, **arrays)
             tmp.rename(self._folder(meta.model_id))
 

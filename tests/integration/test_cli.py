@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(180)
 def ppml(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ppml.client.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -113,8 +115,15 @@ def test_predict_matches_plaintext(
 ) -> None:
     np.save(tmp_path / "x.npy", shared.x.numpy())
     result = ppml(
-        "predict", "--config", cluster.config, "--model", shared.model_id,
-        "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy",
+        "predict",
+        "--config",
+        cluster.config,
+        "--model",
+        shared.model_id,
+        "--input",
+        tmp_path / "x.npy",
+        "--output",
+        tmp_path / "y.npy",
     )
     assert result.returncode == 0, result.stderr
     with torch.no_grad():
@@ -129,8 +138,13 @@ def test_predict_matches_plaintext(
 def test_unknown_model_is_a_one_line_error(cluster: RunningCluster, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 6)))
     result = ppml(
-        "predict", "--config", cluster.config, "--model", "no-such-model",
-        "--input", tmp_path / "x.npy",
+        "predict",
+        "--config",
+        cluster.config,
+        "--model",
+        "no-such-model",
+        "--input",
+        tmp_path / "x.npy",
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
