@@ -45,9 +45,9 @@ def network_a() -> torch.nn.Module:
     ).eval()
 
 
-def _predict_cost(cluster: Cluster) -> tuple[int, int, int]:
+def _predict_cost(cluster: Cluster) -> tuple[int, int, int, float]:
     cost = next((c for c in cluster.status()[0].mpc_cost if c.kind == "predict"), None)
-    return (cost.jobs, cost.rounds, cost.bytes) if cost else (0, 0, 0)
+    return (cost.jobs, cost.rounds, cost.bytes, cost.seconds) if cost else (0, 0, 0, 0.0)
 
 
 def _latency(cluster: Cluster, model_id: str, images: torch.Tensor, n: int) -> dict[str, Any]:
@@ -65,6 +65,7 @@ def _latency(cluster: Cluster, model_id: str, images: torch.Tensor, n: int) -> d
         "mean_ms": float(np.mean(times)),
         "rounds": (after[1] - before[1]) / jobs,
         "bytes": (after[2] - before[2]) / jobs,
+        "mpc_ms_per_job": 1000 * (after[3] - before[3]) / jobs,
     }
 
 
@@ -104,15 +105,18 @@ def _throughput(
         "mean_batch": clients * per_client / jobs,
         "rounds_per_job": (after[1] - before[1]) / jobs,
         "bytes_per_job": (after[2] - before[2]) / jobs,
+        "mpc_seconds": after[3] - before[3],
         "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
     }
 
 
-def run_service(n: int, clients: int, per_client: int) -> dict[str, Any]:
+def run_service(
+    n: int, clients: int, per_client: int, serving_overrides: dict[str, float] | None = None
+) -> dict[str, Any]:
     model = network_a()
     images = torch.rand(256, 784, generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
-        serving = {"max_batch_rows": 64}
+        serving = {"max_batch_rows": 64, **(serving_overrides or {})}
         with LocalCluster(2, Path(tmp) / "c", serving=serving) as local:
             with Cluster.from_config(local.config_path) as cluster:
                 model_id = cluster.share_model(model, images[:1], name="network-a")
@@ -131,10 +135,17 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=20, help="raw batch-64 forwards")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--max-wait-ms", type=float, help="override [serving] max_wait_ms")
+    parser.add_argument("--max-delay-ms", type=float, help="override [serving] max_delay_ms")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    overrides = {
+        k: v
+        for k, v in (("max_wait_ms", args.max_wait_ms), ("max_delay_ms", args.max_delay_ms))
+        if v is not None
+    }
     raw = run_baseline(n=args.n, m=args.m)
-    service = run_service(args.n, args.clients, args.per_client)
+    service = run_service(args.n, args.clients, args.per_client, overrides)
     ratio = {
         "latency_overhead_p50": service["batch1"]["p50_ms"] / raw["batch1"]["p50_ms"] - 1,
         "latency_overhead_p95": service["batch1"]["p95_ms"] / raw["batch1"]["p95_ms"] - 1,

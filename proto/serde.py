@@ -346,7 +346,9 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         ],
         batch_sizes=report.batch_sizes,
         mpc_cost=[
-            status_pb2.JobCost(kind=c.kind, jobs=c.jobs, rounds=c.rounds, bytes=c.bytes)
+            status_pb2.JobCost(
+                kind=c.kind, jobs=c.jobs, rounds=c.rounds, bytes=c.bytes, seconds=c.seconds
+            )
             for c in report.mpc_cost
         ],
         errors=report.errors,
@@ -377,6 +379,6 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
             for m in msg.models
         ],
         batch_sizes=dict(msg.batch_sizes),
-        mpc_cost=[st.JobCost(c.kind, c.jobs, c.rounds, c.bytes) for c in msg.mpc_cost],
+        mpc_cost=[st.JobCost(c.kind, c.jobs, c.rounds, c.bytes, c.seconds) for c in msg.mpc_cost],
         errors=dict(msg.errors),
     )

@@ -27,6 +27,7 @@ class JobCost:
     jobs: int
     rounds: int
     bytes: int
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ data paths of the process it runs. Example::
 
     [serving]
     max_batch_rows = 64
-    max_wait_ms = 3.0
+    max_wait_ms = 5.0
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class PartyConfig:
 @dataclass(frozen=True)
 class ServingConfig:
     max_batch_rows: int = 64
-    max_wait_ms: float = 3.0  # dispatch after this long without a new request...
-    max_delay_ms: float = 50.0  # ...or once the oldest ready request waited this long
+    max_wait_ms: float = 5.0  # dispatch after this long without a new request...
+    max_delay_ms: float = 150.0  # ...or once the oldest ready request waited this long
     heartbeat_s: float = 20.0
     default_timeout_s: float = 30.0
     # CrypTen's process-group timeout (also bounds joining an epoch): a party

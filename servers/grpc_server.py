@@ -37,9 +37,13 @@ def create_server(
     address: str,
     tls: ServerTls | None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
-    max_workers: int = 64,
+    max_workers: int = 512,
 ) -> tuple[grpc.Server, int]:
     """Build an unstarted server; returns it and the bound port (bind port 0 in tests).
+
+    Predict handlers block until their MPC job has run, so the pool must hold
+    every concurrently waiting request (plus the control links): a request
+    that finds no free thread would miss the current batch.
 
     ``tls=None`` means plaintext and is only reached through an explicit
     ``--insecure``; it logs a warning.

@@ -158,6 +158,10 @@ class Leader:
         with self._cond:
             self._in_flight = False
             self._last_job = time.monotonic()
+            if isinstance(job.job, cmd.PredictJob):
+                self._scheduler.job_done(job.job.model_id, len(job.job.request_ids), self._last_job)
+            else:
+                self._scheduler.job_done(None, 0, self._last_job)
             if not ok and job.epoch == self.epoch and self.state == "up":
                 self.state = "down"
                 self._retry_at = time.monotonic() + 0.2

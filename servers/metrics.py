@@ -48,7 +48,7 @@ class ServerMetrics:
         self._errors: Counter[str] = Counter()
         self._models: dict[str, ModelStats] = {}
         self._batch_sizes: Counter[int] = Counter()
-        self._costs: dict[str, list[int]] = {}
+        self._costs: dict[str, list[float]] = {}
         self._heartbeats = 0
         self._last_error = ""
 
@@ -62,12 +62,15 @@ class ServerMetrics:
             else:
                 self._errors[status] += 1
 
-    def record_job(self, kind: str, model_id: str, requests: int, rounds: int, nbytes: int) -> None:
+    def record_job(
+        self, kind: str, model_id: str, requests: int, rounds: int, nbytes: int, seconds: float
+    ) -> None:
         with self._lock:
-            cost = self._costs.setdefault(kind, [0, 0, 0])
+            cost = self._costs.setdefault(kind, [0, 0, 0, 0.0])
             cost[0] += 1
             cost[1] += rounds
             cost[2] += nbytes
+            cost[3] += seconds
             if kind == "heartbeat":
                 self._heartbeats += 1
             elif kind == "predict":
@@ -89,7 +92,10 @@ class ServerMetrics:
                     for k, v in self._models.items()
                 },
                 batch_sizes=dict(self._batch_sizes),
-                job_costs=[JobCost(k, *v) for k, v in sorted(self._costs.items())],
+                job_costs=[
+                    JobCost(k, int(v[0]), int(v[1]), int(v[2]), v[3])
+                    for k, v in sorted(self._costs.items())
+                ],
                 heartbeats=self._heartbeats,
                 last_error=self._last_error,
             )

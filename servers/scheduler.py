@@ -9,7 +9,12 @@
   full, when no new request for that model has been announced for
   ``max_wait_s`` (a quiet gap: a burst of concurrent clients lands in one
   job however long the burst takes to arrive), or when its oldest request
-  has waited ``max_delay_s``.
+  has waited ``max_delay_s`` since the worker was free (time spent queued
+  behind a running job is not batching delay).
+* After a job of several requests finishes, the next job for that model waits
+  up to ``max_delay_s / 3`` for those clients to send again (unless it is
+  full). Without this, a burst that was once split in two stays split: each
+  half becomes ready exactly while the other half's job runs.
 """
 
 from __future__ import annotations
@@ -51,7 +56,10 @@ class Scheduler:
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
         self.max_delay_s = max(max_delay_s, max_wait_s)
+        self.return_window_s = self.max_delay_s / 3
         self._last_announce: dict[str, float] = {}
+        self._idle_since = 0.0
+        self._last_batch: dict[str, tuple[int, float]] = {}  # model -> (requests, done at)
         self._tracked: dict[str, Tracked] = {}
         self._ready: OrderedDict[str, Tracked] = OrderedDict()
         self._finished: OrderedDict[str, float] = OrderedDict()
@@ -140,8 +148,8 @@ class Scheduler:
         assert oldest.ready_at is not None
         full = rows >= self.max_batch_rows or len(chosen) < len(batch)
         quiet = now - self._last_announce.get(oldest.model_id, 0.0) >= self.max_wait_s
-        overdue = now - oldest.ready_at >= self.max_delay_s
-        if not (full or quiet or overdue):
+        overdue = now - max(oldest.ready_at, self._idle_since) >= self.max_delay_s
+        if not (full or overdue or (quiet and not self._returning(oldest.model_id, now))):
             return None
         for entry in chosen:
             self._finish(entry.request_id, now)
@@ -151,14 +159,29 @@ class Scheduler:
             tuple(e.rows for e in chosen),
         )
 
+    def _returning(self, model_id: str, now: float) -> bool:
+        """Are the clients of the last multi-request job for this model likely on their way?"""
+        requests, done_at = self._last_batch.get(model_id, (0, 0.0))
+        return requests > 1 and now - done_at < self.return_window_s
+
+    def job_done(self, model_id: str | None, requests: int, now: float) -> None:
+        """The worker finished a job (``model_id`` None for non-predict jobs)."""
+        self._idle_since = now
+        if model_id is not None:
+            self._last_batch[model_id] = (requests, now)
+
     def next_wakeup(self) -> float | None:
         """When :meth:`next_job` or :meth:`expire` may next have something to do."""
         times = [e.deadline for e in self._tracked.values()]
         if self._ready:
             oldest = next(iter(self._ready.values()))
             assert oldest.ready_at is not None
-            times.append(oldest.ready_at + self.max_delay_s)
-            times.append(self._last_announce.get(oldest.model_id, 0.0) + self.max_wait_s)
+            times.append(max(oldest.ready_at, self._idle_since) + self.max_delay_s)
+            quiet_at = self._last_announce.get(oldest.model_id, 0.0) + self.max_wait_s
+            requests, done_at = self._last_batch.get(oldest.model_id, (0, 0.0))
+            if requests > 1:
+                quiet_at = max(quiet_at, done_at + self.return_window_s)
+            times.append(quiet_at)
         return min(times) if times else None
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -131,6 +132,7 @@ class MpcWorker:
             self._on_job_done(command, False)
             return
         before = mpc_session.comm_stats()
+        started = time.perf_counter()
         try:
             if isinstance(job, cmd.PredictJob):
                 self._predict(command.seq, job, requests)
@@ -148,7 +150,12 @@ class MpcWorker:
         after = mpc_session.comm_stats()
         model_id = job.model_id if isinstance(job, cmd.PredictJob) else ""
         self._metrics.record_job(
-            command.kind, model_id, len(requests), after[0] - before[0], after[1] - before[1]
+            command.kind,
+            model_id,
+            len(requests),
+            after[0] - before[0],
+            after[1] - before[1],
+            time.perf_counter() - started,
         )
         self._on_job_done(command, True)
 

@@ -100,10 +100,13 @@ class JobCost(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     ROUNDS_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     jobs: _builtins.int
     rounds: _builtins.int
     bytes: _builtins.int
+    seconds: _builtins.float
+    """wall time spent running these jobs"""
     def __init__(
         self,
         *,
@@ -111,10 +114,11 @@ class JobCost(_message.Message):
         jobs: _builtins.int = ...,
         rounds: _builtins.int = ...,
         bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "jobs", b"jobs", "kind", b"kind", "rounds", b"rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "jobs", b"jobs", "kind", b"kind", "rounds", b"rounds", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
