@@ -310,3 +310,46 @@ def test_next_wakeup_during_a_burst_is_the_max_delay() -> None:
     assert s.next_wakeup() == pytest.approx(1.0)
     job = s.next_job(now=1.0)
     assert job is not None and job.request_ids == ("a", "b1", "b2", "b3")
+
+
+# ---------------------------------------------------------------- bursts after a batched job
+
+
+def test_after_a_batched_job_waits_for_its_clients_to_return() -> None:
+    s = _scheduler(2, max_batch_rows=4, max_wait_s=0.005, max_delay_s=0.3)
+    s.job_done("m1", requests=2, now=1.0)  # two clients were just answered
+    _announce_all(s, "a", now=1.0)  # another group was queued meanwhile
+    assert s.next_job(now=1.05) is None  # quiet, but the two answered clients may return
+    assert s.next_wakeup() == pytest.approx(1.0 + 0.1)  # return window = max_delay / 3
+    _announce_all(s, "b", now=1.06)
+    _announce_all(s, "c", now=1.07)
+    _announce_all(s, "d", now=1.08)
+    job = s.next_job(now=1.08)  # full: the burst is whole again
+    assert job is not None and job.request_ids == ("a", "b", "c", "d")
+
+
+def test_return_window_is_bounded() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
+    s.job_done("m1", requests=5, now=1.0)
+    _announce_all(s, "a", now=1.0)
+    assert s.next_job(now=1.09) is None
+    job = s.next_job(now=1.101)
+    assert job is not None and job.request_ids == ("a",)
+
+
+def test_single_request_jobs_do_not_delay_a_sequential_client() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
+    s.job_done("m1", requests=1, now=1.0)
+    _announce_all(s, "next", now=1.002)
+    assert s.next_wakeup() == pytest.approx(1.007)
+    assert s.next_job(now=1.0075) == Job("m1", ("next",), (1,))
+
+
+def test_max_delay_counts_from_when_the_worker_was_free() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.1, max_delay_s=0.2)
+    _announce_all(s, "queued", now=0.0)  # ready while a long job ran
+    s.job_done(None, 0, now=5.0)
+    _announce_all(s, "other", now=5.05)  # keeps the model from going quiet
+    assert s.next_job(now=5.1) is None  # waited 5 s, but only 0.1 s of it idle
+    job = s.next_job(now=5.21)
+    assert job is not None and job.request_ids == ("queued", "other")
