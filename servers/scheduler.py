@@ -12,8 +12,7 @@
   has waited ``max_delay_s`` since the worker was free (time spent queued
   behind a running job is not batching delay).
 * After a job of several requests finishes, the next job for that model waits
-  up to ``max_delay_s / 3`` for those clients to send again (unless it is
-  full). Without this, a burst that was once split in two stays split: each
+  up to ``max_delay_s`` for those clients to send again (unless it is full). Without this, a burst that was once split in two stays split: each
   half becomes ready exactly while the other half's job runs.
 """
 
@@ -56,7 +55,7 @@ class Scheduler:
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
         self.max_delay_s = max(max_delay_s, max_wait_s)
-        self.return_window_s = self.max_delay_s / 3
+        self.return_window_s = self.max_delay_s
         self._last_announce: dict[str, float] = {}
         self._idle_since = 0.0
         self._last_batch: dict[str, tuple[int, float]] = {}  # model -> (requests, done at)

@@ -320,7 +320,7 @@ def test_after_a_batched_job_waits_for_its_clients_to_return() -> None:
     s.job_done("m1", requests=2, now=1.0)  # two clients were just answered
     _announce_all(s, "a", now=1.0)  # another group was queued meanwhile
     assert s.next_job(now=1.05) is None  # quiet, but the two answered clients may return
-    assert s.next_wakeup() == pytest.approx(1.0 + 0.1)  # return window = max_delay / 3
+    assert s.next_wakeup() == pytest.approx(1.0 + 0.3)  # return window = max_delay
     _announce_all(s, "b", now=1.06)
     _announce_all(s, "c", now=1.07)
     _announce_all(s, "d", now=1.08)
@@ -332,8 +332,8 @@ def test_return_window_is_bounded() -> None:
     s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
     s.job_done("m1", requests=5, now=1.0)
     _announce_all(s, "a", now=1.0)
-    assert s.next_job(now=1.09) is None
-    job = s.next_job(now=1.101)
+    assert s.next_job(now=1.29) is None
+    job = s.next_job(now=1.301)
     assert job is not None and job.request_ids == ("a",)
 
 
