@@ -12,7 +12,8 @@
   has waited ``max_delay_s`` since the worker was free (time spent queued
   behind a running job is not batching delay).
 * After a job of several requests finishes, the next job for that model waits
-  up to ``max_delay_s`` for those clients to send again (unless it is full). Without this, a burst that was once split in two stays split: each
+  up to ``max_delay_s`` for those clients to send again (unless it is
+  full). Without this, a burst that was once split in two stays split: each
   half becomes ready exactly while the other half's job runs.
 """
 
