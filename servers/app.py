@@ -68,8 +68,7 @@ class ComputeServer:
         )
         if rank == 0:
             self.leader = Leader(config, self.worker, self.pending)
-            self.worker._on_joined = self.leader.on_joined
-            self.worker._on_job_done = self.leader.on_job_done
+            self.worker.set_listeners(self.leader.on_joined, self.leader.on_job_done)
             announcer = self.leader.announce
         else:
             token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""

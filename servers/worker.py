@@ -61,6 +61,11 @@ class MpcWorker:
         self.epoch: int | None = None  # joined epoch, None when not in a session
         self._thread = threading.Thread(target=self._run, name="mpc-worker", daemon=True)
 
+    def set_listeners(self, on_joined: JoinCallback, on_job_done: JobCallback) -> None:
+        """Who hears about joined epochs and finished jobs (the leader, on rank 0)."""
+        self._on_joined = on_joined
+        self._on_job_done = on_job_done
+
     @property
     def serving(self) -> bool:
         return self.epoch is not None
