@@ -9,7 +9,7 @@ only (a stolen auth file does not reveal tokens)::
     sha256 = "9f86d0…"
 
 Roles: ``client`` may use every public service; ``monitor`` only reads status
-(the dashboard); ``peer`` is for the servers' and dealer's links to the leader.
+and the registry's public metadata (the dashboard); ``peer`` is for the servers' and dealer's links to the leader.
 ``grpc.health.v1`` is open to all (it reveals nothing). The interceptor makes
 the caller's identity available to handlers through :func:`current_identity`.
 """
@@ -97,6 +97,8 @@ def required_roles(method: str) -> tuple[str, ...] | None:
         return None
     if method.startswith("/ppml.v1.Status/"):
         return ("client", "monitor", "peer")
+    if method in ("/ppml.v1.ModelRegistry/ListModels", "/ppml.v1.ModelRegistry/GetModel"):
+        return ("client", "monitor")  # public metadata only
     if method.startswith("/ppml.v1.Coordinator/"):
         return ("peer",)
     return ("client",)

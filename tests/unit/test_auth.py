@@ -105,7 +105,9 @@ def test_malformed_auth_entry_is_rejected(tmp_path: Path, entry: str) -> None:
         ("/ppml.v1.Status/GetStatus", ("client", "monitor", "peer")),
         ("/ppml.v1.Coordinator/Link", ("peer",)),
         ("/ppml.v1.ModelRegistry/UploadModel", ("client",)),
-        ("/ppml.v1.ModelRegistry/ListModels", ("client",)),
+        ("/ppml.v1.ModelRegistry/ListModels", ("client", "monitor")),
+        ("/ppml.v1.ModelRegistry/GetModel", ("client", "monitor")),
+        ("/ppml.v1.ModelRegistry/DeleteModel", ("client",)),
         ("/ppml.v1.Inference/Predict", ("client",)),
         ("/something.Else/Method", ("client",)),
     ],
@@ -257,7 +259,7 @@ def test_every_role_may_read_status_as_itself(harness: Harness, role: str, ident
     assert harness.status_servicer.seen[-1] == Identity(identity, role)
 
 
-@pytest.mark.parametrize("role", ["monitor", "peer"])
+@pytest.mark.parametrize("role", ["peer"])
 def test_non_client_roles_may_not_use_the_registry(harness: Harness, role: str) -> None:
     before = len(harness.registry_servicer.seen)
     error = _status_error(
@@ -293,3 +295,14 @@ def test_identity_does_not_leak_between_calls(harness: Harness) -> None:
         "peer",
     ]
     assert current_identity() is None  # nothing set outside a handler
+
+
+def test_monitor_reads_registry_metadata_but_cannot_change_it(harness: Harness) -> None:
+    token = _bearer(harness.tokens["monitor"])
+    harness.registry.ListModels(registry_pb2.ListModelsRequest(), metadata=token, timeout=5)
+    error = _status_error(
+        lambda: harness.registry.DeleteModel(
+            registry_pb2.DeleteModelRequest(model_id="m"), metadata=token, timeout=5
+        )
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
