@@ -341,6 +341,7 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
                     p95_ms=m.latency.p95_ms,
                     p99_ms=m.latency.p99_ms,
                 ),
+                errors=m.errors,
             )
             for m in report.models
         ],
@@ -352,6 +353,10 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
             for c in report.mpc_cost
         ],
         errors=report.errors,
+        name=report.name,
+        grpc_address=report.grpc_address,
+        links_up=report.links_up,
+        dealer_connected=report.dealer_connected,
     )
 
 
@@ -375,10 +380,15 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
                 m.requests,
                 m.batches,
                 st.Latency(m.latency.count, m.latency.p50_ms, m.latency.p95_ms, m.latency.p99_ms),
+                dict(m.errors),
             )
             for m in msg.models
         ],
         batch_sizes=dict(msg.batch_sizes),
         mpc_cost=[st.JobCost(c.kind, c.jobs, c.rounds, c.bytes, c.seconds) for c in msg.mpc_cost],
         errors=dict(msg.errors),
+        name=msg.name,
+        grpc_address=msg.grpc_address,
+        links_up=list(msg.links_up),
+        dealer_connected=msg.dealer_connected,
     )

@@ -16,9 +16,15 @@ class Latency:
 @dataclass(frozen=True)
 class ModelServing:
     model_id: str
-    requests: int
+    requests: int  # every request, successful or not
     batches: int
-    latency: Latency
+    latency: Latency  # successful requests only
+    errors: dict[str, int] = field(default_factory=dict)  # gRPC status name -> count
+
+    @property
+    def ok(self) -> int:
+        """Requests that succeeded."""
+        return max(0, self.requests - sum(self.errors.values()))
 
 
 @dataclass(frozen=True)
@@ -48,3 +54,8 @@ class StatusReport:
     batch_sizes: dict[int, int] = field(default_factory=dict)
     mpc_cost: list[JobCost] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    name: str = ""
+    grpc_address: str = ""
+    # leader: followers and dealer whose control link is up; follower: ["leader"] or []
+    links_up: list[str] = field(default_factory=list)
+    dealer_connected: bool = False  # leader only

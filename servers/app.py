@@ -9,7 +9,7 @@ from importlib import metadata
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ppml.proto.status import ModelServing, StatusReport
+from ppml.proto.status import StatusReport
 from ppml.servers import mpc_session
 from ppml.servers.auth import TokenAuthInterceptor, load_auth_file
 from ppml.servers.config import ClusterConfig
@@ -19,6 +19,7 @@ from ppml.servers.inference import InferenceService
 from ppml.servers.leader import Leader
 from ppml.servers.metrics import ServerMetrics
 from ppml.servers.pending import PendingTable
+from ppml.servers.prometheus import MetricsEndpoint, make_registry, serve_metrics
 from ppml.servers.registry import ModelRegistry
 from ppml.servers.servicers import (
     CoordinatorServicer,
@@ -85,13 +86,15 @@ class ComputeServer:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
+        self._auth = load_auth_file(party.auth_file) if party.auth_file is not None else None
         self.server, self.port = self._build_server(insecure)
+        self.metrics_endpoint: MetricsEndpoint | None = None
 
     def _build_server(self, insecure: bool) -> tuple[grpc.Server, int]:
         cfg = self.config.party(self.rank)
         interceptors = []
-        if cfg.auth_file is not None:
-            interceptors.append(TokenAuthInterceptor(load_auth_file(cfg.auth_file)))
+        if self._auth is not None:
+            interceptors.append(TokenAuthInterceptor(self._auth))
         else:
             log.warning("no auth_file for %s: every caller is accepted", cfg.name)
         registrations = [
@@ -122,6 +125,12 @@ class ComputeServer:
         snap = self.metrics.snapshot()
         epoch = self.worker.epoch
         queued = len(self.pending) + (self.leader.backlog if self.leader else 0)
+        party = self.config.party(self.rank)
+        if self.leader is not None:
+            links_up, dealer_connected = self.leader.links_up, self.leader.dealer_connected
+        else:
+            assert self.follower is not None
+            links_up, dealer_connected = self.follower.links_up, False
         return StatusReport(
             rank=self.rank,
             world_size=self.config.world_size,
@@ -135,10 +144,14 @@ class ComputeServer:
             models_stored=len(self.registry),
             heartbeats=snap.heartbeats,
             requests_total=snap.requests_total,
-            models=[ModelServing(k, r, b, lat) for k, (r, b, lat) in snap.models.items()],
+            models=snap.models,
             batch_sizes=snap.batch_sizes,
             mpc_cost=snap.job_costs,
             errors=snap.errors,
+            name=party.name,
+            grpc_address=party.grpc_address,
+            links_up=links_up,
+            dealer_connected=dealer_connected,
         )
 
     def _watch_health(self) -> None:
@@ -167,6 +180,7 @@ class ComputeServer:
         if self.follower is not None:
             self.follower.start()
         threading.Thread(target=self._watch_health, name="health", daemon=True).start()
+        self._start_metrics()
         log.info(
             "%s (rank %d/%d) listening on port %d, TLS %s",
             self.config.party(self.rank).name,
@@ -176,8 +190,29 @@ class ComputeServer:
             "on" if self.tls else "OFF",
         )
 
+    def _start_metrics(self) -> None:
+        party = self.config.party(self.rank)
+        if party.metrics_port is None:
+            return
+        self.metrics_endpoint = serve_metrics(
+            make_registry(self.report),
+            party.grpc_host,
+            party.metrics_port,
+            party.tls_cert if self.tls else None,
+            party.tls_key if self.tls else None,
+            self._auth,
+        )
+        log.info(
+            "Prometheus metrics on %s://%s:%d/metrics",
+            "https" if self.tls else "http",
+            party.grpc_host,
+            self.metrics_endpoint.port,
+        )
+
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.worker.stop()

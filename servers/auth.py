@@ -9,7 +9,8 @@ only (a stolen auth file does not reveal tokens)::
     sha256 = "9f86d0…"
 
 Roles: ``client`` may use every public service; ``monitor`` only reads status
-and the registry's public metadata (the dashboard); ``peer`` is for the servers' and dealer's links to the leader.
+and the registry's public metadata (the dashboard); ``peer`` is for the
+servers' and dealer's links to the leader.
 ``grpc.health.v1`` is open to all (it reveals nothing). The interceptor makes
 the caller's identity available to handlers through :func:`current_identity`.
 """
@@ -86,6 +87,17 @@ def load_auth_file(path: Path) -> dict[str, Identity]:
     return table
 
 
+def identify(table: dict[str, Identity], header: str) -> Identity | None:
+    """The identity of an ``authorization`` header value ``Bearer <token>``, if known."""
+    if not header.startswith("Bearer "):
+        return None
+    digest = token_hash(header[len("Bearer ") :])
+    return next(
+        (ident for key, ident in table.items() if hmac.compare_digest(key, digest)),
+        None,
+    )
+
+
 def current_identity() -> Identity | None:
     """The authenticated caller of the RPC being handled (None when auth is off)."""
     return _IDENTITY.get()
@@ -153,11 +165,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         header = str(metadata.get("authorization", ""))
         if not header.startswith("Bearer "):
             return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' token")
-        digest = token_hash(header[len("Bearer ") :])
-        identity = next(
-            (ident for key, ident in self._table.items() if hmac.compare_digest(key, digest)),
-            None,
-        )
+        identity = identify(self._table, header)
         if identity is None:
             return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
         if identity.role not in roles:

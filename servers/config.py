@@ -18,6 +18,7 @@ data paths of the process it runs. Example::
     tls_key = "tls/server-0.key"
     data_dir = "data/server-0"
     auth_file = "auth/server-0.toml"  # tokens this server accepts (sha256 only)
+    metrics_port = 9100                # optional: Prometheus /metrics on the grpc host
 
     [dealer]
     name = "dealer"
@@ -156,6 +157,10 @@ def load_config(path: str | Path) -> ClusterConfig:
         data_dir = _path(base, entry.get("data_dir", f"data/{name}"), f"{where}.data_dir")
         assert data_dir is not None
         metrics = entry.get("metrics_port")
+        if metrics is not None and (
+            not isinstance(metrics, int) or isinstance(metrics, bool) or not 0 < metrics < 65536
+        ):
+            raise ConfigError(f"{where}.metrics_port must be a port in 1..65535, got {metrics!r}")
         parties.append(
             PartyConfig(
                 rank=rank,
@@ -166,7 +171,7 @@ def load_config(path: str | Path) -> ClusterConfig:
                 tls_key=_path(base, entry.get("tls_key"), f"{where}.tls_key"),
                 data_dir=data_dir,
                 auth_file=_path(base, entry.get("auth_file"), f"{where}.auth_file"),
-                metrics_port=int(metrics) if metrics is not None else None,
+                metrics_port=metrics,
             )
         )
     names = [p.name for p in parties]

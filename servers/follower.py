@@ -39,6 +39,11 @@ class Follower:
     def start(self) -> None:
         self.link.start()
 
+    @property
+    def links_up(self) -> list[str]:
+        """``["leader"]`` while the control link to the leader is up."""
+        return ["leader"] if self.link.connected else []
+
     def _on_command(self, command: cmd.LeaderCommand) -> None:
         if isinstance(command, cmd.DropRequests):
             error = PpmlError(ErrorCode.PREDICTION_ABORTED, command.reason)

@@ -11,9 +11,9 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.serde import check_id
 from ppml.proto.shares import Ring
 from ppml.servers.config import ServingConfig
-from ppml.servers.metrics import ServerMetrics
+from ppml.servers.metrics import UNKNOWN_MODEL, ServerMetrics
 from ppml.servers.pending import PendingRequest, PendingTable, PredictOutcome
-from ppml.servers.registry import ModelRegistry
+from ppml.servers.registry import LoadedModel, ModelRegistry
 
 Announcer = Callable[[int, cmd.Announce], bool]
 
@@ -50,21 +50,26 @@ class InferenceService:
         self, request_id: str, model_id: str, share: Ring, time_remaining: float | None
     ) -> PredictOutcome:
         started = time.monotonic()
-        status = "OK"
+        label, status = UNKNOWN_MODEL, "OK"  # metrics never keep ids a caller made up
         try:
-            return self._predict(request_id, model_id, share, time_remaining)
+            model = self._registry.get(model_id)
+            label = model_id
+            return self._predict(request_id, model_id, model, share, time_remaining)
         except PpmlError as err:
             status = err.status.name
             raise
         finally:
-            self._metrics.record_request(model_id, time.monotonic() - started, status)
+            self._metrics.record_request(label, time.monotonic() - started, status)
 
     def _predict(
-        self, request_id: str, model_id: str, share: Ring, time_remaining: float | None
+        self,
+        request_id: str,
+        model_id: str,
+        model: LoadedModel,
+        share: Ring,
+        time_remaining: float | None,
     ) -> PredictOutcome:
         check_id(request_id, "request_id")
-        check_id(model_id, "model_id")
-        model = self._registry.get(model_id)
         expected = model.meta.architecture.input_shape
         rows = int(share.shape[0])
         if tuple(share.shape[1:]) != expected or not rows >= 1:

@@ -101,6 +101,11 @@ class Leader:
         with self._cond:
             return [self._name(rank) for rank in sorted(self._links)]
 
+    @property
+    def dealer_connected(self) -> bool:
+        with self._cond:
+            return self._config.world_size in self._links
+
     # ------------------------------------------------------------ requests
 
     def announce(self, rank: int, announce: cmd.Announce) -> bool:

@@ -70,6 +70,7 @@ def write_local_topology(
             f'name = "{name}"',
             f'grpc_address = "127.0.0.1:{free_port()}"',
             f'mpc_address = "127.0.0.1:{free_port()}"',
+            f"metrics_port = {free_port()}",
             f'tls_cert = "tls/{name}.pem"',
             f'tls_key = "tls/{name}.key"',
             f'data_dir = "data/{name}"',

@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppml.proto.status import JobCost, Latency
+from ppml.proto.status import JobCost, Latency, ModelServing
 
 _WINDOW = 4096
+# Requests naming a model id that is malformed or not stored here are counted
+# under this label (not a valid id), so callers cannot grow the tables at will.
+UNKNOWN_MODEL = "(unknown)"
 
 
 @dataclass
 class ModelStats:
     requests: int = 0
     batches: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # gRPC status name -> count
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
 
 
@@ -26,7 +30,7 @@ class Snapshot:
     uptime_s: float
     requests_total: int
     errors: dict[str, int]
-    models: dict[str, tuple[int, int, Latency]]
+    models: list[ModelServing]
     batch_sizes: dict[int, int]
     job_costs: list[JobCost]
     heartbeats: int
@@ -61,6 +65,7 @@ class ServerMetrics:
                 stats.latencies_ms.append(latency_s * 1000.0)
             else:
                 self._errors[status] += 1
+                stats.errors[status] += 1
 
     def record_job(
         self, kind: str, model_id: str, requests: int, rounds: int, nbytes: int, seconds: float
@@ -87,10 +92,10 @@ class ServerMetrics:
                 uptime_s=time.monotonic() - self._started,
                 requests_total=self._requests,
                 errors=dict(self._errors),
-                models={
-                    k: (v.requests, v.batches, _latency(v.latencies_ms))
+                models=[
+                    ModelServing(k, v.requests, v.batches, _latency(v.latencies_ms), dict(v.errors))
                     for k, v in self._models.items()
-                },
+                ],
                 batch_sizes=dict(self._batch_sizes),
                 job_costs=[
                     JobCost(k, int(v[0]), int(v[1]), int(v[2]), v[3])

@@ -50,6 +50,8 @@ def test_local_topology_loads(tmp_path: Path) -> None:
         assert party.tls_key is not None and party.tls_key.is_file()
         assert party.auth_file is not None and party.auth_file.is_file()
         assert party.data_dir == tmp_path.resolve() / "data" / party.name
+    ports = [p.metrics_port for p in config.parties]
+    assert all(isinstance(port, int) for port in ports) and len(set(ports)) == 3
     assert config.ca_cert is not None and config.ca_cert.is_file()
     assert config.client_token_file is not None and config.client_token_file.is_file()
     assert config.monitor_token_file is not None and config.monitor_token_file.is_file()
@@ -115,6 +117,7 @@ def test_defaults_for_optional_sections(tmp_path: Path) -> None:
     assert config.ca_cert is None
     assert config.dealer_name == "dealer"
     assert config.serving == ServingConfig()
+    assert config.parties[0].metrics_port is None
 
 
 # ---------------------------------------------------------------- errors
@@ -205,4 +208,12 @@ def test_non_positive_serving_value(tmp_path: Path, line: str) -> None:
 def test_empty_path_value(tmp_path: Path) -> None:
     path = _write(tmp_path, _party("a", 5001, 6001, 'tls_cert = ""') + _party("b", 5002, 6002))
     with pytest.raises(ConfigError, match="tls_cert"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("value", ["0", "65536", '"9100"', "true", "91.5"])
+def test_bad_metrics_port(tmp_path: Path, value: str) -> None:
+    extra = f"metrics_port = {value}"
+    path = _write(tmp_path, _party("a", 5001, 6001, extra) + _party("b", 5002, 6002))
+    with pytest.raises(ConfigError, match=r"parties\[0\]\.metrics_port must be a port"):
         load_config(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -462,12 +464,16 @@ def _report() -> st.StatusReport:
         heartbeats=99,
         requests_total=1234,
         models=[
-            st.ModelServing("m1", 10, 4, st.Latency(10, 1.5, 7.25, 9.0)),
+            st.ModelServing("m1", 12, 4, st.Latency(10, 1.5, 7.25, 9.0), {"INVALID_ARGUMENT": 2}),
             st.ModelServing("m2", 0, 0, st.Latency()),
         ],
         batch_sizes={1: 5, 4: 2, 64: 1},
         mpc_cost=[st.JobCost("predict", 4, 120, 1 << 40), st.JobCost("heartbeat", 99, 99, 0)],
         errors={"OK": 1200, "ABORTED": 34},
+        name="server-1",
+        grpc_address="10.0.0.2:50051",
+        links_up=["leader"],
+        dealer_connected=False,
     )
 
 
@@ -475,6 +481,21 @@ def test_status_round_trip() -> None:
     report = _report()
     wire = status_pb2.ServerStatus.FromString(serde.status_to_proto(report).SerializeToString())
     assert serde.status_from_proto(wire) == report
+    assert wire.models[0].errors["INVALID_ARGUMENT"] == 2
+    assert list(wire.links_up) == ["leader"]
+
+
+def test_leader_status_round_trip() -> None:
+    leader = ["server-1", "server-2", "dealer"]
+    report = replace(_report(), rank=0, links_up=leader, dealer_connected=True)
+    wire = status_pb2.ServerStatus.FromString(serde.status_to_proto(report).SerializeToString())
+    assert wire.dealer_connected
+    assert serde.status_from_proto(wire) == report
+
+
+def test_model_serving_ok_excludes_errors() -> None:
+    serving = st.ModelServing("m", 9, 3, st.Latency(7), {"INVALID_ARGUMENT": 2})
+    assert serving.ok == 7
 
 
 def test_empty_status_round_trip() -> None:

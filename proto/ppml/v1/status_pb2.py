@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ppml/v1/status.proto\x12\x07ppml.v1\"\x12\n\x10GetStatusRequest\"O\n\x0eLatencySummary\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"r\n\x11ModelServingStats\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12(\n\x07latency\x18\x04 \x01(\x0b\x32\x17.ppml.v1.LatencySummary\"U\n\x07JobCost\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04jobs\x18\x02 \x01(\x04\x12\x0e\n\x06rounds\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x91\x04\n\x0cServerStatus\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12\x0b\n\x03tls\x18\x05 \x01(\x08\x12\x0f\n\x07serving\x18\x06 \x01(\x08\x12\x11\n\tmpc_epoch\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x13\n\x0bqueue_depth\x18\t \x01(\r\x12\x15\n\rmodels_stored\x18\n \x01(\r\x12\x12\n\nheartbeats\x18\x0b \x01(\x04\x12*\n\x06models\x18\x0c \x03(\x0b\x32\x1a.ppml.v1.ModelServingStats\x12:\n\x0b\x62\x61tch_sizes\x18\r \x03(\x0b\x32%.ppml.v1.ServerStatus.BatchSizesEntry\x12\"\n\x08mpc_cost\x18\x0e \x03(\x0b\x32\x10.ppml.v1.JobCost\x12\x31\n\x06\x65rrors\x18\x0f \x03(\x0b\x32!.ppml.v1.ServerStatus.ErrorsEntry\x12\x16\n\x0erequests_total\x18\x10 \x01(\x04\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32G\n\x06Status\x12=\n\tGetStatus\x12\x19.ppml.v1.GetStatusRequest\x1a\x15.ppml.v1.ServerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ppml/v1/status.proto\x12\x07ppml.v1\"\x12\n\x10GetStatusRequest\"O\n\x0eLatencySummary\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"\xd9\x01\n\x11ModelServingStats\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12(\n\x07latency\x18\x04 \x01(\x0b\x32\x17.ppml.v1.LatencySummary\x12\x36\n\x06\x65rrors\x18\x05 \x03(\x0b\x32&.ppml.v1.ModelServingStats.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"U\n\x07JobCost\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04jobs\x18\x02 \x01(\x04\x12\x0e\n\x06rounds\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\xe1\x04\n\x0cServerStatus\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12\x0b\n\x03tls\x18\x05 \x01(\x08\x12\x0f\n\x07serving\x18\x06 \x01(\x08\x12\x11\n\tmpc_epoch\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x13\n\x0bqueue_depth\x18\t \x01(\r\x12\x15\n\rmodels_stored\x18\n \x01(\r\x12\x12\n\nheartbeats\x18\x0b \x01(\x04\x12*\n\x06models\x18\x0c \x03(\x0b\x32\x1a.ppml.v1.ModelServingStats\x12:\n\x0b\x62\x61tch_sizes\x18\r \x03(\x0b\x32%.ppml.v1.ServerStatus.BatchSizesEntry\x12\"\n\x08mpc_cost\x18\x0e \x03(\x0b\x32\x10.ppml.v1.JobCost\x12\x31\n\x06\x65rrors\x18\x0f \x03(\x0b\x32!.ppml.v1.ServerStatus.ErrorsEntry\x12\x16\n\x0erequests_total\x18\x10 \x01(\x04\x12\x0c\n\x04name\x18\x11 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x12 \x01(\t\x12\x10\n\x08links_up\x18\x13 \x03(\t\x12\x18\n\x10\x64\x65\x61ler_connected\x18\x14 \x01(\x08\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32G\n\x06Status\x12=\n\tGetStatus\x12\x19.ppml.v1.GetStatusRequest\x1a\x15.ppml.v1.ServerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.status_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELSERVINGSTATS_ERRORSENTRY']._loaded_options = None
+  _globals['_MODELSERVINGSTATS_ERRORSENTRY']._serialized_options = b'8\001'
   _globals['_SERVERSTATUS_BATCHSIZESENTRY']._loaded_options = None
   _globals['_SERVERSTATUS_BATCHSIZESENTRY']._serialized_options = b'8\001'
   _globals['_SERVERSTATUS_ERRORSENTRY']._loaded_options = None
@@ -39,16 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_end=51
   _globals['_LATENCYSUMMARY']._serialized_start=53
   _globals['_LATENCYSUMMARY']._serialized_end=132
-  _globals['_MODELSERVINGSTATS']._serialized_start=134
-  _globals['_MODELSERVINGSTATS']._serialized_end=248
-  _globals['_JOBCOST']._serialized_start=250
-  _globals['_JOBCOST']._serialized_end=335
-  _globals['_SERVERSTATUS']._serialized_start=338
-  _globals['_SERVERSTATUS']._serialized_end=867
-  _globals['_SERVERSTATUS_BATCHSIZESENTRY']._serialized_start=771
-  _globals['_SERVERSTATUS_BATCHSIZESENTRY']._serialized_end=820
-  _globals['_SERVERSTATUS_ERRORSENTRY']._serialized_start=822
-  _globals['_SERVERSTATUS_ERRORSENTRY']._serialized_end=867
-  _globals['_STATUS']._serialized_start=869
-  _globals['_STATUS']._serialized_end=940
+  _globals['_MODELSERVINGSTATS']._serialized_start=135
+  _globals['_MODELSERVINGSTATS']._serialized_end=352
+  _globals['_MODELSERVINGSTATS_ERRORSENTRY']._serialized_start=307
+  _globals['_MODELSERVINGSTATS_ERRORSENTRY']._serialized_end=352
+  _globals['_JOBCOST']._serialized_start=354
+  _globals['_JOBCOST']._serialized_end=439
+  _globals['_SERVERSTATUS']._serialized_start=442
+  _globals['_SERVERSTATUS']._serialized_end=1051
+  _globals['_SERVERSTATUS_BATCHSIZESENTRY']._serialized_start=955
+  _globals['_SERVERSTATUS_BATCHSIZESENTRY']._serialized_end=1004
+  _globals['_SERVERSTATUS_ERRORSENTRY']._serialized_start=307
+  _globals['_SERVERSTATUS_ERRORSENTRY']._serialized_end=352
+  _globals['_STATUS']._serialized_start=1053
+  _globals['_STATUS']._serialized_end=1124
 # @@protoc_insertion_point(module_scope)

@@ -65,15 +65,42 @@ Global___LatencySummary: _TypeAlias = LatencySummary  # noqa: Y015
 class ModelServingStats(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_ID_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     requests: _builtins.int
     batches: _builtins.int
     @_builtins.property
-    def latency(self) -> Global___LatencySummary: ...
+    def latency(self) -> Global___LatencySummary:
+        """successful requests only"""
+
+    @_builtins.property
+    def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """gRPC status code name -> count of this model's requests that failed with it"""
+
     def __init__(
         self,
         *,
@@ -81,10 +108,11 @@ class ModelServingStats(_message.Message):
         requests: _builtins.int = ...,
         batches: _builtins.int = ...,
         latency: Global___LatencySummary | None = ...,
+        errors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "latency", b"latency", "model_id", b"model_id", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "errors", b"errors", "latency", b"latency", "model_id", b"model_id", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,6 +212,10 @@ class ServerStatus(_message.Message):
     MPC_COST_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     REQUESTS_TOTAL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    GRPC_ADDRESS_FIELD_NUMBER: _builtins.int
+    LINKS_UP_FIELD_NUMBER: _builtins.int
+    DEALER_CONNECTED_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -197,6 +229,12 @@ class ServerStatus(_message.Message):
     models_stored: _builtins.int
     heartbeats: _builtins.int
     requests_total: _builtins.int
+    name: _builtins.str
+    """party name from the topology file"""
+    grpc_address: _builtins.str
+    """as in the topology file"""
+    dealer_connected: _builtins.bool
+    """leader only; followers report false"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelServingStats]: ...
     @_builtins.property
@@ -208,6 +246,12 @@ class ServerStatus(_message.Message):
     @_builtins.property
     def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """gRPC status code name -> count of requests that ended with it"""
+
+    @_builtins.property
+    def links_up(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Control links that are up. Leader (rank 0): names of the followers and
+        the dealer connected to it. Follower: ["leader"] while its link is up.
+        """
 
     def __init__(
         self,
@@ -228,10 +272,14 @@ class ServerStatus(_message.Message):
         mpc_cost: _abc.Iterable[Global___JobCost] | None = ...,
         errors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         requests_total: _builtins.int = ...,
+        name: _builtins.str = ...,
+        grpc_address: _builtins.str = ...,
+        links_up: _abc.Iterable[_builtins.str] | None = ...,
+        dealer_connected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "errors", b"errors", "heartbeats", b"heartbeats", "last_error", b"last_error", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "dealer_connected", b"dealer_connected", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,125 @@
+"""Prometheus endpoint and status fields of real servers after real traffic."""
+
+from __future__ import annotations
+
+import ssl
+import urllib.error
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from ppml.client import Cluster
+from ppml.proto import serde, shares
+from ppml.servers.config import PartyConfig
+from ppml.servers.grpc_server import client_channel
+from ppml.servers.local import LocalCluster
+from ppml.v1 import inference_pb2, inference_pb2_grpc
+
+OK_REQUESTS = 7
+BAD_REQUESTS = 2
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _send_wrong_shape(local: LocalCluster, model_id: str) -> None:
+    """One request per server whose share has 63 columns instead of 64."""
+    config = local.config
+    token = (local.directory / "secrets" / "client.token").read_text().strip()
+    request_id = uuid.uuid4().hex
+    for party in config.parties:
+        channel = client_channel(party.grpc_address, config.ca_cert)
+        try:
+            request = inference_pb2.PredictRequest(
+                request_id=request_id,
+                model_id=model_id,
+                input=serde.share_to_proto(shares.random_ring((1, 63))),
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                inference_pb2_grpc.InferenceStub(channel).Predict(
+                    request, timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            channel.close()
+
+
+@pytest.fixture(scope="module")
+def model_id(local2: LocalCluster, cluster2: Cluster, mlp: torch.nn.Module) -> str:
+    model_id = cluster2.share_model(mlp, torch.zeros(1, 64), name="metrics")
+    x = torch.linspace(-0.5, 0.5, 64).reshape(1, 64)
+    for _ in range(OK_REQUESTS):
+        cluster2.predict(model_id, x)
+    for _ in range(BAD_REQUESTS):
+        _send_wrong_shape(local2, model_id)
+    return model_id
+
+
+def _scrape(local: LocalCluster, party: PartyConfig, token: str | None) -> tuple[int, str]:
+    assert party.metrics_port is not None
+    context = ssl.create_default_context(cafile=str(local.config.ca_cert))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(
+        f"https://{party.grpc_host}:{party.metrics_port}/metrics", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def _samples(text: str) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _monitor_token(local: LocalCluster) -> str:
+    return (local.directory / "secrets" / "monitor.token").read_text().strip()
+
+
+def test_every_server_counts_successes_and_errors(local2: LocalCluster, model_id: str) -> None:
+    for party in local2.config.parties:
+        status, text = _scrape(local2, party, _monitor_token(local2))
+        assert status == 200, party.name
+        samples = _samples(text)
+        ok = ("ppml_requests_total", (("code", "OK"), ("model", model_id)))
+        bad = ("ppml_requests_total", (("code", "INVALID_ARGUMENT"), ("model", model_id)))
+        assert samples[ok] == OK_REQUESTS, party.name
+        assert samples[bad] == BAD_REQUESTS, party.name
+        assert samples[("ppml_up", ())] == 1
+        info = (("name", party.name), ("rank", str(party.rank)))
+        assert any(k[0] == "ppml_server_info" and set(info) <= set(k[1]) for k in samples)
+        p50 = ("ppml_request_latency_ms", (("model", model_id), ("quantile", "0.5")))
+        assert samples[p50] > 0
+        assert samples[("ppml_mpc_jobs_total", (("kind", "predict"),))] >= 1
+
+
+def test_scrape_needs_a_token(local2: LocalCluster) -> None:
+    party = local2.config.parties[0]
+    assert _scrape(local2, party, None)[0] == 401
+    assert _scrape(local2, party, "not-a-token")[0] == 401
+
+
+def test_status_names_links_and_per_model_errors(
+    local2: LocalCluster, cluster2: Cluster, model_id: str
+) -> None:
+    leader, follower = cluster2.status()
+    parties = local2.config.parties
+    assert (leader.name, leader.grpc_address) == (parties[0].name, parties[0].grpc_address)
+    assert (follower.name, follower.grpc_address) == (parties[1].name, parties[1].grpc_address)
+    assert {"server-1", "dealer"} <= set(leader.links_up)
+    assert leader.dealer_connected
+    assert follower.links_up == ["leader"]
+    assert not follower.dealer_connected
+    for report in (leader, follower):
+        (serving,) = [m for m in report.models if m.model_id == model_id]
+        assert serving.requests == OK_REQUESTS + BAD_REQUESTS
+        assert serving.errors == {"INVALID_ARGUMENT": BAD_REQUESTS}
+        assert serving.ok == OK_REQUESTS
