@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench clean
+.PHONY: demo test lint typecheck protos bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m ppml.client.demo
 
-test: $(STAMP) typecheck
+test: $(STAMP) typecheck browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# headless Chromium for tests/e2e (the dashboard in a real browser); Debian/Ubuntu
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -6,6 +6,7 @@ Examples::
     ppml cluster status --config ./cluster/cluster.toml
     ppml models share --config ./cluster/cluster.toml --onnx model.onnx --name mnist
     ppml predict --config ./cluster/cluster.toml --model ID --input x.npy
+    ppml dashboard --config ./cluster/cluster.toml --port 8501   # monitoring page
     ppml cluster down --dir ./cluster
 
 Every input and weight is secret-shared on this machine before it is sent;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -279,6 +281,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard_command(config: str, port: int, insecure: bool = False) -> list[str]:
+    """The ``streamlit run`` command line that serves the monitoring dashboard."""
+    spec = importlib.util.find_spec("ppml.dashboard.app")
+    if spec is None or spec.origin is None:
+        raise CliError("the dashboard (ppml.dashboard.app) is not installed")
+    app_args = ["--config", str(Path(config).resolve()), *(["--insecure"] if insecure else [])]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        spec.origin,
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--",
+        *app_args,
+    ]
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    load_config(args.config)  # a bad topology file fails here, in one line
+    command = dashboard_command(args.config, args.port, args.insecure)
+    print(f"ppml dashboard: http://localhost:{args.port}", flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -324,6 +359,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="rows as .npy or .csv")
     predict.add_argument("--output", help="also save the output as .npy")
     predict.set_defaults(func=cmd_predict)
+
+    dashboard = groups.add_parser(
+        "dashboard", parents=[client], help="monitoring web page (Streamlit, read-only token)"
+    )
+    dashboard.add_argument("--port", type=int, default=8501, help="HTTP port (default 8501)")
+    dashboard.set_defaults(func=cmd_dashboard)
     return parser
 
 

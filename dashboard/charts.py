@@ -1,0 +1,129 @@
+"""Altair charts built from the frames of :mod:`ppml.dashboard.history` and ``frames``.
+
+Pure functions: a frame in, an ``alt.Chart`` out (nothing is drawn here).
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+HEIGHT = 220
+TIME = alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M:%S"))
+
+
+def _series(frame: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """Adds a "series" column: ``server · model name``."""
+    frame = frame.copy()
+    frame["series"] = frame["server"] + " · " + frame["model"].map(lambda m: names.get(m, m))
+    return frame
+
+
+def requests_per_second(rates: pd.DataFrame, names: dict[str, str]) -> alt.Chart:
+    return (
+        alt.Chart(_series(rates, names), title="requests/s")
+        .mark_line(point=True, interpolate="monotone")
+        .encode(
+            x=TIME,
+            y=alt.Y("rps:Q", title="requests/s"),
+            color=alt.Color("series:N", title="server · model"),
+            tooltip=["series:N", alt.Tooltip("rps:Q", format=".2f"), "time:T"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def latency(series: pd.DataFrame, names: dict[str, str]) -> alt.Chart:
+    return (
+        alt.Chart(_series(series, names), title="latency (ms, recent requests)")
+        .mark_line()
+        .encode(
+            x=TIME,
+            y=alt.Y("ms:Q", title="ms"),
+            color=alt.Color("series:N", title="server · model"),
+            strokeDash=alt.StrokeDash("quantile:N", sort=["p50", "p95", "p99"]),
+            tooltip=["series:N", "quantile:N", alt.Tooltip("ms:Q", format=".1f"), "time:T"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def queue_depth(series: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(series, title="queue depth (requests waiting for their batch)")
+        .mark_area(opacity=0.5, line=True, interpolate="step-after")
+        .encode(
+            x=TIME,
+            y=alt.Y(
+                "queue_depth:Q",
+                title="requests",
+                stack=None,
+                axis=alt.Axis(format="d", tickMinStep=1),
+                scale=alt.Scale(domainMin=0, nice=True),
+            ),
+            color=alt.Color("server:N"),
+            tooltip=["server:N", "queue_depth:Q", "time:T"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def batch_sizes(frame: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(frame, title="batch-size distribution (requests per MPC job)")
+        .mark_bar()
+        .encode(
+            x=alt.X("batch size:O", title="requests per job", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("jobs:Q", title="MPC jobs"),
+            color=alt.Color("server:N"),
+            xOffset="server:N",
+            tooltip=["server:N", "batch size:O", "jobs:Q"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def errors_by_code(frame: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(frame, title="failed requests by gRPC status")
+        .mark_bar(color="#d62728")
+        .encode(
+            x=alt.X("requests:Q", title="requests"),
+            y=alt.Y("code:N", title=None),
+            yOffset="server:N",
+            color=alt.Color("server:N", scale=alt.Scale(scheme="reds")),
+            tooltip=["server:N", "code:N", "requests:Q"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def mpc_totals(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
+    """Bars per job kind and server of one cumulative column ("rounds" or "bytes")."""
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("kind:N", title="job kind", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y(f"{column}:Q", title=column),
+            color=alt.Color("server:N"),
+            xOffset="server:N",
+            tooltip=["server:N", "kind:N", "jobs:Q", f"{column}:Q"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def mpc_bytes_per_second(series: pd.DataFrame) -> alt.Chart:
+    frame = series.assign(series=series["server"] + " · " + series["kind"])
+    return (
+        alt.Chart(frame, title="MPC traffic (bytes/s)")
+        .mark_line(point=True)
+        .encode(
+            x=TIME,
+            y=alt.Y("bytes_per_s:Q", title="bytes/s", axis=alt.Axis(format="~s")),
+            color=alt.Color("series:N", title="server · kind"),
+            tooltip=["series:N", alt.Tooltip("bytes_per_s:Q", format=",.0f"), "time:T"],
+        )
+        .properties(height=HEIGHT)
+    )

@@ -1,0 +1,214 @@
+"""Rendering: snapshots in, Streamlit elements out. No network access here.
+
+Each ``render_*`` function draws one section of the page from a
+:class:`~ppml.dashboard.data.ClusterSnapshot` (and the rolling history for
+charts over time). Sections that have nothing to show say so instead of
+drawing empty charts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from pandas.io.formats.style import Styler
+
+from ppml.dashboard import charts, frames, history
+from ppml.dashboard.data import ClusterSnapshot, ServerSnapshot
+
+DOWN_STYLE = "background-color: #fde0e0; color: #8b0000; font-weight: 600"
+WARN_STYLE = "background-color: #fff4d6"
+# Columns whose text comes from clients or error messages, not from the operator
+FREE_TEXT = ("model", "name", "owner", "errors", "last error")
+_MARKDOWN = re.compile(r"[\\`*_\[\]<>|~$#]|:(?=[A-Za-z])|^[-+]")
+
+
+def escape_markdown(text: str) -> str:
+    """Text that Streamlit's Markdown (tables, alerts) shows as-is (no links, emoji, colours)."""
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(0), text)
+
+
+def _chart(chart: alt.Chart) -> None:
+    st.altair_chart(chart, width="stretch")
+
+
+def _table(frame: pd.DataFrame, free_text: Iterable[str] = FREE_TEXT) -> Styler:
+    """A Styler that shows ``frame`` with thousands separators and escaped free text."""
+    frame = frame.copy()
+    for column in free_text:
+        if column in frame.columns:
+            frame[column] = frame[column].map(
+                lambda v: escape_markdown(v) if isinstance(v, str) else v
+            )
+    return frame.style.format(precision=1, thousands=",")
+
+
+def _row_style(row: pd.Series) -> list[str]:
+    health = str(row["health"])
+    if health.startswith("DOWN") or health in ("DISCONNECTED", "UNREACHABLE"):
+        style = DOWN_STYLE
+    elif health not in ("SERVING", "CONNECTED"):
+        style = WARN_STYLE
+    else:
+        style = ""
+    return [style] * len(row)
+
+
+# ---------------------------------------------------------------- overview
+
+
+def _alert(server: ServerSnapshot) -> None:
+    if not server.reachable:
+        st.error(
+            f"**{server.name}** is DOWN: unreachable at {server.address}. "
+            f"{escape_markdown(server.error)}",
+            icon=":material/error:",
+        )
+    elif not server.up:
+        detail = server.status.last_error if server.status else ""
+        st.warning(
+            f"**{server.name}** is {server.health}: its MPC session with every peer and the "
+            f"dealer is not up, so it cannot serve predictions. {escape_markdown(detail)}",
+            icon=":material/warning:",
+        )
+    elif server.error:
+        st.warning(f"**{server.name}**: {escape_markdown(server.error)}", icon=":material/warning:")
+
+
+def render_overview(snapshot: ClusterSnapshot) -> None:
+    st.header("Cluster overview")
+    for server in snapshot.servers:
+        _alert(server)
+    dealer, why = frames.dealer_state(snapshot)
+    if dealer == "DISCONNECTED":
+        st.error(f"dealer **{snapshot.dealer}** is DISCONNECTED ({why})", icon=":material/error:")
+    up = sum(1 for s in snapshot.servers if s.up)
+    if up == len(snapshot.servers) and dealer == "CONNECTED":
+        st.success(
+            f"All {up} compute servers and the dealer are up.", icon=":material/check_circle:"
+        )
+
+    leader = snapshot.leader
+    report = leader.status if leader else None
+    cols = st.columns(5)
+    cols[0].metric("servers SERVING", f"{up}/{len(snapshot.servers)}")
+    cols[1].metric("dealer", dealer)
+    cols[2].metric("requests (leader)", report.requests_total if report else frames.NONE)
+    cols[3].metric("MPC epoch", report.mpc_epoch if report else frames.NONE)
+    cols[4].metric("models", len(frames.registry(snapshot)))
+    st.table(_table(frames.overview(snapshot)).apply(_row_style, axis=1), hide_index=True)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def render_serving(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) -> None:
+    st.header("Serving")
+    names = frames.model_names(snapshot)
+    models = frames.model_table(snapshot, history.recent_rates(past))
+    if models.empty or not models["requests"].any():
+        st.info("No predictions yet: per-model rates and latencies appear with the first request.")
+    if not models.empty:
+        st.table(_table(models), hide_index=True)
+
+    left, right = st.columns(2)
+    with left:
+        rates = history.request_rates(past)
+        if rates.empty:
+            st.caption("requests/s: needs two refreshes with a reachable server.")
+        else:
+            _chart(charts.requests_per_second(rates, names))
+    with right:
+        latency = history.latency_series(past)
+        if latency.empty:
+            st.caption("latency: no completed requests yet.")
+        else:
+            _chart(charts.latency(latency, names))
+
+    left, right = st.columns(2)
+    with left:
+        sizes = frames.batch_sizes(snapshot)
+        if sizes.empty:
+            st.caption("batch sizes: no prediction jobs yet.")
+        else:
+            _chart(charts.batch_sizes(sizes))
+    with right:
+        queue = history.queue_series(past)
+        if queue.empty:
+            st.caption("queue depth: no reachable server yet.")
+        else:
+            _chart(charts.queue_depth(queue))
+
+    errors = frames.errors_by_code(snapshot)
+    if errors.empty:
+        st.caption("Errors by status code: no failed requests.")
+    else:
+        _chart(charts.errors_by_code(errors))
+
+
+# ---------------------------------------------------------------- MPC cost
+
+
+def render_mpc_cost(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) -> None:
+    st.header("MPC cost")
+    costs = frames.mpc_cost(snapshot)
+    if costs.empty:
+        st.info("No MPC jobs yet.")
+        return
+    st.caption("Communication rounds and bytes each party sent, per job kind (cumulative).")
+    st.table(_table(costs), hide_index=True)
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.mpc_totals(costs, "rounds", "rounds per job kind"))
+    with right:
+        _chart(charts.mpc_totals(costs, "bytes", "bytes per job kind"))
+    throughput = history.mpc_throughput(past)
+    if not throughput.empty:
+        _chart(charts.mpc_bytes_per_second(throughput))
+
+
+# ---------------------------------------------------------------- registry
+
+
+def render_registry(snapshot: ClusterSnapshot) -> None:
+    st.header("Registry")
+    st.caption("Public metadata only: shares never leave the servers.")
+    st.subheader("Models")
+    models = frames.registry(snapshot)
+    if models.empty:
+        st.info("No models shared yet.")
+    else:
+        st.table(_table(models), hide_index=True)
+    st.subheader("Datasets")
+    if snapshot.datasets:
+        st.table(_table(pd.DataFrame(list(snapshot.datasets))), hide_index=True)
+    else:
+        st.info("No datasets yet.")
+    st.subheader("Training jobs")
+    if snapshot.training_jobs:
+        st.table(_table(pd.DataFrame(list(snapshot.training_jobs))), hide_index=True)
+    else:
+        st.info("No training jobs yet.")
+
+
+# ---------------------------------------------------------------- page
+
+
+def render_page(
+    snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot], refresh_s: float
+) -> None:
+    """The whole page for one refresh; ``past`` ends with ``snapshot``."""
+    taken = time.strftime("%H:%M:%S", time.localtime(snapshot.taken_at))
+    st.caption(
+        f"cluster **{snapshot.cluster}** · {len(snapshot.servers)} compute servers + dealer "
+        f"**{snapshot.dealer}** · snapshot {taken} · refreshes every {refresh_s:g} s · "
+        f"history {len(past)} snapshots"
+    )
+    render_overview(snapshot)
+    render_serving(snapshot, past)
+    render_mpc_cost(snapshot, past)
+    render_registry(snapshot)
