@@ -114,6 +114,20 @@ def mpc_totals(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
     )
 
 
+def dealer_requests(frame: pd.DataFrame) -> alt.Chart:
+    """Bars of the dealer's served requests per kind (Beaver triples, wraps, ...)."""
+    return (
+        alt.Chart(frame, title="dealer requests by kind")
+        .mark_bar()
+        .encode(
+            x=alt.X("kind:N", title="request kind", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("requests:Q", title="requests"),
+            tooltip=["kind:N", "requests:Q"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
 def mpc_bytes_per_second(series: pd.DataFrame) -> alt.Chart:
     frame = series.assign(series=series["server"] + " · " + series["kind"])
     return (

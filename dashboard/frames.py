@@ -88,6 +88,15 @@ def mpc_cost(snapshot: ClusterSnapshot) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def dealer_requests(snapshot: ClusterSnapshot) -> pd.DataFrame:
+    """Correlated-randomness requests the dealer served, by kind (leader's report)."""
+    leader = snapshot.leader
+    if leader is None or leader.status is None:
+        return pd.DataFrame(columns=["kind", "requests"])
+    rows = [{"kind": k, "requests": v} for k, v in sorted(leader.status.dealer_requests.items())]
+    return pd.DataFrame(rows, columns=["kind", "requests"])
+
+
 # ---------------------------------------------------------------- overview and registry
 
 

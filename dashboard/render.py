@@ -169,6 +169,12 @@ def render_mpc_cost(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) 
     throughput = history.mpc_throughput(past)
     if not throughput.empty:
         _chart(charts.mpc_bytes_per_second(throughput))
+    dealer = frames.dealer_requests(snapshot)
+    if dealer.empty:
+        st.caption("The dealer has not reported any requests yet.")
+    else:
+        st.caption("Requests the dealer served (as reported to the leader over its link).")
+        _chart(charts.dealer_requests(dealer))
 
 
 # ---------------------------------------------------------------- registry

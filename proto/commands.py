@@ -24,6 +24,12 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class DealerStats:
+    requests: dict[str, int]
+    sessions: int
+
+
+@dataclass(frozen=True)
 class JoinEpoch:
     epoch: int
     store_prefix: str
@@ -59,4 +65,4 @@ class DropRequests:
 
 
 LeaderCommand = JoinEpoch | RunJob | DropRequests
-PartyMessage = Hello | Announce
+PartyMessage = Hello | Announce | DealerStats

@@ -250,6 +250,10 @@ def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessag
         return coordinator_pb2.PartyMessage(
             hello=coordinator_pb2.Hello(rank=msg.rank, role=msg.role, incarnation=msg.incarnation)
         )
+    if isinstance(msg, cmd.DealerStats):
+        return coordinator_pb2.PartyMessage(
+            dealer_stats=coordinator_pb2.DealerStats(requests=msg.requests, sessions=msg.sessions)
+        )
     return coordinator_pb2.PartyMessage(
         announce=coordinator_pb2.Announce(
             request_id=msg.request_id,
@@ -267,6 +271,9 @@ def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMess
     if kind == "announce":
         a = msg.announce
         return cmd.Announce(a.request_id, a.model_id, a.rows, a.timeout_ms / 1000.0)
+    if kind == "dealer_stats":
+        d = msg.dealer_stats
+        return cmd.DealerStats(dict(d.requests), d.sessions)
     raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty party message")
 
 
@@ -357,6 +364,8 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         grpc_address=report.grpc_address,
         links_up=report.links_up,
         dealer_connected=report.dealer_connected,
+        dealer_requests=report.dealer_requests,
+        dealer_sessions=report.dealer_sessions,
     )
 
 
@@ -391,4 +400,6 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         grpc_address=msg.grpc_address,
         links_up=list(msg.links_up),
         dealer_connected=msg.dealer_connected,
+        dealer_requests=dict(msg.dealer_requests),
+        dealer_sessions=msg.dealer_sessions,
     )

@@ -59,3 +59,5 @@ class StatusReport:
     # leader: followers and dealer whose control link is up; follower: ["leader"] or []
     links_up: list[str] = field(default_factory=list)
     dealer_connected: bool = False  # leader only
+    dealer_requests: dict[str, int] = field(default_factory=dict)  # leader only
+    dealer_sessions: int = 0  # leader only

@@ -9,6 +9,7 @@ from importlib import metadata
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ppml.proto import commands as cmd
 from ppml.proto.status import StatusReport
 from ppml.servers import mpc_session
 from ppml.servers.auth import TokenAuthInterceptor, load_auth_file
@@ -126,8 +127,10 @@ class ComputeServer:
         epoch = self.worker.epoch
         queued = len(self.pending) + (self.leader.backlog if self.leader else 0)
         party = self.config.party(self.rank)
+        dealer = cmd.DealerStats({}, 0)
         if self.leader is not None:
             links_up, dealer_connected = self.leader.links_up, self.leader.dealer_connected
+            dealer = self.leader.dealer_stats
         else:
             assert self.follower is not None
             links_up, dealer_connected = self.follower.links_up, False
@@ -152,6 +155,8 @@ class ComputeServer:
             grpc_address=party.grpc_address,
             links_up=links_up,
             dealer_connected=dealer_connected,
+            dealer_requests=dealer.requests,
+            dealer_sessions=dealer.sessions,
         )
 
     def _watch_health(self) -> None:

@@ -18,6 +18,8 @@ import logging
 import queue
 import secrets
 import sys
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -31,6 +33,7 @@ from ppml.servers.crypten_compat import crypten, csprng_seed
 from ppml.servers.leader_link import LeaderLink
 
 log = logging.getLogger("ppml.dealer")
+STATS_INTERVAL_S = 1.0
 TTPServer: Any = crypten.mpc.provider.ttp_provider.TTPServer
 
 
@@ -39,6 +42,12 @@ class Dealer(TTPServer):
 
     def __init__(self) -> None:  # do not run TTPServer's blocking __init__
         self.requests: Counter[str] = Counter()
+        self.sessions = 0
+        self._lock = threading.Lock()
+
+    def stats(self) -> cmd.DealerStats:
+        with self._lock:
+            return cmd.DealerStats(dict(self.requests), self.sessions)
 
     def _setup_generators(self) -> None:
         world_size = crypten.communicator.get().get_world_size()
@@ -60,6 +69,7 @@ class Dealer(TTPServer):
     def serve(self) -> str:
         """Serve one session until rank 0 ends it or a party fails; returns why."""
         crypten.init()
+        self.sessions += 1
         comm = crypten.communicator.get()
         self.ttp_group = comm.ttp_group
         self.comm_group = comm.ttp_comm_group
@@ -74,7 +84,8 @@ class Dealer(TTPServer):
                 function = message["function"]
                 if function not in ("additive", "square", "binary", "wraps", "B2A"):
                     return f"unknown request {function!r}"
-                self.requests[function] += 1
+                with self._lock:
+                    self.requests[function] += 1
                 self.device = message["device"]
                 result = getattr(self, function)(*message["args"], **message["kwargs"])
                 comm.send_obj(result.size(), 0, self.ttp_group)
@@ -104,6 +115,13 @@ def run(config: ClusterConfig, insecure: bool) -> None:
     )
     link.start()
     dealer = Dealer()
+
+    def report_stats() -> None:  # running totals for the leader's status and dashboard
+        while True:
+            time.sleep(STATS_INTERVAL_S)
+            link.send(dealer.stats())
+
+    threading.Thread(target=report_stats, name="dealer-stats", daemon=True).start()
     log.info(
         "dealer %s waiting for the leader at %s", config.dealer_name, config.leader.grpc_address
     )

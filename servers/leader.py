@@ -44,6 +44,7 @@ class Leader:
         )
         self._heartbeat_s = serving.heartbeat_s
         self._links: dict[int, Outbox] = {}
+        self._dealer_stats = cmd.DealerStats({}, 0)
         self._cond = threading.Condition()
         self.incarnation = secrets.token_hex(6)
         self.epoch = 0
@@ -105,6 +106,16 @@ class Leader:
     def dealer_connected(self) -> bool:
         with self._cond:
             return self._config.world_size in self._links
+
+    def record_dealer_stats(self, stats: cmd.DealerStats) -> None:
+        """The dealer's latest running totals (reported over its link)."""
+        with self._cond:
+            self._dealer_stats = stats
+
+    @property
+    def dealer_stats(self) -> cmd.DealerStats:
+        with self._cond:
+            return self._dealer_stats
 
     # ------------------------------------------------------------ requests
 

@@ -134,9 +134,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         def read() -> None:
             try:
                 for message in request_iterator:
-                    announce = serde.party_message_from_proto(message)
-                    if isinstance(announce, cmd.Announce):
-                        self._leader.announce(rank, announce)
+                    received = serde.party_message_from_proto(message)
+                    if isinstance(received, cmd.Announce):
+                        self._leader.announce(rank, received)
+                    elif isinstance(received, cmd.DealerStats) and hello.role == "dealer":
+                        self._leader.record_dealer_stats(received)
             except (grpc.RpcError, PpmlError, ValueError):
                 pass
             finally:

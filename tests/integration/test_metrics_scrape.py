@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -123,3 +124,17 @@ def test_status_names_links_and_per_model_errors(
         assert serving.requests == OK_REQUESTS + BAD_REQUESTS
         assert serving.errors == {"INVALID_ARGUMENT": BAD_REQUESTS}
         assert serving.ok == OK_REQUESTS
+
+
+def test_leader_reports_the_dealers_requests(cluster2: Cluster, model_id: str) -> None:
+    # predictions ran (fixture), so the dealer served Beaver triples; it reports every second
+    deadline = time.monotonic() + 10
+    while True:
+        leader = cluster2.status()[0]
+        if leader.dealer_requests.get("additive", 0) > 0:
+            break
+        assert time.monotonic() < deadline, leader.dealer_requests
+        time.sleep(0.2)
+    assert leader.dealer_sessions >= 1
+    assert set(leader.dealer_requests) <= {"additive", "square", "binary", "wraps", "B2A"}
+    assert cluster2.status()[1].dealer_requests == {}

@@ -334,3 +334,16 @@ def test_fetch_reads_what_it_can_and_never_raises(half_cluster: tuple[Path, _Rec
     assert methods == {"Check", "GetStatus", "ListModels"}  # read-only RPCs only
     tokens = {token for method, token in recorder.calls if method != "Check"}
     assert tokens == {"Bearer monitor-secret"}
+
+
+def test_dealer_requests_are_charted() -> None:
+    leader = _report(
+        0,
+        dealer_connected=True,
+        dealer_requests={"additive": 12, "wraps": 3},
+        mpc_cost=[JobCost("predict", 2, 40, 4096, 0.5)],
+    )
+    snapshot = _snapshot(1.0, [ServerSnapshot("server-0", 0, "a:1", "SERVING", leader)])
+    at = run_app([snapshot])
+    data = charts(at)["dealer requests by kind"]
+    assert dict(zip(data["kind"], data["requests"], strict=True)) == {"additive": 12, "wraps": 3}

@@ -393,6 +393,8 @@ PARTY_MESSAGES: list[cmd.PartyMessage] = [
     cmd.Hello(3, "dealer", ""),
     cmd.Announce("req-1", "model-1", 4, 30.0),
     cmd.Announce("r", "m", 1, 0.25),
+    cmd.DealerStats({"additive": 40, "wraps": 2}, 3),
+    cmd.DealerStats({}, 0),
 ]
 
 
@@ -487,7 +489,14 @@ def test_status_round_trip() -> None:
 
 def test_leader_status_round_trip() -> None:
     leader = ["server-1", "server-2", "dealer"]
-    report = replace(_report(), rank=0, links_up=leader, dealer_connected=True)
+    report = replace(
+        _report(),
+        rank=0,
+        links_up=leader,
+        dealer_connected=True,
+        dealer_requests={"additive": 7},
+        dealer_sessions=2,
+    )
     wire = status_pb2.ServerStatus.FromString(serde.status_to_proto(report).SerializeToString())
     assert wire.dealer_connected
     assert serde.status_from_proto(wire) == report

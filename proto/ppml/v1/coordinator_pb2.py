@@ -24,31 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"R\n\x08\x41nnounce\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"^\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x42\x06\n\x04kind\"0\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x14\n\x0cstore_prefix\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\"\x7f\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x42\x06\n\x04kind2H\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"R\n\x08\x41nnounce\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"\x86\x01\n\x0b\x44\x65\x61lerStats\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".ppml.v1.DealerStats.RequestsEntry\x12\x10\n\x08sessions\x18\x02 \x01(\x04\x1a/\n\rRequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8c\x01\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x12,\n\x0c\x64\x65\x61ler_stats\x18\x03 \x01(\x0b\x32\x14.ppml.v1.DealerStatsH\x00\x42\x06\n\x04kind\"0\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x14\n\x0cstore_prefix\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\"\x7f\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x42\x06\n\x04kind2H\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEALERSTATS_REQUESTSENTRY']._loaded_options = None
+  _globals['_DEALERSTATS_REQUESTSENTRY']._serialized_options = b'8\001'
   _globals['_HELLO']._serialized_start=38
   _globals['_HELLO']._serialized_end=94
   _globals['_ANNOUNCE']._serialized_start=96
   _globals['_ANNOUNCE']._serialized_end=178
-  _globals['_PARTYMESSAGE']._serialized_start=180
-  _globals['_PARTYMESSAGE']._serialized_end=274
-  _globals['_JOINEPOCH']._serialized_start=276
-  _globals['_JOINEPOCH']._serialized_end=324
-  _globals['_PREDICTJOB']._serialized_start=326
-  _globals['_PREDICTJOB']._serialized_end=391
-  _globals['_HEARTBEATJOB']._serialized_start=393
-  _globals['_HEARTBEATJOB']._serialized_end=407
-  _globals['_RUNJOB']._serialized_start=409
-  _globals['_RUNJOB']._serialized_end=536
-  _globals['_DROPREQUESTS']._serialized_start=538
-  _globals['_DROPREQUESTS']._serialized_end=589
-  _globals['_LEADERMESSAGE']._serialized_start=592
-  _globals['_LEADERMESSAGE']._serialized_end=722
-  _globals['_COORDINATOR']._serialized_start=724
-  _globals['_COORDINATOR']._serialized_end=796
+  _globals['_DEALERSTATS']._serialized_start=181
+  _globals['_DEALERSTATS']._serialized_end=315
+  _globals['_DEALERSTATS_REQUESTSENTRY']._serialized_start=268
+  _globals['_DEALERSTATS_REQUESTSENTRY']._serialized_end=315
+  _globals['_PARTYMESSAGE']._serialized_start=318
+  _globals['_PARTYMESSAGE']._serialized_end=458
+  _globals['_JOINEPOCH']._serialized_start=460
+  _globals['_JOINEPOCH']._serialized_end=508
+  _globals['_PREDICTJOB']._serialized_start=510
+  _globals['_PREDICTJOB']._serialized_end=575
+  _globals['_HEARTBEATJOB']._serialized_start=577
+  _globals['_HEARTBEATJOB']._serialized_end=591
+  _globals['_RUNJOB']._serialized_start=593
+  _globals['_RUNJOB']._serialized_end=720
+  _globals['_DROPREQUESTS']._serialized_start=722
+  _globals['_DROPREQUESTS']._serialized_end=773
+  _globals['_LEADERMESSAGE']._serialized_start=776
+  _globals['_LEADERMESSAGE']._serialized_end=906
+  _globals['_COORDINATOR']._serialized_start=908
+  _globals['_COORDINATOR']._serialized_end=980
 # @@protoc_insertion_point(module_scope)

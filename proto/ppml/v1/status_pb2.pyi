@@ -196,6 +196,26 @@ class ServerStatus(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DealerRequestsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RANK_FIELD_NUMBER: _builtins.int
     WORLD_SIZE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -216,6 +236,8 @@ class ServerStatus(_message.Message):
     GRPC_ADDRESS_FIELD_NUMBER: _builtins.int
     LINKS_UP_FIELD_NUMBER: _builtins.int
     DEALER_CONNECTED_FIELD_NUMBER: _builtins.int
+    DEALER_REQUESTS_FIELD_NUMBER: _builtins.int
+    DEALER_SESSIONS_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -235,6 +257,7 @@ class ServerStatus(_message.Message):
     """as in the topology file"""
     dealer_connected: _builtins.bool
     """leader only; followers report false"""
+    dealer_sessions: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelServingStats]: ...
     @_builtins.property
@@ -252,6 +275,10 @@ class ServerStatus(_message.Message):
         """Control links that are up. Leader (rank 0): names of the followers and
         the dealer connected to it. Follower: ["leader"] while its link is up.
         """
+
+    @_builtins.property
+    def dealer_requests(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Leader only: requests the dealer has served, by kind, and its sessions."""
 
     def __init__(
         self,
@@ -276,10 +303,12 @@ class ServerStatus(_message.Message):
         grpc_address: _builtins.str = ...,
         links_up: _abc.Iterable[_builtins.str] | None = ...,
         dealer_connected: _builtins.bool = ...,
+        dealer_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        dealer_sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "dealer_connected", b"dealer_connected", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
