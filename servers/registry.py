@@ -83,4 +83,4 @@ class ModelRegistry:
         self._store.delete(model_id)
 
     def __len__(self) -> int:
-        return len(self._store.list())
+        return self._store.count()

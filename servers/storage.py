@@ -46,6 +46,10 @@ class ModelStore(ABC):
     def delete(self, model_id: str) -> None:
         """MODEL_NOT_FOUND if absent."""
 
+    def count(self) -> int:
+        """How many models are stored (cheap: status calls it on every poll)."""
+        return len(self.list())
+
 
 def _not_found(model_id: str) -> PpmlError:
     return PpmlError(ErrorCode.MODEL_NOT_FOUND, f"no model with id {model_id!r} on this server")
@@ -139,6 +143,13 @@ class FileModelStore(ModelStore):
                 continue
             metas.append(serde.model_meta_from_bytes((folder / "meta.pb").read_bytes()))
         return sorted(metas, key=lambda m: m.created_unix_ms)
+
+    def count(self) -> int:
+        return sum(
+            1
+            for folder in self._dir.iterdir()
+            if not folder.name.startswith(".tmp-") and (folder / "meta.pb").exists()
+        )
 
     def delete(self, model_id: str) -> None:
         with self._lock:

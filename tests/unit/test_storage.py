@@ -68,6 +68,9 @@ def test_list_is_oldest_first(store: ModelStore) -> None:
     for model_id, created in [("b", 3_000), ("a", 1_000), ("c", 2_000)]:
         store.put(_meta(model_id, created), _shares())
     assert [m.model_id for m in store.list()] == ["a", "c", "b"]
+    assert store.count() == 3
+    store.delete("c")
+    assert store.count() == 2
 
 
 def test_put_existing_id_is_model_exists(store: ModelStore) -> None:
@@ -163,6 +166,7 @@ def test_file_store_list_ignores_temporary_and_incomplete_folders(tmp_path: Path
     (tmp_path / "models" / ".tmp-in-progress").mkdir()
     (tmp_path / "models" / "no-meta").mkdir()
     assert [m.model_id for m in store.list()] == ["m1"]
+    assert store.count() == 1
 
 
 def test_file_store_writes_no_pickles(tmp_path: Path) -> None:
