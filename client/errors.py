@@ -59,6 +59,46 @@ class DeadlineExceeded(PpmlClientError):
     """No answer within the deadline."""
 
 
+class InvalidDataset(InvalidRequest):
+    """A data set cannot be shared or used (empty, NaN/inf, bad labels, wrong shape)."""
+
+
+class DatasetNotFound(PpmlClientError):
+    """No data set with that id on (some of) the servers."""
+
+
+class DatasetExists(PpmlClientError):
+    """A data set with that id already exists."""
+
+
+class InvalidTrainingJob(InvalidRequest):
+    """The training job was rejected before any MPC work (mismatched data, loss, ...)."""
+
+
+class JobNotFound(PpmlClientError):
+    """No training job with that id on (some of) the servers."""
+
+
+class JobExists(PpmlClientError):
+    """A training job with that id already exists."""
+
+
+class JobFinished(PpmlClientError):
+    """The job already ended; it cannot be cancelled."""
+
+
+class TrainingFailed(PpmlClientError):
+    """A training job ended FAILED; the message gives the servers' reason."""
+
+
+class TrainingCancelled(PpmlClientError):
+    """A training job was cancelled before it finished."""
+
+
+class EvaluationAborted(PpmlClientError):
+    """The servers dropped an evaluation request (missing share, peer failure)."""
+
+
 _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidRequest,
     ErrorCode.INVALID_SHARE: InvalidShare,
@@ -72,6 +112,14 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.PREDICTION_ABORTED: PredictionAborted,
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     ErrorCode.RESOURCE_EXHAUSTED: ServerUnavailable,
+    ErrorCode.INVALID_DATASET: InvalidDataset,
+    ErrorCode.DATASET_NOT_FOUND: DatasetNotFound,
+    ErrorCode.DATASET_EXISTS: DatasetExists,
+    ErrorCode.INVALID_JOB: InvalidTrainingJob,
+    ErrorCode.JOB_NOT_FOUND: JobNotFound,
+    ErrorCode.JOB_EXISTS: JobExists,
+    ErrorCode.JOB_FINISHED: JobFinished,
+    ErrorCode.EVALUATION_ABORTED: EvaluationAborted,
 }
 
 _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
@@ -85,6 +133,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ServerUnavailable,
     grpc.StatusCode.CANCELLED: PredictionAborted,
+    grpc.StatusCode.FAILED_PRECONDITION: JobFinished,
 }
 
 # When servers disagree, the most actionable error wins.
@@ -93,12 +142,20 @@ _PRIORITY: list[type[PpmlClientError]] = [
     PermissionDenied,
     InvalidShare,
     InvalidModel,
+    InvalidDataset,
+    InvalidTrainingJob,
     InvalidRequest,
     ModelNotFound,
+    DatasetNotFound,
+    JobNotFound,
     ModelExists,
+    DatasetExists,
+    JobExists,
+    JobFinished,
     DuplicateRequest,
     ServerUnavailable,
     PredictionAborted,
+    EvaluationAborted,
     DeadlineExceeded,
     PpmlClientError,
 ]

@@ -48,14 +48,59 @@ class HeartbeatJob:
 
 
 @dataclass(frozen=True)
+class JobAnnounce:
+    """A party holds a valid training job or evaluation request."""
+
+    job_id: str
+    kind: str  # "train" | "evaluate"
+    steps: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    job_id: str
+    step: int
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class EndJob:
+    job_id: str
+    state: str  # "failed" | "cancelled"
+    reason: str
+
+
+Job = PredictJob | HeartbeatJob | TrainStep | EvaluateJob | EndJob
+
+_KINDS: dict[type, str] = {
+    PredictJob: "predict",
+    HeartbeatJob: "heartbeat",
+    TrainStep: "train",
+    EvaluateJob: "evaluate",
+    EndJob: "end_job",
+}
+
+
+@dataclass(frozen=True)
 class RunJob:
     seq: int
     epoch: int
-    job: PredictJob | HeartbeatJob
+    job: Job
 
     @property
     def kind(self) -> str:
-        return "predict" if isinstance(self.job, PredictJob) else "heartbeat"
+        return _KINDS[type(self.job)]
 
 
 @dataclass(frozen=True)
@@ -65,4 +110,4 @@ class DropRequests:
 
 
 LeaderCommand = JoinEpoch | RunJob | DropRequests
-PartyMessage = Hello | Announce | DealerStats
+PartyMessage = Hello | Announce | DealerStats | JobAnnounce | CancelJob

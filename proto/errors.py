@@ -29,6 +29,14 @@ class ErrorCode(StrEnum):
     PREDICTION_ABORTED = "PREDICTION_ABORTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    INVALID_DATASET = "INVALID_DATASET"
+    DATASET_NOT_FOUND = "DATASET_NOT_FOUND"
+    DATASET_EXISTS = "DATASET_EXISTS"
+    INVALID_JOB = "INVALID_JOB"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_EXISTS = "JOB_EXISTS"
+    JOB_FINISHED = "JOB_FINISHED"
+    EVALUATION_ABORTED = "EVALUATION_ABORTED"
     INTERNAL = "INTERNAL"
 
 
@@ -45,6 +53,14 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.PREDICTION_ABORTED: (grpc.StatusCode.ABORTED, "prediction aborted"),
     ErrorCode.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
     ErrorCode.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded"),
+    ErrorCode.INVALID_DATASET: (grpc.StatusCode.INVALID_ARGUMENT, "invalid dataset"),
+    ErrorCode.DATASET_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "dataset not found"),
+    ErrorCode.DATASET_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "dataset already exists"),
+    ErrorCode.INVALID_JOB: (grpc.StatusCode.INVALID_ARGUMENT, "invalid training job"),
+    ErrorCode.JOB_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "training job not found"),
+    ErrorCode.JOB_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "training job already exists"),
+    ErrorCode.JOB_FINISHED: (grpc.StatusCode.FAILED_PRECONDITION, "training job already finished"),
+    ErrorCode.EVALUATION_ABORTED: (grpc.StatusCode.ABORTED, "evaluation aborted"),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, "internal error"),
 }
 

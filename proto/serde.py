@@ -15,10 +15,19 @@ import numpy as np
 
 from ppml.proto import architecture as arch
 from ppml.proto import commands as cmd
+from ppml.proto import jobs
 from ppml.proto import status as st
+from ppml.proto.dataset_meta import DatasetMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import FRACTIONAL_BITS, Ring
-from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
+from ppml.v1 import (
+    common_pb2,
+    coordinator_pb2,
+    datasets_pb2,
+    registry_pb2,
+    status_pb2,
+    training_pb2,
+)
 
 MAX_ELEMENTS = 1 << 27  # 1 GiB of int64 per tensor
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -254,6 +263,19 @@ def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessag
         return coordinator_pb2.PartyMessage(
             dealer_stats=coordinator_pb2.DealerStats(requests=msg.requests, sessions=msg.sessions)
         )
+    if isinstance(msg, cmd.JobAnnounce):
+        return coordinator_pb2.PartyMessage(
+            job_announce=coordinator_pb2.JobAnnounce(
+                job_id=msg.job_id,
+                kind=msg.kind,
+                steps=msg.steps,
+                timeout_ms=max(1, int(msg.timeout_s * 1000)),
+            )
+        )
+    if isinstance(msg, cmd.CancelJob):
+        return coordinator_pb2.PartyMessage(
+            cancel_job=coordinator_pb2.CancelJob(job_id=msg.job_id, reason=msg.reason)
+        )
     return coordinator_pb2.PartyMessage(
         announce=coordinator_pb2.Announce(
             request_id=msg.request_id,
@@ -274,6 +296,11 @@ def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMess
     if kind == "dealer_stats":
         d = msg.dealer_stats
         return cmd.DealerStats(dict(d.requests), d.sessions)
+    if kind == "job_announce":
+        j = msg.job_announce
+        return cmd.JobAnnounce(j.job_id, j.kind, j.steps, j.timeout_ms / 1000.0)
+    if kind == "cancel_job":
+        return cmd.CancelJob(msg.cancel_job.job_id, msg.cancel_job.reason)
     raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty party message")
 
 
@@ -289,13 +316,20 @@ def leader_command_to_proto(command: cmd.LeaderCommand) -> coordinator_pb2.Leade
             )
         )
     run = coordinator_pb2.RunJob(seq=command.seq, epoch=command.epoch)
-    if isinstance(command.job, cmd.PredictJob):
+    job = command.job
+    if isinstance(job, cmd.PredictJob):
         run.predict.CopyFrom(
             coordinator_pb2.PredictJob(
-                model_id=command.job.model_id,
-                request_ids=list(command.job.request_ids),
-                rows=list(command.job.rows),
+                model_id=job.model_id, request_ids=list(job.request_ids), rows=list(job.rows)
             )
+        )
+    elif isinstance(job, cmd.TrainStep):
+        run.train_step.CopyFrom(coordinator_pb2.TrainStep(job_id=job.job_id, step=job.step))
+    elif isinstance(job, cmd.EvaluateJob):
+        run.evaluate.CopyFrom(coordinator_pb2.EvaluateJob(request_id=job.request_id))
+    elif isinstance(job, cmd.EndJob):
+        run.end_job.CopyFrom(
+            coordinator_pb2.EndJob(job_id=job.job_id, state=job.state, reason=job.reason)
         )
     else:
         run.heartbeat.CopyFrom(coordinator_pb2.HeartbeatJob())
@@ -310,10 +344,18 @@ def leader_command_from_proto(msg: coordinator_pb2.LeaderMessage) -> cmd.LeaderC
         return cmd.DropRequests(tuple(msg.drop.request_ids), msg.drop.reason)
     if kind == "run":
         run = msg.run
-        job: cmd.PredictJob | cmd.HeartbeatJob
-        if run.WhichOneof("job") == "predict":
+        job: cmd.Job
+        which = run.WhichOneof("job")
+        if which == "predict":
             p = run.predict
             job = cmd.PredictJob(p.model_id, tuple(p.request_ids), tuple(int(r) for r in p.rows))
+        elif which == "train_step":
+            job = cmd.TrainStep(run.train_step.job_id, run.train_step.step)
+        elif which == "evaluate":
+            job = cmd.EvaluateJob(run.evaluate.request_id)
+        elif which == "end_job":
+            e = run.end_job
+            job = cmd.EndJob(e.job_id, e.state, e.reason)
         else:
             job = cmd.HeartbeatJob()
         return cmd.RunJob(run.seq, run.epoch, job)
@@ -402,4 +444,225 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         dealer_connected=msg.dealer_connected,
         dealer_requests=dict(msg.dealer_requests),
         dealer_sessions=msg.dealer_sessions,
+    )
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def dataset_meta_to_proto(meta: DatasetMeta) -> datasets_pb2.DatasetInfo:
+    return datasets_pb2.DatasetInfo(
+        dataset_id=meta.dataset_id,
+        name=meta.name,
+        owner=meta.owner,
+        rows=meta.rows,
+        feature_shape=list(meta.feature_shape),
+        num_classes=meta.num_classes,
+        allowed=list(meta.allowed),
+        scaling=meta.scaling,
+        created_unix_ms=meta.created_unix_ms,
+    )
+
+
+def dataset_meta_from_proto(msg: datasets_pb2.DatasetInfo) -> DatasetMeta:
+    return DatasetMeta(
+        dataset_id=msg.dataset_id,
+        name=msg.name,
+        owner=msg.owner,
+        rows=msg.rows,
+        feature_shape=tuple(int(d) for d in msg.feature_shape),
+        num_classes=msg.num_classes,
+        allowed=tuple(msg.allowed),
+        scaling=msg.scaling,
+        created_unix_ms=msg.created_unix_ms,
+    )
+
+
+def dataset_header_to_proto(meta: DatasetMeta) -> datasets_pb2.DatasetHeader:
+    return datasets_pb2.DatasetHeader(
+        dataset_id=meta.dataset_id,
+        name=meta.name,
+        rows=meta.rows,
+        feature_shape=list(meta.feature_shape),
+        num_classes=meta.num_classes,
+        allowed=list(meta.allowed),
+        scaling=meta.scaling,
+    )
+
+
+def dataset_header_from_proto(msg: datasets_pb2.DatasetHeader, owner: str) -> DatasetMeta:
+    """The upload's header as metadata (validated by the dataset registry)."""
+    return DatasetMeta(
+        dataset_id=msg.dataset_id,
+        name=msg.name,
+        owner=owner,
+        rows=msg.rows,
+        feature_shape=tuple(int(d) for d in msg.feature_shape),
+        num_classes=msg.num_classes,
+        allowed=tuple(msg.allowed),
+        scaling=msg.scaling,
+    )
+
+
+def dataset_meta_to_bytes(meta: DatasetMeta) -> bytes:
+    return dataset_meta_to_proto(meta).SerializeToString(deterministic=True)
+
+
+def dataset_meta_from_bytes(data: bytes) -> DatasetMeta:
+    return dataset_meta_from_proto(datasets_pb2.DatasetInfo.FromString(data))
+
+
+# ---------------------------------------------------------------- training jobs
+
+_STATES = {
+    jobs.JobState.QUEUED: training_pb2.JOB_STATE_QUEUED,
+    jobs.JobState.RUNNING: training_pb2.JOB_STATE_RUNNING,
+    jobs.JobState.SUCCEEDED: training_pb2.JOB_STATE_SUCCEEDED,
+    jobs.JobState.FAILED: training_pb2.JOB_STATE_FAILED,
+    jobs.JobState.CANCELLED: training_pb2.JOB_STATE_CANCELLED,
+}
+_STATES_BACK = {v: k for k, v in _STATES.items()}
+
+
+def job_state_from_proto(value: int) -> jobs.JobState:
+    if value not in _STATES_BACK:
+        raise PpmlError(ErrorCode.INVALID_ARGUMENT, f"unknown job state {value}")
+    return _STATES_BACK[value]  # type: ignore[index]
+
+
+def training_spec_to_proto(spec: jobs.TrainingSpec) -> training_pb2.TrainingSpec:
+    return training_pb2.TrainingSpec(
+        dataset_ids=list(spec.dataset_ids),
+        validation_id=spec.validation_id,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        loss=spec.loss,
+        optimizer=spec.optimizer,
+        reveal_metrics=spec.reveal_metrics,
+        seed=spec.seed,
+        standardize=spec.standardize,
+    )
+
+
+def training_spec_from_proto(msg: training_pb2.TrainingSpec) -> jobs.TrainingSpec:
+    return jobs.TrainingSpec(
+        dataset_ids=tuple(msg.dataset_ids),
+        validation_id=msg.validation_id,
+        epochs=msg.epochs,
+        batch_size=msg.batch_size,
+        lr=msg.lr,
+        momentum=msg.momentum,
+        weight_decay=msg.weight_decay,
+        loss=msg.loss,
+        optimizer=msg.optimizer,
+        reveal_metrics=msg.reveal_metrics,
+        seed=msg.seed,
+        standardize=msg.standardize,
+    )
+
+
+def epoch_metrics_to_proto(m: jobs.EpochMetrics) -> training_pb2.EpochMetrics:
+    return training_pb2.EpochMetrics(
+        epoch=m.epoch,
+        mean_loss=share_to_proto(m.mean_loss),
+        correct=share_to_proto(m.correct),
+        validation_rows=m.validation_rows,
+    )
+
+
+def epoch_metrics_from_proto(msg: training_pb2.EpochMetrics) -> jobs.EpochMetrics:
+    return jobs.EpochMetrics(
+        epoch=msg.epoch,
+        mean_loss=share_from_proto(msg.mean_loss, what="mean_loss"),
+        correct=share_from_proto(msg.correct, what="correct"),
+        validation_rows=msg.validation_rows,
+    )
+
+
+def job_info_to_proto(info: jobs.JobInfo) -> training_pb2.JobInfo:
+    return training_pb2.JobInfo(
+        job_id=info.job_id,
+        model_id=info.model_id,
+        name=info.name,
+        owner=info.owner,
+        architecture=architecture_to_proto(info.architecture),
+        spec=training_spec_to_proto(info.spec),
+        state=_STATES[info.state],
+        reason=info.reason,
+        created_unix_ms=info.created_unix_ms,
+        started_unix_ms=info.started_unix_ms,
+        finished_unix_ms=info.finished_unix_ms,
+        rows=info.rows,
+        batches_per_epoch=info.batches_per_epoch,
+        steps_total=info.steps_total,
+        steps_done=info.steps_done,
+        samples_per_s=info.samples_per_s,
+        metrics=[epoch_metrics_to_proto(m) for m in info.metrics],
+    )
+
+
+def job_info_from_proto(msg: training_pb2.JobInfo) -> jobs.JobInfo:
+    return jobs.JobInfo(
+        job_id=msg.job_id,
+        model_id=msg.model_id,
+        name=msg.name,
+        owner=msg.owner,
+        architecture=architecture_from_proto(msg.architecture),
+        spec=training_spec_from_proto(msg.spec),
+        state=job_state_from_proto(msg.state),
+        reason=msg.reason,
+        created_unix_ms=msg.created_unix_ms,
+        started_unix_ms=msg.started_unix_ms,
+        finished_unix_ms=msg.finished_unix_ms,
+        rows=msg.rows,
+        batches_per_epoch=msg.batches_per_epoch,
+        steps_total=msg.steps_total,
+        steps_done=msg.steps_done,
+        samples_per_s=msg.samples_per_s,
+        metrics=tuple(epoch_metrics_from_proto(m) for m in msg.metrics),
+    )
+
+
+def job_info_to_bytes(info: jobs.JobInfo) -> bytes:
+    return job_info_to_proto(info).SerializeToString(deterministic=True)
+
+
+def job_info_from_bytes(data: bytes) -> jobs.JobInfo:
+    return job_info_from_proto(training_pb2.JobInfo.FromString(data))
+
+
+def job_event_to_proto(event: jobs.JobEvent) -> training_pb2.JobEvent:
+    msg = training_pb2.JobEvent(
+        index=event.index,
+        job_id=event.job_id,
+        state=_STATES[event.state],
+        epoch=event.epoch,
+        batch=event.batch,
+        steps_done=event.steps_done,
+        steps_total=event.steps_total,
+        samples_done=event.samples_done,
+        samples_per_s=event.samples_per_s,
+        reason=event.reason,
+    )
+    if event.metrics is not None:
+        msg.metrics.CopyFrom(epoch_metrics_to_proto(event.metrics))
+    return msg
+
+
+def job_event_from_proto(msg: training_pb2.JobEvent) -> jobs.JobEvent:
+    return jobs.JobEvent(
+        index=msg.index,
+        job_id=msg.job_id,
+        state=job_state_from_proto(msg.state),
+        epoch=msg.epoch,
+        batch=msg.batch,
+        steps_done=msg.steps_done,
+        steps_total=msg.steps_total,
+        samples_done=msg.samples_done,
+        samples_per_s=msg.samples_per_s,
+        metrics=epoch_metrics_from_proto(msg.metrics) if msg.HasField("metrics") else None,
+        reason=msg.reason,
     )

@@ -14,9 +14,12 @@ from ppml.proto.status import StatusReport
 from ppml.servers import mpc_session
 from ppml.servers.auth import TokenAuthInterceptor, load_auth_file
 from ppml.servers.config import ClusterConfig
+from ppml.servers.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.evaluation import EvaluationService
 from ppml.servers.follower import Follower
 from ppml.servers.grpc_server import ServerTls, create_server
 from ppml.servers.inference import InferenceService
+from ppml.servers.jobs import JOB_CODEC, JobManager
 from ppml.servers.leader import Leader
 from ppml.servers.metrics import ServerMetrics
 from ppml.servers.pending import PendingTable
@@ -24,17 +27,21 @@ from ppml.servers.prometheus import MetricsEndpoint, make_registry, serve_metric
 from ppml.servers.registry import ModelRegistry
 from ppml.servers.servicers import (
     CoordinatorServicer,
+    DatasetRegistryServicer,
     InferenceServicer,
     RegistryServicer,
     StatusServicer,
+    TrainingServicer,
 )
-from ppml.servers.storage import FileModelStore
+from ppml.servers.storage import FileModelStore, FileShareStore
 from ppml.servers.worker import MpcWorker
 from ppml.v1 import (
     coordinator_pb2_grpc,
+    datasets_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     status_pb2_grpc,
+    training_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,7 @@ class ComputeServer:
         self.metrics = ServerMetrics()
         self.pending = PendingTable()
         self.registry = ModelRegistry(FileModelStore(party.data_dir))
+        self.datasets = DatasetRegistry(FileShareStore(party.data_dir, DATASET_CODEC))
         self.leader: Leader | None = None
         self.follower: Follower | None = None
         self.worker = MpcWorker(
@@ -71,11 +79,29 @@ class ComputeServer:
         if rank == 0:
             self.leader = Leader(config, self.worker, self.pending)
             self.worker.set_listeners(self.leader.on_joined, self.leader.on_job_done)
-            announcer = self.leader.announce
+            announcer, submit = self.leader.announce, self.leader.submit
         else:
             token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
             self.follower = Follower(config, rank, self.worker, self.pending, token, insecure)
-            announcer = self.follower.announce
+            announcer, submit = self.follower.announce, self.follower.submit
+        self.jobs = JobManager(
+            party.name,
+            FileShareStore(party.data_dir, JOB_CODEC),
+            self.datasets,
+            self.registry,
+            lambda message: submit(rank, message),
+        )
+        self.evaluations = EvaluationService(
+            self.registry,
+            self.datasets,
+            lambda message: submit(rank, message),
+            lambda: self.worker.serving,
+            config.serving.default_timeout_s,
+        )
+        self.worker.set_training(self.jobs, self.evaluations)
+        if self.follower is not None:
+            self.follower.on_lost(self.jobs.fail_active)
+            self.follower.on_lost(self.evaluations.fail_all)
         self.inference = InferenceService(
             rank,
             self.registry,
@@ -104,6 +130,12 @@ class ComputeServer:
             ),
             lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(
                 InferenceServicer(self.inference), s
+            ),
+            lambda s: datasets_pb2_grpc.add_DatasetRegistryServicer_to_server(
+                DatasetRegistryServicer(self.datasets), s
+            ),
+            lambda s: training_pb2_grpc.add_TrainingServicer_to_server(
+                TrainingServicer(self.jobs, self.evaluations), s
             ),
             lambda s: status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(self.report), s),
             lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s),

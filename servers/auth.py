@@ -17,13 +17,15 @@ the caller's identity available to handlers through :func:`current_identity`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import hmac
+import inspect
 import os
 import secrets
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,14 +105,27 @@ def current_identity() -> Identity | None:
     return _IDENTITY.get()
 
 
+_PUBLIC_METADATA = frozenset(
+    {
+        "/ppml.v1.ModelRegistry/ListModels",
+        "/ppml.v1.ModelRegistry/GetModel",
+        "/ppml.v1.DatasetRegistry/ListDatasets",
+        "/ppml.v1.DatasetRegistry/GetDataset",
+        "/ppml.v1.Training/ListJobs",
+        "/ppml.v1.Training/GetJob",
+        "/ppml.v1.Training/WatchJob",
+    }
+)
+
+
 def required_roles(method: str) -> tuple[str, ...] | None:
     """Roles allowed to call ``method``; None means no token needed."""
     if method.startswith("/grpc.health.v1.Health/"):
         return None
     if method.startswith("/ppml.v1.Status/"):
         return ("client", "monitor", "peer")
-    if method in ("/ppml.v1.ModelRegistry/ListModels", "/ppml.v1.ModelRegistry/GetModel"):
-        return ("client", "monitor")  # public metadata only
+    if method in _PUBLIC_METADATA:
+        return ("client", "monitor")  # public metadata and counters only
     if method.startswith("/ppml.v1.Coordinator/"):
         return ("peer",)
     return ("client",)
@@ -124,9 +139,12 @@ def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodH
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             token = _IDENTITY.set(identity)
             try:
-                return fn(request, context)
+                result = fn(request, context)
             finally:
                 _IDENTITY.reset(token)
+            if inspect.isgenerator(result):  # a streaming response runs lazily
+                return _with_identity(result, identity)
+            return result
 
         return call
 
@@ -136,6 +154,16 @@ def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodH
         stream_unary=bind(handler.stream_unary),
         stream_stream=bind(handler.stream_stream),
     )
+
+
+def _with_identity(stream: Iterator[Any], identity: Identity) -> Iterator[Any]:
+    """Iterate a response stream with the caller's identity bound."""
+    token = _IDENTITY.set(identity)
+    try:
+        yield from stream
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another context
+            _IDENTITY.reset(token)
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 from ppml.proto import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
@@ -27,6 +28,7 @@ class Follower:
     ) -> None:
         self._worker = worker
         self._pending = pending
+        self._lost_listeners: list[Callable[[str], None]] = []
         self.link = LeaderLink(
             config.leader.grpc_address,
             None if insecure else config.ca_cert,
@@ -51,10 +53,20 @@ class Follower:
         else:
             self._worker.submit(command)
 
+    def on_lost(self, listener: Callable[[str], None]) -> None:
+        """Also call ``listener(reason)`` when the link to the leader breaks."""
+        self._lost_listeners.append(listener)
+
     def _on_lost(self, reason: str) -> None:
         error = PpmlError(ErrorCode.PREDICTION_ABORTED, f"lost contact with the leader: {reason}")
         self._pending.fail(None, error)
         self._worker.leave()
+        for listener in self._lost_listeners:
+            listener(f"lost contact with the leader: {reason}")
 
     def announce(self, rank: int, announce: cmd.Announce) -> bool:
         return self.link.send(announce)
+
+    def submit(self, rank: int, message: cmd.PartyMessage) -> bool:
+        """Send a job announcement or cancel request to the leader."""
+        return self.link.send(message)

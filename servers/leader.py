@@ -20,6 +20,7 @@ import time
 from ppml.proto import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.servers.config import ClusterConfig
+from ppml.servers.job_queue import JobQueue
 from ppml.servers.pending import PendingTable
 from ppml.servers.scheduler import Drop, Scheduler
 from ppml.servers.worker import MpcWorker
@@ -43,6 +44,8 @@ class Leader:
             serving.max_delay_ms / 1000.0,
         )
         self._heartbeat_s = serving.heartbeat_s
+        self._jobs = JobQueue(config.world_size)
+        self._last_change = ""
         self._links: dict[int, Outbox] = {}
         self._dealer_stats = cmd.DealerStats({}, 0)
         self._cond = threading.Condition()
@@ -74,7 +77,7 @@ class Leader:
             if old is not None:
                 old.put(None)
             self._links[hello.rank] = outbox
-            self._membership_changed(f"{self._name(hello.rank)} connected")
+            self._membership_changed(f"{self._name(hello.rank)} connected", hello.rank)
         return outbox
 
     def detach(self, rank: int, outbox: Outbox) -> None:
@@ -86,13 +89,16 @@ class Leader:
                 drop = self._scheduler.drop_rank(rank, time.monotonic(), self._name(rank))
                 if drop:
                     self._apply_drop(drop)
-            self._membership_changed(f"{self._name(rank)} disconnected")
+            self._membership_changed(f"{self._name(rank)} disconnected", rank)
 
     def _name(self, rank: int) -> str:
         return self._names[rank] if rank < len(self._names) else self._config.dealer_name
 
-    def _membership_changed(self, why: str) -> None:
+    def _membership_changed(self, why: str, rank: int) -> None:
         log.info("%s; MPC session will restart", why)
+        self._last_change = why
+        if rank < self._config.world_size:
+            self._jobs.abandon_rank(rank, f"{why} while the job was in progress")
         self.state = "down"
         self._retry_at = 0.0
         self._cond.notify_all()
@@ -141,6 +147,29 @@ class Leader:
             self._cond.notify_all()
             return True
 
+    def announce_job(self, rank: int, announce: cmd.JobAnnounce) -> bool:
+        """A party holds a valid training job or evaluation request."""
+        with self._cond:
+            self._jobs.announce(rank, announce, time.monotonic())
+            self._cond.notify_all()
+            return True
+
+    def cancel_job(self, rank: int, cancel: cmd.CancelJob) -> bool:
+        with self._cond:
+            self._jobs.cancel(cancel.job_id, cancel.reason)
+            self._cond.notify_all()
+            return True
+
+    def submit(self, rank: int, message: cmd.PartyMessage) -> bool:
+        """Route a party's announcement (rank 0 calls this directly)."""
+        if isinstance(message, cmd.Announce):
+            return self.announce(rank, message)
+        if isinstance(message, cmd.JobAnnounce):
+            return self.announce_job(rank, message)
+        if isinstance(message, cmd.CancelJob):
+            return self.cancel_job(rank, message)
+        return False
+
     def _apply_drop(self, drop: Drop) -> None:
         command = cmd.DropRequests(drop.request_ids, drop.reason)
         for rank, outbox in self._links.items():
@@ -153,7 +182,7 @@ class Leader:
     @property
     def backlog(self) -> int:
         with self._cond:
-            return self._scheduler.backlog
+            return self._scheduler.backlog + len(self._jobs)
 
     # ------------------------------------------------------------ worker callbacks
 
@@ -178,10 +207,15 @@ class Leader:
                 self._scheduler.job_done(job.job.model_id, len(job.job.request_ids), self._last_job)
             else:
                 self._scheduler.job_done(None, 0, self._last_job)
+                self._jobs.done(job.job, ok, self._failure_reason())
             if not ok and job.epoch == self.epoch and self.state == "up":
                 self.state = "down"
                 self._retry_at = time.monotonic() + 0.2
             self._cond.notify_all()
+
+    def _failure_reason(self) -> str:
+        cause = f" ({self._last_change})" if self._last_change else ""
+        return f"an MPC step failed on some party{cause}: a server or the dealer went away"
 
     # ------------------------------------------------------------ decisions
 
@@ -195,6 +229,7 @@ class Leader:
         """Make every decision due now; returns how long to sleep."""
         for drop in self._scheduler.expire(now, self._names):
             self._apply_drop(drop)
+        self._jobs.expire(now, self._names)
         if self.state == "down" and len(self._links) == self._config.world_size:
             if now >= self._retry_at and not self._in_flight:
                 self.epoch += 1
@@ -210,14 +245,18 @@ class Leader:
         if job is not None:
             self._run(cmd.PredictJob(job.model_id, job.request_ids, job.rows))
             return 0.0
+        long_job = self._jobs.next_job()
+        if long_job is not None:
+            self._run(long_job)
+            return 0.0
         if now - self._last_job >= self._heartbeat_s:
             self._run(cmd.HeartbeatJob())
             return 0.0
-        wake = self._scheduler.next_wakeup()
-        until = min(self._last_job + self._heartbeat_s, wake if wake is not None else now + 60)
+        wakes = [self._scheduler.next_wakeup(), self._jobs.next_deadline()]
+        until = min([self._last_job + self._heartbeat_s, *(w for w in wakes if w is not None)])
         return max(0.0005, until - now)
 
-    def _run(self, job: cmd.PredictJob | cmd.HeartbeatJob) -> None:
+    def _run(self, job: cmd.Job) -> None:
         self._seq += 1
         self._in_flight = True
         self._broadcast(cmd.RunJob(self._seq, self.epoch, job))

@@ -58,7 +58,7 @@ class LeaderLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def send(self, message: cmd.Announce | cmd.DealerStats) -> bool:
+    def send(self, message: cmd.PartyMessage) -> bool:
         """Queue a message for the leader; False if the link is down right now."""
         if not self._connected.is_set():
             return False

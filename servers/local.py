@@ -41,7 +41,9 @@ def write_local_topology(
     """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = make_ca(directory / "tls")
-    client, monitor, peer = new_token(), new_token(), new_token()
+    client, monitor, peer, analyst = new_token(), new_token(), new_token(), new_token()
+    # a second client identity, so sharing and owner-only rules can be exercised locally
+    write_secret(directory / "secrets" / "analyst.token", analyst)
     write_secret(directory / "secrets" / "client.token", client)
     write_secret(directory / "secrets" / "monitor.token", monitor)
     write_secret(directory / "secrets" / "peer.token", peer)
@@ -61,6 +63,7 @@ def write_local_topology(
             directory / "auth" / f"{name}.toml",
             [
                 ("local-user", "client", client),
+                ("analyst", "client", analyst),
                 ("monitor", "monitor", monitor),
                 ("peer", "peer", peer),
             ],

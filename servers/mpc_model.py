@@ -61,16 +61,32 @@ def build_layers(architecture: arch.Architecture) -> list[Any]:
     return [_module(layer) for layer in architecture.layers]
 
 
-def build_shared_model(architecture: arch.Architecture, shares: dict[str, Ring]) -> Any:
-    """A CrypTen Sequential whose parameters are MPCTensors over ``shares``."""
+def build_shared_model(
+    architecture: arch.Architecture, shares: dict[str, Ring], trainable: bool = False
+) -> Any:
+    """A CrypTen Sequential whose parameters are MPCTensors over ``shares``.
+
+    In eval mode, or in train mode with gradients on every parameter when
+    ``trainable``.
+    """
     from crypten.mpc import MPCTensor
 
     layers = build_layers(architecture)
     for index, module in enumerate(layers):
         for name in architecture.layers[index].params():
-            share = torch.from_numpy(shares[f"{index}.{name}"].copy())
-            module.set_parameter(name, MPCTensor.from_shares(share))
+            parameter = MPCTensor.from_shares(torch.from_numpy(shares[f"{index}.{name}"].copy()))
+            parameter.requires_grad = trainable
+            module.set_parameter(name, parameter)
         module.encrypted = True
     model = crypten.nn.Sequential(*layers)
     model.encrypted = True
-    return model.eval()
+    return model.train() if trainable else model.eval()
+
+
+def parameter_shares(architecture: arch.Architecture, model: Any) -> dict[str, Ring]:
+    """This party's shares of every parameter of a model from :func:`build_shared_model`."""
+    out: dict[str, Ring] = {}
+    for index, module in enumerate(model._modules.values()):
+        for name in architecture.layers[index].params():
+            out[f"{index}.{name}"] = getattr(module, name).share.numpy().copy()
+    return out

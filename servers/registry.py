@@ -70,6 +70,16 @@ class ModelRegistry:
                 self._cache.popitem(last=False)
         return loaded
 
+    def export(self, model_id: str, caller: str) -> LoadedModel:
+        """The model with this server's shares, for its owner only."""
+        model = self.get(model_id)
+        if caller != model.meta.owner:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"only the owner of model {model_id!r} may export its weights",
+            )
+        return model
+
     def meta(self, model_id: str) -> ModelMeta:
         return self._store.get_meta(check_id(model_id, "model_id"))
 

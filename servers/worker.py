@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,11 @@ from ppml.servers import mpc_model, mpc_session
 from ppml.servers.crypten_compat import crypten
 from ppml.servers.metrics import ServerMetrics
 from ppml.servers.pending import PendingRequest, PendingTable, PredictOutcome
+
+if TYPE_CHECKING:
+    from ppml.servers.evaluation import EvaluationService
+    from ppml.servers.jobs import JobManager
+    from ppml.training.mpc_trainer import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,9 @@ class MpcWorker:
         self._on_job_done = on_job_done
         self._commands: queue.Queue[object] = queue.Queue()
         self._models: dict[int, tuple[Any, Any]] = {}  # id(handle) -> (handle, crypten model)
+        self._jobs: JobManager | None = None
+        self._evaluations: EvaluationService | None = None
+        self._runs: dict[str, TrainingRun] = {}  # training jobs in progress on this party
         self.epoch: int | None = None  # joined epoch, None when not in a session
         self._thread = threading.Thread(target=self._run, name="mpc-worker", daemon=True)
 
@@ -65,6 +73,11 @@ class MpcWorker:
         """Who hears about joined epochs and finished jobs (the leader, on rank 0)."""
         self._on_joined = on_joined
         self._on_job_done = on_job_done
+
+    def set_training(self, jobs: JobManager, evaluations: EvaluationService) -> None:
+        """Where training steps and evaluations find their inputs and report."""
+        self._jobs = jobs
+        self._evaluations = evaluations
 
     @property
     def serving(self) -> bool:
@@ -106,6 +119,10 @@ class MpcWorker:
         if self.epoch is not None or mpc_session.is_joined():
             mpc_session.leave()
         self.epoch = None
+        if self._runs and self._jobs is not None:
+            for job_id in list(self._runs):
+                self._jobs.end(job_id, "failed", "this server left the MPC session mid-job")
+        self._runs.clear()
 
     def _join(self, command: cmd.JoinEpoch) -> None:
         self._leave()
@@ -129,11 +146,21 @@ class MpcWorker:
 
     def _execute(self, command: cmd.RunJob) -> None:
         job = command.job
+        if isinstance(job, cmd.EndJob):  # no MPC: applies even while the session is down
+            self._end_job(job)
+            self._on_job_done(command, True)
+            return
         requests = (
             self._pending.take(list(job.request_ids)) if isinstance(job, cmd.PredictJob) else []
         )
+        evaluation = (
+            self._evaluations.take(job.request_id)
+            if isinstance(job, cmd.EvaluateJob) and self._evaluations is not None
+            else None
+        )
         if self.epoch != command.epoch:
             self._fail(requests, "the MPC session is not up on this server; retry shortly")
+            self._abort(job, evaluation, "the MPC session is not up on this server")
             self._on_job_done(command, False)
             return
         before = mpc_session.comm_stats()
@@ -141,6 +168,10 @@ class MpcWorker:
         try:
             if isinstance(job, cmd.PredictJob):
                 self._predict(command.seq, job, requests)
+            elif isinstance(job, cmd.TrainStep):
+                self._train_step(job)
+            elif isinstance(job, cmd.EvaluateJob):
+                self._evaluate(command.seq, job, evaluation)
             else:
                 self._heartbeat()
         except Exception as exc:
@@ -149,6 +180,7 @@ class MpcWorker:
             self._fail(
                 requests, "a server or the dealer went away during the MPC evaluation; retry"
             )
+            self._abort(job, evaluation, "a server or the dealer went away during the MPC job")
             self._leave()
             self._on_job_done(command, False)
             return
@@ -163,6 +195,57 @@ class MpcWorker:
             time.perf_counter() - started,
         )
         self._on_job_done(command, True)
+
+    def _abort(self, job: cmd.Job, evaluation: Any, reason: str) -> None:
+        """A training step or evaluation failed here: end it on this party."""
+        if isinstance(job, cmd.TrainStep) and self._jobs is not None:
+            self._runs.pop(job.job_id, None)
+            self._jobs.end(job.job_id, "failed", f"{reason} (at step {job.step + 1})")
+        if evaluation is not None and not evaluation.future.done():
+            evaluation.future.set_exception(PpmlError(ErrorCode.EVALUATION_ABORTED, reason))
+
+    def _end_job(self, job: cmd.EndJob) -> None:
+        self._runs.pop(job.job_id, None)
+        if self._jobs is not None:
+            self._jobs.end(job.job_id, job.state, job.reason)
+        if self._evaluations is not None:
+            self._evaluations.end(job.job_id, job.reason)
+
+    def _train_step(self, job: cmd.TrainStep) -> None:
+        from ppml.training.mpc_trainer import TrainingRun
+
+        assert self._jobs is not None
+        run = self._runs.get(job.job_id)
+        if job.step == 0:
+            run = TrainingRun(self._jobs.inputs(job.job_id))
+            self._runs[job.job_id] = run
+            self._jobs.started(job.job_id)
+        elif run is None:
+            raise RuntimeError(f"job {job.job_id}: no training state here for step {job.step}")
+        outcome = run.step(job.step)
+        self._jobs.progress(job.job_id, outcome)
+        if outcome.finished:
+            del self._runs[job.job_id]
+            architecture, shares = run.trained()
+            self._jobs.succeeded(job.job_id, architecture, shares)
+
+    def _evaluate(self, seq: int, job: cmd.EvaluateJob, evaluation: Any) -> None:
+        from ppml.servers.evaluation import EvaluationOutcome
+        from ppml.training.mpc_trainer import evaluate
+
+        if evaluation is None or self._evaluations is None:
+            raise RuntimeError(f"evaluation {job.request_id} is not held here")
+        features, labels = self._evaluations.shares(evaluation)
+        architecture = evaluation.model.meta.architecture
+        correct = evaluate(
+            self._model(evaluation.model),
+            features,
+            labels,
+            evaluation.kind,
+            architecture.input_shape,
+        )
+        if not evaluation.future.done():
+            evaluation.future.set_result(EvaluationOutcome(correct, evaluation.rows, seq))
 
     def _fail(self, requests: list[PendingRequest | None], reason: str) -> None:
         error = PpmlError(ErrorCode.PREDICTION_ABORTED, reason)

@@ -103,6 +103,14 @@ EXPECTED_CLIENT_CLASS = {
     ErrorCode.PREDICTION_ABORTED: client_errors.PredictionAborted,
     ErrorCode.DEADLINE_EXCEEDED: client_errors.DeadlineExceeded,
     ErrorCode.RESOURCE_EXHAUSTED: client_errors.ServerUnavailable,
+    ErrorCode.INVALID_DATASET: client_errors.InvalidDataset,
+    ErrorCode.DATASET_NOT_FOUND: client_errors.DatasetNotFound,
+    ErrorCode.DATASET_EXISTS: client_errors.DatasetExists,
+    ErrorCode.INVALID_JOB: client_errors.InvalidTrainingJob,
+    ErrorCode.JOB_NOT_FOUND: client_errors.JobNotFound,
+    ErrorCode.JOB_EXISTS: client_errors.JobExists,
+    ErrorCode.JOB_FINISHED: client_errors.JobFinished,
+    ErrorCode.EVALUATION_ABORTED: client_errors.EvaluationAborted,
     ErrorCode.INTERNAL: client_errors.PpmlClientError,
 }
 

@@ -1,7 +1,9 @@
-"""One contract test suite for every ppml.servers.storage.ModelStore backend."""
+"""Contract tests for every ppml.servers.storage backend: models, then any record kind."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,16 @@ import pytest
 from ppml.proto import architecture as arch
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring, random_ring
-from ppml.servers.storage import FileModelStore, MemoryModelStore, ModelStore
+from ppml.servers.storage import (
+    MODEL_CODEC,
+    FileModelStore,
+    FileShareStore,
+    MemoryModelStore,
+    MemoryShareStore,
+    ModelStore,
+    RecordCodec,
+    ShareStore,
+)
 
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
@@ -185,3 +196,190 @@ def test_file_store_refuses_path_traversal(tmp_path: Path) -> None:
         store.delete("../../victim")
     assert excinfo.value.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.INVALID_ARGUMENT)
     assert (victim / "keep.txt").exists()
+
+
+def test_model_store_layout_is_unchanged(tmp_path: Path) -> None:
+    FileModelStore(tmp_path).put(_meta("m1"), _shares())
+    folder = tmp_path / "models" / "m1"
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.pb", "shares.npz"]
+    assert MODEL_CODEC.from_bytes((folder / "meta.pb").read_bytes()) == _meta("m1")
+
+
+def test_model_update_meta(store: ModelStore) -> None:
+    shares = _shares()
+    store.put(_meta("m1"), shares)
+    renamed = arch.ModelMeta("m1", "renamed", "owner-b", _architecture(), 1_000)
+    store.update_meta(renamed)
+    assert store.get_meta("m1") == renamed
+    assert store.has("m1") and not store.has("m2")
+    _assert_shares_equal(store.get_shares("m1"), shares)
+
+
+# ---------------------------------------------------------------- any record kind
+
+
+@dataclass(frozen=True)
+class Job:
+    """A tiny record type; its codec stores it as JSON."""
+
+    job_id: str
+    state: str
+    created: int
+
+
+def _codec(kind: str = "jobs") -> RecordCodec[Job]:
+    return RecordCodec[Job](
+        kind=kind,
+        key=lambda job: job.job_id,
+        created=lambda job: job.created,
+        to_bytes=lambda job: json.dumps(asdict(job)).encode(),
+        from_bytes=lambda data: Job(**json.loads(data)),
+        not_found=ErrorCode.NOT_READY,  # any codes: the store only passes them on
+        exists=ErrorCode.DUPLICATE_REQUEST,
+        noun="job",
+    )
+
+
+def _job_shares() -> dict[str, Ring]:
+    return {
+        "scalar": np.array(INT64_MIN, dtype=np.int64),
+        "vector": random_ring((5,)),
+        "cube": random_ring((2, 3, 4)),
+        "four_d": random_ring((1, 2, 1, 3)),
+        "empty": random_ring((0, 3)),
+    }
+
+
+@pytest.fixture(params=["memory", "file"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> ShareStore[Job]:
+    if request.param == "memory":
+        return MemoryShareStore(_codec())
+    return FileShareStore(tmp_path, _codec())
+
+
+def test_generic_put_get_list(jobs: ShareStore[Job]) -> None:
+    shares = _job_shares()
+    jobs.put(Job("j2", "queued", 20), shares)
+    jobs.put(Job("j1", "queued", 10), _job_shares())
+    assert jobs.get_meta("j2") == Job("j2", "queued", 20)
+    _assert_shares_equal(jobs.get_shares("j2"), shares)
+    assert [j.job_id for j in jobs.list()] == ["j1", "j2"]
+    assert jobs.count() == 2
+
+
+def test_generic_errors_use_the_codec(jobs: ShareStore[Job]) -> None:
+    jobs.put(Job("j1", "queued", 10), {})
+    with pytest.raises(PpmlError) as excinfo:
+        jobs.put(Job("j1", "running", 11), {})
+    assert excinfo.value.code == ErrorCode.DUPLICATE_REQUEST
+    assert excinfo.value.detail == "a job with id 'j1' already exists"
+    for operation in ("get_meta", "get_shares", "delete"):
+        with pytest.raises(PpmlError) as excinfo:
+            getattr(jobs, operation)("nope")
+        assert excinfo.value.code == ErrorCode.NOT_READY
+        assert excinfo.value.detail == "no job with id 'nope' on this server"
+
+
+def test_generic_has(jobs: ShareStore[Job]) -> None:
+    assert not jobs.has("j1")
+    jobs.put(Job("j1", "queued", 10), _job_shares())
+    assert jobs.has("j1") and not jobs.has("j2")
+    jobs.delete("j1")
+    assert not jobs.has("j1")
+
+
+def test_generic_update_meta_keeps_shares(jobs: ShareStore[Job]) -> None:
+    shares = _job_shares()
+    jobs.put(Job("j1", "queued", 10), shares)
+    jobs.put(Job("j2", "queued", 20), _job_shares())
+    jobs.update_meta(Job("j1", "done", 30))
+    assert jobs.get_meta("j1") == Job("j1", "done", 30)
+    _assert_shares_equal(jobs.get_shares("j1"), shares)
+    assert [j.job_id for j in jobs.list()] == ["j2", "j1"]  # ordered by the new metadata
+    assert jobs.count() == 2
+
+
+def test_generic_update_meta_of_unknown_id_is_not_found(jobs: ShareStore[Job]) -> None:
+    jobs.put(Job("j1", "queued", 10), {})
+    with pytest.raises(PpmlError) as excinfo:
+        jobs.update_meta(Job("other", "done", 30))
+    assert excinfo.value.code == ErrorCode.NOT_READY
+    assert "other" in excinfo.value.detail
+    assert not jobs.has("other")
+    assert jobs.list() == [Job("j1", "queued", 10)]
+
+
+def test_generic_multidimensional_shares_are_copies(jobs: ShareStore[Job]) -> None:
+    shares = _job_shares()
+    kept = {k: v.copy() for k, v in shares.items()}
+    jobs.put(Job("j1", "queued", 10), shares)
+    for value in shares.values():
+        value[...] = 0
+    first = jobs.get_shares("j1")
+    _assert_shares_equal(first, kept)
+    for value in first.values():
+        value[...] = 7
+    _assert_shares_equal(jobs.get_shares("j1"), kept)
+
+
+def test_file_update_meta_survives_reopen(tmp_path: Path) -> None:
+    shares = _job_shares()
+    FileShareStore(tmp_path, _codec()).put(Job("j1", "queued", 10), shares)
+    FileShareStore(tmp_path, _codec()).update_meta(Job("j1", "done", 30))
+    folder = tmp_path / "jobs" / "j1"
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.pb", "shares.npz"]
+    reopened = FileShareStore(tmp_path, _codec())
+    assert reopened.get_meta("j1") == Job("j1", "done", 30)
+    _assert_shares_equal(reopened.get_shares("j1"), shares)
+
+
+def test_file_removes_leftover_meta_tmp(tmp_path: Path) -> None:
+    FileShareStore(tmp_path, _codec()).put(Job("j1", "queued", 10), {})
+    leftover = tmp_path / "jobs" / "j1" / "meta.pb.tmp"
+    leftover.write_bytes(b"half-written")
+    reopened = FileShareStore(tmp_path, _codec())
+    assert not leftover.exists()
+    assert reopened.get_meta("j1") == Job("j1", "queued", 10)
+
+
+def test_kinds_in_one_root_are_separate(tmp_path: Path) -> None:
+    jobs = FileShareStore(tmp_path, _codec("jobs"))
+    datasets = FileShareStore(tmp_path, _codec("datasets"))
+    models = FileModelStore(tmp_path)
+    jobs.put(Job("same", "queued", 10), _job_shares())
+    datasets.put(Job("other", "ready", 20), {})
+    models.put(_meta("same"), _shares())
+    assert jobs.list() == [Job("same", "queued", 10)]
+    assert datasets.list() == [Job("other", "ready", 20)]
+    assert [m.model_id for m in models.list()] == ["same"]
+    assert not datasets.has("same") and not jobs.has("other")
+    with pytest.raises(PpmlError) as excinfo:
+        datasets.get_meta("same")
+    assert excinfo.value.code == ErrorCode.NOT_READY
+    # deleting one kind's record leaves the same id of another kind alone
+    jobs.delete("same")
+    assert models.get_meta("same") == _meta("same")
+    assert (jobs.count(), datasets.count(), models.count()) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("bad_id", ["", ".", "..", "../x", "a/b", ".tmp-1"])
+def test_file_generic_refuses_ids_outside_the_store(tmp_path: Path, bad_id: str) -> None:
+    store = FileShareStore(tmp_path, _codec())
+    for call in (
+        lambda: store.get_meta(bad_id),
+        lambda: store.get_shares(bad_id),
+        lambda: store.has(bad_id),
+        lambda: store.delete(bad_id),
+        lambda: store.put(Job(bad_id, "queued", 1), {}),
+        lambda: store.update_meta(Job(bad_id, "done", 1)),
+    ):
+        with pytest.raises(PpmlError) as excinfo:
+            call()
+        assert excinfo.value.code == ErrorCode.INVALID_ARGUMENT
+        assert "invalid job id" in excinfo.value.detail
+
+
+@pytest.mark.parametrize("kind", ["", ".", "..", ".hidden", "a/b", "../x"])
+def test_codec_kind_must_be_a_plain_folder_name(kind: str) -> None:
+    with pytest.raises(ValueError):
+        _codec(kind)

@@ -130,30 +130,95 @@ class DealerStats(_message.Message):
 Global___DealerStats: _TypeAlias = DealerStats  # noqa: Y015
 
 @_typing.final
+class JobAnnounce(_message.Message):
+    """"I hold this training job or evaluation request and it is valid here." """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    kind: _builtins.str
+    """"train" | "evaluate" """
+    steps: _builtins.int
+    """MPC steps the job takes (the same on every party)"""
+    timeout_ms: _builtins.int
+    """for every party to announce it"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        steps: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "steps", b"steps", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobAnnounce: _TypeAlias = JobAnnounce  # noqa: Y015
+
+@_typing.final
+class CancelJob(_message.Message):
+    """"The job's owner asked this server to cancel it." """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJob: _TypeAlias = CancelJob  # noqa: Y015
+
+@_typing.final
 class PartyMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
     ANNOUNCE_FIELD_NUMBER: _builtins.int
     DEALER_STATS_FIELD_NUMBER: _builtins.int
+    JOB_ANNOUNCE_FIELD_NUMBER: _builtins.int
+    CANCEL_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def announce(self) -> Global___Announce: ...
     @_builtins.property
     def dealer_stats(self) -> Global___DealerStats: ...
+    @_builtins.property
+    def job_announce(self) -> Global___JobAnnounce: ...
+    @_builtins.property
+    def cancel_job(self) -> Global___CancelJob: ...
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         announce: Global___Announce | None = ...,
         dealer_stats: Global___DealerStats | None = ...,
+        job_announce: Global___JobAnnounce | None = ...,
+        cancel_job: Global___CancelJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "job_announce", b"job_announce", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "job_announce", b"job_announce", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats", "job_announce", "cancel_job"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -230,6 +295,79 @@ class HeartbeatJob(_message.Message):
 Global___HeartbeatJob: _TypeAlias = HeartbeatJob  # noqa: Y015
 
 @_typing.final
+class TrainStep(_message.Message):
+    """Step `step` (0-based) of a training job: step 0 also loads the job, the
+    last one stores the trained model.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    step: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainStep: _TypeAlias = TrainStep  # noqa: Y015
+
+@_typing.final
+class EvaluateJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateJob: _TypeAlias = EvaluateJob  # noqa: Y015
+
+@_typing.final
+class EndJob(_message.Message):
+    """Every party ends the job (or evaluation request) with this state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    state: _builtins.str
+    """"failed" | "cancelled" """
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndJob: _TypeAlias = EndJob  # noqa: Y015
+
+@_typing.final
 class RunJob(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -237,12 +375,21 @@ class RunJob(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     PREDICT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    TRAIN_STEP_FIELD_NUMBER: _builtins.int
+    EVALUATE_FIELD_NUMBER: _builtins.int
+    END_JOB_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     epoch: _builtins.int
     @_builtins.property
     def predict(self) -> Global___PredictJob: ...
     @_builtins.property
     def heartbeat(self) -> Global___HeartbeatJob: ...
+    @_builtins.property
+    def train_step(self) -> Global___TrainStep: ...
+    @_builtins.property
+    def evaluate(self) -> Global___EvaluateJob: ...
+    @_builtins.property
+    def end_job(self) -> Global___EndJob: ...
     def __init__(
         self,
         *,
@@ -250,12 +397,15 @@ class RunJob(_message.Message):
         epoch: _builtins.int = ...,
         predict: Global___PredictJob | None = ...,
         heartbeat: Global___HeartbeatJob | None = ...,
+        train_step: Global___TrainStep | None = ...,
+        evaluate: Global___EvaluateJob | None = ...,
+        end_job: Global___EndJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "job", b"job", "predict", b"predict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train_step", b"train_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train_step", b"train_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train_step", "evaluate", "end_job"]  # noqa: Y015
     _WhichOneofArgType_job: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_job) -> _WhichOneofReturnType_job | None: ...
 

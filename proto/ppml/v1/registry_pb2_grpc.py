@@ -54,6 +54,11 @@ class ModelRegistryStub:
                 request_serializer=ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.ExportModel = channel.unary_unary(
+                '/ppml.v1.ModelRegistry/ExportModel',
+                request_serializer=ppml_dot_v1_dot_registry__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=ppml_dot_v1_dot_registry__pb2.ExportModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -86,6 +91,14 @@ class ModelRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportModel(self, request, context):
+        """This server's shares of every weight, for the model's owner only
+        (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.FromString,
                     response_serializer=ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=ppml_dot_v1_dot_registry__pb2.ExportModelRequest.FromString,
+                    response_serializer=ppml_dot_v1_dot_registry__pb2.ExportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class ModelRegistry:
             '/ppml.v1.ModelRegistry/DeleteModel',
             ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
             ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppml.v1.ModelRegistry/ExportModel',
+            ppml_dot_v1_dot_registry__pb2.ExportModelRequest.SerializeToString,
+            ppml_dot_v1_dot_registry__pb2.ExportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

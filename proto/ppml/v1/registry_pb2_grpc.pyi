@@ -40,6 +40,10 @@ class ModelRegistryStub:
     """NOT_FOUND for an unknown id."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
     """NOT_FOUND for an unknown id."""
+    ExportModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.ExportModelResponse]
+    """This server's shares of every weight, for the model's owner only
+    (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+    """
 
 @_typing.type_check_only
 class ModelRegistryAsyncStub(ModelRegistryStub):
@@ -51,6 +55,10 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     """NOT_FOUND for an unknown id."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """NOT_FOUND for an unknown id."""
+    ExportModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.ExportModelResponse]  # type: ignore[assignment]
+    """This server's shares of every weight, for the model's owner only
+    (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+    """
 
 class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -83,5 +91,15 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
         """NOT_FOUND for an unknown id."""
+
+    @_abc_1.abstractmethod
+    def ExportModel(
+        self,
+        request: _registry_pb2.ExportModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ExportModelResponse, _abc.Awaitable[_registry_pb2.ExportModelResponse]]:
+        """This server's shares of every weight, for the model's owner only
+        (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+        """
 
 def add_ModelRegistryServicer_to_server(servicer: ModelRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
