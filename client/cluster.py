@@ -417,6 +417,14 @@ class Cluster:
                 metadata=self._metadata,
             )
             sample_input = torch.zeros(1, *info.feature_shape)
+            try:
+                with torch.no_grad():
+                    model(sample_input)
+            except RuntimeError as exc:
+                raise InvalidTrainingJob(
+                    f"the model does not accept rows of dataset {datasets[0]!r} "
+                    f"(shape {list(info.feature_shape)}): {exc}"
+                ) from None
         architecture, weights = export_model(model, sample_input)
         spec = jobs.TrainingSpec(
             dataset_ids=tuple(datasets),

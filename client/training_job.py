@@ -20,6 +20,7 @@ from ppml.client.errors import (
     DeadlineExceeded,
     JobFinished,
     PpmlClientError,
+    ServerUnavailable,
     TrainingCancelled,
     TrainingFailed,
     from_rpc_error,
@@ -62,15 +63,17 @@ class EpochResult:
 class JobStatus:
     """The job as every server reports it."""
 
-    info: jobs.JobInfo  # rank 0's view (public fields agree across servers)
-    states: dict[str, str]  # server name -> state
+    info: jobs.JobInfo  # the first reachable server's view (public fields agree)
+    states: dict[str, str]  # server name -> state, or "unreachable"
 
     @property
     def state(self) -> str:
+        """failed/cancelled if any server says so; otherwise their common state."""
         values = set(self.states.values())
         for final in ("failed", "cancelled"):
             if final in values:
                 return final
+        values.discard("unreachable")
         return values.pop() if len(values) == 1 else "running"
 
 
@@ -107,13 +110,25 @@ class TrainingJob:
         return f"TrainingJob({self.job_id!r} -> model {self.model_id!r})"
 
     def status(self) -> JobStatus:
+        """The job on every server; a server that cannot be reached shows as "unreachable"."""
         request = training_pb2.GetJobRequest(job_id=self.job_id)
-        replies = self._call_all(
-            lambda s, _: s.training.GetJob.future(request, timeout=30, metadata=self._metadata),
-            False,
-        )
-        infos = [serde.job_info_from_proto(r) for r in replies]
-        states = {s.name: i.state.value for s, i in zip(self._servers, infos, strict=True)}
+        infos: list[jobs.JobInfo] = []
+        states: dict[str, str] = {}
+        errors: list[PpmlClientError] = []
+        for server in self._servers:
+            try:
+                reply = server.training.GetJob(request, timeout=30, metadata=self._metadata)
+            except grpc.RpcError as err:
+                error = from_rpc_error(err, server.name)
+                if not isinstance(error, ServerUnavailable | DeadlineExceeded):
+                    raise error from None
+                errors.append(error)
+                states[server.name] = "unreachable"
+                continue
+            infos.append(serde.job_info_from_proto(reply))
+            states[server.name] = infos[-1].state.value
+        if not infos:
+            raise errors[0]
         return JobStatus(infos[0], states)
 
     def metrics(self) -> list[EpochResult]:
@@ -184,7 +199,7 @@ class TrainingJob:
         while True:
             status = self.status()
             state = status.state
-            if state == "succeeded":
+            if set(status.states.values()) == {"succeeded"}:
                 return self.model_id
             if state in ("failed", "cancelled"):
                 reasons = self._reasons(state)
