@@ -15,6 +15,7 @@ Exits 1 if the MPC accuracy is more than 3 points below plaintext training's.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,8 @@ from ppml.training.plaintext import train_plaintext
 OWNERS = 4
 ROWS = 8
 TOLERANCE = 0.03  # accuracy points below plaintext training
-HYPER = {"epochs": 3, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
-SEED = 7
+# public hyper-parameters, the same for MPC and plaintext training
+SPEC = TrainingSpec((), epochs=3, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, seed=7)
 # Wait up to 25 ms for a batch to fill so that concurrent requests share one MPC run.
 SERVING = {"max_wait_ms": 25.0}
 
@@ -55,7 +56,7 @@ def progress_bar(job: TrainingJob, width: int = 30) -> None:
             done = event.steps_done / event.steps_total
             bar = "#" * round(width * done)
             print(
-                f"\r  [{bar:<{width}}] {done:4.0%}  epoch {event.epoch}/{HYPER['epochs']}  "
+                f"\r  [{bar:<{width}}] {done:4.0%}  epoch {event.epoch}/{SPEC.epochs}  "
                 f"{event.samples_per_s:6.0f} samples/s",
                 end="",
                 flush=True,
@@ -112,11 +113,15 @@ def run() -> tuple[float, float]:
         job = cluster.train(
             model,
             ids,
-            **HYPER,
+            epochs=SPEC.epochs,
+            batch_size=SPEC.batch_size,
+            lr=SPEC.lr,
+            momentum=SPEC.momentum,
+            weight_decay=SPEC.weight_decay,
+            seed=SPEC.seed,
             validation=test_id,
             reveal_metrics=True,
             standardize=True,
-            seed=SEED,
             name="digits-mlp",
         )
         progress_bar(job)
@@ -136,7 +141,7 @@ def run() -> tuple[float, float]:
         evaluation = cluster.evaluate(model_id, test_id)
         features = np.concatenate([p.features for p in parts])
         labels = np.concatenate([p.labels for p in parts])
-        spec = TrainingSpec(tuple(ids), seed=SEED, standardize=True, **HYPER)
+        spec = dataclasses.replace(SPEC, dataset_ids=tuple(ids), standardize=True)
         plain = accuracy(train_plaintext(model, features, labels, spec, 10), x_test, y_test)
         print(f"MPC-trained model, evaluated in MPC:  {evaluation.accuracy:.1%}")
         print(f"plaintext PyTorch, same everything:   {plain:.1%}")
