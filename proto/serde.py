@@ -408,6 +408,8 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         dealer_connected=report.dealer_connected,
         dealer_requests=report.dealer_requests,
         dealer_sessions=report.dealer_sessions,
+        datasets_stored=report.datasets_stored,
+        training_jobs=report.training_jobs,
     )
 
 
@@ -444,6 +446,8 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         dealer_connected=msg.dealer_connected,
         dealer_requests=dict(msg.dealer_requests),
         dealer_sessions=msg.dealer_sessions,
+        datasets_stored=msg.datasets_stored,
+        training_jobs=dict(msg.training_jobs),
     )
 
 

@@ -177,6 +177,8 @@ class ComputeServer:
             last_error=snap.last_error,
             queue_depth=queued,
             models_stored=len(self.registry),
+            datasets_stored=len(self.datasets),
+            training_jobs=self.jobs.counts(),
             heartbeats=snap.heartbeats,
             requests_total=snap.requests_total,
             models=snap.models,

@@ -160,6 +160,12 @@ class JobManager:
             raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
         if any(m.model_id == model_id for m in self._models.list()):
             raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} already exists")
+        for other in self._store.list():
+            if other.model_id == model_id and not other.state.terminal:
+                raise PpmlError(
+                    ErrorCode.MODEL_EXISTS,
+                    f"training job {other.job_id!r} will produce model {model_id!r}",
+                )
         info = JobInfo(
             job_id=job_id,
             model_id=model_id,
@@ -287,8 +293,12 @@ class JobManager:
             if not info.state.terminal:
                 self._finish(info, JobState.FAILED, reason)
 
-    def active_count(self) -> int:
-        return sum(1 for info in self._store.list() if not info.state.terminal)
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, as this server records them."""
+        out: dict[str, int] = {}
+        for info in self._store.list():
+            out[info.state.value] = out.get(info.state.value, 0) + 1
+        return out
 
     # ------------------------------------------------------------ state
 

@@ -19,6 +19,8 @@ endpoint and the ``Status`` RPC always agree. Families::
     ppml_mpc_epoch               gauge
     ppml_queue_depth             gauge
     ppml_models_stored           gauge
+    ppml_datasets_stored         gauge
+    ppml_training_jobs           gauge    state (queued, running, succeeded, failed, cancelled)
     ppml_uptime_seconds          gauge
     ppml_control_links_up        gauge
     ppml_requests_total          counter  model, code ("OK" or the gRPC status name)
@@ -77,6 +79,9 @@ def status_metrics(report: StatusReport) -> list[Metric]:
         _gauge("ppml_mpc_epoch", "Current MPC epoch (0 before the first)", report.mpc_epoch),
         _gauge("ppml_queue_depth", "Requests waiting for an MPC job", report.queue_depth),
         _gauge("ppml_models_stored", "Models this server holds shares of", report.models_stored),
+        _gauge(
+            "ppml_datasets_stored", "Data sets this server holds shares of", report.datasets_stored
+        ),
         _gauge("ppml_uptime_seconds", "Seconds since the server started", report.uptime_s),
         _gauge("ppml_control_links_up", "Control links that are up", len(report.links_up)),
     ]
@@ -127,6 +132,10 @@ def status_metrics(report: StatusReport) -> list[Metric]:
             "ppml_heartbeats_total", "Heartbeat jobs run while idle", value=report.heartbeats
         )
     )
+    jobs = GaugeMetricFamily("ppml_training_jobs", "Training jobs by state", labels=["state"])
+    for state, count in sorted(report.training_jobs.items()):
+        jobs.add_metric([state], count)
+    families.append(jobs)
     return families
 
 

@@ -35,6 +35,8 @@ def _report(**changes: object) -> st.StatusReport:
         last_error="",
         queue_depth=4,
         models_stored=2,
+        datasets_stored=5,
+        training_jobs={"running": 1, "succeeded": 3},
         heartbeats=17,
         requests_total=12,
         models=[
@@ -79,6 +81,9 @@ def test_gauges() -> None:
     assert samples[("ppml_mpc_epoch", ())] == 3
     assert samples[("ppml_queue_depth", ())] == 4
     assert samples[("ppml_models_stored", ())] == 2
+    assert samples[("ppml_datasets_stored", ())] == 5
+    assert samples[("ppml_training_jobs", (("state", "running"),))] == 1
+    assert samples[("ppml_training_jobs", (("state", "succeeded"),))] == 3
     assert samples[("ppml_uptime_seconds", ())] == 42.5
     assert samples[("ppml_control_links_up", ())] == 2
     info = (("name", "server-0"), ("rank", "0"), ("version", "0.1.0"))

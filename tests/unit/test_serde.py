@@ -496,6 +496,8 @@ def test_leader_status_round_trip() -> None:
         dealer_connected=True,
         dealer_requests={"additive": 7},
         dealer_sessions=2,
+        datasets_stored=3,
+        training_jobs={"running": 1, "failed": 2},
     )
     wire = status_pb2.ServerStatus.FromString(serde.status_to_proto(report).SerializeToString())
     assert wire.dealer_connected

@@ -216,6 +216,26 @@ class ServerStatus(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TrainingJobsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RANK_FIELD_NUMBER: _builtins.int
     WORLD_SIZE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -238,6 +258,8 @@ class ServerStatus(_message.Message):
     DEALER_CONNECTED_FIELD_NUMBER: _builtins.int
     DEALER_REQUESTS_FIELD_NUMBER: _builtins.int
     DEALER_SESSIONS_FIELD_NUMBER: _builtins.int
+    DATASETS_STORED_FIELD_NUMBER: _builtins.int
+    TRAINING_JOBS_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -258,6 +280,7 @@ class ServerStatus(_message.Message):
     dealer_connected: _builtins.bool
     """leader only; followers report false"""
     dealer_sessions: _builtins.int
+    datasets_stored: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelServingStats]: ...
     @_builtins.property
@@ -279,6 +302,10 @@ class ServerStatus(_message.Message):
     @_builtins.property
     def dealer_requests(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Leader only: requests the dealer has served, by kind, and its sessions."""
+
+    @_builtins.property
+    def training_jobs(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Training jobs by state ("queued", "running", ...) as this server records them."""
 
     def __init__(
         self,
@@ -305,10 +332,12 @@ class ServerStatus(_message.Message):
         dealer_connected: _builtins.bool = ...,
         dealer_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         dealer_sessions: _builtins.int = ...,
+        datasets_stored: _builtins.int = ...,
+        training_jobs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
