@@ -132,10 +132,10 @@ def status_metrics(report: StatusReport) -> list[Metric]:
             "ppml_heartbeats_total", "Heartbeat jobs run while idle", value=report.heartbeats
         )
     )
-    jobs = GaugeMetricFamily("ppml_training_jobs", "Training jobs by state", labels=["state"])
+    training = GaugeMetricFamily("ppml_training_jobs", "Training jobs by state", labels=["state"])
     for state, count in sorted(report.training_jobs.items()):
-        jobs.add_metric([state], count)
-    families.append(jobs)
+        training.add_metric([state], count)
+    families.append(training)
     return families
 
 
