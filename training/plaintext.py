@@ -62,7 +62,7 @@ def train_plaintext(
         optimiser.step()
     model.eval()
     if spec.standardize:
-        return nn.Sequential(_Standardize(scale, shift), model)
+        return nn.Sequential(_Standardize(scale, shift), model).eval()
     return model
 
 

@@ -19,6 +19,7 @@ from ppml.servers.auth import (
     ROLES,
     Identity,
     TokenAuthInterceptor,
+    _wrap,
     current_identity,
     load_auth_file,
     new_token,
@@ -27,7 +28,14 @@ from ppml.servers.auth import (
     write_auth_file,
     write_secret,
 )
-from ppml.v1 import registry_pb2, registry_pb2_grpc, status_pb2, status_pb2_grpc
+from ppml.v1 import (
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 
 # ---------------------------------------------------------------- auth files
 
@@ -145,11 +153,29 @@ class ListOnlyRegistry(registry_pb2_grpc.ModelRegistryServicer):
         return registry_pb2.ListModelsResponse()
 
 
+class IdentityTraining(training_pb2_grpc.TrainingServicer):
+    """WatchJob streams one event per step; each names the identity seen while it is built."""
+
+    def __init__(self) -> None:
+        self.barrier: threading.Barrier | None = None
+
+    def WatchJob(
+        self, request: training_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[training_pb2.JobEvent]:
+        for index in range(3):
+            if index == 1 and self.barrier is not None:
+                self.barrier.wait(timeout=5)  # two streams are in flight at once
+            identity = current_identity()
+            name = f"{identity.name}/{identity.role}" if identity else "none"
+            yield training_pb2.JobEvent(index=index, job_id=request.job_id, reason=name)
+
+
 @dataclass
 class Harness:
     channel: grpc.Channel
     status_servicer: IdentityStatus
     registry_servicer: ListOnlyRegistry
+    training_servicer: IdentityTraining
     tokens: dict[str, str]
 
     @property
@@ -159,6 +185,10 @@ class Harness:
     @property
     def registry(self) -> registry_pb2_grpc.ModelRegistryStub:
         return registry_pb2_grpc.ModelRegistryStub(self.channel)
+
+    @property
+    def training(self) -> training_pb2_grpc.TrainingStub:
+        return training_pb2_grpc.TrainingStub(self.channel)
 
     @property
     def health(self) -> health_pb2_grpc.HealthStub:
@@ -187,11 +217,13 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     status_servicer, registry_servicer = IdentityStatus(), ListOnlyRegistry()
     status_pb2_grpc.add_StatusServicer_to_server(status_servicer, server)
     registry_pb2_grpc.add_ModelRegistryServicer_to_server(registry_servicer, server)
+    training_servicer = IdentityTraining()
+    training_pb2_grpc.add_TrainingServicer_to_server(training_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Harness(channel, status_servicer, registry_servicer, tokens)
+        yield Harness(channel, status_servicer, registry_servicer, training_servicer, tokens)
     finally:
         channel.close()
         server.stop(None)
@@ -306,3 +338,79 @@ def test_monitor_reads_registry_metadata_but_cannot_change_it(harness: Harness) 
         )
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# ---------------------------------------------------------------- server-streaming handlers
+
+
+def test_streaming_handler_sees_the_identity_while_the_stream_is_iterated(
+    harness: Harness,
+) -> None:
+    stream = harness.training.WatchJob(
+        training_pb2.WatchJobRequest(job_id="job-1"),
+        metadata=_bearer(harness.tokens["client"]),
+        timeout=5,
+    )
+    events = list(stream)
+    assert [e.index for e in events] == [0, 1, 2]
+    assert [e.reason for e in events] == ["hospital-a/client"] * 3
+
+
+def test_concurrent_streams_each_see_their_own_identity(harness: Harness) -> None:
+    harness.training_servicer.barrier = threading.Barrier(2)
+    results: dict[str, list[str]] = {}
+
+    def watch(role: str) -> None:
+        stream = harness.training.WatchJob(
+            training_pb2.WatchJobRequest(job_id=role),
+            metadata=_bearer(harness.tokens[role]),
+            timeout=10,
+        )
+        results[role] = [e.reason for e in stream]
+
+    try:
+        threads = [threading.Thread(target=watch, args=(r,)) for r in ("client", "monitor")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(15)
+    finally:
+        harness.training_servicer.barrier = None
+    assert results == {
+        "client": ["hospital-a/client"] * 3,
+        "monitor": ["dashboard/monitor"] * 3,
+    }
+
+
+def test_streaming_handler_needs_a_token(harness: Harness) -> None:
+    stream = harness.training.WatchJob(training_pb2.WatchJobRequest(job_id="j"), timeout=5)
+    error = _status_error(lambda: list(stream))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_wrap_binds_the_identity_around_a_lazy_generator() -> None:
+    seen: list[Identity | None] = []
+
+    def handler(request: object, context: object) -> Iterator[int]:
+        for i in range(3):
+            seen.append(current_identity())
+            yield i
+
+    identity = Identity("hospital-a", "client")
+    wrapped = _wrap(grpc.unary_stream_rpc_method_handler(handler), identity)
+    stream = wrapped.unary_stream(None, None)
+    assert seen == []  # nothing ran yet: the body runs as the stream is iterated
+    assert current_identity() is None
+    assert list(stream) == [0, 1, 2]
+    assert seen == [identity] * 3
+    assert current_identity() is None  # unbound again once the stream ended
+
+
+def test_wrap_binds_the_identity_for_unary_handlers() -> None:
+    def handler(request: object, context: object) -> Identity | None:
+        return current_identity()
+
+    identity = Identity("dashboard", "monitor")
+    wrapped = _wrap(grpc.unary_unary_rpc_method_handler(handler), identity)
+    assert wrapped.unary_unary(None, None) == identity
+    assert current_identity() is None
