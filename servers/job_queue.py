@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ppml.proto import commands as cmd
 
 FAILED, CANCELLED = "failed", "cancelled"
+_REMEMBER_ENDED = 4096
 
 
 @dataclass
@@ -35,10 +36,13 @@ class JobQueue:
         self._world_size = world_size
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._ends: list[cmd.EndJob] = []
+        self._ended: OrderedDict[str, None] = OrderedDict()  # recent ids: late announces ignored
 
     # ------------------------------------------------------------ inputs
 
     def announce(self, rank: int, announce: cmd.JobAnnounce, now: float) -> None:
+        if announce.job_id in self._ended:
+            return
         entry = self._entries.get(announce.job_id)
         if entry is None:
             entry = _Entry(announce.job_id, announce.kind, announce.steps, now + announce.timeout_s)
@@ -78,6 +82,12 @@ class JobQueue:
     def _end(self, job_id: str, state: str, reason: str) -> None:
         self._entries.pop(job_id, None)
         self._ends.append(cmd.EndJob(job_id, state, reason))
+        self._forget_later(job_id)
+
+    def _forget_later(self, job_id: str) -> None:
+        self._ended[job_id] = None
+        while len(self._ended) > _REMEMBER_ENDED:
+            self._ended.popitem(last=False)
 
     # ------------------------------------------------------------ decisions
 
@@ -114,6 +124,7 @@ class JobQueue:
         entry.next_step += 1
         if entry.next_step >= entry.steps:
             del self._entries[job_id]
+            self._forget_later(job_id)
 
     # ------------------------------------------------------------ views
 

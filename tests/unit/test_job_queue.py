@@ -321,3 +321,17 @@ def test_deadline_is_set_by_the_first_announce() -> None:
     q.expire(10.0, NAMES)
     end = q.next_job()
     assert isinstance(end, cmd.EndJob) and "server-2" in end.reason
+
+
+def test_a_late_announce_of_an_ended_job_is_ignored() -> None:
+    from ppml.proto import commands as cmd
+    from ppml.servers.job_queue import JobQueue
+
+    queue = JobQueue(2)
+    queue.announce(0, cmd.JobAnnounce("j", "train", 3, 60.0), 0.0)
+    queue.cancel("j", "cancelled by owner")
+    assert queue.next_job() == cmd.EndJob("j", "cancelled", "cancelled by owner")
+    queue.announce(1, cmd.JobAnnounce("j", "train", 3, 60.0), 1.0)
+    assert len(queue) == 0 and queue.next_deadline() is None
+    queue.expire(1000.0, ["server-0", "server-1"])
+    assert queue.next_job() is None
