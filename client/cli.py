@@ -7,10 +7,22 @@ Examples::
     ppml models share --config ./cluster/cluster.toml --onnx model.onnx --name mnist
     ppml predict --config ./cluster/cluster.toml --model ID --input x.npy
     ppml dashboard --config ./cluster/cluster.toml --port 8501   # monitoring page
+
+    # secret-shared training (commands in ppml.client.cli_training)
+    ppml data share --config ./cluster/cluster.toml --builtin iris --partition 2
+    ppml data share --config ./cluster/cluster.toml --csv rows.csv --label-column label
+    ppml data list --config ./cluster/cluster.toml
+    ppml train --config ./cluster/cluster.toml --datasets ID1 ID2 --mlp 4,16,3 \\
+        --epochs 5 --batch-size 32 --lr 0.1 --reveal-metrics   # progress bar, then model id
+    ppml jobs list --config ./cluster/cluster.toml
+    ppml jobs show JOB --config ./cluster/cluster.toml   # or: ppml jobs cancel JOB ...
+    ppml evaluate --config ./cluster/cluster.toml --model MODEL --dataset ID
+    ppml models export MODEL --config ./cluster/cluster.toml --out weights.pt
     ppml cluster down --dir ./cluster
 
-Every input and weight is secret-shared on this machine before it is sent;
-server i only ever receives share i. SDK errors print one line and exit 1.
+Every input, weight and data row is secret-shared on this machine before it
+is sent; server i only ever receives share i. SDK errors print one line and
+exit 1.
 """
 
 from __future__ import annotations
@@ -23,12 +35,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from ppml.client.cluster import Cluster
+from ppml.client import cli_training
+from ppml.client.cli_common import CliError
+from ppml.client.cli_common import connect as _connect
+from ppml.client.cli_common import table as _table
 from ppml.client.errors import PpmlClientError
 from ppml.proto.status import StatusReport
 from ppml.servers.config import load_config
@@ -36,26 +51,6 @@ from ppml.servers.local import LocalCluster, wait_serving, write_local_topology
 
 PIDS_FILE = "pids.json"
 STOP_GRACE_S = 10.0
-
-
-class CliError(Exception):
-    """A user-facing error of the command line itself (bad input file, busy directory)."""
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned plain-text table."""
-    cells = [list(map(str, header)), *[list(map(str, row)) for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _connect(args: argparse.Namespace, monitor: bool = False) -> Cluster:
-    return Cluster.from_config(args.config, insecure=args.insecure, monitor=monitor)
 
 
 def _is_running(pid: int) -> bool:
@@ -342,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[client], help="health and counters per server")
     status.set_defaults(func=cmd_cluster_status)
 
-    models = groups.add_parser("models", help="list, share and delete secret-shared models")
+    models = groups.add_parser("models", help="list, share, export and delete secret-shared models")
     sub = models.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", parents=[client], help="models on the cluster")
     listing.set_defaults(func=cmd_models_list)
@@ -353,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", parents=[client], help="delete a model everywhere")
     delete.add_argument("id")
     delete.set_defaults(func=cmd_models_delete)
+    models_sub = sub
+
+    cli_training.register(groups, client, models_sub)
 
     predict = groups.add_parser("predict", parents=[client], help="encrypted prediction")
     predict.add_argument("--model", required=True, help="model id")

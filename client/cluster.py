@@ -411,11 +411,15 @@ class Cluster:
         if isinstance(datasets, str):
             raise InvalidTrainingJob("datasets must be a list of dataset ids")
         if sample_input is None and isinstance(model, torch.nn.Module) and datasets:
-            info = self._servers[0].datasets.GetDataset(
-                datasets_pb2.GetDatasetRequest(dataset_id=datasets[0]),
-                timeout=self.timeout,
-                metadata=self._metadata,
-            )
+            first = self._servers[0]
+            try:
+                info = first.datasets.GetDataset(
+                    datasets_pb2.GetDatasetRequest(dataset_id=datasets[0]),
+                    timeout=self.timeout,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, first.name) from None
             sample_input = torch.zeros(1, *info.feature_shape)
             try:
                 with torch.no_grad():
@@ -478,9 +482,13 @@ class Cluster:
     def job(self, job_id: str, model_id: str = "") -> TrainingJob:
         """A handle on an existing job (e.g. one started from another process)."""
         if not model_id:
-            reply = self._servers[0].training.GetJob(
-                training_pb2.GetJobRequest(job_id=job_id), timeout=30, metadata=self._metadata
-            )
+            first = self._servers[0]
+            try:
+                reply = first.training.GetJob(
+                    training_pb2.GetJobRequest(job_id=job_id), timeout=30, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, first.name) from None
             model_id = reply.model_id
         return TrainingJob(
             job_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from ppml.training.datasets import load_builtin, partition
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -150,6 +153,59 @@ def test_unknown_model_is_a_one_line_error(cluster: RunningCluster, tmp_path: Pa
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no-such-model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_commands(cluster: RunningCluster, tmp_path: Path) -> None:
+    """Share iris as 2 owners, train 1 epoch in MPC, inspect, evaluate, export."""
+    config = ("--config", cluster.config)
+    share = ppml("data", "share", *config, "--builtin", "iris", "--partition", "2")
+    assert share.returncode == 0, share.stderr
+    parts = share.stdout.split()
+    assert len(parts) == 2
+    listed = ppml("data", "list", *config)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[2:]}
+    assert [rows[p][1] for p in parts] == ["iris-0", "iris-1"]
+    assert sum(int(rows[p][3]) for p in parts) == 150  # rows
+
+    hyper = ["--epochs", "1", "--batch-size", "64", "--lr", "0.1", "--reveal-metrics"]
+    train = ppml("train", *config, "--datasets", *parts, "--mlp", "4,3", *hyper)
+    assert train.returncode == 0, train.stderr
+    model_id = train.stdout.strip()
+    last = [line for line in train.stderr.splitlines() if line.startswith("epoch 1/1")][-1]
+    for part in ("batch 3/3", "100%", "samples/s", "loss ", "succeeded"):
+        assert part in last, train.stderr
+
+    models = ppml("models", "list", *config)
+    assert model_id in [line.split()[0] for line in models.stdout.splitlines()[2:]]
+    jobs = ppml("jobs", "list", *config)
+    job = next(line.split() for line in jobs.stdout.splitlines()[2:] if model_id in line)
+    assert job[3:5] == ["succeeded", "3/3"], jobs.stdout
+
+    evaluate = ppml("evaluate", *config, "--model", model_id, "--dataset", parts[0])
+    assert evaluate.returncode == 0, evaluate.stderr
+    match = re.fullmatch(r"accuracy (\S+) \((\d+)/75 rows correct\)", evaluate.stdout.strip())
+    assert match, evaluate.stdout
+    export = ppml("models", "export", model_id, *config, "--out", tmp_path / "w.pt")
+    assert export.returncode == 0, export.stderr
+    trained = nn.Sequential(nn.Linear(4, 3))
+    trained.load_state_dict(torch.load(tmp_path / "w.pt"))
+    owner0 = partition(load_builtin("iris"), 2, "iid", seed=0)[0]  # the CLI's default split
+    with torch.no_grad():
+        predicted = trained(torch.from_numpy(owner0.features).float()).argmax(1).numpy()
+    assert abs(int((predicted == owner0.labels).sum()) - int(match[2])) <= 2  # fixed point
+
+    (tmp_path / "bad.csv").write_text("a,b,label\n1,2,0\n3,nan,1\n")
+    bad = ppml("data", "share", *config, "--csv", tmp_path / "bad.csv")
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "bad.csv" in bad.stderr and "NaN" in bad.stderr
+
+    cancel = ppml("jobs", "cancel", job[0], *config)
+    assert cancel.returncode == 1
+    assert (
+        cancel.stderr.strip() == f"ppml: error: job {job[0]} already succeeded; nothing to cancel"
+    )
 
 
 def test_down_stops_every_process(cluster: RunningCluster) -> None:

@@ -1,0 +1,31 @@
+"""Pieces shared by the ``ppml`` command modules (:mod:`ppml.client.cli`, ``cli_training``).
+
+They live here, not in ``cli.py``: ``python -m ppml.client.cli`` runs that file
+as ``__main__``, so a command module importing ``ppml.client.cli`` would get a
+second copy whose :class:`CliError` the entry point would not catch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ppml.client.cluster import Cluster
+
+
+class CliError(Exception):
+    """A user-facing error of the command line itself (bad input file, busy directory)."""
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned plain-text table."""
+    cells = [list(map(str, header)), *[list(map(str, row)) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def connect(args: argparse.Namespace, monitor: bool = False) -> Cluster:
+    """A client of the cluster named by ``--config`` / ``--insecure``."""
+    return Cluster.from_config(args.config, insecure=args.insecure, monitor=monitor)

@@ -1,0 +1,513 @@
+"""``ppml data``, ``train``, ``jobs``, ``evaluate`` and ``models export``: secret-shared training.
+
+Registered on the one ``ppml`` parser by :func:`register` (see :mod:`ppml.client.cli`).
+Data files are read and checked on this machine; only shares leave it. A
+training job runs on the servers: ``ppml train`` follows it with a progress
+bar, and Ctrl-C stops the watching, never the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import sys
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from ppml.client.cli_common import CliError, connect, table
+from ppml.client.cluster import Cluster
+from ppml.client.dataset_upload import as_dataset
+from ppml.client.errors import PpmlClientError
+from ppml.client.training_job import Progress, TrainingJob
+from ppml.proto.jobs import LOSSES, OPTIMIZERS, JobInfo
+from ppml.training.datasets import (
+    BUILTINS,
+    Dataset,
+    DatasetError,
+    load_builtin,
+    load_csv,
+    partition,
+)
+from ppml.training.loaders import load_har, load_mnist_idx
+
+SCHEMES = ("iid", "label_skew", "quantity_skew")
+PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal
+BAR_WIDTH = 24
+
+# ------------------------------------------------------------------ data
+
+
+def _existing(path: str, what: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"{what} {file} does not exist")
+    return file
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise CliError(f"{path} is not an .npz archive (np.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                found = ", ".join(archive.files) or "none"
+                raise CliError(f"{path} has no array {missing[0]!r} (arrays: {found})")
+            return archive["x"], archive["y"]
+    except (OSError, ValueError) as exc:  # not a zip, or pickled object arrays
+        raise CliError(f"cannot read {path} as .npz: {exc}") from None
+
+
+def _read_source(args: argparse.Namespace) -> tuple[Dataset | np.ndarray, np.ndarray | None]:
+    """The data named on the command line: a checked Dataset, or npz arrays (x, y)."""
+    try:
+        if args.builtin:
+            return load_builtin(args.builtin), None
+        if args.csv:
+            column = args.label_column
+            label_column: int | str = int(column) if column.lstrip("-").isdigit() else column
+            path = _existing(args.csv, "CSV file")
+            try:
+                return load_csv(path, label_column), None
+            except DatasetError as exc:  # name the file, not just its stem
+                text = str(exc)
+                if text.startswith(f"{path.stem}: "):
+                    raise DatasetError(f"{path}: {text.removeprefix(f'{path.stem}: ')}") from None
+                raise
+        if args.har:
+            if not Path(args.har).is_dir():
+                raise CliError(f"HAR folder {args.har} does not exist")
+            return load_har(args.har, args.split)[0], None
+        if args.mnist_images:
+            if not args.mnist_labels:
+                raise CliError("--mnist-images needs --mnist-labels")
+            return load_mnist_idx(args.mnist_images, args.mnist_labels), None
+        return _load_npz(_existing(args.npz, "npz file"))
+    except (OSError, csv.Error) as exc:
+        raise CliError(f"cannot read the data: {exc}") from None
+
+
+def cmd_data_share(args: argparse.Namespace) -> int:
+    if args.har and not args.split:
+        raise CliError("--har needs --split train|test")
+    source, labels = _read_source(args)
+    data, shape = as_dataset(source, labels)  # NaN/inf, label range: one line, exit 1
+    name = args.name or data.name or (Path(args.npz).stem if args.npz else "")
+    if args.partition is None:
+        parts, names, ids = [data], [name], [args.id]
+    else:
+        parts = partition(data, args.partition, args.scheme, args.alpha, args.seed)
+        names = [f"{name}-{i}" for i in range(len(parts))]
+        ids = [f"{args.id}-{i}" if args.id else None for i in range(len(parts))]
+    shared: list[str] = []
+    with connect(args) as cluster:
+        try:
+            for part, part_name, part_id in zip(parts, names, ids, strict=True):
+                dataset_id = cluster.share_dataset(
+                    part.features.reshape(part.rows, *shape),
+                    part.labels,
+                    name=part_name,
+                    num_classes=data.num_classes,  # every owner's part: the same classes
+                    dataset_id=part_id,
+                    allow=tuple(args.allow),
+                    scaling=args.scaling,
+                )
+                shared.append(dataset_id)
+                print(
+                    f"shared {part_name or dataset_id}: {part.rows} rows, "
+                    f"{'x'.join(map(str, shape))} features, {data.num_classes} classes",
+                    file=sys.stderr,
+                )
+                print(dataset_id, flush=True)
+        except (PpmlClientError, KeyboardInterrupt):
+            for dataset_id in shared:  # all parts or none
+                try:
+                    cluster.delete_dataset(dataset_id)
+                except PpmlClientError:
+                    print(f"ppml: could not delete {dataset_id}", file=sys.stderr)
+            raise
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        listings = cluster.list_datasets()
+    if not listings:
+        print("no data sets")
+        return 0
+    rows = [
+        [
+            d.meta.dataset_id,
+            d.meta.name or "-",
+            d.meta.owner,
+            d.meta.rows,
+            "x".join(map(str, d.meta.feature_shape)),
+            d.meta.num_classes,
+            ",".join(d.meta.allowed) or "owner only",
+            "yes" if d.complete else f"no (only {', '.join(d.servers)})",
+        ]
+        for d in sorted(listings, key=lambda d: d.meta.created_unix_ms)
+    ]
+    header = ["id", "name", "owner", "rows", "features", "classes", "allowed", "complete"]
+    print(table(header, rows))
+    return 0
+
+
+def cmd_data_delete(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        cluster.delete_dataset(args.id)
+    print(f"deleted {args.id}")
+    return 0
+
+
+# ------------------------------------------------------------------ train
+
+
+def mlp(sizes: str, seed: int) -> nn.Sequential:
+    """``"64,32,10"`` -> Linear(64, 32), ReLU, Linear(32, 10), seeded initial weights."""
+    try:
+        widths = [int(v) for v in sizes.split(",")]
+    except ValueError:
+        raise CliError(f"--mlp {sizes!r}: expected comma-separated layer sizes") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise CliError(f"--mlp {sizes!r}: need at least input and output sizes, all >= 1")
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        layers += [nn.ReLU()] if i else []
+        layers.append(nn.Linear(fan_in, fan_out))
+    return nn.Sequential(*layers)
+
+
+def _progress_text(event: Progress, epochs: int, loss: float | None, acc: float | None) -> str:
+    if event.state == "queued" or not event.steps_total:
+        return f"{event.state}..."
+    fraction = min(1.0, event.steps_done / event.steps_total)
+    per_epoch = max(1, event.steps_total // max(1, epochs))
+    epoch = event.epoch or min(epochs, event.steps_done // per_epoch + 1)
+    batch = event.batch or event.steps_done - (epoch - 1) * per_epoch
+    filled = round(fraction * BAR_WIDTH)
+    parts = [
+        f"epoch {epoch}/{epochs} batch {batch}/{per_epoch}",
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%}",
+        f"{event.samples_per_s:.1f} samples/s",
+    ]
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}")
+    if acc is not None:
+        parts.append(f"accuracy {acc:.3f}")
+    if event.finished:
+        parts.append(event.state)
+    return "  ".join(parts)
+
+
+def follow(job: TrainingJob, epochs: int, out: TextIO | None = None) -> Progress | None:
+    """Show ``job``'s progress on ``out`` until it ends; returns the last event seen.
+
+    On a terminal, one line rewritten with ``\\r``; otherwise plain lines, at
+    most one every few seconds plus one per state change and revealed metric.
+    """
+    out = out or sys.stderr
+    tty = out.isatty()
+    loss = acc = None
+    last: Progress | None = None
+    width, printed_at = 0, 0.0
+    try:
+        for event in job.progress():
+            loss = event.loss if event.loss is not None else loss
+            acc = event.accuracy if event.accuracy is not None else acc
+            text = _progress_text(event, epochs, loss, acc)
+            if tty:
+                out.write("\r" + text.ljust(width))
+                width = max(width, len(text))
+            elif (
+                last is None
+                or event.state != last.state
+                or event.loss is not None
+                or time.monotonic() - printed_at >= PLAIN_EVERY_S
+            ):
+                out.write(text + "\n")
+                printed_at = time.monotonic()
+            out.flush()
+            last = event
+    finally:
+        if tty and width:
+            out.write("\n")
+            out.flush()
+    return last
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    sample = None
+    if args.onnx:
+        model: nn.Module | str = str(_existing(args.onnx, "ONNX file"))
+    else:
+        model = mlp(args.mlp, args.seed if args.seed is not None else 0)
+        # Its input width is known: the servers, not a lookup here, check the data sets.
+        sample = torch.zeros(1, int(args.mlp.split(",")[0]))
+    flags = f"--config {args.config}" + (" --insecure" if args.insecure else "")
+    with connect(args) as cluster:
+        job = cluster.train(
+            model,
+            args.datasets,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            loss=args.loss,
+            optimizer=args.optimizer,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            validation=args.validation,
+            reveal_metrics=args.reveal_metrics,
+            standardize=args.standardize,
+            seed=args.seed,
+            name=args.name or "",
+            model_id=args.model_id,
+            sample_input=sample,
+        )
+        if args.detach:
+            print(job.job_id)
+            print(f"follow it: ppml jobs show {job.job_id} {flags}", file=sys.stderr)
+            return 0
+        print(f"job {job.job_id} started (model {job.model_id})", file=sys.stderr)
+        try:
+            try:
+                follow(job, args.epochs)
+            except PpmlClientError as exc:  # lost the stream: the job may still be fine
+                print(f"ppml: progress stream lost ({exc}); waiting", file=sys.stderr)
+            model_id = job.result()  # raises TrainingFailed / TrainingCancelled: exit 1
+        except KeyboardInterrupt:
+            print(
+                f"\nstopped watching; job {job.job_id} keeps running on the servers.\n"
+                f"  status: ppml jobs show {job.job_id} {flags}\n"
+                f"  cancel: ppml jobs cancel {job.job_id} {flags}",
+                file=sys.stderr,
+            )
+            return 130
+    print(model_id)
+    return 0
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def _job(cluster: Cluster, job_id: str) -> TrainingJob:
+    # A model id up front skips Cluster.job's own lookup on one server (whose
+    # raw gRPC error would not be one line); status() asks every server.
+    return cluster.job(job_id, model_id="-")
+
+
+def _when(unix_ms: int) -> str:
+    if not unix_ms:
+        return "-"
+    return datetime.fromtimestamp(unix_ms / 1000).isoformat(sep=" ", timespec="seconds")
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        infos = cluster.list_jobs()
+    if not infos:
+        print("no jobs")
+        return 0
+    rows = [
+        [
+            i.job_id,
+            i.name or "-",
+            i.owner,
+            i.state.value,
+            f"{i.steps_done}/{i.steps_total}",
+            f"{i.samples_per_s:.1f}",
+            i.model_id,
+        ]
+        for i in infos
+    ]
+    header = ["id", "name", "owner", "state", "progress", "samples/s", "model"]
+    print(table(header, rows))
+    return 0
+
+
+def _details(info: JobInfo, states: dict[str, str]) -> list[tuple[str, object]]:
+    spec = info.spec
+    training = (
+        f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''}, batch {spec.batch_size}, "
+        f"{spec.optimizer} lr {spec.lr:g}, "
+        f"momentum {spec.momentum:g}, weight decay {spec.weight_decay:g}, loss {spec.loss}"
+    )
+    options = f"standardize={spec.standardize} reveal_metrics={spec.reveal_metrics}"
+    progress = (
+        f"{info.steps_done}/{info.steps_total} steps, {info.samples_done} samples, "
+        f"{info.samples_per_s:.1f} samples/s"
+    )
+    return [
+        ("job", info.job_id),
+        ("name", info.name or "-"),
+        ("owner", info.owner),
+        ("state", info.state.value + (f" ({info.reason})" if info.reason else "")),
+        ("servers", ", ".join(f"{name}={state}" for name, state in states.items())),
+        ("model", info.model_id),
+        ("architecture", info.architecture.describe()),
+        ("datasets", f"{', '.join(spec.dataset_ids)} ({info.rows} rows)"),
+        ("validation", spec.validation_id or "-"),
+        ("training", training),
+        ("options", f"{options} seed={spec.seed}"),
+        ("progress", progress),
+        ("created", _when(info.created_unix_ms)),
+        ("started", _when(info.started_unix_ms)),
+        ("finished", _when(info.finished_unix_ms)),
+    ]
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        job = _job(cluster, args.id)
+        status = job.status()
+        metrics = job.metrics() if status.info.spec.reveal_metrics else []
+    for key, value in _details(status.info, status.states):
+        print(f"{key + ':':<14}{value}")
+    if metrics:
+        print("metrics (reconstructed here; visible to the owner only):")
+        rows = [
+            [m.epoch, f"{m.loss:.4f}", "-" if m.accuracy is None else f"{m.accuracy:.4f}"]
+            for m in metrics
+        ]
+        print(table(["epoch", "loss", "val accuracy"], rows))
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        job = _job(cluster, args.id)
+        before = job.status().state
+        if before in ("succeeded", "failed", "cancelled"):
+            raise CliError(f"job {args.id} already {before}; nothing to cancel")
+        after = job.cancel().state
+    if after != "cancelled":  # it ended on its own meanwhile
+        raise CliError(f"job {args.id} {after} before it could be cancelled")
+    print(f"cancelled {args.id}")
+    return 0
+
+
+# ------------------------------------------------------------------ models
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CliError(f"folder {out.parent} does not exist")
+    with connect(args) as cluster:
+        exported = cluster.export_model(args.id)
+    try:
+        torch.save(exported.weights, out)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc}") from None
+    print(f"wrote {out}: {exported.meta.architecture.describe()}, {len(exported.weights)} tensors")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    with connect(args) as cluster:
+        result = cluster.evaluate(args.model, args.dataset)
+    print(f"accuracy {result.accuracy:.4f} ({result.correct}/{result.rows} rows correct)")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _data_parser(groups: Any, client: argparse.ArgumentParser) -> None:
+    data = groups.add_parser("data", help="share, list and delete secret-shared data sets")
+    sub = data.add_subparsers(dest="command", required=True)
+    share = sub.add_parser("share", parents=[client], help="secret-share a labelled data set")
+    source = share.add_mutually_exclusive_group(required=True)
+    source.add_argument("--builtin", choices=BUILTINS, help="a scikit-learn data set")
+    source.add_argument("--csv", help="numeric CSV with one integer label column")
+    source.add_argument("--har", metavar="DIR", help="UCI HAR folder (with --split)")
+    source.add_argument("--mnist-images", metavar="P", help="MNIST IDX images (with labels)")
+    source.add_argument("--npz", help=".npz with arrays x (features) and y (labels)")
+    share.add_argument("--label-column", default="-1", help="CSV label column: index or name")
+    share.add_argument("--split", choices=("train", "test"), help="HAR split")
+    share.add_argument("--mnist-labels", metavar="P", help="MNIST IDX labels")
+    share.add_argument("--name", help="display name (default: the data set's)")
+    share.add_argument("--id", help="data set id (default: random; ID-0.. with --partition)")
+    share.add_argument(
+        "--allow", nargs="+", default=["*"], metavar="ID", help="who may use it (default: *)"
+    )
+    share.add_argument("--scaling", default="", help="public note on scaling you applied")
+    share.add_argument("--partition", type=int, metavar="K", help="split across K owners")
+    share.add_argument("--scheme", choices=SCHEMES, default="iid", help="how to split")
+    share.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of skews")
+    share.add_argument("--seed", type=int, default=0, help="seed of the split")
+    share.set_defaults(func=cmd_data_share)
+    listing = sub.add_parser("list", parents=[client], help="data sets on the cluster")
+    listing.set_defaults(func=cmd_data_list)
+    delete = sub.add_parser("delete", parents=[client], help="delete a data set (owner only)")
+    delete.add_argument("id")
+    delete.set_defaults(func=cmd_data_delete)
+
+
+def _train_parser(groups: Any, client: argparse.ArgumentParser) -> None:
+    train = groups.add_parser("train", parents=[client], help="train a model in MPC")
+    train.add_argument("--datasets", nargs="+", required=True, metavar="ID")
+    model = train.add_mutually_exclusive_group(required=True)
+    model.add_argument("--onnx", help="initial model as an ONNX file")
+    model.add_argument("--mlp", metavar="SIZES", help="Linear/ReLU MLP, e.g. 64,32,10")
+    train.add_argument("--epochs", type=int, required=True)
+    train.add_argument("--batch-size", type=int, required=True)
+    train.add_argument("--lr", type=float, required=True, help="learning rate")
+    train.add_argument("--loss", choices=LOSSES, default="cross_entropy")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    train.add_argument("--momentum", type=float, default=0.0)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--validation", metavar="ID", help="data set for per-epoch accuracy")
+    train.add_argument(
+        "--reveal-metrics", action="store_true", help="show loss/accuracy (to you only)"
+    )
+    train.add_argument("--standardize", action="store_true", help="standardize features in MPC")
+    train.add_argument("--seed", type=int, help="shuffling and --mlp initial weights")
+    train.add_argument("--name", help="job and model display name")
+    train.add_argument("--model-id", help="id of the trained model (default: JOB-model)")
+    train.add_argument("--detach", action="store_true", help="print the job id and return")
+    train.set_defaults(func=cmd_train)
+
+
+def register(groups: Any, client: argparse.ArgumentParser, models: Any) -> None:
+    """Add the training commands to ``ppml``'s parser.
+
+    ``groups``: the top-level subparsers; ``client``: the parent parser with
+    ``--config``/``--insecure``; ``models``: the ``ppml models`` subparsers.
+    """
+    _data_parser(groups, client)
+    _train_parser(groups, client)
+
+    jobs = groups.add_parser("jobs", help="list, inspect and cancel training jobs")
+    sub = jobs.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", parents=[client], help="training jobs on the cluster")
+    listing.set_defaults(func=cmd_jobs_list)
+    show = sub.add_parser("show", parents=[client], help="one job, per-server states, metrics")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_jobs_show)
+    cancel = sub.add_parser("cancel", parents=[client], help="stop a running job everywhere")
+    cancel.add_argument("id")
+    cancel.set_defaults(func=cmd_jobs_cancel)
+
+    export = models.add_parser(
+        "export", parents=[client], help="reconstruct a model's weights here (owner only)"
+    )
+    export.add_argument("id")
+    export.add_argument("--out", required=True, help="file for torch.save of the state dict")
+    export.set_defaults(func=cmd_models_export)
+
+    evaluate = groups.add_parser(
+        "evaluate", parents=[client], help="accuracy of a model on a shared data set"
+    )
+    evaluate.add_argument("--model", required=True, help="model id")
+    evaluate.add_argument("--dataset", required=True, help="data set id")
+    evaluate.set_defaults(func=cmd_evaluate)
