@@ -2,14 +2,17 @@
 
 A :class:`LiveSource` holds one TLS channel per compute server (from the same
 topology file as the SDK) and, every refresh, asks each server in parallel for
-its ``grpc.health.v1`` state, its status report and its models' public
-metadata, with the read-only ``monitor`` token and short timeouts. A server
-that does not answer becomes a :class:`ServerSnapshot` with ``error`` set;
-the others are still shown. Only read-only RPCs are called (Check, GetStatus,
-ListModels): the monitor role may not call anything else.
+its ``grpc.health.v1`` state, its status report and the public metadata of
+its models, data sets and training jobs, with the read-only ``monitor`` token
+and short timeouts. A server that does not answer becomes a
+:class:`ServerSnapshot` with ``error`` set; the others are still shown, and a
+server too old to offer a service (UNIMPLEMENTED) just contributes no rows to
+it. Only read-only RPCs are called (Check, GetStatus, ListModels,
+ListDatasets, ListJobs): the monitor role may not call anything else.
 
 Snapshots round-trip through JSON (the status and model messages in
-protobuf's JSON form), so a :class:`ReplaySource` can play recorded snapshots
+protobuf's JSON form, data sets and jobs as the plain records of
+:mod:`ppml.dashboard.records`), so a :class:`ReplaySource` can play recorded snapshots
 back: that is how the rendering is tested without a cluster.
 """
 
@@ -18,22 +21,32 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ppml.dashboard import records
 from ppml.proto import serde
 from ppml.proto.architecture import ModelMeta
 from ppml.proto.errors import PpmlError
 from ppml.proto.status import StatusReport
 from ppml.servers.config import load_config
 from ppml.servers.grpc_server import client_channel
-from ppml.v1 import registry_pb2, registry_pb2_grpc, status_pb2, status_pb2_grpc
+from ppml.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 
 TIMEOUT_S = 1.5
 # Retry a dead server every ~2 s (gRPC's default backoff grows to 2 min), so a
@@ -49,6 +62,7 @@ HEALTH_NAMES = {
     health_pb2.HealthCheckResponse.UNKNOWN: "UNKNOWN",
 }
 UNREACHABLE = "UNREACHABLE"
+_T = TypeVar("_T")
 _TRANSPORT_PREFIX = re.compile(r"^[A-Z_]+: (?:ipv[46]|unix|dns):\S+?: ")
 
 
@@ -62,7 +76,9 @@ class ServerSnapshot:
     health: str  # SERVING | NOT_SERVING | UNKNOWN | UNREACHABLE
     status: StatusReport | None = None
     models: tuple[ModelMeta, ...] = ()
-    error: str = ""  # why status or models could not be read; "" when all went well
+    # why something could not be read, "; "-joined parts like "models: UNAVAILABLE: ..."
+    # (status, models, datasets, jobs); "" when all went well
+    error: str = ""
 
     @property
     def up(self) -> bool:
@@ -72,14 +88,21 @@ class ServerSnapshot:
     def reachable(self) -> bool:
         return self.health != UNREACHABLE
 
+    def answered(self, what: str) -> bool:
+        """Whether ``what`` ("status", "models", "datasets" or "jobs") could be read."""
+        if not self.reachable or self.error.startswith("dashboard:"):
+            return False
+        return not any(part.startswith(f"{what}:") for part in self.error.split("; "))
+
 
 @dataclass(frozen=True)
 class ClusterSnapshot:
     """Every server's snapshot at one refresh, in rank order.
 
-    ``datasets`` and ``training_jobs`` hold rows of public metadata once the
-    cluster offers those services; until then they stay empty and the page
-    says so.
+    ``datasets`` and ``training_jobs`` hold one record per server and data set
+    (or job) that server listed, in rank order (see
+    :mod:`ppml.dashboard.records`); empty when no server offers the service,
+    and in snapshots recorded before it existed.
     """
 
     cluster: str
@@ -115,7 +138,22 @@ def _describe_rpc_error(err: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'ERROR'}: {details[:300]}"
 
 
-_Calls = tuple[grpc.Future, grpc.Future, grpc.Future]  # health, status, models
+def _describe_failure(what: str, err: grpc.RpcError) -> str:
+    if hasattr(err, "code") and err.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{what}: UNIMPLEMENTED (this server version does not offer it)"
+    return f"{what}: {_describe_rpc_error(err)}"
+
+
+_Calls = tuple[grpc.Future, ...]  # health, status, models, datasets, jobs
+
+
+@dataclass(frozen=True)
+class _Collected:
+    """One server's answers: its snapshot, and its data sets' and jobs' records."""
+
+    server: ServerSnapshot
+    datasets: list[records.Record] = field(default_factory=list)
+    jobs: list[records.Record] = field(default_factory=list)
 
 
 @dataclass
@@ -127,11 +165,15 @@ class _Endpoint:
     health: health_pb2_grpc.HealthStub = field(init=False)
     status: status_pb2_grpc.StatusStub = field(init=False)
     registry: registry_pb2_grpc.ModelRegistryStub = field(init=False)
+    datasets: datasets_pb2_grpc.DatasetRegistryStub = field(init=False)
+    training: training_pb2_grpc.TrainingStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.status = status_pb2_grpc.StatusStub(self.channel)
         self.registry = registry_pb2_grpc.ModelRegistryStub(self.channel)
+        self.datasets = datasets_pb2_grpc.DatasetRegistryStub(self.channel)
+        self.training = training_pb2_grpc.TrainingStub(self.channel)
 
 
 class LiveSource:
@@ -164,16 +206,24 @@ class LiveSource:
         """Ask every server at once; never raises."""
         taken_at = time.time()
         calls = [(e, self._start(e)) for e in self._endpoints]  # all in flight at once
-        servers = tuple(self._collect_safely(e, c) for e, c in calls)
-        return ClusterSnapshot(self.cluster_name, self.dealer_name, taken_at, servers)
+        collected = [self._collect_safely(e, c) for e, c in calls]
+        return ClusterSnapshot(
+            self.cluster_name,
+            self.dealer_name,
+            taken_at,
+            tuple(c.server for c in collected),
+            tuple(r for c in collected for r in c.datasets),
+            tuple(r for c in collected for r in c.jobs),
+        )
 
-    def _collect_safely(self, e: _Endpoint, calls: _Calls | Exception) -> ServerSnapshot:
+    def _collect_safely(self, e: _Endpoint, calls: _Calls | Exception) -> _Collected:
         try:
             if isinstance(calls, Exception):
                 raise calls
             return self._collect(e, *calls)
         except Exception as exc:  # a bug or odd reply must not take the page down
-            return ServerSnapshot(e.name, e.rank, e.address, "UNKNOWN", error=f"dashboard: {exc!r}")
+            error = f"dashboard: {exc!r}"
+            return _Collected(ServerSnapshot(e.name, e.rank, e.address, "UNKNOWN", error=error))
 
     def _start(self, e: _Endpoint) -> _Calls | Exception:
         kwargs: dict[str, Any] = {"timeout": self.timeout, "metadata": self._metadata}
@@ -182,46 +232,64 @@ class LiveSource:
                 e.health.Check.future(health_pb2.HealthCheckRequest(), timeout=self.timeout),
                 e.status.GetStatus.future(status_pb2.GetStatusRequest(), **kwargs),
                 e.registry.ListModels.future(registry_pb2.ListModelsRequest(), **kwargs),
+                e.datasets.ListDatasets.future(datasets_pb2.ListDatasetsRequest(), **kwargs),
+                e.training.ListJobs.future(training_pb2.ListJobsRequest(), **kwargs),
             )
         except Exception as exc:
             return exc
 
     def _collect(
-        self, e: _Endpoint, health: grpc.Future, status: grpc.Future, models: grpc.Future
-    ) -> ServerSnapshot:
+        self,
+        e: _Endpoint,
+        health: grpc.Future,
+        status: grpc.Future,
+        models: grpc.Future,
+        datasets: grpc.Future,
+        jobs: grpc.Future,
+    ) -> _Collected:
         errors: list[str] = []
         try:
             state = HEALTH_NAMES.get(health.result().status, "UNKNOWN")
         except grpc.RpcError as err:
             state = UNREACHABLE
             errors.append(f"health: {_describe_rpc_error(err)}")
-        report: StatusReport | None = None
-        metas: tuple[ModelMeta, ...] = ()
-        try:
-            report = serde.status_from_proto(status.result())
-        except grpc.RpcError as err:
-            errors.append(f"status: {_describe_rpc_error(err)}")
-        try:
-            metas = tuple(_models_from_reply(models.result()))
-        except grpc.RpcError as err:
-            errors.append(f"models: {_describe_rpc_error(err)}")
-        if state == UNREACHABLE:  # one line is enough: the same failure three times
+        report: StatusReport | None = _read("status", status, serde.status_from_proto, None, errors)
+        metas: tuple[ModelMeta, ...] = _read("models", models, _models_from_reply, (), errors)
+        dataset_records: list[records.Record] = _read(
+            "datasets", datasets, lambda r: records.datasets_from_reply(e.name, r), [], errors
+        )
+        job_records: list[records.Record] = _read(
+            "jobs", jobs, lambda r: records.jobs_from_reply(e.name, r), [], errors
+        )
+        if state == UNREACHABLE:  # one line is enough: the same failure every time
             errors = errors[:1]
-        return ServerSnapshot(e.name, e.rank, e.address, state, report, metas, "; ".join(errors))
+        server = ServerSnapshot(e.name, e.rank, e.address, state, report, metas, "; ".join(errors))
+        return _Collected(server, dataset_records, job_records)
 
     def close(self) -> None:
         for e in self._endpoints:
             e.channel.close()
 
 
-def _models_from_reply(reply: registry_pb2.ListModelsResponse) -> list[ModelMeta]:
+def _read(
+    what: str, call: grpc.Future, parse: Callable[[Any], _T], default: _T, errors: list[str]
+) -> _T:
+    """``call``'s reply, parsed; ``default`` (and a line in ``errors``) if the call failed."""
+    try:
+        return parse(call.result())
+    except grpc.RpcError as err:
+        errors.append(_describe_failure(what, err))
+        return default
+
+
+def _models_from_reply(reply: registry_pb2.ListModelsResponse) -> tuple[ModelMeta, ...]:
     metas = []
     for info in reply.models:
         try:
             metas.append(serde.model_meta_from_proto(info))
         except PpmlError:  # a malformed entry must not hide the others
             continue
-    return metas
+    return tuple(metas)
 
 
 # ---------------------------------------------------------------- recorded snapshots
@@ -279,8 +347,9 @@ def snapshot_from_json(data: dict[str, Any]) -> ClusterSnapshot:
         data["dealer"],
         float(data["taken_at"]),
         tuple(servers),
-        tuple(data.get("datasets", ())),
-        tuple(data.get("training_jobs", ())),
+        # absent from snapshots recorded before the dashboard read data sets and jobs
+        tuple(data.get("datasets") or ()),
+        tuple(data.get("training_jobs") or ()),
     )
 
 

@@ -1,13 +1,16 @@
-"""Tables of the latest snapshot (one row per server and model, job kind, ...)."""
+"""Tables of the latest snapshot (one row per server and model, job kind, data set, ...)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from ppml.dashboard import jobs
 from ppml.dashboard.data import ClusterSnapshot
+from ppml.dashboard.records import Record
 from ppml.proto.architecture import ModelMeta
 
 NONE = "—"  # an empty cell (a plain "-" would render as a Markdown bullet)
+INCOMPLETE = " (incomplete)"  # after "held by" when a server that answered lacks a share
 
 
 def model_names(snapshot: ClusterSnapshot) -> dict[str, str]:
@@ -171,7 +174,7 @@ def registry(snapshot: ClusterSnapshot) -> pd.DataFrame:
         for meta in s.models:
             metas.setdefault(meta.model_id, meta)
             holders.setdefault(meta.model_id, []).append(s.name)
-    reachable = sum(1 for s in snapshot.servers if s.reachable and "models:" not in s.error)
+    reachable = sum(1 for s in snapshot.servers if s.answered("models"))
     rows = []
     for model_id, meta in sorted(metas.items(), key=lambda kv: kv[1].created_unix_ms):
         a = meta.architecture
@@ -187,7 +190,98 @@ def registry(snapshot: ClusterSnapshot) -> pd.DataFrame:
                 "parameters": f"{meta.parameter_count:,}",
                 "created (UTC)": created.strftime("%Y-%m-%d %H:%M:%S"),
                 "held by": ", ".join(holders[model_id])
-                + ("" if len(holders[model_id]) >= reachable else " (incomplete)"),
+                + ("" if len(holders[model_id]) >= reachable else INCOMPLETE),
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- data sets and training
+
+
+def _utc(unix_ms: int) -> str:
+    if not unix_ms:
+        return NONE
+    return pd.Timestamp(unix_ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M:%S")
+
+
+DATASET_COLUMNS = [
+    "id",
+    "name",
+    "owner",
+    "rows",
+    "features",
+    "classes",
+    "held by",
+    "created (UTC)",
+]
+
+
+def datasets(snapshot: ClusterSnapshot) -> pd.DataFrame:
+    """One row per data set: public metadata, and which servers hold a share."""
+    first: dict[str, Record] = {}
+    holders: dict[str, list[str]] = {}
+    for record in snapshot.datasets:
+        dataset_id = str(record.get("dataset_id", ""))
+        first.setdefault(dataset_id, record)
+        holders.setdefault(dataset_id, []).append(str(record.get("server", "")))
+    answered = {s.name for s in snapshot.servers if s.answered("datasets")}
+    rows = []
+    for dataset_id, r in sorted(first.items(), key=lambda kv: kv[1].get("created_unix_ms", 0)):
+        held = holders[dataset_id]
+        rows.append(
+            {
+                "id": dataset_id,
+                "name": r.get("name") or NONE,
+                "owner": r.get("owner") or NONE,
+                "rows": int(r.get("rows", 0)),
+                "features": "x".join(map(str, r.get("feature_shape", []))) or NONE,
+                "classes": int(r.get("num_classes", 0)),
+                "held by": ", ".join(held) + ("" if answered <= set(held) else INCOMPLETE),
+                "created (UTC)": _utc(int(r.get("created_unix_ms", 0))),
+            }
+        )
+    return pd.DataFrame(rows, columns=DATASET_COLUMNS)
+
+
+JOB_COLUMNS = [
+    "name",
+    "id",
+    "owner",
+    "state",
+    "progress",
+    "steps",
+    "samples/s",
+    "epochs",
+    "batch size",
+    "loss",
+    "reveal metrics",
+    "data sets",
+    "reason",
+    "model id",
+]
+
+
+def training_jobs(snapshot: ClusterSnapshot) -> pd.DataFrame:
+    """One row per training job, active ones first; ``progress`` is a fraction (0..1)."""
+    rows = []
+    for job in jobs.cluster_jobs(snapshot):
+        rows.append(
+            {
+                "name": job.get("name") or NONE,
+                "id": job.job_id,
+                "owner": job.get("owner") or NONE,
+                "state": job.describe_states(),
+                "progress": round(job.progress, 4),
+                "steps": f"{job.get('steps_done', 0)}/{job.get('steps_total', 0)}",
+                "samples/s": round(float(job.get("samples_per_s", 0.0)), 1),
+                "epochs": int(job.get("epochs", 0)),
+                "batch size": int(job.get("batch_size", 0)),
+                "loss": job.get("loss") or NONE,
+                "reveal metrics": "yes" if job.get("reveal_metrics") else "no",
+                "data sets": ", ".join(job.get("dataset_ids", [])) or NONE,
+                "reason": job.describe_reason() or NONE,
+                "model id": job.get("model_id") or NONE,
+            }
+        )
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)

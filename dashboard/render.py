@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-from ppml.dashboard import charts, frames, history
+from ppml.dashboard import charts, frames, history, jobs
 from ppml.dashboard.data import ClusterSnapshot, ServerSnapshot
 
 DOWN_STYLE = "background-color: #fde0e0; color: #8b0000; font-weight: 600"
@@ -190,15 +190,57 @@ def render_registry(snapshot: ClusterSnapshot) -> None:
     else:
         st.table(_table(models), hide_index=True)
     st.subheader("Datasets")
-    if snapshot.datasets:
-        st.table(_table(pd.DataFrame(list(snapshot.datasets))), hide_index=True)
-    else:
+    data = frames.datasets(snapshot)
+    if data.empty:
         st.info("No datasets yet.")
-    st.subheader("Training jobs")
-    if snapshot.training_jobs:
-        st.table(_table(pd.DataFrame(list(snapshot.training_jobs))), hide_index=True)
     else:
+        styled = _table(data, (*FREE_TEXT, "id")).map(_held_style, subset=["held by"])
+        st.table(styled, hide_index=True)
+    render_training_jobs(snapshot)
+
+
+def _held_style(held_by: str) -> str:
+    return WARN_STYLE if held_by.endswith(frames.INCOMPLETE) else ""
+
+
+# ---------------------------------------------------------------- training jobs
+
+
+def _job_state_style(state: str) -> str:
+    """Red for a failure or servers that disagree, amber for a cancellation."""
+    if state.startswith("failed") or "(" in state:
+        return DOWN_STYLE
+    return WARN_STYLE if state.startswith("cancelled") else ""
+
+
+def render_training_jobs(snapshot: ClusterSnapshot) -> None:
+    st.subheader("Training jobs")
+    found = jobs.cluster_jobs(snapshot)
+    if not found:
         st.info("No training jobs yet.")
+        return
+    counts = jobs.count_states(found)
+    for column, (state, count) in zip(st.columns(len(counts)), counts.items(), strict=True):
+        column.metric(state, count)
+    for job in found:
+        if not job.agreed:
+            st.warning(
+                f"Training job **{escape_markdown(job.job_id)}**: the servers disagree on its "
+                f"state: {escape_markdown(job.describe_states())}",
+                icon=":material/warning:",
+            )
+    table = frames.training_jobs(snapshot)
+    # a data grid (its text is not Markdown, so nothing to escape) for the progress bars
+    st.dataframe(
+        table.style.map(_job_state_style, subset=["state"]),
+        hide_index=True,
+        column_config={
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0.0, max_value=1.0, format="percent"
+            ),
+            "samples/s": st.column_config.NumberColumn("samples/s", format="%.1f"),
+        },
+    )
 
 
 # ---------------------------------------------------------------- page

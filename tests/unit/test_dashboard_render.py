@@ -3,6 +3,8 @@
 Fixtures under ``fixtures/`` were recorded from a real 2-server cluster by
 ``fixtures/record_snapshots.py``: ``idle.json`` (nothing shared yet),
 ``traffic.json`` (two models serving) and ``server_down.json`` (server-1 killed).
+``training.json`` adds data sets and training jobs in every state to the end of
+``traffic.json`` (``fixtures/synthesise_training.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from streamlit.testing.v1 import AppTest
 
 from ppml.client import cli
-from ppml.dashboard import frames, history
+from ppml.dashboard import frames, history, jobs
 from ppml.dashboard.app import SOURCE_KEY, parse_args
 from ppml.dashboard.data import (
     ClusterSnapshot,
@@ -37,9 +40,20 @@ from ppml.dashboard.data import (
 )
 from ppml.dashboard.render import escape_markdown
 from ppml.proto import serde
+from ppml.proto.dataset_meta import DatasetMeta
+from ppml.proto.jobs import JobInfo, JobState, TrainingSpec
 from ppml.proto.status import JobCost, Latency, ModelServing, StatusReport
 from ppml.servers.local import free_port
-from ppml.v1 import registry_pb2, registry_pb2_grpc, status_pb2, status_pb2_grpc
+from ppml.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = Path(__file__).parents[2] / "dashboard" / "app.py"
@@ -75,6 +89,11 @@ def texts(elements: Any) -> str:
 @pytest.fixture(scope="module")
 def traffic() -> list[ClusterSnapshot]:
     return load_snapshots(FIXTURES / "traffic.json")
+
+
+@pytest.fixture(scope="module")
+def training() -> list[ClusterSnapshot]:
+    return load_snapshots(FIXTURES / "training.json")
 
 
 # ---------------------------------------------------------------- the page
@@ -140,6 +159,98 @@ def test_zero_traffic_shows_empty_states() -> None:
         assert empty in info
     assert not at.get("vega_lite_chart") or all(len(d) for d in charts(at).values())
     assert list(at.table[0].value["name"]) == ["server-0", "server-1", "dealer"]
+
+
+def test_snapshot_recorded_before_datasets_and_jobs_still_renders() -> None:
+    old = json.loads((FIXTURES / "idle.json").read_text())
+    for item in old:
+        del item["datasets"], item["training_jobs"]
+    snapshots = [snapshot_from_json(item) for item in old]
+    assert snapshots[0].datasets == () and snapshots[0].training_jobs == ()
+    at = run_app(snapshots)
+    info = texts(at.info)
+    assert "No datasets yet" in info and "No training jobs yet" in info
+    assert not at.dataframe and not at.warning
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_datasets_panel_flags_an_incomplete_share(training: list[ClusterSnapshot]) -> None:
+    at = run_app(training)
+    table = at.table[-1]
+    data = table.value.set_index("id")
+    assert list(data.index) == ["digits-train", "digits-val", "mnist-small"]
+    assert data.loc["digits-train", "held by"] == "server-0, server-1"
+    assert data.loc["mnist-small", "held by"] == "server-0 (incomplete)"
+    assert data.loc["mnist-small", "features"] == "1x28x28"
+    assert data.loc["digits-train", "rows"] == 1437 and data.loc["digits-val", "rows"] == 360
+    assert data.loc["digits-val", "classes"] == 10 and data.loc["digits-val", "owner"] == "alice"
+    styles = table.proto.arrow_data.styler.styles  # type: ignore[attr-defined]
+    held_by = list(table.value.columns).index("held by")
+    assert f"row2_col{held_by}" in styles and f"row0_col{held_by}" not in styles
+    assert "No datasets yet" not in texts(at.info)
+
+
+def test_training_panel_counts_orders_and_explains_jobs(
+    training: list[ClusterSnapshot],
+) -> None:
+    at = run_app(training, refreshes=2)
+    counts = {k: _metrics(at)[k] for k in jobs.STATES}
+    assert counts == {
+        "running": "1",
+        "queued": "1",
+        "succeeded": "1",
+        "failed": "2",
+        "cancelled": "1",
+    }
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [
+        "digits-mlp-2",  # running
+        "digits-wide",  # running on server-0, failed on server-1
+        "digits-linear",  # queued
+        "digits-sgd-lr1",  # finished, newest first
+        "digits-mlp-1",
+        "mnist-linear",
+    ]
+    rows = table.set_index("id")
+    assert rows.loc["digits-mlp-2", "state"] == "running"
+    assert rows.loc["digits-mlp-2", "progress"] == pytest.approx(46 / 115, abs=1e-4)
+    assert rows.loc["digits-mlp-2", "steps"] == "46/115"  # the second refresh
+    assert rows.loc["digits-mlp-2", "reveal metrics"] == "yes"
+    assert rows.loc["digits-mlp-1", "progress"] == 1.0
+    assert rows.loc["digits-mlp-1", "model id"] == "digits-mlp-1-model"
+    failed = rows.loc["mnist-linear"]
+    assert failed["state"] == "failed" and failed["loss"] == "mse"
+    assert failed["reason"] == "NOT_FOUND: data set 'mnist-small' is not stored on server-1"
+    assert rows.loc["digits-sgd-lr1", "reason"] == "cancelled by alice"
+    assert rows.loc["digits-sgd-lr1", "name"] == frames.NONE
+    split = rows.loc["digits-wide"]
+    assert split["state"] == "failed (server-0: running, server-1: failed)"
+    assert split["reason"] == "server-1: INTERNAL: share store full (disk quota exceeded)"
+    assert rows.loc["digits-linear", "batch size"] == 32
+    assert rows.loc["digits-linear", "epochs"] == 3
+    warning = texts(at.warning)
+    assert "digits-wide" in warning and "disagree" in warning and "digits-mlp-2" not in warning
+    proto = at.dataframe[0].proto  # type: ignore[attr-defined]
+    assert json.loads(proto.columns)["progress"]["type_config"]["type"] == "progress"
+    assert "No training jobs yet" not in texts(at.info)
+
+
+def test_a_server_that_answered_without_a_job_disagrees(
+    training: list[ClusterSnapshot],
+) -> None:
+    snapshot = training[-1]
+    only_on_0 = [r for r in snapshot.training_jobs if r["server"] == "server-0"][:1]
+    merged = jobs.cluster_jobs(replace(snapshot, training_jobs=tuple(only_on_0)))
+    assert [j.states for j in merged] == [{"server-0": "succeeded", "server-1": jobs.ABSENT}]
+    assert not merged[0].agreed and merged[0].state == "succeeded"
+    down = replace(snapshot.servers[1], health="UNREACHABLE", error="health: UNAVAILABLE: x")
+    merged = jobs.cluster_jobs(
+        replace(snapshot, servers=(snapshot.servers[0], down), training_jobs=tuple(only_on_0))
+    )
+    assert merged[0].agreed  # an unreachable server says nothing either way
 
 
 def _report(rank: int, **changes: Any) -> StatusReport:
@@ -212,8 +323,10 @@ def test_history_is_rolling_and_monotonic() -> None:
     assert [s.taken_at for s in past.snapshots] == [5.0, 12.0]
 
 
-def test_snapshots_round_trip_through_json(traffic: list[ClusterSnapshot]) -> None:
-    for snapshot in [*traffic, *load_snapshots(FIXTURES / "server_down.json")]:
+def test_snapshots_round_trip_through_json(
+    traffic: list[ClusterSnapshot], training: list[ClusterSnapshot]
+) -> None:
+    for snapshot in [*traffic, *training, *load_snapshots(FIXTURES / "server_down.json")]:
         assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
 
 
@@ -231,6 +344,14 @@ def test_registry_shows_public_metadata_only(traffic: list[ClusterSnapshot]) -> 
         "held by",
     }
     assert list(table["held by"]) == ["server-0, server-1"] * 2
+
+
+def test_dataset_records_keep_public_metadata_only(training: list[ClusterSnapshot]) -> None:
+    table = frames.datasets(training[-1])
+    assert list(table.columns) == frames.DATASET_COLUMNS
+    assert all("share" not in key for r in training[-1].datasets for key in r)
+    for record in training[-1].training_jobs:
+        assert "metrics" not in record
 
 
 def test_free_text_cannot_inject_markdown() -> None:
@@ -284,17 +405,43 @@ class _Registry(registry_pb2_grpc.ModelRegistryServicer):
         return registry_pb2.ListModelsResponse(models=self.models)
 
 
-@pytest.fixture
-def half_cluster(
-    tmp_path: Path, traffic: list[ClusterSnapshot]
+DIGITS = DatasetMeta("digits", "digits", "alice", 1437, (64,), 10, ("*",), "x / 16", 1_000)
+
+
+class _Datasets(datasets_pb2_grpc.DatasetRegistryServicer):
+    def ListDatasets(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return datasets_pb2.ListDatasetsResponse(datasets=[serde.dataset_meta_to_proto(DIGITS)])
+
+
+class _Training(training_pb2_grpc.TrainingServicer):
+    def __init__(self, architecture: Any) -> None:
+        spec = TrainingSpec(("digits",), 2, 64, 0.1, reveal_metrics=True)
+        job = JobInfo("job-1", "model-1", "mlp", "alice", architecture, spec, JobState.RUNNING)
+        self.info = serde.job_info_to_proto(job.evolve(steps_total=46, steps_done=3))
+        self.info.metrics.add(epoch=1, validation_rows=360)  # what only the owner may see
+
+    def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return training_pb2.ListJobsResponse(jobs=[self.info])
+
+
+@contextmanager
+def _half_cluster(
+    tmp_path: Path, traffic: list[ClusterSnapshot], old: bool
 ) -> Iterator[tuple[Path, _Recorder]]:
-    """A topology whose server-0 is a fake in-process server and server-1 is absent."""
+    """A topology whose server-0 is a fake in-process server and server-1 is absent.
+
+    An ``old`` server-0 offers neither the dataset registry nor training.
+    """
     recorder = _Recorder()
     server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[recorder])
     status_pb2_grpc.add_StatusServicer_to_server(_Status(), server)
     models = [serde.model_meta_to_proto(m) for m in traffic[-1].servers[0].models]
     registry_pb2_grpc.add_ModelRegistryServicer_to_server(_Registry(models), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    if not old:
+        datasets_pb2_grpc.add_DatasetRegistryServicer_to_server(_Datasets(), server)
+        architecture = traffic[-1].servers[0].models[0].architecture
+        training_pb2_grpc.add_TrainingServicer_to_server(_Training(architecture), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     closed = free_port()  # nothing listens there
@@ -313,17 +460,39 @@ mpc_address = "127.0.0.1:2"
 monitor_token_file = "monitor.token"
 """
     )
-    yield tmp_path / "cluster.toml", recorder
-    server.stop(None)
+    try:
+        yield tmp_path / "cluster.toml", recorder
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture
+def half_cluster(
+    tmp_path: Path, traffic: list[ClusterSnapshot]
+) -> Iterator[tuple[Path, _Recorder]]:
+    with _half_cluster(tmp_path, traffic, old=False) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def old_half_cluster(
+    tmp_path: Path, traffic: list[ClusterSnapshot]
+) -> Iterator[tuple[Path, _Recorder]]:
+    with _half_cluster(tmp_path, traffic, old=True) as cluster:
+        yield cluster
+
+
+def _fetch(config: Path) -> ClusterSnapshot:
+    source = LiveSource(config, insecure=True, timeout=2.0)
+    try:
+        return source.fetch()
+    finally:
+        source.close()
 
 
 def test_fetch_reads_what_it_can_and_never_raises(half_cluster: tuple[Path, _Recorder]) -> None:
     config, recorder = half_cluster
-    source = LiveSource(config, insecure=True, timeout=2.0)
-    try:
-        snapshot = source.fetch()
-    finally:
-        source.close()
+    snapshot = _fetch(config)
     up, down = snapshot.servers
     assert (up.name, up.health, up.error) == ("server-0", "SERVING", "")
     assert up.status is not None and up.status.requests_total == 7
@@ -331,9 +500,33 @@ def test_fetch_reads_what_it_can_and_never_raises(half_cluster: tuple[Path, _Rec
     assert (down.name, down.health, down.status) == ("server-1", "UNREACHABLE", None)
     assert "UNAVAILABLE" in down.error
     methods = {method for method, _ in recorder.calls}
-    assert methods == {"Check", "GetStatus", "ListModels"}  # read-only RPCs only
+    # read-only RPCs only
+    assert methods == {"Check", "GetStatus", "ListModels", "ListDatasets", "ListJobs"}
     tokens = {token for method, token in recorder.calls if method != "Check"}
     assert tokens == {"Bearer monitor-secret"}
+    (dataset,) = snapshot.datasets
+    assert dataset["server"] == "server-0" and dataset["dataset_id"] == "digits"
+    assert dataset["feature_shape"] == [64] and dataset["rows"] == 1437
+    (job,) = snapshot.training_jobs
+    assert (job["server"], job["job_id"], job["state"]) == ("server-0", "job-1", "running")
+    assert (job["steps_done"], job["steps_total"], job["reveal_metrics"]) == (3, 46, True)
+    assert "metrics" not in job  # never kept, even when a server sends some
+    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
+
+
+def test_fetch_from_an_older_server_leaves_datasets_and_jobs_empty(
+    old_half_cluster: tuple[Path, _Recorder],
+) -> None:
+    config, _ = old_half_cluster
+    snapshot = _fetch(config)
+    up = snapshot.servers[0]
+    assert up.health == "SERVING" and up.status is not None and len(up.models) == 2
+    assert snapshot.datasets == () and snapshot.training_jobs == ()
+    assert "datasets: UNIMPLEMENTED" in up.error and "jobs: UNIMPLEMENTED" in up.error
+    assert up.answered("models") and not up.answered("datasets")
+    at = run_app([snapshot])
+    assert "UNIMPLEMENTED" in texts(at.warning)
+    assert "No datasets yet" in texts(at.info) and "No training jobs yet" in texts(at.info)
 
 
 def test_dealer_requests_are_charted() -> None:
