@@ -165,12 +165,19 @@ def _party_main(rank: int, n: int, m: int, out: str) -> None:
         crypten.uninit()  # party 0 also sends "terminate" to the TTP here
 
 
-def run_baseline(n: int = 200, m: int = 30, timeout_s: float = 1200.0) -> dict:
-    """Launch TTP + 2 parties as subprocesses, run the benchmark, return party 0's figures."""
+def launch_spmd(
+    script: str, args: list[str], timeout_s: float, prefix: str = "raw_crypten_"
+) -> list[dict]:
+    """Run ``script`` as CrypTen's TTP + :data:`WORLD_SIZE` parties on loopback.
+
+    Every process runs ``script --role ttp|party --rank R --out OUT *args``
+    with one OpenMP thread and gloo over a fresh loopback rendezvous; party
+    ``R`` must write its result JSON to ``OUT.rankR``. Returns those results
+    in rank order, or raises with the failed processes' log tails.
+    """
     port = _free_port()
-    script = str(Path(__file__).resolve())
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="raw_crypten_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         out = os.path.join(tmp, "result.json")
         logs = []
         try:
@@ -184,8 +191,7 @@ def run_baseline(n: int = 200, m: int = 30, timeout_s: float = 1200.0) -> dict:
                     OMP_NUM_THREADS="1",
                 )
                 role = ["--role", "ttp"] if rank == WORLD_SIZE else ["--role", "party"]
-                cmd = [sys.executable, script, *role, "--rank", str(rank)]
-                cmd += ["--n", str(n), "--m", str(m), "--out", out]
+                cmd = [sys.executable, script, *role, "--rank", str(rank), "--out", out, *args]
                 log = open(os.path.join(tmp, f"log{rank}.txt"), "wb")  # noqa: SIM115
                 logs.append(log)
                 procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -196,12 +202,7 @@ def run_baseline(n: int = 200, m: int = 30, timeout_s: float = 1200.0) -> dict:
             if bad:
                 tails = {i: Path(tmp, f"log{i}.txt").read_text()[-2000:] for i in bad}
                 raise RuntimeError(f"processes {bad} failed: {tails}")
-            res: dict = json.loads(Path(f"{out}.rank0").read_text())
-            p1 = json.loads(Path(f"{out}.rank1").read_text())
-            for key in ("batch1", "batch64"):
-                res[key]["rounds_party1"] = p1[key]["rounds"]
-                res[key]["bytes_party1"] = p1[key]["bytes"]
-            return res
+            return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(WORLD_SIZE)]
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -209,6 +210,16 @@ def run_baseline(n: int = 200, m: int = 30, timeout_s: float = 1200.0) -> dict:
                     p.wait()
             for log in logs:
                 log.close()
+
+
+def run_baseline(n: int = 200, m: int = 30, timeout_s: float = 1200.0) -> dict:
+    """Launch TTP + 2 parties as subprocesses, run the benchmark, return party 0's figures."""
+    script = str(Path(__file__).resolve())
+    res, p1 = launch_spmd(script, ["--n", str(n), "--m", str(m)], timeout_s)
+    for key in ("batch1", "batch64"):
+        res[key]["rounds_party1"] = p1[key]["rounds"]
+        res[key]["bytes_party1"] = p1[key]["bytes"]
+    return res
 
 
 def _summary(r: dict) -> str:
