@@ -111,6 +111,7 @@ def test_a_server_dying_fails_the_job_everywhere_and_keeps_stored_state(
 
     fresh_cluster.start_server(1)
     fresh_cluster.wait_serving(timeout=120)
+    cluster.wait_ready(timeout=60)  # this client's channel to server-1 reconnects
     after = job.status()
     assert set(after.states.values()) == {"failed"}, after.states
     assert [d.complete for d in cluster.list_datasets() if d.meta.dataset_id == data_id] == [True]
