@@ -1,6 +1,7 @@
 """The dashboard in a real browser, against a real cluster.
 
-Starts a 2-server cluster, shares a model and serves predictions, runs
+Starts a 2-server cluster, shares a model and serves predictions, shares a
+small data set and trains on it, runs
 ``ppml dashboard`` (Streamlit) on a free port, loads it in headless Chromium
 driven over the DevTools protocol, checks that both servers and the request
 count appear, kills server-1 and checks that the page marks it down, then
@@ -208,12 +209,18 @@ def test_dashboard_shows_the_cluster_and_a_dead_server(
     browser.send("Page.navigate", url=dashboard)
     with Cluster.from_config(local.config_path) as cluster:
         model_id = cluster.share_model(net, torch.zeros(1, 8), name="e2e-mlp")
+        data_id = cluster.share_dataset(
+            torch.randn(32, 8), torch.arange(32) % 3, name="e2e-data", num_classes=3
+        )
+        job = cluster.train(net, [data_id], epochs=1, batch_size=32, lr=0.1, name="e2e-job")
+        job.result(timeout=120)
         _traffic(cluster, model_id, seconds=8)
         total = cluster.status()[0].requests_total
     assert total > 0
 
     text = browser.wait_text(
-        lambda t: _leader_requests(t) == total and "e2e-mlp" in t, f"{total} requests"
+        lambda t: _leader_requests(t) == total and "e2e-mlp" in t and "e2e-data" in t,
+        f"{total} requests and the shared data set",
     )
     assert "server-0" in text and "server-1" in text and "dealer" in text
     assert "All 2 compute servers and the dealer are up" in text
