@@ -23,37 +23,9 @@ class AffineLayer(nn.Module):
         return x * self.scale + self.shift
 
 
-def _module(layer: arch.Layer) -> nn.Module:
-    match layer:
-        case arch.Linear():
-            return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
-        case arch.Conv2d():
-            return nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                stride=layer.stride,
-                padding=layer.padding,
-                dilation=layer.dilation,
-                groups=layer.groups,
-                bias=layer.bias,
-            )
-        case arch.ReLU():
-            return nn.ReLU()
-        case arch.AvgPool2d():
-            return nn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
-        case arch.MaxPool2d():
-            return nn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
-        case arch.Flatten():
-            return nn.Flatten()
-        case arch.Affine():
-            return AffineLayer(layer.shape)
-    raise TypeError(f"unsupported layer {layer!r}")
-
-
 def to_torch(architecture: arch.Architecture, weights: dict[str, torch.Tensor]) -> nn.Sequential:
     """A PyTorch Sequential with ``weights`` (names ``"{layer}.{param}"``) loaded."""
-    model = nn.Sequential(*(_module(layer) for layer in architecture.layers))
+    model = nn.Sequential(*arch.build_modules(architecture, nn, AffineLayer))
     model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     return model.eval()
 

@@ -9,7 +9,9 @@ that list is exactly what a model upload must carry, one share per name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 Pair = tuple[int, int]
 
@@ -212,3 +214,42 @@ def infer_output_shape(a: Architecture) -> tuple[int, ...]:
         ):
             raise ValueError(f"{where} shape {layer.shape} does not broadcast to {shape}")
     return shape
+
+
+def build_modules(a: Architecture, nn: Any, affine: Callable[[tuple[int, ...]], Any]) -> list[Any]:
+    """One module per layer from a ``torch.nn``-like namespace.
+
+    ``nn`` is ``torch.nn`` (a plaintext model on the owner's machine) or
+    ``crypten.nn`` (one party's MPC model): both take the same arguments.
+    ``affine(shape)`` builds the per-feature ``x * scale + shift`` layer, which
+    neither namespace has. Parameters are left at their defaults.
+    """
+    modules = []
+    for layer in a.layers:
+        if isinstance(layer, Linear):
+            modules.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias))
+        elif isinstance(layer, Conv2d):
+            modules.append(
+                nn.Conv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size,
+                    stride=layer.stride,
+                    padding=layer.padding,
+                    dilation=layer.dilation,
+                    groups=layer.groups,
+                    bias=layer.bias,
+                )
+            )
+        elif isinstance(layer, ReLU):
+            modules.append(nn.ReLU())
+        elif isinstance(layer, AvgPool2d | MaxPool2d):
+            pool = nn.AvgPool2d if isinstance(layer, AvgPool2d) else nn.MaxPool2d
+            modules.append(pool(layer.kernel_size, stride=layer.stride, padding=layer.padding))
+        elif isinstance(layer, Flatten):
+            modules.append(nn.Flatten())
+        elif isinstance(layer, Affine):
+            modules.append(affine(layer.shape))
+        else:
+            raise TypeError(f"unsupported layer {layer!r}")
+    return modules

@@ -27,38 +27,9 @@ class Affine(crypten.nn.Module):
         return x * self.scale + self.shift
 
 
-def _module(layer: arch.Layer) -> Any:
-    nn = crypten.nn
-    match layer:
-        case arch.Linear():
-            return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
-        case arch.Conv2d():
-            return nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                stride=layer.stride,
-                padding=layer.padding,
-                dilation=layer.dilation,
-                groups=layer.groups,
-                bias=layer.bias,
-            )
-        case arch.ReLU():
-            return nn.ReLU()
-        case arch.AvgPool2d():
-            return nn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
-        case arch.MaxPool2d():
-            return nn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
-        case arch.Flatten():
-            return nn.Flatten()
-        case arch.Affine():
-            return Affine(layer.shape)
-    raise TypeError(f"unsupported layer {layer!r}")
-
-
 def build_layers(architecture: arch.Architecture) -> list[Any]:
     """Plaintext CrypTen modules for each layer (parameters still public)."""
-    return [_module(layer) for layer in architecture.layers]
+    return arch.build_modules(architecture, crypten.nn, Affine)
 
 
 def build_shared_model(
