@@ -8,7 +8,7 @@ Examples::
     ppml predict --config ./cluster/cluster.toml --model ID --input x.npy
     ppml dashboard --config ./cluster/cluster.toml --port 8501   # monitoring page
 
-    # secret-shared training (commands in ppml.client.cli_training)
+    # secret-shared data and training (commands in ppml.client.cli_data, cli_training)
     ppml data share --config ./cluster/cluster.toml --builtin iris --partition 2
     ppml data share --config ./cluster/cluster.toml --csv rows.csv --label-column label
     ppml data list --config ./cluster/cluster.toml
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppml.client import cli_training
+from ppml.client import cli_data, cli_training
 from ppml.client.cli_common import CliError
 from ppml.client.cli_common import connect as _connect
 from ppml.client.cli_common import table as _table
@@ -350,6 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=cmd_models_delete)
     models_sub = sub
 
+    cli_data.register(groups, client)
     cli_training.register(groups, client, models_sub)
 
     predict = groups.add_parser("predict", parents=[client], help="encrypted prediction")

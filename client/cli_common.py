@@ -1,4 +1,4 @@
-"""Pieces shared by the ``ppml`` command modules (:mod:`ppml.client.cli`, ``cli_training``).
+"""Pieces shared by the ``ppml`` command modules (``cli``, ``cli_data``, ``cli_training``).
 
 They live here, not in ``cli.py``: ``python -m ppml.client.cli`` runs that file
 as ``__main__``, so a command module importing ``ppml.client.cli`` would get a
@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from ppml.client.cluster import Cluster
 
 
 class CliError(Exception):
     """A user-facing error of the command line itself (bad input file, busy directory)."""
+
+
+def existing_file(path: str, what: str) -> Path:
+    """``path`` as a Path; CliError naming ``what`` if there is no such file."""
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"{what} {file} does not exist")
+    return file
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

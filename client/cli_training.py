@@ -1,174 +1,34 @@
-"""``ppml data``, ``train``, ``jobs``, ``evaluate`` and ``models export``: secret-shared training.
+"""``ppml train``, ``jobs``, ``evaluate`` and ``models export``: secret-shared training.
 
 Registered on the one ``ppml`` parser by :func:`register` (see :mod:`ppml.client.cli`).
-Data files are read and checked on this machine; only shares leave it. A
-training job runs on the servers: ``ppml train`` follows it with a progress
+A training job runs on the servers: ``ppml train`` follows it with a progress
 bar, and Ctrl-C stops the watching, never the job.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 import time
-import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 from torch import nn
 
-from ppml.client.cli_common import CliError, connect, table
+from ppml.client.cli_common import CliError, connect, existing_file, table
 from ppml.client.cluster import Cluster
-from ppml.client.dataset_upload import as_dataset
 from ppml.client.errors import PpmlClientError
 from ppml.client.training_job import Progress, TrainingJob
 from ppml.proto.jobs import LOSSES, OPTIMIZERS, JobInfo
-from ppml.training.datasets import (
-    BUILTINS,
-    Dataset,
-    DatasetError,
-    load_builtin,
-    load_csv,
-    partition,
-)
-from ppml.training.loaders import load_har, load_mnist_idx
 
 SCHEMES = ("iid", "label_skew", "quantity_skew")
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal
 BAR_WIDTH = 24
 
 # ------------------------------------------------------------------ data
-
-
-def _existing(path: str, what: str) -> Path:
-    file = Path(path)
-    if not file.is_file():
-        raise CliError(f"{what} {file} does not exist")
-    return file
-
-
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not zipfile.is_zipfile(path):
-        raise CliError(f"{path} is not an .npz archive (np.savez)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
-                found = ", ".join(archive.files) or "none"
-                raise CliError(f"{path} has no array {missing[0]!r} (arrays: {found})")
-            return archive["x"], archive["y"]
-    except (OSError, ValueError) as exc:  # not a zip, or pickled object arrays
-        raise CliError(f"cannot read {path} as .npz: {exc}") from None
-
-
-def _read_source(args: argparse.Namespace) -> tuple[Dataset | np.ndarray, np.ndarray | None]:
-    """The data named on the command line: a checked Dataset, or npz arrays (x, y)."""
-    try:
-        if args.builtin:
-            return load_builtin(args.builtin), None
-        if args.csv:
-            column = args.label_column
-            label_column: int | str = int(column) if column.lstrip("-").isdigit() else column
-            path = _existing(args.csv, "CSV file")
-            try:
-                return load_csv(path, label_column), None
-            except DatasetError as exc:  # name the file, not just its stem
-                text = str(exc)
-                if text.startswith(f"{path.stem}: "):
-                    raise DatasetError(f"{path}: {text.removeprefix(f'{path.stem}: ')}") from None
-                raise
-        if args.har:
-            if not Path(args.har).is_dir():
-                raise CliError(f"HAR folder {args.har} does not exist")
-            return load_har(args.har, args.split)[0], None
-        if args.mnist_images:
-            if not args.mnist_labels:
-                raise CliError("--mnist-images needs --mnist-labels")
-            return load_mnist_idx(args.mnist_images, args.mnist_labels), None
-        return _load_npz(_existing(args.npz, "npz file"))
-    except (OSError, csv.Error) as exc:
-        raise CliError(f"cannot read the data: {exc}") from None
-
-
-def cmd_data_share(args: argparse.Namespace) -> int:
-    if args.har and not args.split:
-        raise CliError("--har needs --split train|test")
-    source, labels = _read_source(args)
-    data, shape = as_dataset(source, labels)  # NaN/inf, label range: one line, exit 1
-    name = args.name or data.name or (Path(args.npz).stem if args.npz else "")
-    if args.partition is None:
-        parts, names, ids = [data], [name], [args.id]
-    else:
-        parts = partition(data, args.partition, args.scheme, args.alpha, args.seed)
-        names = [f"{name}-{i}" for i in range(len(parts))]
-        ids = [f"{args.id}-{i}" if args.id else None for i in range(len(parts))]
-    shared: list[str] = []
-    with connect(args) as cluster:
-        try:
-            for part, part_name, part_id in zip(parts, names, ids, strict=True):
-                dataset_id = cluster.share_dataset(
-                    part.features.reshape(part.rows, *shape),
-                    part.labels,
-                    name=part_name,
-                    num_classes=data.num_classes,  # every owner's part: the same classes
-                    dataset_id=part_id,
-                    allow=tuple(args.allow),
-                    scaling=args.scaling,
-                )
-                shared.append(dataset_id)
-                print(
-                    f"shared {part_name or dataset_id}: {part.rows} rows, "
-                    f"{'x'.join(map(str, shape))} features, {data.num_classes} classes",
-                    file=sys.stderr,
-                )
-                print(dataset_id, flush=True)
-        except (PpmlClientError, KeyboardInterrupt):
-            for dataset_id in shared:  # all parts or none
-                try:
-                    cluster.delete_dataset(dataset_id)
-                except PpmlClientError:
-                    print(f"ppml: could not delete {dataset_id}", file=sys.stderr)
-            raise
-    return 0
-
-
-def cmd_data_list(args: argparse.Namespace) -> int:
-    with connect(args) as cluster:
-        listings = cluster.list_datasets()
-    if not listings:
-        print("no data sets")
-        return 0
-    rows = [
-        [
-            d.meta.dataset_id,
-            d.meta.name or "-",
-            d.meta.owner,
-            d.meta.rows,
-            "x".join(map(str, d.meta.feature_shape)),
-            d.meta.num_classes,
-            ",".join(d.meta.allowed) or "owner only",
-            "yes" if d.complete else f"no (only {', '.join(d.servers)})",
-        ]
-        for d in sorted(listings, key=lambda d: d.meta.created_unix_ms)
-    ]
-    header = ["id", "name", "owner", "rows", "features", "classes", "allowed", "complete"]
-    print(table(header, rows))
-    return 0
-
-
-def cmd_data_delete(args: argparse.Namespace) -> int:
-    with connect(args) as cluster:
-        cluster.delete_dataset(args.id)
-    print(f"deleted {args.id}")
-    return 0
-
-
-# ------------------------------------------------------------------ train
 
 
 def mlp(sizes: str, seed: int) -> nn.Sequential:
@@ -248,7 +108,7 @@ def follow(job: TrainingJob, epochs: int, out: TextIO | None = None) -> Progress
 def cmd_train(args: argparse.Namespace) -> int:
     sample = None
     if args.onnx:
-        model: nn.Module | str = str(_existing(args.onnx, "ONNX file"))
+        model: nn.Module | str = str(existing_file(args.onnx, "ONNX file"))
     else:
         model = mlp(args.mlp, args.seed if args.seed is not None else 0)
         # Its input width is known: the servers, not a lookup here, check the data sets.
@@ -422,37 +282,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def _data_parser(groups: Any, client: argparse.ArgumentParser) -> None:
-    data = groups.add_parser("data", help="share, list and delete secret-shared data sets")
-    sub = data.add_subparsers(dest="command", required=True)
-    share = sub.add_parser("share", parents=[client], help="secret-share a labelled data set")
-    source = share.add_mutually_exclusive_group(required=True)
-    source.add_argument("--builtin", choices=BUILTINS, help="a scikit-learn data set")
-    source.add_argument("--csv", help="numeric CSV with one integer label column")
-    source.add_argument("--har", metavar="DIR", help="UCI HAR folder (with --split)")
-    source.add_argument("--mnist-images", metavar="P", help="MNIST IDX images (with labels)")
-    source.add_argument("--npz", help=".npz with arrays x (features) and y (labels)")
-    share.add_argument("--label-column", default="-1", help="CSV label column: index or name")
-    share.add_argument("--split", choices=("train", "test"), help="HAR split")
-    share.add_argument("--mnist-labels", metavar="P", help="MNIST IDX labels")
-    share.add_argument("--name", help="display name (default: the data set's)")
-    share.add_argument("--id", help="data set id (default: random; ID-0.. with --partition)")
-    share.add_argument(
-        "--allow", nargs="+", default=["*"], metavar="ID", help="who may use it (default: *)"
-    )
-    share.add_argument("--scaling", default="", help="public note on scaling you applied")
-    share.add_argument("--partition", type=int, metavar="K", help="split across K owners")
-    share.add_argument("--scheme", choices=SCHEMES, default="iid", help="how to split")
-    share.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of skews")
-    share.add_argument("--seed", type=int, default=0, help="seed of the split")
-    share.set_defaults(func=cmd_data_share)
-    listing = sub.add_parser("list", parents=[client], help="data sets on the cluster")
-    listing.set_defaults(func=cmd_data_list)
-    delete = sub.add_parser("delete", parents=[client], help="delete a data set (owner only)")
-    delete.add_argument("id")
-    delete.set_defaults(func=cmd_data_delete)
-
-
 def _train_parser(groups: Any, client: argparse.ArgumentParser) -> None:
     train = groups.add_parser("train", parents=[client], help="train a model in MPC")
     train.add_argument("--datasets", nargs="+", required=True, metavar="ID")
@@ -484,7 +313,6 @@ def register(groups: Any, client: argparse.ArgumentParser, models: Any) -> None:
     ``groups``: the top-level subparsers; ``client``: the parent parser with
     ``--config``/``--insecure``; ``models``: the ``ppml models`` subparsers.
     """
-    _data_parser(groups, client)
     _train_parser(groups, client)
 
     jobs = groups.add_parser("jobs", help="list, inspect and cancel training jobs")
