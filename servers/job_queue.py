@@ -68,6 +68,12 @@ class JobQueue:
             if rank in entry.holders:
                 self._end(entry.job_id, FAILED, reason)
 
+    def abandon_started(self, reason: str) -> None:
+        """The MPC session restarts: training jobs past step 0 lost their secret state."""
+        for entry in list(self._entries.values()):
+            if entry.kind == "train" and (entry.next_step > 0 or entry.in_flight):
+                self._end(entry.job_id, FAILED, reason)
+
     def expire(self, now: float, names: list[str]) -> None:
         """Fail work that not every party announced in time."""
         for entry in list(self._entries.values()):
@@ -111,9 +117,12 @@ class JobQueue:
 
     def done(self, job: cmd.Job, ok: bool, reason: str = "") -> None:
         """The job's step ran everywhere (``ok``) or failed somewhere."""
-        if isinstance(job, cmd.EndJob):
+        if isinstance(job, cmd.TrainStep):
+            job_id = job.job_id
+        elif isinstance(job, cmd.EvaluateJob):
+            job_id = job.request_id
+        else:
             return
-        job_id = job.request_id if isinstance(job, cmd.EvaluateJob) else getattr(job, "job_id", "")
         entry = self._entries.get(job_id)
         if entry is None:
             return

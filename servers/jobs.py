@@ -158,7 +158,7 @@ class JobManager:
             check_data_fits(architecture, spec, [datasets[0], validation])
         if self._store.has(job_id):
             raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
-        if any(m.model_id == model_id for m in self._models.list()):
+        if self._models.exists(model_id):
             raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} already exists")
         for other in self._store.list():
             if other.model_id == model_id and not other.state.terminal:

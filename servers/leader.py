@@ -97,8 +97,10 @@ class Leader:
     def _membership_changed(self, why: str, rank: int) -> None:
         log.info("%s; MPC session will restart", why)
         self._last_change = why
+        reason = f"{why} while the job was in progress"
         if rank < self._config.world_size:
-            self._jobs.abandon_rank(rank, f"{why} while the job was in progress")
+            self._jobs.abandon_rank(rank, reason)
+        self._jobs.abandon_started(reason)  # every party rejoins: in-memory runs are gone
         self.state = "down"
         self._retry_at = 0.0
         self._cond.notify_all()

@@ -80,6 +80,9 @@ class ModelRegistry:
             )
         return model
 
+    def exists(self, model_id: str) -> bool:
+        return self._store.has(check_id(model_id, "model_id"))
+
     def meta(self, model_id: str) -> ModelMeta:
         return self._store.get_meta(check_id(model_id, "model_id"))
 

@@ -335,3 +335,21 @@ def test_a_late_announce_of_an_ended_job_is_ignored() -> None:
     assert len(queue) == 0 and queue.next_deadline() is None
     queue.expire(1000.0, ["server-0", "server-1"])
     assert queue.next_job() is None
+
+
+def test_a_session_restart_fails_started_training_jobs_only() -> None:
+    from ppml.proto import commands as cmd
+    from ppml.servers.job_queue import JobQueue
+
+    queue = JobQueue(2)
+    for job_id in ("started", "waiting"):
+        for rank in (0, 1):
+            queue.announce(rank, cmd.JobAnnounce(job_id, "train", 5, 60.0), 0.0)
+    step = queue.next_job()
+    assert step == cmd.TrainStep("started", 0)
+    queue.done(step, True)
+    queue.abandon_started("dealer connected while the job was in progress")
+    assert queue.next_job() == cmd.EndJob(
+        "started", "failed", "dealer connected while the job was in progress"
+    )
+    assert queue.next_job() == cmd.TrainStep("waiting", 0)
