@@ -54,8 +54,11 @@ _SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
 _SUPPORTED_NAMES = ", ".join(cls.__name__ for cls in _SUPPORTED_MODULES)
 
 
+ModelSource = nn.Module | str | os.PathLike[str] | bytes  # a torch module or an ONNX model
+
+
 def export_model(
-    model: nn.Module | str | os.PathLike[str] | bytes,
+    model: ModelSource,
     sample_input: torch.Tensor | None = None,
 ) -> tuple[Architecture, dict[str, np.ndarray]]:
     """Return ``(architecture, weights)`` for a torch module or an ONNX model.

@@ -1,0 +1,112 @@
+"""Secret-shared data sets from the SDK: share, list, delete.
+
+Rows are checked and one-hot encoded on the owner's machine, then split with
+the OS CSPRNG (:mod:`ppml.client.dataset_upload`); server i receives share i.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ppml.client import dataset_upload
+from ppml.client.errors import InvalidDataset, PpmlClientError
+from ppml.client.transport import ClusterBase
+from ppml.proto import serde
+from ppml.proto.dataset_meta import DatasetMeta
+from ppml.training.datasets import DatasetError
+from ppml.v1 import datasets_pb2
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    meta: DatasetMeta
+    servers: tuple[str, ...]  # servers that hold a share of it
+    complete: bool
+
+
+class DatasetsMixin(ClusterBase):
+    """:class:`ppml.client.Cluster`'s data set methods."""
+
+    def share_dataset(
+        self,
+        features: dataset_upload.DataSource,
+        labels: np.ndarray | torch.Tensor | None = None,
+        *,
+        name: str = "",
+        num_classes: int | None = None,
+        dataset_id: str | None = None,
+        allow: Sequence[str] = ("*",),
+        scaling: str = "",
+        label_column: int | str = -1,
+    ) -> str:
+        """Secret-share a labelled data set; returns its id.
+
+        ``features`` is an array (with integer ``labels``), a
+        :class:`~ppml.training.datasets.Dataset`, a CSV path, or a built-in
+        name (iris, digits, breast_cancer, wine). Rows are checked here
+        (empty, NaN/inf, label range) and labels one-hot encoded before
+        sharing. ``allow`` lists the identities (besides you) that may train
+        on it or evaluate against it; ``"*"`` is any client of the cluster.
+        ``scaling`` documents any public scaling you applied.
+        """
+        try:
+            data, feature_shape = dataset_upload.as_dataset(
+                features, labels, num_classes, label_column
+            )
+        except DatasetError as exc:
+            raise InvalidDataset(str(exc)) from None
+        dataset_id = dataset_id or uuid.uuid4().hex[:16]
+        meta = dataset_upload.header(data, feature_shape, dataset_id, name, tuple(allow), scaling)
+        sharer = dataset_upload.ChunkSharer(data, meta, self.parties)
+        try:
+            self._call_all(
+                lambda s, rank: s.datasets.UploadDataset.future(
+                    sharer.stream(rank), timeout=max(self.timeout, 600), metadata=self._metadata
+                ),
+                fail_fast=False,
+            )
+        except PpmlClientError:
+            self._quietly(
+                lambda s: s.datasets.DeleteDataset(
+                    datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id),
+                    timeout=10,
+                    metadata=self._metadata,
+                )
+            )
+            raise
+        return dataset_id
+
+    def list_datasets(self) -> list[DatasetListing]:
+        replies = self._retry(
+            lambda: self._call_all(
+                lambda s, _: s.datasets.ListDatasets.future(
+                    datasets_pb2.ListDatasetsRequest(),
+                    timeout=self.timeout,
+                    metadata=self._metadata,
+                )
+            )
+        )
+        holders: dict[str, list[str]] = {}
+        metas: dict[str, DatasetMeta] = {}
+        for server, reply in zip(self._servers, replies, strict=True):
+            for info in reply.datasets:
+                metas.setdefault(info.dataset_id, serde.dataset_meta_from_proto(info))
+                holders.setdefault(info.dataset_id, []).append(server.name)
+        return [
+            DatasetListing(metas[k], tuple(v), len(v) == self.parties) for k, v in holders.items()
+        ]
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Owner only."""
+        request = datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id)
+        self._call_all(
+            lambda s, _: s.datasets.DeleteDataset.future(
+                request, timeout=self.timeout, metadata=self._metadata
+            ),
+            fail_fast=False,
+        )
