@@ -28,8 +28,9 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from ppml.client.transport import Endpoint, ServerStubs
 from ppml.dashboard import records
 from ppml.proto import serde
 from ppml.proto.architecture import ModelMeta
@@ -39,13 +40,9 @@ from ppml.servers.config import load_config
 from ppml.servers.grpc_server import client_channel
 from ppml.v1 import (
     datasets_pb2,
-    datasets_pb2_grpc,
     registry_pb2,
-    registry_pb2_grpc,
     status_pb2,
-    status_pb2_grpc,
     training_pb2,
-    training_pb2_grpc,
 )
 
 TIMEOUT_S = 1.5
@@ -156,24 +153,13 @@ class _Collected:
     jobs: list[records.Record] = field(default_factory=list)
 
 
-@dataclass
-class _Endpoint:
-    name: str
-    rank: int
-    address: str
-    channel: grpc.Channel
-    health: health_pb2_grpc.HealthStub = field(init=False)
-    status: status_pb2_grpc.StatusStub = field(init=False)
-    registry: registry_pb2_grpc.ModelRegistryStub = field(init=False)
-    datasets: datasets_pb2_grpc.DatasetRegistryStub = field(init=False)
-    training: training_pb2_grpc.TrainingStub = field(init=False)
+class _Endpoint(ServerStubs):
+    """One server's stubs (the SDK's), plus what a snapshot records about it."""
 
-    def __post_init__(self) -> None:
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.status = status_pb2_grpc.StatusStub(self.channel)
-        self.registry = registry_pb2_grpc.ModelRegistryStub(self.channel)
-        self.datasets = datasets_pb2_grpc.DatasetRegistryStub(self.channel)
-        self.training = training_pb2_grpc.TrainingStub(self.channel)
+    def __init__(self, name: str, rank: int, address: str, channel: grpc.Channel) -> None:
+        super().__init__(Endpoint(name, address), channel)
+        self.rank = rank
+        self.address = address
 
 
 class LiveSource:
