@@ -86,10 +86,7 @@ class Cluster(DatasetsMixin, TrainingMixin):
         """
         architecture, weights = export_model(model, sample_input)
         model_id = model_id or uuid.uuid4().hex[:16]
-        per_server: list[dict[str, shares.Ring]] = [{} for _ in self._servers]
-        for param, value in weights.items():
-            for rank, part in enumerate(shares.share(shares.encode(value), self.parties)):
-                per_server[rank][param] = part
+        per_server = shares.share_named(weights, self.parties)
         arch_msg = serde.architecture_to_proto(architecture)
 
         def upload(server: ServerStubs, rank: int) -> grpc.Future:

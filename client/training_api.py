@@ -103,10 +103,7 @@ class TrainingMixin(ClusterBase):
         )
         job_id = job_id or uuid.uuid4().hex[:16]
         model_id = model_id or f"{job_id}-model"
-        per_server: list[dict[str, shares.Ring]] = [{} for _ in self._servers]
-        for param, value in weights.items():
-            for rank, part in enumerate(shares.share(shares.encode(value), self.parties)):
-                per_server[rank][param] = part
+        per_server = shares.share_named(weights, self.parties)
         arch_msg = serde.architecture_to_proto(architecture)
         spec_msg = serde.training_spec_to_proto(spec)
 

@@ -15,6 +15,7 @@ All functions are pure apart from the CSPRNG draw and never modify inputs.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +67,15 @@ def share(secret: Ring, parties: int) -> list[Ring]:
         for mask in masks:
             first -= mask
     return [first, *masks]
+
+
+def share_named(values: Mapping[str, npt.ArrayLike], parties: int) -> list[dict[str, Ring]]:
+    """Encode and share every named tensor; element i holds party i's shares."""
+    out: list[dict[str, Ring]] = [{} for _ in range(parties)]
+    for name, value in values.items():
+        for rank, part in enumerate(share(encode(value), parties)):
+            out[rank][name] = part
+    return out
 
 
 def reconstruct(shares: list[Ring]) -> Ring:

@@ -252,3 +252,17 @@ def test_seeding_numpy_and_torch_does_not_repeat_shares() -> None:
     torch.manual_seed(1234)
     second = share(secret, 2)
     assert not np.array_equal(first[1], second[1])
+
+
+def test_share_named_splits_every_tensor_per_party() -> None:
+    import numpy as np
+
+    from ppml.proto.shares import decode, reconstruct, share_named
+
+    values = {"0.weight": np.arange(6.0).reshape(2, 3) / 7, "0.bias": np.array([-1.5, 2.25])}
+    per_party = share_named(values, 3)
+    assert len(per_party) == 3 and all(set(p) == set(values) for p in per_party)
+    for name, value in values.items():
+        parts = [p[name] for p in per_party]
+        assert not np.array_equal(parts[1], parts[2])
+        np.testing.assert_allclose(decode(reconstruct(parts)), value, atol=2**-16)
