@@ -121,7 +121,9 @@ class JobManager:
         self._announce = announcer
         self._cond = threading.Condition()
         self._events: dict[str, list[JobEvent]] = {}
-        for info in store.list():
+        # every job's metadata, in creation order: the store is written through, read at start
+        self._infos: dict[str, JobInfo] = {info.job_id: info for info in store.list()}
+        for info in list(self._infos.values()):
             if not info.state.terminal:
                 self._finish(
                     info,
@@ -156,11 +158,11 @@ class JobManager:
         if spec.validation_id:
             validation = self._datasets.usable(spec.validation_id, owner)
             check_data_fits(architecture, spec, [datasets[0], validation])
-        if self._store.has(job_id):
+        if job_id in self._infos:
             raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
         if self._models.exists(model_id):
             raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} already exists")
-        for other in self._store.list():
+        for other in self._all():
             if other.model_id == model_id and not other.state.terminal:
                 raise PpmlError(
                     ErrorCode.MODEL_EXISTS,
@@ -179,6 +181,8 @@ class JobManager:
             steps_total=spec.steps_total(rows),
         )
         self._store.put(info, initial)
+        with self._cond:
+            self._infos[job_id] = info
         self._emit(info)
         announce = cmd.JobAnnounce(job_id, "train", info.steps_total, ANNOUNCE_TIMEOUT_S)
         if not self._announce(announce):
@@ -190,21 +194,21 @@ class JobManager:
         return info if caller == info.owner else info.public()
 
     def get(self, job_id: str, caller: str) -> JobInfo:
-        return self._visible(self._store.get_meta(check_id(job_id, "job_id")), caller)
+        return self._visible(self._info(job_id), caller)
 
     def list(self, caller: str) -> list[JobInfo]:
-        return [self._visible(info, caller) for info in self._store.list()]
+        return [self._visible(info, caller) for info in self._all()]
 
     def watch(self, job_id: str, caller: str, active: Callable[[], bool]) -> Iterator[JobEvent]:
         """Every event so far, then new ones, until the job ends (or the caller leaves)."""
-        info = self._store.get_meta(check_id(job_id, "job_id"))
+        info = self._info(job_id)
         owner = caller == info.owner
         sent = 0
         while active():
             with self._cond:
                 events = self._events.get(job_id)
                 if events is None:
-                    events = self._replay(self._store.get_meta(job_id))
+                    events = self._replay(self._infos[job_id])
                 batch = events[sent:]
                 if not batch:
                     self._cond.wait(1.0)
@@ -216,7 +220,7 @@ class JobManager:
                     return
 
     def cancel(self, job_id: str, caller: str, wait_s: float = 30.0) -> JobInfo:
-        info = self._store.get_meta(check_id(job_id, "job_id"))
+        info = self._info(job_id)
         if caller != info.owner:
             raise PpmlError(
                 ErrorCode.PERMISSION_DENIED, f"only its owner {info.owner!r} may cancel {job_id!r}"
@@ -228,16 +232,16 @@ class JobManager:
         deadline = time.monotonic() + wait_s
         with self._cond:
             while time.monotonic() < deadline:
-                info = self._store.get_meta(job_id)
+                info = self._infos[job_id]
                 if info.state.terminal:
                     break
-                self._cond.wait(0.5)
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
         return info
 
     # ------------------------------------------------------------ worker calls
 
     def inputs(self, job_id: str) -> RunInputs:
-        info = self._store.get_meta(job_id)
+        info = self._info(job_id)
         if info.state.terminal:
             raise RuntimeError(f"job {job_id} already {info.state.value} on {self._name}")
         data = [self._datasets.shares(d) for d in info.spec.dataset_ids]
@@ -254,11 +258,11 @@ class JobManager:
         )
 
     def started(self, job_id: str) -> None:
-        info = self._store.get_meta(job_id)
+        info = self._info(job_id)
         self._update(info.evolve(state=JobState.RUNNING, started_unix_ms=_now_ms()))
 
     def progress(self, job_id: str, outcome: StepOutcome) -> None:
-        info = self._store.get_meta(job_id)
+        info = self._info(job_id)
         if info.state.terminal:
             return
         metrics = info.metrics if outcome.metrics is None else (*info.metrics, outcome.metrics)
@@ -272,7 +276,7 @@ class JobManager:
         )
 
     def succeeded(self, job_id: str, architecture: Architecture, shares: dict[str, Ring]) -> None:
-        info = self._store.get_meta(job_id)
+        info = self._info(job_id)
         try:
             self._models.upload(info.model_id, info.name, info.owner, architecture, shares)
         except PpmlError as err:
@@ -282,21 +286,20 @@ class JobManager:
 
     def end(self, job_id: str, state: str, reason: str) -> None:
         """The leader ended the job on every party (no-op if it already ended here)."""
-        if not self._store.has(job_id):
-            return
-        info = self._store.get_meta(job_id)
-        if not info.state.terminal:
+        with self._cond:
+            info = self._infos.get(job_id)  # evaluation ids end here too: not jobs
+        if info is not None and not info.state.terminal:
             self._finish(info, JobState(state), reason)
 
     def fail_active(self, reason: str) -> None:
-        for info in self._store.list():
+        for info in self._all():
             if not info.state.terminal:
                 self._finish(info, JobState.FAILED, reason)
 
     def counts(self) -> dict[str, int]:
         """Jobs by state, as this server records them."""
         out: dict[str, int] = {}
-        for info in self._store.list():
+        for info in self._all():
             out[info.state.value] = out.get(info.state.value, 0) + 1
         return out
 
@@ -305,8 +308,22 @@ class JobManager:
     def _finish(self, info: JobInfo, state: JobState, reason: str) -> None:
         self._update(info.evolve(state=state, reason=reason, finished_unix_ms=_now_ms()))
 
+    def _info(self, job_id: str) -> JobInfo:
+        check_id(job_id, "job_id")
+        with self._cond:
+            info = self._infos.get(job_id)
+        if info is None:
+            raise self._store.codec.not_found_error(job_id)
+        return info
+
+    def _all(self) -> builtins.list[JobInfo]:
+        with self._cond:
+            return builtins.list(self._infos.values())
+
     def _update(self, info: JobInfo, outcome: StepOutcome | None = None) -> None:
         self._store.update_meta(info)
+        with self._cond:
+            self._infos[info.job_id] = info
         self._emit(info, outcome)
 
     def _emit(self, info: JobInfo, outcome: StepOutcome | None = None) -> None:
