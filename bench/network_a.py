@@ -6,7 +6,7 @@ loopback, one torch thread per process.
 
 * raw: :mod:`raw_crypten` (processes launched by hand, no gRPC): batch-1
   forward latency, batch-1 back-to-back throughput, batch-64 throughput;
-* service: a :class:`~ppml.servers.local.LocalCluster` driven through the SDK:
+* service: a :class:`~ppml.proto.deploy.local.LocalCluster` driven through the SDK:
   single-image latency (p50/p95, sequential), throughput with 64 concurrent
   single-image clients, and MPC rounds/bytes per job from the servers' status.
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from raw_crypten import run_baseline
 
 from ppml.client import Cluster
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.local import LocalCluster
 
 
 def network_a() -> torch.nn.Module:

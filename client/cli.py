@@ -45,9 +45,9 @@ from ppml.client.cli_common import CliError
 from ppml.client.cli_common import connect as _connect
 from ppml.client.cli_common import table as _table
 from ppml.client.errors import PpmlClientError
-from ppml.proto.status import StatusReport
-from ppml.servers.config import load_config
-from ppml.servers.local import LocalCluster, wait_serving, write_local_topology
+from ppml.proto.deploy.local import LocalCluster, wait_serving, write_local_topology
+from ppml.proto.deploy.topology import load_config
+from ppml.proto.domain.status import StatusReport
 
 PIDS_FILE = "pids.json"
 STOP_GRACE_S = 10.0

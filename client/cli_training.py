@@ -22,7 +22,7 @@ from ppml.client.cli_common import CliError, connect, existing_file, table
 from ppml.client.cluster import Cluster
 from ppml.client.errors import PpmlClientError
 from ppml.client.training_job import Progress, TrainingJob
-from ppml.proto.jobs import LOSSES, OPTIMIZERS, JobInfo
+from ppml.proto.domain.jobs import LOSSES, OPTIMIZERS, JobInfo
 
 SCHEMES = ("iid", "label_skew", "quantity_skew")
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal

@@ -28,9 +28,9 @@ from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.proto import serde, shares
-from ppml.proto.architecture import ModelMeta
-from ppml.proto.status import StatusReport
-from ppml.servers.config import load_config
+from ppml.proto.deploy.topology import load_config
+from ppml.proto.domain.architecture import ModelMeta
+from ppml.proto.domain.status import StatusReport
 from ppml.v1 import inference_pb2, registry_pb2, status_pb2
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ppml.proto import serde, shares
-from ppml.proto.dataset_meta import DatasetMeta
+from ppml.proto.domain.datasets import DatasetMeta
 from ppml.training.datasets import (
     BUILTINS,
     Dataset,

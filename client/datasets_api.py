@@ -17,7 +17,7 @@ from ppml.client import dataset_upload
 from ppml.client.errors import InvalidDataset, PpmlClientError
 from ppml.client.transport import ClusterBase
 from ppml.proto import serde
-from ppml.proto.dataset_meta import DatasetMeta
+from ppml.proto.domain.datasets import DatasetMeta
 from ppml.training.datasets import DatasetError
 from ppml.v1 import datasets_pb2
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from ppml.client.cluster import Cluster
 from ppml.client.training_job import Progress, TrainingJob
-from ppml.proto.jobs import TrainingSpec
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.datasets import Dataset, partition
 from ppml.training.plaintext import train_plaintext
 

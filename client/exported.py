@@ -7,26 +7,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ppml.proto import architecture as arch
-from ppml.proto.architecture import ModelMeta
+from ppml.proto.domain import architecture as arch
+from ppml.proto.domain.architecture import ModelMeta
 
 
-class AffineLayer(nn.Module):
-    """``x * scale + shift`` (a folded BatchNorm, or the standardising first layer)."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(shape))
-        self.shift = nn.Parameter(torch.zeros(shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-def to_torch(architecture: arch.Architecture, weights: dict[str, torch.Tensor]) -> nn.Sequential:
+def to_torch(
+    architecture: arch.Architecture,
+    weights: dict[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+) -> nn.Sequential:
     """A PyTorch Sequential with ``weights`` (names ``"{layer}.{param}"``) loaded."""
-    model = nn.Sequential(*arch.build_modules(architecture, nn, AffineLayer))
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+    model = nn.Sequential(*arch.build_modules(architecture, nn)).to(dtype)
+    model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True)
     return model.eval()
 
 

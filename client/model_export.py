@@ -1,7 +1,7 @@
 """Export a plaintext model to its public architecture and its (still plaintext) weights.
 
 The client secret-shares the weights afterwards; the servers only ever see the
-:class:`~ppml.proto.architecture.Architecture`. A torch module is checked layer
+:class:`~ppml.proto.domain.architecture.Architecture`. A torch module is checked layer
 by layer, exported to ONNX in memory and parsed by the same code as an ONNX
 file (:mod:`ppml.client.onnx_graph`), so both routes accept exactly the same
 graphs. :func:`plaintext_forward` is the reference semantics of an architecture.
@@ -17,21 +17,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from google.protobuf.message import DecodeError
 from torch import nn
 
+from ppml.client.exported import to_torch
 from ppml.client.onnx_graph import UnsupportedModelError, parse_onnx
-from ppml.proto.architecture import (
-    Affine,
-    Architecture,
-    AvgPool2d,
-    Conv2d,
-    Flatten,
-    Linear,
-    MaxPool2d,
-    ReLU,
-)
+from ppml.proto.domain.architecture import Architecture
 
 __all__ = ["UnsupportedModelError", "export_model", "plaintext_forward"]
 
@@ -192,34 +183,9 @@ def plaintext_forward(
             f"input of shape {tuple(x.shape)} does not match (batch, "
             f"{', '.join(map(str, arch.input_shape))})"
         )
-    p = {
+    params = {
         name: torch.as_tensor(np.asarray(value), dtype=torch.float64)
         for name, value in weights.items()
     }
-    x = x.detach().to(torch.float64)
-    for i, layer in enumerate(arch.layers):
-        if isinstance(layer, Linear):
-            x = F.linear(x, p[f"{i}.weight"], p.get(f"{i}.bias"))
-        elif isinstance(layer, Conv2d):
-            x = F.conv2d(
-                x,
-                p[f"{i}.weight"],
-                p.get(f"{i}.bias"),
-                layer.stride,
-                layer.padding,
-                layer.dilation,
-                layer.groups,
-            )
-        elif isinstance(layer, ReLU):
-            x = F.relu(x)
-        elif isinstance(layer, AvgPool2d):
-            x = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, MaxPool2d):
-            x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, Flatten):
-            x = x.flatten(1)
-        elif isinstance(layer, Affine):
-            x = x * p[f"{i}.scale"] + p[f"{i}.shift"]
-        else:
-            raise TypeError(f"unknown layer type {type(layer).__name__}")
-    return x
+    with torch.no_grad():
+        return to_torch(arch, params, torch.float64)(x.detach().to(torch.float64))

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ppml.proto.architecture import (
+from ppml.proto.domain.architecture import (
     Affine,
     Architecture,
     AvgPool2d,

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ppml.client.errors import PpmlClientError, ServerUnavailable, from_rpc_error, most_relevant
-from ppml.servers.grpc_server import client_channel
+from ppml.proto.deploy.channels import client_channel
 from ppml.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,

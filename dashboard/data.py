@@ -33,11 +33,11 @@ from grpc_health.v1 import health_pb2
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.dashboard import records
 from ppml.proto import serde
-from ppml.proto.architecture import ModelMeta
+from ppml.proto.deploy.channels import client_channel
+from ppml.proto.deploy.topology import load_config
+from ppml.proto.domain.architecture import ModelMeta
+from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import PpmlError
-from ppml.proto.status import StatusReport
-from ppml.servers.config import load_config
-from ppml.servers.grpc_server import client_channel
 from ppml.v1 import (
     datasets_pb2,
     registry_pb2,

@@ -7,7 +7,7 @@ import pandas as pd
 from ppml.dashboard import jobs
 from ppml.dashboard.data import ClusterSnapshot
 from ppml.dashboard.records import Record
-from ppml.proto.architecture import ModelMeta
+from ppml.proto.domain.architecture import ModelMeta
 
 NONE = "—"  # an empty cell (a plain "-" would render as a Markdown bullet)
 INCOMPLETE = " (incomplete)"  # after "held by" when a server that answered lacks a share

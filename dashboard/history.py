@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from ppml.dashboard.data import ClusterSnapshot
-from ppml.proto.status import StatusReport
+from ppml.proto.domain.status import StatusReport
 
 HISTORY_S = 600.0  # charts show the last ten minutes
 RATE_WINDOW_S = 10.0  # the "requests/s" in tables: averaged over about this long

@@ -1,7 +1,7 @@
 """The error catalogue: every domain error's code, gRPC status and public message.
 
 Servers raise :class:`PpmlError` with a code and a detail a user can act on;
-``ppml.servers.errors.rpc_boundary`` turns it into the status below and sends
+``ppml.servers.api.errors.rpc_boundary`` turns it into the status below and sends
 the code in the trailing metadata key :data:`ERROR_CODE_KEY`; the SDK turns it
 back into a typed exception (``ppml.client.errors``). The detail never carries
 secret values (shares, weights, predictions): only ids, shapes and counts.

@@ -8,16 +8,17 @@ caller can act on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
 import numpy as np
 
-from ppml.proto import architecture as arch
-from ppml.proto import commands as cmd
-from ppml.proto import jobs
-from ppml.proto import status as st
-from ppml.proto.dataset_meta import DatasetMeta
+from ppml.proto.domain import architecture as arch
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain import jobs, layers
+from ppml.proto.domain import status as st
+from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import FRACTIONAL_BITS, Ring
 from ppml.v1 import (
@@ -84,89 +85,36 @@ def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
 # ---------------------------------------------------------------- architecture
 
 
-def _pair(values: object, what: str, minimum: int = 0) -> arch.Pair:
-    items = [int(v) for v in values]  # type: ignore[attr-defined]
-    if len(items) != 2 or any(v < minimum for v in items):
-        raise PpmlError(ErrorCode.INVALID_MODEL, f"{what} must be two ints >= {minimum}")
-    return (items[0], items[1])
-
-
 def layer_to_proto(layer: arch.Layer) -> common_pb2.Layer:
-    match layer:
-        case arch.Linear():
-            return common_pb2.Layer(
-                linear=common_pb2.Linear(
-                    in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias
-                )
-            )
-        case arch.Conv2d():
-            return common_pb2.Layer(
-                conv2d=common_pb2.Conv2d(
-                    in_channels=layer.in_channels,
-                    out_channels=layer.out_channels,
-                    kernel_size=layer.kernel_size,
-                    stride=layer.stride,
-                    padding=layer.padding,
-                    dilation=layer.dilation,
-                    groups=layer.groups,
-                    bias=layer.bias,
-                )
-            )
-        case arch.ReLU():
-            return common_pb2.Layer(relu=common_pb2.ReLU())
-        case arch.AvgPool2d() | arch.MaxPool2d():
-            pool = common_pb2.Pool2d(
-                kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding
-            )
-            if isinstance(layer, arch.AvgPool2d):
-                return common_pb2.Layer(avg_pool2d=pool)
-            return common_pb2.Layer(max_pool2d=pool)
-        case arch.Flatten():
-            return common_pb2.Layer(flatten=common_pb2.Flatten())
-        case arch.Affine():
-            return common_pb2.Layer(affine=common_pb2.Affine(shape=layer.shape))
-    raise TypeError(f"unknown layer {layer!r}")
+    """Copy a layer's fields into the ``Layer`` oneof message named by its kind."""
+    msg = common_pb2.Layer()
+    sub = getattr(msg, layer.KIND)
+    sub.SetInParent()
+    for item in dataclasses.fields(layer):
+        value = getattr(layer, item.name)
+        if isinstance(value, tuple):
+            getattr(sub, item.name).extend(value)
+        else:
+            setattr(sub, item.name, value)
+    return msg
 
 
 def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
     kind = msg.WhichOneof("kind")
-    where = f"layer {index}"
-    if kind == "linear":
-        lin = msg.linear
-        if lin.in_features <= 0 or lin.out_features <= 0:
-            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: Linear sizes must be positive")
-        return arch.Linear(lin.in_features, lin.out_features, lin.bias)
-    if kind == "conv2d":
-        c = msg.conv2d
-        if c.in_channels <= 0 or c.out_channels <= 0 or c.groups <= 0:
-            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: Conv2d sizes must be positive")
-        if c.in_channels % c.groups or c.out_channels % c.groups:
-            raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: channels not divisible by groups")
-        return arch.Conv2d(
-            c.in_channels,
-            c.out_channels,
-            _pair(c.kernel_size, f"{where}: kernel_size", 1),
-            _pair(c.stride, f"{where}: stride", 1),
-            _pair(c.padding, f"{where}: padding"),
-            _pair(c.dilation, f"{where}: dilation", 1),
-            c.groups,
-            c.bias,
-        )
-    if kind == "relu":
-        return arch.ReLU()
-    if kind in ("avg_pool2d", "max_pool2d"):
-        p = getattr(msg, kind)
-        args = (
-            _pair(p.kernel_size, f"{where}: kernel_size", 1),
-            _pair(p.stride, f"{where}: stride", 1),
-            _pair(p.padding, f"{where}: padding"),
-        )
-        return arch.AvgPool2d(*args) if kind == "avg_pool2d" else arch.MaxPool2d(*args)
-    if kind == "flatten":
-        return arch.Flatten()
-    if kind == "affine":
-        return arch.Affine(tuple(int(d) for d in msg.affine.shape))
-    raise PpmlError(ErrorCode.INVALID_MODEL, f"{where}: no layer kind set")
+    cls = layers.KINDS.get(kind or "")
+    if cls is None:
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"layer {index}: no layer kind set")
+    sub = getattr(msg, kind or "")
+    values: dict[str, object] = {}
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(sub, item.name)
+        values[item.name] = tuple(int(v) for v in value) if hasattr(value, "extend") else value
+    layer = cls(**values)
+    try:
+        layer.check()
+    except ValueError as exc:
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"layer {index}: {exc}") from None
+    return layer  # type: ignore[return-value]
 
 
 def architecture_to_proto(a: arch.Architecture) -> common_pb2.Architecture:

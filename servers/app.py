@@ -9,23 +9,14 @@ from importlib import metadata
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ppml.proto import commands as cmd
-from ppml.proto.status import StatusReport
-from ppml.servers import mpc_session
-from ppml.servers.auth import TokenAuthInterceptor, load_auth_file
-from ppml.servers.config import ClusterConfig
-from ppml.servers.datasets import DATASET_CODEC, DatasetRegistry
-from ppml.servers.evaluation import EvaluationService
-from ppml.servers.follower import Follower
-from ppml.servers.grpc_server import ServerTls, create_server
-from ppml.servers.inference import InferenceService
-from ppml.servers.jobs import JOB_CODEC, JobManager
-from ppml.servers.leader import Leader
-from ppml.servers.metrics import ServerMetrics
-from ppml.servers.pending import PendingTable
-from ppml.servers.prometheus import MetricsEndpoint, make_registry, serve_metrics
-from ppml.servers.registry import ModelRegistry
-from ppml.servers.servicers import (
+from ppml.proto.deploy.tokens import load_auth_file
+from ppml.proto.deploy.topology import ClusterConfig
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain.status import StatusReport
+from ppml.servers.api.auth import TokenAuthInterceptor
+from ppml.servers.api.prometheus import MetricsEndpoint, make_registry, serve_metrics
+from ppml.servers.api.server import ServerTls, create_server
+from ppml.servers.api.servicers import (
     CoordinatorServicer,
     DatasetRegistryServicer,
     InferenceServicer,
@@ -33,8 +24,18 @@ from ppml.servers.servicers import (
     StatusServicer,
     TrainingServicer,
 )
-from ppml.servers.storage import FileModelStore, FileShareStore
-from ppml.servers.worker import MpcWorker
+from ppml.servers.control.follower import Follower
+from ppml.servers.control.holds import PendingTable
+from ppml.servers.control.leader import Leader
+from ppml.servers.kinds.evaluate import EvaluationService
+from ppml.servers.kinds.predict import InferenceService
+from ppml.servers.mpc import session as mpc_session
+from ppml.servers.mpc.worker import MpcWorker
+from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.store.jobs import JOB_CODEC, JobManager
+from ppml.servers.store.metrics import ServerMetrics
+from ppml.servers.store.models import ModelRegistry
+from ppml.servers.store.storage import FileModelStore, FileShareStore
 from ppml.v1 import (
     coordinator_pb2_grpc,
     datasets_pb2_grpc,

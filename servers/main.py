@@ -7,8 +7,8 @@ import logging
 import signal
 import threading
 
+from ppml.proto.deploy.topology import load_config
 from ppml.servers.app import ComputeServer
-from ppml.servers.config import load_config
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ import torch
 import websocket
 
 from ppml.client import Cluster
-from ppml.servers.local import LocalCluster, free_port
+from ppml.proto.deploy.local import LocalCluster, free_port
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "artifacts"

@@ -20,8 +20,8 @@ from ppml.client import (
     PredictionAborted,
 )
 from ppml.proto import serde, shares
-from ppml.servers.grpc_server import client_channel
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.channels import client_channel
+from ppml.proto.deploy.local import LocalCluster
 from ppml.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ppml.client import Cluster
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.local import LocalCluster
 
 CLIENTS = 32
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster, PredictionAborted, ServerUnavailable
-from ppml.servers.local import LocalCluster, write_local_topology
+from ppml.proto.deploy.local import LocalCluster, write_local_topology
 
 
 def _big_cnn_input(rows: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.local import LocalCluster
 
 TOLERANCE = 1e-2
 

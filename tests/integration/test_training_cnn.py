@@ -10,7 +10,7 @@ import torch
 from ppml.client import Cluster
 from ppml.client.exported import to_torch
 from ppml.client.model_export import export_model
-from ppml.proto.jobs import TrainingSpec
+from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.plaintext import train_plaintext
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ppml.client import Cluster
 from ppml.client.errors import DatasetNotFound, InvalidDataset, InvalidTrainingJob
-from ppml.servers.local import LocalCluster
+from ppml.proto.deploy.local import LocalCluster
 
 
 def _mlp(inputs: int = 64, outputs: int = 10) -> torch.nn.Module:

@@ -10,7 +10,7 @@ from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.model_selection import train_test_split
 
 from ppml.client import Cluster
-from ppml.proto.jobs import TrainingSpec
+from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.plaintext import train_plaintext
 
 

@@ -1,4 +1,4 @@
-"""Tests for ppml.servers.auth: auth files and the bearer-token interceptor on a real server."""
+"""Tests for ppml.servers.api.auth: auth files and the bearer-token interceptor on a real server."""
 
 from __future__ import annotations
 
@@ -14,20 +14,17 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ppml.client.errors import AuthenticationFailed, PermissionDenied, from_rpc_error
-from ppml.proto.errors import ERROR_CODE_KEY
-from ppml.servers.auth import (
+from ppml.proto.deploy.tokens import (
     ROLES,
     Identity,
-    TokenAuthInterceptor,
-    _wrap,
-    current_identity,
     load_auth_file,
     new_token,
-    required_roles,
     token_hash,
     write_auth_file,
     write_secret,
 )
+from ppml.proto.errors import ERROR_CODE_KEY
+from ppml.servers.api.auth import TokenAuthInterceptor, _wrap, current_identity, required_roles
 from ppml.v1 import (
     registry_pb2,
     registry_pb2_grpc,

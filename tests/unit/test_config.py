@@ -1,4 +1,4 @@
-"""Tests for ppml.servers.config.load_config (the topology file)."""
+"""Tests for ppml.proto.deploy.topology.load_config (the topology file)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ppml.servers.config import ConfigError, ServingConfig, load_config
-from ppml.servers.local import write_local_topology
+from ppml.proto.deploy.local import write_local_topology
+from ppml.proto.deploy.topology import ConfigError, ServingConfig, load_config
 
 
 def _party(name: str, grpc_port: int, mpc_port: int, extra: str = "") -> str:

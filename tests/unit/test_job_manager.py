@@ -1,4 +1,4 @@
-"""Tests for ppml.servers.jobs.JobManager and ppml.servers.datasets.DatasetRegistry.
+"""Tests for ppml.servers.store.jobs.JobManager and ppml.servers.store.datasets.DatasetRegistry.
 
 In-memory stores, a real model registry and a fake announcer that records what
 would go to the leader.
@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ppml.proto import architecture as arch
-from ppml.proto import commands as cmd
-from ppml.proto.dataset_meta import ANYONE, DatasetMeta
+from ppml.proto.domain import architecture as arch
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain.datasets import ANYONE, DatasetMeta
+from ppml.proto.domain.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.shares import Ring, random_ring
-from ppml.servers.datasets import DATASET_CODEC, DatasetRegistry
-from ppml.servers.jobs import ANNOUNCE_TIMEOUT_S, JOB_CODEC, JobManager
-from ppml.servers.registry import ModelRegistry
-from ppml.servers.storage import MemoryModelStore, MemoryShareStore
-from ppml.training.mpc_trainer import StepOutcome
+from ppml.servers.mpc.trainer import StepOutcome
+from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.store.jobs import ANNOUNCE_TIMEOUT_S, JOB_CODEC, JobManager
+from ppml.servers.store.models import ModelRegistry
+from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
 
 OWNER = "hospital-a"
 OTHER = "hospital-b"

@@ -1,11 +1,11 @@
-"""Tests for ppml.servers.job_queue.JobQueue (pure logic, explicit clock)."""
+"""Tests for ppml.servers.control.job_queue.JobQueue (pure logic, explicit clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ppml.proto import commands as cmd
-from ppml.servers.job_queue import JobQueue
+from ppml.proto.domain import commands as cmd
+from ppml.servers.control.job_queue import JobQueue
 
 NAMES = ["leader", "server-1", "server-2"]
 
@@ -324,8 +324,8 @@ def test_deadline_is_set_by_the_first_announce() -> None:
 
 
 def test_a_late_announce_of_an_ended_job_is_ignored() -> None:
-    from ppml.proto import commands as cmd
-    from ppml.servers.job_queue import JobQueue
+    from ppml.proto.domain import commands as cmd
+    from ppml.servers.control.job_queue import JobQueue
 
     queue = JobQueue(2)
     queue.announce(0, cmd.JobAnnounce("j", "train", 3, 60.0), 0.0)
@@ -338,8 +338,8 @@ def test_a_late_announce_of_an_ended_job_is_ignored() -> None:
 
 
 def test_a_session_restart_fails_started_training_jobs_only() -> None:
-    from ppml.proto import commands as cmd
-    from ppml.servers.job_queue import JobQueue
+    from ppml.proto.domain import commands as cmd
+    from ppml.servers.control.job_queue import JobQueue
 
     queue = JobQueue(2)
     for job_id in ("started", "waiting"):

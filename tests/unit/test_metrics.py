@@ -1,17 +1,17 @@
-"""Tests for ppml.servers.metrics (counters behind the Status RPC and /metrics)."""
+"""Tests for ppml.servers.store.metrics (counters behind the Status RPC and /metrics)."""
 
 from __future__ import annotations
 
 import pytest
 
+from ppml.proto.deploy.topology import ServingConfig
 from ppml.proto.errors import PpmlError
 from ppml.proto.shares import random_ring
-from ppml.servers.config import ServingConfig
-from ppml.servers.inference import InferenceService
-from ppml.servers.metrics import UNKNOWN_MODEL, ServerMetrics
-from ppml.servers.pending import PendingTable
-from ppml.servers.registry import ModelRegistry
-from ppml.servers.storage import MemoryModelStore
+from ppml.servers.control.holds import PendingTable
+from ppml.servers.kinds.predict import InferenceService
+from ppml.servers.store.metrics import UNKNOWN_MODEL, ServerMetrics
+from ppml.servers.store.models import ModelRegistry
+from ppml.servers.store.storage import MemoryModelStore
 
 
 def test_per_model_errors_and_successes() -> None:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ppml.client.model_export import UnsupportedModelError, export_model, plaintext_forward
-from ppml.proto.architecture import (
+from ppml.proto.domain.architecture import (
     Affine,
     Architecture,
     AvgPool2d,

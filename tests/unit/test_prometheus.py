@@ -1,4 +1,4 @@
-"""Tests for ppml.servers.prometheus: the status collector and its HTTP(S) endpoint."""
+"""Tests for ppml.servers.api.prometheus: the status collector and its HTTP(S) endpoint."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ppml.proto import status as st
-from ppml.servers.auth import Identity, token_hash
-from ppml.servers.prometheus import MetricsEndpoint, StatusCollector, make_registry, serve_metrics
-from ppml.servers.tls import issue_server_cert, make_ca
+from ppml.proto.deploy.tls import issue_server_cert, make_ca
+from ppml.proto.deploy.tokens import Identity, token_hash
+from ppml.proto.domain import status as st
+from ppml.servers.api.prometheus import (
+    MetricsEndpoint,
+    StatusCollector,
+    make_registry,
+    serve_metrics,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -1,4 +1,4 @@
-"""ppml.servers.errors.rpc_boundary on a real gRPC server, and the SDK's mapping back."""
+"""ppml.servers.api.errors.rpc_boundary on a real gRPC server, and the SDK's mapping back."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ppml.client.errors import (
     most_relevant,
 )
 from ppml.proto.errors import CATALOG, ERROR_CODE_KEY, ErrorCode, PpmlError
-from ppml.servers.errors import rpc_boundary
+from ppml.servers.api.errors import rpc_boundary
 from ppml.v1 import registry_pb2, registry_pb2_grpc
 
 SECRET_TEXT = "weights=[0.123, -4.56] at /srv/ppml/data/server-0/models/x"
@@ -136,7 +136,7 @@ def test_every_catalogue_code_round_trips(
 def test_unexpected_exception_is_internal_without_leaking(
     stub: registry_pb2_grpc.ModelRegistryStub, model_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="ppml.servers.errors"):
+    with caplog.at_level(logging.ERROR, logger="ppml.servers.api.errors"):
         error = _fail(stub, model_id)
     details = error.details()
     assert error.code() == grpc.StatusCode.INTERNAL

@@ -1,10 +1,10 @@
-"""Tests for ppml.servers.scheduler.Scheduler (pure logic, explicit clock)."""
+"""Tests for ppml.servers.control.scheduler.Scheduler (pure logic, explicit clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ppml.servers.scheduler import Drop, Job, Scheduler
+from ppml.servers.control.scheduler import Drop, Job, Scheduler
 
 NAMES = ["server-0", "server-1", "server-2"]
 

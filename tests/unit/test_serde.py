@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ppml.proto import architecture as arch
-from ppml.proto import commands as cmd
 from ppml.proto import serde
-from ppml.proto import status as st
+from ppml.proto.domain import architecture as arch
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain import status as st
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import FRACTIONAL_BITS, random_ring
 from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2

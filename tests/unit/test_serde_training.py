@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppml.proto import architecture as arch
-from ppml.proto import commands as cmd
 from ppml.proto import serde
-from ppml.proto.dataset_meta import ANYONE, DatasetMeta
+from ppml.proto.domain import architecture as arch
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain.datasets import ANYONE, DatasetMeta
+from ppml.proto.domain.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.shares import random_ring
 from ppml.v1 import coordinator_pb2, datasets_pb2, training_pb2
 

@@ -1,4 +1,4 @@
-"""Contract tests for every ppml.servers.storage backend: models, then any record kind."""
+"""Contract tests for every ppml.servers.store.storage backend: models, then any record kind."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppml.proto import architecture as arch
+from ppml.proto.domain import architecture as arch
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring, random_ring
-from ppml.servers.storage import (
+from ppml.servers.store.storage import (
     MODEL_CODEC,
     FileModelStore,
     FileShareStore,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from ppml.proto.jobs import LOSSES, TrainingSpec
+from ppml.proto.domain.jobs import LOSSES, TrainingSpec
 from ppml.training.batches import BatchPlan
 from ppml.training.losses import LossMismatch, accuracy_kind, check_fits
-from ppml.training.mpc_trainer import VARIANCE_FLOOR
-from ppml.training.plaintext import standardizer, train_plaintext
+from ppml.training.plaintext import train_plaintext
+from ppml.training.standardize import VARIANCE_FLOOR, standardizer
 
 # ---------------------------------------------------------------- batch plan
 

@@ -1,0 +1,232 @@
+"""A whole cluster on loopback: N compute servers + dealer, TLS on, own CA.
+
+``LocalCluster`` writes the same topology file a multi-host deployment uses
+(``DIR/cluster.toml``), a private CA and per-server certificates, bearer
+tokens (client, read-only monitor, peer) and per-server auth files; then it
+starts every process and waits until all report SERVING. Used by the demo,
+the CLI (``ppml cluster up``) and the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ppml.proto.deploy.channels import client_channel
+from ppml.proto.deploy.tls import issue_server_cert, make_ca
+from ppml.proto.deploy.tokens import new_token, write_auth_file, write_secret
+from ppml.proto.deploy.topology import ClusterConfig, load_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_local_topology(
+    directory: Path, parties: int, serving: dict[str, float] | None = None
+) -> Path:
+    """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(directory / "tls")
+    client, monitor, peer, analyst = new_token(), new_token(), new_token(), new_token()
+    # a second client identity, so sharing and owner-only rules can be exercised locally
+    write_secret(directory / "secrets" / "analyst.token", analyst)
+    write_secret(directory / "secrets" / "client.token", client)
+    write_secret(directory / "secrets" / "monitor.token", monitor)
+    write_secret(directory / "secrets" / "peer.token", peer)
+    lines = [
+        "# ppml topology: compute parties in rank order (rank 0 leads) and the dealer.",
+        "# Paths are relative to this file. The same format works across hosts.",
+        "[cluster]",
+        'name = "local"',
+        'ca_cert = "tls/ca.pem"',
+        'peer_token_file = "secrets/peer.token"',
+        "",
+    ]
+    for rank in range(parties):
+        name = f"server-{rank}"
+        issue_server_cert(ca, directory / "tls", name, ["127.0.0.1", "localhost"])
+        write_auth_file(
+            directory / "auth" / f"{name}.toml",
+            [
+                ("local-user", "client", client),
+                ("analyst", "client", analyst),
+                ("monitor", "monitor", monitor),
+                ("peer", "peer", peer),
+            ],
+        )
+        lines += [
+            "[[parties]]",
+            f'name = "{name}"',
+            f'grpc_address = "127.0.0.1:{free_port()}"',
+            f'mpc_address = "127.0.0.1:{free_port()}"',
+            f"metrics_port = {free_port()}",
+            f'tls_cert = "tls/{name}.pem"',
+            f'tls_key = "tls/{name}.key"',
+            f'data_dir = "data/{name}"',
+            f'auth_file = "auth/{name}.toml"',
+            "",
+        ]
+    lines += [
+        "[dealer]",
+        'name = "dealer"',
+        "",
+        "[client]",
+        'token_file = "secrets/client.token"',
+        'monitor_token_file = "secrets/monitor.token"',
+        "",
+        "[serving]",
+    ]
+    for key, value in (serving or {}).items():
+        lines.append(f"{key} = {value}")
+    path = directory / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_serving(
+    config: ClusterConfig,
+    timeout: float = 120.0,
+    insecure: bool = False,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Block until every compute server's health check says SERVING.
+
+    ``alive`` is called while waiting and may raise to stop early (e.g. when a
+    process being waited for has exited).
+    """
+    deadline = time.monotonic() + timeout
+    for party in config.parties:
+        channel = client_channel(party.grpc_address, None if insecure else config.ca_cert)
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{party.name} did not become SERVING within {timeout}s")
+                time.sleep(0.2)
+        finally:
+            channel.close()
+
+
+class LocalCluster:
+    """Start N compute servers and a dealer on loopback; stop them on exit."""
+
+    def __init__(
+        self,
+        parties: int = 2,
+        directory: str | Path | None = None,
+        insecure: bool = False,
+        serving: dict[str, float] | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        if parties < 2:
+            raise ValueError("a cluster needs at least 2 non-colluding compute servers")
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="ppml-cluster-")
+        self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
+        self.parties = parties
+        self.insecure = insecure
+        self._serving = serving
+        self._startup_timeout = startup_timeout
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.config_path = self.directory / "cluster.toml"
+
+    @property
+    def config(self) -> ClusterConfig:
+        return load_config(self.config_path)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        logs = self.directory / "logs"
+        logs.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", *args, "--config", str(self.config_path)]
+        if self.insecure:
+            cmd.append("--insecure")
+        with open(logs / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def start_server(self, rank: int) -> None:
+        self._spawn(f"server-{rank}", ["ppml.servers.main", "--rank", str(rank)])
+
+    def start_dealer(self) -> None:
+        self._spawn("dealer", ["ppml.servers.mpc.dealer"])
+
+    def start(self) -> LocalCluster:
+        if not self.config_path.exists():
+            write_local_topology(self.directory, self.parties, self._serving)
+        for rank in range(self.parties):
+            self.start_server(rank)
+        self.start_dealer()
+        try:
+            self.wait_serving(self._startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_serving(self, timeout: float = 120.0) -> None:
+        wait_serving(self.config, timeout, self.insecure, self._check_alive)
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+
+    def log(self, name: str) -> Path:
+        return self.directory / "logs" / f"{name}.log"
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one process (e.g. ``"server-1"``) without any clean-up, as a crash would."""
+        proc = self.processes.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

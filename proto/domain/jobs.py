@@ -1,0 +1,116 @@
+"""Training jobs as domain types: spec (public), state, progress events.
+
+Mirrors ``ppml/v1/training.proto``; :mod:`ppml.proto.serde` converts. Metric
+values appear only as this server's shares (:class:`EpochMetrics`): the
+job's owner sums every server's share to read them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from ppml.proto.domain.architecture import Architecture
+from ppml.proto.shares import Ring
+
+LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+OPTIMIZERS = ("sgd",)
+
+
+class JobState(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    dataset_ids: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    validation_id: str = ""
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    loss: str = "cross_entropy"
+    optimizer: str = "sgd"
+    reveal_metrics: bool = False
+    seed: int = 0
+    standardize: bool = False
+
+    def batches_per_epoch(self, rows: int) -> int:
+        return max(1, math.ceil(rows / self.batch_size))
+
+    def steps_total(self, rows: int) -> int:
+        return self.epochs * self.batches_per_epoch(rows)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """This server's shares of one epoch's mean loss and validation correct count."""
+
+    epoch: int
+    mean_loss: Ring
+    correct: Ring
+    validation_rows: int
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    model_id: str
+    name: str
+    owner: str
+    architecture: Architecture
+    spec: TrainingSpec
+    state: JobState = JobState.QUEUED
+    reason: str = ""
+    created_unix_ms: int = 0
+    started_unix_ms: int = 0
+    finished_unix_ms: int = 0
+    rows: int = 0
+    batches_per_epoch: int = 0
+    steps_total: int = 0
+    steps_done: int = 0
+    samples_per_s: float = 0.0
+    metrics: tuple[EpochMetrics, ...] = ()
+
+    @property
+    def samples_done(self) -> int:
+        """Training rows processed so far (the last batch of an epoch may be short)."""
+        if not self.batches_per_epoch:
+            return 0
+        epochs, batches = divmod(self.steps_done, self.batches_per_epoch)
+        return epochs * self.rows + min(self.rows, batches * self.spec.batch_size)
+
+    def evolve(self, **changes: object) -> JobInfo:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def public(self) -> JobInfo:
+        """What a caller other than the owner may see: no metric shares."""
+        return replace(self, metrics=())
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    index: int
+    job_id: str
+    state: JobState
+    epoch: int = 0
+    batch: int = 0
+    steps_done: int = 0
+    steps_total: int = 0
+    samples_done: int = 0
+    samples_per_s: float = 0.0
+    metrics: EpochMetrics | None = None
+    reason: str = ""
+
+    def public(self) -> JobEvent:
+        return replace(self, metrics=None)

@@ -1,0 +1,139 @@
+"""Bearer-token authentication as a gRPC server interceptor.
+
+The tokens a server accepts come from its auth file
+(:mod:`ppml.proto.deploy.tokens`). ``grpc.health.v1`` is open to all (it
+reveals nothing). The interceptor makes the caller's identity available to
+handlers through :func:`current_identity`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hmac
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from ppml.proto.deploy.tokens import Identity, token_hash
+
+_IDENTITY: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "ppml_identity", default=None
+)
+
+
+def identify(table: dict[str, Identity], header: str) -> Identity | None:
+    """The identity of an ``authorization`` header value ``Bearer <token>``, if known."""
+    if not header.startswith("Bearer "):
+        return None
+    digest = token_hash(header[len("Bearer ") :])
+    return next(
+        (ident for key, ident in table.items() if hmac.compare_digest(key, digest)),
+        None,
+    )
+
+
+def current_identity() -> Identity | None:
+    """The authenticated caller of the RPC being handled (None when auth is off)."""
+    return _IDENTITY.get()
+
+
+_PUBLIC_METADATA = frozenset(
+    {
+        "/ppml.v1.ModelRegistry/ListModels",
+        "/ppml.v1.ModelRegistry/GetModel",
+        "/ppml.v1.DatasetRegistry/ListDatasets",
+        "/ppml.v1.DatasetRegistry/GetDataset",
+        "/ppml.v1.Training/ListJobs",
+        "/ppml.v1.Training/GetJob",
+        "/ppml.v1.Training/WatchJob",
+    }
+)
+
+
+def required_roles(method: str) -> tuple[str, ...] | None:
+    """Roles allowed to call ``method``; None means no token needed."""
+    if method.startswith("/grpc.health.v1.Health/"):
+        return None
+    if method.startswith("/ppml.v1.Status/"):
+        return ("client", "monitor", "peer")
+    if method in _PUBLIC_METADATA:
+        return ("client", "monitor")  # public metadata and counters only
+    if method.startswith("/ppml.v1.Coordinator/"):
+        return ("peer",)
+    return ("client",)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodHandler:
+    def bind(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        if fn is None:
+            return None
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            token = _IDENTITY.set(identity)
+            try:
+                result = fn(request, context)
+            finally:
+                _IDENTITY.reset(token)
+            if inspect.isgenerator(result):  # a streaming response runs lazily
+                return _with_identity(result, identity)
+            return result
+
+        return call
+
+    return handler._replace(
+        unary_unary=bind(handler.unary_unary),
+        unary_stream=bind(handler.unary_stream),
+        stream_unary=bind(handler.stream_unary),
+        stream_stream=bind(handler.stream_stream),
+    )
+
+
+def _with_identity(stream: Iterator[Any], identity: Identity) -> Iterator[Any]:
+    """Iterate a response stream with the caller's identity bound."""
+    token = _IDENTITY.set(identity)
+    try:
+        yield from stream
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another context
+            _IDENTITY.reset(token)
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request: Any, context: grpc.ServicerContext) -> Any:
+        context.set_trailing_metadata((("ppml-error-code", code.name),))
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Checks ``authorization: Bearer <token>`` against the auth table."""
+
+    def __init__(self, table: dict[str, Identity]) -> None:
+        self._table = table
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        roles = required_roles(handler_call_details.method)
+        if handler is None or roles is None:
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = str(metadata.get("authorization", ""))
+        if not header.startswith("Bearer "):
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' token")
+        identity = identify(self._table, header)
+        if identity is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        if identity.role not in roles:
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role '{identity.role}' may not call {handler_call_details.method}",
+            )
+        return _wrap(handler, identity)

@@ -1,0 +1,310 @@
+"""Thin gRPC servicers: proto in, one domain call, proto out.
+
+No validation, storage or MPC logic lives here; errors are mapped by
+:func:`ppml.servers.api.errors.rpc_boundary`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from ppml.proto import serde
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain.status import StatusReport
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.shares import Ring
+from ppml.servers.api.auth import current_identity
+from ppml.servers.api.errors import rpc_boundary
+from ppml.servers.control.leader import Leader
+from ppml.servers.kinds.evaluate import EvaluationService
+from ppml.servers.kinds.predict import InferenceService
+from ppml.servers.store.datasets import DatasetRegistry
+from ppml.servers.store.jobs import JobManager
+from ppml.servers.store.models import ModelRegistry
+from ppml.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+
+def _owner() -> str:
+    identity = current_identity()
+    return identity.name if identity else "anonymous"
+
+
+class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def UploadModel(
+        self, request: registry_pb2.UploadModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        with rpc_boundary(context, "UploadModel"):
+            architecture = serde.architecture_from_proto(request.architecture)
+            shares = serde.named_shares_from_proto(
+                list(request.parameters), architecture.parameter_shapes()
+            )
+            meta = self._registry.upload(
+                request.model_id, request.name, _owner(), architecture, shares
+            )
+            return serde.model_meta_to_proto(meta)
+        raise AssertionError("unreachable")
+
+    def ListModels(
+        self, request: registry_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ListModelsResponse:
+        with rpc_boundary(context, "ListModels"):
+            models = [serde.model_meta_to_proto(m) for m in self._registry.list()]
+            return registry_pb2.ListModelsResponse(models=models)
+        raise AssertionError("unreachable")
+
+    def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        with rpc_boundary(context, "GetModel"):
+            return serde.model_meta_to_proto(self._registry.meta(request.model_id))
+        raise AssertionError("unreachable")
+
+    def DeleteModel(
+        self, request: registry_pb2.DeleteModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.DeleteModelResponse:
+        with rpc_boundary(context, "DeleteModel"):
+            self._registry.delete(request.model_id)
+            return registry_pb2.DeleteModelResponse()
+        raise AssertionError("unreachable")
+
+    def ExportModel(
+        self, request: registry_pb2.ExportModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ExportModelResponse:
+        with rpc_boundary(context, "ExportModel"):
+            model = self._registry.export(request.model_id, _owner())
+            return registry_pb2.ExportModelResponse(
+                model=serde.model_meta_to_proto(model.meta),
+                parameters=serde.named_shares_to_proto(model.shares),
+            )
+        raise AssertionError("unreachable")
+
+
+def _chunks(
+    first: datasets_pb2.UploadDatasetChunk,
+    rest: Iterator[datasets_pb2.UploadDatasetChunk],
+) -> Iterator[tuple[Ring, Ring]]:
+    for index, chunk in enumerate(itertools.chain([first], rest)):
+        if index > 0 and chunk.HasField("header"):
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, "only the first chunk may carry a header")
+        if chunk.HasField("features") or chunk.HasField("labels"):
+            yield (
+                serde.share_from_proto(chunk.features, what=f"chunk {index} features"),
+                serde.share_from_proto(chunk.labels, what=f"chunk {index} labels"),
+            )
+
+
+class DatasetRegistryServicer(datasets_pb2_grpc.DatasetRegistryServicer):
+    def __init__(self, datasets: DatasetRegistry) -> None:
+        self._datasets = datasets
+
+    def UploadDataset(
+        self,
+        request_iterator: Iterator[datasets_pb2.UploadDatasetChunk],
+        context: grpc.ServicerContext,
+    ) -> datasets_pb2.DatasetInfo:
+        with rpc_boundary(context, "UploadDataset"):
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("header"):
+                raise PpmlError(ErrorCode.INVALID_ARGUMENT, "the first chunk must carry a header")
+            header = serde.dataset_header_from_proto(first.header, _owner())
+            meta = self._datasets.upload(header, _chunks(first, request_iterator))
+            return serde.dataset_meta_to_proto(meta)
+        raise AssertionError("unreachable")
+
+    def ListDatasets(
+        self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.ListDatasetsResponse:
+        with rpc_boundary(context, "ListDatasets"):
+            metas = [serde.dataset_meta_to_proto(m) for m in self._datasets.list()]
+            return datasets_pb2.ListDatasetsResponse(datasets=metas)
+        raise AssertionError("unreachable")
+
+    def GetDataset(
+        self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DatasetInfo:
+        with rpc_boundary(context, "GetDataset"):
+            return serde.dataset_meta_to_proto(self._datasets.meta(request.dataset_id))
+        raise AssertionError("unreachable")
+
+    def DeleteDataset(
+        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DeleteDatasetResponse:
+        with rpc_boundary(context, "DeleteDataset"):
+            self._datasets.delete(request.dataset_id, _owner())
+            return datasets_pb2.DeleteDatasetResponse()
+        raise AssertionError("unreachable")
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServicer):
+    def __init__(self, jobs: JobManager, evaluations: EvaluationService) -> None:
+        self._jobs = jobs
+        self._evaluations = evaluations
+
+    def StartTraining(
+        self, request: training_pb2.StartTrainingRequest, context: grpc.ServicerContext
+    ) -> training_pb2.JobInfo:
+        with rpc_boundary(context, "StartTraining"):
+            architecture = serde.architecture_from_proto(request.architecture)
+            initial = serde.named_shares_from_proto(
+                list(request.initial_parameters), architecture.parameter_shapes()
+            )
+            info = self._jobs.start(
+                request.job_id,
+                request.model_id,
+                request.name,
+                _owner(),
+                architecture,
+                initial,
+                serde.training_spec_from_proto(request.spec),
+            )
+            return serde.job_info_to_proto(info)
+        raise AssertionError("unreachable")
+
+    def GetJob(
+        self, request: training_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> training_pb2.JobInfo:
+        with rpc_boundary(context, "GetJob"):
+            return serde.job_info_to_proto(self._jobs.get(request.job_id, _owner()))
+        raise AssertionError("unreachable")
+
+    def ListJobs(
+        self, request: training_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> training_pb2.ListJobsResponse:
+        with rpc_boundary(context, "ListJobs"):
+            infos = [serde.job_info_to_proto(i) for i in self._jobs.list(_owner())]
+            return training_pb2.ListJobsResponse(jobs=infos)
+        raise AssertionError("unreachable")
+
+    def WatchJob(
+        self, request: training_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[training_pb2.JobEvent]:
+        with rpc_boundary(context, "WatchJob"):
+            events = self._jobs.watch(request.job_id, _owner(), context.is_active)
+            for event in events:
+                yield serde.job_event_to_proto(event)
+
+    def CancelJob(
+        self, request: training_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> training_pb2.JobInfo:
+        with rpc_boundary(context, "CancelJob"):
+            return serde.job_info_to_proto(self._jobs.cancel(request.job_id, _owner()))
+        raise AssertionError("unreachable")
+
+    def Evaluate(
+        self, request: training_pb2.EvaluateRequest, context: grpc.ServicerContext
+    ) -> training_pb2.EvaluateResponse:
+        with rpc_boundary(context, "Evaluate"):
+            outcome = self._evaluations.evaluate(
+                request.request_id,
+                request.model_id,
+                request.dataset_id,
+                _owner(),
+                context.time_remaining(),
+            )
+            return training_pb2.EvaluateResponse(
+                request_id=request.request_id,
+                correct=serde.share_to_proto(outcome.correct),
+                rows=outcome.rows,
+                job_seq=outcome.job_seq,
+            )
+        raise AssertionError("unreachable")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        with rpc_boundary(context, "Predict"):
+            share = serde.share_from_proto(request.input, what="input")
+            outcome = self._service.predict(
+                request.request_id, request.model_id, share, context.time_remaining()
+            )
+            return inference_pb2.PredictResponse(
+                request_id=request.request_id,
+                output=serde.share_to_proto(outcome.share),
+                batch_requests=outcome.batch_requests,
+                job_seq=outcome.job_seq,
+            )
+        raise AssertionError("unreachable")
+
+
+class StatusServicer(status_pb2_grpc.StatusServicer):
+    def __init__(self, report: Callable[[], StatusReport]) -> None:
+        self._report = report
+
+    def GetStatus(
+        self, request: status_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> status_pb2.ServerStatus:
+        with rpc_boundary(context, "GetStatus"):
+            return serde.status_to_proto(self._report())
+        raise AssertionError("unreachable")
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    """The leader's end of the control links (only rank 0 registers it)."""
+
+    def __init__(self, leader: Leader) -> None:
+        self._leader = leader
+
+    def Link(
+        self,
+        request_iterator: Iterator[coordinator_pb2.PartyMessage],
+        context: grpc.ServicerContext,
+    ) -> Iterator[coordinator_pb2.LeaderMessage]:
+        with rpc_boundary(context, "Link"):
+            hello = serde.party_message_from_proto(next(request_iterator))
+            if not isinstance(hello, cmd.Hello):
+                raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
+            outbox = self._leader.attach(hello)
+        rank = hello.rank
+
+        def read() -> None:
+            try:
+                for message in request_iterator:
+                    received = serde.party_message_from_proto(message)
+                    if isinstance(received, cmd.DealerStats) and hello.role == "dealer":
+                        self._leader.record_dealer_stats(received)
+                    elif hello.role == "party":
+                        self._leader.submit(rank, received)
+            except (grpc.RpcError, PpmlError, ValueError):
+                pass
+            finally:
+                self._leader.detach(rank, outbox)
+                outbox.put(None)
+
+        threading.Thread(target=read, name=f"link-{rank}", daemon=True).start()
+        context.add_callback(lambda: outbox.put(None))
+        while True:
+            try:
+                command = outbox.get(timeout=30)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                continue
+            if command is None:
+                return
+            yield serde.leader_command_to_proto(command)

@@ -1,0 +1,160 @@
+"""``ppml-dealer``: the trusted dealer (CrypTen's TTP) for a cluster.
+
+The dealer generates correlated randomness (Beaver triples, wrap counts,
+binary-to-arithmetic bits) for the compute parties. It never receives data,
+shares of data or models: only requests for randomness of given sizes. It
+must not collude with any compute server.
+
+It differs from CrypTen's ``TTPServer`` in two ways: the per-party PRSS seeds
+come from the OS CSPRNG (CrypTen draws them from torch's default generator,
+whose start seed is public), and it serves epoch after epoch: it links to the
+leader, joins each MPC session the leader starts, and rejoins after a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import secrets
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ppml.proto.deploy.topology import ClusterConfig, load_config
+from ppml.proto.domain import commands as cmd
+from ppml.servers.control.leader_link import LeaderLink
+from ppml.servers.mpc import session as mpc_session
+from ppml.servers.mpc.crypten_compat import crypten, csprng_seed
+
+log = logging.getLogger("ppml.dealer")
+STATS_INTERVAL_S = 1.0
+TTPServer: Any = crypten.mpc.provider.ttp_provider.TTPServer
+
+
+class Dealer(TTPServer):
+    """CrypTen's TTP functions, CSPRNG-seeded, one session per ``serve`` call."""
+
+    def __init__(self) -> None:  # do not run TTPServer's blocking __init__
+        self.requests: Counter[str] = Counter()
+        self.sessions = 0
+        self._lock = threading.Lock()
+
+    def stats(self) -> cmd.DealerStats:
+        with self._lock:
+            return cmd.DealerStats(dict(self.requests), self.sessions)
+
+    def _setup_generators(self) -> None:
+        world_size = crypten.communicator.get().get_world_size()
+        seeds = [torch.tensor(csprng_seed()) for _ in range(world_size)]
+        pending = [
+            dist.isend(tensor=seeds[i], dst=i, group=self.ttp_group) for i in range(world_size)
+        ]
+        self.generators = []
+        for seed in seeds:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(int(seed.item()))
+            self.generators.append(generator)
+        self.generators_cuda = [None] * world_size
+        for request in pending:
+            if request is not None:
+                request.wait()
+        dist.barrier(group=self.ttp_group)
+
+    def serve(self) -> str:
+        """Serve one session until rank 0 ends it or a party fails; returns why."""
+        crypten.init()
+        self.sessions += 1
+        comm = crypten.communicator.get()
+        self.ttp_group = comm.ttp_group
+        self.comm_group = comm.ttp_comm_group
+        self.device = "cpu"
+        self._setup_generators()
+        ttp_rank = comm.get_ttp_rank()
+        try:
+            while True:
+                message = comm.recv_obj(0, self.ttp_group)
+                if message == "terminate":
+                    return "session ended by the leader"
+                function = message["function"]
+                if function not in ("additive", "square", "binary", "wraps", "B2A"):
+                    return f"unknown request {function!r}"
+                with self._lock:
+                    self.requests[function] += 1
+                self.device = message["device"]
+                result = getattr(self, function)(*message["args"], **message["kwargs"])
+                comm.send_obj(result.size(), 0, self.ttp_group)
+                comm.broadcast(result, ttp_rank, self.comm_group)
+        except RuntimeError as err:
+            return f"session failed: {err}"
+        finally:
+            mpc_session.leave()
+
+
+def run(config: ClusterConfig, insecure: bool) -> None:
+    token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
+    joins: queue.Queue[cmd.JoinEpoch] = queue.Queue()
+
+    def on_message(message: cmd.LeaderCommand) -> None:
+        if isinstance(message, cmd.JoinEpoch):
+            joins.put(message)
+
+    hello = cmd.Hello(rank=config.world_size, role="dealer", incarnation=secrets.token_hex(8))
+    link = LeaderLink(
+        config.leader.grpc_address,
+        None if insecure else config.ca_cert,
+        token,
+        hello,
+        on_message,
+        lambda reason: log.info("%s", reason),
+    )
+    link.start()
+    dealer = Dealer()
+
+    def report_stats() -> None:  # running totals for the leader's status and dashboard
+        while True:
+            time.sleep(STATS_INTERVAL_S)
+            link.send(dealer.stats())
+
+    threading.Thread(target=report_stats, name="dealer-stats", daemon=True).start()
+    log.info(
+        "dealer %s waiting for the leader at %s", config.dealer_name, config.leader.grpc_address
+    )
+    while True:
+        join = joins.get()
+        while not joins.empty():  # only the newest epoch matters
+            join = joins.get()
+        mpc_session.join_as_dealer(
+            config.world_size,
+            config.leader.mpc_host_port,
+            join.store_prefix,
+            config.serving.mpc_timeout_s,
+        )
+        log.info("joining MPC epoch %d", join.epoch)
+        reason = dealer.serve()
+        log.info(
+            "epoch %d over: %s (requests so far: %s)", join.epoch, reason, dict(dealer.requests)
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ppml-dealer", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="topology file (cluster.toml)")
+    parser.add_argument("--insecure", action="store_true", help="no TLS (logs a warning)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.insecure:
+        log.warning("dealer running WITHOUT TLS on its link to the leader (--insecure)")
+    try:
+        run(load_config(args.config), args.insecure)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The data set registry of one server: validated uploads of shares, access rules.
+
+A data owner streams its share of a data set in chunks of rows; nothing is
+stored until every row announced in the header has arrived with the right
+shapes. Only the owner may delete a data set; only the owner and the
+identities it allowed may train on it or evaluate against it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from ppml.proto import serde
+from ppml.proto.domain.datasets import DatasetMeta
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.serde import check_id
+from ppml.proto.shares import Ring
+from ppml.servers.store.storage import RecordCodec, ShareStore
+
+DATASET_CODEC = RecordCodec[DatasetMeta](
+    kind="datasets",
+    key=lambda meta: meta.dataset_id,
+    created=lambda meta: meta.created_unix_ms,
+    to_bytes=serde.dataset_meta_to_bytes,
+    from_bytes=serde.dataset_meta_from_bytes,
+    not_found=ErrorCode.DATASET_NOT_FOUND,
+    exists=ErrorCode.DATASET_EXISTS,
+    noun="dataset",
+)
+
+MAX_FEATURES = 1 << 20
+MAX_CLASSES = 1 << 16
+
+
+def _invalid(detail: str) -> PpmlError:
+    return PpmlError(ErrorCode.INVALID_DATASET, detail)
+
+
+def check_header(meta: DatasetMeta, max_rows: int) -> None:
+    check_id(meta.dataset_id, "dataset_id")
+    if len(meta.name) > 200:
+        raise _invalid("name is longer than 200 characters")
+    if meta.rows <= 0:
+        raise _invalid(f"dataset {meta.dataset_id!r} is empty: it has {meta.rows} rows")
+    if meta.rows > max_rows:
+        raise _invalid(f"{meta.rows} rows; a server accepts at most {max_rows} per dataset")
+    if not meta.feature_shape or min(meta.feature_shape) <= 0 or meta.features > MAX_FEATURES:
+        raise _invalid(
+            f"feature_shape must be non-empty with positive dimensions and at most "
+            f"{MAX_FEATURES} values per row, got {list(meta.feature_shape)}"
+        )
+    if not 2 <= meta.num_classes <= MAX_CLASSES:
+        raise _invalid(f"num_classes must lie in 2..{MAX_CLASSES}, got {meta.num_classes}")
+    for identity in meta.allowed:
+        if not identity or len(identity) > 200:
+            raise _invalid("every allowed identity must be 1-200 characters")
+
+
+class DatasetRegistry:
+    def __init__(self, store: ShareStore[DatasetMeta], max_rows: int = 10_000_000) -> None:
+        self._store = store
+        self._max_rows = max_rows
+
+    def upload(self, header: DatasetMeta, chunks: Iterable[tuple[Ring, Ring]]) -> DatasetMeta:
+        """Assemble the chunks, check every shape against the header, store."""
+        check_header(header, self._max_rows)
+        if self._store.has(header.dataset_id):
+            raise PpmlError(
+                ErrorCode.DATASET_EXISTS, f"a dataset with id {header.dataset_id!r} already exists"
+            )
+        features, labels, rows = [], [], 0
+        for index, (x, y) in enumerate(chunks):
+            if x.shape[1:] != header.feature_shape or y.shape != (x.shape[0], header.num_classes):
+                raise PpmlError(
+                    ErrorCode.INVALID_SHARE,
+                    f"chunk {index}: features {list(x.shape)} and labels {list(y.shape)} do not "
+                    f"match (rows, {', '.join(map(str, header.feature_shape))}) and "
+                    f"(rows, {header.num_classes})",
+                )
+            rows += int(x.shape[0])
+            if rows > header.rows:
+                raise _invalid(f"more rows arrived than the header's {header.rows}")
+            features.append(x)
+            labels.append(y)
+        if rows != header.rows:
+            raise _invalid(f"the header announced {header.rows} rows but {rows} arrived")
+        meta = DatasetMeta(
+            header.dataset_id,
+            header.name or header.dataset_id,
+            header.owner,
+            header.rows,
+            header.feature_shape,
+            header.num_classes,
+            header.allowed,
+            header.scaling,
+            int(time.time() * 1000),
+        )
+        self._store.put(
+            meta, {"features": np.concatenate(features), "labels": np.concatenate(labels)}
+        )
+        return meta
+
+    def meta(self, dataset_id: str) -> DatasetMeta:
+        return self._store.get_meta(check_id(dataset_id, "dataset_id"))
+
+    def usable(self, dataset_id: str, caller: str) -> DatasetMeta:
+        """The data set's metadata if ``caller`` may use it; PERMISSION_DENIED otherwise."""
+        meta = self.meta(dataset_id)
+        if not meta.may_use(caller):
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"dataset {dataset_id!r} belongs to {meta.owner!r}, who has not allowed "
+                f"{caller!r} to use it",
+            )
+        return meta
+
+    def shares(self, dataset_id: str) -> tuple[Ring, Ring]:
+        """This server's ``(features, labels)`` shares."""
+        arrays = self._store.get_shares(check_id(dataset_id, "dataset_id"))
+        return arrays["features"], arrays["labels"]
+
+    def list(self) -> list[DatasetMeta]:
+        return self._store.list()
+
+    def delete(self, dataset_id: str, caller: str) -> None:
+        meta = self.meta(dataset_id)
+        if caller != meta.owner:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"only its owner {meta.owner!r} may delete dataset {dataset_id!r}",
+            )
+        self._store.delete(dataset_id)
+
+    def __len__(self) -> int:
+        return self._store.count()

@@ -1,0 +1,366 @@
+"""Training jobs on one server: validation, persisted state, progress events.
+
+The gRPC side calls :meth:`JobManager.start`, ``get``, ``list``, ``watch`` and
+``cancel``; the MPC worker reports through ``inputs``, ``started``,
+``progress``, ``succeeded`` and ``end``. Every state change is written to
+this server's store before anyone hears of it, so a restarted server knows
+every job; one that was still queued or running when the server stopped is
+marked failed at start-up (its secret in-memory state is gone).
+
+Callers other than a job's owner see its counters, never its metric shares.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from ppml.proto import serde
+from ppml.proto.domain import commands as cmd
+from ppml.proto.domain.architecture import Architecture, infer_output_shape
+from ppml.proto.domain.datasets import DatasetMeta
+from ppml.proto.domain.jobs import OPTIMIZERS, JobEvent, JobInfo, JobState, TrainingSpec
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.serde import check_id
+from ppml.proto.shares import Ring
+from ppml.servers.mpc.trainer import RunInputs, StepOutcome
+from ppml.servers.store.datasets import DatasetRegistry
+from ppml.servers.store.models import ModelRegistry
+from ppml.servers.store.storage import RecordCodec, ShareStore
+from ppml.training.losses import LossMismatch, check_fits
+
+JOB_CODEC = RecordCodec[JobInfo](
+    kind="jobs",
+    key=lambda info: info.job_id,
+    created=lambda info: info.created_unix_ms,
+    to_bytes=serde.job_info_to_bytes,
+    from_bytes=serde.job_info_from_bytes,
+    not_found=ErrorCode.JOB_NOT_FOUND,
+    exists=ErrorCode.JOB_EXISTS,
+    noun="training job",
+)
+
+ANNOUNCE_TIMEOUT_S = 60.0
+MAX_EPOCHS = 10_000
+Announcer = Callable[[cmd.PartyMessage], bool]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _invalid(detail: str) -> PpmlError:
+    return PpmlError(ErrorCode.INVALID_JOB, detail)
+
+
+def check_spec(spec: TrainingSpec) -> None:
+    if not spec.dataset_ids:
+        raise _invalid("name at least one training dataset")
+    if len(set(spec.dataset_ids)) != len(spec.dataset_ids):
+        raise _invalid("a dataset is listed twice")
+    if not 1 <= spec.epochs <= MAX_EPOCHS:
+        raise _invalid(f"epochs must lie in 1..{MAX_EPOCHS}, got {spec.epochs}")
+    if spec.batch_size < 1:
+        raise _invalid(f"batch_size must be at least 1, got {spec.batch_size}")
+    if not 0 < spec.lr <= 100:
+        raise _invalid(f"lr must lie in (0, 100], got {spec.lr}")
+    if not 0 <= spec.momentum < 1:
+        raise _invalid(f"momentum must lie in [0, 1), got {spec.momentum}")
+    if not 0 <= spec.weight_decay < 1:
+        raise _invalid(f"weight_decay must lie in [0, 1), got {spec.weight_decay}")
+    if spec.optimizer not in OPTIMIZERS:
+        raise _invalid(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}")
+
+
+def check_data_fits(
+    architecture: Architecture, spec: TrainingSpec, datasets: list[DatasetMeta]
+) -> int:
+    """Every data set matches the model and the others; returns the training rows."""
+    first = datasets[0]
+    for meta in datasets[1:]:
+        if meta.feature_shape != first.feature_shape:
+            raise _invalid(
+                f"datasets {first.dataset_id!r} and {meta.dataset_id!r} have different features: "
+                f"{list(first.feature_shape)} vs {list(meta.feature_shape)} per row"
+            )
+        if meta.num_classes != first.num_classes:
+            raise _invalid(
+                f"datasets {first.dataset_id!r} and {meta.dataset_id!r} have different label "
+                f"counts: {first.num_classes} vs {meta.num_classes} classes"
+            )
+    input_count = 1
+    for dim in architecture.input_shape:
+        input_count *= dim
+    if first.features != input_count:
+        raise _invalid(
+            f"the model takes inputs of shape {list(architecture.input_shape)} "
+            f"({input_count} values); the datasets have {first.features} features per row"
+        )
+    try:
+        check_fits(spec.loss, architecture.output_shape, first.num_classes)
+    except LossMismatch as exc:
+        raise _invalid(str(exc)) from None
+    return sum(meta.rows for meta in datasets)
+
+
+class JobManager:
+    def __init__(
+        self,
+        server_name: str,
+        store: ShareStore[JobInfo],
+        datasets: DatasetRegistry,
+        models: ModelRegistry,
+        announcer: Announcer,
+    ) -> None:
+        self._name = server_name
+        self._store = store
+        self._datasets = datasets
+        self._models = models
+        self._announce = announcer
+        self._cond = threading.Condition()
+        self._events: dict[str, list[JobEvent]] = {}
+        # every job's metadata, in creation order: the store is written through, read at start
+        self._infos: dict[str, JobInfo] = {info.job_id: info for info in store.list()}
+        for info in list(self._infos.values()):
+            if not info.state.terminal:
+                self._finish(
+                    info,
+                    JobState.FAILED,
+                    f"{server_name} restarted while the job was {info.state.value}; "
+                    "its secret training state was lost. Start the job again.",
+                )
+
+    # ------------------------------------------------------------ client calls
+
+    def start(
+        self,
+        job_id: str,
+        model_id: str,
+        name: str,
+        owner: str,
+        architecture: Architecture,
+        initial: dict[str, Ring],
+        spec: TrainingSpec,
+    ) -> JobInfo:
+        """Validate everything, persist the job QUEUED and announce it to the leader."""
+        check_id(job_id, "job_id")
+        check_id(model_id, "model_id")
+        check_spec(spec)
+        try:
+            if infer_output_shape(architecture) != architecture.output_shape:
+                raise ValueError("the layers do not produce the declared output shape")
+        except ValueError as exc:
+            raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
+        datasets = [self._datasets.usable(d, owner) for d in spec.dataset_ids]
+        rows = check_data_fits(architecture, spec, datasets)
+        if spec.validation_id:
+            validation = self._datasets.usable(spec.validation_id, owner)
+            check_data_fits(architecture, spec, [datasets[0], validation])
+        if job_id in self._infos:
+            raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
+        if self._models.exists(model_id):
+            raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} already exists")
+        for other in self._all():
+            if other.model_id == model_id and not other.state.terminal:
+                raise PpmlError(
+                    ErrorCode.MODEL_EXISTS,
+                    f"training job {other.job_id!r} will produce model {model_id!r}",
+                )
+        info = JobInfo(
+            job_id=job_id,
+            model_id=model_id,
+            name=name or job_id,
+            owner=owner,
+            architecture=architecture,
+            spec=spec,
+            created_unix_ms=_now_ms(),
+            rows=rows,
+            batches_per_epoch=spec.batches_per_epoch(rows),
+            steps_total=spec.steps_total(rows),
+        )
+        self._store.put(info, initial)
+        with self._cond:
+            self._infos[job_id] = info
+        self._emit(info)
+        announce = cmd.JobAnnounce(job_id, "train", info.steps_total, ANNOUNCE_TIMEOUT_S)
+        if not self._announce(announce):
+            self._finish(info, JobState.FAILED, "the leader could not be reached; retry")
+            raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")
+        return info
+
+    def _visible(self, info: JobInfo, caller: str) -> JobInfo:
+        return info if caller == info.owner else info.public()
+
+    def get(self, job_id: str, caller: str) -> JobInfo:
+        return self._visible(self._info(job_id), caller)
+
+    def list(self, caller: str) -> list[JobInfo]:
+        return [self._visible(info, caller) for info in self._all()]
+
+    def watch(self, job_id: str, caller: str, active: Callable[[], bool]) -> Iterator[JobEvent]:
+        """Every event so far, then new ones, until the job ends (or the caller leaves)."""
+        info = self._info(job_id)
+        owner = caller == info.owner
+        sent = 0
+        while active():
+            with self._cond:
+                events = self._events.get(job_id)
+                if events is None:
+                    events = self._replay(self._infos[job_id])
+                batch = events[sent:]
+                if not batch:
+                    self._cond.wait(1.0)
+                    continue
+            for event in batch:
+                yield event if owner else event.public()
+                sent += 1
+                if event.state.terminal:
+                    return
+
+    def cancel(self, job_id: str, caller: str, wait_s: float = 30.0) -> JobInfo:
+        info = self._info(job_id)
+        if caller != info.owner:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED, f"only its owner {info.owner!r} may cancel {job_id!r}"
+            )
+        if info.state.terminal:
+            raise PpmlError(ErrorCode.JOB_FINISHED, f"job {job_id!r} already {info.state.value}")
+        if not self._announce(cmd.CancelJob(job_id, f"cancelled by {caller}")):
+            raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while time.monotonic() < deadline:
+                info = self._infos[job_id]
+                if info.state.terminal:
+                    break
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+        return info
+
+    # ------------------------------------------------------------ worker calls
+
+    def inputs(self, job_id: str) -> RunInputs:
+        info = self._info(job_id)
+        if info.state.terminal:
+            raise RuntimeError(f"job {job_id} already {info.state.value} on {self._name}")
+        data = [self._datasets.shares(d) for d in info.spec.dataset_ids]
+        validation = None
+        if info.spec.validation_id:
+            validation = self._datasets.shares(info.spec.validation_id)
+        return RunInputs(
+            info.spec,
+            info.architecture,
+            self._store.get_shares(job_id),
+            [x for x, _ in data],
+            [y for _, y in data],
+            validation,
+        )
+
+    def started(self, job_id: str) -> None:
+        info = self._info(job_id)
+        self._update(info.evolve(state=JobState.RUNNING, started_unix_ms=_now_ms()))
+
+    def progress(self, job_id: str, outcome: StepOutcome) -> None:
+        info = self._info(job_id)
+        if info.state.terminal:
+            return
+        metrics = info.metrics if outcome.metrics is None else (*info.metrics, outcome.metrics)
+        self._update(
+            info.evolve(
+                steps_done=info.steps_done + 1,
+                samples_per_s=outcome.samples_per_s,
+                metrics=metrics,
+            ),
+            outcome,
+        )
+
+    def succeeded(self, job_id: str, architecture: Architecture, shares: dict[str, Ring]) -> None:
+        info = self._info(job_id)
+        try:
+            self._models.upload(info.model_id, info.name, info.owner, architecture, shares)
+        except PpmlError as err:
+            self._finish(info, JobState.FAILED, f"could not store the trained model: {err.detail}")
+            return
+        self._finish(info.evolve(architecture=architecture), JobState.SUCCEEDED, "")
+
+    def end(self, job_id: str, state: str, reason: str) -> None:
+        """The leader ended the job on every party (no-op if it already ended here)."""
+        with self._cond:
+            info = self._infos.get(job_id)  # evaluation ids end here too: not jobs
+        if info is not None and not info.state.terminal:
+            self._finish(info, JobState(state), reason)
+
+    def fail_active(self, reason: str) -> None:
+        for info in self._all():
+            if not info.state.terminal:
+                self._finish(info, JobState.FAILED, reason)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, as this server records them."""
+        out: dict[str, int] = {}
+        for info in self._all():
+            out[info.state.value] = out.get(info.state.value, 0) + 1
+        return out
+
+    # ------------------------------------------------------------ state
+
+    def _finish(self, info: JobInfo, state: JobState, reason: str) -> None:
+        self._update(info.evolve(state=state, reason=reason, finished_unix_ms=_now_ms()))
+
+    def _info(self, job_id: str) -> JobInfo:
+        check_id(job_id, "job_id")
+        with self._cond:
+            info = self._infos.get(job_id)
+        if info is None:
+            raise self._store.codec.not_found_error(job_id)
+        return info
+
+    def _all(self) -> builtins.list[JobInfo]:
+        with self._cond:
+            return builtins.list(self._infos.values())
+
+    def _update(self, info: JobInfo, outcome: StepOutcome | None = None) -> None:
+        self._store.update_meta(info)
+        with self._cond:
+            self._infos[info.job_id] = info
+        self._emit(info, outcome)
+
+    def _emit(self, info: JobInfo, outcome: StepOutcome | None = None) -> None:
+        with self._cond:
+            events = self._events.setdefault(info.job_id, [])
+            events.append(
+                JobEvent(
+                    index=len(events),
+                    job_id=info.job_id,
+                    state=info.state,
+                    epoch=outcome.epoch if outcome else 0,
+                    batch=outcome.batch if outcome else 0,
+                    steps_done=info.steps_done,
+                    steps_total=info.steps_total,
+                    samples_done=info.samples_done,
+                    samples_per_s=info.samples_per_s,
+                    metrics=outcome.metrics if outcome else None,
+                    reason=info.reason,
+                )
+            )
+            self._cond.notify_all()
+
+    @staticmethod
+    def _replay(info: JobInfo) -> builtins.list[JobEvent]:
+        """Events of a job this process did not run: its epochs and final state."""
+        events = [
+            JobEvent(i, info.job_id, JobState.RUNNING, epoch=m.epoch, metrics=m)
+            for i, m in enumerate(info.metrics)
+        ]
+        events.append(
+            JobEvent(
+                len(events),
+                info.job_id,
+                info.state,
+                steps_done=info.steps_done,
+                steps_total=info.steps_total,
+                reason=info.reason,
+            )
+        )
+        return events

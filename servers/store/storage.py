@@ -1,0 +1,276 @@
+"""Per-server storage of records: public metadata plus this server's named shares.
+
+One generic store keeps models, datasets and training jobs alike: a
+:class:`RecordCodec` says how a kind of record is named, sorted, encoded and
+reported in errors, and :class:`ShareStore` is the interface.
+:class:`FileShareStore` keeps each record in ``root/<kind>/<id>/`` (``meta.pb``
+and ``shares.npz``: int64 arrays of any shape, no pickles), written to a
+temporary folder and renamed into place so a crash never leaves a half-written
+record; ``update_meta`` writes ``meta.pb.tmp`` then :func:`os.replace`.
+:class:`MemoryShareStore` is for tests. Models use :data:`MODEL_CODEC` through
+:data:`ModelStore`, :class:`MemoryModelStore` and :class:`FileModelStore`
+(``root/models/<id>/{meta.pb,shares.npz}``). ``tests/unit/test_storage.py``
+runs one contract test against every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeAlias, TypeVar
+
+import numpy as np
+
+from ppml.proto import serde
+from ppml.proto.domain.architecture import ModelMeta
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.shares import Ring
+
+M = TypeVar("M")
+
+_TMP = ".tmp-"
+
+
+@dataclass(frozen=True)
+class RecordCodec(Generic[M]):
+    """How one kind of record is named, ordered, encoded and reported."""
+
+    kind: str  # folder under the store root, e.g. "models"
+    key: Callable[[M], str]  # the record's id
+    created: Callable[[M], int]  # sort key: list() is oldest first
+    to_bytes: Callable[[M], bytes]
+    from_bytes: Callable[[bytes], M]
+    not_found: ErrorCode
+    exists: ErrorCode
+    noun: str  # e.g. "model", in error details
+
+    def __post_init__(self) -> None:
+        if not self.kind or "/" in self.kind or "\\" in self.kind or self.kind.startswith("."):
+            raise ValueError(f"record kind must be a plain folder name, got {self.kind!r}")
+
+    def not_found_error(self, record_id: str) -> PpmlError:
+        return PpmlError(self.not_found, f"no {self.noun} with id {record_id!r} on this server")
+
+    def exists_error(self, record_id: str) -> PpmlError:
+        return PpmlError(self.exists, f"a {self.noun} with id {record_id!r} already exists")
+
+
+class ShareStore(ABC, Generic[M]):
+    """Records of one kind: metadata ``M`` plus this server's named int64 share arrays."""
+
+    def __init__(self, codec: RecordCodec[M]) -> None:
+        self.codec = codec
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def put(self, meta: M, shares: dict[str, Ring]) -> None:
+        """Store a new record; ``codec.exists`` if the id is taken."""
+
+    @abstractmethod
+    def get_meta(self, record_id: str) -> M:
+        """``codec.not_found`` if absent."""
+
+    @abstractmethod
+    def get_shares(self, record_id: str) -> dict[str, Ring]:
+        """``codec.not_found`` if absent."""
+
+    @abstractmethod
+    def update_meta(self, meta: M) -> None:
+        """Atomically replace a stored record's metadata, not its shares; else not_found."""
+
+    @abstractmethod
+    def has(self, record_id: str) -> bool:
+        """Whether a record with this id is stored."""
+
+    @abstractmethod
+    def list(self) -> list[M]:
+        """All records, oldest first (by ``codec.created``)."""
+
+    @abstractmethod
+    def delete(self, record_id: str) -> None:
+        """``codec.not_found`` if absent."""
+
+    def count(self) -> int:
+        """How many records are stored (cheap: status calls it on every poll)."""
+        return len(self.list())
+
+
+def _int64_copies(shares: dict[str, Ring]) -> dict[str, Ring]:
+    return {k: np.array(v, dtype=np.int64, copy=True) for k, v in shares.items()}
+
+
+class MemoryShareStore(ShareStore[M]):
+    """In-process records; hands out copies so callers never alias stored arrays."""
+
+    def __init__(self, codec: RecordCodec[M]) -> None:
+        super().__init__(codec)
+        self._records: dict[str, tuple[M, dict[str, Ring]]] = {}
+
+    def put(self, meta: M, shares: dict[str, Ring]) -> None:
+        record_id = self.codec.key(meta)
+        with self._lock:
+            if record_id in self._records:
+                raise self.codec.exists_error(record_id)
+            self._records[record_id] = (meta, _int64_copies(shares))
+
+    def _get(self, record_id: str) -> tuple[M, dict[str, Ring]]:
+        record = self._records.get(record_id)
+        if record is None:
+            raise self.codec.not_found_error(record_id)
+        return record
+
+    def get_meta(self, record_id: str) -> M:
+        with self._lock:
+            return self._get(record_id)[0]
+
+    def get_shares(self, record_id: str) -> dict[str, Ring]:
+        with self._lock:
+            return _int64_copies(self._get(record_id)[1])
+
+    def update_meta(self, meta: M) -> None:
+        record_id = self.codec.key(meta)
+        with self._lock:
+            self._records[record_id] = (meta, self._get(record_id)[1])
+
+    def has(self, record_id: str) -> bool:
+        with self._lock:
+            return record_id in self._records
+
+    def list(self) -> list[M]:
+        with self._lock:
+            return sorted((m for m, _ in self._records.values()), key=self.codec.created)
+
+    def delete(self, record_id: str) -> None:
+        with self._lock:
+            if self._records.pop(record_id, None) is None:
+                raise self.codec.not_found_error(record_id)
+
+
+class FileShareStore(ShareStore[M]):
+    """``root/<kind>/<id>/{meta.pb,shares.npz}``; survives restarts."""
+
+    def __init__(self, root: Path, codec: RecordCodec[M]) -> None:
+        super().__init__(codec)
+        self._dir = root / codec.kind
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self._dir.glob(f"{_TMP}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self._dir.glob("*/meta.pb.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    def _folder(self, record_id: str) -> Path:
+        """The record's folder; refuses any id that would leave the store."""
+        folder = self._dir / record_id
+        if (
+            record_id in ("", ".", "..")
+            or record_id.startswith(_TMP)
+            or folder.resolve().parent != self._dir.resolve()
+        ):
+            raise PpmlError(
+                ErrorCode.INVALID_ARGUMENT, f"invalid {self.codec.noun} id {record_id!r}"
+            )
+        return folder
+
+    def _read_meta(self, folder: Path) -> M | None:
+        try:
+            return self.codec.from_bytes((folder / "meta.pb").read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _records(self) -> list[Path]:
+        return [
+            folder
+            for folder in self._dir.iterdir()
+            if not folder.name.startswith(_TMP) and (folder / "meta.pb").is_file()
+        ]
+
+    def put(self, meta: M, shares: dict[str, Ring]) -> None:
+        record_id = self.codec.key(meta)
+        with self._lock:
+            folder = self._folder(record_id)
+            if folder.exists():
+                raise self.codec.exists_error(record_id)
+            tmp = self._dir / f"{_TMP}{uuid.uuid4().hex}"
+            tmp.mkdir()
+            (tmp / "meta.pb").write_bytes(self.codec.to_bytes(meta))
+            with open(tmp / "shares.npz", "wb") as handle:
+                arrays: dict[str, Any] = {
+                    k: np.asarray(v, dtype=np.int64) for k, v in shares.items()
+                }
+                np.savez(handle, **arrays)
+            tmp.rename(folder)
+
+    def get_meta(self, record_id: str) -> M:
+        meta = self._read_meta(self._folder(record_id))
+        if meta is None:
+            raise self.codec.not_found_error(record_id)
+        return meta
+
+    def get_shares(self, record_id: str) -> dict[str, Ring]:
+        folder = self._folder(record_id)
+        try:
+            with np.load(folder / "shares.npz", allow_pickle=False) as data:
+                return {k: data[k].astype(np.int64) for k in data.files}
+        except (FileNotFoundError, NotADirectoryError):
+            raise self.codec.not_found_error(record_id) from None
+
+    def update_meta(self, meta: M) -> None:
+        record_id = self.codec.key(meta)
+        with self._lock:
+            folder = self._folder(record_id)
+            if not (folder / "meta.pb").is_file():
+                raise self.codec.not_found_error(record_id)
+            tmp = folder / "meta.pb.tmp"
+            tmp.write_bytes(self.codec.to_bytes(meta))
+            os.replace(tmp, folder / "meta.pb")
+
+    def has(self, record_id: str) -> bool:
+        return (self._folder(record_id) / "meta.pb").is_file()
+
+    def list(self) -> list[M]:
+        metas = [m for m in map(self._read_meta, self._records()) if m is not None]
+        return sorted(metas, key=lambda m: (self.codec.created(m), self.codec.key(m)))
+
+    def count(self) -> int:
+        return len(self._records())
+
+    def delete(self, record_id: str) -> None:
+        with self._lock:
+            folder = self._folder(record_id)
+            if not folder.exists():
+                raise self.codec.not_found_error(record_id)
+            trash = self._dir / f"{_TMP}{uuid.uuid4().hex}"
+            folder.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- models
+
+MODEL_CODEC = RecordCodec[ModelMeta](
+    kind="models",
+    key=lambda meta: meta.model_id,
+    created=lambda meta: meta.created_unix_ms,
+    to_bytes=serde.model_meta_to_bytes,
+    from_bytes=serde.model_meta_from_bytes,
+    not_found=ErrorCode.MODEL_NOT_FOUND,
+    exists=ErrorCode.MODEL_EXISTS,
+    noun="model",
+)
+
+ModelStore: TypeAlias = ShareStore[ModelMeta]
+
+
+class MemoryModelStore(MemoryShareStore[ModelMeta]):
+    def __init__(self) -> None:
+        super().__init__(MODEL_CODEC)
+
+
+class FileModelStore(FileShareStore[ModelMeta]):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, MODEL_CODEC)
