@@ -14,6 +14,7 @@ from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.status import StatusReport
 from ppml.servers.api.auth import TokenAuthInterceptor
+from ppml.servers.api.errors import ErrorMappingInterceptor
 from ppml.servers.api.prometheus import MetricsEndpoint, make_registry, serve_metrics
 from ppml.servers.api.server import ServerTls, create_server
 from ppml.servers.api.servicers import (
@@ -120,7 +121,7 @@ class ComputeServer:
 
     def _build_server(self, insecure: bool) -> tuple[grpc.Server, int]:
         cfg = self.config.party(self.rank)
-        interceptors = []
+        interceptors: list[grpc.ServerInterceptor] = [ErrorMappingInterceptor()]
         if self._auth is not None:
             interceptors.append(TokenAuthInterceptor(self._auth))
         else:

@@ -265,7 +265,7 @@ def affine_class(nn: Any) -> type:
         nn.Module.__init__(self)
         for name, value in (("scale", torch.ones(shape)), ("shift", torch.zeros(shape))):
             # torch.nn wants a Parameter; crypten.nn takes the tensor it will later encrypt
-            param = nn.Parameter(value) if hasattr(nn, "Parameter") else value
+            param = torch.nn.Parameter(value) if nn is torch.nn else value
             self.register_parameter(name, param)
 
     def forward(self: Any, x: Any) -> Any:

@@ -1,18 +1,20 @@
-"""The RPC boundary: domain errors in, gRPC statuses out.
+"""The RPC boundary: domain errors in, gRPC statuses out, in one interceptor.
 
-Every servicer method runs its domain call inside :func:`rpc_boundary`. A
+:class:`ErrorMappingInterceptor` wraps every handler of a server. A
 :class:`~ppml.proto.errors.PpmlError` becomes its catalogue status with the
-public message and the code in trailing metadata; anything else becomes
-INTERNAL with an incident id, logged with its traceback here and never sent
-to the caller (no internals leak).
+public message and the code in the trailing metadata key
+:data:`~ppml.proto.errors.ERROR_CODE_KEY`; anything else becomes INTERNAL
+with an incident id, logged with its traceback here and never sent to the
+caller (no internals leak). A handler that aborted the call itself keeps its
+status. Streaming responses are mapped the same way while they are iterated.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -21,20 +23,57 @@ from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode, PpmlError
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def rpc_boundary(context: grpc.ServicerContext, method: str) -> Iterator[None]:
-    try:
-        yield
-    except PpmlError as err:
-        context.set_trailing_metadata(((ERROR_CODE_KEY, err.code.value),))
-        context.abort(err.status, err.public_message)
-    except Exception:
-        if isinstance(context, grpc.ServicerContext) and context.code() is not None:
-            raise  # already aborted by the handler
-        incident = uuid.uuid4().hex[:12]
-        log.exception("%s failed (incident %s)", method, incident)
-        context.set_trailing_metadata(((ERROR_CODE_KEY, ErrorCode.INTERNAL.value),))
-        context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error (incident {incident}); the server logged the details",
+def _map(exc: Exception, context: grpc.ServicerContext, method: str) -> None:
+    """Abort ``context`` with the status for ``exc`` (always raises)."""
+    if isinstance(exc, PpmlError):
+        context.set_trailing_metadata(((ERROR_CODE_KEY, exc.code.value),))
+        context.abort(exc.status, exc.public_message)
+    if context.code() is not None:  # the handler aborted the call itself
+        raise exc
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s failed (incident %s)", method, incident, exc_info=exc)
+    context.set_trailing_metadata(((ERROR_CODE_KEY, ErrorCode.INTERNAL.value),))
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error (incident {incident}); the server logged the details",
+    )
+
+
+def _unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(request, context)
+        except Exception as exc:
+            _map(exc, context, method)
+
+    return call
+
+
+def _stream(fn: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(request, context)
+        except Exception as exc:
+            _map(exc, context, method)
+
+    return call
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Applies the error catalogue to every RPC of the server it is installed on."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return handler._replace(
+            unary_unary=handler.unary_unary and _unary(handler.unary_unary, method),
+            stream_unary=handler.stream_unary and _unary(handler.stream_unary, method),
+            unary_stream=handler.unary_stream and _stream(handler.unary_stream, method),
+            stream_stream=handler.stream_stream and _stream(handler.stream_stream, method),
         )

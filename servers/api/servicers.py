@@ -1,7 +1,7 @@
 """Thin gRPC servicers: proto in, one domain call, proto out.
 
-No validation, storage or MPC logic lives here; errors are mapped by
-:func:`ppml.servers.api.errors.rpc_boundary`.
+No validation, storage or MPC logic lives here; errors are mapped to
+gRPC statuses by :class:`ppml.servers.api.errors.ErrorMappingInterceptor`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
 from ppml.servers.api.auth import current_identity
-from ppml.servers.api.errors import rpc_boundary
 from ppml.servers.control.leader import Leader
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
@@ -54,50 +53,40 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     def UploadModel(
         self, request: registry_pb2.UploadModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.ModelInfo:
-        with rpc_boundary(context, "UploadModel"):
-            architecture = serde.architecture_from_proto(request.architecture)
-            shares = serde.named_shares_from_proto(
-                list(request.parameters), architecture.parameter_shapes()
-            )
-            meta = self._registry.upload(
-                request.model_id, request.name, _owner(), architecture, shares
-            )
-            return serde.model_meta_to_proto(meta)
-        raise AssertionError("unreachable")
+        architecture = serde.architecture_from_proto(request.architecture)
+        shares = serde.named_shares_from_proto(
+            list(request.parameters), architecture.parameter_shapes()
+        )
+        meta = self._registry.upload(
+            request.model_id, request.name, _owner(), architecture, shares
+        )
+        return serde.model_meta_to_proto(meta)
 
     def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> registry_pb2.ListModelsResponse:
-        with rpc_boundary(context, "ListModels"):
-            models = [serde.model_meta_to_proto(m) for m in self._registry.list()]
-            return registry_pb2.ListModelsResponse(models=models)
-        raise AssertionError("unreachable")
+        models = [serde.model_meta_to_proto(m) for m in self._registry.list()]
+        return registry_pb2.ListModelsResponse(models=models)
 
     def GetModel(
         self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.ModelInfo:
-        with rpc_boundary(context, "GetModel"):
-            return serde.model_meta_to_proto(self._registry.meta(request.model_id))
-        raise AssertionError("unreachable")
+        return serde.model_meta_to_proto(self._registry.meta(request.model_id))
 
     def DeleteModel(
         self, request: registry_pb2.DeleteModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.DeleteModelResponse:
-        with rpc_boundary(context, "DeleteModel"):
-            self._registry.delete(request.model_id)
-            return registry_pb2.DeleteModelResponse()
-        raise AssertionError("unreachable")
+        self._registry.delete(request.model_id)
+        return registry_pb2.DeleteModelResponse()
 
     def ExportModel(
         self, request: registry_pb2.ExportModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.ExportModelResponse:
-        with rpc_boundary(context, "ExportModel"):
-            model = self._registry.export(request.model_id, _owner())
-            return registry_pb2.ExportModelResponse(
-                model=serde.model_meta_to_proto(model.meta),
-                parameters=serde.named_shares_to_proto(model.shares),
-            )
-        raise AssertionError("unreachable")
+        model = self._registry.export(request.model_id, _owner())
+        return registry_pb2.ExportModelResponse(
+            model=serde.model_meta_to_proto(model.meta),
+            parameters=serde.named_shares_to_proto(model.shares),
+        )
 
 
 def _chunks(
@@ -123,37 +112,29 @@ class DatasetRegistryServicer(datasets_pb2_grpc.DatasetRegistryServicer):
         request_iterator: Iterator[datasets_pb2.UploadDatasetChunk],
         context: grpc.ServicerContext,
     ) -> datasets_pb2.DatasetInfo:
-        with rpc_boundary(context, "UploadDataset"):
-            first = next(request_iterator, None)
-            if first is None or not first.HasField("header"):
-                raise PpmlError(ErrorCode.INVALID_ARGUMENT, "the first chunk must carry a header")
-            header = serde.dataset_header_from_proto(first.header, _owner())
-            meta = self._datasets.upload(header, _chunks(first, request_iterator))
-            return serde.dataset_meta_to_proto(meta)
-        raise AssertionError("unreachable")
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, "the first chunk must carry a header")
+        header = serde.dataset_header_from_proto(first.header, _owner())
+        meta = self._datasets.upload(header, _chunks(first, request_iterator))
+        return serde.dataset_meta_to_proto(meta)
 
     def ListDatasets(
         self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.ListDatasetsResponse:
-        with rpc_boundary(context, "ListDatasets"):
-            metas = [serde.dataset_meta_to_proto(m) for m in self._datasets.list()]
-            return datasets_pb2.ListDatasetsResponse(datasets=metas)
-        raise AssertionError("unreachable")
+        metas = [serde.dataset_meta_to_proto(m) for m in self._datasets.list()]
+        return datasets_pb2.ListDatasetsResponse(datasets=metas)
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.DatasetInfo:
-        with rpc_boundary(context, "GetDataset"):
-            return serde.dataset_meta_to_proto(self._datasets.meta(request.dataset_id))
-        raise AssertionError("unreachable")
+        return serde.dataset_meta_to_proto(self._datasets.meta(request.dataset_id))
 
     def DeleteDataset(
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.DeleteDatasetResponse:
-        with rpc_boundary(context, "DeleteDataset"):
-            self._datasets.delete(request.dataset_id, _owner())
-            return datasets_pb2.DeleteDatasetResponse()
-        raise AssertionError("unreachable")
+        self._datasets.delete(request.dataset_id, _owner())
+        return datasets_pb2.DeleteDatasetResponse()
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServicer):
@@ -164,71 +145,60 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     def StartTraining(
         self, request: training_pb2.StartTrainingRequest, context: grpc.ServicerContext
     ) -> training_pb2.JobInfo:
-        with rpc_boundary(context, "StartTraining"):
-            architecture = serde.architecture_from_proto(request.architecture)
-            initial = serde.named_shares_from_proto(
-                list(request.initial_parameters), architecture.parameter_shapes()
-            )
-            info = self._jobs.start(
-                request.job_id,
-                request.model_id,
-                request.name,
-                _owner(),
-                architecture,
-                initial,
-                serde.training_spec_from_proto(request.spec),
-            )
-            return serde.job_info_to_proto(info)
-        raise AssertionError("unreachable")
+        architecture = serde.architecture_from_proto(request.architecture)
+        initial = serde.named_shares_from_proto(
+            list(request.initial_parameters), architecture.parameter_shapes()
+        )
+        info = self._jobs.start(
+            request.job_id,
+            request.model_id,
+            request.name,
+            _owner(),
+            architecture,
+            initial,
+            serde.training_spec_from_proto(request.spec),
+        )
+        return serde.job_info_to_proto(info)
 
     def GetJob(
         self, request: training_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> training_pb2.JobInfo:
-        with rpc_boundary(context, "GetJob"):
-            return serde.job_info_to_proto(self._jobs.get(request.job_id, _owner()))
-        raise AssertionError("unreachable")
+        return serde.job_info_to_proto(self._jobs.get(request.job_id, _owner()))
 
     def ListJobs(
         self, request: training_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> training_pb2.ListJobsResponse:
-        with rpc_boundary(context, "ListJobs"):
-            infos = [serde.job_info_to_proto(i) for i in self._jobs.list(_owner())]
-            return training_pb2.ListJobsResponse(jobs=infos)
-        raise AssertionError("unreachable")
+        infos = [serde.job_info_to_proto(i) for i in self._jobs.list(_owner())]
+        return training_pb2.ListJobsResponse(jobs=infos)
 
     def WatchJob(
         self, request: training_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[training_pb2.JobEvent]:
-        with rpc_boundary(context, "WatchJob"):
-            events = self._jobs.watch(request.job_id, _owner(), context.is_active)
-            for event in events:
-                yield serde.job_event_to_proto(event)
+        events = self._jobs.watch(request.job_id, _owner(), context.is_active)
+        for event in events:
+            yield serde.job_event_to_proto(event)
 
     def CancelJob(
         self, request: training_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> training_pb2.JobInfo:
-        with rpc_boundary(context, "CancelJob"):
-            return serde.job_info_to_proto(self._jobs.cancel(request.job_id, _owner()))
-        raise AssertionError("unreachable")
+        return serde.job_info_to_proto(self._jobs.cancel(request.job_id, _owner()))
 
     def Evaluate(
         self, request: training_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> training_pb2.EvaluateResponse:
-        with rpc_boundary(context, "Evaluate"):
-            outcome = self._evaluations.evaluate(
-                request.request_id,
-                request.model_id,
-                request.dataset_id,
-                _owner(),
-                context.time_remaining(),
-            )
-            return training_pb2.EvaluateResponse(
-                request_id=request.request_id,
-                correct=serde.share_to_proto(outcome.correct),
-                rows=outcome.rows,
-                job_seq=outcome.job_seq,
-            )
-        raise AssertionError("unreachable")
+        outcome = self._evaluations.evaluate(
+            request.request_id,
+            request.model_id,
+            request.dataset_id,
+            _owner(),
+            context.time_remaining(),
+        )
+        return training_pb2.EvaluateResponse(
+            request_id=request.request_id,
+            correct=serde.share_to_proto(outcome.correct),
+            rows=outcome.rows,
+            job_seq=outcome.job_seq,
+        )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -238,18 +208,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
-        with rpc_boundary(context, "Predict"):
-            share = serde.share_from_proto(request.input, what="input")
-            outcome = self._service.predict(
-                request.request_id, request.model_id, share, context.time_remaining()
-            )
-            return inference_pb2.PredictResponse(
-                request_id=request.request_id,
-                output=serde.share_to_proto(outcome.share),
-                batch_requests=outcome.batch_requests,
-                job_seq=outcome.job_seq,
-            )
-        raise AssertionError("unreachable")
+        share = serde.share_from_proto(request.input, what="input")
+        outcome = self._service.predict(
+            request.request_id, request.model_id, share, context.time_remaining()
+        )
+        return inference_pb2.PredictResponse(
+            request_id=request.request_id,
+            output=serde.share_to_proto(outcome.share),
+            batch_requests=outcome.batch_requests,
+            job_seq=outcome.job_seq,
+        )
 
 
 class StatusServicer(status_pb2_grpc.StatusServicer):
@@ -259,9 +227,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> status_pb2.ServerStatus:
-        with rpc_boundary(context, "GetStatus"):
-            return serde.status_to_proto(self._report())
-        raise AssertionError("unreachable")
+        return serde.status_to_proto(self._report())
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -275,11 +241,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         request_iterator: Iterator[coordinator_pb2.PartyMessage],
         context: grpc.ServicerContext,
     ) -> Iterator[coordinator_pb2.LeaderMessage]:
-        with rpc_boundary(context, "Link"):
-            hello = serde.party_message_from_proto(next(request_iterator))
-            if not isinstance(hello, cmd.Hello):
-                raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
-            outbox = self._leader.attach(hello)
+        hello = serde.party_message_from_proto(next(request_iterator))
+        if not isinstance(hello, cmd.Hello):
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
+        outbox = self._leader.attach(hello)
         rank = hello.rank
 
         def read() -> None:

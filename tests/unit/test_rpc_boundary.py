@@ -1,4 +1,4 @@
-"""ppml.servers.api.errors.rpc_boundary on a real gRPC server, and the SDK's mapping back."""
+"""The error-mapping interceptor on a real gRPC server, and the SDK's mapping back."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ppml.client.errors import (
     most_relevant,
 )
 from ppml.proto.errors import CATALOG, ERROR_CODE_KEY, ErrorCode, PpmlError
-from ppml.servers.api.errors import rpc_boundary
+from ppml.servers.api.errors import ErrorMappingInterceptor
 from ppml.v1 import registry_pb2, registry_pb2_grpc
 
 SECRET_TEXT = "weights=[0.123, -4.56] at /srv/ppml/data/server-0/models/x"
@@ -33,25 +33,25 @@ class BoundaryRegistry(registry_pb2_grpc.ModelRegistryServicer):
     def GetModel(
         self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.ModelInfo:
-        with rpc_boundary(context, "GetModel"):
-            model_id = request.model_id
-            if model_id in ErrorCode.__members__:
-                raise PpmlError(ErrorCode(model_id), f"detail about {model_id.lower()}")
-            if model_id == "crash":
-                raise RuntimeError(SECRET_TEXT)
-            if model_id == "key-error":
-                raise KeyError(SECRET_TEXT)
-            if model_id == "abort-permission":
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
-            if model_id == "abort-handshake":
-                context.abort(grpc.StatusCode.UNAVAILABLE, "TLS handshake failed")
-            return registry_pb2.ModelInfo(model_id=model_id)
-        raise AssertionError("unreachable")
+        model_id = request.model_id
+        if model_id in ErrorCode.__members__:
+            raise PpmlError(ErrorCode(model_id), f"detail about {model_id.lower()}")
+        if model_id == "crash":
+            raise RuntimeError(SECRET_TEXT)
+        if model_id == "key-error":
+            raise KeyError(SECRET_TEXT)
+        if model_id == "abort-permission":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+        if model_id == "abort-handshake":
+            context.abort(grpc.StatusCode.UNAVAILABLE, "TLS handshake failed")
+        return registry_pb2.ModelInfo(model_id=model_id)
 
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[registry_pb2_grpc.ModelRegistryStub]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMappingInterceptor()]
+    )
     registry_pb2_grpc.add_ModelRegistryServicer_to_server(BoundaryRegistry(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
