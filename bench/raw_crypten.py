@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,26 +244,47 @@ def _summary(r: dict) -> str:
     )
 
 
-def main() -> None:
-    """CLI: run the baseline (or, internally, one of its processes)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200, help="batch-1 forwards")
-    ap.add_argument("--m", type=int, default=30, help="batch-64 forwards")
+def spmd_main(
+    doc: str,
+    options: list[tuple[str, int, str]],
+    party_main: Callable[..., None],
+    run: Callable[..., dict],
+    summary: Callable[[dict], str],
+) -> None:
+    """The CLI of an SPMD baseline: run it, or (internally) one of its processes.
+
+    ``options`` are ``(name, default, help)`` of the integer settings, passed
+    positionally to ``party_main(rank, *settings, out)`` and ``run(*settings)``.
+    """
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default, text in options:
+        ap.add_argument(f"--{name}", type=int, default=default, help=text)
     ap.add_argument("--json", default=None, help="write the result JSON here")
     ap.add_argument("--role", choices=["party", "ttp"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    settings = [getattr(args, name) for name, _, _ in options]
     if args.role == "ttp":
         _ttp_main()
     elif args.role == "party":
-        _party_main(args.rank, args.n, args.m, args.out)
+        party_main(args.rank, *settings, args.out)
     else:
-        res = run_baseline(args.n, args.m)
-        print(_summary(res))
+        res = run(*settings)
+        print(summary(res))
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
             print(f"wrote {args.json}")
+
+
+def main() -> None:
+    spmd_main(
+        __doc__ or "",
+        [("n", 200, "batch-1 forwards"), ("m", 30, "batch-64 forwards")],
+        _party_main,
+        run_baseline,
+        _summary,
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ or call :func:`run_training_baseline` from another benchmark script.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from raw_crypten import WORLD_SIZE, _comm, _percentile, _setup, _ttp_main, launch_spmd
+from raw_crypten import WORLD_SIZE, _comm, _percentile, _setup, launch_spmd, spmd_main
 
 FEATURES = 784
 CLASSES = 10
@@ -183,25 +182,13 @@ def summary(r: dict) -> str:
 
 
 def main() -> None:
-    """CLI: run the baseline (or, internally, one of its processes)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps")
-    ap.add_argument("--batch", type=int, default=128, help="rows per step")
-    ap.add_argument("--json", default=None, help="write the result JSON here")
-    ap.add_argument("--role", choices=["party", "ttp"], default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default="", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.role == "ttp":
-        _ttp_main()
-    elif args.role == "party":
-        _party_main(args.rank, args.steps, args.batch, args.out)
-    else:
-        res = run_training_baseline(args.steps, args.batch)
-        print(summary(res))
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-            print(f"wrote {args.json}")
+    spmd_main(
+        __doc__ or "",
+        [("steps", 20, "timed training steps"), ("batch", 128, "rows per step")],
+        _party_main,
+        run_training_baseline,
+        summary,
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ from ppml.client.exported import ExportedModel
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.domain.status import StatusReport
+from ppml.proto.wire import serde
 from ppml.v1 import inference_pb2, registry_pb2, status_pb2
 
 

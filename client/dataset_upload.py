@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.domain.datasets import DatasetMeta
+from ppml.proto.wire import serde
 from ppml.training.datasets import (
     BUILTINS,
     Dataset,

@@ -16,8 +16,8 @@ import torch
 from ppml.client import dataset_upload
 from ppml.client.errors import InvalidDataset, PpmlClientError
 from ppml.client.transport import ClusterBase
-from ppml.proto import serde
 from ppml.proto.domain.datasets import DatasetMeta
+from ppml.proto.wire import serde
 from ppml.training.datasets import DatasetError
 from ppml.v1 import datasets_pb2
 

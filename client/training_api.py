@@ -19,8 +19,9 @@ from ppml.client.errors import InvalidTrainingJob, PpmlClientError, from_rpc_err
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_job import TrainingJob
 from ppml.client.transport import ClusterBase, ServerStubs
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.domain import jobs
+from ppml.proto.wire import serde
 from ppml.v1 import datasets_pb2, training_pb2
 
 

@@ -25,8 +25,9 @@ from ppml.client.errors import (
     TrainingFailed,
     from_rpc_error,
 )
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.domain import jobs
+from ppml.proto.wire import serde
 from ppml.v1 import training_pb2
 
 CallAll = Callable[[Callable[[Any, int], grpc.Future], bool], list[Any]]

@@ -32,12 +32,12 @@ from grpc_health.v1 import health_pb2
 
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.dashboard import records
-from ppml.proto import serde
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import PpmlError
+from ppml.proto.wire import serde
 from ppml.v1 import (
     datasets_pb2,
     registry_pb2,

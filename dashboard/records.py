@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ppml.proto import serde
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo
 from ppml.proto.errors import PpmlError
+from ppml.proto.wire import serde
 from ppml.v1 import datasets_pb2, training_pb2
 
 Record = dict[str, Any]

@@ -1,6 +1,6 @@
 """Fixed-point encoding and additive secret sharing over Z_2^64.
 
-The wire contract (ARCHITECTURE.md, ``ppml/v1/common.proto``):
+The wire contract (docs/architecture.md, ``ppml/v1/common.proto``):
 
 * ring elements are signed int64 with two's-complement wrap-around;
 * ``encode(v) = round(v * 2**FRACTIONAL_BITS)``, ``decode(e) = e / 2**FRACTIONAL_BITS``;

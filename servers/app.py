@@ -13,6 +13,7 @@ from ppml.proto.deploy.tokens import load_auth_file
 from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.status import StatusReport
+from ppml.servers import kinds
 from ppml.servers.api.auth import TokenAuthInterceptor
 from ppml.servers.api.errors import ErrorMappingInterceptor
 from ppml.servers.api.prometheus import MetricsEndpoint, make_registry, serve_metrics
@@ -26,12 +27,14 @@ from ppml.servers.api.servicers import (
     TrainingServicer,
 )
 from ppml.servers.control.follower import Follower
-from ppml.servers.control.holds import PendingTable
+from ppml.servers.control.holds import Holds
 from ppml.servers.control.leader import Leader
+from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.mpc import session as mpc_session
-from ppml.servers.mpc.worker import MpcWorker
+from ppml.servers.mpc.model import ModelCache
+from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.jobs import JOB_CODEC, JobManager
 from ppml.servers.store.metrics import ServerMetrics
@@ -65,59 +68,78 @@ class ComputeServer:
         self.rank = rank
         self.tls = not insecure
         self.metrics = ServerMetrics()
-        self.pending = PendingTable()
+        self.holds = Holds()
         self.registry = ModelRegistry(FileModelStore(party.data_dir))
         self.datasets = DatasetRegistry(FileShareStore(party.data_dir, DATASET_CODEC))
         self.leader: Leader | None = None
         self.follower: Follower | None = None
-        self.worker = MpcWorker(
-            rank,
-            config.world_size,
-            config.leader.mpc_host_port,
-            self.pending,
-            self.metrics,
-            config.serving.mpc_timeout_s,
-        )
-        if rank == 0:
-            self.leader = Leader(config, self.worker, self.pending)
-            self.worker.set_listeners(self.leader.on_joined, self.leader.on_job_done)
-            announcer, submit = self.leader.announce, self.leader.submit
-        else:
-            token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
-            self.follower = Follower(config, rank, self.worker, self.pending, token, insecure)
-            announcer, submit = self.follower.announce, self.follower.submit
         self.jobs = JobManager(
             party.name,
             FileShareStore(party.data_dir, JOB_CODEC),
             self.datasets,
             self.registry,
-            lambda message: submit(rank, message),
+            self._submit,
         )
-        self.evaluations = EvaluationService(
+        env = KindEnv(
+            rank,
+            config,
+            self.holds,
             self.registry,
             self.datasets,
-            lambda message: submit(rank, message),
-            lambda: self.worker.serving,
-            config.serving.default_timeout_s,
-        )
-        self.worker.set_training(self.jobs, self.evaluations)
-        if self.follower is not None:
-            self.follower.on_lost(self.jobs.fail_active)
-            self.follower.on_lost(self.evaluations.fail_all)
-        self.inference = InferenceService(
-            rank,
-            self.registry,
-            self.pending,
-            announcer,
-            lambda: self.worker.serving,
-            config.serving,
+            self.jobs,
             self.metrics,
+            ModelCache(),
+            self._submit,
+            lambda: self.worker.serving,
         )
+        self.kinds = kinds.build(env)
+        if rank == 0:
+            self.leader = Leader(
+                config,
+                lambda command: self.worker.submit(command),
+                self.holds,
+                kinds.planners(self.kinds, config.world_size),
+            )
+            on_joined: JoinCallback = self.leader.on_joined
+            on_job_done: JobCallback = self.leader.on_job_done
+        else:
+            token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
+            self.follower = Follower(
+                config,
+                rank,
+                lambda command: self.worker.submit(command),
+                lambda: self.worker.leave(),
+                self.holds,
+                kinds.job_types(),
+                token,
+                insecure,
+            )
+            self.follower.on_lost(self.jobs.fail_active)
+            on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok: None)
+        self.worker = MpcWorker(
+            rank,
+            config.world_size,
+            config.leader.mpc_host_port,
+            self.metrics,
+            self.kinds,
+            on_joined,
+            on_job_done,
+            config.serving.mpc_timeout_s,
+        )
+        self.inference = InferenceService(env)
+        self.evaluations = EvaluationService(env)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
         self._auth = load_auth_file(party.auth_file) if party.auth_file is not None else None
         self.server, self.port = self._build_server(insecure)
         self.metrics_endpoint: MetricsEndpoint | None = None
+
+    def _submit(self, message: cmd.PartyMessage) -> bool:
+        """Send an announcement or cancel request to the leader (rank 0: itself)."""
+        if self.leader is not None:
+            return self.leader.submit(self.rank, message)
+        assert self.follower is not None
+        return self.follower.submit(message)
 
     def _build_server(self, insecure: bool) -> tuple[grpc.Server, int]:
         cfg = self.config.party(self.rank)
@@ -159,7 +181,7 @@ class ComputeServer:
     def report(self) -> StatusReport:
         snap = self.metrics.snapshot()
         epoch = self.worker.epoch
-        queued = len(self.pending) + (self.leader.backlog if self.leader else 0)
+        queued = len(self.holds) + (self.leader.backlog if self.leader else 0)
         party = self.config.party(self.rank)
         dealer = cmd.DealerStats({}, 0)
         if self.leader is not None:

@@ -1,11 +1,15 @@
 """Control-plane messages between the leader and the other parties, as domain types.
 
-Mirrors ``ppml/v1/coordinator.proto``; :mod:`ppml.proto.serde` converts.
+Mirrors ``ppml/v1/coordinator.proto``; :mod:`ppml.proto.wire.serde` converts. The
+job a :class:`RunJob` carries is an instance of its kind's job type (defined
+with the kind, in ``ppml.servers.kinds``); serde copies it field by field, so
+this module knows no job kind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,10 +21,13 @@ class Hello:
 
 @dataclass(frozen=True)
 class Announce:
-    request_id: str
-    model_id: str
-    rows: int
-    timeout_s: float
+    """A party holds its part of some work and it is valid there."""
+
+    kind: str  # the job kind that runs it
+    id: str  # request, job or round id
+    group: str  # work of one group may be batched together (predict: the model id)
+    size: int  # rows of a prediction request; MPC steps of a long job
+    timeout_s: float  # for every party to announce it
 
 
 @dataclass(frozen=True)
@@ -30,77 +37,25 @@ class DealerStats:
 
 
 @dataclass(frozen=True)
-class JoinEpoch:
-    epoch: int
-    store_prefix: str
-
-
-@dataclass(frozen=True)
-class PredictJob:
-    model_id: str
-    request_ids: tuple[str, ...]
-    rows: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class HeartbeatJob:
-    pass
-
-
-@dataclass(frozen=True)
-class JobAnnounce:
-    """A party holds a valid training job or evaluation request."""
-
-    job_id: str
-    kind: str  # "train" | "evaluate"
-    steps: int
-    timeout_s: float
-
-
-@dataclass(frozen=True)
 class CancelJob:
     job_id: str
     reason: str
 
 
 @dataclass(frozen=True)
-class TrainStep:
-    job_id: str
-    step: int
-
-
-@dataclass(frozen=True)
-class EvaluateJob:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class EndJob:
-    job_id: str
-    state: str  # "failed" | "cancelled"
-    reason: str
-
-
-Job = PredictJob | HeartbeatJob | TrainStep | EvaluateJob | EndJob
-
-_KINDS: dict[type, str] = {
-    PredictJob: "predict",
-    HeartbeatJob: "heartbeat",
-    TrainStep: "train",
-    EvaluateJob: "evaluate",
-    EndJob: "end_job",
-}
+class JoinEpoch:
+    epoch: int
+    store_prefix: str
 
 
 @dataclass(frozen=True)
 class RunJob:
+    """The leader's decision ``seq``: every party runs ``job`` (of ``kind``) in ``epoch``."""
+
     seq: int
     epoch: int
-    job: Job
-
-    @property
-    def kind(self) -> str:
-        return _KINDS[type(self.job)]
+    kind: str
+    job: Any  # the kind's job type, a frozen dataclass
 
 
 @dataclass(frozen=True)
@@ -110,4 +65,4 @@ class DropRequests:
 
 
 LeaderCommand = JoinEpoch | RunJob | DropRequests
-PartyMessage = Hello | Announce | DealerStats | JobAnnounce | CancelJob
+PartyMessage = Hello | Announce | DealerStats | CancelJob

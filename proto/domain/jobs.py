@@ -1,6 +1,6 @@
 """Training jobs as domain types: spec (public), state, progress events.
 
-Mirrors ``ppml/v1/training.proto``; :mod:`ppml.proto.serde` converts. Metric
+Mirrors ``ppml/v1/training.proto``; :mod:`ppml.proto.wire.serde` converts. Metric
 values appear only as this server's shares (:class:`EpochMetrics`): the
 job's owner sums every server's share to read them.
 """

@@ -3,7 +3,7 @@
 A layer kind is one frozen dataclass registered under its ``Layer`` oneof
 name in ``ppml/v1/common.proto``. The class holds everything about the kind:
 its public fields (copied field by field to and from the proto message of
-the same field names by :mod:`ppml.proto.serde`), :meth:`check` of those
+the same field names by :mod:`ppml.proto.wire.serde`), :meth:`check` of those
 fields, its secret parameters (:meth:`params`), how it transforms one
 sample's shape (:meth:`out_shape`), and how to build it as a module of a
 ``torch.nn``-like namespace (:meth:`module`): ``torch.nn`` for a plaintext

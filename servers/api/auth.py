@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from ppml.proto.deploy.tokens import Identity, token_hash
+from ppml.servers.api.handlers import Behaviour, wrap_handler
 
 _IDENTITY: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "ppml_identity", default=None
@@ -67,10 +68,7 @@ def required_roles(method: str) -> tuple[str, ...] | None:
 
 
 def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodHandler:
-    def bind(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-        if fn is None:
-            return None
-
+    def bind(fn: Behaviour) -> Behaviour:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             token = _IDENTITY.set(identity)
             try:
@@ -83,12 +81,7 @@ def _wrap(handler: grpc.RpcMethodHandler, identity: Identity) -> grpc.RpcMethodH
 
         return call
 
-    return handler._replace(
-        unary_unary=bind(handler.unary_unary),
-        unary_stream=bind(handler.unary_stream),
-        stream_unary=bind(handler.stream_unary),
-        stream_stream=bind(handler.stream_stream),
-    )
+    return wrap_handler(handler, bind, bind)
 
 
 def _with_identity(stream: Iterator[Any], identity: Identity) -> Iterator[Any]:

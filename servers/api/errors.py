@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode, PpmlError
+from ppml.servers.api.handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,6 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return handler._replace(
-            unary_unary=handler.unary_unary and _unary(handler.unary_unary, method),
-            stream_unary=handler.stream_unary and _unary(handler.stream_unary, method),
-            unary_stream=handler.unary_stream and _stream(handler.unary_stream, method),
-            stream_stream=handler.stream_stream and _stream(handler.stream_stream, method),
+        return wrap_handler(
+            handler, lambda fn: _unary(fn, method), lambda fn: _stream(fn, method)
         )

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from ppml.proto import serde
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
+from ppml.proto.wire import serde
 from ppml.servers.api.auth import current_identity
 from ppml.servers.control.leader import Leader
 from ppml.servers.kinds.evaluate import EvaluationService

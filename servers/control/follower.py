@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
-from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.servers.control.holds import PendingTable
+from ppml.servers.control.holds import Holds
 from ppml.servers.control.leader_link import LeaderLink
-from ppml.servers.mpc.worker import MpcWorker
 
 log = logging.getLogger(__name__)
+
+RunHere = Callable[[cmd.JoinEpoch | cmd.RunJob], None]
 
 
 class Follower:
@@ -21,13 +21,16 @@ class Follower:
         self,
         config: ClusterConfig,
         rank: int,
-        worker: MpcWorker,
-        pending: PendingTable,
+        run_here: RunHere,
+        leave: Callable[[], None],
+        holds: Holds,
+        job_types: Mapping[str, type],
         token: str,
         insecure: bool,
     ) -> None:
-        self._worker = worker
-        self._pending = pending
+        self._run_here = run_here  # this server's MPC worker
+        self._leave = leave
+        self._holds = holds
         self._lost_listeners: list[Callable[[str], None]] = []
         self.link = LeaderLink(
             config.leader.grpc_address,
@@ -36,6 +39,7 @@ class Follower:
             cmd.Hello(rank, "party", secrets.token_hex(8)),
             self._on_command,
             self._on_lost,
+            job_types,
         )
 
     def start(self) -> None:
@@ -48,25 +52,20 @@ class Follower:
 
     def _on_command(self, command: cmd.LeaderCommand) -> None:
         if isinstance(command, cmd.DropRequests):
-            error = PpmlError(ErrorCode.PREDICTION_ABORTED, command.reason)
-            self._pending.fail(list(command.request_ids), error)
+            self._holds.fail(command.request_ids, command.reason)
         else:
-            self._worker.submit(command)
+            self._run_here(command)
 
     def on_lost(self, listener: Callable[[str], None]) -> None:
         """Also call ``listener(reason)`` when the link to the leader breaks."""
         self._lost_listeners.append(listener)
 
     def _on_lost(self, reason: str) -> None:
-        error = PpmlError(ErrorCode.PREDICTION_ABORTED, f"lost contact with the leader: {reason}")
-        self._pending.fail(None, error)
-        self._worker.leave()
+        self._holds.fail(None, f"lost contact with the leader: {reason}")
+        self._leave()
         for listener in self._lost_listeners:
             listener(f"lost contact with the leader: {reason}")
 
-    def announce(self, rank: int, announce: cmd.Announce) -> bool:
-        return self.link.send(announce)
-
-    def submit(self, rank: int, message: cmd.PartyMessage) -> bool:
-        """Send a job announcement or cancel request to the leader."""
+    def submit(self, message: cmd.PartyMessage) -> bool:
+        """Send an announcement or cancel request to the leader."""
         return self.link.send(message)

@@ -1,8 +1,10 @@
-"""This server's requests waiting for MPC: their input shares and waiters.
+"""Work this server holds until the MPC job that uses it runs: one table for every kind.
 
-Entries are added by the gRPC handler after validation and removed only by
-the MPC worker (when the job that includes them runs) or by a leader's drop
-decision, so every party's view of a job's inputs stays identical.
+A hold is added by the gRPC side after validation (a prediction request's
+input share, an evaluation request) and removed only by the MPC worker (when
+the job that includes it runs) or by a leader's drop decision, so every
+party's view of a job's inputs stays identical. Whoever added a hold waits on
+its future for the result.
 """
 
 from __future__ import annotations
@@ -10,72 +12,68 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.shares import Ring
 
 _REMEMBER_S = 600.0  # ids stay "seen" this long, to reject duplicates
 
 
-@dataclass(frozen=True)
-class PredictOutcome:
-    share: Ring
-    batch_requests: int
-    job_seq: int
-
-
 @dataclass
-class PendingRequest:
-    request_id: str
-    model_id: str
-    share: Ring
-    model: Any  # the model handle, held so a concurrent delete cannot break the job
+class Hold:
+    id: str
+    kind: str  # the job kind that will run it
+    value: Any  # what that kind needs to run it here (shares, model handle, ...)
+    abort_code: ErrorCode  # the error a caller gets when the hold is dropped
     received: float = field(default_factory=time.monotonic)
-    future: Future[PredictOutcome] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
 
-    @property
-    def rows(self) -> int:
-        return int(self.share.shape[0])
+    def fail(self, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(PpmlError(self.abort_code, reason))
 
 
-class PendingTable:
+class Holds:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[str, PendingRequest] = {}
+        self._holds: dict[str, Hold] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
 
-    def add(self, request: PendingRequest) -> None:
-        """Register a request; DUPLICATE_REQUEST if its id was seen recently."""
+    def add(self, hold: Hold) -> None:
+        """Register a hold; DUPLICATE_REQUEST if its id was seen recently."""
         now = time.monotonic()
         with self._lock:
             while self._seen and next(iter(self._seen.values())) < now - _REMEMBER_S:
                 self._seen.popitem(last=False)
-            if request.request_id in self._seen:
+            if hold.id in self._seen:
                 raise PpmlError(
                     ErrorCode.DUPLICATE_REQUEST,
-                    f"request id {request.request_id!r} was already used; use a fresh id",
+                    f"request id {hold.id!r} was already used; use a fresh id",
                 )
-            self._seen[request.request_id] = now
-            self._pending[request.request_id] = request
+            self._seen[hold.id] = now
+            self._holds[hold.id] = hold
 
-    def take(self, request_ids: list[str]) -> list[PendingRequest | None]:
-        """Remove and return the given requests (None for any not held here)."""
+    def take(self, ids: Iterable[str]) -> list[Hold | None]:
+        """Remove and return the given holds (None for any not held here)."""
         with self._lock:
-            return [self._pending.pop(rid, None) for rid in request_ids]
+            return [self._holds.pop(i, None) for i in ids]
 
-    def fail(self, request_ids: list[str] | None, error: PpmlError) -> int:
-        """Fail the given (or all) pending requests; returns how many."""
+    def fail(self, ids: Iterable[str] | None, reason: str) -> int:
+        """Drop the given (or all) holds, failing their waiters; returns how many."""
         with self._lock:
-            ids = list(self._pending) if request_ids is None else request_ids
-            taken = [self._pending.pop(rid) for rid in ids if rid in self._pending]
-        for request in taken:
-            if not request.future.done():
-                request.future.set_exception(error)
+            keys = list(self._holds) if ids is None else list(ids)
+            taken = [self._holds.pop(i) for i in keys if i in self._holds]
+        for hold in taken:
+            hold.fail(reason)
         return len(taken)
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for hold in self._holds.values() if hold.kind == kind)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._holds)

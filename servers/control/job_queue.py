@@ -1,12 +1,14 @@
-"""The leader's queue of long MPC work: training jobs and evaluations (pure).
+"""The leader's queue of long MPC work, e.g. training jobs and evaluations (pure).
 
 Prediction batches (:mod:`ppml.servers.control.scheduler`) always go first; the
 leader asks this queue for work only when no prediction batch is ready, so
-predictions are answered between training steps. A job or evaluation is
-ready once every party has announced it (each validated its own copy).
-Order: pending ends (cancel/failure, applied by every party in sequence),
-then evaluations (short), then the oldest ready training job's next step.
-Jobs run one at a time; the rest stay queued.
+predictions are answered between training steps. Work is ready once every
+party has announced it (each validated its own copy). Each kind of long work
+comes with a :class:`Policy`: pending ends (cancel/failure, applied by every
+party in sequence) go first, then kinds by priority (evaluations, short,
+before training steps). A ``serial`` kind runs only its oldest ready item,
+step by step, so training jobs run one at a time and the rest stay queued;
+a ``stateful`` kind's started work is lost when the MPC session restarts.
 """
 
 from __future__ import annotations
@@ -20,10 +22,35 @@ FAILED, CANCELLED = "failed", "cancelled"
 _REMEMBER_ENDED = 4096
 
 
+@dataclass(frozen=True)
+class Policy:
+    priority: int  # lower runs first
+    serial: bool = False  # only the oldest ready item of this kind runs (step by step)
+    stateful: bool = False  # started items keep secret state in memory on every party
+
+
+@dataclass(frozen=True)
+class Step:
+    """Run step ``step`` (0-based) of item ``job_id`` of ``kind`` on every party."""
+
+    kind: str
+    job_id: str
+    step: int
+
+
+@dataclass(frozen=True)
+class End:
+    """Every party ends item ``job_id`` with ``state`` (failed or cancelled)."""
+
+    job_id: str
+    state: str
+    reason: str
+
+
 @dataclass
 class _Entry:
     job_id: str
-    kind: str  # "train" | "evaluate"
+    kind: str
     steps: int
     deadline: float
     holders: set[int] = field(default_factory=set)
@@ -32,27 +59,31 @@ class _Entry:
 
 
 class JobQueue:
-    def __init__(self, world_size: int) -> None:
+    def __init__(self, world_size: int, policies: dict[str, Policy]) -> None:
         self._world_size = world_size
+        self._policies = policies
+        self._order = sorted(policies, key=lambda kind: policies[kind].priority)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._ends: list[cmd.EndJob] = []
+        self._ends: list[End] = []
         self._ended: OrderedDict[str, None] = OrderedDict()  # recent ids: late announces ignored
 
     # ------------------------------------------------------------ inputs
 
-    def announce(self, rank: int, announce: cmd.JobAnnounce, now: float) -> None:
-        if announce.job_id in self._ended:
+    def announce(self, rank: int, announce: cmd.Announce, now: float) -> None:
+        if announce.id in self._ended:
             return
-        entry = self._entries.get(announce.job_id)
+        if announce.kind not in self._policies:
+            raise ValueError(f"no long-work policy for kind {announce.kind!r}")
+        entry = self._entries.get(announce.id)
         if entry is None:
-            entry = _Entry(announce.job_id, announce.kind, announce.steps, now + announce.timeout_s)
-            self._entries[announce.job_id] = entry
-        if (announce.kind, announce.steps) != (entry.kind, entry.steps):
+            entry = _Entry(announce.id, announce.kind, announce.size, now + announce.timeout_s)
+            self._entries[announce.id] = entry
+        if (announce.kind, announce.size) != (entry.kind, entry.steps):
             self._end(
                 entry.job_id,
                 FAILED,
                 f"the servers disagree about the job ({entry.kind}, {entry.steps} steps vs "
-                f"{announce.kind}, {announce.steps}): do they hold the same data sets?",
+                f"{announce.kind}, {announce.size}): do they hold the same data sets?",
             )
             return
         entry.holders.add(rank)
@@ -69,9 +100,10 @@ class JobQueue:
                 self._end(entry.job_id, FAILED, reason)
 
     def abandon_started(self, reason: str) -> None:
-        """The MPC session restarts: training jobs past step 0 lost their secret state."""
+        """The MPC session restarts: stateful work past step 0 lost its secret state."""
         for entry in list(self._entries.values()):
-            if entry.kind == "train" and (entry.next_step > 0 or entry.in_flight):
+            stateful = self._policies[entry.kind].stateful
+            if stateful and (entry.next_step > 0 or entry.in_flight):
                 self._end(entry.job_id, FAILED, reason)
 
     def expire(self, now: float, names: list[str]) -> None:
@@ -87,7 +119,7 @@ class JobQueue:
 
     def _end(self, job_id: str, state: str, reason: str) -> None:
         self._entries.pop(job_id, None)
-        self._ends.append(cmd.EndJob(job_id, state, reason))
+        self._ends.append(End(job_id, state, reason))
         self._forget_later(job_id)
 
     def _forget_later(self, job_id: str) -> None:
@@ -100,29 +132,23 @@ class JobQueue:
     def _ready(self, entry: _Entry) -> bool:
         return len(entry.holders) == self._world_size and not entry.in_flight
 
-    def next_job(self) -> cmd.TrainStep | cmd.EvaluateJob | cmd.EndJob | None:
+    def next_job(self) -> Step | End | None:
         if self._ends:
             return self._ends.pop(0)
-        for entry in self._entries.values():
-            if entry.kind == "evaluate" and self._ready(entry):
-                entry.in_flight = True
-                return cmd.EvaluateJob(entry.job_id)
-        for entry in self._entries.values():
-            if entry.kind == "train" and len(entry.holders) == self._world_size:
-                if entry.in_flight:
-                    return None  # one step at a time
-                entry.in_flight = True
-                return cmd.TrainStep(entry.job_id, entry.next_step)
+        for kind in self._order:
+            serial = self._policies[kind].serial
+            for entry in self._entries.values():
+                if entry.kind != kind or len(entry.holders) < self._world_size:
+                    continue
+                if not entry.in_flight:
+                    entry.in_flight = True
+                    return Step(kind, entry.job_id, entry.next_step)
+                if serial:
+                    break  # one item of a serial kind at a time, one step at a time
         return None
 
-    def done(self, job: cmd.Job, ok: bool, reason: str = "") -> None:
-        """The job's step ran everywhere (``ok``) or failed somewhere."""
-        if isinstance(job, cmd.TrainStep):
-            job_id = job.job_id
-        elif isinstance(job, cmd.EvaluateJob):
-            job_id = job.request_id
-        else:
-            return
+    def done(self, job_id: str, ok: bool, reason: str = "") -> None:
+        """Item ``job_id``'s step ran everywhere (``ok``) or failed somewhere."""
         entry = self._entries.get(job_id)
         if entry is None:
             return

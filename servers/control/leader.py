@@ -2,11 +2,11 @@
 
 It holds one control link per follower and one for the dealer. When every
 link is up and no session is, it starts a new epoch (all parties and the
-dealer join a fresh rendezvous). While the session is up it turns announced
-requests into batched jobs (:mod:`ppml.servers.control.scheduler`), sends every job
-to every party in the same order, drops requests that cannot run, and sends
-a small heartbeat job when idle so no party or the dealer sits in a
-collective long enough to hit the process-group timeout.
+dealer join a fresh rendezvous). While the session is up it asks its
+planners (one per group of job kinds, see ``ppml.servers.kinds``), in order,
+for the next job, sends every job to every party in the same order, and drops
+announced work that cannot run. The planners are pure; this class owns the
+links, the epoch and the clock.
 """
 
 from __future__ import annotations
@@ -16,35 +16,62 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.servers.control.holds import PendingTable
-from ppml.servers.control.job_queue import JobQueue
-from ppml.servers.control.scheduler import Drop, Scheduler
-from ppml.servers.mpc.worker import MpcWorker
+from ppml.servers.control.holds import Holds
 
 log = logging.getLogger(__name__)
 
 Outbox = queue.Queue[cmd.LeaderCommand | None]
 
 
+class Dropping(Protocol):
+    @property
+    def ids(self) -> tuple[str, ...]: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class LeaderPlanner(Protocol):
+    """What the leader asks of a planner (``ppml.servers.kinds.base.Planner``)."""
+
+    kinds: tuple[str, ...]
+
+    @property
+    def accepts_while_down(self) -> bool: ...
+
+    def announce(self, rank: int, announce: cmd.Announce, now: float) -> Sequence[Dropping]: ...
+    def cancel(self, job_id: str, reason: str) -> None: ...
+    def expire(self, now: float, names: list[str]) -> Sequence[Dropping]: ...
+    def next_job(self, now: float, idle_since: float) -> tuple[str, Any] | None: ...
+    def next_wakeup(self, idle_since: float) -> float | None: ...
+    def done(self, kind: str, job: Any, ok: bool, reason: str, now: float) -> None: ...
+    def rank_lost(self, rank: int, name: str, reason: str, now: float) -> Sequence[Dropping]: ...
+    def session_restarted(self, reason: str) -> None: ...
+    @property
+    def backlog(self) -> int: ...
+
+
 class Leader:
-    def __init__(self, config: ClusterConfig, worker: MpcWorker, pending: PendingTable) -> None:
-        serving = config.serving
+    def __init__(
+        self,
+        config: ClusterConfig,
+        run_here: Callable[[cmd.JoinEpoch | cmd.RunJob], None],
+        holds: Holds,
+        planners: Sequence[LeaderPlanner],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
-        self._worker = worker
-        self._pending = pending
+        self._run_here = run_here  # this server's own MPC worker
+        self._holds = holds
+        self._planners = list(planners)
+        self._by_kind = {kind: p for p in self._planners for kind in p.kinds}
+        self._clock = clock
         self._names = [p.name for p in config.parties]
-        self._scheduler = Scheduler(
-            config.world_size,
-            serving.max_batch_rows,
-            serving.max_wait_ms / 1000.0,
-            serving.max_delay_ms / 1000.0,
-        )
-        self._heartbeat_s = serving.heartbeat_s
-        self._jobs = JobQueue(config.world_size)
         self._last_change = ""
         self._links: dict[int, Outbox] = {}
         self._dealer_stats = cmd.DealerStats({}, 0)
@@ -55,7 +82,7 @@ class Leader:
         self._retry_at = 0.0
         self._in_flight = False
         self._seq = 0
-        self._last_job = time.monotonic()
+        self._last_job = clock()
         self._thread = threading.Thread(target=self._loop, name="leader", daemon=True)
 
     def start(self) -> None:
@@ -85,10 +112,6 @@ class Leader:
             if self._links.get(rank) is not outbox:
                 return
             del self._links[rank]
-            if rank < self._config.world_size:
-                drop = self._scheduler.drop_rank(rank, time.monotonic(), self._name(rank))
-                if drop:
-                    self._apply_drop(drop)
             self._membership_changed(f"{self._name(rank)} disconnected", rank)
 
     def _name(self, rank: int) -> str:
@@ -98,9 +121,12 @@ class Leader:
         log.info("%s; MPC session will restart", why)
         self._last_change = why
         reason = f"{why} while the job was in progress"
-        if rank < self._config.world_size:
-            self._jobs.abandon_rank(rank, reason)
-        self._jobs.abandon_started(reason)  # every party rejoins: in-memory runs are gone
+        now = self._clock()
+        for planner in self._planners:
+            if rank < self._config.world_size:
+                for drop in planner.rank_lost(rank, self._name(rank), reason, now):
+                    self._apply_drop(drop.ids, drop.reason)
+            planner.session_restarted(reason)  # every party rejoins: in-memory state is gone
         self.state = "down"
         self._retry_at = 0.0
         self._cond.notify_all()
@@ -125,66 +151,44 @@ class Leader:
         with self._cond:
             return self._dealer_stats
 
-    # ------------------------------------------------------------ requests
-
-    def announce(self, rank: int, announce: cmd.Announce) -> bool:
-        """A party holds its share of a request. False if no session is up."""
-        with self._cond:
-            if self.state != "up":
-                if rank != 0:
-                    self._apply_drop(
-                        Drop((announce.request_id,), "the cluster's MPC session is restarting")
-                    )
-                return False
-            drop = self._scheduler.announce(
-                rank,
-                announce.request_id,
-                announce.model_id,
-                announce.rows,
-                announce.timeout_s,
-                time.monotonic(),
-            )
-            if drop:
-                self._apply_drop(drop)
-            self._cond.notify_all()
-            return True
-
-    def announce_job(self, rank: int, announce: cmd.JobAnnounce) -> bool:
-        """A party holds a valid training job or evaluation request."""
-        with self._cond:
-            self._jobs.announce(rank, announce, time.monotonic())
-            self._cond.notify_all()
-            return True
-
-    def cancel_job(self, rank: int, cancel: cmd.CancelJob) -> bool:
-        with self._cond:
-            self._jobs.cancel(cancel.job_id, cancel.reason)
-            self._cond.notify_all()
-            return True
+    # ------------------------------------------------------------ party messages
 
     def submit(self, rank: int, message: cmd.PartyMessage) -> bool:
-        """Route a party's announcement (rank 0 calls this directly)."""
-        if isinstance(message, cmd.Announce):
-            return self.announce(rank, message)
-        if isinstance(message, cmd.JobAnnounce):
-            return self.announce_job(rank, message)
-        if isinstance(message, cmd.CancelJob):
-            return self.cancel_job(rank, message)
-        return False
+        """A party's announcement or cancel request (rank 0 calls this directly).
 
-    def _apply_drop(self, drop: Drop) -> None:
-        command = cmd.DropRequests(drop.request_ids, drop.reason)
+        False if the work cannot be accepted now (e.g. a prediction while the
+        session is down; the announcing follower's request is dropped).
+        """
+        with self._cond:
+            if isinstance(message, cmd.Announce):
+                planner = self._by_kind.get(message.kind)
+                if planner is None:
+                    return False
+                if self.state != "up" and not planner.accepts_while_down:
+                    if rank != 0:
+                        self._apply_drop((message.id,), "the cluster's MPC session is restarting")
+                    return False
+                for drop in planner.announce(rank, message, self._clock()):
+                    self._apply_drop(drop.ids, drop.reason)
+            elif isinstance(message, cmd.CancelJob):
+                for planner in self._planners:
+                    planner.cancel(message.job_id, message.reason)
+            else:
+                return False
+            self._cond.notify_all()
+            return True
+
+    def _apply_drop(self, ids: tuple[str, ...], reason: str) -> None:
+        command = cmd.DropRequests(ids, reason)
         for rank, outbox in self._links.items():
             if rank < self._config.world_size:
                 outbox.put(command)
-        self._pending.fail(
-            list(drop.request_ids), PpmlError(ErrorCode.PREDICTION_ABORTED, drop.reason)
-        )
+        self._holds.fail(ids, reason)
 
     @property
     def backlog(self) -> int:
         with self._cond:
-            return self._scheduler.backlog + len(self._jobs)
+            return sum(planner.backlog for planner in self._planners)
 
     # ------------------------------------------------------------ worker callbacks
 
@@ -195,24 +199,22 @@ class Leader:
             if ok:
                 log.info("MPC epoch %d is up", epoch)
                 self.state = "up"
-                self._last_job = time.monotonic()
+                self._last_job = self._clock()
             else:
                 self.state = "down"
-                self._retry_at = time.monotonic() + 1.0
+                self._retry_at = self._clock() + 1.0
             self._cond.notify_all()
 
-    def on_job_done(self, job: cmd.RunJob, ok: bool) -> None:
+    def on_job_done(self, run: cmd.RunJob, ok: bool) -> None:
         with self._cond:
             self._in_flight = False
-            self._last_job = time.monotonic()
-            if isinstance(job.job, cmd.PredictJob):
-                self._scheduler.job_done(job.job.model_id, len(job.job.request_ids), self._last_job)
-            else:
-                self._scheduler.job_done(None, 0, self._last_job)
-                self._jobs.done(job.job, ok, self._failure_reason())
-            if not ok and job.epoch == self.epoch and self.state == "up":
+            self._last_job = self._clock()
+            reason = "" if ok else self._failure_reason()
+            for planner in self._planners:
+                planner.done(run.kind, run.job, ok, reason, self._last_job)
+            if not ok and run.epoch == self.epoch and self.state == "up":
                 self.state = "down"
-                self._retry_at = time.monotonic() + 0.2
+                self._retry_at = self._clock() + 0.2
             self._cond.notify_all()
 
     def _failure_reason(self) -> str:
@@ -225,13 +227,13 @@ class Leader:
         for rank, outbox in self._links.items():
             if isinstance(command, cmd.JoinEpoch) or rank < self._config.world_size:
                 outbox.put(command)
-        self._worker.submit(command)
+        self._run_here(command)
 
     def _step(self, now: float) -> float:
         """Make every decision due now; returns how long to sleep."""
-        for drop in self._scheduler.expire(now, self._names):
-            self._apply_drop(drop)
-        self._jobs.expire(now, self._names)
+        for planner in self._planners:
+            for drop in planner.expire(now, self._names):
+                self._apply_drop(drop.ids, drop.reason)
         if self.state == "down" and len(self._links) == self._config.world_size:
             if now >= self._retry_at and not self._in_flight:
                 self.epoch += 1
@@ -240,32 +242,22 @@ class Leader:
                 self._broadcast(cmd.JoinEpoch(self.epoch, f"{self.incarnation}-{self.epoch}"))
             else:
                 return max(0.01, self._retry_at - now)
+        wakes = [p.next_wakeup(self._last_job) for p in self._planners]
+        until = min([now + 1.0, *(w for w in wakes if w is not None)])
         if self.state != "up" or self._in_flight:
-            wake = self._scheduler.next_wakeup()
-            return 1.0 if wake is None else max(0.001, min(1.0, wake - now))
-        job = self._scheduler.next_job(now)
-        if job is not None:
-            self._run(cmd.PredictJob(job.model_id, job.request_ids, job.rows))
-            return 0.0
-        long_job = self._jobs.next_job()
-        if long_job is not None:
-            self._run(long_job)
-            return 0.0
-        if now - self._last_job >= self._heartbeat_s:
-            self._run(cmd.HeartbeatJob())
-            return 0.0
-        wakes = [self._scheduler.next_wakeup(), self._jobs.next_deadline()]
-        until = min([self._last_job + self._heartbeat_s, *(w for w in wakes if w is not None)])
+            return max(0.001, min(1.0, until - now))
+        for planner in self._planners:
+            chosen = planner.next_job(now, self._last_job)
+            if chosen is not None:
+                self._seq += 1
+                self._in_flight = True
+                self._broadcast(cmd.RunJob(self._seq, self.epoch, *chosen))
+                return 0.0
         return max(0.0005, until - now)
-
-    def _run(self, job: cmd.Job) -> None:
-        self._seq += 1
-        self._in_flight = True
-        self._broadcast(cmd.RunJob(self._seq, self.epoch, job))
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                sleep = self._step(time.monotonic())
+                sleep = self._step(self._clock())
                 if sleep > 0:
                     self._cond.wait(sleep)

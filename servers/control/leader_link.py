@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
 
-from ppml.proto import serde
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.domain import commands as cmd
+from ppml.proto.wire import serde
 from ppml.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class LeaderLink:
         hello: cmd.Hello,
         on_message: Callable[[cmd.LeaderCommand], None],
         on_lost: Callable[[str], None],
+        job_types: Mapping[str, type],
     ) -> None:
         self._address = leader_address
         self._ca = ca_cert
@@ -42,6 +43,7 @@ class LeaderLink:
         self._hello = hello
         self._on_message = on_message
         self._on_lost = on_lost
+        self._job_types = job_types
         self._outbox: queue.Queue[object] = queue.Queue()
         self._stopped = threading.Event()
         self._connected = threading.Event()
@@ -86,7 +88,7 @@ class LeaderLink:
                 self._connected.set()
                 for message in stream:
                     backoff = 0.1
-                    self._on_message(serde.leader_command_from_proto(message))
+                    self._on_message(serde.leader_command_from_proto(message, self._job_types))
                 reason = "leader closed the link"
             except grpc.RpcError as err:
                 reason = f"link to leader failed: {err.code().name} {err.details()}"

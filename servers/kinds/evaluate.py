@@ -1,29 +1,34 @@
-"""Encrypted evaluation on one server: a model's accuracy on a shared data set.
+"""The ``evaluate`` kind: a model's accuracy on a shared data set, in MPC.
 
 The caller sends the same request id to every server; each validates it,
-holds it, and announces it to the leader, which runs it as one MPC job when
-every server holds it. Each server returns only its share of the number of
-correct predictions; the caller adds the shares up.
+holds it, and announces it to the leader, which runs it (long-work queue,
+before training steps) as one MPC job once every server holds it. Each
+server returns only its share of the number of correct predictions; the
+caller adds the shares up.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.serde import check_id
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.store.datasets import DatasetRegistry
-from ppml.servers.store.models import LoadedModel, ModelRegistry
+from ppml.servers.control.holds import Hold
+from ppml.servers.control.job_queue import Policy, Step
+from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
+from ppml.servers.mpc.trainer import evaluate
+from ppml.servers.store.models import LoadedModel
 from ppml.training.losses import LossMismatch, accuracy_kind
 
-Announcer = Callable[[cmd.PartyMessage], bool]
+KIND = "evaluate"
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    request_id: str
 
 
 @dataclass(frozen=True)
@@ -33,32 +38,19 @@ class EvaluationOutcome:
     job_seq: int
 
 
-@dataclass
-class PendingEvaluation:
-    request_id: str
+@dataclass(frozen=True)
+class EvaluationInput:
     model: LoadedModel
     dataset_id: str
-    kind: str  # "argmax" | "sign"
+    accuracy: str  # "argmax" | "sign"
     rows: int
-    future: Future[EvaluationOutcome] = field(default_factory=Future)
 
 
 class EvaluationService:
-    def __init__(
-        self,
-        models: ModelRegistry,
-        datasets: DatasetRegistry,
-        announcer: Announcer,
-        is_serving: Callable[[], bool],
-        default_timeout_s: float,
-    ) -> None:
-        self._models = models
-        self._datasets = datasets
-        self._announce = announcer
-        self._is_serving = is_serving
-        self._default_timeout_s = default_timeout_s
-        self._lock = threading.Lock()
-        self._pending: dict[str, PendingEvaluation] = {}
+    """The gRPC side of an evaluation on this server."""
+
+    def __init__(self, env: KindEnv) -> None:
+        self._env = env
 
     def evaluate(
         self,
@@ -69,8 +61,8 @@ class EvaluationService:
         time_remaining: float | None,
     ) -> EvaluationOutcome:
         check_id(request_id, "request_id")
-        model = self._models.get(model_id)
-        data = self._datasets.usable(dataset_id, caller)
+        model = self._env.models.get(model_id)
+        data = self._env.datasets.usable(dataset_id, caller)
         architecture = model.meta.architecture
         if data.features != _count(architecture.input_shape):
             raise PpmlError(
@@ -79,53 +71,63 @@ class EvaluationService:
                 f"dataset {dataset_id!r} has {data.features} features per row",
             )
         try:
-            kind = accuracy_kind(architecture.output_shape, data.num_classes)
+            accuracy = accuracy_kind(architecture.output_shape, data.num_classes)
         except LossMismatch as exc:
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
-        if not self._is_serving():
+        if not self._env.is_serving():
             raise PpmlError(ErrorCode.NOT_READY, "this server's MPC session is not up; retry")
-        pending = PendingEvaluation(request_id, model, dataset_id, kind, data.rows)
-        with self._lock:
-            if request_id in self._pending:
-                raise PpmlError(ErrorCode.DUPLICATE_REQUEST, f"request id {request_id!r} in use")
-            self._pending[request_id] = pending
-        remaining = time_remaining or self._default_timeout_s
-        announce = cmd.JobAnnounce(request_id, "evaluate", 1, max(0.5, remaining - 1.0))
-        if not self._announce(announce):
-            self.end(request_id, "the leader could not be reached")
+        value = EvaluationInput(model, dataset_id, accuracy, data.rows)
+        hold = Hold(request_id, KIND, value, ErrorCode.EVALUATION_ABORTED)
+        self._env.holds.add(hold)
+        remaining = time_remaining or self._env.config.serving.default_timeout_s
+        announce = cmd.Announce(KIND, request_id, "", 1, max(0.5, remaining - 1.0))
+        if not self._env.submit(announce):
+            self._env.holds.fail([request_id], "the leader could not be reached")
             raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")
         try:
-            return pending.future.result(timeout=remaining + 0.5)
+            outcome: EvaluationOutcome = hold.future.result(timeout=remaining + 0.5)
+            return outcome
         except FutureTimeout:
-            self.end(request_id, "deadline exceeded")
+            self._env.holds.fail([request_id], "deadline exceeded")
             raise PpmlError(
                 ErrorCode.DEADLINE_EXCEEDED, f"evaluation {request_id!r} got no result in time"
             ) from None
 
-    # ------------------------------------------------------------ worker calls
 
-    def take(self, request_id: str) -> PendingEvaluation | None:
-        with self._lock:
-            return self._pending.pop(request_id, None)
+class EvaluateKind(JobKind):
+    name = KIND
+    job_type = EvaluateJob
+    long_work = Policy(priority=0)  # short: before training steps
 
-    def shares(self, pending: PendingEvaluation) -> tuple[Ring, Ring]:
-        return self._datasets.shares(pending.dataset_id)
+    def step_job(self, step: Step) -> EvaluateJob:
+        return EvaluateJob(step.job_id)
 
-    def end(self, request_id: str, reason: str) -> None:
-        """Fail a held request (the leader ended it, or it timed out here)."""
-        pending = self.take(request_id)
-        if pending is not None and not pending.future.done():
-            pending.future.set_exception(PpmlError(ErrorCode.EVALUATION_ABORTED, reason))
+    def take(self, job: EvaluateJob) -> Hold | None:
+        return self.env.holds.take([job.request_id])[0]
 
-    def fail_all(self, reason: str) -> None:
-        with self._lock:
-            ids = list(self._pending)
-        for request_id in ids:
-            self.end(request_id, reason)
+    def run(self, seq: int, job: EvaluateJob, taken: Hold | None) -> JobStats:
+        if taken is None:
+            raise RuntimeError(f"evaluation {job.request_id} is not held here")
+        value: EvaluationInput = taken.value
+        features, labels = self.env.datasets.shares(value.dataset_id)
+        architecture = value.model.meta.architecture
+        correct = evaluate(
+            self.env.model_cache.get(value.model),
+            features,
+            labels,
+            value.accuracy,
+            architecture.input_shape,
+        )
+        if not taken.future.done():
+            taken.future.set_result(EvaluationOutcome(correct, value.rows, seq))
+        return JobStats(value.model.meta.model_id, 1)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending)
+    def abort(self, job: EvaluateJob, taken: Hold | None, reason: str) -> None:
+        if taken is not None:
+            taken.fail(reason)
+
+    def ended(self, job_id: str, state: str, reason: str) -> None:
+        self.env.holds.fail([job_id], reason)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -133,6 +135,3 @@ def _count(shape: tuple[int, ...]) -> int:
     for dim in shape:
         total *= dim
     return total
-
-
-__all__ = ["EvaluationOutcome", "EvaluationService", "PendingEvaluation", "time"]

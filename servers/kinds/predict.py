@@ -1,21 +1,59 @@
-"""Encrypted prediction on one server: validate, enqueue, wait for the MPC job."""
+"""The ``predict`` kind: encrypted prediction, batched across requests.
+
+* Front (:class:`InferenceService`, gRPC threads): validate a request, hold
+  its input share, announce it to the leader, wait for the MPC job.
+* Leader (:class:`PredictPlanner`): dynamic batching by
+  :class:`~ppml.servers.control.scheduler.Scheduler`; prediction batches go
+  before every other kind of work.
+* Worker (:class:`PredictKind`): one MPC forward over the batch's shares;
+  each request gets its rows of this server's output share.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
 
-from ppml.proto.deploy.topology import ServingConfig
+import numpy as np
+import torch
+
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.serde import check_id
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.control.holds import PendingRequest, PendingTable, PredictOutcome
-from ppml.servers.store.metrics import UNKNOWN_MODEL, ServerMetrics
-from ppml.servers.store.models import LoadedModel, ModelRegistry
+from ppml.servers.control.holds import Hold
+from ppml.servers.control.scheduler import Scheduler
+from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
+from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.store.metrics import UNKNOWN_MODEL
+from ppml.servers.store.models import LoadedModel
 
-Announcer = Callable[[int, cmd.Announce], bool]
+log = logging.getLogger(__name__)
+KIND = "predict"
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    model_id: str
+    request_ids: tuple[str, ...]
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    share: Ring
+    batch_requests: int
+    job_seq: int
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    model_id: str
+    share: Ring
+    model: LoadedModel  # held so a concurrent delete cannot break the job
 
 
 def drop_margin(remaining_s: float) -> float:
@@ -28,23 +66,11 @@ def drop_margin(remaining_s: float) -> float:
 
 
 class InferenceService:
-    def __init__(
-        self,
-        rank: int,
-        registry: ModelRegistry,
-        pending: PendingTable,
-        announcer: Announcer,
-        is_serving: Callable[[], bool],
-        serving: ServingConfig,
-        metrics: ServerMetrics,
-    ) -> None:
-        self._rank = rank
-        self._registry = registry
-        self._pending = pending
-        self._announce = announcer
-        self._is_serving = is_serving
-        self._serving = serving
-        self._metrics = metrics
+    """The gRPC side of a prediction on this server."""
+
+    def __init__(self, env: KindEnv) -> None:
+        self._env = env
+        self._serving = env.config.serving
 
     def predict(
         self, request_id: str, model_id: str, share: Ring, time_remaining: float | None
@@ -52,14 +78,14 @@ class InferenceService:
         started = time.monotonic()
         label, status = UNKNOWN_MODEL, "OK"  # metrics never keep ids a caller made up
         try:
-            model = self._registry.get(model_id)
+            model = self._env.models.get(model_id)
             label = model_id
             return self._predict(request_id, model_id, model, share, time_remaining)
         except PpmlError as err:
             status = err.status.name
             raise
         finally:
-            self._metrics.record_request(label, time.monotonic() - started, status)
+            self._env.metrics.record_request(label, time.monotonic() - started, status)
 
     def _predict(
         self,
@@ -83,24 +109,126 @@ class InferenceService:
                 ErrorCode.INVALID_ARGUMENT,
                 f"{rows} rows in one request; the limit is {self._serving.max_rows_per_request}",
             )
-        if not self._is_serving():
+        if not self._env.is_serving():
             raise PpmlError(
                 ErrorCode.NOT_READY,
                 "this server's MPC session is not up (waiting for its peers and the dealer); retry",
             )
         remaining = time_remaining or self._serving.default_timeout_s
-        request = PendingRequest(request_id, model_id, share, model)
-        self._pending.add(request)
-        announce = cmd.Announce(request_id, model_id, rows, remaining - drop_margin(remaining))
-        if not self._announce(self._rank, announce):
-            self._pending.fail([request_id], PpmlError(ErrorCode.NOT_READY, "not ready"))
+        hold = Hold(
+            request_id, KIND, PredictInput(model_id, share, model), ErrorCode.PREDICTION_ABORTED
+        )
+        self._env.holds.add(hold)
+        timeout_s = remaining - drop_margin(remaining)
+        announce = cmd.Announce(KIND, request_id, model_id, rows, timeout_s)
+        if not self._env.submit(announce):
+            self._env.holds.fail([request_id], "not ready")
             raise PpmlError(
                 ErrorCode.NOT_READY, "the cluster's MPC session is restarting; retry shortly"
             )
         try:
-            return request.future.result(timeout=remaining + 0.5)
+            outcome: PredictOutcome = hold.future.result(timeout=remaining + 0.5)
+            return outcome
         except FutureTimeout:
             raise PpmlError(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"request {request_id!r} got no result within {remaining:.1f}s",
             ) from None
+
+
+class PredictPlanner(Planner):
+    """Dynamic batching of announced prediction requests (leader side)."""
+
+    priority = 0  # prediction batches go first: they are waited for by clients
+    kinds = (KIND,)
+    accepts_while_down = False  # a client is waiting: fail fast, it retries
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def announce(self, rank: int, announce: cmd.Announce, now: float) -> list[Drop]:
+        drop = self._scheduler.announce(
+            rank, announce.id, announce.group, announce.size, announce.timeout_s, now
+        )
+        return [Drop(drop.request_ids, drop.reason)] if drop else []
+
+    def expire(self, now: float, names: list[str]) -> list[Drop]:
+        return [Drop(d.request_ids, d.reason) for d in self._scheduler.expire(now, names)]
+
+    def next_job(self, now: float, idle_since: float) -> tuple[str, Any] | None:
+        job = self._scheduler.next_job(now)
+        if job is None:
+            return None
+        return KIND, PredictJob(job.model_id, job.request_ids, job.rows)
+
+    def next_wakeup(self, idle_since: float) -> float | None:
+        return self._scheduler.next_wakeup()
+
+    def done(self, kind: str, job: Any, ok: bool, reason: str, now: float) -> None:
+        if kind == KIND:
+            self._scheduler.job_done(job.model_id, len(job.request_ids), now)
+        else:  # the worker is free again
+            self._scheduler.job_done(None, 0, now)
+
+    def rank_lost(self, rank: int, name: str, reason: str, now: float) -> list[Drop]:
+        drop = self._scheduler.drop_rank(rank, now, name)
+        return [Drop(drop.request_ids, drop.reason)] if drop else []
+
+    @property
+    def backlog(self) -> int:
+        return self._scheduler.backlog
+
+
+class PredictKind(JobKind):
+    name = KIND
+    job_type = PredictJob
+
+    def __init__(self, env: KindEnv) -> None:
+        super().__init__(env)
+        serving = env.config.serving
+        self._planner = PredictPlanner(
+            Scheduler(
+                env.config.world_size,
+                serving.max_batch_rows,
+                serving.max_wait_ms / 1000.0,
+                serving.max_delay_ms / 1000.0,
+            )
+        )
+
+    def planner(self) -> Planner:
+        return self._planner
+
+    def take(self, job: PredictJob) -> list[Hold | None]:
+        return self.env.holds.take(job.request_ids)
+
+    def run(self, seq: int, job: PredictJob, taken: list[Hold | None]) -> JobStats:
+        from crypten.mpc import MPCTensor
+
+        present = [h for h in taken if h is not None]
+        if not present:
+            raise RuntimeError(f"job {seq}: none of its requests is held here")
+        handle = present[0].value.model
+        input_shape = handle.meta.architecture.input_shape
+        parts = []
+        for hold, rows in zip(taken, job.rows, strict=True):
+            if hold is None:  # cannot happen while the leader link is up
+                log.error("job %d: a request is missing here; using a zero share", seq)
+                parts.append(np.zeros((rows, *input_shape), dtype=np.int64))
+            else:
+                parts.append(hold.value.share)
+        batch = torch.from_numpy(np.concatenate(parts, axis=0))
+        with crypten.no_grad():
+            output = self.env.model_cache.get(handle)(MPCTensor.from_shares(batch))
+        out = output.share.numpy()
+        offset = 0
+        for hold, rows in zip(taken, job.rows, strict=True):
+            if hold is not None and not hold.future.done():
+                outcome = PredictOutcome(out[offset : offset + rows].copy(), len(taken), seq)
+                hold.future.set_result(outcome)
+            offset += rows
+        return JobStats(job.model_id, len(taken))
+
+    def abort(self, job: PredictJob, taken: list[Hold | None], reason: str) -> None:
+        for hold in taken:
+            if hold is not None:
+                hold.fail(reason)

@@ -112,6 +112,7 @@ def run(config: ClusterConfig, insecure: bool) -> None:
         hello,
         on_message,
         lambda reason: log.info("%s", reason),
+        {},  # the leader sends the dealer epochs only, never jobs
     )
     link.start()
     dealer = Dealer()

@@ -49,3 +49,25 @@ def parameter_shares(architecture: arch.Architecture, model: Any) -> dict[str, R
         for name in architecture.layers[index].params():
             out[f"{index}.{name}"] = getattr(module, name).share.numpy().copy()
     return out
+
+
+class ModelCache:
+    """Built CrypTen models of recently used stored models (MPC worker thread only).
+
+    Keyed by the stored model's handle: a model deleted and re-uploaded under
+    the same id is a new handle and is built afresh.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._models: dict[int, tuple[Any, Any]] = {}  # id(handle) -> (handle, model)
+
+    def get(self, handle: Any) -> Any:
+        cached = self._models.get(id(handle))
+        if cached is not None and cached[0] is handle:
+            return cached[1]
+        model = build_shared_model(handle.meta.architecture, handle.shares)
+        if len(self._models) >= self._size:
+            self._models.pop(next(iter(self._models)))
+        self._models[id(handle)] = (handle, model)
+        return model

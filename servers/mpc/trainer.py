@@ -17,17 +17,17 @@ scaling, so prediction clients send raw features.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ppml.proto.domain import architecture as arch
-from ppml.proto.domain.jobs import EpochMetrics, TrainingSpec
+from ppml.proto.domain.jobs import EpochMetrics
 from ppml.proto.shares import Ring
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
+from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
 from ppml.training.batches import BatchPlan
 from ppml.training.losses import accuracy_kind
@@ -35,28 +35,6 @@ from ppml.training.standardize import VARIANCE_FLOOR
 
 _LARGE_VARIANCE = 64.0  # above this, inv_sqrt runs on var / 1024 (its accurate range)
 _WIDE_SHIFTS = (10, 20, 30)
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """What one party needs to run a job: public spec, its own shares."""
-
-    spec: TrainingSpec
-    architecture: arch.Architecture  # as submitted (without the standardising layer)
-    initial: dict[str, Ring]
-    features: list[Ring]  # per training data set, (rows, *feature_shape)
-    labels: list[Ring]  # per training data set, (rows, num_classes) one-hot
-    validation: tuple[Ring, Ring] | None
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    epoch: int  # 1-based
-    batch: int  # 1-based within the epoch
-    samples: int
-    samples_per_s: float  # over the epoch so far
-    metrics: EpochMetrics | None  # at an epoch's end, if the owner asked for them
-    finished: bool
 
 
 def _shared(parts: list[Ring], shape: tuple[int, ...]) -> Any:

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ppml.proto import serde
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.serde import check_id
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
+from ppml.proto.wire import serde
 from ppml.servers.store.storage import RecordCodec, ShareStore
 
 DATASET_CODEC = RecordCodec[DatasetMeta](

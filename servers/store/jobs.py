@@ -16,20 +16,51 @@ import builtins
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from ppml.proto import serde
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.architecture import Architecture, infer_output_shape
 from ppml.proto.domain.datasets import DatasetMeta
-from ppml.proto.domain.jobs import OPTIMIZERS, JobEvent, JobInfo, JobState, TrainingSpec
+from ppml.proto.domain.jobs import (
+    OPTIMIZERS,
+    EpochMetrics,
+    JobEvent,
+    JobInfo,
+    JobState,
+    TrainingSpec,
+)
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.serde import check_id
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.mpc.trainer import RunInputs, StepOutcome
+from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
 from ppml.training.losses import LossMismatch, check_fits
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What one party needs to run a job: public spec, its own shares."""
+
+    spec: TrainingSpec
+    architecture: Architecture  # as submitted (without the standardising layer)
+    initial: dict[str, Ring]
+    features: list[Ring]  # per training data set, (rows, *feature_shape)
+    labels: list[Ring]  # per training data set, (rows, num_classes) one-hot
+    validation: tuple[Ring, Ring] | None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    epoch: int  # 1-based
+    batch: int  # 1-based within the epoch
+    samples: int
+    samples_per_s: float  # over the epoch so far
+    metrics: EpochMetrics | None  # at an epoch's end, if the owner asked for them
+    finished: bool
+
+
 
 JOB_CODEC = RecordCodec[JobInfo](
     kind="jobs",
@@ -43,6 +74,7 @@ JOB_CODEC = RecordCodec[JobInfo](
 )
 
 ANNOUNCE_TIMEOUT_S = 60.0
+TRAIN_KIND = "train"  # the job kind that runs these jobs (servers/kinds/train.py)
 MAX_EPOCHS = 10_000
 Announcer = Callable[[cmd.PartyMessage], bool]
 
@@ -184,7 +216,7 @@ class JobManager:
         with self._cond:
             self._infos[job_id] = info
         self._emit(info)
-        announce = cmd.JobAnnounce(job_id, "train", info.steps_total, ANNOUNCE_TIMEOUT_S)
+        announce = cmd.Announce(TRAIN_KIND, job_id, "", info.steps_total, ANNOUNCE_TIMEOUT_S)
         if not self._announce(announce):
             self._finish(info, JobState.FAILED, "the leader could not be reached; retry")
             raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")

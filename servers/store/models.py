@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output_shape
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.serde import check_id
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
 from ppml.servers.store.storage import ModelStore
 

@@ -27,10 +27,10 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 import numpy as np
 
-from ppml.proto import serde
 from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
+from ppml.proto.wire import serde
 
 M = TypeVar("M")
 

@@ -19,9 +19,10 @@ from ppml.client import (
     ModelNotFound,
     PredictionAborted,
 )
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.wire import serde
 from ppml.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 

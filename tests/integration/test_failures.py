@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ from ppml.proto.deploy.local import LocalCluster, write_local_topology
 
 def _big_cnn_input(rows: int) -> torch.Tensor:
     return torch.randn(rows, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("victim", ["server-1", "server-0"])
@@ -37,8 +45,17 @@ def test_killing_a_server_mid_request_fails_fast_then_recovers(
         outcome["elapsed"] = time.monotonic() - started
 
     thread = threading.Thread(target=request)
-    thread.start()
-    time.sleep(1.0)
+    with Cluster.from_config(fresh_cluster.config_path) as monitor:
+        victim_rank = int(victim.rsplit("-", 1)[1])
+
+        def depth() -> int:
+            return monitor.status()[victim_rank].queue_depth
+
+        thread.start()
+        _wait_until(lambda: depth() > 0 or bool(outcome), "the victim holds the request")
+        # the MPC job takes the request out of the queue: it is now running everywhere
+        _wait_until(lambda: depth() == 0 or bool(outcome), "the MPC job started")
+        assert not outcome, f"the request ended before the kill: {outcome}"
     fresh_cluster.kill(victim)
     thread.join(30)
     assert not thread.is_alive()
@@ -62,16 +79,16 @@ def test_health_is_not_serving_until_peers_and_dealer(tmp_path: Path) -> None:
         local.start_server(0)
         local.start_server(1)
         with Cluster.from_config(local.config_path) as cluster:
-            deadline = time.monotonic() + 60
-            while True:  # wait until both servers answer RPCs
+
+            def follower_linked() -> bool:  # both servers up and talking to each other
                 try:
-                    reports = cluster.status()
-                    break
+                    return "server-1" in cluster.status()[0].links_up
                 except ServerUnavailable:
-                    assert time.monotonic() < deadline, "servers did not start"
-                    time.sleep(0.2)
-            time.sleep(1.0)
-            assert not any(r.serving for r in reports)
+                    return False
+
+            _wait_until(follower_linked, "server-1 linked to the leader")
+            reports = cluster.status()
+            assert not any(r.serving for r in reports)  # no dealer: no MPC session
             assert cluster.health() == {"server-0": False, "server-1": False}
             local.start_dealer()
             local.wait_serving(timeout=60)
@@ -89,10 +106,13 @@ def test_idle_cluster_outlives_the_mpc_timeout(tmp_path: Path, mlp: torch.nn.Mod
     ):
         model_id = cluster.share_model(mlp, torch.zeros(1, 64))
         epoch = cluster.status()[0].mpc_epoch
-        time.sleep(10)
+        # idle for more than twice the collective timeout (heartbeat_s = 1): heartbeats only
+        _wait_until(
+            lambda: all(r.heartbeats >= 9 for r in cluster.status()), "9 heartbeats", timeout=60
+        )
         x = torch.ones(1, 64) * 0.1
         with torch.no_grad():
             assert (cluster.predict(model_id, x) - mlp(x)).abs().max().item() < 1e-2
         reports = cluster.status()
     assert [r.mpc_epoch for r in reports] == [epoch, epoch]  # no session restart
-    assert all(r.heartbeats >= 5 for r in reports)
+    assert all(r.heartbeats >= 9 for r in reports)

@@ -136,19 +136,20 @@ def test_predictions_are_answered_during_training_and_cancel_stops_every_party(
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
 
-    started = time.monotonic()
+    before = job.status().info.steps_done
     out = cluster2.predict(served, digits.x_test[:4])
-    latency = time.monotonic() - started
     with torch.no_grad():
         assert (out - mlp(digits.x_test[:4])).abs().max().item() < 1e-2
-    during = job.status()
-    assert during.state == "running" and during.info.steps_done < during.info.steps_total
-    assert latency < 10
+    during = job.status()  # answered between two steps of a job that was still running
+    assert during.state == "running" and before <= during.info.steps_done
+    assert during.info.steps_done < during.info.steps_total
 
     final = job.cancel()
     assert set(final.states.values()) == {"cancelled"}, final.states
     stopped_at = final.info.steps_done
-    time.sleep(2.0)
+    # every party runs jobs in the leader's order: once a prediction sequenced after the
+    # cancel is answered, any step that could still have been queued has run or never will
+    cluster2.predict(served, digits.x_test[:1])
     assert job.status().info.steps_done == stopped_at
     watcher.join(30)
     assert events and events[-1].state == "cancelled"

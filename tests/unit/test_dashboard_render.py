@@ -39,11 +39,11 @@ from ppml.dashboard.data import (
     snapshot_to_json,
 )
 from ppml.dashboard.render import escape_markdown
-from ppml.proto import serde
 from ppml.proto.deploy.local import free_port
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo, JobState, TrainingSpec
 from ppml.proto.domain.status import JobCost, Latency, ModelServing, StatusReport
+from ppml.proto.wire import serde
 from ppml.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,

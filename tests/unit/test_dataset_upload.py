@@ -12,10 +12,11 @@ import torch
 from ppml.client import dataset_upload
 from ppml.client.dataset_upload import ChunkSharer, as_dataset, header
 from ppml.client.training_job import JobStatus, reconstruct_metrics
-from ppml.proto import serde, shares
+from ppml.proto import shares
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import EpochMetrics, JobInfo, TrainingSpec
+from ppml.proto.wire import serde
 from ppml.training.datasets import Dataset, DatasetError, one_hot
 from ppml.v1 import datasets_pb2
 

@@ -159,7 +159,7 @@ def test_start_persists_queued_and_announces(world: World) -> None:
     assert stored == info
     shares = world.job_store.get_shares("job-1")
     assert set(shares) == set(_architecture().parameter_shapes())
-    assert world.announcer.messages == [cmd.JobAnnounce("job-1", "train", 10, ANNOUNCE_TIMEOUT_S)]
+    assert world.announcer.messages == [cmd.Announce("train", "job-1", "", 10, ANNOUNCE_TIMEOUT_S)]
 
 
 @pytest.mark.parametrize(
@@ -172,8 +172,8 @@ def test_announced_steps_are_epochs_times_batches(
     _upload(world.datasets, "d", rows=rows)
     _start(world, dataset_ids=("d",), batch_size=batch_size, epochs=epochs)
     announce = world.announcer.messages[-1]
-    assert isinstance(announce, cmd.JobAnnounce)
-    assert announce.steps == steps
+    assert isinstance(announce, cmd.Announce)
+    assert announce.size == steps
     assert world.jobs.get("job-1", OWNER).steps_total == steps
 
 

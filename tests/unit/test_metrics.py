@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from fakes import make_env
 
-from ppml.proto.deploy.topology import ServingConfig
 from ppml.proto.errors import PpmlError
 from ppml.proto.shares import random_ring
-from ppml.servers.control.holds import PendingTable
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.store.metrics import UNKNOWN_MODEL, ServerMetrics
-from ppml.servers.store.models import ModelRegistry
-from ppml.servers.store.storage import MemoryModelStore
 
 
 def test_per_model_errors_and_successes() -> None:
@@ -44,15 +41,7 @@ def test_snapshot_is_a_copy() -> None:
 @pytest.mark.parametrize("model_id", ["no-such-model", "../etc", "x" * 500])
 def test_requests_for_unknown_models_share_one_label(model_id: str) -> None:
     metrics = ServerMetrics()
-    service = InferenceService(
-        0,
-        ModelRegistry(MemoryModelStore()),
-        PendingTable(),
-        lambda rank, announce: True,
-        lambda: True,
-        ServingConfig(),
-        metrics,
-    )
+    service = InferenceService(make_env(metrics=metrics))
     with pytest.raises(PpmlError):
         service.predict("r1", model_id, random_ring((1, 4)), 5.0)
     (serving,) = metrics.snapshot().models

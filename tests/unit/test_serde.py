@@ -1,4 +1,4 @@
-"""Round trips and validation of ppml.proto.serde (every domain <-> protobuf pair)."""
+"""Round trips and validation of ppml.proto.wire.serde (every domain <-> protobuf pair)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ppml.proto import serde
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain import status as st
 from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.ids import check_id
 from ppml.proto.shares import FRACTIONAL_BITS, random_ring
+from ppml.proto.wire import serde
+from ppml.servers import kinds
+from ppml.servers.kinds.heartbeat import HeartbeatJob
+from ppml.servers.kinds.predict import PredictJob
 from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
 
 INT64_MIN = np.iinfo(np.int64).min
@@ -370,19 +374,19 @@ def test_model_meta_proto_round_trip() -> None:
 
 @pytest.mark.parametrize("value", ["a", "model-1", "A.b_c-9", "x" * 64])
 def test_check_id_accepts(value: str) -> None:
-    assert serde.check_id(value, "model_id") == value
+    assert check_id(value, "model_id") == value
 
 
 @pytest.mark.parametrize("value", ["", "x" * 65, "a b", "../etc", "a/b", "é", "\nid"])
 def test_check_id_rejects(value: str) -> None:
     with pytest.raises(PpmlError) as excinfo:
-        serde.check_id(value, "model_id")
+        check_id(value, "model_id")
     assert _code(excinfo) == ErrorCode.INVALID_ARGUMENT
 
 
 def test_check_id_rejects_trailing_newline() -> None:
     with pytest.raises(PpmlError) as excinfo:
-        serde.check_id("id\n", "model_id")
+        check_id("id\n", "model_id")
     assert _code(excinfo) == ErrorCode.INVALID_ARGUMENT
 
 
@@ -391,8 +395,8 @@ def test_check_id_rejects_trailing_newline() -> None:
 PARTY_MESSAGES: list[cmd.PartyMessage] = [
     cmd.Hello(0, "party", "abc123"),
     cmd.Hello(3, "dealer", ""),
-    cmd.Announce("req-1", "model-1", 4, 30.0),
-    cmd.Announce("r", "m", 1, 0.25),
+    cmd.Announce("predict", "req-1", "model-1", 4, 30.0),
+    cmd.Announce("predict", "r", "m", 1, 0.25),
     cmd.DealerStats({"additive": 40, "wraps": 2}, 3),
     cmd.DealerStats({}, 0),
 ]
@@ -407,7 +411,7 @@ def test_party_message_round_trip(message: cmd.PartyMessage) -> None:
 
 
 def test_announce_timeout_is_at_least_one_millisecond() -> None:
-    msg = serde.party_message_to_proto(cmd.Announce("r", "m", 1, 0.0001))
+    msg = serde.party_message_to_proto(cmd.Announce("predict", "r", "m", 1, 0.0001))
     assert msg.announce.timeout_ms == 1
     back = serde.party_message_from_proto(msg)
     assert isinstance(back, cmd.Announce)
@@ -424,8 +428,8 @@ LEADER_COMMANDS: list[cmd.LeaderCommand] = [
     cmd.JoinEpoch(7, "epoch-7/"),
     cmd.DropRequests(("a", "b"), "deadline passed"),
     cmd.DropRequests((), ""),
-    cmd.RunJob(12, 7, cmd.PredictJob("model-1", ("r1", "r2", "r3"), (1, 4, 2))),
-    cmd.RunJob(13, 7, cmd.HeartbeatJob()),
+    cmd.RunJob(12, 7, "predict", PredictJob("model-1", ("r1", "r2", "r3"), (1, 4, 2))),
+    cmd.RunJob(13, 7, "heartbeat", HeartbeatJob()),
 ]
 
 
@@ -434,17 +438,12 @@ def test_leader_command_round_trip(command: cmd.LeaderCommand) -> None:
     wire = coordinator_pb2.LeaderMessage.FromString(
         serde.leader_command_to_proto(command).SerializeToString()
     )
-    assert serde.leader_command_from_proto(wire) == command
-
-
-def test_run_job_kind() -> None:
-    assert cmd.RunJob(1, 1, cmd.HeartbeatJob()).kind == "heartbeat"
-    assert cmd.RunJob(1, 1, cmd.PredictJob("m", ("r",), (1,))).kind == "predict"
+    assert serde.leader_command_from_proto(wire, kinds.job_types()) == command
 
 
 def test_empty_leader_message_is_rejected() -> None:
     with pytest.raises(PpmlError) as excinfo:
-        serde.leader_command_from_proto(coordinator_pb2.LeaderMessage())
+        serde.leader_command_from_proto(coordinator_pb2.LeaderMessage(), kinds.job_types())
     assert _code(excinfo) == ErrorCode.INVALID_ARGUMENT
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from ppml.proto import serde
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.datasets import ANYONE, DatasetMeta
 from ppml.proto.domain.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import random_ring
+from ppml.proto.wire import serde
+from ppml.servers import kinds
+from ppml.servers.kinds.end import EndJob
+from ppml.servers.kinds.evaluate import EvaluateJob
+from ppml.servers.kinds.train import TrainStep
 from ppml.v1 import coordinator_pb2, datasets_pb2, training_pb2
 
 INT64_MIN = np.iinfo(np.int64).min
@@ -331,8 +337,8 @@ def test_job_event_with_unset_state_is_rejected() -> None:
 # ---------------------------------------------------------------- control plane
 
 JOB_PARTY_MESSAGES: list[cmd.PartyMessage] = [
-    cmd.JobAnnounce("job-1", "train", 120, 60.0),
-    cmd.JobAnnounce("eval-7", "evaluate", 1, 0.5),
+    cmd.Announce("train", "job-1", "", 120, 60.0),
+    cmd.Announce("evaluate", "eval-7", "", 1, 0.5),
     cmd.CancelJob("job-1", "cancelled by hospital-a"),
     cmd.CancelJob("job-2", ""),
 ]
@@ -341,41 +347,43 @@ JOB_PARTY_MESSAGES: list[cmd.PartyMessage] = [
 @pytest.mark.parametrize("message", JOB_PARTY_MESSAGES, ids=repr)
 def test_job_party_message_round_trip(message: cmd.PartyMessage) -> None:
     proto = serde.party_message_to_proto(message)
-    assert proto.WhichOneof("kind") in ("job_announce", "cancel_job")
+    assert proto.WhichOneof("kind") in ("announce", "cancel_job")
     wire = coordinator_pb2.PartyMessage.FromString(proto.SerializeToString())
     back = serde.party_message_from_proto(wire)
     assert back == message
     assert type(back) is type(message)
 
 
-def test_job_announce_timeout_is_at_least_one_millisecond() -> None:
-    msg = serde.party_message_to_proto(cmd.JobAnnounce("j", "train", 3, 0.0))
-    assert msg.job_announce.timeout_ms == 1
-    back = serde.party_message_from_proto(msg)
-    assert isinstance(back, cmd.JobAnnounce)
-    assert back.timeout_s == pytest.approx(0.001)
-
-
 JOB_RUNS: list[cmd.RunJob] = [
-    cmd.RunJob(40, 3, cmd.TrainStep("job-1", 0)),
-    cmd.RunJob(41, 3, cmd.TrainStep("job-1", 119)),
-    cmd.RunJob(42, 3, cmd.EvaluateJob("eval-7")),
-    cmd.RunJob(43, 3, cmd.EndJob("job-1", "cancelled", "cancelled by hospital-a")),
-    cmd.RunJob(44, 4, cmd.EndJob("job-2", "failed", "server-1 left")),
+    cmd.RunJob(40, 3, "train", TrainStep("job-1", 0)),
+    cmd.RunJob(41, 3, "train", TrainStep("job-1", 119)),
+    cmd.RunJob(42, 3, "evaluate", EvaluateJob("eval-7")),
+    cmd.RunJob(43, 3, "end_job", EndJob("job-1", "cancelled", "cancelled by hospital-a")),
+    cmd.RunJob(44, 4, "end_job", EndJob("job-2", "failed", "server-1 left")),
 ]
 
 
 @pytest.mark.parametrize("command", JOB_RUNS, ids=repr)
 def test_job_run_round_trip(command: cmd.RunJob) -> None:
     proto = serde.leader_command_to_proto(command)
-    assert proto.run.WhichOneof("job") in ("train_step", "evaluate", "end_job")
+    assert proto.run.WhichOneof("job") == command.kind
     wire = coordinator_pb2.LeaderMessage.FromString(proto.SerializeToString())
-    back = serde.leader_command_from_proto(wire)
+    back = serde.leader_command_from_proto(wire, kinds.job_types())
     assert back == command
     assert isinstance(back, cmd.RunJob) and type(back.job) is type(command.job)
 
 
-def test_job_run_kinds() -> None:
-    assert cmd.RunJob(1, 1, cmd.TrainStep("j", 0)).kind == "train"
-    assert cmd.RunJob(1, 1, cmd.EvaluateJob("r")).kind == "evaluate"
-    assert cmd.RunJob(1, 1, cmd.EndJob("j", "failed", "x")).kind == "end_job"
+def test_every_registered_kind_has_its_run_job_field() -> None:
+    """A kind's name is its RunJob oneof field; its job type's fields mirror the message."""
+    oneof = coordinator_pb2.RunJob.DESCRIPTOR.oneofs_by_name["job"]
+    fields = {field.name: field for field in oneof.fields}
+    for name, job_type in kinds.job_types().items():
+        assert name in fields, f"kind {name!r} has no RunJob field"
+        message_fields = set(fields[name].message_type.fields_by_name)
+        assert {f.name for f in dataclasses.fields(job_type)} == message_fields
+
+
+def test_unknown_job_kind_is_rejected() -> None:
+    proto = serde.leader_command_to_proto(cmd.RunJob(1, 1, "train", TrainStep("j", 0)))
+    with pytest.raises(PpmlError):
+        serde.leader_command_from_proto(proto, {"predict": kinds.job_types()["predict"]})

@@ -27,8 +27,8 @@ import pytest
 from scipy import stats
 
 from ppml.client.cluster import Cluster, Endpoint
-from ppml.proto import serde
 from ppml.proto.shares import encode, random_ring
+from ppml.proto.wire import serde
 from ppml.v1 import inference_pb2, inference_pb2_grpc
 
 CALLS = 400

@@ -3,7 +3,7 @@
 isort:skip_file
 Shared messages of the ppml wire protocol.
 
-Share encoding (ARCHITECTURE.md): values live in the ring Z_2^64, held as
+Share encoding (docs/architecture.md): values live in the ring Z_2^64, held as
 signed int64 with two's-complement wrap-around. A real value v is encoded in
 fixed point as round(v * 2^fractional_bits). A secret is split into N
 additive shares s_0 + ... + s_{N-1} = encode(v) (mod 2^64); server i only

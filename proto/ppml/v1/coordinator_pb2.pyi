@@ -53,29 +53,39 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Announce(_message.Message):
-    """"I hold my share of this request." """
+    """"I hold my part of this work and it is valid here." Every party announces
+    the same work under the same id; the leader runs it once all of them have.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    MODEL_ID_FIELD_NUMBER: _builtins.int
-    ROWS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.str
-    model_id: _builtins.str
-    rows: _builtins.int
+    kind: _builtins.str
+    """the job kind that runs it ("predict", "train", "evaluate", ...)"""
+    id: _builtins.str
+    """request, job or round id"""
+    group: _builtins.str
+    """work of one group may be batched together (predict: the model id)"""
+    size: _builtins.int
+    """rows of a prediction request; MPC steps of a long job"""
     timeout_ms: _builtins.int
+    """for every party to announce it"""
     def __init__(
         self,
         *,
-        request_id: _builtins.str = ...,
-        model_id: _builtins.str = ...,
-        rows: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        id: _builtins.str = ...,
+        group: _builtins.str = ...,
+        size: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "request_id", b"request_id", "rows", b"rows", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "id", b"id", "kind", b"kind", "size", b"size", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,39 +140,6 @@ class DealerStats(_message.Message):
 Global___DealerStats: _TypeAlias = DealerStats  # noqa: Y015
 
 @_typing.final
-class JobAnnounce(_message.Message):
-    """"I hold this training job or evaluation request and it is valid here." """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    JOB_ID_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    STEPS_FIELD_NUMBER: _builtins.int
-    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
-    job_id: _builtins.str
-    kind: _builtins.str
-    """"train" | "evaluate" """
-    steps: _builtins.int
-    """MPC steps the job takes (the same on every party)"""
-    timeout_ms: _builtins.int
-    """for every party to announce it"""
-    def __init__(
-        self,
-        *,
-        job_id: _builtins.str = ...,
-        kind: _builtins.str = ...,
-        steps: _builtins.int = ...,
-        timeout_ms: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "steps", b"steps", "timeout_ms", b"timeout_ms"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___JobAnnounce: _TypeAlias = JobAnnounce  # noqa: Y015
-
-@_typing.final
 class CancelJob(_message.Message):
     """"The job's owner asked this server to cancel it." """
 
@@ -193,7 +170,6 @@ class PartyMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     ANNOUNCE_FIELD_NUMBER: _builtins.int
     DEALER_STATS_FIELD_NUMBER: _builtins.int
-    JOB_ANNOUNCE_FIELD_NUMBER: _builtins.int
     CANCEL_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
@@ -202,8 +178,6 @@ class PartyMessage(_message.Message):
     @_builtins.property
     def dealer_stats(self) -> Global___DealerStats: ...
     @_builtins.property
-    def job_announce(self) -> Global___JobAnnounce: ...
-    @_builtins.property
     def cancel_job(self) -> Global___CancelJob: ...
     def __init__(
         self,
@@ -211,14 +185,13 @@ class PartyMessage(_message.Message):
         hello: Global___Hello | None = ...,
         announce: Global___Announce | None = ...,
         dealer_stats: Global___DealerStats | None = ...,
-        job_announce: Global___JobAnnounce | None = ...,
         cancel_job: Global___CancelJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "job_announce", b"job_announce", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "job_announce", b"job_announce", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats", "job_announce", "cancel_job"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats", "cancel_job"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -250,6 +223,11 @@ Global___JoinEpoch: _TypeAlias = JoinEpoch  # noqa: Y015
 
 @_typing.final
 class PredictJob(_message.Message):
+    """One message per job kind; the oneof field name is the kind's name, and the
+    message's fields mirror the kind's job type field by field
+    (servers/kinds/<kind>.py). Adding a kind adds its message and one line here.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
@@ -375,7 +353,7 @@ class RunJob(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     PREDICT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
-    TRAIN_STEP_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
     EVALUATE_FIELD_NUMBER: _builtins.int
     END_JOB_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
@@ -385,7 +363,7 @@ class RunJob(_message.Message):
     @_builtins.property
     def heartbeat(self) -> Global___HeartbeatJob: ...
     @_builtins.property
-    def train_step(self) -> Global___TrainStep: ...
+    def train(self) -> Global___TrainStep: ...
     @_builtins.property
     def evaluate(self) -> Global___EvaluateJob: ...
     @_builtins.property
@@ -397,15 +375,15 @@ class RunJob(_message.Message):
         epoch: _builtins.int = ...,
         predict: Global___PredictJob | None = ...,
         heartbeat: Global___HeartbeatJob | None = ...,
-        train_step: Global___TrainStep | None = ...,
+        train: Global___TrainStep | None = ...,
         evaluate: Global___EvaluateJob | None = ...,
         end_job: Global___EndJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train_step", b"train_step"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train_step", b"train_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train_step", "evaluate", "end_job"]  # noqa: Y015
+    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train", "evaluate", "end_job"]  # noqa: Y015
     _WhichOneofArgType_job: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_job) -> _WhichOneofReturnType_job | None: ...
 

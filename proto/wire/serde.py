@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from collections.abc import Mapping
+from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import commands as cmd
@@ -31,17 +33,7 @@ from ppml.v1 import (
 )
 
 MAX_ELEMENTS = 1 << 27  # 1 GiB of int64 per tensor
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-def check_id(value: str, what: str) -> str:
-    """Ids are 1-64 characters of ``[A-Za-z0-9_.-]``."""
-    if not _ID_PATTERN.fullmatch(value) or value in (".", ".."):
-        raise PpmlError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
-        )
-    return value
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- shares
@@ -88,28 +80,16 @@ def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
 def layer_to_proto(layer: arch.Layer) -> common_pb2.Layer:
     """Copy a layer's fields into the ``Layer`` oneof message named by its kind."""
     msg = common_pb2.Layer()
-    sub = getattr(msg, layer.KIND)
-    sub.SetInParent()
-    for item in dataclasses.fields(layer):
-        value = getattr(layer, item.name)
-        if isinstance(value, tuple):
-            getattr(sub, item.name).extend(value)
-        else:
-            setattr(sub, item.name, value)
+    _fields_to_message(layer, _oneof(msg, layer.KIND))
     return msg
 
 
 def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
-    kind = msg.WhichOneof("kind")
-    cls = layers.KINDS.get(kind or "")
+    kind = msg.WhichOneof("kind") or ""
+    cls = layers.KINDS.get(kind)
     if cls is None:
         raise PpmlError(ErrorCode.INVALID_MODEL, f"layer {index}: no layer kind set")
-    sub = getattr(msg, kind or "")
-    values: dict[str, object] = {}
-    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = getattr(sub, item.name)
-        values[item.name] = tuple(int(v) for v in value) if hasattr(value, "extend") else value
-    layer = cls(**values)
+    layer = _fields_from_message(cls, getattr(msg, kind))
     try:
         layer.check()
     except ValueError as exc:
@@ -202,6 +182,10 @@ def model_meta_from_bytes(data: bytes) -> arch.ModelMeta:
 # ---------------------------------------------------------------- control plane
 
 
+def _timeout_ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessage:
     if isinstance(msg, cmd.Hello):
         return coordinator_pb2.PartyMessage(
@@ -211,25 +195,17 @@ def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessag
         return coordinator_pb2.PartyMessage(
             dealer_stats=coordinator_pb2.DealerStats(requests=msg.requests, sessions=msg.sessions)
         )
-    if isinstance(msg, cmd.JobAnnounce):
-        return coordinator_pb2.PartyMessage(
-            job_announce=coordinator_pb2.JobAnnounce(
-                job_id=msg.job_id,
-                kind=msg.kind,
-                steps=msg.steps,
-                timeout_ms=max(1, int(msg.timeout_s * 1000)),
-            )
-        )
     if isinstance(msg, cmd.CancelJob):
         return coordinator_pb2.PartyMessage(
             cancel_job=coordinator_pb2.CancelJob(job_id=msg.job_id, reason=msg.reason)
         )
     return coordinator_pb2.PartyMessage(
         announce=coordinator_pb2.Announce(
-            request_id=msg.request_id,
-            model_id=msg.model_id,
-            rows=msg.rows,
-            timeout_ms=max(1, int(msg.timeout_s * 1000)),
+            kind=msg.kind,
+            id=msg.id,
+            group=msg.group,
+            size=msg.size,
+            timeout_ms=_timeout_ms(msg.timeout_s),
         )
     )
 
@@ -240,13 +216,10 @@ def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMess
         return cmd.Hello(msg.hello.rank, msg.hello.role, msg.hello.incarnation)
     if kind == "announce":
         a = msg.announce
-        return cmd.Announce(a.request_id, a.model_id, a.rows, a.timeout_ms / 1000.0)
+        return cmd.Announce(a.kind, a.id, a.group, a.size, a.timeout_ms / 1000.0)
     if kind == "dealer_stats":
         d = msg.dealer_stats
         return cmd.DealerStats(dict(d.requests), d.sessions)
-    if kind == "job_announce":
-        j = msg.job_announce
-        return cmd.JobAnnounce(j.job_id, j.kind, j.steps, j.timeout_ms / 1000.0)
     if kind == "cancel_job":
         return cmd.CancelJob(msg.cancel_job.job_id, msg.cancel_job.reason)
     raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty party message")
@@ -264,27 +237,14 @@ def leader_command_to_proto(command: cmd.LeaderCommand) -> coordinator_pb2.Leade
             )
         )
     run = coordinator_pb2.RunJob(seq=command.seq, epoch=command.epoch)
-    job = command.job
-    if isinstance(job, cmd.PredictJob):
-        run.predict.CopyFrom(
-            coordinator_pb2.PredictJob(
-                model_id=job.model_id, request_ids=list(job.request_ids), rows=list(job.rows)
-            )
-        )
-    elif isinstance(job, cmd.TrainStep):
-        run.train_step.CopyFrom(coordinator_pb2.TrainStep(job_id=job.job_id, step=job.step))
-    elif isinstance(job, cmd.EvaluateJob):
-        run.evaluate.CopyFrom(coordinator_pb2.EvaluateJob(request_id=job.request_id))
-    elif isinstance(job, cmd.EndJob):
-        run.end_job.CopyFrom(
-            coordinator_pb2.EndJob(job_id=job.job_id, state=job.state, reason=job.reason)
-        )
-    else:
-        run.heartbeat.CopyFrom(coordinator_pb2.HeartbeatJob())
+    _fields_to_message(command.job, _oneof(run, command.kind))
     return coordinator_pb2.LeaderMessage(run=run)
 
 
-def leader_command_from_proto(msg: coordinator_pb2.LeaderMessage) -> cmd.LeaderCommand:
+def leader_command_from_proto(
+    msg: coordinator_pb2.LeaderMessage, job_types: Mapping[str, type]
+) -> cmd.LeaderCommand:
+    """``job_types``: each job kind's name (its ``RunJob`` oneof field) and job type."""
     kind = msg.WhichOneof("kind")
     if kind == "join":
         return cmd.JoinEpoch(msg.join.epoch, msg.join.store_prefix)
@@ -292,22 +252,38 @@ def leader_command_from_proto(msg: coordinator_pb2.LeaderMessage) -> cmd.LeaderC
         return cmd.DropRequests(tuple(msg.drop.request_ids), msg.drop.reason)
     if kind == "run":
         run = msg.run
-        job: cmd.Job
-        which = run.WhichOneof("job")
-        if which == "predict":
-            p = run.predict
-            job = cmd.PredictJob(p.model_id, tuple(p.request_ids), tuple(int(r) for r in p.rows))
-        elif which == "train_step":
-            job = cmd.TrainStep(run.train_step.job_id, run.train_step.step)
-        elif which == "evaluate":
-            job = cmd.EvaluateJob(run.evaluate.request_id)
-        elif which == "end_job":
-            e = run.end_job
-            job = cmd.EndJob(e.job_id, e.state, e.reason)
-        else:
-            job = cmd.HeartbeatJob()
-        return cmd.RunJob(run.seq, run.epoch, job)
+        which = run.WhichOneof("job") or ""
+        if which not in job_types:
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, f"unknown job kind {which!r}")
+        job: object = _fields_from_message(job_types[which], getattr(run, which))
+        return cmd.RunJob(run.seq, run.epoch, which, job)
     raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty leader message")
+
+
+def _oneof(msg: Message, field: str) -> Message:
+    """The sub-message ``field`` of ``msg``, marked present even when empty."""
+    sub = getattr(msg, field)
+    sub.SetInParent()
+    return sub
+
+
+def _fields_to_message(obj: object, sub: Message) -> None:
+    """Copy a dataclass's fields into the message fields of the same names."""
+    for item in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, item.name)
+        if isinstance(value, tuple):
+            getattr(sub, item.name).extend(value)
+        else:
+            setattr(sub, item.name, value)
+
+
+def _fields_from_message(cls: type[T], sub: Message) -> T:
+    """A dataclass from the message fields of the same names (repeated fields as tuples)."""
+    values: dict[str, object] = {}
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(sub, item.name)
+        values[item.name] = tuple(value) if hasattr(value, "extend") else value
+    return cls(**values)
 
 
 # ---------------------------------------------------------------- status

@@ -1,0 +1,19 @@
+"""Ids of models, data sets, jobs and requests: what a caller may choose."""
+
+from __future__ import annotations
+
+import re
+
+from ppml.proto.errors import ErrorCode, PpmlError
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def check_id(value: str, what: str) -> str:
+    """Ids are 1-64 characters of ``[A-Za-z0-9_.-]``."""
+    if not _ID_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise PpmlError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
+        )
+    return value
