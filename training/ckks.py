@@ -40,8 +40,10 @@ bytes and time. Measured absolute error of a decrypted sum: ~1e-7 or less;
 ciphertexts with full precision: CKKS is not IND-CPA-D secure (Li and
 Micciancio, 2021) and exact decryptions can reveal the secret key.
 :func:`decrypt_average` therefore rounds to multiples of ``quantum``
-(default 2**-20), far above the CKKS noise; share the global model with the
-aggregator only in that rounded form.
+(default 2**-20), far above the CKKS noise, which hides the noise term the
+attack solves for. That is a heuristic mitigation, not a proof (noise
+flooding would be); keep decrypted averages among the participants and give
+the aggregator at most the rounded form.
 """
 
 from __future__ import annotations
