@@ -42,8 +42,8 @@ import numpy as np
 import phe
 import torch
 
-from ppml.proto.serde import share_from_proto, share_to_proto
 from ppml.proto.shares import encode, reconstruct, share
+from ppml.proto.wire.serde import share_from_proto, share_to_proto
 from ppml.training import ckks
 from ppml.training.federated import flatten_params
 

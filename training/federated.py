@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from ppml.proto.jobs import LOSSES
+from ppml.training import losses
 from ppml.training.batches import BatchPlan
 from ppml.training.datasets import Dataset
 
@@ -71,15 +71,6 @@ def unflatten_params(model: nn.Module, vector: npt.ArrayLike) -> None:
             offset += tensor.numel()
 
 
-def _loss(name: str, output: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """The same losses as :mod:`ppml.training.plaintext` (without importing its MPC side)."""
-    if name == "binary_cross_entropy":
-        return nn.functional.binary_cross_entropy_with_logits(output.reshape(-1), labels.float())
-    if name == "mse":
-        return nn.functional.mse_loss(output, nn.functional.one_hot(labels, classes).float())
-    return nn.functional.cross_entropy(output, labels)
-
-
 @dataclass(frozen=True)
 class LocalResult:
     """What a client submits: ``delta = w_local - w_global`` (flat), its row count,
@@ -113,8 +104,7 @@ def local_update(
     batch's loss, pulling the local weights toward the global ones. Batches
     follow :class:`~ppml.training.batches.BatchPlan` with ``seed``.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    spec = losses.get(loss)
     if epochs < 1 or batch_size < 1 or lr <= 0 or mu < 0:
         raise ValueError("need epochs >= 1, batch_size >= 1, lr > 0 and mu >= 0")
     local = copy.deepcopy(model).train()
@@ -127,6 +117,7 @@ def local_update(
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"{len(x)} feature rows and {len(y)} labels")
     classes = num_classes if num_classes is not None else int(y.max()) + 1
+    target = spec.target(nn.functional.one_hot(y, classes).float())
     optimiser = torch.optim.SGD(local.parameters(), lr=lr)
     plan = BatchPlan(len(x), batch_size, seed)
     epoch_loss = 0.0
@@ -135,7 +126,7 @@ def local_update(
             epoch_loss = 0.0
         index = torch.from_numpy(plan.indices(step))
         optimiser.zero_grad()
-        data_loss = _loss(loss, local(x[index]), y[index], classes)
+        data_loss = spec.torch_loss(local(x[index]), target[index])
         objective = data_loss
         if mu > 0:
             prox = sum(
