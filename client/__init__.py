@@ -13,6 +13,7 @@ from ppml.client.errors import (
     PermissionDenied,
     PpmlClientError,
     PredictionAborted,
+    ResourceExhausted,
     ServerUnavailable,
 )
 from ppml.client.model_export import UnsupportedModelError
@@ -33,6 +34,7 @@ __all__ = [
     "PpmlClientError",
     "Prediction",
     "PredictionAborted",
+    "ResourceExhausted",
     "ServerUnavailable",
     "UnsupportedModelError",
 ]

@@ -156,7 +156,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     serving = {key: value for key, value in options.items() if value is not None}
     config_path = write_local_topology(directory, args.parties, serving)
     load_config(config_path)  # reject bad --max-* values before starting anything
-    cluster = LocalCluster(args.parties, directory, args.insecure)
+    cluster = LocalCluster(args.parties, directory, args.insecure, detached=True)
     try:
         for rank in range(args.parties):
             cluster.start_server(rank)
@@ -276,8 +276,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def dashboard_command(config: str, port: int, insecure: bool = False) -> list[str]:
-    """The ``streamlit run`` command line that serves the monitoring dashboard."""
+def dashboard_command(
+    config: str, port: int, insecure: bool = False, address: str = "127.0.0.1"
+) -> list[str]:
+    """The ``streamlit run`` command line that serves the monitoring dashboard.
+
+    It binds ``address``, loopback by default: the page has no login of its
+    own, so put it behind a TLS-terminating, authenticating reverse proxy
+    before binding anything else (docs in README, "Dashboard").
+    """
     spec = importlib.util.find_spec("ppml.dashboard.app")
     if spec is None or spec.origin is None:
         raise CliError("the dashboard (ppml.dashboard.app) is not installed")
@@ -292,6 +299,8 @@ def dashboard_command(config: str, port: int, insecure: bool = False) -> list[st
         "true",
         "--server.port",
         str(port),
+        "--server.address",
+        address,
         "--browser.gatherUsageStats",
         "false",
         "--client.toolbarMode",
@@ -303,8 +312,14 @@ def dashboard_command(config: str, port: int, insecure: bool = False) -> list[st
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     load_config(args.config)  # a bad topology file fails here, in one line
-    command = dashboard_command(args.config, args.port, args.insecure)
-    print(f"ppml dashboard: http://localhost:{args.port}", flush=True)
+    command = dashboard_command(args.config, args.port, args.insecure, args.address)
+    if args.address not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: the dashboard has no login and serves plain HTTP on {args.address}; "
+            "put it behind an authenticating TLS proxy",
+            file=sys.stderr,
+        )
+    print(f"ppml dashboard: http://{args.address}:{args.port}", flush=True)
     os.execv(command[0], command)
     return 0  # not reached
 
@@ -363,6 +378,11 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard", parents=[client], help="monitoring web page (Streamlit, read-only token)"
     )
     dashboard.add_argument("--port", type=int, default=8501, help="HTTP port (default 8501)")
+    dashboard.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to bind (default loopback only: the page has no login)",
+    )
     dashboard.set_defaults(func=cmd_dashboard)
     return parser
 

@@ -10,9 +10,9 @@ in :mod:`ppml.client.datasets_api` and :mod:`ppml.client.training_api`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from ppml.client.datasets_api import DatasetListing, DatasetsMixin
-from ppml.client.errors import PpmlClientError, ServerUnavailable
+from ppml.client.errors import ServerUnavailable
 from ppml.client.exported import ExportedModel
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
@@ -69,7 +69,7 @@ class Cluster(DatasetsMixin, TrainingMixin):
             token_file = config.monitor_token_file if monitor else config.client_token_file
             token = token_file.read_text().strip() if token_file else ""
         endpoints = [Endpoint(p.name, p.grpc_address) for p in config.parties]
-        return cls(endpoints, token, None if insecure else config.ca_cert, timeout)
+        return cls(endpoints, token, config.ca_cert, timeout, insecure)
 
     # ------------------------------------------------------------ models
 
@@ -79,11 +79,15 @@ class Cluster(DatasetsMixin, TrainingMixin):
         sample_input: torch.Tensor | None = None,
         name: str = "",
         model_id: str | None = None,
+        allow: Sequence[str] = (),
     ) -> str:
         """Secret-share a torch module (exported via ONNX) or an ONNX file; returns its id.
 
         Weights are fixed-point encoded and split here; server i receives share i
-        only. If any server rejects the upload, it is removed from the others.
+        only. If any server rejects the upload, it is removed from the servers
+        that accepted it. ``allow`` lists the identities (besides you) that may
+        predict with it and evaluate it (``"*"``: any client); by default only
+        you may. Change it later with :meth:`grant_model` / :meth:`revoke_model`.
         """
         architecture, weights = export_model(model, sample_input)
         model_id = model_id or uuid.uuid4().hex[:16]
@@ -96,26 +100,43 @@ class Cluster(DatasetsMixin, TrainingMixin):
                 name=name,
                 architecture=arch_msg,
                 parameters=serde.named_shares_to_proto(per_server[rank]),
+                allowed=list(allow),
             )
             return server.registry.UploadModel.future(
                 request, timeout=self.timeout, metadata=self._metadata
             )
 
-        try:
-            self._call_all(upload, fail_fast=False)
-        except PpmlClientError:
-            self._delete_quietly(model_id)
-            raise
+        self._call_all_or_undo(
+            upload,
+            lambda server: server.registry.DeleteModel(
+                registry_pb2.DeleteModelRequest(model_id=model_id),
+                timeout=10,
+                metadata=self._metadata,
+            ),
+        )
         return model_id
 
-    def _delete_quietly(self, model_id: str) -> None:
-        for server in self._servers:
-            with contextlib.suppress(grpc.RpcError):
-                server.registry.DeleteModel(
-                    registry_pb2.DeleteModelRequest(model_id=model_id),
-                    timeout=10,
-                    metadata=self._metadata,
-                )
+    def grant_model(self, model_id: str, *identities: str) -> ModelMeta:
+        """Owner only: let ``identities`` (or ``"*"``) predict with the model and evaluate it."""
+        allowed = self.get_model(model_id).allowed
+        added = tuple(i for i in identities if i not in allowed)
+        return self.set_model_access(model_id, (*allowed, *added))
+
+    def revoke_model(self, model_id: str, *identities: str) -> ModelMeta:
+        """Owner only: withdraw a grant (``"*"`` withdraws the grant to everyone)."""
+        allowed = self.get_model(model_id).allowed
+        return self.set_model_access(model_id, tuple(i for i in allowed if i not in identities))
+
+    def set_model_access(self, model_id: str, allowed: Sequence[str]) -> ModelMeta:
+        """Owner only: replace the identities that may predict with the model and evaluate it."""
+        request = registry_pb2.SetModelAccessRequest(model_id=model_id, allowed=list(allowed))
+        replies = self._call_all(
+            lambda s, _: s.registry.SetModelAccess.future(
+                request, timeout=self.timeout, metadata=self._metadata
+            ),
+            fail_fast=False,
+        )
+        return serde.model_meta_from_proto(replies[0])
 
     def list_models(self) -> list[ModelListing]:
         """Models known to any server, with which servers hold their shares."""
@@ -137,6 +158,18 @@ class Cluster(DatasetsMixin, TrainingMixin):
         return [
             ModelListing(metas[k], tuple(v), len(v) == self.parties) for k, v in holders.items()
         ]
+
+    def get_model(self, model_id: str) -> ModelMeta:
+        """A model's public metadata (from the first server that has it)."""
+        request = registry_pb2.GetModelRequest(model_id=model_id)
+        reply = self._retry(
+            lambda: self._call_all(
+                lambda s, _: s.registry.GetModel.future(
+                    request, timeout=self.timeout, metadata=self._metadata
+                )
+            )
+        )[0]
+        return serde.model_meta_from_proto(reply)
 
     def delete_model(self, model_id: str) -> None:
         self._call_all(
@@ -177,11 +210,16 @@ class Cluster(DatasetsMixin, TrainingMixin):
         return self.predict_detailed(model_id, x, timeout).output
 
     def predict_detailed(
-        self, model_id: str, x: torch.Tensor | np.ndarray, timeout: float | None = None
+        self,
+        model_id: str,
+        x: torch.Tensor | np.ndarray,
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> Prediction:
+        """The prediction with how it was batched; ``request_id`` is yours to choose or fresh."""
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         parts = shares.share(shares.encode(array), self.parties)
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         deadline = timeout or self.timeout
 
         def send(server: ServerStubs, rank: int) -> grpc.Future:

@@ -133,6 +133,7 @@ def header(
     name: str,
     allowed: tuple[str, ...],
     scaling: str,
+    release: tuple[str, ...] = (),
 ) -> DatasetMeta:
     """The public metadata every server receives (owner is set by the server)."""
     return DatasetMeta(
@@ -144,4 +145,5 @@ def header(
         num_classes=data.num_classes,
         allowed=allowed,
         scaling=scaling,
+        release=release,
     )

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ppml.client import dataset_upload
-from ppml.client.errors import InvalidDataset, PpmlClientError
+from ppml.client.errors import InvalidDataset
 from ppml.client.transport import ClusterBase
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.wire import serde
@@ -40,7 +40,8 @@ class DatasetsMixin(ClusterBase):
         name: str = "",
         num_classes: int | None = None,
         dataset_id: str | None = None,
-        allow: Sequence[str] = ("*",),
+        allow: Sequence[str] = (),
+        release: Sequence[str] = (),
         scaling: str = "",
         label_column: int | str = -1,
     ) -> str:
@@ -51,8 +52,12 @@ class DatasetsMixin(ClusterBase):
         name (iris, digits, breast_cancer, wine). Rows are checked here
         (empty, NaN/inf, label range) and labels one-hot encoded before
         sharing. ``allow`` lists the identities (besides you) that may train
-        on it or evaluate against it; ``"*"`` is any client of the cluster.
-        ``scaling`` documents any public scaling you applied.
+        on it or evaluate against it; ``"*"`` is any client of the cluster; by
+        default nobody but you. ``release`` lists those (besides you) who may
+        export a model trained on it, or evaluate such a model on other data:
+        every owner whose data a model was trained on must release it. Change
+        both later with :meth:`set_dataset_access`. ``scaling`` documents any
+        public scaling you applied.
         """
         try:
             data, feature_shape = dataset_upload.as_dataset(
@@ -61,25 +66,39 @@ class DatasetsMixin(ClusterBase):
         except DatasetError as exc:
             raise InvalidDataset(str(exc)) from None
         dataset_id = dataset_id or uuid.uuid4().hex[:16]
-        meta = dataset_upload.header(data, feature_shape, dataset_id, name, tuple(allow), scaling)
+        meta = dataset_upload.header(
+            data, feature_shape, dataset_id, name, tuple(allow), scaling, tuple(release)
+        )
         sharer = dataset_upload.ChunkSharer(data, meta, self.parties)
-        try:
-            self._call_all(
-                lambda s, rank: s.datasets.UploadDataset.future(
-                    sharer.stream(rank), timeout=max(self.timeout, 600), metadata=self._metadata
-                ),
-                fail_fast=False,
-            )
-        except PpmlClientError:
-            self._quietly(
-                lambda s: s.datasets.DeleteDataset(
-                    datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id),
-                    timeout=10,
-                    metadata=self._metadata,
-                )
-            )
-            raise
+        self._call_all_or_undo(
+            lambda s, rank: s.datasets.UploadDataset.future(
+                sharer.stream(rank), timeout=max(self.timeout, 600), metadata=self._metadata
+            ),
+            lambda s: s.datasets.DeleteDataset(
+                datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id),
+                timeout=10,
+                metadata=self._metadata,
+            ),
+        )
         return dataset_id
+
+    def set_dataset_access(
+        self, dataset_id: str, allow: Sequence[str] = (), release: Sequence[str] = ()
+    ) -> DatasetMeta:
+        """Owner only: replace who may use the data set and who may export models trained on it.
+
+        Models already trained keep the release they were trained under.
+        """
+        request = datasets_pb2.SetDatasetAccessRequest(
+            dataset_id=dataset_id, allowed=list(allow), release=list(release)
+        )
+        replies = self._call_all(
+            lambda s, _: s.datasets.SetDatasetAccess.future(
+                request, timeout=self.timeout, metadata=self._metadata
+            ),
+            fail_fast=False,
+        )
+        return serde.dataset_meta_from_proto(replies[0])
 
     def list_datasets(self) -> list[DatasetListing]:
         replies = self._retry(

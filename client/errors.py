@@ -99,6 +99,10 @@ class EvaluationAborted(PpmlClientError):
     """The servers dropped an evaluation request (missing share, peer failure)."""
 
 
+class ResourceExhausted(PpmlClientError):
+    """A quota or limit of the servers: too many models, too large an upload, too many calls."""
+
+
 _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidRequest,
     ErrorCode.INVALID_SHARE: InvalidShare,
@@ -111,7 +115,7 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.NOT_READY: ServerUnavailable,
     ErrorCode.PREDICTION_ABORTED: PredictionAborted,
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    ErrorCode.RESOURCE_EXHAUSTED: ServerUnavailable,
+    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     ErrorCode.INVALID_DATASET: InvalidDataset,
     ErrorCode.DATASET_NOT_FOUND: DatasetNotFound,
     ErrorCode.DATASET_EXISTS: DatasetExists,
@@ -131,7 +135,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
     grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
     grpc.StatusCode.ABORTED: PredictionAborted,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ServerUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.CANCELLED: PredictionAborted,
     grpc.StatusCode.FAILED_PRECONDITION: JobFinished,
 }
@@ -153,6 +157,7 @@ _PRIORITY: list[type[PpmlClientError]] = [
     JobExists,
     JobFinished,
     DuplicateRequest,
+    ResourceExhausted,
     ServerUnavailable,
     PredictionAborted,
     EvaluationAborted,

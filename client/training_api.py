@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from ppml.client.errors import InvalidTrainingJob, PpmlClientError, from_rpc_error
+from ppml.client.errors import InvalidTrainingJob, from_rpc_error
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_job import TrainingJob
 from ppml.client.transport import ClusterBase, ServerStubs
@@ -122,17 +122,12 @@ class TrainingMixin(ClusterBase):
                 request, timeout=self.timeout, metadata=self._metadata
             )
 
-        try:
-            self._call_all(start, fail_fast=False)
-        except PpmlClientError:
-            self._quietly(
-                lambda s: s.training.CancelJob(
-                    training_pb2.CancelJobRequest(job_id=job_id),
-                    timeout=30,
-                    metadata=self._metadata,
-                )
-            )
-            raise
+        self._call_all_or_undo(
+            start,
+            lambda s: s.training.CancelJob(
+                training_pb2.CancelJobRequest(job_id=job_id), timeout=30, metadata=self._metadata
+            ),
+        )
         return self.job(job_id, model_id)
 
     def job(self, job_id: str, model_id: str = "") -> TrainingJob:
@@ -165,9 +160,15 @@ class TrainingMixin(ClusterBase):
         )
         return [serde.job_info_from_proto(info) for info in reply[0].jobs]
 
-    def evaluate(self, model_id: str, dataset_id: str, timeout: float | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        model_id: str,
+        dataset_id: str,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Evaluation:
         """Accuracy of a model on a shared data set: only the correct count is revealed, here."""
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         request = training_pb2.EvaluateRequest(
             request_id=request_id, model_id=model_id, dataset_id=dataset_id
         )

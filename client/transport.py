@@ -8,6 +8,7 @@ start one call per server and turn gRPC failures into the SDK's typed errors.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from ppml.v1 import (
     training_pb2_grpc,
 )
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Self = TypeVar("Self", bound="ClusterBase")
 
@@ -62,9 +64,20 @@ class ClusterBase:
         token: str,
         ca_cert: Path | None,
         timeout: float = 60.0,
+        insecure: bool = False,
     ) -> None:
+        """``ca_cert`` is required: without it every share and token would travel in
+        the clear, which only an explicit ``insecure=True`` allows (with a warning)."""
         if len(endpoints) < 2:
             raise ValueError("a cluster has at least two compute servers")
+        if ca_cert is None and not insecure:
+            raise ValueError(
+                "no CA certificate to check the servers with: set [cluster] ca_cert in the "
+                "topology file (or pass insecure=True to send shares and tokens in the clear)"
+            )
+        if insecure:
+            log.warning("connecting WITHOUT TLS (insecure): shares and tokens travel in the clear")
+            ca_cert = None
         self._servers = [ServerStubs(e, client_channel(e.address, ca_cert)) for e in endpoints]
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
@@ -78,6 +91,34 @@ class ClusterBase:
         return [s.name for s in self._servers]
 
     # ------------------------------------------------------------ plumbing
+
+    def _call_all_or_undo(
+        self,
+        call: Callable[[ServerStubs, int], grpc.Future],
+        undo: Callable[[ServerStubs], object],
+    ) -> list[Any]:
+        """Like :meth:`_call_all`, but if any server fails, undo the call where it succeeded.
+
+        Only there: a server that refused may have refused because the id
+        belongs to someone else, whose object must not be touched.
+        """
+        done: list[bool] = [False] * len(self._servers)
+
+        def tracked(server: ServerStubs, rank: int) -> grpc.Future:
+            future = call(server, rank)
+            future.add_done_callback(
+                lambda f, r=rank: done.__setitem__(r, f.exception() is None)
+            )
+            return future
+
+        try:
+            return self._call_all(tracked, fail_fast=False)
+        except PpmlClientError:
+            for rank, server in enumerate(self._servers):
+                if done[rank]:
+                    with contextlib.suppress(grpc.RpcError):
+                        undo(server)
+            raise
 
     def _call_all(
         self,
@@ -119,11 +160,6 @@ class ClusterBase:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
-
-    def _quietly(self, call: Callable[[ServerStubs], object]) -> None:
-        for server in self._servers:
-            with contextlib.suppress(grpc.RpcError):
-                call(server)
 
     def close(self) -> None:
         for server in self._servers:

@@ -52,7 +52,7 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.NOT_READY: (grpc.StatusCode.UNAVAILABLE, "server not ready"),
     ErrorCode.PREDICTION_ABORTED: (grpc.StatusCode.ABORTED, "prediction aborted"),
     ErrorCode.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
-    ErrorCode.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded"),
+    ErrorCode.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "limit reached"),
     ErrorCode.INVALID_DATASET: (grpc.StatusCode.INVALID_ARGUMENT, "invalid dataset"),
     ErrorCode.DATASET_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "dataset not found"),
     ErrorCode.DATASET_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "dataset already exists"),

@@ -37,6 +37,7 @@ from ppml.servers.mpc.model import ModelCache
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.jobs import JOB_CODEC, JobManager
+from ppml.servers.store.limits import Limits
 from ppml.servers.store.metrics import ServerMetrics
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import FileModelStore, FileShareStore
@@ -69,8 +70,11 @@ class ComputeServer:
         self.tls = not insecure
         self.metrics = ServerMetrics()
         self.holds = Holds()
-        self.registry = ModelRegistry(FileModelStore(party.data_dir))
-        self.datasets = DatasetRegistry(FileShareStore(party.data_dir, DATASET_CODEC))
+        model_store = FileModelStore(party.data_dir)
+        dataset_store = FileShareStore(party.data_dir, DATASET_CODEC)
+        limits = Limits(config.limits, config.serving.max_batch_rows, model_store, dataset_store)
+        self.registry = ModelRegistry(model_store, limits)
+        self.datasets = DatasetRegistry(dataset_store, limits)
         self.leader: Leader | None = None
         self.follower: Follower | None = None
         self.jobs = JobManager(
@@ -79,6 +83,7 @@ class ComputeServer:
             self.datasets,
             self.registry,
             self._submit,
+            config.limits,
         )
         env = KindEnv(
             rank,
@@ -103,7 +108,7 @@ class ComputeServer:
             on_joined: JoinCallback = self.leader.on_joined
             on_job_done: JobCallback = self.leader.on_job_done
         else:
-            token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
+            token = party.peer_token_file.read_text().strip() if party.peer_token_file else ""
             self.follower = Follower(
                 config,
                 rank,
@@ -130,6 +135,11 @@ class ComputeServer:
         self.evaluations = EvaluationService(env)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
+        if party.auth_file is None and not insecure:
+            raise ValueError(
+                f"{party.name}: no auth_file in the topology: refusing to accept every caller "
+                "(give it an auth file, or run with --insecure for a throwaway test)"
+            )
         self._auth = load_auth_file(party.auth_file) if party.auth_file is not None else None
         self.server, self.port = self._build_server(insecure)
         self.metrics_endpoint: MetricsEndpoint | None = None
@@ -176,7 +186,15 @@ class ComputeServer:
             if cfg.tls_cert is None or cfg.tls_key is None:
                 raise ValueError(f"{cfg.name}: tls_cert and tls_key are required (or --insecure)")
             tls = ServerTls(cfg.tls_cert, cfg.tls_key)
-        return create_server(registrations, cfg.grpc_address, tls, interceptors)
+        limits = self.config.limits
+        return create_server(
+            registrations,
+            cfg.grpc_address,
+            tls,
+            interceptors,
+            limits.max_concurrent_rpcs,
+            limits.max_message_mb,
+        )
 
     def report(self) -> StatusReport:
         snap = self.metrics.snapshot()
@@ -215,6 +233,7 @@ class ComputeServer:
             dealer_connected=dealer_connected,
             dealer_requests=dealer.requests,
             dealer_sessions=dealer.sessions,
+            running_job=self.worker.running,
         )
 
     def _watch_health(self) -> None:

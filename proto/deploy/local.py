@@ -9,6 +9,7 @@ the CLI (``ppml cluster up``) and the integration tests.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -29,6 +30,20 @@ from ppml.proto.deploy.tokens import new_token, write_auth_file, write_secret
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the process that started it dies.
+
+    So servers started for a driver (a test, the demo) never outlive it, even
+    when it is killed with SIGKILL. Linux only; elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -36,38 +51,46 @@ def free_port() -> int:
 
 
 def write_local_topology(
-    directory: Path, parties: int, serving: dict[str, float] | None = None
+    directory: Path,
+    parties: int,
+    serving: dict[str, float] | None = None,
+    limits: dict[str, float] | None = None,
 ) -> Path:
-    """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``."""
+    """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``.
+
+    Every server and the dealer gets its own peer token (its identity on its
+    link to the leader is its name); two client identities (``local-user``,
+    the default, and ``analyst``) and a read-only ``monitor`` are written too.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    secrets_dir = directory / "secrets"
     ca = make_ca(directory / "tls")
-    client, monitor, peer, analyst = new_token(), new_token(), new_token(), new_token()
+    client, monitor, analyst = new_token(), new_token(), new_token()
     # a second client identity, so sharing and owner-only rules can be exercised locally
-    write_secret(directory / "secrets" / "analyst.token", analyst)
-    write_secret(directory / "secrets" / "client.token", client)
-    write_secret(directory / "secrets" / "monitor.token", monitor)
-    write_secret(directory / "secrets" / "peer.token", peer)
+    write_secret(secrets_dir / "analyst.token", analyst)
+    write_secret(secrets_dir / "client.token", client)
+    write_secret(secrets_dir / "monitor.token", monitor)
+    names = [f"server-{rank}" for rank in range(parties)]
+    peers = {name: new_token() for name in [*names, "dealer"]}
+    for name, token in peers.items():
+        write_secret(secrets_dir / f"{name}.peer.token", token)
+    entries = [
+        ("local-user", "client", client),
+        ("analyst", "client", analyst),
+        ("monitor", "monitor", monitor),
+        *((name, "peer", token) for name, token in peers.items()),
+    ]
     lines = [
         "# ppml topology: compute parties in rank order (rank 0 leads) and the dealer.",
         "# Paths are relative to this file. The same format works across hosts.",
         "[cluster]",
         'name = "local"',
         'ca_cert = "tls/ca.pem"',
-        'peer_token_file = "secrets/peer.token"',
         "",
     ]
-    for rank in range(parties):
-        name = f"server-{rank}"
+    for name in names:
         issue_server_cert(ca, directory / "tls", name, ["127.0.0.1", "localhost"])
-        write_auth_file(
-            directory / "auth" / f"{name}.toml",
-            [
-                ("local-user", "client", client),
-                ("analyst", "client", analyst),
-                ("monitor", "monitor", monitor),
-                ("peer", "peer", peer),
-            ],
-        )
+        write_auth_file(directory / "auth" / f"{name}.toml", entries)
         lines += [
             "[[parties]]",
             f'name = "{name}"',
@@ -78,11 +101,13 @@ def write_local_topology(
             f'tls_key = "tls/{name}.key"',
             f'data_dir = "data/{name}"',
             f'auth_file = "auth/{name}.toml"',
+            f'peer_token_file = "secrets/{name}.peer.token"',
             "",
         ]
     lines += [
         "[dealer]",
         'name = "dealer"',
+        'peer_token_file = "secrets/dealer.peer.token"',
         "",
         "[client]",
         'token_file = "secrets/client.token"',
@@ -91,6 +116,9 @@ def write_local_topology(
         "[serving]",
     ]
     for key, value in (serving or {}).items():
+        lines.append(f"{key} = {value}")
+    lines += ["", "[limits]"]
+    for key, value in (limits or {}).items():
         lines.append(f"{key} = {value}")
     path = directory / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -138,7 +166,11 @@ class LocalCluster:
         insecure: bool = False,
         serving: dict[str, float] | None = None,
         startup_timeout: float = 180.0,
+        limits: dict[str, float] | None = None,
+        detached: bool = False,
     ) -> None:
+        """``detached``: the processes outlive this one (``ppml cluster up``); by default
+        they get SIGTERM when it dies, however it dies."""
         if parties < 2:
             raise ValueError("a cluster needs at least 2 non-colluding compute servers")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="ppml-cluster-")
@@ -146,6 +178,8 @@ class LocalCluster:
         self.parties = parties
         self.insecure = insecure
         self._serving = serving
+        self._limits = limits
+        self._detached = detached
         self._startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self.directory / "cluster.toml"
@@ -167,6 +201,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=None if self._detached else _die_with_parent,
             )
 
     def start_server(self, rank: int) -> None:
@@ -177,7 +212,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         if not self.config_path.exists():
-            write_local_topology(self.directory, self.parties, self._serving)
+            write_local_topology(self.directory, self.parties, self._serving, self._limits)
         for rank in range(self.parties):
             self.start_server(rank)
         self.start_dealer()

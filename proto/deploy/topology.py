@@ -8,7 +8,6 @@ data paths of the process it runs. Example::
     [cluster]
     name = "local"
     ca_cert = "tls/ca.pem"           # private CA that signed every server cert
-    peer_token_file = "secrets/peer.token"   # servers + dealer -> leader links
 
     [[parties]]                        # rank 0 first; rank 0 is the leader
     name = "server-0"
@@ -18,10 +17,15 @@ data paths of the process it runs. Example::
     tls_key = "tls/server-0.key"
     data_dir = "data/server-0"
     auth_file = "auth/server-0.toml"  # tokens this server accepts (sha256 only)
+    peer_token_file = "secrets/server-0.peer.token"  # its own identity on the leader's link
     metrics_port = 9100                # optional: Prometheus /metrics on the grpc host
 
     [dealer]
     name = "dealer"
+    peer_token_file = "secrets/dealer.peer.token"
+
+    [limits]                           # optional: see LimitsConfig
+    max_models_per_identity = 200
 
     [client]
     token_file = "secrets/client.token"
@@ -36,6 +40,9 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -53,6 +60,7 @@ class PartyConfig:
     data_dir: Path
     auth_file: Path | None
     metrics_port: int | None = None
+    peer_token_file: Path | None = None  # this server's token on its link to the leader
 
     @property
     def grpc_host(self) -> str:
@@ -80,20 +88,53 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one client may demand of a server; every server enforces them on its own."""
+
+    max_message_mb: int = 64  # one gRPC message (data sets stream in chunks)
+    max_concurrent_rpcs: int = 256  # beyond this a call gets RESOURCE_EXHAUSTED at once
+    upload_max_mb: int = 1024  # one data set upload, counted while it streams
+    upload_max_s: float = 900.0  # one data set upload stream
+    max_models_per_identity: int = 200
+    max_datasets_per_identity: int = 200
+    max_stored_mb_per_identity: int = 4096  # this server's shares of its models and data sets
+    max_queued_jobs_per_identity: int = 4  # training jobs not yet finished
+    max_parameters: int = 20_000_000  # per model
+    max_activations: int = 1 << 25  # values of the largest layer output at max_batch_rows
+    min_batch_size: int = 8  # training: no per-row gradient steps
+    max_evaluations: int = 100  # per model and data set, per server
+    max_job_events: int = 2000  # kept per job for watchers (the final state always)
+
+
+@dataclass(frozen=True)
+class DealerConfig:
+    name: str = "dealer"
+    peer_token_file: Path | None = None  # the dealer's token on its link to the leader
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
     ca_cert: Path | None
-    peer_token_file: Path | None
     parties: tuple[PartyConfig, ...]
-    dealer_name: str
+    dealer: DealerConfig
     client_token_file: Path | None
     monitor_token_file: Path | None
     serving: ServingConfig = field(default_factory=ServingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def world_size(self) -> int:
         return len(self.parties)
+
+    @property
+    def dealer_name(self) -> str:
+        return self.dealer.name
+
+    def peer_name(self, rank: int) -> str:
+        """The identity expected on the leader's link from ``rank`` (world_size: the dealer)."""
+        return self.dealer.name if rank == self.world_size else self.party(rank).name
 
     @property
     def leader(self) -> PartyConfig:
@@ -123,17 +164,18 @@ def _path(base: Path, value: object, what: str) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _serving(raw: dict[str, object]) -> ServingConfig:
-    known = ServingConfig.__dataclass_fields__
+def _numbers(raw: dict[str, object], cls: type[T], section: str) -> T:
+    """A dataclass of positive numbers from a table; int fields stay ints."""
+    known = cls.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ConfigError(f"[serving] has unknown keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"[{section}] has unknown keys {unknown}; known: {sorted(known)}")
     values: dict[str, float | int] = {}
     for key, value in raw.items():
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"[serving] {key} must be a positive number")
-        values[key] = int(value) if key in ("max_batch_rows", "max_rows_per_request") else value
-    return ServingConfig(**values)  # type: ignore[arg-type]
+            raise ConfigError(f"[{section}] {key} must be a positive number")
+        values[key] = int(value) if isinstance(getattr(cls(), key), int) else value
+    return cls(**values)
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -172,6 +214,9 @@ def load_config(path: str | Path) -> ClusterConfig:
                 data_dir=data_dir,
                 auth_file=_path(base, entry.get("auth_file"), f"{where}.auth_file"),
                 metrics_port=metrics,
+                peer_token_file=_path(
+                    base, entry.get("peer_token_file"), f"{where}.peer_token_file"
+                ),
             )
         )
     names = [p.name for p in parties]
@@ -180,18 +225,26 @@ def load_config(path: str | Path) -> ClusterConfig:
     grpc_addresses = [p.grpc_address for p in parties]
     if len(set(grpc_addresses)) != len(grpc_addresses):
         raise ConfigError(f"{path}: two parties share a grpc_address")
+    if "peer_token_file" in cluster:
+        raise ConfigError(
+            f"{path}: [cluster] peer_token_file is gone: give each [[parties]] entry and the "
+            "[dealer] its own peer_token_file (each link to the leader has its own identity)"
+        )
     dealer = raw.get("dealer", {})
     client = raw.get("client", {})
     return ClusterConfig(
         path=path,
         name=str(cluster.get("name", "ppml")),
         ca_cert=_path(base, cluster.get("ca_cert"), "cluster.ca_cert"),
-        peer_token_file=_path(base, cluster.get("peer_token_file"), "cluster.peer_token_file"),
         parties=tuple(parties),
-        dealer_name=str(dealer.get("name", "dealer")),
+        dealer=DealerConfig(
+            name=str(dealer.get("name", "dealer")),
+            peer_token_file=_path(base, dealer.get("peer_token_file"), "dealer.peer_token_file"),
+        ),
         client_token_file=_path(base, client.get("token_file"), "client.token_file"),
         monitor_token_file=_path(
             base, client.get("monitor_token_file"), "client.monitor_token_file"
         ),
-        serving=_serving(raw.get("serving", {})),
+        serving=_numbers(raw.get("serving", {}), ServingConfig, "serving"),
+        limits=_numbers(raw.get("limits", {}), LimitsConfig, "limits"),
     )

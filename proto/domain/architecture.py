@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ppml.proto.domain import layers
+from ppml.proto.domain.datasets import DataSource, grants
 from ppml.proto.domain.layers import (
     Affine,
     AvgPool2d,
@@ -58,6 +59,16 @@ class ModelMeta:
     owner: str
     architecture: Architecture
     created_unix_ms: int
+    allowed: tuple[str, ...] = ()  # may predict and evaluate besides the owner; "*" any
+    trained_on: tuple[DataSource, ...] = ()  # whose data trained it (empty: uploaded)
+
+    def may_query(self, identity: str) -> bool:
+        """Whether ``identity`` may predict with the model or evaluate it."""
+        return grants(self.owner, self.allowed, identity)
+
+    def withheld_by(self, identity: str) -> list[str]:
+        """Owners of training data who have not released the model to ``identity``."""
+        return sorted({s.owner for s in self.trained_on if not s.releases_to(identity)})
 
     @property
     def parameter_count(self) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from ppml.proto.domain.architecture import Architecture
+from ppml.proto.domain.datasets import DataSource
 from ppml.proto.shares import Ring
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
@@ -81,6 +82,7 @@ class JobInfo:
     steps_done: int = 0
     samples_per_s: float = 0.0
     metrics: tuple[EpochMetrics, ...] = ()
+    sources: tuple[DataSource, ...] = ()  # whose data it trains on, with their release
 
     @property
     def samples_done(self) -> int:

@@ -61,5 +61,6 @@ class StatusReport:
     dealer_connected: bool = False  # leader only
     dealer_requests: dict[str, int] = field(default_factory=dict)  # leader only
     dealer_sessions: int = 0  # leader only
+    running_job: str = ""  # kind of the MPC job running now, "" when idle
     datasets_stored: int = 0
     training_jobs: dict[str, int] = field(default_factory=dict)  # state -> jobs

@@ -20,7 +20,7 @@ from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain import jobs, layers
 from ppml.proto.domain import status as st
-from ppml.proto.domain.datasets import DatasetMeta
+from ppml.proto.domain.datasets import DatasetMeta, DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import FRACTIONAL_BITS, Ring
 from ppml.v1 import (
@@ -127,6 +127,8 @@ def model_meta_to_proto(meta: arch.ModelMeta) -> registry_pb2.ModelInfo:
         architecture=architecture_to_proto(meta.architecture),
         created_unix_ms=meta.created_unix_ms,
         parameter_count=meta.parameter_count,
+        allowed=list(meta.allowed),
+        trained_on=[data_source_to_proto(s) for s in meta.trained_on],
     )
 
 
@@ -137,7 +139,19 @@ def model_meta_from_proto(msg: registry_pb2.ModelInfo) -> arch.ModelMeta:
         owner=msg.owner,
         architecture=architecture_from_proto(msg.architecture),
         created_unix_ms=msg.created_unix_ms,
+        allowed=tuple(msg.allowed),
+        trained_on=tuple(data_source_from_proto(s) for s in msg.trained_on),
     )
+
+
+def data_source_to_proto(source: DataSource) -> common_pb2.DataSource:
+    return common_pb2.DataSource(
+        dataset_id=source.dataset_id, owner=source.owner, release=list(source.release)
+    )
+
+
+def data_source_from_proto(msg: common_pb2.DataSource) -> DataSource:
+    return DataSource(msg.dataset_id, msg.owner, tuple(msg.release))
 
 
 def named_shares_to_proto(shares: dict[str, Ring]) -> list[common_pb2.NamedShare]:
@@ -332,6 +346,7 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         dealer_connected=report.dealer_connected,
         dealer_requests=report.dealer_requests,
         dealer_sessions=report.dealer_sessions,
+        running_job=report.running_job,
         datasets_stored=report.datasets_stored,
         training_jobs=report.training_jobs,
     )
@@ -370,6 +385,7 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         dealer_connected=msg.dealer_connected,
         dealer_requests=dict(msg.dealer_requests),
         dealer_sessions=msg.dealer_sessions,
+        running_job=msg.running_job,
         datasets_stored=msg.datasets_stored,
         training_jobs=dict(msg.training_jobs),
     )
@@ -389,6 +405,7 @@ def dataset_meta_to_proto(meta: DatasetMeta) -> datasets_pb2.DatasetInfo:
         allowed=list(meta.allowed),
         scaling=meta.scaling,
         created_unix_ms=meta.created_unix_ms,
+        release=list(meta.release),
     )
 
 
@@ -403,6 +420,7 @@ def dataset_meta_from_proto(msg: datasets_pb2.DatasetInfo) -> DatasetMeta:
         allowed=tuple(msg.allowed),
         scaling=msg.scaling,
         created_unix_ms=msg.created_unix_ms,
+        release=tuple(msg.release),
     )
 
 
@@ -415,6 +433,7 @@ def dataset_header_to_proto(meta: DatasetMeta) -> datasets_pb2.DatasetHeader:
         num_classes=meta.num_classes,
         allowed=list(meta.allowed),
         scaling=meta.scaling,
+        release=list(meta.release),
     )
 
 
@@ -429,6 +448,7 @@ def dataset_header_from_proto(msg: datasets_pb2.DatasetHeader, owner: str) -> Da
         num_classes=msg.num_classes,
         allowed=tuple(msg.allowed),
         scaling=msg.scaling,
+        release=tuple(msg.release),
     )
 
 
@@ -529,6 +549,7 @@ def job_info_to_proto(info: jobs.JobInfo) -> training_pb2.JobInfo:
         steps_done=info.steps_done,
         samples_per_s=info.samples_per_s,
         metrics=[epoch_metrics_to_proto(m) for m in info.metrics],
+        sources=[data_source_to_proto(s) for s in info.sources],
     )
 
 
@@ -551,6 +572,7 @@ def job_info_from_proto(msg: training_pb2.JobInfo) -> jobs.JobInfo:
         steps_done=msg.steps_done,
         samples_per_s=msg.samples_per_s,
         metrics=tuple(epoch_metrics_from_proto(m) for m in msg.metrics),
+        sources=tuple(data_source_from_proto(s) for s in msg.sources),
     )
 
 

@@ -28,22 +28,33 @@ def create_server(
     address: str,
     tls: ServerTls | None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
-    max_workers: int = 512,
+    max_concurrent_rpcs: int = 256,
+    max_message_mb: int = 64,
 ) -> tuple[grpc.Server, int]:
     """Build an unstarted server; returns it and the bound port (bind port 0 in tests).
 
-    Predict handlers block until their MPC job has run, so the pool must hold
-    every concurrently waiting request (plus the control links): a request
-    that finds no free thread would miss the current batch.
+    Predict handlers block until their MPC job has run, so the pool holds one
+    thread per admitted call (plus a few for the control links): a request
+    that finds no free thread would miss the current batch. Beyond
+    ``max_concurrent_rpcs`` a call is refused at once with RESOURCE_EXHAUSTED
+    instead of piling up.
 
     ``tls=None`` means plaintext and is only reached through an explicit
     ``--insecure``; it logs a warning.
     """
+    limit = max_message_mb << 20
+    options = [
+        *(o for o in GRPC_OPTIONS if not o[0].endswith("message_length")),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=max_concurrent_rpcs + 16, thread_name_prefix="grpc"
+        ),
         interceptors=list(interceptors),
-        options=GRPC_OPTIONS,
-        maximum_concurrent_rpcs=None,
+        options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     for register in registrations:
         register(server)

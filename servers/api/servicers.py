@@ -58,7 +58,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             list(request.parameters), architecture.parameter_shapes()
         )
         meta = self._registry.upload(
-            request.model_id, request.name, _owner(), architecture, shares
+            request.model_id, request.name, _owner(), architecture, shares, tuple(request.allowed)
         )
         return serde.model_meta_to_proto(meta)
 
@@ -76,8 +76,14 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     def DeleteModel(
         self, request: registry_pb2.DeleteModelRequest, context: grpc.ServicerContext
     ) -> registry_pb2.DeleteModelResponse:
-        self._registry.delete(request.model_id)
+        self._registry.delete(request.model_id, _owner())
         return registry_pb2.DeleteModelResponse()
+
+    def SetModelAccess(
+        self, request: registry_pb2.SetModelAccessRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        meta = self._registry.set_access(request.model_id, _owner(), tuple(request.allowed))
+        return serde.model_meta_to_proto(meta)
 
     def ExportModel(
         self, request: registry_pb2.ExportModelRequest, context: grpc.ServicerContext
@@ -135,6 +141,14 @@ class DatasetRegistryServicer(datasets_pb2_grpc.DatasetRegistryServicer):
     ) -> datasets_pb2.DeleteDatasetResponse:
         self._datasets.delete(request.dataset_id, _owner())
         return datasets_pb2.DeleteDatasetResponse()
+
+    def SetDatasetAccess(
+        self, request: datasets_pb2.SetDatasetAccessRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DatasetInfo:
+        meta = self._datasets.set_access(
+            request.dataset_id, _owner(), tuple(request.allowed), tuple(request.release)
+        )
+        return serde.dataset_meta_to_proto(meta)
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServicer):
@@ -210,7 +224,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> inference_pb2.PredictResponse:
         share = serde.share_from_proto(request.input, what="input")
         outcome = self._service.predict(
-            request.request_id, request.model_id, share, context.time_remaining()
+            request.request_id, request.model_id, share, context.time_remaining(), _owner()
         )
         return inference_pb2.PredictResponse(
             request_id=request.request_id,
@@ -244,7 +258,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         hello = serde.party_message_from_proto(next(request_iterator))
         if not isinstance(hello, cmd.Hello):
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
-        outbox = self._leader.attach(hello)
+        identity = current_identity()
+        outbox = self._leader.attach(hello, identity.name if identity else None)
         rank = hello.rank
 
         def read() -> None:

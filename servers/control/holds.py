@@ -9,6 +9,7 @@ its future for the result.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,17 @@ from typing import Any
 from ppml.proto.errors import ErrorCode, PpmlError
 
 _REMEMBER_S = 600.0  # ids stay "seen" this long, to reject duplicates
+
+
+def scoped_id(kind: str, owner: str, request_id: str) -> str:
+    """The cluster-wide id of a caller's request: request ids are per identity and kind.
+
+    Two identities using the same request id never meet (nor a request id and
+    a training job id); the owner appears only as a hash (ids travel to the
+    leader). Request ids themselves cannot contain ``:``.
+    """
+    tag = hashlib.sha256(owner.encode()).hexdigest()[:16]
+    return f"{kind}:{tag}:{request_id}"
 
 
 @dataclass
@@ -51,7 +63,7 @@ class Holds:
             if hold.id in self._seen:
                 raise PpmlError(
                     ErrorCode.DUPLICATE_REQUEST,
-                    f"request id {hold.id!r} was already used; use a fresh id",
+                    f"request id {hold.id.rsplit(':', 1)[-1]!r} was already used; use a fresh id",
                 )
             self._seen[hold.id] = now
             self._holds[hold.id] = hold

@@ -90,13 +90,24 @@ class Leader:
 
     # ------------------------------------------------------------ links
 
-    def attach(self, hello: cmd.Hello) -> Outbox:
-        """Register a follower's or the dealer's link; any change restarts the session."""
+    def attach(self, hello: cmd.Hello, identity: str | None = None) -> Outbox:
+        """Register a follower's or the dealer's link; any change restarts the session.
+
+        ``identity`` is the link's authenticated peer (None only when auth is
+        off, under ``--insecure``): a rank is bound to its own identity, so no
+        peer can claim another's place.
+        """
         ws = self._config.world_size
         expected = "dealer" if hello.rank == ws else "party"
         if not 1 <= hello.rank <= ws or hello.role != expected:
             raise PpmlError(
                 ErrorCode.INVALID_ARGUMENT, f"bad hello: rank {hello.rank} role {hello.role!r}"
+            )
+        if identity is not None and identity != self._config.peer_name(hello.rank):
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"peer {identity!r} may not link as rank {hello.rank} "
+                f"({self._config.peer_name(hello.rank)!r})",
             )
         outbox: Outbox = queue.Queue()
         with self._cond:

@@ -9,6 +9,8 @@ caller adds the shares up.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.control.holds import Hold
+from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
 from ppml.servers.mpc.trainer import evaluate
@@ -51,6 +53,20 @@ class EvaluationService:
 
     def __init__(self, env: KindEnv) -> None:
         self._env = env
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()  # (model, data set) -> evaluations
+
+    def _count(self, model_id: str, dataset_id: str) -> None:
+        """Each model may be scored on each data set a bounded number of times."""
+        cap = self._env.config.limits.max_evaluations
+        with self._lock:
+            if self._counts[(model_id, dataset_id)] >= cap:
+                raise PpmlError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"model {model_id!r} was already evaluated {cap} times on dataset "
+                    f"{dataset_id!r} (the limit: each count reveals a little about the rows)",
+                )
+            self._counts[(model_id, dataset_id)] += 1
 
     def evaluate(
         self,
@@ -61,8 +77,17 @@ class EvaluationService:
         time_remaining: float | None,
     ) -> EvaluationOutcome:
         check_id(request_id, "request_id")
-        model = self._env.models.get(model_id)
+        held_as = scoped_id(KIND, caller, request_id)
+        model = self._env.models.usable(model_id, caller)
         data = self._env.datasets.usable(dataset_id, caller)
+        trained_on = {source.dataset_id for source in model.meta.trained_on}
+        withheld = model.meta.withheld_by(caller)
+        if dataset_id not in trained_on and withheld:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"model {model_id!r} was trained on data of {', '.join(withheld)}, who have not "
+                f"released it to {caller!r}: it may only be evaluated on its own training data",
+            )
         architecture = model.meta.architecture
         if data.features != _count(architecture.input_shape):
             raise PpmlError(
@@ -76,19 +101,20 @@ class EvaluationService:
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
         if not self._env.is_serving():
             raise PpmlError(ErrorCode.NOT_READY, "this server's MPC session is not up; retry")
+        self._count(model_id, dataset_id)
         value = EvaluationInput(model, dataset_id, accuracy, data.rows)
-        hold = Hold(request_id, KIND, value, ErrorCode.EVALUATION_ABORTED)
+        hold = Hold(held_as, KIND, value, ErrorCode.EVALUATION_ABORTED)
         self._env.holds.add(hold)
         remaining = time_remaining or self._env.config.serving.default_timeout_s
-        announce = cmd.Announce(KIND, request_id, "", 1, max(0.5, remaining - 1.0))
+        announce = cmd.Announce(KIND, held_as, "", 1, max(0.5, remaining - 1.0))
         if not self._env.submit(announce):
-            self._env.holds.fail([request_id], "the leader could not be reached")
+            self._env.holds.fail([held_as], "the leader could not be reached")
             raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")
         try:
             outcome: EvaluationOutcome = hold.future.result(timeout=remaining + 0.5)
             return outcome
         except FutureTimeout:
-            self._env.holds.fail([request_id], "deadline exceeded")
+            self._env.holds.fail([held_as], "deadline exceeded")
             raise PpmlError(
                 ErrorCode.DEADLINE_EXCEEDED, f"evaluation {request_id!r} got no result in time"
             ) from None

@@ -24,7 +24,7 @@ from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.control.holds import Hold
+from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.scheduler import Scheduler
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
 from ppml.servers.mpc.crypten_compat import crypten
@@ -73,14 +73,19 @@ class InferenceService:
         self._serving = env.config.serving
 
     def predict(
-        self, request_id: str, model_id: str, share: Ring, time_remaining: float | None
+        self,
+        request_id: str,
+        model_id: str,
+        share: Ring,
+        time_remaining: float | None,
+        caller: str,
     ) -> PredictOutcome:
         started = time.monotonic()
         label, status = UNKNOWN_MODEL, "OK"  # metrics never keep ids a caller made up
         try:
-            model = self._env.models.get(model_id)
+            model = self._env.models.usable(model_id, caller)
             label = model_id
-            return self._predict(request_id, model_id, model, share, time_remaining)
+            return self._predict(request_id, model_id, model, share, time_remaining, caller)
         except PpmlError as err:
             status = err.status.name
             raise
@@ -94,8 +99,10 @@ class InferenceService:
         model: LoadedModel,
         share: Ring,
         time_remaining: float | None,
+        caller: str,
     ) -> PredictOutcome:
         check_id(request_id, "request_id")
+        held_as = scoped_id(KIND, caller, request_id)
         expected = model.meta.architecture.input_shape
         rows = int(share.shape[0])
         if tuple(share.shape[1:]) != expected or not rows >= 1:
@@ -116,13 +123,13 @@ class InferenceService:
             )
         remaining = time_remaining or self._serving.default_timeout_s
         hold = Hold(
-            request_id, KIND, PredictInput(model_id, share, model), ErrorCode.PREDICTION_ABORTED
+            held_as, KIND, PredictInput(model_id, share, model), ErrorCode.PREDICTION_ABORTED
         )
         self._env.holds.add(hold)
         timeout_s = remaining - drop_margin(remaining)
-        announce = cmd.Announce(KIND, request_id, model_id, rows, timeout_s)
+        announce = cmd.Announce(KIND, held_as, model_id, rows, timeout_s)
         if not self._env.submit(announce):
-            self._env.holds.fail([request_id], "not ready")
+            self._env.holds.fail([held_as], "not ready")
             raise PpmlError(
                 ErrorCode.NOT_READY, "the cluster's MPC session is restarting; retry shortly"
             )

@@ -34,6 +34,11 @@ from ppml.servers.mpc.crypten_compat import crypten, csprng_seed
 
 log = logging.getLogger("ppml.dealer")
 STATS_INTERVAL_S = 1.0
+FUNCTIONS = ("additive", "square", "binary", "wraps", "B2A")  # what a party may ask for
+# the bilinear ops CrypTen multiplies with Beaver triples: the only ops the dealer runs
+BEAVER_OPS = frozenset(
+    {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
+)
 TTPServer: Any = crypten.mpc.provider.ttp_provider.TTPServer
 
 
@@ -44,6 +49,12 @@ class Dealer(TTPServer):
         self.requests: Counter[str] = Counter()
         self.sessions = 0
         self._lock = threading.Lock()
+
+    def additive(self, size0: Any, size1: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+        """A Beaver triple for ``op``; the op name comes from the network: allow-listed."""
+        if op not in BEAVER_OPS:
+            raise ValueError(f"the dealer does not make triples for {op!r}")
+        return super().additive(size0, size1, op, *args, **kwargs)
 
     def stats(self) -> cmd.DealerStats:
         with self._lock:
@@ -82,7 +93,7 @@ class Dealer(TTPServer):
                 if message == "terminate":
                     return "session ended by the leader"
                 function = message["function"]
-                if function not in ("additive", "square", "binary", "wraps", "B2A"):
+                if function not in FUNCTIONS:
                     return f"unknown request {function!r}"
                 with self._lock:
                     self.requests[function] += 1
@@ -92,12 +103,15 @@ class Dealer(TTPServer):
                 comm.broadcast(result, ttp_rank, self.comm_group)
         except RuntimeError as err:
             return f"session failed: {err}"
+        except (ValueError, TypeError) as err:  # a request the dealer refuses
+            return f"refused a request: {err}"
         finally:
             mpc_session.leave()
 
 
 def run(config: ClusterConfig, insecure: bool) -> None:
-    token = config.peer_token_file.read_text().strip() if config.peer_token_file else ""
+    token_file = config.dealer.peer_token_file
+    token = token_file.read_text().strip() if token_file else ""
     joins: queue.Queue[cmd.JoinEpoch] = queue.Queue()
 
     def on_message(message: cmd.LeaderCommand) -> None:

@@ -75,6 +75,7 @@ class MpcWorker:
         self._mpc_timeout_s = mpc_timeout_s
         self._commands: queue.Queue[object] = queue.Queue()
         self.epoch: int | None = None  # joined epoch, None when not in a session
+        self.running = ""  # the kind of the job being run now (for status)
         self._thread = threading.Thread(target=self._run, name="mpc-worker", daemon=True)
 
     @property
@@ -141,6 +142,13 @@ class MpcWorker:
         self._on_joined(command.epoch, True, "")
 
     def _execute(self, command: cmd.RunJob) -> None:
+        self.running = command.kind
+        try:
+            self._run_job(command)
+        finally:
+            self.running = ""
+
+    def _run_job(self, command: cmd.RunJob) -> None:
         kind = self._kinds[command.kind]
         taken = kind.take(command.job)
         if kind.needs_session and self.epoch != command.epoch:

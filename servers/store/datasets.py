@@ -2,14 +2,16 @@
 
 A data owner streams its share of a data set in chunks of rows; nothing is
 stored until every row announced in the header has arrived with the right
-shapes. Only the owner may delete a data set; only the owner and the
-identities it allowed may train on it or evaluate against it.
+shapes. Only the owner may delete a data set or change its access; only the
+owner and the identities it allowed may train on it or evaluate against it,
+and only those it released to may export a model trained on it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
+from ppml.servers.store.limits import Limits, check_identities
 from ppml.servers.store.storage import RecordCodec, ShareStore
 
 DATASET_CODEC = RecordCodec[DatasetMeta](
@@ -54,25 +57,43 @@ def check_header(meta: DatasetMeta, max_rows: int) -> None:
         )
     if not 2 <= meta.num_classes <= MAX_CLASSES:
         raise _invalid(f"num_classes must lie in 2..{MAX_CLASSES}, got {meta.num_classes}")
-    for identity in meta.allowed:
-        if not identity or len(identity) > 200:
-            raise _invalid("every allowed identity must be 1-200 characters")
+    check_identities(meta.allowed, "allowed", ErrorCode.INVALID_DATASET)
+    check_identities(meta.release, "release", ErrorCode.INVALID_DATASET)
 
 
 class DatasetRegistry:
-    def __init__(self, store: ShareStore[DatasetMeta], max_rows: int = 10_000_000) -> None:
+    def __init__(
+        self,
+        store: ShareStore[DatasetMeta],
+        limits: Limits | None = None,
+        max_rows: int = 10_000_000,
+    ) -> None:
         self._store = store
+        self._limits = limits or Limits()
         self._max_rows = max_rows
 
     def upload(self, header: DatasetMeta, chunks: Iterable[tuple[Ring, Ring]]) -> DatasetMeta:
-        """Assemble the chunks, check every shape against the header, store."""
+        """Assemble the chunks, check every shape against the header, store.
+
+        The header's size is checked against the upload budget and the owner's
+        quotas before any row is read, and the stream must end within
+        ``upload_max_s``.
+        """
         check_header(header, self._max_rows)
         if self._store.has(header.dataset_id):
             raise PpmlError(
                 ErrorCode.DATASET_EXISTS, f"a dataset with id {header.dataset_id!r} already exists"
             )
+        self._limits.check_dataset(header)
+        deadline = time.monotonic() + self._limits.config.upload_max_s
         features, labels, rows = [], [], 0
         for index, (x, y) in enumerate(chunks):
+            if time.monotonic() > deadline:
+                raise PpmlError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"the upload took longer than {self._limits.config.upload_max_s:.0f}s; "
+                    "send larger chunks or a smaller data set",
+                )
             if x.shape[1:] != header.feature_shape or y.shape != (x.shape[0], header.num_classes):
                 raise PpmlError(
                     ErrorCode.INVALID_SHARE,
@@ -97,6 +118,7 @@ class DatasetRegistry:
             header.allowed,
             header.scaling,
             int(time.time() * 1000),
+            header.release,
         )
         self._store.put(
             meta, {"features": np.concatenate(features), "labels": np.concatenate(labels)}
@@ -126,13 +148,28 @@ class DatasetRegistry:
         return self._store.list()
 
     def delete(self, dataset_id: str, caller: str) -> None:
+        self._owned(dataset_id, caller, "delete")
+        self._store.delete(dataset_id)
+
+    def set_access(
+        self, dataset_id: str, caller: str, allowed: tuple[str, ...], release: tuple[str, ...]
+    ) -> DatasetMeta:
+        """The owner replaces who may use the data set and to whom models trained on it go."""
+        check_identities(allowed, "allowed")
+        check_identities(release, "release")
+        meta = replace(self._owned(dataset_id, caller, "change access to"), allowed=allowed)
+        meta = replace(meta, release=release)
+        self._store.update_meta(meta)
+        return meta
+
+    def _owned(self, dataset_id: str, caller: str, action: str) -> DatasetMeta:
         meta = self.meta(dataset_id)
         if caller != meta.owner:
             raise PpmlError(
                 ErrorCode.PERMISSION_DENIED,
-                f"only its owner {meta.owner!r} may delete dataset {dataset_id!r}",
+                f"only its owner {meta.owner!r} may {action} dataset {dataset_id!r}",
             )
-        self._store.delete(dataset_id)
+        return meta
 
     def __len__(self) -> int:
         return self._store.count()

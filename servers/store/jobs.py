@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from ppml.proto.deploy.topology import LimitsConfig
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.architecture import Architecture, infer_output_shape
 from ppml.proto.domain.datasets import DatasetMeta
@@ -36,6 +39,7 @@ from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
+from ppml.training import losses
 from ppml.training.losses import LossMismatch, check_fits
 
 
@@ -109,18 +113,25 @@ def check_spec(spec: TrainingSpec) -> None:
 def check_data_fits(
     architecture: Architecture, spec: TrainingSpec, datasets: list[DatasetMeta]
 ) -> int:
-    """Every data set matches the model and the others; returns the training rows."""
+    """Every data set matches the model and the others; returns the training rows.
+
+    Data sets may have fewer classes than the model (an owner that holds no
+    row of the highest classes): their one-hot labels are padded with zero
+    columns, which are valid shares of 0 (see :func:`pad_labels`).
+    """
     first = datasets[0]
-    for meta in datasets[1:]:
+    classes = model_classes(architecture, spec)
+    for meta in datasets:
         if meta.feature_shape != first.feature_shape:
             raise _invalid(
                 f"datasets {first.dataset_id!r} and {meta.dataset_id!r} have different features: "
                 f"{list(first.feature_shape)} vs {list(meta.feature_shape)} per row"
             )
-        if meta.num_classes != first.num_classes:
+        if meta.num_classes > classes:
             raise _invalid(
-                f"datasets {first.dataset_id!r} and {meta.dataset_id!r} have different label "
-                f"counts: {first.num_classes} vs {meta.num_classes} classes"
+                f"dataset {meta.dataset_id!r} has num_classes={meta.num_classes} but the model "
+                f"predicts {classes} classes: share it with num_classes={classes} or give the "
+                f"model {meta.num_classes} outputs"
             )
     input_count = 1
     for dim in architecture.input_shape:
@@ -131,10 +142,26 @@ def check_data_fits(
             f"({input_count} values); the datasets have {first.features} features per row"
         )
     try:
-        check_fits(spec.loss, architecture.output_shape, first.num_classes)
+        check_fits(spec.loss, architecture.output_shape, classes)
     except LossMismatch as exc:
         raise _invalid(str(exc)) from None
     return sum(meta.rows for meta in datasets)
+
+
+def model_classes(architecture: Architecture, spec: TrainingSpec) -> int:
+    """How many classes the model predicts: its outputs, or 2 for one binary logit."""
+    try:
+        binary = losses.get(spec.loss).binary
+    except LossMismatch as exc:
+        raise _invalid(str(exc)) from None
+    outputs = architecture.output_shape[0] if len(architecture.output_shape) == 1 else 0
+    return 2 if binary else outputs
+
+
+def pad_labels(labels: Ring, classes: int) -> Ring:
+    """One-hot label shares padded with zero columns to ``classes`` (zeros share 0)."""
+    missing = classes - labels.shape[1]
+    return np.pad(labels, ((0, 0), (0, missing))) if missing > 0 else labels
 
 
 class JobManager:
@@ -145,8 +172,10 @@ class JobManager:
         datasets: DatasetRegistry,
         models: ModelRegistry,
         announcer: Announcer,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self._name = server_name
+        self._limits = limits or LimitsConfig()
         self._store = store
         self._datasets = datasets
         self._models = models
@@ -180,6 +209,18 @@ class JobManager:
         check_id(job_id, "job_id")
         check_id(model_id, "model_id")
         check_spec(spec)
+        if spec.batch_size < self._limits.min_batch_size:
+            raise _invalid(
+                f"batch_size must be at least {self._limits.min_batch_size} on this cluster "
+                "(smaller batches make single rows recoverable from the trained weights)"
+            )
+        queued = sum(1 for i in self._all() if i.owner == owner and not i.state.terminal)
+        if queued >= self._limits.max_queued_jobs_per_identity:
+            raise PpmlError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{owner!r} already has {queued} unfinished training jobs (the limit); "
+                "wait for one to end or cancel it",
+            )
         try:
             if infer_output_shape(architecture) != architecture.output_shape:
                 raise ValueError("the layers do not produce the declared output shape")
@@ -187,9 +228,11 @@ class JobManager:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
         datasets = [self._datasets.usable(d, owner) for d in spec.dataset_ids]
         rows = check_data_fits(architecture, spec, datasets)
+        sources = [d.source() for d in datasets]
         if spec.validation_id:
             validation = self._datasets.usable(spec.validation_id, owner)
             check_data_fits(architecture, spec, [datasets[0], validation])
+            sources.append(validation.source())
         if job_id in self._infos:
             raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
         if self._models.exists(model_id):
@@ -211,6 +254,7 @@ class JobManager:
             rows=rows,
             batches_per_epoch=spec.batches_per_epoch(rows),
             steps_total=spec.steps_total(rows),
+            sources=tuple(sources),
         )
         self._store.put(info, initial)
         with self._cond:
@@ -241,13 +285,14 @@ class JobManager:
                 events = self._events.get(job_id)
                 if events is None:
                     events = self._replay(self._infos[job_id])
-                batch = events[sent:]
+                first = events[0].index if events else 0  # older events were trimmed
+                batch = events[max(0, sent - first) :]
                 if not batch:
                     self._cond.wait(1.0)
                     continue
             for event in batch:
                 yield event if owner else event.public()
-                sent += 1
+                sent = event.index + 1
                 if event.state.terminal:
                     return
 
@@ -276,16 +321,18 @@ class JobManager:
         info = self._info(job_id)
         if info.state.terminal:
             raise RuntimeError(f"job {job_id} already {info.state.value} on {self._name}")
+        classes = model_classes(info.architecture, info.spec)
         data = [self._datasets.shares(d) for d in info.spec.dataset_ids]
         validation = None
         if info.spec.validation_id:
-            validation = self._datasets.shares(info.spec.validation_id)
+            xv, yv = self._datasets.shares(info.spec.validation_id)
+            validation = (xv, pad_labels(yv, classes))
         return RunInputs(
             info.spec,
             info.architecture,
             self._store.get_shares(job_id),
             [x for x, _ in data],
-            [y for _, y in data],
+            [pad_labels(y, classes) for _, y in data],
             validation,
         )
 
@@ -310,7 +357,14 @@ class JobManager:
     def succeeded(self, job_id: str, architecture: Architecture, shares: dict[str, Ring]) -> None:
         info = self._info(job_id)
         try:
-            self._models.upload(info.model_id, info.name, info.owner, architecture, shares)
+            self._models.upload(
+                info.model_id,
+                info.name,
+                info.owner,
+                architecture,
+                shares,
+                trained_on=info.sources,
+            )
         except PpmlError as err:
             self._finish(info, JobState.FAILED, f"could not store the trained model: {err.detail}")
             return
@@ -363,7 +417,7 @@ class JobManager:
             events = self._events.setdefault(info.job_id, [])
             events.append(
                 JobEvent(
-                    index=len(events),
+                    index=events[-1].index + 1 if events else 0,
                     job_id=info.job_id,
                     state=info.state,
                     epoch=outcome.epoch if outcome else 0,
@@ -376,6 +430,7 @@ class JobManager:
                     reason=info.reason,
                 )
             )
+            del events[: max(0, len(events) - self._limits.max_job_events)]  # keep the newest
             self._cond.notify_all()
 
     @staticmethod

@@ -1,16 +1,25 @@
-"""The model registry of one server: validation, storage, an in-memory cache."""
+"""The model registry of one server: validation, storage, access rules, an in-memory cache.
+
+A model belongs to the identity that uploaded it (or started the job that
+trained it). Only the owner deletes it or changes who may use it; predictions
+and evaluations need the owner's grant (``allowed``, default: the owner
+only); exporting the weights is for the owner, and only once every other
+owner of data it was trained on has released it to them.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output_shape
+from ppml.proto.domain.datasets import DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
+from ppml.servers.store.limits import Limits, check_identities
 from ppml.servers.store.storage import ModelStore
 
 
@@ -23,8 +32,11 @@ class LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, store: ModelStore, cache_size: int = 8) -> None:
+    def __init__(
+        self, store: ModelStore, limits: Limits | None = None, cache_size: int = 8
+    ) -> None:
         self._store = store
+        self._limits = limits or Limits()
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -36,11 +48,14 @@ class ModelRegistry:
         owner: str,
         architecture: Architecture,
         shares: dict[str, Ring],
+        allowed: tuple[str, ...] = (),
+        trained_on: tuple[DataSource, ...] = (),
     ) -> ModelMeta:
         """Validate and store; the shares were checked against the architecture by serde."""
         check_id(model_id, "model_id")
         if len(name) > 200:
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, "model name is longer than 200 characters")
+        check_identities(allowed, "allowed")
         try:
             output_shape = infer_output_shape(architecture)
         except ValueError as exc:
@@ -51,7 +66,16 @@ class ModelRegistry:
                 f"layers produce output shape {list(output_shape)}, "
                 f"architecture says {list(architecture.output_shape)}",
             )
-        meta = ModelMeta(model_id, name or model_id, owner, architecture, int(time.time() * 1000))
+        self._limits.check_model(owner, architecture)
+        meta = ModelMeta(
+            model_id,
+            name or model_id,
+            owner,
+            architecture,
+            int(time.time() * 1000),
+            allowed,
+            trained_on,
+        )
         self._store.put(meta, shares)
         return meta
 
@@ -70,15 +94,55 @@ class ModelRegistry:
                 self._cache.popitem(last=False)
         return loaded
 
+    def usable(self, model_id: str, caller: str) -> LoadedModel:
+        """The model if ``caller`` may predict with it or evaluate it; PERMISSION_DENIED if not."""
+        model = self.get(model_id)
+        if not model.meta.may_query(caller):
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"model {model_id!r} belongs to {model.meta.owner!r}, who has not granted "
+                f"{caller!r} its use",
+            )
+        return model
+
     def export(self, model_id: str, caller: str) -> LoadedModel:
-        """The model with this server's shares, for its owner only."""
+        """The model with this server's shares, for its owner once every data owner released it."""
         model = self.get(model_id)
         if caller != model.meta.owner:
             raise PpmlError(
                 ErrorCode.PERMISSION_DENIED,
                 f"only the owner of model {model_id!r} may export its weights",
             )
+        withheld = model.meta.withheld_by(caller)
+        if withheld:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"model {model_id!r} was trained on data of {', '.join(withheld)}, who have not "
+                f"released models trained on it to {caller!r} (the data set's 'release' list)",
+            )
         return model
+
+    def set_access(self, model_id: str, caller: str, allowed: tuple[str, ...]) -> ModelMeta:
+        """The owner replaces who may predict with the model and evaluate it."""
+        check_identities(allowed, "allowed")
+        meta = self._owned(model_id, caller, "change who may use")
+        updated = replace(meta, allowed=allowed)
+        self._store.update_meta(updated)
+        self._forget(model_id)
+        return updated
+
+    def _owned(self, model_id: str, caller: str, action: str) -> ModelMeta:
+        meta = self.meta(model_id)
+        if caller != meta.owner:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED,
+                f"only its owner {meta.owner!r} may {action} model {model_id!r}",
+            )
+        return meta
+
+    def _forget(self, model_id: str) -> None:
+        with self._lock:
+            self._cache.pop(model_id, None)
 
     def exists(self, model_id: str) -> bool:
         return self._store.has(check_id(model_id, "model_id"))
@@ -89,10 +153,10 @@ class ModelRegistry:
     def list(self) -> list[ModelMeta]:
         return self._store.list()
 
-    def delete(self, model_id: str) -> None:
-        check_id(model_id, "model_id")
-        with self._lock:
-            self._cache.pop(model_id, None)
+    def delete(self, model_id: str, caller: str) -> None:
+        """The owner deletes the model (nobody else can free its id)."""
+        self._owned(model_id, caller, "delete")
+        self._forget(model_id)
         self._store.delete(model_id)
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, BinaryIO, Generic, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -152,13 +152,43 @@ class MemoryShareStore(ShareStore[M]):
                 raise self.codec.not_found_error(record_id)
 
 
+def _private_dir(path: Path) -> None:
+    """A folder only this server's user may enter (0700), created if missing."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file readable by this server's user only (0600) and flush it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileShareStore(ShareStore[M]):
-    """``root/<kind>/<id>/{meta.pb,shares.npz}``; survives restarts."""
+    """``root/<kind>/<id>/{meta.pb,shares.npz}``; survives restarts.
+
+    Folders are 0700 and files 0600 (other local users read nothing). A record
+    is written, fsynced, renamed into place and its folder fsynced, so a crash
+    leaves either the old state or the new one.
+    """
 
     def __init__(self, root: Path, codec: RecordCodec[M]) -> None:
         super().__init__(codec)
         self._dir = root / codec.kind
-        self._dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(root)
+        _private_dir(self._dir)
         for leftover in self._dir.glob(f"{_TMP}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self._dir.glob("*/meta.pb.tmp"):
@@ -197,14 +227,14 @@ class FileShareStore(ShareStore[M]):
             if folder.exists():
                 raise self.codec.exists_error(record_id)
             tmp = self._dir / f"{_TMP}{uuid.uuid4().hex}"
-            tmp.mkdir()
-            (tmp / "meta.pb").write_bytes(self.codec.to_bytes(meta))
-            with open(tmp / "shares.npz", "wb") as handle:
-                arrays: dict[str, Any] = {
-                    k: np.asarray(v, dtype=np.int64) for k, v in shares.items()
-                }
-                np.savez(handle, **arrays)
+            tmp.mkdir(mode=0o700)
+            data = self.codec.to_bytes(meta)
+            _write_private(tmp / "meta.pb", lambda handle: handle.write(data))
+            arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.int64) for k, v in shares.items()}
+            _write_private(tmp / "shares.npz", lambda handle: np.savez(handle, **arrays))
+            _sync_dir(tmp)
             tmp.rename(folder)
+            _sync_dir(self._dir)
 
     def get_meta(self, record_id: str) -> M:
         meta = self._read_meta(self._folder(record_id))
@@ -227,8 +257,10 @@ class FileShareStore(ShareStore[M]):
             if not (folder / "meta.pb").is_file():
                 raise self.codec.not_found_error(record_id)
             tmp = folder / "meta.pb.tmp"
-            tmp.write_bytes(self.codec.to_bytes(meta))
+            data = self.codec.to_bytes(meta)
+            _write_private(tmp, lambda handle: handle.write(data))
             os.replace(tmp, folder / "meta.pb")
+            _sync_dir(folder)
 
     def has(self, record_id: str) -> bool:
         return (self._folder(record_id) / "meta.pb").is_file()
@@ -247,6 +279,7 @@ class FileShareStore(ShareStore[M]):
                 raise self.codec.not_found_error(record_id)
             trash = self._dir / f"{_TMP}{uuid.uuid4().hex}"
             folder.rename(trash)
+            _sync_dir(self._dir)
             shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -178,7 +178,10 @@ def test_only_the_owner_may_export_cancel_or_use_private_data(
             analyst.evaluate(model_id, private)
         with pytest.raises(PermissionDenied):
             analyst.delete_dataset(private)
-        assert analyst.predict(model_id, digits.x_test[:1]).shape == (1, 10)  # serving is open
+        with pytest.raises(PermissionDenied):  # serving needs the owner's grant
+            analyst.predict(model_id, digits.x_test[:1])
+        cluster2.grant_model(model_id, "analyst")
+        assert analyst.predict(model_id, digits.x_test[:1]).shape == (1, 10)
     assert set(cluster2.export_model(model_id).weights) == {
         "0.weight",
         "0.bias",

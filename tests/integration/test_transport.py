@@ -15,7 +15,10 @@ def test_tls_server_refuses_a_plaintext_client(local2: LocalCluster) -> None:
     config = local2.config
     token = (local2.directory / "secrets" / "client.token").read_text().strip()
     endpoints = [Endpoint(p.name, p.grpc_address) for p in config.parties]
-    with Cluster(endpoints, token, ca_cert=None) as plaintext, pytest.raises(ServerUnavailable):
+    with (
+        Cluster(endpoints, token, ca_cert=None, insecure=True) as plaintext,
+        pytest.raises(ServerUnavailable),
+    ):
         plaintext.list_models()
 
 

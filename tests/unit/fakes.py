@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ppml.proto.deploy.topology import ClusterConfig, PartyConfig, ServingConfig
+from ppml.proto.deploy.topology import ClusterConfig, DealerConfig, PartyConfig, ServingConfig
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.holds import Holds
 from ppml.servers.kinds.base import KindEnv
@@ -35,9 +35,8 @@ def cluster_config(world_size: int = 2, serving: ServingConfig | None = None) ->
         path=Path("/nonexistent/cluster.toml"),
         name="test",
         ca_cert=None,
-        peer_token_file=None,
         parties=parties,
-        dealer_name="dealer",
+        dealer=DealerConfig(),
         client_token_file=None,
         monitor_token_file=None,
         serving=serving or ServingConfig(),

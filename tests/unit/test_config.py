@@ -55,8 +55,12 @@ def test_local_topology_loads(tmp_path: Path) -> None:
     assert config.ca_cert is not None and config.ca_cert.is_file()
     assert config.client_token_file is not None and config.client_token_file.is_file()
     assert config.monitor_token_file is not None and config.monitor_token_file.is_file()
-    assert config.peer_token_file is not None and config.peer_token_file.is_file()
+    peer_files = [p.peer_token_file for p in config.parties] + [config.dealer.peer_token_file]
+    assert all(f is not None and f.is_file() for f in peer_files)
+    tokens = {f.read_text() for f in peer_files if f is not None}
+    assert len(tokens) == 4  # every server and the dealer has its own peer identity
     assert config.dealer_name == "dealer"
+    assert [config.peer_name(r) for r in range(4)] == ["server-0", "server-1", "server-2", "dealer"]
     assert config.serving == ServingConfig()
     assert config.party(2) is config.parties[2]
 
@@ -83,8 +87,14 @@ def test_relative_paths_resolve_against_the_file_folder(
     folder = tmp_path / "deploy"
     folder.mkdir()
     text = (
-        '[cluster]\nca_cert = "tls/ca.pem"\npeer_token_file = "/abs/peer.token"\n\n'
-        + _party("a", 5001, 6001, 'tls_cert = "tls/a.pem"\nauth_file = "../shared/a.toml"')
+        '[cluster]\nca_cert = "tls/ca.pem"\n\n'
+        + _party(
+            "a",
+            5001,
+            6001,
+            'tls_cert = "tls/a.pem"\nauth_file = "../shared/a.toml"\n'
+            'peer_token_file = "/abs/peer.token"',
+        )
         + _party("b", 5002, 6002, 'data_dir = "/var/lib/ppml/b"')
         + '[client]\ntoken_file = "secrets/client.token"\n'
     )
@@ -94,7 +104,7 @@ def test_relative_paths_resolve_against_the_file_folder(
     base = folder.resolve()
     assert config.path == base / "cluster.toml"
     assert config.ca_cert == base / "tls" / "ca.pem"
-    assert config.peer_token_file == Path("/abs/peer.token")
+    assert config.parties[0].peer_token_file == Path("/abs/peer.token")
     assert config.parties[0].tls_cert == base / "tls" / "a.pem"
     assert config.parties[0].tls_key is None
     assert config.parties[0].auth_file == base / ".." / "shared" / "a.toml"
@@ -217,3 +227,9 @@ def test_bad_metrics_port(tmp_path: Path, value: str) -> None:
     path = _write(tmp_path, _party("a", 5001, 6001, extra) + _party("b", 5002, 6002))
     with pytest.raises(ConfigError, match=r"parties\[0\]\.metrics_port must be a port"):
         load_config(path)
+
+
+def test_a_shared_cluster_peer_token_is_refused(tmp_path: Path) -> None:
+    text = '[cluster]\npeer_token_file = "secrets/peer.token"\n\n' + _two_parties()
+    with pytest.raises(ConfigError, match="its own peer_token_file"):
+        load_config(_write(tmp_path, text))

@@ -372,6 +372,7 @@ def test_cli_runs_streamlit_on_the_app(tmp_path: Path) -> None:
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert Path(command[4]) == APP.resolve()
     assert command[command.index("--server.port") + 1] == "8600"
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"  # loopback by default
     assert command[command.index("--") + 1 :] == ["--config", str(tmp_path / "cluster.toml")]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from ppml.proto.deploy.topology import LimitsConfig
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.datasets import ANYONE, DatasetMeta
@@ -26,6 +27,9 @@ from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
 
 OWNER = "hospital-a"
 OTHER = "hospital-b"
+
+
+SMALL_BATCHES = LimitsConfig(min_batch_size=1)  # tiny data sets below
 
 
 @dataclass
@@ -47,7 +51,9 @@ class World:
     jobs: JobManager
 
     def restart(self, name: str = "server-1") -> JobManager:
-        return JobManager(name, self.job_store, self.datasets, self.models, self.announcer)
+        return JobManager(
+            name, self.job_store, self.datasets, self.models, self.announcer, SMALL_BATCHES
+        )
 
 
 def _chunks(
@@ -114,7 +120,7 @@ def world() -> World:
     _upload(datasets, "a-train", rows=10)
     _upload(datasets, "b-train", rows=7, owner=OTHER, allowed=(OWNER,))
     _upload(datasets, "a-val", rows=5)
-    jobs = JobManager("server-1", job_store, datasets, models, announcer)
+    jobs = JobManager("server-1", job_store, datasets, models, announcer, SMALL_BATCHES)
     return World(job_store, datasets, models, announcer, jobs)
 
 
@@ -241,13 +247,62 @@ def test_feature_mismatch_between_datasets_names_both(
     _assert_nothing_stored(world)
 
 
-def test_num_classes_mismatch_between_datasets(world: World) -> None:
-    _upload(world.datasets, "binary", num_classes=2)
+def test_an_owner_with_fewer_classes_is_padded_to_the_models(world: World) -> None:
+    # label skew: this owner has no row of the highest class
+    _upload(world.datasets, "two-classes", num_classes=2)
+    _start(world, dataset_ids=("a-train", "two-classes"))
+    inputs = world.jobs.inputs("job-1")
+    assert [y.shape[1] for y in inputs.labels] == [3, 3]
+    assert not inputs.labels[1][:, 2].any()  # the added column is a share of 0 everywhere
+
+
+def test_more_classes_than_the_model_is_rejected_naming_num_classes(world: World) -> None:
+    _upload(world.datasets, "five-classes", num_classes=5)
     with pytest.raises(PpmlError) as excinfo:
-        _start(world, dataset_ids=("a-train", "binary"))
+        _start(world, dataset_ids=("a-train", "five-classes"))
     assert _code(excinfo) == ErrorCode.INVALID_JOB
-    assert "'binary'" in str(excinfo.value) and "3 vs 2" in str(excinfo.value)
+    message = str(excinfo.value)
+    assert "'five-classes'" in message and "num_classes=5" in message and "3 classes" in message
     _assert_nothing_stored(world)
+
+
+def test_batches_below_the_clusters_minimum_are_rejected(world: World) -> None:
+    jobs = JobManager(
+        "server-1",
+        world.job_store,
+        world.datasets,
+        world.models,
+        world.announcer,
+        LimitsConfig(min_batch_size=16),
+    )
+    with pytest.raises(PpmlError) as excinfo:
+        jobs.start("j", "m", "", OWNER, _architecture(), _initial(_architecture()),
+                   _spec(batch_size=8))  # fmt: skip
+    assert _code(excinfo) == ErrorCode.INVALID_JOB and "at least 16" in str(excinfo.value)
+
+
+def test_unfinished_jobs_per_identity_are_capped(world: World) -> None:
+    jobs = JobManager(
+        "server-1",
+        world.job_store,
+        world.datasets,
+        world.models,
+        world.announcer,
+        LimitsConfig(min_batch_size=1, max_queued_jobs_per_identity=1),
+    )
+    jobs.start("j1", "m1", "", OWNER, _architecture(), _initial(_architecture()), _spec())
+    with pytest.raises(PpmlError) as excinfo:
+        jobs.start("j2", "m2", "", OWNER, _architecture(), _initial(_architecture()), _spec())
+    assert _code(excinfo) == ErrorCode.RESOURCE_EXHAUSTED
+
+
+def test_a_job_records_whose_data_it_uses_with_their_release(world: World) -> None:
+    info = _start(world, dataset_ids=("a-train", "b-train"), validation_id="a-val")
+    assert [(s.dataset_id, s.owner) for s in info.sources] == [
+        ("a-train", OWNER),
+        ("b-train", OTHER),
+        ("a-val", OWNER),
+    ]
 
 
 def test_validation_set_must_match_the_training_data(world: World) -> None:
@@ -273,8 +328,7 @@ def test_model_input_size_must_match_the_features(world: World) -> None:
 @pytest.mark.parametrize(
     ("loss", "outputs", "needle"),
     [
-        ("cross_entropy", 2, "(3,)"),
-        ("mse", 4, "(4,)"),
+        ("cross_entropy", 2, "num_classes=3"),
         ("binary_cross_entropy", 1, "2 classes"),
         ("hinge", 3, "unknown loss"),
     ],

@@ -43,7 +43,7 @@ def test_requests_for_unknown_models_share_one_label(model_id: str) -> None:
     metrics = ServerMetrics()
     service = InferenceService(make_env(metrics=metrics))
     with pytest.raises(PpmlError):
-        service.predict("r1", model_id, random_ring((1, 4)), 5.0)
+        service.predict("r1", model_id, random_ring((1, 4)), 5.0, "alice")
     (serving,) = metrics.snapshot().models
     assert serving.model_id == UNKNOWN_MODEL
     assert serving.requests == 1 and serving.ok == 0

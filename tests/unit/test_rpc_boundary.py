@@ -102,7 +102,7 @@ EXPECTED_CLIENT_CLASS = {
     ErrorCode.NOT_READY: client_errors.ServerUnavailable,
     ErrorCode.PREDICTION_ABORTED: client_errors.PredictionAborted,
     ErrorCode.DEADLINE_EXCEEDED: client_errors.DeadlineExceeded,
-    ErrorCode.RESOURCE_EXHAUSTED: client_errors.ServerUnavailable,
+    ErrorCode.RESOURCE_EXHAUSTED: client_errors.ResourceExhausted,
     ErrorCode.INVALID_DATASET: client_errors.InvalidDataset,
     ErrorCode.DATASET_NOT_FOUND: client_errors.DatasetNotFound,
     ErrorCode.DATASET_EXISTS: client_errors.DatasetExists,

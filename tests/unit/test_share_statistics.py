@@ -116,7 +116,7 @@ def wire() -> Iterator[dict[str, WireShares]]:
         server.start()
         servers.append(server)
         endpoints.append(Endpoint(f"s{rank}", f"127.0.0.1:{port}"))
-    cluster = Cluster(endpoints, token="t", ca_cert=None)
+    cluster = Cluster(endpoints, token="t", ca_cert=None, insecure=True)
     try:
         yield {
             "x": _collect(cluster, servicers, X),

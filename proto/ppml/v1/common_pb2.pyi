@@ -350,3 +350,34 @@ class Architecture(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Architecture: _TypeAlias = Architecture  # noqa: Y015
+
+@_typing.final
+class DataSource(_message.Message):
+    """A data set a model was trained on, with its owner's consent at training
+    time: the identities (besides that owner) who may export the model, or
+    evaluate it against other data; "*" means any client.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    owner: _builtins.str
+    @_builtins.property
+    def release(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        release: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "owner", b"owner", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataSource: _TypeAlias = DataSource  # noqa: Y015

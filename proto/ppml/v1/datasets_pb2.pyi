@@ -33,6 +33,7 @@ class DatasetHeader(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _builtins.int
     ALLOWED_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Client-chosen, the same on every server: [A-Za-z0-9_.-]{1,64}."""
     name: _builtins.str
@@ -53,6 +54,12 @@ class DatasetHeader(_message.Message):
         against this data set; "*" means any client. Empty: the owner only.
         """
 
+    @_builtins.property
+    def release(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identities (besides the owner) who may export a model trained on this
+        data set, or evaluate it against other data; "*" any. Empty: nobody else.
+        """
+
     def __init__(
         self,
         *,
@@ -63,10 +70,11 @@ class DatasetHeader(_message.Message):
         num_classes: _builtins.int = ...,
         allowed: _abc.Iterable[_builtins.str] | None = ...,
         scaling: _builtins.str = ...,
+        release: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "rows", b"rows", "scaling", b"scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "release", b"release", "rows", b"rows", "scaling", b"scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -121,6 +129,7 @@ class DatasetInfo(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -132,6 +141,8 @@ class DatasetInfo(_message.Message):
     def feature_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def release(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -144,14 +155,42 @@ class DatasetInfo(_message.Message):
         allowed: _abc.Iterable[_builtins.str] | None = ...,
         scaling: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
+        release: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "created_unix_ms", b"created_unix_ms", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "owner", b"owner", "rows", b"rows", "scaling", b"scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "created_unix_ms", b"created_unix_ms", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "owner", b"owner", "release", b"release", "rows", b"rows", "scaling", b"scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
+
+@_typing.final
+class SetDatasetAccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    @_builtins.property
+    def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def release(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        allowed: _abc.Iterable[_builtins.str] | None = ...,
+        release: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "dataset_id", b"dataset_id", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDatasetAccessRequest: _TypeAlias = SetDatasetAccessRequest  # noqa: Y015
 
 @_typing.final
 class ListDatasetsRequest(_message.Message):

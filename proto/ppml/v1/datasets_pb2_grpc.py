@@ -54,6 +54,11 @@ class DatasetRegistryStub:
                 request_serializer=ppml_dot_v1_dot_datasets__pb2.DeleteDatasetRequest.SerializeToString,
                 response_deserializer=ppml_dot_v1_dot_datasets__pb2.DeleteDatasetResponse.FromString,
                 _registered_method=True)
+        self.SetDatasetAccess = channel.unary_unary(
+                '/ppml.v1.DatasetRegistry/SetDatasetAccess',
+                request_serializer=ppml_dot_v1_dot_datasets__pb2.SetDatasetAccessRequest.SerializeToString,
+                response_deserializer=ppml_dot_v1_dot_datasets__pb2.DatasetInfo.FromString,
+                _registered_method=True)
 
 
 class DatasetRegistryServicer:
@@ -89,6 +94,15 @@ class DatasetRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDatasetAccess(self, request, context):
+        """Owner only: replaces who may train on or evaluate against the data set,
+        and who may export models trained on it. Models already trained keep the
+        release they were trained under.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_DatasetRegistryServicer_to_server(servicer, server):
                     servicer.DeleteDataset,
                     request_deserializer=ppml_dot_v1_dot_datasets__pb2.DeleteDatasetRequest.FromString,
                     response_serializer=ppml_dot_v1_dot_datasets__pb2.DeleteDatasetResponse.SerializeToString,
+            ),
+            'SetDatasetAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDatasetAccess,
+                    request_deserializer=ppml_dot_v1_dot_datasets__pb2.SetDatasetAccessRequest.FromString,
+                    response_serializer=ppml_dot_v1_dot_datasets__pb2.DatasetInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class DatasetRegistry:
             '/ppml.v1.DatasetRegistry/DeleteDataset',
             ppml_dot_v1_dot_datasets__pb2.DeleteDatasetRequest.SerializeToString,
             ppml_dot_v1_dot_datasets__pb2.DeleteDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDatasetAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppml.v1.DatasetRegistry/SetDatasetAccess',
+            ppml_dot_v1_dot_datasets__pb2.SetDatasetAccessRequest.SerializeToString,
+            ppml_dot_v1_dot_datasets__pb2.DatasetInfo.FromString,
             options,
             channel_credentials,
             insecure,

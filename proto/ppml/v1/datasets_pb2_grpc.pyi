@@ -45,6 +45,11 @@ class DatasetRegistryStub:
     """NOT_FOUND for an unknown id."""
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.DeleteDatasetRequest, _datasets_pb2.DeleteDatasetResponse]
     """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+    SetDatasetAccess: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.SetDatasetAccessRequest, _datasets_pb2.DatasetInfo]
+    """Owner only: replaces who may train on or evaluate against the data set,
+    and who may export models trained on it. Models already trained keep the
+    release they were trained under.
+    """
 
 @_typing.type_check_only
 class DatasetRegistryAsyncStub(DatasetRegistryStub):
@@ -60,6 +65,11 @@ class DatasetRegistryAsyncStub(DatasetRegistryStub):
     """NOT_FOUND for an unknown id."""
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_datasets_pb2.DeleteDatasetRequest, _datasets_pb2.DeleteDatasetResponse]  # type: ignore[assignment]
     """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+    SetDatasetAccess: _aio.UnaryUnaryMultiCallable[_datasets_pb2.SetDatasetAccessRequest, _datasets_pb2.DatasetInfo]  # type: ignore[assignment]
+    """Owner only: replaces who may train on or evaluate against the data set,
+    and who may export models trained on it. Models already trained keep the
+    release they were trained under.
+    """
 
 class DatasetRegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -96,5 +106,16 @@ class DatasetRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_datasets_pb2.DeleteDatasetResponse, _abc.Awaitable[_datasets_pb2.DeleteDatasetResponse]]:
         """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+
+    @_abc_1.abstractmethod
+    def SetDatasetAccess(
+        self,
+        request: _datasets_pb2.SetDatasetAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datasets_pb2.DatasetInfo, _abc.Awaitable[_datasets_pb2.DatasetInfo]]:
+        """Owner only: replaces who may train on or evaluate against the data set,
+        and who may export models trained on it. Models already trained keep the
+        release they were trained under.
+        """
 
 def add_DatasetRegistryServicer_to_server(servicer: DatasetRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

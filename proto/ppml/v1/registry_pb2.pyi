@@ -29,6 +29,7 @@ class UploadModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Client-chosen, the same on every server: [A-Za-z0-9_.-]{1,64}."""
     name: _builtins.str
@@ -38,6 +39,10 @@ class UploadModelRequest(_message.Message):
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NamedShare]:
         """Exactly one share per parameter of the architecture."""
 
+    @_builtins.property
+    def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identities besides the owner that may predict and evaluate; "*" any client."""
+
     def __init__(
         self,
         *,
@@ -45,10 +50,11 @@ class UploadModelRequest(_message.Message):
         name: _builtins.str = ...,
         architecture: _common_pb2.Architecture | None = ...,
         parameters: _abc.Iterable[_common_pb2.NamedShare] | None = ...,
+        allowed: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "model_id", b"model_id", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "architecture", b"architecture", "model_id", b"model_id", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -66,6 +72,8 @@ class ModelInfo(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    TRAINED_ON_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -73,6 +81,14 @@ class ModelInfo(_message.Message):
     parameter_count: _builtins.int
     @_builtins.property
     def architecture(self) -> _common_pb2.Architecture: ...
+    @_builtins.property
+    def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """may predict and evaluate besides the owner"""
+
+    @_builtins.property
+    def trained_on(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DataSource]:
+        """empty for an uploaded model"""
+
     def __init__(
         self,
         *,
@@ -82,14 +98,39 @@ class ModelInfo(_message.Message):
         architecture: _common_pb2.Architecture | None = ...,
         created_unix_ms: _builtins.int = ...,
         parameter_count: _builtins.int = ...,
+        allowed: _abc.Iterable[_builtins.str] | None = ...,
+        trained_on: _abc.Iterable[_common_pb2.DataSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "created_unix_ms", b"created_unix_ms", "model_id", b"model_id", "name", b"name", "owner", b"owner", "parameter_count", b"parameter_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "architecture", b"architecture", "created_unix_ms", b"created_unix_ms", "model_id", b"model_id", "name", b"name", "owner", b"owner", "parameter_count", b"parameter_count", "trained_on", b"trained_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class SetModelAccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        allowed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelAccessRequest: _TypeAlias = SetModelAccessRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -54,6 +54,11 @@ class ModelRegistryStub:
                 request_serializer=ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.SetModelAccess = channel.unary_unary(
+                '/ppml.v1.ModelRegistry/SetModelAccess',
+                request_serializer=ppml_dot_v1_dot_registry__pb2.SetModelAccessRequest.SerializeToString,
+                response_deserializer=ppml_dot_v1_dot_registry__pb2.ModelInfo.FromString,
+                _registered_method=True)
         self.ExportModel = channel.unary_unary(
                 '/ppml.v1.ModelRegistry/ExportModel',
                 request_serializer=ppml_dot_v1_dot_registry__pb2.ExportModelRequest.SerializeToString,
@@ -85,7 +90,15 @@ class ModelRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """NOT_FOUND for an unknown id.
+        """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelAccess(self, request, context):
+        """Owner only: who besides the owner may predict with the model and
+        evaluate it ("*" any client; empty: the owner only). Replaces the list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,7 +106,8 @@ class ModelRegistryServicer:
 
     def ExportModel(self, request, context):
         """This server's shares of every weight, for the model's owner only
-        (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+        (PERMISSION_DENIED for anyone else), and only if every other owner of
+        data it was trained on released it to them. The owner sums them client-side.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +135,11 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.FromString,
                     response_serializer=ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'SetModelAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAccess,
+                    request_deserializer=ppml_dot_v1_dot_registry__pb2.SetModelAccessRequest.FromString,
+                    response_serializer=ppml_dot_v1_dot_registry__pb2.ModelInfo.SerializeToString,
             ),
             'ExportModel': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportModel,
@@ -236,6 +255,33 @@ class ModelRegistry:
             '/ppml.v1.ModelRegistry/DeleteModel',
             ppml_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
             ppml_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppml.v1.ModelRegistry/SetModelAccess',
+            ppml_dot_v1_dot_registry__pb2.SetModelAccessRequest.SerializeToString,
+            ppml_dot_v1_dot_registry__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,10 +39,15 @@ class ModelRegistryStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.ModelInfo]
     """NOT_FOUND for an unknown id."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
-    """NOT_FOUND for an unknown id."""
+    """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+    SetModelAccess: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetModelAccessRequest, _registry_pb2.ModelInfo]
+    """Owner only: who besides the owner may predict with the model and
+    evaluate it ("*" any client; empty: the owner only). Replaces the list.
+    """
     ExportModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.ExportModelResponse]
     """This server's shares of every weight, for the model's owner only
-    (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+    (PERMISSION_DENIED for anyone else), and only if every other owner of
+    data it was trained on released it to them. The owner sums them client-side.
     """
 
 @_typing.type_check_only
@@ -54,10 +59,15 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.ModelInfo]  # type: ignore[assignment]
     """NOT_FOUND for an unknown id."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
-    """NOT_FOUND for an unknown id."""
+    """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+    SetModelAccess: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetModelAccessRequest, _registry_pb2.ModelInfo]  # type: ignore[assignment]
+    """Owner only: who besides the owner may predict with the model and
+    evaluate it ("*" any client; empty: the owner only). Replaces the list.
+    """
     ExportModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.ExportModelResponse]  # type: ignore[assignment]
     """This server's shares of every weight, for the model's owner only
-    (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+    (PERMISSION_DENIED for anyone else), and only if every other owner of
+    data it was trained on released it to them. The owner sums them client-side.
     """
 
 class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -90,7 +100,17 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
-        """NOT_FOUND for an unknown id."""
+        """Owner only (PERMISSION_DENIED otherwise). NOT_FOUND for an unknown id."""
+
+    @_abc_1.abstractmethod
+    def SetModelAccess(
+        self,
+        request: _registry_pb2.SetModelAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelInfo, _abc.Awaitable[_registry_pb2.ModelInfo]]:
+        """Owner only: who besides the owner may predict with the model and
+        evaluate it ("*" any client; empty: the owner only). Replaces the list.
+        """
 
     @_abc_1.abstractmethod
     def ExportModel(
@@ -99,7 +119,8 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ExportModelResponse, _abc.Awaitable[_registry_pb2.ExportModelResponse]]:
         """This server's shares of every weight, for the model's owner only
-        (PERMISSION_DENIED for anyone else). The owner sums them client-side.
+        (PERMISSION_DENIED for anyone else), and only if every other owner of
+        data it was trained on released it to them. The owner sums them client-side.
         """
 
 def add_ModelRegistryServicer_to_server(servicer: ModelRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -260,6 +260,7 @@ class ServerStatus(_message.Message):
     DEALER_SESSIONS_FIELD_NUMBER: _builtins.int
     DATASETS_STORED_FIELD_NUMBER: _builtins.int
     TRAINING_JOBS_FIELD_NUMBER: _builtins.int
+    RUNNING_JOB_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -281,6 +282,8 @@ class ServerStatus(_message.Message):
     """leader only; followers report false"""
     dealer_sessions: _builtins.int
     datasets_stored: _builtins.int
+    running_job: _builtins.str
+    """The kind of MPC job this server's worker is running now ("" when idle)."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelServingStats]: ...
     @_builtins.property
@@ -334,10 +337,11 @@ class ServerStatus(_message.Message):
         dealer_sessions: _builtins.int = ...,
         datasets_stored: _builtins.int = ...,
         training_jobs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        running_job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "running_job", b"running_job", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

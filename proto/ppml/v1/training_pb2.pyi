@@ -216,6 +216,7 @@ class JobInfo(_message.Message):
     STEPS_DONE_FIELD_NUMBER: _builtins.int
     SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_id: _builtins.str
     name: _builtins.str
@@ -242,6 +243,10 @@ class JobInfo(_message.Message):
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochMetrics]:
         """owner only; empty unless reveal_metrics"""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DataSource]:
+        """whose data it trains on, with their release"""
+
     def __init__(
         self,
         *,
@@ -262,10 +267,11 @@ class JobInfo(_message.Message):
         steps_done: _builtins.int = ...,
         samples_per_s: _builtins.float = ...,
         metrics: _abc.Iterable[Global___EpochMetrics] | None = ...,
+        sources: _abc.Iterable[_common_pb2.DataSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batches_per_epoch", b"batches_per_epoch", "created_unix_ms", b"created_unix_ms", "finished_unix_ms", b"finished_unix_ms", "job_id", b"job_id", "metrics", b"metrics", "model_id", b"model_id", "name", b"name", "owner", b"owner", "reason", b"reason", "rows", b"rows", "samples_per_s", b"samples_per_s", "spec", b"spec", "started_unix_ms", b"started_unix_ms", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batches_per_epoch", b"batches_per_epoch", "created_unix_ms", b"created_unix_ms", "finished_unix_ms", b"finished_unix_ms", "job_id", b"job_id", "metrics", b"metrics", "model_id", b"model_id", "name", b"name", "owner", b"owner", "reason", b"reason", "rows", b"rows", "samples_per_s", b"samples_per_s", "sources", b"sources", "spec", b"spec", "started_unix_ms", b"started_unix_ms", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
