@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench clean browser
+.PHONY: demo test lint typecheck protos bench clean browser node-client
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -20,9 +20,18 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m ppml.client.demo
 
-test: $(STAMP) typecheck browser
+test: $(STAMP) typecheck browser node-client
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# the Node.js example client (tests/integration/test_node_client.py is skipped without node)
+NODE_CLIENT := examples/node-client
+node-client:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund; \
+	else \
+		echo "node/npm not found: skipping $(NODE_CLIENT) (its tests will be skipped)"; \
+	fi
 
 # headless Chromium for tests/e2e (the dashboard in a real browser); Debian/Ubuntu
 browser:
@@ -48,4 +57,4 @@ bench: $(STAMP)
 	$(PY) bench/network_a.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(NODE_CLIENT)/node_modules

@@ -2,8 +2,12 @@
 
 * A request becomes *ready* once every compute party has announced that it
   holds its share (same model id and row count everywhere).
-* A request not ready by its deadline is dropped, naming the parties whose
-  share never arrived.
+* A request not started by its deadline is dropped by every party, with one
+  reason that says what the leader knows: the deadline left no time at all,
+  which parties had not reported their share (the leader cannot tell a share
+  that never arrived from a report still in flight), or that every party held
+  it but it could not start in time. A party that reports a dropped request
+  late gets the same reason.
 * Dynamic batching: ready requests for one model are merged into one job of
   at most ``max_batch_rows`` rows. The job is dispatched when the batch is
   full, when no new request for that model has been announced for
@@ -33,6 +37,7 @@ class Tracked:
     deadline: float
     holders: set[int] = field(default_factory=set)
     ready_at: float | None = None
+    no_time: bool = False  # some party reported it with its deadline already passed
 
 
 @dataclass(frozen=True)
@@ -62,17 +67,18 @@ class Scheduler:
         self._last_batch: dict[str, tuple[int, float]] = {}  # model -> (requests, done at)
         self._tracked: dict[str, Tracked] = {}
         self._ready: OrderedDict[str, Tracked] = OrderedDict()
-        self._finished: OrderedDict[str, float] = OrderedDict()
+        # request id -> (when, drop reason; "" once dispatched)
+        self._finished: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
-    def _finish(self, request_id: str, now: float) -> None:
+    def _finish(self, request_id: str, now: float, reason: str = "") -> None:
         entry = self._tracked.pop(request_id, None)
         if entry is not None and not any(
             e.model_id == entry.model_id for e in self._tracked.values()
         ):
             self._last_announce.pop(entry.model_id, None)
         self._ready.pop(request_id, None)
-        self._finished[request_id] = now
-        while self._finished and next(iter(self._finished.values())) < now - _FORGET_S:
+        self._finished[request_id] = (now, reason)
+        while self._finished and next(iter(self._finished.values()))[0] < now - _FORGET_S:
             self._finished.popitem(last=False)
 
     def announce(
@@ -80,18 +86,23 @@ class Scheduler:
     ) -> Drop | None:
         """Record that ``rank`` holds its share; returns a drop decision if it must go."""
         if request_id in self._finished:
-            return Drop((request_id,), f"request {request_id!r} was already dropped or answered")
+            # the same reason every other party's caller got; "" if it already ran
+            reason = self._finished[request_id][1] or (
+                f"request {request_id!r} already ran; a request id can be used only once"
+            )
+            return Drop((request_id,), reason)
         entry = self._tracked.get(request_id)
         if entry is None:
             entry = Tracked(request_id, model_id, rows, now + timeout_s)
             self._tracked[request_id] = entry
         elif entry.model_id != model_id or entry.rows != rows:
-            self._finish(request_id, now)
-            return Drop(
-                (request_id,),
-                f"servers received different model ids or row counts for request {request_id!r}",
+            reason = (
+                f"servers received different model ids or row counts for request {request_id!r}"
             )
+            self._finish(request_id, now, reason)
+            return Drop((request_id,), reason)
         entry.deadline = min(entry.deadline, now + timeout_s)
+        entry.no_time = entry.no_time or timeout_s <= 0
         entry.holders.add(rank)
         self._last_announce[model_id] = now
         if len(entry.holders) == self.world_size and entry.ready_at is None:
@@ -105,31 +116,51 @@ class Scheduler:
         for entry in list(self._tracked.values()):
             if entry.deadline > now:
                 continue
-            self._finish(entry.request_id, now)
-            if entry.ready_at is None:
-                missing = [names[r] for r in range(self.world_size) if r not in entry.holders]
-                reason = (
-                    f"request {entry.request_id!r}: its share never reached {', '.join(missing)} "
-                    "before the deadline; every server dropped it"
-                )
-            else:
-                reason = f"request {entry.request_id!r}: deadline passed while queued (overload)"
+            reason = self._expired_reason(entry, names)
+            self._finish(entry.request_id, now, reason)
             drops.append(Drop((entry.request_id,), reason))
         return drops
+
+    def _expired_reason(self, entry: Tracked, names: list[str]) -> str:
+        """Why an expired request is dropped, saying only what the leader knows."""
+        request = f"request {entry.request_id!r}"
+        dropped = "every server dropped it"
+        if entry.no_time:
+            return (
+                f"{request}: its deadline left no time to run it (the servers stop waiting "
+                f"shortly before the caller's deadline, and that time had passed); {dropped}"
+            )
+        if entry.ready_at is None:
+            missing = ", ".join(names[r] for r in range(self.world_size) if r not in entry.holders)
+            return (
+                f"{request}: {missing} had not reported holding its share by the deadline "
+                f"(its share, or its report, came late or not at all); {dropped}"
+            )
+        if entry.ready_at >= entry.deadline:
+            return (
+                f"{request}: the last server reported holding its share only after the "
+                f"deadline; {dropped}"
+            )
+        return (
+            f"{request}: every server held its share, but it had not started by the deadline "
+            f"(the MPC worker was busy with earlier jobs, or batching waited longer than the "
+            f"time left); {dropped}"
+        )
 
     def drop_rank(self, rank: int, now: float, name: str) -> Drop | None:
         """A party went away: drop every undispatched request it held."""
         gone = [e.request_id for e in self._tracked.values() if rank in e.holders]
+        reason = f"{name} went away before the request could run; retry"
         for request_id in gone:
-            self._finish(request_id, now)
+            self._finish(request_id, now, reason)
         if not gone:
             return None
-        return Drop(tuple(gone), f"{name} went away before the request could run; retry")
+        return Drop(tuple(gone), reason)
 
     def drop_all(self, now: float, reason: str) -> Drop | None:
         gone = list(self._tracked)
         for request_id in gone:
-            self._finish(request_id, now)
+            self._finish(request_id, now, reason)
         return Drop(tuple(gone), reason) if gone else None
 
     def next_job(self, now: float) -> Job | None:

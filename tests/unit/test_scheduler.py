@@ -64,13 +64,13 @@ def test_deadline_expiry_names_the_missing_servers() -> None:
     drops = s.expire(now=5.0, names=NAMES)
     assert len(drops) == 1
     assert drops[0].request_ids == ("r1",)
-    assert "server-1" in drops[0].reason
+    assert "server-1 had not reported holding its share" in drops[0].reason
     assert "server-0" not in drops[0].reason
     assert "server-2" not in drops[0].reason
     assert s.backlog == 0
-    # the straggler's share arrives late: dropped, never scheduled
+    # the straggler's share arrives late: dropped with the same reason, never scheduled
     late = s.announce(1, "r1", "m1", 1, 5.0, now=5.5)
-    assert isinstance(late, Drop) and late.request_ids == ("r1",)
+    assert late == Drop(("r1",), drops[0].reason)
     assert s.next_job(now=100.0) is None
 
 
@@ -90,13 +90,43 @@ def test_deadline_is_the_earliest_of_all_announces() -> None:
     assert [d.request_ids for d in s.expire(now=1.5, names=NAMES)] == [("r1",)]
 
 
-def test_ready_request_past_its_deadline_is_dropped_as_overload() -> None:
+def test_held_everywhere_but_not_started_by_its_deadline() -> None:
     s = _scheduler(2, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
     _announce_all(s, "r1", now=0.0, timeout_s=1.0)
     (drop,) = s.expire(now=1.0, names=NAMES)
     assert drop.request_ids == ("r1",)
-    assert "overload" in drop.reason
+    assert "every server held its share, but it had not started" in drop.reason
+    assert "had not reported" not in drop.reason
     assert s.next_job(now=100.0) is None
+
+
+def test_last_report_after_the_deadline_is_said_so() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
+    s.announce(0, "r1", "m1", 1, 1.0, now=0.0)
+    s.announce(1, "r1", "m1", 1, 1.0, now=1.5)  # held everywhere, but after 0.0 + 1.0
+    (drop,) = s.expire(now=1.5, names=NAMES)
+    assert "the last server reported holding its share only after the deadline" in drop.reason
+    assert "server-1" not in drop.reason
+
+
+def test_deadline_shorter_than_the_drop_margin_blames_no_server() -> None:
+    """A complete request with no time left: the leader hears from server-0 first and
+    drops it at once; server-1 did hold its share, so no message may say otherwise."""
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.0, max_delay_s=0.0)
+    assert s.announce(0, "r1", "m1", 1, -0.05, now=0.0) is None
+    (drop,) = s.expire(now=0.001, names=NAMES)  # server-1's report is still on its way
+    assert drop.request_ids == ("r1",)
+    assert "deadline left no time" in drop.reason
+    assert "server-1" not in drop.reason and "never reached" not in drop.reason
+    # server-1's report arrives: its caller gets the same explanation, not a vague one
+    assert s.announce(1, "r1", "m1", 1, -0.05, now=0.002) == Drop(("r1",), drop.reason)
+
+
+def test_no_time_wins_over_readiness() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=10.0, max_delay_s=10.0)
+    _announce_all(s, "r1", now=0.0, timeout_s=0.0)
+    (drop,) = s.expire(now=0.0, names=NAMES)
+    assert "deadline left no time" in drop.reason
 
 
 def test_expire_leaves_requests_before_their_deadline() -> None:
@@ -120,8 +150,8 @@ def test_mismatched_model_or_rows_is_dropped(model_id: str, rows: int) -> None:
     assert isinstance(drop, Drop)
     assert drop.request_ids == ("r1",)
     assert s.backlog == 0
-    # the remaining party's announce is dropped too, and nothing ever runs
-    assert isinstance(s.announce(2, "r1", "m1", 1, 30.0, now=0.2), Drop)
+    # the remaining party's announce is dropped too, for the same reason; nothing ever runs
+    assert s.announce(2, "r1", "m1", 1, 30.0, now=0.2) == drop
     assert s.next_job(now=100.0) is None
     assert s.expire(now=100.0, names=NAMES) == []
 
@@ -132,6 +162,7 @@ def test_re_announce_after_dispatch_is_dropped() -> None:
     assert s.next_job(now=0.0) == Job("m1", ("r1",), (1,))
     again = s.announce(0, "r1", "m1", 1, 30.0, now=1.0)
     assert isinstance(again, Drop) and again.request_ids == ("r1",)
+    assert "already ran" in again.reason
     assert s.backlog == 0
     assert s.next_job(now=2.0) is None
 
@@ -258,8 +289,10 @@ def test_drop_rank_drops_only_requests_that_rank_held() -> None:
     s.announce(1, "held-by-0", "m1", 1, 30.0, now=2.0)
     s.announce(2, "held-by-0", "m1", 1, 30.0, now=2.0)
     assert s.next_job(now=20.0) == Job("m1", ("held-by-0",), (1,))
-    # a dropped id cannot come back
-    assert isinstance(s.announce(2, "held-by-0-1", "m1", 1, 30.0, now=3.0), Drop)
+    # a dropped id cannot come back; its late holder learns why it was dropped
+    assert s.announce(2, "held-by-0-1", "m1", 1, 30.0, now=3.0) == Drop(
+        ("held-by-0-1",), drop.reason
+    )
 
 
 def test_drop_rank_with_nothing_held_returns_none() -> None:

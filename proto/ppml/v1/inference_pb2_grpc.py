@@ -45,9 +45,16 @@ class InferenceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
-        """Blocks until the MPC evaluation that includes this request has run on
-        every server. Uses the call's deadline: a request whose shares have not
-        reached every server before it is dropped by all of them (ABORTED).
+        """Blocks until every server holds its share and the MPC evaluation that
+        includes this request has run, so the N calls must be in flight
+        concurrently. Deadline: the call's gRPC deadline, or the server's
+        [serving] default_timeout_s (30 s) without one. With R seconds left on
+        arrival, the servers stop waiting min(1 s, max(0.2 s, 0.15 * R)) before
+        the deadline: a request whose MPC job has not started by then is dropped
+        by every server together, and each call ends ABORTED
+        (PREDICTION_ABORTED) with the same reason. A job that has started runs
+        to completion; if it ends after the deadline the caller sees its own
+        DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
