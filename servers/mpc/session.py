@@ -1,0 +1,66 @@
+"""Join and leave one secured MPC epoch: keyed randomness over the TLS transport.
+
+Order for a compute party (every epoch)::
+
+    session.join(params)      # install() + CrypTen settings + configure(params) + crypten.init()
+    ...                       # CrypTen MPC on this thread only
+    session.leave()           # never raises; then join(next_params) for the next epoch
+
+The dealer runs :func:`ppml.servers.mpc.secure_dealer.serve_epoch` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from ppml.servers.crypten_compat import crypten
+from ppml.servers.mpc import keyed_random, prng, transport
+from ppml.servers.mpc.mesh import SessionParams
+
+log = logging.getLogger(__name__)
+
+
+def install() -> None:
+    """Both patches: keyed randomness and ppml's communicator (idempotent)."""
+    keyed_random.install()
+    transport.install()
+
+
+def configure_crypten() -> None:
+    """Settings every ppml MPC process uses: the dealer's triples, counted traffic."""
+    crypten.cfg.mpc.provider = "TTP"
+    crypten.cfg.communicator.verbose = True
+
+
+def join(params: SessionParams) -> None:
+    """Join epoch ``params.epoch`` as rank ``params.rank`` (blocks until linked).
+
+    Raises ``RuntimeError`` if the mesh is not complete within the join timeout.
+    """
+    install()
+    configure_crypten()
+    transport.configure(params)
+    crypten.init()
+
+
+def leave() -> None:
+    """Leave the current epoch, healthy or broken; never raises."""
+    try:
+        if crypten.communicator.is_initialized():
+            crypten.uninit()
+    except Exception as exc:  # pragma: no cover - shutdown itself does not raise
+        log.info("leaving a broken MPC session (%s)", exc)
+    with contextlib.suppress(Exception):
+        crypten.mpc.provider.ttp_provider.TTPClient.uninit()
+    prng.clear_generators()
+
+
+def is_joined() -> bool:
+    return bool(crypten.communicator.is_initialized())
+
+
+def comm_stats() -> tuple[int, int]:
+    """(rounds, bytes) this process has counted in the current session."""
+    comm = crypten.communicator.get()
+    return int(comm.comm_rounds), int(comm.comm_bytes)
