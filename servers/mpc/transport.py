@@ -57,12 +57,24 @@ def configure(params: mesh.SessionParams) -> None:
     _params = params
 
 
-def _combine(tensors: list[torch.Tensor], op: Any) -> torch.Tensor:
+def _combine(tensors: list[torch.Tensor], op: Any, own: int) -> torch.Tensor:
+    """``tensors`` (by rank; ``tensors[own]`` is the caller's) reduced with ``op``.
+
+    Integer ops (sum mod 2^64, xor, and, or, product) are exact and order-free,
+    so they accumulate into a received tensor (no copy); floating-point tensors
+    are combined in rank order, so every party gets the same bits.
+    """
     reduce_ = _REDUCE.get(op)
     if reduce_ is None:
         raise ValueError(f"unsupported reduce op {op}")
-    result = tensors[0].clone()
-    for tensor in tensors[1:]:
+    if tensors[0].is_floating_point() or tensors[0].is_complex() or len(tensors) < 2:
+        result = tensors[0].clone()
+        rest = tensors[1:]
+    else:
+        first = 1 if own == 0 else 0  # a received tensor, ours to overwrite
+        result = tensors[first]
+        rest = [t for rank, t in enumerate(tensors) if rank != first]
+    for tensor in rest:
         reduce_(result, tensor)
     return result
 
@@ -230,7 +242,8 @@ class TlsCommunicator(Communicator):
                 by_rank.append(tensors)
             else:
                 by_rank.append([self._read(tensor, rank) for tensor in tensors])
-        return [_combine([row[i] for row in by_rank], op) for i in range(len(tensors))]
+        own = self.main_group.index(self.rank)
+        return [_combine([row[i] for row in by_rank], op, own) for i in range(len(tensors))]
 
     @_logging
     def gather(self, tensor: torch.Tensor, dst: int) -> list[Any]:
