@@ -31,6 +31,12 @@ relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
    with ``torch.randint`` from torch's default generator, whose start seed is
    a public constant. ppml's dealer (:mod:`ppml.servers.dealer`) overrides
    that with a CSPRNG; :func:`csprng_seed` is the helper both use.
+
+The secured MPC engine patches CrypTen further, but only when a process
+asks for it (``ppml.servers.mpc.session.install()``), never at import:
+``ppml.servers.mpc.keyed_random.install`` keys every random stream (AES-256-CTR;
+its docstring lists each replaced name) and ``ppml.servers.mpc.transport.install``
+makes ``crypten.init()`` use ppml's mutual-TLS communicator instead of gloo.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
 * :mod:`.mesh` — an epoch's ``SessionParams`` and its mesh of links;
   :mod:`.listener` — the process's one MPC listener; :mod:`.tls_links` —
   TLS contexts, the hello, dialing; :mod:`.links` — framed one-way links;
+  :mod:`.reduce_ops` — how received shares are combined;
 * :mod:`.session` — join/leave an epoch as a compute party;
   :mod:`.secure_dealer` — the dealer on this engine;
 * :mod:`.relay` — a recording, delaying TCP relay for tests and benchmarks.

@@ -27,7 +27,6 @@ import contextlib
 import pickle
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,17 +35,11 @@ from torch.distributed import ReduceOp
 from ppml.servers.crypten_compat import crypten
 from ppml.servers.mpc import mesh
 from ppml.servers.mpc.links import InLink, OutLink, byte_view
+from ppml.servers.mpc.reduce_ops import combine
 
 _logging = crypten.communicator.communicator._logging
 Communicator: Any = crypten.communicator.Communicator
 _CLOSE_TIMEOUT_S = 10.0
-_REDUCE: dict[Any, Callable[[torch.Tensor, torch.Tensor], Any]] = {
-    ReduceOp.SUM: torch.Tensor.add_,
-    ReduceOp.BXOR: torch.Tensor.bitwise_xor_,
-    ReduceOp.BAND: torch.Tensor.bitwise_and_,
-    ReduceOp.BOR: torch.Tensor.bitwise_or_,
-    ReduceOp.PRODUCT: torch.Tensor.mul_,
-}
 _params: mesh.SessionParams | None = None
 
 
@@ -55,28 +48,6 @@ def configure(params: mesh.SessionParams) -> None:
     global _params
     mesh.listener_for(params, len(params.peers))
     _params = params
-
-
-def _combine(tensors: list[torch.Tensor], op: Any, own: int) -> torch.Tensor:
-    """``tensors`` (by rank; ``tensors[own]`` is the caller's) reduced with ``op``.
-
-    Integer ops (sum mod 2^64, xor, and, or, product) are exact and order-free,
-    so they accumulate into a received tensor (no copy); floating-point tensors
-    are combined in rank order, so every party gets the same bits.
-    """
-    reduce_ = _REDUCE.get(op)
-    if reduce_ is None:
-        raise ValueError(f"unsupported reduce op {op}")
-    if tensors[0].is_floating_point() or tensors[0].is_complex() or len(tensors) < 2:
-        result = tensors[0].clone()
-        rest = tensors[1:]
-    else:
-        first = 1 if own == 0 else 0  # a received tensor, ours to overwrite
-        result = tensors[first]
-        rest = [t for rank, t in enumerate(tensors) if rank != first]
-    for tensor in rest:
-        reduce_(result, tensor)
-    return result
 
 
 class TlsCommunicator(Communicator):
@@ -243,7 +214,7 @@ class TlsCommunicator(Communicator):
             else:
                 by_rank.append([self._read(tensor, rank) for tensor in tensors])
         own = self.main_group.index(self.rank)
-        return [_combine([row[i] for row in by_rank], op, own) for i in range(len(tensors))]
+        return [combine([row[i] for row in by_rank], op, own) for i in range(len(tensors))]
 
     @_logging
     def gather(self, tensor: torch.Tensor, dst: int) -> list[Any]:

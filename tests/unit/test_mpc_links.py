@@ -225,3 +225,34 @@ def test_session_params_are_validated(identity: TlsIdentity) -> None:
     with pytest.raises(ValueError, match="MPC address"):
         _ = Peer("server-0").address
     assert len({new_epoch_tag() for _ in range(100)}) == 100
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def test_integer_reductions_leave_the_callers_tensor_alone() -> None:
+    from torch.distributed import ReduceOp
+
+    from ppml.servers.mpc.reduce_ops import combine
+
+    own = torch.tensor([2**62, 1], dtype=torch.int64)
+    received = [torch.tensor([2**62, 2]), torch.tensor([2**62, 4])]
+    total = combine([received[0], own, received[1]], ReduceOp.SUM, own=1)
+    assert total.tolist() == [-(2**62), 7]  # wraps mod 2^64
+    assert own.tolist() == [2**62, 1]
+    xor = combine([own, torch.tensor([3, 3])], ReduceOp.BXOR, own=0)
+    assert xor.tolist() == [2**62 ^ 3, 2]
+    assert own.tolist() == [2**62, 1]
+
+
+def test_float_reductions_run_in_rank_order_without_touching_inputs() -> None:
+    from torch.distributed import ReduceOp
+
+    from ppml.servers.mpc.reduce_ops import combine
+
+    parts = [torch.tensor([v], dtype=torch.float64) for v in (1e16, 1.0, -1e16)]
+    expected = (parts[0] + parts[1]) + parts[2]
+    assert torch.equal(combine(parts, ReduceOp.SUM, own=2), expected)
+    assert parts[0].item() == 1e16
+    with pytest.raises(ValueError, match="unsupported"):
+        combine(parts, ReduceOp.MAX, own=0)
