@@ -134,7 +134,7 @@ class OutLink:
                 else:
                     self._sock.sendall(header)
                     self._sock.sendall(payload)
-            except OSError as exc:
+            except Exception as exc:  # never leave a waiter hanging: break the link
                 request.finish(self._break(exc))
                 return
             with self._state:
