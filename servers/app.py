@@ -32,7 +32,7 @@ from ppml.servers.control.leader import Leader
 from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
-from ppml.servers.mpc import session as mpc_session
+from ppml.servers.mpc import epochs
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
@@ -121,15 +121,14 @@ class ComputeServer:
             )
             self.follower.on_lost(self.jobs.fail_active)
             on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok: None)
+        epochs.identity(config, rank)  # the MPC links' TLS material must exist: fail now
         self.worker = MpcWorker(
             rank,
-            config.world_size,
-            config.leader.mpc_host_port,
+            lambda tag: epochs.session_params(config, rank, tag),
             self.metrics,
             self.kinds,
             on_joined,
             on_job_done,
-            config.serving.mpc_timeout_s,
         )
         self.inference = InferenceService(env)
         self.evaluations = EvaluationService(env)
@@ -254,8 +253,6 @@ class ComputeServer:
         for service in ("", "ppml.v1.Inference"):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.leader is not None:
-            host, port = self.config.leader.mpc_host_port
-            mpc_session.host_master_store(host, port)
             self.leader.start()
         self.worker.start()
         self.server.start()

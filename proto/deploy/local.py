@@ -104,10 +104,14 @@ def write_local_topology(
             f'peer_token_file = "secrets/{name}.peer.token"',
             "",
         ]
+    issue_server_cert(ca, directory / "tls", "dealer", ["127.0.0.1", "localhost"])
     lines += [
         "[dealer]",
         'name = "dealer"',
         'peer_token_file = "secrets/dealer.peer.token"',
+        f'mpc_address = "127.0.0.1:{free_port()}"',
+        'tls_cert = "tls/dealer.pem"',
+        'tls_key = "tls/dealer.key"',
         "",
         "[client]",
         'token_file = "secrets/client.token"',

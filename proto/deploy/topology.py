@@ -12,7 +12,7 @@ data paths of the process it runs. Example::
     [[parties]]                        # rank 0 first; rank 0 is the leader
     name = "server-0"
     grpc_address = "127.0.0.1:50051"
-    mpc_address = "127.0.0.1:29500"    # rank 0's is the MPC rendezvous store
+    mpc_address = "127.0.0.1:29500"    # its MPC listener (mutual TLS; rank 0 dials only)
     tls_cert = "tls/server-0.pem"
     tls_key = "tls/server-0.key"
     data_dir = "data/server-0"
@@ -23,6 +23,9 @@ data paths of the process it runs. Example::
     [dealer]
     name = "dealer"
     peer_token_file = "secrets/dealer.peer.token"
+    mpc_address = "127.0.0.1:29600"    # every party dials the dealer here (mutual TLS)
+    tls_cert = "tls/dealer.pem"
+    tls_key = "tls/dealer.key"
 
     [limits]                           # optional: see LimitsConfig
     max_models_per_identity = 200
@@ -110,6 +113,16 @@ class LimitsConfig:
 class DealerConfig:
     name: str = "dealer"
     peer_token_file: Path | None = None  # the dealer's token on its link to the leader
+    mpc_address: str | None = None  # where the parties' MPC links reach it (it listens there)
+    tls_cert: Path | None = None  # its identity on the MPC links (name = ``name``)
+    tls_key: Path | None = None
+
+    @property
+    def mpc_host_port(self) -> tuple[str, int]:
+        if self.mpc_address is None:
+            raise ConfigError("[dealer] has no mpc_address")
+        host, port = self.mpc_address.rsplit(":", 1)
+        return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,13 @@ def load_config(path: str | Path) -> ClusterConfig:
         dealer=DealerConfig(
             name=str(dealer.get("name", "dealer")),
             peer_token_file=_path(base, dealer.get("peer_token_file"), "dealer.peer_token_file"),
+            mpc_address=(
+                _address(dealer["mpc_address"], "dealer.mpc_address")
+                if "mpc_address" in dealer
+                else None
+            ),
+            tls_cert=_path(base, dealer.get("tls_cert"), "dealer.tls_cert"),
+            tls_key=_path(base, dealer.get("tls_key"), "dealer.tls_key"),
         ),
         client_token_file=_path(base, client.get("token_file"), "client.token_file"),
         monitor_token_file=_path(

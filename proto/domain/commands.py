@@ -45,7 +45,7 @@ class CancelJob:
 @dataclass(frozen=True)
 class JoinEpoch:
     epoch: int
-    store_prefix: str
+    tag: str  # hex of 128 random bits: binds this epoch's MPC links together
 
 
 @dataclass(frozen=True)

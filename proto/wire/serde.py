@@ -242,7 +242,7 @@ def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMess
 def leader_command_to_proto(command: cmd.LeaderCommand) -> coordinator_pb2.LeaderMessage:
     if isinstance(command, cmd.JoinEpoch):
         return coordinator_pb2.LeaderMessage(
-            join=coordinator_pb2.JoinEpoch(epoch=command.epoch, store_prefix=command.store_prefix)
+            join=coordinator_pb2.JoinEpoch(epoch=command.epoch, tag=command.tag)
         )
     if isinstance(command, cmd.DropRequests):
         return coordinator_pb2.LeaderMessage(
@@ -261,7 +261,7 @@ def leader_command_from_proto(
     """``job_types``: each job kind's name (its ``RunJob`` oneof field) and job type."""
     kind = msg.WhichOneof("kind")
     if kind == "join":
-        return cmd.JoinEpoch(msg.join.epoch, msg.join.store_prefix)
+        return cmd.JoinEpoch(msg.join.epoch, msg.join.tag)
     if kind == "drop":
         return cmd.DropRequests(tuple(msg.drop.request_ids), msg.drop.reason)
     if kind == "run":

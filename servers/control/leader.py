@@ -64,8 +64,10 @@ class Leader:
         holds: Holds,
         planners: Sequence[LeaderPlanner],
         clock: Callable[[], float] = time.monotonic,
+        new_tag: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
         self._config = config
+        self._new_tag = new_tag  # each epoch's tag: fresh randomness, sent over TLS links
         self._run_here = run_here  # this server's own MPC worker
         self._holds = holds
         self._planners = list(planners)
@@ -76,7 +78,6 @@ class Leader:
         self._links: dict[int, Outbox] = {}
         self._dealer_stats = cmd.DealerStats({}, 0)
         self._cond = threading.Condition()
-        self.incarnation = secrets.token_hex(6)
         self.epoch = 0
         self.state = "down"  # down | joining | up
         self._retry_at = 0.0
@@ -250,7 +251,7 @@ class Leader:
                 self.epoch += 1
                 self.state = "joining"
                 log.info("starting MPC epoch %d", self.epoch)
-                self._broadcast(cmd.JoinEpoch(self.epoch, f"{self.incarnation}-{self.epoch}"))
+                self._broadcast(cmd.JoinEpoch(self.epoch, self._new_tag()))
             else:
                 return max(0.01, self._retry_at - now)
         wakes = [p.next_wakeup(self._last_job) for p in self._planners]

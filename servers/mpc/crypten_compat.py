@@ -22,15 +22,18 @@ relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
    it pass :func:`tensor_loader` as ``load_closure``, which only accepts
    plain tensors (never arbitrary pickles).
 
-3. Process-group timeout. CrypTen's communicator calls
-   ``init_process_group`` without a ``timeout``, so torch's 30-minute default
-   applies to every collective. :func:`set_process_group_timeout` sets the
-   default torch reads at that call (``distributed_c10d.default_pg_timeout``).
+3. and 4. are for the plain-gloo baselines in ``bench/`` only (the servers
+   no longer use gloo): :func:`set_process_group_timeout` sets the timeout
+   torch's process groups read at ``init_process_group``, and
+   :func:`csprng_seed` draws a seed from the OS CSPRNG for torch's default
+   generator (which keeps 32 bits of it: never a secret stream's seed).
 
-4. The dealer's seeds. CrypTen's ``TTPServer`` draws the per-party PRSS seeds
-   with ``torch.randint`` from torch's default generator, whose start seed is
-   a public constant. ppml's dealer (:mod:`ppml.servers.mpc.dealer`) overrides
-   that with a CSPRNG; :func:`csprng_seed` is the helper both use.
+Every server process and the dealer patch CrypTen further when they join an
+epoch (``ppml.servers.mpc.session.install()``), never at import:
+``ppml.servers.mpc.keyed_random.install`` keys every random stream (AES-256-CTR
+under 256-bit keys; its docstring lists each replaced name) and
+``ppml.servers.mpc.transport.install`` makes ``crypten.init()`` use ppml's
+mutual-TLS communicator instead of gloo.
 """
 
 from __future__ import annotations

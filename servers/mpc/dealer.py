@@ -5,10 +5,17 @@ binary-to-arithmetic bits) for the compute parties. It never receives data,
 shares of data or models: only requests for randomness of given sizes. It
 must not collude with any compute server.
 
-It differs from CrypTen's ``TTPServer`` in two ways: the per-party PRSS seeds
-come from the OS CSPRNG (CrypTen draws them from torch's default generator,
-whose start seed is public), and it serves epoch after epoch: it links to the
-leader, joins each MPC session the leader starts, and rejoins after a failure.
+It differs from CrypTen's ``TTPServer`` in three ways:
+
+* its per-party streams are AES-256-CTR keystreams under fresh 256-bit keys
+  from the OS CSPRNG, each key sent only to its party over that party's
+  mutually authenticated TLS link (:func:`ppml.servers.mpc.prng.deal_party_keys`);
+  CrypTen's own TTP seeds a Mersenne Twister (32 effective bits) from torch's
+  default generator;
+* it computes triples only for an allow-list of bilinear ops;
+* it serves epoch after epoch: it links to the leader over TLS, joins each
+  MPC session the leader starts (listening on its ``[dealer] mpc_address``;
+  every party dials it), and rejoins after a failure.
 """
 
 from __future__ import annotations
@@ -23,14 +30,13 @@ import time
 from collections import Counter
 from typing import Any
 
-import torch
-import torch.distributed as dist
-
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
+from ppml.servers.mpc import epochs, prng, transport
 from ppml.servers.mpc import session as mpc_session
-from ppml.servers.mpc.crypten_compat import crypten, csprng_seed
+from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.mesh import SessionParams
 
 log = logging.getLogger("ppml.dealer")
 STATS_INTERVAL_S = 1.0
@@ -61,21 +67,7 @@ class Dealer(TTPServer):
             return cmd.DealerStats(dict(self.requests), self.sessions)
 
     def _setup_generators(self) -> None:
-        world_size = crypten.communicator.get().get_world_size()
-        seeds = [torch.tensor(csprng_seed()) for _ in range(world_size)]
-        pending = [
-            dist.isend(tensor=seeds[i], dst=i, group=self.ttp_group) for i in range(world_size)
-        ]
-        self.generators = []
-        for seed in seeds:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(int(seed.item()))
-            self.generators.append(generator)
-        self.generators_cuda = [None] * world_size
-        for request in pending:
-            if request is not None:
-                request.wait()
-        dist.barrier(group=self.ttp_group)
+        prng.deal_party_keys(self)
 
     def serve(self) -> str:
         """Serve one session until rank 0 ends it or a party fails; returns why."""
@@ -107,6 +99,21 @@ class Dealer(TTPServer):
             return f"refused a request: {err}"
         finally:
             mpc_session.leave()
+
+
+def serve_epoch(dealer: Dealer, params: SessionParams) -> str:
+    """Serve epoch ``params.epoch`` until rank 0 ends it or a party fails; returns why.
+
+    The dealer is rank ``world_size``: it listens on ``params.peers[world_size]``
+    (once, for the life of the process) and every party dials it. Raises
+    ``RuntimeError`` if the parties do not all link within the join timeout.
+    """
+    if params.rank != params.world_size:
+        raise ValueError("the dealer has rank world_size")
+    mpc_session.install()
+    mpc_session.configure_crypten()
+    transport.configure(params)
+    return dealer.serve()
 
 
 def run(config: ClusterConfig, insecure: bool) -> None:
@@ -144,14 +151,14 @@ def run(config: ClusterConfig, insecure: bool) -> None:
         join = joins.get()
         while not joins.empty():  # only the newest epoch matters
             join = joins.get()
-        mpc_session.join_as_dealer(
-            config.world_size,
-            config.leader.mpc_host_port,
-            join.store_prefix,
-            config.serving.mpc_timeout_s,
-        )
         log.info("joining MPC epoch %d", join.epoch)
-        reason = dealer.serve()
+        try:
+            reason = serve_epoch(
+                dealer, epochs.session_params(config, config.world_size, join.tag)
+            )
+        except RuntimeError as err:  # the parties did not all link in time
+            reason = f"could not join: {err}"
+            mpc_session.leave()
         log.info(
             "epoch %d over: %s (requests so far: %s)", join.epoch, reason, dict(dealer.requests)
         )

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ppml.proto.domain import commands as cmd
 from ppml.servers.mpc import session as mpc_session
+from ppml.servers.mpc.mesh import SessionParams
 from ppml.servers.store.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -57,22 +58,18 @@ class MpcWorker:
     def __init__(
         self,
         rank: int,
-        world_size: int,
-        store_address: tuple[str, int],
+        session_params: Callable[[str], SessionParams],
         metrics: ServerMetrics,
         kinds: Mapping[str, WorkerKind],
         on_joined: JoinCallback,
         on_job_done: JobCallback,
-        mpc_timeout_s: float = 300.0,
     ) -> None:
         self.rank = rank
-        self.world_size = world_size
-        self._store_address = store_address
+        self._session_params = session_params  # epoch tag -> this party's session parameters
         self._metrics = metrics
         self._kinds = kinds
         self._on_joined = on_joined
         self._on_job_done = on_job_done
-        self._mpc_timeout_s = mpc_timeout_s
         self._commands: queue.Queue[object] = queue.Queue()
         self.epoch: int | None = None  # joined epoch, None when not in a session
         self.running = ""  # the kind of the job being run now (for status)
@@ -124,13 +121,7 @@ class MpcWorker:
     def _join(self, command: cmd.JoinEpoch) -> None:
         self._leave()
         try:
-            mpc_session.join(
-                self.rank,
-                self.world_size,
-                self._store_address,
-                command.store_prefix,
-                self._mpc_timeout_s,
-            )
+            mpc_session.join(self._session_params(command.tag))
         except Exception as exc:
             log.warning("could not join MPC epoch %d: %s", command.epoch, exc)
             self._metrics.record_error(f"join epoch {command.epoch} failed: {exc}")

@@ -157,7 +157,7 @@ def test_a_peer_dying_drops_its_requests_and_restarts_the_session() -> None:
     h.step()
     join = h.here[-1]
     assert isinstance(join, cmd.JoinEpoch) and join.epoch == epoch + 1
-    assert join.store_prefix != f"{h.leader.incarnation}-{epoch}"
+    assert len(bytes.fromhex(join.tag)) == 16  # a fresh 128-bit tag per epoch
 
 
 def test_a_started_training_job_fails_everywhere_when_the_session_restarts() -> None:

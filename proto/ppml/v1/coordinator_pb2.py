@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"U\n\x08\x41nnounce\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"\x86\x01\n\x0b\x44\x65\x61lerStats\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".ppml.v1.DealerStats.RequestsEntry\x12\x10\n\x08sessions\x18\x02 \x01(\x04\x1a/\n\rRequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x12,\n\x0c\x64\x65\x61ler_stats\x18\x03 \x01(\x0b\x32\x14.ppml.v1.DealerStatsH\x00\x12(\n\ncancel_job\x18\x05 \x01(\x0b\x32\x12.ppml.v1.CancelJobH\x00\x42\x06\n\x04kind\"0\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x14\n\x0cstore_prefix\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\")\n\tTrainStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\"!\n\x0b\x45valuateJob\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x06\x45ndJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf2\x01\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x12#\n\x05train\x18\x05 \x01(\x0b\x32\x12.ppml.v1.TrainStepH\x00\x12(\n\x08\x65valuate\x18\x06 \x01(\x0b\x32\x14.ppml.v1.EvaluateJobH\x00\x12\"\n\x07\x65nd_job\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.EndJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x42\x06\n\x04kind2H\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"U\n\x08\x41nnounce\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"\x86\x01\n\x0b\x44\x65\x61lerStats\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".ppml.v1.DealerStats.RequestsEntry\x12\x10\n\x08sessions\x18\x02 \x01(\x04\x1a/\n\rRequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x12,\n\x0c\x64\x65\x61ler_stats\x18\x03 \x01(\x0b\x32\x14.ppml.v1.DealerStatsH\x00\x12(\n\ncancel_job\x18\x05 \x01(\x0b\x32\x12.ppml.v1.CancelJobH\x00\x42\x06\n\x04kind\"\'\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\")\n\tTrainStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\"!\n\x0b\x45valuateJob\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x06\x45ndJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf2\x01\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x12#\n\x05train\x18\x05 \x01(\x0b\x32\x12.ppml.v1.TrainStepH\x00\x12(\n\x08\x65valuate\x18\x06 \x01(\x0b\x32\x14.ppml.v1.EvaluateJobH\x00\x12\"\n\x07\x65nd_job\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.EndJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x42\x06\n\x04kind2H\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTYMESSAGE']._serialized_start=366
   _globals['_PARTYMESSAGE']._serialized_end=548
   _globals['_JOINEPOCH']._serialized_start=550
-  _globals['_JOINEPOCH']._serialized_end=598
-  _globals['_PREDICTJOB']._serialized_start=600
-  _globals['_PREDICTJOB']._serialized_end=665
-  _globals['_HEARTBEATJOB']._serialized_start=667
-  _globals['_HEARTBEATJOB']._serialized_end=681
-  _globals['_TRAINSTEP']._serialized_start=683
-  _globals['_TRAINSTEP']._serialized_end=724
-  _globals['_EVALUATEJOB']._serialized_start=726
-  _globals['_EVALUATEJOB']._serialized_end=759
-  _globals['_ENDJOB']._serialized_start=761
-  _globals['_ENDJOB']._serialized_end=816
-  _globals['_RUNJOB']._serialized_start=819
-  _globals['_RUNJOB']._serialized_end=1061
-  _globals['_DROPREQUESTS']._serialized_start=1063
-  _globals['_DROPREQUESTS']._serialized_end=1114
-  _globals['_LEADERMESSAGE']._serialized_start=1117
-  _globals['_LEADERMESSAGE']._serialized_end=1247
-  _globals['_COORDINATOR']._serialized_start=1249
-  _globals['_COORDINATOR']._serialized_end=1321
+  _globals['_JOINEPOCH']._serialized_end=589
+  _globals['_PREDICTJOB']._serialized_start=591
+  _globals['_PREDICTJOB']._serialized_end=656
+  _globals['_HEARTBEATJOB']._serialized_start=658
+  _globals['_HEARTBEATJOB']._serialized_end=672
+  _globals['_TRAINSTEP']._serialized_start=674
+  _globals['_TRAINSTEP']._serialized_end=715
+  _globals['_EVALUATEJOB']._serialized_start=717
+  _globals['_EVALUATEJOB']._serialized_end=750
+  _globals['_ENDJOB']._serialized_start=752
+  _globals['_ENDJOB']._serialized_end=807
+  _globals['_RUNJOB']._serialized_start=810
+  _globals['_RUNJOB']._serialized_end=1052
+  _globals['_DROPREQUESTS']._serialized_start=1054
+  _globals['_DROPREQUESTS']._serialized_end=1105
+  _globals['_LEADERMESSAGE']._serialized_start=1108
+  _globals['_LEADERMESSAGE']._serialized_end=1238
+  _globals['_COORDINATOR']._serialized_start=1240
+  _globals['_COORDINATOR']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

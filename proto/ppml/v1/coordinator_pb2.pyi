@@ -199,23 +199,25 @@ Global___PartyMessage: _TypeAlias = PartyMessage  # noqa: Y015
 
 @_typing.final
 class JoinEpoch(_message.Message):
-    """Start (or restart) the MPC session: join rendezvous `store_prefix`."""
+    """Start (or restart) the MPC session: every party and the dealer link up
+    over mutual TLS, presenting this epoch's tag (hex of 128 random bits).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EPOCH_FIELD_NUMBER: _builtins.int
-    STORE_PREFIX_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
-    store_prefix: _builtins.str
+    tag: _builtins.str
     def __init__(
         self,
         *,
         epoch: _builtins.int = ...,
-        store_prefix: _builtins.str = ...,
+        tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "store_prefix", b"store_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,171 @@
+"""An outsider probes every port a running cluster listens on, and gets nothing.
+
+A real cluster (2 servers + dealer, started by ``LocalCluster``): every
+listening socket of its processes is found from ``/proc`` and must be one the
+topology file names (no ephemeral listener, nothing on all interfaces). Then
+each is knocked on as an outsider: plaintext, TLS without a client
+certificate, a certificate from another CA, a torch ``TCPStore`` client.
+The MPC listeners refuse all of them; the gRPC and metrics ports speak only
+TLS and answer nothing without a token. The cluster still serves afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+import torch.distributed as dist
+
+from ppml.client import Cluster
+from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.deploy.tls import TlsFiles, issue_server_cert, make_ca
+from ppml.servers.mpc.tls_links import ACCEPTED, SEND, Hello
+from ppml.v1 import registry_pb2, registry_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(parties=2, directory=tmp_path_factory.mktemp("probe")) as cluster:
+        yield cluster
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket the process holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                host, port = fields[1].split(":")
+                found.add((_address(host), int(port, 16)))
+    return found
+
+
+def _address(hex_host: str) -> str:
+    """A /proc/net address: IPv4, or IPv6 in 32-bit little-endian words (v4-mapped as v4)."""
+    raw = bytes.fromhex(hex_host)
+    if len(raw) == 4:
+        return socket.inet_ntoa(raw[::-1])
+    address = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+    return str(address.ipv4_mapped or address)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def _expected(local: LocalCluster) -> dict[str, set[tuple[str, int]]]:
+    config = local.config
+    out: dict[str, set[tuple[str, int]]] = {}
+    for party in config.parties:
+        ports = {_split(party.grpc_address)}
+        if party.metrics_port:
+            ports.add((party.grpc_host, party.metrics_port))
+        if party.rank > 0:  # rank 0 dials every MPC link; the others listen
+            ports.add(_split(party.mpc_address))
+        out[party.name] = ports
+    assert config.dealer.mpc_address is not None
+    out["dealer"] = {_split(config.dealer.mpc_address)}
+    return out
+
+
+def test_every_listener_is_one_the_topology_names(local: LocalCluster) -> None:
+    expected = _expected(local)
+    for name, process in local.processes.items():
+        assert _listening(process.pid) == expected[name], name
+
+
+def _knock(address: tuple[str, int], context: ssl.SSLContext | None, data: bytes) -> bytes:
+    raw = socket.create_connection(address, timeout=10)
+    try:
+        if context is None:
+            raw.sendall(data)
+            return raw.recv(200)
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(data)
+            return tls.recv(200)
+    except (OSError, ssl.SSLError):
+        return b""
+    finally:
+        raw.close()
+
+
+def _outsider(files: TlsFiles | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if files is not None:
+        context.load_cert_chain(str(files.cert), str(files.key))
+    return context
+
+
+def test_mpc_listeners_refuse_every_outsider(local: LocalCluster, tmp_path: Path) -> None:
+    foreign_ca = make_ca(tmp_path / "foreign", "another CA")
+    foreign = issue_server_cert(foreign_ca, tmp_path / "foreign", "server-0", ["127.0.0.1"])
+    config = local.config
+    hello = Hello(bytes(16), 0, 1, SEND).pack()
+    assert config.dealer.mpc_address is not None
+    for address in (config.party(1).mpc_address, config.dealer.mpc_address):
+        target = _split(address)
+        for what, context in {
+            "plaintext": None,
+            "no client certificate": _outsider(None),
+            "another CA": _outsider(foreign),
+        }.items():
+            answer = _knock(target, context, hello)
+            assert ACCEPTED not in answer, (address, what)
+            assert answer == b"" or answer[0] == 0x15, (address, what, answer)  # an alert at most
+
+
+def test_no_port_speaks_plaintext_or_tcpstore(local: LocalCluster) -> None:
+    for ports in _expected(local).values():
+        for host, port in ports:
+            answer = _knock((host, port), None, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not answer.startswith(b"HTTP/"), (host, port, answer)
+            with pytest.raises((RuntimeError, OSError, dist.DistStoreError)):
+                dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=3))
+
+
+def test_grpc_and_metrics_answer_nothing_without_a_token(local: LocalCluster) -> None:
+    config = local.config
+    assert config.ca_cert is not None
+    credentials = grpc.ssl_channel_credentials(config.ca_cert.read_bytes())
+    context = ssl.create_default_context(cafile=str(config.ca_cert))
+    for party in config.parties:
+        with grpc.secure_channel(party.grpc_address, credentials) as channel:
+            stub = registry_pb2_grpc.ModelRegistryStub(channel)
+            with pytest.raises(grpc.RpcError) as excinfo:
+                stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
+            assert excinfo.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        url = f"https://{party.grpc_host}:{party.metrics_port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(url, context=context, timeout=10)
+        assert http.value.code == 401
+
+
+def test_the_cluster_still_serves_after_the_probes(local: LocalCluster) -> None:
+    torch.manual_seed(0)  # public test weights
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.full((2, 4), 0.5)
+    with Cluster.from_config(local.config_path) as cluster:
+        model_id = cluster.share_model(model, x)
+        with torch.no_grad():
+            assert (cluster.predict(model_id, x) - model(x)).abs().max().item() < 1e-3

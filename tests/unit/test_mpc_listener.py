@@ -1,0 +1,113 @@
+"""The process's MPC listener admits exactly the configured rank, for the open epoch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ppml.proto.deploy.local import free_port
+from ppml.proto.deploy.tls import issue_server_cert, make_ca
+from ppml.servers.mpc.listener import Listener
+from ppml.servers.mpc.mesh import new_epoch_tag
+from ppml.servers.mpc.tls_links import RECV, SEND, Hello, TlsIdentity, dial, make_context
+
+NAMES = ("server-0", "server-1")
+
+
+def _identity(directory: Path, ca_name: str, name: str) -> TlsIdentity:
+    ca = make_ca(directory / ca_name, ca_name)
+    files = issue_server_cert(ca, directory / ca_name, name, ["127.0.0.1"])
+    return TlsIdentity(ca.cert, files.cert, files.key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TlsIdentity]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = make_ca(directory / "cluster")
+    found = {}
+    for name in (*NAMES, "intruder"):
+        files = issue_server_cert(ca, directory / "cluster", name, ["127.0.0.1"])
+        found[name] = TlsIdentity(ca.cert, files.cert, files.key)
+    found["foreign"] = _identity(directory, "foreign", "server-0")  # right name, other CA
+    return found
+
+
+@pytest.fixture
+def listener(pki: dict[str, TlsIdentity]) -> Iterator[Listener]:
+    server = Listener(("127.0.0.1", free_port()), pki["server-1"])
+    yield server
+    server.close()
+
+
+def _dial(listener: Listener, who: TlsIdentity, hello: Hello, expect: str = "server-1") -> object:
+    context = make_context(who, server_side=False)
+    return dial(listener.address, context, expect, hello, time.monotonic() + 1.0)
+
+
+def test_the_configured_rank_is_admitted_in_both_directions(
+    listener: Listener, pki: dict[str, TlsIdentity]
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    up = _dial(listener, pki["server-0"], Hello(tag, 0, 1, SEND))
+    down = _dial(listener, pki["server-0"], Hello(tag, 0, 1, RECV))
+    links = listener.collect({(0, SEND), (0, RECV)}, time.monotonic() + 5)
+    assert set(links) == {(0, SEND), (0, RECV)}
+    with pytest.raises(RuntimeError, match="no MPC link"):  # a second link for the same slot
+        _dial(listener, pki["server-0"], Hello(tag, 0, 1, SEND))
+    for sock in (up, down, *links.values()):
+        sock.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("who", "sender", "stale"),
+    [
+        ("server-0", 0, True),  # stale or unknown epoch
+        ("intruder", 0, False),  # cluster CA, but not rank 0's certificate
+        ("server-1", 0, False),  # a member claiming another rank
+        ("server-0", 1, False),  # a rank that does not dial this one
+    ],
+)
+def test_everything_else_is_refused(
+    listener: Listener, pki: dict[str, TlsIdentity], who: str, sender: int, stale: bool
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    hello = Hello(new_epoch_tag() if stale else tag, sender, 1, SEND)
+    with pytest.raises(RuntimeError, match="no MPC link"):
+        _dial(listener, pki[who], hello)
+    with pytest.raises(RuntimeError, match="did not link"):
+        listener.collect({(sender, SEND)}, time.monotonic() + 0.2)
+
+
+def test_a_certificate_from_another_ca_is_refused(
+    listener: Listener, pki: dict[str, TlsIdentity]
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    with pytest.raises(RuntimeError):
+        _dial(listener, pki["foreign"], Hello(tag, 0, 1, SEND))
+
+
+def test_the_dialer_checks_the_listener_name_before_saying_anything(
+    listener: Listener, pki: dict[str, TlsIdentity]
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    with pytest.raises(RuntimeError, match="presented 'server-1', expected 'dealer'"):
+        _dial(listener, pki["server-0"], Hello(tag, 0, 1, SEND), expect="dealer")
+
+
+def test_closing_the_epoch_drops_waiting_links(
+    listener: Listener, pki: dict[str, TlsIdentity]
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    sock = _dial(listener, pki["server-0"], Hello(tag, 0, 1, SEND))
+    listener.close_epoch(tag)
+    assert sock.recv(1) == b""  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="closed"):
+        listener.collect({(0, SEND)}, time.monotonic() + 0.2)
