@@ -120,7 +120,7 @@ class ComputeServer:
                 insecure,
             )
             self.follower.on_lost(self.jobs.fail_active)
-            on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok: None)
+            on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok, sound: None)
         epochs.identity(config, rank)  # the MPC links' TLS material must exist: fail now
         self.worker = MpcWorker(
             rank,

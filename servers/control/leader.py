@@ -217,14 +217,21 @@ class Leader:
                 self._retry_at = self._clock() + 1.0
             self._cond.notify_all()
 
-    def on_job_done(self, run: cmd.RunJob, ok: bool) -> None:
+    def on_job_done(self, run: cmd.RunJob, ok: bool, session_sound: bool = False) -> None:
+        """The job ran (``ok``) or failed here; a failure with ``session_sound`` was the
+        job's own (every party failed it alike): it ends, the session goes on."""
         with self._cond:
             self._in_flight = False
             self._last_job = self._clock()
-            reason = "" if ok else self._failure_reason()
+            if ok:
+                reason = ""
+            elif session_sound:
+                reason = "the MPC job failed on every server alike (the session went on)"
+            else:
+                reason = self._failure_reason()
             for planner in self._planners:
                 planner.done(run.kind, run.job, ok, reason, self._last_job)
-            if not ok and run.epoch == self.epoch and self.state == "up":
+            if not ok and not session_sound and run.epoch == self.epoch and self.state == "up":
                 self.state = "down"
                 self._retry_at = self._clock() + 0.2
             self._cond.notify_all()

@@ -64,3 +64,24 @@ def comm_stats() -> tuple[int, int]:
     """(rounds, bytes) this process has counted in the current session."""
     comm = crypten.communicator.get()
     return int(comm.comm_rounds), int(comm.comm_bytes)
+
+
+def survives_job_failure() -> bool:
+    """After a job raised on this party: may the session go on?
+
+    Only if no link broke and every compute party reaches a barrier, i.e. they
+    all failed the same job at the same point (a deterministic failure, such
+    as an operation CrypTen does not support). A party still inside one of
+    the job's collectives receives the barrier where it expected data, which
+    breaks its links: then the session restarts, as after a crash.
+    """
+    if not is_joined():
+        return False
+    comm = crypten.communicator.get()
+    if getattr(comm, "broken", None) is not None:
+        return False
+    try:
+        comm.barrier()
+    except Exception:
+        return False
+    return True

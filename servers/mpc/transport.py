@@ -128,6 +128,11 @@ class TlsCommunicator(Communicator):
                             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         return RuntimeError(f"MPC session failed: {self._broken}")
 
+    @property
+    def broken(self) -> str | None:
+        """Why the session broke (a link failed), or None while it is sound."""
+        return self._broken
+
     def _check(self) -> None:
         if self._broken is not None:
             raise RuntimeError(f"MPC session failed: {self._broken}")

@@ -30,9 +30,10 @@ _LEAVE = "leave"
 _STOP = "stop"
 NOT_UP = "the MPC session is not up on this server; retry shortly"
 WENT_AWAY = "a server or the dealer went away during the MPC job; retry"
+JOB_FAILED = "the MPC job failed on every server alike; the MPC session goes on"
 
 JoinCallback = Callable[[int, bool, str], None]
-JobCallback = Callable[[cmd.RunJob, bool], None]
+JobCallback = Callable[[cmd.RunJob, bool, bool], None]  # (job, ok, session still sound)
 
 
 class Stats(Protocol):
@@ -144,7 +145,7 @@ class MpcWorker:
         taken = kind.take(command.job)
         if kind.needs_session and self.epoch != command.epoch:
             kind.abort(command.job, taken, NOT_UP)
-            self._on_job_done(command, False)
+            self._on_job_done(command, False, False)
             return
         before = mpc_session.comm_stats() if kind.needs_session else (0, 0)
         started = time.perf_counter()
@@ -153,12 +154,17 @@ class MpcWorker:
         except Exception as exc:
             log.warning("MPC job %d (%s) failed: %s", command.seq, command.kind, exc)
             self._metrics.record_error(f"job {command.seq} failed: {exc}")
+            if kind.needs_session and mpc_session.survives_job_failure():
+                # every party failed this job alike: only this job ends, other work goes on
+                kind.abort(command.job, taken, f"{JOB_FAILED} ({type(exc).__name__})")
+                self._on_job_done(command, False, True)
+                return
             kind.abort(command.job, taken, WENT_AWAY)
             self._leave()
-            self._on_job_done(command, False)
+            self._on_job_done(command, False, False)
             return
         if not kind.needs_session:  # bookkeeping, no MPC: nothing to count
-            self._on_job_done(command, True)
+            self._on_job_done(command, True, True)
             return
         after = mpc_session.comm_stats()
         self._metrics.record_job(
@@ -169,4 +175,4 @@ class MpcWorker:
             after[1] - before[1],
             time.perf_counter() - started,
         )
-        self._on_job_done(command, True)
+        self._on_job_done(command, True, True)

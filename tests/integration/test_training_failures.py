@@ -64,7 +64,7 @@ def test_bad_training_input_is_rejected_before_any_mpc(cluster2: Cluster, digits
 
     with pytest.raises(DatasetNotFound, match="no-such-dataset"):
         cluster2.train(_mlp(), [good, "no-such-dataset"], epochs=1, batch_size=32, lr=0.1)
-    with pytest.raises(InvalidTrainingJob, match="binary_cross_entropy needs labels with 2"):
+    with pytest.raises(InvalidTrainingJob, match="num_classes=10 but the model predicts 2"):
         cluster2.train(
             _mlp(outputs=1), [good], epochs=1, batch_size=32, lr=0.1, loss="binary_cross_entropy"
         )

@@ -106,6 +106,10 @@ class FakeSession:
         self.joined = False
         self.rounds = 0
         self.fail_join = False
+        self.sound_after_failure = False  # did every party fail the job alike?
+
+    def survives_job_failure(self) -> bool:
+        return self.joined and self.sound_after_failure
 
     def join(self, *args: Any) -> None:
         if self.fail_join:
@@ -126,7 +130,7 @@ class FakeSession:
 @pytest.fixture
 def session(monkeypatch: pytest.MonkeyPatch) -> FakeSession:
     fake = FakeSession()
-    for name in ("join", "leave", "is_joined", "comm_stats"):
+    for name in ("join", "leave", "is_joined", "comm_stats", "survives_job_failure"):
         monkeypatch.setattr(mpc_session, name, getattr(fake, name))
     return fake
 
@@ -139,13 +143,14 @@ class Run:
         self.metrics = ServerMetrics()
         self.joined: list[tuple[int, bool, str]] = []
         self.done: list[tuple[int, bool]] = []
+        self.sound: list[bool] = []
         self.worker = MpcWorker(
             1,
             lambda tag: tag,  # type: ignore[arg-type,return-value]  # the fake session takes it
             self.metrics,
             self.kinds,
             lambda epoch, ok, error: self.joined.append((epoch, ok, error)),
-            lambda run, ok: self.done.append((run.seq, ok)),
+            lambda run, ok, sound: (self.done.append((run.seq, ok)), self.sound.append(sound)),
         )
 
     def send(self, command: object) -> None:
@@ -191,6 +196,24 @@ def test_a_failing_job_is_aborted_and_the_worker_leaves_the_session(
     assert not run.worker.serving and not session.joined
 
 
+def test_a_job_every_party_fails_alike_ends_alone_and_the_session_goes_on(
+    session: FakeSession,
+) -> None:
+    run = Run()
+    run.send(cmd.JoinEpoch(1, "x-1"))
+    run.kinds["mpc"].fail = True
+    session.sound_after_failure = True
+    run.send(cmd.RunJob(2, 1, "mpc", "j1"))
+    log = run.kinds["mpc"].log
+    assert log[2].startswith(f"abort j1 held j1: {worker_module.JOB_FAILED}")
+    assert "session lost" not in log
+    assert run.done == [(2, False)] and run.sound == [True]
+    assert run.worker.serving and session.joined
+    run.kinds["mpc"].fail = False
+    run.send(cmd.RunJob(3, 1, "mpc", "j2"))  # the next job runs in the same session
+    assert run.done[-1] == (3, True)
+
+
 def test_bookkeeping_jobs_run_in_order_even_while_the_session_is_down(
     session: FakeSession,
 ) -> None:
@@ -213,7 +236,7 @@ def test_the_worker_thread_applies_commands_in_submission_order(session: FakeSes
     run = Run()
     finished = threading.Event()
 
-    def done(r: cmd.RunJob, ok: bool) -> None:
+    def done(r: cmd.RunJob, ok: bool, sound: bool) -> None:
         run.done.append((r.seq, ok))
         if r.seq == 3:
             finished.set()

@@ -217,3 +217,19 @@ def test_a_cancel_ends_the_job_on_every_party_in_sequence() -> None:
     assert isinstance(end, cmd.RunJob) and end.kind == "end_job"
     assert (end.job.state, end.job.reason) == ("cancelled", "cancelled by owner")
     assert h.sent(1) == [end] and h.sent(2) == [end]
+
+
+def test_a_job_that_failed_alike_everywhere_ends_without_restarting_the_session() -> None:
+    h = Harness()
+    epoch = h.up()
+    h.announce_everywhere(cmd.Announce("train", "job-1", "", 5, 30.0))
+    h.step()
+    step = h.here[-1]
+    assert isinstance(step, cmd.RunJob) and step.kind == "train"
+    h.leader.on_job_done(step, False, session_sound=True)
+    assert h.leader.state == "up"
+    h.step()
+    end = h.here[-1]
+    assert isinstance(end, cmd.RunJob) and end.kind == "end_job" and end.epoch == epoch
+    assert end.job.state == "failed" and "alike" in end.job.reason
+    assert not any(isinstance(c, cmd.JoinEpoch) for c in h.here)
