@@ -1,0 +1,1 @@
+"""ppml.servers.mpc: secure multi-party computation engines."""

@@ -1,0 +1,1 @@
+"""Dealer-assisted two-party inference engine (pure numpy + AES), independent of CrypTen."""
