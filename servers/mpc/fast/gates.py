@@ -52,7 +52,7 @@ value). So a party's view of a gate is independent of ``z``.
 
 Key size per element and party: 8 (mask) + 8 * consts + DCF key
 (:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); ReLU at
-``n = 31``: 8 + 24 + 1312 = 1344 bytes, truncation: 8 + 16 + 1055 = 1079 bytes.
+``n = 31``: 8 + 24 + 1311 = 1343 bytes, truncation: 8 + 16 + 1055 = 1079 bytes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""Tests for ppml.servers.mpc.fast.dcf: eval_0(x) + eval_1(x) == beta * 1{x < alpha} (mod 2^64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ppml.servers.mpc.fast import dcf
+from ppml.servers.mpc.fast.prg import KeyedPRG
+
+RNG = KeyedPRG()
+
+
+def _domain(x: np.ndarray, depth: int) -> np.ndarray:
+    return x if depth == 64 else x & np.uint64((1 << depth) - 1)
+
+
+def _reconstruct(keys: tuple[dcf.DCFKey, dcf.DCFKey], x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return dcf.evaluate(keys[0], x) + dcf.evaluate(keys[1], x)
+
+
+def _edges(alpha: np.ndarray, depth: int) -> list[np.ndarray]:
+    """Per element: alpha - 1, alpha, alpha + 1, 0, the top of the domain (wrapping inside it)."""
+    one = np.uint64(1)
+    top = np.uint64((1 << depth) - 1)
+    with np.errstate(over="ignore"):
+        return [
+            _domain(alpha - one, depth),
+            alpha,
+            _domain(alpha + one, depth),
+            np.zeros_like(alpha),
+            np.full_like(alpha, top),
+        ]
+
+
+@pytest.mark.parametrize(("depth", "width"), [(1, 1), (2, 2), (5, 3), (16, 2), (31, 3), (64, 3)])
+def test_random_and_edge_points(depth: int, width: int) -> None:
+    n = 300
+    alpha = _domain(RNG.uint64(n), depth)
+    alpha[:4] = [0, 1, (1 << depth) - 1, 1 << (depth - 1)]  # extreme thresholds
+    beta = RNG.ring((n, width))
+    keys = dcf.gen(alpha, beta, depth, RNG)
+    for x in [_domain(RNG.uint64(n), depth), *_edges(alpha, depth)]:
+        want = np.where((x < alpha)[:, None], beta, 0)
+        assert np.array_equal(_reconstruct(keys, x), want)
+
+
+def test_exhaustive_small_domain() -> None:
+    depth = 4
+    alpha = np.repeat(np.arange(16, dtype=np.uint64), 16)
+    x = np.tile(np.arange(16, dtype=np.uint64), 16)
+    beta = RNG.ring((alpha.size, 2))
+    got = _reconstruct(dcf.gen(alpha, beta, depth, RNG), x)
+    assert np.array_equal(got, np.where((x < alpha)[:, None], beta, 0))
+
+
+def test_signed_extremes_in_full_64_bit_domain() -> None:
+    """2^63 - 1 and -2^63 (as uint64 2^63) on both sides of each other."""
+    lo, hi = np.uint64(2**63 - 1), np.uint64(2**63)
+    alpha = np.array([hi, hi, lo, lo, 0, 2**64 - 1], dtype=np.uint64)
+    x = np.array([lo, hi, hi, lo, 2**64 - 1, 2**64 - 2], dtype=np.uint64)
+    beta = RNG.ring((6, 1))
+    got = _reconstruct(dcf.gen(alpha, beta, 64, RNG), x)
+    assert np.array_equal(got, np.where((x < alpha)[:, None], beta, 0))
+
+
+def test_shares_of_each_party_look_uniform() -> None:
+    """One party's output alone is a uniform ring element, whatever the comparison bit."""
+    n = 4000
+    alpha = np.full(n, 1 << 10, dtype=np.uint64)
+    keys = dcf.gen(alpha, np.ones((n, 1), dtype=np.int64), 20, RNG)
+    for x in (np.zeros(n, dtype=np.uint64), np.full(n, (1 << 20) - 1, dtype=np.uint64)):
+        share = dcf.evaluate(keys[1], x)[:, 0]
+        assert abs(np.unpackbits(share.view(np.uint8)).mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(("depth", "width"), [(31, 3), (31, 2), (64, 1)])
+def test_key_size_matches_formula(depth: int, width: int) -> None:
+    n = 10
+    k0, k1 = dcf.gen(np.zeros(n, dtype=np.uint64), RNG.ring((n, width)), depth, RNG)
+    per = dcf.key_bytes_per_element(depth, width)
+    assert k0.nbytes == k1.nbytes == n * per
+    assert per == 16 + depth * (17 + 8 * width) + 8 * width
+
+
+def test_parties_share_correction_words_but_not_roots() -> None:
+    n = 8
+    k0, k1 = dcf.gen(np.arange(n, dtype=np.uint64), RNG.ring((n, 2)), 8, RNG)
+    assert np.array_equal(k0.seed_cw, k1.seed_cw) and np.array_equal(k0.v_cw, k1.v_cw)
+    assert not np.array_equal(k0.seeds, k1.seeds)
+
+
+def test_serialisation_round_trip() -> None:
+    n, depth = 20, 12
+    alpha = _domain(RNG.uint64(n), depth)
+    beta = RNG.ring((n, 3))
+    k0, k1 = dcf.gen(alpha, beta, depth, RNG)
+    k1 = dcf.DCFKey.from_arrays(k1.to_arrays("k"), "k")
+    x = _domain(RNG.uint64(n), depth)
+    assert np.array_equal(_reconstruct((k0, k1), x), np.where((x < alpha)[:, None], beta, 0))
+
+
+def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
+    k0, _ = dcf.gen(np.zeros(3, dtype=np.uint64), RNG.ring((3, 1)), 4, RNG)
+    with pytest.raises(ValueError):
+        dcf.evaluate(k0, np.array([16, 0, 0], dtype=np.uint64))
+    with pytest.raises(ValueError):
+        dcf.evaluate(k0, np.zeros(4, dtype=np.uint64))
+    with pytest.raises(ValueError):
+        dcf.gen(np.array([16], dtype=np.uint64), RNG.ring((1, 1)), 4, RNG)
+    bad = k0.to_arrays("k")
+    bad["k.v_cw"] = bad["k.v_cw"][:2]
+    with pytest.raises(ValueError):
+        dcf.DCFKey.from_arrays(bad, "k")
