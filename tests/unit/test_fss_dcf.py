@@ -39,10 +39,10 @@ def test_random_and_edge_points(depth: int, width: int) -> None:
     n = 300
     alpha = _domain(RNG.uint64(n), depth)
     alpha[:4] = [0, 1, (1 << depth) - 1, 1 << (depth - 1)]  # extreme thresholds
-    beta = RNG.ring((n, width))
+    beta = RNG.ring((width, n))
     keys = dcf.gen(alpha, beta, depth, RNG)
     for x in [_domain(RNG.uint64(n), depth), *_edges(alpha, depth)]:
-        want = np.where((x < alpha)[:, None], beta, 0)
+        want = np.where(x < alpha, beta, 0)
         assert np.array_equal(_reconstruct(keys, x), want)
 
 
@@ -50,9 +50,9 @@ def test_exhaustive_small_domain() -> None:
     depth = 4
     alpha = np.repeat(np.arange(16, dtype=np.uint64), 16)
     x = np.tile(np.arange(16, dtype=np.uint64), 16)
-    beta = RNG.ring((alpha.size, 2))
+    beta = RNG.ring((2, alpha.size))
     got = _reconstruct(dcf.gen(alpha, beta, depth, RNG), x)
-    assert np.array_equal(got, np.where((x < alpha)[:, None], beta, 0))
+    assert np.array_equal(got, np.where(x < alpha, beta, 0))
 
 
 def test_signed_extremes_in_full_64_bit_domain() -> None:
@@ -60,25 +60,25 @@ def test_signed_extremes_in_full_64_bit_domain() -> None:
     lo, hi = np.uint64(2**63 - 1), np.uint64(2**63)
     alpha = np.array([hi, hi, lo, lo, 0, 2**64 - 1], dtype=np.uint64)
     x = np.array([lo, hi, hi, lo, 2**64 - 1, 2**64 - 2], dtype=np.uint64)
-    beta = RNG.ring((6, 1))
+    beta = RNG.ring((1, 6))
     got = _reconstruct(dcf.gen(alpha, beta, 64, RNG), x)
-    assert np.array_equal(got, np.where((x < alpha)[:, None], beta, 0))
+    assert np.array_equal(got, np.where(x < alpha, beta, 0))
 
 
 def test_shares_of_each_party_look_uniform() -> None:
     """One party's output alone is a uniform ring element, whatever the comparison bit."""
     n = 4000
     alpha = np.full(n, 1 << 10, dtype=np.uint64)
-    keys = dcf.gen(alpha, np.ones((n, 1), dtype=np.int64), 20, RNG)
+    keys = dcf.gen(alpha, np.ones((1, n), dtype=np.int64), 20, RNG)
     for x in (np.zeros(n, dtype=np.uint64), np.full(n, (1 << 20) - 1, dtype=np.uint64)):
-        share = dcf.evaluate(keys[1], x)[:, 0]
+        share = dcf.evaluate(keys[1], x)[0]
         assert abs(np.unpackbits(share.view(np.uint8)).mean() - 0.5) < 0.01
 
 
 @pytest.mark.parametrize(("depth", "width"), [(31, 3), (31, 2), (64, 1)])
 def test_key_size_matches_formula(depth: int, width: int) -> None:
     n = 10
-    k0, k1 = dcf.gen(np.zeros(n, dtype=np.uint64), RNG.ring((n, width)), depth, RNG)
+    k0, k1 = dcf.gen(np.zeros(n, dtype=np.uint64), RNG.ring((width, n)), depth, RNG)
     per = dcf.key_bytes_per_element(depth, width)
     assert k0.nbytes == k1.nbytes == n * per
     assert per == 16 + depth * (17 + 8 * width) + 8 * width
@@ -86,7 +86,7 @@ def test_key_size_matches_formula(depth: int, width: int) -> None:
 
 def test_parties_share_correction_words_but_not_roots() -> None:
     n = 8
-    k0, k1 = dcf.gen(np.arange(n, dtype=np.uint64), RNG.ring((n, 2)), 8, RNG)
+    k0, k1 = dcf.gen(np.arange(n, dtype=np.uint64), RNG.ring((2, n)), 8, RNG)
     assert np.array_equal(k0.seed_cw, k1.seed_cw) and np.array_equal(k0.v_cw, k1.v_cw)
     assert not np.array_equal(k0.seeds, k1.seeds)
 
@@ -94,15 +94,15 @@ def test_parties_share_correction_words_but_not_roots() -> None:
 def test_serialisation_round_trip() -> None:
     n, depth = 20, 12
     alpha = _domain(RNG.uint64(n), depth)
-    beta = RNG.ring((n, 3))
+    beta = RNG.ring((3, n))
     k0, k1 = dcf.gen(alpha, beta, depth, RNG)
     k1 = dcf.DCFKey.from_arrays(k1.to_arrays("k"), "k")
     x = _domain(RNG.uint64(n), depth)
-    assert np.array_equal(_reconstruct((k0, k1), x), np.where((x < alpha)[:, None], beta, 0))
+    assert np.array_equal(_reconstruct((k0, k1), x), np.where(x < alpha, beta, 0))
 
 
 def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
-    k0, _ = dcf.gen(np.zeros(3, dtype=np.uint64), RNG.ring((3, 1)), 4, RNG)
+    k0, _ = dcf.gen(np.zeros(3, dtype=np.uint64), RNG.ring((1, 3)), 4, RNG)
     with pytest.raises(ValueError):
         dcf.evaluate(k0, np.array([16, 0, 0], dtype=np.uint64))
     with pytest.raises(ValueError):

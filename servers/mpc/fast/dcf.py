@@ -19,6 +19,16 @@ same depth and width, given a PRG; here the PRG is fixed-key AES in MMO mode
 with tweaks (:class:`~ppml.servers.mpc.fast.prg.FixedKeyPRG`), so a party
 holding one key and the public input learns nothing about alpha or beta.
 
+Implementation notes. A party's tree state is one 128-bit block per element
+whose lowest bit is the control bit ``t`` (the rest is the seed); the seed
+correction of a level carries the control-bit correction of the chosen side in
+that bit, so one XOR corrects both. The tree PRG is
+``G_side,j(state) = H_T(state)`` with tweak ``T = (side, j)``: block 0 is the
+next state, blocks 1.. the level's value. Arrays are laid out so that numpy's
+inner loops run over the ``n`` elements (structure of arrays): correction
+words (depth, 2, n), value corrections (depth, k, n), payloads and outputs
+(k, n).
+
 Key size per element and party: ``16 + depth * (16 + 1 + 8k) + 8k`` bytes
 (root seed; per level a seed correction, both control-bit corrections packed in
 one byte, a value correction of k ring elements; a final value correction). The
@@ -38,8 +48,9 @@ from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring, tweak_ta
 
 _ONE = np.uint64(1)
 _CLEAR_LSB = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
+_SIDE_BIT = np.uint64(16)  # tweak_table puts the row (the side) at bit 16 of the high word
 _LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
-_FINAL_SALT = 1  # tweaks of the final seed-to-group conversion
+_FINAL_SALT = 1  # tweaks of the final state-to-group conversion
 
 
 def value_blocks(width: int) -> int:
@@ -51,9 +62,10 @@ def value_blocks(width: int) -> int:
 class DCFKey:
     """One party's keys for ``n`` DCF instances of one depth and payload width.
 
-    ``seeds`` (n, 2) uint64 root seeds; ``seed_cw`` (depth, n, 2) uint64;
-    ``t_cw`` (depth, n) uint8 with bit 0 = left and bit 1 = right control-bit
-    correction; ``v_cw`` (depth, n, k) int64; ``final_cw`` (n, k) int64.
+    ``seeds`` (n, 2) uint64 root states (lowest bit = this party's control
+    bit); ``seed_cw`` (depth, 2, n) uint64, low and high words of the seed
+    corrections; ``t_cw`` (depth, n) uint8 with bit 0 = left and bit 1 = right
+    control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n).
     """
 
     party: int
@@ -73,7 +85,7 @@ class DCFKey:
 
     @property
     def width(self) -> int:
-        return int(self.final_cw.shape[1])
+        return int(self.final_cw.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -114,10 +126,10 @@ class DCFKey:
             raise ValueError("DCF key party must be 0 or 1")
         shapes = {
             "seeds": (self.seeds.shape, (n, 2)),
-            "seed_cw": (self.seed_cw.shape, (d, n, 2)),
+            "seed_cw": (self.seed_cw.shape, (d, 2, n)),
             "t_cw": (self.t_cw.shape, (d, n)),
-            "v_cw": (self.v_cw.shape, (d, n, k)),
-            "final_cw": (self.final_cw.shape, (n, k)),
+            "v_cw": (self.v_cw.shape, (d, k, n)),
+            "final_cw": (self.final_cw.shape, (k, n)),
         }
         for name, (got, want) in shapes.items():
             if got != want:
@@ -129,12 +141,6 @@ def key_bytes_per_element(depth: int, width: int) -> int:
     return 16 + depth * (16 + 1 + 8 * width) + 8 * width
 
 
-def _bits_msb_first(x: U64, depth: int) -> npt.NDArray[np.intp]:
-    """(depth, n) array of the bits of ``x`` (bit depth-1 first)."""
-    shifts = np.arange(depth - 1, -1, -1, dtype=np.uint64)[:, None]
-    return ((x[None, :] >> shifts) & _ONE).astype(np.intp)
-
-
 def _check_domain(x: U64, depth: int, what: str) -> U64:
     x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
     if not 1 <= depth <= 64:
@@ -144,13 +150,25 @@ def _check_domain(x: U64, depth: int, what: str) -> U64:
     return x
 
 
-def _convert(prg: FixedKeyPRG, seeds: U64, width: int) -> Ring:
-    """Map 128-bit seeds (..., 2) to ``width`` ring elements each: (..., width)."""
+def _tweaks(sides: int, blocks: int, n: int, salt: int) -> U64:
+    """Tweak table broadcast to ``n`` elements: (sides, blocks, n, 2), with long inner loops."""
+    table = tweak_table(sides, blocks, salt)
+    out = np.zeros((sides, blocks, n, 2), dtype=np.uint64)
+    out[..., 1] = table[..., 1][..., None]
+    return out
+
+
+def _words(blocks: U64, width: int) -> U64:
+    """(..., nv, n, 2) blocks to (..., width, n) words: word w is block w // 2, half w % 2."""
+    return np.stack([blocks[..., w // 2, :, w % 2] for w in range(width)], axis=-2)
+
+
+def _convert(prg: FixedKeyPRG, states: U64, width: int) -> Ring:
+    """Map 128-bit states (..., n, 2) to ``width`` ring elements each: (..., width, n)."""
     nv = value_blocks(width)
-    tw = tweak_table(1, nv, _FINAL_SALT)[0]  # (nv, 2)
-    out = prg.mmo(seeds[..., None, :] ^ tw)  # (..., nv, 2)
-    flat = out.reshape(*seeds.shape[:-1], 2 * nv)[..., :width]
-    return np.ascontiguousarray(flat).view(np.int64)
+    tw = _tweaks(1, nv, states.shape[-2], _FINAL_SALT)[0]  # (nv, n, 2)
+    out = prg.mmo(states[..., None, :, :] ^ tw)  # (..., nv, n, 2)
+    return _words(out, width).view(np.int64)
 
 
 def gen(
@@ -158,56 +176,59 @@ def gen(
 ) -> tuple[DCFKey, DCFKey]:
     """Keys for ``n`` DCFs ``x -> beta_j * 1{x < alpha_j}`` on ``depth``-bit inputs.
 
-    ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (n, k) int64. Root
+    ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (k, n) int64. Root
     seeds come from the secret stream ``rng``.
     """
     alpha = _check_domain(alpha, depth, "alpha")
     beta = np.asarray(beta, dtype=np.int64)
     n = alpha.size
-    if beta.ndim != 2 or beta.shape[0] != n:
-        raise ValueError("beta must have shape (n, k)")
-    k = beta.shape[1]
+    if beta.ndim != 2 or beta.shape[1] != n:
+        raise ValueError("beta must have shape (k, n)")
+    k = beta.shape[0]
     nv = value_blocks(k)
     prg = prg or FixedKeyPRG()
-    tw = tweak_table(2, 1 + nv, _LEVEL_SALT)  # (side, block, 2)
-    s = rng.seeds(2 * n).reshape(2, n, 2)
-    roots = s.copy()
-    t = np.zeros((2, n), dtype=np.uint64)
-    t[1] = 1
-    v_alpha = np.zeros((n, k), dtype=np.int64)
-    seed_cw = np.empty((depth, n, 2), dtype=np.uint64)
+    tw = _tweaks(2, 1 + nv, n, _LEVEL_SALT)  # (side, block, n, 2)
+    state = rng.seeds(2 * n).reshape(2, n, 2)
+    state[0, :, 0] &= _CLEAR_LSB  # t_0 = 0
+    state[1, :, 0] |= _ONE  # t_1 = 1
+    roots = state.copy()
+    v_alpha = np.zeros((k, n), dtype=np.int64)
+    seed_cw = np.empty((depth, 2, n), dtype=np.uint64)
     t_cw = np.empty((depth, n), dtype=np.uint8)
-    v_cw = np.empty((depth, n, k), dtype=np.int64)
-    bits = _bits_msb_first(alpha, depth)
-    ar = np.arange(n)
+    v_cw = np.empty((depth, k, n), dtype=np.int64)
     with np.errstate(over="ignore"):
         for i in range(depth):
-            keep = bits[i]
-            lose = 1 - keep
-            a = keep.astype(np.uint64)
-            out = prg.mmo(s[:, :, None, None, :] ^ tw)  # (party, n, side, block, 2)
-            seeds = out[:, :, :, 0, :]
-            tbits = seeds[..., 0] & _ONE  # (party, n, side)
-            seeds[..., 0] &= _CLEAR_LSB
-            vals = np.ascontiguousarray(out[:, :, :, 1:, :]).reshape(2, n, 2, 2 * nv)
-            vals = np.ascontiguousarray(vals[..., :k]).view(np.int64)  # (party, n, side, k)
-            s_lose, s_keep = seeds[:, ar, lose], seeds[:, ar, keep]
-            v_lose, v_keep = vals[:, ar, lose], vals[:, ar, keep]
-            t_keep = tbits[:, ar, keep]
-            scw = s_lose[0] ^ s_lose[1]
-            sign = (1 - 2 * t[1].astype(np.int64))[:, None]
-            vcw = sign * (v_lose[1] - v_lose[0] - v_alpha) + sign * beta * keep[:, None]
+            a = (alpha >> np.uint64(depth - 1 - i)) & _ONE
+            keep = a.astype(bool)  # keep the right child iff alpha's bit is 1
+            t = state[:, :, 0] & _ONE  # (party, n)
+            out = prg.mmo(state[:, None, None] ^ tw)  # (party, side, block, n, 2)
+            lo, hi = out[:, :, 0, :, 0], out[:, :, 0, :, 1]  # (party, side, n)
+            vals = _words(out[:, :, 1:], k).view(np.int64)  # (party, side, k, n)
+            lo_keep, lo_lose = (
+                np.where(keep, lo[:, 1], lo[:, 0]),
+                np.where(keep, lo[:, 0], lo[:, 1]),
+            )
+            hi_keep, hi_lose = (
+                np.where(keep, hi[:, 1], hi[:, 0]),
+                np.where(keep, hi[:, 0], hi[:, 1]),
+            )
+            v_keep = np.where(keep, vals[:, 1], vals[:, 0])
+            v_lose = np.where(keep, vals[:, 0], vals[:, 1])
+            scw_lo = (lo_lose[0] ^ lo_lose[1]) & _CLEAR_LSB
+            scw_hi = hi_lose[0] ^ hi_lose[1]
+            sign = 1 - 2 * t[1].view(np.int64)
+            vcw = sign * (v_lose[1] - v_lose[0] - v_alpha) + sign * beta * a.view(np.int64)
             v_alpha = v_alpha - v_keep[1] + v_keep[0] + sign * vcw
-            tl = tbits[0, :, 0] ^ tbits[1, :, 0] ^ a ^ _ONE
-            tr = tbits[0, :, 1] ^ tbits[1, :, 1] ^ a
-            tcw_keep = np.where(keep == 1, tr, tl)
-            s = s_keep ^ (scw[None] & (np.uint64(0) - t)[..., None])
-            t = t_keep ^ (t & tcw_keep[None])
-            seed_cw[i] = scw
+            tbit = lo & _ONE  # (party, side, n)
+            tl = tbit[0, 0] ^ tbit[1, 0] ^ a ^ _ONE
+            tr = tbit[0, 1] ^ tbit[1, 1] ^ a
+            tcw_keep = np.where(keep, tr, tl)
+            state = np.stack([lo_keep ^ (t * (scw_lo | tcw_keep)), hi_keep ^ (t * scw_hi)], axis=-1)
+            seed_cw[i, 0], seed_cw[i, 1] = scw_lo, scw_hi
             t_cw[i] = (tl | (tr << _ONE)).astype(np.uint8)
             v_cw[i] = vcw
-        conv = _convert(prg, s, k)  # (party, n, k)
-        sign = (1 - 2 * t[1].astype(np.int64))[:, None]
+        conv = _convert(prg, state, k)  # (party, k, n)
+        sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
         final_cw = sign * (conv[1] - conv[0] - v_alpha)
     return tuple(  # type: ignore[return-value]
         DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw) for b in (0, 1)
@@ -215,33 +236,33 @@ def gen(
 
 
 def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
-    """This party's shares (n, k) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,)."""
+    """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,)."""
     x = _check_domain(x, key.depth, "x")
     if x.size != key.size:
         raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
     n, k = key.size, key.width
     nv = value_blocks(k)
     prg = prg or FixedKeyPRG()
-    tw = tweak_table(2, 1 + nv, _LEVEL_SALT)
-    s = key.seeds
-    t = np.full(n, key.party, dtype=np.uint64)
-    acc = np.zeros((n, k), dtype=np.int64)
-    bits = _bits_msb_first(x, key.depth)
+    tw = _tweaks(1, 1 + nv, n, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
+    state = key.seeds
+    acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
+    acc = np.zeros((k, n), dtype=np.int64)
     with np.errstate(over="ignore"):
         for i in range(key.depth):
-            side = bits[i]
-            out = prg.mmo(s[:, None, :] ^ tw[side])  # (n, block, 2)
-            s_new = out[:, 0, :]
-            t_new = s_new[:, 0] & _ONE
-            s_new[:, 0] &= _CLEAR_LSB
-            s_new ^= key.seed_cw[i] & (np.uint64(0) - t)[:, None]
-            t_new ^= t & ((key.t_cw[i] >> side.astype(np.uint8)) & 1).astype(np.uint64)
-            vals = out[:, 1:, :].reshape(n, 2 * nv)[:, :k].view(np.int64)
-            acc += vals
-            acc += key.v_cw[i] * t.astype(np.int64)[:, None]
-            s, t = s_new, t_new
-        acc += _convert(prg, s, k)
-        acc += key.final_cw * t.astype(np.int64)[:, None]
+            side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
+            tweaked = state.copy()
+            tweaked[:, 1] ^= side << _SIDE_BIT
+            out = prg.mmo(tweaked[None] ^ tw)  # (block, n, 2)
+            t = state[:, 0] & _ONE
+            tcw = (key.t_cw[i] >> side.astype(np.uint8)) & np.uint8(1)
+            state = out[0]
+            state[:, 0] ^= (key.seed_cw[i, 0] | tcw) * t
+            state[:, 1] ^= key.seed_cw[i, 1] * t
+            acc_blocks += out[1:]
+            acc += key.v_cw[i] * t.view(np.int64)
+        acc += _words(acc_blocks, k).view(np.int64)
+        acc += _convert(prg, state, k)
+        acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
             np.negative(acc, out=acc)
     return acc

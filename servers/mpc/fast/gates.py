@@ -188,7 +188,7 @@ class ReluTrunc:
         q = _mask_parts(p, r)
         with np.errstate(over="ignore"):
             s = 1 - 2 * q.m
-            beta = np.stack([s, s * q.c, q.m], axis=1)
+            beta = np.stack([s, s * q.c, q.m])
             consts = np.stack([q.m, q.c, q.m * q.c], axis=1)
         k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg)
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
@@ -199,7 +199,7 @@ class ReluTrunc:
         """Party: shares (n,) of ``ReLU(T)`` from the opened ``o = z + r``."""
         u = _public(p, opened)
         out = dcf.evaluate(key.dcf, u.low, prg)
-        sb, scb, mb = out[:, 0], out[:, 1], out[:, 2]
+        sb, scb, mb = out
         mu, gamma, pi = key.consts[:, 0], key.consts[:, 1], key.consts[:, 2]
         e = 1 if key.dcf.party == 0 else 0
         h, big_k = 1 << p.depth, 1 << (p.depth + 1)
@@ -223,7 +223,7 @@ class Trunc:
         """Dealer: keys for ``n`` gates with fresh uniform masks."""
         r = rng.ring(n)
         q = _mask_parts(p, r)
-        beta = np.stack([1 - q.m, q.m], axis=1)
+        beta = np.stack([1 - q.m, q.m])
         consts = np.stack([q.c, q.m], axis=1)
         k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg)
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
@@ -238,7 +238,7 @@ class Trunc:
         e = 1 if key.dcf.party == 0 else 0
         h, big_k = 1 << p.depth, 1 << (p.depth + 1)
         with np.errstate(over="ignore"):
-            w = np.where(u.high, out[:, 1], mu + out[:, 0])
+            w = np.where(u.high, out[1], mu + out[0])
             return e * (u.a - h) - gamma + big_k * w
 
 
