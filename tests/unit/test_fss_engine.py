@@ -130,6 +130,27 @@ def test_models_are_reusable_across_requests_with_fresh_bundles() -> None:
         assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
 
 
+def test_single_image_bundles_stack_into_a_batch() -> None:
+    """A dynamic batch of 5 runs on 5 concatenated single-image bundles."""
+    net = _network_a()
+    dealer, key, models = _setup(NETWORK_A, net)
+    singles = [dealer.preprocess(NETWORK_A, key, 1) for _ in range(5)]
+    bundles = [Bundle.concat([s[b] for s in singles]) for b in (0, 1)]
+    assert bundles[0].batch == 5 and bundles[1].party == 1
+    x = torch.rand(5, 784)
+    xs = split(_encode(x), RNG)
+    ex0, ex1 = queue_exchanges()
+    (y0, _), (y1, _) = run_pair(
+        lambda: forward(models[0], bundles[0], xs[0], ex0),
+        lambda: forward(models[1], bundles[1], xs[1], ex1),
+    )
+    with np.errstate(over="ignore"):
+        y = (y0 + y1).astype(np.float64) / SCALE
+    assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
+    with pytest.raises(ValueError):
+        Bundle.concat([singles[0][0], singles[1][1]])
+
+
 def test_conv_flatten_linear_model() -> None:
     torch.manual_seed(1)
     net = torch.nn.Sequential(

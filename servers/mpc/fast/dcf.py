@@ -119,6 +119,20 @@ class DCFKey:
         key.check()
         return key
 
+    @classmethod
+    def concat(cls, keys: list[DCFKey]) -> DCFKey:
+        """Keys for all elements of ``keys`` in order (same party, depth and width)."""
+        if len({(k.party, k.depth, k.width) for k in keys}) != 1:
+            raise ValueError("can only concatenate keys of one party, depth and width")
+        return cls(
+            keys[0].party,
+            np.concatenate([k.seeds for k in keys]),
+            np.concatenate([k.seed_cw for k in keys], axis=2),
+            np.concatenate([k.t_cw for k in keys], axis=1),
+            np.concatenate([k.v_cw for k in keys], axis=2),
+            np.concatenate([k.final_cw for k in keys], axis=1),
+        )
+
     def check(self) -> None:
         """Raise ValueError unless the arrays have consistent shapes."""
         d, n, k = self.depth, self.size, self.width

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     params: GateParams = field(default_factory=GateParams)
 
-    @property
+    @cached_property
     def stages(self) -> tuple[Stage, ...]:
         """Validated stages; raises ValueError for an unsupported chain or shape mismatch."""
         stages: list[Stage] = []
@@ -147,6 +148,26 @@ class Bundle:
         return sum(
             s.in_mask.nbytes + s.weight_mask_product.nbytes + s.gate.nbytes for s in self.stages
         )
+
+    @classmethod
+    def concat(cls, bundles: Sequence[Bundle]) -> Bundle:
+        """One bundle for the stacked batch of ``bundles`` (e.g. 64 single-image bundles).
+
+        Every element of a bundle is independent of the others, so a dealer
+        can make single-image bundles ahead of time and a party can stack as
+        many as the leader's dynamic batch needs.
+        """
+        if not bundles or len({(b.party, len(b.stages)) for b in bundles}) != 1:
+            raise ValueError("need one or more bundles of one party and model")
+        stages = tuple(
+            StageBundle(
+                np.concatenate([b.stages[i].in_mask for b in bundles]),
+                np.concatenate([b.stages[i].weight_mask_product for b in bundles]),
+                GateKey.concat([b.stages[i].gate for b in bundles]),
+            )
+            for i in range(len(bundles[0].stages))
+        )
+        return cls(bundles[0].party, sum(b.batch for b in bundles), stages)
 
     def to_bytes(self) -> bytes:
         arrays: dict[str, np.ndarray] = {"meta": np.array([self.party, self.batch])}

@@ -114,6 +114,18 @@ class GateKey:
         }
 
     @classmethod
+    def concat(cls, keys: list[GateKey]) -> GateKey:
+        """Material for all elements of ``keys`` in order (one kind)."""
+        if len({k.kind for k in keys}) != 1:
+            raise ValueError("can only concatenate gate keys of one kind")
+        return cls(
+            keys[0].kind,
+            np.concatenate([k.mask for k in keys]),
+            np.concatenate([k.consts for k in keys]),
+            dcf.DCFKey.concat([k.dcf for k in keys]),
+        )
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> GateKey:
         return cls(
             kind=bytes(arrays[f"{prefix}.kind"].astype(np.uint8)).decode(),
