@@ -41,7 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one thread per process, before numpy/torch load BLAS
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -294,6 +297,79 @@ def run_fast(n: int, m: int, profile: str | None, timeout_s: float = 1800.0) -> 
     }
 
 
+def _limbs(a: np.ndarray, axis: int) -> np.ndarray:
+    """int64 as four 16-bit limbs in float64 (exact), stacked along ``axis``."""
+    u = a.view(np.uint64)
+    parts = [((u >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float64) for i in range(4)]
+    return np.concatenate(parts, axis=axis)
+
+
+def limb_matmul(x: np.ndarray, w_limbs: np.ndarray) -> np.ndarray:
+    """``x @ w`` mod 2^64 by one float64 GEMM over 16-bit limbs (exact for inner dim < 2^21).
+
+    ``w_limbs = _limbs(w, 1)``, made once per model.
+    """
+    b, n = x.shape[0], w_limbs.shape[1] // 4
+    prod = (_limbs(x, 0) @ w_limbs).astype(np.uint64)  # (4b, 4n)
+    acc = np.zeros((b, n), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(4):
+            for j in range(4 - i):
+                acc += prod[i * b : (i + 1) * b, j * n : (j + 1) * n] << np.uint64(16 * (i + j))
+    return acc.view(np.int64)
+
+
+def _best_ms(f: Any, reps: int) -> float:
+    f()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best
+
+
+def micro_benchmarks(reps: int = 20) -> dict[str, Any]:
+    """Ring matmul (784x128 weight) three ways, and DCF evaluation, best of ``reps``, 1 thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ppml.servers.mpc.fast import dcf
+    from ppml.servers.mpc.fast.gates import GateParams
+    from ppml.servers.mpc.fast.linear import ring_matmul
+    from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG
+
+    rng = KeyedPRG()
+    w = rng.ring((784, 128))
+    wl = _limbs(w, 1)
+    out: dict[str, Any] = {}
+    for batch in (1, BATCH):
+        x = rng.ring((batch, 784))
+
+        with np.errstate(over="ignore"):
+            assert np.array_equal(limb_matmul(x, wl), x @ w) and np.array_equal(
+                ring_matmul(x, w), x @ w
+            )
+            out[f"matmul_batch{batch}_ms"] = {
+                "numpy_int64": _best_ms(lambda x=x: x @ w, reps),
+                "torch_int64": _best_ms(lambda x=x: ring_matmul(x, w), reps),
+                "float64_limbs": _best_ms(lambda x=x: limb_matmul(x, wl), reps),
+            }
+    depth = GateParams().depth
+    prg = FixedKeyPRG()
+    for n in (128, 8192):
+        alpha = rng.uint64(n) & np.uint64((1 << depth) - 1)
+        keys = dcf.gen(alpha, rng.ring((3, n)), depth, rng, prg)
+        x = rng.uint64(n) & np.uint64((1 << depth) - 1)
+        out[f"dcf_depth{depth}_width3_n{n}_ms"] = {
+            "gen_both_keys": _best_ms(
+                lambda a=alpha, n=n: dcf.gen(a, rng.ring((3, n)), depth, rng, prg), 3
+            ),
+            "eval_one_party": _best_ms(lambda k=keys[0], x=x: dcf.evaluate(k, x, prg), reps),
+        }
+    return out
+
+
 def _summary(fast: dict[str, Any], raw: dict[str, Any] | None) -> str:
     b1, b64, off = fast["party0"]["batch1"], fast["party0"]["batch64"], fast["offline"]
     lines = [
@@ -340,6 +416,7 @@ def main() -> None:
         _party_main(args.rank, args.fd, Path(args.dir), args.n, args.m)
         return
     fast = run_fast(args.n, args.m, args.profile_party0)
+    fast["micro"] = micro_benchmarks()
     raw = None
     if args.crypten_n > 0:
         from raw_crypten import run_baseline

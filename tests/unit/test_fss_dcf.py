@@ -75,13 +75,42 @@ def test_shares_of_each_party_look_uniform() -> None:
         assert abs(np.unpackbits(share.view(np.uint8)).mean() - 0.5) < 0.01
 
 
-@pytest.mark.parametrize(("depth", "width"), [(31, 3), (31, 2), (64, 1)])
-def test_key_size_matches_formula(depth: int, width: int) -> None:
+@pytest.mark.parametrize(
+    ("depth", "lanes", "per"),
+    [(31, (64, 64, 64), 1311), (31, (48, 48, 16), 991), (31, (32, 32), 799), (64, (64,), 1624)],
+)
+def test_key_size_matches_formula_and_serialised_arrays(
+    depth: int, lanes: tuple[int, ...], per: int
+) -> None:
     n = 10
-    k0, k1 = dcf.gen(np.zeros(n, dtype=np.uint64), RNG.ring((width, n)), depth, RNG)
-    per = dcf.key_bytes_per_element(depth, width)
+    k0, k1 = dcf.gen(
+        np.zeros(n, dtype=np.uint64), RNG.ring((len(lanes), n)), depth, RNG, None, lanes
+    )
+    assert dcf.key_bytes_per_element(depth, lanes) == per
     assert k0.nbytes == k1.nbytes == n * per
-    assert per == 16 + depth * (17 + 8 * width) + 8 * width
+    arrays = k0.to_arrays("k")
+    assert sum(a.nbytes for name, a in arrays.items() if name != "k.meta") == n * per
+
+
+@pytest.mark.parametrize("lanes", [(48, 48, 16), (1, 63, 32), (16,)])
+def test_narrow_lanes_hold_modulo_their_width(lanes: tuple[int, ...]) -> None:
+    n, depth = 400, 20
+    alpha = _domain(RNG.uint64(n), depth)
+    beta = RNG.ring((len(lanes), n))
+    keys = dcf.gen(alpha, beta, depth, RNG, None, lanes)
+    keys = (keys[0], dcf.DCFKey.from_arrays(keys[1].to_arrays("k"), "k"))
+    masks = np.array([(1 << b) - 1 for b in lanes], dtype=np.uint64)[:, None].view(np.int64)
+    for x in [_domain(RNG.uint64(n), depth), *_edges(alpha, depth)]:
+        want = np.where(x < alpha, beta, 0) & masks
+        assert np.array_equal(_reconstruct(keys, x) & masks, want)
+        # nothing above a lane's width is sent: every correction word fits in its lane
+        assert np.all((keys[1].v_cw & ~masks[None]) == 0)
+
+
+def test_rejects_bad_lanes() -> None:
+    for lanes in [(64,), (0, 64), (65, 64)]:
+        with pytest.raises(ValueError):
+            dcf.gen(np.zeros(2, dtype=np.uint64), RNG.ring((2, 2)), 4, RNG, None, lanes)
 
 
 def test_parties_share_correction_words_but_not_roots() -> None:
@@ -110,6 +139,6 @@ def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
     with pytest.raises(ValueError):
         dcf.gen(np.array([16], dtype=np.uint64), RNG.ring((1, 1)), 4, RNG)
     bad = k0.to_arrays("k")
-    bad["k.v_cw"] = bad["k.v_cw"][:2]
+    bad["k.v_cw0"] = bad["k.v_cw0"][:2]
     with pytest.raises(ValueError):
         dcf.DCFKey.from_arrays(bad, "k")

@@ -15,9 +15,11 @@ DEFAULT = GateParams()
 F = DEFAULT.frac_bits
 
 
-def _run_gate(gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray) -> np.ndarray:
+def _run_gate(
+    gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray, out_bits: int = 64
+) -> np.ndarray:
     """Share z, mask, open, evaluate both keys, reconstruct."""
-    k0, k1 = gate.gen(p, z.size, RNG)
+    k0, k1 = gate.gen(p, z.size, RNG, None, out_bits)
     z0, z1 = split(z, RNG)
     with np.errstate(over="ignore"):
         opened = (z0 + k0.mask) + (z1 + k1.mask)
@@ -71,6 +73,23 @@ def test_default_parameters_edges_and_random(gate: type[ReluTrunc] | type[Trunc]
         assert np.all(y[z < 0] == 0)
 
 
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
+def test_between_layers_output_is_right_modulo_low_bits(
+    gate: type[ReluTrunc] | type[Trunc],
+) -> None:
+    """With out_bits = L keys are smaller and y is exact modulo 2^L (all the next layer uses)."""
+    lo, hi = _bounds(DEFAULT)
+    rand = RNG.ring(3000) >> np.int64(64 - DEFAULT.depth - F - 1)
+    z = np.concatenate([np.repeat(_default_edges(), 10), np.clip(rand, lo, hi)])
+    y = _run_gate(gate, DEFAULT, z, DEFAULT.low_bits)
+    floor = z >> np.int64(F)
+    relu = gate is ReluTrunc
+    lo, hi = (np.maximum(floor, 0), np.maximum(floor + 1, 0)) if relu else (floor, floor + 1)
+    exact = (z & ((1 << F) - 1)) == 0
+    low = np.int64((1 << DEFAULT.low_bits) - 1)
+    assert np.all((((y - lo) & low) == 0) | ((((y - hi) & low) == 0) & ~exact))
+
+
 def test_default_bound_is_documented_range() -> None:
     assert DEFAULT.real_bound == 2.0**15
     assert DEFAULT.low_bits == 48
@@ -109,10 +128,13 @@ def test_gate_key_round_trip_and_registry() -> None:
 
 
 def test_key_bytes_per_element() -> None:
-    k0, _ = ReluTrunc.gen(DEFAULT, 10, RNG)
-    t0, _ = Trunc.gen(DEFAULT, 10, RNG)
-    assert k0.nbytes == 10 * 1343
-    assert t0.nbytes == 10 * 1079
+    """The sizes stated in gates.py's docstring, plus full-width ReLU at the model output."""
+    low = DEFAULT.low_bits
+    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, low)[0].nbytes == 10 * 1023
+    assert Trunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 823
+    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 1215
+    with pytest.raises(ValueError):
+        DEFAULT.lanes("relu", low - 1)
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 784, 128), (64, 784, 128), (3, 5, 7)])

@@ -20,8 +20,8 @@ Modules, one concept each:
 * :mod:`.local` -- two parties in one process (queues, threads) for tests.
 
 Cost for SecureML Network A per forward, per party: 6 rounds, 8 * (784 +
-4 * 128 + 10) = 10,448 bytes per image online; about 365 kB per image of
-dealer material (DCF keys are 95 % of it).
+4 * 128 + 10) = 10,448 bytes per image online; 280,566 bytes per image of
+dealer material (DCF keys are 93 % of it).
 
 Wiring it into a server (not done here):
 

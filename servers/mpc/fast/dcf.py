@@ -6,12 +6,17 @@ Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation", EUROCRYPT
 correction words in the output group at every level).
 
 For each element ``j`` the dealer holds a threshold ``alpha_j`` in
-``[0, 2^depth)`` and a payload ``beta_j`` in the group ``G = Z_2^64^k``
-(``k`` ring elements, a *vector* payload, so one key yields shares of several
-multiples of the same comparison bit). :func:`gen` returns two keys; the
-invariant, for every ``x_j`` in ``[0, 2^depth)``::
+``[0, 2^depth)`` and a payload ``beta_j`` in the group
+``G = Z_2^b_1 x ... x Z_2^b_k`` (``k`` lanes, a *vector* payload, so one key
+yields shares of several multiples of the same comparison bit; ``b_i <= 64``,
+default 64). :func:`gen` returns two keys; the invariant, for every ``x_j`` in
+``[0, 2^depth)`` and every lane ``i``::
 
-    eval(key_0, x) + eval(key_1, x) == beta * 1{x < alpha}      (mod 2^64, per element)
+    eval(key_0, x)[i] + eval(key_1, x)[i] == beta[i] * 1{x < alpha}   (mod 2^b_i)
+
+Narrow lanes only shrink keys: computation stays in int64 (reduction mod
+``2^b`` is a ring homomorphism), and the dealer reduces the value corrections
+mod ``2^b_i`` so that nothing above bit ``b_i`` is ever sent.
 
 Security: one key alone (root seed, shared correction words) is
 computationally indistinguishable from a key for any other (alpha, beta) of the
@@ -29,9 +34,10 @@ inner loops run over the ``n`` elements (structure of arrays): correction
 words (depth, 2, n), value corrections (depth, k, n), payloads and outputs
 (k, n).
 
-Key size per element and party: ``16 + depth * (16 + 1 + 8k) + 8k`` bytes
-(root seed; per level a seed correction, both control-bit corrections packed in
-one byte, a value correction of k ring elements; a final value correction). The
+Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
+bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
+both control-bit corrections in one byte and a value correction; a final value
+correction); ``P = 8k`` for full lanes. The
 correction words are the same in both parties' keys; only the root seed
 differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
 blocks, plus one final call, for all ``n`` elements together.
@@ -65,7 +71,8 @@ class DCFKey:
     ``seeds`` (n, 2) uint64 root states (lowest bit = this party's control
     bit); ``seed_cw`` (depth, 2, n) uint64, low and high words of the seed
     corrections; ``t_cw`` (depth, n) uint8 with bit 0 = left and bit 1 = right
-    control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n).
+    control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n);
+    ``lane_bits`` the modulus exponent of each payload lane.
     """
 
     party: int
@@ -74,6 +81,7 @@ class DCFKey:
     t_cw: npt.NDArray[np.uint8]
     v_cw: Ring
     final_cw: Ring
+    lane_bits: tuple[int, ...]
 
     @property
     def depth(self) -> int:
@@ -89,41 +97,46 @@ class DCFKey:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of this key (all elements)."""
-        return sum(
-            a.nbytes for a in (self.seeds, self.seed_cw, self.t_cw, self.v_cw, self.final_cw)
-        )
+        """Serialised bytes of this key (all elements): ``size * key_bytes_per_element``."""
+        return self.size * key_bytes_per_element(self.depth, self.lane_bits)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """Named arrays for serialisation (party id included)."""
-        return {
-            f"{prefix}.party": np.array([self.party], dtype=np.int64),
+        """Named arrays for serialisation; lane ``i`` keeps only its ``ceil(b_i/8)`` low bytes."""
+        out: dict[str, np.ndarray] = {
+            f"{prefix}.meta": np.array([self.party, *self.lane_bits], dtype=np.int64),
             f"{prefix}.seeds": self.seeds,
             f"{prefix}.seed_cw": self.seed_cw,
             f"{prefix}.t_cw": self.t_cw,
-            f"{prefix}.v_cw": self.v_cw,
-            f"{prefix}.final_cw": self.final_cw,
         }
+        for i, b in enumerate(self.lane_bits):
+            out[f"{prefix}.v_cw{i}"] = _pack(self.v_cw[:, i], b)
+            out[f"{prefix}.final_cw{i}"] = _pack(self.final_cw[i], b)
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> DCFKey:
         """Inverse of :meth:`to_arrays`; checks shapes and dtypes."""
+        meta = arrays[f"{prefix}.meta"]
+        lanes = tuple(int(b) for b in meta[1:])
         key = cls(
-            party=int(arrays[f"{prefix}.party"][0]),
+            party=int(meta[0]),
             seeds=np.ascontiguousarray(arrays[f"{prefix}.seeds"], dtype=np.uint64),
             seed_cw=np.ascontiguousarray(arrays[f"{prefix}.seed_cw"], dtype=np.uint64),
             t_cw=np.ascontiguousarray(arrays[f"{prefix}.t_cw"], dtype=np.uint8),
-            v_cw=np.ascontiguousarray(arrays[f"{prefix}.v_cw"], dtype=np.int64),
-            final_cw=np.ascontiguousarray(arrays[f"{prefix}.final_cw"], dtype=np.int64),
+            v_cw=np.stack([_unpack(arrays[f"{prefix}.v_cw{i}"]) for i in range(len(lanes))], 1),
+            final_cw=np.stack(
+                [_unpack(arrays[f"{prefix}.final_cw{i}"]) for i in range(len(lanes))]
+            ),
+            lane_bits=lanes,
         )
         key.check()
         return key
 
     @classmethod
     def concat(cls, keys: list[DCFKey]) -> DCFKey:
-        """Keys for all elements of ``keys`` in order (same party, depth and width)."""
-        if len({(k.party, k.depth, k.width) for k in keys}) != 1:
-            raise ValueError("can only concatenate keys of one party, depth and width")
+        """Keys for all elements of ``keys`` in order (same party, depth and lanes)."""
+        if len({(k.party, k.depth, k.lane_bits) for k in keys}) != 1:
+            raise ValueError("can only concatenate keys of one party, depth and lanes")
         return cls(
             keys[0].party,
             np.concatenate([k.seeds for k in keys]),
@@ -131,6 +144,7 @@ class DCFKey:
             np.concatenate([k.t_cw for k in keys], axis=1),
             np.concatenate([k.v_cw for k in keys], axis=2),
             np.concatenate([k.final_cw for k in keys], axis=1),
+            keys[0].lane_bits,
         )
 
     def check(self) -> None:
@@ -138,6 +152,8 @@ class DCFKey:
         d, n, k = self.depth, self.size, self.width
         if self.party not in (0, 1):
             raise ValueError("DCF key party must be 0 or 1")
+        if len(self.lane_bits) != k or not all(1 <= b <= 64 for b in self.lane_bits):
+            raise ValueError("DCF key needs one lane width in 1..64 per payload element")
         shapes = {
             "seeds": (self.seeds.shape, (n, 2)),
             "seed_cw": (self.seed_cw.shape, (d, 2, n)),
@@ -150,9 +166,28 @@ class DCFKey:
                 raise ValueError(f"DCF key {name} has shape {got}, expected {want}")
 
 
-def key_bytes_per_element(depth: int, width: int) -> int:
-    """Bytes per element of one party's key (see the module docstring)."""
-    return 16 + depth * (16 + 1 + 8 * width) + 8 * width
+def key_bytes_per_element(depth: int, lane_bits: tuple[int, ...]) -> int:
+    """Serialised bytes per element of one party's key (see the module docstring)."""
+    payload = sum((b + 7) // 8 for b in lane_bits)
+    return 16 + depth * (16 + 1 + payload) + payload
+
+
+def _lane_masks(lane_bits: tuple[int, ...]) -> U64:
+    """(k, 1) masks ``2^b_i - 1`` as uint64."""
+    return np.array([(1 << b) - 1 for b in lane_bits], dtype=np.uint64)[:, None]
+
+
+def _pack(values: Ring, bits: int) -> npt.NDArray[np.uint8]:
+    """int64 array (..., n) -> uint8 (..., n, ceil(bits/8)): little-endian low bytes."""
+    raw = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(*values.shape, 8)
+    return np.ascontiguousarray(raw[..., : (bits + 7) // 8])
+
+
+def _unpack(packed: npt.NDArray[np.uint8]) -> Ring:
+    """Inverse of :func:`_pack` (values were reduced mod 2^bits, so high bytes are 0)."""
+    raw = np.zeros((*packed.shape[:-1], 8), dtype=np.uint8)
+    raw[..., : packed.shape[-1]] = packed
+    return raw.view("<i8").reshape(packed.shape[:-1]).astype(np.int64)
 
 
 def _check_domain(x: U64, depth: int, what: str) -> U64:
@@ -186,12 +221,18 @@ def _convert(prg: FixedKeyPRG, states: U64, width: int) -> Ring:
 
 
 def gen(
-    alpha: U64, beta: Ring, depth: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None
+    alpha: U64,
+    beta: Ring,
+    depth: int,
+    rng: KeyedPRG,
+    prg: FixedKeyPRG | None = None,
+    lane_bits: tuple[int, ...] | None = None,
 ) -> tuple[DCFKey, DCFKey]:
     """Keys for ``n`` DCFs ``x -> beta_j * 1{x < alpha_j}`` on ``depth``-bit inputs.
 
-    ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (k, n) int64. Root
-    seeds come from the secret stream ``rng``.
+    ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (k, n) int64;
+    ``lane_bits``: modulus exponent per lane (default 64 each). Root seeds come
+    from the secret stream ``rng``.
     """
     alpha = _check_domain(alpha, depth, "alpha")
     beta = np.asarray(beta, dtype=np.int64)
@@ -199,6 +240,10 @@ def gen(
     if beta.ndim != 2 or beta.shape[1] != n:
         raise ValueError("beta must have shape (k, n)")
     k = beta.shape[0]
+    lanes = (64,) * k if lane_bits is None else tuple(lane_bits)
+    if len(lanes) != k or not all(1 <= b <= 64 for b in lanes):
+        raise ValueError("need one lane width in 1..64 per payload element")
+    masks = _lane_masks(lanes).view(np.int64)
     nv = value_blocks(k)
     prg = prg or FixedKeyPRG()
     tw = _tweaks(2, 1 + nv, n, _LEVEL_SALT)  # (side, block, n, 2)
@@ -232,6 +277,7 @@ def gen(
             scw_hi = hi_lose[0] ^ hi_lose[1]
             sign = 1 - 2 * t[1].view(np.int64)
             vcw = sign * (v_lose[1] - v_lose[0] - v_alpha) + sign * beta * a.view(np.int64)
+            vcw &= masks  # only the lane's residue travels: it is masked by a uniform PRG output
             v_alpha = v_alpha - v_keep[1] + v_keep[0] + sign * vcw
             tbit = lo & _ONE  # (party, side, n)
             tl = tbit[0, 0] ^ tbit[1, 0] ^ a ^ _ONE
@@ -243,14 +289,17 @@ def gen(
             v_cw[i] = vcw
         conv = _convert(prg, state, k)  # (party, k, n)
         sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
-        final_cw = sign * (conv[1] - conv[0] - v_alpha)
+        final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
     return tuple(  # type: ignore[return-value]
-        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw) for b in (0, 1)
+        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes) for b in (0, 1)
     )
 
 
 def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
-    """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,)."""
+    """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,).
+
+    Lane ``i`` is reduced to ``[0, 2^b_i)``; only its residue mod ``2^b_i`` is meaningful.
+    """
     x = _check_domain(x, key.depth, "x")
     if x.size != key.size:
         raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
@@ -279,4 +328,6 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
         acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
             np.negative(acc, out=acc)
+        if any(b < 64 for b in key.lane_bits):
+            acc &= _lane_masks(key.lane_bits).view(np.int64)
     return acc

@@ -221,7 +221,8 @@ class Dealer:
             r = self._rng.ring((batch, *st.op.in_shape))
             fbr = st.op.apply(r, st.op.transpose(weight_mask(model_key, i, st.op)))
             n = int(np.prod(fbr.shape))
-            keys = GATES[st.gate].gen(spec.params, n, self._rng, self._prg)
+            out_bits = 64 if i + 1 == len(spec.stages) else spec.params.low_bits
+            keys = GATES[st.gate].gen(spec.params, n, self._rng, self._prg, out_bits)
             for b, (rb, fb) in enumerate(
                 zip(split(r, self._rng), split(fbr, self._rng), strict=True)
             ):

@@ -45,14 +45,24 @@ payload ``beta = (s, s c, m)``) or of one of ``m, c, m c`` (plain shares from
 the dealer): local, no further round. Truncation alone uses payload
 ``(1 - m, m)`` and constants ``(c, m)``.
 
+Output width. A gate feeding another layer only needs its output correct mod
+``2^L``: the next layer is linear over the ring and the next gate reads only
+``o mod 2^L``; the opened ``y + r`` stays uniform because the next mask ``r``
+is uniform over all 64 bits. So gates take ``out_bits`` (``L`` between
+layers, 64 for the model output) and the DCF lanes carry only what that
+needs: ReLU ``(out, out, out - n - 1)`` bits (``K m B`` is a multiple of
+``K = 2^(n+1)``), truncation ``(out - n - 1)`` twice. This shrinks a key, not
+the computation.
+
 Security (per party): the opened ``o`` is uniform because ``r`` is uniform and
 fresh; the DCF key reveals nothing about ``alpha, beta`` (DCF security); the
 constant shares are uniform (the other party's share is a fresh uniform
 value). So a party's view of a gate is independent of ``z``.
 
 Key size per element and party: 8 (mask) + 8 * consts + DCF key
-(:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); ReLU at
-``n = 31``: 8 + 24 + 1311 = 1343 bytes, truncation: 8 + 16 + 1055 = 1079 bytes.
+(:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at ``n = 31``:
+ReLU between layers (lanes 48, 48, 16: 14 bytes) 8 + 24 + 991 = 1023 bytes;
+truncation at the output (lanes 32, 32: 8 bytes) 8 + 16 + 799 = 823 bytes.
 """
 
 from __future__ import annotations
@@ -81,6 +91,13 @@ class GateParams:
     def low_bits(self) -> int:
         """L = n + 1 + f: the parties only use ``o mod 2^L``."""
         return self.depth + 1 + self.frac_bits
+
+    def lanes(self, kind: str, out_bits: int) -> tuple[int, ...]:
+        """DCF lane widths of gate ``kind`` whose output is needed mod ``2^out_bits``."""
+        if not self.low_bits <= out_bits <= 64:
+            raise ValueError("out_bits must lie in [low_bits, 64]")
+        wrap = max(1, out_bits - self.depth - 1)  # lanes multiplied by K = 2^(n+1)
+        return (out_bits, out_bits, wrap) if kind == "relu" else (wrap, wrap)
 
     @property
     def real_bound(self) -> float:
@@ -193,16 +210,16 @@ class ReluTrunc:
 
     @staticmethod
     def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
     ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks."""
+        """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
         r = rng.ring(n)
         q = _mask_parts(p, r)
         with np.errstate(over="ignore"):
             s = 1 - 2 * q.m
             beta = np.stack([s, s * q.c, q.m])
             consts = np.stack([q.m, q.c, q.m * q.c], axis=1)
-        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg)
+        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("relu", out_bits))
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
         return GateKey("relu", r0, c0, k0), GateKey("relu", r1, c1, k1)
 
@@ -230,14 +247,14 @@ class Trunc:
 
     @staticmethod
     def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
     ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks."""
+        """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
         r = rng.ring(n)
         q = _mask_parts(p, r)
         beta = np.stack([1 - q.m, q.m])
         consts = np.stack([q.c, q.m], axis=1)
-        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg)
+        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("trunc", out_bits))
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
         return GateKey("trunc", r0, c0, k0), GateKey("trunc", r1, c1, k1)
 
