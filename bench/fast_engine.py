@@ -149,7 +149,7 @@ def _party_main(rank: int, fd: int, workdir: Path, n: int, m: int) -> None:
     outputs: dict[str, np.ndarray] = {}
     for batch, count in ((1, n), (BATCH, m)):
         x = data[f"x{batch}"]
-        prep_ms, online_ms = [], []
+        prep_ms, online_ms, cpu_ms = [], [], []
         stats = None
         for i in range(WARMUP + count):
             bundle = load(batch, i)
@@ -157,12 +157,13 @@ def _party_main(rank: int, fd: int, workdir: Path, n: int, m: int) -> None:
             prep = prepare(model, bundle)
             t1 = time.perf_counter()
             ex.barrier()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             y, stats = forward(model, prep, x, ex)
-            t3 = time.perf_counter()
+            t3, c3 = time.perf_counter(), time.process_time()
             if i >= WARMUP:
                 prep_ms.append(1e3 * (t1 - t0))
                 online_ms.append(1e3 * (t3 - t2))
+                cpu_ms.append(1e3 * (c3 - c2))
             if i == 0:
                 outputs[f"y{batch}"] = y
         assert stats is not None
@@ -170,6 +171,8 @@ def _party_main(rank: int, fd: int, workdir: Path, n: int, m: int) -> None:
             "online_p50_ms": statistics.median(online_ms),
             "online_p95_ms": _percentile(online_ms, 95),
             "online_mean_ms": statistics.fmean(online_ms),
+            "online_min_ms": min(online_ms),
+            "online_cpu_p50_ms": statistics.median(cpu_ms),
             "party_prepare_p50_ms": statistics.median(prep_ms),
             "rounds": stats.rounds,
             "bytes_sent": stats.bytes_sent,
@@ -374,10 +377,12 @@ def _summary(fast: dict[str, Any], raw: dict[str, Any] | None) -> str:
     b1, b64, off = fast["party0"]["batch1"], fast["party0"]["batch64"], fast["offline"]
     lines = [
         "fast engine, Network A, 2 party processes + dealer, AF_UNIX socket pair, 1 thread each",
-        f"batch 1 : online p50 {b1['online_p50_ms']:.2f} ms, p95 {b1['online_p95_ms']:.2f} ms; "
+        f"batch 1 : online p50 {b1['online_p50_ms']:.2f} ms, p95 {b1['online_p95_ms']:.2f} ms, "
+        f"min {b1['online_min_ms']:.2f} ms, CPU p50 {b1['online_cpu_p50_ms']:.2f} ms; "
         f"party prepare p50 {b1['party_prepare_p50_ms']:.2f} ms; "
         f"dealer {off['batch1']['dealer_preprocess_p50_ms']:.2f} ms",
         f"batch 64: online p50 {b64['online_p50_ms']:.2f} ms ({b64['online_p50_ips']:.0f} img/s), "
+        f"CPU p50 {b64['online_cpu_p50_ms']:.2f} ms, "
         f"back-to-back {b64['back_to_back_online_ips']:.0f} img/s; party prepare p50 "
         f"{b64['party_prepare_p50_ms']:.2f} ms; dealer "
         f"{off['batch64']['dealer_preprocess_p50_ms']:.1f} ms",
@@ -415,8 +420,10 @@ def main() -> None:
     if args.role == "party":
         _party_main(args.rank, args.fd, Path(args.dir), args.n, args.m)
         return
+    load_before = os.getloadavg()[0]
     fast = run_fast(args.n, args.m, args.profile_party0)
     fast["micro"] = micro_benchmarks()
+    fast["setting"]["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     raw = None
     if args.crypten_n > 0:
         from raw_crypten import run_baseline
