@@ -15,8 +15,10 @@ Modules, one concept each:
   truncation alone (stochastic rounding, error < 1 ulp, no wrap errors);
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
   at model registration), int64 matmul via torch;
+* :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward
+  bundles, npz (de)serialisation;
 * :mod:`.engine` -- architecture, dealer preprocessing, party forward, comm
-  counting, (de)serialisation;
+  counting;
 * :mod:`.local` -- two parties in one process (queues, threads) for tests.
 
 Cost for SecureML Network A per forward, per party: 6 rounds, 8 * (784 +
