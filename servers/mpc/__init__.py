@@ -15,5 +15,7 @@
 * :mod:`.worker` — the server's one MPC thread; :mod:`.model` — CrypTen models
   over shares; :mod:`.trainer` — one party's side of a training job;
 * :mod:`.dealer` — ``ppml-dealer``;
-* :mod:`.relay` — a recording, delaying TCP relay for tests and benchmarks.
+* :mod:`.relay` — a recording, delaying TCP relay for tests and benchmarks;
+* :mod:`.fast` — a dealer-assisted two-party inference engine (FSS comparisons,
+  weights masked once), numpy only; not yet used by the servers.
 """

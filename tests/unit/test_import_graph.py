@@ -37,6 +37,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 SERVER_LAYERS = [  # a layer may import its own and lower layers only
     ("ppml.servers.store",),
+    ("ppml.servers.mpc.fast",),  # pure numpy: imports nothing else of the servers
     ("ppml.servers.control", "ppml.servers.mpc"),
     ("ppml.servers.kinds",),
     ("ppml.servers.api",),

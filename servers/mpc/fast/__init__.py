@@ -1,0 +1,43 @@
+"""Dealer-assisted two-party inference engine on masked wires (numpy + AES), no CrypTen.
+
+Two compute parties and a dealer that sees no data, no shares of data and no
+model. Ring Z_2^64 as int64, 16 fractional bits, inputs and outputs as
+additive shares (ppml's wire contract). Every secret random value comes from
+AES-CTR with a 256-bit key from ``os.urandom``.
+
+Modules, one concept each:
+
+* :mod:`.prg` -- keyed AES-CTR streams, key derivation, fixed-key AES (MMO)
+  PRG for DCF trees;
+* :mod:`.dcf` -- vectorised distributed comparison functions (BCG+21), vector
+  payloads;
+* :mod:`.gates` -- FSS gates on masked wires: ReLU fused with truncation,
+  truncation alone (stochastic rounding, error < 1 ulp, no wrap errors);
+* :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
+  at model registration), int64 matmul via torch;
+* :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward
+  bundles, npz (de)serialisation;
+* :mod:`.engine` -- architecture, dealer preprocessing, party forward, comm
+  counting;
+* :mod:`.local` -- two parties in one process (queues, threads) for tests.
+
+Cost for SecureML Network A per forward, per party: 6 rounds, 8 * (784 +
+4 * 128 + 10) = 10,448 bytes per image online; 280,566 bytes per image of
+dealer material (DCF keys are 93 % of it).
+
+Wiring it into a server (not done here):
+
+* dealer, once per model: draw a model key (:func:`.prg.new_key`), keep it
+  secret and durable, send each party its :class:`.engine.ModelSetup`;
+* parties, once per model: :meth:`.engine.PartyModel.open` (one round); keep
+  their weight and bias shares and ``W^``. ``W^`` is not secret between the
+  parties but must never reach the dealer (dealer + ``W^`` = the weights);
+  likewise no opened wire value may reach the dealer;
+* dealer, ahead of requests: :meth:`.engine.Dealer.preprocess` for the batch
+  sizes the leader will use, one :class:`.engine.Bundle` per party over the
+  authenticated dealer link; a bundle is single-use (reusing one reveals the
+  difference of two inputs), so a party pops it from a queue and deletes it;
+* party, per job: :func:`.engine.prepare` (may run ahead) and
+  :func:`.engine.forward` with an ``exchange`` callable over the encrypted
+  party-to-party link, in the same order on both parties.
+"""

@@ -1,0 +1,333 @@
+"""Distributed comparison functions (DCF), vectorised over many independent instances.
+
+Construction: Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function
+Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation", EUROCRYPT
+2021, the DCF scheme (tree of 128-bit seeds with control bits, value
+correction words in the output group at every level).
+
+For each element ``j`` the dealer holds a threshold ``alpha_j`` in
+``[0, 2^depth)`` and a payload ``beta_j`` in the group
+``G = Z_2^b_1 x ... x Z_2^b_k`` (``k`` lanes, a *vector* payload, so one key
+yields shares of several multiples of the same comparison bit; ``b_i <= 64``,
+default 64). :func:`gen` returns two keys; the invariant, for every ``x_j`` in
+``[0, 2^depth)`` and every lane ``i``::
+
+    eval(key_0, x)[i] + eval(key_1, x)[i] == beta[i] * 1{x < alpha}   (mod 2^b_i)
+
+Narrow lanes only shrink keys: computation stays in int64 (reduction mod
+``2^b`` is a ring homomorphism), and the dealer reduces the value corrections
+mod ``2^b_i`` so that nothing above bit ``b_i`` is ever sent.
+
+Security: one key alone (root seed, shared correction words) is
+computationally indistinguishable from a key for any other (alpha, beta) of the
+same depth and width, given a PRG; here the PRG is fixed-key AES in MMO mode
+with tweaks (:class:`~ppml.servers.mpc.fast.prg.FixedKeyPRG`), so a party
+holding one key and the public input learns nothing about alpha or beta.
+
+Implementation notes. A party's tree state is one 128-bit block per element
+whose lowest bit is the control bit ``t`` (the rest is the seed); the seed
+correction of a level carries the control-bit correction of the chosen side in
+that bit, so one XOR corrects both. The tree PRG is
+``G_side,j(state) = H_T(state)`` with tweak ``T = (side, j)``: block 0 is the
+next state, blocks 1.. the level's value. Arrays are laid out so that numpy's
+inner loops run over the ``n`` elements (structure of arrays): correction
+words (depth, 2, n), value corrections (depth, k, n), payloads and outputs
+(k, n).
+
+Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
+bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
+both control-bit corrections in one byte and a value correction; a final value
+correction); ``P = 8k`` for full lanes. The
+correction words are the same in both parties' keys; only the root seed
+differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
+blocks, plus one final call, for all ``n`` elements together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring, tweak_table
+
+_ONE = np.uint64(1)
+_CLEAR_LSB = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
+_SIDE_BIT = np.uint64(16)  # tweak_table puts the row (the side) at bit 16 of the high word
+_LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
+_FINAL_SALT = 1  # tweaks of the final state-to-group conversion
+
+
+def value_blocks(width: int) -> int:
+    """AES blocks needed per expansion for ``width`` ring elements (two per block)."""
+    return (width + 1) // 2
+
+
+@dataclass(frozen=True)
+class DCFKey:
+    """One party's keys for ``n`` DCF instances of one depth and payload width.
+
+    ``seeds`` (n, 2) uint64 root states (lowest bit = this party's control
+    bit); ``seed_cw`` (depth, 2, n) uint64, low and high words of the seed
+    corrections; ``t_cw`` (depth, n) uint8 with bit 0 = left and bit 1 = right
+    control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n);
+    ``lane_bits`` the modulus exponent of each payload lane.
+    """
+
+    party: int
+    seeds: U64
+    seed_cw: U64
+    t_cw: npt.NDArray[np.uint8]
+    v_cw: Ring
+    final_cw: Ring
+    lane_bits: tuple[int, ...]
+
+    @property
+    def depth(self) -> int:
+        return int(self.seed_cw.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.seeds.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.final_cw.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Serialised bytes of this key (all elements): ``size * key_bytes_per_element``."""
+        return self.size * key_bytes_per_element(self.depth, self.lane_bits)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Named arrays for serialisation; lane ``i`` keeps only its ``ceil(b_i/8)`` low bytes."""
+        out: dict[str, np.ndarray] = {
+            f"{prefix}.meta": np.array([self.party, *self.lane_bits], dtype=np.int64),
+            f"{prefix}.seeds": self.seeds,
+            f"{prefix}.seed_cw": self.seed_cw,
+            f"{prefix}.t_cw": self.t_cw,
+        }
+        for i, b in enumerate(self.lane_bits):
+            out[f"{prefix}.v_cw{i}"] = _pack(self.v_cw[:, i], b)
+            out[f"{prefix}.final_cw{i}"] = _pack(self.final_cw[i], b)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> DCFKey:
+        """Inverse of :meth:`to_arrays`; checks shapes and dtypes."""
+        meta = arrays[f"{prefix}.meta"]
+        lanes = tuple(int(b) for b in meta[1:])
+        key = cls(
+            party=int(meta[0]),
+            seeds=np.ascontiguousarray(arrays[f"{prefix}.seeds"], dtype=np.uint64),
+            seed_cw=np.ascontiguousarray(arrays[f"{prefix}.seed_cw"], dtype=np.uint64),
+            t_cw=np.ascontiguousarray(arrays[f"{prefix}.t_cw"], dtype=np.uint8),
+            v_cw=np.stack([_unpack(arrays[f"{prefix}.v_cw{i}"]) for i in range(len(lanes))], 1),
+            final_cw=np.stack(
+                [_unpack(arrays[f"{prefix}.final_cw{i}"]) for i in range(len(lanes))]
+            ),
+            lane_bits=lanes,
+        )
+        key.check()
+        return key
+
+    @classmethod
+    def concat(cls, keys: list[DCFKey]) -> DCFKey:
+        """Keys for all elements of ``keys`` in order (same party, depth and lanes)."""
+        if len({(k.party, k.depth, k.lane_bits) for k in keys}) != 1:
+            raise ValueError("can only concatenate keys of one party, depth and lanes")
+        return cls(
+            keys[0].party,
+            np.concatenate([k.seeds for k in keys]),
+            np.concatenate([k.seed_cw for k in keys], axis=2),
+            np.concatenate([k.t_cw for k in keys], axis=1),
+            np.concatenate([k.v_cw for k in keys], axis=2),
+            np.concatenate([k.final_cw for k in keys], axis=1),
+            keys[0].lane_bits,
+        )
+
+    def check(self) -> None:
+        """Raise ValueError unless the arrays have consistent shapes."""
+        d, n, k = self.depth, self.size, self.width
+        if self.party not in (0, 1):
+            raise ValueError("DCF key party must be 0 or 1")
+        if len(self.lane_bits) != k or not all(1 <= b <= 64 for b in self.lane_bits):
+            raise ValueError("DCF key needs one lane width in 1..64 per payload element")
+        shapes = {
+            "seeds": (self.seeds.shape, (n, 2)),
+            "seed_cw": (self.seed_cw.shape, (d, 2, n)),
+            "t_cw": (self.t_cw.shape, (d, n)),
+            "v_cw": (self.v_cw.shape, (d, k, n)),
+            "final_cw": (self.final_cw.shape, (k, n)),
+        }
+        for name, (got, want) in shapes.items():
+            if got != want:
+                raise ValueError(f"DCF key {name} has shape {got}, expected {want}")
+
+
+def key_bytes_per_element(depth: int, lane_bits: tuple[int, ...]) -> int:
+    """Serialised bytes per element of one party's key (see the module docstring)."""
+    payload = sum((b + 7) // 8 for b in lane_bits)
+    return 16 + depth * (16 + 1 + payload) + payload
+
+
+def _lane_masks(lane_bits: tuple[int, ...]) -> U64:
+    """(k, 1) masks ``2^b_i - 1`` as uint64."""
+    return np.array([(1 << b) - 1 for b in lane_bits], dtype=np.uint64)[:, None]
+
+
+def _pack(values: Ring, bits: int) -> npt.NDArray[np.uint8]:
+    """int64 array (..., n) -> uint8 (..., n, ceil(bits/8)): little-endian low bytes."""
+    raw = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(*values.shape, 8)
+    return np.ascontiguousarray(raw[..., : (bits + 7) // 8])
+
+
+def _unpack(packed: npt.NDArray[np.uint8]) -> Ring:
+    """Inverse of :func:`_pack` (values were reduced mod 2^bits, so high bytes are 0)."""
+    raw = np.zeros((*packed.shape[:-1], 8), dtype=np.uint8)
+    raw[..., : packed.shape[-1]] = packed
+    return raw.view("<i8").reshape(packed.shape[:-1]).astype(np.int64)
+
+
+def _check_domain(x: U64, depth: int, what: str) -> U64:
+    x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
+    if not 1 <= depth <= 64:
+        raise ValueError("DCF depth must be in 1..64")
+    if depth < 64 and x.size and int(x.max()) >> depth:
+        raise ValueError(f"{what} must lie in [0, 2^{depth})")
+    return x
+
+
+def _tweaks(sides: int, blocks: int, n: int, salt: int) -> U64:
+    """Tweak table broadcast to ``n`` elements: (sides, blocks, n, 2), with long inner loops."""
+    table = tweak_table(sides, blocks, salt)
+    out = np.zeros((sides, blocks, n, 2), dtype=np.uint64)
+    out[..., 1] = table[..., 1][..., None]
+    return out
+
+
+def _words(blocks: U64, width: int) -> U64:
+    """(..., nv, n, 2) blocks to (..., width, n) words: word w is block w // 2, half w % 2."""
+    return np.stack([blocks[..., w // 2, :, w % 2] for w in range(width)], axis=-2)
+
+
+def _convert(prg: FixedKeyPRG, states: U64, width: int) -> Ring:
+    """Map 128-bit states (..., n, 2) to ``width`` ring elements each: (..., width, n)."""
+    nv = value_blocks(width)
+    tw = _tweaks(1, nv, states.shape[-2], _FINAL_SALT)[0]  # (nv, n, 2)
+    out = prg.mmo(states[..., None, :, :] ^ tw)  # (..., nv, n, 2)
+    return _words(out, width).view(np.int64)
+
+
+def gen(
+    alpha: U64,
+    beta: Ring,
+    depth: int,
+    rng: KeyedPRG,
+    prg: FixedKeyPRG | None = None,
+    lane_bits: tuple[int, ...] | None = None,
+) -> tuple[DCFKey, DCFKey]:
+    """Keys for ``n`` DCFs ``x -> beta_j * 1{x < alpha_j}`` on ``depth``-bit inputs.
+
+    ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (k, n) int64;
+    ``lane_bits``: modulus exponent per lane (default 64 each). Root seeds come
+    from the secret stream ``rng``.
+    """
+    alpha = _check_domain(alpha, depth, "alpha")
+    beta = np.asarray(beta, dtype=np.int64)
+    n = alpha.size
+    if beta.ndim != 2 or beta.shape[1] != n:
+        raise ValueError("beta must have shape (k, n)")
+    k = beta.shape[0]
+    lanes = (64,) * k if lane_bits is None else tuple(lane_bits)
+    if len(lanes) != k or not all(1 <= b <= 64 for b in lanes):
+        raise ValueError("need one lane width in 1..64 per payload element")
+    masks = _lane_masks(lanes).view(np.int64)
+    nv = value_blocks(k)
+    prg = prg or FixedKeyPRG()
+    tw = _tweaks(2, 1 + nv, n, _LEVEL_SALT)  # (side, block, n, 2)
+    state = rng.seeds(2 * n).reshape(2, n, 2)
+    state[0, :, 0] &= _CLEAR_LSB  # t_0 = 0
+    state[1, :, 0] |= _ONE  # t_1 = 1
+    roots = state.copy()
+    v_alpha = np.zeros((k, n), dtype=np.int64)
+    seed_cw = np.empty((depth, 2, n), dtype=np.uint64)
+    t_cw = np.empty((depth, n), dtype=np.uint8)
+    v_cw = np.empty((depth, k, n), dtype=np.int64)
+    with np.errstate(over="ignore"):
+        for i in range(depth):
+            a = (alpha >> np.uint64(depth - 1 - i)) & _ONE
+            keep = a.astype(bool)  # keep the right child iff alpha's bit is 1
+            t = state[:, :, 0] & _ONE  # (party, n)
+            out = prg.mmo(state[:, None, None] ^ tw)  # (party, side, block, n, 2)
+            lo, hi = out[:, :, 0, :, 0], out[:, :, 0, :, 1]  # (party, side, n)
+            vals = _words(out[:, :, 1:], k).view(np.int64)  # (party, side, k, n)
+            lo_keep, lo_lose = (
+                np.where(keep, lo[:, 1], lo[:, 0]),
+                np.where(keep, lo[:, 0], lo[:, 1]),
+            )
+            hi_keep, hi_lose = (
+                np.where(keep, hi[:, 1], hi[:, 0]),
+                np.where(keep, hi[:, 0], hi[:, 1]),
+            )
+            v_keep = np.where(keep, vals[:, 1], vals[:, 0])
+            v_lose = np.where(keep, vals[:, 0], vals[:, 1])
+            scw_lo = (lo_lose[0] ^ lo_lose[1]) & _CLEAR_LSB
+            scw_hi = hi_lose[0] ^ hi_lose[1]
+            sign = 1 - 2 * t[1].view(np.int64)
+            vcw = sign * (v_lose[1] - v_lose[0] - v_alpha) + sign * beta * a.view(np.int64)
+            vcw &= masks  # only the lane's residue travels: it is masked by a uniform PRG output
+            v_alpha = v_alpha - v_keep[1] + v_keep[0] + sign * vcw
+            tbit = lo & _ONE  # (party, side, n)
+            tl = tbit[0, 0] ^ tbit[1, 0] ^ a ^ _ONE
+            tr = tbit[0, 1] ^ tbit[1, 1] ^ a
+            tcw_keep = np.where(keep, tr, tl)
+            state = np.stack([lo_keep ^ (t * (scw_lo | tcw_keep)), hi_keep ^ (t * scw_hi)], axis=-1)
+            seed_cw[i, 0], seed_cw[i, 1] = scw_lo, scw_hi
+            t_cw[i] = (tl | (tr << _ONE)).astype(np.uint8)
+            v_cw[i] = vcw
+        conv = _convert(prg, state, k)  # (party, k, n)
+        sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
+        final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
+    return tuple(  # type: ignore[return-value]
+        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes) for b in (0, 1)
+    )
+
+
+def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
+    """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,).
+
+    Lane ``i`` is reduced to ``[0, 2^b_i)``; only its residue mod ``2^b_i`` is meaningful.
+    """
+    x = _check_domain(x, key.depth, "x")
+    if x.size != key.size:
+        raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
+    n, k = key.size, key.width
+    nv = value_blocks(k)
+    prg = prg or FixedKeyPRG()
+    tw = _tweaks(1, 1 + nv, n, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
+    state = key.seeds
+    acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
+    acc = np.zeros((k, n), dtype=np.int64)
+    with np.errstate(over="ignore"):
+        for i in range(key.depth):
+            side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
+            tweaked = state.copy()
+            tweaked[:, 1] ^= side << _SIDE_BIT
+            out = prg.mmo(tweaked[None] ^ tw)  # (block, n, 2)
+            t = state[:, 0] & _ONE
+            tcw = (key.t_cw[i] >> side.astype(np.uint8)) & np.uint8(1)
+            state = out[0]
+            state[:, 0] ^= (key.seed_cw[i, 0] | tcw) * t
+            state[:, 1] ^= key.seed_cw[i, 1] * t
+            acc_blocks += out[1:]
+            acc += key.v_cw[i] * t.view(np.int64)
+        acc += _words(acc_blocks, k).view(np.int64)
+        acc += _convert(prg, state, k)
+        acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
+        if key.party == 1:
+            np.negative(acc, out=acc)
+        if any(b < 64 for b in key.lane_bits):
+            acc &= _lane_masks(key.lane_bits).view(np.int64)
+    return acc

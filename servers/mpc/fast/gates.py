@@ -1,0 +1,274 @@
+"""FSS gates on masked wires: fused ReLU + truncation, and truncation alone.
+
+Wire convention. A linear layer leaves the two parties with additive shares
+``z_0 + z_1 = z (mod 2^64)`` of a pre-activation at scale ``2^(2f)``. The
+dealer drew a uniform mask ``r`` for this wire and gave each party a share of
+it (:attr:`GateKey.mask`); the parties open ``o = z + r (mod 2^64)`` (one
+round, done by the engine). A gate maps the public ``o`` and its key to
+additive shares of its output at scale ``2^f``; the engine then adds shares of
+the next wire's mask and opens again.
+
+Parameters (:class:`GateParams`): ``f`` fractional bits, ``n`` the depth of
+the comparison. Supported input range: ``z`` in ``[-2^(n+f), 2^(n+f) - 2^f]``,
+i.e. real pre-activations in ``[-2^(n-f), 2^(n-f) - 2^-f]`` (default ``n =
+31``, ``f = 16``: ``|v| < 32768``). Outside it the result is wrong (not
+insecure).
+
+Truncation (both gates), with ``L = n + 1 + f``, ``u = z + 2^(n+f)`` in
+``[0, 2^L)``, ``x = (o + 2^(n+f)) mod 2^L = (u + r) mod 2^L``, ``a = x >> f``,
+``c = (r mod 2^L) >> f``: the high parts give ``V = (a - c) mod 2^(n+1)``, which
+equals ``(u >> f) + carry`` with ``carry = 1{x mod 2^f < r mod 2^f}``, and never
+wraps inside the range. So ``T = V - 2^n = floor(z / 2^f) + carry``. We do not
+remove the carry: given the uniform mask, ``carry`` is 1 with probability
+``(z mod 2^f) / 2^f``, so ``T`` is z / 2^f *stochastically rounded*: unbiased,
+``|T - z / 2^f| < 1`` ulp, always, with no large-error event (the range
+assumption, not a 2^-k chance, rules out the wrap that makes SecureML-style
+local truncation fail). Exact floor would need a second DCF on the low ``f``
+bits and, fused with ReLU, a product of two DCF outputs (one more round).
+
+Comparison: ``T >= 0`` iff bit ``n`` of ``V`` is set, and that bit is
+``msb(a) XOR msb(c) XOR B`` with ``B = 1{a mod 2^n < c mod 2^n}``: one DCF of
+depth ``n`` with ``alpha = c mod 2^n`` evaluated at the public ``a mod 2^n``.
+The wrap ``w = 1{a < c}`` (``V = a - c + 2^(n+1) w``) is also affine in ``B``
+given ``msb(a)`` (public) and ``m = msb(c)`` (dealer): ``w = m + (1 - m) B`` if
+``msb(a) = 0``, ``w = m B`` if ``msb(a) = 1``.
+
+ReLU: ``y = D T`` with ``D = 1{T >= 0}``, so ``y = ReLU(T)``, equal to
+``ReLU(z / 2^f)`` within 1 ulp (0 for every ``z < 0``). With ``s = 1 - 2m``,
+``h = 2^n``, ``K = 2^(n+1)``::
+
+    msb(a) = 0:  y = (m + sB) (a - h - c + K)
+    msb(a) = 1:  y = (1 - m - sB) (a - h - c) + K m B
+
+Every term is a public number times a share of one of ``sB, scB, mB`` (the DCF
+payload ``beta = (s, s c, m)``) or of one of ``m, c, m c`` (plain shares from
+the dealer): local, no further round. Truncation alone uses payload
+``(1 - m, m)`` and constants ``(c, m)``.
+
+Output width. A gate feeding another layer only needs its output correct mod
+``2^L``: the next layer is linear over the ring and the next gate reads only
+``o mod 2^L``; the opened ``y + r`` stays uniform because the next mask ``r``
+is uniform over all 64 bits. So gates take ``out_bits`` (``L`` between
+layers, 64 for the model output) and the DCF lanes carry only what that
+needs: ReLU ``(out, out, out - n - 1)`` bits (``K m B`` is a multiple of
+``K = 2^(n+1)``), truncation ``(out - n - 1)`` twice. This shrinks a key, not
+the computation.
+
+Security (per party): the opened ``o`` is uniform because ``r`` is uniform and
+fresh; the DCF key reveals nothing about ``alpha, beta`` (DCF security); the
+constant shares are uniform (the other party's share is a fresh uniform
+value). So a party's view of a gate is independent of ``z``.
+
+Key size per element and party: 8 (mask) + 8 * consts + DCF key
+(:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at ``n = 31``:
+ReLU between layers (lanes 48, 48, 16: 14 bytes) 8 + 24 + 991 = 1023 bytes;
+truncation at the output (lanes 32, 32: 8 bytes) 8 + 16 + 799 = 823 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ppml.servers.mpc.fast import dcf
+from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Fixed-point parameters: ``frac_bits`` f and comparison depth ``depth`` n (see module doc)."""
+
+    frac_bits: int = 16
+    depth: int = 31
+
+    def __post_init__(self) -> None:
+        if self.frac_bits < 0 or self.depth < 1 or self.low_bits > 64:
+            raise ValueError("need frac_bits >= 0, depth >= 1 and depth + 1 + frac_bits <= 64")
+
+    @property
+    def low_bits(self) -> int:
+        """L = n + 1 + f: the parties only use ``o mod 2^L``."""
+        return self.depth + 1 + self.frac_bits
+
+    def lanes(self, kind: str, out_bits: int) -> tuple[int, ...]:
+        """DCF lane widths of gate ``kind`` whose output is needed mod ``2^out_bits``."""
+        if not self.low_bits <= out_bits <= 64:
+            raise ValueError("out_bits must lie in [low_bits, 64]")
+        wrap = max(1, out_bits - self.depth - 1)  # lanes multiplied by K = 2^(n+1)
+        return (out_bits, out_bits, wrap) if kind == "relu" else (wrap, wrap)
+
+    @property
+    def real_bound(self) -> float:
+        """Pre-activations (real units) must lie in ``[-bound, bound - 2^-f]``."""
+        return float(2.0 ** (self.depth - self.frac_bits))
+
+
+@dataclass(frozen=True)
+class GateKey:
+    """One party's material for ``n`` gate instances.
+
+    ``mask``: (n,) share of the input-wire mask r; ``consts``: (n, c) shares of
+    dealer-known constants; ``dcf``: DCF keys for the n instances.
+    """
+
+    kind: str
+    mask: Ring
+    consts: Ring
+    dcf: dcf.DCFKey
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.consts.nbytes + self.dcf.nbytes
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}.kind": np.frombuffer(self.kind.encode(), dtype=np.uint8).copy(),
+            f"{prefix}.mask": self.mask,
+            f"{prefix}.consts": self.consts,
+            **self.dcf.to_arrays(f"{prefix}.dcf"),
+        }
+
+    @classmethod
+    def concat(cls, keys: list[GateKey]) -> GateKey:
+        """Material for all elements of ``keys`` in order (one kind)."""
+        if len({k.kind for k in keys}) != 1:
+            raise ValueError("can only concatenate gate keys of one kind")
+        return cls(
+            keys[0].kind,
+            np.concatenate([k.mask for k in keys]),
+            np.concatenate([k.consts for k in keys]),
+            dcf.DCFKey.concat([k.dcf for k in keys]),
+        )
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> GateKey:
+        return cls(
+            kind=bytes(arrays[f"{prefix}.kind"].astype(np.uint8)).decode(),
+            mask=np.ascontiguousarray(arrays[f"{prefix}.mask"], dtype=np.int64),
+            consts=np.ascontiguousarray(arrays[f"{prefix}.consts"], dtype=np.int64),
+            dcf=dcf.DCFKey.from_arrays(arrays, f"{prefix}.dcf"),
+        )
+
+
+def split(value: Ring, rng: KeyedPRG) -> tuple[Ring, Ring]:
+    """Additive shares ``(value - u, u)`` with ``u`` uniform from ``rng``; they sum to ``value``."""
+    other = rng.ring(value.shape)
+    with np.errstate(over="ignore"):
+        return value - other, other
+
+
+@dataclass(frozen=True)
+class _MaskParts:
+    """Dealer-side decomposition of a mask r (see module doc)."""
+
+    c: Ring  # (r mod 2^L) >> f, in [0, 2^(n+1))
+    m: Ring  # bit n of c
+    alpha: U64  # c mod 2^n
+
+
+@dataclass(frozen=True)
+class _Public:
+    """Party-side decomposition of the opened value o."""
+
+    a: Ring  # x >> f, in [0, 2^(n+1))
+    high: np.ndarray  # bool: bit n of a
+    low: U64  # a mod 2^n: the DCF input
+
+
+def _low_mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
+def _mask_parts(p: GateParams, r: Ring) -> _MaskParts:
+    rl = r.view(np.uint64) & _low_mask(p.low_bits)
+    c = rl >> np.uint64(p.frac_bits)
+    return _MaskParts(
+        c=c.astype(np.int64),
+        m=(c >> np.uint64(p.depth)).astype(np.int64),
+        alpha=c & _low_mask(p.depth),
+    )
+
+
+def _public(p: GateParams, opened: Ring) -> _Public:
+    offset = np.uint64(1 << (p.depth + p.frac_bits))
+    x = (opened.reshape(-1).view(np.uint64) + offset) & _low_mask(p.low_bits)
+    a = x >> np.uint64(p.frac_bits)
+    return _Public(
+        a=a.astype(np.int64),
+        high=(a >> np.uint64(p.depth)).astype(bool),
+        low=a & _low_mask(p.depth),
+    )
+
+
+class ReluTrunc:
+    """``y = ReLU(T)``, ``T`` = z / 2^f stochastically rounded (module doc). One DCF, width 3."""
+
+    kind: ClassVar[str] = "relu"
+    width: ClassVar[int] = 3
+
+    @staticmethod
+    def gen(
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+    ) -> tuple[GateKey, GateKey]:
+        """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
+        r = rng.ring(n)
+        q = _mask_parts(p, r)
+        with np.errstate(over="ignore"):
+            s = 1 - 2 * q.m
+            beta = np.stack([s, s * q.c, q.m])
+            consts = np.stack([q.m, q.c, q.m * q.c], axis=1)
+        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("relu", out_bits))
+        (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
+        return GateKey("relu", r0, c0, k0), GateKey("relu", r1, c1, k1)
+
+    @staticmethod
+    def eval(p: GateParams, key: GateKey, opened: Ring, prg: FixedKeyPRG | None = None) -> Ring:
+        """Party: shares (n,) of ``ReLU(T)`` from the opened ``o = z + r``."""
+        u = _public(p, opened)
+        out = dcf.evaluate(key.dcf, u.low, prg)
+        sb, scb, mb = out
+        mu, gamma, pi = key.consts[:, 0], key.consts[:, 1], key.consts[:, 2]
+        e = 1 if key.dcf.party == 0 else 0
+        h, big_k = 1 << p.depth, 1 << (p.depth + 1)
+        with np.errstate(over="ignore"):
+            a1 = u.a - h
+            y_low = (a1 + big_k) * (mu + sb) - pi - scb
+            y_high = a1 * (e - mu - sb) - gamma + pi + scb + big_k * mb
+        return np.where(u.high, y_high, y_low)
+
+
+class Trunc:
+    """``y = T`` = z / 2^f stochastically rounded (module doc). One DCF, width 2."""
+
+    kind: ClassVar[str] = "trunc"
+    width: ClassVar[int] = 2
+
+    @staticmethod
+    def gen(
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+    ) -> tuple[GateKey, GateKey]:
+        """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
+        r = rng.ring(n)
+        q = _mask_parts(p, r)
+        beta = np.stack([1 - q.m, q.m])
+        consts = np.stack([q.c, q.m], axis=1)
+        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("trunc", out_bits))
+        (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
+        return GateKey("trunc", r0, c0, k0), GateKey("trunc", r1, c1, k1)
+
+    @staticmethod
+    def eval(p: GateParams, key: GateKey, opened: Ring, prg: FixedKeyPRG | None = None) -> Ring:
+        """Party: shares (n,) of ``T`` from the opened ``o = z + r``."""
+        u = _public(p, opened)
+        out = dcf.evaluate(key.dcf, u.low, prg)
+        gamma, mu = key.consts[:, 0], key.consts[:, 1]
+        e = 1 if key.dcf.party == 0 else 0
+        h, big_k = 1 << p.depth, 1 << (p.depth + 1)
+        with np.errstate(over="ignore"):
+            w = np.where(u.high, out[1], mu + out[0])
+            return e * (u.a - h) - gamma + big_k * w
+
+
+GATES: dict[str, type[ReluTrunc] | type[Trunc]] = {g.kind: g for g in (ReluTrunc, Trunc)}

@@ -1,0 +1,137 @@
+"""Keyed randomness for the dealer-assisted engine: AES-CTR streams and a fixed-key AES PRG.
+
+Two primitives, both from ``cryptography`` (OpenSSL, AES-NI):
+
+* :class:`KeyedPRG` -- a secret-keyed AES-CTR keystream (128/192/256-bit key,
+  by default 256 bits from ``os.urandom``). All *secret* randomness of the
+  engine (wire masks, weight masks, share splits, DCF root seeds) comes from
+  it. Invariant: two streams with the same key produce the same bytes; a
+  stream never repeats a counter block (one key, nonce 0, 2^128 blocks).
+  :func:`derive_key` turns a long-lived master key plus a public label into an
+  independent sub-key (HMAC-SHA256), so the dealer can regenerate a model's
+  weight masks from one stored key.
+* :class:`FixedKeyPRG` -- the length-doubling PRG of the DCF tree expansion:
+  ``H_T(s) = AES_K(s XOR T) XOR s XOR T`` (Matyas-Meyer-Oseas with a public,
+  fixed key ``K`` and public distinct 128-bit tweaks ``T``), applied to a whole
+  array of 128-bit seeds at once, one ECB call per tree level. With AES
+  modelled as a random permutation, the outputs for distinct tweaks on a
+  uniformly random secret seed are independent and uniform unless someone
+  queries the permutation at ``s XOR T``, i.e. guesses a 127-bit seed.
+
+Seeds are numpy ``uint64`` arrays of shape ``(..., 2)`` (little-endian halves
+of a 128-bit block). Ring elements are ``int64`` (two's complement, Z_2^64).
+No numpy/torch random generator is used anywhere in this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+Ring = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+KEY_BYTES = 32
+_VALID_KEY_BYTES = (16, 24, 32)
+# Public fixed key of the tree PRG: SHA-256 of a label, first 16 bytes (nothing up the sleeve).
+FIXED_KEY = hashlib.sha256(b"ppml.servers.mpc.fast fixed-key AES PRG v1").digest()[:16]
+
+
+def new_key() -> bytes:
+    """A fresh 256-bit key from the OS CSPRNG."""
+    return os.urandom(KEY_BYTES)
+
+
+def derive_key(master: bytes, label: bytes) -> bytes:
+    """Sub-key ``HMAC-SHA256(master, label)``; invariant: deterministic, independent per label."""
+    if len(master) < 16:
+        raise ValueError("master key must have at least 128 bits")
+    return hmac.new(master, label, hashlib.sha256).digest()
+
+
+class KeyedPRG:
+    """AES-CTR keystream with a secret key, read as bytes, ring elements or seeds.
+
+    Not thread-safe: give each thread (party, dealer) its own instance.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        key = new_key() if key is None else key
+        if len(key) not in _VALID_KEY_BYTES:
+            raise ValueError("AES key must be 16, 24 or 32 bytes")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self._zeros = np.zeros(0, dtype=np.uint8)
+
+    @classmethod
+    def derived(cls, master: bytes, label: bytes) -> KeyedPRG:
+        """Stream keyed by :func:`derive_key` ``(master, label)``."""
+        return cls(derive_key(master, label))
+
+    def fill(self, out: npt.NDArray[np.generic]) -> None:
+        """Overwrite the C-contiguous array ``out`` with the next ``out.nbytes`` keystream bytes."""
+        if not out.flags.c_contiguous:
+            raise ValueError("fill needs a C-contiguous array")
+        n = out.nbytes
+        if n == 0:
+            return
+        if self._zeros.size < n + 16:
+            self._zeros = np.zeros(max(n + 16, 2 * self._zeros.size), dtype=np.uint8)
+        buf = np.empty(n + 16, dtype=np.uint8)  # update_into wants block_size - 1 spare bytes
+        self._enc.update_into(self._zeros[:n].data, buf.data)
+        out.reshape(-1).view(np.uint8)[:] = buf[:n]
+
+    def ring(self, shape: tuple[int, ...] | int) -> Ring:
+        """Uniform int64 array (uniform over Z_2^64)."""
+        out = np.empty(shape, dtype=np.int64)
+        self.fill(out)
+        return out
+
+    def uint64(self, shape: tuple[int, ...] | int) -> U64:
+        """Uniform uint64 array."""
+        out = np.empty(shape, dtype=np.uint64)
+        self.fill(out)
+        return out
+
+    def seeds(self, n: int) -> U64:
+        """``n`` uniform 128-bit seeds, shape ``(n, 2)``."""
+        return self.uint64((n, 2))
+
+
+def tweak_table(rows: int, blocks: int, salt: int = 0) -> U64:
+    """Public distinct tweaks (rows, blocks, 2): entry (i, j) = (0, salt<<32 | i<<16 | j+1).
+
+    The low word stays 0, so tweaking never touches the bit that carries a
+    DCF control bit; the high word differs for every (salt, row, block).
+    """
+    i = np.arange(rows, dtype=np.uint64)[:, None]
+    j = np.arange(blocks, dtype=np.uint64)[None, :]
+    out = np.zeros((rows, blocks, 2), dtype=np.uint64)
+    out[:, :, 1] = (np.uint64(salt) << np.uint64(32)) | (i << np.uint64(16)) | (j + np.uint64(1))
+    return out
+
+
+class FixedKeyPRG:
+    """``H(x) = AES_K(x) XOR x`` over arrays of 128-bit blocks, ``K`` = :data:`FIXED_KEY`.
+
+    Callers XOR a public tweak into ``x`` first (see :func:`tweak_table`), so
+    one call expands every seed of a tree level into all the blocks it needs.
+    Not thread-safe (one OpenSSL context): one instance per thread.
+    """
+
+    def __init__(self, key: bytes = FIXED_KEY) -> None:
+        self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+
+    def mmo(self, blocks: U64) -> U64:
+        """``AES_K(b) XOR b`` for every 128-bit block of ``blocks`` (shape ``(..., 2)``)."""
+        blocks = np.ascontiguousarray(blocks, dtype=np.uint64)
+        n = blocks.nbytes
+        buf = np.empty(n + 16, dtype=np.uint8)
+        self._enc.update_into(blocks.reshape(-1).view(np.uint8).data, buf.data)
+        out = buf[:n].view(np.uint64).reshape(blocks.shape)
+        out ^= blocks
+        return out

@@ -1,0 +1,144 @@
+"""Tests for ppml.servers.mpc.fast.dcf: eval_0(x) + eval_1(x) == beta * 1{x < alpha} (mod 2^64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ppml.servers.mpc.fast import dcf
+from ppml.servers.mpc.fast.prg import KeyedPRG
+
+RNG = KeyedPRG()
+
+
+def _domain(x: np.ndarray, depth: int) -> np.ndarray:
+    return x if depth == 64 else x & np.uint64((1 << depth) - 1)
+
+
+def _reconstruct(keys: tuple[dcf.DCFKey, dcf.DCFKey], x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return dcf.evaluate(keys[0], x) + dcf.evaluate(keys[1], x)
+
+
+def _edges(alpha: np.ndarray, depth: int) -> list[np.ndarray]:
+    """Per element: alpha - 1, alpha, alpha + 1, 0, the top of the domain (wrapping inside it)."""
+    one = np.uint64(1)
+    top = np.uint64((1 << depth) - 1)
+    with np.errstate(over="ignore"):
+        return [
+            _domain(alpha - one, depth),
+            alpha,
+            _domain(alpha + one, depth),
+            np.zeros_like(alpha),
+            np.full_like(alpha, top),
+        ]
+
+
+@pytest.mark.parametrize(("depth", "width"), [(1, 1), (2, 2), (5, 3), (16, 2), (31, 3), (64, 3)])
+def test_random_and_edge_points(depth: int, width: int) -> None:
+    n = 300
+    alpha = _domain(RNG.uint64(n), depth)
+    alpha[:4] = [0, 1, (1 << depth) - 1, 1 << (depth - 1)]  # extreme thresholds
+    beta = RNG.ring((width, n))
+    keys = dcf.gen(alpha, beta, depth, RNG)
+    for x in [_domain(RNG.uint64(n), depth), *_edges(alpha, depth)]:
+        want = np.where(x < alpha, beta, 0)
+        assert np.array_equal(_reconstruct(keys, x), want)
+
+
+def test_exhaustive_small_domain() -> None:
+    depth = 4
+    alpha = np.repeat(np.arange(16, dtype=np.uint64), 16)
+    x = np.tile(np.arange(16, dtype=np.uint64), 16)
+    beta = RNG.ring((2, alpha.size))
+    got = _reconstruct(dcf.gen(alpha, beta, depth, RNG), x)
+    assert np.array_equal(got, np.where(x < alpha, beta, 0))
+
+
+def test_signed_extremes_in_full_64_bit_domain() -> None:
+    """2^63 - 1 and -2^63 (as uint64 2^63) on both sides of each other."""
+    lo, hi = np.uint64(2**63 - 1), np.uint64(2**63)
+    alpha = np.array([hi, hi, lo, lo, 0, 2**64 - 1], dtype=np.uint64)
+    x = np.array([lo, hi, hi, lo, 2**64 - 1, 2**64 - 2], dtype=np.uint64)
+    beta = RNG.ring((1, 6))
+    got = _reconstruct(dcf.gen(alpha, beta, 64, RNG), x)
+    assert np.array_equal(got, np.where(x < alpha, beta, 0))
+
+
+def test_shares_of_each_party_look_uniform() -> None:
+    """One party's output alone is a uniform ring element, whatever the comparison bit."""
+    n = 4000
+    alpha = np.full(n, 1 << 10, dtype=np.uint64)
+    keys = dcf.gen(alpha, np.ones((1, n), dtype=np.int64), 20, RNG)
+    for x in (np.zeros(n, dtype=np.uint64), np.full(n, (1 << 20) - 1, dtype=np.uint64)):
+        share = dcf.evaluate(keys[1], x)[0]
+        assert abs(np.unpackbits(share.view(np.uint8)).mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("depth", "lanes", "per"),
+    [(31, (64, 64, 64), 1311), (31, (48, 48, 16), 991), (31, (32, 32), 799), (64, (64,), 1624)],
+)
+def test_key_size_matches_formula_and_serialised_arrays(
+    depth: int, lanes: tuple[int, ...], per: int
+) -> None:
+    n = 10
+    k0, k1 = dcf.gen(
+        np.zeros(n, dtype=np.uint64), RNG.ring((len(lanes), n)), depth, RNG, None, lanes
+    )
+    assert dcf.key_bytes_per_element(depth, lanes) == per
+    assert k0.nbytes == k1.nbytes == n * per
+    arrays = k0.to_arrays("k")
+    assert sum(a.nbytes for name, a in arrays.items() if name != "k.meta") == n * per
+
+
+@pytest.mark.parametrize("lanes", [(48, 48, 16), (1, 63, 32), (16,)])
+def test_narrow_lanes_hold_modulo_their_width(lanes: tuple[int, ...]) -> None:
+    n, depth = 400, 20
+    alpha = _domain(RNG.uint64(n), depth)
+    beta = RNG.ring((len(lanes), n))
+    keys = dcf.gen(alpha, beta, depth, RNG, None, lanes)
+    keys = (keys[0], dcf.DCFKey.from_arrays(keys[1].to_arrays("k"), "k"))
+    masks = np.array([(1 << b) - 1 for b in lanes], dtype=np.uint64)[:, None].view(np.int64)
+    for x in [_domain(RNG.uint64(n), depth), *_edges(alpha, depth)]:
+        want = np.where(x < alpha, beta, 0) & masks
+        assert np.array_equal(_reconstruct(keys, x) & masks, want)
+        # nothing above a lane's width is sent: every correction word fits in its lane
+        assert np.all((keys[1].v_cw & ~masks[None]) == 0)
+
+
+def test_rejects_bad_lanes() -> None:
+    for lanes in [(64,), (0, 64), (65, 64)]:
+        with pytest.raises(ValueError):
+            dcf.gen(np.zeros(2, dtype=np.uint64), RNG.ring((2, 2)), 4, RNG, None, lanes)
+
+
+def test_parties_share_correction_words_but_not_roots() -> None:
+    n = 8
+    k0, k1 = dcf.gen(np.arange(n, dtype=np.uint64), RNG.ring((2, n)), 8, RNG)
+    assert np.array_equal(k0.seed_cw, k1.seed_cw) and np.array_equal(k0.v_cw, k1.v_cw)
+    assert not np.array_equal(k0.seeds, k1.seeds)
+
+
+def test_serialisation_round_trip() -> None:
+    n, depth = 20, 12
+    alpha = _domain(RNG.uint64(n), depth)
+    beta = RNG.ring((3, n))
+    k0, k1 = dcf.gen(alpha, beta, depth, RNG)
+    k1 = dcf.DCFKey.from_arrays(k1.to_arrays("k"), "k")
+    x = _domain(RNG.uint64(n), depth)
+    assert np.array_equal(_reconstruct((k0, k1), x), np.where(x < alpha, beta, 0))
+
+
+def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
+    k0, _ = dcf.gen(np.zeros(3, dtype=np.uint64), RNG.ring((1, 3)), 4, RNG)
+    with pytest.raises(ValueError):
+        dcf.evaluate(k0, np.array([16, 0, 0], dtype=np.uint64))
+    with pytest.raises(ValueError):
+        dcf.evaluate(k0, np.zeros(4, dtype=np.uint64))
+    with pytest.raises(ValueError):
+        dcf.gen(np.array([16], dtype=np.uint64), RNG.ring((1, 1)), 4, RNG)
+    bad = k0.to_arrays("k")
+    bad["k.v_cw0"] = bad["k.v_cw0"][:2]
+    with pytest.raises(ValueError):
+        dcf.DCFKey.from_arrays(bad, "k")

@@ -1,0 +1,161 @@
+"""Tests for ppml.servers.mpc.fast.gates and linear: FSS gates and ring layers against plaintext."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ppml.servers.mpc.fast.gates import GATES, GateKey, GateParams, ReluTrunc, Trunc, split
+from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
+from ppml.servers.mpc.fast.prg import KeyedPRG
+
+RNG = KeyedPRG()
+DEFAULT = GateParams()
+F = DEFAULT.frac_bits
+
+
+def _run_gate(
+    gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray, out_bits: int = 64
+) -> np.ndarray:
+    """Share z, mask, open, evaluate both keys, reconstruct."""
+    k0, k1 = gate.gen(p, z.size, RNG, None, out_bits)
+    z0, z1 = split(z, RNG)
+    with np.errstate(over="ignore"):
+        opened = (z0 + k0.mask) + (z1 + k1.mask)
+        return gate.eval(p, k0, opened) + gate.eval(p, k1, opened)
+
+
+def _check(gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray) -> np.ndarray:
+    """y is floor(z / 2^f) + carry (ReLU'd for the ReLU gate), carry 0 when z's low bits are 0."""
+    y = _run_gate(gate, p, z)
+    floor = z >> np.int64(p.frac_bits)
+    lo, hi = (
+        (np.maximum(floor, 0), np.maximum(floor + 1, 0))
+        if gate is ReluTrunc
+        else (floor, floor + 1)
+    )
+    exact = (z & ((1 << p.frac_bits) - 1)) == 0
+    assert np.all((y == lo) | ((y == hi) & ~exact)), z[~((y == lo) | ((y == hi) & ~exact))][:5]
+    return y
+
+
+def _bounds(p: GateParams) -> tuple[int, int]:
+    return -(1 << (p.depth + p.frac_bits)), (1 << (p.depth + p.frac_bits)) - (1 << p.frac_bits)
+
+
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
+@pytest.mark.parametrize(("f", "depth"), [(2, 3), (0, 4), (3, 1), (4, 6)])
+def test_exhaustive_small_parameters(
+    gate: type[ReluTrunc] | type[Trunc], f: int, depth: int
+) -> None:
+    p = GateParams(f, depth)
+    lo, hi = _bounds(p)
+    z = np.repeat(np.arange(lo, hi + 1, dtype=np.int64), 8)  # 8 fresh masks per value
+    _check(gate, p, z)
+
+
+def _default_edges() -> np.ndarray:
+    lo, hi = _bounds(DEFAULT)
+    one = 1 << F  # 2^-16 in real units after truncation, i.e. 1 ulp of the output
+    vals = [0, 1, -1, one, -one, one - 1, -one + 1, one + 1, -one - 1, 2 * one, -2 * one]
+    vals += [lo, lo + 1, hi, hi - 1, -(1 << 40), (1 << 40), 12345 << F, -(12345 << F)]
+    return np.array(vals, dtype=np.int64)
+
+
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
+def test_default_parameters_edges_and_random(gate: type[ReluTrunc] | type[Trunc]) -> None:
+    lo, hi = _bounds(DEFAULT)
+    rand = RNG.ring(4000) >> np.int64(64 - DEFAULT.depth - F - 1)  # uniform over [lo, -lo)
+    z = np.concatenate([np.repeat(_default_edges(), 20), np.clip(rand, lo, hi)])
+    y = _check(gate, DEFAULT, z)
+    if gate is ReluTrunc:
+        assert np.all(y[z < 0] == 0)
+
+
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
+def test_between_layers_output_is_right_modulo_low_bits(
+    gate: type[ReluTrunc] | type[Trunc],
+) -> None:
+    """With out_bits = L keys are smaller and y is exact modulo 2^L (all the next layer uses)."""
+    lo, hi = _bounds(DEFAULT)
+    rand = RNG.ring(3000) >> np.int64(64 - DEFAULT.depth - F - 1)
+    z = np.concatenate([np.repeat(_default_edges(), 10), np.clip(rand, lo, hi)])
+    y = _run_gate(gate, DEFAULT, z, DEFAULT.low_bits)
+    floor = z >> np.int64(F)
+    relu = gate is ReluTrunc
+    lo, hi = (np.maximum(floor, 0), np.maximum(floor + 1, 0)) if relu else (floor, floor + 1)
+    exact = (z & ((1 << F) - 1)) == 0
+    low = np.int64((1 << DEFAULT.low_bits) - 1)
+    assert np.all((((y - lo) & low) == 0) | ((((y - hi) & low) == 0) & ~exact))
+
+
+def test_default_bound_is_documented_range() -> None:
+    assert DEFAULT.real_bound == 2.0**15
+    assert DEFAULT.low_bits == 48
+    with pytest.raises(ValueError):
+        GateParams(16, 48)  # would need 65 low bits
+
+
+def test_truncation_is_stochastic_rounding_unbiased() -> None:
+    """z = k + 1/4 ulp: the output is k + 1 with probability 1/4 (fresh masks)."""
+    n = 20000
+    z = np.full(n, (7 << F) + (1 << (F - 2)), dtype=np.int64)
+    y = _run_gate(Trunc, DEFAULT, z)
+    assert set(np.unique(y).tolist()) <= {7, 8}
+    assert abs(float(np.mean(y == 8)) - 0.25) < 0.02
+
+
+def test_one_party_output_share_is_uniform_whatever_z() -> None:
+    """Party 0's output share (top 4 bits) is uniform for z = 0 and for z = 5.0 (6 sd bounds)."""
+    n = 16000
+    for z in (np.zeros(n, dtype=np.int64), np.full(n, 5 << (2 * F), dtype=np.int64)):
+        k0, k1 = ReluTrunc.gen(DEFAULT, n, RNG)
+        z0, z1 = split(z, RNG)
+        with np.errstate(over="ignore"):
+            opened = (z0 + k0.mask) + (z1 + k1.mask)
+        share = ReluTrunc.eval(DEFAULT, k0, opened)
+        top = (share.view(np.uint64) >> np.uint64(60)).astype(np.int64)
+        counts = np.bincount(top, minlength=16)
+        assert counts.min() > n / 16 * 0.8 and counts.max() < n / 16 * 1.2
+
+
+def test_gate_key_round_trip_and_registry() -> None:
+    k0, _ = GATES["relu"].gen(DEFAULT, 5, RNG)
+    k = GateKey.from_arrays(k0.to_arrays("g"), "g")
+    assert k.kind == "relu" and np.array_equal(k.consts, k0.consts)
+    assert set(GATES) == {"relu", "trunc"}
+
+
+def test_key_bytes_per_element() -> None:
+    """The sizes stated in gates.py's docstring, plus full-width ReLU at the model output."""
+    low = DEFAULT.low_bits
+    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, low)[0].nbytes == 10 * 1023
+    assert Trunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 823
+    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 1215
+    with pytest.raises(ValueError):
+        DEFAULT.lanes("relu", low - 1)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 784, 128), (64, 784, 128), (3, 5, 7)])
+def test_ring_matmul_wraps_like_numpy(m: int, k: int, n: int) -> None:
+    a, b = RNG.ring((m, k)), RNG.ring((k, n))
+    with np.errstate(over="ignore"):
+        assert np.array_equal(ring_matmul(a, b), a @ b)
+    assert np.array_equal(ring_matmul(a, np.ascontiguousarray(b.T).T), a @ b)
+
+
+def test_linear_and_conv_match_torch_on_small_integers() -> None:
+    lin = Linear(6, 4)
+    x = np.arange(-12, 12, dtype=np.int64).reshape(4, 6)
+    w = np.arange(24, dtype=np.int64).reshape(4, 6) - 7
+    assert np.array_equal(lin.apply(x, lin.transpose(w)), x @ w.T)
+    conv = Conv2d(2, 3, 3, (6, 5), stride=2, padding=1)
+    x = (np.arange(2 * 2 * 6 * 5, dtype=np.int64) % 11 - 5).reshape(2, 2, 6, 5)
+    w = (np.arange(3 * 2 * 9, dtype=np.int64) % 7 - 3).reshape(conv.weight_shape)
+    want = torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double(), stride=2, padding=1
+    )
+    got = conv.apply(x, conv.transpose(w))
+    assert got.shape == (2, *conv.out_shape) == tuple(want.shape)
+    assert np.array_equal(got, want.numpy().astype(np.int64))
