@@ -47,6 +47,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import network_a  # noqa: E402
 
 SCALE = 1 << 16
 BATCH = 64
@@ -65,19 +66,6 @@ def _spec() -> Any:
 
     layers = (Linear(784, 128), ReLU(), Linear(128, 128), ReLU(), Linear(128, 10))
     return ModelSpec(layers, (784,))
-
-
-def _network_a() -> Any:
-    import torch
-
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(784, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    )
 
 
 class SocketExchange:
@@ -207,7 +195,7 @@ def run_fast(n: int, m: int, profile: str | None, timeout_s: float = 1800.0) -> 
     from ppml.servers.mpc.fast.gates import split
     from ppml.servers.mpc.fast.prg import KeyedPRG, new_key
 
-    spec, net, rng = _spec(), _network_a(), KeyedPRG()
+    spec, net, rng = _spec(), network_a(), KeyedPRG()
     x1, x64 = torch.rand(1, 784), torch.rand(BATCH, 784)
     with tempfile.TemporaryDirectory(prefix="fast_engine_") as tmp:
         work = Path(tmp)

@@ -33,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,9 @@ from typing import Any
 import numpy as np
 import phe
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import network_a
 
 from ppml.proto.shares import encode, reconstruct, share
 from ppml.proto.wire.serde import share_from_proto, share_to_proto
@@ -54,17 +58,6 @@ TARGETS = {"mpc_shares_client_s": 0.010, "ckks_client_s": 0.2}
 def har_mlp() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(561, 128), torch.nn.ReLU(), torch.nn.Linear(128, 6))
-
-
-def network_a() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(784, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    )
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:

@@ -29,21 +29,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import network_a
 from raw_crypten import run_baseline
 
 from ppml.client import Cluster
 from ppml.proto.deploy.local import LocalCluster
-
-
-def network_a() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(784, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    ).eval()
 
 
 def _predict_cost(cluster: Cluster) -> tuple[int, int, int, float]:

@@ -20,7 +20,7 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
-from ppml.servers.store.limits import Limits, check_identities
+from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.storage import RecordCodec, ShareStore
 
 DATASET_CODEC = RecordCodec[DatasetMeta](
@@ -157,18 +157,14 @@ class DatasetRegistry:
         """The owner replaces who may use the data set and to whom models trained on it go."""
         check_identities(allowed, "allowed")
         check_identities(release, "release")
-        meta = replace(self._owned(dataset_id, caller, "change access to"), allowed=allowed)
-        meta = replace(meta, release=release)
+        owned = self._owned(dataset_id, caller, "change access to")
+        meta = replace(owned, allowed=allowed, release=release)
         self._store.update_meta(meta)
         return meta
 
     def _owned(self, dataset_id: str, caller: str, action: str) -> DatasetMeta:
         meta = self.meta(dataset_id)
-        if caller != meta.owner:
-            raise PpmlError(
-                ErrorCode.PERMISSION_DENIED,
-                f"only its owner {meta.owner!r} may {action} dataset {dataset_id!r}",
-            )
+        require_owner(meta.owner, caller, f"{action} dataset {dataset_id!r}")
         return meta
 
     def __len__(self) -> int:

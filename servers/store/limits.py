@@ -40,6 +40,12 @@ def check_identities(
         raise PpmlError(code, f"{what}: at most 1000 identities of 1-200 characters each")
 
 
+def require_owner(owner: str, caller: str, action: str) -> None:
+    """Only an object's owner may ``action`` (e.g. "delete model 'm'")."""
+    if caller != owner:
+        raise PpmlError(ErrorCode.PERMISSION_DENIED, f"only its owner {owner!r} may {action}")
+
+
 class Limits:
     """The configured limits of one server, over its model and data set stores."""
 

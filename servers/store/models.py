@@ -19,7 +19,7 @@ from ppml.proto.domain.datasets import DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
-from ppml.servers.store.limits import Limits, check_identities
+from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.storage import ModelStore
 
 
@@ -133,11 +133,7 @@ class ModelRegistry:
 
     def _owned(self, model_id: str, caller: str, action: str) -> ModelMeta:
         meta = self.meta(model_id)
-        if caller != meta.owner:
-            raise PpmlError(
-                ErrorCode.PERMISSION_DENIED,
-                f"only its owner {meta.owner!r} may {action} model {model_id!r}",
-            )
+        require_owner(meta.owner, caller, f"{action} model {model_id!r}")
         return meta
 
     def _forget(self, model_id: str) -> None:

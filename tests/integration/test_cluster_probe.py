@@ -11,10 +11,6 @@ TLS and answer nothing without a token. The cluster still serves afterwards.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import os
-import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -26,10 +22,11 @@ import grpc
 import pytest
 import torch
 import torch.distributed as dist
+from probing import knock, listening, outsider
 
 from ppml.client import Cluster
 from ppml.proto.deploy.local import LocalCluster
-from ppml.proto.deploy.tls import TlsFiles, issue_server_cert, make_ca
+from ppml.proto.deploy.tls import issue_server_cert, make_ca
 from ppml.servers.mpc.tls_links import ACCEPTED, SEND, Hello
 from ppml.v1 import registry_pb2, registry_pb2_grpc
 
@@ -38,33 +35,6 @@ from ppml.v1 import registry_pb2, registry_pb2_grpc
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(parties=2, directory=tmp_path_factory.mktemp("probe")) as cluster:
         yield cluster
-
-
-def _listening(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of every listening TCP socket the process holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                host, port = fields[1].split(":")
-                found.add((_address(host), int(port, 16)))
-    return found
-
-
-def _address(hex_host: str) -> str:
-    """A /proc/net address: IPv4, or IPv6 in 32-bit little-endian words (v4-mapped as v4)."""
-    raw = bytes.fromhex(hex_host)
-    if len(raw) == 4:
-        return socket.inet_ntoa(raw[::-1])
-    address = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
-    return str(address.ipv4_mapped or address)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -90,34 +60,10 @@ def _expected(local: LocalCluster) -> dict[str, set[tuple[str, int]]]:
 def test_every_listener_is_one_the_topology_names(local: LocalCluster) -> None:
     expected = _expected(local)
     for name, process in local.processes.items():
-        assert _listening(process.pid) == expected[name], name
+        assert listening(process.pid) == expected[name], name
 
 
-def _knock(address: tuple[str, int], context: ssl.SSLContext | None, data: bytes) -> bytes:
-    raw = socket.create_connection(address, timeout=10)
-    try:
-        if context is None:
-            raw.sendall(data)
-            return raw.recv(200)
-        with context.wrap_socket(raw) as tls:
-            tls.sendall(data)
-            return tls.recv(200)
-    except (OSError, ssl.SSLError):
-        return b""
-    finally:
-        raw.close()
-
-
-def _outsider(files: TlsFiles | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if files is not None:
-        context.load_cert_chain(str(files.cert), str(files.key))
-    return context
-
-
-def test_mpc_listeners_refuse_every_outsider(local: LocalCluster, tmp_path: Path) -> None:
+def test_mpc_listeners_refuse_everyoutsider(local: LocalCluster, tmp_path: Path) -> None:
     foreign_ca = make_ca(tmp_path / "foreign", "another CA")
     foreign = issue_server_cert(foreign_ca, tmp_path / "foreign", "server-0", ["127.0.0.1"])
     config = local.config
@@ -127,10 +73,10 @@ def test_mpc_listeners_refuse_every_outsider(local: LocalCluster, tmp_path: Path
         target = _split(address)
         for what, context in {
             "plaintext": None,
-            "no client certificate": _outsider(None),
-            "another CA": _outsider(foreign),
+            "no client certificate": outsider(None),
+            "another CA": outsider(foreign),
         }.items():
-            answer = _knock(target, context, hello)
+            answer = knock(target, context, hello)
             assert ACCEPTED not in answer, (address, what)
             assert answer == b"" or answer[0] == 0x15, (address, what, answer)  # an alert at most
 
@@ -138,7 +84,7 @@ def test_mpc_listeners_refuse_every_outsider(local: LocalCluster, tmp_path: Path
 def test_no_port_speaks_plaintext_or_tcpstore(local: LocalCluster) -> None:
     for ports in _expected(local).values():
         for host, port in ports:
-            answer = _knock((host, port), None, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = knock((host, port), None, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             assert not answer.startswith(b"HTTP/"), (host, port, answer)
             with pytest.raises((RuntimeError, OSError, dist.DistStoreError)):
                 dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=3))
