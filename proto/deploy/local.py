@@ -9,7 +9,6 @@ the CLI (``ppml cluster up``) and the integration tests.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -29,19 +28,33 @@ from ppml.proto.deploy.tls import issue_server_cert, make_ca
 from ppml.proto.deploy.tokens import new_token, write_auth_file, write_secret
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 
+# Run in the child *after* exec, as a tiny ``python -c`` program: ask for SIGTERM
+# when the process that started it dies (so servers started for a driver never
+# outlive it, even when it is killed with SIGKILL), give up at once if that
+# process is already gone, then exec the real command in place (same pid). The
+# parent-death signal survives exec. It is not set from ``preexec_fn``: that
+# forces a plain fork() that runs Python in the child, and a driver with gRPC
+# calls in flight (a restart under traffic) then runs gRPC's fork handlers
+# there, which can abort the child before exec ("Check failed:
+# next_worker->state == KICKED"), so the restarted server never starts.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the process that started it dies.
 
-    So servers started for a driver (a test, the demo) never outlive it, even
-    when it is killed with SIGKILL. Linux only; elsewhere a no-op.
+def spawn_command(cmd: list[str], die_with_parent: bool) -> list[str]:
+    """``cmd``, wrapped so that it gets SIGTERM when this process dies (Linux only).
+
+    The child runs no Python between fork and exec, so spawning is safe from a
+    process with gRPC threads busy.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
+    if not die_with_parent or not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 def free_port() -> int:
@@ -200,12 +213,11 @@ class LocalCluster:
             cmd.append("--insecure")
         with open(logs / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                cmd,
+                spawn_command(cmd, die_with_parent=not self._detached),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=None if self._detached else _die_with_parent,
             )
 
     def start_server(self, rank: int) -> None:
