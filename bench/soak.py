@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check = torch.rand(8, 64, generator=torch.Generator().manual_seed(3)) - 0.5
     with tempfile.TemporaryDirectory(prefix="ppml-soak-") as tmp:
         serving = {"max_batch_rows": 64}
+        if args.id_window:
+            serving["request_id_window_s"] = args.id_window
         with LocalCluster(2, Path(tmp) / "c", serving=serving, startup_timeout=300) as local:
             with Cluster.from_config(local.config_path) as cluster:
                 model_id = cluster.share_model(model, check[:1], name="soak-mlp")
@@ -255,6 +257,12 @@ def main() -> None:
     parser.add_argument("--rss-every", type=float, default=3.0, help="seconds between samples")
     parser.add_argument("--flat-mb-per-min", type=float, default=1.0)
     parser.add_argument("--flat-growth", type=float, default=0.05)
+    parser.add_argument(
+        "--id-window",
+        type=float,
+        default=None,
+        help="the servers' request-id window (s); RSS levels off after it",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -69,7 +69,7 @@ class ComputeServer:
         self.rank = rank
         self.tls = not insecure
         self.metrics = ServerMetrics()
-        self.holds = Holds()
+        self.holds = Holds(config.serving.request_id_window_s)
         model_store = FileModelStore(party.data_dir)
         dataset_store = FileShareStore(party.data_dir, DATASET_CODEC)
         limits = Limits(config.limits, config.serving.max_batch_rows, model_store, dataset_store)

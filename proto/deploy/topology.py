@@ -88,6 +88,9 @@ class ServingConfig:
     # stays up indefinitely.
     mpc_timeout_s: float = 120.0
     max_rows_per_request: int = 4096
+    # request ids are remembered this long (duplicates rejected; memory grows with
+    # requests per second times this window, then stays level)
+    request_id_window_s: float = 600.0
 
 
 @dataclass(frozen=True)

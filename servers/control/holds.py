@@ -49,7 +49,8 @@ class Hold:
 
 
 class Holds:
-    def __init__(self) -> None:
+    def __init__(self, remember_s: float = _REMEMBER_S) -> None:
+        self._remember_s = remember_s
         self._lock = threading.Lock()
         self._holds: dict[str, Hold] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -58,7 +59,7 @@ class Holds:
         """Register a hold; DUPLICATE_REQUEST if its id was seen recently."""
         now = time.monotonic()
         with self._lock:
-            while self._seen and next(iter(self._seen.values())) < now - _REMEMBER_S:
+            while self._seen and next(iter(self._seen.values())) < now - self._remember_s:
                 self._seen.popitem(last=False)
             if hold.id in self._seen:
                 raise PpmlError(

@@ -55,8 +55,14 @@ class Drop:
 
 class Scheduler:
     def __init__(
-        self, world_size: int, max_batch_rows: int, max_wait_s: float, max_delay_s: float
+        self,
+        world_size: int,
+        max_batch_rows: int,
+        max_wait_s: float,
+        max_delay_s: float,
+        forget_s: float = _FORGET_S,
     ) -> None:
+        self._forget_s = forget_s  # answered or dropped ids are remembered this long
         self.world_size = world_size
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
@@ -78,7 +84,7 @@ class Scheduler:
             self._last_announce.pop(entry.model_id, None)
         self._ready.pop(request_id, None)
         self._finished[request_id] = (now, reason)
-        while self._finished and next(iter(self._finished.values()))[0] < now - _FORGET_S:
+        while self._finished and next(iter(self._finished.values()))[0] < now - self._forget_s:
             self._finished.popitem(last=False)
 
     def announce(

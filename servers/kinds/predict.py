@@ -199,6 +199,7 @@ class PredictKind(JobKind):
                 serving.max_batch_rows,
                 serving.max_wait_ms / 1000.0,
                 serving.max_delay_ms / 1000.0,
+                serving.request_id_window_s,
             )
         )
 
