@@ -20,6 +20,11 @@ Examples::
     ppml models export MODEL --config ./cluster/cluster.toml --out weights.pt
     ppml cluster down --dir ./cluster
 
+    # a real multi-host cluster (ppml.client.cli_deploy; docs/deploy.md)
+    ppml deploy init --out ./bundles --party s0=10.0.0.1:50051:29500 \\
+        --party s1=10.0.0.2:50051:29500 --dealer dealer=10.0.0.3:29600 --client me
+    ppml deploy check --config ./bundles/s1/cluster.toml --as s1
+
 Every input, weight and data row is secret-shared on this machine before it
 is sent; server i only ever receives share i. SDK errors print one line and
 exit 1.
@@ -40,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppml.client import cli_data, cli_training
+from ppml.client import cli_data, cli_deploy, cli_training
 from ppml.client.cli_common import CliError
 from ppml.client.cli_common import connect as _connect
 from ppml.client.cli_common import table as _table
@@ -367,6 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_data.register(groups, client)
     cli_training.register(groups, client, models_sub)
+    cli_deploy.register(groups)
 
     predict = groups.add_parser("predict", parents=[client], help="encrypted prediction")
     predict.add_argument("--model", required=True, help="model id")
