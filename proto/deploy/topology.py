@@ -64,6 +64,7 @@ class PartyConfig:
     auth_file: Path | None
     metrics_port: int | None = None
     peer_token_file: Path | None = None  # this server's token on its link to the leader
+    mpc_bind: str | None = None  # where it listens, if others dial another address (NAT, relay)
 
     @property
     def grpc_host(self) -> str:
@@ -119,6 +120,7 @@ class DealerConfig:
     mpc_address: str | None = None  # where the parties' MPC links reach it (it listens there)
     tls_cert: Path | None = None  # its identity on the MPC links (name = ``name``)
     tls_key: Path | None = None
+    mpc_bind: str | None = None  # where it listens, if the parties dial another address
 
     @property
     def mpc_host_port(self) -> tuple[str, int]:
@@ -169,6 +171,10 @@ def _address(value: object, what: str) -> str:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{what} must be 'host:port' with a port in 1..65535, got {value!r}")
     return value
+
+
+def _optional_address(table: dict[str, object], key: str, where: str) -> str | None:
+    return _address(table[key], f"{where}.{key}") if key in table else None
 
 
 def _path(base: Path, value: object, what: str) -> Path | None:
@@ -233,6 +239,7 @@ def load_config(path: str | Path) -> ClusterConfig:
                 peer_token_file=_path(
                     base, entry.get("peer_token_file"), f"{where}.peer_token_file"
                 ),
+                mpc_bind=_optional_address(entry, "mpc_bind", where),
             )
         )
     names = [p.name for p in parties]
@@ -263,6 +270,7 @@ def load_config(path: str | Path) -> ClusterConfig:
             ),
             tls_cert=_path(base, dealer.get("tls_cert"), "dealer.tls_cert"),
             tls_key=_path(base, dealer.get("tls_key"), "dealer.tls_key"),
+            mpc_bind=_optional_address(dealer, "mpc_bind", "dealer"),
         ),
         client_token_file=_path(base, client.get("token_file"), "client.token_file"),
         monitor_token_file=_path(

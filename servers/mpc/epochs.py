@@ -46,12 +46,27 @@ def identity(config: ClusterConfig, rank: int) -> TlsIdentity:
     return TlsIdentity(config.ca_cert, cert, key)
 
 
+def _bind(config: ClusterConfig, rank: int) -> str | None:
+    if rank == config.world_size:
+        return config.dealer.mpc_bind
+    return config.party(rank).mpc_bind
+
+
 def session_params(config: ClusterConfig, rank: int, tag: str) -> SessionParams:
-    """Parameters for rank ``rank`` to join the epoch tagged ``tag``."""
+    """Parameters for rank ``rank`` to join the epoch tagged ``tag``.
+
+    Everyone dials a process at its ``mpc_address``; the process itself
+    listens at its ``mpc_bind`` when given (behind NAT, or a relay in tests).
+    """
+    everyone = list(peers(config))
+    bind = _bind(config, rank)
+    if bind is not None:
+        host, port = bind.rsplit(":", 1)
+        everyone[rank] = Peer(everyone[rank].name, host, int(port))
     return SessionParams(
         rank=rank,
         world_size=config.world_size,
-        peers=peers(config),
+        peers=tuple(everyone),
         identity=identity(config, rank),
         epoch=bytes.fromhex(tag),
         timeout_s=config.serving.mpc_timeout_s,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from ppml.proto.deploy.local import _die_with_parent
+from ppml.proto.deploy.local import spawn_command
 
 HERE = Path(__file__).resolve().parent
 GRPC, MPC, METRICS, DEALER_MPC = 50051, 29500, 9100, 29600
@@ -110,12 +110,11 @@ class Processes:
         self.logs.mkdir(exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
-                [*self.net.exec(role), sys.executable, "-m", *args],
+                [*self.net.exec(role), *spawn_command([sys.executable, "-m", *args], True)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                preexec_fn=_die_with_parent,
             )
 
     def kill(self, name: str) -> None:
