@@ -183,7 +183,8 @@ def model_meta_from_bytes(data: bytes) -> arch.ModelMeta:
 
 
 def _timeout_ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    """``Announce.timeout_ms``: 1 ms to the uint32 maximum (49.7 days)."""
+    return min(max(1, int(seconds * 1000)), 2**32 - 1)
 
 
 def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessage:

@@ -418,6 +418,12 @@ def test_announce_timeout_is_at_least_one_millisecond() -> None:
     assert back.timeout_s == pytest.approx(0.001)
 
 
+def test_announce_timeout_beyond_uint32_milliseconds_is_capped() -> None:
+    # a server configured with max_timeout_s above 49 days must still announce
+    msg = serde.party_message_to_proto(cmd.Announce("predict", "r", "m", 1, 1e10))
+    assert msg.announce.timeout_ms == 2**32 - 1
+
+
 def test_empty_party_message_is_rejected() -> None:
     with pytest.raises(PpmlError) as excinfo:
         serde.party_message_from_proto(coordinator_pb2.PartyMessage())
