@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench clean browser node-client
+.PHONY: demo test lint typecheck protos bench clean browser node-client fuzz
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -32,6 +32,13 @@ node-client:
 	else \
 		echo "node/npm not found: skipping $(NODE_CLIENT) (its tests will be skipped)"; \
 	fi
+
+# The RPC boundary fuzz test with its full budget: FUZZ_EXAMPLES per RPC family, 7 families
+# (over 10,000 calls); prints the calls sent and the status histogram. `make test` runs it
+# short and derandomised.
+FUZZ_EXAMPLES ?= 1500
+fuzz: $(STAMP)
+	PPML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=3600 tests/integration/test_fuzz_rpc.py
 
 # headless Chromium for tests/e2e (the dashboard in a real browser); Debian/Ubuntu
 browser:

@@ -76,13 +76,20 @@ class PartyConfig:
         return host, int(port)
 
 
+_NO_DEADLINE_S = 1e15  # above any deadline gRPC reports (it caps them near 1e8 s)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     max_batch_rows: int = 64
     max_wait_ms: float = 5.0  # dispatch after this long without a new request...
     max_delay_ms: float = 150.0  # ...or once the oldest ready request waited this long
     heartbeat_s: float = 20.0
+    # How long a prediction or evaluation may wait for its MPC job: the
+    # caller's gRPC deadline, default_timeout_s when it set none, and never
+    # more than max_timeout_s (a held request keeps its shares in memory).
     default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
     # CrypTen's process-group timeout (also bounds joining an epoch): a party
     # waiting this long in one collective fails. Heartbeats (every heartbeat_s)
     # keep idle parties and the dealer well inside it, so an idle cluster
@@ -92,6 +99,17 @@ class ServingConfig:
     # request ids are remembered this long (duplicates rejected; memory grows with
     # requests per second times this window, then stays level)
     request_id_window_s: float = 600.0
+
+    def wait_s(self, time_remaining: float | None) -> float:
+        """How long a request may wait here, given gRPC's ``context.time_remaining()``.
+
+        gRPC reports a call without a deadline as ~2^63 seconds remaining; that
+        (or None) gets ``default_timeout_s``. Every result is at most
+        ``max_timeout_s`` and at least 0.
+        """
+        if time_remaining is None or not time_remaining < _NO_DEADLINE_S:
+            time_remaining = self.default_timeout_s
+        return max(0.0, min(time_remaining, self.max_timeout_s))
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,7 @@ class DealerConfig:
             raise ConfigError("[dealer] has no mpc_address")
         host, port = self.mpc_address.rsplit(":", 1)
         return host, int(port)
+
 
 
 @dataclass(frozen=True)

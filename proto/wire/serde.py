@@ -33,6 +33,7 @@ from ppml.v1 import (
 )
 
 MAX_ELEMENTS = 1 << 27  # 1 GiB of int64 per tensor
+MAX_DIMS = 16
 T = TypeVar("T")
 
 
@@ -61,11 +62,20 @@ def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:
             f"{what}: fractional_bits must be {FRACTIONAL_BITS}, got {msg.fractional_bits}",
         )
     shape = tuple(int(d) for d in msg.shape)
-    if not shape or any(d < 0 for d in shape):
-        raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: invalid shape {list(shape)}")
+    if not 1 <= len(shape) <= MAX_DIMS or any(d < 0 for d in shape):
+        raise PpmlError(
+            ErrorCode.INVALID_SHARE,
+            f"{what}: shape must have 1-{MAX_DIMS} dimensions, each >= 0; "
+            f"got {str(list(shape))[:200]}",
+        )
+    # numpy refuses a shape whose non-zero dimensions overflow, even with a zero among them
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise PpmlError(
+            ErrorCode.INVALID_SHARE,
+            f"{what}: shape {list(shape)} is too large: its dimensions (zeros counted as 1) "
+            f"may multiply to at most {MAX_ELEMENTS}",
+        )
     count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise PpmlError(ErrorCode.INVALID_SHARE, f"{what}: {count} elements is too many")
     if len(msg.data) != 8 * count:
         raise PpmlError(
             ErrorCode.INVALID_SHARE,
@@ -197,7 +207,8 @@ def model_meta_from_bytes(data: bytes) -> arch.ModelMeta:
 
 
 def _timeout_ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    """``Announce.timeout_ms``: 1 ms to the uint32 maximum (49.7 days)."""
+    return min(max(1, int(seconds * 1000)), 2**32 - 1)
 
 
 def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessage:

@@ -94,12 +94,28 @@ def _with_identity(stream: Iterator[Any], identity: Identity) -> Iterator[Any]:
             _IDENTITY.reset(token)
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+_HANDLER_OF_KIND = {  # (request_streaming, response_streaming) -> handler factory
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _deny(
+    code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s kind that refuses the call.
+
+    A unary one would answer UNIMPLEMENTED to an empty request stream.
+    """
+
     def abort(request: Any, context: grpc.ServicerContext) -> Any:
         context.set_trailing_metadata((("ppml-error-code", code.name),))
         context.abort(code, message)
 
-    return grpc.unary_unary_rpc_method_handler(abort)
+    make = _HANDLER_OF_KIND[(handler.request_streaming, handler.response_streaming)]
+    return make(abort)
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
@@ -120,13 +136,16 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = str(metadata.get("authorization", ""))
         if not header.startswith("Bearer "):
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' token")
+            return _deny(
+                grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' token", handler
+            )
         identity = identify(self._table, header)
         if identity is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown token", handler)
         if identity.role not in roles:
             return _deny(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"role '{identity.role}' may not call {handler_call_details.method}",
+                handler,
             )
         return _wrap(handler, identity)

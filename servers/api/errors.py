@@ -7,6 +7,8 @@ public message and the code in the trailing metadata key
 with an incident id, logged with its traceback here and never sent to the
 caller (no internals leak). A handler that aborted the call itself keeps its
 status. Streaming responses are mapped the same way while they are iterated.
+A request body that does not parse as the method's message becomes
+INVALID_ARGUMENT here too (gRPC alone would answer INTERNAL).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,20 +43,67 @@ def _map(exc: Exception, context: grpc.ServicerContext, method: str) -> None:
     )
 
 
-def _unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands for a request message that did not parse."""
+
+    error: str
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` returning :class:`_Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(str(exc)[:200] or type(exc).__name__)
+
+    return parse
+
+
+def _parsed(request: Any, method: str) -> Any:
+    if isinstance(request, _Undecodable):
+        raise PpmlError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"the request body is not a valid message for {method}: {request.error}",
+        )
+    return request
+
+
+class _ParsedStream(Iterator[Any]):
+    """A request stream that raises INVALID_ARGUMENT at a message that did not parse."""
+
+    def __init__(self, requests: Iterator[Any], method: str) -> None:
+        self._requests = requests
+        self._method = method
+
+    def __next__(self) -> Any:
+        return _parsed(next(self._requests), self._method)
+
+
+def _request(request: Any, streaming: bool, method: str) -> Any:
+    return _ParsedStream(request, method) if streaming else _parsed(request, method)
+
+
+def _unary(fn: Callable[..., Any], method: str, streaming: bool) -> Callable[..., Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(request, context)
+            return fn(_request(request, streaming, method), context)
         except Exception as exc:
             _map(exc, context, method)
 
     return call
 
 
-def _stream(fn: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
+def _stream(
+    fn: Callable[..., Iterator[Any]], method: str, streaming: bool
+) -> Callable[..., Iterator[Any]]:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from fn(request, context)
+            yield from fn(_request(request, streaming, method), context)
         except Exception as exc:
             _map(exc, context, method)
 
@@ -72,6 +122,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        streaming = handler.request_streaming
+        handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         return wrap_handler(
-            handler, lambda fn: _unary(fn, method), lambda fn: _stream(fn, method)
+            handler,
+            lambda fn: _unary(fn, method, streaming),
+            lambda fn: _stream(fn, method, streaming),
         )

@@ -255,7 +255,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         request_iterator: Iterator[coordinator_pb2.PartyMessage],
         context: grpc.ServicerContext,
     ) -> Iterator[coordinator_pb2.LeaderMessage]:
-        hello = serde.party_message_from_proto(next(request_iterator))
+        first = next(request_iterator, None)  # None: the stream ended at once
+        hello = None if first is None else serde.party_message_from_proto(first)
         if not isinstance(hello, cmd.Hello):
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, "a link must start with Hello")
         identity = current_identity()

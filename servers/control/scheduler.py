@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 _FORGET_S = 600.0
 
 
+def _shown(request_id: str) -> str:
+    """The caller's own request id (servers scope ids as ``kind:owner-tag:id``)."""
+    return request_id.rsplit(":", 1)[-1]
+
+
 @dataclass
 class Tracked:
     request_id: str
@@ -94,7 +99,7 @@ class Scheduler:
         if request_id in self._finished:
             # the same reason every other party's caller got; "" if it already ran
             reason = self._finished[request_id][1] or (
-                f"request {request_id!r} already ran; a request id can be used only once"
+                f"request {_shown(request_id)!r} already ran; a request id can be used only once"
             )
             return Drop((request_id,), reason)
         entry = self._tracked.get(request_id)
@@ -103,7 +108,8 @@ class Scheduler:
             self._tracked[request_id] = entry
         elif entry.model_id != model_id or entry.rows != rows:
             reason = (
-                f"servers received different model ids or row counts for request {request_id!r}"
+                "servers received different model ids or row counts for request "
+                f"{_shown(request_id)!r}"
             )
             self._finish(request_id, now, reason)
             return Drop((request_id,), reason)
@@ -129,7 +135,7 @@ class Scheduler:
 
     def _expired_reason(self, entry: Tracked, names: list[str]) -> str:
         """Why an expired request is dropped, saying only what the leader knows."""
-        request = f"request {entry.request_id!r}"
+        request = f"request {_shown(entry.request_id)!r}"
         dropped = "every server dropped it"
         if entry.no_time:
             return (

@@ -105,7 +105,7 @@ class EvaluationService:
         value = EvaluationInput(model, dataset_id, accuracy, data.rows)
         hold = Hold(held_as, KIND, value, ErrorCode.EVALUATION_ABORTED)
         self._env.holds.add(hold)
-        remaining = time_remaining or self._env.config.serving.default_timeout_s
+        remaining = self._env.config.serving.wait_s(time_remaining)
         announce = cmd.Announce(KIND, held_as, "", 1, max(0.5, remaining - 1.0))
         if not self._env.submit(announce):
             self._env.holds.fail([held_as], "the leader could not be reached")

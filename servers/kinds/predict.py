@@ -121,7 +121,7 @@ class InferenceService:
                 ErrorCode.NOT_READY,
                 "this server's MPC session is not up (waiting for its peers and the dealer); retry",
             )
-        remaining = time_remaining or self._serving.default_timeout_s
+        remaining = self._serving.wait_s(time_remaining)
         hold = Hold(
             held_as, KIND, PredictInput(model_id, share, model), ErrorCode.PREDICTION_ABORTED
         )

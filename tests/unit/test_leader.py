@@ -7,6 +7,7 @@ is observed in order: epochs, jobs to every party, drops, heartbeats.
 from __future__ import annotations
 
 import queue
+from typing import Any, cast
 
 import pytest
 from fakes import cluster_config, make_env
@@ -14,9 +15,12 @@ from fakes import cluster_config, make_env
 from ppml.proto.deploy.topology import ServingConfig
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.wire import serde
 from ppml.servers import kinds
+from ppml.servers.api.servicers import CoordinatorServicer
 from ppml.servers.control.holds import Hold
 from ppml.servers.control.leader import Leader
+from ppml.v1 import coordinator_pb2
 
 WORLD = 3
 DEALER = WORLD
@@ -233,3 +237,23 @@ def test_a_job_that_failed_alike_everywhere_ends_without_restarting_the_session(
     assert isinstance(end, cmd.RunJob) and end.kind == "end_job" and end.epoch == epoch
     assert end.job.state == "failed" and "alike" in end.job.reason
     assert not any(isinstance(c, cmd.JoinEpoch) for c in h.here)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],  # the stream ended at once: was INTERNAL (StopIteration in the handler), by fuzzing
+        [coordinator_pb2.PartyMessage()],
+        [serde.party_message_to_proto(_predict("r1"))],
+        [serde.party_message_to_proto(cmd.Hello(0, "party", "x"))],  # rank 0 is the leader
+        [serde.party_message_to_proto(cmd.Hello(1, "dealer", "x"))],
+    ],
+    ids=["empty", "no-kind", "announce-first", "hello-rank-0", "hello-wrong-role"],
+)
+def test_a_link_must_start_with_a_valid_hello(messages: list[coordinator_pb2.PartyMessage]) -> None:
+    h = Harness()
+    link = CoordinatorServicer(h.leader).Link(iter(messages), cast(Any, None))
+    with pytest.raises(PpmlError) as excinfo:
+        next(link)
+    assert excinfo.value.code == ErrorCode.INVALID_ARGUMENT
+    assert h.leader.links_up == []

@@ -22,7 +22,7 @@ from ppml.client.errors import (
 )
 from ppml.proto.errors import CATALOG, ERROR_CODE_KEY, ErrorCode, PpmlError
 from ppml.servers.api.errors import ErrorMappingInterceptor
-from ppml.v1 import registry_pb2, registry_pb2_grpc
+from ppml.v1 import datasets_pb2, datasets_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 SECRET_TEXT = "weights=[0.123, -4.56] at /srv/ppml/data/server-0/models/x"
 
@@ -47,20 +47,37 @@ class BoundaryRegistry(registry_pb2_grpc.ModelRegistryServicer):
         return registry_pb2.ModelInfo(model_id=model_id)
 
 
+class BoundaryDatasets(datasets_pb2_grpc.DatasetRegistryServicer):
+    """UploadDataset answers with the number of chunks it read."""
+
+    def UploadDataset(
+        self,
+        request_iterator: Iterator[datasets_pb2.UploadDatasetChunk],
+        context: grpc.ServicerContext,
+    ) -> datasets_pb2.DatasetInfo:
+        return datasets_pb2.DatasetInfo(rows=sum(1 for _ in request_iterator))
+
+
 @pytest.fixture(scope="module")
-def stub() -> Iterator[registry_pb2_grpc.ModelRegistryStub]:
+def channel() -> Iterator[grpc.Channel]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMappingInterceptor()]
     )
     registry_pb2_grpc.add_ModelRegistryServicer_to_server(BoundaryRegistry(), server)
+    datasets_pb2_grpc.add_DatasetRegistryServicer_to_server(BoundaryDatasets(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield registry_pb2_grpc.ModelRegistryStub(channel)
+        yield channel
     finally:
         channel.close()
         server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> registry_pb2_grpc.ModelRegistryStub:
+    return registry_pb2_grpc.ModelRegistryStub(channel)
 
 
 def _fail(stub: registry_pb2_grpc.ModelRegistryStub, model_id: str) -> grpc.RpcError:
@@ -154,6 +171,37 @@ def test_unexpected_exception_is_internal_without_leaking(
     mapped = from_rpc_error(error, "s0")
     assert type(mapped) is PpmlClientError
     assert SECRET_TEXT not in str(mapped)
+
+
+CORRUPT = {
+    "truncated": b"\x0a\x05ab",  # field 1 announces 5 bytes, 2 follow
+    "bad-utf8": b"\x0a\x02\xff\xfe",  # a string field that is not UTF-8
+    "bad-tag": b"\xff\xff\xff",
+}
+
+
+@pytest.mark.parametrize("body", list(CORRUPT.values()), ids=list(CORRUPT))
+def test_undecodable_request_is_invalid_argument(channel: grpc.Channel, body: bytes) -> None:
+    # gRPC alone answers INTERNAL ("Exception deserializing request!") (found by fuzzing)
+    call = channel.unary_unary("/ppml.v1.ModelRegistry/GetModel")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        call(body, timeout=5)
+    error = excinfo.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid message for /ppml.v1.ModelRegistry/GetModel" in error.details()
+    assert _trailing_code(error) == "INVALID_ARGUMENT"
+
+
+def test_undecodable_message_in_a_request_stream_is_invalid_argument(
+    channel: grpc.Channel,
+) -> None:
+    call = channel.stream_unary("/ppml.v1.DatasetRegistry/UploadDataset")
+    good = datasets_pb2.UploadDatasetChunk().SerializeToString()
+    assert datasets_pb2.DatasetInfo.FromString(call(iter([good, good]), timeout=5)).rows == 2
+    with pytest.raises(grpc.RpcError) as excinfo:
+        call(iter([good, CORRUPT["truncated"], good]), timeout=5)
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ppml.v1.UploadDatasetChunk" in excinfo.value.details()
 
 
 def test_incident_ids_differ(stub: registry_pb2_grpc.ModelRegistryStub) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -104,6 +105,12 @@ def _with(**changes: object) -> common_pb2.ShareTensor:
         pytest.param(_with(shape=[2, -3]), id="one-negative-dim"),
         pytest.param(_with(shape=[]), id="no-shape"),
         pytest.param(_with(shape=[1 << 14, 1 << 14], data=b""), id="too-many-elements"),
+        # zero elements, but numpy cannot make an array of these shapes (found by fuzzing)
+        pytest.param(_with(shape=[0, 1 << 62], data=b""), id="zero-by-huge"),
+        pytest.param(_with(shape=[1 << 62, 0], data=b""), id="huge-by-zero"),
+        pytest.param(_with(shape=[0, 1 << 31, 1 << 31], data=b""), id="zero-by-overflow"),
+        pytest.param(_with(shape=[1] * 17, data=b"\x00" * 8), id="too-many-dims"),
+        pytest.param(_with(shape=[1] * 70, data=b"\x00" * 8), id="more-dims-than-numpy"),
     ],
 )
 def test_share_from_proto_rejects(msg: common_pb2.ShareTensor) -> None:
@@ -111,6 +118,15 @@ def test_share_from_proto_rejects(msg: common_pb2.ShareTensor) -> None:
         serde.share_from_proto(msg, what="input")
     assert _code(excinfo) == ErrorCode.INVALID_SHARE
     assert "input" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("shape", [(0, 1 << 27), (1 << 27, 0), (0,) * 16, (1,) * 16])
+def test_share_from_proto_accepts_empty_and_many_dim_shapes_up_to_the_limits(
+    shape: tuple[int, ...],
+) -> None:
+    size = math.prod(shape)
+    msg = _with(shape=list(shape), data=b"\x00" * (8 * size))
+    assert serde.share_from_proto(msg).shape == shape
 
 
 def test_share_from_proto_rejects_element_count_overflow() -> None:
@@ -416,6 +432,12 @@ def test_announce_timeout_is_at_least_one_millisecond() -> None:
     back = serde.party_message_from_proto(msg)
     assert isinstance(back, cmd.Announce)
     assert back.timeout_s == pytest.approx(0.001)
+
+
+def test_announce_timeout_beyond_uint32_milliseconds_is_capped() -> None:
+    # a server configured with max_timeout_s above 49 days must still announce
+    msg = serde.party_message_to_proto(cmd.Announce("predict", "r", "m", 1, 1e10))
+    assert msg.announce.timeout_ms == 2**32 - 1
 
 
 def test_empty_party_message_is_rejected() -> None:
