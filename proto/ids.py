@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ppml.proto.errors import ErrorCode, PpmlError
@@ -17,3 +18,9 @@ def check_id(value: str, what: str) -> str:
             f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
         )
     return value
+
+
+def fingerprint(*parts: object) -> str:
+    """A short digest of public values every server must agree on (e.g. a model's
+    architecture under one id); the leader compares servers' fingerprints."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

@@ -53,6 +53,7 @@ class _Entry:
     kind: str
     steps: int
     deadline: float
+    group: str = ""  # a fingerprint of the public inputs: every party must announce the same
     holders: set[int] = field(default_factory=set)
     next_step: int = 0
     in_flight: bool = False
@@ -76,14 +77,17 @@ class JobQueue:
             raise ValueError(f"no long-work policy for kind {announce.kind!r}")
         entry = self._entries.get(announce.id)
         if entry is None:
-            entry = _Entry(announce.id, announce.kind, announce.size, now + announce.timeout_s)
+            entry = _Entry(
+                announce.id, announce.kind, announce.size, now + announce.timeout_s, announce.group
+            )
             self._entries[announce.id] = entry
-        if (announce.kind, announce.size) != (entry.kind, entry.steps):
+        if (announce.kind, announce.size, announce.group) != (entry.kind, entry.steps, entry.group):
             self._end(
                 entry.job_id,
                 FAILED,
                 f"the servers disagree about the job ({entry.kind}, {entry.steps} steps vs "
-                f"{announce.kind}, {announce.size}): do they hold the same data sets?",
+                f"{announce.kind}, {announce.size}, or different models or data under the same "
+                "ids): do they hold the same model and data sets?",
             )
             return
         entry.holders.add(rank)

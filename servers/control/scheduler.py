@@ -108,8 +108,8 @@ class Scheduler:
             self._tracked[request_id] = entry
         elif entry.model_id != model_id or entry.rows != rows:
             reason = (
-                "servers received different model ids or row counts for request "
-                f"{_shown(request_id)!r}"
+                "servers received different models (or different models under one id) or "
+                f"row counts for request {_shown(request_id)!r}"
             )
             self._finish(request_id, now, reason)
             return Drop((request_id,), reason)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.ids import check_id
+from ppml.proto.ids import check_id, fingerprint
 from ppml.proto.shares import Ring
 from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.job_queue import Policy, Step
@@ -106,7 +106,10 @@ class EvaluationService:
         hold = Hold(held_as, KIND, value, ErrorCode.EVALUATION_ABORTED)
         self._env.holds.add(hold)
         remaining = self._env.config.serving.wait_s(time_remaining)
-        announce = cmd.Announce(KIND, held_as, "", 1, max(0.5, remaining - 1.0))
+        group = fingerprint(
+            model.meta.architecture, data.rows, data.feature_shape, data.num_classes
+        )  # the servers must hold the same model and the same data set shapes
+        announce = cmd.Announce(KIND, held_as, group, 1, max(0.5, remaining - 1.0))
         if not self._env.submit(announce):
             self._env.holds.fail([held_as], "the leader could not be reached")
             raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")

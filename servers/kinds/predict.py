@@ -22,7 +22,7 @@ import torch
 
 from ppml.proto.domain import commands as cmd
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.ids import check_id
+from ppml.proto.ids import check_id, fingerprint
 from ppml.proto.shares import Ring
 from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.scheduler import Scheduler
@@ -127,7 +127,9 @@ class InferenceService:
         )
         self._env.holds.add(hold)
         timeout_s = remaining - drop_margin(remaining)
-        announce = cmd.Announce(KIND, held_as, model_id, rows, timeout_s)
+        # servers holding different models under one id must not run them together
+        group = f"{model_id}#{fingerprint(model.meta.owner, model.meta.architecture)}"
+        announce = cmd.Announce(KIND, held_as, group, rows, timeout_s)
         if not self._env.submit(announce):
             self._env.holds.fail([held_as], "not ready")
             raise PpmlError(
@@ -234,7 +236,7 @@ class PredictKind(JobKind):
                 outcome = PredictOutcome(out[offset : offset + rows].copy(), len(taken), seq)
                 hold.future.set_result(outcome)
             offset += rows
-        return JobStats(job.model_id, len(taken))
+        return JobStats(present[0].value.model_id, len(taken))
 
     def abort(self, job: PredictJob, taken: list[Hold | None], reason: str) -> None:
         for hold in taken:

@@ -33,7 +33,7 @@ from ppml.proto.domain.jobs import (
     TrainingSpec,
 )
 from ppml.proto.errors import ErrorCode, PpmlError
-from ppml.proto.ids import check_id
+from ppml.proto.ids import check_id, fingerprint
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
@@ -260,7 +260,10 @@ class JobManager:
         with self._cond:
             self._infos[job_id] = info
         self._emit(info)
-        announce = cmd.Announce(TRAIN_KIND, job_id, "", info.steps_total, ANNOUNCE_TIMEOUT_S)
+        group = fingerprint(  # every server must hold the same job over the same data shapes
+            owner, architecture, spec, [(d.rows, d.feature_shape, d.num_classes) for d in datasets]
+        )
+        announce = cmd.Announce(TRAIN_KIND, job_id, group, info.steps_total, ANNOUNCE_TIMEOUT_S)
         if not self._announce(announce):
             self._finish(info, JobState.FAILED, "the leader could not be reached; retry")
             raise PpmlError(ErrorCode.NOT_READY, "the leader could not be reached; retry shortly")

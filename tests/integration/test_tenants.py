@@ -26,7 +26,7 @@ from ppml.proto.wire import serde
 from ppml.v1 import coordinator_pb2_grpc
 
 LIMITS = {
-    "max_models_per_identity": 9,
+    "max_models_per_identity": 11,
     "max_evaluations": 2,
     "min_batch_size": 8,
     "max_activations": 200_000,  # at 64 rows per batch: at most 3,125 values per row
@@ -245,3 +245,36 @@ def test_another_tenants_request_cannot_touch_a_training_job(
     with pytest.raises(PermissionDenied):
         analyst.job(job.job_id).cancel()
     assert job.result(timeout=300)  # the owner's job ran to the end
+
+
+def test_servers_holding_different_models_under_one_id_refuse_to_run_them(
+    local: LocalCluster, owner: Cluster
+) -> None:
+    """A client that uploads a different model to each server gets an error, and the cluster
+    stays up (the fuzzer found that mismatched MPC steps used to take the leader down)."""
+    from ppml.client.model_export import export_model
+    from ppml.proto import shares
+    from ppml.v1 import registry_pb2
+
+    for rank, hidden in enumerate((8, 5)):
+        torch.manual_seed(rank)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)
+        )
+        architecture, weights = export_model(model, X1)
+        part = shares.share_named(weights, 2)[rank]
+        owner._servers[rank].registry.UploadModel(
+            registry_pb2.UploadModelRequest(
+                model_id="two-faced",
+                architecture=serde.architecture_to_proto(architecture),
+                parameters=serde.named_shares_to_proto(part),
+            ),
+            timeout=30,
+            metadata=owner._metadata,
+        )
+    with pytest.raises(PpmlClientError, match="different models"):
+        owner.predict("two-faced", X1)
+    model = _mlp(12)
+    model_id = owner.share_model(model, X1)
+    with torch.no_grad():
+        assert (owner.predict(model_id, X1) - model(X1)).abs().max().item() < 1e-3

@@ -165,7 +165,11 @@ def test_start_persists_queued_and_announces(world: World) -> None:
     assert stored == info
     shares = world.job_store.get_shares("job-1")
     assert set(shares) == set(_architecture().parameter_shapes())
-    assert world.announcer.messages == [cmd.Announce("train", "job-1", "", 10, ANNOUNCE_TIMEOUT_S)]
+    (announce,) = world.announcer.messages
+    assert isinstance(announce, cmd.Announce)
+    assert (announce.kind, announce.id, announce.size) == ("train", "job-1", 10)
+    assert announce.timeout_s == ANNOUNCE_TIMEOUT_S
+    assert len(announce.group) == 16  # a fingerprint of the job the leader compares across servers
 
 
 @pytest.mark.parametrize(

@@ -353,3 +353,11 @@ def test_a_session_restart_fails_started_training_jobs_only() -> None:
         "started", "failed", "dealer connected while the job was in progress"
     )
     assert queue.next_job() == Step("train", "waiting", 0)
+
+
+def test_servers_holding_different_things_under_one_id_fail_the_job() -> None:
+    q = JobQueue(2)
+    q.announce(0, cmd.Announce("train", "job-1", "fingerprint-a", 3, 60.0), 0.0)
+    q.announce(1, cmd.Announce("train", "job-1", "fingerprint-b", 3, 60.0), 0.0)
+    end = q.next_job()
+    assert isinstance(end, End) and end.state == "failed" and "disagree" in end.reason
