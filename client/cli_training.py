@@ -39,7 +39,7 @@ def mlp(sizes: str, seed: int) -> nn.Sequential:
         raise CliError(f"--mlp {sizes!r}: expected comma-separated layer sizes") from None
     if len(widths) < 2 or min(widths) < 1:
         raise CliError(f"--mlp {sizes!r}: need at least input and output sizes, all >= 1")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # public: initial weights of a model the owner shares anyway
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         layers += [nn.ReLU()] if i else []

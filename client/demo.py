@@ -107,7 +107,7 @@ def run() -> tuple[float, float]:
         print(f"held-out validation set: {len(y_test)} rows -> {test_id}")
 
         heading("3. Train a 64-32-10 MLP in MPC (secret-shared standardisation, SGD+momentum)")
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # public: the demo model's initial weights
         model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         start = time.perf_counter()
         job = cluster.train(

@@ -24,7 +24,7 @@ and the opened result carries total noise of variance ``n/(n-1) * sigma**2``
 trusting any one server. It is *not* ``sigma / sqrt(n)``: that would leave a
 curious server facing only ``(n-1)/n * sigma**2``. If up to ``t`` servers may
 pool their draws, replace ``n - 1`` by ``n - t``. The threat model
-(ARCHITECTURE.md) has non-colluding honest-but-curious servers: ``t = 1``.
+(docs/architecture.md) has non-colluding honest-but-curious servers: ``t = 1``.
 A server that skips its draw (malicious) is outside that model.
 """
 
