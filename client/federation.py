@@ -122,18 +122,33 @@ class Federation:
         per_server = [info.results for info in self.infos()]
         return [merge_round(list(rs)) for rs in zip(*per_server, strict=False)]
 
-    def progress(self, poll_s: float = 0.5) -> Iterator[RoundProgress]:
-        """Each round as it closes, until the federation ends."""
-        seen = 0
-        while True:
-            infos = self.infos()
-            closed = min(len(i.results) for i in infos)
-            for index in range(seen, closed):
-                yield merge_round([i.results[index] for i in infos])
-            seen = closed
-            if all(i.state.terminal for i in infos):
-                return
-            time.sleep(poll_s)
+    def progress(self) -> Iterator[RoundProgress]:
+        """Each round as it closes (streamed from every server, merged), until the end.
+
+        Every server emits the same events in the same order (creation, each
+        round's close, the end), so the streams are read in lockstep.
+        """
+        c = self._cluster
+        request = federation_pb2.WatchFederationRequest(federation_id=self.federation_id)
+        streams = [s.federation.WatchFederation(request, metadata=c._metadata) for s in c._servers]
+        try:
+            while True:
+                events = []
+                for rank, stream in enumerate(streams):
+                    try:
+                        events.append(fed_wire.event_from_proto(next(stream)))
+                    except StopIteration:
+                        return
+                    except grpc.RpcError as err:
+                        raise from_rpc_error(err, c._servers[rank].name) from None
+                results = [e.result for e in events if e.result is not None]
+                if len(results) == len(events):
+                    yield merge_round(results)
+                if any(e.state.terminal for e in events):
+                    return
+        finally:
+            for stream in streams:
+                stream.cancel()
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> fed.FederationInfo:
         """Block until every server has ended the federation; returns the leader's view."""

@@ -155,6 +155,7 @@ def test_four_offices_by_subject_one_drops_out(owner: Cluster, offices: dict[str
         assert set(later.participants) == set(OFFICES[:3])
         assert later.dropped == (leaving,)
     assert all(r.mean_loss is not None and 0 < r.mean_loss < 5 for r in rounds)  # owner sees it
+    assert list(handle.progress()) == rounds  # the event streams of both servers, merged
     assert reports[leaving].submitted == (1,)
     for name in OFFICES[:3]:
         assert reports[name].submitted == (1, 2, 3), reports[name]
