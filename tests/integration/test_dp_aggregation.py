@@ -25,7 +25,7 @@ from tests.integration.mpc_cluster import MpcCluster
 from tests.integration.mpc_programs import aggregation_updates
 
 UPDATES = 4
-REPEATS = 41  # 1 without noise, then 40 noisy rounds: 40 * 36 = 1,440 noise samples
+REPEATS = 25  # 1 without noise, then 24 noisy rounds: 24 * 36 = 864 noise samples
 CLIP = 1.5
 Z = 0.8
 ARCH = Architecture((Linear(5, 6, True),), (5,), (6,))
