@@ -296,27 +296,33 @@ def test_dp_epsilon_matches_dp_accounting_and_the_budget_stops_it(
 def test_dp_noise_in_released_averages_has_the_calibrated_sigma(
     owner: Cluster, offices: dict[str, Cluster]
 ) -> None:
-    """Fixed updates, many rounds: the released averages scatter with the calibrated
-    noise (both servers' draws together: n/(n-1) * sigma^2 for n = 2)."""
+    """Zero updates, many rounds: each released average is pure noise, and it scatters
+    with the calibrated sigma (both servers' draws together: n/(n-1) * sigma^2, n = 2)."""
     z, clip, rounds, members = 0.5, 0.2, 12, OFFICES[:2]
     dp = fed.DpSettings(clip_norm=clip, noise_multiplier=z)
     handle = owner.create_federation(
         _small_model(), list(members), rounds=rounds, dp=dp, sample_input=SAMPLE
     )
-    history: list[dict[str, np.ndarray]] = []
-    zero = {name: lambda m, r: (m, 10, None) for name in members}  # delta 0: pure noise
-    reports = _join_all(offices, handle.federation_id, zero)
+    seen: list[np.ndarray] = []  # the global model each round, as the first office sees it
+
+    def watching(model: torch.nn.Module, round_no: int) -> tuple[torch.nn.Module, int, None]:
+        seen.append(np.concatenate([p.detach().double().reshape(-1) for p in model.parameters()]))
+        return model, 10, None
+
+    trains = {members[0]: watching, members[1]: lambda m, r: (m, 10, None)}
+    reports = _join_all(offices, handle.federation_id, trains)
     assert all(not isinstance(r, Exception) for r in reports.values()), reports
     info = handle.wait(timeout=60)
     assert info.state is fed.FederationState.SUCCEEDED
-    del history
-    final = owner.export_model(info.model_id).weights
-    start = {n: v.detach().double().numpy() for n, v in _small_model().state_dict().items()}
-    total = np.concatenate([(final[n].numpy() - start[n]).reshape(-1) for n in sorted(start)])
-    # the sum of `rounds` independent releases: variance rounds * 2 * sigma^2 / members^2
-    expected = rounds * 2 * (z * clip) ** 2 / len(members) ** 2
-    assert abs(total.var() / expected - 1) < 0.35  # 39 values: a loose but honest bound
     assert all(r.applied for r in info.results)
+    final = owner.export_model(info.model_id).to_torch()
+    seen.append(np.concatenate([p.detach().double().reshape(-1) for p in final.parameters()]))
+    releases = np.diff(np.stack(seen), axis=0)  # (rounds, 39): each round's released average
+    assert releases.shape[0] == rounds
+    expected = 2 * (z * clip) ** 2 / len(members) ** 2
+    tolerance = 4 * np.sqrt(2 / releases.size)  # 4 standard errors of a sample variance
+    assert abs(releases.var() / expected - 1) < tolerance
+    assert abs(releases.mean()) < 4 * np.sqrt(expected / releases.size)
 
 
 # ---------------------------------------------------------------- bad input
