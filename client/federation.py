@@ -358,8 +358,8 @@ class Participant:
                 {k: v * scale for k, v in delta.items()}, self._c.parties
             )
             weight = shares.share(shares.encode([1.0 if dp else float(rows)]), self._c.parties)
-            losses = (
-                shares.share(shares.encode([rows * loss]), self._c.parties)
+            losses = (  # weighted like the update, so that loss_sum / weight_sum is a mean
+                shares.share(shares.encode([scale * loss]), self._c.parties)
                 if loss is not None
                 else None
             )
