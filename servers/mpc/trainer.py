@@ -12,12 +12,16 @@ With ``standardize`` the features are centred and scaled by a mean and an
 inverse standard deviation computed in MPC over every training row; the
 trained model then starts with a secret :class:`Affine` layer holding that
 scaling, so prediction clients send raw features.
+
+With DP-SGD on (``spec.dp``), each step's gradients come from
+:class:`~ppml.servers.mpc.dpsgd.DpSgdStep` (per-example clipping, every
+party's own noise) instead of CrypTen's autograd; the update is the same SGD.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +36,9 @@ from ppml.training import losses
 from ppml.training.batches import BatchPlan
 from ppml.training.losses import accuracy_kind
 from ppml.training.standardize import VARIANCE_FLOOR
+
+if TYPE_CHECKING:
+    from ppml.servers.mpc.dpsgd import DpSgdStep
 
 _LARGE_VARIANCE = 64.0  # above this, inv_sqrt runs on var / 1024 (its accurate range)
 _WIDE_SHIFTS = (10, 20, 30)
@@ -125,6 +132,13 @@ class TrainingRun:
             weight_decay=spec.weight_decay,
         )
         self._loss = _loss_module(spec.loss, spec.reveal_metrics)
+        self._dp: DpSgdStep | None = None
+        if spec.dp:
+            from ppml.servers.mpc.dpsgd import DpSgdStep  # it builds on inv_sqrt_wide above
+
+            self._dp = DpSgdStep(
+                inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
+            )
         self._plan = BatchPlan(self._x.size(0), spec.batch_size, spec.seed)
         num_classes = int(self._y.size(1))
         self._accuracy = accuracy_kind(inputs.architecture.output_shape, num_classes)
@@ -143,9 +157,12 @@ class TrainingRun:
         y = losses.get(self.spec.loss).target(y)
         # pairwise max: one comparison round instead of log2(classes) in softmax
         with crypten.cfg.temp_override({"functions.max_method": "pairwise"}):
-            loss = self._loss(self._model(x), y)
-            self._optimizer.zero_grad()
-            loss.backward()
+            if self._dp is not None:  # no loss: reveal_metrics is refused with DP
+                self._dp.gradients(self._model, x, y)
+            else:
+                loss = self._loss(self._model(x), y)
+                self._optimizer.zero_grad()
+                loss.backward()
         self._optimizer.step()
         if self.spec.reveal_metrics:
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
