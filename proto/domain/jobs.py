@@ -17,6 +17,7 @@ from ppml.proto.shares import Ring
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 OPTIMIZERS = ("sgd",)
+DP_DEFAULT_DELTA = 1e-5  # a DP-SGD job's delta when its spec leaves dp_delta at 0
 
 
 class JobState(Enum):

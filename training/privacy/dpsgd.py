@@ -31,10 +31,10 @@ import math
 from dataclasses import dataclass
 
 from ppml.proto.domain.architecture import Architecture
-from ppml.proto.domain.jobs import TrainingSpec
+from ppml.proto.domain.jobs import DP_DEFAULT_DELTA, TrainingSpec
 from ppml.training.privacy.accounting import calibrate_noise_multiplier, dpsgd_epsilon
 
-DEFAULT_DELTA = 1e-5
+DEFAULT_DELTA = DP_DEFAULT_DELTA
 # layer kinds whose per-example gradients the MPC trainer computes (servers/mpc/dpsgd.py)
 DP_LAYER_KINDS = ("linear", "relu", "flatten")
 MAX_NOISE_MULTIPLIER = 1e4
