@@ -12,11 +12,18 @@ output, so ``||g_i||^2 = ||delta_i||^2 (||a_i||^2 + 1)``. The forward pass
 keeps every ``a``, the backward pass every ``delta``; summed over layers this
 gives each example's squared norm ``s_i`` from ``(B,)``-sized secrets only.
 
-**Clipping.** ``f_i = min(1, C / sqrt(s_i))`` is computed as
-``t_i = s_i / C^2``, ``f_i = 1 + [t_i > 1] (t_i^-1/2 - 1)`` (a secret
-comparison and :func:`~ppml.servers.mpc.trainer.inv_sqrt_wide`, accurate on
-``[0.01, ~1e11]``; only ``t > 1`` is used). The clipped sum of a layer's
-gradients is ``(f * delta)^T A`` and ``sum_i f_i delta_i``.
+**Clipping.** ``f_i = min(1, C' / sqrt(s_i))`` with ``C' = C (1 - 2^-7)``:
+the margin absorbs the approximation below, so a clipped gradient's norm
+stays under ``C``. With ``t = s / C'^2``, the copies ``t / 64^j``
+(``j = 0..5``) go through *one* CrypTen ``inv_sqrt`` (stacked, so the
+Newton iterations cost the rounds of one), one stacked comparison
+``t > 64^j`` picks the copy that lies in ``[1, 64)``, where ``inv_sqrt`` is
+accurate to about 0.1 %, and ``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. The factor
+is kept times ``2^15`` (:func:`scaled_clip_factors`) until it has multiplied
+``delta``, so its fixed-point rounding costs an absolute ``2^-16`` per
+coordinate of ``f_i delta_i``, not a relative error that grows with the
+norm. The clipped sum of a layer's gradients is ``(f * delta)^T A`` and
+``sum_i f_i delta_i``.
 
 **Noise.** Each party draws ``N(0, s^2)`` per coordinate from its own
 :class:`~ppml.training.privacy.SecureRandom` with
@@ -38,7 +45,6 @@ import torch
 
 from ppml.proto.domain.architecture import Architecture
 from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.trainer import inv_sqrt_wide
 from ppml.training.privacy import SecureRandom, per_server_noise_std
 from ppml.training.privacy.dpsgd import DP_LAYER_KINDS
 
@@ -93,11 +99,36 @@ def _backward(tape: list[_Tape], delta: Any) -> list[tuple[Any, Any, Any]]:
     return dense
 
 
+CLIP_MARGIN = 2**-7  # clip to C (1 - margin): room for the inverse square root's error
+FACTOR_BITS = 15  # scaled_clip_factors returns the factors times 2^FACTOR_BITS
+_STAGES = 6  # t / 64^j for j < 6: t up to 2^36, past 2^31 (any product of two secrets)
+
+
+def scaled_clip_factors(squared_norms: Any, clip_norm: float) -> Any:
+    """Secret ``2^15 min(1, C' / sqrt(s))`` per example, ``C' = C (1 - CLIP_MARGIN)``.
+
+    ``squared_norms`` is a secret ``(B,)`` tensor with ``s / C'^2 < 2^31`` (the
+    range of a fixed-point product). Rounds: one ``inv_sqrt``, one comparison
+    and one multiplication, whatever the range of ``s``.
+    """
+    bound = clip_norm * (1 - CLIP_MARGIN)
+    t = squared_norms.mul(1.0 / bound**2)
+    scaled = crypten.stack([t.div(64**j) if j else t for j in range(_STAGES)])
+    roots = scaled.inv_sqrt()  # row j is accurate where 64^j <= t < 64^(j+1)
+    powers = torch.tensor([2.0 ** (FACTOR_BITS - 3 * j) for j in range(_STAGES)])
+    candidates = roots.mul(powers.unsqueeze(1))  # 2^15 t^-1/2 where row j is the right one
+    above = crypten.stack([t] * _STAGES).gt(
+        torch.tensor([64.0**j for j in range(_STAGES)]).unsqueeze(1)
+    )  # nested: above[j] implies above[j - 1]
+    unclipped = float(2**FACTOR_BITS)
+    # f = unclipped + sum_j above[j] (candidate[j] - candidate[j - 1]): one multiplication
+    steps = crypten.cat([candidates[:1] - unclipped, candidates[1:] - candidates[:-1]])
+    return (above * steps).sum(0) + unclipped
+
+
 def clip_factors(squared_norms: Any, clip_norm: float) -> Any:
-    """Secret ``min(1, C / sqrt(s))`` per example, from secret squared norms ``s``."""
-    t = squared_norms.mul(1.0 / clip_norm**2)
-    over = t.gt(1)
-    return over * (inv_sqrt_wide(t) - 1) + 1
+    """Secret ``min(1, C' / sqrt(s))`` per example (see :func:`scaled_clip_factors`)."""
+    return scaled_clip_factors(squared_norms, clip_norm).div(2**FACTOR_BITS)
 
 
 def clipped_gradient_sums(
@@ -112,10 +143,10 @@ def clipped_gradient_sums(
             inputs = a.square().sum(1) + (1 if module.bias is not None else 0)
             term = delta.square().sum(1) * inputs
             squared = term if squared is None else squared + term
-        factors = clip_factors(squared, clip_norm).unsqueeze(1)
+        factors = scaled_clip_factors(squared, clip_norm).unsqueeze(1)
         sums: list[tuple[Any, str, Any]] = []
         for module, a, delta in dense:
-            clipped = delta * factors
+            clipped = (delta * factors).div(2**FACTOR_BITS)
             sums.append((module, "weight", clipped.t().matmul(a)))
             if module.bias is not None:
                 sums.append((module, "bias", clipped.sum(0)))

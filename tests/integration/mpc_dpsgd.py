@@ -11,7 +11,12 @@ from typing import Any
 import torch
 
 from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.dpsgd import add_own_noise, clipped_gradient_sums
+from ppml.servers.mpc.dpsgd import (
+    CLIP_MARGIN,
+    add_own_noise,
+    clip_factors,
+    clipped_gradient_sums,
+)
 from ppml.training.privacy import SecureRandom
 
 NOISE_VALUES = 4000
@@ -63,7 +68,8 @@ def _clip_errors(loss: str, seed: int) -> dict[str, float]:
     plain, layers = _models(seed)
     _, norms = plaintext_clipped_sums(plain, x, target, loss, 1.0)
     clip = float(norms.median())  # a bound that clips about half the examples
-    expected, _ = plaintext_clipped_sums(plain, x, target, loss, clip)
+    # the MPC side aims at C (1 - margin); plaintext clipping at exactly that bound
+    expected, _ = plaintext_clipped_sums(plain, x, target, loss, clip * (1 - CLIP_MARGIN))
     sums = clipped_gradient_sums(
         ("linear", "relu", "linear"),
         layers,
@@ -84,6 +90,19 @@ def _clip_errors(loss: str, seed: int) -> dict[str, float]:
     return errors
 
 
+# squared norms over C^2: both sides of 1 and of every stage boundary 64^j, up to 2^30
+RATIOS = [0.0, 0.3, 0.97, 0.99, 1.01, 1.03, 2.0, 10.0, 63.0, 65.0, 300.0, 1e3, 4000.0, 4200.0,
+          7e3, 1e4, 1e5, 2.6e5, 2.7e5, 1e6, 1.6e7, 1.7e7, 1e8, 1.07e9, 1.08e9]  # fmt: skip
+
+
+def _factors() -> dict[str, list[float]]:
+    """``min(1, C / sqrt(s))`` in MPC with ``C = 0.25`` over squared norms ``s``."""
+    clip = 0.25
+    s = torch.tensor(RATIOS, dtype=torch.float64) * clip**2
+    opened = clip_factors(crypten.cryptensor(s, src=0), clip).get_plain_text()
+    return {"factor": opened.tolist(), "norm": s.sqrt().tolist(), "clip": clip}
+
+
 def _noise(world_size: int) -> dict[str, float]:
     """Open a zero tensor after every party added its own noise: its std and mean."""
     zero = crypten.cryptensor(torch.zeros(NOISE_VALUES), src=0)
@@ -100,4 +119,4 @@ def run(world_size: int) -> dict:
     errors: dict[str, float] = {}
     for loss, seed in (("cross_entropy", 1), ("mse", 2)):
         errors.update(_clip_errors(loss, seed))
-    return {"errors": errors, "noise": _noise(world_size)}
+    return {"errors": errors, "factors": _factors(), "noise": _noise(world_size)}
