@@ -18,12 +18,13 @@ stays under ``C``. With ``t = s / C'^2``, the copies ``t / 64^j``
 (``j = 0..5``) go through *one* CrypTen ``inv_sqrt`` (stacked, so the
 Newton iterations cost the rounds of one), one stacked comparison
 ``t > 64^j`` picks the copy that lies in ``[1, 64)``, where ``inv_sqrt`` is
-accurate to about 0.1 %, and ``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. The factor
-is kept times ``2^15`` (:func:`scaled_clip_factors`) until it has multiplied
-``delta``, so its fixed-point rounding costs an absolute ``2^-16`` per
-coordinate of ``f_i delta_i``, not a relative error that grows with the
-norm. The clipped sum of a layer's gradients is ``(f * delta)^T A`` and
-``sum_i f_i delta_i``.
+accurate to within 0.5 %, and ``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. Each
+``delta_i`` is multiplied by that root (in ``(1/8, 1]``, full precision)
+and only then by the public, exact ``8^-j`` (:func:`clip`): every product
+stays small (CrypTen's two-party truncation fails with a probability that
+grows with the value) and the rounding is an absolute ``2^-16`` per
+coordinate, not a relative error that grows with the norm. The clipped sum
+of a layer's gradients is ``(f * delta)^T A`` and ``sum_i f_i delta_i``.
 
 **Noise.** Each party draws ``N(0, s^2)`` per coordinate from its own
 :class:`~ppml.training.privacy.SecureRandom` with
@@ -100,35 +101,48 @@ def _backward(tape: list[_Tape], delta: Any) -> list[tuple[Any, Any, Any]]:
 
 
 CLIP_MARGIN = 2**-7  # clip to C (1 - margin): room for the inverse square root's error
-FACTOR_BITS = 15  # scaled_clip_factors returns the factors times 2^FACTOR_BITS
 _STAGES = 6  # t / 64^j for j < 6: t up to 2^36, past 2^31 (any product of two secrets)
+# stage weights: row 0 keeps delta (not clipped), row j + 1 holds (t / 64^j)^-1/2, worth 8^-j
+STAGE_SCALES = (1.0, *(8.0**-j for j in range(_STAGES)))
 
 
-def scaled_clip_factors(squared_norms: Any, clip_norm: float) -> Any:
-    """Secret ``2^15 min(1, C' / sqrt(s))`` per example, ``C' = C (1 - CLIP_MARGIN)``.
+def clip_stage_weights(squared_norms: Any, clip_norm: float) -> Any:
+    """Secret ``(7, B)`` weights ``w`` with ``sum_k w[k] STAGE_SCALES[k] = min(1, C' / sqrt(s))``.
 
-    ``squared_norms`` is a secret ``(B,)`` tensor with ``s / C'^2 < 2^31`` (the
-    range of a fixed-point product). Rounds: one ``inv_sqrt``, one comparison
-    and one multiplication, whatever the range of ``s``.
+    ``C' = C (1 - CLIP_MARGIN)``; ``squared_norms`` is a secret ``(B,)``
+    tensor with ``s / C'^2 < 2^31`` (the range of a fixed-point product).
+    Per example at most one row is non-zero: row 0 (= 1) when ``s <= C'^2``,
+    else the row of the stage whose copy lies in ``[1, 64)``, holding its
+    inverse square root in ``(1/8, 1]`` (full relative precision). Rounds:
+    one ``inv_sqrt``, one comparison and one multiplication, whatever ``s``.
     """
     bound = clip_norm * (1 - CLIP_MARGIN)
     t = squared_norms.mul(1.0 / bound**2)
     scaled = crypten.stack([t.div(64**j) if j else t for j in range(_STAGES)])
     roots = scaled.inv_sqrt()  # row j is accurate where 64^j <= t < 64^(j+1)
-    powers = torch.tensor([2.0 ** (FACTOR_BITS - 3 * j) for j in range(_STAGES)])
-    candidates = roots.mul(powers.unsqueeze(1))  # 2^15 t^-1/2 where row j is the right one
-    above = crypten.stack([t] * _STAGES).gt(
-        torch.tensor([64.0**j for j in range(_STAGES)]).unsqueeze(1)
-    )  # nested: above[j] implies above[j - 1]
-    unclipped = float(2**FACTOR_BITS)
-    # f = unclipped + sum_j above[j] (candidate[j] - candidate[j - 1]): one multiplication
-    steps = crypten.cat([candidates[:1] - unclipped, candidates[1:] - candidates[:-1]])
-    return (above * steps).sum(0) + unclipped
+    thresholds = torch.tensor([64.0**j for j in range(_STAGES)]).unsqueeze(1)
+    above = crypten.stack([t] * _STAGES).gt(thresholds)  # nested: above[j] implies above[j-1]
+    chosen = above - crypten.cat([above[1:], above[:1] * 0])  # one-hot: the stage t is in
+    # comparisons come back as integers (scale 1): select in one product with fixed-point values
+    selectors = crypten.cat([1 - above[:1], chosen])
+    return selectors * crypten.cat([roots[:1] * 0 + 1, roots])
 
 
 def clip_factors(squared_norms: Any, clip_norm: float) -> Any:
-    """Secret ``min(1, C' / sqrt(s))`` per example (see :func:`scaled_clip_factors`)."""
-    return scaled_clip_factors(squared_norms, clip_norm).div(2**FACTOR_BITS)
+    """Secret ``min(1, C' / sqrt(s))`` per example (see :func:`clip_stage_weights`)."""
+    weights = clip_stage_weights(squared_norms, clip_norm)
+    return weights.mul(torch.tensor(STAGE_SCALES).unsqueeze(1)).sum(0)
+
+
+def clip(delta: Any, weights: Any) -> Any:
+    """``f_i delta_i`` for ``(B, out)`` ``delta``: each stage's product, then its public scale.
+
+    Multiplying ``delta`` by the stage's root before the (exact, power of two)
+    scale keeps every product small and its rounding an absolute ``2^-16``
+    per coordinate, whatever the norm.
+    """
+    products = weights.unsqueeze(2) * delta.unsqueeze(0)  # (7, B, out), one round
+    return products.mul(torch.tensor(STAGE_SCALES).reshape(-1, 1, 1)).sum(0)
 
 
 def clipped_gradient_sums(
@@ -143,10 +157,10 @@ def clipped_gradient_sums(
             inputs = a.square().sum(1) + (1 if module.bias is not None else 0)
             term = delta.square().sum(1) * inputs
             squared = term if squared is None else squared + term
-        factors = scaled_clip_factors(squared, clip_norm).unsqueeze(1)
+        weights = clip_stage_weights(squared, clip_norm)
         sums: list[tuple[Any, str, Any]] = []
         for module, a, delta in dense:
-            clipped = (delta * factors).div(2**FACTOR_BITS)
+            clipped = clip(delta, weights)
             sums.append((module, "weight", clipped.t().matmul(a)))
             if module.bias is not None:
                 sums.append((module, "bias", clipped.sum(0)))
