@@ -47,10 +47,10 @@ def test_dp_sgd_job_learns_and_reports_the_accountants_epsilon(
     job = cluster2.train(
         _mlp(0),
         [train_id],
-        epochs=2,
+        epochs=3,
         batch_size=100,
         lr=0.5,
-        momentum=0.5,
+        momentum=0.9,
         seed=3,
         dp_clip_norm=1.0,
         dp_noise_multiplier=1.0,
@@ -58,16 +58,16 @@ def test_dp_sgd_job_learns_and_reports_the_accountants_epsilon(
     events: list[Progress] = list(job.progress())
     model_id = job.result(timeout=300)
     accuracy = cluster2.evaluate(model_id, test_id).accuracy
-    assert accuracy > 0.5, accuracy  # ten classes: chance is 0.1
+    assert accuracy > 0.7, accuracy  # ten classes: chance is 0.1; measured 0.87
 
     info = job.status().info
-    assert info.steps_done == info.steps_total == 20
+    assert info.steps_done == info.steps_total == 30
     assert info.dp_noise_multiplier == 1.0
-    expected = _rdp_epsilon(100 / rows, 1.0, 20, 1e-5)
+    expected = _rdp_epsilon(100 / rows, 1.0, 30, 1e-5)
     assert job.epsilon() == pytest.approx(expected, rel=1e-9)
     # every step's event carries the epsilon spent so far
     running = [e for e in events if e.state == "running" and e.batch]
-    assert [e.steps_done for e in running] == list(range(1, 21))
+    assert [e.steps_done for e in running] == list(range(1, 31))
     assert running[0].epsilon == pytest.approx(_rdp_epsilon(0.1, 1.0, 1, 1e-5), rel=1e-9)
     assert all(a.epsilon < b.epsilon for a, b in itertools.pairwise(running))
     assert events[-1].epsilon == pytest.approx(expected, rel=1e-9)
