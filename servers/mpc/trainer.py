@@ -21,7 +21,7 @@ party's own noise) instead of CrypTen's autograd; the update is the same SGD.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +30,13 @@ from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.jobs import EpochMetrics
 from ppml.proto.shares import Ring
 from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.dpsgd import DpSgdStep
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
 from ppml.training.batches import BatchPlan
 from ppml.training.losses import accuracy_kind
 from ppml.training.standardize import VARIANCE_FLOOR
-
-if TYPE_CHECKING:
-    from ppml.servers.mpc.dpsgd import DpSgdStep
 
 _LARGE_VARIANCE = 64.0  # above this, inv_sqrt runs on var / 1024 (its accurate range)
 _WIDE_SHIFTS = (10, 20, 30)
@@ -134,8 +132,6 @@ class TrainingRun:
         self._loss = _loss_module(spec.loss, spec.reveal_metrics)
         self._dp: DpSgdStep | None = None
         if spec.dp:
-            from ppml.servers.mpc.dpsgd import DpSgdStep  # it builds on inv_sqrt_wide above
-
             self._dp = DpSgdStep(
                 inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
             )
