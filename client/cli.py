@@ -20,6 +20,13 @@ Examples::
     ppml models export MODEL --config ./cluster/cluster.toml --out weights.pt
     ppml cluster down --dir ./cluster
 
+    # federated learning: rows stay with each participant (ppml.client.cli_federation)
+    ppml fl create --config ./cluster/cluster.toml --model model.onnx \\
+        --participants alice,bob --rounds 3 --dp-clip 1 --dp-target-epsilon 4
+    ppml fl join FEDERATION --config ./cluster/cluster.toml --token-file alice.token \\
+        --data rows.csv                                  # per-round progress, final state
+    ppml fl status [FEDERATION] --config ./cluster/cluster.toml
+
     # a real multi-host cluster (ppml.client.cli_deploy; docs/deploy.md)
     ppml deploy init --out ./bundles --party s0=10.0.0.1:50051:29500 \\
         --party s1=10.0.0.2:50051:29500 --dealer dealer=10.0.0.3:29600 --client me
@@ -45,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppml.client import cli_data, cli_deploy, cli_training
+from ppml.client import cli_data, cli_deploy, cli_federation, cli_training
 from ppml.client.cli_common import CliError
 from ppml.client.cli_common import connect as _connect
 from ppml.client.cli_common import table as _table
@@ -372,6 +379,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_data.register(groups, client)
     cli_training.register(groups, client, models_sub)
+    cli_federation.register(groups, client)
     cli_deploy.register(groups)
 
     predict = groups.add_parser("predict", parents=[client], help="encrypted prediction")

@@ -1,4 +1,4 @@
-"""Pieces shared by the ``ppml`` command modules (``cli``, ``cli_data``, ``cli_training``).
+"""Pieces shared by the ``ppml`` command modules (``cli``, ``cli_data``, ``cli_training``, ...).
 
 They live here, not in ``cli.py``: ``python -m ppml.client.cli`` runs that file
 as ``__main__``, so a command module importing ``ppml.client.cli`` would get a
@@ -35,6 +35,20 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def connect(args: argparse.Namespace, monitor: bool = False) -> Cluster:
-    """A client of the cluster named by ``--config`` / ``--insecure``."""
-    return Cluster.from_config(args.config, insecure=args.insecure, monitor=monitor)
+def connect(args: argparse.Namespace, monitor: bool = False, token: str | None = None) -> Cluster:
+    """A client of the cluster named by ``--config`` / ``--insecure``.
+
+    ``token``: act as another identity than the topology file's client token.
+    """
+    return Cluster.from_config(args.config, token=token, insecure=args.insecure, monitor=monitor)
+
+
+def read_token(path: str) -> str:
+    """The bearer token stored in ``path`` (as ``ppml cluster up`` writes them)."""
+    try:
+        token = existing_file(path, "token file").read_text().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read token file {path}: {exc}") from None
+    if not token:
+        raise CliError(f"token file {path} is empty")
+    return token

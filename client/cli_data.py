@@ -45,22 +45,42 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise CliError(f"cannot read {path} as .npz: {exc}") from None
 
 
+def _load_csv(file: str, column: str) -> Dataset:
+    label_column: int | str = int(column) if column.lstrip("-").isdigit() else column
+    path = existing_file(file, "CSV file")
+    try:
+        return load_csv(path, label_column)
+    except DatasetError as exc:  # name the file, not just its stem
+        text = str(exc)
+        if text.startswith(f"{path.stem}: "):
+            raise DatasetError(f"{path}: {text.removeprefix(f'{path.stem}: ')}") from None
+        raise
+
+
+def load_rows(file: str, label_column: str = "-1") -> tuple[Dataset, tuple[int, ...]]:
+    """A labelled data file as ``ppml data share`` reads it: ``.csv`` (numeric, one
+    integer label column) or ``.npz`` (arrays x, y); checked here (NaN/inf, labels).
+
+    Returns the data set (features flattened to 2-D) and the per-row feature shape.
+    """
+    suffix = Path(file).suffix.lower()
+    if suffix not in (".csv", ".npz"):
+        raise CliError(f"data file {file} must be a .csv or .npz file")
+    try:
+        if suffix == ".csv":
+            return as_dataset(_load_csv(file, label_column))
+        return as_dataset(*_load_npz(existing_file(file, "npz file")))
+    except (OSError, csv.Error) as exc:
+        raise CliError(f"cannot read the data: {exc}") from None
+
+
 def _read_source(args: argparse.Namespace) -> tuple[Dataset | np.ndarray, np.ndarray | None]:
     """The data named on the command line: a checked Dataset, or npz arrays (x, y)."""
     try:
         if args.builtin:
             return load_builtin(args.builtin), None
         if args.csv:
-            column = args.label_column
-            label_column: int | str = int(column) if column.lstrip("-").isdigit() else column
-            path = existing_file(args.csv, "CSV file")
-            try:
-                return load_csv(path, label_column), None
-            except DatasetError as exc:  # name the file, not just its stem
-                text = str(exc)
-                if text.startswith(f"{path.stem}: "):
-                    raise DatasetError(f"{path}: {text.removeprefix(f'{path.stem}: ')}") from None
-                raise
+            return _load_csv(args.csv, args.label_column), None
         if args.har:
             if not Path(args.har).is_dir():
                 raise CliError(f"HAR folder {args.har} does not exist")

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from ppml.client.datasets_api import DatasetListing, DatasetsMixin
 from ppml.client.errors import ServerUnavailable
 from ppml.client.exported import ExportedModel
+from ppml.client.federation_api import FederationMixin
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
@@ -51,7 +52,7 @@ class ModelListing:
     complete: bool  # every server holds it
 
 
-class Cluster(DatasetsMixin, TrainingMixin):
+class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
     """Client of a ppml cluster (all compute servers, in rank order)."""
 
     @classmethod

@@ -99,6 +99,42 @@ class EvaluationAborted(PpmlClientError):
     """The servers dropped an evaluation request (missing share, peer failure)."""
 
 
+class InvalidFederation(InvalidRequest):
+    """The federation's settings or an update are invalid; nothing was changed."""
+
+
+class FederationNotFound(PpmlClientError):
+    pass
+
+
+class FederationExists(PpmlClientError):
+    pass
+
+
+class FederationFinished(PpmlClientError):
+    """The federation already ended (succeeded, failed, cancelled or out of budget)."""
+
+
+class RoundClosed(PpmlClientError):
+    """The round this update was for closed (deadline passed); fetch the open round."""
+
+
+class AlreadySubmitted(PpmlClientError):
+    """This participant already submitted an update in this round."""
+
+
+class ContextMismatch(PpmlClientError):
+    """A CKKS update was encrypted under another federation's context."""
+
+
+class BudgetExhausted(PpmlClientError):
+    """The federation's privacy budget is spent: no further round may run."""
+
+
+class FederationFailed(PpmlClientError):
+    pass
+
+
 class ResourceExhausted(PpmlClientError):
     """A quota or limit of the servers: too many models, too large an upload, too many calls."""
 
@@ -124,6 +160,14 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.JOB_EXISTS: JobExists,
     ErrorCode.JOB_FINISHED: JobFinished,
     ErrorCode.EVALUATION_ABORTED: EvaluationAborted,
+    ErrorCode.INVALID_FEDERATION: InvalidFederation,
+    ErrorCode.FEDERATION_NOT_FOUND: FederationNotFound,
+    ErrorCode.FEDERATION_EXISTS: FederationExists,
+    ErrorCode.FEDERATION_FINISHED: FederationFinished,
+    ErrorCode.ROUND_CLOSED: RoundClosed,
+    ErrorCode.ALREADY_SUBMITTED: AlreadySubmitted,
+    ErrorCode.CONTEXT_MISMATCH: ContextMismatch,
+    ErrorCode.BUDGET_EXHAUSTED: BudgetExhausted,
 }
 
 _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
@@ -148,14 +192,22 @@ _PRIORITY: list[type[PpmlClientError]] = [
     InvalidModel,
     InvalidDataset,
     InvalidTrainingJob,
+    InvalidFederation,
+    ContextMismatch,
     InvalidRequest,
     ModelNotFound,
     DatasetNotFound,
     JobNotFound,
+    FederationNotFound,
     ModelExists,
     DatasetExists,
     JobExists,
+    FederationExists,
+    AlreadySubmitted,
     JobFinished,
+    FederationFinished,
+    BudgetExhausted,
+    RoundClosed,
     DuplicateRequest,
     ResourceExhausted,
     ServerUnavailable,

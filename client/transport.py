@@ -24,6 +24,7 @@ from ppml.client.errors import PpmlClientError, ServerUnavailable, from_rpc_erro
 from ppml.proto.deploy.channels import client_channel
 from ppml.v1 import (
     datasets_pb2_grpc,
+    federation_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     status_pb2_grpc,
@@ -52,6 +53,7 @@ class ServerStubs:
         self.status = status_pb2_grpc.StatusStub(channel)
         self.datasets = datasets_pb2_grpc.DatasetRegistryStub(channel)
         self.training = training_pb2_grpc.TrainingStub(channel)
+        self.federation = federation_pb2_grpc.FederationStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
 

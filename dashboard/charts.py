@@ -141,3 +141,42 @@ def mpc_bytes_per_second(series: pd.DataFrame) -> alt.Chart:
         )
         .properties(height=HEIGHT)
     )
+
+
+def federation_participation(frame: pd.DataFrame, label: str) -> alt.Chart:
+    """Stacked bars per round: participants whose update was aggregated, and drop-outs."""
+    return (
+        alt.Chart(frame, title=f"participants per round · {label}")
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("count:Q", title="participants", axis=alt.Axis(format="d", tickMinStep=1)),
+            color=alt.Color(
+                "kind:N",
+                title=None,
+                scale=alt.Scale(domain=["took part", "dropped"], range=["#4c78a8", "#e45756"]),
+            ),
+            tooltip=["round:O", "kind:N", "count:Q"],
+        )
+        .properties(height=HEIGHT)
+    )
+
+
+def federation_epsilon(frame: pd.DataFrame, budget: float | None, label: str) -> alt.LayerChart:
+    """Epsilon spent after each round; the budget (if finite) as a red rule."""
+    line = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:Q", title="round", axis=alt.Axis(format="d", tickMinStep=1)),
+            y=alt.Y("epsilon:Q", title="ε spent"),
+            tooltip=["round:Q", alt.Tooltip("epsilon:Q", format=".3f")],
+        )
+    )
+    layers: list[alt.Chart] = [line]
+    if budget is not None and budget != float("inf"):
+        rule = alt.Chart(pd.DataFrame({"budget": [budget]})).mark_rule(
+            color="#d62728", strokeDash=[6, 3]
+        )
+        layers.append(rule.encode(y="budget:Q", tooltip=[alt.Tooltip("budget:Q", title="budget")]))
+    return alt.LayerChart(layer=layers, title=f"epsilon spent vs budget · {label}", height=HEIGHT)

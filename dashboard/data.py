@@ -3,15 +3,16 @@
 A :class:`LiveSource` holds one TLS channel per compute server (from the same
 topology file as the SDK) and, every refresh, asks each server in parallel for
 its ``grpc.health.v1`` state, its status report and the public metadata of
-its models, data sets and training jobs, with the read-only ``monitor`` token
+its models, data sets, training jobs and federations, with the read-only ``monitor`` token
 and short timeouts. A server that does not answer becomes a
 :class:`ServerSnapshot` with ``error`` set; the others are still shown, and a
 server too old to offer a service (UNIMPLEMENTED) just contributes no rows to
 it. Only read-only RPCs are called (Check, GetStatus, ListModels,
-ListDatasets, ListJobs): the monitor role may not call anything else.
+ListDatasets, ListJobs, ListFederations): the monitor role may not call
+anything else.
 
 Snapshots round-trip through JSON (the status and model messages in
-protobuf's JSON form, data sets and jobs as the plain records of
+protobuf's JSON form, data sets, jobs and federations as the plain records of
 :mod:`ppml.dashboard.records`), so a :class:`ReplaySource` can play recorded snapshots
 back: that is how the rendering is tested without a cluster.
 """
@@ -40,6 +41,7 @@ from ppml.proto.errors import PpmlError
 from ppml.proto.wire import serde
 from ppml.v1 import (
     datasets_pb2,
+    federation_pb2,
     registry_pb2,
     status_pb2,
     training_pb2,
@@ -74,7 +76,7 @@ class ServerSnapshot:
     status: StatusReport | None = None
     models: tuple[ModelMeta, ...] = ()
     # why something could not be read, "; "-joined parts like "models: UNAVAILABLE: ..."
-    # (status, models, datasets, jobs); "" when all went well
+    # (status, models, datasets, jobs, federations); "" when all went well
     error: str = ""
 
     @property
@@ -86,7 +88,8 @@ class ServerSnapshot:
         return self.health != UNREACHABLE
 
     def answered(self, what: str) -> bool:
-        """Whether ``what`` ("status", "models", "datasets" or "jobs") could be read."""
+        """Whether ``what`` ("status", "models", "datasets", "jobs" or "federations")
+        could be read."""
         if not self.reachable or self.error.startswith("dashboard:"):
             return False
         return not any(part.startswith(f"{what}:") for part in self.error.split("; "))
@@ -96,10 +99,10 @@ class ServerSnapshot:
 class ClusterSnapshot:
     """Every server's snapshot at one refresh, in rank order.
 
-    ``datasets`` and ``training_jobs`` hold one record per server and data set
-    (or job) that server listed, in rank order (see
-    :mod:`ppml.dashboard.records`); empty when no server offers the service,
-    and in snapshots recorded before it existed.
+    ``datasets``, ``training_jobs`` and ``federations`` hold one record per
+    server and data set (job, federation) that server listed, in rank order
+    (see :mod:`ppml.dashboard.records`); empty when no server offers the
+    service, and in snapshots recorded before it existed.
     """
 
     cluster: str
@@ -108,6 +111,7 @@ class ClusterSnapshot:
     servers: tuple[ServerSnapshot, ...]
     datasets: tuple[dict[str, Any], ...] = ()
     training_jobs: tuple[dict[str, Any], ...] = ()
+    federations: tuple[dict[str, Any], ...] = ()
 
     @property
     def leader(self) -> ServerSnapshot | None:
@@ -141,16 +145,17 @@ def _describe_failure(what: str, err: grpc.RpcError) -> str:
     return f"{what}: {_describe_rpc_error(err)}"
 
 
-_Calls = tuple[grpc.Future, ...]  # health, status, models, datasets, jobs
+_Calls = tuple[grpc.Future, ...]  # health, status, models, datasets, jobs, federations
 
 
 @dataclass(frozen=True)
 class _Collected:
-    """One server's answers: its snapshot, and its data sets' and jobs' records."""
+    """One server's answers: its snapshot, and its data sets', jobs' and federations' records."""
 
     server: ServerSnapshot
     datasets: list[records.Record] = field(default_factory=list)
     jobs: list[records.Record] = field(default_factory=list)
+    federations: list[records.Record] = field(default_factory=list)
 
 
 class _Endpoint(ServerStubs):
@@ -200,6 +205,7 @@ class LiveSource:
             tuple(c.server for c in collected),
             tuple(r for c in collected for r in c.datasets),
             tuple(r for c in collected for r in c.jobs),
+            tuple(r for c in collected for r in c.federations),
         )
 
     def _collect_safely(self, e: _Endpoint, calls: _Calls | Exception) -> _Collected:
@@ -220,6 +226,9 @@ class LiveSource:
                 e.registry.ListModels.future(registry_pb2.ListModelsRequest(), **kwargs),
                 e.datasets.ListDatasets.future(datasets_pb2.ListDatasetsRequest(), **kwargs),
                 e.training.ListJobs.future(training_pb2.ListJobsRequest(), **kwargs),
+                e.federation.ListFederations.future(
+                    federation_pb2.ListFederationsRequest(), **kwargs
+                ),
             )
         except Exception as exc:
             return exc
@@ -232,6 +241,7 @@ class LiveSource:
         models: grpc.Future,
         datasets: grpc.Future,
         jobs: grpc.Future,
+        federations: grpc.Future,
     ) -> _Collected:
         errors: list[str] = []
         try:
@@ -247,10 +257,17 @@ class LiveSource:
         job_records: list[records.Record] = _read(
             "jobs", jobs, lambda r: records.jobs_from_reply(e.name, r), [], errors
         )
+        federation_records: list[records.Record] = _read(
+            "federations",
+            federations,
+            lambda r: records.federations_from_reply(e.name, r),
+            [],
+            errors,
+        )
         if state == UNREACHABLE:  # one line is enough: the same failure every time
             errors = errors[:1]
         server = ServerSnapshot(e.name, e.rank, e.address, state, report, metas, "; ".join(errors))
-        return _Collected(server, dataset_records, job_records)
+        return _Collected(server, dataset_records, job_records, federation_records)
 
     def close(self) -> None:
         for e in self._endpoints:
@@ -289,6 +306,7 @@ def snapshot_to_json(snapshot: ClusterSnapshot) -> dict[str, Any]:
         "taken_at": snapshot.taken_at,
         "datasets": list(snapshot.datasets),
         "training_jobs": list(snapshot.training_jobs),
+        "federations": list(snapshot.federations),
         "servers": [
             {
                 "name": s.name,
@@ -333,9 +351,10 @@ def snapshot_from_json(data: dict[str, Any]) -> ClusterSnapshot:
         data["dealer"],
         float(data["taken_at"]),
         tuple(servers),
-        # absent from snapshots recorded before the dashboard read data sets and jobs
+        # absent from snapshots recorded before the dashboard read them
         tuple(data.get("datasets") or ()),
         tuple(data.get("training_jobs") or ()),
+        tuple(data.get("federations") or ()),
     )
 
 

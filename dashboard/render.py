@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-from ppml.dashboard import charts, frames, history, jobs
+from ppml.dashboard import charts, federations, frames, history, jobs
 from ppml.dashboard.data import ClusterSnapshot, ServerSnapshot
 
 DOWN_STYLE = "background-color: #fde0e0; color: #8b0000; font-weight: 600"
@@ -32,7 +32,7 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN.sub(lambda m: "\\" + m.group(0), text)
 
 
-def _chart(chart: alt.Chart) -> None:
+def _chart(chart: alt.Chart | alt.LayerChart) -> None:
     st.altair_chart(chart, width="stretch")
 
 
@@ -243,6 +243,57 @@ def render_training_jobs(snapshot: ClusterSnapshot) -> None:
     )
 
 
+# ---------------------------------------------------------------- federations
+
+MAX_FEDERATION_DETAILS = 4  # per-round charts for the first few (running ones first)
+
+
+def _federation_state_style(state: str) -> str:
+    if state.startswith("failed") or "(" in state:
+        return DOWN_STYLE
+    return WARN_STYLE if state.startswith(("cancelled", "budget_exhausted")) else ""
+
+
+def render_federations(snapshot: ClusterSnapshot) -> None:
+    st.header("Federations")
+    found = federations.cluster_federations(snapshot)
+    if not found:
+        st.info("No federations yet.")
+        return
+    st.caption(
+        "Public settings and participation only: updates and loss figures stay as shares "
+        "(or CKKS ciphertexts) the servers cannot read."
+    )
+    for f in found:
+        if not f.agreed:
+            st.warning(
+                f"Federation **{escape_markdown(f.federation_id)}**: the servers disagree on "
+                f"its state: {escape_markdown(f.describe_state())}",
+                icon=":material/warning:",
+            )
+    table = _table(federations.federations(snapshot), (*FREE_TEXT, "id", "participants", "reason"))
+    st.table(table.map(_federation_state_style, subset=["state"]), hide_index=True)
+    for f in found[:MAX_FEDERATION_DETAILS]:
+        _render_federation_rounds(f)
+
+
+def _render_federation_rounds(f: federations.ClusterFederation) -> None:
+    st.subheader(f"Rounds · {escape_markdown(f.label)}")
+    if not f.results:
+        st.caption(f"{escape_markdown(f.federation_id)}: no round closed yet.")
+        return
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.federation_participation(federations.participation(f), f.federation_id))
+    with right:
+        if f.dp:
+            series = federations.epsilon_series(f)
+            _chart(charts.federation_epsilon(series, f.budget, f.federation_id))
+        else:
+            st.caption("No client-level DP in this federation: no privacy budget to spend.")
+    st.table(_table(federations.rounds(f), ("participants", "dropped", "reason")), hide_index=True)
+
+
 # ---------------------------------------------------------------- page
 
 
@@ -260,3 +311,4 @@ def render_page(
     render_serving(snapshot, past)
     render_mpc_cost(snapshot, past)
     render_registry(snapshot)
+    render_federations(snapshot)

@@ -37,6 +37,14 @@ class ErrorCode(StrEnum):
     JOB_EXISTS = "JOB_EXISTS"
     JOB_FINISHED = "JOB_FINISHED"
     EVALUATION_ABORTED = "EVALUATION_ABORTED"
+    INVALID_FEDERATION = "INVALID_FEDERATION"
+    FEDERATION_NOT_FOUND = "FEDERATION_NOT_FOUND"
+    FEDERATION_EXISTS = "FEDERATION_EXISTS"
+    FEDERATION_FINISHED = "FEDERATION_FINISHED"
+    ROUND_CLOSED = "ROUND_CLOSED"
+    ALREADY_SUBMITTED = "ALREADY_SUBMITTED"
+    CONTEXT_MISMATCH = "CONTEXT_MISMATCH"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     INTERNAL = "INTERNAL"
 
 
@@ -61,6 +69,17 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.JOB_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "training job already exists"),
     ErrorCode.JOB_FINISHED: (grpc.StatusCode.FAILED_PRECONDITION, "training job already finished"),
     ErrorCode.EVALUATION_ABORTED: (grpc.StatusCode.ABORTED, "evaluation aborted"),
+    ErrorCode.INVALID_FEDERATION: (grpc.StatusCode.INVALID_ARGUMENT, "invalid federation"),
+    ErrorCode.FEDERATION_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "federation not found"),
+    ErrorCode.FEDERATION_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "federation already exists"),
+    ErrorCode.FEDERATION_FINISHED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "federation already finished",
+    ),
+    ErrorCode.ROUND_CLOSED: (grpc.StatusCode.FAILED_PRECONDITION, "round closed"),
+    ErrorCode.ALREADY_SUBMITTED: (grpc.StatusCode.ALREADY_EXISTS, "update already submitted"),
+    ErrorCode.CONTEXT_MISMATCH: (grpc.StatusCode.FAILED_PRECONDITION, "CKKS context mismatch"),
+    ErrorCode.BUDGET_EXHAUSTED: (grpc.StatusCode.FAILED_PRECONDITION, "privacy budget exhausted"),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, "internal error"),
 }
 

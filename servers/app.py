@@ -21,6 +21,7 @@ from ppml.servers.api.server import ServerTls, create_server
 from ppml.servers.api.servicers import (
     CoordinatorServicer,
     DatasetRegistryServicer,
+    FederationServicer,
     InferenceServicer,
     RegistryServicer,
     StatusServicer,
@@ -36,6 +37,7 @@ from ppml.servers.mpc import epochs
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
 from ppml.servers.store.jobs import JOB_CODEC, JobManager
 from ppml.servers.store.limits import Limits
 from ppml.servers.store.metrics import ServerMetrics
@@ -44,6 +46,7 @@ from ppml.servers.store.storage import FileModelStore, FileShareStore
 from ppml.v1 import (
     coordinator_pb2_grpc,
     datasets_pb2_grpc,
+    federation_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     status_pb2_grpc,
@@ -85,6 +88,14 @@ class ComputeServer:
             self._submit,
             config.limits,
         )
+        self.federations = FederationManager(
+            party.name,
+            rank,
+            FileShareStore(party.data_dir, FEDERATION_CODEC),
+            self.registry,
+            self._submit,
+            config.limits,
+        )
         env = KindEnv(
             rank,
             config,
@@ -96,6 +107,7 @@ class ComputeServer:
             ModelCache(),
             self._submit,
             lambda: self.worker.serving,
+            self.federations,
         )
         self.kinds = kinds.build(env)
         if rank == 0:
@@ -120,6 +132,7 @@ class ComputeServer:
                 insecure,
             )
             self.follower.on_lost(self.jobs.fail_active)
+            self.follower.on_lost(self.federations.fail_active)
             on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok, sound: None)
         epochs.identity(config, rank)  # the MPC links' TLS material must exist: fail now
         self.worker = MpcWorker(
@@ -169,6 +182,9 @@ class ComputeServer:
             ),
             lambda s: training_pb2_grpc.add_TrainingServicer_to_server(
                 TrainingServicer(self.jobs, self.evaluations), s
+            ),
+            lambda s: federation_pb2_grpc.add_FederationServicer_to_server(
+                FederationServicer(self.federations), s
             ),
             lambda s: status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(self.report), s),
             lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s),

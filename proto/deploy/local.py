@@ -68,12 +68,14 @@ def write_local_topology(
     parties: int,
     serving: dict[str, float] | None = None,
     limits: dict[str, float] | None = None,
+    clients: tuple[str, ...] = (),
 ) -> Path:
     """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``.
 
     Every server and the dealer gets its own peer token (its identity on its
     link to the leader is its name); two client identities (``local-user``,
-    the default, and ``analyst``) and a read-only ``monitor`` are written too.
+    the default, and ``analyst``) and a read-only ``monitor`` are written too,
+    plus one client identity per name in ``clients`` (``secrets/<name>.token``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     secrets_dir = directory / "secrets"
@@ -87,9 +89,13 @@ def write_local_topology(
     peers = {name: new_token() for name in [*names, "dealer"]}
     for name, token in peers.items():
         write_secret(secrets_dir / f"{name}.peer.token", token)
+    extra = {name: new_token() for name in clients}
+    for name, token in extra.items():
+        write_secret(secrets_dir / f"{name}.token", token)
     entries = [
         ("local-user", "client", client),
         ("analyst", "client", analyst),
+        *((name, "client", token) for name, token in extra.items()),
         ("monitor", "monitor", monitor),
         *((name, "peer", token) for name, token in peers.items()),
     ]
@@ -185,9 +191,11 @@ class LocalCluster:
         startup_timeout: float = 180.0,
         limits: dict[str, float] | None = None,
         detached: bool = False,
+        clients: tuple[str, ...] = (),
     ) -> None:
         """``detached``: the processes outlive this one (``ppml cluster up``); by default
-        they get SIGTERM when it dies, however it dies."""
+        they get SIGTERM when it dies, however it dies. ``clients``: more client
+        identities (their tokens in ``secrets/<name>.token``, see :meth:`token`)."""
         if parties < 2:
             raise ValueError("a cluster needs at least 2 non-colluding compute servers")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="ppml-cluster-")
@@ -197,6 +205,7 @@ class LocalCluster:
         self._serving = serving
         self._limits = limits
         self._detached = detached
+        self._clients = clients
         self._startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self.directory / "cluster.toml"
@@ -220,6 +229,11 @@ class LocalCluster:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
+    def token(self, identity: str) -> str:
+        """The bearer token of a client identity of this cluster (``local-user``: default)."""
+        name = "client" if identity == "local-user" else identity
+        return (self.directory / "secrets" / f"{name}.token").read_text().strip()
+
     def start_server(self, rank: int) -> None:
         self._spawn(f"server-{rank}", ["ppml.servers.main", "--rank", str(rank)])
 
@@ -228,7 +242,9 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         if not self.config_path.exists():
-            write_local_topology(self.directory, self.parties, self._serving, self._limits)
+            write_local_topology(
+                self.directory, self.parties, self._serving, self._limits, self._clients
+            )
         for rank in range(self.parties):
             self.start_server(rank)
         self.start_dealer()

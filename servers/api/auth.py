@@ -50,6 +50,9 @@ _PUBLIC_METADATA = frozenset(
         "/ppml.v1.Training/ListJobs",
         "/ppml.v1.Training/GetJob",
         "/ppml.v1.Training/WatchJob",
+        # a non-owner (the monitor included) gets the public view: no loss shares
+        "/ppml.v1.Federation/ListFederations",
+        "/ppml.v1.Federation/GetFederation",
     }
 )
 

@@ -17,12 +17,14 @@ from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
+from ppml.proto.wire import federations as fed_wire
 from ppml.proto.wire import serde
 from ppml.servers.api.auth import current_identity
 from ppml.servers.control.leader import Leader
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.store.datasets import DatasetRegistry
+from ppml.servers.store.federations import FederationManager
 from ppml.servers.store.jobs import JobManager
 from ppml.servers.store.models import ModelRegistry
 from ppml.v1 import (
@@ -30,6 +32,8 @@ from ppml.v1 import (
     coordinator_pb2_grpc,
     datasets_pb2,
     datasets_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     registry_pb2,
@@ -213,6 +217,95 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             rows=outcome.rows,
             job_seq=outcome.job_seq,
         )
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):
+    def __init__(self, federations: FederationManager) -> None:
+        self._federations = federations
+
+    def CreateFederation(
+        self, request: federation_pb2.CreateFederationRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.FederationInfo:
+        architecture = serde.architecture_from_proto(request.architecture)
+        spec = fed_wire.spec_from_proto(request.spec)
+        initial: dict[str, Ring] = {}
+        if spec.backend == "mpc":
+            initial = serde.named_shares_from_proto(
+                list(request.initial_parameters), architecture.parameter_shapes()
+            )
+        info = self._federations.create(
+            request.federation_id,
+            request.model_id,
+            request.name,
+            _owner(),
+            architecture,
+            spec,
+            initial,
+            request.ckks_public_context,
+            request.ckks_initial_model,
+        )
+        return fed_wire.info_to_proto(info)
+
+    def GetFederation(
+        self, request: federation_pb2.GetFederationRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.FederationInfo:
+        return fed_wire.info_to_proto(self._federations.get(request.federation_id, _owner()))
+
+    def ListFederations(
+        self, request: federation_pb2.ListFederationsRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.ListFederationsResponse:
+        infos = [fed_wire.info_to_proto(i) for i in self._federations.list(_owner())]
+        return federation_pb2.ListFederationsResponse(federations=infos)
+
+    def WatchFederation(
+        self, request: federation_pb2.WatchFederationRequest, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.FederationEvent]:
+        events = self._federations.watch(request.federation_id, _owner(), context.is_active)
+        for event in events:
+            yield fed_wire.event_to_proto(event)
+
+    def CancelFederation(
+        self, request: federation_pb2.CancelFederationRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.FederationInfo:
+        info = self._federations.cancel(request.federation_id, _owner())
+        return fed_wire.info_to_proto(info)
+
+    def GetRound(
+        self, request: federation_pb2.GetRoundRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.RoundInfo:
+        info, shares, sums = self._federations.round_view(
+            request.federation_id, _owner(), request.from_round
+        )
+        return federation_pb2.RoundInfo(
+            info=fed_wire.info_to_proto(info),
+            global_parameters=serde.named_shares_to_proto(shares),
+            ckks_aggregates=[data for _, data in sums],
+            ckks_rounds=[round_no for round_no, _ in sums],
+        )
+
+    def SubmitUpdate(
+        self, request: federation_pb2.SubmitUpdateRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitUpdateResponse:
+        info = self._federations.get(request.federation_id, _owner())
+        update = serde.named_shares_from_proto(
+            list(request.update), info.architecture.parameter_shapes()
+        )
+        weight = serde.share_from_proto(request.weight, what="weight")
+        loss = serde.share_from_proto(request.loss, "loss") if request.HasField("loss") else None
+        count = self._federations.submit(
+            request.federation_id, _owner(), request.round, update, weight, loss
+        )
+        return federation_pb2.SubmitUpdateResponse(round=request.round, submitted=count)
+
+    def SubmitEncryptedUpdate(
+        self,
+        request: federation_pb2.SubmitEncryptedUpdateRequest,
+        context: grpc.ServicerContext,
+    ) -> federation_pb2.SubmitUpdateResponse:
+        count = self._federations.submit_encrypted(
+            request.federation_id, _owner(), request.round, request.update
+        )
+        return federation_pb2.SubmitUpdateResponse(round=request.round, submitted=count)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):

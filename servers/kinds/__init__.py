@@ -8,6 +8,7 @@ from __future__ import annotations
 from ppml.servers.kinds.base import JobKind, KindEnv, Planner
 from ppml.servers.kinds.end import EndKind
 from ppml.servers.kinds.evaluate import EvaluateKind
+from ppml.servers.kinds.federate import FederateKind
 from ppml.servers.kinds.heartbeat import HeartbeatKind
 from ppml.servers.kinds.long_work import LongWorkPlanner
 from ppml.servers.kinds.predict import PredictKind
@@ -17,6 +18,7 @@ KINDS: tuple[type[JobKind], ...] = (
     PredictKind,
     EvaluateKind,
     TrainKind,
+    FederateKind,
     EndKind,
     HeartbeatKind,
 )

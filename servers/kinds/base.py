@@ -21,6 +21,7 @@ from ppml.servers.control.holds import Holds
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.store.datasets import DatasetRegistry
+from ppml.servers.store.federations import FederationManager
 from ppml.servers.store.jobs import JobManager
 from ppml.servers.store.metrics import ServerMetrics
 from ppml.servers.store.models import ModelRegistry
@@ -42,6 +43,7 @@ class KindEnv:
     model_cache: ModelCache
     submit: Submit
     is_serving: Callable[[], bool]
+    federations: FederationManager
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The dashboard in a real browser, against a real cluster.
 
 Starts a 2-server cluster, shares a model and serves predictions, shares a
-small data set and trains on it, runs
+small data set and trains on it, creates a federation (cancelled before the
+servers are disturbed), runs
 ``ppml dashboard`` (Streamlit) on a free port, loads it in headless Chromium
 driven over the DevTools protocol, checks that both servers and the request
 count appear, kills server-1 and checks that the page marks it down, then
@@ -216,12 +217,21 @@ def test_dashboard_shows_the_cluster_and_a_dead_server(
         job.result(timeout=120)
         _traffic(cluster, model_id, seconds=8)
         total = cluster.status()[0].requests_total
+        federation = cluster.create_federation(
+            net, ["analyst"], rounds=2, name="e2e-fl", sample_input=torch.zeros(1, 8)
+        )
     assert total > 0
 
     text = browser.wait_text(
-        lambda t: _leader_requests(t) == total and "e2e-mlp" in t and "e2e-data" in t,
-        f"{total} requests and the shared data set",
+        lambda t: (
+            _leader_requests(t) == total
+            and "e2e-mlp" in t
+            and "e2e-data" in t
+            and federation.federation_id in t
+        ),
+        f"{total} requests, the shared data set and the federation",
     )
+    assert "e2e-fl" in text and "1 of 2" in text  # the monitor token lists federations
     assert "server-0" in text and "server-1" in text and "dealer" in text
     assert "All 2 compute servers and the dealer are up" in text
     assert "Traceback" not in text
@@ -231,6 +241,8 @@ def test_dashboard_shows_the_cluster_and_a_dead_server(
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(ARTIFACTS / "dashboard-healthy.png", ROOT / "docs" / "dashboard.png")
 
+    with Cluster.from_config(local.config_path) as cluster:
+        cluster.federation(federation.federation_id).cancel()
     local.kill("server-1")
     text = browser.wait_text(
         lambda t: "server-1 is DOWN" in t and "DOWN (unreachable)" in t,

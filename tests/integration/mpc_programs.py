@@ -2,8 +2,8 @@
 
     python mpc_programs.py CONFIG.json RANK SCENARIO [FIRST_EPOCH]
 
-Compute parties run SCENARIO (``suite``, ``probe``, ``dpsgd`` or ``fail``); the dealer
-(rank == world_size) serves epoch after epoch with ppml's Dealer. Each
+Compute parties run SCENARIO (``suite``, ``aggregate``, ``probe``, ``dpsgd`` or
+``fail``); the dealer (rank == world_size) serves epoch after epoch with ppml's Dealer. Each
 process writes ``out/rank<R>.json`` when it ends, and marker files under
 ``out/`` that the test waits on.
 """
@@ -230,6 +230,58 @@ def suite(config: dict, rank: int, out: Path) -> dict:
         session.leave()
 
 
+AGG_SHAPES = {"0.weight": (6, 5), "0.bias": (6,)}  # a Linear(5, 6): 36 parameters
+
+
+def aggregation_updates(seed: int, count: int) -> list[dict[str, np.ndarray]]:
+    """Public test updates (every party derives the same), norms from 0.3 to ~12."""
+    rng = np.random.default_rng(seed)  # public: test fixtures, not secret randomness
+    return [
+        {n: rng.normal(0, 0.05 + 0.4 * k, s) for n, s in AGG_SHAPES.items()} for k in range(count)
+    ]
+
+
+def _party_shares(values: np.ndarray, rank: int, world: int, seed: int) -> np.ndarray:
+    """This party's additive share of ``values``; masks from a public seed (test only)."""
+    from ppml.proto import shares
+
+    rng = np.random.default_rng(seed)  # public: test fixture shares, not secret randomness
+    encoded = shares.encode(values)
+    masks = [rng.integers(-(2**62), 2**62, encoded.shape, dtype=np.int64) for _ in range(world - 1)]
+    if rank < world - 1:
+        return masks[rank]
+    return encoded - np.sum(np.stack(masks), axis=0) if masks else encoded
+
+
+def aggregation(config: dict, rank: int, out: Path) -> dict:
+    """DP aggregation repeated ``agg_repeats`` times on fixed updates: this party's
+    shares of each noisy average and its own noise draws (for the test to check that
+    no single party's draws determine the noise)."""
+    from ppml.proto.domain.architecture import Architecture, Linear
+    from ppml.servers.mpc import aggregate as agg
+
+    architecture = Architecture((Linear(5, 6, True),), (5,), (6,))
+    world = config["world_size"]
+    updates = aggregation_updates(7, config["agg_updates"])
+    mine = [
+        {n: _party_shares(u[n], rank, world, 1000 * k + i) for i, n in enumerate(sorted(u))}
+        for k, u in enumerate(updates)
+    ]
+    ones = [_party_shares(np.ones(1), rank, world, 99 + k) for k in range(len(updates))]
+    session.join(params(config, rank, 0))
+    try:
+        runs = []
+        for repeat in range(config["agg_repeats"]):
+            z = 0.0 if repeat == 0 else config["agg_noise_multiplier"]
+            dp = agg.DpNoise(config["agg_clip"], z)
+            result = agg.aggregate(architecture, mine, ones, dp)
+            runs.append({"share": result.average.tolist(), "noise": result.own_noise.tolist()})
+        plain = agg.aggregate(architecture, mine, ones, None)
+        return {"runs": runs, "plain": plain.average.tolist(), "weight": plain.total_weight}
+    finally:
+        session.leave()
+
+
 def _wait_for(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -319,6 +371,8 @@ def main() -> None:
         result = dealer(config, rank, out, first)
     elif scenario == "suite":
         result = suite(config, rank, out)
+    elif scenario == "aggregate":
+        result = aggregation(config, rank, out)
     elif scenario == "probe":
         result = probe(config, rank, out)
     elif scenario == "dpsgd":

@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+from ppml.client import Cluster
 from ppml.training.datasets import load_builtin, partition
 
 pytestmark = pytest.mark.timeout(180)
@@ -205,6 +206,92 @@ def test_training_commands(cluster: RunningCluster, tmp_path: Path) -> None:
     assert cancel.returncode == 1
     assert (
         cancel.stderr.strip() == f"ppml: error: job {job[0]} already succeeded; nothing to cancel"
+    )
+
+
+def _write_rows(path: Path, features: np.ndarray, labels: np.ndarray) -> Path:
+    header = ",".join(f"f{i}" for i in range(features.shape[1])) + ",label"
+    rows = [
+        ",".join(map(str, [*row, int(label)])) for row, label in zip(features, labels, strict=True)
+    ]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_federation_commands(cluster: RunningCluster, tmp_path: Path) -> None:
+    """Two participants (local-user, analyst) federate a linear model on iris in MPC, with DP."""
+    config = ("--config", cluster.config)
+    torch.manual_seed(0)
+    path = tmp_path / "linear.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(nn.Linear(4, 3), (torch.zeros(1, 4),), str(path), dynamo=False)
+    parts = partition(load_builtin("iris"), 2, "iid", seed=0)
+    data = [
+        _write_rows(tmp_path / f"rows-{i}.csv", p.features, p.labels) for i, p in enumerate(parts)
+    ]
+
+    hyper = ("--rounds", "2", "--batch-size", "32", "--lr", "0.1", "--round-deadline-s", "120")
+    dp = ("--dp-clip", "1", "--dp-noise-multiplier", "0.5")
+    create = ppml(
+        "fl", "create", *config, "--model", path, "--participants", "local-user,analyst",
+        *hyper, *dp, "--id", "fl-cli", "--name", "iris-fl",
+    )  # fmt: skip
+    assert create.returncode == 0, create.stderr
+    assert create.stdout.strip() == "fl-cli"
+    assert "ppml fl join fl-cli" in create.stderr
+
+    analyst = ("--token-file", cluster.directory / "secrets" / "analyst.token")
+    joins = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ppml.client.cli", "fl", "join", "fl-cli", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in [(*config, "--data", data[0]), (*config, *analyst, "--data", data[1])]
+    ]
+    outputs = [join.communicate(timeout=150) for join in joins]
+    for join, (out, err) in zip(joins, outputs, strict=True):
+        assert join.returncode == 0, err
+        assert "federation fl-cli succeeded: submitted to rounds 1, 2" in out, out + err
+        assert "round 1/2: training locally on 75 rows" in err
+        assert "round 1 closed: 2 participants, applied, epsilon " in err, err
+
+    listing = ppml("fl", "status", *config)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line.split() for line in listing.stdout.splitlines() if line.startswith("fl-cli"))
+    assert row[1:6] == ["iris-fl", "local-user", "succeeded", "2/2", "mpc"], listing.stdout
+    spent, budget = row[-1].split("/")
+    assert float(spent) > 0 and budget == "unlimited"  # DP without a budget
+
+    owner = ppml("fl", "status", "fl-cli", *config)
+    assert owner.returncode == 0, owner.stderr
+    assert re.search(r"^state:\s+succeeded$", owner.stdout, re.M), owner.stdout
+    rounds = [line.split() for line in owner.stdout.splitlines() if re.match(r"[12] ", line)]
+    assert [(r[0], set(r[1].split(",")), r[2], r[3]) for r in rounds] == [
+        (str(n), {"local-user", "analyst"}, "-", "yes") for n in (1, 2)
+    ], owner.stdout
+    assert 0 < float(rounds[0][4]) < float(rounds[1][4])  # epsilon spent grows
+    assert all(0 < float(r[5]) < 10 for r in rounds)  # the mean loss, reconstructed for the owner
+    other = ppml("fl", "status", "fl-cli", *config, *analyst)
+    assert other.returncode == 0, other.stderr
+    assert "(mean loss: owner only)" in other.stdout
+    with Cluster.from_config(cluster.config, monitor=True) as monitor:  # the dashboard's role
+        (seen,) = [i for i in monitor.list_federations() if i.federation_id == "fl-cli"]
+    assert [len(r.participants) for r in seen.results] == [2, 2]
+    assert all(r.loss_sum is None and r.weight_sum is None for r in seen.results)
+
+    missing = ppml("fl", "status", "no-such-federation", *config)
+    assert missing.returncode == 1
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert "no-such-federation" in missing.stderr and "Traceback" not in missing.stderr
+    bad = ppml("fl", "create", *config, "--model", path, "--participants", "analyst",
+               "--rounds", "1", "--dp-noise-multiplier", "1.0")  # fmt: skip
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip()
+        == "ppml: error: DP settings need --dp-clip (the L2 bound of each update)"
     )
 
 

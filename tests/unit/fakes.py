@@ -11,6 +11,7 @@ from ppml.servers.control.holds import Holds
 from ppml.servers.kinds.base import KindEnv
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
 from ppml.servers.store.jobs import JOB_CODEC, JobManager
 from ppml.servers.store.metrics import ServerMetrics
 from ppml.servers.store.models import ModelRegistry
@@ -65,4 +66,5 @@ def make_env(
         ModelCache(),
         submit,
         lambda: serving,
+        FederationManager("leader", rank, MemoryShareStore(FEDERATION_CODEC), models, submit),
     )

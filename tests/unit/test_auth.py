@@ -116,6 +116,10 @@ def test_malformed_auth_entry_is_rejected(tmp_path: Path, entry: str) -> None:
         ("/ppml.v1.ModelRegistry/GetModel", ("client", "monitor")),
         ("/ppml.v1.ModelRegistry/DeleteModel", ("client",)),
         ("/ppml.v1.Inference/Predict", ("client",)),
+        ("/ppml.v1.Federation/ListFederations", ("client", "monitor")),
+        ("/ppml.v1.Federation/GetFederation", ("client", "monitor")),
+        ("/ppml.v1.Federation/GetRound", ("client",)),
+        ("/ppml.v1.Federation/SubmitUpdate", ("client",)),
         ("/something.Else/Method", ("client",)),
     ],
 )

@@ -4,7 +4,8 @@ Fixtures under ``fixtures/`` were recorded from a real 2-server cluster by
 ``fixtures/record_snapshots.py``: ``idle.json`` (nothing shared yet),
 ``traffic.json`` (two models serving) and ``server_down.json`` (server-1 killed).
 ``training.json`` adds data sets and training jobs in every state to the end of
-``traffic.json`` (``fixtures/synthesise_training.py``).
+``traffic.json`` (``fixtures/synthesise_training.py``); ``federations.json`` adds
+three federations to it (``fixtures/synthesise_federations.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from streamlit.testing.v1 import AppTest
 
 from ppml.client import cli
-from ppml.dashboard import frames, history, jobs
+from ppml.dashboard import federations, frames, history, jobs
 from ppml.dashboard.app import SOURCE_KEY, parse_args
 from ppml.dashboard.data import (
     ClusterSnapshot,
@@ -39,14 +40,19 @@ from ppml.dashboard.data import (
     snapshot_to_json,
 )
 from ppml.dashboard.render import escape_markdown
+from ppml.proto import shares
 from ppml.proto.deploy.local import free_port
+from ppml.proto.domain import federations as fed
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo, JobState, TrainingSpec
 from ppml.proto.domain.status import JobCost, Latency, ModelServing, StatusReport
+from ppml.proto.wire import federations as fed_wire
 from ppml.proto.wire import serde
 from ppml.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     status_pb2,
@@ -94,6 +100,11 @@ def traffic() -> list[ClusterSnapshot]:
 @pytest.fixture(scope="module")
 def training() -> list[ClusterSnapshot]:
     return load_snapshots(FIXTURES / "training.json")
+
+
+@pytest.fixture(scope="module")
+def federated() -> list[ClusterSnapshot]:
+    return load_snapshots(FIXTURES / "federations.json")
 
 
 # ---------------------------------------------------------------- the page
@@ -155,6 +166,7 @@ def test_zero_traffic_shows_empty_states() -> None:
         "No models shared yet",
         "No datasets yet",
         "No training jobs yet",
+        "No federations yet",
     ):
         assert empty in info
     assert not at.get("vega_lite_chart") or all(len(d) for d in charts(at).values())
@@ -170,6 +182,7 @@ def test_snapshot_recorded_before_datasets_and_jobs_still_renders() -> None:
     at = run_app(snapshots)
     info = texts(at.info)
     assert "No datasets yet" in info and "No training jobs yet" in info
+    assert "No federations yet" in info
     assert not at.dataframe and not at.warning
 
 
@@ -276,6 +289,64 @@ def _snapshot(taken_at: float, servers: list[ServerSnapshot]) -> ClusterSnapshot
     return ClusterSnapshot("test", "dealer", taken_at, tuple(servers))
 
 
+def _table_with(at: AppTest, column: str) -> pd.DataFrame:
+    return next(t.value for t in at.table if column in t.value.columns)
+
+
+def test_federations_panel_shows_rounds_dropouts_and_budget(
+    federated: list[ClusterSnapshot],
+) -> None:
+    at = run_app(federated, refreshes=2)
+    table = _table_with(at, "epsilon spent")
+    assert list(table["id"]) == ["clinics-dp", "banks-budget", "offices-ckks"]  # running first
+    rows = table.set_index("id")
+    clinics = rows.loc["clinics-dp"]
+    assert (clinics["owner"], clinics["backend"], clinics["state"]) == ("alice", "mpc", "running")
+    assert clinics["round"] == "4 of 5"  # the second refresh: 3 rounds closed
+    assert clinics["participants"] == "clinic-a, clinic-b, clinic-c" and clinics["min"] == 2
+    assert clinics["DP"] == "clip 1, noise multiplier 1.13 (for ε 4), δ 1e-05"
+    assert clinics["epsilon spent"] == "2.44 of 4"
+    offices = rows.loc["offices-ckks"]
+    assert (offices["backend"], offices["state"], offices["round"]) == (
+        "ckks",
+        "succeeded",
+        "2 of 2 closed",
+    )
+    assert offices["DP"] == "off" and offices["epsilon spent"] == "off"
+    banks = rows.loc["banks-budget"]
+    assert banks["state"] == "budget_exhausted (server-0: budget_exhausted, server-1: running)"
+    assert banks["epsilon spent"] == "0.98 of 1"
+    assert "budget 1 would be exceeded" in banks["reason"]
+    warning = texts(at.warning)
+    assert "banks-budget" in warning and "disagree" in warning and "clinics-dp" not in warning
+
+    drawn = charts(at)
+    bars = drawn["participants per round · clinics-dp"]
+    counts = {(int(r), k): int(c) for r, k, c in bars[["round", "kind", "count"]].values}
+    assert counts[(2, "took part")] == 2 and counts[(2, "dropped")] == 1
+    assert counts[(3, "took part")] == 3 and counts[(3, "dropped")] == 0
+    epsilon = drawn["epsilon spent vs budget · clinics-dp"]
+    assert epsilon["epsilon"].max() == pytest.approx(2.44)
+    assert epsilon["budget"].dropna().tolist() == [4.0]  # the budget's rule
+    assert "epsilon spent vs budget · offices-ckks" not in drawn  # no DP, no budget
+    assert drawn["participants per round · offices-ckks"]["count"].sum() == 4 + 3 + 1
+    rounds = _table_with(at, "dropped")  # the first federation's rounds
+    assert list(rounds["round"]) == [1, 2, 3]
+    assert list(rounds["dropped"]) == [frames.NONE, "clinic-c", frames.NONE]
+    assert list(rounds["epsilon"]) == ["1.210", "1.870", "2.440"]
+    assert "No client-level DP" in texts(at.caption)
+    assert "No federations yet" not in texts(at.info)
+
+
+def test_federation_records_hold_no_loss_shares(federated: list[ClusterSnapshot]) -> None:
+    found = federations.cluster_federations(federated[-1])
+    assert {f.federation_id for f in found} == {"clinics-dp", "banks-budget", "offices-ckks"}
+    for record in federated[-1].federations:
+        keys = set(record) | {k for r in record["results"] for k in r}
+        assert not [k for k in keys if "loss" in k or "sum" in k], keys
+    assert found[0].budget == 4.0 and found[2].budget is None
+
+
 def test_unreachable_leader_and_failed_requests() -> None:
     failing = ModelServing("m1", 5, 2, Latency(3, 10.0, 20.0, 30.0), {"ABORTED": 2})
     follower = _report(
@@ -324,9 +395,12 @@ def test_history_is_rolling_and_monotonic() -> None:
 
 
 def test_snapshots_round_trip_through_json(
-    traffic: list[ClusterSnapshot], training: list[ClusterSnapshot]
+    traffic: list[ClusterSnapshot],
+    training: list[ClusterSnapshot],
+    federated: list[ClusterSnapshot],
 ) -> None:
-    for snapshot in [*traffic, *training, *load_snapshots(FIXTURES / "server_down.json")]:
+    recorded = [*traffic, *training, *federated, *load_snapshots(FIXTURES / "server_down.json")]
+    for snapshot in recorded:
         assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
 
 
@@ -425,6 +499,18 @@ class _Training(training_pb2_grpc.TrainingServicer):
         return training_pb2.ListJobsResponse(jobs=[self.info])
 
 
+class _Federations(federation_pb2_grpc.FederationServicer):
+    def __init__(self, architecture: Any) -> None:
+        loss = shares.share(shares.encode([0.5]), 2)[0]  # what only the owner may see
+        spec = fed.FederationSpec(("a", "b"), 3, min_participants=1)
+        result = fed.RoundResult(1, ("a",), ("b",), True, 0.0, loss, loss)
+        info = fed.FederationInfo("fl-1", "fl-1-model", "", "alice", architecture, spec)
+        self.info = fed_wire.info_to_proto(info.evolve(round=2, results=(result,)))
+
+    def ListFederations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return federation_pb2.ListFederationsResponse(federations=[self.info])
+
+
 @contextmanager
 def _half_cluster(
     tmp_path: Path, traffic: list[ClusterSnapshot], old: bool
@@ -443,6 +529,7 @@ def _half_cluster(
         datasets_pb2_grpc.add_DatasetRegistryServicer_to_server(_Datasets(), server)
         architecture = traffic[-1].servers[0].models[0].architecture
         training_pb2_grpc.add_TrainingServicer_to_server(_Training(architecture), server)
+        federation_pb2_grpc.add_FederationServicer_to_server(_Federations(architecture), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     closed = free_port()  # nothing listens there
@@ -502,7 +589,14 @@ def test_fetch_reads_what_it_can_and_never_raises(half_cluster: tuple[Path, _Rec
     assert "UNAVAILABLE" in down.error
     methods = {method for method, _ in recorder.calls}
     # read-only RPCs only
-    assert methods == {"Check", "GetStatus", "ListModels", "ListDatasets", "ListJobs"}
+    assert methods == {
+        "Check",
+        "GetStatus",
+        "ListModels",
+        "ListDatasets",
+        "ListJobs",
+        "ListFederations",
+    }
     tokens = {token for method, token in recorder.calls if method != "Check"}
     assert tokens == {"Bearer monitor-secret"}
     (dataset,) = snapshot.datasets
@@ -512,6 +606,19 @@ def test_fetch_reads_what_it_can_and_never_raises(half_cluster: tuple[Path, _Rec
     assert (job["server"], job["job_id"], job["state"]) == ("server-0", "job-1", "running")
     assert (job["steps_done"], job["steps_total"], job["reveal_metrics"]) == (3, 46, True)
     assert "metrics" not in job  # never kept, even when a server sends some
+    (federation,) = snapshot.federations
+    assert (federation["server"], federation["federation_id"]) == ("server-0", "fl-1")
+    assert federation["results"] == [
+        {
+            "round": 1,
+            "participants": ["a"],
+            "dropped": ["b"],
+            "applied": True,
+            "epsilon": 0.0,
+            "closed_unix_ms": 0,
+            "reason": "",
+        }
+    ]  # no loss shares, though the server sent the owner's view
     assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
 
 
@@ -522,12 +629,14 @@ def test_fetch_from_an_older_server_leaves_datasets_and_jobs_empty(
     snapshot = _fetch(config)
     up = snapshot.servers[0]
     assert up.health == "SERVING" and up.status is not None and len(up.models) == 2
-    assert snapshot.datasets == () and snapshot.training_jobs == ()
+    assert snapshot.datasets == () and snapshot.training_jobs == () and not snapshot.federations
     assert "datasets: UNIMPLEMENTED" in up.error and "jobs: UNIMPLEMENTED" in up.error
+    assert "federations: UNIMPLEMENTED" in up.error
     assert up.answered("models") and not up.answered("datasets")
     at = run_app([snapshot])
     assert "UNIMPLEMENTED" in texts(at.warning)
     assert "No datasets yet" in texts(at.info) and "No training jobs yet" in texts(at.info)
+    assert "No federations yet" in texts(at.info)
 
 
 def test_dealer_requests_are_charted() -> None:

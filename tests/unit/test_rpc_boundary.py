@@ -128,6 +128,14 @@ EXPECTED_CLIENT_CLASS = {
     ErrorCode.JOB_EXISTS: client_errors.JobExists,
     ErrorCode.JOB_FINISHED: client_errors.JobFinished,
     ErrorCode.EVALUATION_ABORTED: client_errors.EvaluationAborted,
+    ErrorCode.INVALID_FEDERATION: client_errors.InvalidFederation,
+    ErrorCode.FEDERATION_NOT_FOUND: client_errors.FederationNotFound,
+    ErrorCode.FEDERATION_EXISTS: client_errors.FederationExists,
+    ErrorCode.FEDERATION_FINISHED: client_errors.FederationFinished,
+    ErrorCode.ROUND_CLOSED: client_errors.RoundClosed,
+    ErrorCode.ALREADY_SUBMITTED: client_errors.AlreadySubmitted,
+    ErrorCode.CONTEXT_MISMATCH: client_errors.ContextMismatch,
+    ErrorCode.BUDGET_EXHAUSTED: client_errors.BudgetExhausted,
     ErrorCode.INTERNAL: client_errors.PpmlClientError,
 }
 

@@ -301,6 +301,30 @@ class TrainStep(_message.Message):
 Global___TrainStep: _TypeAlias = TrainStep  # noqa: Y015
 
 @_typing.final
+class FederateRound(_message.Message):
+    """Close round `round` of a federation (servers/kinds/federate.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    federation_id: _builtins.str
+    round: _builtins.int
+    def __init__(
+        self,
+        *,
+        federation_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation_id", b"federation_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederateRound: _TypeAlias = FederateRound  # noqa: Y015
+
+@_typing.final
 class EvaluateJob(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -358,6 +382,7 @@ class RunJob(_message.Message):
     TRAIN_FIELD_NUMBER: _builtins.int
     EVALUATE_FIELD_NUMBER: _builtins.int
     END_JOB_FIELD_NUMBER: _builtins.int
+    FEDERATE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     epoch: _builtins.int
     @_builtins.property
@@ -370,6 +395,8 @@ class RunJob(_message.Message):
     def evaluate(self) -> Global___EvaluateJob: ...
     @_builtins.property
     def end_job(self) -> Global___EndJob: ...
+    @_builtins.property
+    def federate(self) -> Global___FederateRound: ...
     def __init__(
         self,
         *,
@@ -380,12 +407,13 @@ class RunJob(_message.Message):
         train: Global___TrainStep | None = ...,
         evaluate: Global___EvaluateJob | None = ...,
         end_job: Global___EndJob | None = ...,
+        federate: Global___FederateRound | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train", "evaluate", "end_job"]  # noqa: Y015
+    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train", "evaluate", "end_job", "federate"]  # noqa: Y015
     _WhichOneofArgType_job: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_job) -> _WhichOneofReturnType_job | None: ...
 

@@ -1,0 +1,414 @@
+"""Federations on a real cluster: four offices, drop-outs, CKKS vs MPC, DP, bad input.
+
+A two-server cluster (TLS, dealer) with four office identities besides the
+owner (``local-user``) and ``analyst`` (not invited). Each office joins from
+its own SDK connection in its own thread, as it would from its own machine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dp_accounting
+import grpc
+import numpy as np
+import pytest
+import torch
+from dp_accounting import rdp
+
+from ppml.client import Cluster
+from ppml.client.errors import (
+    AlreadySubmitted,
+    BudgetExhausted,
+    ContextMismatch,
+    InvalidFederation,
+    InvalidModel,
+    InvalidRequest,
+    PermissionDenied,
+    PpmlClientError,
+    RoundClosed,
+)
+from ppml.client.federation import Federation, Participant, mpc_global_model
+from ppml.proto import shares
+from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.domain import federations as fed
+from ppml.proto.wire import serde
+from ppml.training import ckks
+from ppml.training.har import split_by_subject, synthetic_har
+from ppml.v1 import federation_pb2
+
+OFFICES = ("office-1", "office-2", "office-3", "office-4")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    directory = tmp_path_factory.mktemp("federation")
+    with LocalCluster(parties=2, directory=directory, clients=OFFICES) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def owner(local: LocalCluster) -> Iterator[Cluster]:
+    with Cluster.from_config(local.config_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def offices(local: LocalCluster) -> Iterator[dict[str, Cluster]]:
+    clusters = {
+        name: Cluster.from_config(local.config_path, token=local.token(name)) for name in OFFICES
+    }
+    yield clusters
+    for cluster in clusters.values():
+        cluster.close()
+
+
+def _small_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)  # public: initial weights of a test model
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+
+
+SAMPLE = torch.zeros(1, 5)
+
+
+def _fixed(delta_seed: int, rows: int, scale: float = 0.1) -> Callable[..., Any]:
+    """A train function that returns the global model plus a fixed delta (and its rows)."""
+    rng = np.random.default_rng(delta_seed)  # public: a test's fixed updates
+
+    def train(model: torch.nn.Module, round_no: int) -> tuple[torch.nn.Module, int, float]:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.from_numpy(rng.normal(0, scale, tuple(p.shape))).float())
+        return model, rows, 0.5 + delta_seed
+
+    return train
+
+
+def _join_all(
+    offices: dict[str, Cluster], fid: str, trains: dict[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    reports: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            reports[name] = offices[name].join_federation(fid, trains[name], timeout=240, **kwargs)
+        except Exception as exc:  # reported to the test
+            reports[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in trains]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return reports
+
+
+# ---------------------------------------------------------------- four offices, one drops out
+
+
+def test_four_offices_by_subject_one_drops_out(owner: Cluster, offices: dict[str, Cluster]) -> None:
+    data, subjects = synthetic_har(1600, seed=1)
+    test, _ = synthetic_har(600, seed=2)
+    parts = split_by_subject(data, subjects, 4, seed=0)
+    torch.manual_seed(0)  # public: initial weights
+    model = torch.nn.Sequential(torch.nn.Linear(561, 32), torch.nn.ReLU(), torch.nn.Linear(32, 6))
+    handle = owner.create_federation(
+        model,
+        OFFICES,
+        rounds=3,
+        local_epochs=1,
+        batch_size=32,
+        lr=0.1,
+        min_participants=3,
+        round_deadline_s=8,
+        sample_input=torch.zeros(1, 561),
+    )
+    leaving = OFFICES[3]
+    reports: dict[str, Any] = {}
+
+    def run(index: int, name: str) -> None:
+        part, _ = parts[index]
+        try:
+            reports[name] = offices[name].join_federation(
+                handle.federation_id,
+                (part.features, part.labels),
+                max_rounds=1 if name == leaving else None,
+                timeout=240,
+            )
+        except Exception as exc:  # reported below
+            reports[name] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(OFFICES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    info = handle.wait(timeout=60)
+    assert info.state is fed.FederationState.SUCCEEDED, info.reason
+    rounds = handle.rounds()
+    assert [r.round for r in rounds] == [1, 2, 3]
+    assert set(rounds[0].participants) == set(OFFICES)
+    for later in rounds[1:]:
+        assert later.applied
+        assert set(later.participants) == set(OFFICES[:3])
+        assert later.dropped == (leaving,)
+    assert all(r.mean_loss is not None and 0 < r.mean_loss < 5 for r in rounds)  # owner sees it
+    assert list(handle.progress()) == rounds  # the event streams of both servers, merged
+    assert reports[leaving].submitted == (1,)
+    for name in OFFICES[:3]:
+        assert reports[name].submitted == (1, 2, 3), reports[name]
+        assert reports[name].state == "succeeded"
+    # the federated model is registered and servable at once through predict
+    x = test.features[:64].astype(np.float32)
+    predictions = owner.predict(info.model_id, x)
+    accuracy = float((np.asarray(predictions).argmax(1) == test.labels[:64]).mean())
+    assert accuracy > 0.5  # six classes: chance is about 1/6
+    # a participant's non-owner view holds no loss shares
+    office_view = offices[OFFICES[0]].federation(handle.federation_id).info()
+    assert all(r.loss_sum is None for r in office_view.results)
+
+
+def test_mpc_average_is_the_sample_weighted_average(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    handle = owner.create_federation(
+        _small_model(), OFFICES[:3], rounds=1, round_deadline_s=30, sample_input=SAMPLE
+    )
+    before = mpc_global_model(owner, handle.federation_id)[1]
+    rows = {OFFICES[0]: 10, OFFICES[1]: 30, OFFICES[2]: 60}
+    trains = {name: _fixed(i, rows[name]) for i, name in enumerate(OFFICES[:3])}
+    reports = _join_all(offices, handle.federation_id, trains)
+    assert all(not isinstance(r, Exception) for r in reports.values()), reports
+    model_id = handle.result(timeout=60)
+    after = owner.export_model(model_id).weights
+    deltas = {}
+    for i, office in enumerate(OFFICES[:3]):
+        rng = np.random.default_rng(i)  # as _fixed draws them, in parameters() order
+        deltas[office] = {n: rng.normal(0, 0.1, v.shape) for n, v in sorted_params(before)}
+    for name, start in before.items():
+        weighted = sum(rows[o] * deltas[o][name] for o in deltas)
+        expected = start + weighted / sum(rows.values())
+        assert np.max(np.abs(after[name].numpy() - expected)) < 1e-3
+    merged = handle.rounds()[0]
+    expected_loss = sum(rows[o] * (0.5 + i) for i, o in enumerate(OFFICES[:3])) / 100
+    assert merged.mean_loss == pytest.approx(expected_loss, abs=1e-3)
+
+
+def sorted_params(weights: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """In the order torch's ``parameters()`` yields them for the test model."""
+    order = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    return [(name, weights[name]) for name in order]
+
+
+# ---------------------------------------------------------------- CKKS vs MPC
+
+
+def test_ckks_back_end_matches_the_mpc_average(owner: Cluster, offices: dict[str, Cluster]) -> None:
+    rows = {OFFICES[0]: 7, OFFICES[1]: 21}
+    results = {}
+    for backend in ("mpc", "ckks"):
+        handle = owner.create_federation(
+            _small_model(1), list(rows), rounds=2, backend=backend, sample_input=SAMPLE
+        )
+        context = handle.keys.participant_context if handle.keys else None
+        trains = {name: _fixed(10 + i, rows[name]) for i, name in enumerate(rows)}
+        reports = _join_all(offices, handle.federation_id, trains, ckks_context=context)
+        assert all(not isinstance(r, Exception) for r in reports.values()), reports
+        model_id = handle.result(timeout=60)
+        results[backend] = owner.export_model(model_id).weights
+    for name, value in results["mpc"].items():
+        assert np.max(np.abs(value.numpy() - results["ckks"][name].numpy())) < 1e-3, name
+
+
+def test_ckks_aggregator_refuses_another_context_and_the_secret_key(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    keys = ckks.key_ceremony()
+    with pytest.raises(InvalidFederation, match="secret key"):
+        owner.create_federation(
+            _small_model(),
+            OFFICES[:2],
+            rounds=1,
+            backend="ckks",
+            sample_input=SAMPLE,
+            ckks_keys=ckks.FederationKeys(
+                keys.participant_context,
+                keys.participant_context,
+                ckks.context_fingerprint(keys.participant_context),
+            ),
+        )
+    handle = owner.create_federation(
+        _small_model(), OFFICES[:2], rounds=1, backend="ckks", sample_input=SAMPLE, ckks_keys=keys
+    )
+    other = ckks.key_ceremony().participant_context
+    office = offices[OFFICES[0]]
+    info = handle.info()
+    participant = Participant(office, handle.federation_id, _fixed(0, 5), ckks_context=other)
+    weights = fed.unflatten(info.architecture, np.zeros(fed.parameter_count(info.architecture)))
+    with pytest.raises(ContextMismatch, match="context"):
+        participant.submit_round(info, weights)
+    # the federation goes on: the right context is accepted
+    good = Participant(office, handle.federation_id, _fixed(0, 5), keys.participant_context)
+    good.submit_round(info, weights)
+    assert handle.info().submitted == (OFFICES[0],)
+    handle.cancel()
+
+
+# ---------------------------------------------------------------- DP
+
+
+def _direct_epsilon(z: float, rounds: int, delta: float) -> float:
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    return float(accountant.get_epsilon(delta))
+
+
+def test_dp_epsilon_matches_dp_accounting_and_the_budget_stops_it(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    z, delta = 1.2, 1e-5
+    two_rounds = _direct_epsilon(z, 2, delta)
+    budget = (two_rounds + _direct_epsilon(z, 3, delta)) / 2  # room for 2 rounds, not 3
+    dp = fed.DpSettings(clip_norm=1.0, noise_multiplier=z, delta=delta, epsilon_budget=budget)
+    handle = owner.create_federation(
+        _small_model(), OFFICES[:2], rounds=5, dp=dp, sample_input=SAMPLE
+    )
+    trains = {name: _fixed(20 + i, 50) for i, name in enumerate(OFFICES[:2])}
+    reports = _join_all(offices, handle.federation_id, trains)
+    info = handle.wait(timeout=60)
+    assert info.state is fed.FederationState.BUDGET_EXHAUSTED, info.reason
+    assert [r.round for r in info.results] == [1, 2]
+    assert info.results[0].epsilon == pytest.approx(_direct_epsilon(z, 1, delta), rel=1e-9)
+    assert info.epsilon_spent == pytest.approx(two_rounds, rel=1e-9)
+    assert "budget" in info.reason
+    assert all(r.state == "budget_exhausted" for r in reports.values()), reports
+    # the model after round 2 is registered; any further update is refused clearly
+    assert owner.predict(info.model_id, np.zeros((1, 5), dtype=np.float32)).shape == (1, 3)
+    office = offices[OFFICES[0]]
+    zeros = {n: np.zeros(s) for n, s in info.architecture.parameter_shapes().items()}
+    for rank in (0, 1):
+        with pytest.raises(BudgetExhausted, match="budget"):
+            _raw_submit(office, handle.federation_id, 3, zeros, rank)
+
+
+def test_dp_noise_in_released_averages_has_the_calibrated_sigma(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    """Zero updates, many rounds: each released average is pure noise, and it scatters
+    with the calibrated sigma (both servers' draws together: n/(n-1) * sigma^2, n = 2)."""
+    z, clip, rounds, members = 0.5, 0.2, 12, OFFICES[:2]
+    dp = fed.DpSettings(clip_norm=clip, noise_multiplier=z)
+    handle = owner.create_federation(
+        _small_model(), list(members), rounds=rounds, dp=dp, sample_input=SAMPLE
+    )
+    seen: list[np.ndarray] = []  # the global model each round, as the first office sees it
+
+    def watching(model: torch.nn.Module, round_no: int) -> tuple[torch.nn.Module, int, None]:
+        seen.append(np.concatenate([p.detach().double().reshape(-1) for p in model.parameters()]))
+        return model, 10, None
+
+    trains = {members[0]: watching, members[1]: lambda m, r: (m, 10, None)}
+    reports = _join_all(offices, handle.federation_id, trains)
+    assert all(not isinstance(r, Exception) for r in reports.values()), reports
+    info = handle.wait(timeout=60)
+    assert info.state is fed.FederationState.SUCCEEDED
+    assert all(r.applied for r in info.results)
+    final = owner.export_model(info.model_id).to_torch()
+    seen.append(np.concatenate([p.detach().double().reshape(-1) for p in final.parameters()]))
+    releases = np.diff(np.stack(seen), axis=0)  # (rounds, 39): each round's released average
+    assert releases.shape[0] == rounds
+    expected = 2 * (z * clip) ** 2 / len(members) ** 2
+    tolerance = 4 * np.sqrt(2 / releases.size)  # 4 standard errors of a sample variance
+    assert abs(releases.var() / expected - 1) < tolerance
+    assert abs(releases.mean()) < 4 * np.sqrt(expected / releases.size)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _raw_submit(
+    cluster: Cluster, fid: str, round_no: int, update: dict[str, np.ndarray], rank: int = 0
+) -> None:
+    per_server = shares.share_named(update, cluster.parties)
+    weight = shares.share(shares.encode([1.0]), cluster.parties)
+    request = federation_pb2.SubmitUpdateRequest(
+        federation_id=fid,
+        round=round_no,
+        update=serde.named_shares_to_proto(per_server[rank]),
+        weight=serde.share_to_proto(weight[rank]),
+    )
+    server = cluster._servers[rank]
+    try:
+        server.federation.SubmitUpdate(request, timeout=30, metadata=cluster._metadata)
+    except grpc.RpcError as err:
+        from ppml.client.errors import from_rpc_error
+
+        raise from_rpc_error(err, server.name) from None
+
+
+def test_bad_input_gets_clear_errors_and_the_federation_goes_on(
+    owner: Cluster, offices: dict[str, Cluster], local: LocalCluster
+) -> None:
+    handle: Federation = owner.create_federation(
+        _small_model(), OFFICES[:2], rounds=2, round_deadline_s=6, sample_input=SAMPLE
+    )
+    fid = handle.federation_id
+    info = handle.info()
+    a, b = offices[OFFICES[0]], offices[OFFICES[1]]
+    weights = mpc_global_model(a, fid)[1]
+    # wrong shape
+    bad = {**weights, "0.weight": np.zeros((3, 3))}
+    with pytest.raises((InvalidModel, InvalidRequest), match=r"0\.weight"):
+        _raw_submit(a, fid, 1, bad)
+    # a non-finite value never leaves the participant's machine
+    nan = Participant(a, fid, lambda m, r: (_nan(m), 10, None))
+    with pytest.raises(InvalidFederation, match="NaN"):
+        nan.submit_round(info, weights)
+    # not invited
+    with Cluster.from_config(local.config_path, token=local.token("analyst")) as analyst:
+        with pytest.raises(PermissionDenied, match="not invited"):
+            _raw_submit(analyst, fid, 1, weights)
+        with pytest.raises(PermissionDenied, match="not a participant"):
+            mpc_global_model(analyst, fid)
+    # a second submission in one round
+    first = Participant(a, fid, _fixed(1, 10))
+    first.submit_round(info, weights)
+    with pytest.raises(AlreadySubmitted, match="already submitted"):
+        first.submit_round(info, weights)
+    # b misses the deadline: round 1 closes with a alone (min 2: not applied)
+    closed = handle.wait_round(1, timeout=30)
+    assert not closed.applied and "needs 2" in closed.reason
+    with pytest.raises(RoundClosed, match="round 2 is open"):
+        Participant(b, fid, _fixed(2, 10)).submit_round(info, weights)
+    # the federation goes on: round 2 with both
+    reports = _join_all(offices, fid, {OFFICES[0]: _fixed(3, 10), OFFICES[1]: _fixed(4, 10)})
+    assert all(not isinstance(r, Exception) for r in reports.values()), reports
+    final = handle.wait(timeout=60)
+    assert final.state is fed.FederationState.SUCCEEDED
+    assert [r.applied for r in final.results] == [False, True]
+    # settings are checked before anything is created
+    for kwargs, match in [
+        ({"rounds": 0}, "rounds"),
+        ({"min_participants": 3}, "min_participants"),
+        ({"strategy": "fedprox"}, "mu"),
+        ({"dp": fed.DpSettings(clip_norm=1.0)}, "noise_multiplier or target_epsilon"),
+        (
+            {"dp": fed.DpSettings(clip_norm=1.0, noise_multiplier=0.3, epsilon_budget=0.5)},
+            "over the budget",
+        ),
+        ({"backend": "paillier"}, "backend"),
+    ]:
+        with pytest.raises(InvalidFederation, match=match):
+            owner.create_federation(
+                _small_model(), OFFICES[:2], **{"rounds": 2, **kwargs}, sample_input=SAMPLE
+            )
+    with pytest.raises(PpmlClientError):
+        b.federation("no-such-federation").info()
+
+
+def _nan(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        next(iter(model.parameters()))[0, 0] = float("nan")
+    return model
