@@ -16,15 +16,18 @@ gives each example's squared norm ``s_i`` from ``(B,)``-sized secrets only.
 the margin absorbs the approximation below, so a clipped gradient's norm
 stays under ``C``. With ``t = s / C'^2``, the copies ``t / 64^j``
 (``j = 0..5``) go through *one* CrypTen ``inv_sqrt`` (stacked, so the
-Newton iterations cost the rounds of one), one stacked comparison
-``t > 64^j`` picks the copy that lies in ``[1, 64)``, where ``inv_sqrt`` is
-accurate to within 0.5 %, and ``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. Each
-``delta_i`` is multiplied by that root (in ``(1/8, 1]``, full precision)
-and only then by the public, exact ``8^-j`` (:func:`clip`): every product
-stays small (CrypTen's two-party truncation fails with a probability that
-grows with the value) and the rounding is an absolute ``2^-16`` per
-coordinate, not a relative error that grows with the norm. The clipped sum
-of a layer's gradients is ``(f * delta)^T A`` and ``sum_i f_i delta_i``.
+Newton iterations cost the rounds of one); one stacked comparison
+``s > C'^2 64^j`` (against public values, no product) picks the copy that
+lies in ``[1, 64)``, where ``inv_sqrt`` is accurate to within 0.5 %, and
+``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. Each ``delta_i`` is multiplied by that
+root (in ``(1/8, 1]``, full precision) and only then by the public, exact
+``8^-j`` (:func:`clip`). Every product that matters stays small (CrypTen's
+two-party truncation fails with a probability that grows with the value:
+about ``|x| / 2^32`` for a product of value ``x``), and the rounding is an
+absolute ``2^-16`` per coordinate, not a relative error that grows with the
+norm. The clipped sum of a layer's gradients is ``(f * delta)^T A`` and
+``sum_i f_i delta_i``. The squared norms themselves are products: keep
+per-example norms within ~100 C (the usual regime) for them to be reliable.
 
 **Noise.** Each party draws ``N(0, s^2)`` per coordinate from its own
 :class:`~ppml.training.privacy.SecureRandom` with
@@ -110,18 +113,22 @@ def clip_stage_weights(squared_norms: Any, clip_norm: float) -> Any:
     """Secret ``(7, B)`` weights ``w`` with ``sum_k w[k] STAGE_SCALES[k] = min(1, C' / sqrt(s))``.
 
     ``C' = C (1 - CLIP_MARGIN)``; ``squared_norms`` is a secret ``(B,)``
-    tensor with ``s / C'^2 < 2^31`` (the range of a fixed-point product).
+    tensor; ``t = s / C'^2`` below ``2^36``. Only the row in use passes a
+    value above 64 through a product; the others may hold garbage, and are
+    multiplied by an exact 0.
     Per example at most one row is non-zero: row 0 (= 1) when ``s <= C'^2``,
     else the row of the stage whose copy lies in ``[1, 64)``, holding its
     inverse square root in ``(1/8, 1]`` (full relative precision). Rounds:
     one ``inv_sqrt``, one comparison and one multiplication, whatever ``s``.
     """
-    bound = clip_norm * (1 - CLIP_MARGIN)
-    t = squared_norms.mul(1.0 / bound**2)
-    scaled = crypten.stack([t.div(64**j) if j else t for j in range(_STAGES)])
-    roots = scaled.inv_sqrt()  # row j is accurate where 64^j <= t < 64^(j+1)
-    thresholds = torch.tensor([64.0**j for j in range(_STAGES)]).unsqueeze(1)
-    above = crypten.stack([t] * _STAGES).gt(thresholds)  # nested: above[j] implies above[j-1]
+    bound2 = (clip_norm * (1 - CLIP_MARGIN)) ** 2
+    s = squared_norms
+    # s / 64^j by integer division, then / C'^2: the product is small in the row that is used
+    # (CrypTen's two-party truncation fails with a probability that grows with the value)
+    stages = crypten.stack([s.div(64**j) if j else s for j in range(_STAGES)])
+    roots = stages.mul(1.0 / bound2).inv_sqrt()  # row j accurate where 64^j <= t < 64^(j+1)
+    thresholds = torch.tensor([bound2 * 64.0**j for j in range(_STAGES)]).unsqueeze(1)
+    above = crypten.stack([s] * _STAGES).gt(thresholds)  # nested: above[j] implies above[j-1]
     chosen = above - crypten.cat([above[1:], above[:1] * 0])  # one-hot: the stage t is in
     # comparisons come back as integers (scale 1): select in one product with fixed-point values
     selectors = crypten.cat([1 - above[:1], chosen])
