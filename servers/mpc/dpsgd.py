@@ -113,13 +113,13 @@ def clip_stage_weights(squared_norms: Any, clip_norm: float) -> Any:
     """Secret ``(7, B)`` weights ``w`` with ``sum_k w[k] STAGE_SCALES[k] = min(1, C' / sqrt(s))``.
 
     ``C' = C (1 - CLIP_MARGIN)``; ``squared_norms`` is a secret ``(B,)``
-    tensor; ``t = s / C'^2`` below ``2^36``. Only the row in use passes a
-    value above 64 through a product; the others may hold garbage, and are
-    multiplied by an exact 0.
-    Per example at most one row is non-zero: row 0 (= 1) when ``s <= C'^2``,
-    else the row of the stage whose copy lies in ``[1, 64)``, holding its
-    inverse square root in ``(1/8, 1]`` (full relative precision). Rounds:
-    one ``inv_sqrt``, one comparison and one multiplication, whatever ``s``.
+    tensor; ``t = s / C'^2`` below ``2^36``. The row in use multiplies a
+    value below 64; rows not in use may overflow into garbage, and are
+    multiplied by an exact 0. Per example at most one row is non-zero: row
+    0 (= 1) when ``s <= C'^2``, else the row of the stage whose copy lies in
+    ``[1, 64)``, holding its inverse square root in ``(1/8, 1]`` (full
+    relative precision). Rounds: one ``inv_sqrt``, one comparison and one
+    multiplication, whatever ``s``.
     """
     bound2 = (clip_norm * (1 - CLIP_MARGIN)) ** 2
     s = squared_norms

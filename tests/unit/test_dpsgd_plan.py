@@ -63,6 +63,8 @@ def test_only_mlp_layers_are_supported() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="conv2d, max_pool2d"):
         dpsgd.check_architecture(cnn)
+    with pytest.raises(ValueError, match="at least one linear layer"):
+        dpsgd.check_architecture(arch.Architecture((arch.ReLU(),), (4,), (4,)))
 
 
 def test_delta_must_be_below_one_over_rows() -> None:

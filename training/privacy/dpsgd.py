@@ -96,6 +96,8 @@ def check_architecture(architecture: Architecture) -> None:
             f"DP-SGD supports only layers of kinds {', '.join(DP_LAYER_KINDS)} "
             f"(multi-layer perceptrons); this model has {', '.join(unsupported)}"
         )
+    if not any(layer.KIND == "linear" for layer in architecture.layers):
+        raise ValueError("DP-SGD needs at least one linear layer (nothing else has weights)")
 
 
 @dataclass(frozen=True)
