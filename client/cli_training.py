@@ -22,7 +22,7 @@ from ppml.client.cli_common import CliError, connect, existing_file, table
 from ppml.client.cluster import Cluster
 from ppml.client.errors import PpmlClientError
 from ppml.client.training_job import Progress, TrainingJob
-from ppml.proto.domain.jobs import LOSSES, OPTIMIZERS, JobInfo
+from ppml.proto.domain.jobs import DP_DEFAULT_DELTA, LOSSES, OPTIMIZERS, JobInfo
 
 SCHEMES = ("iid", "label_skew", "quantity_skew")
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal
@@ -132,6 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             name=args.name or "",
             model_id=args.model_id,
             sample_input=sample,
+            dp_clip_norm=args.dp_clip_norm,
+            dp_noise_multiplier=args.dp_noise_multiplier,
+            dp_target_epsilon=args.dp_target_epsilon,
+            dp_delta=args.dp_delta,
         )
         if args.detach:
             print(job.job_id)
@@ -194,6 +198,16 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dp_text(info: JobInfo) -> str:
+    spec = info.spec
+    if not spec.dp:
+        return "off"
+    return (
+        f"clip {spec.dp_clip_norm:g}, noise multiplier {info.dp_noise_multiplier:.4g}, "
+        f"epsilon {info.dp_epsilon:.4g} at delta {spec.dp_delta or DP_DEFAULT_DELTA:g}"
+    )
+
+
 def _details(info: JobInfo, states: dict[str, str]) -> list[tuple[str, object]]:
     spec = info.spec
     training = (
@@ -219,6 +233,7 @@ def _details(info: JobInfo, states: dict[str, str]) -> list[tuple[str, object]]:
         ("training", training),
         ("options", f"{options} seed={spec.seed}"),
         ("progress", progress),
+        ("dp-sgd", _dp_text(info)),
         ("created", _when(info.created_unix_ms)),
         ("started", _when(info.started_unix_ms)),
         ("finished", _when(info.finished_unix_ms)),
@@ -300,6 +315,11 @@ def _train_parser(groups: Any, client: argparse.ArgumentParser) -> None:
         "--reveal-metrics", action="store_true", help="show loss/accuracy (to you only)"
     )
     train.add_argument("--standardize", action="store_true", help="standardize features in MPC")
+    dp = train.add_argument_group("DP-SGD (on with --dp-clip-norm > 0)")
+    dp.add_argument("--dp-clip-norm", type=float, default=0.0, help="per-example L2 bound")
+    dp.add_argument("--dp-noise-multiplier", type=float, help="noise std / clip norm")
+    dp.add_argument("--dp-target-epsilon", type=float, default=0.0, help="calibrate the noise")
+    dp.add_argument("--dp-delta", type=float, default=0.0, help="default 1e-5")
     train.add_argument("--seed", type=int, help="shuffling and --mlp initial weights")
     train.add_argument("--name", help="job and model display name")
     train.add_argument("--model-id", help="id of the trained model (default: JOB-model)")

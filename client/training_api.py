@@ -60,12 +60,23 @@ class TrainingMixin(ClusterBase):
         model_id: str | None = None,
         job_id: str | None = None,
         sample_input: torch.Tensor | None = None,
+        dp_clip_norm: float = 0.0,
+        dp_noise_multiplier: float | None = None,
+        dp_target_epsilon: float = 0.0,
+        dp_delta: float = 0.0,
     ) -> TrainingJob:
         """Train ``model``'s architecture in MPC on shared data sets, from its current weights.
 
         The architecture and hyper-parameters are public; the initial weights
         are secret-shared here. Returns at once with a :class:`TrainingJob`;
         the servers validate everything before any MPC work starts.
+
+        DP-SGD: ``dp_clip_norm > 0`` clips each example's gradient to that L2
+        norm and adds Gaussian noise of ``dp_noise_multiplier`` times it to
+        each batch's sum; give ``dp_target_epsilon`` instead of the
+        multiplier to have the servers calibrate it over the job's steps.
+        ``dp_delta`` (default 1e-5) must be below ``1 / rows``. The job then
+        reports the epsilon spent (:meth:`TrainingJob.epsilon`).
         """
         if isinstance(datasets, str):
             raise InvalidTrainingJob("datasets must be a list of dataset ids")
@@ -102,6 +113,10 @@ class TrainingMixin(ClusterBase):
             reveal_metrics=reveal_metrics,
             seed=secrets.randbits(63) if seed is None else seed,
             standardize=standardize,
+            dp_clip_norm=dp_clip_norm,
+            dp_noise_multiplier=dp_noise_multiplier,
+            dp_target_epsilon=dp_target_epsilon,
+            dp_delta=dp_delta,
         )
         job_id = job_id or uuid.uuid4().hex[:16]
         model_id = model_id or f"{job_id}-model"

@@ -48,6 +48,7 @@ class Progress:
     loss: float | None = None  # mean training loss of the epoch that just ended
     accuracy: float | None = None  # validation accuracy after that epoch
     reason: str = ""
+    epsilon: float = 0.0  # DP-SGD: epsilon spent after steps_done steps (0.0 without DP)
 
     @property
     def finished(self) -> bool:
@@ -133,6 +134,10 @@ class TrainingJob:
             raise errors[0]
         return JobStatus(infos[0], states)
 
+    def epsilon(self) -> float:
+        """DP-SGD: epsilon spent so far, at the job's delta (0.0 for a job without DP)."""
+        return self.status().info.dp_epsilon
+
     def metrics(self) -> list[EpochResult]:
         """Per-epoch loss and validation accuracy (owner only, if reveal_metrics)."""
         request = training_pb2.GetJobRequest(job_id=self.job_id)
@@ -193,6 +198,7 @@ class TrainingJob:
             loss=loss,
             accuracy=accuracy,
             reason=next((e.reason for e in events if e.reason), ""),
+            epsilon=first.dp_epsilon,
         )
 
     def result(self, timeout: float | None = None, poll_s: float = 0.5) -> str:

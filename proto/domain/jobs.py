@@ -17,6 +17,7 @@ from ppml.proto.shares import Ring
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 OPTIMIZERS = ("sgd",)
+DP_DEFAULT_DELTA = 1e-5  # a DP-SGD job's delta when its spec leaves dp_delta at 0
 
 
 class JobState(Enum):
@@ -45,6 +46,17 @@ class TrainingSpec:
     reveal_metrics: bool = False
     seed: int = 0
     standardize: bool = False
+    # DP-SGD (ppml.training.privacy.dpsgd): on when dp_clip_norm > 0; then exactly one of
+    # dp_noise_multiplier (>= 0) and dp_target_epsilon (> 0); dp_delta 0 means the default
+    dp_clip_norm: float = 0.0
+    dp_noise_multiplier: float | None = None
+    dp_target_epsilon: float = 0.0
+    dp_delta: float = 0.0
+
+    @property
+    def dp(self) -> bool:
+        """Whether the job trains with DP-SGD (per-example clipping and Gaussian noise)."""
+        return self.dp_clip_norm > 0
 
     def batches_per_epoch(self, rows: int) -> int:
         return max(1, math.ceil(rows / self.batch_size))
@@ -83,6 +95,8 @@ class JobInfo:
     samples_per_s: float = 0.0
     metrics: tuple[EpochMetrics, ...] = ()
     sources: tuple[DataSource, ...] = ()  # whose data it trains on, with their release
+    dp_noise_multiplier: float = 0.0  # the noise multiplier DP-SGD runs with (given or calibrated)
+    dp_epsilon: float = 0.0  # DP-SGD: epsilon spent at the spec's delta after steps_done steps
 
     @property
     def samples_done(self) -> int:
@@ -113,6 +127,7 @@ class JobEvent:
     samples_per_s: float = 0.0
     metrics: EpochMetrics | None = None
     reason: str = ""
+    dp_epsilon: float = 0.0  # DP-SGD: epsilon spent after steps_done steps
 
     def public(self) -> JobEvent:
         return replace(self, metrics=None)

@@ -503,6 +503,10 @@ def training_spec_to_proto(spec: jobs.TrainingSpec) -> training_pb2.TrainingSpec
         reveal_metrics=spec.reveal_metrics,
         seed=spec.seed,
         standardize=spec.standardize,
+        dp_clip_norm=spec.dp_clip_norm,
+        dp_noise_multiplier=spec.dp_noise_multiplier,
+        dp_target_epsilon=spec.dp_target_epsilon,
+        dp_delta=spec.dp_delta,
     )
 
 
@@ -520,6 +524,12 @@ def training_spec_from_proto(msg: training_pb2.TrainingSpec) -> jobs.TrainingSpe
         reveal_metrics=msg.reveal_metrics,
         seed=msg.seed,
         standardize=msg.standardize,
+        dp_clip_norm=msg.dp_clip_norm,
+        dp_noise_multiplier=(
+            msg.dp_noise_multiplier if msg.HasField("dp_noise_multiplier") else None
+        ),
+        dp_target_epsilon=msg.dp_target_epsilon,
+        dp_delta=msg.dp_delta,
     )
 
 
@@ -561,6 +571,8 @@ def job_info_to_proto(info: jobs.JobInfo) -> training_pb2.JobInfo:
         samples_per_s=info.samples_per_s,
         metrics=[epoch_metrics_to_proto(m) for m in info.metrics],
         sources=[data_source_to_proto(s) for s in info.sources],
+        dp_noise_multiplier=info.dp_noise_multiplier,
+        dp_epsilon=info.dp_epsilon,
     )
 
 
@@ -584,6 +596,8 @@ def job_info_from_proto(msg: training_pb2.JobInfo) -> jobs.JobInfo:
         samples_per_s=msg.samples_per_s,
         metrics=tuple(epoch_metrics_from_proto(m) for m in msg.metrics),
         sources=tuple(data_source_from_proto(s) for s in msg.sources),
+        dp_noise_multiplier=msg.dp_noise_multiplier,
+        dp_epsilon=msg.dp_epsilon,
     )
 
 
@@ -607,6 +621,7 @@ def job_event_to_proto(event: jobs.JobEvent) -> training_pb2.JobEvent:
         samples_done=event.samples_done,
         samples_per_s=event.samples_per_s,
         reason=event.reason,
+        dp_epsilon=event.dp_epsilon,
     )
     if event.metrics is not None:
         msg.metrics.CopyFrom(epoch_metrics_to_proto(event.metrics))
@@ -626,4 +641,5 @@ def job_event_from_proto(msg: training_pb2.JobEvent) -> jobs.JobEvent:
         samples_per_s=msg.samples_per_s,
         metrics=epoch_metrics_from_proto(msg.metrics) if msg.HasField("metrics") else None,
         reason=msg.reason,
+        dp_epsilon=msg.dp_epsilon,
     )

@@ -12,6 +12,10 @@ With ``standardize`` the features are centred and scaled by a mean and an
 inverse standard deviation computed in MPC over every training row; the
 trained model then starts with a secret :class:`Affine` layer holding that
 scaling, so prediction clients send raw features.
+
+With DP-SGD on (``spec.dp``), each step's gradients come from
+:class:`~ppml.servers.mpc.dpsgd.DpSgdStep` (per-example clipping, every
+party's own noise) instead of CrypTen's autograd; the update is the same SGD.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.jobs import EpochMetrics
 from ppml.proto.shares import Ring
 from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.dpsgd import DpSgdStep
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
@@ -125,6 +130,11 @@ class TrainingRun:
             weight_decay=spec.weight_decay,
         )
         self._loss = _loss_module(spec.loss, spec.reveal_metrics)
+        self._dp: DpSgdStep | None = None
+        if spec.dp:
+            self._dp = DpSgdStep(
+                inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
+            )
         self._plan = BatchPlan(self._x.size(0), spec.batch_size, spec.seed)
         num_classes = int(self._y.size(1))
         self._accuracy = accuracy_kind(inputs.architecture.output_shape, num_classes)
@@ -143,9 +153,12 @@ class TrainingRun:
         y = losses.get(self.spec.loss).target(y)
         # pairwise max: one comparison round instead of log2(classes) in softmax
         with crypten.cfg.temp_override({"functions.max_method": "pairwise"}):
-            loss = self._loss(self._model(x), y)
-            self._optimizer.zero_grad()
-            loss.backward()
+            if self._dp is not None:  # no loss: reveal_metrics is refused with DP
+                self._dp.gradients(self._model, x, y)
+            else:
+                loss = self._loss(self._model(x), y)
+                self._optimizer.zero_grad()
+                loss.backward()
         self._optimizer.step()
         if self.spec.reveal_metrics:
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss

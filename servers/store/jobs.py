@@ -41,6 +41,7 @@ from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
 from ppml.training import losses
 from ppml.training.losses import LossMismatch, check_fits
+from ppml.training.privacy import dpsgd
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RunInputs:
     features: list[Ring]  # per training data set, (rows, *feature_shape)
     labels: list[Ring]  # per training data set, (rows, num_classes) one-hot
     validation: tuple[Ring, Ring] | None
+    dp_noise_multiplier: float = 0.0  # DP-SGD (spec.dp): the multiplier resolved at start
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,26 @@ def check_spec(spec: TrainingSpec) -> None:
         raise _invalid(f"weight_decay must lie in [0, 1), got {spec.weight_decay}")
     if spec.optimizer not in OPTIMIZERS:
         raise _invalid(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}")
+    try:
+        dpsgd.check_spec(spec)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def dp_plan(architecture: Architecture, spec: TrainingSpec, rows: int) -> dpsgd.DpSgdPlan:
+    """A DP-SGD job's plan (noise multiplier calibrated if asked); INVALID_JOB if unfit."""
+    try:
+        dpsgd.check_architecture(architecture)
+        return dpsgd.plan(spec, rows)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def dp_epsilon(info: JobInfo, steps: int) -> float:
+    """Epsilon a DP-SGD job has spent after ``steps`` steps (0.0 for a job without DP)."""
+    if not info.spec.dp:
+        return 0.0
+    return dpsgd.plan(info.spec, info.rows, info.dp_noise_multiplier).epsilon(steps)
 
 
 def check_data_fits(
@@ -228,6 +250,7 @@ class JobManager:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
         datasets = [self._datasets.usable(d, owner) for d in spec.dataset_ids]
         rows = check_data_fits(architecture, spec, datasets)
+        noise = dp_plan(architecture, spec, rows).noise_multiplier if spec.dp else 0.0
         sources = [d.source() for d in datasets]
         if spec.validation_id:
             validation = self._datasets.usable(spec.validation_id, owner)
@@ -255,6 +278,7 @@ class JobManager:
             batches_per_epoch=spec.batches_per_epoch(rows),
             steps_total=spec.steps_total(rows),
             sources=tuple(sources),
+            dp_noise_multiplier=noise,
         )
         self._store.put(info, initial)
         with self._cond:
@@ -337,6 +361,7 @@ class JobManager:
             [x for x, _ in data],
             [pad_labels(y, classes) for _, y in data],
             validation,
+            info.dp_noise_multiplier,
         )
 
     def started(self, job_id: str) -> None:
@@ -353,6 +378,7 @@ class JobManager:
                 steps_done=info.steps_done + 1,
                 samples_per_s=outcome.samples_per_s,
                 metrics=metrics,
+                dp_epsilon=dp_epsilon(info, info.steps_done + 1),
             ),
             outcome,
         )
@@ -431,6 +457,7 @@ class JobManager:
                     samples_per_s=info.samples_per_s,
                     metrics=outcome.metrics if outcome else None,
                     reason=info.reason,
+                    dp_epsilon=info.dp_epsilon,
                 )
             )
             del events[: max(0, len(events) - self._limits.max_job_events)]  # keep the newest
@@ -451,6 +478,7 @@ class JobManager:
                 steps_done=info.steps_done,
                 steps_total=info.steps_total,
                 reason=info.reason,
+                dp_epsilon=info.dp_epsilon,
             )
         )
         return events

@@ -279,6 +279,10 @@ def training_specs(
             "reveal_metrics": st.booleans(),
             "seed": uint64s(),
             "standardize": st.booleans(),
+            "dp_clip_norm": doubles(),
+            "dp_noise_multiplier": doubles(),
+            "dp_target_epsilon": doubles(),
+            "dp_delta": doubles(),
         },
         3,
     )

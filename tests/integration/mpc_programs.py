@@ -2,8 +2,8 @@
 
     python mpc_programs.py CONFIG.json RANK SCENARIO [FIRST_EPOCH]
 
-Compute parties run SCENARIO (``suite``, ``probe`` or ``fail``); the dealer
-(rank == world_size) serves epoch after epoch with ppml's Dealer. Each
+Compute parties run SCENARIO (``suite``, ``aggregate``, ``probe``, ``dpsgd`` or
+``fail``); the dealer (rank == world_size) serves epoch after epoch with ppml's Dealer. Each
 process writes ``out/rank<R>.json`` when it ends, and marker files under
 ``out/`` that the test waits on.
 """
@@ -337,6 +337,16 @@ def fail(config: dict, rank: int, out: Path, first: int) -> dict:
     return {"events": events}
 
 
+def dpsgd(config: dict, rank: int) -> dict:
+    import mpc_dpsgd  # beside this file
+
+    session.join(params(config, rank, 0))
+    try:
+        return mpc_dpsgd.run(config["world_size"])
+    finally:
+        session.leave()
+
+
 def dealer(config: dict, rank: int, out: Path, first: int) -> dict:
     server = Dealer()
     epochs = []
@@ -365,6 +375,8 @@ def main() -> None:
         result = aggregation(config, rank, out)
     elif scenario == "probe":
         result = probe(config, rank, out)
+    elif scenario == "dpsgd":
+        result = dpsgd(config, rank)
     else:
         result = fail(config, rank, out, first)
     (out / f"rank{rank}-{first}.json").write_text(json.dumps(result))

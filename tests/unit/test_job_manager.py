@@ -24,6 +24,7 @@ from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.jobs import ANNOUNCE_TIMEOUT_S, JOB_CODEC, JobManager
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
+from ppml.training.privacy import dpsgd
 
 OWNER = "hospital-a"
 OTHER = "hospital-b"
@@ -819,3 +820,58 @@ def _active(manager: JobManager) -> int:
     """Jobs that are neither finished nor failed, from the status counts."""
     counts = manager.counts()
     return counts.get("queued", 0) + counts.get("running", 0)
+
+
+# ---------------------------------------------------------------- DP-SGD
+
+
+def test_a_dp_job_records_its_multiplier_and_the_epsilon_of_every_step(world: World) -> None:
+    info = _start(world, dp_clip_norm=1.0, dp_noise_multiplier=1.5)
+    assert (info.dp_noise_multiplier, info.dp_epsilon) == (1.5, 0.0)
+    world.jobs.started("job-1")
+    world.jobs.progress("job-1", _outcome(1, 1))
+    world.jobs.progress("job-1", _outcome(1, 2))
+    after = world.jobs.get("job-1", OTHER)  # public: anyone who may see the job sees epsilon
+    plan = dpsgd.plan(info.spec, 17)
+    assert plan.sampling_rate == 4 / 17
+    assert after.dp_epsilon == pytest.approx(plan.epsilon(2), rel=1e-12)
+    assert world.jobs.inputs("job-1").dp_noise_multiplier == 1.5
+    assert world.job_store.get_meta("job-1").dp_epsilon == after.dp_epsilon  # persisted
+    world.jobs.end("job-1", "cancelled", "enough")  # watch() returns at a final state
+    events = [e for e in _events(world) if e.state is JobState.RUNNING and e.steps_done]
+    assert [e.dp_epsilon for e in events] == [pytest.approx(plan.epsilon(s)) for s in (1, 2)]
+
+
+def test_a_target_epsilon_is_calibrated_once_at_start(world: World) -> None:
+    info = _start(world, dp_clip_norm=0.5, dp_target_epsilon=4.0, dp_delta=1e-3)
+    assert info.spec.dp_noise_multiplier is None  # the spec stays as submitted
+    plan = dpsgd.plan(info.spec, 17, info.dp_noise_multiplier)
+    assert info.dp_noise_multiplier > 0
+    assert 3.96 <= plan.epsilon(info.steps_total) <= 4.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0, "dp_delta": 0.1}, "1/rows"),
+        ({"dp_clip_norm": 1.0}, "needs dp_noise_multiplier"),
+        ({"dp_noise_multiplier": 1.0}, "need dp_clip_norm"),
+    ],
+)
+def test_bad_dp_jobs_are_invalid_and_leave_nothing(
+    world: World, spec: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PpmlError, match=message) as excinfo:
+        _start(world, **spec)
+    assert _code(excinfo) == ErrorCode.INVALID_JOB
+    assert world.jobs.list(OWNER) == [] and world.announcer.messages == []
+
+
+def test_dp_refuses_layers_without_per_example_gradients(world: World) -> None:
+    architecture = arch.Architecture((arch.Affine((4,)), arch.Linear(4, 3)), (4,), (3,))
+    with pytest.raises(PpmlError, match=r"DP-SGD supports only layers.*affine") as excinfo:
+        world.jobs.start(
+            "job-1", "model-1", "", OWNER, architecture, _initial(architecture),
+            _spec(dp_clip_norm=1.0, dp_noise_multiplier=1.0),
+        )  # fmt: skip
+    assert _code(excinfo) == ErrorCode.INVALID_JOB

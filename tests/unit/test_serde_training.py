@@ -146,8 +146,10 @@ def test_dataset_meta_access_rules() -> None:
             standardize=False,
         ),
         _spec(loss="cross_entropy", epochs=1, batch_size=1, lr=100.0),
+        _spec(dp_clip_norm=1.5, dp_noise_multiplier=0.0, dp_delta=1e-6),  # z=0 is not "unset"
+        _spec(dp_clip_norm=0.25, dp_target_epsilon=3.0),
     ],
-    ids=["all-fields", "defaults", "cross-entropy"],
+    ids=["all-fields", "defaults", "cross-entropy", "dp-multiplier", "dp-target"],
 )
 def test_training_spec_round_trip(spec: TrainingSpec) -> None:
     wire = training_pb2.TrainingSpec.FromString(
@@ -217,6 +219,20 @@ def test_job_info_round_trip_through_bytes() -> None:
     back = serde.job_info_from_bytes(data)
     _assert_jobs_equal(back, info)
     assert back.reason == "server-2 restarted"
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 2.75, float("inf")])
+def test_job_info_and_event_carry_dp_epsilon(epsilon: float) -> None:
+    info = _job(
+        spec=_spec(dp_clip_norm=1.0, dp_target_epsilon=3.0),
+        dp_noise_multiplier=1.125,
+        dp_epsilon=epsilon,
+    )
+    back = serde.job_info_from_bytes(serde.job_info_to_bytes(info))
+    assert (back.dp_noise_multiplier, back.dp_epsilon) == (1.125, epsilon)
+    assert back.spec.dp_noise_multiplier is None and back.spec.dp
+    event = JobEvent(5, "job-1", JobState.RUNNING, steps_done=5, dp_epsilon=epsilon)
+    assert serde.job_event_from_proto(serde.job_event_to_proto(event)) == event
 
 
 def test_job_info_without_metrics() -> None:

@@ -5,7 +5,8 @@
   calibration, and a :class:`PrivacyBudget` that refuses over-spending;
 * :mod:`.noise`: Gaussian noise scale, its split across MPC servers, clipping;
 * :mod:`.local_dp`: k-ary randomised response and its unbiased estimator;
-* :mod:`.secure_random`: the CSPRNG every privacy draw comes from.
+* :mod:`.secure_random`: the CSPRNG every privacy draw comes from;
+* :mod:`.dpsgd`: DP-SGD jobs' checks, noise calibration and epsilon spent.
 
 Nothing in this package imports CrypTen or the servers.
 """

@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from ppml.v1 import common_pb2 as ppml_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/training.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\xee\x01\n\x0cTrainingSpec\x12\x13\n\x0b\x64\x61taset_ids\x18\x01 \x03(\t\x12\x15\n\rvalidation_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x10\n\x08momentum\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x0c\n\x04loss\x18\x08 \x01(\t\x12\x11\n\toptimizer\x18\t \x01(\t\x12\x16\n\x0ereveal_metrics\x18\n \x01(\x08\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x13\n\x0bstandardize\x18\x0c \x01(\x08\"\xc9\x01\n\x14StartTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x04 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12/\n\x12initial_parameters\x18\x05 \x03(\x0b\x32\x13.ppml.v1.NamedShare\x12#\n\x04spec\x18\x06 \x01(\x0b\x32\x15.ppml.v1.TrainingSpec\"\x86\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\'\n\tmean_loss\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12%\n\x07\x63orrect\x18\x03 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12\x17\n\x0fvalidation_rows\x18\x04 \x01(\x04\"\xcf\x03\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x05 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12#\n\x04spec\x18\x06 \x01(\x0b\x32\x15.ppml.v1.TrainingSpec\x12 \n\x05state\x18\x07 \x01(\x0e\x32\x11.ppml.v1.JobState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x17\n\x0fstarted_unix_ms\x18\n \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x0b \x01(\x03\x12\x0c\n\x04rows\x18\x0c \x01(\x04\x12\x19\n\x11\x62\x61tches_per_epoch\x18\r \x01(\r\x12\x13\n\x0bsteps_total\x18\x0e \x01(\x04\x12\x12\n\nsteps_done\x18\x0f \x01(\x04\x12\x15\n\rsamples_per_s\x18\x10 \x01(\x01\x12&\n\x07metrics\x18\x11 \x03(\x0b\x32\x15.ppml.v1.EpochMetrics\x12$\n\x07sources\x18\x12 \x03(\x0b\x32\x13.ppml.v1.DataSource\"\xf7\x01\n\x08JobEvent\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.ppml.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\r\x12\x12\n\nsteps_done\x18\x06 \x01(\x04\x12\x13\n\x0bsteps_total\x18\x07 \x01(\x04\x12\x14\n\x0csamples_done\x18\x08 \x01(\x04\x12\x15\n\rsamples_per_s\x18\t \x01(\x01\x12&\n\x07metrics\x18\n \x01(\x0b\x32\x15.ppml.v1.EpochMetrics\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.ppml.v1.JobInfo\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\"l\n\x10\x45valuateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07\x63orrect\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0f\n\x07job_seq\x18\x04 \x01(\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xf7\x02\n\x08Training\x12@\n\rStartTraining\x12\x1d.ppml.v1.StartTrainingRequest\x1a\x10.ppml.v1.JobInfo\x12\x32\n\x06GetJob\x12\x16.ppml.v1.GetJobRequest\x1a\x10.ppml.v1.JobInfo\x12?\n\x08ListJobs\x12\x18.ppml.v1.ListJobsRequest\x1a\x19.ppml.v1.ListJobsResponse\x12\x39\n\x08WatchJob\x12\x18.ppml.v1.WatchJobRequest\x1a\x11.ppml.v1.JobEvent0\x01\x12\x38\n\tCancelJob\x12\x19.ppml.v1.CancelJobRequest\x1a\x10.ppml.v1.JobInfo\x12?\n\x08\x45valuate\x12\x18.ppml.v1.EvaluateRequest\x1a\x19.ppml.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/training.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\xeb\x02\n\x0cTrainingSpec\x12\x13\n\x0b\x64\x61taset_ids\x18\x01 \x03(\t\x12\x15\n\rvalidation_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x10\n\x08momentum\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x0c\n\x04loss\x18\x08 \x01(\t\x12\x11\n\toptimizer\x18\t \x01(\t\x12\x16\n\x0ereveal_metrics\x18\n \x01(\x08\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x13\n\x0bstandardize\x18\x0c \x01(\x08\x12\x14\n\x0c\x64p_clip_norm\x18\r \x01(\x01\x12 \n\x13\x64p_noise_multiplier\x18\x0e \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x64p_target_epsilon\x18\x0f \x01(\x01\x12\x10\n\x08\x64p_delta\x18\x10 \x01(\x01\x42\x16\n\x14_dp_noise_multiplier\"\xc9\x01\n\x14StartTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x04 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12/\n\x12initial_parameters\x18\x05 \x03(\x0b\x32\x13.ppml.v1.NamedShare\x12#\n\x04spec\x18\x06 \x01(\x0b\x32\x15.ppml.v1.TrainingSpec\"\x86\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\'\n\tmean_loss\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12%\n\x07\x63orrect\x18\x03 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12\x17\n\x0fvalidation_rows\x18\x04 \x01(\x04\"\x80\x04\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x05 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12#\n\x04spec\x18\x06 \x01(\x0b\x32\x15.ppml.v1.TrainingSpec\x12 \n\x05state\x18\x07 \x01(\x0e\x32\x11.ppml.v1.JobState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x17\n\x0fstarted_unix_ms\x18\n \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x0b \x01(\x03\x12\x0c\n\x04rows\x18\x0c \x01(\x04\x12\x19\n\x11\x62\x61tches_per_epoch\x18\r \x01(\r\x12\x13\n\x0bsteps_total\x18\x0e \x01(\x04\x12\x12\n\nsteps_done\x18\x0f \x01(\x04\x12\x15\n\rsamples_per_s\x18\x10 \x01(\x01\x12&\n\x07metrics\x18\x11 \x03(\x0b\x32\x15.ppml.v1.EpochMetrics\x12$\n\x07sources\x18\x12 \x03(\x0b\x32\x13.ppml.v1.DataSource\x12\x1b\n\x13\x64p_noise_multiplier\x18\x13 \x01(\x01\x12\x12\n\ndp_epsilon\x18\x14 \x01(\x01\"\x8b\x02\n\x08JobEvent\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.ppml.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\r\x12\x12\n\nsteps_done\x18\x06 \x01(\x04\x12\x13\n\x0bsteps_total\x18\x07 \x01(\x04\x12\x14\n\x0csamples_done\x18\x08 \x01(\x04\x12\x15\n\rsamples_per_s\x18\t \x01(\x01\x12&\n\x07metrics\x18\n \x01(\x0b\x32\x15.ppml.v1.EpochMetrics\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\ndp_epsilon\x18\x0c \x01(\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.ppml.v1.JobInfo\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\"l\n\x10\x45valuateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07\x63orrect\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0f\n\x07job_seq\x18\x04 \x01(\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xf7\x02\n\x08Training\x12@\n\rStartTraining\x12\x1d.ppml.v1.StartTrainingRequest\x1a\x10.ppml.v1.JobInfo\x12\x32\n\x06GetJob\x12\x16.ppml.v1.GetJobRequest\x1a\x10.ppml.v1.JobInfo\x12?\n\x08ListJobs\x12\x18.ppml.v1.ListJobsRequest\x1a\x19.ppml.v1.ListJobsResponse\x12\x39\n\x08WatchJob\x12\x18.ppml.v1.WatchJobRequest\x1a\x11.ppml.v1.JobEvent0\x01\x12\x38\n\tCancelJob\x12\x19.ppml.v1.CancelJobRequest\x1a\x10.ppml.v1.JobInfo\x12?\n\x08\x45valuate\x12\x18.ppml.v1.EvaluateRequest\x1a\x19.ppml.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1718
-  _globals['_JOBSTATE']._serialized_end=1872
+  _globals['_JOBSTATE']._serialized_start=1912
+  _globals['_JOBSTATE']._serialized_end=2066
   _globals['_TRAININGSPEC']._serialized_start=58
-  _globals['_TRAININGSPEC']._serialized_end=296
-  _globals['_STARTTRAININGREQUEST']._serialized_start=299
-  _globals['_STARTTRAININGREQUEST']._serialized_end=500
-  _globals['_EPOCHMETRICS']._serialized_start=503
-  _globals['_EPOCHMETRICS']._serialized_end=637
-  _globals['_JOBINFO']._serialized_start=640
-  _globals['_JOBINFO']._serialized_end=1103
-  _globals['_JOBEVENT']._serialized_start=1106
-  _globals['_JOBEVENT']._serialized_end=1353
-  _globals['_GETJOBREQUEST']._serialized_start=1355
-  _globals['_GETJOBREQUEST']._serialized_end=1386
-  _globals['_LISTJOBSREQUEST']._serialized_start=1388
-  _globals['_LISTJOBSREQUEST']._serialized_end=1405
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1407
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1457
-  _globals['_WATCHJOBREQUEST']._serialized_start=1459
-  _globals['_WATCHJOBREQUEST']._serialized_end=1492
-  _globals['_CANCELJOBREQUEST']._serialized_start=1494
-  _globals['_CANCELJOBREQUEST']._serialized_end=1528
-  _globals['_EVALUATEREQUEST']._serialized_start=1530
-  _globals['_EVALUATEREQUEST']._serialized_end=1605
-  _globals['_EVALUATERESPONSE']._serialized_start=1607
-  _globals['_EVALUATERESPONSE']._serialized_end=1715
-  _globals['_TRAINING']._serialized_start=1875
-  _globals['_TRAINING']._serialized_end=2250
+  _globals['_TRAININGSPEC']._serialized_end=421
+  _globals['_STARTTRAININGREQUEST']._serialized_start=424
+  _globals['_STARTTRAININGREQUEST']._serialized_end=625
+  _globals['_EPOCHMETRICS']._serialized_start=628
+  _globals['_EPOCHMETRICS']._serialized_end=762
+  _globals['_JOBINFO']._serialized_start=765
+  _globals['_JOBINFO']._serialized_end=1277
+  _globals['_JOBEVENT']._serialized_start=1280
+  _globals['_JOBEVENT']._serialized_end=1547
+  _globals['_GETJOBREQUEST']._serialized_start=1549
+  _globals['_GETJOBREQUEST']._serialized_end=1580
+  _globals['_LISTJOBSREQUEST']._serialized_start=1582
+  _globals['_LISTJOBSREQUEST']._serialized_end=1599
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1601
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1651
+  _globals['_WATCHJOBREQUEST']._serialized_start=1653
+  _globals['_WATCHJOBREQUEST']._serialized_end=1686
+  _globals['_CANCELJOBREQUEST']._serialized_start=1688
+  _globals['_CANCELJOBREQUEST']._serialized_end=1722
+  _globals['_EVALUATEREQUEST']._serialized_start=1724
+  _globals['_EVALUATEREQUEST']._serialized_end=1799
+  _globals['_EVALUATERESPONSE']._serialized_start=1801
+  _globals['_EVALUATERESPONSE']._serialized_end=1909
+  _globals['_TRAINING']._serialized_start=2069
+  _globals['_TRAINING']._serialized_end=2444
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,10 @@ class TrainingSpec(_message.Message):
     REVEAL_METRICS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STANDARDIZE_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DP_TARGET_EPSILON_FIELD_NUMBER: _builtins.int
+    DP_DELTA_FIELD_NUMBER: _builtins.int
     validation_id: _builtins.str
     """optional"""
     epochs: _builtins.int
@@ -88,6 +92,16 @@ class TrainingSpec(_message.Message):
     MPC over all training rows; the trained model then starts with a secret
     Affine layer that applies it, so clients send raw features.
     """
+    dp_clip_norm: _builtins.float
+    """DP-SGD: per-example gradients clipped to L2 norm dp_clip_norm (> 0 turns
+    it on), Gaussian noise of std noise_multiplier * dp_clip_norm on each
+    batch's sum. Give exactly one of dp_noise_multiplier (>= 0) and
+    dp_target_epsilon (> 0: the servers calibrate the multiplier over the
+    job's steps). dp_delta in (0, 1/rows); 0 means 1e-5.
+    """
+    dp_noise_multiplier: _builtins.float
+    dp_target_epsilon: _builtins.float
+    dp_delta: _builtins.float
     @_builtins.property
     def dataset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """concatenated in this order"""
@@ -107,12 +121,18 @@ class TrainingSpec(_message.Message):
         reveal_metrics: _builtins.bool = ...,
         seed: _builtins.int = ...,
         standardize: _builtins.bool = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_multiplier: _builtins.float | None = ...,
+        dp_target_epsilon: _builtins.float = ...,
+        dp_delta: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dp_noise_multiplier", b"_dp_noise_multiplier", "dp_noise_multiplier", b"dp_noise_multiplier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dataset_ids", b"dataset_ids", "epochs", b"epochs", "loss", b"loss", "lr", b"lr", "momentum", b"momentum", "optimizer", b"optimizer", "reveal_metrics", b"reveal_metrics", "seed", b"seed", "standardize", b"standardize", "validation_id", b"validation_id", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dp_noise_multiplier", b"_dp_noise_multiplier", "batch_size", b"batch_size", "dataset_ids", b"dataset_ids", "dp_clip_norm", b"dp_clip_norm", "dp_delta", b"dp_delta", "dp_noise_multiplier", b"dp_noise_multiplier", "dp_target_epsilon", b"dp_target_epsilon", "epochs", b"epochs", "loss", b"loss", "lr", b"lr", "momentum", b"momentum", "optimizer", b"optimizer", "reveal_metrics", b"reveal_metrics", "seed", b"seed", "standardize", b"standardize", "validation_id", b"validation_id", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__dp_noise_multiplier: _TypeAlias = _typing.Literal["dp_noise_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__dp_noise_multiplier: _TypeAlias = _typing.Literal["_dp_noise_multiplier", b"_dp_noise_multiplier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dp_noise_multiplier) -> _WhichOneofReturnType__dp_noise_multiplier | None: ...
 
 Global___TrainingSpec: _TypeAlias = TrainingSpec  # noqa: Y015
 
@@ -217,6 +237,8 @@ class JobInfo(_message.Message):
     SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DP_EPSILON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_id: _builtins.str
     name: _builtins.str
@@ -233,6 +255,10 @@ class JobInfo(_message.Message):
     steps_total: _builtins.int
     steps_done: _builtins.int
     samples_per_s: _builtins.float
+    dp_noise_multiplier: _builtins.float
+    """DP-SGD: the multiplier in use (given or calibrated)"""
+    dp_epsilon: _builtins.float
+    """DP-SGD: epsilon spent so far, at the spec's delta"""
     @_builtins.property
     def architecture(self) -> _common_pb2.Architecture:
         """of the trained model"""
@@ -268,10 +294,12 @@ class JobInfo(_message.Message):
         samples_per_s: _builtins.float = ...,
         metrics: _abc.Iterable[Global___EpochMetrics] | None = ...,
         sources: _abc.Iterable[_common_pb2.DataSource] | None = ...,
+        dp_noise_multiplier: _builtins.float = ...,
+        dp_epsilon: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batches_per_epoch", b"batches_per_epoch", "created_unix_ms", b"created_unix_ms", "finished_unix_ms", b"finished_unix_ms", "job_id", b"job_id", "metrics", b"metrics", "model_id", b"model_id", "name", b"name", "owner", b"owner", "reason", b"reason", "rows", b"rows", "samples_per_s", b"samples_per_s", "sources", b"sources", "spec", b"spec", "started_unix_ms", b"started_unix_ms", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batches_per_epoch", b"batches_per_epoch", "created_unix_ms", b"created_unix_ms", "dp_epsilon", b"dp_epsilon", "dp_noise_multiplier", b"dp_noise_multiplier", "finished_unix_ms", b"finished_unix_ms", "job_id", b"job_id", "metrics", b"metrics", "model_id", b"model_id", "name", b"name", "owner", b"owner", "reason", b"reason", "rows", b"rows", "samples_per_s", b"samples_per_s", "sources", b"sources", "spec", b"spec", "started_unix_ms", b"started_unix_ms", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,6 +320,7 @@ class JobEvent(_message.Message):
     SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DP_EPSILON_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """0, 1, 2, ... the same on every server"""
     job_id: _builtins.str
@@ -305,6 +334,8 @@ class JobEvent(_message.Message):
     samples_done: _builtins.int
     samples_per_s: _builtins.float
     reason: _builtins.str
+    dp_epsilon: _builtins.float
+    """DP-SGD: epsilon spent after steps_done steps"""
     @_builtins.property
     def metrics(self) -> Global___EpochMetrics:
         """at an epoch's end, owner only, if reveal_metrics"""
@@ -323,10 +354,11 @@ class JobEvent(_message.Message):
         samples_per_s: _builtins.float = ...,
         metrics: Global___EpochMetrics | None = ...,
         reason: _builtins.str = ...,
+        dp_epsilon: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "epoch", b"epoch", "index", b"index", "job_id", b"job_id", "metrics", b"metrics", "reason", b"reason", "samples_done", b"samples_done", "samples_per_s", b"samples_per_s", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "dp_epsilon", b"dp_epsilon", "epoch", b"epoch", "index", b"index", "job_id", b"job_id", "metrics", b"metrics", "reason", b"reason", "samples_done", b"samples_done", "samples_per_s", b"samples_per_s", "state", b"state", "steps_done", b"steps_done", "steps_total", b"steps_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
