@@ -11,10 +11,11 @@ is opened to the servers except, without DP, the round's total sample count
   shares are summed locally, ``sum n_k`` is opened, and the sum is divided by
   it (a public integer).
 * **With DP (DP-FedAvg):** participants submit ``delta_k``. Each update is
-  clipped to L2 norm ``C`` *in MPC*: ``delta_k * min(1, C / ||delta_k||)``,
-  with ``1/||delta_k||`` from CrypTen's inverse square root over a wide range
-  (:func:`~ppml.servers.mpc.trainer.inv_sqrt_wide`), so a participant that
-  skipped clipping gains nothing. The clipped updates are summed with weight
+  clipped *in MPC* to ``delta_k * min(1, C' / ||delta_k||)`` with
+  ``C' = C (1 - 2^-7)``, by the same staged inverse square root as DP-SGD's
+  per-example clipping (:func:`~ppml.servers.mpc.dpsgd.clip_stage_weights`:
+  accurate to 0.5 %, inside the margin, so a clipped norm stays below ``C``),
+  so a participant that skipped clipping gains nothing. The clipped updates are summed with weight
   1 each (sensitivity ``C``), and each party adds Gaussian noise it draws from
   its own CSPRNG (:class:`~ppml.training.privacy.SecureRandom`) to *its own
   share* of the sum, with standard deviation ``per_server_noise_std(z * C,
@@ -36,7 +37,7 @@ from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.federations import parameter_names
 from ppml.proto.shares import SCALE, Ring
 from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.trainer import inv_sqrt_wide
+from ppml.servers.mpc.dpsgd import clip, clip_stage_weights
 from ppml.training.privacy import SecureRandom, gaussian_sigma, per_server_noise_std
 
 
@@ -98,10 +99,8 @@ def aggregate(
         average = _share_of(_shared(summed).div(divisor))
         return Aggregate(average, np.zeros(summed.shape), total_weight)
     x = _shared(flats)
-    norm_sq = x.square().sum(dim=1)
-    factor = inv_sqrt_wide(norm_sq).mul(dp.clip_norm)
-    factor = factor + factor.gt(1) * (1 - factor)  # min(1, C / ||delta||)
-    clipped_sum = _share_of((x * factor.unsqueeze(1)).sum(dim=0))
+    weights_per_stage = clip_stage_weights(x.square().sum(dim=1), dp.clip_norm)
+    clipped_sum = _share_of(clip(x, weights_per_stage).sum(dim=0))
     sigma = gaussian_sigma(dp.clip_norm, dp.noise_multiplier)
     world = crypten.communicator.get().get_world_size()
     own = (rng or SecureRandom()).normal(clipped_sum.size, per_server_noise_std(sigma, world))
