@@ -37,6 +37,7 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id, fingerprint
 from ppml.proto.shares import Ring
 from ppml.proto.wire import federations as wire
+from ppml.servers.store.events import EventLog
 from ppml.servers.store.limits import check_identities
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
@@ -185,7 +186,7 @@ class FederationManager:
         self._limits = limits or LimitsConfig()
         self._cond = threading.Condition()
         self._infos = {info.federation_id: info for info in store.list()}
-        self._events: dict[str, list[fed.FederationEvent]] = {}
+        self._events = EventLog[fed.FederationEvent](self._cond, self._limits.max_job_events)
         self._global: dict[str, dict[str, Ring]] = {}
         self._open: dict[str, dict[str, Submission]] = {}
         self._budgets: dict[str, PrivacyBudget] = {}
@@ -414,22 +415,14 @@ class FederationManager:
     def watch(
         self, federation_id: str, caller: str, active: Callable[[], bool]
     ) -> Iterator[fed.FederationEvent]:
+        """Every event so far, then new ones, until the federation ends (or the caller leaves)."""
         info = self._info(federation_id)
-        owner = caller == info.owner
-        sent = 0
-        while active():
-            with self._cond:
-                events = self._events.get(federation_id) or self._replay(self._infos[federation_id])
-                first = events[0].index if events else 0
-                batch = events[max(0, sent - first) :]
-                if not batch:
-                    self._cond.wait(1.0)
-                    continue
-            for event in batch:
-                yield event if owner else event.public()
-                sent = event.index + 1
-                if event.state.terminal:
-                    return
+        return self._events.watch(
+            federation_id,
+            lambda: self._replay(self._infos[federation_id]),
+            caller == info.owner,
+            active,
+        )
 
     def cancel(self, federation_id: str, caller: str, wait_s: float = 30.0) -> fed.FederationInfo:
         info = self._info(federation_id)
@@ -611,21 +604,18 @@ class FederationManager:
         self._emit(info, result)
 
     def _emit(self, info: fed.FederationInfo, result: fed.RoundResult | None = None) -> None:
-        with self._cond:
-            events = self._events.setdefault(info.federation_id, [])
-            events.append(
-                fed.FederationEvent(
-                    index=events[-1].index + 1 if events else 0,
-                    federation_id=info.federation_id,
-                    state=info.state,
-                    round=info.round,
-                    result=result,
-                    reason=info.reason,
-                    epsilon_spent=info.epsilon_spent,
-                )
-            )
-            del events[: max(0, len(events) - self._limits.max_job_events)]
-            self._cond.notify_all()
+        self._events.append(
+            info.federation_id,
+            lambda index: fed.FederationEvent(
+                index=index,
+                federation_id=info.federation_id,
+                state=info.state,
+                round=info.round,
+                result=result,
+                reason=info.reason,
+                epsilon_spent=info.epsilon_spent,
+            ),
+        )
 
     @staticmethod
     def _replay(info: fed.FederationInfo) -> builtins.list[fed.FederationEvent]:

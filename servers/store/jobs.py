@@ -37,6 +37,7 @@ from ppml.proto.ids import check_id, fingerprint
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
+from ppml.servers.store.events import EventLog
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
 from ppml.training import losses
@@ -203,7 +204,7 @@ class JobManager:
         self._models = models
         self._announce = announcer
         self._cond = threading.Condition()
-        self._events: dict[str, list[JobEvent]] = {}
+        self._events = EventLog[JobEvent](self._cond, self._limits.max_job_events)
         # every job's metadata, in creation order: the store is written through, read at start
         self._infos: dict[str, JobInfo] = {info.job_id: info for info in store.list()}
         for info in list(self._infos.values()):
@@ -305,23 +306,12 @@ class JobManager:
     def watch(self, job_id: str, caller: str, active: Callable[[], bool]) -> Iterator[JobEvent]:
         """Every event so far, then new ones, until the job ends (or the caller leaves)."""
         info = self._info(job_id)
-        owner = caller == info.owner
-        sent = 0
-        while active():
-            with self._cond:
-                events = self._events.get(job_id)
-                if events is None:
-                    events = self._replay(self._infos[job_id])
-                first = events[0].index if events else 0  # older events were trimmed
-                batch = events[max(0, sent - first) :]
-                if not batch:
-                    self._cond.wait(1.0)
-                    continue
-            for event in batch:
-                yield event if owner else event.public()
-                sent = event.index + 1
-                if event.state.terminal:
-                    return
+        return self._events.watch(
+            job_id,
+            lambda: self._replay(self._infos[job_id]),
+            caller == info.owner,
+            active,
+        )
 
     def cancel(self, job_id: str, caller: str, wait_s: float = 30.0) -> JobInfo:
         info = self._info(job_id)
@@ -442,26 +432,23 @@ class JobManager:
         self._emit(info, outcome)
 
     def _emit(self, info: JobInfo, outcome: StepOutcome | None = None) -> None:
-        with self._cond:
-            events = self._events.setdefault(info.job_id, [])
-            events.append(
-                JobEvent(
-                    index=events[-1].index + 1 if events else 0,
-                    job_id=info.job_id,
-                    state=info.state,
-                    epoch=outcome.epoch if outcome else 0,
-                    batch=outcome.batch if outcome else 0,
-                    steps_done=info.steps_done,
-                    steps_total=info.steps_total,
-                    samples_done=info.samples_done,
-                    samples_per_s=info.samples_per_s,
-                    metrics=outcome.metrics if outcome else None,
-                    reason=info.reason,
-                    dp_epsilon=info.dp_epsilon,
-                )
-            )
-            del events[: max(0, len(events) - self._limits.max_job_events)]  # keep the newest
-            self._cond.notify_all()
+        self._events.append(
+            info.job_id,
+            lambda index: JobEvent(
+                index=index,
+                job_id=info.job_id,
+                state=info.state,
+                epoch=outcome.epoch if outcome else 0,
+                batch=outcome.batch if outcome else 0,
+                steps_done=info.steps_done,
+                steps_total=info.steps_total,
+                samples_done=info.samples_done,
+                samples_per_s=info.samples_per_s,
+                metrics=outcome.metrics if outcome else None,
+                reason=info.reason,
+                dp_epsilon=info.dp_epsilon,
+            ),
+        )
 
     @staticmethod
     def _replay(info: JobInfo) -> builtins.list[JobEvent]:

@@ -88,8 +88,6 @@ def test_a_jobs_event_history_is_trimmed_to_the_newest() -> None:
     for step in range(20):
         jobs._emit(info.evolve(steps_done=step))
     jobs._emit(info.evolve(state=JobState.FAILED, reason="done"))
-    events = jobs._events["j"]
-    assert len(events) == 5 and events[-1].index == 20  # indices stay absolute
     jobs._infos["j"] = info.evolve(state=JobState.FAILED)
-    seen = list(jobs.watch("j", "owner", lambda: True))
+    seen = list(jobs.watch("j", "owner", lambda: True))  # the newest 5; indices stay absolute
     assert [e.index for e in seen] == [16, 17, 18, 19, 20] and seen[-1].state.terminal
