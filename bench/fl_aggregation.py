@@ -23,6 +23,15 @@ is excluded. For each back end:
 CPU time is ``time.process_time`` (all threads of this process); wall is
 ``time.perf_counter``; each figure is the median of ``--repeats`` runs.
 
+**Server time on the real service** (``--service``, on by default): one
+local cluster (2 servers + dealer, TLS) and four office identities; for each
+model one round of a federation per back end (MPC without DP, MPC with
+client-level DP, CKKS), the offices submitting small fixed updates; the
+figure is the round's ``federate`` job time on the leader (its status
+counters): for MPC the agreement, the sums, the opened total, the division
+(and with DP the clipping and the noise) in MPC; for CKKS the leader's
+ciphertext sum.
+
 Run: ``.venv/bin/python bench/fl_aggregation.py --json bench/results/fl_aggregation.json``
 (needs the bench extra: ``pip install -e '.[bench]'``).
 """
@@ -156,11 +165,63 @@ def bench_paillier(vectors: dict[str, np.ndarray], subset: int) -> dict[str, dic
     }
 
 
+def _round_seconds(owner: Any, kind: str = "federate") -> tuple[int, float]:
+    for cost in owner.status()[0].mpc_cost:
+        if cost.kind == kind:
+            return cost.jobs, cost.seconds
+    return 0, 0.0
+
+
+def bench_service() -> dict[str, dict[str, float]]:
+    """One round per back end on a real local cluster: the leader's federate job time."""
+    from ppml.client import Cluster
+    from ppml.client.demo_federated import join_all, office_names
+    from ppml.proto.deploy.local import LocalCluster
+    from ppml.proto.domain.federations import DpSettings
+
+    names = office_names(CLIENTS)
+
+    def nudge(model: torch.nn.Module, round_no: int) -> tuple[torch.nn.Module, int, float]:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+        return model, SAMPLES, 0.5
+
+    out: dict[str, dict[str, float]] = {}
+    with (
+        LocalCluster(parties=SERVERS, clients=names) as local,
+        Cluster.from_config(local.config_path) as owner,
+    ):
+        for name, make in (("har_mlp_561_128_6", har_mlp), ("network_a", network_a)):
+            model = make()
+            sample = torch.zeros(1, next(model.parameters()).shape[1])
+            figures: dict[str, float] = {}
+            for label, backend, dp in (
+                ("mpc_round_s", "mpc", None),
+                ("mpc_dp_round_s", "mpc", DpSettings(1.0, 1.0)),
+                ("ckks_round_s", "ckks", None),
+            ):
+                jobs0, seconds0 = _round_seconds(owner)
+                handle = owner.create_federation(
+                    model, names, rounds=1, backend=backend, dp=dp, sample_input=sample
+                )
+                context = handle.keys.participant_context if handle.keys else None
+                join_all(local, handle.federation_id, {n: nudge for n in names}, 0,
+                         ckks_context=context)  # fmt: skip
+                handle.wait(timeout=300)
+                jobs1, seconds1 = _round_seconds(owner)
+                figures[label] = (seconds1 - seconds0) / max(1, jobs1 - jobs0)
+            out[name] = figures
+            print(name, json.dumps(figures), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--paillier-values", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--service", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     vectors = {
@@ -176,6 +237,9 @@ def main() -> None:
             "ckks": bench_ckks(vector, args.repeats),
             "paillier": paillier[name],
         }
+    service = bench_service() if args.service else {}
+    for name, figures in service.items():
+        models[name]["service"] = figures
     result = {
         "setup": {
             "clients": CLIENTS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,17 +43,22 @@ def office_names(count: int) -> tuple[str, ...]:
 def join_all(
     local: LocalCluster,
     federation_id: str,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    data: dict[str, Any],
     num_classes: int,
+    **join: Any,
 ) -> dict[str, object]:
-    """Every office joins from its own connection, in its own thread, until the end."""
+    """Every office joins from its own connection, in its own thread, until the end.
+
+    ``data`` holds each office's ``(X, y)`` or train function; ``join`` goes to
+    :meth:`Cluster.join_federation` (e.g. ``ckks_context``).
+    """
     reports: dict[str, object] = {}
 
     def run(name: str) -> None:
         with Cluster.from_config(local.config_path, token=local.token(name)) as office:
             try:
                 reports[name] = office.join_federation(
-                    federation_id, data[name], num_classes=num_classes, timeout=600
+                    federation_id, data[name], num_classes=num_classes, timeout=600, **join
                 )
             except Exception as exc:  # shown by the caller
                 reports[name] = exc
