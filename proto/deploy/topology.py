@@ -103,7 +103,7 @@ class ServingConfig:
     # ReLU, Flatten) with it (servers/mpc/fast_party.py); false: CrypTen only.
     # Every party must read the same value (one topology file).
     fast_inference: bool = True
-    fast_pool_bundles: int = 2  # bundles kept per (model, batch-size bucket) in use
+    fast_pool_bundles: int = 4  # bundles kept per (model, batch-size bucket) in use
     fast_refill_idle_ms: float = 20.0  # refill pools once the worker idled this long
 
     def wait_s(self, time_remaining: float | None) -> float:

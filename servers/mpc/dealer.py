@@ -108,6 +108,7 @@ class Dealer(TTPServer):
         except (ValueError, TypeError) as err:  # a request the dealer refuses
             return f"refused a request: {err}"
         finally:
+            self.fast.close()
             mpc_session.leave()
 
 

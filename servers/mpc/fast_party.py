@@ -40,7 +40,7 @@ from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.prg import Ring
 from ppml.servers.mpc.fast_pool import BundlePool, Pooled, largest_bucket, split_rows
 
-REFILL_ROWS = 16  # images one refill job asks the dealer for (at least one bundle)
+REFILL_ROWS = 8  # images one refill job asks the dealer for (at least one bundle)
 
 
 class Channel(Protocol):

@@ -100,11 +100,15 @@ class BundlePool:
             self._filled.append((now, bucket * len(items)))
 
     def deficit(self) -> tuple[str, int, int] | None:
-        """``(model_id, bucket, missing)`` of the most recently used model's emptiest pool."""
+        """``(model_id, bucket, missing)`` of the most recently used model's emptiest pool.
+
+        A pool is short once it is down to half its depth (then filled up to
+        the depth), so refills come in runs rather than after every request.
+        """
         with self._lock:
             for model_id in reversed(self._pools):
                 pools = self._pools[model_id]
-                short = [(len(q), b) for b, q in pools.items() if len(q) < self._depth]
+                short = [(len(q), b) for b, q in pools.items() if len(q) <= self._depth // 2]
                 if short:
                     have, bucket = min(short)
                     return model_id, bucket, self._depth - have

@@ -9,6 +9,7 @@ requests synchronously, as the dealer process does between them.
 from __future__ import annotations
 
 import queue
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,3 +194,23 @@ def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
     assert taken is not None and taken[0].serial == 1
     pool.clear()
     assert pool.deficit() is None
+
+
+def test_the_dealer_makes_bundles_ahead_once_asked_and_stops_when_closed() -> None:
+    dealing = FastDealing(stock=2)
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    (setup_id, _), _ = dealing.setup(fast_spec.to_wire(fm.spec))
+    assert dealing.stocked(setup_id, 1) == 0
+    (first, mine), (first_1, theirs) = dealing.bundles(setup_id, 1, 1)
+    assert first == first_1 == 1 and len(mine) == len(theirs) == 1
+    deadline = time.monotonic() + 30
+    while dealing.stocked(setup_id, 1) < 2:
+        assert time.monotonic() < deadline, "no bundles made ahead"
+        time.sleep(0.01)
+    (second, made), _ = dealing.bundles(setup_id, 1, 3)  # two from stock, one made now
+    assert second == 2 and len(made) == 3 and len(set(made)) == 3
+    dealing.close()
+    assert dealing.stocked(setup_id, 1) == 0
+    with pytest.raises(ValueError):
+        dealing.bundles(setup_id + 1, 1, 1)
