@@ -104,7 +104,7 @@ class ServingConfig:
     # Every party must read the same value (one topology file).
     fast_inference: bool = True
     fast_pool_bundles: int = 4  # bundles kept per (model, batch-size bucket) in use
-    fast_refill_idle_ms: float = 20.0  # refill pools once the worker idled this long
+    fast_refill_idle_ms: float = 5.0  # refill pools once the worker idled this long
 
     def wait_s(self, time_remaining: float | None) -> float:
         """How long a request may wait here, given gRPC's ``context.time_remaining()``.

@@ -20,6 +20,7 @@ import torch
 from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
+from ppml.servers.kinds.refill import RefillJob, RefillPlanner
 from ppml.servers.mpc import fast_spec
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast_dealing import FastDealing
@@ -214,3 +215,15 @@ def test_the_dealer_makes_bundles_ahead_once_asked_and_stops_when_closed() -> No
     assert dealing.stocked(setup_id, 1) == 0
     with pytest.raises(ValueError):
         dealing.bundles(setup_id + 1, 1, 1)
+
+
+def test_the_refill_planner_waits_for_idle_time_and_a_short_pool() -> None:
+    fast = FastInference(64, 4)
+    planner = RefillPlanner(fast, idle_s=0.005)
+    assert planner.next_job(10.0, 0.0) is None and planner.next_wakeup(0.0) is None
+    fast.pool.want("m", 1)  # a bucket in use, empty
+    assert planner.next_job(10.002, 10.0) is None  # the worker was busy a moment ago
+    assert planner.next_wakeup(10.0) == pytest.approx(10.005)
+    assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))
+    fast.pool.want("m", 64)
+    assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))  # emptiest, oldest
