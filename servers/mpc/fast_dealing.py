@@ -15,7 +15,8 @@ batch sizes and counts. What it keeps: one secret model key (256 bits,
   forwards of ``batch`` samples; each party gets ``(serial, [Bundle bytes])``,
   the serial of the first bundle (serials number the session's bundles).
 
-Ahead of time: once a (setup, batch) has been asked for, a background thread
+Ahead of time: once a (setup, batch) has been asked for, with ``batch`` a
+power of two (the parties' pool buckets), a background thread
 keeps ``stock`` bundles of it made (at most ``MAX_STOCK_BYTES`` in all, the
 most recently asked pairs first), so a request is mostly a transfer. Each
 bundle is handed out once, then forgotten.
@@ -106,7 +107,8 @@ class FastDealing:
                          for st in spec.stages)  # fmt: skip
         if batch < 1 or count < 1 or per_sample * batch * count > MAX_ELEMENTS:
             raise ValueError(f"{count} bundles of batch {batch}: out of range")
-        pairs = self._from_stock((setup_id, batch), count)
+        bucket = batch & (batch - 1) == 0  # pools use powers of two; other sizes are one-offs
+        pairs = self._from_stock((setup_id, batch), count) if bucket else []
         while len(pairs) < count:
             pairs.append(_make(self._engine, spec, key, batch))
         first = self._serial + 1

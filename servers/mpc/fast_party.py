@@ -110,12 +110,13 @@ class FastInference:
         self._models: OrderedDict[str, ModelState] = OrderedDict()
         self._specs: dict[Architecture, fast_spec.FastModel | None] = {}
         self._lock = threading.Lock()
-        self.setups = 0
 
     def model_for(self, architecture: Architecture) -> fast_spec.FastModel | None:
         """The engine's view of an architecture, or None: it stays on the CrypTen path."""
         with self._lock:
             if architecture not in self._specs:
+                if len(self._specs) >= 256:  # a cache of public facts: start it afresh
+                    self._specs.clear()
                 self._specs[architecture] = fast_spec.fast_model(architecture)
             return self._specs[architecture]
 
@@ -205,7 +206,6 @@ class FastInference:
         model = fe.PartyModel.open(fm.spec, setup, weights, biases, ch.exchange)
         state = ModelState(handle, setup_id, model)
         self._models[model_id] = state
-        self.setups += 1
         while len(self._models) > self._max_models:
             evicted, _ = self._models.popitem(last=False)
             self.pool.drop_model(evicted)
