@@ -3,7 +3,7 @@
 Checks against plaintext, edge values included (0, ±2^-16, large values whose
 pre-activations stay inside the engine's range |v| < 2^15), the pool (refill
 jobs in idle time, then a forward with no dealer request), batching of
-concurrent clients, and the CrypTen path where the fast engine does not
+concurrent clients, a convolution, and the CrypTen path where the fast engine does not
 apply (a layer it lacks on 2 servers; any model on 3 servers).
 """
 
@@ -141,3 +141,20 @@ def test_three_servers_use_crypten(local3: LocalCluster) -> None:
         reports = cluster.status()
     assert all(r.fast_pool.hits == r.fast_pool.misses == 0 for r in reports)
     assert "fast_setup" not in reports[0].dealer_requests
+
+
+def test_a_convolution_runs_on_the_fast_path(cluster2: Cluster, digits: Any) -> None:
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    x = torch.round(digits.x_test[:5].reshape(-1, 1, 8, 8).double() * 2**16) / 2**16
+    model_id = cluster2.share_model(model.float().eval(), x[:1].float(), name="fast-cnn")
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    _check(cluster2, model_id, model.double().eval(), x)
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]
