@@ -16,6 +16,7 @@ Run: ``.venv/bin/python bench/network_a.py --json bench/results/network_a.json``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import sys
@@ -155,7 +156,14 @@ def run_service(
                     diff = (cluster.predict(model_id, images[:8]) - model(images[:8])).abs().max()
                 latency = _latency(cluster, model_id, images, n)
             throughput = _throughput(local, model_id, clients, per_client, processes)
-    return {"max_abs_diff": float(diff), "batch1": latency, "concurrent": throughput}
+            with Cluster.from_config(local.config_path) as cluster:
+                pool = dataclasses.asdict(cluster.status()[0].fast_pool)
+    return {
+        "max_abs_diff": float(diff),
+        "batch1": latency,
+        "concurrent": throughput,
+        "fast_pool_rank0": pool,
+    }
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ppml.proto.deploy.tokens import load_auth_file
 from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
-from ppml.proto.domain.status import StatusReport
+from ppml.proto.domain.status import FastPool, StatusReport
 from ppml.servers import kinds
 from ppml.servers.api.auth import TokenAuthInterceptor
 from ppml.servers.api.errors import ErrorMappingInterceptor
@@ -34,6 +34,7 @@ from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.mpc import epochs
+from ppml.servers.mpc.fast_party import FastInference
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
@@ -96,6 +97,12 @@ class ComputeServer:
             self._submit,
             config.limits,
         )
+        serving = config.serving
+        self.fast = (
+            FastInference(serving.max_batch_rows, serving.fast_pool_bundles)
+            if config.world_size == 2 and serving.fast_inference
+            else None
+        )
         env = KindEnv(
             rank,
             config,
@@ -108,6 +115,7 @@ class ComputeServer:
             self._submit,
             lambda: self.worker.serving,
             self.federations,
+            self.fast,
         )
         self.kinds = kinds.build(env)
         if rank == 0:
@@ -249,6 +257,7 @@ class ComputeServer:
             dealer_requests=dealer.requests,
             dealer_sessions=dealer.sessions,
             running_job=self.worker.running,
+            fast_pool=self.fast.stats() if self.fast is not None else FastPool(),
         )
 
     def _watch_health(self) -> None:

@@ -139,7 +139,7 @@ def write_local_topology(
         "[serving]",
     ]
     for key, value in (serving or {}).items():
-        lines.append(f"{key} = {value}")
+        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
     lines += ["", "[limits]"]
     for key, value in (limits or {}).items():
         lines.append(f"{key} = {value}")

@@ -99,6 +99,12 @@ class ServingConfig:
     # request ids are remembered this long (duplicates rejected; memory grows with
     # requests per second times this window, then stays level)
     request_id_window_s: float = 600.0
+    # Two-party clusters serve models the fast engine supports (Linear/Conv2d,
+    # ReLU, Flatten) with it (servers/mpc/fast_party.py); false: CrypTen only.
+    # Every party must read the same value (one topology file).
+    fast_inference: bool = True
+    fast_pool_bundles: int = 4  # bundles kept per (model, batch-size bucket) in use
+    fast_refill_idle_ms: float = 5.0  # refill pools once the worker idled this long
 
     def wait_s(self, time_remaining: float | None) -> float:
         """How long a request may wait here, given gRPC's ``context.time_remaining()``.
@@ -206,13 +212,18 @@ def _path(base: Path, value: object, what: str) -> Path | None:
 
 
 def _numbers(raw: dict[str, object], cls: type[T], section: str) -> T:
-    """A dataclass of positive numbers from a table; int fields stay ints."""
+    """A dataclass of positive numbers (and flags) from a table; int fields stay ints."""
     known = cls.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"[{section}] has unknown keys {unknown}; known: {sorted(known)}")
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | bool] = {}
     for key, value in raw.items():
+        if isinstance(getattr(cls(), key), bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} must be true or false")
+            values[key] = value
+            continue
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"[{section}] {key} must be a positive number")
         values[key] = int(value) if isinstance(getattr(cls(), key), int) else value

@@ -37,6 +37,19 @@ class JobCost:
 
 
 @dataclass(frozen=True)
+class FastPool:
+    """Fast-engine bundles this server holds ahead of requests, and how they are used."""
+
+    bundles: int = 0  # single-use bundles pooled now, every model and bucket
+    images: int = 0  # the images they cover
+    bytes: int = 0  # their size
+    refilled: int = 0  # bundles added by refill jobs since start
+    fill_rate: float = 0.0  # images per second added over the last minute
+    hits: int = 0  # fast forwards served from the pool
+    misses: int = 0  # fast forwards that asked the dealer on demand
+
+
+@dataclass(frozen=True)
 class StatusReport:
     rank: int
     world_size: int
@@ -64,3 +77,4 @@ class StatusReport:
     running_job: str = ""  # kind of the MPC job running now, "" when idle
     datasets_stored: int = 0
     training_jobs: dict[str, int] = field(default_factory=dict)  # state -> jobs
+    fast_pool: FastPool = field(default_factory=FastPool)

@@ -360,6 +360,7 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         running_job=report.running_job,
         datasets_stored=report.datasets_stored,
         training_jobs=report.training_jobs,
+        fast_pool=status_pb2.FastPoolStats(**dataclasses.asdict(report.fast_pool)),
     )
 
 
@@ -399,6 +400,9 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         running_job=msg.running_job,
         datasets_stored=msg.datasets_stored,
         training_jobs=dict(msg.training_jobs),
+        fast_pool=st.FastPool(
+            **{f.name: getattr(msg.fast_pool, f.name) for f in dataclasses.fields(st.FastPool)}
+        ),
     )
 
 

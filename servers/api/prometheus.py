@@ -32,6 +32,10 @@ endpoint and the ``Status`` RPC always agree. Families::
     ppml_mpc_bytes_total         counter  kind
     ppml_mpc_seconds_total       counter  kind
     ppml_heartbeats_total        counter
+    ppml_fast_pool_bundles       gauge    fast-engine bundles pooled now (and _images, _bytes)
+    ppml_fast_pool_fill_rate     gauge    images per second added to the pools, last minute
+    ppml_fast_refilled_total     counter  bundles added by refill jobs
+    ppml_fast_forwards_total     counter  source ("pool" or "dealer": asked on demand)
 
 Labels are ids, names and codes only, never values derived from secrets.
 """
@@ -137,7 +141,28 @@ def status_metrics(report: StatusReport) -> list[Metric]:
     for state, count in sorted(report.training_jobs.items()):
         training.add_metric([state], count)
     families.append(training)
-    return families
+    return families + _fast_pool_metrics(report)
+
+
+def _fast_pool_metrics(report: StatusReport) -> list[Metric]:
+    pool = report.fast_pool
+    forwards = CounterMetricFamily(
+        "ppml_fast_forwards_total", "Fast-engine forwards by bundle source", labels=["source"]
+    )
+    forwards.add_metric(["pool"], pool.hits)
+    forwards.add_metric(["dealer"], pool.misses)
+    return [
+        _gauge("ppml_fast_pool_bundles", "Fast-engine bundles pooled now", pool.bundles),
+        _gauge("ppml_fast_pool_images", "Images the pooled bundles cover", pool.images),
+        _gauge("ppml_fast_pool_bytes", "Bytes of pooled bundles", pool.bytes),
+        _gauge(
+            "ppml_fast_pool_fill_rate", "Images per second added to the pools", pool.fill_rate
+        ),
+        CounterMetricFamily(
+            "ppml_fast_refilled_total", "Bundles added by refill jobs", value=pool.refilled
+        ),
+        forwards,
+    ]
 
 
 class StatusCollector(Collector):

@@ -12,6 +12,7 @@ from ppml.servers.kinds.federate import FederateKind
 from ppml.servers.kinds.heartbeat import HeartbeatKind
 from ppml.servers.kinds.long_work import LongWorkPlanner
 from ppml.servers.kinds.predict import PredictKind
+from ppml.servers.kinds.refill import RefillKind
 from ppml.servers.kinds.train import TrainKind
 
 KINDS: tuple[type[JobKind], ...] = (
@@ -20,6 +21,7 @@ KINDS: tuple[type[JobKind], ...] = (
     TrainKind,
     FederateKind,
     EndKind,
+    RefillKind,
     HeartbeatKind,
 )
 

@@ -19,6 +19,7 @@ from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.holds import Holds
 from ppml.servers.control.job_queue import Policy, Step
+from ppml.servers.mpc.fast_party import FastInference
 from ppml.servers.mpc.model import ModelCache
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.federations import FederationManager
@@ -44,6 +45,7 @@ class KindEnv:
     submit: Submit
     is_serving: Callable[[], bool]
     federations: FederationManager
+    fast: FastInference | None = None  # two-party clusters with fast inference on
 
 
 @dataclass(frozen=True)

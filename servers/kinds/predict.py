@@ -6,7 +6,11 @@
   :class:`~ppml.servers.control.scheduler.Scheduler`; prediction batches go
   before every other kind of work.
 * Worker (:class:`PredictKind`): one MPC forward over the batch's shares;
-  each request gets its rows of this server's output share.
+  each request gets its rows of this server's output share. With two
+  compute parties and a model of layers the fast engine runs, the forward is
+  the fast engine's (``servers/mpc/fast_party.py``: weights masked once per
+  session, dealer bundles pooled ahead by the ``refill`` kind, 6 exchanges
+  over the party link); otherwise CrypTen's. Same output shares either way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.scheduler import Scheduler
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
 from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.fast_party import CommChannel
 from ppml.servers.store.metrics import UNKNOWN_MODEL
 from ppml.servers.store.models import LoadedModel
 
@@ -226,10 +231,17 @@ class PredictKind(JobKind):
                 parts.append(np.zeros((rows, *input_shape), dtype=np.int64))
             else:
                 parts.append(hold.value.share)
-        batch = torch.from_numpy(np.concatenate(parts, axis=0))
-        with crypten.no_grad():
-            output = self.env.model_cache.get(handle)(MPCTensor.from_shares(batch))
-        out = output.share.numpy()
+        stacked = np.concatenate(parts, axis=0)
+        fast = self.env.fast
+        model = fast.model_for(handle.meta.architecture) if fast is not None else None
+        if fast is not None and model is not None:
+            out = fast.predict(CommChannel(), job.model_id, handle, model, stacked)
+        else:
+            with crypten.no_grad():
+                output = self.env.model_cache.get(handle)(
+                    MPCTensor.from_shares(torch.from_numpy(stacked))
+                )
+            out = output.share.numpy()
         offset = 0
         for hold, rows in zip(taken, job.rows, strict=True):
             if hold is not None and not hold.future.done():
@@ -242,3 +254,9 @@ class PredictKind(JobKind):
         for hold in taken:
             if hold is not None:
                 hold.fail(reason)
+        if self.env.fast is not None:  # a failed job may have popped bundles on one side only
+            self.env.fast.session_lost()
+
+    def session_lost(self, reason: str) -> None:
+        if self.env.fast is not None:
+            self.env.fast.session_lost()

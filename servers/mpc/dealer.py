@@ -15,7 +15,10 @@ It differs from CrypTen's ``TTPServer`` in three ways:
 * it computes triples only for an allow-list of bilinear ops;
 * it serves epoch after epoch: it links to the leader over TLS, joins each
   MPC session the leader starts (listening on its ``[dealer] mpc_address``;
-  every party dials it), and rejoins after a failure.
+  every party dials it), and rejoins after a failure;
+* it also deals the fast inference engine's material (model setups and
+  per-forward bundles, :mod:`ppml.servers.mpc.fast_dealing`), sending each
+  party its own part over that party's link.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
-from ppml.servers.mpc import epochs, prng, transport
+from ppml.servers.mpc import epochs, fast_dealing, prng, transport
 from ppml.servers.mpc import session as mpc_session
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.mesh import SessionParams
@@ -55,6 +58,7 @@ class Dealer(TTPServer):
         self.requests: Counter[str] = Counter()
         self.sessions = 0
         self._lock = threading.Lock()
+        self.fast = fast_dealing.FastDealing()
 
     def additive(self, size0: Any, size1: Any, op: str, *args: Any, **kwargs: Any) -> Any:
         """A Beaver triple for ``op``; the op name comes from the network: allow-listed."""
@@ -77,6 +81,7 @@ class Dealer(TTPServer):
         self.ttp_group = comm.ttp_group
         self.comm_group = comm.ttp_comm_group
         self.device = "cpu"
+        self.fast = fast_dealing.FastDealing()  # model keys live for one session
         self._setup_generators()
         ttp_rank = comm.get_ttp_rank()
         try:
@@ -85,10 +90,15 @@ class Dealer(TTPServer):
                 if message == "terminate":
                     return "session ended by the leader"
                 function = message["function"]
-                if function not in FUNCTIONS:
+                if function not in FUNCTIONS + fast_dealing.FUNCTIONS:
                     return f"unknown request {function!r}"
                 with self._lock:
                     self.requests[function] += 1
+                if function in fast_dealing.FUNCTIONS:  # each party gets its own part
+                    payloads = self.fast.handle(function, tuple(message["args"]))
+                    for party, payload in enumerate(payloads):
+                        comm.send_obj(payload, party, self.ttp_group)
+                    continue
                 self.device = message["device"]
                 result = getattr(self, function)(*message["args"], **message["kwargs"])
                 comm.send_obj(result.size(), 0, self.ttp_group)
@@ -98,6 +108,7 @@ class Dealer(TTPServer):
         except (ValueError, TypeError) as err:  # a request the dealer refuses
             return f"refused a request: {err}"
         finally:
+            self.fast.close()
             mpc_session.leave()
 
 

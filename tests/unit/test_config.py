@@ -233,3 +233,15 @@ def test_a_shared_cluster_peer_token_is_refused(tmp_path: Path) -> None:
     text = '[cluster]\npeer_token_file = "secrets/peer.token"\n\n' + _two_parties()
     with pytest.raises(ConfigError, match="its own peer_token_file"):
         load_config(_write(tmp_path, text))
+
+
+def test_fast_inference_is_a_flag(tmp_path: Path) -> None:
+    """``LocalCluster(serving={"fast_inference": False})`` writes ``false``, which loads."""
+    assert load_config(_write(tmp_path, _two_parties())).serving.fast_inference is True
+    off = _write(tmp_path, _two_parties("[serving]\nfast_inference = false\n"))
+    assert load_config(off).serving.fast_inference is False
+    bad = _write(tmp_path, _two_parties("[serving]\nfast_inference = 1\n"))
+    with pytest.raises(ConfigError, match=r"\[serving\] fast_inference must be true or false"):
+        load_config(bad)
+    local = write_local_topology(tmp_path / "local", 2, {"fast_inference": False})
+    assert load_config(local).serving.fast_inference is False

@@ -18,6 +18,7 @@ from ppml.proto.wire import serde
 from ppml.servers import kinds
 from ppml.servers.kinds.heartbeat import HeartbeatJob
 from ppml.servers.kinds.predict import PredictJob
+from ppml.servers.kinds.refill import RefillJob
 from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
 
 INT64_MIN = np.iinfo(np.int64).min
@@ -452,6 +453,7 @@ LEADER_COMMANDS: list[cmd.LeaderCommand] = [
     cmd.DropRequests((), ""),
     cmd.RunJob(12, 7, "predict", PredictJob("model-1", ("r1", "r2", "r3"), (1, 4, 2))),
     cmd.RunJob(13, 7, "heartbeat", HeartbeatJob()),
+    cmd.RunJob(14, 7, "refill", RefillJob("model-1", 64, 2)),
 ]
 
 
@@ -497,6 +499,7 @@ def _report() -> st.StatusReport:
         grpc_address="10.0.0.2:50051",
         links_up=["leader"],
         dealer_connected=False,
+        fast_pool=st.FastPool(6, 21, 6_100_000, 40, 2.5, 30, 3),
     )
 
 

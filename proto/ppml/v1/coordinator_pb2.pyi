@@ -275,6 +275,35 @@ class HeartbeatJob(_message.Message):
 Global___HeartbeatJob: _TypeAlias = HeartbeatJob  # noqa: Y015
 
 @_typing.final
+class RefillJob(_message.Message):
+    """Add `count` fast-engine bundles of `bucket` rows to the pools of a model
+    (servers/kinds/refill.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    bucket: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        bucket: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "count", b"count", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefillJob: _TypeAlias = RefillJob  # noqa: Y015
+
+@_typing.final
 class TrainStep(_message.Message):
     """Step `step` (0-based) of a training job: step 0 also loads the job, the
     last one stores the trained model.
@@ -383,6 +412,7 @@ class RunJob(_message.Message):
     EVALUATE_FIELD_NUMBER: _builtins.int
     END_JOB_FIELD_NUMBER: _builtins.int
     FEDERATE_FIELD_NUMBER: _builtins.int
+    REFILL_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     epoch: _builtins.int
     @_builtins.property
@@ -397,6 +427,8 @@ class RunJob(_message.Message):
     def end_job(self) -> Global___EndJob: ...
     @_builtins.property
     def federate(self) -> Global___FederateRound: ...
+    @_builtins.property
+    def refill(self) -> Global___RefillJob: ...
     def __init__(
         self,
         *,
@@ -408,12 +440,13 @@ class RunJob(_message.Message):
         evaluate: Global___EvaluateJob | None = ...,
         end_job: Global___EndJob | None = ...,
         federate: Global___FederateRound | None = ...,
+        refill: Global___RefillJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "refill", b"refill", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "seq", b"seq", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_job", b"end_job", "epoch", b"epoch", "evaluate", b"evaluate", "federate", b"federate", "heartbeat", b"heartbeat", "job", b"job", "predict", b"predict", "refill", b"refill", "seq", b"seq", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train", "evaluate", "end_job", "federate"]  # noqa: Y015
+    _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["predict", "heartbeat", "train", "evaluate", "end_job", "federate", "refill"]  # noqa: Y015
     _WhichOneofArgType_job: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_job) -> _WhichOneofReturnType_job | None: ...
 

@@ -153,6 +153,51 @@ class JobCost(_message.Message):
 Global___JobCost: _TypeAlias = JobCost  # noqa: Y015
 
 @_typing.final
+class FastPoolStats(_message.Message):
+    """Fast-engine bundles held ahead of requests (two-party clusters)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    REFILLED_FIELD_NUMBER: _builtins.int
+    FILL_RATE_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    bundles: _builtins.int
+    """pooled now, every model and bucket"""
+    images: _builtins.int
+    """images they cover"""
+    bytes: _builtins.int
+    refilled: _builtins.int
+    """bundles added by refill jobs since start"""
+    fill_rate: _builtins.float
+    """images per second added, last minute"""
+    hits: _builtins.int
+    """fast forwards served from the pool"""
+    misses: _builtins.int
+    """fast forwards that asked the dealer on demand"""
+    def __init__(
+        self,
+        *,
+        bundles: _builtins.int = ...,
+        images: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        refilled: _builtins.int = ...,
+        fill_rate: _builtins.float = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "bytes", b"bytes", "fill_rate", b"fill_rate", "hits", b"hits", "images", b"images", "misses", b"misses", "refilled", b"refilled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FastPoolStats: _TypeAlias = FastPoolStats  # noqa: Y015
+
+@_typing.final
 class ServerStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -261,6 +306,7 @@ class ServerStatus(_message.Message):
     DATASETS_STORED_FIELD_NUMBER: _builtins.int
     TRAINING_JOBS_FIELD_NUMBER: _builtins.int
     RUNNING_JOB_FIELD_NUMBER: _builtins.int
+    FAST_POOL_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -310,6 +356,8 @@ class ServerStatus(_message.Message):
     def training_jobs(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Training jobs by state ("queued", "running", ...) as this server records them."""
 
+    @_builtins.property
+    def fast_pool(self) -> Global___FastPoolStats: ...
     def __init__(
         self,
         *,
@@ -338,10 +386,11 @@ class ServerStatus(_message.Message):
         datasets_stored: _builtins.int = ...,
         training_jobs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         running_job: _builtins.str = ...,
+        fast_pool: Global___FastPoolStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fast_pool", b"fast_pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "running_job", b"running_job", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "fast_pool", b"fast_pool", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "running_job", b"running_job", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,160 @@
+"""Predictions through the fast engine between real processes (2 servers, TLS, SDK).
+
+Checks against plaintext, edge values included (0, ±2^-16, large values whose
+pre-activations stay inside the engine's range |v| < 2^15), the pool (refill
+jobs in idle time, then a forward with no dealer request), batching of
+concurrent clients, a convolution, and the CrypTen path where the fast engine does not
+apply (a layer it lacks on 2 servers; any model on 3 servers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppml.client import Cluster
+from ppml.proto.deploy.local import LocalCluster
+
+ULP = 2.0**-16
+TOLERANCE = 1e-3
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _fixed_point_mlp() -> torch.nn.Module:
+    """An MLP whose weights are exact in 16 fractional bits (so plaintext is the reference)."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 4),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    return model.eval()
+
+
+def _inputs() -> torch.Tensor:
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(6, 8)) * 2**16) / 2**16
+    x[0] = 0.0
+    x[1] = [ULP, -ULP, ULP, 0, -ULP, 0, ULP, -ULP]
+    x[2] = 1000.0 * np.sign(rng.normal(size=8))  # large, pre-activations well inside 2^15
+    x[3] = [-3000.0, 2500.0, 0, 0, 1.5, -1.5, ULP, 0]
+    return torch.from_numpy(x)
+
+
+def _check(cluster: Cluster, model_id: str, model: torch.nn.Module, x: torch.Tensor) -> None:
+    got = cluster.predict(model_id, x.float()).double()
+    with torch.no_grad():
+        plain = model(x)
+    assert got.shape == plain.shape
+    assert (got - plain).abs().max().item() < TOLERANCE, (got - plain).abs().max().item()
+
+
+def test_fast_path_matches_plaintext_on_edge_values_then_uses_the_pool(
+    cluster2: Cluster,
+) -> None:
+    model = _fixed_point_mlp()
+    x = _inputs()
+    model_id = cluster2.share_model(model.float(), x[:1].float(), name="fast-mlp")
+    model = model.double()
+    before = cluster2.status()
+    _check(cluster2, model_id, model, x)  # setup, bundles on demand
+    after = cluster2.status()
+    for b, a in zip(before, after, strict=True):
+        assert a.fast_pool.misses == b.fast_pool.misses + 1
+    _wait(  # the dealer reports its counts to the leader once a second
+        "the dealer's count of setups",
+        lambda: cluster2.status()[0].dealer_requests.get("fast_setup", 0) >= 1,
+    )
+    setups = cluster2.status()[0].dealer_requests["fast_setup"]
+
+    # idle: refill jobs fill the pools of the buckets in use (4 + 2 = 6 rows), on both servers
+    _wait(
+        "the pools to fill",
+        lambda: all(r.fast_pool.bundles >= 4 for r in cluster2.status()),
+    )
+    filled = cluster2.status()
+    assert filled[0].fast_pool.bundles == filled[1].fast_pool.bundles
+    assert filled[0].fast_pool.fill_rate > 0
+    for row in range(len(x)):  # single images too: bucket 1 is filled after its first miss
+        _check(cluster2, model_id, model, x[row : row + 1])
+    _check(cluster2, model_id, model, x)  # buckets 4 + 2 from the pool
+    final = cluster2.status()
+    assert final[0].fast_pool.hits > filled[0].fast_pool.hits
+    assert final[0].fast_pool.hits == final[1].fast_pool.hits
+    assert final[0].dealer_requests.get("fast_setup", 0) == setups  # one model, one setup
+
+
+def test_concurrent_clients_are_batched_on_the_fast_path(local2: LocalCluster) -> None:
+    model = _fixed_point_mlp()
+    x = _inputs()
+    with Cluster.from_config(local2.config_path) as owner:
+        model_id = owner.share_model(model.float(), x[:1].float(), name="fast-batch")
+    model = model.double()
+
+    def one(row: int) -> Any:
+        with Cluster.from_config(local2.config_path) as client:
+            return client.predict_detailed(model_id, x[row : row + 1].float())
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, [i % len(x) for i in range(12)]))
+    with torch.no_grad():
+        plain = model(x)
+    for i, result in enumerate(results):
+        assert (result.output.double() - plain[i % len(x)]).abs().max().item() < TOLERANCE
+    assert max(r.batch_requests for r in results) > 1
+
+
+def test_a_layer_the_fast_engine_lacks_stays_on_crypten(
+    cluster2: Cluster, cnn: torch.nn.Module, digits: Any
+) -> None:
+    x = digits.x_test[:4].reshape(-1, 1, 8, 8)
+    model_id = cluster2.share_model(cnn, x[:1], name="pooling-cnn")
+    before = [r.fast_pool for r in cluster2.status()]
+    got = cluster2.predict(model_id, x)
+    with torch.no_grad():
+        plain = cnn(x)
+    assert (got - plain).abs().max().item() < 1e-2
+    after = [r.fast_pool for r in cluster2.status()]
+    assert [(p.hits, p.misses) for p in after] == [(p.hits, p.misses) for p in before]
+
+
+def test_three_servers_use_crypten(local3: LocalCluster) -> None:
+    model = _fixed_point_mlp()
+    x = _inputs()[4:]
+    with Cluster.from_config(local3.config_path) as cluster:
+        model_id = cluster.share_model(model.float(), x[:1].float(), name="three")
+        _check(cluster, model_id, model.double(), x)
+        reports = cluster.status()
+    assert all(r.fast_pool.hits == r.fast_pool.misses == 0 for r in reports)
+    assert "fast_setup" not in reports[0].dealer_requests
+
+
+def test_a_convolution_runs_on_the_fast_path(cluster2: Cluster, digits: Any) -> None:
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    x = torch.round(digits.x_test[:5].reshape(-1, 1, 8, 8).double() * 2**16) / 2**16
+    model_id = cluster2.share_model(model.float().eval(), x[:1].float(), name="fast-cnn")
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    _check(cluster2, model_id, model.double().eval(), x)
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]

@@ -1,0 +1,229 @@
+"""Fast inference as the servers run it: spec mapping, dealer requests, pools, plans.
+
+Two parties run in two threads of this process, each with a channel that
+mimics the session's links (plan messages, the dealer's replies per party, the
+party exchange); the dealer is :class:`FastDealing` answering rank 0's
+requests synchronously, as the dealer process does between them.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ppml.proto.domain import layers as dl
+from ppml.proto.domain.architecture import Architecture
+from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
+from ppml.servers.kinds.refill import RefillJob, RefillPlanner
+from ppml.servers.mpc import fast_spec
+from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
+from ppml.servers.mpc.fast_dealing import FastDealing
+from ppml.servers.mpc.fast_party import FastInference
+from ppml.servers.mpc.fast_pool import BundlePool, Pooled, largest_bucket, split_rows
+
+ARCH = Architecture((dl.Linear(6, 5), dl.ReLU(), dl.Linear(5, 3, bias=False)), (6,), (3,))
+
+
+class Links:
+    """Both parties' queues: plans (0 -> 1), dealer replies per party, and exchanges."""
+
+    def __init__(self) -> None:
+        self.dealer = FastDealing()
+        self.plans: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.replies: tuple[queue.Queue[Any], queue.Queue[Any]] = (queue.Queue(), queue.Queue())
+        self.exchanges = queue_exchanges(timeout_s=10)
+        self.requests: list[str] = []
+
+
+@dataclass
+class FakeChannel:
+    links: Links
+    rank: int
+
+    def send_plan(self, plan: tuple[Any, ...]) -> None:
+        self.links.plans.put(plan)
+
+    def recv_plan(self) -> tuple[Any, ...]:
+        return self.links.plans.get(timeout=10)
+
+    def ask_dealer(self, function: str, args: tuple[Any, ...]) -> None:
+        assert self.rank == 0
+        self.links.requests.append(function)
+        for party, payload in enumerate(self.links.dealer.handle(function, args)):
+            self.links.replies[party].put(payload)
+
+    def from_dealer(self) -> tuple[int, list[bytes]]:
+        reply: tuple[int, list[bytes]] = self.links.replies[self.rank].get(timeout=10)
+        return reply
+
+
+@dataclass
+class Handle:
+    shares: dict[str, np.ndarray]
+
+
+def _plain_model() -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3, bias=False)
+    )
+    params = {
+        "0.weight": model[0].weight, "0.bias": model[0].bias, "2.weight": model[2].weight
+    }  # fmt: skip
+    return model, {k: encode(v.detach().numpy()) for k, v in params.items()}
+
+
+def _split(values: dict[str, np.ndarray]) -> tuple[Handle, Handle]:
+    parts = {k: share(v, 2) for k, v in values.items()}
+    return Handle({k: p[0] for k, p in parts.items()}), Handle({k: p[1] for k, p in parts.items()})
+
+
+def _predict(links: Links, parties: tuple[FastInference, FastInference],
+             handles: tuple[Handle, Handle], x: np.ndarray) -> np.ndarray:  # fmt: skip
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    xs = share(encode(x), 2)
+
+    def party(rank: int) -> np.ndarray:
+        ch = FakeChannel(links, rank)
+        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
+        return parties[rank].predict(ch, "m", handles[rank], fm, xs[rank])
+
+    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
+    with np.errstate(over="ignore"):
+        return decode(y0 + y1)
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Within fixed-point error: a few ulp, plus weights rounded to 2^-16 times large inputs."""
+    return bool((np.abs(got - expected) <= 1e-3 + 1e-4 * np.abs(expected)).all())
+
+
+def _refill(links: Links, parties: tuple[FastInference, FastInference]) -> None:
+    want = parties[0].next_refill()
+    assert want is not None
+
+    def party(rank: int) -> None:
+        ch = FakeChannel(links, rank)
+        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
+        parties[rank].refill(ch, *want)
+
+    run_pair(lambda: party(0), lambda: party(1))
+
+
+def test_split_rows_covers_every_batch_with_powers_of_two() -> None:
+    for largest in (1, 8, 64):
+        for rows in range(1, 200):
+            sizes = split_rows(rows, largest)
+            assert sum(sizes) == rows and all(s <= largest and s & (s - 1) == 0 for s in sizes)
+    assert split_rows(37, 64) == [32, 4, 1]
+    assert largest_bucket(64) == 64 and largest_bucket(100) == 64 and largest_bucket(1) == 1
+
+
+def test_spec_mapping_and_wire_round_trip() -> None:
+    cnn = Architecture(
+        (dl.Conv2d(1, 4, (3, 3), padding=(1, 1)), dl.ReLU(), dl.Flatten(), dl.Linear(256, 10)),
+        (1, 8, 8),
+        (10,),
+    )
+    for architecture in (ARCH, cnn):
+        fm = fast_spec.fast_model(architecture)
+        assert fm is not None
+        assert fast_spec.from_wire(fast_spec.to_wire(fm.spec)) == fm.spec
+    pooled = Architecture(
+        (dl.Conv2d(1, 4, (3, 3)), dl.MaxPool2d((2, 2), (2, 2))), (1, 8, 8), (4, 3, 3)
+    )
+    odd = Architecture((dl.Conv2d(1, 4, (3, 1)),), (1, 8, 8), (4, 6, 8))
+    assert fast_spec.fast_model(pooled) is None and fast_spec.fast_model(odd) is None
+    for bad in (
+        (),
+        ((6,), (("linear", 6, -1, True),)),
+        ((6,), (("pickle",),)),
+        ((6,), (("relu",),)),
+    ):
+        with pytest.raises(ValueError):
+            fast_spec.from_wire(bad)
+
+
+def test_fast_predictions_match_plaintext_with_setup_pool_and_fallback() -> None:
+    links = Links()
+    parties = (FastInference(64, 2), FastInference(64, 2))
+    plain, values = _plain_model()
+    handles = _split(values)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    x[0] = 0.0
+    x[1, :3] = (2.0**-FRACTIONAL_BITS, -(2.0**-FRACTIONAL_BITS), 1000.0)
+    expected = plain(torch.from_numpy(x)).detach().numpy()
+
+    got = _predict(links, parties, handles, x)  # first use: setup, then on demand
+    assert _close(got, expected)
+    assert links.requests == ["fast_setup", "fast_bundles"]
+    assert parties[0].stats().misses == 1
+
+    while parties[0].next_refill() is not None:  # buckets 2 and 1 were wanted
+        _refill(links, parties)
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 4
+    links.requests.clear()
+    got = _predict(links, parties, handles, x)  # from the pool: no dealer request
+    assert links.requests == []
+    assert _close(got, expected)
+    assert parties[0].stats().hits == parties[1].stats().hits == 1
+
+    new_handles = _split(values)  # a re-upload under the same id: set up afresh
+    links.requests.clear()
+    got = _predict(links, parties, new_handles, x)
+    assert links.requests == ["fast_setup", "fast_bundles"]
+    assert _close(got, expected)
+
+
+def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
+    pool = BundlePool(depth=2)
+    assert pool.take("m", [1]) is None
+    pool.put("m", 1, [Pooled(1, object())])  # type: ignore[arg-type]
+    assert pool.stats().bundles == 0  # not wanted: discarded
+    pool.want("m", 1)
+    assert pool.deficit() == ("m", 1, 2)
+    pool.put("m", 1, [Pooled(1, object())])  # type: ignore[arg-type]
+    assert pool.take("m", [1, 1]) is None
+    taken = pool.take("m", [1])
+    assert taken is not None and taken[0].serial == 1
+    pool.clear()
+    assert pool.deficit() is None
+
+
+def test_the_dealer_makes_bundles_ahead_once_asked_and_stops_when_closed() -> None:
+    dealing = FastDealing(stock=2)
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    (setup_id, _), _ = dealing.setup(fast_spec.to_wire(fm.spec))
+    assert dealing.stocked(setup_id, 1) == 0
+    (first, mine), (first_1, theirs) = dealing.bundles(setup_id, 1, 1)
+    assert first == first_1 == 1 and len(mine) == len(theirs) == 1
+    deadline = time.monotonic() + 30
+    while dealing.stocked(setup_id, 1) < 2:
+        assert time.monotonic() < deadline, "no bundles made ahead"
+        time.sleep(0.01)
+    (second, made), _ = dealing.bundles(setup_id, 1, 3)  # two from stock, one made now
+    assert second == 2 and len(made) == 3 and len(set(made)) == 3
+    dealing.close()
+    assert dealing.stocked(setup_id, 1) == 0
+    with pytest.raises(ValueError):
+        dealing.bundles(setup_id + 1, 1, 1)
+
+
+def test_the_refill_planner_waits_for_idle_time_and_a_short_pool() -> None:
+    fast = FastInference(64, 4)
+    planner = RefillPlanner(fast, idle_s=0.005)
+    assert planner.next_job(10.0, 0.0) is None and planner.next_wakeup(0.0) is None
+    fast.pool.want("m", 1)  # a bucket in use, empty
+    assert planner.next_job(10.002, 10.0) is None  # the worker was busy a moment ago
+    assert planner.next_wakeup(10.0) == pytest.approx(10.005)
+    assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))
+    fast.pool.want("m", 64)
+    assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))  # emptiest, oldest
