@@ -232,8 +232,8 @@ def mpc_global_model(
     """Every server's view and the global model, reconstructed from their shares."""
     views = _round_views(c, federation_id)
     infos = [fed_wire.info_from_proto(v.info) for v in views]
-    if any(i.state.terminal for i in infos):
-        return infos, {}  # the servers no longer hold a global model: it was registered
+    if any(i.state.terminal for i in infos) or any(not v.global_parameters for v in views):
+        return infos, {}  # a server has ended it: the model was registered (or is being)
     shapes = infos[0].architecture.parameter_shapes()
     per_server = [serde.named_shares_from_proto(list(v.global_parameters), shapes) for v in views]
     weights = {
@@ -325,10 +325,10 @@ class Participant:
         if self._context is None:
             while True:
                 infos, weights = mpc_global_model(self._c, self.federation_id)
-                if len({(i.round, i.state) for i in infos}) == 1:
-                    return infos[0], weights
                 if any(i.state.terminal for i in infos):
                     return next(i for i in infos if i.state.terminal), weights
+                if weights and len({(i.round, i.state) for i in infos}) == 1:
+                    return infos[0], weights
                 time.sleep(self._poll_s)  # a server is still closing the round: ask again
         info = Federation(self._c, self.federation_id).info()
         last, weights = ckks_global_model(

@@ -310,13 +310,13 @@ class FederationManager:
         self, federation_id: str, caller: str, from_round: int
     ) -> tuple[fed.FederationInfo, dict[str, Ring], builtins.list[tuple[int, bytes]]]:
         """The open round, this server's global shares (MPC) or the CKKS sums after a round."""
-        info = self._info(federation_id)
-        if caller not in info.may_see:
+        if caller not in self._info(federation_id).may_see:
             raise PpmlError(
                 ErrorCode.PERMISSION_DENIED,
                 f"{caller!r} is not a participant of federation {federation_id!r}",
             )
-        with self._cond:
+        with self._cond:  # the state and the shares together (see _finish)
+            info = self._infos[federation_id]
             shares = dict(self._global.get(federation_id, {}))
             sums = [a for a in self._aggregates.get(federation_id, []) if a[0] >= from_round]
         return self._visible(info, caller), shares, sums
@@ -575,15 +575,14 @@ class FederationManager:
             problem = self._register(info)
             if problem:
                 state, reason = fed.FederationState.FAILED, problem
-        with self._cond:
-            self._open.pop(info.federation_id, None)
-            if state is not fed.FederationState.SUCCEEDED or info.spec.backend == "mpc":
-                self._global.pop(info.federation_id, None)
         result = info.results[-1] if info.results and info.results[-1].round == info.round else None
-        self._update(
+        self._update(  # first the final state, then the shares go: readers see one or the other
             info.evolve(state=state, reason=reason, finished_unix_ms=_now_ms()),
             result,
         )
+        with self._cond:
+            self._open.pop(info.federation_id, None)
+            self._global.pop(info.federation_id, None)
 
     def _info(self, federation_id: str) -> fed.FederationInfo:
         check_id(federation_id, "federation_id")

@@ -88,7 +88,8 @@ def test_fast_path_matches_plaintext_on_edge_values_then_uses_the_pool(
     )
     filled = cluster2.status()
     assert filled[0].fast_pool.bundles == filled[1].fast_pool.bundles
-    assert filled[0].fast_pool.fill_rate > 0
+    # refill jobs filled them (the fill rate is a 60 s window: a slow machine may be past it)
+    assert all(r.fast_pool.refilled > 0 for r in filled)
     for row in range(len(x)):  # single images too: bucket 1 is filled after its first miss
         _check(cluster2, model_id, model, x[row : row + 1])
     _check(cluster2, model_id, model, x)  # buckets 4 + 2 from the pool
