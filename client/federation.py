@@ -303,8 +303,9 @@ class Participant:
         """Take part until the federation ends (or after ``max_rounds`` submissions)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         submitted: list[int] = []
+        handle = Federation(self._c, self.federation_id)
         while deadline is None or time.monotonic() < deadline:
-            info, weights = self._global()
+            info = handle.info()  # metadata only: the model is fetched once per round
             if info.state.terminal:
                 return JoinReport(tuple(submitted), info.state.value, info.reason)
             if max_rounds is not None and len(submitted) >= max_rounds:
@@ -312,6 +313,9 @@ class Participant:
             if info.round in submitted:
                 time.sleep(self._poll_s)
                 continue
+            info, weights = self._global()
+            if info.state.terminal or info.round in submitted:
+                continue  # it moved on while the model was fetched: look again
             try:
                 self.submit_round(info, weights)
             except (RoundClosed, AlreadySubmitted) as err:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import torch
 
-from ppml.client.errors import InvalidFederation
+from ppml.client.errors import InvalidFederation, from_rpc_error
 from ppml.client.federation import Federation, JoinReport, Participant, TrainFn, data_trainer
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.transport import ClusterBase, ServerStubs
@@ -130,17 +130,19 @@ class FederationMixin(ClusterBase):
     def list_federations(self) -> list[fed.FederationInfo]:
         """The federations the leader (rank 0) knows, oldest first."""
         leader = self._servers[0]
-        reply = self._retry(
-            lambda: self._call_all(
-                lambda s, _: s.federation.ListFederations.future(
+
+        def list_leader() -> federation_pb2.ListFederationsResponse:
+            try:
+                return leader.federation.ListFederations(
                     federation_pb2.ListFederationsRequest(),
                     timeout=self.timeout,
                     metadata=self._metadata,
                 )
-            )
-        )
-        del leader
-        return [fed_wire.info_from_proto(i) for i in reply[0].federations]
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, leader.name) from None
+
+        reply = self._retry(list_leader)
+        return [fed_wire.info_from_proto(i) for i in reply.federations]
 
     def join_federation(
         self,

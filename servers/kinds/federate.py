@@ -190,6 +190,7 @@ class FederationPlanner(Planner):
         self._running: tuple[str, int] | None = None
         self._ends: list[end.EndJob] = []
         self._ended: set[str] = set()
+        self._open: set[str] = set()  # ids open on this (rank 0) server at the last look
 
     def announce(self, rank: int, announce: cmd.Announce, now: float) -> list[Drop]:
         fid, group = announce.id, announce.group
@@ -214,7 +215,12 @@ class FederationPlanner(Planner):
         if self._ends:
             return end.KIND, self._ends.pop(0)
         wall = self._clock()
-        for open_round in self._federations.open_rounds():
+        rounds = self._federations.open_rounds()
+        still_open = {r.federation_id for r in rounds}
+        for fid in self._open - still_open:  # ended here (succeeded, out of budget, ...)
+            self._forget(fid)
+        self._open = still_open
+        for open_round in rounds:
             fid = open_round.federation_id
             if fid in self._ended:
                 continue
@@ -256,6 +262,9 @@ class FederationPlanner(Planner):
     def _forget(self, fid: str) -> None:
         for table in (self._created, self._first_seen, self._counts):
             table.pop(fid, None)
+        self._ended.discard(fid)
+        for key in [k for k in self._attempts if k[0] == fid]:
+            del self._attempts[key]
 
     @property
     def backlog(self) -> int:

@@ -249,3 +249,15 @@ def test_cancel_becomes_an_end_job_on_every_party(manager: FederationManager) ->
     manager.end("f1", "cancelled", "cancelled by owner")  # what the end job does
     assert manager.get("f1", "owner").state is fed.FederationState.CANCELLED
     assert manager.open_rounds() == []
+
+
+def test_a_federation_that_ended_here_is_forgotten(manager: FederationManager) -> None:
+    clock = Clock()
+    _create(manager, rounds=1)
+    planner = FederationPlanner(manager, 2, clock)
+    _created_everywhere(planner)
+    _announce(planner, 0, "round:1", 3)
+    assert planner.next_job(0.0, 0.0) is None  # rank 1 has not got every update yet
+    manager.close_round("f1", fed.RoundResult(1, PEOPLE, (), applied=True), _zeros())
+    assert planner.next_job(0.0, 0.0) is None
+    assert (planner._created, planner._counts, planner._first_seen) == ({}, {}, {})
