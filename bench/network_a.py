@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -85,6 +86,12 @@ def _client_process(
     done.put("finished")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux ``/proc``), children excluded."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _throughput(
     local: LocalCluster, model_id: str, clients: int, per_client: int, processes: int
 ) -> dict[str, Any]:
@@ -108,13 +115,17 @@ def _throughput(
         proc.start()
     for _ in procs:
         assert done.get(timeout=300) == "ready"
+    pids = {name: p.pid for name, p in local.processes.items()}
+    pids.update({f"client-{i}": p.pid for i, p in enumerate(procs) if p.pid is not None})
     with Cluster.from_config(local.config_path) as probe:
         before = _predict_cost(probe)
+        cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         go.set()
         began = time.perf_counter()
         for _ in procs:
             assert done.get(timeout=600) == "finished"
         elapsed = time.perf_counter() - began
+        cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         after = _predict_cost(probe)
         sizes = probe.status()[0].batch_sizes
     for proc in procs:
@@ -133,6 +144,14 @@ def _throughput(
         "bytes_per_job": (after[2] - before[2]) / jobs,
         "mpc_seconds": after[3] - before[3],
         "batch_sizes_all_time": {str(k): v for k, v in sorted(sizes.items())},
+        # CPU seconds each process spent in the timed phase (the VM has os.cpu_count() cores)
+        "cpu_seconds": cpu,
+        "cpu_ms_per_image": {
+            "clients": 1000 * sum(v for k, v in cpu.items() if k.startswith("client-")) / images,
+            "servers": 1000 * sum(v for k, v in cpu.items() if k.startswith("server-")) / images,
+            "dealer": 1000 * sum(v for k, v in cpu.items() if k == "dealer") / images,
+        },
+        "cores": os.cpu_count(),
     }
 
 

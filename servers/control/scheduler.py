@@ -15,6 +15,11 @@
   job however long the burst takes to arrive), or when its oldest request
   has waited ``max_delay_s`` since the worker was free (time spent queued
   behind a running job is not batching delay).
+* A model whose last job served a single request has a sequential client:
+  its next lone request, with no other request for the model announced
+  anywhere, is dispatched as soon as it is ready, without the quiet gap.
+  Concurrent clients still batch: requests that arrive while a job runs
+  queue behind it, and a multi-request job switches the gap back on.
 * After a job of several requests finishes, the next job for that model waits
   up to ``max_delay_s`` for those clients to send again (unless it is
   full). Without this, a burst that was once split in two stays split: each
@@ -192,7 +197,12 @@ class Scheduler:
         full = rows >= self.max_batch_rows or len(chosen) < len(batch)
         quiet = now - self._last_announce.get(oldest.model_id, 0.0) >= self.max_wait_s
         overdue = now - max(oldest.ready_at, self._idle_since) >= self.max_delay_s
-        if not (full or overdue or (quiet and not self._returning(oldest.model_id, now))):
+        if not (
+            full
+            or overdue
+            or self._sequential(oldest.model_id)
+            or (quiet and not self._returning(oldest.model_id, now))
+        ):
             return None
         for entry in chosen:
             self._finish(entry.request_id, now)
@@ -201,6 +211,12 @@ class Scheduler:
             tuple(e.request_id for e in chosen),
             tuple(e.rows for e in chosen),
         )
+
+    def _sequential(self, model_id: str) -> bool:
+        """Is the one request known for this model from a client that waits for each answer?"""
+        if self._last_batch.get(model_id, (0, 0.0))[0] != 1:
+            return False
+        return sum(1 for e in self._tracked.values() if e.model_id == model_id) == 1
 
     def _returning(self, model_id: str, now: float) -> bool:
         """Are the clients of the last multi-request job for this model likely on their way?"""
@@ -221,6 +237,8 @@ class Scheduler:
             assert oldest.ready_at is not None
             times.append(max(oldest.ready_at, self._idle_since) + self.max_delay_s)
             quiet_at = self._last_announce.get(oldest.model_id, 0.0) + self.max_wait_s
+            if self._sequential(oldest.model_id):
+                quiet_at = oldest.ready_at
             requests, done_at = self._last_batch.get(oldest.model_id, (0, 0.0))
             if requests > 1:
                 quiet_at = max(quiet_at, done_at + self.return_window_s)

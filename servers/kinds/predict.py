@@ -248,6 +248,8 @@ class PredictKind(JobKind):
                 outcome = PredictOutcome(out[offset : offset + rows].copy(), len(taken), seq)
                 hold.future.set_result(outcome)
             offset += rows
+        if fast is not None and model is not None:  # after the answers: a refill that rode along
+            fast.finish(CommChannel())
         return JobStats(present[0].value.model_id, len(taken))
 
     def abort(self, job: PredictJob, taken: list[Hold | None], reason: str) -> None:

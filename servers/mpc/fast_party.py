@@ -18,6 +18,13 @@ serials against its own pool.
   dealer on demand), then :func:`ppml.servers.mpc.fast.engine.forward`, whose
   exchanges go over the party link (``all_gather`` of the CrypTen
   communicator, the same calls in the same order on both parties).
+* Refill riding on a prediction: when the model's pool is short, rank 0's
+  plan also names a refill. Rank 0 asks the dealer *before* the forward, so
+  the dealer's transfer overlaps the online exchanges, and both parties take
+  the bundles in :meth:`FastInference.finish`, which the predict kind calls
+  after it has answered the job's callers. A client that waits for each
+  answer (no idle gap long enough for a refill job) keeps its pool filled
+  this way instead of asking the dealer inside every forward.
 
 Everything here dies with the session (:meth:`FastInference.session_lost`):
 the dealer's keys live for one session too.
@@ -38,7 +45,7 @@ from ppml.servers.mpc import fast_dealing, fast_spec
 from ppml.servers.mpc.fast import engine as fe
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.prg import Ring
-from ppml.servers.mpc.fast_pool import BundlePool, Pooled, largest_bucket, split_rows
+from ppml.servers.mpc.fast_pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 REFILL_ROWS = 8  # images one refill job asks the dealer for (at least one bundle)
 
@@ -108,6 +115,7 @@ class FastInference:
         self._largest = largest_bucket(max_batch_rows)
         self._max_models = max_models
         self._models: OrderedDict[str, ModelState] = OrderedDict()
+        self._riding: tuple[str, int, int] | None = None  # refill asked in predict, due in finish
         self._specs: dict[Architecture, fast_spec.FastModel | None] = {}
         self._lock = threading.Lock()
 
@@ -125,6 +133,7 @@ class FastInference:
 
     def session_lost(self) -> None:
         self._models.clear()
+        self._riding = None
         self.pool.clear()
 
     # ------------------------------------------------------------ jobs (worker thread)
@@ -134,16 +143,19 @@ class FastInference:
     ) -> Ring:
         """This party's share of the outputs for input share ``x`` (rows, *input_shape)."""
         rows = int(x.shape[0])
-        sizes = split_rows(rows, self._largest)
+        sizes = cover_rows(rows, self._largest)
         if ch.rank == 0:
             state = self._models.get(model_id)
             setup = state is None or state.handle is not handle
             if setup:
                 self.pool.drop_model(model_id)
             taken = None if setup else self.pool.take(model_id, sizes)
-            ch.send_plan((setup, tuple(p.serial for p in taken or ())))
+            riding = () if setup else self._riding_refill(model_id)
+            ch.send_plan((setup, tuple(p.serial for p in taken or ()), riding))
         else:
-            setup, serials = ch.recv_plan()
+            setup, serials, riding = ch.recv_plan()
+            if riding and not (len(riding) == 2 and all(type(v) is int for v in riding)):
+                raise RuntimeError("rank 0 sent a malformed fast plan")
             if setup:
                 self.pool.drop_model(model_id)
             taken = self.pool.take(model_id, sizes) if serials else None
@@ -155,13 +167,28 @@ class FastInference:
         self._models.move_to_end(model_id)
         self.pool.record(bool(taken))
         if taken:
-            bundle = Bundle.concat([p.bundle for p in taken])
+            bundle = Bundle.concat([p.bundle for p in taken]).head(rows)
         else:
             if ch.rank == 0:
                 ch.ask_dealer(fast_dealing.BUNDLES, (state.setup_id, rows, 1))
             bundle = Bundle.from_bytes(ch.from_dealer()[1][0])
+        if riding:
+            if ch.rank == 0:
+                ch.ask_dealer(fast_dealing.BUNDLES, (state.setup_id, *riding))
+            self._riding = (model_id, *riding)
         y, _ = fe.forward(state.model, bundle, np.asarray(x, dtype=np.int64), ch.exchange)
         return y.reshape(rows, *fm.output_shape)
+
+    def finish(self, ch: Channel) -> None:
+        """Take the bundles of a refill that rode on the last prediction, if any."""
+        riding, self._riding = self._riding, None
+        if riding is not None:
+            self._take_refill(ch, *riding)
+
+    def _riding_refill(self, model_id: str) -> tuple[int, int] | tuple[()]:
+        """``(bucket, count)`` if this model's pool is the one to refill next (rank 0)."""
+        want = self.next_refill()
+        return want[1:] if want is not None and want[0] == model_id else ()
 
     def refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         """Add ``count`` bundles of ``bucket`` rows to ``model_id``'s pool (both parties)."""
@@ -176,6 +203,9 @@ class FastInference:
         if not ok:  # the model's setup is gone: stop wanting its bundles
             self.pool.drop_model(model_id)
             return
+        self._take_refill(ch, model_id, bucket, count)
+
+    def _take_refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         first, blobs = ch.from_dealer()
         if model_id in self._models:
             bundles = [Bundle.from_bytes(blob) for blob in blobs]

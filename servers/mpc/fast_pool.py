@@ -2,8 +2,12 @@
 
 A *bucket* is a batch size that is a power of two, at most the leader's
 ``max_batch_rows``; a job of ``rows`` rows uses the buckets of
-:func:`split_rows` (its binary decomposition), so any batch is covered
-exactly by stacked bundles and nothing is wasted. Both parties fill and pop
+:func:`cover_rows`: as many full largest buckets as fit, and for the rest
+one bundle of the next power of two, of which only the first rows are used
+(:meth:`~ppml.servers.mpc.fast.bundle.Bundle.head`; the unused rows' masks
+are never opened and are dropped with the bundle). Odd batch sizes then
+draw on few pools, instead of keeping a pool for every bit of every size
+ever seen filled. Both parties fill and pop
 their pools in the same order (refill and predict jobs run in the leader's
 sequence), so the pools hold the same bundles (checked by serial number) on
 both. A bundle is popped once and never put back: reusing one would reveal
@@ -27,18 +31,18 @@ from ppml.servers.mpc.fast.bundle import Bundle
 RATE_WINDOW_S = 60.0
 
 
-def split_rows(rows: int, largest: int) -> list[int]:
-    """Powers of two, largest first, each at most ``largest`` (a power of two), summing to rows."""
+def cover_rows(rows: int, largest: int) -> list[int]:
+    """Powers of two, largest first, each at most ``largest`` (a power of two), covering rows.
+
+    Full ``largest`` buckets, then the smallest power of two that holds the
+    rest: the sum exceeds ``rows`` by less than the last bucket.
+    """
     if rows < 1 or largest < 1 or largest & (largest - 1):
         raise ValueError("rows must be positive and largest a power of two")
     out = [largest] * (rows // largest)
     rest = rows % largest
-    bit = largest
-    while rest:
-        bit >>= 1
-        if rest & bit:
-            out.append(bit)
-            rest -= bit
+    if rest:
+        out.append(1 << (rest - 1).bit_length())
     return out
 
 
@@ -62,6 +66,7 @@ class BundlePool:
         self._lock = threading.Lock()
         self._pools: OrderedDict[str, dict[int, deque[Pooled]]] = OrderedDict()
         self._filled: deque[tuple[float, int]] = deque()  # (when, images) of recent refills
+        self._filling: set[tuple[str, int]] = set()  # pools that went short, until full again
         self._refilled = self._hits = self._misses = 0
 
     def want(self, model_id: str, bucket: int) -> None:
@@ -102,13 +107,19 @@ class BundlePool:
     def deficit(self) -> tuple[str, int, int] | None:
         """``(model_id, bucket, missing)`` of the most recently used model's emptiest pool.
 
-        A pool is short once it is down to half its depth (then filled up to
-        the depth), so refills come in runs rather than after every request.
+        A pool is short once it is down to half its depth, and stays short
+        until it is full again, so refills come in runs rather than after
+        every request.
         """
         with self._lock:
             for model_id in reversed(self._pools):
                 pools = self._pools[model_id]
-                short = [(len(q), b) for b, q in pools.items() if len(q) <= self._depth // 2]
+                for bucket, queue in pools.items():
+                    if len(queue) <= self._depth // 2:
+                        self._filling.add((model_id, bucket))
+                    elif len(queue) >= self._depth:
+                        self._filling.discard((model_id, bucket))
+                short = [(len(q), b) for b, q in pools.items() if (model_id, b) in self._filling]
                 if short:
                     have, bucket = min(short)
                     return model_id, bucket, self._depth - have
@@ -117,11 +128,13 @@ class BundlePool:
     def drop_model(self, model_id: str) -> None:
         with self._lock:
             self._pools.pop(model_id, None)
+            self._filling = {f for f in self._filling if f[0] != model_id}
 
     def clear(self) -> None:
         """The session ended: every bundle is gone (the dealer's keys are too)."""
         with self._lock:
             self._pools.clear()
+            self._filling.clear()
 
     def stats(self) -> FastPool:
         with self._lock:

@@ -25,7 +25,7 @@ from ppml.servers.mpc import fast_spec
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast_dealing import FastDealing
 from ppml.servers.mpc.fast_party import FastInference
-from ppml.servers.mpc.fast_pool import BundlePool, Pooled, largest_bucket, split_rows
+from ppml.servers.mpc.fast_pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 ARCH = Architecture((dl.Linear(6, 5), dl.ReLU(), dl.Linear(5, 3, bias=False)), (6,), (3,))
 
@@ -93,7 +93,9 @@ def _predict(links: Links, parties: tuple[FastInference, FastInference],
     def party(rank: int) -> np.ndarray:
         ch = FakeChannel(links, rank)
         ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
-        return parties[rank].predict(ch, "m", handles[rank], fm, xs[rank])
+        y = parties[rank].predict(ch, "m", handles[rank], fm, xs[rank])
+        parties[rank].finish(ch)  # as the predict kind does once the callers are answered
+        return y
 
     y0, y1 = run_pair(lambda: party(0), lambda: party(1))
     with np.errstate(over="ignore"):
@@ -117,12 +119,14 @@ def _refill(links: Links, parties: tuple[FastInference, FastInference]) -> None:
     run_pair(lambda: party(0), lambda: party(1))
 
 
-def test_split_rows_covers_every_batch_with_powers_of_two() -> None:
+def test_cover_rows_covers_every_batch_with_few_powers_of_two() -> None:
     for largest in (1, 8, 64):
         for rows in range(1, 200):
-            sizes = split_rows(rows, largest)
-            assert sum(sizes) == rows and all(s <= largest and s & (s - 1) == 0 for s in sizes)
-    assert split_rows(37, 64) == [32, 4, 1]
+            sizes = cover_rows(rows, largest)
+            assert all(s <= largest and s & (s - 1) == 0 for s in sizes)
+            assert rows <= sum(sizes) < rows + sizes[-1] and sizes.count(largest) >= len(sizes) - 1
+    assert cover_rows(37, 64) == [64] and cover_rows(100, 64) == [64, 64]
+    assert cover_rows(3, 64) == [4] and cover_rows(128, 64) == [64, 64]
     assert largest_bucket(64) == 64 and largest_bucket(100) == 64 and largest_bucket(1) == 1
 
 
@@ -166,14 +170,21 @@ def test_fast_predictions_match_plaintext_with_setup_pool_and_fallback() -> None
     assert links.requests == ["fast_setup", "fast_bundles"]
     assert parties[0].stats().misses == 1
 
-    while parties[0].next_refill() is not None:  # buckets 2 and 1 were wanted
+    while parties[0].next_refill() is not None:  # 3 rows: bucket 4 was wanted
         _refill(links, parties)
-    assert parties[0].stats().bundles == parties[1].stats().bundles == 4
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 2
+    assert parties[0].stats().images == 8
     links.requests.clear()
-    got = _predict(links, parties, handles, x)  # from the pool: no dealer request
-    assert links.requests == []
+    got = _predict(links, parties, handles, x)  # 3 of a pooled bundle's 4 rows...
     assert _close(got, expected)
     assert parties[0].stats().hits == parties[1].stats().hits == 1
+    # ...and no on-demand request, but the pool fell to half its depth: a refill rode along
+    assert links.requests == ["fast_bundles"]
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 2
+    links.requests.clear()
+    got = _predict(links, parties, handles, x)
+    assert _close(got, expected) and links.requests == ["fast_bundles"]
+    assert parties[0].stats().hits == 2 and parties[0].stats().misses == 1
 
     new_handles = _split(values)  # a re-upload under the same id: set up afresh
     links.requests.clear()
@@ -195,6 +206,20 @@ def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
     assert taken is not None and taken[0].serial == 1
     pool.clear()
     assert pool.deficit() is None
+
+
+def test_a_short_pool_is_refilled_until_full() -> None:
+    pool = BundlePool(depth=6)
+    pool.want("m", 8)
+    assert pool.deficit() == ("m", 8, 6)
+    pool.put("m", 8, [Pooled(i, object()) for i in range(4)])  # type: ignore[arg-type]
+    assert pool.deficit() == ("m", 8, 2)  # above half, but the run goes on until full
+    pool.put("m", 8, [Pooled(i, object()) for i in range(2)])  # type: ignore[arg-type]
+    assert pool.deficit() is None
+    assert pool.take("m", [8]) is not None
+    assert pool.deficit() is None  # 5 of 6: not short yet
+    assert pool.take("m", [8, 8]) is not None
+    assert pool.deficit() == ("m", 8, 3)
 
 
 def test_the_dealer_makes_bundles_ahead_once_asked_and_stops_when_closed() -> None:

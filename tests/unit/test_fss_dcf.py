@@ -139,6 +139,10 @@ def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
     with pytest.raises(ValueError):
         dcf.gen(np.array([16], dtype=np.uint64), RNG.ring((1, 1)), 4, RNG)
     bad = k0.to_arrays("k")
-    bad["k.v_cw0"] = bad["k.v_cw0"][:2]
+    bad["k.v_cw0.0"] = bad["k.v_cw0.0"][:2]
+    with pytest.raises(ValueError):
+        dcf.DCFKey.from_arrays(bad, "k")
+    bad = k0.to_arrays("k")
+    bad["k.final_cw0.0"] = bad["k.final_cw0.0"].astype(np.uint32)
     with pytest.raises(ValueError):
         dcf.DCFKey.from_arrays(bad, "k")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ppml.servers.mpc.fast.bundle import arrays_from_bytes, arrays_to_bytes
 from ppml.servers.mpc.fast.engine import (
     Bundle,
     Dealer,
@@ -149,6 +150,51 @@ def test_single_image_bundles_stack_into_a_batch() -> None:
     assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
     with pytest.raises(ValueError):
         Bundle.concat([singles[0][0], singles[1][1]])
+
+
+def test_the_head_of_a_bundle_serves_fewer_rows() -> None:
+    """A pooled bundle for 8 serves a batch of 5: its first rows, through the wire format."""
+    net = _network_a()
+    dealer, key, models = _setup(NETWORK_A, net)
+    wide = [Bundle.from_bytes(b.to_bytes()) for b in dealer.preprocess(NETWORK_A, key, 8)]
+    bundles = [b.head(5) for b in wide]
+    assert bundles[0].batch == 5 and bundles[0].nbytes == 5 * wide[0].nbytes // 8
+    x = torch.rand(5, 784) * 4 - 2
+    xs = split(_encode(x), RNG)
+    ex0, ex1 = queue_exchanges()
+    (y0, _), (y1, _) = run_pair(
+        lambda: forward(models[0], bundles[0], xs[0], ex0),
+        lambda: forward(models[1], bundles[1], xs[1], ex1),
+    )
+    with np.errstate(over="ignore"):
+        y = (y0 + y1).astype(np.float64) / SCALE
+    assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
+    assert wide[0].head(8) is wide[0]
+    for rows in (0, 9):
+        with pytest.raises(ValueError):
+            wide[0].head(rows)
+
+
+def test_the_wire_container_round_trips_and_refuses_what_it_does_not_know() -> None:
+    arrays = {
+        "a": np.arange(-3, 3, dtype=np.int64).reshape(2, 3),
+        "b": np.array([1, 2**63], dtype=np.uint64),
+        "c": np.array([1, 2], dtype=np.uint32),
+        "d": np.array([7], dtype=np.uint16),
+        "e": np.zeros((0, 4), dtype=np.uint8),
+    }
+    data = arrays_to_bytes(arrays)
+    back = arrays_from_bytes(data)
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value)
+        assert not back[name].flags.writeable  # views into the received bytes
+    for bad in (np.array([1.5]), np.array(["x"]), np.array([1], dtype=np.int32)):
+        with pytest.raises(ValueError):
+            arrays_to_bytes({"x": bad})
+    for broken in (b"", b"not a container at all", data[:-9], b"PPMLFB01\xff\xff\xff\xff"):
+        with pytest.raises(ValueError):
+            arrays_from_bytes(broken)
 
 
 def test_conv_flatten_linear_model() -> None:

@@ -370,12 +370,34 @@ def test_return_window_is_bounded() -> None:
     assert job is not None and job.request_ids == ("a",)
 
 
-def test_single_request_jobs_do_not_delay_a_sequential_client() -> None:
+def test_a_sequential_client_skips_the_quiet_gap() -> None:
     s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
     s.job_done("m1", requests=1, now=1.0)
-    _announce_all(s, "next", now=1.002)
-    assert s.next_wakeup() == pytest.approx(1.007)
-    assert s.next_job(now=1.0075) == Job("m1", ("next",), (1,))
+    s.announce(0, "next", "m1", 1, 30.0, now=1.001)
+    assert s.next_job(now=1.001) is None  # not ready: one server has not reported it
+    s.announce(1, "next", "m1", 1, 30.0, now=1.002)
+    assert s.next_wakeup() == pytest.approx(1.002)
+    assert s.next_job(now=1.002) == Job("m1", ("next",), (1,))
+
+
+def test_a_second_client_brings_the_quiet_gap_back() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
+    s.job_done("m1", requests=1, now=1.0)
+    _announce_all(s, "a", now=1.002)
+    s.announce(0, "b", "m1", 1, 30.0, now=1.002)  # another client's request is on its way
+    assert s.next_job(now=1.002) is None
+    s.announce(1, "b", "m1", 1, 30.0, now=1.003)
+    assert s.next_job(now=1.0075) is None  # quiet gap counts from b's announce
+    assert s.next_job(now=1.008) == Job("m1", ("a", "b"), (1, 1))
+
+
+def test_the_first_request_for_a_model_waits_the_quiet_gap() -> None:
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
+    _announce_all(s, "a", now=1.0)
+    assert s.next_job(now=1.0) is None
+    s.job_done("other", requests=1, now=1.001)  # another model's sequential client
+    assert s.next_job(now=1.001) is None
+    assert s.next_job(now=1.0075) == Job("m1", ("a",), (1,))
 
 
 def test_max_delay_counts_from_when_the_worker_was_free() -> None:

@@ -16,7 +16,7 @@ Modules, one concept each:
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
   at model registration), int64 matmul via torch;
 * :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward
-  bundles, npz (de)serialisation;
+  bundles and their (de)serialisation;
 * :mod:`.engine` -- architecture, dealer preprocessing, party forward, comm
   counting;
 * :mod:`.local` -- two parties in one process (queues, threads) for tests.

@@ -1,12 +1,16 @@
 """What the dealer sends the parties: per-model setup and per-forward bundles, as numpy arrays.
 
-Serialised as npz (``allow_pickle=False``), so any party can load what it
-receives without executing code. Sizes: see gates.py and dcf.py.
+Serialised as a flat container of named arrays (:func:`arrays_to_bytes`):
+only integer dtypes, no pickles, so a party loads what it receives without
+executing code; reading makes read-only views into the received bytes (no
+copy, no parse beyond a small header per array), which matters because a
+batch-64 bundle is about 18 MB. Sizes: see gates.py and dcf.py.
 """
 
 from __future__ import annotations
 
-import io
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,17 +20,73 @@ import numpy as np
 from ppml.servers.mpc.fast.gates import GateKey
 from ppml.servers.mpc.fast.prg import Ring
 
+MAGIC = b"PPMLFB01"
+_DTYPES: dict[bytes, np.dtype[Any]] = {
+    b"i": np.dtype("<i8"),
+    b"u": np.dtype("<u8"),
+    b"w": np.dtype("<u4"),
+    b"h": np.dtype("<u2"),
+    b"b": np.dtype("u1"),
+}
+_CODES = {dt: code for code, dt in _DTYPES.items()}
+_HEAD = struct.Struct("<HcB")  # name length, dtype code, ndim
+_DIM = struct.Struct("<Q")
+MAX_ARRAYS = 4096
+MAX_NDIM = 8
 
-def _arrays_to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
-    savez(buf, **arrays)
-    return buf.getvalue()
+
+def arrays_to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``MAGIC | u32 count | per array: name, dtype, shape, data (8-byte aligned)``.
+
+    Dtypes: int64 and unsigned 64/32/16/8-bit (little-endian); anything else is a ValueError.
+    """
+    parts: list[bytes | memoryview] = [MAGIC, struct.pack("<I", len(arrays))]
+    offset = len(MAGIC) + 4
+    for name, value in arrays.items():
+        a = np.ascontiguousarray(value)
+        code = _CODES.get(a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype)
+        if code is None or a.ndim > MAX_NDIM:
+            raise ValueError(f"array {name!r}: dtype {a.dtype} or {a.ndim} dims not allowed")
+        raw = name.encode()
+        head = _HEAD.pack(len(raw), code, a.ndim) + raw + b"".join(_DIM.pack(d) for d in a.shape)
+        head += bytes(-(offset + len(head)) % 8)  # the data starts 8-byte aligned
+        little = a.astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1)
+        parts += [head, little.view(np.uint8).data if a.size else b""]
+        offset += len(head) + a.nbytes
+        parts.append(bytes(-offset % 8))
+        offset += -offset % 8
+    return b"".join(parts)
 
 
-def _arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """Inverse of :func:`arrays_to_bytes`: read-only views into ``data``; ValueError if bad."""
+    view = memoryview(data)
+    if bytes(view[: len(MAGIC)]) != MAGIC or len(view) < len(MAGIC) + 4:
+        raise ValueError("not a fast-engine container")
+    (count,) = struct.unpack_from("<I", view, len(MAGIC))
+    if count > MAX_ARRAYS:
+        raise ValueError(f"{count} arrays in one container")
+    pos, out = len(MAGIC) + 4, {}
+    try:
+        for _ in range(count):
+            size, code, ndim = _HEAD.unpack_from(view, pos)
+            pos += _HEAD.size
+            name = bytes(view[pos : pos + size]).decode()
+            pos += size
+            if code not in _DTYPES or ndim > MAX_NDIM:
+                raise ValueError(f"array {name!r}: bad dtype or rank")
+            shape = tuple(_DIM.unpack_from(view, pos + 8 * i)[0] for i in range(ndim))
+            pos += 8 * ndim + (-(pos + 8 * ndim) % 8)
+            dtype = _DTYPES[code]
+            items = math.prod(shape)  # Python ints: no overflow
+            nbytes = items * dtype.itemsize
+            if pos + nbytes > len(view):
+                raise ValueError(f"array {name!r} runs past the end")
+            out[name] = np.frombuffer(view, dtype, items, pos).reshape(shape)
+            pos += nbytes + (-nbytes % 8)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed fast-engine container: {exc}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -37,14 +97,14 @@ class ModelSetup:
     mask_shares: tuple[Ring, ...]
 
     def to_bytes(self) -> bytes:
-        """npz bytes (no pickle)."""
+        """Container bytes (:func:`arrays_to_bytes`)."""
         arrays = {f"b{i}": b for i, b in enumerate(self.mask_shares)}
-        return _arrays_to_bytes({"party": np.array([self.party]), **arrays})
+        return arrays_to_bytes({"party": np.array([self.party]), **arrays})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelSetup:
         """Inverse of :meth:`to_bytes`."""
-        a = _arrays_from_bytes(data)
+        a = arrays_from_bytes(data)
         n = len(a) - 1
         return cls(int(a["party"][0]), tuple(a[f"b{i}"].astype(np.int64) for i in range(n)))
 
@@ -72,7 +132,7 @@ class Bundle:
 
     @property
     def nbytes(self) -> int:
-        """Serialised payload bytes (without npz headers)."""
+        """Serialised payload bytes (without the container's headers)."""
         return sum(
             s.in_mask.nbytes + s.weight_mask_product.nbytes + s.gate.nbytes for s in self.stages
         )
@@ -97,19 +157,39 @@ class Bundle:
         )
         return cls(bundles[0].party, sum(b.batch for b in bundles), stages)
 
+    def head(self, rows: int) -> Bundle:
+        """The material of the first ``rows`` samples (views, no copy).
+
+        The rest is never used: its masks hide nothing that is opened, so
+        dropping them is safe; the bundle as a whole is still single use.
+        """
+        if not 1 <= rows <= self.batch:
+            raise ValueError(f"cannot take {rows} rows of a bundle for {self.batch}")
+        if rows == self.batch:
+            return self
+        stages = tuple(
+            StageBundle(
+                s.in_mask[:rows],
+                s.weight_mask_product[:rows],
+                s.gate.head(rows * (s.gate.size // self.batch)),
+            )
+            for s in self.stages
+        )
+        return Bundle(self.party, rows, stages)
+
     def to_bytes(self) -> bytes:
-        """npz bytes (no pickle); DCF lanes keep only their low bytes."""
+        """Container bytes (:func:`arrays_to_bytes`); DCF lanes keep only their low bytes."""
         arrays: dict[str, np.ndarray] = {"meta": np.array([self.party, self.batch])}
         for i, s in enumerate(self.stages):
             arrays[f"s{i}.in_mask"] = s.in_mask
             arrays[f"s{i}.fbr"] = s.weight_mask_product
             arrays.update(s.gate.to_arrays(f"s{i}.gate"))
-        return _arrays_to_bytes(arrays)
+        return arrays_to_bytes(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Bundle:
         """Inverse of :meth:`to_bytes`."""
-        a = _arrays_from_bytes(data)
+        a = arrays_from_bytes(data)
         n = len({k.split(".")[0] for k in a if k != "meta"})
         stages = tuple(
             StageBundle(

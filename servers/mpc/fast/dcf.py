@@ -109,8 +109,10 @@ class DCFKey:
             f"{prefix}.t_cw": self.t_cw,
         }
         for i, b in enumerate(self.lane_bits):
-            out[f"{prefix}.v_cw{i}"] = _pack(self.v_cw[:, i], b)
-            out[f"{prefix}.final_cw{i}"] = _pack(self.final_cw[i], b)
+            for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
+                out[f"{prefix}.v_cw{i}.{j}"] = chunk
+            for j, chunk in enumerate(_pack(self.final_cw[i], b)):
+                out[f"{prefix}.final_cw{i}.{j}"] = chunk
         return out
 
     @classmethod
@@ -123,9 +125,9 @@ class DCFKey:
             seeds=np.ascontiguousarray(arrays[f"{prefix}.seeds"], dtype=np.uint64),
             seed_cw=np.ascontiguousarray(arrays[f"{prefix}.seed_cw"], dtype=np.uint64),
             t_cw=np.ascontiguousarray(arrays[f"{prefix}.t_cw"], dtype=np.uint8),
-            v_cw=np.stack([_unpack(arrays[f"{prefix}.v_cw{i}"]) for i in range(len(lanes))], 1),
+            v_cw=np.stack([_lane(arrays, f"{prefix}.v_cw{i}", b) for i, b in enumerate(lanes)], 1),
             final_cw=np.stack(
-                [_unpack(arrays[f"{prefix}.final_cw{i}"]) for i in range(len(lanes))]
+                [_lane(arrays, f"{prefix}.final_cw{i}", b) for i, b in enumerate(lanes)]
             ),
             lane_bits=lanes,
         )
@@ -145,6 +147,18 @@ class DCFKey:
             np.concatenate([k.v_cw for k in keys], axis=2),
             np.concatenate([k.final_cw for k in keys], axis=1),
             keys[0].lane_bits,
+        )
+
+    def head(self, n: int) -> DCFKey:
+        """Keys of the first ``n`` instances (views)."""
+        return DCFKey(
+            self.party,
+            self.seeds[:n],
+            self.seed_cw[:, :, :n],
+            self.t_cw[:, :n],
+            self.v_cw[:, :, :n],
+            self.final_cw[:, :n],
+            self.lane_bits,
         )
 
     def check(self) -> None:
@@ -177,17 +191,49 @@ def _lane_masks(lane_bits: tuple[int, ...]) -> U64:
     return np.array([(1 << b) - 1 for b in lane_bits], dtype=np.uint64)[:, None]
 
 
-def _pack(values: Ring, bits: int) -> npt.NDArray[np.uint8]:
-    """int64 array (..., n) -> uint8 (..., n, ceil(bits/8)): little-endian low bytes."""
-    raw = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(*values.shape, 8)
-    return np.ascontiguousarray(raw[..., : (bits + 7) // 8])
+_CHUNK_DTYPES = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
 
 
-def _unpack(packed: npt.NDArray[np.uint8]) -> Ring:
+def _chunks(bits: int) -> list[int]:
+    """Byte widths (8, 4, 2 or 1), low bytes first, that hold ``bits`` bits: 48 -> [4, 2]."""
+    left, out = (bits + 7) // 8, []
+    for width in (8, 4, 2, 1):
+        while left >= width:
+            out.append(width)
+            left -= width
+    return out
+
+
+def _pack(values: Ring, bits: int) -> list[npt.NDArray[np.unsignedinteger]]:
+    """int64 array -> its low ``ceil(bits/8)`` bytes as a few unsigned arrays (plain casts)."""
+    u = np.ascontiguousarray(values).view(np.uint64)
+    out, shift = [], 0
+    for width in _chunks(bits):
+        out.append((u >> np.uint64(shift)).astype(_CHUNK_DTYPES[width]))
+        shift += 8 * width
+    return out
+
+
+def _unpack(chunks: list[npt.NDArray[np.unsignedinteger]]) -> Ring:
     """Inverse of :func:`_pack` (values were reduced mod 2^bits, so high bytes are 0)."""
-    raw = np.zeros((*packed.shape[:-1], 8), dtype=np.uint8)
-    raw[..., : packed.shape[-1]] = packed
-    return raw.view("<i8").reshape(packed.shape[:-1]).astype(np.int64)
+    acc = chunks[0].astype(np.uint64)
+    shift = 8 * chunks[0].itemsize
+    for chunk in chunks[1:]:
+        acc |= chunk.astype(np.uint64) << np.uint64(shift)
+        shift += 8 * chunk.itemsize
+    return acc.view(np.int64)
+
+
+def _lane(arrays: dict[str, np.ndarray], name: str, bits: int) -> Ring:
+    """One lane's values from the chunks :meth:`DCFKey.to_arrays` wrote; ValueError if off."""
+    if not 1 <= bits <= 64:
+        raise ValueError("DCF key needs one lane width in 1..64 per payload element")
+    widths = _chunks(bits)
+    chunks = [arrays[f"{name}.{j}"] for j in range(len(widths))]
+    if any(c.dtype != _CHUNK_DTYPES[w] or c.shape != chunks[0].shape
+           for c, w in zip(chunks, widths, strict=True)):  # fmt: skip
+        raise ValueError(f"DCF key {name} has chunks of the wrong type or shape")
+    return _unpack(chunks)
 
 
 def _check_domain(x: U64, depth: int, what: str) -> U64:

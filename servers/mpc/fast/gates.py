@@ -119,8 +119,16 @@ class GateKey:
     dcf: dcf.DCFKey
 
     @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
     def nbytes(self) -> int:
         return self.mask.nbytes + self.consts.nbytes + self.dcf.nbytes
+
+    def head(self, n: int) -> GateKey:
+        """The material of the first ``n`` instances (views)."""
+        return GateKey(self.kind, self.mask[:n], self.consts[:n], self.dcf.head(n))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {
