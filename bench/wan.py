@@ -5,7 +5,8 @@ user-space relays (``ppml.servers.mpc.relay``) that add a one-way delay of
 RTT/2 in each direction (``tc netem`` is not available here): every process
 listens at its ``mpc_bind`` and is dialed at the relay's ``mpc_address``.
 The client's and the control links are not delayed: the figures isolate the
-MPC rounds. For each RTT the SDK sends sequential single images; the
+MPC rounds. For each path (the fast engine, the default on two servers, and
+the CrypTen path) and each RTT the SDK sends sequential single images; the
 estimate is party 0's rounds per prediction (from the servers' status) x RTT.
 
 Run: ``.venv/bin/python bench/wan.py --json bench/results/wan_run1.json``
@@ -33,9 +34,9 @@ from ppml.proto.deploy.topology import load_config
 from ppml.servers.mpc.relay import Relay
 
 
-def _delayed_topology(directory: Path, delay_s: float) -> list[Relay]:
+def _delayed_topology(directory: Path, delay_s: float, fast: bool) -> list[Relay]:
     """Write a 2-server topology whose MPC listeners are reached through relays."""
-    path = write_local_topology(directory, 2, {"heartbeat_s": 5})
+    path = write_local_topology(directory, 2, {"heartbeat_s": 5, "fast_inference": fast})
     config = load_config(path)
     text = path.read_text()
     relays = []
@@ -58,11 +59,11 @@ def _predict_rounds(cluster: Cluster) -> tuple[int, int]:
     return (cost.jobs, cost.rounds) if cost else (0, 0)
 
 
-def measure(rtt_ms: float, n: int) -> dict[str, Any]:
+def measure(rtt_ms: float, n: int, fast: bool = True) -> dict[str, Any]:
     model = network_a()
     images = torch.rand(n, 784, generator=torch.Generator().manual_seed(0))  # public
     with tempfile.TemporaryDirectory(prefix="ppml-wan-") as tmp:
-        relays = _delayed_topology(Path(tmp), rtt_ms / 2000.0)
+        relays = _delayed_topology(Path(tmp), rtt_ms / 2000.0, fast)
         try:
             with (
                 LocalCluster(parties=2, directory=tmp) as local,
@@ -84,6 +85,7 @@ def measure(rtt_ms: float, n: int) -> dict[str, Any]:
                 relay.close()
     rounds = (rounds1 - rounds0) / max(1, jobs1 - jobs0)
     return {
+        "path": "fast" if fast else "crypten",
         "rtt_ms": rtt_ms,
         "n": n,
         "p50_ms": statistics.median(times),
@@ -98,14 +100,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt", type=float, nargs="+", default=[0.0, 10.0, 40.0])
     parser.add_argument("--n", type=int, default=10, help="sequential single images per RTT")
+    parser.add_argument(
+        "--paths", nargs="+", choices=["fast", "crypten"], default=["fast", "crypten"],
+        help="fast: the fast engine (the default on 2 servers); crypten: fast_inference = false",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = []
-    for rtt in args.rtt:
-        result = measure(rtt, args.n)
-        print(json.dumps(result), flush=True)
-        results.append(result)
+    for path in args.paths:
+        for rtt in args.rtt:
+            result = measure(rtt, args.n, fast=path == "fast")
+            print(json.dumps(result), flush=True)
+            results.append(result)
     if args.json:
         args.json.write_text(json.dumps({"runs": results}, indent=2) + "\n")
 

@@ -103,7 +103,9 @@ class ServingConfig:
     # ReLU, Flatten) with it (servers/mpc/fast_party.py); false: CrypTen only.
     # Every party must read the same value (one topology file).
     fast_inference: bool = True
-    fast_pool_bundles: int = 4  # bundles kept per (model, batch-size bucket) in use
+    # bundles kept per (model, batch-size bucket) in use; 0: no pools, every forward asks
+    # the dealer inside the job (slower; for comparison)
+    fast_pool_bundles: int = 4
     fast_refill_idle_ms: float = 5.0  # refill pools once the worker idled this long
 
     def wait_s(self, time_remaining: float | None) -> float:
@@ -211,6 +213,9 @@ def _path(base: Path, value: object, what: str) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+_ZERO_ALLOWED = frozenset({"fast_pool_bundles"})  # 0 switches the feature off
+
+
 def _numbers(raw: dict[str, object], cls: type[T], section: str) -> T:
     """A dataclass of positive numbers (and flags) from a table; int fields stay ints."""
     known = cls.__dataclass_fields__  # type: ignore[attr-defined]
@@ -224,8 +229,11 @@ def _numbers(raw: dict[str, object], cls: type[T], section: str) -> T:
                 raise ConfigError(f"[{section}] {key} must be true or false")
             values[key] = value
             continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"[{section}] {key} must be a positive number")
+        if value < 0 or (value == 0 and key not in _ZERO_ALLOWED):
+            zero = " or 0" if key in _ZERO_ALLOWED else ""
+            raise ConfigError(f"[{section}] {key} must be a positive number{zero}")
         values[key] = int(value) if isinstance(getattr(cls(), key), int) else value
     return cls(**values)
 

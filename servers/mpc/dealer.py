@@ -16,6 +16,9 @@ It differs from CrypTen's ``TTPServer`` in three ways:
 * it serves epoch after epoch: it links to the leader over TLS, joins each
   MPC session the leader starts (listening on its ``[dealer] mpc_address``;
   every party dials it), and rejoins after a failure;
+* it answers a *plan* (:mod:`ppml.servers.mpc.ttp_plan`): a recorded
+  sequence of requests in one message, answered one by one as each is made,
+  so it works ahead of rank 0;
 * it also deals the fast inference engine's material (model setups and
   per-forward bundles, :mod:`ppml.servers.mpc.fast_dealing`), sending each
   party its own part over that party's link.
@@ -36,7 +39,7 @@ from typing import Any
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
-from ppml.servers.mpc import epochs, fast_dealing, prng, transport
+from ppml.servers.mpc import epochs, fast_dealing, prng, transport, ttp_plan
 from ppml.servers.mpc import session as mpc_session
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.mesh import SessionParams
@@ -66,6 +69,10 @@ class Dealer(TTPServer):
             raise ValueError(f"the dealer does not make triples for {op!r}")
         return super().additive(size0, size1, op, *args, **kwargs)
 
+    def _count(self, function: str) -> None:
+        with self._lock:
+            self.requests[function] += 1
+
     def stats(self) -> cmd.DealerStats:
         with self._lock:
             return cmd.DealerStats(dict(self.requests), self.sessions)
@@ -90,19 +97,22 @@ class Dealer(TTPServer):
                 if message == "terminate":
                     return "session ended by the leader"
                 function = message["function"]
-                if function not in FUNCTIONS + fast_dealing.FUNCTIONS:
+                if function not in (*FUNCTIONS, *fast_dealing.FUNCTIONS, ttp_plan.BATCH):
                     return f"unknown request {function!r}"
-                with self._lock:
-                    self.requests[function] += 1
                 if function in fast_dealing.FUNCTIONS:  # each party gets its own part
+                    self._count(function)
                     payloads = self.fast.handle(function, tuple(message["args"]))
                     for party, payload in enumerate(payloads):
                         comm.send_obj(payload, party, self.ttp_group)
                     continue
-                self.device = message["device"]
-                result = getattr(self, function)(*message["args"], **message["kwargs"])
-                comm.send_obj(result.size(), 0, self.ttp_group)
-                comm.broadcast(result, ttp_rank, self.comm_group)
+                for request in _requests(message):
+                    self._count(request["function"])
+                    self.device = request["device"]
+                    result = getattr(self, request["function"])(
+                        *request["args"], **request["kwargs"]
+                    )
+                    comm.send_obj(result.size(), 0, self.ttp_group)
+                    comm.broadcast(result, ttp_rank, self.comm_group)
         except RuntimeError as err:
             return f"session failed: {err}"
         except (ValueError, TypeError) as err:  # a request the dealer refuses
@@ -110,6 +120,21 @@ class Dealer(TTPServer):
         finally:
             self.fast.close()
             mpc_session.leave()
+
+
+def _requests(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The TTP requests in a message: itself, or the items of a plan (checked)."""
+    if message["function"] != ttp_plan.BATCH:
+        return [message]
+    (items,) = message["args"]
+    if not isinstance(items, list) or len(items) > ttp_plan.MAX_PLAN:
+        raise ValueError("a plan must be a list of at most MAX_PLAN requests")
+    for item in items:
+        if not isinstance(item, dict) or item.get("function") not in FUNCTIONS:
+            raise ValueError("a plan may hold only TTP requests")
+        if not isinstance(item.get("args"), tuple) or not isinstance(item.get("kwargs"), dict):
+            raise ValueError("a planned request needs args and kwargs")
+    return items
 
 
 def serve_epoch(dealer: Dealer, params: SessionParams) -> str:

@@ -70,7 +70,9 @@ class BundlePool:
         self._refilled = self._hits = self._misses = 0
 
     def want(self, model_id: str, bucket: int) -> None:
-        """Demand seen for ``bucket``: keep it filled from now on."""
+        """Demand seen for ``bucket``: keep it filled from now on (never with depth 0)."""
+        if self._depth < 1:
+            return
         with self._lock:
             self._pools.setdefault(model_id, {}).setdefault(bucket, deque())
             self._pools.move_to_end(model_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ppml.servers.mpc import keyed_random, prng, transport
+from ppml.servers.mpc import keyed_random, prng, transport, ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.mesh import SessionParams
 
@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def install() -> None:
-    """Both patches: keyed randomness and ppml's communicator (idempotent)."""
+    """The patches: keyed randomness, ppml's communicator, planned dealer requests (idempotent)."""
     keyed_random.install()
     transport.install()
+    ttp_plan.install()
 
 
 def configure_crypten() -> None:

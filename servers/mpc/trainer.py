@@ -29,6 +29,7 @@ import torch
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.jobs import EpochMetrics
 from ppml.proto.shares import Ring
+from ppml.servers.mpc import ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.dpsgd import DpSgdStep
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
@@ -136,6 +137,7 @@ class TrainingRun:
                 inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
             )
         self._plan = BatchPlan(self._x.size(0), spec.batch_size, spec.seed)
+        self._dealer_plans = ttp_plan.Plans()
         num_classes = int(self._y.size(1))
         self._accuracy = accuracy_kind(inputs.architecture.output_shape, num_classes)
         self._loss_sum: Any = None
@@ -149,16 +151,20 @@ class TrainingRun:
             self._loss_sum, self._epoch_samples = None, 0
             self._epoch_started = time.perf_counter()
         index = torch.from_numpy(self._plan.indices(step))
-        x, y = self._x[index], self._y[index]
-        y = losses.get(self.spec.loss).target(y)
-        # pairwise max: one comparison round instead of log2(classes) in softmax
-        with crypten.cfg.temp_override({"functions.max_method": "pairwise"}):
-            if self._dp is not None:  # no loss: reveal_metrics is refused with DP
-                self._dp.gradients(self._model, x, y)
-            else:
-                loss = self._loss(self._model(x), y)
-                self._optimizer.zero_grad()
-                loss.backward()
+        # forward and backward ask the dealer for the same sizes in every step of a batch size:
+        # after the first, those requests are planned ahead (the optimiser's are not: its first
+        # step, with no momentum buffers yet, asks for less than the later ones)
+        with self._dealer_plans.section(len(index)):
+            x, y = self._x[index], self._y[index]
+            y = losses.get(self.spec.loss).target(y)
+            # pairwise max: one comparison round instead of log2(classes) in softmax
+            with crypten.cfg.temp_override({"functions.max_method": "pairwise"}):
+                if self._dp is not None:  # no loss: reveal_metrics is refused with DP
+                    self._dp.gradients(self._model, x, y)
+                else:
+                    loss = self._loss(self._model(x), y)
+                    self._optimizer.zero_grad()
+                    loss.backward()
         self._optimizer.step()
         if self.spec.reveal_metrics:
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppml.servers.mpc import session
+from ppml.servers.mpc import session, ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.dealer import Dealer, serve_epoch
 from ppml.servers.mpc.keyed_random import KeyedGenerator
@@ -145,6 +145,22 @@ def backward() -> dict[str, float]:
     }
 
 
+def planned() -> tuple[list[dict[str, float]], list[int]]:
+    """``backward`` three times in one planned section (``ttp_plan``): record, replay, replay.
+
+    Returns each run's errors against torch and the rounds this party counted.
+    """
+    plans = ttp_plan.Plans()
+    comm = crypten.communicator.get()
+    errors, rounds = [], []
+    for _ in range(3):
+        before = comm.get_communication_stats()["rounds"]
+        with plans.section("backward"):
+            errors.append(backward())
+        rounds.append(comm.get_communication_stats()["rounds"] - before)
+    return errors, rounds
+
+
 def public_opening(rank: int, config: dict) -> bool:
     """Rank 0 opens the fixed-point encoding of a known tensor to rank 1, in the clear."""
     comm = crypten.communicator.get()
@@ -222,6 +238,7 @@ def suite(config: dict, rank: int, out: Path) -> dict:
     try:
         result = {"opened": public_opening(rank, config), "api": api_checks(rank)}
         result["errors"] = ops_suite()
+        result["planned_errors"], result["planned_rounds"] = planned()
         comm = crypten.communicator.get()
         result["backend"] = comm.get_distributed_backend()
         result["generators"] = party_generators()  # last: draws SAMPLE from each

@@ -148,6 +148,22 @@ def test_crypten_ops_match_plaintext(session: Session) -> None:
     assert session.dealer["epochs"][0]["reason"] == "session ended by the leader"
 
 
+def test_planned_dealer_requests_match_plaintext_and_save_rank0_its_round_trips(
+    session: Session,
+) -> None:
+    """``ttp_plan``: the first run records, the next two get their answers in one stream."""
+    for rank, party in enumerate(session.parties):
+        for errors in party["planned_errors"]:
+            bad = {op: e for op, e in errors.items() if e > TOLERANCE[op]}
+            assert not bad, (rank, bad)
+    recorded, *replayed = session.parties[0]["planned_rounds"]
+    assert replayed[0] == replayed[1] < recorded  # one message instead of a send per request
+    for party in session.parties[1:]:  # the others never talk to the dealer: unchanged
+        assert len(set(party["planned_rounds"])) == 1
+    # every party's dealer stream is still in step with the dealer's (checked after the suite
+    # by test_partners_share_keys_and_stay_in_lockstep)
+
+
 def test_every_communicator_call_behaves_like_crypten_expects(session: Session) -> None:
     for rank, party in enumerate(session.parties):
         failed = [name for name, ok in party["api"].items() if not ok]

@@ -245,3 +245,11 @@ def test_fast_inference_is_a_flag(tmp_path: Path) -> None:
         load_config(bad)
     local = write_local_topology(tmp_path / "local", 2, {"fast_inference": False})
     assert load_config(local).serving.fast_inference is False
+
+
+def test_fast_pool_bundles_may_be_zero_but_not_negative(tmp_path: Path) -> None:
+    zero = _write(tmp_path, _two_parties("[serving]\nfast_pool_bundles = 0\n"))
+    assert load_config(zero).serving.fast_pool_bundles == 0
+    bad = _write(tmp_path, _two_parties("[serving]\nfast_pool_bundles = -1\n"))
+    with pytest.raises(ConfigError, match=r"fast_pool_bundles must be a positive number or 0"):
+        load_config(bad)

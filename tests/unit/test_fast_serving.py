@@ -208,6 +208,13 @@ def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
     assert pool.deficit() is None
 
 
+def test_depth_zero_keeps_no_pool() -> None:
+    pool = BundlePool(depth=0)
+    pool.want("m", 1)
+    pool.put("m", 1, [Pooled(1, object())])  # type: ignore[arg-type]
+    assert pool.deficit() is None and pool.take("m", [1]) is None and pool.stats().bundles == 0
+
+
 def test_a_short_pool_is_refilled_until_full() -> None:
     pool = BundlePool(depth=6)
     pool.want("m", 8)
