@@ -21,8 +21,9 @@ Everything below runs back to back on this machine, in this order:
   sequential single-image p50/p95, the servers' own rounds and bytes per
   single-image job, and 64 concurrent single-image clients (with the CPU
   seconds of every process, to show where a 2-core machine's time goes);
-* training: Network A at batch 128 through the service and raw CrypTen
-  (``--train-steps``; 0 skips it).
+* training: Network A at batch 128 through raw CrypTen, and through the
+  service without and with planned dealer requests (``plan_dealer_requests``,
+  :mod:`ppml.servers.mpc.ttp_plan`) (``--train-steps``; 0 skips it).
 
 The WAN view adds, per configuration, ``rounds x RTT`` (plus one RTT for the
 client's own request) to the measured p50, for RTTs of 10 and 40 ms.
@@ -156,8 +157,11 @@ def summary(result: dict[str, Any]) -> str:
     if "training" in result:
         t = result["training"]
         lines.append(
-            f"Training, batch 128: service {t['service']['samples_per_s']:.1f} samples/s, raw "
-            f"CrypTen {t['raw']['samples_per_s']:.1f}"
+            f"Training, batch 128: service {t['service']['samples_per_s']:.1f} samples/s "
+            f"({t['service']['party0']['rounds_per_step']:.0f} rounds/step on party 0), "
+            f"without planned dealer requests {t['service_unplanned']['samples_per_s']:.1f} "
+            f"({t['service_unplanned']['party0']['rounds_per_step']:.0f}), raw CrypTen "
+            f"{t['raw']['samples_per_s']:.1f}"
             + (f", MP-SPDZ {mp['train_samples_per_s']:.1f}" if mp else "")
         )
     for t in result["targets"]:
@@ -206,14 +210,14 @@ def main() -> None:
             args.n, args.clients, args.per_client, args.client_processes, overrides
         )
     if args.train_steps:
-        raw_training = run_training_baseline(args.train_steps, 128)
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(2, Path(tmp) / "c") as local,
-            Cluster.from_config(local.config_path) as cluster,
-        ):
-            service = run_training_service(cluster, args.train_steps, 128)
-        result["training"] = {"service": service, "raw": raw_training}
+        result["training"] = {"raw": run_training_baseline(args.train_steps, 128)}
+        for name, plan in (("service_unplanned", False), ("service", True)):
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                LocalCluster(2, Path(tmp) / "c", serving={"plan_dealer_requests": plan}) as local,
+                Cluster.from_config(local.config_path) as cluster,
+            ):
+                result["training"][name] = run_training_service(cluster, args.train_steps, 128)
     result["loadavg_after"] = os.getloadavg()
     result["wan"] = wan(result)
     result["targets"] = targets(result)

@@ -107,6 +107,9 @@ class ServingConfig:
     # the dealer inside the job (slower; for comparison)
     fast_pool_bundles: int = 4
     fast_refill_idle_ms: float = 5.0  # refill pools once the worker idled this long
+    # training steps ask the dealer for their triples ahead, in one planned message
+    # (servers/mpc/ttp_plan.py); false: one request at a time, as CrypTen does
+    plan_dealer_requests: bool = True
 
     def wait_s(self, time_remaining: float | None) -> float:
         """How long a request may wait here, given gRPC's ``context.time_remaining()``.

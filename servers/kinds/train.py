@@ -41,7 +41,8 @@ class TrainKind(JobKind):
         jobs = self.env.jobs
         run = self._runs.get(job.job_id)
         if job.step == 0:
-            run = TrainingRun(jobs.inputs(job.job_id))
+            plan = self.env.config.serving.plan_dealer_requests
+            run = TrainingRun(jobs.inputs(job.job_id), plan)
             self._runs[job.job_id] = run
             jobs.started(job.job_id)
         elif run is None:

@@ -103,7 +103,7 @@ def _zero_share() -> Ring:
 class TrainingRun:
     """A job's secret state on this party: model, optimiser, data."""
 
-    def __init__(self, inputs: RunInputs) -> None:
+    def __init__(self, inputs: RunInputs, plan_dealer_requests: bool = True) -> None:
         spec = inputs.spec
         self.spec = spec
         input_shape = inputs.architecture.input_shape
@@ -137,7 +137,7 @@ class TrainingRun:
                 inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
             )
         self._plan = BatchPlan(self._x.size(0), spec.batch_size, spec.seed)
-        self._dealer_plans = ttp_plan.Plans()
+        self._dealer_plans = ttp_plan.Plans(plan_dealer_requests)
         num_classes = int(self._y.size(1))
         self._accuracy = accuracy_kind(inputs.architecture.output_shape, num_classes)
         self._loss_sum: Any = None

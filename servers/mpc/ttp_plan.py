@@ -57,13 +57,14 @@ _active = threading.local()
 class Plans:
     """Recorded request sequences of one job, by section key (rank 0 uses them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self._plans: dict[Hashable, list[Request]] = {}
+        self._enabled = enabled
 
     @contextmanager
     def section(self, key: Hashable) -> Iterator[None]:
         """Run the body as a planned section (a no-op off rank 0 or without the TTP)."""
-        comm = _rank0_comm()
+        comm = _rank0_comm() if self._enabled else None
         if comm is None or getattr(_active, "section", None) is not None:
             yield
             return

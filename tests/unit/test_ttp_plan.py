@@ -111,3 +111,8 @@ def test_outside_rank_0_or_the_ttp_a_section_changes_nothing(
     with plans.section("step"):
         _ask()
     assert [m["function"] for m in comm.sent] == ["additive", "additive", ttp_plan.BATCH]
+    off = ttp_plan.Plans(enabled=False)  # [serving] plan_dealer_requests = false
+    for _ in range(2):
+        with off.section("step"):
+            _ask()
+    assert [m["function"] for m in comm.sent][-2:] == ["additive", "additive"]
