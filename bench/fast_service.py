@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--engine-m", type=int, default=20, help="engine-alone batch-64 forwards")
-    parser.add_argument("--train-steps", type=int, default=8, help="batch-128 steps; 0 skips")
+    parser.add_argument("--train-steps", type=int, default=16, help="batch-128 steps; 0 skips")
     parser.add_argument("--skip-raw", action="store_true", help="no raw CrypTen baseline")
     parser.add_argument("--mpspdz", type=Path, help="MP-SPDZ checkout with dealer-ring built")
     parser.add_argument("--mpspdz-script", type=Path, help="the peer's run_network_a.sh")

@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
     # The raw side's processes run with OMP_NUM_THREADS=1; give the servers the same
-    # (they also call torch.set_num_threads(1) themselves).
+    # (they also set torch.set_num_threads from [serving] torch_threads, default 1).
     os.environ["OMP_NUM_THREADS"] = "1"
 
     # raw first, before the cluster exists (its idle heartbeats would disturb the timing)

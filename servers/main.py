@@ -7,6 +7,8 @@ import logging
 import signal
 import threading
 
+import torch
+
 from ppml.proto.deploy.topology import load_config
 from ppml.servers.app import ComputeServer
 
@@ -21,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO,
         format=f"%(asctime)s rank{args.rank} %(name)s %(levelname)s %(message)s",
     )
-    server = ComputeServer(load_config(args.config), args.rank, insecure=args.insecure)
+    config = load_config(args.config)
+    torch.set_num_threads(config.serving.torch_threads)
+    server = ComputeServer(config, args.rank, insecure=args.insecure)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

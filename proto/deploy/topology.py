@@ -107,6 +107,9 @@ class ServingConfig:
     # the dealer inside the job (slower; for comparison)
     fast_pool_bundles: int = 4
     fast_refill_idle_ms: float = 5.0  # refill pools once the worker idled this long
+    # torch threads per server and dealer process (intra-op): CrypTen's int64 kernels gain
+    # little from more, and the processes of one host compete for its cores
+    torch_threads: int = 1
     # training steps ask the dealer for their triples ahead, in one planned message
     # (servers/mpc/ttp_plan.py); false: one request at a time, as CrypTen does
     plan_dealer_requests: bool = True

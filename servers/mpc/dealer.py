@@ -153,6 +153,9 @@ def serve_epoch(dealer: Dealer, params: SessionParams) -> str:
 
 
 def run(config: ClusterConfig, insecure: bool) -> None:
+    import torch
+
+    torch.set_num_threads(config.serving.torch_threads)
     token_file = config.dealer.peer_token_file
     token = token_file.read_text().strip() if token_file else ""
     joins: queue.Queue[cmd.JoinEpoch] = queue.Queue()
