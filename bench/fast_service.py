@@ -22,8 +22,11 @@ Everything below runs back to back on this machine, in this order:
   single-image job, and 64 concurrent single-image clients (with the CPU
   seconds of every process, to show where a 2-core machine's time goes);
 * training: Network A at batch 128 through raw CrypTen, and through the
-  service without and with planned dealer requests (``plan_dealer_requests``,
-  :mod:`ppml.servers.mpc.ttp_plan`) (``--train-steps``; 0 skips it).
+  service as before this work (torch's default of one thread per core, one
+  dealer request at a time), with one torch thread per process
+  (``torch_threads = 1``), and with planned dealer requests too
+  (``plan_dealer_requests``, :mod:`ppml.servers.mpc.ttp_plan`)
+  (``--train-steps``; 0 skips it).
 
 The WAN view adds, per configuration, ``rounds x RTT`` (plus one RTT for the
 client's own request) to the measured p50, for RTTs of 10 and 40 ms.
@@ -160,7 +163,8 @@ def summary(result: dict[str, Any]) -> str:
             f"Training, batch 128: service {t['service']['samples_per_s']:.1f} samples/s "
             f"({t['service']['party0']['rounds_per_step']:.0f} rounds/step on party 0), "
             f"without planned dealer requests {t['service_unplanned']['samples_per_s']:.1f} "
-            f"({t['service_unplanned']['party0']['rounds_per_step']:.0f}), raw CrypTen "
+            f"({t['service_unplanned']['party0']['rounds_per_step']:.0f}), and with torch's "
+            f"default threads too {t['service_before']['samples_per_s']:.1f}, raw CrypTen "
             f"{t['raw']['samples_per_s']:.1f}"
             + (f", MP-SPDZ {mp['train_samples_per_s']:.1f}" if mp else "")
         )
@@ -211,10 +215,15 @@ def main() -> None:
         )
     if args.train_steps:
         result["training"] = {"raw": run_training_baseline(args.train_steps, 128)}
-        for name, plan in (("service_unplanned", False), ("service", True)):
+        cores = os.cpu_count() or 1
+        for name, serving in (
+            ("service_before", {"plan_dealer_requests": False, "torch_threads": cores}),
+            ("service_unplanned", {"plan_dealer_requests": False, "torch_threads": 1}),
+            ("service", {"plan_dealer_requests": True, "torch_threads": 1}),
+        ):
             with (
                 tempfile.TemporaryDirectory() as tmp,
-                LocalCluster(2, Path(tmp) / "c", serving={"plan_dealer_requests": plan}) as local,
+                LocalCluster(2, Path(tmp) / "c", serving=serving) as local,
                 Cluster.from_config(local.config_path) as cluster,
             ):
                 result["training"][name] = run_training_service(cluster, args.train_steps, 128)
