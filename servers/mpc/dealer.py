@@ -102,8 +102,13 @@ class Dealer(TTPServer):
                 if function in fast_dealing.FUNCTIONS:  # each party gets its own part
                     self._count(function)
                     payloads = self.fast.handle(function, tuple(message["args"]))
-                    for party, payload in enumerate(payloads):
-                        comm.send_obj(payload, party, self.ttp_group)
+                    sending = [  # to both parties at once: neither waits for the other to read
+                        request
+                        for party, payload in enumerate(payloads)
+                        for request in comm.post_frames(fast_dealing.frames(payload), party)
+                    ]
+                    for request in sending:
+                        request.wait()
                     continue
                 for request in _requests(message):
                     self._count(request["function"])

@@ -3,9 +3,11 @@
 Requests come from rank 0 over its authenticated, encrypted dealer link, in
 the TTP request format (``{"function", "device", "args", "kwargs"}``); each
 reply goes to *each* party over its own dealer link (:meth:`FastDealing.handle`
-returns one payload per party). What the dealer learns: public architectures,
-batch sizes and counts. What it keeps: one secret model key (256 bits,
-``os.urandom``) per setup, in memory for the session only.
+returns one payload per party), as a small pickled header and the blobs as
+raw frames (:func:`frames`, :func:`read_reply`), to both parties at once.
+What the dealer learns: public architectures, batch sizes and counts. What
+it keeps: one secret model key (256 bits, ``os.urandom``) per setup, in
+memory for the session only.
 
 * ``fast_setup(wire_spec)``: a fresh model key and setup id; each party gets
   ``(setup_id, ModelSetup bytes)`` (its shares of the weight masks ``B``). A
@@ -24,8 +26,10 @@ bundle is handed out once, then forgotten.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -161,6 +165,32 @@ class FastDealing:
                 if pair in self._stock and not self._closed:
                     self._stock[pair].append(made)
                     self._stock_bytes += len(made[0]) + len(made[1])
+
+
+def frames(payload: tuple[int, list[bytes]]) -> list[bytes]:
+    """A reply on the wire: a pickled ``(number, [blob sizes])`` header, then each blob raw.
+
+    The party reads it with :func:`read_reply`; blobs travel without pickling.
+    """
+    number, blobs = payload
+    return [pickle.dumps((number, [len(b) for b in blobs])), *blobs]
+
+
+MAX_BLOBS = 4096  # blobs in one reply
+
+
+def read_reply(header: object, read_frame: Callable[[], bytearray]) -> tuple[int, list[bytearray]]:
+    """The party's side of :func:`frames`: checks the header, then reads each blob."""
+    ok = isinstance(header, tuple) and len(header) == 2 and isinstance(header[0], int)
+    sizes = header[1] if ok else None  # type: ignore[index]
+    if not isinstance(sizes, list) or len(sizes) > MAX_BLOBS:
+        raise RuntimeError("the dealer sent a malformed fast reply")
+    if not all(type(n) is int and n >= 0 for n in sizes):
+        raise RuntimeError("the dealer sent a malformed fast reply")
+    blobs = [read_frame() for _ in sizes]
+    if [len(b) for b in blobs] != sizes:
+        raise RuntimeError("the dealer's fast reply does not match its header")
+    return header[0], blobs  # type: ignore[index]
 
 
 def _make(engine: fe.Dealer, spec: fe.ModelSpec, key: bytes, batch: int) -> Pair:

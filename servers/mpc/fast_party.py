@@ -58,7 +58,7 @@ class Channel(Protocol):
     def send_plan(self, plan: tuple[Any, ...]) -> None: ...  # rank 0 -> rank 1
     def recv_plan(self) -> tuple[Any, ...]: ...
     def ask_dealer(self, function: str, args: tuple[Any, ...]) -> None: ...  # rank 0 only
-    def from_dealer(self) -> tuple[int, list[bytes]]: ...
+    def from_dealer(self) -> tuple[int, list[bytes] | list[bytearray]]: ...
     def exchange(self, mine: Ring) -> Ring: ...  # with the other party
 
 
@@ -85,12 +85,9 @@ class CommChannel:
         message: dict[str, Any] = {"function": function, "device": None, "args": args, "kwargs": {}}
         self._comm.send_obj(message, self._dealer)
 
-    def from_dealer(self) -> tuple[int, list[bytes]]:
-        reply = self._comm.recv_obj(self._dealer)
-        ok = isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[1], list)
-        if not ok or not all(isinstance(b, bytes) for b in reply[1]):
-            raise RuntimeError("the dealer sent a malformed fast reply")
-        return int(reply[0]), reply[1]
+    def from_dealer(self) -> tuple[int, list[bytearray]]:
+        header = self._comm.recv_obj(self._dealer)
+        return fast_dealing.read_reply(header, lambda: self._comm.recv_frame(self._dealer))
 
     def exchange(self, mine: Ring) -> Ring:
         import torch

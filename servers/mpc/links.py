@@ -207,11 +207,15 @@ class InLink:
 
     def read_bytes(self) -> bytes:
         """The next frame as bytes (after any posted receives)."""
+        return bytes(self.read_buffer())
+
+    def read_buffer(self) -> bytearray:
+        """The next frame in a buffer of its own (after any posted receives), not copied again."""
         while self._posted:
             self._receive(self._posted.popleft())
         buffer = bytearray(self._frame_size())
         self._read_exact(memoryview(buffer))
-        return bytes(buffer)
+        return buffer
 
     def _receive(self, request: RecvRequest) -> None:
         self._read_tensor(request.tensor)

@@ -271,6 +271,23 @@ class TlsCommunicator(Communicator):
         self._check()
         return crypten.common.serial.restricted_loads(self._in[src].read_bytes())
 
+    def post_frames(self, frames: list[bytes], dst: int) -> list[Any]:
+        """Queue raw frames to ``dst`` and return at once: wait on the returned requests.
+
+        For bulk data (the fast engine's bundles): no pickling, and a sender
+        can feed several peers at the same time. The frames must not change
+        until their requests complete (bytes never do).
+        """
+        self._check()
+        return [self._out[dst].post(memoryview(frame)) for frame in frames]
+
+    def recv_frame(self, src: int) -> bytearray:
+        """The next raw frame from ``src`` (see :meth:`post_frames`); counted as bytes only."""
+        self._check()
+        buffer = self._in[src].read_buffer()
+        self.comm_bytes += len(buffer)
+        return buffer
+
     @_logging
     def broadcast_obj(self, obj: Any, src: int, group: Any = None) -> Any:
         others = self._others(group)

@@ -259,3 +259,19 @@ def test_the_refill_planner_waits_for_idle_time_and_a_short_pool() -> None:
     assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))
     fast.pool.want("m", 64)
     assert planner.next_job(10.01, 10.0) == ("refill", RefillJob("m", 1, 4))  # emptiest, oldest
+
+
+def test_a_dealer_reply_travels_as_a_header_and_raw_frames() -> None:
+    import pickle
+
+    from ppml.servers.mpc.fast_dealing import frames, read_reply
+
+    wire = frames((7, [b"abc", b"", b"defg"]))
+    assert pickle.loads(wire[0]) == (7, [3, 0, 4]) and wire[1:] == [b"abc", b"", b"defg"]
+    rest = iter(bytearray(f) for f in wire[1:])
+    assert read_reply(pickle.loads(wire[0]), lambda: next(rest)) == (7, [b"abc", b"", b"defg"])
+    for header in ((7,), (7, "3"), ("7", [3]), (7, [-1]), (7, [True]), None):
+        with pytest.raises(RuntimeError, match="malformed"):
+            read_reply(header, lambda: bytearray())
+    with pytest.raises(RuntimeError, match="does not match"):
+        read_reply((7, [5]), lambda: bytearray(b"abc"))

@@ -58,7 +58,7 @@ def arrays_to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+def arrays_from_bytes(data: bytes | bytearray) -> dict[str, np.ndarray]:
     """Inverse of :func:`arrays_to_bytes`: read-only views into ``data``; ValueError if bad."""
     view = memoryview(data)
     if bytes(view[: len(MAGIC)]) != MAGIC or len(view) < len(MAGIC) + 4:
@@ -102,7 +102,7 @@ class ModelSetup:
         return arrays_to_bytes({"party": np.array([self.party]), **arrays})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ModelSetup:
+    def from_bytes(cls, data: bytes | bytearray) -> ModelSetup:
         """Inverse of :meth:`to_bytes`."""
         a = arrays_from_bytes(data)
         n = len(a) - 1
@@ -187,7 +187,7 @@ class Bundle:
         return arrays_to_bytes(arrays)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Bundle:
+    def from_bytes(cls, data: bytes | bytearray) -> Bundle:
         """Inverse of :meth:`to_bytes`."""
         a = arrays_from_bytes(data)
         n = len({k.split(".")[0] for k in a if k != "meta"})
