@@ -100,6 +100,34 @@ def dealer_requests(snapshot: ClusterSnapshot) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "requests"])
 
 
+def fast_pools(snapshot: ClusterSnapshot) -> pd.DataFrame:
+    """Per server: the fast engine's bundles pooled ahead of requests, fill rate, hits."""
+    columns = ["server", "bundles", "images", "MB", "fill rate (img/s)", "refilled", "hits",
+               "misses", "hit rate"]  # fmt: skip
+    rows = []
+    for s in snapshot.servers:
+        if s.status is None:
+            continue
+        p = s.status.fast_pool
+        if not (p.bundles or p.refilled or p.hits or p.misses):
+            continue  # no fast inference on this server (yet)
+        forwards = p.hits + p.misses
+        rows.append(
+            {
+                "server": s.name,
+                "bundles": p.bundles,
+                "images": p.images,
+                "MB": round(p.bytes / 1e6, 1),
+                "fill rate (img/s)": round(p.fill_rate, 2),
+                "refilled": p.refilled,
+                "hits": p.hits,
+                "misses": p.misses,
+                "hit rate": f"{100 * p.hits / forwards:.0f} %" if forwards else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
 # ---------------------------------------------------------------- overview and registry
 
 

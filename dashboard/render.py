@@ -175,6 +175,16 @@ def render_mpc_cost(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) 
     else:
         st.caption("Requests the dealer served (as reported to the leader over its link).")
         _chart(charts.dealer_requests(dealer))
+    pools = frames.fast_pools(snapshot)
+    if pools.empty:
+        st.caption("No fast-engine bundle pools in use.")
+    else:
+        st.caption(
+            "Fast-engine bundles made by the dealer ahead of requests, per server: pooled now, "
+            "added over the last minute, and forwards served from the pool (hits) or by asking "
+            "the dealer on demand (misses)."
+        )
+        st.table(_table(pools), hide_index=True)
 
 
 # ---------------------------------------------------------------- registry

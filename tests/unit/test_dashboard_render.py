@@ -45,7 +45,7 @@ from ppml.proto.deploy.local import free_port
 from ppml.proto.domain import federations as fed
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo, JobState, TrainingSpec
-from ppml.proto.domain.status import JobCost, Latency, ModelServing, StatusReport
+from ppml.proto.domain.status import FastPool, JobCost, Latency, ModelServing, StatusReport
 from ppml.proto.wire import federations as fed_wire
 from ppml.proto.wire import serde
 from ppml.v1 import (
@@ -637,6 +637,27 @@ def test_fetch_from_an_older_server_leaves_datasets_and_jobs_empty(
     assert "UNIMPLEMENTED" in texts(at.warning)
     assert "No datasets yet" in texts(at.info) and "No training jobs yet" in texts(at.info)
     assert "No federations yet" in texts(at.info)
+
+
+def test_fast_engine_pools_are_shown_per_server() -> None:
+    pooled = FastPool(bundles=5, images=40, bytes=2_500_000, refilled=9, fill_rate=1.5, hits=30,
+                      misses=10)  # fmt: skip
+    cost = [JobCost("predict", 2, 40, 4096, 0.5)]
+    servers = [
+        ServerSnapshot(f"server-{r}", r, f"a:{r}", "SERVING",
+                       _report(r, fast_pool=pooled, mpc_cost=cost))
+        for r in (0, 1)
+    ]  # fmt: skip
+    at = run_app([_snapshot(1.0, servers)])
+    table = _table_with(at, "fill rate (img/s)")
+    assert list(table["server"]) == ["server-0", "server-1"]
+    row = table.iloc[0]
+    assert (row["bundles"], row["images"], row["MB"]) == (5, 40, 2.5)
+    assert (row["fill rate (img/s)"], row["hits"], row["misses"]) == (1.5, 30, 10)
+    assert row["hit rate"] == "75 %"
+    idle = [ServerSnapshot("server-0", 0, "a:1", "SERVING", _report(0, mpc_cost=cost))]
+    at = run_app([_snapshot(1.0, idle)])
+    assert "No fast-engine bundle pools in use." in texts(at.caption)
 
 
 def test_dealer_requests_are_charted() -> None:
