@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,6 +132,18 @@ def test_models_are_reusable_across_requests_with_fresh_bundles() -> None:
         assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
 
 
+def _run(models: tuple[PartyModel, PartyModel], bundles: list[Bundle], x: torch.Tensor) -> Any:
+    """Both parties' forward of ``x`` on ``bundles``, reconstructed to floats."""
+    xs = split(_encode(x), RNG)
+    ex0, ex1 = queue_exchanges()
+    (y0, _), (y1, _) = run_pair(
+        lambda: forward(models[0], bundles[0], xs[0], ex0),
+        lambda: forward(models[1], bundles[1], xs[1], ex1),
+    )
+    with np.errstate(over="ignore"):
+        return (y0 + y1).astype(np.float64) / SCALE
+
+
 def test_single_image_bundles_stack_into_a_batch() -> None:
     """A dynamic batch of 5 runs on 5 concatenated single-image bundles."""
     net = _network_a()
@@ -139,15 +152,7 @@ def test_single_image_bundles_stack_into_a_batch() -> None:
     bundles = [Bundle.concat([s[b] for s in singles]) for b in (0, 1)]
     assert bundles[0].batch == 5 and bundles[1].party == 1
     x = torch.rand(5, 784)
-    xs = split(_encode(x), RNG)
-    ex0, ex1 = queue_exchanges()
-    (y0, _), (y1, _) = run_pair(
-        lambda: forward(models[0], bundles[0], xs[0], ex0),
-        lambda: forward(models[1], bundles[1], xs[1], ex1),
-    )
-    with np.errstate(over="ignore"):
-        y = (y0 + y1).astype(np.float64) / SCALE
-    assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
+    assert np.abs(_run(models, bundles, x) - net(x).detach().numpy()).max() <= 1e-3
     with pytest.raises(ValueError):
         Bundle.concat([singles[0][0], singles[1][1]])
 
@@ -160,15 +165,7 @@ def test_the_head_of_a_bundle_serves_fewer_rows() -> None:
     bundles = [b.head(5) for b in wide]
     assert bundles[0].batch == 5 and bundles[0].nbytes == 5 * wide[0].nbytes // 8
     x = torch.rand(5, 784) * 4 - 2
-    xs = split(_encode(x), RNG)
-    ex0, ex1 = queue_exchanges()
-    (y0, _), (y1, _) = run_pair(
-        lambda: forward(models[0], bundles[0], xs[0], ex0),
-        lambda: forward(models[1], bundles[1], xs[1], ex1),
-    )
-    with np.errstate(over="ignore"):
-        y = (y0 + y1).astype(np.float64) / SCALE
-    assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
+    assert np.abs(_run(models, bundles, x) - net(x).detach().numpy()).max() <= 1e-3
     assert wide[0].head(8) is wide[0]
     for rows in (0, 9):
         with pytest.raises(ValueError):
