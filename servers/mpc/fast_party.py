@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,6 +62,7 @@ class Channel(Protocol):
     def ask_dealer(self, function: str, args: tuple[Any, ...]) -> None: ...  # rank 0 only
     def from_dealer(self) -> tuple[int, list[bytes] | list[bytearray]]: ...
     def exchange(self, mine: Ring) -> Ring: ...  # with the other party
+    def break_session(self, reason: str) -> None: ...
 
 
 class CommChannel:
@@ -89,6 +92,9 @@ class CommChannel:
         header = self._comm.recv_obj(self._dealer)
         return fast_dealing.read_reply(header, lambda: self._comm.recv_frame(self._dealer))
 
+    def break_session(self, reason: str) -> None:
+        self._comm.break_session(reason)
+
     def exchange(self, mine: Ring) -> Ring:
         import torch
 
@@ -113,6 +119,7 @@ class FastInference:
         self._max_models = max_models
         self._models: OrderedDict[str, ModelState] = OrderedDict()
         self._riding: tuple[str, int, int] | None = None  # refill asked in predict, due in finish
+        self._owed = 0  # dealer replies asked for and not yet read
         self._specs: dict[Architecture, fast_spec.FastModel | None] = {}
         self._lock = threading.Lock()
 
@@ -130,7 +137,7 @@ class FastInference:
 
     def session_lost(self) -> None:
         self._models.clear()
-        self._riding = None
+        self._riding, self._owed = None, 0
         self.pool.clear()
 
     # ------------------------------------------------------------ jobs (worker thread)
@@ -139,6 +146,12 @@ class FastInference:
         self, ch: Channel, model_id: str, handle: Any, fm: fast_spec.FastModel, x: Ring
     ) -> Ring:
         """This party's share of the outputs for input share ``x`` (rows, *input_shape)."""
+        with self._dealer_in_step(ch):
+            return self._predict(ch, model_id, handle, fm, x)
+
+    def _predict(
+        self, ch: Channel, model_id: str, handle: Any, fm: fast_spec.FastModel, x: Ring
+    ) -> Ring:
         rows = int(x.shape[0])
         sizes = cover_rows(rows, self._largest)
         if ch.rank == 0:
@@ -166,12 +179,10 @@ class FastInference:
         if taken:
             bundle = Bundle.concat([p.bundle for p in taken]).head(rows)
         else:
-            if ch.rank == 0:
-                ch.ask_dealer(fast_dealing.BUNDLES, (state.setup_id, rows, 1))
-            bundle = Bundle.from_bytes(ch.from_dealer()[1][0])
+            self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, rows, 1))
+            bundle = Bundle.from_bytes(self._reply(ch)[1][0])
         if riding:
-            if ch.rank == 0:
-                ch.ask_dealer(fast_dealing.BUNDLES, (state.setup_id, *riding))
+            self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, *riding))
             self._riding = (model_id, *riding)
         y, _ = fe.forward(state.model, bundle, np.asarray(x, dtype=np.int64), ch.exchange)
         return y.reshape(rows, *fm.output_shape)
@@ -180,7 +191,8 @@ class FastInference:
         """Take the bundles of a refill that rode on the last prediction, if any."""
         riding, self._riding = self._riding, None
         if riding is not None:
-            self._take_refill(ch, *riding)
+            with self._dealer_in_step(ch):
+                self._take_refill(ch, *riding)
 
     def _riding_refill(self, model_id: str) -> tuple[int, int] | tuple[()]:
         """``(bucket, count)`` if this model's pool is the one to refill next (rank 0)."""
@@ -189,21 +201,45 @@ class FastInference:
 
     def refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         """Add ``count`` bundles of ``bucket`` rows to ``model_id``'s pool (both parties)."""
+        state = self._models.get(model_id)
         if ch.rank == 0:
-            state = self._models.get(model_id)
             ok = state is not None
             ch.send_plan((ok,))
-            if state is not None:
-                ch.ask_dealer(fast_dealing.BUNDLES, (state.setup_id, bucket, count))
         else:
             (ok,) = ch.recv_plan()
         if not ok:  # the model's setup is gone: stop wanting its bundles
             self.pool.drop_model(model_id)
             return
-        self._take_refill(ch, model_id, bucket, count)
+        setup_id = state.setup_id if state is not None else -1  # rank 1 sends nothing
+        with self._dealer_in_step(ch):
+            self._ask(ch, fast_dealing.BUNDLES, (setup_id, bucket, count))
+            self._take_refill(ch, model_id, bucket, count)
+
+    def _ask(self, ch: Channel, function: str, args: tuple[Any, ...]) -> None:
+        """Rank 0 asks the dealer; both parties now owe the link one reply read."""
+        if ch.rank == 0:
+            ch.ask_dealer(function, args)
+        self._owed += 1
+
+    def _reply(self, ch: Channel) -> tuple[int, list[bytes] | list[bytearray]]:
+        reply = ch.from_dealer()
+        self._owed -= 1
+        return reply
+
+    @contextmanager
+    def _dealer_in_step(self, ch: Channel) -> Iterator[None]:
+        """On an error with a dealer reply still unread, end the session: the next read of the
+        dealer link would take that reply for its own (the other party's link is as unsure)."""
+        try:
+            yield
+        except BaseException:
+            if self._owed:
+                self._owed, self._riding = 0, None
+                ch.break_session("a fast job failed with a dealer reply unread")
+            raise
 
     def _take_refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
-        first, blobs = ch.from_dealer()
+        first, blobs = self._reply(ch)
         if model_id in self._models:
             bundles = [Bundle.from_bytes(blob) for blob in blobs]
             if any(b.batch != bucket or b.party != ch.rank for b in bundles):
@@ -221,9 +257,8 @@ class FastInference:
     def _setup(
         self, ch: Channel, model_id: str, handle: Any, fm: fast_spec.FastModel
     ) -> ModelState:
-        if ch.rank == 0:
-            ch.ask_dealer(fast_dealing.SETUP, (fast_spec.to_wire(fm.spec),))
-        setup_id, blobs = ch.from_dealer()
+        self._ask(ch, fast_dealing.SETUP, (fast_spec.to_wire(fm.spec),))
+        setup_id, blobs = self._reply(ch)
         setup = ModelSetup.from_bytes(blobs[0])
         if setup.party != ch.rank:
             raise RuntimeError("the dealer sent the other party's setup")

@@ -128,6 +128,10 @@ class TlsCommunicator(Communicator):
                             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         return RuntimeError(f"MPC session failed: {self._broken}")
 
+    def break_session(self, reason: str) -> None:
+        """End the session on purpose (a link's stream is out of step); first reason wins."""
+        self._fail(reason)
+
     @property
     def broken(self) -> str | None:
         """Why the session broke (a link failed), or None while it is sound."""

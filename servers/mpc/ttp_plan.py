@@ -22,7 +22,9 @@ Invariant: a planned section makes exactly the recorded requests, in order.
 The dealer has already answered (and advanced every party's stream for) the
 whole plan, so a section that asks for anything else, or stops early, has
 lost step with the other parties: :class:`PlanMismatch` fails the job
-rather than compute with misaligned randomness. Use it only around code
+rather than compute with misaligned randomness, and any failure inside a
+planned section ends the MPC session (answers may be left unread on the
+dealer link), so the parties start the next one in step. Use it only around code
 whose requests depend on public shapes alone (CrypTen's protocols do not
 branch on secret data).
 """
@@ -76,15 +78,18 @@ class Plans:
         _active.section = section
         try:
             yield
+            if plan is not None and section.next != len(plan):
+                raise PlanMismatch(
+                    f"a planned section made {section.next} of its {len(plan)} dealer requests"
+                )
+        except BaseException:
+            if plan is not None:  # answers may be unread, every party's dealer stream moved on
+                comm.break_session("a planned section of dealer requests did not complete")
+            raise
         finally:
             _active.section = None
-        if plan is None:
-            if len(section.recorded) <= MAX_PLAN:
-                self._plans[key] = section.recorded
-        elif section.next != len(plan):
-            raise PlanMismatch(
-                f"a planned section made {section.next} of its {len(plan)} dealer requests"
-            )
+        if plan is None and len(section.recorded) <= MAX_PLAN:
+            self._plans[key] = section.recorded
 
 
 def _rank0_comm() -> Any:

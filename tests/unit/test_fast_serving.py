@@ -39,6 +39,7 @@ class Links:
         self.replies: tuple[queue.Queue[Any], queue.Queue[Any]] = (queue.Queue(), queue.Queue())
         self.exchanges = queue_exchanges(timeout_s=10)
         self.requests: list[str] = []
+        self.broken: list[tuple[int, str]] = []
 
 
 @dataclass
@@ -61,6 +62,9 @@ class FakeChannel:
     def from_dealer(self) -> tuple[int, list[bytes]]:
         reply: tuple[int, list[bytes]] = self.links.replies[self.rank].get(timeout=10)
         return reply
+
+    def break_session(self, reason: str) -> None:
+        self.links.broken.append((self.rank, reason))
 
 
 @dataclass
@@ -275,3 +279,28 @@ def test_a_dealer_reply_travels_as_a_header_and_raw_frames() -> None:
             read_reply(header, lambda: bytearray())
     with pytest.raises(RuntimeError, match="does not match"):
         read_reply((7, [5]), lambda: bytearray(b"abc"))
+
+
+def test_a_failure_with_a_dealer_reply_unread_ends_the_session() -> None:
+    links = Links()
+    parties = (FastInference(64, 2), FastInference(64, 2))
+    _, values = _plain_model()
+    handles = _split(values)
+    x = np.random.default_rng(1).normal(size=(1, 6)).astype(np.float32)
+    _predict(links, parties, handles, x)  # setup, on demand: every reply read
+    while parties[0].next_refill() is not None:
+        _refill(links, parties)
+    assert links.broken == []
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    bad = share(encode(np.zeros((1, 5))), 2)  # wrong width: the forward refuses it
+
+    def party(rank: int) -> None:
+        ch = FakeChannel(links, rank)
+        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
+        with pytest.raises(ValueError):  # after a refill rode along: its reply is unread
+            parties[rank].predict(ch, "m", handles[rank], fm, bad[rank])
+
+    run_pair(lambda: party(0), lambda: party(1))
+    assert sorted(r for r, _ in links.broken) == [0, 1]
+    assert "dealer reply unread" in links.broken[0][1]

@@ -23,6 +23,10 @@ class FakeComm:
         self.rank = rank
         self.sent: list[Any] = []
         self.answers = 0
+        self.broken: list[str] = []
+
+    def break_session(self, reason: str) -> None:
+        self.broken.append(reason)
 
     def get_rank(self) -> int:
         return self.rank
@@ -91,6 +95,14 @@ def test_a_request_off_the_plan_or_a_short_run_fails_loudly(comm: FakeComm) -> N
         _ask()
         _ask()
         _ask()  # one more than planned
+    assert len(comm.broken) == 3  # each failed planned section ended the session
+    with pytest.raises(KeyError), plans.section("other"):
+        raise KeyError("a failure while recording")  # every request was answered: no harm
+    assert len(comm.broken) == 3
+    with pytest.raises(KeyError), plans.section("step"):
+        _ask()
+        raise KeyError("a failure in a planned section")
+    assert len(comm.broken) == 4
 
 
 def test_outside_rank_0_or_the_ttp_a_section_changes_nothing(
