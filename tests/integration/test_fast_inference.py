@@ -1,7 +1,8 @@
 """Predictions through the fast engine between real processes (2 servers, TLS, SDK).
 
 Checks against plaintext, edge values included (0, ±2^-16, large values whose
-pre-activations stay inside the engine's range |v| < 2^15), the pool (refill
+pre-activations stay inside the engine's range |v| < 2^15, and pre-activations
+of ±(2^15 - 1), the edge of that range), the pool (refill
 jobs in idle time, then a forward with no dealer request), batching of
 concurrent clients, a convolution, and the CrypTen path where the fast engine does not
 apply (a layer it lacks on 2 servers; any model on 3 servers).
@@ -168,3 +169,27 @@ def test_a_convolution_runs_on_the_fast_path(cluster2: Cluster, digits: Any) -> 
     _check(cluster2, model_id, model.double().eval(), x)
     after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     assert after == [b + 1 for b in before]
+
+
+def test_the_largest_pre_activations_the_gates_take(cluster2: Cluster) -> None:
+    """Identity layers, so the pre-activations are the inputs: up to ±(2^15 - 1), the edge
+    of the gates' range (beyond it a value is not refused but computed wrong: gates.py)."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.eye(2))
+            layer.bias.zero_()
+    top = 2.0**15 - 1
+    x = torch.tensor(
+        [[top, -top], [-top, top], [top - ULP, ULP], [-ULP, 0.0], [0.5, -0.5]],
+        dtype=torch.float64,
+    )
+    model_id = cluster2.share_model(model.float(), x[:1].float(), name="fast-range")
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    got = cluster2.predict(model_id, x.float()).double()
+    expected = x.float().double().clamp(min=0.0)  # the SDK sends float32: compare with that
+    assert (got - expected).abs().max().item() < TOLERANCE
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]  # the fast path served it
