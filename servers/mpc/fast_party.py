@@ -160,7 +160,7 @@ class FastInference:
             if setup:
                 self.pool.drop_model(model_id)
             taken = None if setup else self.pool.take(model_id, sizes)
-            riding = () if setup else self._riding_refill(model_id)
+            riding = () if setup else self._riding_refill(model_id, sizes)
             ch.send_plan((setup, tuple(p.serial for p in taken or ()), riding))
         else:
             setup, serials, riding = ch.recv_plan()
@@ -194,10 +194,17 @@ class FastInference:
             with self._dealer_in_step(ch):
                 self._take_refill(ch, *riding)
 
-    def _riding_refill(self, model_id: str) -> tuple[int, int] | tuple[()]:
-        """``(bucket, count)`` if this model's pool is the one to refill next (rank 0)."""
+    def _riding_refill(self, model_id: str, sizes: list[int]) -> tuple[int, int] | tuple[()]:
+        """``(bucket, count)`` if this model's pool is the one to refill next (rank 0).
+
+        At most as many bundles of the bucket as this job uses (at least one): the transfer,
+        read after the answers but before the next job, stays the size of what was used.
+        """
         want = self.next_refill()
-        return want[1:] if want is not None and want[0] == model_id else ()
+        if want is None or want[0] != model_id:
+            return ()
+        _, bucket, count = want
+        return bucket, min(count, max(1, sizes.count(bucket)))
 
     def refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         """Add ``count`` bundles of ``bucket`` rows to ``model_id``'s pool (both parties)."""
