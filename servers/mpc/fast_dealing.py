@@ -181,16 +181,16 @@ MAX_BLOBS = 4096  # blobs in one reply
 
 def read_reply(header: object, read_frame: Callable[[], bytearray]) -> tuple[int, list[bytearray]]:
     """The party's side of :func:`frames`: checks the header, then reads each blob."""
-    ok = isinstance(header, tuple) and len(header) == 2 and isinstance(header[0], int)
-    sizes = header[1] if ok else None  # type: ignore[index]
-    if not isinstance(sizes, list) or len(sizes) > MAX_BLOBS:
-        raise RuntimeError("the dealer sent a malformed fast reply")
-    if not all(type(n) is int and n >= 0 for n in sizes):
-        raise RuntimeError("the dealer sent a malformed fast reply")
-    blobs = [read_frame() for _ in sizes]
+    match header:
+        case (int(number), list(sizes)) if len(sizes) <= MAX_BLOBS and all(
+            type(n) is int and n >= 0 for n in sizes
+        ):
+            blobs = [read_frame() for _ in sizes]
+        case _:
+            raise RuntimeError("the dealer sent a malformed fast reply")
     if [len(b) for b in blobs] != sizes:
         raise RuntimeError("the dealer's fast reply does not match its header")
-    return header[0], blobs  # type: ignore[index]
+    return number, blobs
 
 
 def _make(engine: fe.Dealer, spec: fe.ModelSpec, key: bytes, batch: int) -> Pair:

@@ -47,6 +47,9 @@ class FakeChannel:
     links: Links
     rank: int
 
+    def __post_init__(self) -> None:
+        self.exchange = self.links.exchanges[self.rank]
+
     def send_plan(self, plan: tuple[Any, ...]) -> None:
         self.links.plans.put(plan)
 
@@ -96,7 +99,6 @@ def _predict(links: Links, parties: tuple[FastInference, FastInference],
 
     def party(rank: int) -> np.ndarray:
         ch = FakeChannel(links, rank)
-        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
         y = parties[rank].predict(ch, "m", handles[rank], fm, xs[rank])
         parties[rank].finish(ch)  # as the predict kind does once the callers are answered
         return y
@@ -117,7 +119,6 @@ def _refill(links: Links, parties: tuple[FastInference, FastInference]) -> None:
 
     def party(rank: int) -> None:
         ch = FakeChannel(links, rank)
-        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
         parties[rank].refill(ch, *want)
 
     run_pair(lambda: party(0), lambda: party(1))
@@ -297,7 +298,6 @@ def test_a_failure_with_a_dealer_reply_unread_ends_the_session() -> None:
 
     def party(rank: int) -> None:
         ch = FakeChannel(links, rank)
-        ch.exchange = links.exchanges[rank]  # type: ignore[attr-defined]
         with pytest.raises(ValueError):  # after a refill rode along: its reply is unread
             parties[rank].predict(ch, "m", handles[rank], fm, bad[rank])
 
