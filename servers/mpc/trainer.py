@@ -33,14 +33,11 @@ from ppml.servers.mpc import ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.dpsgd import DpSgdStep
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
+from ppml.servers.mpc.standardize import standardize
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
 from ppml.training.batches import BatchPlan
 from ppml.training.losses import accuracy_kind
-from ppml.training.standardize import VARIANCE_FLOOR
-
-_LARGE_VARIANCE = 64.0  # above this, inv_sqrt runs on var / 1024 (its accurate range)
-_WIDE_SHIFTS = (10, 20, 30)
 
 
 def _shared(parts: list[Ring], shape: tuple[int, ...]) -> Any:
@@ -48,37 +45,6 @@ def _shared(parts: list[Ring], shape: tuple[int, ...]) -> Any:
 
     stacked = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     return MPCTensor.from_shares(torch.from_numpy(stacked.reshape(-1, *shape).copy()))
-
-
-def inv_sqrt_wide(v: Any) -> Any:
-    """``1 / sqrt(v)`` for secret ``v`` in [0.01, ~1e11].
-
-    CrypTen's Newton iteration is accurate only for inputs in about [0.1, 100],
-    so each range (``v * 64`` below 1, ``v / 2^(10k)`` above 64) is solved
-    separately and the right one selected by a secret comparison (nothing
-    about ``v`` is revealed). Above ~1e8 the result itself, below 1e-4, has
-    few significant bits in 16-bit fixed point; training and prediction use
-    the same value, so the model stays consistent.
-    """
-    result = v.inv_sqrt()
-    small = v.mul(64).inv_sqrt().mul(8)  # [0.01, 1): Newton's start is too far from 1/sqrt(v)
-    use_small = v.lt(1)
-    result = result + use_small * (small - result)
-    for shift in _WIDE_SHIFTS:
-        scaled = v.div(2**shift).inv_sqrt().div(2 ** (shift // 2))
-        use = v.gt(_LARGE_VARIANCE * 2 ** (shift - 10))
-        result = result + use * (scaled - result)
-    return result
-
-
-def standardize(x: Any) -> tuple[Any, Any]:
-    """Secret per-feature ``(scale, shift)`` so that ``x * scale + shift`` has mean 0, std 1."""
-    rows = x.size(0)
-    mean = x.sum(0).div(rows)
-    centred = x - mean
-    variance = centred.square().sum(0).div(rows) + VARIANCE_FLOOR
-    scale = inv_sqrt_wide(variance)
-    return scale, -(mean * scale)
 
 
 def count_correct(output: Any, labels: Any, kind: str) -> Any:

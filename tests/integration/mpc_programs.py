@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppml.servers.mpc import session, ttp_plan
+from ppml.servers.mpc import session, standardize, ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.dealer import Dealer, serve_epoch
 from ppml.servers.mpc.keyed_random import KeyedGenerator
@@ -161,6 +161,30 @@ def planned() -> tuple[list[dict[str, float]], list[int]]:
     return errors, rounds
 
 
+WIDE_STDS = (0.1, 1.0, 50.0, 300.0, 16_000.0, 100_000.0)  # the last two: variance 2.6e8, 1e10
+
+
+def wide_columns(seed: int, rows: int = 300) -> np.ndarray:
+    """Columns from std 0.1 to 1e5, and one of N(0, 1) with three outliers (public test data)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, size=(rows, len(WIDE_STDS) + 1)) * np.array([*WIDE_STDS, 1.0])
+    x[:3, -1] = (5_000.0, -20_000.0, 70.0)
+    return x + rng.uniform(-1000.0, 1000.0, size=x.shape[1])  # and a mean far from 0
+
+
+def wide_variances(runs: int = 3) -> list[float]:
+    """Largest relative error of the secret variance (``standardize.mean_square``), per run."""
+    errors = []
+    for run in range(runs):
+        x = wide_columns(run)
+        shared = crypten.cryptensor(torch.from_numpy(x.astype(np.float32)), src=0)
+        centred = shared - shared.sum(0).div(x.shape[0])
+        got = standardize.mean_square(centred).get_plain_text().double().numpy()
+        expected = x.astype(np.float32).astype(np.float64).var(0)
+        errors.append(float((np.abs(got - expected) / expected).max()))
+    return errors
+
+
 def public_opening(rank: int, config: dict) -> bool:
     """Rank 0 opens the fixed-point encoding of a known tensor to rank 1, in the clear."""
     comm = crypten.communicator.get()
@@ -239,6 +263,7 @@ def suite(config: dict, rank: int, out: Path) -> dict:
         result = {"opened": public_opening(rank, config), "api": api_checks(rank)}
         result["errors"] = ops_suite()
         result["planned_errors"], result["planned_rounds"] = planned()
+        result["variance_errors"] = wide_variances()
         comm = crypten.communicator.get()
         result["backend"] = comm.get_distributed_backend()
         result["generators"] = party_generators()  # last: draws SAMPLE from each
