@@ -17,6 +17,7 @@ shares or ciphertexts and cannot check them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -206,14 +207,23 @@ class Federation:
         return info.model_id
 
     def cancel(self) -> fed.FederationInfo:
+        """Stop the federation on every server; returns the leader's view once it has ended.
+
+        The leader passes the cancel on to every server, so a server often has it
+        before this client's own request arrives and answers that the federation
+        already ended; that is no error here (nor is a federation that had ended
+        on its own: the returned state says which).
+        """
         c = self._cluster
         request = federation_pb2.CancelFederationRequest(federation_id=self.federation_id)
-        replies = c._call_all(
-            lambda s, _: s.federation.CancelFederation.future(
-                request, timeout=c.timeout + 30, metadata=c._metadata
+        with contextlib.suppress(FederationFinished):
+            c._call_all(
+                lambda s, _: s.federation.CancelFederation.future(
+                    request, timeout=c.timeout + 30, metadata=c._metadata
+                ),
+                False,
             )
-        )
-        return fed_wire.info_from_proto(replies[0])
+        return self.info()
 
 
 # ---------------------------------------------------------------- participants

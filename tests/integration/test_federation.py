@@ -253,7 +253,10 @@ def test_ckks_aggregator_refuses_another_context_and_the_secret_key(
     good = Participant(office, handle.federation_id, _fixed(0, 5), keys.participant_context)
     good.submit_round(info, weights)
     assert handle.info().submitted == (OFFICES[0],)
-    handle.cancel()
+    assert handle.cancel().state.value == "cancelled"
+    # cancelling again (as when the leader's cancel reached a server first) is no error
+    again = handle.cancel()
+    assert again.state.value == "cancelled" and "cancelled by" in again.reason
 
 
 # ---------------------------------------------------------------- DP
