@@ -169,7 +169,7 @@ def test_secret_variances_from_0_01_to_1e10_stay_clear_of_truncation_wraps(
 ) -> None:
     """Squaring a centred 16,000 directly fails its truncation with p ~ 6 % per row.
 
-    ``standardize.mean_square`` squares each value in a range where it cannot;
+    ``standardize.mean_square`` keeps, per column, a scale where squares cannot;
     three runs on fresh shares, on every party, all within 1 % (the 0.01 variance: 7 ulp).
     """
     for rank, party in enumerate(session.parties):
