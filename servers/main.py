@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import threading
 
 import torch
 
 from ppml.proto.deploy.topology import load_config
 from ppml.servers.app import ComputeServer
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # stop serving, then exit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,12 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = load_config(args.config)
     torch.set_num_threads(config.serving.torch_threads)
+    # The stop signals are blocked in every thread (threads inherit the mask) and taken by
+    # sigwait here. A Python handler that sets an Event deadlocks when the signal lands while
+    # this thread holds that Event's lock inside Event.wait: the server then never stops.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     server = ComputeServer(config, args.rank, insecure=args.insecure)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     server.start()
-    done.wait()
+    signal.sigwait(STOP_SIGNALS)
     server.stop()
 
 
