@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of torch (a plain requirement would pull a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	# crypten's metadata requires sklearn/torchvision; its real needs are in pyproject.toml
-	$(PY) -m pip install -q --no-deps crypten==0.4.1
 	$(PY) -m pip install -q -e '.[dev]'
+	# crypten's metadata requires sklearn/torchvision; its real needs are in pyproject.toml.
+	# Installed last and with --no-deps, so pip's resolver never reports those as conflicts.
+	$(PY) -m pip install -q --no-deps crypten==0.4.1
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,9 +41,12 @@ FUZZ_EXAMPLES ?= 1500
 fuzz: $(STAMP)
 	PPML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=3600 tests/integration/test_fuzz_rpc.py
 
-# headless Chromium for tests/e2e (the dashboard in a real browser); Debian/Ubuntu
+# headless Chromium for tests/e2e (the dashboard in a real browser); Debian/Ubuntu.
+# apt waits up to APT_LOCK_WAIT_S for another apt/dpkg process to release its lock.
+APT_LOCK_WAIT_S ?= 600
 browser:
-	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@command -v chromium >/dev/null || (apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) update \
+		&& apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) install -y chromium)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
