@@ -12,6 +12,15 @@ of every rank; a connection is admitted only if
 
 Anything else is closed without a word. Admitted sockets wait in the epoch
 until the session collects them; closing the epoch closes the uncollected ones.
+
+Anyone who can reach the port can connect before any certificate is checked,
+so the listener bounds what a stranger costs it: at most
+:data:`MAX_ADMITTING` connections are in their handshake at once (at most
+:data:`MAX_ADMITTING_PER_HOST` from one address), on a fixed pool of threads;
+a connection beyond that is closed at once (a real peer's dial retries until
+its deadline). A handshake and hello must complete within
+:data:`ADMIT_TIMEOUT_S`. The accept loop survives any error, and refusals are
+logged as one summary line per :data:`REFUSAL_LOG_INTERVAL_S` at most.
 """
 
 from __future__ import annotations
@@ -23,11 +32,11 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ppml.servers.mpc.tls_links import (
     ACCEPTED,
-    HANDSHAKE_TIMEOUT_S,
     Hello,
     TlsIdentity,
     make_context,
@@ -39,6 +48,40 @@ from ppml.servers.mpc.tls_links import (
 log = logging.getLogger(__name__)
 Slot = tuple[int, int]  # (sender rank, direction)
 _NO_EPOCH = "no such epoch here (stale or not yet open)"
+ADMIT_TIMEOUT_S = 3.0  # TLS handshake plus hello of one connection (milliseconds when real)
+MAX_ADMITTING = 32  # connections in their handshake at once (a real epoch needs 2 per lower rank)
+MAX_ADMITTING_PER_HOST = 8
+REFUSAL_LOG_INTERVAL_S = 30.0
+_ACCEPT_ERROR_PAUSE_S = 0.05
+
+
+class RefusalLog:
+    """Counts refused connections; logs at most one WARNING line per ``interval_s``.
+
+    The first refusal is logged at once; later ones are counted, and the next
+    line (at the first refusal after the interval) reports how many there were.
+    """
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._count = 0
+        self._next_line = 0.0
+
+    def note(self, peer: object, reason: str) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now < self._next_line:
+                return
+            count, self._count = self._count, 0
+            self._next_line = now + self._interval_s
+        log.warning(
+            "refused %d MPC connection(s) since the last such line; the latest from %s: %s",
+            count,
+            peer,
+            reason,
+        )
 
 
 @dataclass
@@ -61,6 +104,10 @@ class Listener:
         self._cond = threading.Condition()
         self._epoch: _Epoch | None = None
         self._closed = False
+        self.refusals = RefusalLog()
+        self._pool = ThreadPoolExecutor(MAX_ADMITTING, thread_name_prefix="mpc-admit")
+        self._slots = threading.Lock()  # guards _admitting
+        self._admitting: dict[str, int] = {}  # connections in their handshake, per host
         self._thread = threading.Thread(target=self._accept_loop, name="mpc-listener", daemon=True)
         self._thread.start()
 
@@ -102,6 +149,7 @@ class Listener:
             self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
         self._thread.join(5.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _drop_epoch(self) -> None:
         if self._epoch is not None:
@@ -111,35 +159,78 @@ class Listener:
         self._cond.notify_all()
 
     def _accept_loop(self) -> None:
+        """Accept until closed; no error, whatever its cause, ends the loop."""
         while not self._closed:
             try:
                 conn, peer = self._server.accept()
-            except OSError:
+            except Exception as exc:  # EMFILE, ENOBUFS..., or the socket closed by close()
                 if self._closed:
                     return
-                time.sleep(0.05)
+                self.refusals.note("?", f"accept failed: {exc}")
+                time.sleep(_ACCEPT_ERROR_PAUSE_S)
                 continue
-            threading.Thread(
-                target=self._admit, args=(conn, peer), name="mpc-admit", daemon=True
-            ).start()
+            try:
+                self._dispatch(conn, peer)
+            except Exception as exc:  # e.g. no thread could be started: drop this one only
+                conn.close()
+                self.refusals.note(peer, f"could not admit: {exc}")
+
+    def _dispatch(self, conn: socket.socket, peer: object) -> None:
+        """Hand ``conn`` to a handshake thread, or close it at once if too many are busy."""
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        with self._slots:
+            busy = sum(self._admitting.values())
+            mine = self._admitting.get(host, 0)
+            if busy >= MAX_ADMITTING or mine >= MAX_ADMITTING_PER_HOST:
+                full = True
+            else:
+                full = False
+                self._admitting[host] = mine + 1
+        if full:
+            conn.close()
+            self.refusals.note(peer, "too many connections in their handshake")
+            return
+        try:
+            self._pool.submit(self._admit_then_free, conn, peer, host)
+        except BaseException:
+            self._free(host)
+            raise
+
+    def _free(self, host: str) -> None:
+        with self._slots:
+            left = self._admitting.get(host, 1) - 1
+            if left > 0:
+                self._admitting[host] = left
+            else:
+                self._admitting.pop(host, None)
+
+    def _admit_then_free(self, conn: socket.socket, peer: object, host: str) -> None:
+        try:
+            self._admit(conn, peer)
+        except Exception as exc:  # never lose a slot or a socket to an unexpected error
+            conn.close()
+            self.refusals.note(peer, f"admission failed: {exc}")
+        finally:
+            self._free(host)
 
     def _admit(self, conn: socket.socket, peer: object) -> None:
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT_S)
+            conn.settimeout(ADMIT_TIMEOUT_S)
             tune(conn)
             sock = self._context.wrap_socket(conn, server_side=True)
-        except OSError as exc:  # plaintext, no certificate, another CA...
-            log.warning("refused an MPC connection from %s: %s", peer, exc)
+        except OSError as exc:  # plaintext, no certificate, another CA, too slow...
             conn.close()
+            self.refusals.note(peer, str(exc) or type(exc).__name__)
             return
         try:
             reason = self._register(sock, Hello.unpack(recv_exact(sock, Hello.SIZE)))
         except (OSError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
         if reason:
-            # a party dialing before this process opened the epoch is a benign race
-            level = logging.INFO if reason == _NO_EPOCH else logging.WARNING
-            log.log(level, "refused an MPC link from %s (%s): %s", peer, peer_name(sock), reason)
+            if reason == _NO_EPOCH:  # a party dialing before this process opened the epoch
+                log.info("refused an MPC link from %s (%s): %s", peer, peer_name(sock), reason)
+            else:
+                self.refusals.note(f"{peer} ({peer_name(sock)})", reason)
             sock.close()
 
     def _register(self, sock: ssl.SSLSocket, hello: Hello) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 
 from ppml.proto.deploy.local import free_port
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc.listener import Listener
+from ppml.servers.mpc.listener import ADMIT_TIMEOUT_S, Listener, RefusalLog
 from ppml.servers.mpc.mesh import new_epoch_tag
 from ppml.servers.mpc.tls_links import RECV, SEND, Hello, TlsIdentity, dial, make_context
 
@@ -111,3 +114,65 @@ def test_closing_the_epoch_drops_waiting_links(
     assert sock.recv(1) == b""  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="closed"):
         listener.collect({(0, SEND)}, time.monotonic() + 0.2)
+
+
+def _held_connections(listener: Listener, count: int) -> list[socket.socket]:
+    return [socket.create_connection(listener.address, timeout=5) for _ in range(count)]
+
+
+def test_strangers_holding_connections_cannot_keep_a_member_out(
+    listener: Listener, pki: dict[str, TlsIdentity]
+) -> None:
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    held = _held_connections(listener, 300)  # silent: no TLS hello, never closed by them
+    try:
+        # beyond the handshake slots they are closed at once (EOF on the stranger's side)
+        held[-1].settimeout(5)
+        assert held[-1].recv(1) == b""
+        context = make_context(pki["server-0"], server_side=False)
+        started = time.monotonic()
+        sock = dial(listener.address, context, "server-1", Hello(tag, 0, 1, SEND), started + 20)
+        assert time.monotonic() - started < ADMIT_TIMEOUT_S + 5
+        assert set(listener.collect({(0, SEND)}, time.monotonic() + 5)) == {(0, SEND)}
+        sock.close()
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_the_accept_loop_survives_an_error_admitting_a_connection(
+    listener: Listener, pki: dict[str, TlsIdentity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_submit = listener._pool.submit
+    failures: list[int] = []
+
+    def submit_failing_once(*args: object) -> object:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("can't start new thread")
+        return real_submit(*args)
+
+    monkeypatch.setattr(listener._pool, "submit", submit_failing_once)
+    tag = new_epoch_tag()
+    listener.open_epoch(tag, 1, NAMES)
+    context = make_context(pki["server-0"], server_side=False)
+    deadline = time.monotonic() + 10
+    sock = dial(listener.address, context, "server-1", Hello(tag, 0, 1, SEND), deadline)
+    assert failures == [1]  # the first attempt hit the error; the dial's retry got in
+    sock.close()
+
+
+def test_refusals_are_logged_as_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(interval_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="ppml.servers.mpc.listener"):
+        for index in range(1000):
+            refusals.note(("10.0.0.1", index), "no certificate")
+        assert len(caplog.records) == 1
+        deadline = time.monotonic() + 5
+        while len(caplog.records) < 2:
+            assert time.monotonic() < deadline
+            refusals.note(("10.0.0.1", 0), "no certificate")
+    assert "refused 1 MPC" in caplog.records[0].getMessage()
+    later = re.match(r"refused (\d+) MPC", caplog.records[1].getMessage())
+    assert later is not None and int(later.group(1)) >= 1000  # the 999 held back, and more
