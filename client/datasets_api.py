@@ -15,6 +15,7 @@ import torch
 
 from ppml.client import dataset_upload
 from ppml.client.errors import InvalidDataset
+from ppml.client.request_check import check_request
 from ppml.client.transport import ClusterBase
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.wire import serde
@@ -69,6 +70,7 @@ class DatasetsMixin(ClusterBase):
         meta = dataset_upload.header(
             data, feature_shape, dataset_id, name, tuple(allow), scaling, tuple(release)
         )
+        check_request(serde.dataset_header_to_proto(meta))  # names, before any row is shared
         sharer = dataset_upload.ChunkSharer(data, meta, self.parties)
         self._call_all_or_undo(
             lambda s, rank: s.datasets.UploadDataset.future(

@@ -19,6 +19,11 @@ class InvalidRequest(PpmlClientError):
     """The request was malformed (bad id, wrong row count, …)."""
 
 
+class InvalidName(InvalidRequest):
+    """A name, id, identity or other string is unprintable (control or format characters)
+    or too long (``ppml.proto.names``); raised by a server, or here before anything is sent."""
+
+
 class InvalidShare(InvalidRequest):
     """A share tensor has the wrong shape, dtype or byte length."""
 
@@ -141,6 +146,7 @@ class ResourceExhausted(PpmlClientError):
 
 _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidRequest,
+    ErrorCode.INVALID_NAME: InvalidName,
     ErrorCode.INVALID_SHARE: InvalidShare,
     ErrorCode.INVALID_MODEL: InvalidModel,
     ErrorCode.MODEL_NOT_FOUND: ModelNotFound,
@@ -188,6 +194,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
 _PRIORITY: list[type[PpmlClientError]] = [
     AuthenticationFailed,
     PermissionDenied,
+    InvalidName,
     InvalidShare,
     InvalidModel,
     InvalidDataset,

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ppml.client.errors import PpmlClientError, ServerUnavailable, from_rpc_error, most_relevant
+from ppml.client.request_check import checked_channel
 from ppml.proto.deploy.channels import client_channel
 from ppml.v1 import (
     datasets_pb2_grpc,
@@ -80,7 +81,9 @@ class ClusterBase:
         if insecure:
             log.warning("connecting WITHOUT TLS (insecure): shares and tokens travel in the clear")
             ca_cert = None
-        self._servers = [ServerStubs(e, client_channel(e.address, ca_cert)) for e in endpoints]
+        self._servers = [
+            ServerStubs(e, checked_channel(client_channel(e.address, ca_cert))) for e in endpoints
+        ]
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
 

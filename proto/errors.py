@@ -14,10 +14,14 @@ from enum import StrEnum
 import grpc
 
 ERROR_CODE_KEY = "ppml-error-code"
+# A detail is cut to this many characters: it travels in the trailers (gRPC's metadata
+# limit is 8 KiB), and details quote client strings through ``ppml.proto.names.quote``.
+MAX_DETAIL_CHARS = 1000
 
 
 class ErrorCode(StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_NAME = "INVALID_NAME"
     INVALID_SHARE = "INVALID_SHARE"
     INVALID_MODEL = "INVALID_MODEL"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
@@ -50,6 +54,7 @@ class ErrorCode(StrEnum):
 
 CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "invalid argument"),
+    ErrorCode.INVALID_NAME: (grpc.StatusCode.INVALID_ARGUMENT, "invalid name or string"),
     ErrorCode.INVALID_SHARE: (grpc.StatusCode.INVALID_ARGUMENT, "invalid share tensor"),
     ErrorCode.INVALID_MODEL: (grpc.StatusCode.INVALID_ARGUMENT, "invalid model"),
     ErrorCode.MODEL_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "model not found"),
@@ -88,6 +93,8 @@ class PpmlError(Exception):
     """A domain error with a catalogue code and a detail safe to show users."""
 
     def __init__(self, code: ErrorCode, detail: str) -> None:
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = f"{detail[:MAX_DETAIL_CHARS]}... (cut from {len(detail)} characters)"
         super().__init__(f"{CATALOG[code][1]}: {detail}")
         self.code = code
         self.detail = detail

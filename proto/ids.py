@@ -6,8 +6,9 @@ import hashlib
 import re
 
 from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.names import MAX_ID_CHARS, quote
 
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_ID_PATTERN = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ID_CHARS}}}")
 
 
 def check_id(value: str, what: str) -> str:
@@ -15,7 +16,8 @@ def check_id(value: str, what: str) -> str:
     if not _ID_PATTERN.fullmatch(value) or value in (".", ".."):
         raise PpmlError(
             ErrorCode.INVALID_ARGUMENT,
-            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' (got {value!r:.80})",
+            f"{what} must be 1-{MAX_ID_CHARS} characters of letters, digits, '_', '.', '-' "
+            f"(got {quote(value)})",
         )
     return value
 

@@ -17,6 +17,7 @@ from ppml.servers import kinds
 from ppml.servers.api.auth import TokenAuthInterceptor
 from ppml.servers.api.errors import ErrorMappingInterceptor
 from ppml.servers.api.prometheus import MetricsEndpoint, make_registry, serve_metrics
+from ppml.servers.api.request_strings import RequestStringsInterceptor
 from ppml.servers.api.server import ServerTls, create_server
 from ppml.servers.api.servicers import (
     CoordinatorServicer,
@@ -178,6 +179,7 @@ class ComputeServer:
             interceptors.append(TokenAuthInterceptor(self._auth))
         else:
             log.warning("no auth_file for %s: every caller is accepted", cfg.name)
+        interceptors.append(RequestStringsInterceptor())  # inside the error mapping
         registrations = [
             lambda s: registry_pb2_grpc.add_ModelRegistryServicer_to_server(
                 RegistryServicer(self.registry), s

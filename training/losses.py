@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ppml.proto.domain.jobs import LOSSES
+from ppml.proto.names import quote
 
 
 class LossMismatch(ValueError):
@@ -58,7 +59,7 @@ assert tuple(TABLE) == LOSSES  # the wire's list of loss names and this table ag
 
 def get(name: str) -> Loss:
     if name not in TABLE:
-        raise LossMismatch(f"unknown loss {name!r}; choose one of {', '.join(TABLE)}")
+        raise LossMismatch(f"unknown loss {quote(name)}; choose one of {', '.join(TABLE)}")
     return TABLE[name]
 
 

@@ -22,6 +22,7 @@ from ppml.proto.domain import jobs, layers
 from ppml.proto.domain import status as st
 from ppml.proto.domain.datasets import DatasetMeta, DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.names import quote
 from ppml.proto.shares import FRACTIONAL_BITS, Ring
 from ppml.v1 import (
     common_pb2,
@@ -175,16 +176,16 @@ def named_shares_from_proto(
     shares: dict[str, Ring] = {}
     for item in items:
         if item.name in shares:
-            raise PpmlError(ErrorCode.INVALID_MODEL, f"parameter {item.name!r} sent twice")
+            raise PpmlError(ErrorCode.INVALID_MODEL, f"parameter {quote(item.name)} sent twice")
         if item.name not in expected:
             raise PpmlError(
-                ErrorCode.INVALID_MODEL, f"parameter {item.name!r} is not in the architecture"
+                ErrorCode.INVALID_MODEL, f"parameter {quote(item.name)} is not in the architecture"
             )
-        value = share_from_proto(item.share, what=f"parameter {item.name!r}")
+        value = share_from_proto(item.share, what=f"parameter {quote(item.name)}")
         if value.shape != expected[item.name]:
             raise PpmlError(
                 ErrorCode.INVALID_SHARE,
-                f"parameter {item.name!r} has shape {list(value.shape)}, "
+                f"parameter {quote(item.name)} has shape {list(value.shape)}, "
                 f"architecture says {list(expected[item.name])}",
             )
         shares[item.name] = value

@@ -26,12 +26,25 @@ from ppml.servers.api.handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
+# The status message travels in the trailers (percent-encoded: up to 3 characters per
+# byte) with the error code; a client refuses trailers over 8 KiB (RESOURCE_EXHAUSTED
+# "Stream removed"), so a message is cut to this many UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1024
+
+
+def bounded_message(message: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """``message``, cut to at most ``max_bytes`` UTF-8 bytes (plus a short mark) if longer."""
+    data = message.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return message
+    return data[:max_bytes].decode("utf-8", errors="ignore") + "... (cut)"
+
 
 def _map(exc: Exception, context: grpc.ServicerContext, method: str) -> None:
     """Abort ``context`` with the status for ``exc`` (always raises)."""
     if isinstance(exc, PpmlError):
         context.set_trailing_metadata(((ERROR_CODE_KEY, exc.code.value),))
-        context.abort(exc.status, exc.public_message)
+        context.abort(exc.status, bounded_message(exc.public_message))
     if context.code() is not None:  # the handler aborted the call itself
         raise exc
     incident = uuid.uuid4().hex[:12]

@@ -18,6 +18,7 @@ import numpy as np
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
+from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
 from ppml.servers.store.limits import Limits, check_identities, require_owner
@@ -44,8 +45,7 @@ def _invalid(detail: str) -> PpmlError:
 
 def check_header(meta: DatasetMeta, max_rows: int) -> None:
     check_id(meta.dataset_id, "dataset_id")
-    if len(meta.name) > 200:
-        raise _invalid("name is longer than 200 characters")
+    check_name(meta.name, "name", ErrorCode.INVALID_DATASET)
     if meta.rows <= 0:
         raise _invalid(f"dataset {meta.dataset_id!r} is empty: it has {meta.rows} rows")
     if meta.rows > max_rows:

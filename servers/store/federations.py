@@ -35,6 +35,7 @@ from ppml.proto.domain.architecture import Architecture, infer_output_shape
 from ppml.proto.domain.datasets import DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id, fingerprint
+from ppml.proto.names import check_name, quote
 from ppml.proto.shares import Ring
 from ppml.proto.wire import federations as wire
 from ppml.servers.store.events import EventLog
@@ -142,7 +143,7 @@ def check_spec(spec: fed.FederationSpec) -> None:
     if not (math.isfinite(spec.lr) and 0 < spec.lr <= 100):
         raise _invalid(f"lr must lie in (0, 100], got {spec.lr}")
     if spec.strategy not in fed.STRATEGIES:
-        raise _invalid(f"unknown strategy {spec.strategy!r}; choose one of {fed.STRATEGIES}")
+        raise _invalid(f"unknown strategy {quote(spec.strategy)}; choose one of {fed.STRATEGIES}")
     if not (math.isfinite(spec.mu) and spec.mu >= 0):
         raise _invalid(f"mu must be >= 0, got {spec.mu}")
     if spec.strategy == "fedavg" and spec.mu:
@@ -157,7 +158,7 @@ def check_spec(spec: fed.FederationSpec) -> None:
     if not (math.isfinite(spec.round_deadline_s) and 1 <= spec.round_deadline_s <= MAX_DEADLINE_S):
         raise _invalid(f"round_deadline_s must lie in [1, {MAX_DEADLINE_S:g}]")
     if spec.backend not in fed.BACKENDS:
-        raise _invalid(f"unknown backend {spec.backend!r}; choose one of {fed.BACKENDS}")
+        raise _invalid(f"unknown backend {quote(spec.backend)}; choose one of {fed.BACKENDS}")
     if spec.backend == "ckks" and spec.dp.enabled:
         raise _invalid("DP noise is added inside MPC: use backend 'mpc' with DP settings")
     if spec.backend == "ckks" and len(spec.ckks_fingerprint) != 64:
@@ -218,6 +219,7 @@ class FederationManager:
         """Validate everything, keep the federation and announce it to the leader."""
         check_id(federation_id, "federation_id")
         check_id(model_id, "model_id")
+        check_name(name, "name", ErrorCode.INVALID_FEDERATION)  # the result model's name
         check_spec(spec)
         z = check_dp(spec.dp, spec.rounds)
         try:

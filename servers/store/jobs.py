@@ -34,6 +34,7 @@ from ppml.proto.domain.jobs import (
 )
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id, fingerprint
+from ppml.proto.names import check_name, quote
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
@@ -110,7 +111,7 @@ def check_spec(spec: TrainingSpec) -> None:
     if not 0 <= spec.weight_decay < 1:
         raise _invalid(f"weight_decay must lie in [0, 1), got {spec.weight_decay}")
     if spec.optimizer not in OPTIMIZERS:
-        raise _invalid(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}")
+        raise _invalid(f"unknown optimizer {quote(spec.optimizer)}; choose one of {OPTIMIZERS}")
     try:
         dpsgd.check_spec(spec)
     except ValueError as exc:
@@ -231,6 +232,7 @@ class JobManager:
         """Validate everything, persist the job QUEUED and announce it to the leader."""
         check_id(job_id, "job_id")
         check_id(model_id, "model_id")
+        check_name(name, "name")  # the trained model's name: refused now, not after training
         check_spec(spec)
         if spec.batch_size < self._limits.min_batch_size:
             raise _invalid(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ppml.proto import names
 from ppml.proto.deploy.topology import LimitsConfig
 from ppml.proto.domain.architecture import Architecture, ModelMeta
 from ppml.proto.domain.datasets import DatasetMeta
@@ -36,8 +37,8 @@ def dataset_bytes(meta: DatasetMeta) -> int:
 def check_identities(
     identities: tuple[str, ...], what: str, code: ErrorCode = ErrorCode.INVALID_ARGUMENT
 ) -> None:
-    if len(identities) > 1000 or any(not i or len(i) > 200 for i in identities):
-        raise PpmlError(code, f"{what}: at most 1000 identities of 1-200 characters each")
+    """The shared rule of ``ppml.proto.names``: printable, bounded, not empty."""
+    names.check_identities(identities, what, code)
 
 
 def require_owner(owner: str, caller: str, action: str) -> None:

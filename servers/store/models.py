@@ -18,6 +18,7 @@ from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output
 from ppml.proto.domain.datasets import DataSource
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
+from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
 from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.storage import ModelStore
@@ -53,8 +54,7 @@ class ModelRegistry:
     ) -> ModelMeta:
         """Validate and store; the shares were checked against the architecture by serde."""
         check_id(model_id, "model_id")
-        if len(name) > 200:
-            raise PpmlError(ErrorCode.INVALID_ARGUMENT, "model name is longer than 200 characters")
+        check_name(name, "model name")
         check_identities(allowed, "allowed")
         try:
             output_shape = infer_output_shape(architecture)

@@ -109,6 +109,7 @@ def test_model_not_found(stub: registry_pb2_grpc.ModelRegistryStub) -> None:
 
 EXPECTED_CLIENT_CLASS = {
     ErrorCode.INVALID_ARGUMENT: client_errors.InvalidRequest,
+    ErrorCode.INVALID_NAME: client_errors.InvalidName,
     ErrorCode.INVALID_SHARE: client_errors.InvalidShare,
     ErrorCode.INVALID_MODEL: client_errors.InvalidModel,
     ErrorCode.MODEL_NOT_FOUND: client_errors.ModelNotFound,
