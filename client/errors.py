@@ -108,6 +108,12 @@ class InvalidFederation(InvalidRequest):
     """The federation's settings or an update are invalid; nothing was changed."""
 
 
+class InvalidUpdate(InvalidFederation):
+    """A server refused a participant's update (a CKKS chunk that does not parse under the
+    federation's context, a wrong scale, level or chunk count, a sample count out of range);
+    nothing was kept and the round goes on."""
+
+
 class FederationNotFound(PpmlClientError):
     pass
 
@@ -167,6 +173,7 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.JOB_FINISHED: JobFinished,
     ErrorCode.EVALUATION_ABORTED: EvaluationAborted,
     ErrorCode.INVALID_FEDERATION: InvalidFederation,
+    ErrorCode.INVALID_UPDATE: InvalidUpdate,
     ErrorCode.FEDERATION_NOT_FOUND: FederationNotFound,
     ErrorCode.FEDERATION_EXISTS: FederationExists,
     ErrorCode.FEDERATION_FINISHED: FederationFinished,
@@ -199,6 +206,7 @@ _PRIORITY: list[type[PpmlClientError]] = [
     InvalidModel,
     InvalidDataset,
     InvalidTrainingJob,
+    InvalidUpdate,
     InvalidFederation,
     ContextMismatch,
     InvalidRequest,

@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     JOB_FINISHED = "JOB_FINISHED"
     EVALUATION_ABORTED = "EVALUATION_ABORTED"
     INVALID_FEDERATION = "INVALID_FEDERATION"
+    INVALID_UPDATE = "INVALID_UPDATE"
     FEDERATION_NOT_FOUND = "FEDERATION_NOT_FOUND"
     FEDERATION_EXISTS = "FEDERATION_EXISTS"
     FEDERATION_FINISHED = "FEDERATION_FINISHED"
@@ -75,6 +76,7 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.JOB_FINISHED: (grpc.StatusCode.FAILED_PRECONDITION, "training job already finished"),
     ErrorCode.EVALUATION_ABORTED: (grpc.StatusCode.ABORTED, "evaluation aborted"),
     ErrorCode.INVALID_FEDERATION: (grpc.StatusCode.INVALID_ARGUMENT, "invalid federation"),
+    ErrorCode.INVALID_UPDATE: (grpc.StatusCode.INVALID_ARGUMENT, "invalid federation update"),
     ErrorCode.FEDERATION_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "federation not found"),
     ErrorCode.FEDERATION_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "federation already exists"),
     ErrorCode.FEDERATION_FINISHED: (

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,6 +229,66 @@ def _check(ctx: ts.Context, update: EncryptedUpdate, what: str) -> None:
             f"{what} was encrypted under context {update.fingerprint[:16]}..., "
             f"but this side holds context {expected[:16]}...; it belongs to another federation"
         )
+
+
+def max_chunk_bytes(ctx: ts.Context) -> int:
+    """The largest serialised fresh ciphertext ``ctx`` can produce (uncompressed, plus room).
+
+    Two polynomials of N coefficients per data prime, 8 bytes each; the
+    headers (TenSEAL's protobuf, SEAL's) fit in 64 KiB.
+    """
+    data = ctx.seal_context().data.first_context_data()
+    degree = int(data.parms().poly_modulus_degree())
+    primes = int(data.chain_index()) + 1  # data primes at the top of the chain
+    return 2 * degree * primes * 8 + 64 * 1024
+
+
+def check_chunks(ctx: ts.Context, update: EncryptedUpdate) -> None:
+    """Parse every chunk of a fresh participant update under ``ctx``; raise if any is unusable.
+
+    Invariants after it passes: the chunk count is ``ceil(length / slots)``;
+    each chunk is at most :func:`max_chunk_bytes`, parses as a CKKS vector
+    valid for ``ctx`` (SEAL checks every coefficient against its modulus),
+    holds ``slots`` values (the last: the rest), is one fresh ciphertext of
+    two polynomials in NTT form at the top of the modulus chain, at the
+    context's scale. So :func:`aggregate` cannot fail on it. Cost: one parse
+    per chunk (well under a millisecond at N = 8192), bounded by the model's
+    size; the byte cap is checked before parsing.
+    """
+    _check(ctx, update, "the update")
+    slots = _slots(ctx)
+    expected = -(-update.length // slots) if update.length > 0 else 0
+    if update.count != 1 or len(update.chunks) != expected or expected == 0:
+        raise CkksError(
+            f"{update.length} values need {expected} chunks of {slots}, "
+            f"got {len(update.chunks)} (count {update.count})"
+        )
+    cap = max_chunk_bytes(ctx)
+    top = ctx.seal_context().data.first_parms_id()
+    scale = float(ctx.global_scale)
+    for index, chunk in enumerate(update.chunks):
+        if len(chunk) > cap:
+            raise CkksError(f"chunk {index} is {len(chunk)} bytes, more than {cap}")
+        try:
+            vector = ts.ckks_vector_from(ctx, chunk)
+            size = int(vector.size())
+            ciphertexts = vector.data.ciphertext()
+        except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError
+            raise CkksError(
+                f"chunk {index} is not a ciphertext under this context: {exc}"
+            ) from None
+        values = min(slots, update.length - index * slots)
+        if size != values or len(ciphertexts) != 1:
+            raise CkksError(f"chunk {index} holds {size} values, expected {values}")
+        ct = ciphertexts[0]
+        if ct.size() != 2 or not ct.is_ntt_form() or ct.parms_id() != top:
+            raise CkksError(
+                f"chunk {index} is not a fresh ciphertext at the top of the modulus chain"
+            )
+        if not math.isclose(float(ct.scale), scale, rel_tol=1e-9):
+            raise CkksError(
+                f"chunk {index} has scale 2^{math.log2(ct.scale):.2f}, expected {scale:g}"
+            )
 
 
 def aggregate(public_ctx: ts.Context, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:

@@ -29,6 +29,14 @@ from ppml.proto.shares import Ring
 BACKENDS = ("mpc", "ckks")
 STRATEGIES = ("fedavg", "fedprox")
 KIND = "federate"  # the job kind that closes rounds (servers/kinds/federate.py)
+MAX_UPDATE_WEIGHT = 2**24  # the most rows (sample count) one participant's update may weigh
+
+
+def weight_bounds(dp_enabled: bool) -> tuple[int, int]:
+    """The range each update's weight must lie in: its sample count, or exactly 1 with DP
+    (DP-FedAvg weighs every clipped update alike). Checked in MPC when a round closes
+    (``ppml.servers.mpc.update_checks``) and at submission for CKKS (the weight is public)."""
+    return (1, 1) if dp_enabled else (1, MAX_UPDATE_WEIGHT)
 
 
 class FederationState(Enum):

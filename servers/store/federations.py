@@ -72,6 +72,11 @@ def _invalid(detail: str) -> PpmlError:
     return PpmlError(ErrorCode.INVALID_FEDERATION, detail)
 
 
+def _bad_update(detail: str) -> PpmlError:
+    """A participant's update that cannot be kept (refused before anything is stored)."""
+    return PpmlError(ErrorCode.INVALID_UPDATE, f"update: {detail}")
+
+
 @dataclass(frozen=True)
 class Submission:
     """One participant's update as this server holds it."""
@@ -378,7 +383,7 @@ class FederationManager:
         try:
             update = ckks.deserialize(data)
         except ckks.CkksError as exc:
-            raise _invalid(f"update: {exc}") from None
+            raise _bad_update(str(exc)) from None
         if update.fingerprint != info.spec.ckks_fingerprint:
             raise PpmlError(
                 ErrorCode.CONTEXT_MISMATCH,
@@ -388,9 +393,17 @@ class FederationManager:
             )
         expected = fed.parameter_count(info.architecture)
         if update.length != expected or update.count != 1:
-            raise _invalid(f"update: {update.length} values, the model has {expected}")
-        if not (math.isfinite(update.weight) and update.weight >= 1):
-            raise _invalid("update: its weight (sample count) must be >= 1")
+            raise _bad_update(f"{update.length} values, the model has {expected}")
+        if not (math.isfinite(update.weight) and 1 <= update.weight <= fed.MAX_UPDATE_WEIGHT):
+            raise _bad_update(
+                f"its weight (sample count) must lie in [1, {fed.MAX_UPDATE_WEIGHT}]"
+            )
+        with self._cond:
+            context = self._contexts.get(federation_id, b"")
+        try:  # every chunk parsed here, so that closing the round cannot fail on it
+            ckks.check_chunks(ckks.load_context(context), update)
+        except ckks.CkksError as exc:
+            raise _bad_update(str(exc)) from None
         return self._keep(
             federation_id, caller, round_no, Submission(None, None, None, encrypted=update)
         )

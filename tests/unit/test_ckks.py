@@ -3,7 +3,9 @@ and the aggregator can never decrypt."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -152,3 +154,31 @@ def test_fedavg_through_ckks_matches_plaintext_fedavg(
     via_ckks, _ = fedavg_plaintext(model(), owners, 2, 1, 32, 0.05, aggregate=encrypted)
     plain, _ = fedavg_plaintext(model(), owners, 2, 1, 32, 0.05)
     assert np.max(np.abs(flatten_params(via_ckks) - flatten_params(plain))) < 1e-4
+
+
+def test_submitted_chunks_are_parsed_and_checked(
+    keys: ckks.FederationKeys, participant: ts.Context, aggregator: ts.Context
+) -> None:
+    slots = ckks.DEFAULT_PARAMS.slots
+    real = ckks.encrypt_update(participant, np.linspace(-1, 1, slots + 5), 3)
+    ckks.check_chunks(aggregator, real)  # a real update passes
+    random = dataclasses.replace(
+        real, chunks=tuple(secrets.token_bytes(len(c)) for c in real.chunks)
+    )
+    with pytest.raises(ckks.CkksError, match="chunk 0 is not a ciphertext under this context"):
+        ckks.check_chunks(aggregator, random)
+    cases = {
+        "need 2 chunks": dataclasses.replace(real, chunks=real.chunks[:1]),
+        "count 2": dataclasses.replace(real, count=2),
+        "chunk 1 holds 5 values, expected 6": dataclasses.replace(real, length=slots + 6),
+        "more than": dataclasses.replace(real, chunks=(real.chunks[0], b"x" * 400_000)),
+    }
+    for match, bad in cases.items():
+        with pytest.raises(ckks.CkksError, match=match):
+            ckks.check_chunks(aggregator, bad)
+    lower = ts.ckks_vector(participant, [1.0, 2.0]) * 0.5  # rescaled: one level down
+    other_scale = ts.ckks_vector(participant, [1.0, 2.0], scale=2.0**30)
+    for vector, match in ((lower, "top of the modulus chain"), (other_scale, "scale 2\\^30")):
+        update = ckks.EncryptedUpdate(keys.fingerprint, 2, 1.0, 1, (bytes(vector.serialize()),))
+        with pytest.raises(ckks.CkksError, match=match):
+            ckks.check_chunks(aggregator, update)

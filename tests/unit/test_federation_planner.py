@@ -7,6 +7,10 @@ the leader would.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+
+import grpc
 import numpy as np
 import pytest
 
@@ -19,6 +23,7 @@ from ppml.servers.kinds.federate import MAX_ATTEMPTS, FederateRound, FederationP
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
+from ppml.training import ckks
 
 ARCH = Architecture((Linear(3, 2, True),), (3,), (2,))
 PEOPLE = ("a", "b", "c")
@@ -88,6 +93,34 @@ def test_refused_submissions_change_nothing(
         _submit(manager, who, round_no)
     assert caught.value.code is code
     assert manager.get("f1", "owner").submitted == ()
+
+
+def test_a_ckks_update_is_parsed_at_submission_and_refused_before_it_is_kept(
+    manager: FederationManager, announced: list[cmd.PartyMessage]
+) -> None:
+    keys = ckks.key_ceremony()
+    ctx = ckks.load_context(keys.participant_context)
+    count = fed.parameter_count(ARCH)
+    initial = ckks.serialize(ckks.encrypt_update(ctx, np.zeros(count), 1))
+    spec = fed.FederationSpec(
+        participants=PEOPLE, rounds=1, backend="ckks", ckks_fingerprint=keys.fingerprint
+    )
+    manager.create("f1", "m1", "", "owner", ARCH, spec, {}, keys.public_context, initial)
+    real = ckks.encrypt_update(ctx, np.full(count, 0.5), 10)
+    random = tuple(secrets.token_bytes(len(c)) for c in real.chunks)  # same lengths
+    garbage = {
+        "chunk 0 is not a ciphertext": dataclasses.replace(real, chunks=random),
+        "must lie in": dataclasses.replace(real, weight=float(fed.MAX_UPDATE_WEIGHT + 1)),
+        "must lie in ": dataclasses.replace(real, weight=0.5),
+    }
+    before = len(announced)
+    for match, bad in garbage.items():
+        with pytest.raises(PpmlError, match=match) as caught:
+            manager.submit_encrypted("f1", "a", 1, ckks.serialize(bad))
+        assert caught.value.code is ErrorCode.INVALID_UPDATE
+        assert caught.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert manager.get("f1", "owner").submitted == () and len(announced) == before
+    assert manager.submit_encrypted("f1", "a", 1, ckks.serialize(real)) == 1  # still open
 
 
 def test_second_submission_and_closed_round(manager: FederationManager) -> None:

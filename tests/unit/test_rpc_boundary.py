@@ -130,6 +130,7 @@ EXPECTED_CLIENT_CLASS = {
     ErrorCode.JOB_FINISHED: client_errors.JobFinished,
     ErrorCode.EVALUATION_ABORTED: client_errors.EvaluationAborted,
     ErrorCode.INVALID_FEDERATION: client_errors.InvalidFederation,
+    ErrorCode.INVALID_UPDATE: client_errors.InvalidUpdate,
     ErrorCode.FEDERATION_NOT_FOUND: client_errors.FederationNotFound,
     ErrorCode.FEDERATION_EXISTS: client_errors.FederationExists,
     ErrorCode.FEDERATION_FINISHED: client_errors.FederationFinished,
