@@ -423,8 +423,10 @@ def check_update(delta: dict[str, Floats], rows: int, loss: float | None) -> Non
                 f"the update of {name!r} holds NaN or infinite values: check the local training "
                 "(learning rate, data scaling); nothing was sent"
             )
-    if rows < 1:
-        raise InvalidFederation(f"the local training must use at least one row, got {rows}")
+    if not 1 <= rows <= fed.MAX_UPDATE_WEIGHT:
+        raise InvalidFederation(
+            f"the local training must use 1 to {fed.MAX_UPDATE_WEIGHT} rows, got {rows}"
+        )
     if loss is not None and not np.isfinite(loss):
         raise InvalidFederation("the reported local loss is not finite; nothing was sent")
 

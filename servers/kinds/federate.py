@@ -10,7 +10,11 @@ round's deadline passes. The job:
 
 1. agrees, by a public all-reduce of flags, on the participants whose
    updates *every* server holds (an update that reached only some servers
-   is left out);
+   is left out), then, with the MPC back end, drops every update whose
+   secret weight (sample count; 1 with DP) is out of range, comparing in
+   MPC and opening one validity bit per participant
+   (:mod:`ppml.servers.mpc.update_checks`): a garbage weight share can no
+   longer make the opened total absurd and fail the round;
 2. fails the round cleanly (model unchanged, nothing released, no epsilon
    spent) if fewer than ``min_participants`` remain;
 3. otherwise aggregates: in MPC (:mod:`ppml.servers.mpc.aggregate`), adding
@@ -22,6 +26,7 @@ round's deadline passes. The job:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -34,6 +39,7 @@ from ppml.proto.domain.federations import KIND, parameter_names
 from ppml.servers.kinds import end
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
 from ppml.servers.mpc import aggregate as agg
+from ppml.servers.mpc import update_checks
 from ppml.servers.store.federations import (
     ANNOUNCE_TIMEOUT_S,
     CREATED,
@@ -43,6 +49,7 @@ from ppml.servers.store.federations import (
 )
 from ppml.training import ckks
 
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # a round whose job fails this often ends the federation
 
 
@@ -75,6 +82,10 @@ class FederateKind(JobKind):
         agreed = agg.agreed_mask(held)
         included = tuple(p for p, ok in zip(invited, agreed, strict=True) if ok)
         dropped = tuple(p for p, ok in zip(invited, agreed, strict=True) if not ok)
+        refused: tuple[str, ...] = ()
+        if spec.backend == "mpc":  # before anything else is opened (see update_checks)
+            included, refused = self._sane(inputs, included)
+            dropped = (*dropped, *refused)
         now_ms = int(time.time() * 1000)
         if len(included) < spec.min_participants:
             result = fed.RoundResult(
@@ -85,8 +96,9 @@ class FederateKind(JobKind):
                 epsilon=inputs.info.epsilon_spent,
                 closed_unix_ms=now_ms,
                 reason=(
-                    f"{len(included)} of {len(invited)} participants submitted by the deadline; "
-                    f"the round needs {spec.min_participants}: the model is unchanged"
+                    f"{len(included)} of {len(invited)} participants submitted by the deadline"
+                    + (f" ({len(refused)} more dropped: weight out of range)" if refused else "")
+                    + f"; the round needs {spec.min_participants}: the model is unchanged"
                 ),
             )
             self._federations.close_round(job.federation_id, result, None)
@@ -96,6 +108,32 @@ class FederateKind(JobKind):
         else:
             self._close_mpc(job, inputs, included, dropped, now_ms)
         return JobStats()
+
+    def _sane(
+        self, inputs: RoundInputs, included: Sequence[str]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(kept, refused): a weight out of range (a garbage share) drops its update.
+
+        Decided in MPC; only one validity bit per participant is opened.
+        """
+        weights = [inputs.submissions[p].weight for p in included]
+        if not weights:
+            return tuple(included), ()
+        low, high = fed.weight_bounds(inputs.info.spec.dp.enabled)
+        sane = update_checks.weights_in_range([w for w in weights if w is not None], low, high)
+        if len(sane) != len(included):  # MPC submissions always carry a weight
+            raise RuntimeError("an MPC submission without a weight share")
+        refused = tuple(p for p, ok in zip(included, sane, strict=True) if not ok)
+        if refused:
+            log.warning(
+                "federation %s round %d: dropped the updates of %s (weight outside [%d, %d])",
+                inputs.info.federation_id,
+                inputs.info.round,
+                ", ".join(refused),
+                low,
+                high,
+            )
+        return tuple(p for p, ok in zip(included, sane, strict=True) if ok), refused
 
     def _close_mpc(
         self,
@@ -152,13 +190,18 @@ class FederateKind(JobKind):
         dropped: Sequence[str],
         now_ms: int,
     ) -> None:
-        encrypted = b""
+        encrypted, problem = b"", ""
         if self.env.rank == 0:
             updates = [inputs.submissions[p].encrypted for p in included]
-            summed = ckks.aggregate(
-                ckks.load_context(inputs.public_context), [u for u in updates if u is not None]
-            )
-            encrypted = ckks.serialize(summed)
+            try:  # cannot fail on updates checked at submission; if it does, all parties fail
+                summed = ckks.aggregate(
+                    ckks.load_context(inputs.public_context), [u for u in updates if u is not None]
+                )
+                encrypted = ckks.serialize(summed)
+            except ckks.CkksError as exc:
+                problem = str(exc)
+        if not all(agg.agreed_mask([not problem])):  # every party learns the leader's outcome
+            raise RuntimeError(f"the leader could not sum the CKKS updates: {problem or '?'}")
         result = fed.RoundResult(
             job.round, tuple(included), tuple(dropped), applied=True, closed_unix_ms=now_ms
         )

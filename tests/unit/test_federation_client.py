@@ -18,8 +18,10 @@ def test_non_finite_updates_and_empty_training_are_refused_before_sending() -> N
     check_update(good, 3, 0.5)
     with pytest.raises(InvalidFederation, match="NaN or infinite"):
         check_update({"0.weight": np.array([[0.0, np.inf]])}, 3, None)
-    with pytest.raises(InvalidFederation, match="at least one row"):
+    with pytest.raises(InvalidFederation, match="1 to 16777216 rows"):
         check_update(good, 0, None)
+    with pytest.raises(InvalidFederation, match="1 to 16777216 rows"):  # servers would drop it
+        check_update(good, fed.MAX_UPDATE_WEIGHT + 1, None)
     with pytest.raises(InvalidFederation, match="loss is not finite"):
         check_update(good, 3, float("nan"))
 
