@@ -67,6 +67,9 @@ def comm_stats() -> tuple[int, int]:
     return int(comm.comm_rounds), int(comm.comm_bytes)
 
 
+FAILURE_BARRIER_S = 5.0  # how long a party that failed a job waits for the others to fail it too
+
+
 def survives_job_failure() -> bool:
     """After a job raised on this party: may the session go on?
 
@@ -75,14 +78,25 @@ def survives_job_failure() -> bool:
     as an operation CrypTen does not support). A party still inside one of
     the job's collectives receives the barrier where it expected data, which
     breaks its links: then the session restarts, as after a crash.
+
+    A party that did *not* fail the job (the failure was local to this party,
+    after the job's last collective) is idle or in the next job and never
+    sends the barrier. So the barrier waits at most :data:`FAILURE_BARRIER_S`
+    (parties that fail alike reach it within their skew, well below that),
+    not the session's whole timeout: then it breaks the session, every link
+    is shut down, the peers' next receive fails at once, and the session
+    restarts within seconds instead of stalling every job for
+    ``mpc_timeout_s``.
     """
     if not is_joined():
         return False
     comm = crypten.communicator.get()
     if getattr(comm, "broken", None) is not None:
         return False
+    bounded = getattr(comm, "reads_bounded", None)
     try:
-        comm.barrier()
+        with bounded(FAILURE_BARRIER_S) if bounded else contextlib.nullcontext():
+            comm.barrier()
     except Exception:
         return False
     return True

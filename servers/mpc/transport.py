@@ -27,6 +27,7 @@ import contextlib
 import pickle
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -131,6 +132,21 @@ class TlsCommunicator(Communicator):
     def break_session(self, reason: str) -> None:
         """End the session on purpose (a link's stream is out of step); first reason wins."""
         self._fail(reason)
+
+    @contextlib.contextmanager
+    def reads_bounded(self, seconds: float) -> Iterator[None]:
+        """Inside: a receive from a compute peer waits at most ``seconds`` (or the session's
+        own timeout, if lower), then breaks the session like any timeout."""
+        incoming = [self._sockets[peer][1] for peer in self._others()]
+        before = [sock.gettimeout() for sock in incoming]
+        for sock, timeout in zip(incoming, before, strict=True):
+            sock.settimeout(seconds if timeout is None else min(timeout, seconds))
+        try:
+            yield
+        finally:
+            for sock, timeout in zip(incoming, before, strict=True):
+                with contextlib.suppress(OSError):
+                    sock.settimeout(timeout)
 
     @property
     def broken(self) -> str | None:

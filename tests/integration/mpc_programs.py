@@ -419,6 +419,10 @@ def main() -> None:
         result = probe(config, rank, out)
     elif scenario == "dpsgd":
         result = dpsgd(config, rank)
+    elif scenario == "checks":
+        import mpc_job_checks  # beside this file
+
+        result = mpc_job_checks.run(rank, config["world_size"], params(config, rank, 0), out)
     else:
         result = fail(config, rank, out, first)
     (out / f"rank{rank}-{first}.json").write_text(json.dumps(result))
