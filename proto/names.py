@@ -128,7 +128,8 @@ def check_message_strings(message: Message, prefix: str = "") -> None:
             else:
                 check_string(value, what)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
                 for key, item in value.items():
                     if isinstance(key, str):
                         check_string(key, f"{what} key")

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ppml.client.errors import InvalidName, from_rpc_error
-from ppml.client.request_check import checked_channel
+from ppml.client.request_check import check_request, checked_channel
 from ppml.proto.errors import ERROR_CODE_KEY, MAX_DETAIL_CHARS, ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.names import (
@@ -309,12 +309,24 @@ def test_a_bad_header_in_a_request_stream_is_refused(channel: grpc.Channel) -> N
 def test_the_sdk_refuses_a_bad_string_before_sending(channel: grpc.Channel) -> None:
     stub = registry_pb2_grpc.ModelRegistryStub(checked_channel(channel))
     before = EchoingRegistry.calls
-    with pytest.raises(InvalidName, match=r"model_id holds the unprintable character U\+0007"):
-        stub.GetModel(registry_pb2.GetModelRequest(model_id="m\x07"), timeout=5)
-    with pytest.raises(InvalidName, match=f"at most {MAX_STRING_CHARS} characters"):
-        request = registry_pb2.GetModelRequest(model_id="x" * 20_000)
-        stub.GetModel.future(request, timeout=5).result()  # the SDK's calls are futures
+    # refused like a server would refuse, so every SDK path maps it to InvalidName
+    error = _error(stub.GetModel, registry_pb2.GetModelRequest(model_id="m\x07"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(error.trailing_metadata())[ERROR_CODE_KEY] == "INVALID_NAME"
+    mapped = from_rpc_error(error, "s0")
+    assert type(mapped) is InvalidName
+    assert "model_id holds the unprintable character U+0007" in str(mapped)
+    assert "nothing was sent" in str(mapped)
+    future = stub.GetModel.future(registry_pb2.GetModelRequest(model_id="x" * 20_000), timeout=5)
+    assert future.done() and isinstance(future.exception(), grpc.RpcError)
+    assert f"at most {MAX_STRING_CHARS} characters" in future.exception().details()
     assert EchoingRegistry.calls == before  # nothing went out
     with pytest.raises(grpc.RpcError):  # a good string goes out as before
         stub.GetModel(registry_pb2.GetModelRequest(model_id="m"), timeout=5)
     assert EchoingRegistry.calls == before + 1
+
+
+def test_check_request_raises_the_typed_error() -> None:
+    check_request(registry_pb2.GetModelRequest(model_id="fine"))
+    with pytest.raises(InvalidName, match=r"header\.name"):
+        check_request(datasets_pb2.UploadDatasetChunk(header=datasets_pb2.DatasetHeader(name="\n")))
