@@ -22,6 +22,7 @@ number of rounds released.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 import threading
 import time
@@ -40,6 +41,7 @@ from ppml.proto.shares import Ring
 from ppml.proto.wire import federations as wire
 from ppml.servers.store.events import EventLog
 from ppml.servers.store.limits import check_identities
+from ppml.servers.store.model_ids import Claim
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
 from ppml.training import ckks, losses
@@ -174,6 +176,20 @@ def check_spec(spec: fed.FederationSpec) -> None:
         raise _invalid(str(exc)) from None
 
 
+def _claim(info: fed.FederationInfo) -> Claim:
+    """The federation's hold on its model id (:mod:`ppml.servers.store.model_ids`); with CKKS
+    the owner's SDK registers the model, so the owner may upload under it."""
+    return Claim(f"federation {info.federation_id!r}", info.owner, info.spec.backend == "ckks")
+
+
+def _owner_registers(info: fed.FederationInfo) -> bool:
+    """Whether the owner's SDK is to register the model of this ended federation (CKKS)."""
+    return info.spec.backend == "ckks" and info.state in (
+        fed.FederationState.SUCCEEDED,
+        fed.FederationState.BUDGET_EXHAUSTED,
+    )
+
+
 class FederationManager:
     def __init__(
         self,
@@ -206,6 +222,9 @@ class FederationManager:
                     f"{server_name} restarted during round {info.round}; its shares of the "
                     "global model were lost. Create the federation again.",
                 )
+            elif _owner_registers(info) and not models.exists(info.model_id):
+                with contextlib.suppress(PpmlError):  # its id may have been taken since
+                    models.ids.reserve(info.model_id, _claim(info))
 
     # ------------------------------------------------------------ client calls
 
@@ -242,10 +261,6 @@ class FederationManager:
             )
         if federation_id in self._infos:
             raise FEDERATION_CODEC.exists_error(federation_id)
-        if self._models.exists(model_id) or any(
-            i.model_id == model_id and not i.state.terminal for i in self._all()
-        ):
-            raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} exists")
         info = fed.FederationInfo(
             federation_id=federation_id,
             model_id=model_id,
@@ -257,7 +272,12 @@ class FederationManager:
             noise_multiplier=z,
             created_unix_ms=_now_ms(),
         )
-        self._store.put(info, initial if spec.backend == "mpc" else {})
+        self._models.ids.reserve(model_id, _claim(info))  # until its model is stored
+        try:
+            self._store.put(info, initial if spec.backend == "mpc" else {})
+        except BaseException:
+            self._models.ids.release(model_id, _claim(info).holder)
+            raise
         with self._cond:
             self._infos[federation_id] = info
             self._global[federation_id] = dict(initial)
@@ -553,7 +573,14 @@ class FederationManager:
         )
         try:
             self._models.upload(
-                info.model_id, info.name, info.owner, info.architecture, shares, (), sources
+                info.model_id,
+                info.name,
+                info.owner,
+                info.architecture,
+                shares,
+                (),
+                sources,
+                holder=_claim(info).holder,
             )
         except PpmlError as err:
             return f"could not store the model: {err.detail}"
@@ -590,6 +617,9 @@ class FederationManager:
             problem = self._register(info)
             if problem:
                 state, reason = fed.FederationState.FAILED, problem
+        claim = _claim(info)
+        if not (register and state is not fed.FederationState.FAILED and claim.open_to_owner):
+            self._models.ids.release(info.model_id, claim.holder)  # stored, or none: free
         result = info.results[-1] if info.results and info.results[-1].round == info.round else None
         self._update(  # first the final state, then the shares go: readers see one or the other
             info.evolve(state=state, reason=reason, finished_unix_ms=_now_ms()),

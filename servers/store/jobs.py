@@ -39,6 +39,7 @@ from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.events import EventLog
+from ppml.servers.store.model_ids import Claim
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import RecordCodec, ShareStore
 from ppml.training import losses
@@ -93,6 +94,11 @@ def _now_ms() -> int:
 
 def _invalid(detail: str) -> PpmlError:
     return PpmlError(ErrorCode.INVALID_JOB, detail)
+
+
+def _holder(job_id: str) -> str:
+    """Who holds a job's model id from its start until its model is stored or it ends."""
+    return f"training job {job_id!r}"
 
 
 def check_spec(spec: TrainingSpec) -> None:
@@ -261,14 +267,6 @@ class JobManager:
             sources.append(validation.source())
         if job_id in self._infos:
             raise PpmlError(ErrorCode.JOB_EXISTS, f"a training job with id {job_id!r} exists")
-        if self._models.exists(model_id):
-            raise PpmlError(ErrorCode.MODEL_EXISTS, f"a model with id {model_id!r} already exists")
-        for other in self._all():
-            if other.model_id == model_id and not other.state.terminal:
-                raise PpmlError(
-                    ErrorCode.MODEL_EXISTS,
-                    f"training job {other.job_id!r} will produce model {model_id!r}",
-                )
         info = JobInfo(
             job_id=job_id,
             model_id=model_id,
@@ -283,7 +281,13 @@ class JobManager:
             sources=tuple(sources),
             dp_noise_multiplier=noise,
         )
-        self._store.put(info, initial)
+        holder = _holder(job_id)
+        self._models.ids.reserve(model_id, Claim(holder, owner))  # until the model is stored
+        try:
+            self._store.put(info, initial)
+        except BaseException:
+            self._models.ids.release(model_id, holder)
+            raise
         with self._cond:
             self._infos[job_id] = info
         self._emit(info)
@@ -385,6 +389,7 @@ class JobManager:
                 architecture,
                 shares,
                 trained_on=info.sources,
+                holder=_holder(job_id),
             )
         except PpmlError as err:
             self._finish(info, JobState.FAILED, f"could not store the trained model: {err.detail}")
@@ -414,6 +419,7 @@ class JobManager:
 
     def _finish(self, info: JobInfo, state: JobState, reason: str) -> None:
         self._update(info.evolve(state=state, reason=reason, finished_unix_ms=_now_ms()))
+        self._models.ids.release(info.model_id, _holder(info.job_id))  # no model: id free again
 
     def _info(self, job_id: str) -> JobInfo:
         check_id(job_id, "job_id")

@@ -21,6 +21,7 @@ from ppml.proto.ids import check_id
 from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
 from ppml.servers.store.limits import Limits, check_identities, require_owner
+from ppml.servers.store.model_ids import ModelIds
 from ppml.servers.store.storage import ModelStore
 
 
@@ -41,6 +42,7 @@ class ModelRegistry:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.ids = ModelIds(store.has)  # ids reserved for the results of jobs and federations
 
     def upload(
         self,
@@ -51,8 +53,13 @@ class ModelRegistry:
         shares: dict[str, Ring],
         allowed: tuple[str, ...] = (),
         trained_on: tuple[DataSource, ...] = (),
+        holder: str = "",
     ) -> ModelMeta:
-        """Validate and store; the shares were checked against the architecture by serde."""
+        """Validate and store; the shares were checked against the architecture by serde.
+
+        ``holder``: the job or federation that reserved ``model_id`` registers its
+        result (:mod:`.model_ids`); nobody else may upload under a reserved id.
+        """
         check_id(model_id, "model_id")
         check_name(name, "model name")
         check_identities(allowed, "allowed")
@@ -76,7 +83,14 @@ class ModelRegistry:
             allowed,
             trained_on,
         )
-        self._store.put(meta, shares)
+        claim, transient = self.ids.for_upload(model_id, owner, holder)
+        stored = False
+        try:
+            self._store.put(meta, shares)
+            stored = True
+        finally:
+            if stored or transient:
+                self.ids.release(model_id, claim)
         return meta
 
     def get(self, model_id: str) -> LoadedModel:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster, PermissionDenied
-from ppml.client.errors import InvalidModel, PpmlClientError, ResourceExhausted
+from ppml.client.errors import InvalidModel, ModelExists, PpmlClientError, ResourceExhausted
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import commands as cmd
@@ -245,6 +245,38 @@ def test_another_tenants_request_cannot_touch_a_training_job(
     with pytest.raises(PermissionDenied):
         analyst.job(job.job_id).cancel()
     assert job.result(timeout=300)  # the owner's job ran to the end
+
+
+def test_nobody_can_squat_the_model_id_of_a_running_job(owner: Cluster, analyst: Cluster) -> None:
+    data = owner.share_dataset(*_rows(64, seed=9), name="squatted-job")
+    model = _mlp(13)
+    job = owner.train(model, [data], epochs=2, batch_size=16, lr=0.1)
+    model_id = analyst.job(job.job_id).status().info.model_id  # public to any tenant
+    with pytest.raises(ModelExists, match=f"reserved by training job '{job.job_id}'"):
+        analyst.share_model(_mlp(14), X1, model_id=model_id)
+    assert job.result(timeout=300) == model_id  # the victim's job registered its model
+    assert {m.meta.owner for m in owner.list_models() if m.meta.model_id == model_id} == {
+        "local-user"
+    }
+    owner.predict(model_id, X1)
+
+
+def test_nobody_can_squat_the_model_id_of_a_running_federation(
+    owner: Cluster, analyst: Cluster
+) -> None:
+    handle = owner.create_federation(
+        _mlp(15), ["analyst"], rounds=1, round_deadline_s=60, sample_input=X1
+    )
+    model_id = analyst.federation(handle.federation_id).info().model_id
+    with pytest.raises(ModelExists, match=f"reserved by federation '{handle.federation_id}'"):
+        analyst.share_model(_mlp(16), X1, model_id=model_id)
+    report = analyst.join_federation(handle.federation_id, _rows(32, seed=10), timeout=120)
+    assert report.submitted == (1,)
+    assert handle.result(timeout=120) == model_id
+    assert {m.meta.owner for m in owner.list_models() if m.meta.model_id == model_id} == {
+        "local-user"
+    }
+    owner.predict(model_id, X1)
 
 
 def test_servers_holding_different_models_under_one_id_refuse_to_run_them(

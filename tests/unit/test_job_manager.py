@@ -572,16 +572,45 @@ def test_end_produces_a_terminal_event_once(world: World) -> None:
     assert info.state is JobState.CANCELLED and info.steps_done == 0
 
 
-def test_failed_model_upload_fails_the_job(world: World) -> None:
+def test_nobody_can_upload_under_a_running_jobs_model_id(world: World) -> None:
     _start(world)
     world.jobs.started("job-1")
     architecture = _architecture()
-    world.models.upload("model-1", "", OTHER, architecture, _initial(architecture))
+    for tenant in (OTHER, OWNER):  # only the job itself registers its result
+        with pytest.raises(PpmlError) as excinfo:
+            world.models.upload("model-1", "", tenant, architecture, _initial(architecture))
+        assert _code(excinfo) == ErrorCode.MODEL_EXISTS
+        assert "reserved by training job 'job-1'" in str(excinfo.value)
+    world.jobs.succeeded("job-1", architecture, _initial(architecture))
+    assert world.jobs.get("job-1", OWNER).state is JobState.SUCCEEDED
+    assert world.models.meta("model-1").owner == OWNER
+    assert world.models.ids.holder("model-1") is None  # the reservation became the model
+
+
+@pytest.mark.parametrize("state", ["failed", "cancelled"])
+def test_a_job_that_ends_without_a_model_frees_its_model_id(world: World, state: str) -> None:
+    _start(world)
+    world.jobs.end("job-1", state, "x")
+    architecture = _architecture()
+    assert world.models.upload("model-1", "", OTHER, architecture, _initial(architecture))
+
+
+def test_failed_model_upload_fails_the_job_and_frees_the_id(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _start(world)
+    world.jobs.started("job-1")
+
+    def disk_full(*_: object) -> None:
+        raise PpmlError(ErrorCode.RESOURCE_EXHAUSTED, "no space left")
+
+    monkeypatch.setattr(world.models._store, "put", disk_full)
+    architecture = _architecture()
     world.jobs.succeeded("job-1", architecture, _initial(architecture))
     info = world.jobs.get("job-1", OWNER)
     assert info.state is JobState.FAILED
     assert "could not store the trained model" in info.reason
-    assert world.models.meta("model-1").owner == OTHER
+    assert world.models.ids.holder("model-1") is None
 
 
 def test_inputs_hand_the_worker_this_servers_shares(world: World) -> None:
