@@ -7,6 +7,8 @@ its own SDK connection in its own thread, as it would from its own machine.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +36,7 @@ from ppml.client.federation import Federation, Participant, mpc_global_model
 from ppml.proto import shares
 from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
+from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode
 from ppml.proto.wire import serde
 from ppml.training import ckks
 from ppml.training.har import split_by_subject, synthetic_har
@@ -415,3 +418,136 @@ def _nan(model: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         next(iter(model.parameters()))[0, 0] = float("nan")
     return model
+
+
+# ---------------------------------------------------------------- garbage updates (issues 24, 18)
+
+
+class _Predicting:
+    """A client predicting in a loop on a shared model: every outcome, until stopped."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        model = _small_model(7)
+        self._cluster = cluster
+        self._model_id = cluster.share_model(model, SAMPLE)
+        self._x = torch.linspace(-1, 1, 10).reshape(2, 5)
+        with torch.no_grad():
+            self._expected = model(self._x).numpy()
+        self.outcomes: list[float | Exception] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def __enter__(self) -> _Predicting:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                y = self._cluster.predict(self._model_id, self._x, timeout=60)
+                self.outcomes.append(float(np.max(np.abs(np.asarray(y) - self._expected))))
+            except Exception as exc:  # counted by the test
+                self.outcomes.append(exc)
+
+
+def _expected_average(
+    before: dict[str, np.ndarray], seeds: dict[str, int], rows: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """The global model after one round of ``_fixed(seeds[o], rows[o])`` updates."""
+    deltas = {}
+    for office, seed in seeds.items():
+        rng = np.random.default_rng(seed)  # as _fixed draws them, in parameters() order
+        deltas[office] = {n: rng.normal(0, 0.1, v.shape) for n, v in sorted_params(before)}
+    total = sum(rows.values())
+    return {
+        name: start + sum(rows[o] * deltas[o][name] for o in seeds) / total
+        for name, start in before.items()
+    }
+
+
+def _garbage_weight_submit(
+    cluster: Cluster, fid: str, round_no: int, update: dict[str, np.ndarray]
+) -> None:
+    """A real update's shares, but the weight share is random bytes on every server."""
+    per_server = shares.share_named(update, cluster.parties)
+
+    def send(server: Any, rank: int) -> Any:
+        garbage = np.frombuffer(secrets.token_bytes(8), dtype=np.int64).copy()
+        request = federation_pb2.SubmitUpdateRequest(
+            federation_id=fid,
+            round=round_no,
+            update=serde.named_shares_to_proto(per_server[rank]),
+            weight=serde.share_to_proto(garbage),
+        )
+        return server.federation.SubmitUpdate.future(
+            request, timeout=30, metadata=cluster._metadata
+        )
+
+    cluster._call_all(send)
+
+
+def test_garbage_updates_are_refused_or_dropped_while_predictions_go_on(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    with _Predicting(owner) as predicting:
+        # CKKS: a real update whose chunks are random bytes of the same lengths
+        rows = {OFFICES[0]: 7, OFFICES[1]: 21}
+        model = _small_model(3)
+        before = {n: p.detach().numpy().astype(np.float64) for n, p in model.state_dict().items()}
+        handle = owner.create_federation(
+            model, list(rows), rounds=1, backend="ckks", sample_input=SAMPLE
+        )
+        assert handle.keys is not None
+        context = handle.keys.participant_context
+        count = fed.parameter_count(handle.info().architecture)
+        real = ckks.encrypt_update(ckks.load_context(context), np.full(count, 0.1), 10)
+        garbage = dataclasses.replace(
+            real, chunks=tuple(secrets.token_bytes(len(c)) for c in real.chunks)
+        )
+        office = offices[OFFICES[0]]
+        leader = office._servers[0]
+        request = federation_pb2.SubmitEncryptedUpdateRequest(
+            federation_id=handle.federation_id, round=1, update=ckks.serialize(garbage)
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            leader.federation.SubmitEncryptedUpdate(request, timeout=30, metadata=office._metadata)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        trailers = dict(caught.value.trailing_metadata() or ())
+        assert trailers[ERROR_CODE_KEY] == ErrorCode.INVALID_UPDATE
+        assert "chunk 0 is not a ciphertext" in (caught.value.details() or "")
+        assert handle.info().submitted == ()  # nothing was kept
+        # the federation goes on: the same participant's real update is accepted
+        seeds = {name: 10 + i for i, name in enumerate(rows)}
+        trains = {name: _fixed(seeds[name], rows[name]) for name in rows}
+        reports = _join_all(offices, handle.federation_id, trains, ckks_context=context)
+        assert all(not isinstance(r, Exception) for r in reports.values()), reports
+        after = owner.export_model(handle.result(timeout=60)).weights
+        for name, value in _expected_average(before, seeds, rows).items():
+            assert np.max(np.abs(after[name].numpy() - value)) < 1e-3, name
+
+        # MPC: a weight share of random bytes is dropped in MPC; the others' average applies
+        rows = {OFFICES[0]: 10, OFFICES[1]: 30}
+        handle = owner.create_federation(
+            _small_model(4), OFFICES[:3], rounds=1, min_participants=2, sample_input=SAMPLE
+        )
+        fid = handle.federation_id
+        before = mpc_global_model(owner, fid)[1]
+        _garbage_weight_submit(offices[OFFICES[2]], fid, 1, {k: v * 50 for k, v in before.items()})
+        seeds = {name: 20 + i for i, name in enumerate(rows)}
+        trains = {name: _fixed(seeds[name], rows[name]) for name in rows}
+        reports = _join_all(offices, fid, trains)
+        assert all(not isinstance(r, Exception) for r in reports.values()), reports
+        after = owner.export_model(handle.result(timeout=60)).weights
+        (closed,) = handle.rounds()
+        assert closed.applied and set(closed.participants) == set(rows), closed
+        assert closed.dropped == (OFFICES[2],)
+        for name, value in _expected_average(before, seeds, rows).items():
+            assert np.max(np.abs(after[name].numpy() - value)) < 1e-3, name
+        assert handle.info().state is fed.FederationState.SUCCEEDED
+    failures = [o for o in predicting.outcomes if isinstance(o, Exception)]
+    assert failures == [], failures[:3]  # 0 aborted throughout both federations
+    assert len(predicting.outcomes) >= 3 and max(predicting.outcomes) < 1e-2  # type: ignore[type-var]
