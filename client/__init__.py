@@ -16,6 +16,8 @@ from ppml.client.errors import (
     PredictionAborted,
     ResourceExhausted,
     ServerUnavailable,
+    UploadAborted,
+    UploadUnresolved,
 )
 from ppml.client.model_export import UnsupportedModelError
 
@@ -39,4 +41,6 @@ __all__ = [
     "ResourceExhausted",
     "ServerUnavailable",
     "UnsupportedModelError",
+    "UploadAborted",
+    "UploadUnresolved",
 ]

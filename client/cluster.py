@@ -10,6 +10,7 @@ in :mod:`ppml.client.datasets_api` and :mod:`ppml.client.training_api`.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Sequence
@@ -85,15 +86,18 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
         """Secret-share a torch module (exported via ONNX) or an ONNX file; returns its id.
 
         Weights are fixed-point encoded and split here; server i receives share i
-        only. If any server rejects the upload, it is removed from the servers
-        that accepted it. ``allow`` lists the identities (besides you) that may
-        predict with it and evaluate it (``"*"``: any client); by default only
-        you may. Change it later with :meth:`grant_model` / :meth:`revoke_model`.
+        only. The upload is all-or-nothing: the servers keep it only once every
+        one of them holds its share; if a server refuses or fails, it is dropped
+        everywhere (:class:`UploadAborted` when a server failed: safe to retry).
+        ``allow`` lists the identities (besides you) that may predict with it
+        and evaluate it (``"*"``: any client); by default only you may. Change
+        it later with :meth:`grant_model` / :meth:`revoke_model`.
         """
         architecture, weights = export_model(model, sample_input)
         model_id = model_id or uuid.uuid4().hex[:16]
         per_server = shares.share_named(weights, self.parties)
         arch_msg = serde.architecture_to_proto(architecture)
+        upload_id = secrets.token_hex(16)
 
         def upload(server: ServerStubs, rank: int) -> grpc.Future:
             request = registry_pb2.UploadModelRequest(
@@ -102,19 +106,13 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
                 architecture=arch_msg,
                 parameters=serde.named_shares_to_proto(per_server[rank]),
                 allowed=list(allow),
+                upload_id=upload_id,
             )
             return server.registry.UploadModel.future(
                 request, timeout=self.timeout, metadata=self._metadata
             )
 
-        self._call_all_or_undo(
-            upload,
-            lambda server: server.registry.DeleteModel(
-                registry_pb2.DeleteModelRequest(model_id=model_id),
-                timeout=10,
-                metadata=self._metadata,
-            ),
-        )
+        self._upload_all(upload, "model", model_id, upload_id)
         return model_id
 
     def grant_model(self, model_id: str, *identities: str) -> ModelMeta:

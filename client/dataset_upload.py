@@ -86,8 +86,10 @@ class ChunkSharer:
     dropped once every server has taken its own.
     """
 
-    def __init__(self, data: Dataset, meta: DatasetMeta, parties: int) -> None:
+    def __init__(self, data: Dataset, meta: DatasetMeta, parties: int, upload_id: str = "") -> None:
+        """``upload_id``: random per upload attempt, the same in every server's header."""
         self._data = data
+        self._upload_id = upload_id
         self._meta = meta
         self._parties = parties
         row_bytes = 8 * (meta.features + meta.num_classes)
@@ -118,7 +120,9 @@ class ChunkSharer:
 
     def stream(self, rank: int) -> Iterator[datasets_pb2.UploadDatasetChunk]:
         """Server ``rank``'s upload: the header, then its share of every chunk."""
-        yield datasets_pb2.UploadDatasetChunk(header=serde.dataset_header_to_proto(self._meta))
+        header = serde.dataset_header_to_proto(self._meta)
+        header.upload_id = self._upload_id
+        yield datasets_pb2.UploadDatasetChunk(header=header)
         for index in range(self.chunks):
             x, y = self._shares(index, rank)
             yield datasets_pb2.UploadDatasetChunk(

@@ -6,6 +6,7 @@ the OS CSPRNG (:mod:`ppml.client.dataset_upload`); server i receives share i.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,16 +72,15 @@ class DatasetsMixin(ClusterBase):
             data, feature_shape, dataset_id, name, tuple(allow), scaling, tuple(release)
         )
         check_request(serde.dataset_header_to_proto(meta))  # names, before any row is shared
-        sharer = dataset_upload.ChunkSharer(data, meta, self.parties)
-        self._call_all_or_undo(
+        upload_id = secrets.token_hex(16)
+        sharer = dataset_upload.ChunkSharer(data, meta, self.parties, upload_id)
+        self._upload_all(
             lambda s, rank: s.datasets.UploadDataset.future(
                 sharer.stream(rank), timeout=max(self.timeout, 600), metadata=self._metadata
             ),
-            lambda s: s.datasets.DeleteDataset(
-                datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id),
-                timeout=10,
-                metadata=self._metadata,
-            ),
+            "dataset",
+            dataset_id,
+            upload_id,
         )
         return dataset_id
 

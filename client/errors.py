@@ -146,6 +146,16 @@ class FederationFailed(PpmlClientError):
     pass
 
 
+class UploadAborted(PpmlClientError):
+    """An upload (data set or model) did not happen: a server failed or went away before every
+    server held its share, so it was dropped on every server. Nothing was kept; safe to retry."""
+
+
+class UploadUnresolved(PpmlClientError):
+    """An upload failed on some server and server 0, which decides whether an upload is kept,
+    could not be reached: it is on every server or on none, settled once server 0 is back."""
+
+
 class ResourceExhausted(PpmlClientError):
     """A quota or limit of the servers: too many models, too large an upload, too many calls."""
 
@@ -181,6 +191,7 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.ALREADY_SUBMITTED: AlreadySubmitted,
     ErrorCode.CONTEXT_MISMATCH: ContextMismatch,
     ErrorCode.BUDGET_EXHAUSTED: BudgetExhausted,
+    ErrorCode.UPLOAD_ABORTED: UploadAborted,
 }
 
 _BY_STATUS: dict[grpc.StatusCode, type[PpmlClientError]] = {
@@ -225,6 +236,8 @@ _PRIORITY: list[type[PpmlClientError]] = [
     RoundClosed,
     DuplicateRequest,
     ResourceExhausted,
+    UploadUnresolved,
+    UploadAborted,
     ServerUnavailable,
     PredictionAborted,
     EvaluationAborted,

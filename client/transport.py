@@ -20,10 +20,21 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from ppml.client.errors import PpmlClientError, ServerUnavailable, from_rpc_error, most_relevant
+from ppml.client.errors import (
+    DeadlineExceeded,
+    PpmlClientError,
+    PredictionAborted,
+    ServerUnavailable,
+    UploadAborted,
+    UploadUnresolved,
+    from_rpc_error,
+    most_relevant,
+)
 from ppml.client.request_check import checked_channel
 from ppml.proto.deploy.channels import client_channel
 from ppml.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
     datasets_pb2_grpc,
     federation_pb2_grpc,
     inference_pb2_grpc,
@@ -56,6 +67,7 @@ class ServerStubs:
         self.training = training_pb2_grpc.TrainingStub(channel)
         self.federation = federation_pb2_grpc.FederationStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
+        self.coordinator = coordinator_pb2_grpc.CoordinatorStub(channel)  # served by rank 0
 
 
 class ClusterBase:
@@ -124,6 +136,93 @@ class ClusterBase:
                     with contextlib.suppress(grpc.RpcError):
                         undo(server)
             raise
+
+    def _upload_all(
+        self,
+        call: Callable[[ServerStubs, int], grpc.Future],
+        kind: str,
+        record_id: str,
+        upload: str,
+    ) -> None:
+        """Start one upload per server; all-or-nothing, decided by server 0 (the leader).
+
+        The servers keep an upload staged until every one holds it. When any
+        server fails, server 0 is asked for the outcome, which aborts the
+        upload everywhere unless it was already committed; a committed upload
+        is a success even if a server's reply was lost (that server commits
+        when it is back). Otherwise the servers' own refusal is raised (e.g.
+        :class:`InvalidDataset`), or :class:`UploadAborted` when the cause was
+        a server that failed or went away.
+        """
+        futures = [call(server, rank) for rank, server in enumerate(self._servers)]
+        finished: queue.Queue[int] = queue.Queue()
+        for rank, future in enumerate(futures):
+            future.add_done_callback(lambda _, r=rank: finished.put(r))
+        first_error = None
+        for _ in futures:
+            first_error = self._rpc_error(futures, finished.get())
+            if first_error is not None:
+                break
+        if first_error is None:
+            return
+        committed, reason = self._resolve_upload(kind, record_id, upload, first_error)
+        if committed:
+            log.warning(
+                "%s %r is committed on every server although %s; a server that did not "
+                "answer commits it when it is back",
+                kind,
+                record_id,
+                first_error,
+            )
+            return
+        for future in futures:
+            future.cancel()  # aborted: the other servers' streams may stop now
+        errors = [e for r in range(len(futures)) if (e := self._rpc_error(futures, r)) is not None]
+        cause = most_relevant(errors)
+        if isinstance(cause, ServerUnavailable | DeadlineExceeded | PredictionAborted):
+            raise UploadAborted(
+                f"the upload of {kind} {record_id!r} did not happen: {cause} ({reason}). "
+                "It was dropped on every server and nothing was kept; it is safe to retry."
+            ) from cause
+        raise cause
+
+    def _rpc_error(self, futures: list[grpc.Future], rank: int) -> PpmlClientError | None:
+        """The SDK error of a finished call (None if it succeeded or was cancelled here)."""
+        if futures[rank].cancelled():
+            return None
+        err = futures[rank].exception()
+        if isinstance(err, grpc.RpcError):
+            return from_rpc_error(err, self._servers[rank].name)
+        return None
+
+    def _resolve_upload(
+        self, kind: str, record_id: str, upload: str, cause: PpmlClientError
+    ) -> tuple[bool, str]:
+        """Ask server 0 whether the upload was committed; it aborts it everywhere if not."""
+        request = coordinator_pb2.ResolveUploadRequest(
+            kind=kind, record_id=record_id, upload_id=upload
+        )
+        leader = self._servers[0]
+
+        def ask() -> coordinator_pb2.ResolveUploadResponse:
+            try:
+                return leader.coordinator.ResolveUpload(
+                    request, timeout=10, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, leader.name) from None
+
+        try:
+            reply = self._retry(ask, attempts=6)
+        except ServerUnavailable as err:
+            raise UploadUnresolved(
+                f"the upload of {kind} {record_id!r} failed ({cause}) and {leader.name}, which "
+                f"decides whether an upload is kept, could not be reached ({err}): the {kind} is "
+                "on every server or on none, settled when it is back; list it then, and upload "
+                "it again (the same id) if it is missing",
+                leader.name,
+            ) from err
+        return reply.committed, reply.reason
 
     def _call_all(
         self,

@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     ALREADY_SUBMITTED = "ALREADY_SUBMITTED"
     CONTEXT_MISMATCH = "CONTEXT_MISMATCH"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    UPLOAD_ABORTED = "UPLOAD_ABORTED"
     INTERNAL = "INTERNAL"
 
 
@@ -87,6 +88,7 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.ALREADY_SUBMITTED: (grpc.StatusCode.ALREADY_EXISTS, "update already submitted"),
     ErrorCode.CONTEXT_MISMATCH: (grpc.StatusCode.FAILED_PRECONDITION, "CKKS context mismatch"),
     ErrorCode.BUDGET_EXHAUSTED: (grpc.StatusCode.FAILED_PRECONDITION, "privacy budget exhausted"),
+    ErrorCode.UPLOAD_ABORTED: (grpc.StatusCode.ABORTED, "upload aborted on every server"),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, "internal error"),
 }
 

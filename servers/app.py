@@ -31,6 +31,7 @@ from ppml.servers.api.servicers import (
 from ppml.servers.control.follower import Follower
 from ppml.servers.control.holds import Holds
 from ppml.servers.control.leader import Leader
+from ppml.servers.control.uploads import UploadCoordinator, UploadGate
 from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
@@ -78,8 +79,10 @@ class ComputeServer:
         model_store = FileModelStore(party.data_dir)
         dataset_store = FileShareStore(party.data_dir, DATASET_CODEC)
         limits = Limits(config.limits, config.serving.max_batch_rows, model_store, dataset_store)
-        self.registry = ModelRegistry(model_store, limits)
-        self.datasets = DatasetRegistry(dataset_store, limits)
+        self.uploads = UploadGate({"dataset": dataset_store, "model": model_store}, self._submit)
+        self.registry = ModelRegistry(model_store, limits, gate=self.uploads)
+        self.datasets = DatasetRegistry(dataset_store, limits, gate=self.uploads)
+        self.upload_coordinator: UploadCoordinator | None = None
         self.leader: Leader | None = None
         self.follower: Follower | None = None
         self.jobs = JobManager(
@@ -126,6 +129,13 @@ class ComputeServer:
                 self.holds,
                 kinds.planners(self.kinds, config.world_size),
             )
+            self.upload_coordinator = UploadCoordinator(
+                config.world_size,
+                self.uploads,
+                self.leader.send_upload_decision,
+                config.limits.upload_max_s,
+            )
+            self.leader.on_staged = self.upload_coordinator.staged
             on_joined: JoinCallback = self.leader.on_joined
             on_job_done: JobCallback = self.leader.on_job_done
         else:
@@ -142,6 +152,7 @@ class ComputeServer:
             )
             self.follower.on_lost(self.jobs.fail_active)
             self.follower.on_lost(self.federations.fail_active)
+            self.follower.on_upload = self.uploads.apply
             on_joined, on_job_done = (lambda epoch, ok, error: None), (lambda run, ok, sound: None)
         epochs.identity(config, rank)  # the MPC links' TLS material must exist: fail now
         self.worker = MpcWorker(
@@ -200,10 +211,10 @@ class ComputeServer:
             lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s),
         ]
         if self.leader is not None:
-            leader = self.leader
+            leader, uploads = self.leader, self.upload_coordinator
             registrations.append(
                 lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-                    CoordinatorServicer(leader), s
+                    CoordinatorServicer(leader, uploads), s
                 )
             )
         tls = None
@@ -283,6 +294,7 @@ class ComputeServer:
             self.leader.start()
         self.worker.start()
         self.server.start()
+        self.uploads.start()
         if self.follower is not None:
             self.follower.start()
         threading.Thread(target=self._watch_health, name="health", daemon=True).start()
@@ -317,6 +329,7 @@ class ComputeServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
+        self.uploads.stop()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
         self.health.enter_graceful_shutdown()

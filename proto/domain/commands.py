@@ -64,5 +64,25 @@ class DropRequests:
     reason: str
 
 
-LeaderCommand = JoinEpoch | RunJob | DropRequests
-PartyMessage = Hello | Announce | DealerStats | CancelJob
+@dataclass(frozen=True)
+class Staged:
+    """A party holds its share of an upload durably, staged: not usable until committed."""
+
+    kind: str  # "dataset" | "model"
+    record_id: str
+    upload: str  # the attempt: the caller's upload id, scoped to the caller
+
+
+@dataclass(frozen=True)
+class UploadDecision:
+    """The leader's decision on a staged upload: every party commits it, or every party drops it."""
+
+    kind: str
+    record_id: str
+    upload: str
+    commit: bool
+    reason: str
+
+
+LeaderCommand = JoinEpoch | RunJob | DropRequests | UploadDecision
+PartyMessage = Hello | Announce | DealerStats | CancelJob | Staged

@@ -225,6 +225,10 @@ def party_message_to_proto(msg: cmd.PartyMessage) -> coordinator_pb2.PartyMessag
         return coordinator_pb2.PartyMessage(
             cancel_job=coordinator_pb2.CancelJob(job_id=msg.job_id, reason=msg.reason)
         )
+    if isinstance(msg, cmd.Staged):
+        return coordinator_pb2.PartyMessage(
+            staged=coordinator_pb2.Staged(kind=msg.kind, record_id=msg.record_id, upload=msg.upload)
+        )
     return coordinator_pb2.PartyMessage(
         announce=coordinator_pb2.Announce(
             kind=msg.kind,
@@ -248,6 +252,8 @@ def party_message_from_proto(msg: coordinator_pb2.PartyMessage) -> cmd.PartyMess
         return cmd.DealerStats(dict(d.requests), d.sessions)
     if kind == "cancel_job":
         return cmd.CancelJob(msg.cancel_job.job_id, msg.cancel_job.reason)
+    if kind == "staged":
+        return cmd.Staged(msg.staged.kind, msg.staged.record_id, msg.staged.upload)
     raise PpmlError(ErrorCode.INVALID_ARGUMENT, "empty party message")
 
 
@@ -260,6 +266,16 @@ def leader_command_to_proto(command: cmd.LeaderCommand) -> coordinator_pb2.Leade
         return coordinator_pb2.LeaderMessage(
             drop=coordinator_pb2.DropRequests(
                 request_ids=list(command.request_ids), reason=command.reason
+            )
+        )
+    if isinstance(command, cmd.UploadDecision):
+        return coordinator_pb2.LeaderMessage(
+            upload=coordinator_pb2.UploadDecision(
+                kind=command.kind,
+                record_id=command.record_id,
+                upload=command.upload,
+                commit=command.commit,
+                reason=command.reason,
             )
         )
     run = coordinator_pb2.RunJob(seq=command.seq, epoch=command.epoch)
@@ -276,6 +292,9 @@ def leader_command_from_proto(
         return cmd.JoinEpoch(msg.join.epoch, msg.join.tag)
     if kind == "drop":
         return cmd.DropRequests(tuple(msg.drop.request_ids), msg.drop.reason)
+    if kind == "upload":
+        u = msg.upload
+        return cmd.UploadDecision(u.kind, u.record_id, u.upload, u.commit, u.reason)
     if kind == "run":
         run = msg.run
         which = run.WhichOneof("job") or ""

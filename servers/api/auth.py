@@ -65,6 +65,8 @@ def required_roles(method: str) -> tuple[str, ...] | None:
         return ("client", "monitor", "peer")
     if method in _PUBLIC_METADATA:
         return ("client", "monitor")  # public metadata and counters only
+    if method == "/ppml.v1.Coordinator/ResolveUpload":
+        return ("client",)  # a client settles its own upload (scoped to its identity)
     if method.startswith("/ppml.v1.Coordinator/"):
         return ("peer",)
     return ("client",)

@@ -16,11 +16,13 @@ import grpc
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
 from ppml.proto.wire import federations as fed_wire
 from ppml.proto.wire import serde
 from ppml.servers.api.auth import current_identity
 from ppml.servers.control.leader import Leader
+from ppml.servers.control.uploads import KINDS, UploadCoordinator, upload_key
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.store.datasets import DatasetRegistry
@@ -61,8 +63,16 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         shares = serde.named_shares_from_proto(
             list(request.parameters), architecture.parameter_shapes()
         )
+        owner = _owner()
         meta = self._registry.upload(
-            request.model_id, request.name, _owner(), architecture, shares, tuple(request.allowed)
+            request.model_id,
+            request.name,
+            owner,
+            architecture,
+            shares,
+            tuple(request.allowed),
+            upload=upload_key("model", owner, request.upload_id) if request.upload_id else "",
+            wait_s=context.time_remaining(),
         )
         return serde.model_meta_to_proto(meta)
 
@@ -126,7 +136,10 @@ class DatasetRegistryServicer(datasets_pb2_grpc.DatasetRegistryServicer):
         if first is None or not first.HasField("header"):
             raise PpmlError(ErrorCode.INVALID_ARGUMENT, "the first chunk must carry a header")
         header = serde.dataset_header_from_proto(first.header, _owner())
-        meta = self._datasets.upload(header, _chunks(first, request_iterator))
+        upload_id = first.header.upload_id
+        upload = upload_key("dataset", header.owner, upload_id) if upload_id else ""
+        chunks = _chunks(first, request_iterator)
+        meta = self._datasets.upload(header, chunks, upload, context.time_remaining())
         return serde.dataset_meta_to_proto(meta)
 
     def ListDatasets(
@@ -340,8 +353,23 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """The leader's end of the control links (only rank 0 registers it)."""
 
-    def __init__(self, leader: Leader) -> None:
+    def __init__(self, leader: Leader, uploads: UploadCoordinator | None = None) -> None:
         self._leader = leader
+        self._uploads = uploads
+
+    def ResolveUpload(
+        self, request: coordinator_pb2.ResolveUploadRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ResolveUploadResponse:
+        if request.kind not in KINDS:
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(KINDS)}")
+        if self._uploads is None:
+            raise PpmlError(ErrorCode.NOT_READY, "this server decides no uploads")
+        upload = upload_key(request.kind, _owner(), request.upload_id)
+        record_id = check_id(request.record_id, "record_id")
+        decision = self._uploads.resolve(request.kind, record_id, upload)
+        return coordinator_pb2.ResolveUploadResponse(
+            committed=decision.commit, reason=decision.reason
+        )
 
     def Link(
         self,

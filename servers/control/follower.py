@@ -32,6 +32,8 @@ class Follower:
         self._leave = leave
         self._holds = holds
         self._lost_listeners: list[Callable[[str], None]] = []
+        # applies the leader's decisions on staged uploads; set by the server
+        self.on_upload: Callable[[cmd.UploadDecision], object] = lambda decision: None
         self.link = LeaderLink(
             config.leader.grpc_address,
             None if insecure else config.ca_cert,
@@ -53,6 +55,8 @@ class Follower:
     def _on_command(self, command: cmd.LeaderCommand) -> None:
         if isinstance(command, cmd.DropRequests):
             self._holds.fail(command.request_ids, command.reason)
+        elif isinstance(command, cmd.UploadDecision):
+            self.on_upload(command)
         else:
             self._run_here(command)
 

@@ -85,6 +85,8 @@ class Leader:
         self._seq = 0
         self._last_job = clock()
         self._thread = threading.Thread(target=self._loop, name="leader", daemon=True)
+        # who decides staged uploads (``ppml.servers.control.uploads``); set by the server
+        self.on_staged: Callable[[int, cmd.Staged], None] = lambda rank, staged: None
 
     def start(self) -> None:
         self._thread.start()
@@ -171,6 +173,9 @@ class Leader:
         False if the work cannot be accepted now (e.g. a prediction while the
         session is down; the announcing follower's request is dropped).
         """
+        if isinstance(message, cmd.Staged):  # uploads need no MPC session
+            self.on_staged(rank, message)
+            return True
         with self._cond:
             if isinstance(message, cmd.Announce):
                 planner = self._by_kind.get(message.kind)
@@ -189,6 +194,13 @@ class Leader:
                 return False
             self._cond.notify_all()
             return True
+
+    def send_upload_decision(self, rank: int | None, decision: cmd.UploadDecision) -> None:
+        """Tell one follower (every follower, for None) the decision on a staged upload."""
+        with self._cond:
+            for to, outbox in self._links.items():
+                if 0 < to < self._config.world_size and rank in (None, to):
+                    outbox.put(decision)
 
     def _apply_drop(self, ids: tuple[str, ...], reason: str) -> None:
         command = cmd.DropRequests(ids, reason)

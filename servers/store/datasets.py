@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,8 +22,12 @@ from ppml.proto.ids import check_id
 from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
+from ppml.servers.crash_points import crash_point
 from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.storage import RecordCodec, ShareStore
+
+if TYPE_CHECKING:
+    from ppml.servers.control.uploads import UploadGate
 
 DATASET_CODEC = RecordCodec[DatasetMeta](
     kind="datasets",
@@ -67,17 +72,27 @@ class DatasetRegistry:
         store: ShareStore[DatasetMeta],
         limits: Limits | None = None,
         max_rows: int = 10_000_000,
+        gate: UploadGate | None = None,
     ) -> None:
         self._store = store
         self._limits = limits or Limits()
         self._max_rows = max_rows
+        self._gate = gate
 
-    def upload(self, header: DatasetMeta, chunks: Iterable[tuple[Ring, Ring]]) -> DatasetMeta:
+    def upload(
+        self,
+        header: DatasetMeta,
+        chunks: Iterable[tuple[Ring, Ring]],
+        upload: str | None = None,
+        wait_s: float | None = None,
+    ) -> DatasetMeta:
         """Assemble the chunks, check every shape against the header, store.
 
         The header's size is checked against the upload budget and the owner's
         quotas before any row is read, and the stream must end within
-        ``upload_max_s``.
+        ``upload_max_s``. A client's upload (attempt ``upload``, None for a
+        server's own records) is staged and kept only once every server holds
+        it (``ppml.servers.control.uploads``), waiting at most ``wait_s``.
         """
         check_header(header, self._max_rows)
         if self._store.has(header.dataset_id):
@@ -87,6 +102,7 @@ class DatasetRegistry:
         self._limits.check_dataset(header)
         deadline = time.monotonic() + self._limits.config.upload_max_s
         features, labels, rows = [], [], 0
+        crash_point("dataset:early")
         for index, (x, y) in enumerate(chunks):
             if time.monotonic() > deadline:
                 raise PpmlError(
@@ -101,6 +117,8 @@ class DatasetRegistry:
                     f"match (rows, {', '.join(map(str, header.feature_shape))}) and "
                     f"(rows, {header.num_classes})",
                 )
+            if rows <= header.rows // 2 < rows + int(x.shape[0]):
+                crash_point("dataset:middle")
             rows += int(x.shape[0])
             if rows > header.rows:
                 raise _invalid(f"more rows arrived than the header's {header.rows}")
@@ -120,9 +138,12 @@ class DatasetRegistry:
             int(time.time() * 1000),
             header.release,
         )
-        self._store.put(
-            meta, {"features": np.concatenate(features), "labels": np.concatenate(labels)}
-        )
+        arrays = {"features": np.concatenate(features), "labels": np.concatenate(labels)}
+        if upload is not None and self._gate is not None:
+            wait = min(self._limits.config.upload_max_s, wait_s or float("inf"))
+            self._gate.stage("dataset", meta, arrays, upload, wait)
+        else:
+            self._store.put(meta, arrays)
         return meta
 
     def meta(self, dataset_id: str) -> DatasetMeta:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output_shape
 from ppml.proto.domain.datasets import DataSource
@@ -20,9 +21,13 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
+from ppml.servers.crash_points import crash_point
 from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.model_ids import ModelIds
 from ppml.servers.store.storage import ModelStore
+
+if TYPE_CHECKING:
+    from ppml.servers.control.uploads import UploadGate
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,9 +40,14 @@ class LoadedModel:
 
 class ModelRegistry:
     def __init__(
-        self, store: ModelStore, limits: Limits | None = None, cache_size: int = 8
+        self,
+        store: ModelStore,
+        limits: Limits | None = None,
+        cache_size: int = 8,
+        gate: UploadGate | None = None,
     ) -> None:
         self._store = store
+        self._gate = gate
         self._limits = limits or Limits()
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_size = cache_size
@@ -53,13 +63,19 @@ class ModelRegistry:
         shares: dict[str, Ring],
         allowed: tuple[str, ...] = (),
         trained_on: tuple[DataSource, ...] = (),
+        upload: str | None = None,
         holder: str = "",
+        wait_s: float | None = None,
     ) -> ModelMeta:
         """Validate and store; the shares were checked against the architecture by serde.
 
+        A client's upload (attempt ``upload``; None for a server's own results) is
+        staged and kept only once every server holds it, waiting at most ``wait_s``
+        (``ppml.servers.control.uploads``).
         ``holder``: the job or federation that reserved ``model_id`` registers its
         result (:mod:`.model_ids`); nobody else may upload under a reserved id.
         """
+        crash_point("model:early")
         check_id(model_id, "model_id")
         check_name(name, "model name")
         check_identities(allowed, "allowed")
@@ -86,7 +102,11 @@ class ModelRegistry:
         claim, transient = self.ids.for_upload(model_id, owner, holder)
         stored = False
         try:
-            self._store.put(meta, shares)
+            if upload is not None and self._gate is not None:
+                wait = min(self._limits.config.upload_max_s, wait_s or float("inf"))
+                self._gate.stage("model", meta, shares, upload, wait)
+            else:
+                self._store.put(meta, shares)
             stored = True
         finally:
             if stored or transient:

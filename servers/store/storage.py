@@ -7,6 +7,10 @@ reported in errors, and :class:`ShareStore` is the interface.
 and ``shares.npz``: int64 arrays of any shape, no pickles), written to a
 temporary folder and renamed into place so a crash never leaves a half-written
 record; ``update_meta`` writes ``meta.pb.tmp`` then :func:`os.replace`.
+A client upload is first *staged* (``root/<kind>/.staged-<digest>/``, with an
+``upload`` file naming the attempt): it is invisible to ``get``/``has``/``list``
+until :meth:`ShareStore.commit` renames it into place, or
+:meth:`ShareStore.discard` drops it (``ppml.servers.control.uploads`` decides which).
 :class:`MemoryShareStore` is for tests. Models use :data:`MODEL_CODEC` through
 :data:`ModelStore`, :class:`MemoryModelStore` and :class:`FileModelStore`
 (``root/models/<id>/{meta.pb,shares.npz}``). ``tests/unit/test_storage.py``
@@ -15,6 +19,7 @@ runs one contract test against every backend.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -31,10 +36,14 @@ from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
+from ppml.servers.crash_points import crash_point
 
 M = TypeVar("M")
 
 _TMP = ".tmp-"
+_STAGED = ".staged-"
+_UPLOAD = "upload"  # in a record's folder: the upload attempt that made it
+StagedIds: TypeAlias = list[tuple[str, str]]  # (record id, upload attempt)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,32 @@ class ShareStore(ABC, Generic[M]):
         """How many records are stored (cheap: status calls it on every poll)."""
         return len(self.list())
 
+    # A staged record: durable, not usable until committed (all-or-nothing uploads).
+
+    @abstractmethod
+    def stage(self, meta: M, shares: dict[str, Ring], upload: str) -> None:
+        """Store a record of attempt ``upload`` durably but invisibly (no-op if staged)."""
+
+    @abstractmethod
+    def commit(self, record_id: str, upload: str, replace: bool = False) -> bool:
+        """Make the staged record usable; True if the record is now ``upload``'s.
+
+        False if nothing of ``upload`` is staged or stored, or another record
+        holds the id and ``replace`` is False (then the staged one stays).
+        """
+
+    @abstractmethod
+    def discard(self, record_id: str, upload: str) -> None:
+        """Drop the staged record of ``upload``, if any (never a committed one)."""
+
+    @abstractmethod
+    def staged(self) -> StagedIds:
+        """``(record_id, upload)`` of every staged record."""
+
+    @abstractmethod
+    def committed_upload(self, record_id: str) -> str | None:
+        """The upload attempt that made the stored record (None: absent or not uploaded)."""
+
 
 def _int64_copies(shares: dict[str, Ring]) -> dict[str, Ring]:
     return {k: np.array(v, dtype=np.int64, copy=True) for k, v in shares.items()}
@@ -111,6 +146,8 @@ class MemoryShareStore(ShareStore[M]):
     def __init__(self, codec: RecordCodec[M]) -> None:
         super().__init__(codec)
         self._records: dict[str, tuple[M, dict[str, Ring]]] = {}
+        self._staged: dict[tuple[str, str], tuple[M, dict[str, Ring]]] = {}
+        self._uploads: dict[str, str] = {}
 
     def put(self, meta: M, shares: dict[str, Ring]) -> None:
         record_id = self.codec.key(meta)
@@ -150,6 +187,33 @@ class MemoryShareStore(ShareStore[M]):
         with self._lock:
             if self._records.pop(record_id, None) is None:
                 raise self.codec.not_found_error(record_id)
+            self._uploads.pop(record_id, None)
+
+    def stage(self, meta: M, shares: dict[str, Ring], upload: str) -> None:
+        with self._lock:
+            self._staged.setdefault((self.codec.key(meta), upload), (meta, _int64_copies(shares)))
+
+    def commit(self, record_id: str, upload: str, replace: bool = False) -> bool:
+        with self._lock:
+            if (record_id, upload) not in self._staged:
+                return self._uploads.get(record_id) == upload
+            if record_id in self._records and not replace:
+                return False
+            self._records[record_id] = self._staged.pop((record_id, upload))
+            self._uploads[record_id] = upload
+            return True
+
+    def discard(self, record_id: str, upload: str) -> None:
+        with self._lock:
+            self._staged.pop((record_id, upload), None)
+
+    def staged(self) -> StagedIds:
+        with self._lock:
+            return list(self._staged)
+
+    def committed_upload(self, record_id: str) -> str | None:
+        with self._lock:
+            return self._uploads.get(record_id) if record_id in self._records else None
 
 
 def _private_dir(path: Path) -> None:
@@ -189,7 +253,7 @@ class FileShareStore(ShareStore[M]):
         self._dir = root / codec.kind
         _private_dir(root)
         _private_dir(self._dir)
-        for leftover in self._dir.glob(f"{_TMP}*"):
+        for leftover in self._dir.glob(f"{_TMP}*"):  # staged records stay: the leader decides
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self._dir.glob("*/meta.pb.tmp"):
             leftover.unlink(missing_ok=True)
@@ -199,7 +263,7 @@ class FileShareStore(ShareStore[M]):
         folder = self._dir / record_id
         if (
             record_id in ("", ".", "..")
-            or record_id.startswith(_TMP)
+            or record_id.startswith((_TMP, _STAGED))
             or folder.resolve().parent != self._dir.resolve()
         ):
             raise PpmlError(
@@ -217,7 +281,7 @@ class FileShareStore(ShareStore[M]):
         return [
             folder
             for folder in self._dir.iterdir()
-            if not folder.name.startswith(_TMP) and (folder / "meta.pb").is_file()
+            if not folder.name.startswith((_TMP, _STAGED)) and (folder / "meta.pb").is_file()
         ]
 
     def put(self, meta: M, shares: dict[str, Ring]) -> None:
@@ -226,15 +290,78 @@ class FileShareStore(ShareStore[M]):
             folder = self._folder(record_id)
             if folder.exists():
                 raise self.codec.exists_error(record_id)
-            tmp = self._dir / f"{_TMP}{uuid.uuid4().hex}"
-            tmp.mkdir(mode=0o700)
-            data = self.codec.to_bytes(meta)
-            _write_private(tmp / "meta.pb", lambda handle: handle.write(data))
-            arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.int64) for k, v in shares.items()}
-            _write_private(tmp / "shares.npz", lambda handle: np.savez(handle, **arrays))
-            _sync_dir(tmp)
-            tmp.rename(folder)
+            self._write(meta, shares, None).rename(folder)
             _sync_dir(self._dir)
+
+    def _write(self, meta: M, shares: dict[str, Ring], upload: str | None) -> Path:
+        """A complete, fsynced record in a fresh temporary folder, ready to rename."""
+        tmp = self._dir / f"{_TMP}{uuid.uuid4().hex}"
+        tmp.mkdir(mode=0o700)
+        data = self.codec.to_bytes(meta)
+        _write_private(tmp / "meta.pb", lambda handle: handle.write(data))
+        crash_point(f"{self.codec.noun}:staging")
+        arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.int64) for k, v in shares.items()}
+        _write_private(tmp / "shares.npz", lambda handle: np.savez(handle, **arrays))
+        if upload is not None:
+            _write_private(tmp / _UPLOAD, lambda handle: handle.write(upload.encode()))
+        _sync_dir(tmp)
+        return tmp
+
+    def _staged_folder(self, record_id: str, upload: str) -> Path:
+        self._folder(record_id)  # refuses ids that would leave the store
+        digest = hashlib.sha256(f"{record_id}\0{upload}".encode()).hexdigest()[:32]
+        return self._dir / f"{_STAGED}{digest}"
+
+    def stage(self, meta: M, shares: dict[str, Ring], upload: str) -> None:
+        with self._lock:
+            staged = self._staged_folder(self.codec.key(meta), upload)
+            if not staged.exists():
+                self._write(meta, shares, upload).rename(staged)
+                _sync_dir(self._dir)
+
+    def commit(self, record_id: str, upload: str, replace: bool = False) -> bool:
+        with self._lock:
+            staged, folder = self._staged_folder(record_id, upload), self._folder(record_id)
+            if not staged.exists():
+                return self._upload_of(folder) == upload
+            if folder.exists():
+                if self._upload_of(folder) == upload or not replace:
+                    return self._upload_of(folder) == upload
+                self._trash(folder)
+            staged.rename(folder)
+            _sync_dir(self._dir)
+            return True
+
+    def discard(self, record_id: str, upload: str) -> None:
+        with self._lock:
+            staged = self._staged_folder(record_id, upload)
+            if staged.exists():
+                self._trash(staged)
+
+    def staged(self) -> StagedIds:
+        found = []
+        for folder in self._dir.glob(f"{_STAGED}*"):
+            meta, upload = self._read_meta(folder), self._upload_of(folder)
+            if meta is not None and upload is not None:
+                found.append((self.codec.key(meta), upload))
+        return found
+
+    def committed_upload(self, record_id: str) -> str | None:
+        return self._upload_of(self._folder(record_id))
+
+    @staticmethod
+    def _upload_of(folder: Path) -> str | None:
+        try:
+            return (folder / _UPLOAD).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _trash(self, folder: Path) -> None:
+        """Remove a folder: renamed away first (atomic), then deleted."""
+        trash = self._dir / f"{_TMP}{uuid.uuid4().hex}"
+        folder.rename(trash)
+        _sync_dir(self._dir)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def get_meta(self, record_id: str) -> M:
         meta = self._read_meta(self._folder(record_id))
@@ -277,10 +404,7 @@ class FileShareStore(ShareStore[M]):
             folder = self._folder(record_id)
             if not folder.exists():
                 raise self.codec.not_found_error(record_id)
-            trash = self._dir / f"{_TMP}{uuid.uuid4().hex}"
-            folder.rename(trash)
-            _sync_dir(self._dir)
-            shutil.rmtree(trash, ignore_errors=True)
+            self._trash(folder)
 
 
 # ---------------------------------------------------------------- models

@@ -288,6 +288,7 @@ def test_servers_holding_different_models_under_one_id_refuse_to_run_them(
     from ppml.proto import shares
     from ppml.v1 import registry_pb2
 
+    uploads = []
     for rank, hidden in enumerate((8, 5)):
         torch.manual_seed(rank)
         model = torch.nn.Sequential(
@@ -295,15 +296,20 @@ def test_servers_holding_different_models_under_one_id_refuse_to_run_them(
         )
         architecture, weights = export_model(model, X1)
         part = shares.share_named(weights, 2)[rank]
-        owner._servers[rank].registry.UploadModel(
-            registry_pb2.UploadModelRequest(
-                model_id="two-faced",
-                architecture=serde.architecture_to_proto(architecture),
-                parameters=serde.named_shares_to_proto(part),
-            ),
-            timeout=30,
-            metadata=owner._metadata,
+        uploads.append(  # one upload attempt: kept once both servers hold their part
+            owner._servers[rank].registry.UploadModel.future(
+                registry_pb2.UploadModelRequest(
+                    model_id="two-faced",
+                    architecture=serde.architecture_to_proto(architecture),
+                    parameters=serde.named_shares_to_proto(part),
+                    upload_id="two-faced-upload",
+                ),
+                timeout=30,
+                metadata=owner._metadata,
+            )
         )
+    for upload in uploads:
+        upload.result()
     with pytest.raises(PpmlClientError, match="different models"):
         owner.predict("two-faced", X1)
     model = _mlp(12)

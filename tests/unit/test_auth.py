@@ -111,6 +111,7 @@ def test_malformed_auth_entry_is_rejected(tmp_path: Path, entry: str) -> None:
         ("/grpc.health.v1.Health/Watch", None),
         ("/ppml.v1.Status/GetStatus", ("client", "monitor", "peer")),
         ("/ppml.v1.Coordinator/Link", ("peer",)),
+        ("/ppml.v1.Coordinator/ResolveUpload", ("client",)),
         ("/ppml.v1.ModelRegistry/UploadModel", ("client",)),
         ("/ppml.v1.ModelRegistry/ListModels", ("client", "monitor")),
         ("/ppml.v1.ModelRegistry/GetModel", ("client", "monitor")),

@@ -138,6 +138,7 @@ EXPECTED_CLIENT_CLASS = {
     ErrorCode.ALREADY_SUBMITTED: client_errors.AlreadySubmitted,
     ErrorCode.CONTEXT_MISMATCH: client_errors.ContextMismatch,
     ErrorCode.BUDGET_EXHAUSTED: client_errors.BudgetExhausted,
+    ErrorCode.UPLOAD_ABORTED: client_errors.UploadAborted,
     ErrorCode.INTERNAL: client_errors.PpmlClientError,
 }
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"U\n\x08\x41nnounce\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"\x86\x01\n\x0b\x44\x65\x61lerStats\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".ppml.v1.DealerStats.RequestsEntry\x12\x10\n\x08sessions\x18\x02 \x01(\x04\x1a/\n\rRequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x12,\n\x0c\x64\x65\x61ler_stats\x18\x03 \x01(\x0b\x32\x14.ppml.v1.DealerStatsH\x00\x12(\n\ncancel_job\x18\x05 \x01(\x0b\x32\x12.ppml.v1.CancelJobH\x00\x42\x06\n\x04kind\"\'\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\"<\n\tRefillJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\")\n\tTrainStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\"5\n\rFederateRound\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"!\n\x0b\x45valuateJob\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x06\x45ndJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc4\x02\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x12#\n\x05train\x18\x05 \x01(\x0b\x32\x12.ppml.v1.TrainStepH\x00\x12(\n\x08\x65valuate\x18\x06 \x01(\x0b\x32\x14.ppml.v1.EvaluateJobH\x00\x12\"\n\x07\x65nd_job\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.EndJobH\x00\x12*\n\x08\x66\x65\x64\x65rate\x18\x08 \x01(\x0b\x32\x16.ppml.v1.FederateRoundH\x00\x12$\n\x06refill\x18\t \x01(\x0b\x32\x12.ppml.v1.RefillJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x42\x06\n\x04kind2H\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ppml/v1/coordinator.proto\x12\x07ppml.v1\"8\n\x05Hello\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"U\n\x08\x41nnounce\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"\x86\x01\n\x0b\x44\x65\x61lerStats\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".ppml.v1.DealerStats.RequestsEntry\x12\x10\n\x08sessions\x18\x02 \x01(\x04\x1a/\n\rRequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x06Staged\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0e\n\x06upload\x18\x03 \x01(\t\"\xd9\x01\n\x0cPartyMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.ppml.v1.HelloH\x00\x12%\n\x08\x61nnounce\x18\x02 \x01(\x0b\x32\x11.ppml.v1.AnnounceH\x00\x12,\n\x0c\x64\x65\x61ler_stats\x18\x03 \x01(\x0b\x32\x14.ppml.v1.DealerStatsH\x00\x12(\n\ncancel_job\x18\x05 \x01(\x0b\x32\x12.ppml.v1.CancelJobH\x00\x12!\n\x06staged\x18\x06 \x01(\x0b\x32\x0f.ppml.v1.StagedH\x00\x42\x06\n\x04kind\"\'\n\tJoinEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\t\"A\n\nPredictJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0c\n\x04rows\x18\x03 \x03(\r\"\x0e\n\x0cHeartbeatJob\"<\n\tRefillJob\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\")\n\tTrainStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\"5\n\rFederateRound\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"!\n\x0b\x45valuateJob\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x06\x45ndJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc4\x02\n\x06RunJob\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07predict\x18\x03 \x01(\x0b\x32\x13.ppml.v1.PredictJobH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.ppml.v1.HeartbeatJobH\x00\x12#\n\x05train\x18\x05 \x01(\x0b\x32\x12.ppml.v1.TrainStepH\x00\x12(\n\x08\x65valuate\x18\x06 \x01(\x0b\x32\x14.ppml.v1.EvaluateJobH\x00\x12\"\n\x07\x65nd_job\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.EndJobH\x00\x12*\n\x08\x66\x65\x64\x65rate\x18\x08 \x01(\x0b\x32\x16.ppml.v1.FederateRoundH\x00\x12$\n\x06refill\x18\t \x01(\x0b\x32\x12.ppml.v1.RefillJobH\x00\x42\x05\n\x03job\"3\n\x0c\x44ropRequests\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"a\n\x0eUploadDecision\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0e\n\x06upload\x18\x03 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xad\x01\n\rLeaderMessage\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.ppml.v1.JoinEpochH\x00\x12\x1e\n\x03run\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.RunJobH\x00\x12%\n\x04\x64rop\x18\x03 \x01(\x0b\x32\x15.ppml.v1.DropRequestsH\x00\x12)\n\x06upload\x18\x04 \x01(\x0b\x32\x17.ppml.v1.UploadDecisionH\x00\x42\x06\n\x04kind\"J\n\x14ResolveUploadRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x11\n\tupload_id\x18\x03 \x01(\t\":\n\x15ResolveUploadResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\x98\x01\n\x0b\x43oordinator\x12\x39\n\x04Link\x12\x15.ppml.v1.PartyMessage\x1a\x16.ppml.v1.LeaderMessage(\x01\x30\x01\x12N\n\rResolveUpload\x12\x1d.ppml.v1.ResolveUploadRequest\x1a\x1e.ppml.v1.ResolveUploadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,30 +43,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEALERSTATS_REQUESTSENTRY']._serialized_end=318
   _globals['_CANCELJOB']._serialized_start=320
   _globals['_CANCELJOB']._serialized_end=363
-  _globals['_PARTYMESSAGE']._serialized_start=366
-  _globals['_PARTYMESSAGE']._serialized_end=548
-  _globals['_JOINEPOCH']._serialized_start=550
-  _globals['_JOINEPOCH']._serialized_end=589
-  _globals['_PREDICTJOB']._serialized_start=591
-  _globals['_PREDICTJOB']._serialized_end=656
-  _globals['_HEARTBEATJOB']._serialized_start=658
-  _globals['_HEARTBEATJOB']._serialized_end=672
-  _globals['_REFILLJOB']._serialized_start=674
-  _globals['_REFILLJOB']._serialized_end=734
-  _globals['_TRAINSTEP']._serialized_start=736
-  _globals['_TRAINSTEP']._serialized_end=777
-  _globals['_FEDERATEROUND']._serialized_start=779
-  _globals['_FEDERATEROUND']._serialized_end=832
-  _globals['_EVALUATEJOB']._serialized_start=834
-  _globals['_EVALUATEJOB']._serialized_end=867
-  _globals['_ENDJOB']._serialized_start=869
-  _globals['_ENDJOB']._serialized_end=924
-  _globals['_RUNJOB']._serialized_start=927
-  _globals['_RUNJOB']._serialized_end=1251
-  _globals['_DROPREQUESTS']._serialized_start=1253
-  _globals['_DROPREQUESTS']._serialized_end=1304
-  _globals['_LEADERMESSAGE']._serialized_start=1307
-  _globals['_LEADERMESSAGE']._serialized_end=1437
-  _globals['_COORDINATOR']._serialized_start=1439
-  _globals['_COORDINATOR']._serialized_end=1511
+  _globals['_STAGED']._serialized_start=365
+  _globals['_STAGED']._serialized_end=422
+  _globals['_PARTYMESSAGE']._serialized_start=425
+  _globals['_PARTYMESSAGE']._serialized_end=642
+  _globals['_JOINEPOCH']._serialized_start=644
+  _globals['_JOINEPOCH']._serialized_end=683
+  _globals['_PREDICTJOB']._serialized_start=685
+  _globals['_PREDICTJOB']._serialized_end=750
+  _globals['_HEARTBEATJOB']._serialized_start=752
+  _globals['_HEARTBEATJOB']._serialized_end=766
+  _globals['_REFILLJOB']._serialized_start=768
+  _globals['_REFILLJOB']._serialized_end=828
+  _globals['_TRAINSTEP']._serialized_start=830
+  _globals['_TRAINSTEP']._serialized_end=871
+  _globals['_FEDERATEROUND']._serialized_start=873
+  _globals['_FEDERATEROUND']._serialized_end=926
+  _globals['_EVALUATEJOB']._serialized_start=928
+  _globals['_EVALUATEJOB']._serialized_end=961
+  _globals['_ENDJOB']._serialized_start=963
+  _globals['_ENDJOB']._serialized_end=1018
+  _globals['_RUNJOB']._serialized_start=1021
+  _globals['_RUNJOB']._serialized_end=1345
+  _globals['_DROPREQUESTS']._serialized_start=1347
+  _globals['_DROPREQUESTS']._serialized_end=1398
+  _globals['_UPLOADDECISION']._serialized_start=1400
+  _globals['_UPLOADDECISION']._serialized_end=1497
+  _globals['_LEADERMESSAGE']._serialized_start=1500
+  _globals['_LEADERMESSAGE']._serialized_end=1673
+  _globals['_RESOLVEUPLOADREQUEST']._serialized_start=1675
+  _globals['_RESOLVEUPLOADREQUEST']._serialized_end=1749
+  _globals['_RESOLVEUPLOADRESPONSE']._serialized_start=1751
+  _globals['_RESOLVEUPLOADRESPONSE']._serialized_end=1809
+  _globals['_COORDINATOR']._serialized_start=1812
+  _globals['_COORDINATOR']._serialized_end=1964
 # @@protoc_insertion_point(module_scope)

@@ -164,6 +164,38 @@ class CancelJob(_message.Message):
 Global___CancelJob: _TypeAlias = CancelJob  # noqa: Y015
 
 @_typing.final
+class Staged(_message.Message):
+    """"I hold my share of this upload durably, staged (not usable yet)." Sent
+    again until the leader decides (also after a restart).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"dataset" | "model" """
+    record_id: _builtins.str
+    """the data set or model id"""
+    upload: _builtins.str
+    """the attempt: the caller's upload_id, scoped to the caller"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        upload: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "record_id", b"record_id", "upload", b"upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Staged: _TypeAlias = Staged  # noqa: Y015
+
+@_typing.final
 class PartyMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -171,6 +203,7 @@ class PartyMessage(_message.Message):
     ANNOUNCE_FIELD_NUMBER: _builtins.int
     DEALER_STATS_FIELD_NUMBER: _builtins.int
     CANCEL_JOB_FIELD_NUMBER: _builtins.int
+    STAGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -179,6 +212,8 @@ class PartyMessage(_message.Message):
     def dealer_stats(self) -> Global___DealerStats: ...
     @_builtins.property
     def cancel_job(self) -> Global___CancelJob: ...
+    @_builtins.property
+    def staged(self) -> Global___Staged: ...
     def __init__(
         self,
         *,
@@ -186,12 +221,13 @@ class PartyMessage(_message.Message):
         announce: Global___Announce | None = ...,
         dealer_stats: Global___DealerStats | None = ...,
         cancel_job: Global___CancelJob | None = ...,
+        staged: Global___Staged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind", "staged", b"staged"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "cancel_job", b"cancel_job", "dealer_stats", b"dealer_stats", "hello", b"hello", "kind", b"kind", "staged", b"staged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats", "cancel_job"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "announce", "dealer_stats", "cancel_job", "staged"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -480,31 +516,120 @@ class DropRequests(_message.Message):
 Global___DropRequests: _TypeAlias = DropRequests  # noqa: Y015
 
 @_typing.final
+class UploadDecision(_message.Message):
+    """The leader's decision on a staged upload: commit (every server staged it,
+    and the leader has committed its own copy) or abort (discard the staged copy).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    record_id: _builtins.str
+    upload: _builtins.str
+    commit: _builtins.bool
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        upload: _builtins.str = ...,
+        commit: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "kind", b"kind", "reason", b"reason", "record_id", b"record_id", "upload", b"upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDecision: _TypeAlias = UploadDecision  # noqa: Y015
+
+@_typing.final
 class LeaderMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOIN_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     DROP_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def join(self) -> Global___JoinEpoch: ...
     @_builtins.property
     def run(self) -> Global___RunJob: ...
     @_builtins.property
     def drop(self) -> Global___DropRequests: ...
+    @_builtins.property
+    def upload(self) -> Global___UploadDecision: ...
     def __init__(
         self,
         *,
         join: Global___JoinEpoch | None = ...,
         run: Global___RunJob | None = ...,
         drop: Global___DropRequests | None = ...,
+        upload: Global___UploadDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "join", b"join", "kind", b"kind", "run", b"run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "join", b"join", "kind", b"kind", "run", b"run", "upload", b"upload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "join", b"join", "kind", b"kind", "run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "join", b"join", "kind", b"kind", "run", b"run", "upload", b"upload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["join", "run", "drop"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["join", "run", "drop", "upload"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___LeaderMessage: _TypeAlias = LeaderMessage  # noqa: Y015
+
+@_typing.final
+class ResolveUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"dataset" | "model" """
+    record_id: _builtins.str
+    upload_id: _builtins.str
+    """as the caller sent it in the upload"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "record_id", b"record_id", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveUploadRequest: _TypeAlias = ResolveUploadRequest  # noqa: Y015
+
+@_typing.final
+class ResolveUploadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    committed: _builtins.bool
+    """false: the upload is aborted on every server"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        committed: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveUploadResponse: _TypeAlias = ResolveUploadResponse  # noqa: Y015

@@ -39,6 +39,11 @@ class CoordinatorStub:
                 request_serializer=ppml_dot_v1_dot_coordinator__pb2.PartyMessage.SerializeToString,
                 response_deserializer=ppml_dot_v1_dot_coordinator__pb2.LeaderMessage.FromString,
                 _registered_method=True)
+        self.ResolveUpload = channel.unary_unary(
+                '/ppml.v1.Coordinator/ResolveUpload',
+                request_serializer=ppml_dot_v1_dot_coordinator__pb2.ResolveUploadRequest.SerializeToString,
+                response_deserializer=ppml_dot_v1_dot_coordinator__pb2.ResolveUploadResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -52,6 +57,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveUpload(self, request, context):
+        """A client whose upload failed on some server asks the leader for its
+        outcome: an upload not committed yet is aborted now, on every server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Link,
                     request_deserializer=ppml_dot_v1_dot_coordinator__pb2.PartyMessage.FromString,
                     response_serializer=ppml_dot_v1_dot_coordinator__pb2.LeaderMessage.SerializeToString,
+            ),
+            'ResolveUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveUpload,
+                    request_deserializer=ppml_dot_v1_dot_coordinator__pb2.ResolveUploadRequest.FromString,
+                    response_serializer=ppml_dot_v1_dot_coordinator__pb2.ResolveUploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +106,33 @@ class Coordinator:
             '/ppml.v1.Coordinator/Link',
             ppml_dot_v1_dot_coordinator__pb2.PartyMessage.SerializeToString,
             ppml_dot_v1_dot_coordinator__pb2.LeaderMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppml.v1.Coordinator/ResolveUpload',
+            ppml_dot_v1_dot_coordinator__pb2.ResolveUploadRequest.SerializeToString,
+            ppml_dot_v1_dot_coordinator__pb2.ResolveUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

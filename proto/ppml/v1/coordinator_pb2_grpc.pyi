@@ -40,6 +40,10 @@ class CoordinatorStub:
     """A follower or the dealer opens one Link for its lifetime; it sends Hello
     first. Closing the stream means the party is gone.
     """
+    ResolveUpload: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ResolveUploadRequest, _coordinator_pb2.ResolveUploadResponse]
+    """A client whose upload failed on some server asks the leader for its
+    outcome: an upload not committed yet is aborted now, on every server.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -47,6 +51,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Link: _aio.StreamStreamMultiCallable[_coordinator_pb2.PartyMessage, _coordinator_pb2.LeaderMessage]  # type: ignore[assignment]
     """A follower or the dealer opens one Link for its lifetime; it sends Hello
     first. Closing the stream means the party is gone.
+    """
+    ResolveUpload: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ResolveUploadRequest, _coordinator_pb2.ResolveUploadResponse]  # type: ignore[assignment]
+    """A client whose upload failed on some server asks the leader for its
+    outcome: an upload not committed yet is aborted now, on every server.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -58,6 +66,16 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.LeaderMessage], _abc.AsyncIterator[_coordinator_pb2.LeaderMessage]]:
         """A follower or the dealer opens one Link for its lifetime; it sends Hello
         first. Closing the stream means the party is gone.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveUpload(
+        self,
+        request: _coordinator_pb2.ResolveUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ResolveUploadResponse, _abc.Awaitable[_coordinator_pb2.ResolveUploadResponse]]:
+        """A client whose upload failed on some server asks the leader for its
+        outcome: an upload not committed yet is aborted now, on every server.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

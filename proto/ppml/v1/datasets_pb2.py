@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ppml.v1 import common_pb2 as ppml_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/datasets.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\x9e\x01\n\rDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x0f\n\x07\x61llowed\x18\x06 \x03(\t\x12\x0f\n\x07scaling\x18\x07 \x01(\t\x12\x0f\n\x07release\x18\x08 \x03(\t\"\x8a\x01\n\x12UploadDatasetChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.ppml.v1.DatasetHeader\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12$\n\x06labels\x18\x03 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\"\xc4\x01\n\x0b\x44\x61tasetInfo\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x15\n\rfeature_shape\x18\x05 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x0f\n\x07\x61llowed\x18\x07 \x03(\t\x12\x0f\n\x07scaling\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x0f\n\x07release\x18\n \x03(\t\"O\n\x17SetDatasetAccessRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x03(\t\x12\x0f\n\x07release\x18\x03 \x03(\t\"\x15\n\x13ListDatasetsRequest\">\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.ppml.v1.DatasetInfo\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse2\x80\x03\n\x0f\x44\x61tasetRegistry\x12\x44\n\rUploadDataset\x12\x1b.ppml.v1.UploadDatasetChunk\x1a\x14.ppml.v1.DatasetInfo(\x01\x12K\n\x0cListDatasets\x12\x1c.ppml.v1.ListDatasetsRequest\x1a\x1d.ppml.v1.ListDatasetsResponse\x12>\n\nGetDataset\x12\x1a.ppml.v1.GetDatasetRequest\x1a\x14.ppml.v1.DatasetInfo\x12N\n\rDeleteDataset\x12\x1d.ppml.v1.DeleteDatasetRequest\x1a\x1e.ppml.v1.DeleteDatasetResponse\x12J\n\x10SetDatasetAccess\x12 .ppml.v1.SetDatasetAccessRequest\x1a\x14.ppml.v1.DatasetInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/datasets.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\xb1\x01\n\rDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x0f\n\x07\x61llowed\x18\x06 \x03(\t\x12\x0f\n\x07scaling\x18\x07 \x01(\t\x12\x0f\n\x07release\x18\x08 \x03(\t\x12\x11\n\tupload_id\x18\t \x01(\t\"\x8a\x01\n\x12UploadDatasetChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.ppml.v1.DatasetHeader\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\x12$\n\x06labels\x18\x03 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\"\xc4\x01\n\x0b\x44\x61tasetInfo\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x15\n\rfeature_shape\x18\x05 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x0f\n\x07\x61llowed\x18\x07 \x03(\t\x12\x0f\n\x07scaling\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x0f\n\x07release\x18\n \x03(\t\"O\n\x17SetDatasetAccessRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x03(\t\x12\x0f\n\x07release\x18\x03 \x03(\t\"\x15\n\x13ListDatasetsRequest\">\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.ppml.v1.DatasetInfo\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse2\x80\x03\n\x0f\x44\x61tasetRegistry\x12\x44\n\rUploadDataset\x12\x1b.ppml.v1.UploadDatasetChunk\x1a\x14.ppml.v1.DatasetInfo(\x01\x12K\n\x0cListDatasets\x12\x1c.ppml.v1.ListDatasetsRequest\x1a\x1d.ppml.v1.ListDatasetsResponse\x12>\n\nGetDataset\x12\x1a.ppml.v1.GetDatasetRequest\x1a\x14.ppml.v1.DatasetInfo\x12N\n\rDeleteDataset\x12\x1d.ppml.v1.DeleteDatasetRequest\x1a\x1e.ppml.v1.DeleteDatasetResponse\x12J\n\x10SetDatasetAccess\x12 .ppml.v1.SetDatasetAccessRequest\x1a\x14.ppml.v1.DatasetInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.datasets_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DATASETHEADER']._serialized_start=58
-  _globals['_DATASETHEADER']._serialized_end=216
-  _globals['_UPLOADDATASETCHUNK']._serialized_start=219
-  _globals['_UPLOADDATASETCHUNK']._serialized_end=357
-  _globals['_DATASETINFO']._serialized_start=360
-  _globals['_DATASETINFO']._serialized_end=556
-  _globals['_SETDATASETACCESSREQUEST']._serialized_start=558
-  _globals['_SETDATASETACCESSREQUEST']._serialized_end=637
-  _globals['_LISTDATASETSREQUEST']._serialized_start=639
-  _globals['_LISTDATASETSREQUEST']._serialized_end=660
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=662
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=724
-  _globals['_GETDATASETREQUEST']._serialized_start=726
-  _globals['_GETDATASETREQUEST']._serialized_end=765
-  _globals['_DELETEDATASETREQUEST']._serialized_start=767
-  _globals['_DELETEDATASETREQUEST']._serialized_end=809
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=811
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=834
-  _globals['_DATASETREGISTRY']._serialized_start=837
-  _globals['_DATASETREGISTRY']._serialized_end=1221
+  _globals['_DATASETHEADER']._serialized_end=235
+  _globals['_UPLOADDATASETCHUNK']._serialized_start=238
+  _globals['_UPLOADDATASETCHUNK']._serialized_end=376
+  _globals['_DATASETINFO']._serialized_start=379
+  _globals['_DATASETINFO']._serialized_end=575
+  _globals['_SETDATASETACCESSREQUEST']._serialized_start=577
+  _globals['_SETDATASETACCESSREQUEST']._serialized_end=656
+  _globals['_LISTDATASETSREQUEST']._serialized_start=658
+  _globals['_LISTDATASETSREQUEST']._serialized_end=679
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=681
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=743
+  _globals['_GETDATASETREQUEST']._serialized_start=745
+  _globals['_GETDATASETREQUEST']._serialized_end=784
+  _globals['_DELETEDATASETREQUEST']._serialized_start=786
+  _globals['_DELETEDATASETREQUEST']._serialized_end=828
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=830
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=853
+  _globals['_DATASETREGISTRY']._serialized_start=856
+  _globals['_DATASETREGISTRY']._serialized_end=1240
 # @@protoc_insertion_point(module_scope)

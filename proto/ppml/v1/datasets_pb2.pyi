@@ -34,6 +34,7 @@ class DatasetHeader(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Client-chosen, the same on every server: [A-Za-z0-9_.-]{1,64}."""
     name: _builtins.str
@@ -43,6 +44,11 @@ class DatasetHeader(_message.Message):
     scaling: _builtins.str
     """Public description of any scaling the owner applied before sharing
     (e.g. "x / 16 - 0.5"); documentation only.
+    """
+    upload_id: _builtins.str
+    """Random per upload attempt, the same on every server ([A-Za-z0-9_.-]{1,64}):
+    a server keeps its share staged (not usable) until the leader has seen
+    every server stage this attempt, then commits it everywhere.
     """
     @_builtins.property
     def feature_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -71,10 +77,11 @@ class DatasetHeader(_message.Message):
         allowed: _abc.Iterable[_builtins.str] | None = ...,
         scaling: _builtins.str = ...,
         release: _abc.Iterable[_builtins.str] | None = ...,
+        upload_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "release", b"release", "rows", b"rows", "scaling", b"scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "dataset_id", b"dataset_id", "feature_shape", b"feature_shape", "name", b"name", "num_classes", b"num_classes", "release", b"release", "rows", b"rows", "scaling", b"scaling", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ppml.v1 import common_pb2 as ppml_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/registry.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\x9b\x01\n\x12UploadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12\'\n\nparameters\x18\x04 \x03(\x0b\x32\x13.ppml.v1.NamedShare\x12\x0f\n\x07\x61llowed\x18\x05 \x03(\t\"\xd3\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x04 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0fparameter_count\x18\x06 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x07 \x03(\t\x12\'\n\ntrained_on\x18\x08 \x03(\x0b\x32\x13.ppml.v1.DataSource\":\n\x15SetModelAccessRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x03(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.ppml.v1.ModelInfo\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"&\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"a\n\x13\x45xportModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.ppml.v1.ModelInfo\x12\'\n\nparameters\x18\x02 \x03(\x0b\x32\x13.ppml.v1.NamedShare2\xaa\x03\n\rModelRegistry\x12>\n\x0bUploadModel\x12\x1b.ppml.v1.UploadModelRequest\x1a\x12.ppml.v1.ModelInfo\x12\x45\n\nListModels\x12\x1a.ppml.v1.ListModelsRequest\x1a\x1b.ppml.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.ppml.v1.GetModelRequest\x1a\x12.ppml.v1.ModelInfo\x12H\n\x0b\x44\x65leteModel\x12\x1b.ppml.v1.DeleteModelRequest\x1a\x1c.ppml.v1.DeleteModelResponse\x12\x44\n\x0eSetModelAccess\x12\x1e.ppml.v1.SetModelAccessRequest\x1a\x12.ppml.v1.ModelInfo\x12H\n\x0b\x45xportModel\x12\x1b.ppml.v1.ExportModelRequest\x1a\x1c.ppml.v1.ExportModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ppml/v1/registry.proto\x12\x07ppml.v1\x1a\x14ppml/v1/common.proto\"\xae\x01\n\x12UploadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12\'\n\nparameters\x18\x04 \x03(\x0b\x32\x13.ppml.v1.NamedShare\x12\x0f\n\x07\x61llowed\x18\x05 \x03(\t\x12\x11\n\tupload_id\x18\x06 \x01(\t\"\xd3\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12+\n\x0c\x61rchitecture\x18\x04 \x01(\x0b\x32\x15.ppml.v1.Architecture\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0fparameter_count\x18\x06 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x07 \x03(\t\x12\'\n\ntrained_on\x18\x08 \x03(\x0b\x32\x13.ppml.v1.DataSource\":\n\x15SetModelAccessRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x03(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.ppml.v1.ModelInfo\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"&\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"a\n\x13\x45xportModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.ppml.v1.ModelInfo\x12\'\n\nparameters\x18\x02 \x03(\x0b\x32\x13.ppml.v1.NamedShare2\xaa\x03\n\rModelRegistry\x12>\n\x0bUploadModel\x12\x1b.ppml.v1.UploadModelRequest\x1a\x12.ppml.v1.ModelInfo\x12\x45\n\nListModels\x12\x1a.ppml.v1.ListModelsRequest\x1a\x1b.ppml.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.ppml.v1.GetModelRequest\x1a\x12.ppml.v1.ModelInfo\x12H\n\x0b\x44\x65leteModel\x12\x1b.ppml.v1.DeleteModelRequest\x1a\x1c.ppml.v1.DeleteModelResponse\x12\x44\n\x0eSetModelAccess\x12\x1e.ppml.v1.SetModelAccessRequest\x1a\x12.ppml.v1.ModelInfo\x12H\n\x0b\x45xportModel\x12\x1b.ppml.v1.ExportModelRequest\x1a\x1c.ppml.v1.ExportModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.registry_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPLOADMODELREQUEST']._serialized_start=58
-  _globals['_UPLOADMODELREQUEST']._serialized_end=213
-  _globals['_MODELINFO']._serialized_start=216
-  _globals['_MODELINFO']._serialized_end=427
-  _globals['_SETMODELACCESSREQUEST']._serialized_start=429
-  _globals['_SETMODELACCESSREQUEST']._serialized_end=487
-  _globals['_LISTMODELSREQUEST']._serialized_start=489
-  _globals['_LISTMODELSREQUEST']._serialized_end=508
-  _globals['_LISTMODELSRESPONSE']._serialized_start=510
-  _globals['_LISTMODELSRESPONSE']._serialized_end=566
-  _globals['_GETMODELREQUEST']._serialized_start=568
-  _globals['_GETMODELREQUEST']._serialized_end=603
-  _globals['_DELETEMODELREQUEST']._serialized_start=605
-  _globals['_DELETEMODELREQUEST']._serialized_end=643
-  _globals['_DELETEMODELRESPONSE']._serialized_start=645
-  _globals['_DELETEMODELRESPONSE']._serialized_end=666
-  _globals['_EXPORTMODELREQUEST']._serialized_start=668
-  _globals['_EXPORTMODELREQUEST']._serialized_end=706
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=708
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=805
-  _globals['_MODELREGISTRY']._serialized_start=808
-  _globals['_MODELREGISTRY']._serialized_end=1234
+  _globals['_UPLOADMODELREQUEST']._serialized_end=232
+  _globals['_MODELINFO']._serialized_start=235
+  _globals['_MODELINFO']._serialized_end=446
+  _globals['_SETMODELACCESSREQUEST']._serialized_start=448
+  _globals['_SETMODELACCESSREQUEST']._serialized_end=506
+  _globals['_LISTMODELSREQUEST']._serialized_start=508
+  _globals['_LISTMODELSREQUEST']._serialized_end=527
+  _globals['_LISTMODELSRESPONSE']._serialized_start=529
+  _globals['_LISTMODELSRESPONSE']._serialized_end=585
+  _globals['_GETMODELREQUEST']._serialized_start=587
+  _globals['_GETMODELREQUEST']._serialized_end=622
+  _globals['_DELETEMODELREQUEST']._serialized_start=624
+  _globals['_DELETEMODELREQUEST']._serialized_end=662
+  _globals['_DELETEMODELRESPONSE']._serialized_start=664
+  _globals['_DELETEMODELRESPONSE']._serialized_end=685
+  _globals['_EXPORTMODELREQUEST']._serialized_start=687
+  _globals['_EXPORTMODELREQUEST']._serialized_end=725
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=727
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=824
+  _globals['_MODELREGISTRY']._serialized_start=827
+  _globals['_MODELREGISTRY']._serialized_end=1253
 # @@protoc_insertion_point(module_scope)

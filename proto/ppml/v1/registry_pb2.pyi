@@ -32,9 +32,14 @@ class UploadModelRequest(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     ALLOWED_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Client-chosen, the same on every server: [A-Za-z0-9_.-]{1,64}."""
     name: _builtins.str
+    upload_id: _builtins.str
+    """Random per upload attempt, the same on every server ([A-Za-z0-9_.-]{1,64}):
+    the model is staged until every server holds it, then committed everywhere.
+    """
     @_builtins.property
     def architecture(self) -> _common_pb2.Architecture: ...
     @_builtins.property
@@ -53,10 +58,11 @@ class UploadModelRequest(_message.Message):
         architecture: _common_pb2.Architecture | None = ...,
         parameters: _abc.Iterable[_common_pb2.NamedShare] | None = ...,
         allowed: _abc.Iterable[_builtins.str] | None = ...,
+        upload_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "architecture", b"architecture", "model_id", b"model_id", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "architecture", b"architecture", "model_id", b"model_id", "name", b"name", "parameters", b"parameters", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
