@@ -12,16 +12,19 @@ is opened to the servers except, without DP, the round's total sample count
   it (a public integer).
 * **With DP (DP-FedAvg):** participants submit ``delta_k``. Each update is
   clipped *in MPC* to ``delta_k * min(1, C' / ||delta_k||)`` with
-  ``C' = C (1 - 2^-7)``, by the same staged inverse square root as DP-SGD's
-  per-example clipping (:func:`~ppml.servers.mpc.dpsgd.clip_stage_weights`:
-  accurate to 0.5 %, inside the margin, so a clipped norm stays below ``C``),
-  so a participant that skipped clipping gains nothing. The clipped updates are summed with weight
-  1 each (sensitivity ``C``), and each party adds Gaussian noise it draws from
-  its own CSPRNG (:class:`~ppml.training.privacy.SecureRandom`) to *its own
-  share* of the sum, with standard deviation ``per_server_noise_std(z * C,
-  n)``, so that the noise of the other parties alone reaches ``z * C``
-  against any single server (``ppml.training.privacy.noise`` explains the
-  split). The noisy sum is divided by the public number of participants.
+  ``C' = C (1 - 2^-7)``, as DP-SGD's examples are
+  (:func:`~ppml.servers.mpc.clipping.clipped_rows`: accurate to 0.5 %, inside
+  the margin, so a clipped norm stays below ``C``). Every coordinate is
+  range-checked before anything is squared, and an update with a coordinate
+  out of range, or whose squared norm came out out of range, counts as 0:
+  no submitted value (crafted shares included) gets past the clipping. The
+  clipped updates are summed with weight 1 each (sensitivity ``C``), and
+  each party adds Gaussian noise it draws from its own CSPRNG
+  (:class:`~ppml.training.privacy.SecureRandom`) to *its own share* of the
+  sum, with standard deviation ``per_server_noise_std(z * C, n)``, so that
+  the noise of the other parties alone reaches ``z * C`` against any single
+  server (``ppml.training.privacy.noise`` explains the split). The noisy sum
+  is divided by the public number of participants.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import torch
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.federations import parameter_names
 from ppml.proto.shares import SCALE, Ring
+from ppml.servers.mpc.clipping import clipped_rows
 from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.dpsgd import clip, clip_stage_weights
 from ppml.training.privacy import SecureRandom, gaussian_sigma, per_server_noise_std
 
 
@@ -98,9 +101,7 @@ def aggregate(
             raise ValueError(f"the round's total sample count is {total_weight:.3g}")
         average = _share_of(_shared(summed).div(divisor))
         return Aggregate(average, np.zeros(summed.shape), total_weight)
-    x = _shared(flats)
-    weights_per_stage = clip_stage_weights(x.square().sum(dim=1), dp.clip_norm)
-    clipped_sum = _share_of(clip(x, weights_per_stage).sum(dim=0))
+    clipped_sum = _share_of(clipped_rows(_shared(flats), dp.clip_norm).sum(dim=0))
     sigma = gaussian_sigma(dp.clip_norm, dp.noise_multiplier)
     world = crypten.communicator.get().get_world_size()
     own = (rng or SecureRandom()).normal(clipped_sum.size, per_server_noise_std(sigma, world))

@@ -12,22 +12,18 @@ output, so ``||g_i||^2 = ||delta_i||^2 (||a_i||^2 + 1)``. The forward pass
 keeps every ``a``, the backward pass every ``delta``; summed over layers this
 gives each example's squared norm ``s_i`` from ``(B,)``-sized secrets only.
 
-**Clipping.** ``f_i = min(1, C' / sqrt(s_i))`` with ``C' = C (1 - 2^-7)``:
-the margin absorbs the approximation below, so a clipped gradient's norm
-stays under ``C``. With ``t = s / C'^2``, the copies ``t / 64^j``
-(``j = 0..5``) go through *one* CrypTen ``inv_sqrt`` (stacked, so the
-Newton iterations cost the rounds of one); one stacked comparison
-``s > C'^2 64^j`` (against public values, no product) picks the copy that
-lies in ``[1, 64)``, where ``inv_sqrt`` is accurate to within 0.5 %, and
-``t^-1/2 = (t / 64^j)^-1/2 / 8^j``. Each ``delta_i`` is multiplied by that
-root (in ``(1/8, 1]``, full precision) and only then by the public, exact
-``8^-j`` (:func:`clip`). Every product that matters stays small (CrypTen's
-two-party truncation fails with a probability that grows with the value:
-about ``|x| / 2^32`` for a product of value ``x``), and the rounding is an
-absolute ``2^-16`` per coordinate, not a relative error that grows with the
-norm. The clipped sum of a layer's gradients is ``(f * delta)^T A`` and
-``sum_i f_i delta_i``. The squared norms themselves are products: keep
-per-example norms within ~100 C (the usual regime) for them to be reliable.
+**Clipping** (:mod:`~ppml.servers.mpc.clipping`, shared with DP-FedAvg).
+``f_i = min(1, C' / sqrt(s_i))`` with ``C' = C (1 - 2^-7)``: the margin
+absorbs the approximations, so a clipped gradient's norm stays under ``C``.
+The data owner chooses the rows and targets, so nothing is squared before it
+is checked: every coordinate of every ``a`` and ``delta`` must lie within
+``coordinate_bound`` (at most 2^8), each example's ``||a||^2`` per layer
+within ``INPUT_CAP`` and ``||delta||^2`` within ``DELTA_CAP`` (all layers
+together), and ``s_i`` within ``(-1, S_MAX]``; an example failing any check
+(a crafted row, or a rare failed truncation) gets clip weight 0 and adds
+nothing. The checks cost two stacked comparisons and a few products with
+0/1 bits per step. The clipped sum of a layer's gradients is
+``(f * delta)^T A`` and ``sum_i f_i delta_i``, both from the checked values.
 
 **Noise.** Each party draws ``N(0, s^2)`` per coordinate from its own
 :class:`~ppml.training.privacy.SecureRandom` with
@@ -48,6 +44,13 @@ from typing import Any
 import torch
 
 from ppml.proto.domain.architecture import Architecture
+from ppml.servers.mpc.clipping import (
+    clip,
+    clip_stage_weights,
+    coordinate_bound,
+    in_range,
+    outside,
+)
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.training.privacy import SecureRandom, per_server_noise_std
 from ppml.training.privacy.dpsgd import DP_LAYER_KINDS
@@ -103,53 +106,42 @@ def _backward(tape: list[_Tape], delta: Any) -> list[tuple[Any, Any, Any]]:
     return dense
 
 
-CLIP_MARGIN = 2**-7  # clip to C (1 - margin): room for the inverse square root's error
-_STAGES = 6  # t / 64^j for j < 6: t up to 2^36, past 2^31 (any product of two secrets)
-# stage weights: row 0 keeps delta (not clipped), row j + 1 holds (t / 64^j)^-1/2, worth 8^-j
-STAGE_SCALES = (1.0, *(8.0**-j for j in range(_STAGES)))
+# caps on each example's ||a||^2 per layer and ||delta||^2 summed over layers: every
+# product ||delta||^2 (||a||^2 + 1) and their sum stay below 2^30 (see clipping.py)
+INPUT_CAP = 2.0**15  # ||a|| up to 181
+DELTA_CAP = 2.0**14  # ||delta|| up to 128, all layers together
 
 
-def clip_stage_weights(squared_norms: Any, clip_norm: float) -> Any:
-    """Secret ``(7, B)`` weights ``w`` with ``sum_k w[k] STAGE_SCALES[k] = min(1, C' / sqrt(s))``.
+def _checked_clip_weights(
+    dense: list[tuple[Any, Any, Any]], clip_norm: float
+) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+    """Clip weights from checked values, and ``dense`` with out-of-range coordinates zeroed.
 
-    ``C' = C (1 - CLIP_MARGIN)``; ``squared_norms`` is a secret ``(B,)``
-    tensor; ``t = s / C'^2`` below ``2^36``. The row in use multiplies a
-    value below 64; rows not in use may overflow into garbage, and are
-    multiplied by an exact 0. Per example at most one row is non-zero: row
-    0 (= 1) when ``s <= C'^2``, else the row of the stage whose copy lies in
-    ``[1, 64)``, holding its inverse square root in ``(1/8, 1]`` (full
-    relative precision). Rounds: one ``inv_sqrt``, one comparison and one
-    multiplication, whatever ``s``.
+    Every ``a`` and ``delta`` coordinate is range-checked (one comparison),
+    then each layer's ``||a||^2`` and ``||delta||^2`` and the total
+    ``sum ||delta||^2`` (another comparison) before they are multiplied, so
+    the squared norm cannot wrap; an example failing any check gets weight 0.
     """
-    bound2 = (clip_norm * (1 - CLIP_MARGIN)) ** 2
-    s = squared_norms
-    # s / 64^j by integer division, then / C'^2: the product is small in the row that is used
-    # (CrypTen's two-party truncation fails with a probability that grows with the value)
-    stages = crypten.stack([s.div(64**j) if j else s for j in range(_STAGES)])
-    roots = stages.mul(1.0 / bound2).inv_sqrt()  # row j accurate where 64^j <= t < 64^(j+1)
-    thresholds = torch.tensor([bound2 * 64.0**j for j in range(_STAGES)]).unsqueeze(1)
-    above = crypten.stack([s] * _STAGES).gt(thresholds)  # nested: above[j] implies above[j-1]
-    chosen = above - crypten.cat([above[1:], above[:1] * 0])  # one-hot: the stage t is in
-    # comparisons come back as integers (scale 1): select in one product with fixed-point values
-    selectors = crypten.cat([1 - above[:1], chosen])
-    return selectors * crypten.cat([roots[:1] * 0 + 1, roots])
-
-
-def clip_factors(squared_norms: Any, clip_norm: float) -> Any:
-    """Secret ``min(1, C' / sqrt(s))`` per example (see :func:`clip_stage_weights`)."""
-    weights = clip_stage_weights(squared_norms, clip_norm)
-    return weights.mul(torch.tensor(STAGE_SCALES).unsqueeze(1)).sum(0)
-
-
-def clip(delta: Any, weights: Any) -> Any:
-    """``f_i delta_i`` for ``(B, out)`` ``delta``: each stage's product, then its public scale.
-
-    Multiplying ``delta`` by the stage's root before the (exact, power of two)
-    scale keeps every product small and its rounding an absolute ``2^-16``
-    per coordinate, whatever the norm.
-    """
-    products = weights.unsqueeze(2) * delta.unsqueeze(0)  # (7, B, out), one round
-    return products.mul(torch.tensor(STAGE_SCALES).reshape(-1, 1, 1)).sum(0)
+    tensors = [a for _, a, _ in dense] + [delta for _, _, delta in dense]
+    kept, bad = in_range(tensors, [coordinate_bound(int(t.size(1))) for t in tensors])
+    layers = len(dense)
+    inputs = [a.square().sum(1) for a in kept[:layers]]
+    deltas = [delta.square().sum(1) for delta in kept[layers:]]
+    total_delta = deltas[0]
+    for value in deltas[1:]:
+        total_delta = total_delta + value
+    caps = [INPUT_CAP] * layers + [DELTA_CAP] * (layers + 1)
+    bad = bad + outside([*inputs, *deltas, total_delta], caps)
+    squared = None
+    for (module, _, _), a2, delta2 in zip(dense, inputs, deltas, strict=True):
+        term = delta2 * (a2 + 1 if module.bias is not None else a2)
+        squared = term if squared is None else squared + term
+    weights = clip_stage_weights(squared, clip_norm, bad)
+    checked = [
+        (module, a, delta)
+        for (module, _, _), a, delta in zip(dense, kept[:layers], kept[layers:], strict=True)
+    ]
+    return weights, checked
 
 
 def clipped_gradient_sums(
@@ -159,12 +151,7 @@ def clipped_gradient_sums(
     with crypten.no_grad():
         output, tape = _forward(kinds, modules, x)
         dense = _backward(tape, OUTPUT_GRADIENT[loss](output, target))
-        squared = None
-        for module, a, delta in dense:
-            inputs = a.square().sum(1) + (1 if module.bias is not None else 0)
-            term = delta.square().sum(1) * inputs
-            squared = term if squared is None else squared + term
-        weights = clip_stage_weights(squared, clip_norm)
+        weights, dense = _checked_clip_weights(dense, clip_norm)
         sums: list[tuple[Any, str, Any]] = []
         for module, a, delta in dense:
             clipped = clip(delta, weights)

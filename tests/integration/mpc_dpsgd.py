@@ -10,25 +10,27 @@ from typing import Any
 
 import torch
 
+from ppml.servers.mpc.clipping import CLIP_MARGIN, clip_factors
 from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.dpsgd import (
-    CLIP_MARGIN,
-    add_own_noise,
-    clip_factors,
-    clipped_gradient_sums,
-)
+from ppml.servers.mpc.dpsgd import add_own_noise, clipped_gradient_sums
 from ppml.training.privacy import SecureRandom
 
 NOISE_VALUES = 4000
 NOISE_STD = 0.5  # each party's own std
 
 
-def _models(seed: int) -> tuple[torch.nn.Sequential, list[Any]]:
-    gen = torch.Generator().manual_seed(seed)  # public test weights, not secret randomness
+def plain_model(seed: int) -> torch.nn.Sequential:
+    """The test MLP in torch, weights from ``seed`` (public test weights, not secret randomness)."""
+    gen = torch.Generator().manual_seed(seed)
     plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     with torch.no_grad():
         for p in plain.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.8)
+    return plain
+
+
+def _models(seed: int) -> tuple[torch.nn.Sequential, list[Any]]:
+    plain = plain_model(seed)
     layers = [crypten.nn.Linear(6, 5), crypten.nn.ReLU(), crypten.nn.Linear(5, 3)]
     for source, target in ((plain[0], layers[0]), (plain[2], layers[2])):
         for name in ("weight", "bias"):

@@ -20,7 +20,7 @@ import pytest
 from ppml.proto import shares
 from ppml.proto.domain.architecture import Architecture, Linear
 from ppml.proto.domain.federations import flatten
-from ppml.servers.mpc.dpsgd import CLIP_MARGIN
+from ppml.servers.mpc.clipping import CLIP_MARGIN
 from ppml.training.privacy import clip_update, gaussian_sigma
 from tests.integration.mpc_cluster import MpcCluster
 from tests.integration.mpc_programs import aggregation_updates
