@@ -52,6 +52,7 @@ ADMIT_TIMEOUT_S = 3.0  # TLS handshake plus hello of one connection (millisecond
 MAX_ADMITTING = 32  # connections in their handshake at once (a real epoch needs 2 per lower rank)
 MAX_ADMITTING_PER_HOST = 8
 REFUSAL_LOG_INTERVAL_S = 30.0
+ACCEPT_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 _ACCEPT_ERROR_PAUSE_S = 0.05
 
 
@@ -100,7 +101,8 @@ class Listener:
         self.address = address
         self.identity = identity
         self._context = make_context(identity, server_side=True)
-        self._server = socket.create_server(address, backlog=64)
+        # a deep accept queue: a burst of strangers must not make a peer's SYN wait for a retry
+        self._server = socket.create_server(address, backlog=ACCEPT_BACKLOG)
         self._cond = threading.Condition()
         self._epoch: _Epoch | None = None
         self._closed = False
