@@ -26,6 +26,7 @@ from ppml.client.datasets_api import DatasetListing, DatasetsMixin
 from ppml.client.errors import ServerUnavailable
 from ppml.client.exported import ExportedModel
 from ppml.client.federation_api import FederationMixin
+from ppml.client.input_checks import check_rows
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
@@ -215,8 +216,13 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Prediction:
-        """The prediction with how it was batched; ``request_id`` is yours to choose or fresh."""
+        """The prediction with how it was batched; ``request_id`` is yours to choose or fresh.
+
+        Raises :class:`InputShapeMismatch` before anything is sent when ``x``'s rows do not
+        have the model's input shape (read once per model from its public metadata).
+        """
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        self._check_input(model_id, array.shape)
         parts = shares.share(shares.encode(array), self.parties)
         request_id = request_id or uuid.uuid4().hex
         deadline = timeout or self.timeout
@@ -235,6 +241,13 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
         return Prediction(
             torch.from_numpy(value).float(), min(r.batch_requests for r in replies), request_id
         )
+
+    def _check_input(self, model_id: str, shape: tuple[int, ...]) -> None:
+        known: dict[str, tuple[int, ...]] = self.__dict__.setdefault("_input_shapes", {})
+        if model_id in known and tuple(shape[1:]) == known[model_id]:
+            return
+        known[model_id] = tuple(self.get_model(model_id).architecture.input_shape)  # fresh
+        check_rows(known[model_id], shape, f"model {model_id}")
 
     # ------------------------------------------------------------ monitoring
 

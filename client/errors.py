@@ -135,7 +135,20 @@ class AlreadySubmitted(PpmlClientError):
 
 
 class ContextMismatch(PpmlClientError):
-    """A CKKS update was encrypted under another federation's context."""
+    """A CKKS update was encrypted under another federation's context.
+
+    Raised by a server, or here before anything is sent: the participant's
+    context is not the one the federation was created with.
+    """
+
+
+class InputShapeMismatch(InvalidShare):
+    """Rows of another width (or shape) than the model's input; raised before anything is sent."""
+
+
+class UpdateShapeMismatch(InvalidFederation):
+    """A local training returned a model whose parameters differ from the federation's model
+    (another shape, a missing or an extra layer); raised before anything is sent."""
 
 
 class BudgetExhausted(PpmlClientError):

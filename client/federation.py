@@ -34,10 +34,12 @@ from torch import nn
 from ppml.client.errors import (
     AlreadySubmitted,
     BudgetExhausted,
+    ContextMismatch,
     FederationFailed,
     FederationFinished,
     InvalidFederation,
     RoundClosed,
+    UpdateShapeMismatch,
     from_rpc_error,
 )
 from ppml.client.exported import to_torch
@@ -270,11 +272,14 @@ def ckks_global_model(
         view = leader.federation.GetRound(request, timeout=c.timeout, metadata=c._metadata)
     except grpc.RpcError as err:
         raise from_rpc_error(err, leader.name) from None
-    ctx = ckks.load_context(context)
+    ctx = check_context(info, context)
     flat = np.zeros(fed.parameter_count(info.architecture)) if base is None else base.copy()
     following = from_round
     for round_no, data in zip(view.ckks_rounds, view.ckks_aggregates, strict=True):
-        flat = flat + ckks.decrypt_average(ctx, ckks.deserialize(data))
+        try:
+            flat = flat + ckks.decrypt_average(ctx, ckks.deserialize(data))
+        except ckks.ContextMismatch as exc:
+            raise ContextMismatch(str(exc)) from None
         following = round_no + 1
     return following, fed.unflatten(info.architecture, flat)
 
@@ -352,9 +357,13 @@ class Participant:
         return info, weights
 
     def submit_round(self, info: fed.FederationInfo, weights: dict[str, Floats]) -> None:
+        if self._context is not None:
+            check_context(info, self._context)  # before the local training, not after
         model = to_torch(info.architecture, {k: torch.from_numpy(v) for k, v in weights.items()})
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         trained, rows, loss = self._train(model, info.round)
         state = trained.state_dict()
+        check_update_shapes(expected, {k: tuple(v.shape) for k, v in state.items()})
         delta = {name: state[name].detach().double().numpy() - weights[name] for name in weights}
         check_update(delta, rows, loss)
         if self._context is not None:
@@ -413,6 +422,49 @@ class Participant:
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err, leader.name) from None
+
+
+def _listing(shapes: dict[str, tuple[int, ...]], names: list[str]) -> str:
+    return ", ".join(f"{name} {shapes[name]}" for name in names)
+
+
+def check_update_shapes(
+    expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]
+) -> None:
+    """The trained model must have the federation model's parameters, no more, no fewer."""
+    problems = [
+        f"{name} has shape {given[name]}, expected {shape}"
+        for name, shape in expected.items()
+        if name in given and given[name] != shape
+    ]
+    missing = [name for name in expected if name not in given]
+    extra = [name for name in given if name not in expected]
+    if missing:
+        problems.append(f"missing {_listing(expected, missing)}")
+    if extra:
+        problems.append(f"extra {_listing(given, extra)} (a layer the federation's model lacks)")
+    if problems:
+        raise UpdateShapeMismatch(
+            "the local training returned a model of another shape than the federation's "
+            f"({_listing(expected, list(expected))}): {'; '.join(problems)}; nothing was sent"
+        )
+
+
+def check_context(info: fed.FederationInfo, context: bytes) -> Any:
+    """The participant's CKKS context, if it is the federation's; refused before any use."""
+    try:
+        ctx = ckks.load_context(context)
+    except ckks.CkksError as exc:
+        raise InvalidFederation(f"the CKKS context cannot be read: {exc}") from None
+    given = ckks.fingerprint_of(ctx)
+    expected = info.spec.ckks_fingerprint
+    if expected and given != expected:
+        raise ContextMismatch(
+            f"federation {info.federation_id} uses CKKS context {expected[:16]}..., this "
+            f"participant holds context {given[:16]}... (another federation's key file?); "
+            "nothing was sent"
+        )
+    return ctx
 
 
 def check_update(delta: dict[str, Floats], rows: int, loss: float | None) -> None:

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 
 from ppml.client.errors import InvalidFederation, from_rpc_error
 from ppml.client.federation import Federation, JoinReport, Participant, TrainFn, data_trainer
+from ppml.client.input_checks import check_rows
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.transport import ClusterBase, ServerStubs
 from ppml.proto import shares
@@ -169,6 +171,7 @@ class FederationMixin(ClusterBase):
             train = data
         else:
             info = self.federation(federation_id).info()
+            check_rows(info.architecture.input_shape, np.shape(data[0]), "the federation's model")
             classes = num_classes or int(info.architecture.output_shape[0])
             train = data_trainer(data[0], data[1], info.spec, classes, seed)
         participant = Participant(self, federation_id, train, ckks_context, report_loss, poll_s)

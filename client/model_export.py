@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from torch import nn
 
 from ppml.client.exported import to_torch
+from ppml.client.input_checks import check_rows
 from ppml.client.onnx_graph import UnsupportedModelError, parse_onnx
 from ppml.proto.domain.architecture import Architecture
 
@@ -55,9 +56,10 @@ def export_model(
     """Return ``(architecture, weights)`` for a torch module or an ONNX model.
 
     Args:
-        model: a ``torch.nn.Module`` (then ``sample_input`` is required, batch
-            dimension first), or an ONNX model as a file path or as bytes.
-        sample_input: an example input batch for tracing a torch module.
+        model: a ``torch.nn.Module``, or an ONNX model as a file path or as bytes.
+        sample_input: an example input batch (batch dimension first) for tracing a
+            torch module; optional when its first layer is a ``Linear`` (a row of
+            zeros of its input width is used), required otherwise.
 
     Returns:
         The public architecture, and float64 weights keyed exactly like
@@ -68,11 +70,11 @@ def export_model(
     Raises:
         UnsupportedModelError: a layer, an op or the graph's shape is not
             supported; the message names the offending layer or node.
+        InputShapeMismatch: ``sample_input``'s rows do not fit the first layer.
         ValueError: missing/ill-shaped ``sample_input`` or unreadable ONNX.
     """
     if isinstance(model, nn.Module):
-        if sample_input is None or sample_input.dim() < 2:
-            raise ValueError("a torch module needs a sample_input of shape (batch, ...)")
+        sample_input = _sample_for(model, sample_input)
         check_supported_modules(model)
         proto = _torch_to_onnx(model, sample_input)
     elif isinstance(model, bytes | bytearray):
@@ -93,6 +95,34 @@ def export_model(
         )
         _check_reproduces(model, arch, weights, sample_input)
     return arch, weights
+
+
+def _first_layer(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if next(m.children(), None) is None), None)
+
+
+def _sample_for(model: nn.Module, sample_input: torch.Tensor | None) -> torch.Tensor:
+    """``sample_input``, checked against the first layer, or one made from a first Linear."""
+    first = _first_layer(model)
+    if sample_input is None:
+        if isinstance(first, nn.Linear):
+            return torch.zeros(1, first.in_features)
+        raise ValueError(
+            "a torch module whose first layer is not a Linear needs sample_input=, an example "
+            "batch of shape (batch, ...), e.g. torch.zeros(1, 1, 28, 28)"
+        )
+    if sample_input.dim() < 2:
+        raise ValueError(
+            f"sample_input must be a batch of shape (batch, ...), got {tuple(sample_input.shape)}"
+        )
+    if isinstance(first, nn.Linear) and sample_input.dim() == 2:
+        expected: tuple[int, ...] = (first.in_features,)
+    elif isinstance(first, nn.Conv2d) and sample_input.dim() == 4:
+        expected = (first.in_channels, *sample_input.shape[2:])
+    else:
+        return sample_input
+    check_rows(expected, tuple(sample_input.shape), f"the model's first layer ({first})")
+    return sample_input
 
 
 def check_supported_modules(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ from ppml.client import (
     AuthenticationFailed,
     Cluster,
     DeadlineExceeded,
-    InvalidShare,
+    InputShapeMismatch,
     ModelNotFound,
     PredictionAborted,
 )
@@ -73,9 +73,17 @@ def _good_share() -> common_pb2.ShareTensor:
     return serde.share_to_proto(shares.random_ring((1, 64)))
 
 
-def test_wrong_shape(cluster2: Cluster, model_id: str, mlp: torch.nn.Module) -> None:
-    with pytest.raises(InvalidShare, match=r"expects \(rows, 64\)"):
+def test_wrong_shape(
+    stubs: Any, metadata: Any, cluster2: Cluster, model_id: str, mlp: torch.nn.Module
+) -> None:
+    # the SDK refuses before sending, naming both shapes
+    expected = r"rows of shape \(63,\).*expects rows of shape \(64,\)"
+    with pytest.raises(InputShapeMismatch, match=expected):
         cluster2.predict(model_id, torch.zeros(1, 63))
+    # a client that sends anyway gets the server's own check
+    error = _raw(stubs[0], metadata, model_id, serde.share_to_proto(shares.random_ring((1, 63))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expects (rows, 64)" in (error.details() or "")
     _still_serving(cluster2, model_id, mlp)
 
 

@@ -302,6 +302,8 @@ def test_export_restores_mixed_training_flags() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_module_needs_sample_input() -> None:
+def test_module_needs_sample_input_unless_its_first_layer_is_linear() -> None:
     with pytest.raises(ValueError, match="sample_input"):
-        export_model(nn.Linear(2, 2))
+        export_model(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Flatten()))
+    arch, _ = export_model(nn.Linear(2, 2))
+    assert arch.input_shape == (2,)
