@@ -3,6 +3,7 @@
 Examples::
 
     ppml cluster up --parties 2 --dir ./cluster        # servers + dealer in the background
+    ppml cluster up --dir ./cluster --client alice     # + an identity: secrets/alice.token
     ppml cluster status --config ./cluster/cluster.toml
     ppml models share --config ./cluster/cluster.toml --onnx model.onnx --name mnist
     ppml predict --config ./cluster/cluster.toml --model ID --input x.npy
@@ -44,6 +45,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -153,6 +155,26 @@ def _load_input(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------ commands
 
 
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _client_names(names: list[str], parties: int) -> tuple[str, ...]:
+    """``--client`` names: file-name safe, distinct, none of the cluster's own identities."""
+    taken = {"local-user", "client", "analyst", "monitor", "dealer"}
+    taken |= {f"server-{rank}" for rank in range(parties)}
+    for name in names:
+        if not _CLIENT_NAME.fullmatch(name):
+            raise CliError(
+                f"--client {name!r}: use letters, digits, '_', '.', '-' (at most 63, "
+                "starting with a letter or digit)"
+            )
+        if name in taken:
+            raise CliError(f"--client {name!r}: that identity is already in every local cluster")
+        if names.count(name) > 1:
+            raise CliError(f"--client {name!r} is given twice")
+    return tuple(names)
+
+
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.parties < 2:
         raise CliError("a cluster needs at least 2 non-colluding compute servers")
@@ -166,7 +188,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         )
     options = {"max_batch_rows": args.max_batch_rows, "max_wait_ms": args.max_wait_ms}
     serving = {key: value for key, value in options.items() if value is not None}
-    config_path = write_local_topology(directory, args.parties, serving)
+    clients = _client_names(args.client or [], args.parties)
+    config_path = write_local_topology(directory, args.parties, serving, clients=clients)
     load_config(config_path)  # reject bad --max-* values before starting anything
     cluster = LocalCluster(args.parties, directory, args.insecure, detached=True)
     try:
@@ -192,6 +215,12 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     print(f"  ppml models share --config {config_path}{flags} --onnx model.onnx")
     print(f"  ppml predict --config {config_path}{flags} --model ID --input x.npy")
     print(f'  Python: ppml.client.Cluster.from_config("{config_path}")')
+    for name in clients:
+        token_file = directory / "secrets" / f"{name}.token"
+        print(
+            f"  as {name}: its token is in {token_file} (ppml fl join --token-file; Python: "
+            f"Cluster.from_config(config, token=<that file's text>))"
+        )
     print(f"stop it: ppml cluster down --dir {directory}")
     return 0
 
@@ -357,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--max-batch-rows", type=int, help="rows per MPC batch")
     up.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
     up.add_argument("--timeout", type=float, default=180.0, help="start-up timeout, seconds")
+    up.add_argument(
+        "--client",
+        action="append",
+        metavar="NAME",
+        help="one more client identity (repeatable): its token goes to secrets/NAME.token",
+    )
     up.set_defaults(func=cmd_cluster_up)
     down = sub.add_parser("down", help="stop the cluster started in --dir")
     down.add_argument("--dir", required=True)

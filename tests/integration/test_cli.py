@@ -66,7 +66,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster
     directory = tmp_path_factory.mktemp("cluster")
     pids: dict[str, int] = {}
     try:
-        up = ppml("cluster", "up", "--parties", "2", "--dir", directory, timeout=150)
+        up = ppml(
+            "cluster", "up", "--parties", "2", "--dir", directory, "--client", "alice",
+            timeout=150,
+        )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
         pids = json.loads((directory / "pids.json").read_text())["processes"]
         yield RunningCluster(directory, directory / "cluster.toml", pids)
@@ -103,6 +106,32 @@ def test_up_refuses_a_directory_with_a_running_cluster(cluster: RunningCluster) 
     assert result.returncode != 0
     assert "already running" in result.stderr
     assert json.loads((cluster.directory / "pids.json").read_text())["processes"] == cluster.pids
+
+
+def test_up_writes_a_token_per_client_that_acts_as_that_identity(
+    cluster: RunningCluster,
+) -> None:
+    token_file = cluster.directory / "secrets" / "alice.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    with Cluster.from_config(cluster.config, token=token) as alice:
+        dataset_id = alice.share_dataset(np.eye(4), np.arange(4), name="alice-rows")
+        (listing,) = [d for d in alice.list_datasets() if d.meta.dataset_id == dataset_id]
+        assert listing.meta.owner == "alice"
+        alice.delete_dataset(dataset_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("../x", "use letters"), ("monitor", "already in every local cluster"), ("", "use letters")],
+)
+def test_up_refuses_a_bad_client_name_before_starting(
+    name: str, message: str, tmp_path: Path
+) -> None:
+    result = ppml("cluster", "up", "--dir", tmp_path / "c", "--client", name)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "c" / "pids.json").exists()
 
 
 def test_models_list_shows_the_shared_model(cluster: RunningCluster, shared: SharedModel) -> None:
