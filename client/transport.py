@@ -210,6 +210,8 @@ class ClusterBase:
                     request, timeout=10, metadata=self._metadata
                 )
             except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE:  # a handshake cut short: down
+                    raise ServerUnavailable(f"UNAVAILABLE: {err.details()}", leader.name) from None
                 raise from_rpc_error(err, leader.name) from None
 
         try:

@@ -43,6 +43,7 @@ from ppml.servers.store.storage import ShareStore
 log = logging.getLogger(__name__)
 
 KINDS = ("dataset", "model")
+MAX_DECISIONS = 100_000  # remembered; forgetting one is safe (see UploadCoordinator)
 _Key = tuple[str, str, str]  # kind, record id, upload
 
 
@@ -164,7 +165,15 @@ class UploadGate:
 
 
 class UploadCoordinator:
-    """The leader's side: decide each upload attempt once, remember the decision."""
+    """The leader's side: decide each upload attempt once, remember the decision.
+
+    Forgetting a decision (after ``remember_s``, or beyond :data:`MAX_DECISIONS`)
+    is safe: a commit is still on the leader's disk (the record's ``upload``
+    file). An aborted attempt had its staged copies discarded; to be committed
+    later, every rank would have to stage it again, the leader included, from
+    an upload call still running, and a late re-announcement alone only opens
+    an attempt that expires after ``pending_s``.
+    """
 
     def __init__(
         self,
@@ -209,6 +218,7 @@ class UploadCoordinator:
         key = (kind, record_id, upload)
         with self._lock:
             now = self._clock()
+            self._expire(now)
             known = self._decided.get(key)
             if known is not None:
                 return known[0]
@@ -241,5 +251,7 @@ class UploadCoordinator:
                 reason = f"not every server had it within {self._pending_s:.0f}s"
                 self._decide(key, False, reason, now)
         for key, (_, when) in list(self._decided.items()):
-            if now - when > self._remember_s:
+            if now - when > self._remember_s or len(self._decided) > MAX_DECISIONS:
                 del self._decided[key]
+            else:
+                break  # oldest first: the rest are younger

@@ -312,6 +312,7 @@ def test_servers_holding_different_models_under_one_id_refuse_to_run_them(
         upload.result()
     with pytest.raises(PpmlClientError, match="different models"):
         owner.predict("two-faced", X1)
+    owner.delete_model("two-faced")  # the owner is at its model quota by now
     model = _mlp(12)
     model_id = owner.share_model(model, X1)
     with torch.no_grad():

@@ -1,11 +1,12 @@
 """Uploads are all-or-nothing across servers, whatever moment a server is killed at.
 
-Server 1 runs with a test crash file (``ppml.servers.crash_points``): it
-kills itself (SIGKILL) at the named moment of a data set or model upload.
-The SDK must say clearly what happened (``UploadAborted``: nothing kept,
-safe to retry; or success, if the leader had committed); after server 1 is
-restarted, the object is on every server or on none, and nothing staged is
-left behind.
+Each server runs with a test crash file of its own
+(``ppml.servers.crash_points``): it kills itself (SIGKILL) at the moment of
+a data set or model upload named there. The SDK must say clearly what
+happened (``UploadAborted``: nothing kept, safe to retry; success if the
+leader had committed; ``UploadUnresolved`` while the leader itself is down);
+after the server is restarted, the object is on every server or on none, and
+nothing staged is left behind.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppml.client import Cluster, ModelNotFound, UploadAborted
+from ppml.client import Cluster, ModelNotFound, UploadAborted, UploadUnresolved
 from ppml.proto.deploy.local import LocalCluster, write_local_topology
 from ppml.servers.crash_points import ENV
 
 ROWS, FEATURES = 60_000, 20  # 3 chunks of 4 MiB per server: "middle" is mid-stream
-VICTIM = 1
+VICTIM = 1  # a follower; the leader is killed once, at its commit decision
 
 
 def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -35,22 +36,25 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0)
 
 
 class Crashable:
-    """A 2-server cluster whose server 1 dies at the crash point written to its file."""
+    """A 2-server cluster whose servers die at the crash point written to their file."""
 
     def __init__(self, directory: Path) -> None:
-        self.crash_file = directory / "crash-at"
-        self.crash_file.write_text("")
+        self.directory = directory
         write_local_topology(directory, 2, {"heartbeat_s": 2}, None, ())
         self.local = LocalCluster(parties=2, directory=directory)
-        self.local.start_server(0)
-        self.start_victim()
+        for rank in (0, 1):
+            self.crash_file(rank).write_text("")
+            self.start(rank)
         self.local.start_dealer()
         self.local.wait_serving(180)
 
-    def start_victim(self) -> None:
-        os.environ[ENV] = str(self.crash_file)
+    def crash_file(self, rank: int) -> Path:
+        return self.directory / f"crash-at-{rank}"
+
+    def start(self, rank: int) -> None:
+        os.environ[ENV] = str(self.crash_file(rank))
         try:
-            self.local.start_server(VICTIM)
+            self.local.start_server(rank)
         finally:
             del os.environ[ENV]
 
@@ -58,18 +62,20 @@ class Crashable:
         data = self.local.config.party(rank).data_dir
         return [p for kind in ("datasets", "models") for p in (data / kind).glob(".staged-*")]
 
-    def crash_at(self, point: str, upload: Callable[[], object]) -> BaseException | None:
-        """Run ``upload`` with server 1 set to die at ``point``; restart it; the SDK's error."""
-        self.crash_file.write_text(point)
+    def crash_at(
+        self, point: str, upload: Callable[[], object], victim: int = VICTIM
+    ) -> BaseException | None:
+        """Run ``upload`` with ``victim`` set to die at ``point``; restart it; the SDK's error."""
+        self.crash_file(victim).write_text(point)
         error: BaseException | None = None
         try:
             upload()
         except Exception as exc:  # asserted by the caller
             error = exc
-        victim = self.local.processes.pop(f"server-{VICTIM}")
-        assert victim.wait(timeout=30) == -9, f"server {VICTIM} did not die at {point}"
-        self.crash_file.write_text("")
-        self.start_victim()
+        process = self.local.processes.pop(f"server-{victim}")
+        assert process.wait(timeout=30) == -9, f"server {victim} did not die at {point}"
+        self.crash_file(victim).write_text("")
+        self.start(victim)
         return error
 
 
@@ -91,7 +97,7 @@ def _holders(listings: list, key: str, wanted: str) -> tuple[str, ...]:
 
 
 def _settled(crashable: Crashable, holders: Callable[[], tuple[str, ...]], kept: bool) -> None:
-    """Wait until server 1 is back and has settled its staged copy; check all-or-nothing."""
+    """Wait until the victim is back and every staged copy is settled; check all-or-nothing."""
     everyone = ("server-0", "server-1")
 
     def back_and_settled() -> bool:
@@ -101,8 +107,8 @@ def _settled(crashable: Crashable, holders: Callable[[], tuple[str, ...]], kept:
             return False
         return held == (everyone if kept else ()) and not crashable.staged(VICTIM)
 
-    _wait_until(back_and_settled, "server 1 is back and holds the upload on all or none")
-    assert not crashable.staged(0)
+    _wait_until(back_and_settled, "the server is back and holds the upload on all or none")
+    _wait_until(lambda: not crashable.staged(0), "server 0 has no staged copy left")
 
 
 OUTCOMES = {"early": False, "middle": False, "late": False, "commit": True, "committed": True}
@@ -162,3 +168,22 @@ def test_a_model_upload_is_on_every_server_or_none(
         else:
             with pytest.raises(ModelNotFound):
                 client.predict(model_id, x)
+
+
+def test_a_leader_killed_at_its_commit_decision_commits_what_every_server_staged(
+    crashable: Crashable, client: Cluster
+) -> None:
+    """Server 0 dies deciding, before its own rename: no server was told anything. The SDK
+    cannot learn the outcome while it is down; once it is back, every server re-announces its
+    staged copy, and the leader (which remembers nothing) commits what all of them hold."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(1000, FEATURES)), rng.integers(0, 2, 1000)
+    error = crashable.crash_at(
+        "dataset:commit", lambda: client.share_dataset(x, y, dataset_id="leader-crash"), victim=0
+    )
+    assert isinstance(error, UploadUnresolved), repr(error)
+    assert "on every server or on none" in str(error)
+    _settled(
+        crashable, lambda: _holders(client.list_datasets(), "dataset_id", "leader-crash"), True
+    )
+    crashable.local.wait_serving(120)
