@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation=args.validation,
             reveal_metrics=args.reveal_metrics,
             standardize=args.standardize,
-            seed=args.seed,
+            seed=None if args.dp_clip_norm else args.seed,  # DP-SGD: secret batches
             name=args.name or "",
             model_id=args.model_id,
             sample_input=sample,
@@ -231,7 +231,7 @@ def _details(info: JobInfo, states: dict[str, str]) -> list[tuple[str, object]]:
         ("datasets", f"{', '.join(spec.dataset_ids)} ({info.rows} rows)"),
         ("validation", spec.validation_id or "-"),
         ("training", training),
-        ("options", f"{options} seed={spec.seed}"),
+        ("options", f"{options} seed={'secret (DP-SGD)' if spec.dp else spec.seed}"),
         ("progress", progress),
         ("dp-sgd", _dp_text(info)),
         ("created", _when(info.created_unix_ms)),
@@ -320,7 +320,9 @@ def _train_parser(groups: Any, client: argparse.ArgumentParser) -> None:
     dp.add_argument("--dp-noise-multiplier", type=float, help="noise std / clip norm")
     dp.add_argument("--dp-target-epsilon", type=float, default=0.0, help="calibrate the noise")
     dp.add_argument("--dp-delta", type=float, default=0.0, help="default 1e-5")
-    train.add_argument("--seed", type=int, help="shuffling and --mlp initial weights")
+    train.add_argument(
+        "--seed", type=int, help="shuffling (not DP-SGD's: secret) and --mlp initial weights"
+    )
     train.add_argument("--name", help="job and model display name")
     train.add_argument("--model-id", help="id of the trained model (default: JOB-model)")
     train.add_argument("--detach", action="store_true", help="print the job id and return")

@@ -37,6 +37,13 @@ class Evaluation:
         return self.correct / self.rows
 
 
+def _seed(seed: int | None, dp: bool) -> int:
+    """The public batch-order seed: random unless given; 0 for DP-SGD (secret batches)."""
+    if seed is not None:
+        return seed  # a DP job refuses one other than 0, with the reason
+    return 0 if dp else secrets.randbits(63)
+
+
 class TrainingMixin(ClusterBase):
     """:class:`ppml.client.Cluster`'s training and evaluation methods."""
 
@@ -76,7 +83,8 @@ class TrainingMixin(ClusterBase):
         each batch's sum; give ``dp_target_epsilon`` instead of the
         multiplier to have the servers calibrate it over the job's steps.
         ``dp_delta`` (default 1e-5) must be below ``1 / rows``. The job then
-        reports the epsilon spent (:meth:`TrainingJob.epsilon`).
+        reports the epsilon spent (:meth:`TrainingJob.epsilon`). A DP-SGD job
+        takes no ``seed``: the servers draw its batches from a secret key.
         """
         if isinstance(datasets, str):
             raise InvalidTrainingJob("datasets must be a list of dataset ids")
@@ -111,7 +119,7 @@ class TrainingMixin(ClusterBase):
             loss=loss,
             optimizer=optimizer,
             reveal_metrics=reveal_metrics,
-            seed=secrets.randbits(63) if seed is None else seed,
+            seed=_seed(seed, dp_clip_norm > 0),
             standardize=standardize,
             dp_clip_norm=dp_clip_norm,
             dp_noise_multiplier=dp_noise_multiplier,

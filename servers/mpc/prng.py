@@ -12,11 +12,16 @@ next      party i             party i ("next") and party i+1 ("prev")
 local     party i             party i only
 dealer i  the dealer          the dealer and party i (TTPClient.generator)
 global    rank 0 (64 bits)    everybody: PUBLIC randomness (dropout masks)
+joint     every party         every party, nobody else (DP-SGD batches)
 ========  ==================  =============================================
+
+A joint key (:func:`joint_secret_key`) is drawn afresh for each use; it is
+not a CrypTen stream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -72,6 +77,21 @@ def setup_keyed_prng() -> None:
     public = torch.Generator(device="cpu")  # public: dropout masks only, never a secret
     public.manual_seed(global_seed)  # public: every party knows this seed
     generators["global"][_CPU] = public
+
+
+def joint_secret_key() -> bytes:
+    """A fresh 256-bit key that every party holds and nobody outside the servers.
+
+    Collective: every party calls it at the same point. Each draws 32 bytes
+    from ``os.urandom`` and sends them to every other party over the
+    encrypted links; the key is SHA-256 of the contributions in rank order,
+    uniformly random as long as one party's contribution is. The caller must
+    keep it in memory only (never store, log or send it on).
+    """
+    comm = _communicator()
+    mine = key_tensor(os.urandom(KEY_BYTES))
+    parts = comm.all_gather(mine) if comm.get_world_size() >= 2 else [mine]
+    return hashlib.sha256(b"".join(tensor_key(part) for part in parts)).digest()
 
 
 def refuse_manual_seeds(*_: Any) -> None:

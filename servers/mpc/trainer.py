@@ -4,7 +4,7 @@ Runs on a compute server's MPC worker thread, in lockstep with the other
 parties (the leader sends every party the same ``TrainStep``). Everything
 stays secret-shared: the data sets (concatenated locally, share by share),
 the weights, the gradients, the optimiser's velocity. The batch order is
-public (:mod:`ppml.training.batches`). Only if the owner asked for metrics
+public (:mod:`ppml.training.batches`), except with DP-SGD. Only if the owner asked for metrics
 does a run produce, at each epoch's end, this party's *shares* of the mean
 training loss and of the validation correct count; nothing is opened here.
 
@@ -15,7 +15,11 @@ scaling, so prediction clients send raw features.
 
 With DP-SGD on (``spec.dp``), each step's gradients come from
 :class:`~ppml.servers.mpc.dpsgd.DpSgdStep` (per-example clipping, every
-party's own noise) instead of CrypTen's autograd; the update is the same SGD.
+party's own noise) instead of CrypTen's autograd; the update is the same SGD,
+and the batches are fixed-size samples drawn without replacement from a key
+the parties agree on in secret (:class:`~ppml.training.batches.SecretBatches`,
+:func:`~ppml.servers.mpc.prng.joint_secret_key`): the sampling the privacy
+accountant assumes. The key lives in this object only.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from ppml.servers.mpc import ttp_plan
 from ppml.servers.mpc.crypten_compat import crypten
 from ppml.servers.mpc.dpsgd import DpSgdStep
 from ppml.servers.mpc.model import build_shared_model, parameter_shares
+from ppml.servers.mpc.prng import joint_secret_key
 from ppml.servers.mpc.standardize import standardize
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
-from ppml.training.batches import BatchPlan
+from ppml.training.batches import Batches, BatchPlan, SecretBatches
 from ppml.training.losses import accuracy_kind
 
 
@@ -102,7 +107,12 @@ class TrainingRun:
             self._dp = DpSgdStep(
                 inputs.architecture, spec.loss, spec.dp_clip_norm, inputs.dp_noise_multiplier
             )
-        self._plan = BatchPlan(self._x.size(0), spec.batch_size, spec.seed)
+        rows = int(self._x.size(0))
+        self._plan: Batches = (
+            SecretBatches(rows, spec.batch_size, joint_secret_key())
+            if spec.dp
+            else BatchPlan(rows, spec.batch_size, spec.seed)
+        )
         self._dealer_plans = ttp_plan.Plans(plan_dealer_requests)
         num_classes = int(self._y.size(1))
         self._accuracy = accuracy_kind(inputs.architecture.output_shape, num_classes)

@@ -11,7 +11,7 @@ from dp_accounting import rdp
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.jobs import TrainingSpec
-from ppml.training.privacy import dpsgd
+from ppml.training.privacy import RDP_ORDERS, FixedSizeSampling, dpsgd
 
 BASE = TrainingSpec(("d",), epochs=2, batch_size=50, lr=0.1)
 
@@ -46,6 +46,7 @@ def test_dp_is_off_by_default_and_the_default_spec_passes() -> None:
         ({"dp_delta": -1e-5}, "dp_delta must lie"),
         ({"reveal_metrics": True}, "reveal_metrics"),
         ({"standardize": True}, "standardize"),
+        ({"seed": 7}, "leave seed at 0"),  # DP batches come from the servers' secret key
     ],
 )
 def test_bad_requests_say_what_is_wrong(changes: dict[str, object], message: str) -> None:
@@ -73,12 +74,17 @@ def test_delta_must_be_below_one_over_rows() -> None:
         dpsgd.plan(_dp(dp_delta=0.01), rows=100)
 
 
-def test_epsilon_is_dp_accountings_for_poisson_sampled_gaussian_steps() -> None:
+def test_epsilon_is_dp_accountings_for_fixed_size_batches_without_replacement() -> None:
     plan = dpsgd.plan(_dp(), rows=1000)
-    assert plan.sampling_rate == 0.05 and plan.sigma == pytest.approx(1.1)
-    accountant = rdp.RdpAccountant()
-    event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.1))
-    accountant.compose(event, 30)
+    assert plan.sampling == FixedSizeSampling(1000, 50) and plan.sigma == pytest.approx(1.1)
+    accountant = rdp.RdpAccountant(
+        orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    # replacing one row moves the clipped sum by 2C: the Gaussian's multiplier is z / 2
+    step = dp_accounting.SampledWithoutReplacementDpEvent(
+        1000, 50, dp_accounting.GaussianDpEvent(1.1 / 2)
+    )
+    accountant.compose(step, 30)
     assert plan.epsilon(30) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
     assert plan.epsilon(0) == 0.0
     assert math.isinf(dpsgd.plan(_dp(dp_noise_multiplier=0.0), rows=1000).epsilon(1))

@@ -24,7 +24,7 @@ from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.jobs import ANNOUNCE_TIMEOUT_S, JOB_CODEC, JobManager
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
-from ppml.training.privacy import dpsgd
+from ppml.training.privacy import FixedSizeSampling, dpsgd
 
 OWNER = "hospital-a"
 OTHER = "hospital-b"
@@ -862,7 +862,7 @@ def test_a_dp_job_records_its_multiplier_and_the_epsilon_of_every_step(world: Wo
     world.jobs.progress("job-1", _outcome(1, 2))
     after = world.jobs.get("job-1", OTHER)  # public: anyone who may see the job sees epsilon
     plan = dpsgd.plan(info.spec, 17)
-    assert plan.sampling_rate == 4 / 17
+    assert plan.sampling == FixedSizeSampling(17, 4)
     assert after.dp_epsilon == pytest.approx(plan.epsilon(2), rel=1e-12)
     assert world.jobs.inputs("job-1").dp_noise_multiplier == 1.5
     assert world.job_store.get_meta("job-1").dp_epsilon == after.dp_epsilon  # persisted

@@ -1,7 +1,8 @@
 """Differential privacy for federated and secret-shared training.
 
-* :mod:`.accounting`: (epsilon, delta) from Google's ``dp_accounting`` (the
-  single source of truth) for DP-FedAvg rounds and DP-SGD steps, noise
+* :mod:`.accounting`: replace-one (epsilon, delta) from Google's
+  ``dp_accounting`` (the single source of truth) for DP-FedAvg rounds and
+  DP-SGD steps on fixed-size batches sampled without replacement, noise
   calibration, and a :class:`PrivacyBudget` that refuses over-spending;
 * :mod:`.noise`: Gaussian noise scale, its split across MPC servers, clipping;
 * :mod:`.local_dp`: k-ary randomised response and its unbiased estimator;
@@ -12,9 +13,10 @@ Nothing in this package imports CrypTen or the servers.
 """
 
 from ppml.training.privacy.accounting import (
-    ACCOUNTANTS,
-    AccountantKind,
+    NEIGHBOURS,
+    RDP_ORDERS,
     BudgetExceeded,
+    FixedSizeSampling,
     PrivacyBudget,
     Spend,
     calibrate_noise_multiplier,
@@ -24,6 +26,7 @@ from ppml.training.privacy.accounting import (
     gaussian_round_event,
     make_accountant,
     repeated_event,
+    sampled_step_event,
 )
 from ppml.training.privacy.local_dp import (
     estimate_frequencies,
@@ -41,9 +44,10 @@ from ppml.training.privacy.noise import (
 from ppml.training.privacy.secure_random import SecureRandom
 
 __all__ = [
-    "ACCOUNTANTS",
-    "AccountantKind",
+    "NEIGHBOURS",
+    "RDP_ORDERS",
     "BudgetExceeded",
+    "FixedSizeSampling",
     "PrivacyBudget",
     "SecureRandom",
     "Spend",
@@ -62,5 +66,6 @@ __all__ = [
     "per_server_noise_std",
     "randomized_response",
     "repeated_event",
+    "sampled_step_event",
     "total_noise_std",
 ]

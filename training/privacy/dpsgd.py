@@ -5,16 +5,26 @@ The mechanism (Abadi et al. 2016) as the MPC trainer runs it
 to L2 norm ``C`` (``dp_clip_norm``), the clipped gradients are summed,
 Gaussian noise of standard deviation ``sigma = z * C`` is added (split across
 the servers, :func:`~ppml.training.privacy.noise.per_server_noise_std`), and
-the sum is divided by the batch size before the SGD update. Adding or
-removing one training row moves the clipped sum by at most ``C``.
+the sum is divided by the batch size before the SGD update. Replacing one
+training row by another moves the clipped sum by at most ``2C``.
 
-**Sampling.** The batches are the job's public fixed-size shuffles
-(:mod:`ppml.training.batches`: a permutation per epoch, cut into batches of
-``batch_size``), but the accountant is told each step is a Poisson-sampled
-batch at rate ``q = batch_size / rows`` (``PoissonSampledDpEvent(q,
-GaussianDpEvent(z))``, composed once per step). This is the common
-approximation of DP-SGD implementations; the reported epsilon is exact only
-for Poisson sampling.
+**Adversary.** The model's recipients and every client or monitor of the
+cluster: whoever reads the job's info and events, its trained model, and
+everything computed from the model. The servers only ever see shares; they
+know the batches, not the rows.
+
+**Sampling, and what the accountant is told.** Each step trains on exactly
+``min(batch_size, rows)`` rows drawn uniformly without replacement from all
+``rows``, independently of every other step
+(:class:`~ppml.training.batches.SecretBatches`). The draw comes from a
+256-bit key to which every server contributes OS CSPRNG bytes over the
+encrypted MPC links when the run starts; it is held in memory only, never
+stored, logged or sent to a client, so nobody outside the servers can tell
+which rows a step used. A DP job's public ``seed`` must be 0: it would say
+nothing. The accountant (:mod:`~ppml.training.privacy.accounting`, RDP,
+replace-one) is told exactly that: ``SampledWithoutReplacementDpEvent(rows,
+batch_size, GaussianDpEvent(z / 2))`` per step. Row counts are public, so the
+neighbouring relation is replace-one, not add/remove.
 
 **What DP covers.** The released model and everything computed from it.
 Not covered, hence refused with DP on: ``reveal_metrics`` (it opens the mean
@@ -32,7 +42,11 @@ from dataclasses import dataclass
 
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.jobs import DP_DEFAULT_DELTA, TrainingSpec
-from ppml.training.privacy.accounting import calibrate_noise_multiplier, dpsgd_epsilon
+from ppml.training.privacy.accounting import (
+    FixedSizeSampling,
+    calibrate_noise_multiplier,
+    dpsgd_epsilon,
+)
 
 DEFAULT_DELTA = DP_DEFAULT_DELTA
 # layer kinds whose per-example gradients the MPC trainer computes (servers/mpc/dpsgd.py)
@@ -84,6 +98,11 @@ def check_spec(spec: TrainingSpec) -> None:
             "standardize puts the training rows' exact mean and scale into the model, "
             "which DP-SGD does not protect; standardise the features before sharing them"
         )
+    if spec.seed:
+        raise ValueError(
+            "DP-SGD draws every batch from a secret key of the servers (the privacy "
+            "accounting assumes nobody else knows the batches): leave seed at 0"
+        )
 
 
 def check_architecture(architecture: Architecture) -> None:
@@ -107,7 +126,7 @@ class DpSgdPlan:
     clip_norm: float
     noise_multiplier: float
     delta: float
-    sampling_rate: float  # q = batch_size / rows, at most 1
+    sampling: FixedSizeSampling  # every step: batch_size of the rows, without replacement
 
     @property
     def sigma(self) -> float:
@@ -118,11 +137,7 @@ class DpSgdPlan:
         """Epsilon at :attr:`delta` after ``steps`` steps (0 before any; inf with no noise)."""
         if steps <= 0:
             return 0.0
-        return dpsgd_epsilon(self.noise_multiplier, self.sampling_rate, steps, self.delta)
-
-
-def sampling_rate(batch_size: int, rows: int) -> float:
-    return min(1.0, batch_size / rows)
+        return dpsgd_epsilon(self.noise_multiplier, self.sampling, steps, self.delta)
 
 
 def plan(spec: TrainingSpec, rows: int, noise_multiplier: float | None = None) -> DpSgdPlan:
@@ -142,12 +157,18 @@ def plan(spec: TrainingSpec, rows: int, noise_multiplier: float | None = None) -
             f"dp_delta={delta:g} is not below 1/rows = {1 / rows:.3g}: with that delta a "
             "mechanism may publish a whole row; choose a smaller dp_delta"
         )
-    rate = sampling_rate(spec.batch_size, rows)
+    sampling = FixedSizeSampling(rows, spec.batch_size)
     z = noise_multiplier if noise_multiplier is not None else spec.dp_noise_multiplier
     if z is None:
         steps = spec.steps_total(rows)
+        # one evaluation settles a target out of reach (the search for it would take minutes)
+        if dpsgd_epsilon(MAX_NOISE_MULTIPLIER, sampling, steps, delta) > spec.dp_target_epsilon:
+            raise ValueError(
+                f"dp_target_epsilon={spec.dp_target_epsilon:g} over {steps} steps needs a noise "
+                f"multiplier over {MAX_NOISE_MULTIPLIER:g}; raise the target"
+            )
         try:
-            z = calibrate_noise_multiplier(spec.dp_target_epsilon, delta, steps, rate)
+            z = calibrate_noise_multiplier(spec.dp_target_epsilon, delta, steps, sampling)
         except (ValueError, ArithmeticError) as exc:
             raise ValueError(
                 f"no noise multiplier reaches dp_target_epsilon={spec.dp_target_epsilon:g} "
@@ -158,4 +179,4 @@ def plan(spec: TrainingSpec, rows: int, noise_multiplier: float | None = None) -
                 f"dp_target_epsilon={spec.dp_target_epsilon:g} over {steps} steps needs a noise "
                 f"multiplier of {z:.3g} (over {MAX_NOISE_MULTIPLIER:g}); raise the target"
             )
-    return DpSgdPlan(spec.dp_clip_norm, float(z), delta, rate)
+    return DpSgdPlan(spec.dp_clip_norm, float(z), delta, sampling)
