@@ -40,6 +40,7 @@ from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode
 from ppml.proto.wire import serde
 from ppml.training import ckks
 from ppml.training.har import split_by_subject, synthetic_har
+from ppml.training.privacy import RDP_ORDERS
 from ppml.v1 import federation_pb2
 
 OFFICES = ("office-1", "office-2", "office-3", "office-4")
@@ -266,15 +267,17 @@ def test_ckks_aggregator_refuses_another_context_and_the_secret_key(
 
 
 def _direct_epsilon(z: float, rounds: int, delta: float) -> float:
-    accountant = rdp.RdpAccountant()
-    accountant.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    """Replace-one: one office's clipped update swapped moves the sum by 2C, so z / 2."""
+    replace_one = dp_accounting.NeighboringRelation.REPLACE_ONE
+    accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS), neighboring_relation=replace_one)
+    accountant.compose(dp_accounting.GaussianDpEvent(z / 2), rounds)
     return float(accountant.get_epsilon(delta))
 
 
 def test_dp_epsilon_matches_dp_accounting_and_the_budget_stops_it(
     owner: Cluster, offices: dict[str, Cluster]
 ) -> None:
-    z, delta = 1.2, 1e-5
+    z, delta = 2.4, 1e-5
     two_rounds = _direct_epsilon(z, 2, delta)
     budget = (two_rounds + _direct_epsilon(z, 3, delta)) / 2  # room for 2 rounds, not 3
     dp = fed.DpSettings(clip_norm=1.0, noise_multiplier=z, delta=delta, epsilon_budget=budget)
