@@ -65,7 +65,7 @@ class RoundProgress:
     dropped: tuple[str, ...]
     applied: bool
     epsilon: float
-    mean_loss: float | None  # owner only, when participants reported one
+    mean_loss: float | None  # owner only, when participants reported one; None with DP
     reason: str = ""
 
 
@@ -381,9 +381,11 @@ class Participant:
                 {k: v * scale for k, v in delta.items()}, self._c.parties
             )
             weight = shares.share(shares.encode([1.0 if dp else float(rows)]), self._c.parties)
-            losses = (  # weighted like the update, so that loss_sum / weight_sum is a mean
+            # weighted like the update, so that loss_sum / weight_sum is a mean; never with DP:
+            # the noise covers the update only, and the servers would not add the losses up
+            losses = (
                 shares.share(shares.encode([scale * loss]), self._c.parties)
-                if loss is not None
+                if loss is not None and not dp
                 else None
             )
         except ValueError as exc:

@@ -22,6 +22,11 @@ round's deadline passes. The job:
    with CKKS, the leader sums the ciphertexts and keeps the encrypted sum;
 4. spends the round's privacy cost (DP) and opens the next round, or
    registers the final model.
+
+With DP the participants' local losses are neither added up nor returned
+(:data:`LOSSES_WITHHELD`): the noise covers the updates only, and an
+un-noised loss sum, opened to the owner who also chose the initial model,
+would be a membership query outside the budget.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ppml.proto.domain import commands as cmd
@@ -51,6 +56,7 @@ from ppml.training import ckks
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # a round whose job fails this often ends the federation
+LOSSES_WITHHELD = "losses withheld: differential privacy covers the updates only"
 
 
 @dataclass(frozen=True)
@@ -166,21 +172,23 @@ class FederateKind(JobKind):
         budget = self._federations.budget(job.federation_id)
         if budget is not None:
             epsilon = budget.spend_round(info.noise_multiplier).epsilon_total
-        reporting = [s for s in subs if s.loss is not None]
-        self._federations.close_round(
-            job.federation_id,
-            fed.RoundResult(
-                job.round,
-                tuple(included),
-                tuple(dropped),
-                applied=True,
-                epsilon=epsilon,
+        closed = fed.RoundResult(
+            job.round,
+            tuple(included),
+            tuple(dropped),
+            applied=True,
+            epsilon=epsilon,
+            closed_unix_ms=now_ms,
+            reason=LOSSES_WITHHELD if dp is not None else "",
+        )
+        if dp is None:
+            reporting = [s for s in subs if s.loss is not None]
+            closed = replace(
+                closed,
                 loss_sum=agg.sum_shares([s.loss for s in reporting]),
                 weight_sum=agg.sum_shares([s.weight for s in reporting]),
-                closed_unix_ms=now_ms,
-            ),
-            new_global,
-        )
+            )
+        self._federations.close_round(job.federation_id, closed, new_global)
 
     def _close_ckks(
         self,

@@ -293,6 +293,8 @@ def test_dp_epsilon_matches_dp_accounting_and_the_budget_stops_it(
     assert info.epsilon_spent == pytest.approx(two_rounds, rel=1e-9)
     assert "budget" in info.reason
     assert all(r.state == "budget_exhausted" for r in reports.values()), reports
+    # the offices' train functions return a loss; with DP nobody gets it back
+    assert [r.mean_loss for r in handle.rounds()] == [None, None]
     # the model after round 2 is registered; any further update is refused clearly
     assert owner.predict(info.model_id, np.zeros((1, 5), dtype=np.float32)).shape == (1, 3)
     office = offices[OFFICES[0]]
@@ -332,6 +334,48 @@ def test_dp_noise_in_released_averages_has_the_calibrated_sigma(
     tolerance = 4 * np.sqrt(2 / releases.size)  # 4 standard errors of a sample variance
     assert abs(releases.var() / expected - 1) < tolerance
     assert abs(releases.mean()) < 4 * np.sqrt(expected / releases.size)
+
+
+def _submit_with_loss(
+    cluster: Cluster, fid: str, update: dict[str, np.ndarray], loss: float
+) -> None:
+    """Round 1's update with a loss share, as a client that ignores DP might send it."""
+    per_server = shares.share_named(update, cluster.parties)
+    weight = shares.share(shares.encode([1.0]), cluster.parties)
+    losses = shares.share(shares.encode([loss]), cluster.parties)
+    for rank, server in enumerate(cluster._servers):
+        request = federation_pb2.SubmitUpdateRequest(
+            federation_id=fid,
+            round=1,
+            update=serde.named_shares_to_proto(per_server[rank]),
+            weight=serde.share_to_proto(weight[rank]),
+            loss=serde.share_to_proto(losses[rank]),
+        )
+        server.federation.SubmitUpdate(request, timeout=30, metadata=cluster._metadata)
+
+
+def test_dp_rounds_withhold_the_losses_even_when_a_client_sends_one(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    """A loss sum has no noise and no accounting: with DP no server adds losses up or returns
+    them (the owner chose the initial model; one participant's loss is a membership query)."""
+    members = OFFICES[:2]
+    dp = fed.DpSettings(clip_norm=1.0, noise_multiplier=3.0)
+    handle = owner.create_federation(
+        _small_model(), list(members), rounds=1, dp=dp, sample_input=SAMPLE
+    )
+    shapes = handle.info().architecture.parameter_shapes()
+    zeros = {n: np.zeros(s) for n, s in shapes.items()}
+    for name in members:
+        _submit_with_loss(offices[name], handle.federation_id, zeros, 0.25)
+    assert handle.wait(timeout=60).state is fed.FederationState.SUCCEEDED
+    for info in handle.infos():  # every server's record, as its owner sees it
+        (result,) = info.results
+        assert result.applied and result.participants == members
+        assert result.loss_sum is None and result.weight_sum is None
+        assert "losses withheld" in result.reason
+    (merged,) = handle.rounds()
+    assert merged.mean_loss is None and merged.applied
 
 
 # ---------------------------------------------------------------- bad input
