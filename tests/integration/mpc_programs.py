@@ -389,6 +389,16 @@ def dpsgd(config: dict, rank: int) -> dict:
         session.leave()
 
 
+def clip_server(config: dict, rank: int, out: Path) -> dict:
+    import mpc_clipping  # beside this file
+
+    session.join(params(config, rank, 0))
+    try:
+        return mpc_clipping.serve(rank, config["world_size"], out)
+    finally:
+        session.leave()
+
+
 def dealer(config: dict, rank: int, out: Path, first: int) -> dict:
     server = Dealer()
     epochs = []
@@ -419,6 +429,8 @@ def main() -> None:
         result = probe(config, rank, out)
     elif scenario == "dpsgd":
         result = dpsgd(config, rank)
+    elif scenario == "clipserver":
+        result = clip_server(config, rank, out)
     elif scenario == "checks":
         import mpc_job_checks  # beside this file
 
