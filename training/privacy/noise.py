@@ -2,11 +2,13 @@
 
 The mechanism (DP-FedAvg, McMahan et al. 2018): each update is clipped to L2
 norm ``C``; the weighted sum uses weights in [0, 1] (see
-:func:`capped_weights`), so adding or removing one client moves the sum by at
-most ``C`` (L2 sensitivity ``C``); Gaussian noise of standard deviation
-``sigma = z * C`` is added, where ``z`` is the noise multiplier the
-accountant (:mod:`~ppml.training.privacy.accounting`) is told about; the
-result is divided by a public denominator.
+:func:`capped_weights`), so replacing one client's update by another moves
+the sum by at most ``2C`` (the replace-one L2 sensitivity; participants are
+public, so replace-one is the relation that hides anything); Gaussian noise
+of standard deviation ``sigma = z * C`` is added, where ``z`` is the noise
+multiplier, and the accountant (:mod:`~ppml.training.privacy.accounting`) is
+told ``z / 2`` over that sensitivity; the result is divided by a public
+denominator.
 
 **Splitting the noise across n servers.** In MPC no single party may know
 the whole noise, or it could subtract it from the opened result. So each of
