@@ -95,6 +95,9 @@ class ServingConfig:
     # keep idle parties and the dealer well inside it, so an idle cluster
     # stays up indefinitely.
     mpc_timeout_s: float = 120.0
+    # the longest frame a process reads from an MPC peer (a longer one ends the session);
+    # raise it on every process only for fast-engine bundles of very large models
+    mpc_max_frame_mb: int = 4096
     max_rows_per_request: int = 4096
     # request ids are remembered this long (duplicates rejected; memory grows with
     # requests per second times this window, then stays level)

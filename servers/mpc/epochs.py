@@ -70,4 +70,5 @@ def session_params(config: ClusterConfig, rank: int, tag: str) -> SessionParams:
         identity=identity(config, rank),
         epoch=bytes.fromhex(tag),
         timeout_s=config.serving.mpc_timeout_s,
+        max_frame_bytes=config.serving.mpc_max_frame_mb << 20,
     )

@@ -8,6 +8,12 @@ idle and the kernel send buffer has room (no thread hand-off per round).
 An :class:`InLink` is read only by the MPC thread, with ``recv_into`` straight
 into the destination tensor's memory; posted receives complete in order.
 
+A peer declares each frame's length; the reader trusts it only up to
+``max_frame_bytes`` (a longer one ends the session with a protocol error), and
+a frame longer than ``GROW_BYTES`` read into a buffer of its own grows that
+buffer as the bytes arrive, so a length alone, without the bytes, never makes
+this process allocate more than that.
+
 Invariants: frames on a link arrive in the order they were posted; a tensor
 handed to :meth:`OutLink.post` must not change until its request completes;
 only one thread (the MPC thread) posts to a link or reads from it.
@@ -31,6 +37,10 @@ import torch
 HEADER = struct.Struct("<Q")
 COALESCE_BYTES = 64 * 1024  # header and payload in one TLS write up to this size
 DIRECT_BYTES = 16 * 1024  # the caller may write frames up to this size itself
+# The longest frame a reader accepts unless configured (``[serving] mpc_max_frame_mb``):
+# far above any message of the limits' largest model and batch that is not a bundle.
+MAX_FRAME_BYTES = 4096 << 20
+GROW_BYTES = 256 << 20  # a longer frame of its own: its buffer doubles as the bytes arrive
 OnError = Callable[[str], RuntimeError]
 
 
@@ -181,10 +191,17 @@ class RecvRequest:
 class InLink:
     """The reading end of one link (read only by the MPC thread)."""
 
-    def __init__(self, sock: ssl.SSLSocket, peer: str, on_error: OnError) -> None:
+    def __init__(
+        self,
+        sock: ssl.SSLSocket,
+        peer: str,
+        on_error: OnError,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
         self._sock = sock
         self._peer = peer
         self._on_error = on_error
+        self._max_frame_bytes = max_frame_bytes
         self._header = bytearray(HEADER.size)
         self._posted: collections.deque[RecvRequest] = collections.deque()
 
@@ -213,8 +230,13 @@ class InLink:
         """The next frame in a buffer of its own (after any posted receives), not copied again."""
         while self._posted:
             self._receive(self._posted.popleft())
-        buffer = bytearray(self._frame_size())
+        size = self._frame_size()
+        buffer = bytearray(min(size, GROW_BYTES))
         self._read_exact(memoryview(buffer))
+        while len(buffer) < size:  # at most twice what the peer actually sent
+            done = len(buffer)
+            buffer.extend(bytes(min(done, size - done)))
+            self._read_exact(memoryview(buffer)[done:])
         return buffer
 
     def _receive(self, request: RecvRequest) -> None:
@@ -235,7 +257,13 @@ class InLink:
 
     def _frame_size(self) -> int:
         self._read_exact(memoryview(self._header))
-        return int(HEADER.unpack(self._header)[0])
+        size = int(HEADER.unpack(self._header)[0])
+        if size > self._max_frame_bytes:
+            raise self._on_error(
+                f"protocol error: {self._peer} declared a frame of {size} bytes, over the "
+                f"limit of {self._max_frame_bytes} ([serving] mpc_max_frame_mb)"
+            )
+        return size
 
     def _read_exact(self, view: memoryview) -> None:
         recv_into = self._sock.recv_into

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ppml.servers.mpc.links import MAX_FRAME_BYTES
 from ppml.servers.mpc.listener import Listener
 from ppml.servers.mpc.tls_links import (
     EPOCH_BYTES,
@@ -62,6 +63,7 @@ class SessionParams:
     epoch: bytes
     timeout_s: float = DEFAULT_TIMEOUT_S
     connect_timeout_s: float | None = None  # joining an epoch; defaults to timeout_s
+    max_frame_bytes: int = MAX_FRAME_BYTES  # the longest frame a peer may declare
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or len(self.peers) not in (self.world_size, self.world_size + 1):
@@ -74,6 +76,8 @@ class SessionParams:
             raise ValueError("every rank needs its own certificate name")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if self.max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
 
     @property
     def names(self) -> tuple[str, ...]:

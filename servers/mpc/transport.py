@@ -76,7 +76,10 @@ class TlsCommunicator(Communicator):
         self._sockets = mesh.connect_mesh(params, total)
         names = params.names
         self._out = {p: OutLink(s[0], names[p], self._fail) for p, s in self._sockets.items()}
-        self._in = {p: InLink(s[1], names[p], self._fail) for p, s in self._sockets.items()}
+        self._in = {
+            p: InLink(s[1], names[p], self._fail, params.max_frame_bytes)
+            for p, s in self._sockets.items()
+        }
 
     # ------------------------------------------------------------ life cycle
 

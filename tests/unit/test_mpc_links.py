@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc.links import DIRECT_BYTES, InLink, OutLink
+from ppml.servers.mpc import links
+from ppml.servers.mpc.links import DIRECT_BYTES, HEADER, MAX_FRAME_BYTES, InLink, OutLink
 from ppml.servers.mpc.mesh import Peer, SessionParams, new_epoch_tag
 from ppml.servers.mpc.tls_links import RECV, SEND, Hello, TlsIdentity, make_context
 
@@ -256,3 +258,49 @@ def test_float_reductions_run_in_rank_order_without_touching_inputs() -> None:
     assert parts[0].item() == 1e16
     with pytest.raises(ValueError, match="unsupported"):
         combine(parts, ReduceOp.MAX, own=0)
+
+
+def _raw_pair(max_frame_bytes: int) -> tuple[socket.socket, InLink, list[str]]:
+    errors: list[str] = []
+
+    def error(reason: str) -> RuntimeError:
+        errors.append(reason)
+        return RuntimeError(reason)
+
+    a, b = socket.socketpair()
+    return a, InLink(b, "peer", error, max_frame_bytes), errors  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("read", ["bytes", "tensor"])
+def test_a_declared_length_over_the_cap_ends_the_link_before_any_allocation(read: str) -> None:
+    sender, link, errors = _raw_pair(max_frame_bytes=1 << 20)
+    sender.sendall(HEADER.pack(1 << 62))  # 4 EiB declared, nothing sent
+    tracemalloc.start()
+    try:
+        with pytest.raises(RuntimeError, match="over the limit of 1048576"):
+            if read == "bytes":
+                link.read_bytes()
+            else:
+                link.read_into(torch.empty(4, dtype=torch.int64))
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+        sender.close()
+    assert len(errors) == 1 and "declared a frame of 4611686018427387904 bytes" in errors[0]
+
+
+def test_a_long_frame_grows_with_the_bytes_that_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(links, "GROW_BYTES", 1024)
+    sender, link, _ = _raw_pair(max_frame_bytes=MAX_FRAME_BYTES)
+    payload = bytes(range(256)) * 400  # 100 KiB: read in growing steps
+    sender.sendall(HEADER.pack(len(payload)) + payload)
+    assert link.read_bytes() == payload
+    sender.sendall(HEADER.pack(1 << 30) + b"x" * 5000)  # 1 GiB declared (under the cap), 5 kB sent
+    sender.close()
+    tracemalloc.start()
+    try:
+        with pytest.raises(RuntimeError, match="closed the link"):
+            link.read_bytes()
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20  # not the gigabyte
+    finally:
+        tracemalloc.stop()
