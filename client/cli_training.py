@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
 from datetime import datetime
@@ -23,6 +24,7 @@ from ppml.client.cluster import Cluster
 from ppml.client.errors import PpmlClientError
 from ppml.client.training_job import Progress, TrainingJob
 from ppml.proto.domain.jobs import DP_DEFAULT_DELTA, LOSSES, OPTIMIZERS, JobInfo
+from ppml.training.privacy import SecureRandom
 
 SCHEMES = ("iid", "label_skew", "quantity_skew")
 PLAIN_EVERY_S = 5.0  # progress lines when stderr is not a terminal
@@ -31,19 +33,31 @@ BAR_WIDTH = 24
 # ------------------------------------------------------------------ data
 
 
-def mlp(sizes: str, seed: int) -> nn.Sequential:
-    """``"64,32,10"`` -> Linear(64, 32), ReLU, Linear(32, 10), seeded initial weights."""
+def mlp(sizes: str) -> nn.Sequential:
+    """``"64,32,10"`` -> Linear(64, 32), ReLU, Linear(32, 10), initial weights from the OS CSPRNG.
+
+    Every weight and bias is uniform on ``[-1/sqrt(fan_in), 1/sqrt(fan_in))`` (torch's
+    default for ``Linear``), drawn by :class:`~ppml.training.privacy.SecureRandom`. No
+    seed reaches them: initial weights from ``torch.manual_seed(seed)`` could be recomputed
+    by any server that knows or guesses the seed, and the weights are secret from the start.
+    """
     try:
         widths = [int(v) for v in sizes.split(",")]
     except ValueError:
         raise CliError(f"--mlp {sizes!r}: expected comma-separated layer sizes") from None
     if len(widths) < 2 or min(widths) < 1:
         raise CliError(f"--mlp {sizes!r}: need at least input and output sizes, all >= 1")
-    torch.manual_seed(seed)  # public: initial weights of a model the owner shares anyway
     layers: list[nn.Module] = []
+    rng = SecureRandom()
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         layers += [nn.ReLU()] if i else []
-        layers.append(nn.Linear(fan_in, fan_out))
+        linear = nn.Linear(fan_in, fan_out)
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():  # torch's own draws above are replaced, every one of them
+            for parameter in (linear.weight, linear.bias):
+                uniform = rng.random(parameter.numel()) * 2.0 - 1.0
+                parameter.copy_(torch.from_numpy(uniform * bound).reshape(parameter.shape))
+        layers.append(linear)
     return nn.Sequential(*layers)
 
 
@@ -105,14 +119,16 @@ def follow(job: TrainingJob, epochs: int, out: TextIO | None = None) -> Progress
     return last
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    sample = None
+def initial_model(args: argparse.Namespace) -> tuple[nn.Module | str, torch.Tensor | None]:
+    """The model ``ppml train`` starts from (``--onnx`` or ``--mlp``) and a sample input."""
     if args.onnx:
-        model: nn.Module | str = str(existing_file(args.onnx, "ONNX file"))
-    else:
-        model = mlp(args.mlp, args.seed if args.seed is not None else 0)
-        # Its input width is known: the servers, not a lookup here, check the data sets.
-        sample = torch.zeros(1, int(args.mlp.split(",")[0]))
+        return str(existing_file(args.onnx, "ONNX file")), None
+    # Its input width is known: the servers, not a lookup here, check the data sets.
+    return mlp(args.mlp), torch.zeros(1, int(args.mlp.split(",")[0]))  # --seed plays no part
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    model, sample = initial_model(args)
     flags = f"--config {args.config}" + (" --insecure" if args.insecure else "")
     with connect(args) as cluster:
         job = cluster.train(
@@ -321,7 +337,9 @@ def _train_parser(groups: Any, client: argparse.ArgumentParser) -> None:
     dp.add_argument("--dp-target-epsilon", type=float, default=0.0, help="calibrate the noise")
     dp.add_argument("--dp-delta", type=float, default=0.0, help="default 1e-5")
     train.add_argument(
-        "--seed", type=int, help="shuffling (not DP-SGD's: secret) and --mlp initial weights"
+        "--seed",
+        type=int,
+        help="batch order (not DP-SGD's: secret); --mlp initial weights are always secret",
     )
     train.add_argument("--name", help="job and model display name")
     train.add_argument("--model-id", help="id of the trained model (default: JOB-model)")
