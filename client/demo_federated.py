@@ -115,9 +115,12 @@ def federate(
 
 def show(outcome: FederationOutcome) -> None:
     for r in outcome.rounds:
-        loss = f"mean local loss {r.mean_loss:.3f}" if r.mean_loss is not None else ""
-        eps = f", epsilon {r.epsilon:.2f}" if r.epsilon else ""
-        print(f"  round {r.round}: {len(r.participants)} offices {loss}{eps}")
+        parts = [f"{len(r.participants)} offices"]
+        if r.mean_loss is not None:
+            parts.append(f"mean local loss {r.mean_loss:.3f}")
+        if r.epsilon:
+            parts.append(f"epsilon {r.epsilon:.2f}")
+        print(f"  round {r.round}: {', '.join(parts)}")
     print(
         f"  {outcome.info.state.value} in {outcome.seconds:.1f} s: accuracy {outcome.accuracy:.1%}"
     )
