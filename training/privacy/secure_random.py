@@ -52,10 +52,22 @@ class SecureRandom:
         return (out % np.uint64(high)).astype(np.int64)
 
     def normal(self, size: int, std: float = 1.0) -> Floats:
-        """``size`` draws from N(0, std**2) by the Box-Muller transform.
+        """``size`` draws from N(0, std**2) by the Box-Muller transform, in float64.
 
-        A floating-point reference sampler: fine for plaintext references and
-        simulations; the MPC servers sample their noise in fixed point.
+        Each pair comes from two uniforms of 53 random bits (:meth:`random`);
+        ``log``, ``sqrt``, ``cos`` and ``sin`` are numpy's float64 functions.
+        This is the sampler the MPC servers use for their DP noise too (DP-SGD,
+        ``servers/mpc/dpsgd.py``; DP federated averaging,
+        ``servers/mpc/aggregate.py``): each server draws here and then rounds
+        its draws to the fixed-point grid (multiples of 2**-16) when it adds
+        them to its own share. It is not a discrete Gaussian sampler: the
+        output's distribution is the continuous Gaussian's only up to float64
+        rounding and the 2**-53 granularity of the uniforms (at most about
+        8.6 std in magnitude, from ``u1 >= 2**-53``), and the privacy analysis
+        (``ppml.training.privacy.accounting``) assumes the exact continuous
+        Gaussian. The rounding to 2**-16 hides the low-order float bits that
+        Mironov's attack on floating-point noise reads (CCS 2012), but it is
+        not a proof that the gap is closed.
         """
         if std < 0:
             raise ValueError(f"std must be >= 0, got {std}")
