@@ -25,12 +25,14 @@ from ppml.client.errors import (
     AlreadySubmitted,
     BudgetExhausted,
     ContextMismatch,
+    InputShapeMismatch,
     InvalidFederation,
     InvalidModel,
     InvalidRequest,
     PermissionDenied,
     PpmlClientError,
     RoundClosed,
+    UpdateShapeMismatch,
 )
 from ppml.client.federation import Federation, Participant, mpc_global_model
 from ppml.proto import shares
@@ -598,3 +600,25 @@ def test_garbage_updates_are_refused_or_dropped_while_predictions_go_on(
     failures = [o for o in predicting.outcomes if isinstance(o, Exception)]
     assert failures == [], failures[:3]  # 0 aborted throughout both federations
     assert len(predicting.outcomes) >= 3 and max(predicting.outcomes) < 1e-2  # type: ignore[type-var]
+
+
+def test_a_newcomers_mistakes_are_refused_on_the_offices_machine(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    """A model with an extra layer, rows of the wrong width: typed errors, nothing sent."""
+    handle = owner.create_federation(  # no sample_input: the first layer is a Linear
+        _small_model(), OFFICES[:2], rounds=1, round_deadline_s=120
+    )
+    office = offices[OFFICES[0]]
+
+    def deeper(model: torch.nn.Module, round_no: int) -> tuple[torch.nn.Module, int, None]:
+        extra = torch.nn.Sequential(*model.children(), torch.nn.ReLU(), torch.nn.Linear(3, 3))
+        return extra, 10, None
+
+    with pytest.raises(UpdateShapeMismatch, match=r"extra 4\.weight \(3, 3\), 4\.bias \(3,\)"):
+        office.join_federation(handle.federation_id, deeper, max_rounds=1, timeout=60)
+    rows, labels = np.zeros((10, 4)), np.zeros(10, dtype=np.int64)
+    with pytest.raises(InputShapeMismatch, match=r"rows of shape \(4,\).*rows of shape \(5,\)"):
+        office.join_federation(handle.federation_id, (rows, labels))
+    assert handle.info().submitted == ()  # nothing reached the servers
+    assert handle.cancel().state.value == "cancelled"
