@@ -146,3 +146,14 @@ def test_rejects_inputs_outside_domain_and_bad_shapes() -> None:
     bad["k.final_cw0.0"] = bad["k.final_cw0.0"].astype(np.uint32)
     with pytest.raises(ValueError):
         dcf.DCFKey.from_arrays(bad, "k")
+
+
+def test_every_tree_level_expands_under_its_own_tweak() -> None:
+    state = KeyedPRG().seeds(4)
+    state[:, 0] |= np.uint64(1)  # control bits set: the tweak must leave them alone
+    tweaks = {(dcf._at_level(state, level) ^ state).tobytes() for level in range(64)}
+    assert len(tweaks) == 64
+    for level in range(64):
+        tweaked = dcf._at_level(state, level)
+        assert np.array_equal(tweaked[:, 0] & np.uint64(1), state[:, 0] & np.uint64(1))
+        assert np.array_equal(tweaked[:, 1], state[:, 1])

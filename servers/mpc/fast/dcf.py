@@ -28,8 +28,11 @@ Implementation notes. A party's tree state is one 128-bit block per element
 whose lowest bit is the control bit ``t`` (the rest is the seed); the seed
 correction of a level carries the control-bit correction of the chosen side in
 that bit, so one XOR corrects both. The tree PRG is
-``G_side,j(state) = H_T(state)`` with tweak ``T = (side, j)``: block 0 is the
-next state, blocks 1.. the level's value. Arrays are laid out so that numpy's
+``G_level,side,j(state) = H_T(state)`` with tweak ``T = (level, side, j)``
+(:func:`_at_level`; the final conversion's tweaks carry another salt): block
+0 is the next state, blocks 1.. the level's value. Tweaks are not unique per
+DCF instance: the same (level, side, block) tweak serves every element, each
+with its own fresh random root seed. Arrays are laid out so that numpy's
 inner loops run over the ``n`` elements (structure of arrays): correction
 words (depth, 2, n), value corrections (depth, k, n), payloads and outputs
 (k, n).
@@ -57,6 +60,7 @@ _CLEAR_LSB = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
 _SIDE_BIT = np.uint64(16)  # tweak_table puts the row (the side) at bit 16 of the high word
 _LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
 _FINAL_SALT = 1  # tweaks of the final state-to-group conversion
+_LEVEL_SHIFT = np.uint64(1)  # level + 1 in bits 1..7 of the tweak's low word (bit 0: control bit)
 
 
 def value_blocks(width: int) -> int:
@@ -253,6 +257,18 @@ def _tweaks(sides: int, blocks: int, n: int, salt: int) -> U64:
     return out
 
 
+def _at_level(state: U64, level: int) -> U64:
+    """``state`` (..., 2) with level ``level``'s tweak XORed into its low word (a copy).
+
+    Tree level ``i`` (0-based) gets ``(i + 1) << 1``: its expansions use tweaks
+    no other level, and not the final conversion (0 there), uses; bit 0, the
+    control bit, is untouched. Keys are unchanged in form: only the PRG differs.
+    """
+    tweaked = state.copy()
+    tweaked[..., 0] ^= np.uint64(level + 1) << _LEVEL_SHIFT
+    return tweaked
+
+
 def _words(blocks: U64, width: int) -> U64:
     """(..., nv, n, 2) blocks to (..., width, n) words: word w is block w // 2, half w % 2."""
     return np.stack([blocks[..., w // 2, :, w % 2] for w in range(width)], axis=-2)
@@ -306,7 +322,7 @@ def gen(
             a = (alpha >> np.uint64(depth - 1 - i)) & _ONE
             keep = a.astype(bool)  # keep the right child iff alpha's bit is 1
             t = state[:, :, 0] & _ONE  # (party, n)
-            out = prg.mmo(state[:, None, None] ^ tw)  # (party, side, block, n, 2)
+            out = prg.mmo(_at_level(state, i)[:, None, None] ^ tw)  # (party, side, block, n, 2)
             lo, hi = out[:, :, 0, :, 0], out[:, :, 0, :, 1]  # (party, side, n)
             vals = _words(out[:, :, 1:], k).view(np.int64)  # (party, side, k, n)
             lo_keep, lo_lose = (
@@ -359,7 +375,7 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     with np.errstate(over="ignore"):
         for i in range(key.depth):
             side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
-            tweaked = state.copy()
+            tweaked = _at_level(state, i)
             tweaked[:, 1] ^= side << _SIDE_BIT
             out = prg.mmo(tweaked[None] ^ tw)  # (block, n, 2)
             t = state[:, 0] & _ONE
