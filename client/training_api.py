@@ -7,6 +7,7 @@ and are added up here.
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from ppml.client.errors import InvalidTrainingJob, from_rpc_error
+from ppml.client.errors import InputShapeMismatch, InvalidTrainingJob, from_rpc_error
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_job import TrainingJob
 from ppml.client.transport import ClusterBase, ServerStubs
 from ppml.proto import shares
 from ppml.proto.domain import jobs
 from ppml.proto.wire import serde
-from ppml.v1 import datasets_pb2, training_pb2
+from ppml.v1 import datasets_pb2, registry_pb2, training_pb2
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,12 @@ class TrainingMixin(ClusterBase):
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Evaluation:
-        """Accuracy of a model on a shared data set: only the correct count is revealed, here."""
+        """Accuracy of a model on a shared data set: only the correct count is revealed, here.
+
+        Raises :class:`InputShapeMismatch` before asking for any MPC work when the data
+        set's rows do not hold as many values as the model's input (public metadata).
+        """
+        self._check_evaluation(model_id, dataset_id)
         request_id = request_id or uuid.uuid4().hex
         request = training_pb2.EvaluateRequest(
             request_id=request_id, model_id=model_id, dataset_id=dataset_id
@@ -203,3 +209,31 @@ class TrainingMixin(ClusterBase):
         parts = [serde.share_from_proto(r.correct, what="correct") for r in replies]
         correct = round(float(shares.decode(shares.reconstruct(parts)).reshape(-1)[0]))
         return Evaluation(correct, int(replies[0].rows))
+
+    def _check_evaluation(self, model_id: str, dataset_id: str) -> None:
+        model_request = registry_pb2.GetModelRequest(model_id=model_id)
+        data_request = datasets_pb2.GetDatasetRequest(dataset_id=dataset_id)
+        model = serde.model_meta_from_proto(
+            self._retry(
+                lambda: self._call_all(
+                    lambda s, _: s.registry.GetModel.future(
+                        model_request, timeout=self.timeout, metadata=self._metadata
+                    )
+                )
+            )[0]
+        )
+        data = serde.dataset_meta_from_proto(
+            self._retry(
+                lambda: self._call_all(
+                    lambda s, _: s.datasets.GetDataset.future(
+                        data_request, timeout=self.timeout, metadata=self._metadata
+                    )
+                )
+            )[0]
+        )
+        expected = model.architecture.input_shape
+        if math.prod(expected) != data.features:
+            raise InputShapeMismatch(
+                f"data set {dataset_id} has rows of shape {data.feature_shape}, but model "
+                f"{model_id} expects rows of shape {tuple(expected)}; nothing was evaluated"
+            )

@@ -152,3 +152,15 @@ def test_impossible_deadline(cluster2: Cluster, model_id: str, mlp: torch.nn.Mod
     with pytest.raises((DeadlineExceeded, PredictionAborted)):
         cluster2.predict(model_id, np.zeros((1, 64)), timeout=0.001)
     _still_serving(cluster2, model_id, mlp)
+
+
+def test_evaluating_on_rows_of_another_width_is_refused_before_any_mpc(
+    cluster2: Cluster, model_id: str, mlp: torch.nn.Module
+) -> None:
+    dataset_id = cluster2.share_dataset(np.eye(4), np.arange(4), name="four-wide")
+    try:
+        with pytest.raises(InputShapeMismatch, match=r"\(4,\).*expects rows of shape \(64,\)"):
+            cluster2.evaluate(model_id, dataset_id)
+    finally:
+        cluster2.delete_dataset(dataset_id)
+    _still_serving(cluster2, model_id, mlp)
