@@ -12,12 +12,11 @@ and no job is created; the SDK refuses the same before sending.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 import torch
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from fuzz_messages import StringField, client_string_fields
 from google.protobuf.message import Message
 
 from ppml.client import Cluster, InvalidName
@@ -25,13 +24,7 @@ from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.errors import ERROR_CODE_KEY
 from ppml.proto.names import MAX_NAME_CHARS
-from ppml.v1 import (
-    datasets_pb2,
-    federation_pb2,
-    inference_pb2,
-    registry_pb2,
-    training_pb2,
-)
+from ppml.v1 import training_pb2
 
 BAD = {
     "bel": "model\x07",
@@ -44,63 +37,7 @@ BAD = {
 }
 
 
-@dataclass(frozen=True)
-class StringField:
-    method: str  # /ppml.v1.Service/Method
-    request: type[Message]
-    path: tuple[str, ...]  # field names from the request down to the string
-    client_streaming: bool
-
-    def __str__(self) -> str:
-        return f"{self.method.split('.v1.')[1]}:{'.'.join(self.path)}"
-
-    def build(self, value: str) -> Message:
-        """A request with only this field set (repeated fields: one entry)."""
-        request = self.request()
-        message = request
-        for name in self.path[:-1]:
-            field = message.DESCRIPTOR.fields_by_name[name]
-            message = getattr(message, name).add() if field.is_repeated else getattr(message, name)
-        last = message.DESCRIPTOR.fields_by_name[self.path[-1]]
-        if last.is_repeated:
-            getattr(message, self.path[-1]).append(value)
-        else:
-            setattr(message, self.path[-1], value)
-        return request
-
-
-def _string_paths(descriptor: Descriptor, depth: int = 3) -> Iterator[tuple[str, ...]]:
-    for field in descriptor.fields:
-        if field.type == FieldDescriptor.TYPE_STRING:
-            yield (field.name,)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and depth > 0:
-            if field.message_type.GetOptions().map_entry:
-                continue
-            for rest in _string_paths(field.message_type, depth - 1):
-                yield (field.name, *rest)
-
-
-def _string_fields() -> list[StringField]:
-    found = []
-    for module in (registry_pb2, datasets_pb2, training_pb2, federation_pb2, inference_pb2):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                request = getattr(module, method.input_type.name, None)
-                if request is None:  # a request type from another file
-                    continue
-                for path in _string_paths(method.input_type):
-                    found.append(
-                        StringField(
-                            f"/{service.full_name}/{method.name}",
-                            request,
-                            path,
-                            method.client_streaming,
-                        )
-                    )
-    return found
-
-
-FIELDS = _string_fields()
+FIELDS = client_string_fields()  # every string field of every client RPC
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +58,13 @@ def metadata(local2: LocalCluster) -> tuple[tuple[str, str], ...]:
 def _call(
     channel: grpc.Channel, field: StringField, request: Message, metadata: object
 ) -> grpc.RpcError | None:
-    body = request.SerializeToString()
+    body, path = request.SerializeToString(), f"/ppml.v1.{field.method}"
     try:
         if field.client_streaming:
-            channel.stream_unary(field.method)(iter([body]), timeout=20, metadata=metadata)
+            channel.stream_unary(path)(iter([body]), timeout=20, metadata=metadata)
         else:
             response = channel.unary_stream if "Watch" in field.method else channel.unary_unary
-            reply = response(field.method)(body, timeout=20, metadata=metadata)
+            reply = response(path)(body, timeout=20, metadata=metadata)
             if "Watch" in field.method:
                 next(iter(reply))
     except grpc.RpcError as error:
@@ -136,7 +73,7 @@ def _call(
 
 
 def test_every_client_rpc_with_a_string_is_covered() -> None:
-    methods = {f.method.rsplit("/", 1)[1] for f in FIELDS}
+    methods = {f.method.split("/")[1] for f in FIELDS}
     assert {
         "UploadModel", "SetModelAccess", "UploadDataset", "SetDatasetAccess", "StartTraining",
         "Evaluate", "CreateFederation", "SubmitUpdate", "SubmitEncryptedUpdate", "Predict",
