@@ -178,13 +178,14 @@ class ClusterBase:
         for future in futures:
             future.cancel()  # aborted: the other servers' streams may stop now
         errors = [e for r in range(len(futures)) if (e := self._rpc_error(futures, r)) is not None]
-        cause = most_relevant(errors)
-        if isinstance(cause, ServerUnavailable | DeadlineExceeded | PredictionAborted):
-            raise UploadAborted(
-                f"the upload of {kind} {record_id!r} did not happen: {cause} ({reason}). "
-                "It was dropped on every server and nothing was kept; it is safe to retry."
-            ) from cause
-        raise cause
+        failures = (UploadAborted, ServerUnavailable, DeadlineExceeded, PredictionAborted)
+        refusals = [e for e in errors if not isinstance(e, failures)]
+        if refusals:  # a server said why: that is the error (nothing was kept either)
+            raise most_relevant(refusals)
+        raise UploadAborted(
+            f"the upload of {kind} {record_id!r} did not happen: {first_error} ({reason}). "
+            "It was dropped on every server and nothing was kept; it is safe to retry."
+        ) from first_error
 
     def _rpc_error(self, futures: list[grpc.Future], rank: int) -> PpmlClientError | None:
         """The SDK error of a finished call (None if it succeeded or was cancelled here)."""

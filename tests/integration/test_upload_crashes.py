@@ -66,6 +66,7 @@ class Crashable:
         self, point: str, upload: Callable[[], object], victim: int = VICTIM
     ) -> BaseException | None:
         """Run ``upload`` with ``victim`` set to die at ``point``; restart it; the SDK's error."""
+        self.local.wait_serving(180)  # every server is up and linked before the upload
         self.crash_file(victim).write_text(point)
         error: BaseException | None = None
         try:
@@ -73,9 +74,13 @@ class Crashable:
         except Exception as exc:  # asserted by the caller
             error = exc
         process = self.local.processes.pop(f"server-{victim}")
-        assert process.wait(timeout=30) == -9, f"server {victim} did not die at {point}"
-        self.crash_file(victim).write_text("")
-        self.start(victim)
+        try:
+            assert process.wait(timeout=30) == -9, f"server {victim} did not die at {point}"
+        finally:
+            process.kill()  # if it is still alive (then the test fails): a fresh start
+            process.wait()
+            self.crash_file(victim).write_text("")
+            self.start(victim)
         return error
 
 
