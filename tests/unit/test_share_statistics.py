@@ -27,9 +27,10 @@ import pytest
 from scipy import stats
 
 from ppml.client.cluster import Cluster, Endpoint
+from ppml.proto.domain.architecture import Architecture, Linear, ModelMeta
 from ppml.proto.shares import encode, random_ring
 from ppml.proto.wire import serde
-from ppml.v1 import inference_pb2, inference_pb2_grpc
+from ppml.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 CALLS = 400
 OUTPUT_FEATURES = 2
@@ -75,6 +76,19 @@ class RecordingInference(inference_pb2_grpc.InferenceServicer):
         )
 
 
+class PublicRegistry(registry_pb2_grpc.ModelRegistryServicer):
+    """Answers the SDK's look-up of the model's input shape (public metadata)."""
+
+    def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.ModelInfo:
+        width = X.shape[1]
+        architecture = Architecture(
+            (Linear(width, OUTPUT_FEATURES, True),), (width,), (OUTPUT_FEATURES,)
+        )
+        return serde.model_meta_to_proto(ModelMeta(request.model_id, "", "owner", architecture, 0))
+
+
 @dataclass(frozen=True)
 class WireShares:
     """Shares each server received, one row per call, flattened to (CALLS, 8)."""
@@ -111,6 +125,7 @@ def wire() -> Iterator[dict[str, WireShares]]:
     for rank, servicer in enumerate(servicers):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+        registry_pb2_grpc.add_ModelRegistryServicer_to_server(PublicRegistry(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         assert port != 0
         server.start()
