@@ -10,11 +10,12 @@ A clip factor computed from such a norm lets the row through unclipped.
 
 So the norm is only ever computed from values whose size is *checked*:
 
-1. **Coordinates** (:func:`in_range`): one stacked secret comparison
-   ``-b < x < b`` per coordinate, exact for every ring element (a
-   comparison reads the sign bit of ``x -+ b``; a value that wraps there is
-   reported out of range). Out-of-range coordinates are set to 0 (a
-   product with a 0/1 bit, exact: no truncation) and counted per row.
+1. **Coordinates** (:func:`in_range`): a secret range test
+   ``-b <= x < b`` of every coordinate, exact for every ring element
+   (``x + b`` read as an unsigned integer must have its high bits 0: one
+   binary conversion and an AND tree, :func:`_inside`). Out-of-range
+   coordinates are set to 0 (a product with a 0/1 bit, exact: no
+   truncation) and counted per row.
    ``b = coordinate_bound(width) <= 2^8``, so that a row's sum of squares is
    at most ``width * b^2 <= 2^30`` and each square fails with probability at
    most ``2^-16`` (an honest value ``v``: ``v^2 / 2^32``).
@@ -38,9 +39,11 @@ coordinate; an honest row is clipped as before (the inverse square root's
 an honest party would never send (a coordinate past the bound, a norm past
 ``sqrt(S_MAX)``) are dropped, not clipped.
 
-Cost, per row of width ``d``: one comparison of ``2 d`` values and two
-products with bits (all rows in one call each), plus ``3`` values (4 with a
-bad count) added to the stage comparison that clipping already made.
+Cost, per row of width ``d``: one range test of ``d`` values (about one
+comparison each) and one product with bits (all rows in one call each),
+plus 2 values (3 with a bad count) added to the stage comparison that
+clipping already made; DP-SGD adds one comparison of ``2 (2 L + 1)`` values per
+example for its per-layer sums.
 """
 
 from __future__ import annotations
@@ -79,19 +82,39 @@ def _fixed(count: Any, like: Any) -> Any:
     return count + like.mul(0)
 
 
+def _inside(values: Any, bounds: torch.Tensor) -> Any:
+    """Secret scale-1 bits: 1 where ``-b <= x < b`` (``b`` a power of two), exact on the ring.
+
+    With ``2b = 2^K`` ring units, ``y = x + b`` lies in ``[0, 2^K)`` as an
+    unsigned integer exactly when ``x`` is in range: one binary conversion
+    (CrypTen's adder), a local shift of each share by ``K``, and a test that
+    the ``64 - K`` high bits are all 0 (an AND tree on the packed word).
+    Half what two comparisons ``x < b``, ``-x < b`` cost (two adders).
+    """
+    from crypten.mpc.ptype import ptype
+
+    encoded = (bounds * 2.0**16).long()  # b in ring units
+    shifts = torch.log2(2 * encoded.double()).round().long()  # K
+    shifted = (values + bounds)._to_ptype(ptype.binary)
+    shifted.share = shifted.share >> shifts  # XOR shares: each shifts alone
+    shifted._tensor = shifted._tensor.eq(0)
+    bits = shifted._to_ptype(ptype.arithmetic, bits=1)  # as CrypTen's _ltz converts its bit
+    bits.encoder._scale = 1
+    return bits
+
+
 def in_range(tensors: Sequence[Any], bounds: Sequence[float]) -> tuple[list[Any], Any]:
-    """``tensors`` (each ``(R, w)``) with every coordinate ``|x| >= bound`` set to 0,
+    """``tensors`` (each ``(R, w)``) with every coordinate outside ``[-b, b)`` set to 0,
     and each row's number of such coordinates (a secret scale-1 ``(R,)`` count).
 
-    One stacked comparison of ``2 * sum(w)`` values per row, exact for any ring
-    element; the zeroing multiplies by 0/1 bits, with no truncation.
+    One range test (:func:`_inside`) of all coordinates at once, exact for
+    any ring element; the zeroing multiplies by 0/1 bits, with no truncation.
     """
     flat = crypten.cat([t.reshape(-1) for t in tensors])
     bound = torch.cat(
         [torch.full((t.nelement(),), float(b)) for t, b in zip(tensors, bounds, strict=True)]
     )
-    below = crypten.stack([flat - bound, -flat - bound]).lt(0)  # x < b, -x < b
-    inside = below[0] * below[1]
+    inside = _inside(flat, bound)
     kept_flat = flat * inside
     kept, bad, start = [], None, 0
     for t in tensors:

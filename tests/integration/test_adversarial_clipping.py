@@ -9,7 +9,7 @@ ppml's DP-FedAvg clipping (``clipping.clipped_rows`` and
 ones in the finding and a derandomised Hypothesis search over encodings.
 Each crafted row (an update, an example) must move the opened sum by at most
 ``C`` (the sensitivity the accountant uses), and one with any coordinate out
-of range must add exactly nothing; honest rows are still clipped like
+of range (outside ``[-b, b)``) must add exactly nothing; honest rows are still clipped like
 plaintext (to ``C' = C (1 - 2^-7)``, within the 0.5 % of the inverse square
 root).
 """
@@ -62,8 +62,7 @@ SPECIAL = [
     -(2**63),
     1 << 47,
     1 << 31,
-    *((b << 16) + d for b in (256, 512, 16384) for d in (-1, 0)),  # range edges for C = 1, 1.5, 40
-    -(512 << 16),
+    *(s * (b << 16) + d for b in (256, 512, 16384) for s in (-1, 1) for d in (-1, 0)),  # edges
 ]
 
 
@@ -117,12 +116,17 @@ def _clipped_rows(parties: Parties, rows: list[list[int]], clip: float) -> np.nd
     return shares.decode(parties.ask({"kind": "rows", "rows": rows, "clip": clip}))
 
 
+def _out_of_range(values: np.ndarray, bound: float) -> bool:
+    """Whether a coordinate lies outside ``[-bound, bound)``, the range the servers keep."""
+    return bool(np.min(values) < -bound or np.max(values) >= bound)
+
+
 def _check_row(row: list[int], got: np.ndarray, clip: float) -> None:
     """``got``: 0 if a coordinate is out of range, else ``row`` clipped to ``C'``; never > ``C``."""
     values = shares.decode(row)
     tolerance = ROUNDING * math.sqrt(len(row))
     assert np.linalg.norm(got) <= clip + tolerance, (row, got)
-    if np.max(np.abs(values)) >= _bound(len(row), clip):
+    if _out_of_range(values, _bound(len(row), clip)):
         assert not np.any(got), (row, got)  # dropped: exactly nothing
     else:
         expected = clip_update(values, clip * (1 - CLIP_MARGIN))
@@ -141,7 +145,9 @@ def _crafted_updates() -> dict[str, list[int]]:
         "one square wraps negative": [ONE] * 35 + [WRAP_NEGATIVE],
         "ring extremes": [2**63 - 1, -(2**63)] * (WIDTH // 2),
         "just in range": [edge - 1] * WIDTH,
-        "just out of range": [ONE] * 35 + [-edge],
+        "just in range, below": [-edge] * WIDTH,
+        "just out of range": [ONE] * 35 + [edge],
+        "just out of range, below": [-edge - 1] + [ONE] * 35,
         "zero": [0] * WIDTH,
     }
 
@@ -157,7 +163,8 @@ def test_crafted_updates_are_clipped_or_dropped(parties: Parties) -> None:
     for row, opened in zip(rows, got, strict=True):
         _check_row(row, opened, CLIP)
     dropped = [name for name, opened in zip(crafted, got, strict=False) if not np.any(opened)]
-    assert dropped == [name for name in crafted if name != "just in range"]  # and "zero" is 0
+    kept = ("just in range", "just in range, below")
+    assert dropped == [name for name in crafted if name not in kept]  # and "zero" is 0
 
 
 @pytest.mark.parametrize("name", ["all 65536", "10.0 per weight, one bias of 65535.875"])
@@ -243,9 +250,14 @@ def test_crafted_rows_move_a_dpsgd_step_by_at_most_the_clip_norm(
     honest_sum = torch.cat([e.reshape(-1) for e in expected]).double().numpy()
     honest = _gradient(parties, _encoded(x), _encoded(y), loss)
     assert np.max(np.abs(honest - honest_sum)) < HONEST_SGD
-    for name, (row, target) in CRAFTED_ROWS.items():
-        got = _gradient(parties, [*_encoded(x), row], [*_encoded(y), target], loss)
-        assert np.linalg.norm(got - honest) <= DPSGD_CLIP + 0.01, name
+    rows = [*_encoded(x), *(row for row, _ in CRAFTED_ROWS.values())]
+    targets = [*_encoded(y), *(target for _, target in CRAFTED_ROWS.values())]
+    moved = np.linalg.norm(_gradient(parties, rows, targets, loss) - honest)
+    assert moved <= DPSGD_CLIP  # all seven together move it by less than one example may
+    assert moved < 0.05  # in fact by nothing: each has a value out of range (or past a cap)
+    large = [5 * ONE] * FEATURES  # in range, gradient norm far above C: clipped, not dropped
+    got = _gradient(parties, [*_encoded(x), large], [*_encoded(y), [ONE, 0, 0]], loss)
+    assert 0.5 * DPSGD_CLIP < np.linalg.norm(got - honest) <= DPSGD_CLIP + 0.01
 
 
 @settings(
@@ -265,5 +277,5 @@ def test_no_encoding_of_a_row_gets_past_per_example_clipping(
 ) -> None:
     alone = _gradient(parties, [row], [target], loss)
     assert np.linalg.norm(alone) <= DPSGD_CLIP + 0.01, alone
-    if np.max(np.abs(shares.decode(row))) >= coordinate_bound(FEATURES):
+    if _out_of_range(shares.decode(row), coordinate_bound(FEATURES)):
         assert not np.any(alone)  # a feature out of range: the example adds exactly nothing
