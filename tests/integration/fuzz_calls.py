@@ -8,7 +8,9 @@ a server holds (a prediction waiting for the other servers' shares) is not
 waited for: it is checked when it ends, and :meth:`Caller.finish` fails on
 any such call that went wrong or never ended. A server stream is read for a
 few messages; one the server keeps open (a job still queued, a health
-watch) is left by the caller and counts as OK.
+watch) is left by the caller and counts as OK. A call may also name the
+status it must get (``expect``): then it must come with a ``ppml-error-code``
+trailer too (bad names and long strings: INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.errors import ERROR_CODE_KEY
 from ppml.servers.api.auth import required_roles
 from ppml.v1 import (
     coordinator_pb2,
     datasets_pb2,
+    federation_pb2,
     inference_pb2,
     registry_pb2,
     status_pb2,
@@ -53,7 +57,9 @@ class Rpc:
 
 
 def _rpcs() -> dict[str, Rpc]:
-    modules = (registry_pb2, inference_pb2, datasets_pb2, training_pb2, status_pb2)
+    modules = (
+        registry_pb2, inference_pb2, datasets_pb2, training_pb2, federation_pb2, status_pb2
+    )  # fmt: skip
     found = {}
     for module in (*modules, coordinator_pb2, health_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
@@ -67,6 +73,16 @@ def _rpcs() -> dict[str, Rpc]:
 
 
 RPCS = _rpcs()  # "Service/Method" -> Rpc, every RPC a compute server offers
+
+
+def _error_code(call: Any) -> str | None:
+    """The ``ppml-error-code`` trailer of a finished call, if any."""
+    try:
+        trailing = call.trailing_metadata() or ()
+    except Exception:  # a call cancelled here has none
+        return None
+    value = dict(trailing).get(ERROR_CODE_KEY)
+    return str(value) if value is not None else None
 
 
 class Caller:
@@ -83,6 +99,8 @@ class Caller:
         self.per_rpc: Counter[tuple[str, str]] = Counter()
         self.calls = 0
         self.messages = 0
+        self.family = ""  # the family now sending (set by each fuzz test)
+        self.per_family: Counter[str] = Counter()
         self._lock = threading.Condition()
         self._pending: list[tuple[grpc.Future, str]] = []
         self._unchecked = 0  # calls in the background not checked yet
@@ -102,12 +120,19 @@ class Caller:
         return (("authorization", f"Bearer {self._tokens[token]}"),)
 
     def send(
-        self, name: str, server: int, body: Any, token: str = "client", timeout: float | None = 5.0
+        self,
+        name: str,
+        server: int,
+        body: Any,
+        token: str = "client",
+        timeout: float | None = 5.0,
+        expect: str | None = None,
     ) -> str | None:
         """One call of RPC ``name``: raw bytes, or a list of them for a request stream.
 
         Returns the status's name, or None for a call still running after
-        :data:`QUICK_S` (checked when it ends).
+        :data:`QUICK_S` (checked when it ends). ``expect``: the status the call
+        must end with, with a ``ppml-error-code`` trailer.
         """
         rpc = RPCS[name]
         requests: list[bytes] = list(body) if rpc.client_streaming else [body]
@@ -118,9 +143,10 @@ class Caller:
         with self._lock:
             self.calls += 1
             self.messages += len(requests)
+            self.per_family[self.family] += 1
         if rpc.server_streaming:
-            code, details = self._read_stream(channel, rpc, request, metadata, timeout)
-            self._check(name, server, token, code, details, where)
+            code, details, trailer = self._read_stream(channel, rpc, request, metadata, timeout)
+            self._check(name, server, token, code, details, where, expect, trailer)
             return code
         make = channel.stream_unary if rpc.client_streaming else channel.unary_unary
         future = make(rpc.path).future(request, timeout=timeout, metadata=metadata)
@@ -130,26 +156,34 @@ class Caller:
             with self._lock:
                 self._pending.append((future, where))
                 self._unchecked += 1
-            future.add_done_callback(self._checker(name, server, token, where))
+            future.add_done_callback(self._checker(name, server, token, where, expect))
             return None
         except grpc.RpcError:
             pass
         code = future.code().name
-        self._check(name, server, token, code, future.details() or "", where)
+        details, trailer = future.details() or "", _error_code(future)
+        self._check(name, server, token, code, details, where, expect, trailer)
         return code
 
-    def both(self, name: str, body: Any, token: str, timeout: float | None) -> list[str | None]:
+    def both(
+        self,
+        name: str,
+        body: Any,
+        token: str,
+        timeout: float | None,
+        expect: str | None = None,
+    ) -> list[str | None]:
         """The same call to every server at once (valid work then runs in MPC)."""
         with ThreadPoolExecutor(len(self.channels)) as pool:
             calls = [
-                pool.submit(self.send, name, server, body, token, timeout)
+                pool.submit(self.send, name, server, body, token, timeout, expect)
                 for server in range(len(self.channels))
             ]
             return [call.result() for call in calls]
 
     def _read_stream(
         self, channel: grpc.Channel, rpc: Rpc, request: Any, metadata: Any, timeout: float | None
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str | None]:
         make = channel.stream_stream if rpc.client_streaming else channel.unary_stream
         call = make(rpc.path)(request, timeout=timeout, metadata=metadata)
         hung, left = threading.Event(), threading.Event()
@@ -168,18 +202,22 @@ class Caller:
                     break
                 timer = threading.Timer(STREAM_IDLE_S, stop, (left,))
                 timer.start()
-            return "OK", ""
+            return "OK", "", None
         except grpc.RpcError as err:
             if left.is_set():  # the server kept the stream open, as it may
-                return "OK", ""
-            return ("HANG" if hung.is_set() else err.code().name), err.details() or ""
+                return "OK", "", None
+            code = "HANG" if hung.is_set() else err.code().name
+            return code, err.details() or "", _error_code(err)
         finally:
             timer.cancel()
 
-    def _checker(self, name: str, server: int, token: str, where: str) -> Callable[[Any], None]:
+    def _checker(
+        self, name: str, server: int, token: str, where: str, expect: str | None
+    ) -> Callable[[Any], None]:
         def check(future: grpc.Future) -> None:
             try:
-                self._check(name, server, token, future.code().name, future.details() or "", where)
+                code, details = future.code().name, future.details() or ""
+                self._check(name, server, token, code, details, where, expect, _error_code(future))
             except AssertionError as failure:
                 with self._lock:
                     self._late_failures.append(str(failure))
@@ -191,13 +229,24 @@ class Caller:
         return check
 
     def _check(
-        self, name: str, server: int, token: str, code: str, details: str, where: str
+        self,
+        name: str,
+        server: int,
+        token: str,
+        code: str,
+        details: str,
+        where: str,
+        expect: str | None = None,
+        trailer: str | None = None,
     ) -> None:
         with self._lock:
             self.statuses[code] += 1
             self.per_rpc[(name, code)] += 1
         assert code not in CRASHES, f"{where}: {code} {details}"
         self.check_alive()
+        if expect is not None:
+            assert code == expect, f"{where}: {code} {details[:200]}, expected {expect}"
+            assert trailer, f"{where}: {code} without a {ERROR_CODE_KEY} trailer"
         expected = self.expected(name, server, token)
         if expected is None:
             assert code != "UNAUTHENTICATED", f"{where}: {code} {details}"

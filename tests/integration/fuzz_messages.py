@@ -3,13 +3,19 @@
 Most start from a request the servers accept (about the records made before
 fuzzing, :class:`Held`) and break a few of its fields at a time, so that every
 layer of validation is reached, not only the first; the architectures, share
-tensors and control-link messages can also be built from scratch.
+tensors and control-link messages can also be built from scratch. Besides:
+every string field of every client RPC (:func:`client_string_fields`, walked
+from the descriptors), CKKS encrypted updates with broken chunks
+(:func:`encrypted_update_garbage`) and federation updates with broken shares
+(:func:`submit_update_requests`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +33,18 @@ from fuzz_values import (
     uint32s,
     uint64s,
 )
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from ppml.proto.errors import PpmlError
 from ppml.proto.wire import serde
+from ppml.training import ckks
 from ppml.v1 import (
     common_pb2,
     coordinator_pb2,
     datasets_pb2,
+    federation_pb2,
     inference_pb2,
     registry_pb2,
     training_pb2,
@@ -59,6 +69,9 @@ class Held:
     datasets: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)  # prediction request ids sent
+    federations: list[str] = field(default_factory=list)  # an MPC one, then a CKKS one
+    federation_architecture: common_pb2.Architecture | None = None  # of both federations
+    encrypted_update: bytes = b""  # a valid CKKS update for the CKKS federation
 
     def __post_init__(self) -> None:
         self.models += [self.model, self.trained]
@@ -73,6 +86,8 @@ class Held:
 
 
 def _random_bytes(draw: st.DrawFn, size: int) -> bytes:
+    if size > 1024:  # a large draw overruns Hypothesis's buffer: expand a drawn seed instead
+        return random.Random(draw(st.integers(0, 2**64 - 1))).randbytes(size)
     return bytes(draw(st.randoms(use_true_random=False)).randbytes(size))
 
 
@@ -117,6 +132,48 @@ def share_tensors(draw: st.DrawFn, good: Sequence[int]) -> common_pb2.ShareTenso
         dtype=value["dtype"],
         fractional_bits=value["bits"],
         data=_random_bytes(draw, size),
+    )
+
+
+@st.composite
+def garbage_shares(draw: st.DrawFn, good: Sequence[int]) -> common_pb2.ShareTensor:
+    """A share tensor for shape ``good`` that is always off: random bytes (a valid share:
+    any 8 bytes are one), or the wrong byte count, shape, rank, dtype or bits, or unset."""
+    count = math.prod(good)
+    fault = draw(
+        st.sampled_from(
+            ["random bytes", "short", "long", "shape", "rank", "scalar", "empty", "dtype",
+             "bits", "unset", "odd bytes"]
+        ),
+        label="share fault",
+    )  # fmt: skip
+    shape, size = list(good), 8 * count
+    dtype, bits = common_pb2.DTYPE_RING64, 16
+    if fault == "short":
+        size = draw(st.integers(0, max(0, size - 1)))
+    elif fault == "long":
+        size += draw(st.integers(1, 64))
+    elif fault == "shape":
+        shape = draw(
+            st.lists(st.integers(0, 9), min_size=1, max_size=4).filter(lambda s: s != list(good))
+        )
+        size = 8 * math.prod(shape)
+    elif fault == "rank":
+        shape = [*good, 1]
+    elif fault == "scalar":
+        shape, size = [], 8
+    elif fault == "empty":
+        shape, size = [0, *good[1:]], 0
+    elif fault == "dtype":
+        dtype = draw(st.integers(-5, 5).filter(lambda d: d != common_pb2.DTYPE_RING64))
+    elif fault == "bits":
+        bits = draw(st.sampled_from([0, 15, 17, 32, 64, 2**31]))
+    elif fault == "unset":
+        return common_pb2.ShareTensor()
+    elif fault == "odd bytes":
+        size = 8 * count + draw(st.sampled_from([-7, -1, 1, 3]))
+    return common_pb2.ShareTensor(
+        shape=shape, dtype=dtype, fractional_bits=bits, data=_random_bytes(draw, max(0, size))
     )
 
 
@@ -507,3 +564,163 @@ def start_training_requests(draw: st.DrawFn, held: Held) -> training_pb2.StartTr
         else exact_parameters(architecture),
         spec=spec,
     )
+
+
+# ---------------------------------------------------------------- every string field
+
+
+@dataclass(frozen=True)
+class StringField:
+    """One string field of one client RPC's request (``path`` from the request down)."""
+
+    method: str  # "Service/Method", as in fuzz_calls.RPCS
+    request: type[Message]
+    path: tuple[str, ...]
+    client_streaming: bool
+
+    def __str__(self) -> str:
+        return f"{self.method}:{'.'.join(self.path)}"
+
+    def set(self, request: Message, value: str) -> Message:
+        """``request`` with this field set to ``value`` (a repeated one: one more entry)."""
+        message = request
+        for name in self.path[:-1]:
+            child = message.DESCRIPTOR.fields_by_name[name]
+            if child.is_repeated:
+                items = getattr(message, name)
+                message = items[0] if len(items) else items.add()
+            else:
+                message = getattr(message, name)
+        last = message.DESCRIPTOR.fields_by_name[self.path[-1]]
+        if last.is_repeated:
+            getattr(message, self.path[-1]).append(value)
+        else:
+            setattr(message, self.path[-1], value)
+        return request
+
+    def build(self, value: str) -> Message:
+        """A request with only this field set."""
+        return self.set(self.request(), value)
+
+
+def _is_map(item: FieldDescriptor) -> bool:
+    return bool(item.message_type.GetOptions().map_entry)
+
+
+def _string_paths(descriptor: Descriptor, depth: int = 3) -> Iterator[tuple[str, ...]]:
+    for item in descriptor.fields:
+        if item.type == FieldDescriptor.TYPE_STRING:
+            yield (item.name,)
+        elif item.type == FieldDescriptor.TYPE_MESSAGE and depth > 0 and not _is_map(item):
+            for rest in _string_paths(item.message_type, depth - 1):
+                yield (item.name, *rest)
+
+
+def client_string_fields() -> list[StringField]:
+    """Every string field of the client services' requests (not the control link, not health)."""
+    found = []
+    for module in (registry_pb2, datasets_pb2, training_pb2, federation_pb2, inference_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                request = getattr(module, method.input_type.name)
+                for path in _string_paths(method.input_type):
+                    name = f"{service.name}/{method.name}"
+                    found.append(StringField(name, request, path, method.client_streaming))
+    return found
+
+
+def every_string(request: Message, value: str) -> Message:
+    """``request`` with every string field already set (and every empty one) set to ``value``."""
+    for fld in request.DESCRIPTOR.fields:
+        if fld.type == FieldDescriptor.TYPE_STRING:
+            if fld.is_repeated:
+                items = getattr(request, fld.name)
+                items[:] = [value] * max(1, len(items))
+            else:
+                setattr(request, fld.name, value)
+        elif fld.type == FieldDescriptor.TYPE_MESSAGE and not fld.is_repeated:
+            every_string(getattr(request, fld.name), value)
+        elif fld.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(fld):
+            for item in getattr(request, fld.name):
+                every_string(item, value)
+    return request
+
+
+# ---------------------------------------------------------------- federations
+
+
+@st.composite
+def encrypted_update_garbage(draw: st.DrawFn, held: Held) -> bytes:
+    """The held valid CKKS update with its chunks or framing broken."""
+    good = held.encrypted_update
+    update = ckks.deserialize(good)
+    chunks = list(update.chunks)
+    index = draw(st.integers(0, len(chunks) - 1), label="chunk")
+    fault = draw(
+        st.sampled_from(
+            ["random chunk", "random length", "truncated chunk", "flipped bytes", "empty chunk",
+             "extra chunk", "dropped chunk", "swapped", "duplicated", "length", "weight", "count",
+             "truncated blob", "appended", "random blob", "header size", "good"]
+        ),
+        label="fault",
+    )  # fmt: skip
+    chunk = chunks[index]
+    if fault == "random chunk":
+        chunks[index] = _random_bytes(draw, len(chunk))
+    elif fault == "random length":
+        chunks[index] = _random_bytes(draw, draw(st.integers(1, 2 * len(chunk))))
+    elif fault == "truncated chunk":
+        chunks[index] = chunk[: draw(st.integers(1, max(1, len(chunk) - 1)))]
+    elif fault == "flipped bytes":
+        data = bytearray(chunk)
+        for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            data[at] ^= draw(st.integers(1, 255))
+        chunks[index] = bytes(data)
+    elif fault == "empty chunk":
+        chunks[index] = b""
+    elif fault == "extra chunk":
+        chunks.append(draw(st.sampled_from([chunk, _random_bytes(draw, 64)])))
+    elif fault == "dropped chunk":
+        del chunks[index]
+    elif fault == "swapped" and len(chunks) > 1:
+        chunks[0], chunks[-1] = chunks[-1], chunks[0]
+    elif fault == "duplicated":
+        chunks = [chunk] * len(chunks)
+    if fault in ("length", "weight", "count"):
+        value = {
+            "length": draw(st.sampled_from([0, 1, update.length + 1, 2**31, -1])),
+            "weight": draw(st.sampled_from([0.0, -1.0, float("nan"), float("inf"), 1e300])),
+            "count": draw(st.sampled_from([0, 2, -1, 2**40])),
+        }[fault]
+        update = dataclasses.replace(update, **{fault: value})
+    blob = ckks.serialize(dataclasses.replace(update, chunks=tuple(c for c in chunks if c)))
+    if fault == "empty chunk":  # serialize skips it: write a 0-size chunk into the header
+        blob = blob.replace(b'"chunks": [', b'"chunks": [0, ', 1)
+    elif fault == "truncated blob":
+        blob = good[: draw(st.integers(0, len(good) - 1))]
+    elif fault == "appended":
+        blob = good + _random_bytes(draw, draw(st.integers(1, 64)))
+    elif fault == "random blob":
+        blob = _random_bytes(draw, draw(st.integers(0, 4096)))
+    elif fault == "header size":
+        blob = blob[:8] + draw(st.binary(min_size=4, max_size=4)) + blob[12:]
+    return blob
+
+
+@st.composite
+def submit_update_requests(draw: st.DrawFn, held: Held) -> federation_pb2.SubmitUpdateRequest:
+    """An update to the MPC federation with its shares broken (or random, which is valid)."""
+    assert held.federation_architecture is not None
+    architecture = held.federation_architecture
+    update = exact_parameters(architecture)
+    if draw(st.booleans(), label="break the update"):
+        update = draw(parameters(architecture), label="update")
+    request = federation_pb2.SubmitUpdateRequest(
+        federation_id=draw(st.one_of(st.just(held.federations[0]), ids(held.federations))),
+        round=draw(st.one_of(st.just(1), uint32s()), label="round"),
+        update=update,
+        weight=draw(share_tensors((1,)), label="weight"),
+    )
+    if draw(st.booleans(), label="with a loss"):
+        request.loss.CopyFrom(draw(share_tensors((1,)), label="loss"))
+    return request

@@ -2,7 +2,8 @@
 
 Numbers come with their edge cases (0, -1, 2^31, 2^62, the int64 limits, NaN,
 infinities); ids are known ones, ids no server has, and odd ones (empty, long,
-unicode, path traversal). ``FRESH`` ids are made unique per draw, so no two
+unicode, path traversal); bad names hold a control or format character or
+are too long, long strings are 20 KB. ``FRESH`` ids are made unique per draw, so no two
 examples share a new model, data set, job or request id by accident.
 :func:`faulty` breaks a few fields of a valid message at a time.
 """
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from ppml.proto.errors import PpmlError
 from ppml.proto.ids import check_id
+from ppml.proto.names import MAX_STRING_CHARS
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT32_MAX, UINT64_MAX = 2**32 - 1, 2**64 - 1
@@ -74,6 +76,46 @@ def doubles() -> st.SearchStrategy[float]:
 
 def texts(max_size: int = 80) -> st.SearchStrategy[str]:
     return st.one_of(st.text(max_size=max_size), st.sampled_from(ODD_IDS))
+
+
+# control, format (bidi overrides, zero width, BOM), separator, private-use characters
+UNPRINTABLE = [
+    "\x00", "\x07", "\x08", "\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\x9b", "\u00ad",
+    "\u200b", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202d", "\u202e",
+    "\u2066", "\u2067", "\u2068", "\u2069", "\u2028", "\u2029", "\ufeff", "\ue000",
+    "\U000e0001", "\U000f0000",
+]  # fmt: skip
+LONG = 20_000  # a "long string": 20 KB
+
+
+def bad_names() -> st.SearchStrategy[str]:
+    """Non-empty names no server accepts: an unprintable character anywhere, or too long."""
+    with_char = st.builds(
+        lambda head, char, tail: head + char + tail,
+        st.text(max_size=20),
+        st.sampled_from(UNPRINTABLE),
+        st.text(max_size=20),
+    )
+    return st.one_of(
+        with_char,
+        st.sampled_from(UNPRINTABLE),
+        st.lists(st.sampled_from(UNPRINTABLE), min_size=2, max_size=50).map("".join),
+        st.integers(MAX_STRING_CHARS + 1, 2 * MAX_STRING_CHARS).map(lambda n: "x" * n),
+        st.text(min_size=MAX_STRING_CHARS + 1, max_size=MAX_STRING_CHARS + 40).filter(
+            lambda t: len(t) > MAX_STRING_CHARS
+        ),
+        long_strings(),
+    )
+
+
+def long_strings() -> st.SearchStrategy[str]:
+    """Strings of about 20 KB (ASCII, multi-byte, or a text repeated up to that)."""
+    return st.one_of(
+        st.just("x" * LONG),
+        st.just("🙂" * (LONG // 4)),
+        st.just("é" * (LONG // 2)),
+        st.text(min_size=1, max_size=30).map(lambda t: (t * (LONG // len(t) + 1))[:LONG]),
+    )
 
 
 def known_ids(known: Sequence[str]) -> st.SearchStrategy[str]:

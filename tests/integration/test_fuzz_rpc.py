@@ -8,6 +8,18 @@ unknown or wrong-role token. At the end the cluster still predicts and
 evaluates correctly, its MPC session never restarted, nothing is left
 queued, and no stored model, data set or job was lost or changed.
 
+Four families aim at what a careless server would take: CKKS encrypted
+updates with broken chunks (random, truncated, of the wrong length, out of
+order, framing and header broken); share tensors that are off (random bytes,
+wrong byte counts, shapes, ranks, dtypes) in SubmitUpdate, Predict and model
+and data set uploads; names in every string field of every client RPC
+(control characters, bidi overrides, NUL, over-long, empty); and 20 KB in
+every string field. A bad name or a long string must get INVALID_ARGUMENT
+with a ``ppml-error-code`` (an empty one only the usual checks: it is a valid
+optional name). Broken chunks and shares must never crash a server; whether a
+server refuses them at submission or drops them when the round closes is
+tested with the federations (``test_federation.py``), not asserted here.
+
 Not fuzzed: a Hello the leader would accept on its control link (a peer may
 take over its own link, which restarts the MPC session by design), a
 training job valid on every server (it would really train), deleting the
@@ -35,16 +47,35 @@ import pytest
 import torch
 from fuzz_calls import RPCS, TOKENS, Caller
 from fuzz_messages import (
+    UPLOAD_FEATURES,
     Held,
+    StringField,
+    client_string_fields,
+    encrypted_update_garbage,
     evaluate_requests,
+    every_string,
+    exact_parameters,
     exact_share,
+    garbage_shares,
+    good_architecture,
     party_messages,
     predict_requests,
     start_training_requests,
+    submit_update_requests,
     upload_model_requests,
     upload_streams,
 )
-from fuzz_values import deadlines, fresh_id, lookup_ids, raw_bodies, texts
+from fuzz_values import (
+    bad_names,
+    deadlines,
+    fresh_id,
+    ids,
+    long_strings,
+    lookup_ids,
+    raw_bodies,
+    texts,
+)
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,9 +83,13 @@ from hypothesis import strategies as st
 from ppml.client import Cluster
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.local import LocalCluster
+from ppml.proto.domain import federations as fed
+from ppml.proto.wire import serde
+from ppml.training import ckks
 from ppml.v1 import (
     coordinator_pb2,
     datasets_pb2,
+    federation_pb2,
     inference_pb2,
     registry_pb2,
     status_pb2,
@@ -73,6 +108,8 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 MODEL, DATASET, JOB, TRAINED = "fuzz-mlp", "fuzz-data", "fuzz-job", "fuzz-job-model"
+FED_MPC, FED_CKKS = "fuzz-fed-mpc", "fuzz-fed-ckks"
+PARTICIPANTS = ["local-user", "analyst"]  # the client and analyst tokens' identities
 FEATURES, CLASSES, ROWS = 8, 3, 16
 OWNER_TOKEN = {"local-user": "client", "analyst": "analyst"}
 
@@ -129,12 +166,43 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
                 linear, [DATASET], epochs=1, batch_size=ROWS, lr=0.1, job_id=JOB, model_id=TRAINED
             )
             assert job.result(timeout=120) == TRAINED  # the trained model's id
-        held = Held(MODEL, TRAINED, DATASET, JOB, FEATURES, CLASSES, ROWS)
-        yield Fuzz(Caller(local, channels), held)
+            held = Held(MODEL, TRAINED, DATASET, JOB, FEATURES, CLASSES, ROWS)
+            caller = Caller(local, channels)
+            _create_federations(sdk, held, channels[0], caller)
+        yield Fuzz(caller, held)
     finally:
         for channel in channels:
             channel.close()
         local.stop()
+
+
+def _create_federations(sdk: Cluster, held: Held, leader: grpc.Channel, caller: Caller) -> None:
+    """An MPC and a CKKS federation whose rounds stay open while fuzzing (a week's deadline)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 4), torch.nn.ReLU(), torch.nn.Linear(4, CLASSES)
+    )
+    common: dict[str, Any] = {
+        "rounds": 3,
+        "round_deadline_s": 7 * 24 * 3600.0,
+        "batch_size": ROWS,
+        "sample_input": torch.zeros(1, FEATURES),
+    }
+    sdk.create_federation(model, PARTICIPANTS, federation_id=FED_MPC, **common)
+    keys = sdk.create_federation(
+        model, PARTICIPANTS, federation_id=FED_CKKS, backend="ckks", **common
+    ).keys
+    assert keys is not None
+    request = federation_pb2.GetFederationRequest(federation_id=FED_MPC).SerializeToString()
+    reply = leader.unary_unary("/ppml.v1.Federation/GetFederation")(
+        request, timeout=10, metadata=caller.metadata("client")
+    )
+    architecture = federation_pb2.FederationInfo.FromString(reply).architecture
+    count = fed.parameter_count(serde.architecture_from_proto(architecture))
+    update = ckks.encrypt_update(ckks.load_context(keys.participant_context), np.zeros(count), 1.0)
+    held.federations += [FED_MPC, FED_CKKS]
+    held.federation_architecture = architecture
+    held.encrypted_update = ckks.serialize(update)
 
 
 def _record_files(local: LocalCluster) -> dict[str, str]:
@@ -249,6 +317,7 @@ def _lookup(fuzz: Fuzz, data: st.DataObject, name: str, body: bytes, token: str)
 @FUZZ
 @given(data=st.data())
 def test_raw_bytes_to_every_rpc(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "raw bytes"
     name = data.draw(st.sampled_from(sorted(RPCS)), label="rpc")
     good = _good_body(name)
     if RPCS[name].client_streaming:
@@ -280,6 +349,7 @@ def _good_body(name: str) -> bytes:
 @FUZZ
 @given(data=st.data())
 def test_model_registry(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "model registry"
     held = fuzz.held
     name = data.draw(
         st.sampled_from(["UploadModel", "ListModels", "GetModel", "DeleteModel", "ExportModel"])
@@ -305,6 +375,7 @@ def test_model_registry(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> 
 @FUZZ
 @given(data=st.data())
 def test_inference(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "inference"
     request = data.draw(predict_requests(fuzz.held), label="request")
     fuzz.held.requests.append(request.request_id)
     _one_or_all(fuzz, data, "Inference/Predict", request.SerializeToString())
@@ -313,6 +384,7 @@ def test_inference(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 def test_dataset_registry(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "dataset registry"
     held = fuzz.held
     name = data.draw(
         st.sampled_from(["UploadDataset", "ListDatasets", "GetDataset", "DeleteDataset"])
@@ -337,6 +409,7 @@ def test_dataset_registry(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -
 @FUZZ
 @given(data=st.data())
 def test_training(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "training"
     held = fuzz.held
     name = data.draw(
         st.sampled_from(
@@ -365,6 +438,7 @@ def test_training(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 def test_status_and_health(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "status and health"
     name = data.draw(
         st.sampled_from(["Status/GetStatus", "Health/Check", "Health/Watch", "Health/List"])
     )
@@ -382,11 +456,193 @@ def test_status_and_health(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) 
 @FUZZ
 @given(data=st.data())
 def test_coordinator_link(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    fuzz.caller.family = "coordinator link"
     messages = data.draw(st.lists(party_messages(world_size=2), max_size=4), label="messages")
     body = [m.SerializeToString() for m in messages]
     token = data.draw(st.sampled_from(["peer"] * 3 + list(TOKENS)), label="token")
     server = data.draw(st.sampled_from([0, 0, 0, 1]), label="server")  # only rank 0 leads
     fuzz.caller.send("Coordinator/Link", server, body, token, _deadline(data))
+
+
+# ---------------------------------------------------------------- garbage and names
+
+STRING_FIELDS = client_string_fields()
+CLIENT_TOKENS = ("client", "analyst")  # the federations' participants; names reach the checks
+NAME_DEADLINE_S = 30.0  # a refusal is quick; a long deadline keeps DEADLINE_EXCEEDED out
+
+
+def _upload_chunks(held: Held) -> list[Message]:
+    header = datasets_pb2.DatasetHeader(
+        dataset_id=fresh_id(), name="fuzzed", rows=4, feature_shape=UPLOAD_FEATURES, num_classes=2
+    )
+    first = datasets_pb2.UploadDatasetChunk(
+        header=header, features=exact_share((2, *UPLOAD_FEATURES)), labels=exact_share((2, 2))
+    )
+    second = datasets_pb2.UploadDatasetChunk(
+        features=exact_share((2, *UPLOAD_FEATURES)), labels=exact_share((2, 2))
+    )
+    return [first, second]
+
+
+def _good_request(field: StringField, held: Held) -> Message:
+    """A request of ``field``'s RPC the servers would accept, where one is easy to make
+    (a bad string in it must still be refused before any work); a bare one otherwise."""
+    architecture = good_architecture(held)
+    good: dict[str, Any] = {
+        "ModelRegistry/UploadModel": lambda: registry_pb2.UploadModelRequest(
+            model_id=fresh_id(),
+            name="fuzzed",
+            architecture=architecture,
+            parameters=exact_parameters(architecture),
+        ),
+        "Inference/Predict": lambda: inference_pb2.PredictRequest(
+            request_id=fresh_id(), model_id=MODEL, input=exact_share((1, FEATURES))
+        ),
+        "Training/Evaluate": lambda: training_pb2.EvaluateRequest(
+            request_id=fresh_id(), model_id=MODEL, dataset_id=DATASET
+        ),
+        "Training/StartTraining": lambda: training_pb2.StartTrainingRequest(
+            job_id=fresh_id(),
+            model_id=fresh_id(),
+            architecture=architecture,
+            initial_parameters=exact_parameters(architecture),
+            spec=training_pb2.TrainingSpec(
+                dataset_ids=[DATASET],
+                epochs=1,
+                batch_size=ROWS,
+                lr=0.1,
+                loss="cross_entropy",
+                optimizer="sgd",
+                seed=1,
+            ),
+        ),
+        "Federation/SubmitUpdate": lambda: federation_pb2.SubmitUpdateRequest(
+            federation_id=FED_MPC,
+            round=1,
+            update=exact_parameters(held.federation_architecture or architecture),
+            weight=exact_share((1,)),
+        ),
+        "DatasetRegistry/UploadDataset": lambda: _upload_chunks(held)[0],
+    }
+    make = good.get(field.method)
+    return make() if make is not None else field.request()
+
+
+def _body(field: StringField, request: Message, held: Held) -> Any:
+    if field.client_streaming:  # the header chunk (with the string), then a data chunk
+        return [request.SerializeToString(), _upload_chunks(held)[1].SerializeToString()]
+    return request.SerializeToString()
+
+
+def _send_string(
+    fuzz: Fuzz, data: st.DataObject, field: StringField, request: Message, expect: str | None
+) -> None:
+    body = _body(field, request, fuzz.held)
+    token = data.draw(st.sampled_from(CLIENT_TOKENS), label="token")
+    # an empty name may make a valid request: it goes to one server only (no MPC work)
+    if expect is not None and data.draw(st.booleans(), label="to every server"):
+        fuzz.caller.both(field.method, body, token, NAME_DEADLINE_S, expect)
+    else:
+        fuzz.caller.send(field.method, _server(data), body, token, NAME_DEADLINE_S, expect)
+
+
+@FUZZ
+@given(data=st.data())
+def test_chunk_garbage(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    """CKKS updates with broken chunks to the CKKS federation (its leader, mostly)."""
+    fuzz.caller.family = "chunk garbage"
+    held = fuzz.held
+    request = federation_pb2.SubmitEncryptedUpdateRequest(
+        federation_id=data.draw(st.one_of(st.just(FED_CKKS), ids(held.federations))),
+        round=data.draw(st.sampled_from([1, 1, 1, 0, 2, 2**32 - 1]), label="round"),
+        update=data.draw(encrypted_update_garbage(held), label="update"),
+    )
+    token = data.draw(st.sampled_from([*CLIENT_TOKENS * 3, "monitor", "none"]), label="token")
+    server = data.draw(st.sampled_from([0, 0, 0, 1]), label="server")
+    fuzz.caller.send(
+        "Federation/SubmitEncryptedUpdate", server, request.SerializeToString(), token,
+        _deadline(data),
+    )  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data())
+def test_share_garbage(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    """Share tensors that are off, in federation updates, predictions and uploads."""
+    fuzz.caller.family = "share garbage"
+    held = fuzz.held
+    where = data.draw(
+        st.sampled_from(["SubmitUpdate", "Predict", "UploadModel", "UploadDataset"]), label="rpc"
+    )
+    if where == "SubmitUpdate":
+        submit = data.draw(submit_update_requests(held), label="request")
+        token = data.draw(st.sampled_from(CLIENT_TOKENS), label="token")
+        deadline = _deadline(data)
+        if data.draw(st.booleans(), label="to every server"):
+            fuzz.caller.both("Federation/SubmitUpdate", submit.SerializeToString(), token, deadline)
+        else:
+            body = submit.SerializeToString()
+            fuzz.caller.send("Federation/SubmitUpdate", _server(data), body, token, deadline)
+    elif where == "Predict":
+        rows = data.draw(st.sampled_from([1, 2, 4]), label="rows")
+        predict = inference_pb2.PredictRequest(
+            request_id=fresh_id(),
+            model_id=data.draw(st.sampled_from([MODEL, TRAINED]), label="model"),
+            input=data.draw(garbage_shares((rows, FEATURES)), label="input"),
+        )
+        held.requests.append(predict.request_id)
+        _one_or_all(fuzz, data, "Inference/Predict", predict.SerializeToString())
+    elif where == "UploadModel":
+        architecture = good_architecture(held)
+        parameters = exact_parameters(architecture)
+        index = data.draw(st.integers(0, len(parameters) - 1), label="parameter")
+        shape = serde.architecture_from_proto(architecture).parameter_shapes()[
+            parameters[index].name
+        ]
+        parameters[index].share.CopyFrom(data.draw(garbage_shares(shape), label="share"))
+        upload = registry_pb2.UploadModelRequest(
+            model_id=fresh_id(), name="fuzzed", architecture=architecture, parameters=parameters
+        )
+        if "OK" in _one_or_all(fuzz, data, "ModelRegistry/UploadModel", upload.SerializeToString()):
+            held.models.append(upload.model_id)
+    else:
+        chunks = _upload_chunks(held)
+        index = data.draw(st.integers(0, 1), label="chunk")
+        part = data.draw(st.sampled_from(["features", "labels"]), label="part")
+        good = (2, *UPLOAD_FEATURES) if part == "features" else (2, 2)
+        getattr(chunks[index], part).CopyFrom(data.draw(garbage_shares(good), label="share"))
+        body = [chunk.SerializeToString() for chunk in chunks]
+        if "OK" in _one_or_all(fuzz, data, "DatasetRegistry/UploadDataset", body):
+            held.datasets.append(chunks[0].header.dataset_id)
+
+
+@FUZZ
+@given(data=st.data())
+def test_names(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    """A bad name in any string field of any client RPC: INVALID_ARGUMENT with a code."""
+    fuzz.caller.family = "names"
+    field = data.draw(st.sampled_from(STRING_FIELDS), label="field")
+    value = data.draw(st.one_of(bad_names(), st.just("")), label="name")
+    if value:
+        base = _good_request(field, fuzz.held) if data.draw(st.booleans()) else field.request()
+    else:  # an empty name in a valid request could start work: a bare request only
+        base = field.request()
+    _send_string(fuzz, data, field, field.set(base, value), "INVALID_ARGUMENT" if value else None)
+
+
+@FUZZ
+@given(data=st.data())
+def test_long_strings(fuzz: Fuzz, baseline: Baseline, data: st.DataObject) -> None:
+    """20 KB in one string field, or in every one: INVALID_ARGUMENT with a code."""
+    fuzz.caller.family = "long strings"
+    field = data.draw(st.sampled_from(STRING_FIELDS), label="field")
+    value = data.draw(long_strings(), label="value")
+    base = _good_request(field, fuzz.held) if data.draw(st.booleans()) else field.request()
+    if data.draw(st.booleans(), label="every string field"):
+        request = every_string(field.set(base, value), value)
+    else:
+        request = field.set(base, value)
+    _send_string(fuzz, data, field, request, "INVALID_ARGUMENT")
 
 
 # ---------------------------------------------------------------- afterwards
@@ -440,6 +696,8 @@ def _print_summary(caller: Caller, elapsed: float) -> None:
         f"\nRPC fuzz: {caller.calls} calls, {caller.messages} request messages, "
         f"{EXAMPLES} examples per family, {elapsed:.0f} s (cluster start excluded)"
     )
+    for family, count in sorted(caller.per_family.items()):
+        print(f"  family {family:<20} {count} calls")
     for code, count in caller.statuses.most_common():
         print(f"  {code:<20} {count}")
     covered = {name for name, _ in caller.per_rpc}
