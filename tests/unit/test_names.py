@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from ppml.client.errors import InvalidName, from_rpc_error
 from ppml.client.request_check import check_request, checked_channel
+from ppml.proto.domain.architecture import Architecture, Linear
+from ppml.proto.domain.jobs import JobInfo, TrainingSpec
 from ppml.proto.errors import ERROR_CODE_KEY, MAX_DETAIL_CHARS, ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.names import (
@@ -35,6 +37,10 @@ from ppml.proto.names import (
 )
 from ppml.servers.api.errors import MAX_MESSAGE_BYTES, ErrorMappingInterceptor, bounded_message
 from ppml.servers.api.request_strings import RequestStringsInterceptor, checks
+from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
+from ppml.servers.store.jobs import JOB_CODEC, JobManager
+from ppml.servers.store.models import ModelRegistry
+from ppml.servers.store.storage import MemoryModelStore, MemoryShareStore
 from ppml.v1 import (
     common_pb2,
     datasets_pb2,
@@ -330,3 +336,42 @@ def test_check_request_raises_the_typed_error() -> None:
     check_request(registry_pb2.GetModelRequest(model_id="fine"))
     with pytest.raises(InvalidName, match=r"header\.name"):
         check_request(datasets_pb2.UploadDatasetChunk(header=datasets_pb2.DatasetHeader(name="\n")))
+
+
+# ---------------------------------------------------------------- the stores, on their own
+
+
+def _announce_nothing(message: object) -> bool:
+    raise AssertionError("a job with a bad name was announced")
+
+
+@pytest.mark.parametrize("name", ["x" * (MAX_NAME_CHARS + 1), "trained\u202e", "m\x00", "a\nb"])
+def test_a_training_job_with_a_bad_result_name_is_refused_before_anything(name: str) -> None:
+    # the interceptor refuses it first; the job manager does too, on its own
+    store: MemoryShareStore[JobInfo] = MemoryShareStore(JOB_CODEC)
+    jobs = JobManager(
+        "server-1",
+        store,
+        DatasetRegistry(MemoryShareStore(DATASET_CODEC)),
+        ModelRegistry(MemoryModelStore()),
+        _announce_nothing,  # type: ignore[arg-type]
+    )
+    architecture = Architecture((Linear(4, 2),), (4,), (2,))
+    spec = TrainingSpec(("d",), epochs=1, batch_size=4, lr=0.1)
+    with pytest.raises(PpmlError) as excinfo:
+        jobs.start("job-1", "model-1", name, "owner", architecture, {}, spec)
+    assert _code(excinfo) == ErrorCode.INVALID_NAME
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["x" * (MAX_NAME_CHARS + 1), "\u202e", "m\x07"])
+def test_the_model_registry_refuses_bad_names_and_identities(name: str) -> None:
+    registry = ModelRegistry(MemoryModelStore())
+    architecture = Architecture((Linear(4, 2),), (4,), (2,))
+    with pytest.raises(PpmlError) as excinfo:
+        registry.upload("m", name, "owner", architecture, {})
+    assert _code(excinfo) == ErrorCode.INVALID_NAME
+    with pytest.raises(PpmlError) as excinfo:
+        registry.upload("m", "fine", "owner", architecture, {}, allowed=(name,))
+    assert _code(excinfo) == ErrorCode.INVALID_ARGUMENT  # the identity rule, the store's code
+    assert registry.list() == []
