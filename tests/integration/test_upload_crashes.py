@@ -58,6 +58,18 @@ class Crashable:
         finally:
             del os.environ[ENV]
 
+    def reconstructed(self, kind: str, record_id: str) -> dict[str, np.ndarray]:
+        """The record's values, from every server's shares on disk (checks they match)."""
+        parts = []
+        for rank in (0, 1):
+            folder = self.local.config.party(rank).data_dir / kind / record_id
+            with np.load(folder / "shares.npz") as shares:
+                parts.append({name: shares[name] for name in shares.files})
+        return {
+            name: (parts[0][name] + parts[1][name]).astype(np.float64) / 2**16  # ring sum
+            for name in parts[0]
+        }
+
     def staged(self, rank: int) -> list[Path]:
         data = self.local.config.party(rank).data_dir
         return [p for kind in ("datasets", "models") for p in (data / kind).glob(".staged-*")]
@@ -136,7 +148,10 @@ def test_a_dataset_upload_is_on_every_server_or_none(
         assert isinstance(error, UploadAborted), repr(error)
         assert "did not happen" in str(error) and "safe to retry" in str(error)
     _settled(crashable, lambda: _holders(client.list_datasets(), "dataset_id", dataset_id), kept)
-    if not kept:  # safe to retry: the same id uploads cleanly
+    if kept:  # both servers hold shares of this very upload
+        values = crashable.reconstructed("datasets", dataset_id)
+        np.testing.assert_allclose(values["features"], x, atol=1e-4)
+    else:  # safe to retry: the same id uploads cleanly
         client.share_dataset(x[:100], y[:100], dataset_id=dataset_id)
         held = _holders(client.list_datasets(), "dataset_id", dataset_id)
         assert held == ("server-0", "server-1")
@@ -163,6 +178,10 @@ def test_a_model_upload_is_on_every_server_or_none(
         assert isinstance(error, UploadAborted), repr(error)
         assert "did not happen" in str(error) and "safe to retry" in str(error)
     _settled(crashable, lambda: _holders(client.list_models(), "model_id", model_id), kept)
+    if kept:  # both servers hold shares of this very upload
+        values = crashable.reconstructed("models", model_id)
+        for name, weight in model.state_dict().items():
+            np.testing.assert_allclose(values[name], weight.numpy(), atol=1e-4)
     if moment in ("late", "commit"):  # usable for MPC once the cluster serves again
         crashable.local.wait_serving(120)
         x = torch.randn(2, 4)
@@ -190,5 +209,8 @@ def test_a_leader_killed_at_its_commit_decision_commits_what_every_server_staged
     assert "on every server or on none" in str(error)
     _settled(
         crashable, lambda: _holders(client.list_datasets(), "dataset_id", "leader-crash"), True
+    )
+    np.testing.assert_allclose(
+        crashable.reconstructed("datasets", "leader-crash")["features"], x, atol=1e-4
     )
     crashable.local.wait_serving(120)
