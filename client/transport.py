@@ -182,10 +182,12 @@ class ClusterBase:
         refusals = [e for e in errors if not isinstance(e, failures)]
         if refusals:  # a server said why: that is the error (nothing was kept either)
             raise most_relevant(refusals)
+        failed = [e for e in errors if not isinstance(e, UploadAborted)]  # not the consequences
+        cause = most_relevant(failed) if failed else first_error
         raise UploadAborted(
-            f"the upload of {kind} {record_id!r} did not happen: {first_error} ({reason}). "
+            f"the upload of {kind} {record_id!r} did not happen: {cause} ({reason}). "
             "It was dropped on every server and nothing was kept; it is safe to retry."
-        ) from first_error
+        ) from cause
 
     def _rpc_error(self, futures: list[grpc.Future], rank: int) -> PpmlClientError | None:
         """The SDK error of a finished call (None if it succeeded or was cancelled here)."""
