@@ -18,9 +18,10 @@ So the norm is only ever computed from values whose size is *checked*:
    truncation) and counted per row.
    ``b = coordinate_bound(width) <= 2^8``, so that a row's sum of squares is
    at most ``width * b^2 <= 2^30`` and each square fails with probability at
-   most ``2^-16`` (an honest value ``v``: ``v^2 / 2^32``).
+   most ``2^-16`` (an honest value ``v``: ``v^2 / 2^32``). DP-FedAvg counts
+   in units of ``p``, the power of two at or above ``C`` (:func:`clipped_rows`).
 2. **Squared norms** (:func:`clip_stage_weights`): the norm ``s`` must lie
-   in ``(-1, S_MAX]`` with ``S_MAX = min(2^31, 2^35 C'^2)``. A failed
+   in ``(-1, S_MAX)`` with ``S_MAX = min(2^31, 2^35 C'^2)``. A failed
    truncation moves a sum below ``2^30`` by a multiple of ``2^32``: out of
    that range, never into it. DP-SGD's norms are products of two checked
    sums (``||delta||^2 (||a||^2 + 1)``), each of which is checked first
@@ -29,14 +30,22 @@ So the norm is only ever computed from values whose size is *checked*:
    out-of-range coordinate or sum, or a norm outside the range, gets weight
    exactly 0 (its clip weights times a 0/1 bit): it contributes nothing.
    Every other row is clipped to ``C' = C (1 - 2^-7)``.
+4. **The factor** ``min(1, C' / sqrt(s))``: with ``t = s / C'^2``, the
+   copies ``t / 64^j`` (``j = 0..5``) go through *one* CrypTen ``inv_sqrt``
+   (stacked: the Newton iterations cost the rounds of one); the stacked
+   comparison that also checks ``s`` picks the copy in ``[1, 64)``, where
+   ``inv_sqrt`` is accurate to 0.5 % (inside the margin), and
+   ``t^-1/2 = (t / 64^j)^-1/2 / 8^j``.
 
 So one row moves the clipped sum by at most ``C`` whatever its shares hold.
 The clip weights are applied to the row already divided by the stage's
 power of 8 (:func:`clip`), so the product in use is the clipped value itself
 (at most ``C``) and fails with probability at most ``C / 2^32`` per
 coordinate; an honest row is clipped as before (the inverse square root's
-0.5 %, inside the margin, and ``2^-16`` absolute per coordinate). Rows that
-an honest party would never send (a coordinate past the bound, a norm past
+0.5 %, inside the margin, and ``2^-16`` absolute per coordinate; in DP-SGD
+that rounding of ``f delta`` is multiplied by ``a``, at most
+``||a|| sqrt(out) 2^-16`` per example and layer, zero-mean). Rows that an
+honest party would never send (a coordinate past the bound, a norm past
 ``sqrt(S_MAX)``) are dropped, not clipped.
 
 Cost, per row of width ``d``: one range test of ``d`` values (about one
@@ -135,7 +144,7 @@ def outside(values: Sequence[Any], caps: Sequence[float]) -> Any:
 
 def clip_stage_weights(squared_norms: Any, clip_norm: float, bad: Any | None = None) -> Any:
     """Secret ``(7, B)`` weights ``w`` with ``sum_k w[k] STAGE_SCALES[k] = min(1, C' / sqrt(s))``,
-    and ``w = 0`` for a row whose ``s`` lies outside ``(-1, S_MAX]`` or whose ``bad`` count
+    and ``w = 0`` for a row whose ``s`` lies outside ``(-1, S_MAX)`` or whose ``bad`` count
     (secret, scale 1) is not 0.
 
     ``C' = C (1 - CLIP_MARGIN)``; ``squared_norms`` is a secret ``(B,)``

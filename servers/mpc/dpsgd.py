@@ -19,10 +19,11 @@ The data owner chooses the rows and targets, so nothing is squared before it
 is checked: every coordinate of every ``a`` and ``delta`` must lie within
 ``coordinate_bound`` (at most 2^8), each example's ``||a||^2`` per layer
 within ``INPUT_CAP`` and ``||delta||^2`` within ``DELTA_CAP`` (all layers
-together), and ``s_i`` within ``(-1, S_MAX]``; an example failing any check
+together), and ``s_i`` within ``(-1, S_MAX)``; an example failing any check
 (a crafted row, or a rare failed truncation) gets clip weight 0 and adds
-nothing. The checks cost two stacked comparisons and a few products with
-0/1 bits per step. The clipped sum of a layer's gradients is
+nothing. The checks cost one range test of every ``a`` and ``delta``
+coordinate, one comparison of the per-layer sums and a few products with 0/1
+bits per step. The clipped sum of a layer's gradients is
 ``(f * delta)^T A`` and ``sum_i f_i delta_i``, both from the checked values.
 
 **Noise.** Each party draws ``N(0, s^2)`` per coordinate from its own

@@ -2,10 +2,11 @@
 
     python mpc_programs.py CONFIG.json RANK SCENARIO [FIRST_EPOCH]
 
-Compute parties run SCENARIO (``suite``, ``aggregate``, ``probe``, ``dpsgd`` or
-``fail``); the dealer (rank == world_size) serves epoch after epoch with ppml's Dealer. Each
-process writes ``out/rank<R>.json`` when it ends, and marker files under
-``out/`` that the test waits on.
+Compute parties run SCENARIO (``suite``, ``aggregate``, ``probe``, ``dpsgd``,
+``clipserver`` (``mpc_clipping.py``) or ``fail``); the dealer (rank == world_size)
+serves epoch after epoch with ppml's Dealer. Each process writes
+``out/rank<R>.json`` when it ends, and marker files under ``out/`` that the
+test waits on.
 """
 
 from __future__ import annotations
