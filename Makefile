@@ -34,9 +34,9 @@ node-client:
 		echo "node/npm not found: skipping $(NODE_CLIENT) (its tests will be skipped)"; \
 	fi
 
-# The RPC boundary fuzz test with its full budget: FUZZ_EXAMPLES per RPC family, 7 families
-# (over 10,000 calls); prints the calls sent and the status histogram. `make test` runs it
-# short and derandomised.
+# The RPC boundary fuzz test with its full budget: FUZZ_EXAMPLES per family, 11 families
+# (over 15,000 calls); prints the calls sent per family and the status histogram.
+# `make test` runs it short and derandomised.
 FUZZ_EXAMPLES ?= 1500
 fuzz: $(STAMP)
 	PPML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=3600 tests/integration/test_fuzz_rpc.py
