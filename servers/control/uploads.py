@@ -37,7 +37,7 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.shares import Ring
 from ppml.servers.control.holds import scoped_id
-from ppml.servers.crash_points import crash_point
+from ppml.servers.store.crash_points import crash_point
 from ppml.servers.store.storage import ShareStore
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +21,10 @@ from ppml.proto.ids import check_id
 from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
-from ppml.servers.crash_points import crash_point
+from ppml.servers.store.crash_points import crash_point
 from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.storage import RecordCodec, ShareStore
-
-if TYPE_CHECKING:
-    from ppml.servers.control.uploads import UploadGate
+from ppml.servers.store.upload_gate import UploadGate
 
 DATASET_CODEC = RecordCodec[DatasetMeta](
     kind="datasets",

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output_shape
 from ppml.proto.domain.datasets import DataSource
@@ -21,13 +20,11 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.ids import check_id
 from ppml.proto.names import check_name
 from ppml.proto.shares import Ring
-from ppml.servers.crash_points import crash_point
+from ppml.servers.store.crash_points import crash_point
 from ppml.servers.store.limits import Limits, check_identities, require_owner
 from ppml.servers.store.model_ids import ModelIds
 from ppml.servers.store.storage import ModelStore
-
-if TYPE_CHECKING:
-    from ppml.servers.control.uploads import UploadGate
+from ppml.servers.store.upload_gate import UploadGate
 
 
 @dataclass(frozen=True, eq=False)

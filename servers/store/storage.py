@@ -36,7 +36,7 @@ from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring
 from ppml.proto.wire import serde
-from ppml.servers.crash_points import crash_point
+from ppml.servers.store.crash_points import crash_point
 
 M = TypeVar("M")
 

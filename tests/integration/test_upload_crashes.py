@@ -1,7 +1,7 @@
 """Uploads are all-or-nothing across servers, whatever moment a server is killed at.
 
 Each server runs with a test crash file of its own
-(``ppml.servers.crash_points``): it kills itself (SIGKILL) at the moment of
+(``ppml.servers.store.crash_points``): it kills itself (SIGKILL) at the moment of
 a data set or model upload named there. The SDK must say clearly what
 happened (``UploadAborted``: nothing kept, safe to retry; success if the
 leader had committed; ``UploadUnresolved`` while the leader itself is down);
@@ -22,7 +22,7 @@ import torch
 
 from ppml.client import Cluster, ModelNotFound, UploadAborted, UploadUnresolved
 from ppml.proto.deploy.local import LocalCluster, write_local_topology
-from ppml.servers.crash_points import ENV
+from ppml.servers.store.crash_points import ENV
 
 ROWS, FEATURES = 60_000, 20  # 3 chunks of 4 MiB per server: "middle" is mid-stream
 VICTIM = 1  # a follower; the leader is killed once, at its commit decision
