@@ -48,12 +48,16 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
-    """``repr(value)`` of at most ``limit`` characters of ``value``; a longer one is cut
-    and marked with an ellipsis and its length (``'xxxx'... (20000 characters)``)."""
+    """``repr(value)`` of at most ``limit`` characters of ``value``, the repr itself at most
+    ``2 * limit`` characters; a cut one is marked with an ellipsis and its length
+    (``'xxxx'... (20000 characters)``)."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+    shown = repr(text[:limit])
+    if len(shown) > 2 * limit:  # escapes (\U0001f600, \x07) make a repr up to 10x longer
+        shown = shown[: 2 * limit]
+    elif len(text) <= limit:
+        return shown
+    return f"{shown}... ({len(text)} characters)"
 
 
 def unprintable(value: str) -> str | None:

@@ -94,6 +94,14 @@ def test_over_long_names_are_refused_with_a_bounded_message(length: int) -> None
     assert len(excinfo.value.public_message) < 2 * QUOTE_CHARS + 100
 
 
+def test_a_quote_of_escaped_characters_stays_bounded() -> None:
+    """Control and astral characters repr to 4-10 characters each: the repr is cut too."""
+    for text in ["\x07" * 64, "\U000e0001" * 64, "\x00" * 200]:
+        shown = quote(text)
+        assert len(shown) <= 2 * QUOTE_CHARS + len(f"... ({len(text)} characters)")
+        assert shown.endswith(f"... ({len(text)} characters)")
+
+
 @given(st.text(max_size=MAX_NAME_CHARS))
 def test_any_text_is_accepted_exactly_when_every_character_is_printable(text: str) -> None:
     printable = all(unicodedata.category(c) not in UNPRINTABLE for c in text)
