@@ -25,7 +25,7 @@ Everything below runs back to back on this machine, in this order:
   service as before this work (torch's default of one thread per core, one
   dealer request at a time), with one torch thread per process
   (``torch_threads = 1``), and with planned dealer requests too
-  (``plan_dealer_requests``, :mod:`ppml.servers.mpc.ttp_plan`)
+  (``plan_dealer_requests``, :mod:`ppml.servers.mpc.core.ttp_plan`)
   (``--train-steps``; 0 skips it).
 
 The WAN view adds, per configuration, ``rounds x RTT`` (plus one RTT for the

@@ -6,7 +6,7 @@ on the certificate that answers. The links follow the topology:
 
 * a client dials the gRPC port of every compute server;
 * a compute server of rank >= 1 and the dealer dial the leader's gRPC port;
-* on the MPC mesh the lower rank dials the higher (``servers/mpc/mesh.py``):
+* on the MPC mesh the lower rank dials the higher (``servers/mpc/network/mesh.py``):
   rank r dials the ``mpc_address`` of every rank above it and the dealer's,
   with its own certificate (mutual TLS 1.3), and the certificate that answers
   must carry the configured name of that rank.

@@ -19,7 +19,7 @@ from ppml.client import Cluster
 from ppml.proto.deploy.local import LocalCluster, free_port, write_local_topology
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.shares import encode
-from ppml.servers.mpc.relay import Relay
+from ppml.servers.mpc.network.relay import Relay
 
 
 def _recorded_topology(directory: Path, record: Path) -> list[Relay]:

@@ -2,7 +2,7 @@
 
 :class:`TlsCommunicator` implements the API CrypTen calls on
 ``crypten.communicator.get()`` (point-to-point, collectives, objects) over
-the per-epoch mesh of :mod:`ppml.servers.mpc.mesh`: no TCPStore, no gloo.
+the per-epoch mesh of :mod:`ppml.servers.mpc.network.mesh`: no TCPStore, no gloo.
 Each method carries CrypTen's own ``_logging`` decorator, so rounds and bytes
 are counted exactly as CrypTen counts them for gloo. Groups are tuples of
 ranks (``main_group``, ``ttp_group``, ``ttp_comm_group``); collectives are
@@ -12,7 +12,7 @@ party gets bit-identical results).
 Use: :func:`install` once (the one patch: ``crypten.communicator``'s module
 global ``DistributedCommunicator``, which ``crypten.init()``, ``uninit()``,
 ``get()`` and ``is_initialized()`` look up), then :func:`configure` with the
-epoch's :class:`~ppml.servers.mpc.mesh.SessionParams` before each
+epoch's :class:`~ppml.servers.mpc.network.mesh.SessionParams` before each
 ``crypten.init()``.
 
 Failure: the first error on any link (peer gone, timeout, protocol error)
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch.distributed import ReduceOp
 
-from ppml.servers.mpc import mesh
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.links import InLink, OutLink, byte_view
-from ppml.servers.mpc.reduce_ops import combine
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.network import mesh
+from ppml.servers.mpc.network.links import InLink, OutLink, byte_view
+from ppml.servers.mpc.network.reduce_ops import combine
 
 _logging = crypten.communicator.communicator._logging
 Communicator: Any = crypten.communicator.Communicator
@@ -55,7 +55,7 @@ class TlsCommunicator(Communicator):
     """One process's links for one epoch (see the module docstring)."""
 
     BYTES_PER_ELEMENT = 8
-    ENCRYPTED_LINKS = True  # checked before any key travels (ppml.servers.mpc.prng)
+    ENCRYPTED_LINKS = True  # checked before any key travels (ppml.servers.mpc.randomness.prng)
     instance: TlsCommunicator | None = None
 
     def __init__(self, params: mesh.SessionParams, init_ttp: bool) -> None:
@@ -91,7 +91,9 @@ class TlsCommunicator(Communicator):
     def initialize(cls, rank: int = 0, world_size: int = 1, init_ttp: bool = False) -> None:
         """Called by ``crypten.init()``; ``rank``/``world_size`` come from :func:`configure`."""
         if _params is None:
-            raise RuntimeError("call ppml.servers.mpc.transport.configure() before crypten.init()")
+            raise RuntimeError(
+                "call ppml.servers.mpc.network.transport.configure() before crypten.init()"
+            )
         cls.instance = cls(_params, init_ttp)
 
     @classmethod
@@ -348,7 +350,7 @@ class TlsCommunicator(Communicator):
 
 def _forget_session_keys() -> None:
     """The dealer's per-party key and the PRZS keys die with the session's links."""
-    from ppml.servers.mpc import prng
+    from ppml.servers.mpc.randomness import prng
 
     crypten.mpc.provider.ttp_provider.TTPClient.uninit()
     prng.clear_generators()

@@ -93,7 +93,7 @@ class Plans:
 
 
 def _rank0_comm() -> Any:
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     if not crypten.communicator.is_initialized():
         return None
@@ -104,7 +104,7 @@ def _rank0_comm() -> Any:
 
 
 def _provider() -> str | None:
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     provider = getattr(crypten.cfg.mpc, "provider", None)
     return None if provider is None else str(provider)
@@ -114,7 +114,7 @@ def request(client: Any, func_name: str, device: Any, *args: Any, **kwargs: Any)
     """``TTPClient.ttp_request``: live, or the next answer of the running plan."""
     import torch
 
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     comm = crypten.communicator.get()
     if comm.get_rank() != 0:
@@ -146,7 +146,7 @@ def request(client: Any, func_name: str, device: Any, *args: Any, **kwargs: Any)
 
 def install() -> None:
     """Route CrypTen's ``TTPClient.ttp_request`` through :func:`request` (idempotent)."""
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     client_class = crypten.mpc.provider.ttp_provider.TTPClient._TTPClient__TTPClient
     client_class.ttp_request = request

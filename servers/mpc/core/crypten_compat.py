@@ -3,7 +3,7 @@
 CrypTen 0.4.1 (the latest release) was written against torch 1.x/2.0. Import
 ``crypten`` through this module, never directly::
 
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
 Each patch below is the smallest change that restores the behaviour ppml
 relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
@@ -30,9 +30,9 @@ relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
 
 Every server process and the dealer patch CrypTen further when they join an
 epoch (``ppml.servers.mpc.session.install()``), never at import:
-``ppml.servers.mpc.keyed_random.install`` keys every random stream (AES-256-CTR
+``ppml.servers.mpc.randomness.patches.install`` keys every random stream (AES-256-CTR
 under 256-bit keys; its docstring lists each replaced name) and
-``ppml.servers.mpc.transport.install`` makes ``crypten.init()`` use ppml's
+``ppml.servers.mpc.network.transport.install`` makes ``crypten.init()`` use ppml's
 mutual-TLS communicator instead of gloo.
 """
 

@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ppml.servers.mpc.tls_links import (
+from ppml.servers.mpc.network.tls_links import (
     ACCEPTED,
     Hello,
     TlsIdentity,

@@ -13,7 +13,7 @@ is opened to the servers except, without DP, the round's total sample count
 * **With DP (DP-FedAvg):** participants submit ``delta_k``. Each update is
   clipped *in MPC* to ``delta_k * min(1, C' / ||delta_k||)`` with
   ``C' = C (1 - 2^-7)``, as DP-SGD's examples are
-  (:func:`~ppml.servers.mpc.clipping.clipped_rows`: accurate to 0.5 %, inside
+  (:func:`~ppml.servers.mpc.core.clipping.clipped_rows`: accurate to 0.5 %, inside
   the margin, so a clipped norm stays below ``C``). Every coordinate is
   range-checked before anything is squared, and an update with a coordinate
   out of range, or whose squared norm came out out of range, counts as 0:
@@ -39,8 +39,8 @@ import torch
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.federations import parameter_names
 from ppml.proto.shares import SCALE, Ring
-from ppml.servers.mpc.clipping import clipped_rows
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.clipping import clipped_rows
+from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.training.privacy import SecureRandom, gaussian_sigma, per_server_noise_std
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.shares import Ring
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.crypten_compat import crypten
 
 
 def build_layers(architecture: arch.Architecture) -> list[Any]:

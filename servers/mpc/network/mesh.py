@@ -5,7 +5,7 @@ is the dealer (CrypTen's TTP). Each pair of processes is joined by two TLS
 connections, both dialed by the lower rank: one carries data up, the other
 down. So rank 0 never listens, every other process listens on exactly its
 configured address, with one listener for the life of the process
-(:mod:`ppml.servers.mpc.listener`). There is no rendezvous store: the epoch
+(:mod:`ppml.servers.mpc.network.listener`). There is no rendezvous store: the epoch
 tag (128 random bits) reaches the parties over the leader's control link.
 """
 
@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ppml.servers.mpc.links import MAX_FRAME_BYTES
-from ppml.servers.mpc.listener import Listener
-from ppml.servers.mpc.tls_links import (
+from ppml.servers.mpc.network.links import MAX_FRAME_BYTES
+from ppml.servers.mpc.network.listener import Listener
+from ppml.servers.mpc.network.tls_links import (
     EPOCH_BYTES,
     RECV,
     SEND,

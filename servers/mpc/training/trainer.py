@@ -14,11 +14,11 @@ trained model then starts with a secret :class:`Affine` layer holding that
 scaling, so prediction clients send raw features.
 
 With DP-SGD on (``spec.dp``), each step's gradients come from
-:class:`~ppml.servers.mpc.dpsgd.DpSgdStep` (per-example clipping, every
+:class:`~ppml.servers.mpc.training.dpsgd.DpSgdStep` (per-example clipping, every
 party's own noise) instead of CrypTen's autograd; the update is the same SGD,
 and the batches are fixed-size samples drawn without replacement from a key
 the parties agree on in secret (:class:`~ppml.training.batches.SecretBatches`,
-:func:`~ppml.servers.mpc.prng.joint_secret_key`): the sampling the privacy
+:func:`~ppml.servers.mpc.randomness.prng.joint_secret_key`): the sampling the privacy
 accountant assumes. The key lives in this object only.
 """
 
@@ -33,12 +33,12 @@ import torch
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain.jobs import EpochMetrics
 from ppml.proto.shares import Ring
-from ppml.servers.mpc import ttp_plan
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.dpsgd import DpSgdStep
-from ppml.servers.mpc.model import build_shared_model, parameter_shares
-from ppml.servers.mpc.prng import joint_secret_key
-from ppml.servers.mpc.standardize import standardize
+from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.core.model import build_shared_model, parameter_shares
+from ppml.servers.mpc.randomness.prng import joint_secret_key
+from ppml.servers.mpc.training.dpsgd import DpSgdStep
+from ppml.servers.mpc.training.standardize import standardize
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training import losses
 from ppml.training.batches import Batches, BatchPlan, SecretBatches

@@ -1,9 +1,9 @@
 """Who holds which key: CrypTen's generator setup, rewritten for keyed streams.
 
 These functions replace CrypTen's own (see
-:func:`ppml.servers.mpc.keyed_random.install`). Keys are 256 bits from
+:func:`ppml.servers.mpc.randomness.patches.install`). Keys are 256 bits from
 ``os.urandom``; each travels only over one encrypted, mutually authenticated
-link of :mod:`ppml.servers.mpc.transport`, to the one party that needs it.
+link of :mod:`ppml.servers.mpc.network.transport`, to the one party that needs it.
 
 ========  ==================  =============================================
 stream    made by             known to
@@ -27,19 +27,24 @@ from typing import Any
 
 import torch
 
-from ppml.servers.mpc.keyed_random import KEY_BYTES, KeyedGenerator, key_tensor, tensor_key
+from ppml.servers.mpc.randomness.keyed_random import (
+    KEY_BYTES,
+    KeyedGenerator,
+    key_tensor,
+    tensor_key,
+)
 
 _CPU = torch.device("cpu")
 
 
 def _communicator() -> Any:
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     comm = crypten.communicator.get()
     if comm.get_world_size() >= 2 and not getattr(comm, "ENCRYPTED_LINKS", False):
         raise RuntimeError(
             "keyed randomness needs ppml's encrypted communicator "
-            "(ppml.servers.mpc.transport.install()); keys would travel in the clear"
+            "(ppml.servers.mpc.network.transport.install()); keys would travel in the clear"
         )
     return comm
 
@@ -51,7 +56,7 @@ def setup_keyed_prng() -> None:
     its "prev" key, so PRZS shares ``prev - next`` sum to zero over all
     parties. With one party, prev = next.
     """
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     comm = _communicator()
     world, rank = comm.get_world_size(), comm.get_rank()
@@ -125,7 +130,7 @@ def deal_party_keys(server: Any) -> None:
 
 def clear_generators() -> None:
     """Forget the session's keyed generators (after leaving a session)."""
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     for streams in crypten.generators.values():
         streams.clear()

@@ -5,7 +5,7 @@ checked against the cluster CA (:mod:`ppml.proto.deploy.tls`); no session ticket
 Identity is bound to rank: the dialer checks that the listener's certificate
 name is the one configured for the rank it dials *before* it says anything,
 and the listener checks that the dialer's certificate name is the one
-configured for the rank its hello claims (:mod:`ppml.servers.mpc.listener`).
+configured for the rank its hello claims (:mod:`ppml.servers.mpc.network.listener`).
 
 The hello (dialer to listener, the first bytes after the handshake)::
 

@@ -43,11 +43,12 @@ import numpy as np
 
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.status import FastPool
-from ppml.servers.mpc import fast_dealing, fast_spec
 from ppml.servers.mpc.fast import engine as fe
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.prg import Ring
-from ppml.servers.mpc.fast_pool import BundlePool, Pooled, cover_rows, largest_bucket
+from ppml.servers.mpc.fast.service import dealing as fast_dealing
+from ppml.servers.mpc.fast.service import spec as fast_spec
+from ppml.servers.mpc.fast.service.pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 REFILL_ROWS = 8  # images one refill job asks the dealer for (at least one bundle)
 
@@ -69,7 +70,7 @@ class CommChannel:
     """:class:`Channel` over the session's CrypTen communicator (ppml's TLS links)."""
 
     def __init__(self) -> None:
-        from ppml.servers.mpc.crypten_compat import crypten
+        from ppml.servers.mpc.core.crypten_compat import crypten
 
         self._comm = crypten.communicator.get()
         self.rank: int = self._comm.get_rank()

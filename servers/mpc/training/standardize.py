@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.training.standardize import VARIANCE_FLOOR
 
 SQUARE_SHIFTS = (0, 6, 12)  # each column's variance from squares of c / 2^k

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ppml.servers.mpc import fast_spec
 from ppml.servers.mpc.fast import engine as fe
 from ppml.servers.mpc.fast.prg import new_key
+from ppml.servers.mpc.fast.service import spec as fast_spec
 
 SETUP = "fast_setup"
 BUNDLES = "fast_bundles"

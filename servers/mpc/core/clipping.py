@@ -5,7 +5,7 @@ any integer mod ``2^64`` and squaring it happens mod ``2^64`` too: a
 coordinate of 65536 (encoded ``2^32``) squares to 0, and a square past
 ``2^47`` wraps negative. Every product is also truncated on the shares, and
 two-party truncation is wrong by ``+-2^32`` (``2^48`` ring units) with
-probability ``|product| / 2^32`` (see :mod:`~ppml.servers.mpc.standardize`).
+probability ``|product| / 2^32`` (see :mod:`~ppml.servers.mpc.training.standardize`).
 A clip factor computed from such a norm lets the row through unclipped.
 
 So the norm is only ever computed from values whose size is *checked*:
@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.crypten_compat import crypten
 
 CLIP_MARGIN = 2**-7  # clip to C (1 - margin): room for the inverse square root's error
 COORDINATE_BITS = 8  # no coordinate of a clipped row reaches 2^8

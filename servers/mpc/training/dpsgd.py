@@ -12,7 +12,7 @@ output, so ``||g_i||^2 = ||delta_i||^2 (||a_i||^2 + 1)``. The forward pass
 keeps every ``a``, the backward pass every ``delta``; summed over layers this
 gives each example's squared norm ``s_i`` from ``(B,)``-sized secrets only.
 
-**Clipping** (:mod:`~ppml.servers.mpc.clipping`, shared with DP-FedAvg).
+**Clipping** (:mod:`~ppml.servers.mpc.core.clipping`, shared with DP-FedAvg).
 ``f_i = min(1, C' / sqrt(s_i))`` with ``C' = C (1 - 2^-7)``: the margin
 absorbs the approximations, so a clipped gradient's norm stays under ``C``.
 The data owner chooses the rows and targets, so nothing is squared before it
@@ -45,14 +45,14 @@ from typing import Any
 import torch
 
 from ppml.proto.domain.architecture import Architecture
-from ppml.servers.mpc.clipping import (
+from ppml.servers.mpc.core.clipping import (
     clip,
     clip_stage_weights,
     coordinate_bound,
     in_range,
     outside,
 )
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.training.privacy import SecureRandom, per_server_noise_std
 from ppml.training.privacy.dpsgd import DP_LAYER_KINDS
 

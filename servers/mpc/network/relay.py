@@ -9,7 +9,7 @@ throughput and only gains latency.
 
 Run one as a process::
 
-    python -m ppml.servers.mpc.relay --listen 127.0.0.1:9001 --target 127.0.0.1:9000 \\
+    python -m ppml.servers.mpc.network.relay --listen 127.0.0.1:9001 --target 127.0.0.1:9000 \\
         --delay-ms 10 --record /tmp/capture
 """
 
