@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ppml.client.cli_common import CliError, connect, existing_file, table
+from ppml.client.cli.common import CliError, connect, existing_file, table
 from ppml.client.dataset_upload import as_dataset
 from ppml.client.errors import PpmlClientError
 from ppml.training.datasets import (

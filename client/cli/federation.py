@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from ppml.client.cli_common import CliError, connect, existing_file, read_token, table
-from ppml.client.cli_data import load_rows
-from ppml.client.cli_federation_text import (
+from ppml.client.cli.common import CliError, connect, existing_file, read_token, table
+from ppml.client.cli.data import load_rows
+from ppml.client.cli.federation_text import (
     NONE,
     ROUND_HEADER,
     describe_epsilon,

@@ -9,7 +9,7 @@ Examples::
     ppml predict --config ./cluster/cluster.toml --model ID --input x.npy
     ppml dashboard --config ./cluster/cluster.toml --port 8501   # monitoring page
 
-    # secret-shared data and training (commands in ppml.client.cli_data, cli_training)
+    # secret-shared data and training (commands in ppml.client.cli.data, .training)
     ppml data share --config ./cluster/cluster.toml --builtin iris --partition 2
     ppml data share --config ./cluster/cluster.toml --csv rows.csv --label-column label
     ppml data list --config ./cluster/cluster.toml
@@ -21,14 +21,14 @@ Examples::
     ppml models export MODEL --config ./cluster/cluster.toml --out weights.pt
     ppml cluster down --dir ./cluster
 
-    # federated learning: rows stay with each participant (ppml.client.cli_federation)
+    # federated learning: rows stay with each participant (ppml.client.cli.federation)
     ppml fl create --config ./cluster/cluster.toml --model model.onnx \\
         --participants alice,bob --rounds 3 --dp-clip 1 --dp-target-epsilon 4
     ppml fl join FEDERATION --config ./cluster/cluster.toml --token-file alice.token \\
         --data rows.csv                                  # per-round progress, final state
     ppml fl status [FEDERATION] --config ./cluster/cluster.toml
 
-    # a real multi-host cluster (ppml.client.cli_deploy; docs/deploy.md)
+    # a real multi-host cluster (ppml.client.cli.deploy; docs/deploy.md)
     ppml deploy init --out ./bundles --party s0=10.0.0.1:50051:29500 \\
         --party s1=10.0.0.2:50051:29500 --dealer dealer=10.0.0.3:29600 --client me
     ppml deploy check --config ./bundles/s1/cluster.toml --as s1
@@ -54,10 +54,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ppml.client import cli_data, cli_deploy, cli_federation, cli_training
-from ppml.client.cli_common import CliError
-from ppml.client.cli_common import connect as _connect
-from ppml.client.cli_common import table as _table
+from ppml.client.cli import data as cli_data
+from ppml.client.cli import deploy as cli_deploy
+from ppml.client.cli import federation as cli_federation
+from ppml.client.cli import training as cli_training
+from ppml.client.cli.common import CliError
+from ppml.client.cli.common import connect as _connect
+from ppml.client.cli.common import table as _table
 from ppml.client.errors import PpmlClientError
 from ppml.proto.deploy.local import LocalCluster, wait_serving, write_local_topology
 from ppml.proto.deploy.topology import load_config
@@ -447,6 +450,3 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,7 @@
-"""Pieces shared by the ``ppml`` command modules (``cli``, ``cli_data``, ``cli_training``, ...).
+"""Pieces shared by the ``ppml`` command modules (:mod:`.app`, :mod:`.data`, :mod:`.training`, ...).
 
-They live here, not in ``cli.py``: ``python -m ppml.client.cli`` runs that file
-as ``__main__``, so a command module importing ``ppml.client.cli`` would get a
-second copy whose :class:`CliError` the entry point would not catch.
+They import nothing else of the CLI, so every command module can use them and
+the entry point (:mod:`.app`) catches the one :class:`CliError`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ppml.client.cli_common import CliError, existing_file, table
+from ppml.client.cli.common import CliError, existing_file, table
 from ppml.proto.deploy.check import DEFAULT_TIMEOUT_S, check
 from ppml.proto.deploy.provision import Plan, parse_dealer, parse_party, provision
 from ppml.proto.deploy.tls import TlsFiles, make_csr, sign_csr

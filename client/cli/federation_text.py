@@ -2,7 +2,7 @@
 
 Pure functions of the SDK's :class:`~ppml.proto.domain.federations.FederationInfo`
 and :class:`~ppml.client.federation.RoundProgress`; the commands are in
-:mod:`ppml.client.cli_federation`.
+:mod:`ppml.client.cli.federation`.
 """
 
 from __future__ import annotations

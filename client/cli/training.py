@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from ppml.client.cli_common import CliError, connect, existing_file, table
+from ppml.client.cli.common import CliError, connect, existing_file, table
 from ppml.client.cluster import Cluster
 from ppml.client.errors import PpmlClientError
 from ppml.client.training_job import Progress, TrainingJob
