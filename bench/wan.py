@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import network_a
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster, free_port, write_local_topology
+from ppml.client.deploy.local import LocalCluster, free_port, write_local_topology
 from ppml.proto.deploy.topology import load_config
 from ppml.servers.mpc.network.relay import Relay
 

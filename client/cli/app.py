@@ -61,8 +61,8 @@ from ppml.client.cli import training as cli_training
 from ppml.client.cli.common import CliError
 from ppml.client.cli.common import connect as _connect
 from ppml.client.cli.common import table as _table
+from ppml.client.deploy.local import LocalCluster, wait_serving, write_local_topology
 from ppml.client.errors import PpmlClientError
-from ppml.proto.deploy.local import LocalCluster, wait_serving, write_local_topology
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.domain.status import StatusReport
 

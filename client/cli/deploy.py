@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ppml.client.cli.common import CliError, existing_file, table
-from ppml.proto.deploy.check import DEFAULT_TIMEOUT_S, check
-from ppml.proto.deploy.provision import Plan, parse_dealer, parse_party, provision
+from ppml.client.deploy.check import DEFAULT_TIMEOUT_S, check
+from ppml.client.deploy.provision import Plan, parse_dealer, parse_party, provision
 from ppml.proto.deploy.tls import TlsFiles, make_csr, sign_csr
 from ppml.proto.deploy.topology import load_config
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from ppml.client.cli import main
-from ppml.proto.deploy.check import check
-from ppml.proto.deploy.local import free_port
-from ppml.proto.deploy.provision import DealerSpec, PartySpec, Plan, provision
+from ppml.client.deploy.check import check
+from ppml.client.deploy.local import free_port
+from ppml.client.deploy.provision import DealerSpec, PartySpec, Plan, provision
 from ppml.proto.deploy.tls import TlsFiles, issue_server_cert
 from ppml.proto.deploy.topology import load_config
 from ppml.servers.mpc.network.listener import Listener

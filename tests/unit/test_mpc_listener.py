@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ppml.proto.deploy.local import free_port
+from ppml.client.deploy.local import free_port
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
 from ppml.servers.mpc.network.listener import ADMIT_TIMEOUT_S, Listener, RefusalLog
 from ppml.servers.mpc.network.mesh import new_epoch_tag
