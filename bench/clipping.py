@@ -6,8 +6,8 @@ gloo on loopback, one thread each), on the same shares:
 * *unchecked*: the code before issue 18 finding 2 (squares of unchecked
   coordinates, the staged inverse square root, no range checks), copied
   below as the baseline;
-* *ppml*: :func:`ppml.servers.mpc.clipping.clipped_rows` (DP-FedAvg) and
-  :func:`ppml.servers.mpc.dpsgd.clipped_gradient_sums` (DP-SGD): coordinates
+* *ppml*: :func:`ppml.servers.mpc.core.clipping.clipped_rows` (DP-FedAvg) and
+  :func:`ppml.servers.mpc.training.dpsgd.clipped_gradient_sums` (DP-SGD): coordinates
   and squared norms range-checked, out-of-range rows dropped.
 
 Sizes: ``--updates`` participants' updates of a 784-128-10 MLP (101,770
@@ -37,8 +37,8 @@ def _unchecked(crypten: Any) -> tuple[Any, Any]:
     """The clipping before the range checks: (rows clipper, DP-SGD gradient sums)."""
     import torch
 
-    from ppml.servers.mpc import dpsgd
-    from ppml.servers.mpc.clipping import CLIP_MARGIN, STAGE_SCALES
+    from ppml.servers.mpc.core.clipping import CLIP_MARGIN, STAGE_SCALES
+    from ppml.servers.mpc.training import dpsgd
 
     def weights(s: Any, clip_norm: float) -> Any:
         bound2 = (clip_norm * (1 - CLIP_MARGIN)) ** 2
@@ -92,8 +92,8 @@ def _party_main(rank: int, runs: int, updates: int, batch: int, out: str) -> Non
 
     import torch
 
-    from ppml.servers.mpc.clipping import clipped_rows
-    from ppml.servers.mpc.dpsgd import clipped_gradient_sums
+    from ppml.servers.mpc.core.clipping import clipped_rows
+    from ppml.servers.mpc.training.dpsgd import clipped_gradient_sums
 
     crypten.init()
     rows_before, sums_before = _unchecked(crypten)

@@ -11,7 +11,7 @@ Everything below runs back to back on this machine, in this order:
 * the fast engine alone (:mod:`fast_engine`: two party processes, the dealer
   in the parent, no TLS or service): batch-64 online time and the dealer's
   preprocessing, the like-for-like of MP-SPDZ's batch-64 figure;
-* the service (a :class:`~ppml.proto.deploy.local.LocalCluster`, 2 servers +
+* the service (a :class:`~ppml.client.deploy.local.LocalCluster`, 2 servers +
   dealer, TLS, SDK clients) in three configurations, one per step:
   ``crypten_path`` (``fast_inference = false``: before), ``fast_on_demand``
   (the fast engine, weights masked once and FSS comparisons, but no pools:
@@ -25,7 +25,7 @@ Everything below runs back to back on this machine, in this order:
   service as before this work (torch's default of one thread per core, one
   dealer request at a time), with one torch thread per process
   (``torch_threads = 1``), and with planned dealer requests too
-  (``plan_dealer_requests``, :mod:`ppml.servers.mpc.ttp_plan`)
+  (``plan_dealer_requests``, :mod:`ppml.servers.mpc.core.ttp_plan`)
   (``--train-steps``; 0 skips it).
 
 The WAN view adds, per configuration, ``rounds x RTT`` (plus one RTT for the
@@ -54,7 +54,7 @@ from raw_crypten import run_baseline
 from raw_crypten_training import run_training_baseline
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from training import run_service as run_training_service
 
 CONFIGS = {

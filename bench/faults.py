@@ -1,6 +1,6 @@
 """Fault injection: kill -9 a random process of a live cluster, restart it, check what survived.
 
-Against a :class:`~ppml.proto.deploy.local.LocalCluster` (2 servers + dealer,
+Against a :class:`~ppml.client.deploy.local.LocalCluster` (2 servers + dealer,
 TLS), with a small MLP (64-32-10) and a small data set registered first, each
 iteration
 
@@ -42,8 +42,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import PpmlClientError
-from ppml.proto.deploy.local import LocalCluster
 from ppml.v1 import datasets_pb2, registry_pb2, training_pb2
 
 VICTIMS = ("server-0", "server-1", "dealer")

@@ -38,7 +38,7 @@ from torch import nn
 
 from ppml.client.cluster import Cluster
 from ppml.client.demo_federated import federate, office_names
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.domain.federations import DpSettings
 from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.datasets import Dataset

@@ -176,7 +176,7 @@ def bench_service() -> dict[str, dict[str, float]]:
     """One round per back end on a real local cluster: the leader's federate job time."""
     from ppml.client import Cluster
     from ppml.client.demo_federated import join_all, office_names
-    from ppml.proto.deploy.local import LocalCluster
+    from ppml.client.deploy.local import LocalCluster
     from ppml.proto.domain.federations import DpSettings
 
     names = office_names(CLIENTS)

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlparse
 import torch
 import torch.distributed as dist
 
-from ppml.servers.mpc.crypten_compat import crypten, set_process_group_timeout
+from ppml.servers.mpc.core.crypten_compat import crypten, set_process_group_timeout
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def gloo_dealer() -> object:
     """
     import torch
 
-    from ppml.servers.mpc.crypten_compat import csprng_seed
+    from ppml.servers.mpc.core.crypten_compat import csprng_seed
     from ppml.servers.mpc.dealer import Dealer
 
     class GlooDealer(Dealer):

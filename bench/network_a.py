@@ -6,7 +6,7 @@ loopback, one torch thread per process.
 
 * raw: :mod:`raw_crypten` (processes launched by hand, no gRPC): batch-1
   forward latency, batch-1 back-to-back throughput, batch-64 throughput;
-* service: a :class:`~ppml.proto.deploy.local.LocalCluster` driven through the SDK:
+* service: a :class:`~ppml.client.deploy.local.LocalCluster` driven through the SDK:
   single-image latency (p50/p95, sequential), throughput with 64 concurrent
   single-image clients, and MPC rounds/bytes per job from the servers' status.
 
@@ -35,7 +35,7 @@ from models import network_a
 from raw_crypten import run_baseline
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 
 def _predict_cost(cluster: Cluster) -> tuple[int, int, int, float]:

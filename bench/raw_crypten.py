@@ -52,7 +52,7 @@ def _setup() -> Any:
     import torch
 
     torch.set_num_threads(1)
-    from ppml.servers.mpc.crypten_compat import crypten
+    from ppml.servers.mpc.core.crypten_compat import crypten
 
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True
@@ -64,7 +64,7 @@ def _ttp_main() -> None:
     import torch
 
     crypten = _setup()
-    from ppml.servers.mpc.crypten_compat import csprng_seed
+    from ppml.servers.mpc.core.crypten_compat import csprng_seed
 
     # TTPServer draws the per-party PRSS seeds from torch's default generator.
     torch.manual_seed(csprng_seed())

@@ -1,7 +1,7 @@
 """Raw CrypTen SPMD *training* baseline for SecureML "Network A" (no gRPC, no service).
 
 The same per-step work as one party of a ppml training job
-(:mod:`ppml.servers.mpc.trainer`), written as a plain CrypTen program:
+(:mod:`ppml.servers.mpc.training.trainer`), written as a plain CrypTen program:
 
 * CrypTen's TTP dealer (PRSS seeds from the OS CSPRNG) + 2 compute parties,
   separate OS processes, gloo over loopback, one torch thread per process

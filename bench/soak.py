@@ -1,7 +1,7 @@
 """Load/soak: many concurrent clients x many predictions of a small MLP; errors, latency, RSS.
 
 64 clients x 1,000 single-row predictions (configurable) of a 64-32-10 MLP
-against a :class:`~ppml.proto.deploy.local.LocalCluster` (2 servers +
+against a :class:`~ppml.client.deploy.local.LocalCluster` (2 servers +
 dealer, TLS). The clients are spread over several processes, one thread and
 one SDK instance each, as ``bench/network_a.py`` does (one Python process
 cannot drive 64 gRPC clients on two cores). Reported: errors by type (must
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import PpmlClientError
-from ppml.proto.deploy.local import LocalCluster
 
 
 def small_mlp() -> torch.nn.Module:

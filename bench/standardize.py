@@ -7,7 +7,7 @@ features:
 * *direct*: ``c.square().sum(0).div(rows)``, what raw CrypTen code writes
   (and what ppml's trainer did before): one truncation per squared element,
   wrong by ~2^32 with probability ``c^2 / 2^32``;
-* *ppml*: :func:`ppml.servers.mpc.standardize.mean_square` (three scales
+* *ppml*: :func:`ppml.servers.mpc.training.standardize.mean_square` (three scales
   of squares, the one kept per column picked by a secret comparison).
 
 Data: the breast-cancer training split the integration test uses (426 x 30,
@@ -85,7 +85,7 @@ def _party_main(rank: int, runs: int, out: str) -> None:
 
     import torch
 
-    from ppml.servers.mpc.standardize import mean_square
+    from ppml.servers.mpc.training.standardize import mean_square
 
     def direct(c: Any) -> Any:
         return c.square().sum(0).div(c.size(0))

@@ -9,7 +9,7 @@ torch thread per process.
 
 1. raw: :mod:`raw_crypten_training`, ``--steps`` timed steps after one
    warm-up step (processes launched by hand, no gRPC, no service);
-2. service: a :class:`~ppml.proto.deploy.local.LocalCluster` (TLS gRPC control
+2. service: a :class:`~ppml.client.deploy.local.LocalCluster` (TLS gRPC control
    plane, leader dispatching every step) driven through the SDK. The data
    set (``steps * batch`` rows) is shared first, then a one-step warm-up job
    runs on a batch-sized data set (the raw side's warm-up step), then the
@@ -61,7 +61,7 @@ from raw_crypten_training import (
 from raw_crypten_training import summary as raw_summary
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.plaintext import train_plaintext
 

@@ -1,7 +1,7 @@
 """DP-SGD vs plain secret-shared training of the same MLP, in one run.
 
 The service side of :mod:`training` (bench/training.py) twice on one
-:class:`~ppml.proto.deploy.local.LocalCluster` (2 compute parties + the
+:class:`~ppml.client.deploy.local.LocalCluster` (2 compute parties + the
 dealer, TLS gRPC control plane, loopback, one torch thread per process):
 SecureML "Network A" (784-128-128-10, ReLU) on synthetic MNIST-shaped rows,
 batch 128, SGD lr 0.1 momentum 0.9, one epoch of ``--steps`` steps,
@@ -46,7 +46,7 @@ from network_a import network_a
 from raw_crypten_training import CLASSES, LR, MOMENTUM, ORDER_SEED, synthetic_mnist
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.privacy import dpsgd
 

@@ -43,7 +43,7 @@ TIMEOUT_S = 120.0
 def _setup_files(directory: Path) -> dict:
     """CA, certificates and addresses for a secured session (written once per run)."""
     from ppml.proto.deploy.tls import issue_server_cert, make_ca
-    from ppml.servers.mpc.mesh import new_epoch_tag
+    from ppml.servers.mpc.network.mesh import new_epoch_tag
 
     ca = make_ca(directory / "tls")
     names = [*(f"server-{r}" for r in range(WORLD_SIZE)), "dealer"]
@@ -60,8 +60,8 @@ def _setup_files(directory: Path) -> dict:
 
 
 def _params(setup: dict, rank: int) -> Any:
-    from ppml.servers.mpc.mesh import Peer, SessionParams
-    from ppml.servers.mpc.tls_links import TlsIdentity
+    from ppml.servers.mpc.network.mesh import Peer, SessionParams
+    from ppml.servers.mpc.network.tls_links import TlsIdentity
 
     peers = [
         Peer(name, "127.0.0.1", setup["ports"][str(r)]) if str(r) in setup["ports"] else Peer(name)
@@ -203,7 +203,7 @@ def _party_main(mode: str, rank: int, setup: dict, args: argparse.Namespace) -> 
     torch.set_num_threads(1)
     leave = _join(mode, rank, setup)
     try:
-        from ppml.servers.mpc.crypten_compat import crypten
+        from ppml.servers.mpc.core.crypten_compat import crypten
 
         result = {"mode": mode, "backend": crypten.communicator.get().get_distributed_backend()}
         result["micro"] = _micro(crypten)

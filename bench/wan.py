@@ -1,7 +1,7 @@
 """Network A single-image latency over WAN-like MPC links, next to rounds x RTT.
 
 A ``LocalCluster`` (2 servers + dealer) whose MPC links all pass through
-user-space relays (``ppml.servers.mpc.relay``) that add a one-way delay of
+user-space relays (``ppml.servers.mpc.network.relay``) that add a one-way delay of
 RTT/2 in each direction (``tc netem`` is not available here): every process
 listens at its ``mpc_bind`` and is dialed at the relay's ``mpc_address``.
 The client's and the control links are not delayed: the figures isolate the
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import network_a
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster, free_port, write_local_topology
+from ppml.client.deploy.local import LocalCluster, free_port, write_local_topology
 from ppml.proto.deploy.topology import load_config
-from ppml.servers.mpc.relay import Relay
+from ppml.servers.mpc.network.relay import Relay
 
 
 def _delayed_topology(directory: Path, delay_s: float, fast: bool) -> list[Relay]:

@@ -8,6 +8,7 @@ subclasses of :class:`PpmlClientError`.
 
 from ppml.client.cluster import Cluster, Endpoint, ModelListing, Prediction
 from ppml.client.datasets_api import DatasetListing
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import (
     AlreadySubmitted,
     AuthenticationFailed,
@@ -53,7 +54,6 @@ from ppml.client.federation import Federation, JoinReport, RoundProgress
 from ppml.client.model_export import UnsupportedModelError
 from ppml.client.training_api import Evaluation
 from ppml.client.training_job import TrainingJob
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain.federations import DpSettings
 
 __all__ = [

@@ -32,8 +32,8 @@ from torch import nn
 
 from ppml.client import demo_federated
 from ppml.client.cluster import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.training_job import Progress, TrainingJob
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain.federations import DpSettings
 from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.datasets import Dataset, partition

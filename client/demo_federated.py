@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ppml.client.cluster import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.federation import RoundProgress
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
 from ppml.training.datasets import Dataset
 

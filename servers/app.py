@@ -36,8 +36,8 @@ from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.mpc import epochs
-from ppml.servers.mpc.fast_party import FastInference
-from ppml.servers.mpc.model import ModelCache
+from ppml.servers.mpc.core.model import ModelCache
+from ppml.servers.mpc.fast.service.party import FastInference
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager

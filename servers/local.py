@@ -2,7 +2,7 @@
 
 import warnings
 
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 warnings.warn(
     "ppml.servers.local is deprecated and will be removed in the next release: "

@@ -1,6 +1,6 @@
 """The plaintext twin of a secret-shared training job, for comparisons.
 
-Trains a PyTorch model exactly as the MPC trainer (``ppml.servers.mpc.trainer``)
+Trains a PyTorch model exactly as the MPC trainer (``ppml.servers.mpc.training.trainer``)
 does on secret shares (same batch order from the same public seed, same
 loss from :mod:`ppml.training.losses`, SGD with the same momentum and weight
 decay, same standardisation), so tests, the demo and the benchmark can put

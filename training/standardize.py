@@ -2,7 +2,7 @@
 
 ``scale = 1 / sqrt(var + VARIANCE_FLOOR)`` and ``shift = -mean * scale`` per
 feature, with the population variance over all training rows. The MPC job
-computes the same quantities on secret shares (``ppml.servers.mpc.trainer``);
+computes the same quantities on secret shares (``ppml.servers.mpc.training.trainer``);
 this module is the plaintext definition.
 """
 

@@ -103,7 +103,7 @@ class ServingConfig:
     # requests per second times this window, then stays level)
     request_id_window_s: float = 600.0
     # Two-party clusters serve models the fast engine supports (Linear/Conv2d,
-    # ReLU, Flatten) with it (servers/mpc/fast_party.py); false: CrypTen only.
+    # ReLU, Flatten) with it (servers/mpc/fast/service/party.py); false: CrypTen only.
     # Every party must read the same value (one topology file).
     fast_inference: bool = True
     # bundles kept per (model, batch-size bucket) in use; 0: no pools, every forward asks
@@ -114,7 +114,7 @@ class ServingConfig:
     # little from more, and the processes of one host compete for its cores
     torch_threads: int = 1
     # training steps ask the dealer for their triples ahead, in one planned message
-    # (servers/mpc/ttp_plan.py); false: one request at a time, as CrypTen does
+    # (servers/mpc/core/ttp_plan.py); false: one request at a time, as CrypTen does
     plan_dealer_requests: bool = True
 
     def wait_s(self, time_remaining: float | None) -> float:

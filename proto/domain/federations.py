@@ -35,7 +35,8 @@ MAX_UPDATE_WEIGHT = 2**24  # the most rows (sample count) one participant's upda
 def weight_bounds(dp_enabled: bool) -> tuple[int, int]:
     """The range each update's weight must lie in: its sample count, or exactly 1 with DP
     (DP-FedAvg weighs every clipped update alike). Checked in MPC when a round closes
-    (``ppml.servers.mpc.update_checks``) and at submission for CKKS (the weight is public)."""
+    (``ppml.servers.mpc.aggregation.update_checks``) and at submission for CKKS (the weight
+    is public)."""
     return (1, 1) if dp_enabled else (1, MAX_UPDATE_WEIGHT)
 
 

@@ -19,8 +19,8 @@ from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.holds import Holds
 from ppml.servers.control.job_queue import Policy, Step
-from ppml.servers.mpc.fast_party import FastInference
-from ppml.servers.mpc.model import ModelCache
+from ppml.servers.mpc.core.model import ModelCache
+from ppml.servers.mpc.fast.service.party import FastInference
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.federations import FederationManager
 from ppml.servers.store.jobs import JobManager

@@ -21,7 +21,7 @@ from ppml.proto.shares import Ring
 from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
-from ppml.servers.mpc.trainer import evaluate
+from ppml.servers.mpc.training.trainer import evaluate
 from ppml.servers.store.models import LoadedModel
 from ppml.training.losses import LossMismatch, accuracy_kind
 

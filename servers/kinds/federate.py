@@ -13,11 +13,11 @@ round's deadline passes. The job:
    is left out), then, with the MPC back end, drops every update whose
    secret weight (sample count; 1 with DP) is out of range, comparing in
    MPC and opening one validity bit per participant
-   (:mod:`ppml.servers.mpc.update_checks`): a garbage weight share can no
+   (:mod:`ppml.servers.mpc.aggregation.update_checks`): a garbage weight share can no
    longer make the opened total absurd and fail the round;
 2. fails the round cleanly (model unchanged, nothing released, no epsilon
    spent) if fewer than ``min_participants`` remain;
-3. otherwise aggregates: in MPC (:mod:`ppml.servers.mpc.aggregate`), adding
+3. otherwise aggregates: in MPC (:mod:`ppml.servers.mpc.aggregation.aggregate`), adding
    this party's share of the average to its share of the global model, or,
    with CKKS, the leader sums the ciphertexts and keeps the encrypted sum;
 4. spends the round's privacy cost (DP) and opens the next round, or
@@ -43,8 +43,8 @@ from ppml.proto.domain import federations as fed
 from ppml.proto.domain.federations import KIND, parameter_names
 from ppml.servers.kinds import end
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
-from ppml.servers.mpc import aggregate as agg
-from ppml.servers.mpc import update_checks
+from ppml.servers.mpc.aggregation import aggregate as agg
+from ppml.servers.mpc.aggregation import update_checks
 from ppml.servers.store.federations import (
     ANNOUNCE_TIMEOUT_S,
     CREATED,

@@ -8,7 +8,7 @@
 * Worker (:class:`PredictKind`): one MPC forward over the batch's shares;
   each request gets its rows of this server's output share. With two
   compute parties and a model of layers the fast engine runs, the forward is
-  the fast engine's (``servers/mpc/fast_party.py``: weights masked once per
+  the fast engine's (``servers/mpc/fast/service/party.py``: weights masked once per
   session, dealer bundles pooled ahead by the ``refill`` kind, 6 exchanges
   over the party link); otherwise CrypTen's. Same output shares either way.
 """
@@ -31,8 +31,8 @@ from ppml.proto.shares import Ring
 from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.scheduler import Scheduler
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.fast_party import CommChannel
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.fast.service.party import CommChannel
 from ppml.servers.store.metrics import UNKNOWN_MODEL
 from ppml.servers.store.models import LoadedModel
 

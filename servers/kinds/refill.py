@@ -1,7 +1,7 @@
 """The ``refill`` kind: top up the fast engine's bundle pools while no prediction waits.
 
 The dealer makes per-forward bundles ahead of time; a party keeps a bounded
-pool per (model, batch-size bucket) in use (``servers/mpc/fast_pool.py``).
+pool per (model, batch-size bucket) in use (``servers/mpc/fast/service/pool.py``).
 The leader runs a refill job once the worker has been idle for
 ``fast_refill_idle_ms`` and a pool in use is below ``fast_pool_bundles``; like
 every job it runs on both parties in the leader's sequence, so both pools get
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ppml.servers.kinds.base import JobKind, JobStats, Planner
-from ppml.servers.mpc.fast_party import CommChannel, FastInference
+from ppml.servers.mpc.fast.service.party import CommChannel, FastInference
 
 KIND = "refill"
 

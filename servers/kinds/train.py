@@ -3,7 +3,7 @@
 The gRPC side is :class:`~ppml.servers.store.jobs.JobManager` (validation,
 persisted state, progress); its jobs run through the leader's long-work
 queue step by step, one job at a time, after evaluations. Each party keeps
-the job's secret state (:class:`~ppml.servers.mpc.trainer.TrainingRun`) in
+the job's secret state (:class:`~ppml.servers.mpc.training.trainer.TrainingRun`) in
 memory between steps; it is lost when the party leaves the MPC session.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
-from ppml.servers.mpc.trainer import TrainingRun
+from ppml.servers.mpc.training.trainer import TrainingRun
 from ppml.servers.store.jobs import TRAIN_KIND
 
 

@@ -9,18 +9,18 @@ It differs from CrypTen's ``TTPServer`` in three ways:
 
 * its per-party streams are AES-256-CTR keystreams under fresh 256-bit keys
   from the OS CSPRNG, each key sent only to its party over that party's
-  mutually authenticated TLS link (:func:`ppml.servers.mpc.prng.deal_party_keys`);
+  mutually authenticated TLS link (:func:`ppml.servers.mpc.randomness.prng.deal_party_keys`);
   CrypTen's own TTP seeds a Mersenne Twister (32 effective bits) from torch's
   default generator;
 * it computes triples only for an allow-list of bilinear ops;
 * it serves epoch after epoch: it links to the leader over TLS, joins each
   MPC session the leader starts (listening on its ``[dealer] mpc_address``;
   every party dials it), and rejoins after a failure;
-* it answers a *plan* (:mod:`ppml.servers.mpc.ttp_plan`): a recorded
+* it answers a *plan* (:mod:`ppml.servers.mpc.core.ttp_plan`): a recorded
   sequence of requests in one message, answered one by one as each is made,
   so it works ahead of rank 0;
 * it also deals the fast inference engine's material (model setups and
-  per-forward bundles, :mod:`ppml.servers.mpc.fast_dealing`), sending each
+  per-forward bundles, :mod:`ppml.servers.mpc.fast.service.dealing`), sending each
   party its own part over that party's link.
 """
 
@@ -39,10 +39,14 @@ from typing import Any
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
-from ppml.servers.mpc import epochs, fast_dealing, prng, transport, ttp_plan
+from ppml.servers.mpc import epochs
 from ppml.servers.mpc import session as mpc_session
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.mesh import SessionParams
+from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.fast.service import dealing as fast_dealing
+from ppml.servers.mpc.network import transport
+from ppml.servers.mpc.network.mesh import SessionParams
+from ppml.servers.mpc.randomness import prng
 
 log = logging.getLogger("ppml.dealer")
 STATS_INTERVAL_S = 1.0

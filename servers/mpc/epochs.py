@@ -1,7 +1,7 @@
 """From the topology file to one epoch's MPC session parameters.
 
 Every compute party and the dealer reach each other over mutually
-authenticated TLS (:mod:`ppml.servers.mpc.mesh`): each process's certificate
+authenticated TLS (:mod:`ppml.servers.mpc.network.mesh`): each process's certificate
 is its topology entry's ``tls_cert`` (name = its ``name``), checked against
 the cluster CA, and it listens on its ``mpc_address``. The epoch tag comes
 from the leader over its TLS control link (:class:`~ppml.proto.domain.commands.JoinEpoch`).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 
 from ppml.proto.deploy.topology import ClusterConfig, ConfigError
-from ppml.servers.mpc.mesh import Peer, SessionParams
-from ppml.servers.mpc.tls_links import EPOCH_BYTES, TlsIdentity
+from ppml.servers.mpc.network.mesh import Peer, SessionParams
+from ppml.servers.mpc.network.tls_links import EPOCH_BYTES, TlsIdentity
 
 
 def new_tag() -> str:

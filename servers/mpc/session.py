@@ -14,16 +14,19 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ppml.servers.mpc import keyed_random, prng, transport, ttp_plan
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.mesh import SessionParams
+from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.network import transport
+from ppml.servers.mpc.network.mesh import SessionParams
+from ppml.servers.mpc.randomness import patches as keyed_random_patches
+from ppml.servers.mpc.randomness import prng
 
 log = logging.getLogger(__name__)
 
 
 def install() -> None:
     """The patches: keyed randomness, ppml's communicator, planned dealer requests (idempotent)."""
-    keyed_random.install()
+    keyed_random_patches.install()
     transport.install()
     ttp_plan.install()
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ppml.proto.domain import commands as cmd
 from ppml.servers.mpc import session as mpc_session
-from ppml.servers.mpc.mesh import SessionParams
+from ppml.servers.mpc.network.mesh import SessionParams
 from ppml.servers.store.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ import torch
 import websocket
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster, free_port
+from ppml.client.deploy.local import LocalCluster, free_port
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "artifacts"

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.errors import ERROR_CODE_KEY
 from ppml.servers.api.auth import required_roles
 from ppml.v1 import (

@@ -7,10 +7,10 @@ values (raw encodings, any int64: masks from a public seed, test only), runs
 ppml's clipping code in lockstep, and rank 0 writes the opened ring values to
 ``out/resp-<n>.json``. Kinds:
 
-* ``rows``: :func:`~ppml.servers.mpc.clipping.clipped_rows` of ``rows``;
-* ``aggregate``: :func:`~ppml.servers.mpc.aggregate.aggregate` of ``rows``
+* ``rows``: :func:`~ppml.servers.mpc.core.clipping.clipped_rows` of ``rows``;
+* ``aggregate``: :func:`~ppml.servers.mpc.aggregation.aggregate.aggregate` of ``rows``
   as updates of a ``Linear(5, 6)`` with DP and no noise (``z = 0``);
-* ``dpsgd``: :func:`~ppml.servers.mpc.dpsgd.clipped_gradient_sums` of an
+* ``dpsgd``: :func:`~ppml.servers.mpc.training.dpsgd.clipped_gradient_sums` of an
   MLP (``mpc_dpsgd``'s public test weights) on feature rows ``x`` and targets
   ``y``;
 * ``stop``: leave the session.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core.crypten_compat import crypten
 
 WAIT_S = 180.0  # a party gives up when no request comes for this long
 
@@ -49,7 +49,7 @@ def _shared(values: list, rank: int, world: int, seed: int) -> Any:
 
 
 def _rows(request: dict, rank: int, world: int) -> list:
-    from ppml.servers.mpc.clipping import clipped_rows
+    from ppml.servers.mpc.core.clipping import clipped_rows
 
     x = _shared(request["rows"], rank, world, request["seed"])
     return clipped_rows(x, request["clip"]).reveal().tolist()
@@ -57,7 +57,7 @@ def _rows(request: dict, rank: int, world: int) -> list:
 
 def _aggregate(request: dict, rank: int, world: int) -> list:
     from ppml.proto.domain.architecture import Architecture, Linear
-    from ppml.servers.mpc import aggregate as agg
+    from ppml.servers.mpc.aggregation import aggregate as agg
 
     architecture = Architecture((Linear(5, 6, True),), (5,), (6,))
     seed = request["seed"]
@@ -75,7 +75,7 @@ def _aggregate(request: dict, rank: int, world: int) -> list:
 def _dpsgd(request: dict, rank: int, world: int) -> list:
     import mpc_dpsgd  # beside this file
 
-    from ppml.servers.mpc.dpsgd import clipped_gradient_sums
+    from ppml.servers.mpc.training.dpsgd import clipped_gradient_sums
 
     _, layers = mpc_dpsgd._models(request["model_seed"])
     x = _shared(request["x"], rank, world, request["seed"])

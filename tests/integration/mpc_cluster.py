@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ppml.proto.deploy.local import free_port
+from ppml.client.deploy.local import free_port
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc.mesh import new_epoch_tag
+from ppml.servers.mpc.network.mesh import new_epoch_tag
 
 PROGRAM = Path(__file__).with_name("mpc_programs.py")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from ppml.servers.mpc.clipping import CLIP_MARGIN, clip_factors
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.dpsgd import add_own_noise, clipped_gradient_sums
+from ppml.servers.mpc.core.clipping import CLIP_MARGIN, clip_factors
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.training.dpsgd import add_own_noise, clipped_gradient_sums
 from ppml.training.privacy import SecureRandom
 
 NOISE_VALUES = 4000

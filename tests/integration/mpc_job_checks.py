@@ -4,7 +4,7 @@ The party runs ppml's own :class:`~ppml.servers.mpc.worker.MpcWorker` in a
 secured session with a 120 s timeout (the default ``mpc_timeout_s``), and
 through it four jobs of a test kind, in order:
 
-1. ``range``: :func:`~ppml.servers.mpc.update_checks.weights_in_range` on
+1. ``range``: :func:`~ppml.servers.mpc.aggregation.update_checks.weights_in_range` on
    the weight shares in :func:`weight_cases` (both bounds of the non-DP and
    the DP range);
 2. ``both``: every party fails the job alike (after a collective);
@@ -28,9 +28,9 @@ import torch
 
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain import federations as fed
-from ppml.servers.mpc import update_checks
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.mesh import SessionParams
+from ppml.servers.mpc.aggregation import update_checks
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.network.mesh import SessionParams
 from ppml.servers.mpc.worker import MpcWorker
 from ppml.servers.store.metrics import ServerMetrics
 

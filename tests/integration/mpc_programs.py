@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppml.servers.mpc import session, standardize, ttp_plan
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc import session
+from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.dealer import Dealer, serve_epoch
-from ppml.servers.mpc.keyed_random import KeyedGenerator
-from ppml.servers.mpc.mesh import Peer, SessionParams
-from ppml.servers.mpc.tls_links import TlsIdentity
+from ppml.servers.mpc.network.mesh import Peer, SessionParams
+from ppml.servers.mpc.network.tls_links import TlsIdentity
+from ppml.servers.mpc.randomness.keyed_random import KeyedGenerator
+from ppml.servers.mpc.training import standardize
 
 SAMPLE = 8  # values drawn from each generator at the end, to compare partners
 
@@ -301,7 +303,7 @@ def aggregation(config: dict, rank: int, out: Path) -> dict:
     shares of each noisy average and its own noise draws (for the test to check that
     no single party's draws determine the noise)."""
     from ppml.proto.domain.architecture import Architecture, Linear
-    from ppml.servers.mpc import aggregate as agg
+    from ppml.servers.mpc.aggregation import aggregate as agg
 
     architecture = Architecture((Linear(5, 6, True),), (5,), (6,))
     world = config["world_size"]

@@ -37,7 +37,7 @@ from mpc_programs import aggregation_updates
 from ppml.proto import shares
 from ppml.proto.domain.architecture import Architecture, Linear
 from ppml.proto.domain.federations import flatten
-from ppml.servers.mpc.clipping import CLIP_MARGIN, coordinate_bound
+from ppml.servers.mpc.core.clipping import CLIP_MARGIN, coordinate_bound
 from ppml.training.privacy import clip_update
 
 CLIP = 1.5

@@ -19,9 +19,9 @@ from ppml.client import (
     ModelNotFound,
     PredictionAborted,
 )
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto import shares
 from ppml.proto.deploy.channels import client_channel
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.wire import serde
 from ppml.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 

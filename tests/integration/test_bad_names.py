@@ -20,8 +20,8 @@ from fuzz_messages import StringField, client_string_fields
 from google.protobuf.message import Message
 
 from ppml.client import Cluster, InvalidName
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.deploy.channels import client_channel
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.errors import ERROR_CODE_KEY
 from ppml.proto.names import MAX_NAME_CHARS
 from ppml.v1 import training_pb2

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 CLIENTS = 32
 

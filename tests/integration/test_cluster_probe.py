@@ -25,9 +25,9 @@ import torch.distributed as dist
 from probing import knock, listening, outsider
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc.tls_links import ACCEPTED, SEND, Hello
+from ppml.servers.mpc.network.tls_links import ACCEPTED, SEND, Hello
 from ppml.v1 import registry_pb2, registry_pb2_grpc
 
 

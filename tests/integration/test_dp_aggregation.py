@@ -1,6 +1,6 @@
 """DP aggregation in MPC between real processes: clipping, calibrated noise, its split.
 
-Two and three parties (plus the dealer) run ``servers/mpc/aggregate.py`` on
+Two and three parties (plus the dealer) run ``servers/mpc/aggregation/aggregate.py`` on
 fixed updates (``mpc_programs.aggregation``): once with no noise, to check
 clipping inside MPC against plaintext, then many times with noise. Each party
 reports its share of every released average and, for this test only, the
@@ -20,7 +20,7 @@ import pytest
 from ppml.proto import shares
 from ppml.proto.domain.architecture import Architecture, Linear
 from ppml.proto.domain.federations import flatten
-from ppml.servers.mpc.clipping import CLIP_MARGIN
+from ppml.servers.mpc.core.clipping import CLIP_MARGIN
 from ppml.training.privacy import clip_update, gaussian_sigma
 from tests.integration.mpc_cluster import MpcCluster
 from tests.integration.mpc_programs import aggregation_updates

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster, PredictionAborted, ServerUnavailable
-from ppml.proto.deploy.local import LocalCluster, write_local_topology
+from ppml.client.deploy.local import LocalCluster, write_local_topology
 
 
 def _big_cnn_input(rows: int) -> torch.Tensor:
@@ -121,7 +121,7 @@ def test_idle_cluster_outlives_the_mpc_timeout(tmp_path: Path, mlp: torch.nn.Mod
 
 DRIVER = """
 import sys, time
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 local = LocalCluster(parties=2, directory=sys.argv[1]).start()
 print(" ".join(str(p.pid) for p in local.processes.values()), flush=True)
 time.sleep(600)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 ULP = 2.0**-16
 TOLERANCE = 1e-3

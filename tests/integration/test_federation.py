@@ -21,6 +21,7 @@ import torch
 from dp_accounting import rdp
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import (
     AlreadySubmitted,
     BudgetExhausted,
@@ -36,7 +37,6 @@ from ppml.client.errors import (
 )
 from ppml.client.federation import Federation, Participant, mpc_global_model
 from ppml.proto import shares
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
 from ppml.proto.errors import ERROR_CODE_KEY, ErrorCode
 from ppml.proto.wire import serde

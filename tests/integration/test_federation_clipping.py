@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
 
 OFFICES = ("office-1", "office-2")

@@ -81,8 +81,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto.deploy.channels import client_channel
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
 from ppml.proto.wire import serde
 from ppml.training import ckks

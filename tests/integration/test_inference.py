@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 TOLERANCE = 1e-2
 

@@ -14,9 +14,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.proto import shares
 from ppml.proto.deploy.channels import client_channel
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.deploy.topology import PartyConfig
 from ppml.proto.wire import serde
 from ppml.v1 import inference_pb2, inference_pb2_grpc

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from mpc_cluster import MpcCluster
 
-from ppml.servers.mpc.clipping import CLIP_MARGIN
+from ppml.servers.mpc.core.clipping import CLIP_MARGIN
 
 FIXED_POINT = 2e-2  # 16 fractional bits, softmax and inverse square root approximations
 

@@ -19,8 +19,8 @@ import torch
 from mpc_cluster import MpcCluster
 from mpc_programs import data
 
-from ppml.servers.mpc.keyed_random import KeyedGenerator
-from ppml.servers.mpc.relay import Relay
+from ppml.servers.mpc.network.relay import Relay
+from ppml.servers.mpc.randomness.keyed_random import KeyedGenerator
 
 MARKER_SEED = 424242
 TTP_FUNCTIONS = ("additive", "binary", "B2A", "square", "wraps")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 HELD = 2000
 STRANGER = "127.0.0.2"  # another loopback address: the stranger is not a peer's host

@@ -3,7 +3,7 @@
 Two compute parties and the dealer (``mpc_job_checks.py``), a session with
 the default 120 s timeout:
 
-* the range check on secret weights (``servers/mpc/update_checks.py``)
+* the range check on secret weights (``servers/mpc/aggregation/update_checks.py``)
   accepts exactly the weights in range, for edge values, the ring's extremes
   and garbage shares, opening one bit per participant;
 * a job every party fails alike ends there and the session goes on;

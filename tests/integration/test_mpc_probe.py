@@ -16,7 +16,7 @@ from mpc_cluster import MpcCluster
 from probing import knock, listening, outsider
 
 from ppml.proto.deploy.tls import TlsFiles, issue_server_cert, make_ca
-from ppml.servers.mpc.tls_links import ACCEPTED, SEND, Hello
+from ppml.servers.mpc.network.tls_links import ACCEPTED, SEND, Hello
 
 
 @pytest.fixture(scope="module")

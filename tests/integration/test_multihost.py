@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from ppml.proto.deploy.local import spawn_command
+from ppml.client.deploy.local import spawn_command
 
 HERE = Path(__file__).resolve().parent
 GRPC, MPC, METRICS, DEALER_MPC = 50051, 29500, 9100, 29600

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 NODE = shutil.which("node")
 CLIENT = Path(__file__).resolve().parents[2] / "examples" / "node-client"

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ppml.proto.deploy.local import free_port, spawn_command
+from ppml.client.deploy.local import free_port, spawn_command
 
 
 @pytest.fixture

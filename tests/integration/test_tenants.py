@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from ppml.client import Cluster, PermissionDenied
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import InvalidModel, ModelExists, PpmlClientError, ResourceExhausted
 from ppml.proto.deploy.channels import client_channel
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain import commands as cmd
 from ppml.proto.wire import serde
 from ppml.v1 import coordinator_pb2_grpc

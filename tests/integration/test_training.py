@@ -15,8 +15,8 @@ from sklearn.model_selection import train_test_split
 from tolerances import same_accuracy
 
 from ppml.client import Cluster, PermissionDenied
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.training_job import Progress
-from ppml.proto.deploy.local import LocalCluster
 from ppml.proto.domain.jobs import TrainingSpec
 from ppml.training.datasets import Dataset, partition
 from ppml.training.plaintext import train_plaintext

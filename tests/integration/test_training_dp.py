@@ -23,9 +23,9 @@ from dp_accounting import rdp
 from google.protobuf.message import Message
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import InvalidTrainingJob
 from ppml.client.training_job import Progress
-from ppml.proto.deploy.local import LocalCluster
 from ppml.training.privacy import RDP_ORDERS
 from ppml.v1 import training_pb2
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import DatasetNotFound, InvalidDataset, InvalidTrainingJob
-from ppml.proto.deploy.local import LocalCluster
 
 
 def _mlp(inputs: int = 64, outputs: int = 10) -> torch.nn.Module:

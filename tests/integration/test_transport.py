@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster, Endpoint, ServerUnavailable
-from ppml.proto.deploy.local import LocalCluster
+from ppml.client.deploy.local import LocalCluster
 
 
 def test_tls_server_refuses_a_plaintext_client(local2: LocalCluster) -> None:

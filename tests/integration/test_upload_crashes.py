@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ppml.client import Cluster, ModelNotFound, UploadAborted, UploadUnresolved
-from ppml.proto.deploy.local import LocalCluster, write_local_topology
+from ppml.client.deploy.local import LocalCluster, write_local_topology
 from ppml.servers.store.crash_points import ENV
 
 ROWS, FEATURES = 60_000, 20  # 3 chunks of 4 MiB per server: "middle" is mid-stream

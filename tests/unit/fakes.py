@@ -9,7 +9,7 @@ from ppml.proto.deploy.topology import ClusterConfig, DealerConfig, PartyConfig,
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.holds import Holds
 from ppml.servers.kinds.base import KindEnv
-from ppml.servers.mpc.model import ModelCache
+from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
 from ppml.servers.store.jobs import JOB_CODEC, JobManager

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ppml.client import cli, cli_federation, cli_federation_text
-from ppml.client.cli_common import CliError
+from ppml.client.cli import app as cli
+from ppml.client.cli import federation as cli_federation
+from ppml.client.cli import federation_text as cli_federation_text
+from ppml.client.cli.common import CliError
 from ppml.proto.domain import federations as fed
 from ppml.proto.domain.architecture import Architecture, Linear
 

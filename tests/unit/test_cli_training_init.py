@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 
-from ppml.client import cli, cli_training
+from ppml.client.cli import app as cli
+from ppml.client.cli import training as cli_training
 
 ARGS = ["train", "--config", "c.toml", "--datasets", "d1", "--mlp", "64,32,10"]
 ARGS += ["--epochs", "1", "--batch-size", "8", "--lr", "0.1"]

@@ -1,4 +1,4 @@
-"""The public bounds that make clipping wrap-safe (servers/mpc/clipping.py, dpsgd.py).
+"""The public bounds that make clipping wrap-safe (servers/mpc/core/clipping.py, dpsgd.py).
 
 A failed two-party truncation moves a value by a multiple of 2^32 (2^48 ring
 units); every checked sum must therefore stay below 2^30 so that such a
@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from ppml.servers.mpc.clipping import (
+from ppml.servers.mpc.core.clipping import (
     _MAX_T,
     CLIP_MARGIN,
     NORM_LIMIT,
@@ -20,7 +20,7 @@ from ppml.servers.mpc.clipping import (
     coordinate_bound,
     squared_norm_limit,
 )
-from ppml.servers.mpc.dpsgd import DELTA_CAP, INPUT_CAP
+from ppml.servers.mpc.training.dpsgd import DELTA_CAP, INPUT_CAP
 
 FAILURE = 2.0**32  # what one failed truncation adds or takes away (real units)
 

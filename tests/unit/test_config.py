@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ppml.proto.deploy.local import write_local_topology
+from ppml.client.deploy.local import write_local_topology
 from ppml.proto.deploy.topology import ConfigError, ServingConfig, load_config
 
 

@@ -1,4 +1,4 @@
-"""Each patch in ppml.servers.mpc.crypten_compat (CrypTen 0.4.1 on torch 2.13)."""
+"""Each patch in ppml.servers.mpc.core.crypten_compat (CrypTen 0.4.1 on torch 2.13)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from ppml.servers.mpc import crypten_compat
-from ppml.servers.mpc.crypten_compat import csprng_seed, tensor_loader
+from ppml.servers.mpc.core import crypten_compat
+from ppml.servers.mpc.core.crypten_compat import csprng_seed, tensor_loader
 
 _REGISTRATION = "torch.onnx._internal.registration"
 _SIDE_EFFECTS: list[str] = []

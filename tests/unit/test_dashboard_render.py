@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from streamlit.testing.v1 import AppTest
 
 from ppml.client import cli
+from ppml.client.deploy.local import free_port
 from ppml.dashboard import federations, frames, history, jobs
 from ppml.dashboard.app import SOURCE_KEY, parse_args
 from ppml.dashboard.data import (
@@ -41,7 +42,6 @@ from ppml.dashboard.data import (
 )
 from ppml.dashboard.render import escape_markdown
 from ppml.proto import shares
-from ppml.proto.deploy.local import free_port
 from ppml.proto.domain import federations as fed
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo, JobState, TrainingSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fakes import cluster_config, make_env
 
-from ppml.proto.deploy.local import write_local_topology
+from ppml.client.deploy.local import write_local_topology
 from ppml.proto.deploy.topology import ServingConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.architecture import Architecture, Linear

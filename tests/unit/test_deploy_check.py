@@ -1,6 +1,6 @@
 """``ppml deploy check`` on loopback: each failure is named precisely.
 
-The MPC endpoints are ppml's real MPC listeners (``servers/mpc/listener.py``)
+The MPC endpoints are ppml's real MPC listeners (``servers/mpc/network/listener.py``)
 with the bundles' certificates; the gRPC endpoints are TLS servers presenting
 the bundles' server certificates, as a ppml-server's gRPC port does.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from ppml.client.cli import main
-from ppml.proto.deploy.check import check
-from ppml.proto.deploy.local import free_port
-from ppml.proto.deploy.provision import DealerSpec, PartySpec, Plan, provision
+from ppml.client.deploy.check import check
+from ppml.client.deploy.local import free_port
+from ppml.client.deploy.provision import DealerSpec, PartySpec, Plan, provision
 from ppml.proto.deploy.tls import TlsFiles, issue_server_cert
 from ppml.proto.deploy.topology import load_config
-from ppml.servers.mpc.listener import Listener
-from ppml.servers.mpc.tls_links import TlsIdentity
+from ppml.servers.mpc.network.listener import Listener
+from ppml.servers.mpc.network.tls_links import TlsIdentity
 
 HOST = "127.0.0.1"
 

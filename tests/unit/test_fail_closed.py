@@ -11,7 +11,7 @@ import pytest
 from fakes import cluster_config
 
 from ppml.client import Cluster, Endpoint
-from ppml.proto.deploy.local import write_local_topology
+from ppml.client.deploy.local import write_local_topology
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.domain import commands as cmd
 from ppml.proto.domain.architecture import Architecture, Linear, ModelMeta

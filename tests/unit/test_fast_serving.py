@@ -21,11 +21,11 @@ from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
 from ppml.servers.kinds.refill import RefillJob, RefillPlanner
-from ppml.servers.mpc import fast_spec
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
-from ppml.servers.mpc.fast_dealing import FastDealing
-from ppml.servers.mpc.fast_party import FastInference
-from ppml.servers.mpc.fast_pool import BundlePool, Pooled, cover_rows, largest_bucket
+from ppml.servers.mpc.fast.service import spec as fast_spec
+from ppml.servers.mpc.fast.service.dealing import FastDealing
+from ppml.servers.mpc.fast.service.party import FastInference
+from ppml.servers.mpc.fast.service.pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 ARCH = Architecture((dl.Linear(6, 5), dl.ReLU(), dl.Linear(5, 3, bias=False)), (6,), (3,))
 
@@ -269,7 +269,7 @@ def test_the_refill_planner_waits_for_idle_time_and_a_short_pool() -> None:
 def test_a_dealer_reply_travels_as_a_header_and_raw_frames() -> None:
     import pickle
 
-    from ppml.servers.mpc.fast_dealing import frames, read_reply
+    from ppml.servers.mpc.fast.service.dealing import frames, read_reply
 
     wire = frames((7, [b"abc", b"", b"defg"]))
     assert pickle.loads(wire[0]) == (7, [3, 0, 4]) and wire[1:] == [b"abc", b"", b"defg"]

@@ -19,7 +19,7 @@ from ppml.proto.domain.datasets import ANYONE, DatasetMeta
 from ppml.proto.domain.jobs import EpochMetrics, JobEvent, JobInfo, JobState, TrainingSpec
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.shares import Ring, random_ring
-from ppml.servers.mpc.trainer import StepOutcome
+from ppml.servers.mpc.training.trainer import StepOutcome
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.jobs import ANNOUNCE_TIMEOUT_S, JOB_CODEC, JobManager
 from ppml.servers.store.models import ModelRegistry

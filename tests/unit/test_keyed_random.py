@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppml.servers.mpc import keyed_random, prng
-from ppml.servers.mpc.crypten_compat import crypten
-from ppml.servers.mpc.keyed_random import KeyedGenerator, random_kbit, random_ring
+from ppml.servers.mpc.core.crypten_compat import crypten
+from ppml.servers.mpc.randomness import keyed_random, patches, prng
+from ppml.servers.mpc.randomness.keyed_random import KeyedGenerator, random_kbit, random_ring
 
 KEY = bytes(range(32))
 
@@ -151,9 +151,9 @@ def test_drop_ins_refuse_torch_generators_and_other_rings() -> None:
 
 @pytest.fixture
 def installed() -> Iterator[None]:
-    keyed_random.install()
+    patches.install()
     yield
-    keyed_random.uninstall()
+    patches.uninstall()
     prng.clear_generators()
 
 
@@ -172,19 +172,19 @@ def test_install_patches_every_copy_of_the_rng_names(installed: None) -> None:
     assert crypten._sync_seeds is prng.refuse_manual_seeds
     assert ttp.TTPClient._TTPClient__TTPClient._setup_generators is prng.receive_dealer_key
     assert ttp.TTPServer._setup_generators is prng.deal_party_keys
-    assert keyed_random.is_installed()
+    assert patches.is_installed()
 
 
 def test_install_is_idempotent_and_uninstall_restores() -> None:
     import crypten.common.rng as rng
 
     original = rng.generate_random_ring_element
-    keyed_random.install()
-    keyed_random.install()
+    patches.install()
+    patches.install()
     assert rng.generate_random_ring_element is random_ring
-    keyed_random.uninstall()
+    patches.uninstall()
     assert rng.generate_random_ring_element is original
-    assert not keyed_random.is_installed()
+    assert not patches.is_installed()
 
 
 def test_without_a_keyed_local_generator_secrets_are_refused(installed: None) -> None:

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc import links
-from ppml.servers.mpc.links import DIRECT_BYTES, HEADER, MAX_FRAME_BYTES, InLink, OutLink
-from ppml.servers.mpc.mesh import Peer, SessionParams, new_epoch_tag
-from ppml.servers.mpc.tls_links import RECV, SEND, Hello, TlsIdentity, make_context
+from ppml.servers.mpc.network import links
+from ppml.servers.mpc.network.links import DIRECT_BYTES, HEADER, MAX_FRAME_BYTES, InLink, OutLink
+from ppml.servers.mpc.network.mesh import Peer, SessionParams, new_epoch_tag
+from ppml.servers.mpc.network.tls_links import RECV, SEND, Hello, TlsIdentity, make_context
 
 
 class Pair:
@@ -47,7 +47,7 @@ def pair() -> Iterator[Pair]:
 
 
 def _view(tensor: torch.Tensor) -> memoryview:
-    from ppml.servers.mpc.links import byte_view
+    from ppml.servers.mpc.network.links import byte_view
 
     return byte_view(tensor)
 
@@ -235,7 +235,7 @@ def test_session_params_are_validated(identity: TlsIdentity) -> None:
 def test_integer_reductions_leave_the_callers_tensor_alone() -> None:
     from torch.distributed import ReduceOp
 
-    from ppml.servers.mpc.reduce_ops import combine
+    from ppml.servers.mpc.network.reduce_ops import combine
 
     own = torch.tensor([2**62, 1], dtype=torch.int64)
     received = [torch.tensor([2**62, 2]), torch.tensor([2**62, 4])]
@@ -250,7 +250,7 @@ def test_integer_reductions_leave_the_callers_tensor_alone() -> None:
 def test_float_reductions_run_in_rank_order_without_touching_inputs() -> None:
     from torch.distributed import ReduceOp
 
-    from ppml.servers.mpc.reduce_ops import combine
+    from ppml.servers.mpc.network.reduce_ops import combine
 
     parts = [torch.tensor([v], dtype=torch.float64) for v in (1e16, 1.0, -1e16)]
     expected = (parts[0] + parts[1]) + parts[2]

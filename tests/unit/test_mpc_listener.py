@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ppml.proto.deploy.local import free_port
+from ppml.client.deploy.local import free_port
 from ppml.proto.deploy.tls import issue_server_cert, make_ca
-from ppml.servers.mpc.listener import ADMIT_TIMEOUT_S, Listener, RefusalLog
-from ppml.servers.mpc.mesh import new_epoch_tag
-from ppml.servers.mpc.tls_links import RECV, SEND, Hello, TlsIdentity, dial, make_context
+from ppml.servers.mpc.network.listener import ADMIT_TIMEOUT_S, Listener, RefusalLog
+from ppml.servers.mpc.network.mesh import new_epoch_tag
+from ppml.servers.mpc.network.tls_links import RECV, SEND, Hello, TlsIdentity, dial, make_context
 
 NAMES = ("server-0", "server-1")
 
@@ -165,7 +165,7 @@ def test_the_accept_loop_survives_an_error_admitting_a_connection(
 
 def test_refusals_are_logged_as_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     refusals = RefusalLog(interval_s=0.2)
-    with caplog.at_level(logging.WARNING, logger="ppml.servers.mpc.listener"):
+    with caplog.at_level(logging.WARNING, logger="ppml.servers.mpc.network.listener"):
         for index in range(1000):
             refusals.note(("10.0.0.1", index), "no certificate")
         assert len(caplog.records) == 1

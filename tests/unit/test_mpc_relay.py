@@ -6,8 +6,8 @@ import socket
 import time
 from pathlib import Path
 
-from ppml.servers.mpc.relay import Relay
-from ppml.servers.mpc.tls_links import recv_exact
+from ppml.servers.mpc.network.relay import Relay
+from ppml.servers.mpc.network.tls_links import recv_exact
 
 
 def _echo_server() -> tuple[socket.socket, tuple[str, int]]:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ppml.client.cli import main
-from ppml.proto.deploy.provision import (
+from ppml.client.deploy.provision import (
     Plan,
     ProvisionError,
     parse_dealer,

@@ -40,7 +40,7 @@ def test_every_error_in_the_readme_table_is_a_public_client_error() -> None:
 
 def test_the_cluster_the_settings_and_the_local_cluster_come_from_one_place() -> None:
     from ppml.client import Cluster, DpSettings, LocalCluster
-    from ppml.proto.deploy.local import LocalCluster as Home
+    from ppml.client.deploy.local import LocalCluster as Home
     from ppml.proto.domain.federations import DpSettings as SettingsHome
 
     assert LocalCluster is Home and DpSettings is SettingsHome
@@ -53,8 +53,9 @@ def test_readme_examples_import_only_the_public_api() -> None:
     assert imports and imports <= {"ppml.client", "ppml.training.datasets"}, imports
 
 
-def test_the_old_local_cluster_path_still_works_with_a_deprecation_hint() -> None:
-    sys.modules.pop("ppml.servers.local", None)
+@pytest.mark.parametrize("old", ["ppml.servers.local", "ppml.proto.deploy.local"])
+def test_the_old_local_cluster_paths_still_work_with_a_deprecation_hint(old: str) -> None:
+    sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match="from ppml.client import LocalCluster"):
-        module = importlib.import_module("ppml.servers.local")
+        module = importlib.import_module(old)
     assert module.LocalCluster is ppml.client.LocalCluster

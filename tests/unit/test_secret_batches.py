@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppml.servers.mpc import prng
+from ppml.servers.mpc.randomness import prng
 from ppml.training.batches import KEY_BYTES, SecretBatches
 
 KEY = bytes(range(32))  # a fixed key: the statistics below are deterministic, never flaky

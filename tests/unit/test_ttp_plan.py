@@ -1,4 +1,4 @@
-"""Unit tests for ppml.servers.mpc.ttp_plan with a fake communicator (one layer, no MPC).
+"""Unit tests for ppml.servers.mpc.core.ttp_plan with a fake communicator (one layer, no MPC).
 
 Between real processes the plan is checked against plaintext in
 ``tests/integration/test_mpc_engine.py``.
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from ppml.servers.mpc import ttp_plan
-from ppml.servers.mpc.crypten_compat import crypten
+from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core.crypten_compat import crypten
 
 DEALER = 2
 

@@ -1,7 +1,7 @@
 """DP-SGD for secret-shared training jobs: what a job may ask for, and what it has spent.
 
 The mechanism (Abadi et al. 2016) as the MPC trainer runs it
-(``servers/mpc/dpsgd.py``): every step, each example's gradient is clipped
+(``servers/mpc/training/dpsgd.py``): every step, each example's gradient is clipped
 to L2 norm ``C`` (``dp_clip_norm``), the clipped gradients are summed,
 Gaussian noise of standard deviation ``sigma = z * C`` is added (split across
 the servers, :func:`~ppml.training.privacy.noise.per_server_noise_std`), and
@@ -49,7 +49,7 @@ from ppml.training.privacy.accounting import (
 )
 
 DEFAULT_DELTA = DP_DEFAULT_DELTA
-# layer kinds whose per-example gradients the MPC trainer computes (servers/mpc/dpsgd.py)
+# layer kinds whose per-example gradients the MPC trainer computes (servers/mpc/training/dpsgd.py)
 DP_LAYER_KINDS = ("linear", "relu", "flatten")
 MAX_NOISE_MULTIPLIER = 1e4
 

@@ -57,8 +57,8 @@ class SecureRandom:
         Each pair comes from two uniforms of 53 random bits (:meth:`random`);
         ``log``, ``sqrt``, ``cos`` and ``sin`` are numpy's float64 functions.
         This is the sampler the MPC servers use for their DP noise too (DP-SGD,
-        ``servers/mpc/dpsgd.py``; DP federated averaging,
-        ``servers/mpc/aggregate.py``): each server draws here and then rounds
+        ``servers/mpc/training/dpsgd.py``; DP federated averaging,
+        ``servers/mpc/aggregation/aggregate.py``): each server draws here and then rounds
         its draws to the fixed-point grid (multiples of 2**-16) when it adds
         them to its own share. It is not a discrete Gaussian sampler: the
         output's distribution is the continuous Gaussian's only up to float64

@@ -25,7 +25,7 @@ Cost for SecureML Network A per forward, per party: 6 rounds, 8 * (784 +
 4 * 128 + 10) = 10,448 bytes per image online; 280,566 bytes per image of
 dealer material (DCF keys are 93 % of it).
 
-Wiring it into a server (``servers/mpc/fast_dealing.py``, ``fast_pool.py``, ``fast_party.py``):
+Wiring it into a server (:mod:`.service`: ``dealing.py``, ``pool.py``, ``party.py``):
 
 * dealer, once per model: draw a model key (:func:`.prg.new_key`), keep it
   secret and durable, send each party its :class:`.engine.ModelSetup`;
