@@ -285,7 +285,11 @@ def test_crafted_rows_move_a_dpsgd_step_by_at_most_the_clip_norm(
     targets = [*_encoded(y), *(target for _, target in CRAFTED_ROWS.values())]
     moved = np.linalg.norm(_gradient(parties, rows, targets, loss) - honest)
     assert moved <= DPSGD_CLIP  # all seven together move it by less than one example may
-    assert moved < 0.05  # in fact by nothing: each has a value out of range (or past a cap)
+    # In fact by nothing: each has a value out of range (or past a cap) and is dropped. Two MPC
+    # computations of the honest sum differ by their own truncation rounding carried through
+    # softmax and inv_sqrt (up to HONEST_SGD per coordinate; 0.056 in norm seen on 3 parties),
+    # while one crafted example kept and clipped would move the sum by about the clip norm.
+    assert moved < 0.25 * DPSGD_CLIP
     large = [5 * ONE] * FEATURES  # in range, gradient norm far above C: clipped, not dropped
     got = _gradient(parties, [*_encoded(x), large], [*_encoded(y), [ONE, 0, 0]], loss)
     assert 0.5 * DPSGD_CLIP < np.linalg.norm(got - honest) <= DPSGD_CLIP + 0.01
