@@ -38,7 +38,7 @@ def mlp(sizes: str) -> nn.Sequential:
 
     Every weight and bias is uniform on ``[-1/sqrt(fan_in), 1/sqrt(fan_in))`` (torch's
     default for ``Linear``), drawn by :class:`~ppml.training.privacy.SecureRandom`. No
-    seed reaches them: initial weights from ``torch.manual_seed(seed)`` could be recomputed
+    seed reaches them: weights from a torch generator seeded with ``--seed`` could be recomputed
     by any server that knows or guesses the seed, and the weights are secret from the start.
     """
     try:
