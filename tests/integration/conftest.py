@@ -111,3 +111,36 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     local.start()
     yield local
     local.stop()
+
+
+# Federation tests: a module names its offices in a module-level ``OFFICES`` tuple and
+# uses ``local``, ``owner`` and ``offices`` (a module defining its own ``local`` keeps it).
+
+
+@pytest.fixture(scope="module")
+def local(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """2 servers + dealer, with a client token per name in the module's ``OFFICES``."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with LocalCluster(parties=2, directory=directory, clients=request.module.OFFICES) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def owner(local: LocalCluster) -> Iterator[Cluster]:
+    """The SDK of the cluster's own client identity (the federations' owner)."""
+    with Cluster.from_config(local.config_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def offices(request: pytest.FixtureRequest, local: LocalCluster) -> Iterator[dict[str, Cluster]]:
+    """One SDK per office, each with its own token."""
+    clusters = {
+        name: Cluster.from_config(local.config_path, token=local.token(name))
+        for name in request.module.OFFICES
+    }
+    yield clusters
+    for cluster in clusters.values():
+        cluster.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dp_accounting
@@ -46,29 +46,6 @@ from ppml.training.privacy import RDP_ORDERS
 from ppml.v1 import federation_pb2
 
 OFFICES = ("office-1", "office-2", "office-3", "office-4")
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory = tmp_path_factory.mktemp("federation")
-    with LocalCluster(parties=2, directory=directory, clients=OFFICES) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def owner(local: LocalCluster) -> Iterator[Cluster]:
-    with Cluster.from_config(local.config_path) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def offices(local: LocalCluster) -> Iterator[dict[str, Cluster]]:
-    clusters = {
-        name: Cluster.from_config(local.config_path, token=local.token(name)) for name in OFFICES
-    }
-    yield clusters
-    for cluster in clusters.values():
-        cluster.close()
 
 
 def _small_model(seed: int = 0) -> torch.nn.Module:

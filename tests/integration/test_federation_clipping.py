@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,35 +21,11 @@ import pytest
 import torch
 
 from ppml.client import Cluster
-from ppml.client.deploy.local import LocalCluster
 from ppml.proto.domain import federations as fed
 
 OFFICES = ("office-1", "office-2")
 CLIP, Z = 1.0, 0.05
 SAMPLE = torch.zeros(1, 5)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory = tmp_path_factory.mktemp("federation-clipping")
-    with LocalCluster(parties=2, directory=directory, clients=OFFICES) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def owner(local: LocalCluster) -> Iterator[Cluster]:
-    with Cluster.from_config(local.config_path) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def offices(local: LocalCluster) -> Iterator[dict[str, Cluster]]:
-    clusters = {
-        name: Cluster.from_config(local.config_path, token=local.token(name)) for name in OFFICES
-    }
-    yield clusters
-    for cluster in clusters.values():
-        cluster.close()
 
 
 def _model() -> torch.nn.Module:
