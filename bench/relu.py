@@ -16,8 +16,8 @@ Two measurements in one run, for each element count ``n``:
 
 Inputs are pre-activations at scale ``2^32`` (the output of a linear layer
 before truncation); both sides are checked against plaintext ReLU, the
-values ``0``, ``±2^-16`` and the largest the gate supports (``±(2^15 - 1)``)
-included.
+values ``0``, ``±2^-16`` and ``±(2^15 - 1)`` included (the fast gate's range is
+the whole ring, ``|v| < 2^31``, since depth 47: gates.py).
 
 Run: ``.venv/bin/python bench/relu.py --json bench/results/relu_run1.json``
 """

@@ -1,8 +1,9 @@
 """Predictions through the fast engine between real processes (2 servers, TLS, SDK).
 
-Checks against plaintext, edge values included (0, ±2^-16, large values whose
-pre-activations stay inside the engine's range |v| < 2^15, and pre-activations
-of ±(2^15 - 1), the edge of that range), the pool (refill
+Checks against plaintext, edge values included (0, ±2^-16, large inputs, and
+pre-activations at the ends of the fixed-point range, -2^31 and 2^31 - 128,
+which the gates cover whole), a digits MLP whose idle hidden units sit around
+-2e5 (wrong at the former gate depth 31, range |v| < 2^15), the pool (refill
 jobs in idle time, then a forward with no dealer request), batching of
 concurrent clients, a convolution, and the CrypTen path where the fast engine does not
 apply (a layer it lacks on 2 servers; any model on 3 servers).
@@ -51,7 +52,7 @@ def _inputs() -> torch.Tensor:
     x = np.round(rng.normal(size=(6, 8)) * 2**16) / 2**16
     x[0] = 0.0
     x[1] = [ULP, -ULP, ULP, 0, -ULP, 0, ULP, -ULP]
-    x[2] = 1000.0 * np.sign(rng.normal(size=8))  # large, pre-activations well inside 2^15
+    x[2] = 1000.0 * np.sign(rng.normal(size=8))  # large, pre-activations well inside 2^31
     x[3] = [-3000.0, 2500.0, 0, 0, 1.5, -1.5, ULP, 0]
     return torch.from_numpy(x)
 
@@ -172,24 +173,77 @@ def test_a_convolution_runs_on_the_fast_path(cluster2: Cluster, digits: Any) -> 
 
 
 def test_the_largest_pre_activations_the_gates_take(cluster2: Cluster) -> None:
-    """Identity layers, so the pre-activations are the inputs: up to ±(2^15 - 1), the edge
-    of the gates' range (beyond it a value is not refused but computed wrong: gates.py)."""
+    """Inputs up to the SDK's bound (2^30 - 64, the largest float32 below 2^30) doubled,
+    so the first layer's pre-activations reach -2^31 and 2^31 - 128: the ends of what a
+    product at scale 2^32 holds in the ring, i.e. of the gates' range (gates.py)."""
     model = torch.nn.Sequential(
         torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)
     ).double()  # fmt: skip
     with torch.no_grad():
-        for layer in (model[0], model[2]):
-            layer.weight.copy_(torch.eye(2))
-            layer.bias.zero_()
-    top = 2.0**15 - 1
+        model[0].weight.copy_(2.0 * torch.eye(2))
+        model[0].bias.copy_(torch.tensor([0.0, -128.0]))
+        model[2].weight.copy_(torch.diag(torch.tensor([1.0, -1.0])))
+        model[2].bias.zero_()
+    top = 2.0**30 - 64
     x = torch.tensor(
-        [[top, -top], [-top, top], [top - ULP, ULP], [-ULP, 0.0], [0.5, -0.5]],
+        [[top, -top], [-top, top], [2.0**14 + 0.25, 1e5], [-ULP, 5e5], [0.5, -0.5]],
         dtype=torch.float64,
     )
+    with torch.no_grad():
+        pre = model[0](x)
+        expected = model(x)
+    assert pre[0, 0].item() == 2.0**31 - 128 and pre[0, 1].item() == -(2.0**31)
     model_id = cluster2.share_model(model.float(), x[:1].float(), name="fast-range")
     before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     got = cluster2.predict(model_id, x.float()).double()
-    expected = x.float().double().clamp(min=0.0)  # the SDK sends float32: compare with that
     assert (got - expected).abs().max().item() < TOLERANCE
+    assert got[0, 0].item() == 2.0**31 - 128 and got[1, 1].item() == -(2.0**31 - 256)
     after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     assert after == [b + 1 for b in before]  # the fast path served it
+
+
+def _with_idle_units(mlp: torch.nn.Module, idle: int) -> torch.nn.Module:
+    """``mlp`` (Linear, ReLU, Linear) plus ``idle`` hidden units whose pre-activations sit
+    around -2e5 on every input (never active: the plaintext function is ``mlp``'s), with
+    output weights of order 1, and all weights rounded to 16 fractional bits."""
+    first, last = mlp[0], mlp[2]
+    gen = torch.Generator().manual_seed(11)
+    hidden = first.out_features + idle
+    model = torch.nn.Sequential(
+        torch.nn.Linear(first.in_features, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, last.out_features),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight.copy_(
+            torch.cat([first.weight, 1e4 * torch.randn(idle, first.in_features, generator=gen)])
+        )
+        model[0].bias.copy_(torch.cat([first.bias, torch.full((idle,), -2e5)]))
+        model[2].weight.copy_(
+            torch.cat([last.weight, torch.randn(last.out_features, idle, generator=gen)], 1)
+        )
+        model[2].bias.copy_(last.bias)
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    return model.eval()
+
+
+def test_hidden_pre_activations_around_minus_2e5_on_the_fast_path(
+    cluster2: Cluster, mlp: torch.nn.Module, digits: Any
+) -> None:
+    """Issue 18: a digits MLP whose idle units sit around -2e5 predicts like plaintext (at
+    depth 31 the gates wrapped such values into |v| < 2^15 and about half the idle units
+    fired, so predictions were far off)."""
+    model = _with_idle_units(mlp, idle=8)
+    x = digits.x_test[:48].double()  # k/16 - 1/2: exact in 16 fractional bits
+    with torch.no_grad():
+        pre = model[0](x)[:, mlp[0].out_features :]
+        plain = model(x)
+    assert pre.max().item() < -1e5 and pre.min().item() > -4e5  # idle, around -2e5
+    assert (plain.argmax(1) == digits.y_test[:48]).float().mean().item() > 0.85
+    model_id = cluster2.share_model(model.float(), x[:1].float(), name="fast-idle-units")
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    got = cluster2.predict(model_id, x.float()).double()
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]  # the fast path served it
+    assert torch.equal(got.argmax(1), plain.argmax(1))
+    assert (got - plain).abs().max().item() < TOLERANCE

@@ -12,6 +12,7 @@ from ppml.servers.mpc.fast.prg import KeyedPRG
 
 RNG = KeyedPRG()
 DEFAULT = GateParams()
+NARROW = GateParams(16, 31)  # the former default: L = 48 < 64, narrow DCF lanes between layers
 F = DEFAULT.frac_bits
 
 
@@ -55,44 +56,58 @@ def test_exhaustive_small_parameters(
     _check(gate, p, z)
 
 
-def _default_edges() -> np.ndarray:
-    lo, hi = _bounds(DEFAULT)
+def _edges(p: GateParams) -> np.ndarray:
+    """Around 0, the range's ends and (default range) large pre-activations at scale 2^(2f)."""
+    lo, hi = _bounds(p)
     one = 1 << F  # 2^-16 in real units after truncation, i.e. 1 ulp of the output
     vals = [0, 1, -1, one, -one, one - 1, -one + 1, one + 1, -one - 1, 2 * one, -2 * one]
-    vals += [lo, lo + 1, hi, hi - 1, -(1 << 40), (1 << 40), 12345 << F, -(12345 << F)]
-    return np.array(vals, dtype=np.int64)
+    vals += [lo, lo + 1, lo + one, hi, hi - 1, hi - one, 12345 << F, -(12345 << F)]
+    real = [2e5, 1e6, 2.0**15, 2.0**15 + 0.5, 2.0**30, 2.0**31 - 1.0, 2.0**31 - 2.0**-16]
+    vals += [v for r in real for v in (int(r * 2**32), -int(r * 2**32), int(r * 2**32) + 12345)]
+    return np.array([v for v in vals if lo <= v <= hi], dtype=np.int64)
 
 
 @pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
 def test_default_parameters_edges_and_random(gate: type[ReluTrunc] | type[Trunc]) -> None:
+    """The default range is the whole ring: every z down to -2^63 and up to 2^63 - 2^f."""
     lo, hi = _bounds(DEFAULT)
+    assert (lo, hi) == (-(2**63), 2**63 - 2**F)
+    edges = _edges(DEFAULT)
+    large = {int(r * 2**32) * sign for r in (2e5, 1e6, 2.0**30) for sign in (1, -1)}
+    assert large <= set(edges.tolist())  # all in range now (none was at depth 31)
     rand = RNG.ring(4000) >> np.int64(64 - DEFAULT.depth - F - 1)  # uniform over [lo, -lo)
-    z = np.concatenate([np.repeat(_default_edges(), 20), np.clip(rand, lo, hi)])
+    z = np.concatenate([np.repeat(edges, 20), np.clip(rand, lo, hi)])
     y = _check(gate, DEFAULT, z)
     if gate is ReluTrunc:
         assert np.all(y[z < 0] == 0)
+    big = z == -int(2e5 * 2**32)  # an idle hidden unit of issue 18's digits MLP
+    assert np.all(y[big] == (0 if gate is ReluTrunc else -int(2e5 * 2**16)))
 
 
+@pytest.mark.parametrize("p", [DEFAULT, NARROW])
 @pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
 def test_between_layers_output_is_right_modulo_low_bits(
-    gate: type[ReluTrunc] | type[Trunc],
+    gate: type[ReluTrunc] | type[Trunc], p: GateParams
 ) -> None:
     """With out_bits = L keys are smaller and y is exact modulo 2^L (all the next layer uses)."""
-    lo, hi = _bounds(DEFAULT)
-    rand = RNG.ring(3000) >> np.int64(64 - DEFAULT.depth - F - 1)
-    z = np.concatenate([np.repeat(_default_edges(), 10), np.clip(rand, lo, hi)])
-    y = _run_gate(gate, DEFAULT, z, DEFAULT.low_bits)
+    lo, hi = _bounds(p)
+    rand = RNG.ring(3000) >> np.int64(64 - p.depth - F - 1)
+    z = np.concatenate([np.repeat(_edges(p), 10), np.clip(rand, lo, hi)])
+    y = _run_gate(gate, p, z, p.low_bits)
     floor = z >> np.int64(F)
     relu = gate is ReluTrunc
     lo, hi = (np.maximum(floor, 0), np.maximum(floor + 1, 0)) if relu else (floor, floor + 1)
     exact = (z & ((1 << F) - 1)) == 0
-    low = np.int64((1 << DEFAULT.low_bits) - 1)
-    assert np.all((((y - lo) & low) == 0) | ((((y - hi) & low) == 0) & ~exact))
+    low = np.array((1 << p.low_bits) - 1, dtype=np.uint64).view(np.int64)  # L = 64: all ones
+    with np.errstate(over="ignore"):
+        assert np.all((((y - lo) & low) == 0) | ((((y - hi) & low) == 0) & ~exact))
 
 
 def test_default_bound_is_documented_range() -> None:
-    assert DEFAULT.real_bound == 2.0**15
-    assert DEFAULT.low_bits == 48
+    """The default covers the whole ring: |v| < 2^31 at product scale 2^32, L = 64."""
+    assert DEFAULT.depth == 47 and DEFAULT.real_bound == 2.0**31
+    assert DEFAULT.low_bits == 64
+    assert NARROW.real_bound == 2.0**15 and NARROW.low_bits == 48
     with pytest.raises(ValueError):
         GateParams(16, 48)  # would need 65 low bits
 
@@ -129,12 +144,14 @@ def test_gate_key_round_trip_and_registry() -> None:
 
 def test_key_bytes_per_element() -> None:
     """The sizes stated in gates.py's docstring, plus full-width ReLU at the model output."""
-    low = DEFAULT.low_bits
-    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, low)[0].nbytes == 10 * 1023
-    assert Trunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 823
-    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 1215
+    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, DEFAULT.low_bits)[0].nbytes == 10 * 1711
+    assert Trunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 1031
+    low = NARROW.low_bits
+    assert ReluTrunc.gen(NARROW, 10, RNG, None, low)[0].nbytes == 10 * 1023
+    assert Trunc.gen(NARROW, 10, RNG, None, 64)[0].nbytes == 10 * 823
+    assert ReluTrunc.gen(NARROW, 10, RNG, None, 64)[0].nbytes == 10 * 1215
     with pytest.raises(ValueError):
-        DEFAULT.lanes("relu", low - 1)
+        NARROW.lanes("relu", low - 1)
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 784, 128), (64, 784, 128), (3, 5, 7)])

@@ -21,6 +21,12 @@ Protocol for one forward of a batch (parties P0, P1; dealer D):
   output is additive shares of the fixed-point logits. Rounds: ``2 * stages``
   (6 for Network A), each a single simultaneous exchange of one int64 array.
 
+Range: with the default :class:`~ppml.servers.mpc.fast.gates.GateParams`
+(depth 47, ``L = 64``) the gates are exact (to stochastic rounding) for every
+pre-activation the ring holds, ``|v| < 2^31`` at product scale ``2^32``; a
+layer whose true output is larger wraps the ring in its matmul, as in any
+engine on this number format.
+
 Security: every opened value is a secret plus a fresh uniform mask known only
 to D, every share a party receives is uniform (the other share is fresh), and
 DCF keys hide their thresholds and payloads; so each party's view is

@@ -10,9 +10,13 @@ the next wire's mask and opens again.
 
 Parameters (:class:`GateParams`): ``f`` fractional bits, ``n`` the depth of
 the comparison. Supported input range: ``z`` in ``[-2^(n+f), 2^(n+f) - 2^f]``,
-i.e. real pre-activations in ``[-2^(n-f), 2^(n-f) - 2^-f]`` (default ``n =
-31``, ``f = 16``: ``|v| < 32768``). Outside it the result is wrong (not
-insecure).
+i.e. real pre-activations in ``[-2^(n-f), 2^(n-f) - 2^-f]``. Default ``n =
+47``, ``f = 16``, so ``L = n + 1 + f = 64`` and the range is the whole ring:
+every ``z`` in ``[-2^63, 2^63 - 2^16]``, i.e. ``|v| < 2^31`` (the largest
+pre-activation a fixed-point product at scale ``2^32`` can hold; a linear
+layer whose true output is larger has already wrapped the ring, in any
+engine). A smaller ``n`` shrinks keys and evaluation but makes values
+outside ``|v| < 2^(n-f)`` wrong (not insecure) without an error.
 
 Truncation (both gates), with ``L = n + 1 + f``, ``u = z + 2^(n+f)`` in
 ``[0, 2^L)``, ``x = (o + 2^(n+f)) mod 2^L = (u + r) mod 2^L``, ``a = x >> f``,
@@ -60,9 +64,11 @@ constant shares are uniform (the other party's share is a fresh uniform
 value). So a party's view of a gate is independent of ``z``.
 
 Key size per element and party: 8 (mask) + 8 * consts + DCF key
-(:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at ``n = 31``:
-ReLU between layers (lanes 48, 48, 16: 14 bytes) 8 + 24 + 991 = 1023 bytes;
-truncation at the output (lanes 32, 32: 8 bytes) 8 + 16 + 799 = 823 bytes.
+(:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at the default
+``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (lanes 64,
+64, 16: 18 bytes) 8 + 24 + 1679 = 1711 bytes; truncation at the output
+(lanes 16, 16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n = 31``, range
+``|v| < 2^15``: 1023 and 823 bytes.)
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ class GateParams:
     """Fixed-point parameters: ``frac_bits`` f and comparison depth ``depth`` n (see module doc)."""
 
     frac_bits: int = 16
-    depth: int = 31
+    depth: int = 47
 
     def __post_init__(self) -> None:
         if self.frac_bits < 0 or self.depth < 1 or self.low_bits > 64:

@@ -43,7 +43,7 @@ BUNDLES = "fast_bundles"
 FUNCTIONS = (SETUP, BUNDLES)
 MAX_SETUPS = 64  # per session; the oldest is forgotten (its bundles can no longer be made)
 MAX_WEIGHTS = 20_000_000  # weights of one model (the servers' own limit)
-MAX_ELEMENTS = 1 << 20  # wire values in one reply (about 200 MB of keys)
+MAX_ELEMENTS = 1 << 20  # wire values in one reply (about 370 MB of keys per party at depth 47)
 
 MAX_STOCK_BYTES = 256 << 20  # bundles made ahead, both parties' parts
 MAX_STOCKED_PAIRS = 16  # (setup, batch) pairs kept in stock, most recently asked
