@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from ppml.servers.mpc.fast import dcf
-from ppml.servers.mpc.fast.prg import KeyedPRG
+from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG
 
 RNG = KeyedPRG()
 
@@ -77,7 +80,14 @@ def test_shares_of_each_party_look_uniform() -> None:
 
 @pytest.mark.parametrize(
     ("depth", "lanes", "per"),
-    [(31, (64, 64, 64), 1311), (31, (48, 48, 16), 991), (31, (32, 32), 799), (64, (64,), 1624)],
+    [
+        (31, (64, 64, 64), 1311),
+        (31, (48, 48, 16), 991),
+        (31, (32, 32), 799),
+        (47, (64, 64, 16), 1679),
+        (47, (16, 16), 1007),
+        (64, (64,), 1624),
+    ],
 )
 def test_key_size_matches_formula_and_serialised_arrays(
     depth: int, lanes: tuple[int, ...], per: int
@@ -87,9 +97,9 @@ def test_key_size_matches_formula_and_serialised_arrays(
         np.zeros(n, dtype=np.uint64), RNG.ring((len(lanes), n)), depth, RNG, None, lanes
     )
     assert dcf.key_bytes_per_element(depth, lanes) == per
-    assert k0.nbytes == k1.nbytes == n * per
+    assert k0.nbytes == k1.nbytes == n * per + dcf.NONCE_BYTES  # one key set: one nonce
     arrays = k0.to_arrays("k")
-    assert sum(a.nbytes for name, a in arrays.items() if name != "k.meta") == n * per
+    assert sum(a.nbytes for name, a in arrays.items() if name != "k.meta") == k0.nbytes
 
 
 @pytest.mark.parametrize("lanes", [(48, 48, 16), (1, 63, 32), (16,)])
@@ -157,3 +167,81 @@ def test_every_tree_level_expands_under_its_own_tweak() -> None:
         tweaked = dcf._at_level(state, level)
         assert np.array_equal(tweaked[:, 0] & np.uint64(1), state[:, 0] & np.uint64(1))
         assert np.array_equal(tweaked[:, 1], state[:, 1])
+
+
+class _Recording(FixedKeyPRG):
+    """The fixed-key PRG, keeping a copy of every MMO call's input blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[np.ndarray] = []
+
+    def mmo(self, blocks: np.ndarray) -> np.ndarray:
+        self.inputs.append(np.array(blocks, copy=True))
+        return super().mmo(blocks)
+
+
+def test_every_mmo_input_is_tweaked_per_instance_and_key_set() -> None:
+    """With one root seed copied to every element, level 0's MMO inputs still all differ
+    (each element has its own instance id), and another key set's nonce changes every
+    MMO input at every level; both parties' keys carry the same nonce."""
+    n, depth = 6, 5
+    alpha, beta = np.arange(n, dtype=np.uint64), RNG.ring((3, n))
+    k0, k1 = dcf.gen(alpha, beta, depth, RNG)
+    assert np.array_equal(k0.nonces, k1.nonces) and k0.nonces.shape == (1, 2)
+    same_seed = replace(k0, seeds=np.repeat(k0.seeds[:1], n, axis=0))
+    x = np.zeros(n, dtype=np.uint64)
+    first = _Recording()
+    dcf.evaluate(same_seed, x, first)
+    assert len(first.inputs) == depth + 1
+    level0 = first.inputs[0].reshape(-1, 2)  # (blocks * n, 2)
+    assert len({row.tobytes() for row in level0}) == level0.shape[0]
+    other, _ = dcf.gen(alpha, beta, depth, RNG)  # same alpha and beta, a new key set
+    assert not np.array_equal(other.nonces, k0.nonces)
+    second = _Recording()
+    dcf.evaluate(replace(same_seed, nonces=other.nonces), x, second)
+    for a, b in zip(first.inputs, second.inputs, strict=True):
+        assert np.all(np.any(a != b, axis=-1))
+    # the nonce is part of the key: evaluated under another nonce, the shares are wrong
+    moved = replace(k1, nonces=other.nonces)
+    assert not np.array_equal(_reconstruct((k0, moved), x), np.where(x < alpha, beta, 0))
+
+
+def test_nonces_survive_concat_head_and_serialisation() -> None:
+    """Joined and cut keys keep every element's instance id, and still evaluate right."""
+    depth, sizes = 9, (3, 4, 5)
+    alpha = _domain(RNG.uint64(sum(sizes)), depth)
+    beta = RNG.ring((2, sum(sizes)))
+    bounds = np.cumsum((0, *sizes))
+    parts = [
+        dcf.gen(alpha[lo:hi], beta[:, lo:hi], depth, RNG) for lo, hi in itertools.pairwise(bounds)
+    ]
+    joined = [dcf.DCFKey.concat([p[b] for p in parts]) for b in (0, 1)]
+    ids = np.concatenate([p[0].instance_tweaks for p in parts])
+    assert np.array_equal(joined[0].instance_tweaks, ids)
+    assert len({row.tobytes() for row in ids}) == sum(sizes)  # unique inside and across sets
+    per = dcf.key_bytes_per_element(depth, (64, 64))
+    x = _domain(RNG.uint64(sum(sizes)), depth)
+    for cut in range(sum(sizes) + 1):
+        heads = [k.head(cut) for k in joined]
+        sets = int(np.sum(bounds[:-1] < cut))
+        assert heads[0].runs.shape == (sets,) and heads[0].nbytes == cut * per + 24 * sets
+        back = dcf.DCFKey.from_arrays(heads[1].to_arrays("k"), "k")
+        assert np.array_equal(back.nonces, heads[0].nonces)
+        assert np.array_equal(back.runs, heads[0].runs)
+        assert np.array_equal(back.instance_tweaks, ids[:cut])
+        got = _reconstruct((heads[0], back), x[:cut])
+        assert np.array_equal(got, np.where(x[:cut] < alpha[:cut], beta[:, :cut], 0))
+
+
+def test_rejects_runs_that_do_not_cover_the_key() -> None:
+    k0, _ = dcf.gen(np.zeros(3, dtype=np.uint64), RNG.ring((1, 3)), 4, RNG)
+    for runs in ([2], [4], [3, 0], [1, 1, 1]):
+        bad = k0.to_arrays("k")
+        bad["k.runs"] = np.array(runs, dtype=np.uint64)
+        with pytest.raises(ValueError):
+            dcf.DCFKey.from_arrays(bad, "k")
+    bad = k0.to_arrays("k")
+    bad["k.nonces"] = bad["k.nonces"] | np.array([0, 1 << 16], dtype=np.uint64)
+    with pytest.raises(ValueError):
+        dcf.DCFKey.from_arrays(bad, "k")

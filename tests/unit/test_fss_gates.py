@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.gates import GATES, GateKey, GateParams, ReluTrunc, Trunc, split
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
 from ppml.servers.mpc.fast.prg import KeyedPRG
@@ -143,13 +144,18 @@ def test_gate_key_round_trip_and_registry() -> None:
 
 
 def test_key_bytes_per_element() -> None:
-    """The sizes stated in gates.py's docstring, plus full-width ReLU at the model output."""
-    assert ReluTrunc.gen(DEFAULT, 10, RNG, None, DEFAULT.low_bits)[0].nbytes == 10 * 1711
-    assert Trunc.gen(DEFAULT, 10, RNG, None, 64)[0].nbytes == 10 * 1031
+    """The sizes stated in gates.py's docstring (plus one DCF nonce per key set), and
+    full-width ReLU at the model output."""
+
+    def per_element(p: GateParams, gate: type[ReluTrunc] | type[Trunc], out_bits: int) -> float:
+        return (gate.gen(p, 10, RNG, None, out_bits)[0].nbytes - NONCE_BYTES) / 10
+
+    assert per_element(DEFAULT, ReluTrunc, DEFAULT.low_bits) == 1711
+    assert per_element(DEFAULT, Trunc, 64) == 1031
     low = NARROW.low_bits
-    assert ReluTrunc.gen(NARROW, 10, RNG, None, low)[0].nbytes == 10 * 1023
-    assert Trunc.gen(NARROW, 10, RNG, None, 64)[0].nbytes == 10 * 823
-    assert ReluTrunc.gen(NARROW, 10, RNG, None, 64)[0].nbytes == 10 * 1215
+    assert per_element(NARROW, ReluTrunc, low) == 1023
+    assert per_element(NARROW, Trunc, 64) == 823
+    assert per_element(NARROW, ReluTrunc, 64) == 1215
     with pytest.raises(ValueError):
         NARROW.lanes("relu", low - 1)
 

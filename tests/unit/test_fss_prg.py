@@ -10,7 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ppml.servers.mpc.fast import prg
-from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, derive_key, new_key, tweak_table
+from ppml.servers.mpc.fast.prg import (
+    FixedKeyPRG,
+    KeyedPRG,
+    derive_key,
+    instance_start,
+    instance_tweaks,
+    new_key,
+    tweak_table,
+)
 
 FAST_DIR = Path(prg.__file__).resolve().parent
 
@@ -66,6 +74,20 @@ def test_tweaks_are_distinct_and_leave_low_word_zero() -> None:
     t = np.concatenate([tweak_table(2, 4, 0).reshape(-1, 2), tweak_table(1, 4, 1).reshape(-1, 2)])
     assert len({tuple(r) for r in t.tolist()}) == len(t)
     assert not t[:, 0].any()
+
+
+def test_instance_ids_are_consecutive_mod_2_80_and_stay_in_their_bits() -> None:
+    """Element i of a key set has id start + i (wrapping at 2^80); fields do not overlap."""
+    top = np.array([2**64 - 2, 2**16 - 1], dtype=np.uint64)  # 2^80 - 2: wraps after 2 ids
+    starts = np.stack([top, np.array([5, 7], dtype=np.uint64)])
+    t = instance_tweaks(starts, np.array([4, 3]))
+    ids = [(int(hi) >> 40 << 56) | (int(lo) >> 8) for lo, hi in t.tolist()]
+    assert ids == [2**80 - 2, 2**80 - 1, 0, 1, 7 << 64 | 5, 7 << 64 | 6, 7 << 64 | 7]
+    assert not (t[:, 0] & np.uint64(0xFF)).any()  # control bit and level field untouched
+    assert not (t[:, 1] & np.uint64((1 << 40) - 1)).any()  # block, row and salt fields too
+    assert np.all(instance_start(KeyedPRG())[1] < 2**16)
+    with pytest.raises(ValueError):
+        tweak_table(2, 3, salt=256)  # would reach the instance id's bits
 
 
 def test_package_uses_no_weak_or_crypten_randomness() -> None:

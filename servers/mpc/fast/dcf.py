@@ -28,20 +28,30 @@ Implementation notes. A party's tree state is one 128-bit block per element
 whose lowest bit is the control bit ``t`` (the rest is the seed); the seed
 correction of a level carries the control-bit correction of the chosen side in
 that bit, so one XOR corrects both. The tree PRG is
-``G_level,side,j(state) = H_T(state)`` with tweak ``T = (level, side, j)``
-(:func:`_at_level`; the final conversion's tweaks carry another salt): block
-0 is the next state, blocks 1.. the level's value. Tweaks are not unique per
-DCF instance: the same (level, side, block) tweak serves every element, each
-with its own fresh random root seed. Arrays are laid out so that numpy's
-inner loops run over the ``n`` elements (structure of arrays): correction
-words (depth, 2, n), value corrections (depth, k, n), payloads and outputs
-(k, n).
+``G_level,side,j(state) = H_T(state)`` with tweak ``T = (instance, level,
+side, j)`` (:func:`_at_level` for the level; the final conversion's tweaks
+carry another salt): block 0 is the next state, blocks 1.. the level's
+value. Every MMO call's tweak is unique per DCF instance too: :func:`gen`
+draws one uniform 80-bit nonce per key set from the dealer's
+:class:`~ppml.servers.mpc.fast.prg.KeyedPRG` (both parties' keys carry the
+same one; it is public between them) and element ``i`` uses instance id
+``nonce + i`` (bit layout and the collision bound across key sets:
+:mod:`~ppml.servers.mpc.fast.prg`). A key made by :meth:`DCFKey.concat`
+keeps each part's nonce and length (``nonces``, ``runs``) and
+:meth:`DCFKey.head` trims them, so every element keeps its id when pooled
+bundles are joined and cut. The ids are folded into the per-element tweak
+table once per call: no extra AES or XOR per level. Arrays are laid out so
+that numpy's inner loops run over the ``n`` elements (structure of arrays):
+correction words (depth, 2, n), value corrections (depth, k, n), payloads
+and outputs (k, n).
 
 Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
 bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
 both control-bit corrections in one byte and a value correction; a final value
-correction); ``P = 8k`` for full lanes. The
-correction words are the same in both parties' keys; only the root seed
+correction); ``P = 8k`` for full lanes; plus 24 bytes per key set (nonce and
+length, :data:`NONCE_BYTES`). The gates use depth 47 by default
+(:mod:`~ppml.servers.mpc.fast.gates`). The
+correction words and nonces are the same in both parties' keys; only the root seed
 differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
 blocks, plus one final call, for all ``n`` elements together.
 """
@@ -53,7 +63,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring, tweak_table
+from ppml.servers.mpc.fast.prg import (
+    U64,
+    FixedKeyPRG,
+    KeyedPRG,
+    Ring,
+    instance_start,
+    instance_tweaks,
+    tweak_table,
+)
 
 _ONE = np.uint64(1)
 _CLEAR_LSB = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
@@ -61,6 +79,8 @@ _SIDE_BIT = np.uint64(16)  # tweak_table puts the row (the side) at bit 16 of th
 _LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
 _FINAL_SALT = 1  # tweaks of the final state-to-group conversion
 _LEVEL_SHIFT = np.uint64(1)  # level + 1 in bits 1..7 of the tweak's low word (bit 0: control bit)
+NONCE_BYTES = 24  # per key set: its 80-bit nonce (two uint64) and its length (one uint64)
+Runs = npt.NDArray[np.int64]
 
 
 def value_blocks(width: int) -> int:
@@ -76,7 +96,9 @@ class DCFKey:
     bit); ``seed_cw`` (depth, 2, n) uint64, low and high words of the seed
     corrections; ``t_cw`` (depth, n) uint8 with bit 0 = left and bit 1 = right
     control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n);
-    ``lane_bits`` the modulus exponent of each payload lane.
+    ``lane_bits`` the modulus exponent of each payload lane; ``nonces`` (s, 2)
+    uint64 the 80-bit instance-id start of each of the ``s`` key sets this key
+    joins, ``runs`` (s,) their lengths (positive, summing to n).
     """
 
     party: int
@@ -86,6 +108,8 @@ class DCFKey:
     v_cw: Ring
     final_cw: Ring
     lane_bits: tuple[int, ...]
+    nonces: U64
+    runs: Runs
 
     @property
     def depth(self) -> int:
@@ -101,8 +125,14 @@ class DCFKey:
 
     @property
     def nbytes(self) -> int:
-        """Serialised bytes of this key (all elements): ``size * key_bytes_per_element``."""
-        return self.size * key_bytes_per_element(self.depth, self.lane_bits)
+        """Serialised bytes: ``size * key_bytes_per_element`` plus ``NONCE_BYTES`` per key set."""
+        per = key_bytes_per_element(self.depth, self.lane_bits)
+        return self.size * per + NONCE_BYTES * int(self.runs.shape[0])
+
+    @property
+    def instance_tweaks(self) -> U64:
+        """(n, 2) tweak words of the elements' instance ids (prg module doc)."""
+        return instance_tweaks(self.nonces, self.runs)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Named arrays for serialisation; lane ``i`` keeps only its ``ceil(b_i/8)`` low bytes."""
@@ -111,6 +141,8 @@ class DCFKey:
             f"{prefix}.seeds": self.seeds,
             f"{prefix}.seed_cw": self.seed_cw,
             f"{prefix}.t_cw": self.t_cw,
+            f"{prefix}.nonces": self.nonces,
+            f"{prefix}.runs": self.runs.astype(np.uint64),
         }
         for i, b in enumerate(self.lane_bits):
             for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
@@ -134,6 +166,8 @@ class DCFKey:
                 [_lane(arrays, f"{prefix}.final_cw{i}", b) for i, b in enumerate(lanes)]
             ),
             lane_bits=lanes,
+            nonces=np.ascontiguousarray(arrays[f"{prefix}.nonces"], dtype=np.uint64),
+            runs=_runs(arrays[f"{prefix}.runs"]),
         )
         key.check()
         return key
@@ -151,10 +185,18 @@ class DCFKey:
             np.concatenate([k.v_cw for k in keys], axis=2),
             np.concatenate([k.final_cw for k in keys], axis=1),
             keys[0].lane_bits,
+            np.concatenate([k.nonces for k in keys]),
+            np.concatenate([k.runs for k in keys]),
         )
 
     def head(self, n: int) -> DCFKey:
-        """Keys of the first ``n`` instances (views)."""
+        """Keys of the first ``n`` instances (views; each keeps its instance id)."""
+        n = max(0, min(n, self.size))
+        starts = np.cumsum(self.runs) - self.runs
+        sets = int(np.searchsorted(starts, n))  # the key sets that start before n
+        runs = self.runs[:sets].copy()
+        if sets:
+            runs[-1] = n - int(starts[sets - 1])
         return DCFKey(
             self.party,
             self.seeds[:n],
@@ -163,6 +205,8 @@ class DCFKey:
             self.v_cw[:, :, :n],
             self.final_cw[:, :n],
             self.lane_bits,
+            self.nonces[:sets],
+            runs,
         )
 
     def check(self) -> None:
@@ -178,10 +222,24 @@ class DCFKey:
             "t_cw": (self.t_cw.shape, (d, n)),
             "v_cw": (self.v_cw.shape, (d, k, n)),
             "final_cw": (self.final_cw.shape, (k, n)),
+            "nonces": (self.nonces.shape, (self.runs.shape[0], 2)),
         }
         for name, (got, want) in shapes.items():
             if got != want:
                 raise ValueError(f"DCF key {name} has shape {got}, expected {want}")
+        runs = self.runs
+        if runs.ndim != 1 or runs.size > n or np.any((runs < 1) | (runs > n)) or runs.sum() != n:
+            raise ValueError(f"DCF key runs must be positive and sum to its {n} elements")
+        if self.nonces.size and int(self.nonces[:, 1].max()) >> 16:
+            raise ValueError("DCF key nonces must be 80-bit")
+
+
+def _runs(raw: np.ndarray) -> Runs:
+    """Key-set lengths from the wire (uint64): each must be below 2^62, so sums stay exact."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint64 or raw.ndim != 1 or (raw.size and int(raw.max()) >> 62):
+        raise ValueError("DCF key runs must be a vector of uint64 lengths")
+    return raw.astype(np.int64)
 
 
 def key_bytes_per_element(depth: int, lane_bits: tuple[int, ...]) -> int:
@@ -249,11 +307,12 @@ def _check_domain(x: U64, depth: int, what: str) -> U64:
     return x
 
 
-def _tweaks(sides: int, blocks: int, n: int, salt: int) -> U64:
-    """Tweak table broadcast to ``n`` elements: (sides, blocks, n, 2), with long inner loops."""
+def _tweaks(sides: int, blocks: int, ids: U64, salt: int) -> U64:
+    """Tweak table XOR each element's instance tweak ``ids`` (n, 2): (sides, blocks, n, 2)."""
     table = tweak_table(sides, blocks, salt)
-    out = np.zeros((sides, blocks, n, 2), dtype=np.uint64)
-    out[..., 1] = table[..., 1][..., None]
+    out = np.empty((sides, blocks, *ids.shape), dtype=np.uint64)
+    out[...] = ids
+    out[..., 1] ^= table[..., 1][..., None]
     return out
 
 
@@ -274,10 +333,10 @@ def _words(blocks: U64, width: int) -> U64:
     return np.stack([blocks[..., w // 2, :, w % 2] for w in range(width)], axis=-2)
 
 
-def _convert(prg: FixedKeyPRG, states: U64, width: int) -> Ring:
+def _convert(prg: FixedKeyPRG, states: U64, width: int, ids: U64) -> Ring:
     """Map 128-bit states (..., n, 2) to ``width`` ring elements each: (..., width, n)."""
     nv = value_blocks(width)
-    tw = _tweaks(1, nv, states.shape[-2], _FINAL_SALT)[0]  # (nv, n, 2)
+    tw = _tweaks(1, nv, ids, _FINAL_SALT)[0]  # (nv, n, 2)
     out = prg.mmo(states[..., None, :, :] ^ tw)  # (..., nv, n, 2)
     return _words(out, width).view(np.int64)
 
@@ -293,8 +352,8 @@ def gen(
     """Keys for ``n`` DCFs ``x -> beta_j * 1{x < alpha_j}`` on ``depth``-bit inputs.
 
     ``alpha``: (n,) values in ``[0, 2^depth)``; ``beta``: (k, n) int64;
-    ``lane_bits``: modulus exponent per lane (default 64 each). Root seeds come
-    from the secret stream ``rng``.
+    ``lane_bits``: modulus exponent per lane (default 64 each). Root seeds and
+    the key set's nonce come from the secret stream ``rng``.
     """
     alpha = _check_domain(alpha, depth, "alpha")
     beta = np.asarray(beta, dtype=np.int64)
@@ -308,8 +367,11 @@ def gen(
     masks = _lane_masks(lanes).view(np.int64)
     nv = value_blocks(k)
     prg = prg or FixedKeyPRG()
-    tw = _tweaks(2, 1 + nv, n, _LEVEL_SALT)  # (side, block, n, 2)
     state = rng.seeds(2 * n).reshape(2, n, 2)
+    nonces = instance_start(rng)[None] if n else np.zeros((0, 2), dtype=np.uint64)
+    runs = np.array([n] if n else [], dtype=np.int64)
+    ids = instance_tweaks(nonces, runs)
+    tw = _tweaks(2, 1 + nv, ids, _LEVEL_SALT)  # (side, block, n, 2)
     state[0, :, 0] &= _CLEAR_LSB  # t_0 = 0
     state[1, :, 0] |= _ONE  # t_1 = 1
     roots = state.copy()
@@ -349,11 +411,11 @@ def gen(
             seed_cw[i, 0], seed_cw[i, 1] = scw_lo, scw_hi
             t_cw[i] = (tl | (tr << _ONE)).astype(np.uint8)
             v_cw[i] = vcw
-        conv = _convert(prg, state, k)  # (party, k, n)
+        conv = _convert(prg, state, k, ids)  # (party, k, n)
         sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
         final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
     return tuple(  # type: ignore[return-value]
-        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes) for b in (0, 1)
+        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes, nonces, runs) for b in (0, 1)
     )
 
 
@@ -368,7 +430,8 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     n, k = key.size, key.width
     nv = value_blocks(k)
     prg = prg or FixedKeyPRG()
-    tw = _tweaks(1, 1 + nv, n, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
+    ids = key.instance_tweaks
+    tw = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
     state = key.seeds
     acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
     acc = np.zeros((k, n), dtype=np.int64)
@@ -386,7 +449,7 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
             acc_blocks += out[1:]
             acc += key.v_cw[i] * t.view(np.int64)
         acc += _words(acc_blocks, k).view(np.int64)
-        acc += _convert(prg, state, k)
+        acc += _convert(prg, state, k, ids)
         acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
             np.negative(acc, out=acc)

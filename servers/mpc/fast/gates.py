@@ -68,7 +68,8 @@ Key size per element and party: 8 (mask) + 8 * consts + DCF key
 ``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (lanes 64,
 64, 16: 18 bytes) 8 + 24 + 1679 = 1711 bytes; truncation at the output
 (lanes 16, 16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n = 31``, range
-``|v| < 2^15``: 1023 and 823 bytes.)
+``|v| < 2^15``: 1023 and 823 bytes.) Plus, per key set (one gate of one
+bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
 """
 
 from __future__ import annotations

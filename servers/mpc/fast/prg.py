@@ -17,6 +17,30 @@ Two primitives, both from ``cryptography`` (OpenSSL, AES-NI):
   modelled as a random permutation, the outputs for distinct tweaks on a
   uniformly random secret seed are independent and uniform unless someone
   queries the permutation at ``s XOR T``, i.e. guesses a 127-bit seed.
+  Every MMO call of the DCFs has its own tweak, unique per (DCF instance,
+  tree level, side, block, salt), so one permutation query can only ever
+  target one seed of one instance (no multi-instance guessing).
+
+Tweak layout (a 128-bit block as its low and high 64-bit words; fields are
+disjoint, so tweaks with any field different differ):
+
+* low word: bit 0 never set (it carries a DCF control bit); bits 1..7 the
+  tree level + 1 (0 in the final conversion; the DCF sets it); bits 8..63
+  the low 56 bits of the *instance id*;
+* high word: bits 0..15 block + 1, bits 16..31 row (the tree side), bits
+  32..39 salt (:func:`tweak_table`); bits 40..63 the instance id's top 24
+  bits.
+
+Instance ids are 80 bits: a DCF key set of ``n`` elements gets a uniform
+80-bit start ``nonce`` (:func:`instance_start`, drawn by the dealer from its
+:class:`KeyedPRG`; public between the two parties, who both need it), and
+element ``i`` uses ``(nonce + i) mod 2^80`` (:func:`instance_tweaks`). Inside
+a key set the ids are distinct (``n < 2^80``). Two key sets of ``n_a`` and
+``n_b`` elements overlap with probability at most ``(n_a + n_b) / 2^80``, so
+``q`` key sets of ``N`` elements in all share any id with probability at most
+``q N / 2^80`` (e.g. ``2^-26`` for 2^22 key sets and 2^32 elements, a million
+Network-A bundles); ids that did collide only fall back to sharing a tweak,
+which with fresh random seeds is still secure (multi-target bound).
 
 Seeds are numpy ``uint64`` arrays of shape ``(..., 2)`` (little-endian halves
 of a 128-bit block). Ring elements are ``int64`` (two's complement, Z_2^64).
@@ -102,12 +126,48 @@ class KeyedPRG:
         return self.uint64((n, 2))
 
 
+INSTANCE_BITS = 80
+_INSTANCE_LOW_SHIFT = np.uint64(8)  # id bits 0..55 -> low word bits 8..63
+_INSTANCE_HIGH_SHIFT = np.uint64(40)  # id bits 56..79 -> high word bits 40..63
+_TOP_MASK = np.uint64((1 << (INSTANCE_BITS - 64)) - 1)
+
+
+def instance_start(rng: KeyedPRG) -> U64:
+    """A uniform 80-bit instance-id start from ``rng``: (2,) uint64, low word then top 16 bits."""
+    start = rng.uint64(2)
+    start[1] &= _TOP_MASK
+    return start
+
+
+def instance_tweaks(starts: U64, runs: npt.NDArray[np.int64]) -> U64:
+    """Per element ``(n, 2)`` tweak words of the instance ids (module doc, tweak layout).
+
+    ``starts`` (s, 2): each key set's 80-bit start; ``runs`` (s,): its number
+    of elements, in order; element ``i`` of key set ``j`` has id
+    ``starts[j] + i mod 2^80``. Bits 0..7 of the low word and 0..39 of the
+    high word stay 0.
+    """
+    runs = np.asarray(runs, dtype=np.int64)
+    n = int(runs.sum())
+    first = np.repeat(np.cumsum(runs) - runs, runs)
+    low0 = np.repeat(starts[:, 0], runs)
+    low = low0 + (np.arange(n, dtype=np.int64) - first).astype(np.uint64)  # wraps mod 2^64
+    high = (np.repeat(starts[:, 1], runs) + (low < low0).astype(np.uint64)) & _TOP_MASK
+    out = np.empty((n, 2), dtype=np.uint64)
+    out[:, 0] = low << _INSTANCE_LOW_SHIFT
+    out[:, 1] = ((low >> np.uint64(56)) | (high << np.uint64(8))) << _INSTANCE_HIGH_SHIFT
+    return out
+
+
 def tweak_table(rows: int, blocks: int, salt: int = 0) -> U64:
     """Public distinct tweaks (rows, blocks, 2): entry (i, j) = (0, salt<<32 | i<<16 | j+1).
 
     The low word stays 0, so tweaking never touches the bit that carries a
     DCF control bit; the high word differs for every (salt, row, block).
+    Needs ``rows, blocks < 2^16`` and ``salt < 2^8`` (the instance id's bits lie above).
     """
+    if not (rows <= 1 << 16 and blocks < 1 << 16 and 0 <= salt < 1 << 8):
+        raise ValueError("tweak fields out of range")
     i = np.arange(rows, dtype=np.uint64)[:, None]
     j = np.arange(blocks, dtype=np.uint64)[None, :]
     out = np.zeros((rows, blocks, 2), dtype=np.uint64)
