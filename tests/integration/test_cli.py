@@ -21,21 +21,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import CliRunner
 from torch import nn
 
 from ppml.client import Cluster
 from ppml.training.datasets import load_builtin, partition
 
 pytestmark = pytest.mark.timeout(180)
+CLI = CliRunner()
 
 
-def ppml(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def ppml_process(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m ppml.client.cli``: the real entry point, in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "ppml.client.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def ppml(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The same command in a process forked from one that imported the CLI once."""
+    return CLI.run(*args, timeout=timeout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cli_zygote() -> Iterator[None]:
+    yield
+    CLI.close()
 
 
 def alive(pid: int) -> bool:
@@ -66,7 +80,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster
     directory = tmp_path_factory.mktemp("cluster")
     pids: dict[str, int] = {}
     try:
-        up = ppml(
+        up = ppml_process(
             "cluster", "up", "--parties", "2", "--dir", directory, "--client", "alice",
             timeout=150,
         )  # fmt: skip
@@ -74,7 +88,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster
         pids = json.loads((directory / "pids.json").read_text())["processes"]
         yield RunningCluster(directory, directory / "cluster.toml", pids)
     finally:
-        ppml("cluster", "down", "--dir", directory, timeout=60)
+        ppml_process("cluster", "down", "--dir", directory, timeout=60)
         for pid in pids.values():  # last resort if `down` is broken
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -272,16 +286,11 @@ def test_federation_commands(cluster: RunningCluster, tmp_path: Path) -> None:
 
     analyst = ("--token-file", cluster.directory / "secrets" / "analyst.token")
     joins = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ppml.client.cli", "fl", "join", "fl-cli", *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        CLI.start("fl", "join", "fl-cli", *args)
         for args in [(*config, "--data", data[0]), (*config, *analyst, "--data", data[1])]
     ]
-    outputs = [join.communicate(timeout=150) for join in joins]
-    for join, (out, err) in zip(joins, outputs, strict=True):
+    for join in [join.wait(timeout=150) for join in joins]:
+        out, err = join.stdout, join.stderr
         assert join.returncode == 0, err
         assert "federation fl-cli succeeded: submitted to rounds 1, 2" in out, out + err
         assert "round 1/2: training locally on 75 rows" in err
