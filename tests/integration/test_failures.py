@@ -31,9 +31,9 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0)
 
 @pytest.mark.parametrize("victim", ["server-1", "server-0"])
 def test_killing_a_server_mid_request_fails_fast_then_recovers(
-    fresh_cluster: LocalCluster, cnn: torch.nn.Module, victim: str
+    restartable_cluster: LocalCluster, cnn: torch.nn.Module, victim: str
 ) -> None:
-    cluster = Cluster.from_config(fresh_cluster.config_path)
+    cluster = Cluster.from_config(restartable_cluster.config_path)
     model_id = cluster.share_model(cnn, _big_cnn_input(1), name="survivor")
     x = _big_cnn_input(2048)  # several seconds of MPC
     outcome: dict[str, Any] = {}
@@ -48,7 +48,7 @@ def test_killing_a_server_mid_request_fails_fast_then_recovers(
         outcome["elapsed"] = time.monotonic() - started
 
     thread = threading.Thread(target=request)
-    with Cluster.from_config(fresh_cluster.config_path) as monitor:
+    with Cluster.from_config(restartable_cluster.config_path) as monitor:
         victim_rank = int(victim.rsplit("-", 1)[1])
 
         def running() -> bool:
@@ -57,15 +57,15 @@ def test_killing_a_server_mid_request_fails_fast_then_recovers(
         thread.start()
         _wait_until(lambda: running() or bool(outcome), "the prediction's MPC job runs")
         assert not outcome, f"the request ended before the kill: {outcome}"
-    fresh_cluster.kill(victim)
+    restartable_cluster.kill(victim)
     thread.join(30)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), ServerUnavailable | PredictionAborted), outcome
     assert outcome["elapsed"] < 30  # failed fast, well inside its 60 s deadline
 
     rank = int(victim.rsplit("-", 1)[1])
-    fresh_cluster.start_server(rank)
-    fresh_cluster.wait_serving(timeout=120)
+    restartable_cluster.start_server(rank)
+    restartable_cluster.wait_serving(timeout=120)
     small = _big_cnn_input(4)
     with torch.no_grad():
         expected = cnn(small)

@@ -12,7 +12,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -65,21 +65,18 @@ class Flood(threading.Thread):
             conn.close()
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+@pytest.fixture(scope="module", autouse=True)
+def _room_for_the_flood() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = HELD + 1024
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-    directory = tmp_path_factory.mktemp("flood")
-    serving = {"heartbeat_s": 1}  # the leader notices the dealer's restart within a second
-    with LocalCluster(parties=2, directory=directory, serving=serving) as cluster:
-        yield cluster
 
 
 def test_a_flood_of_strangers_neither_stops_the_listener_nor_fills_the_log(
-    local: LocalCluster,
+    restartable_cluster: LocalCluster,
 ) -> None:
+    local = restartable_cluster  # heartbeat_s 2: the leader notices the dealer's restart soon
     host, port = local.config.party(1).mpc_address.rsplit(":", 1)
     log = local.log("server-1")
     torch.manual_seed(0)  # public: a test model

@@ -86,9 +86,9 @@ def test_bad_training_input_is_rejected_before_any_mpc(cluster2: Cluster, digits
 
 
 def test_a_server_dying_fails_the_job_everywhere_and_keeps_stored_state(
-    fresh_cluster: LocalCluster, digits: Any
+    restartable_cluster: LocalCluster, digits: Any
 ) -> None:
-    cluster = Cluster.from_config(fresh_cluster.config_path)
+    cluster = Cluster.from_config(restartable_cluster.config_path)
     data_id = cluster.share_dataset(digits.x_train, digits.y_train, name="digits")
     earlier = cluster.train(_mlp(), [data_id], epochs=1, batch_size=512, lr=0.1)
     earlier_model = earlier.result(timeout=120)
@@ -99,7 +99,7 @@ def test_a_server_dying_fails_the_job_everywhere_and_keeps_stored_state(
     while job.status().info.steps_done < 2:
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
-    fresh_cluster.kill("server-1")
+    restartable_cluster.kill("server-1")
 
     deadline = time.monotonic() + 30
     while (status := job.status()).states["server-0"] != "failed":
@@ -110,8 +110,8 @@ def test_a_server_dying_fails_the_job_everywhere_and_keeps_stored_state(
     with pytest.raises(Exception, match="failed"):
         job.result(timeout=5)
 
-    fresh_cluster.start_server(1)
-    fresh_cluster.wait_serving(timeout=120)
+    restartable_cluster.start_server(1)
+    restartable_cluster.wait_serving(timeout=120)
     cluster.wait_ready(timeout=60)  # this client's channel to server-1 reconnects
     after = job.status()
     assert set(after.states.values()) == {"failed"}, after.states
