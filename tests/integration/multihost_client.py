@@ -1,9 +1,12 @@
 """The client side of ``test_multihost.py``, run inside the client's network namespace.
 
-``python multihost_client.py CONFIG setup`` shares a model, predicts and compares
-with plaintext, shares a small data set and runs a short training job; it prints
-one JSON line with the model id. ``... CONFIG predict MODEL_ID`` retries a
-prediction until the cluster answers again (after a restart), then compares.
+``python multihost_client.py CONFIG`` reads one phase a line on its stdin and
+answers each with one JSON line on its stdout: ``setup`` shares a model,
+predicts and compares with plaintext, shares a small data set and runs a short
+training job (the answer has the model id); ``predict`` (after the test
+restarted a process) retries a prediction of that model until the cluster
+answers again, then compares. One process for every phase: the client imports
+torch and the SDK once, while the cluster starts.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ def predict(config: str, model_id: str, timeout: float = 90.0) -> dict[str, obje
 
 
 if __name__ == "__main__":
-    config, phase = sys.argv[1], sys.argv[2]
-    result = setup(config) if phase == "setup" else predict(config, sys.argv[3])
-    print(json.dumps(result))
+    config, model_id = sys.argv[1], ""
+    while phase := sys.stdin.readline().strip():
+        if phase == "setup":
+            answer = setup(config)
+            model_id = str(answer["model_id"])
+        else:
+            answer = predict(config, model_id)
+        print(json.dumps(answer), flush=True)

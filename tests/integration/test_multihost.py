@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -144,22 +145,51 @@ class Processes:
         self.procs.clear()
 
 
-def _run(net: Net, role: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*net.exec(role), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def _link_check(net: Net, role: str, config: Path, name: str) -> subprocess.Popen[str]:
+    """``ppml deploy check`` in ``role``'s namespace, as ``name``, started."""
+    return subprocess.Popen(
+        [*net.exec(role), sys.executable, "-m", "ppml.client.cli", "deploy", "check",
+         "--config", str(config), "--as", name, "--timeout", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-    )
+    )  # fmt: skip
 
 
-def _client(net: Net, config: Path, *args: str, timeout: float = 150) -> dict[str, object]:
-    result = _run(
-        net, "c", [sys.executable, str(HERE / "multihost_client.py"), str(config), *args], timeout
-    )
-    assert result.returncode == 0, f"client failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+class Client:
+    """``multihost_client.py`` in the client's namespace, one process for every phase."""
+
+    def __init__(self, net: Net, config: Path, log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*net.exec("c"), sys.executable, str(HERE / "multihost_client.py"), str(config)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+            )
+
+    def ask(self, phase: str, timeout: float = 150) -> dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(phase + "\n")
+        self.proc.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        tail = self.log.read_text(errors="replace")[-4000:]
+        assert line, f"client: no answer to {phase} within {timeout} s:\n{tail}"
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
@@ -183,6 +213,7 @@ def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
         bundle[name] = shutil.copytree(out / name, hosts_dir / name)
     bundle["alice"] = shutil.copytree(out / "clients" / "alice", hosts_dir / "alice")
     procs = Processes(net, tmp_path / "logs")
+    client: Client | None = None
     try:
         procs.start(
             "s0",
@@ -199,28 +230,31 @@ def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
             "d",
             ["ppml.servers.mpc.dealer", "--config", str(bundle["dealer"] / "cluster.toml")],
         )
-        time.sleep(1.0)
-        procs.alive()
+        client = Client(net, bundle["alice"] / "cluster.toml", tmp_path / "logs" / "client.log")
 
-        # the link check from every host, as itself, once the listeners are up
-        for name, role in (("s0", "s0"), ("s1", "s1"), ("dealer", "d"), ("alice", "c")):
-            deadline = time.monotonic() + 90
-            while True:
-                result = _run(
-                    net, role,
-                    [sys.executable, "-m", "ppml.client.cli", "deploy", "check", "--config",
-                     str(bundle[name] / "cluster.toml"), "--as", name, "--timeout", "2"],
-                    60,
-                )  # fmt: skip
-                if result.returncode == 0 or time.monotonic() > deadline:
-                    break
-                procs.alive()
-                time.sleep(1.0)
-            assert result.returncode == 0, f"{name}:\n{result.stdout}{result.stderr}"
-            assert "links ok" in result.stdout and "NO" not in result.stdout
-        first = _client(net, bundle["alice"] / "cluster.toml", "setup")
+        # the link check from every host, as itself, once the listeners are up (all four
+        # at once; each retried until it passes or 90 s have gone)
+        checks = {"s0": "s0", "s1": "s1", "dealer": "d", "alice": "c"}
+        deadline = time.monotonic() + 90
+        while True:
+            running = {
+                name: _link_check(net, role, bundle[name] / "cluster.toml", name)
+                for name, role in checks.items()
+            }
+            results = {name: (p, *p.communicate(timeout=60)) for name, p in running.items()}
+            for name, (proc, said, _) in results.items():
+                if proc.returncode == 0:
+                    assert "links ok" in said and "NO" not in said, f"{name}:\n{said}"
+                    del checks[name]
+            if not checks or time.monotonic() > deadline:
+                break
+            procs.alive()
+            time.sleep(1.0)
+        failed = {name: said + err for name, (_, said, err) in results.items() if name in checks}
+        assert not failed, failed
+        first = client.ask("setup")
         assert float(first["error"]) < 0.05  # type: ignore[arg-type]
-        model_id = str(first["model_id"])
+        assert first["model_id"]  # the later phases predict with it
 
         procs.kill("s1")
         procs.start(
@@ -228,7 +262,7 @@ def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
             "s1",
             ["ppml.servers.main", "--config", str(bundle["s1"] / "cluster.toml"), "--rank", "1"],
         )
-        after_server = _client(net, bundle["alice"] / "cluster.toml", "predict", model_id)
+        after_server = client.ask("predict")
         assert float(after_server["error"]) < 0.05  # type: ignore[arg-type]
 
         procs.kill("dealer")
@@ -237,7 +271,7 @@ def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
             "d",
             ["ppml.servers.mpc.dealer", "--config", str(bundle["dealer"] / "cluster.toml")],
         )
-        after_dealer = _client(net, bundle["alice"] / "cluster.toml", "predict", model_id)
+        after_dealer = client.ask("predict")
         assert float(after_dealer["error"]) < 0.05  # type: ignore[arg-type]
         procs.alive()
     except BaseException:
@@ -246,4 +280,6 @@ def test_cluster_across_network_namespaces(net: Net, tmp_path: Path) -> None:
                 print(f"--- {name} log tail ---\n{procs.tail(name)}", file=sys.stderr)
         raise
     finally:
+        if client is not None:
+            client.close()
         procs.stop()
