@@ -1,7 +1,7 @@
 """``ppml-dealer``: the trusted dealer (CrypTen's TTP) for a cluster.
 
 The dealer generates correlated randomness (Beaver triples, wrap counts,
-binary-to-arithmetic bits) for the compute parties. It never receives data,
+binary-to-arithmetic bits, truncation pairs) for the compute parties. It never receives data,
 shares of data or models: only requests for randomness of given sizes. It
 must not collude with any compute server.
 
@@ -41,7 +41,7 @@ from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
 from ppml.servers.mpc import epochs
 from ppml.servers.mpc import session as mpc_session
-from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core import truncation, ttp_plan
 from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.fast.service import dealing as fast_dealing
 from ppml.servers.mpc.network import transport
@@ -50,7 +50,8 @@ from ppml.servers.mpc.randomness import prng
 
 log = logging.getLogger("ppml.dealer")
 STATS_INTERVAL_S = 1.0
-FUNCTIONS = ("additive", "square", "binary", "wraps", "B2A")  # what a party may ask for
+# what a party may ask for
+FUNCTIONS = ("additive", "square", "binary", "wraps", "B2A", truncation.FUNCTION)
 # the bilinear ops CrypTen multiplies with Beaver triples: the only ops the dealer runs
 BEAVER_OPS = frozenset(
     {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
@@ -72,6 +73,10 @@ class Dealer(TTPServer):
         if op not in BEAVER_OPS:
             raise ValueError(f"the dealer does not make triples for {op!r}")
         return super().additive(size0, size1, op, *args, **kwargs)
+
+    def trunc(self, size: Any, divisor: Any) -> Any:
+        """Party 0's part of an exact truncation (:mod:`ppml.servers.mpc.core.truncation`)."""
+        return truncation.dealer_trunc(self, size, divisor)
 
     def _count(self, function: str) -> None:
         with self._lock:

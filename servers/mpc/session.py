@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ppml.servers.mpc.core import ttp_plan
+from ppml.servers.mpc.core import truncation, ttp_plan
 from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.network import transport
 from ppml.servers.mpc.network.mesh import SessionParams
@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def install() -> None:
-    """The patches: keyed randomness, ppml's communicator, planned dealer requests (idempotent)."""
+    """The patches: keyed randomness, ppml's communicator, planned dealer requests,
+    exact truncation (idempotent)."""
     keyed_random_patches.install()
     transport.install()
     ttp_plan.install()
+    truncation.install()
 
 
 def configure_crypten() -> None:

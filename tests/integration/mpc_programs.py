@@ -261,12 +261,17 @@ def api_checks(rank: int) -> dict[str, bool]:
 
 
 def suite(config: dict, rank: int, out: Path) -> dict:
+    import mpc_truncation  # beside this file
+
     session.join(params(config, rank, 0))
     try:
         result = {"opened": public_opening(rank, config), "api": api_checks(rank)}
         result["errors"] = ops_suite()
         result["planned_errors"], result["planned_rounds"] = planned()
         result["variance_errors"] = wide_variances()
+        result["truncation"] = mpc_truncation.element_errors()
+        if config["world_size"] == 2:
+            result["truncation_training"] = mpc_truncation.large_activation_training()
         comm = crypten.communicator.get()
         result["backend"] = comm.get_distributed_backend()
         result["generators"] = party_generators()  # last: draws SAMPLE from each
@@ -434,6 +439,14 @@ def main() -> None:
         result = dpsgd(config, rank)
     elif scenario == "clipserver":
         result = clip_server(config, rank, out)
+    elif scenario == "truncation":
+        import mpc_truncation  # beside this file
+
+        session.join(params(config, rank, 0))
+        try:
+            result = mpc_truncation.large_activation_training()
+        finally:
+            session.leave()
     elif scenario == "checks":
         import mpc_job_checks  # beside this file
 

@@ -23,7 +23,7 @@ from ppml.servers.mpc.network.relay import Relay
 from ppml.servers.mpc.randomness.keyed_random import KeyedGenerator
 
 MARKER_SEED = 424242
-TTP_FUNCTIONS = ("additive", "binary", "B2A", "square", "wraps")
+TTP_FUNCTIONS = ("additive", "binary", "B2A", "square", "wraps", "trunc")
 TOLERANCE = {  # fixed point with 16 bits; CrypTen's approximations for the rest
     "add": 1e-3, "mul": 1e-3, "matmul": 2e-3, "conv2d": 2e-3, "relu": 1e-3, "max": 1e-3,
     "lt": 0.0, "gt": 0.0, "eq": 0.0, "argmax": 0.0,
@@ -143,9 +143,26 @@ def test_crypten_ops_match_plaintext(session: Session) -> None:
         assert set(errors) == set(TOLERANCE)
         bad = {op: e for op, e in errors.items() if e > TOLERANCE[op]}
         assert not bad, (rank, bad)
-    used = set(session.dealer["requests"])  # 3 parties also truncate with "wraps"
-    assert {"additive", "binary", "B2A", "square"} <= used <= {*TTP_FUNCTIONS}
+    used = set(session.dealer["requests"])  # "trunc" for every party count ("wraps": the old path)
+    assert {"additive", "binary", "B2A", "square", "trunc"} <= used <= {*TTP_FUNCTIONS}
     assert session.dealer["epochs"][0]["reason"] == "session ended by the leader"
+
+
+def test_truncation_never_fails_where_crypten_division_does(session: Session) -> None:
+    """200,000 products up to 2^20 divided by 2^16: CrypTen's path fails, ppml's never."""
+    for party in session.parties:
+        found = party["truncation"]
+        assert found["new_failures"] == 0
+        assert found["new_max_units"] <= 2  # floor within the borrow: about 2^-16 in real units
+        assert found["old_failures"] > 0  # ~25 expected: the check does make wraps likely
+
+
+def test_training_with_large_idle_activations_matches_plaintext(session2: Session) -> None:
+    """6 SGD steps with idle units at -1.4e6: exact truncation tracks torch, CrypTen's diverges."""
+    for party in session2.parties:
+        found = party["truncation_training"]
+        assert found["new_max_weight_error"] < 0.05
+        assert found["old_max_weight_error"] > 1.0
 
 
 def test_planned_dealer_requests_match_plaintext_and_save_rank0_its_round_trips(

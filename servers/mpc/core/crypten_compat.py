@@ -28,6 +28,15 @@ relies on, and ``tests/unit/test_crypten_compat.py`` checks each one.
    :func:`csprng_seed` draws a seed from the OS CSPRNG for torch's default
    generator (which keeps 32 bits of it: never a secret stream's seed).
 
+5. ``FixedPointEncoder.decode`` divides a negative encoding by ``scale - 1``
+   (``tensor.div(self._scale - correction, ...)``), so ``get_plain_text``
+   of a negative value ``v`` is off by exactly 1.0 with probability about
+   ``|v| / 2^16`` (4 % of values in ``[-3000, -2000]``). ppml's own code
+   decodes shares with :mod:`ppml.proto.shares`; the few CrypTen openings
+   (validity bits, a count of rows) are of small non-negative values. The
+   patch (:func:`exact_decode`, at import) divides in float64: exact up to
+   float32 rounding.
+
 Every server process and the dealer patch CrypTen further when they join an
 epoch (``ppml.servers.mpc.session.install()``), never at import:
 ``ppml.servers.mpc.randomness.patches.install`` keys every random stream (AES-256-CTR
@@ -91,9 +100,22 @@ def csprng_seed() -> int:
     return int.from_bytes(os.urandom(8), "big", signed=True)
 
 
+def exact_decode(encoder: Any, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``FixedPointEncoder.decode`` without CrypTen's off-by-one for negatives (patch 5)."""
+    if tensor is None:
+        return None
+    if tensor.is_floating_point():
+        raise TypeError("decode needs an integer tensor")
+    if encoder._scale == 1:  # as CrypTen: integers stay integers
+        return tensor.data
+    return (tensor.double() / float(encoder._scale)).float()
+
+
 _install_registration_stub()
 
 import crypten  # noqa: E402  (must follow the stub)
 import crypten.mpc  # noqa: E402
+
+crypten.encoder.FixedPointEncoder.decode = exact_decode
 
 __all__ = ["crypten", "csprng_seed", "set_process_group_timeout", "tensor_loader"]
