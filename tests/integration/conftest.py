@@ -104,27 +104,26 @@ def local3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.stop()
 
 
-@pytest.fixture
-def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A cluster of its own, for tests that kill or restart processes."""
-    local = LocalCluster(parties=2, directory=tmp_path / "cluster", serving={"heartbeat_s": 2})
-    local.start()
-    yield local
-    local.stop()
+# Federation tests: a module names its offices (some of ``FEDERATION_OFFICES``) in a
+# module-level ``OFFICES`` tuple and uses ``local``, ``owner`` and ``offices`` (a module
+# defining its own ``local`` keeps it). Their federations are their own (ids, invitations),
+# so the modules share one cluster.
+FEDERATION_OFFICES = ("office-1", "office-2", "office-3", "office-4")
 
 
-# Federation tests: a module names its offices in a module-level ``OFFICES`` tuple and
-# uses ``local``, ``owner`` and ``offices`` (a module defining its own ``local`` keeps it).
+@pytest.fixture(scope="session")
+def _federation_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    directory = tmp_path_factory.mktemp("federations")
+    with LocalCluster(parties=2, directory=directory, clients=FEDERATION_OFFICES) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def local(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalCluster]:
+def local(request: pytest.FixtureRequest, _federation_cluster: LocalCluster) -> LocalCluster:
     """2 servers + dealer, with a client token per name in the module's ``OFFICES``."""
-    directory = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    with LocalCluster(parties=2, directory=directory, clients=request.module.OFFICES) as cluster:
-        yield cluster
+    unknown = set(request.module.OFFICES) - set(FEDERATION_OFFICES)
+    assert not unknown, f"add {sorted(unknown)} to FEDERATION_OFFICES"
+    return _federation_cluster
 
 
 @pytest.fixture(scope="module")

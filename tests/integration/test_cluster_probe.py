@@ -1,10 +1,10 @@
 """An outsider probes every port a running cluster listens on, and gets nothing.
 
-A real cluster (2 servers + dealer, started by ``LocalCluster``): every
-listening socket of its processes is found from ``/proc`` and must be one the
-topology file names (no ephemeral listener, nothing on all interfaces). Then
-each is knocked on as an outsider: plaintext, TLS without a client
-certificate, a certificate from another CA, a torch ``TCPStore`` client.
+A real cluster (2 servers + dealer, started by ``LocalCluster``; the one other
+tests share): every listening socket of its processes is found from ``/proc``
+and must be one the topology file names (no ephemeral listener, nothing on all
+interfaces). Then each is knocked on as an outsider: plaintext, TLS without a
+client certificate, a certificate from another CA, a torch ``TCPStore`` client.
 The MPC listeners refuse all of them; the gRPC and metrics ports speak only
 TLS and answer nothing without a token. The cluster still serves afterwards.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from ppml.v1 import registry_pb2, registry_pb2_grpc
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(parties=2, directory=tmp_path_factory.mktemp("probe")) as cluster:
-        yield cluster
+def local(local2: LocalCluster) -> LocalCluster:
+    """The session's 2-server cluster (default settings): the probes must not disturb it."""
+    return local2
 
 
 def _split(address: str) -> tuple[str, int]:
