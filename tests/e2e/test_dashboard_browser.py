@@ -155,9 +155,9 @@ class Chromium:
 
 
 @pytest.fixture
-def local(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(parties=2, directory=tmp_path / "cluster") as cluster:
-        yield cluster
+def local(restartable_cluster: LocalCluster) -> LocalCluster:
+    """The cluster that tests restarting processes share (tests/conftest.py)."""
+    return restartable_cluster
 
 
 @pytest.fixture
