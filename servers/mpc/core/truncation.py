@@ -98,6 +98,14 @@ def check_divisor(divisor: Any) -> int:
     return divisor
 
 
+def _floor_div(values: torch.Tensor, divisor: int) -> torch.Tensor:
+    """``floor(u / divisor)`` of ring elements read as unsigned, as int64 (a shift for 2^k)."""
+    if divisor & (divisor - 1) == 0:
+        bits = divisor.bit_length() - 1
+        return (values >> bits) & ((1 << (64 - bits)) - 1)  # logical shift
+    return _tensor(_unsigned(values) // np.uint64(divisor), values.size())
+
+
 def _ring(size: Any, generator: Any, device: Any = None) -> torch.Tensor:
     # looked up at call time: ppml's keyed-randomness patch replaces it
     return crypten.common.rng.generate_random_ring_element(size, generator=generator, device=device)
@@ -115,9 +123,8 @@ def dealer_trunc(server: Any, size: Any, divisor: int) -> torch.Tensor:
     r_shares = [_ring(size, g) for g in generators]
     other_parts = [(_ring(size, g), _ring(size, g)) for g in generators[1:]]
     r = torch.stack(r_shares).sum(dim=0)  # wraps mod 2^64
-    r_unsigned = _unsigned(r)
-    q = _tensor(r_unsigned // np.uint64(divisor), size)
-    m = _tensor(r_unsigned >> np.uint64(63), size)
+    q = _floor_div(r, divisor)
+    m = (r < 0).long()  # msb(r)
     for q_i, m_i in other_parts:
         q = q - q_i
         m = m - m_i
@@ -148,13 +155,10 @@ def truncate(x: Any, divisor: int) -> Any:
     masked = share + r
     if comm.get_rank() == 0:
         masked = masked + OFFSET
-    z = _unsigned(comm.all_reduce(masked))
-    high_clear = torch.from_numpy((z >> np.uint64(63)) == 0).reshape(size)  # 1 - msb(z)
-    carry = torch.where(high_clear, m * _signed(RING // divisor), torch.zeros_like(m))
-    result = carry - q
+    z = comm.all_reduce(masked)
+    result = m * _signed(RING // divisor) * (z >= 0).long() - q  # (z >= 0) = 1 - msb(z)
     if comm.get_rank() == 0:
-        public = _tensor(z // np.uint64(divisor), size)
-        result = result + public - (OFFSET // divisor)
+        result = result + _floor_div(z, divisor) - (OFFSET // divisor)
     x.share = result
     return x
 
