@@ -25,6 +25,7 @@ from ppml.client.deploy.local import LocalCluster, write_local_topology
 from ppml.servers.store.crash_points import ENV
 
 ROWS, FEATURES = 60_000, 20  # 3 chunks of 4 MiB per server: "middle" is mid-stream
+SMALL = 1000  # one chunk: the other moments do not depend on the size
 VICTIM = 1  # a follower; the leader is killed once, at its commit decision
 
 
@@ -135,8 +136,9 @@ OUTCOMES = {"early": False, "middle": False, "late": False, "commit": True, "com
 def test_a_dataset_upload_is_on_every_server_or_none(
     crashable: Crashable, client: Cluster, moment: str
 ) -> None:
+    rows = ROWS if moment == "middle" else SMALL
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(ROWS, FEATURES)), rng.integers(0, 2, ROWS)
+    x, y = rng.normal(size=(rows, FEATURES)), rng.integers(0, 2, rows)
     dataset_id = f"crash-{moment}"
     error = crashable.crash_at(
         f"dataset:{moment}", lambda: client.share_dataset(x, y, dataset_id=dataset_id)
