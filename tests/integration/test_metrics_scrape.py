@@ -138,6 +138,6 @@ def test_leader_reports_the_dealers_requests(cluster2: Cluster, model_id: str) -
         assert time.monotonic() < deadline, leader.dealer_requests
         time.sleep(0.2)
     assert leader.dealer_sessions >= 1
-    crypten_kinds = {"additive", "square", "binary", "wraps", "B2A"}
+    crypten_kinds = {"additive", "square", "binary", "wraps", "B2A", "trunc"}
     assert set(leader.dealer_requests) <= crypten_kinds | {"fast_setup", "fast_bundles"}
     assert cluster2.status()[1].dealer_requests == {}
