@@ -44,6 +44,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 SERVER_LAYERS = [  # a layer may import its own and lower layers only
     ("ppml.servers.store",),
+    ("ppml.servers.he",),  # CKKS inference: SEAL through TenSEAL, no MPC
     ("ppml.servers.mpc.fast",),  # pure numpy: imports nothing else of the servers
     ("ppml.servers.mpc.core",),  # CrypTen as ppml runs it
     ("ppml.servers.mpc.randomness",),

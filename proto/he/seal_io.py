@@ -1,0 +1,75 @@
+"""SEAL objects to and from bytes, and the SEAL context of a parameter set.
+
+TenSEAL 0.3.18 ships SEAL's own Python bindings (``tenseal.sealapi``), which
+ppml uses directly: TenSEAL's vector API has no rotation by a chosen step and
+no control over levels or plaintext caching. Those bindings save and load
+only through file paths, so :func:`to_bytes` and :func:`load` pass through a
+private temporary directory (mode 0700, removed at once). SEAL compresses
+what it saves with zstd; seeded objects (a symmetric encryption, evaluation
+keys) save half their polynomials as a seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tenseal import sealapi
+
+from ppml.proto.he.params import CkksParamSet
+
+
+class _Saveable(Protocol):
+    def save(self, path: str) -> None: ...
+
+
+def to_bytes(obj: _Saveable) -> bytes:
+    """What SEAL's ``save`` writes for ``obj`` (a ciphertext, keys, a serializable)."""
+    with tempfile.TemporaryDirectory(prefix="ppml-seal-") as folder:
+        path = os.path.join(folder, "obj")
+        obj.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def load(target: Any, context: sealapi.SEALContext, data: bytes) -> Any:
+    """Load ``data`` into ``target`` (an empty SEAL object) under ``context``.
+
+    SEAL validates the object against the context while loading (its
+    parameters, its sizes); a mismatch raises ``ValueError`` or
+    ``RuntimeError`` from the bindings, which callers turn into their own
+    errors.
+    """
+    with tempfile.TemporaryDirectory(prefix="ppml-seal-") as folder:
+        path = os.path.join(folder, "obj")
+        with open(path, "wb") as f:
+            f.write(data)
+        target.load(context, path)
+    return target
+
+
+@functools.lru_cache(maxsize=8)
+def seal_context(params: CkksParamSet) -> sealapi.SEALContext:
+    """The SEAL context for ``params``; SEAL itself enforces 128-bit security too."""
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        sealapi.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    )
+    context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    if not context.parameters_set():
+        raise ValueError(f"SEAL refuses {params.name}: {context.parameters_error_message()}")
+    return context
+
+
+def galois_elements(params: CkksParamSet) -> list[int]:
+    """SEAL's Galois elements for the plan's rotation steps (3**step mod 2N)."""
+    two_n = 2 * params.poly_modulus_degree
+    return [pow(3, step % params.slots, two_n) for step in params.rotation_steps()]
+
+
+def loader(kind: Callable[[], Any]) -> Callable[[sealapi.SEALContext, bytes], Any]:
+    return lambda context, data: load(kind(), context, data)
