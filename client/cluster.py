@@ -26,6 +26,7 @@ from ppml.client.datasets_api import DatasetListing, DatasetsMixin
 from ppml.client.errors import ServerUnavailable
 from ppml.client.exported import ExportedModel
 from ppml.client.federation_api import FederationMixin
+from ppml.client.he_api import HeMixin
 from ppml.client.input_checks import check_rows
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
@@ -54,7 +55,7 @@ class ModelListing:
     complete: bool  # every server holds it
 
 
-class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
+class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
     """Client of a ppml cluster (all compute servers, in rank order)."""
 
     @classmethod
@@ -72,7 +73,11 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
             token_file = config.monitor_token_file if monitor else config.client_token_file
             token = token_file.read_text().strip() if token_file else ""
         endpoints = [Endpoint(p.name, p.grpc_address) for p in config.parties]
-        return cls(endpoints, token, config.ca_cert, timeout, insecure)
+        cluster = cls(endpoints, token, config.ca_cert, timeout, insecure)
+        token_file = config.monitor_token_file if monitor else config.client_token_file
+        if token_file is not None:  # CKKS keys live beside the identity's token
+            cluster.he_key_dir = token_file.with_name(token_file.name + ".ckks")
+        return cluster
 
     # ------------------------------------------------------------ models
 
@@ -204,9 +209,22 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin):
     # ------------------------------------------------------------ inference
 
     def predict(
-        self, model_id: str, x: torch.Tensor | np.ndarray, timeout: float | None = None
+        self,
+        model_id: str,
+        x: torch.Tensor | np.ndarray,
+        timeout: float | None = None,
+        backend: str = "mpc",
     ) -> torch.Tensor:
-        """Encrypted prediction: returns the reconstructed output as a float tensor."""
+        """Encrypted prediction: returns the decrypted output as a float tensor.
+
+        ``backend="mpc"`` (the default) secret-shares ``x`` across every server;
+        ``backend="ckks"`` encrypts it under this identity's CKKS key for one
+        server's own model (:meth:`predict_ckks`, :meth:`he_register`).
+        """
+        if backend == "ckks":
+            return self.predict_ckks(model_id, x, timeout=timeout).output
+        if backend != "mpc":
+            raise ValueError(f"backend must be 'mpc' or 'ckks', not {backend!r}")
         return self.predict_detailed(model_id, x, timeout).output
 
     def predict_detailed(

@@ -135,11 +135,25 @@ class AlreadySubmitted(PpmlClientError):
 
 
 class ContextMismatch(PpmlClientError):
-    """A CKKS update was encrypted under another federation's context.
+    """A CKKS update was encrypted under another federation's context, or CKKS inference
+    ciphertexts name a context that is not the caller's stored one.
 
     Raised by a server, or here before anything is sent: the participant's
     context is not the one the federation was created with.
     """
+
+
+class InvalidContext(InvalidRequest):
+    """A CKKS evaluation context was refused: it holds a secret key, its parameters are
+    below 128-bit security or outside the server's table, or its keys do not load."""
+
+
+class ContextNotFound(PpmlClientError):
+    """The server holds no CKKS evaluation keys of this identity for the parameter set."""
+
+
+class InvalidCiphertext(InvalidRequest):
+    """A CKKS ciphertext is malformed, too large, or at the wrong level or scale."""
 
 
 class InputShapeMismatch(InvalidShare):
@@ -203,6 +217,9 @@ _BY_CODE: dict[str, type[PpmlClientError]] = {
     ErrorCode.ROUND_CLOSED: RoundClosed,
     ErrorCode.ALREADY_SUBMITTED: AlreadySubmitted,
     ErrorCode.CONTEXT_MISMATCH: ContextMismatch,
+    ErrorCode.INVALID_CONTEXT: InvalidContext,
+    ErrorCode.CONTEXT_NOT_FOUND: ContextNotFound,
+    ErrorCode.INVALID_CIPHERTEXT: InvalidCiphertext,
     ErrorCode.BUDGET_EXHAUSTED: BudgetExhausted,
     ErrorCode.UPLOAD_ABORTED: UploadAborted,
 }
@@ -233,11 +250,14 @@ _PRIORITY: list[type[PpmlClientError]] = [
     InvalidUpdate,
     InvalidFederation,
     ContextMismatch,
+    InvalidContext,
+    InvalidCiphertext,
     InvalidRequest,
     ModelNotFound,
     DatasetNotFound,
     JobNotFound,
     FederationNotFound,
+    ContextNotFound,
     ModelExists,
     DatasetExists,
     JobExists,

@@ -37,6 +37,7 @@ from ppml.v1 import (
     coordinator_pb2_grpc,
     datasets_pb2_grpc,
     federation_pb2_grpc,
+    he_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     status_pb2_grpc,
@@ -68,6 +69,7 @@ class ServerStubs:
         self.federation = federation_pb2_grpc.FederationStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(channel)  # served by rank 0
+        self.he = he_pb2_grpc.HeInferenceStub(channel)  # single-server CKKS inference
 
 
 class ClusterBase:

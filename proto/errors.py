@@ -49,6 +49,9 @@ class ErrorCode(StrEnum):
     ROUND_CLOSED = "ROUND_CLOSED"
     ALREADY_SUBMITTED = "ALREADY_SUBMITTED"
     CONTEXT_MISMATCH = "CONTEXT_MISMATCH"
+    INVALID_CONTEXT = "INVALID_CONTEXT"
+    CONTEXT_NOT_FOUND = "CONTEXT_NOT_FOUND"
+    INVALID_CIPHERTEXT = "INVALID_CIPHERTEXT"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     UPLOAD_ABORTED = "UPLOAD_ABORTED"
     INTERNAL = "INTERNAL"
@@ -87,6 +90,9 @@ CATALOG: dict[ErrorCode, tuple[grpc.StatusCode, str]] = {
     ErrorCode.ROUND_CLOSED: (grpc.StatusCode.FAILED_PRECONDITION, "round closed"),
     ErrorCode.ALREADY_SUBMITTED: (grpc.StatusCode.ALREADY_EXISTS, "update already submitted"),
     ErrorCode.CONTEXT_MISMATCH: (grpc.StatusCode.FAILED_PRECONDITION, "CKKS context mismatch"),
+    ErrorCode.INVALID_CONTEXT: (grpc.StatusCode.INVALID_ARGUMENT, "invalid CKKS context"),
+    ErrorCode.CONTEXT_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "CKKS context not found"),
+    ErrorCode.INVALID_CIPHERTEXT: (grpc.StatusCode.INVALID_ARGUMENT, "invalid ciphertext"),
     ErrorCode.BUDGET_EXHAUSTED: (grpc.StatusCode.FAILED_PRECONDITION, "privacy budget exhausted"),
     ErrorCode.UPLOAD_ABORTED: (grpc.StatusCode.ABORTED, "upload aborted on every server"),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, "internal error"),

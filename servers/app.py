@@ -16,6 +16,7 @@ from ppml.proto.domain.status import FastPool, StatusReport
 from ppml.servers import kinds
 from ppml.servers.api.auth import TokenAuthInterceptor
 from ppml.servers.api.errors import ErrorMappingInterceptor
+from ppml.servers.api.he_servicer import HeInferenceServicer
 from ppml.servers.api.prometheus import MetricsEndpoint, make_registry, serve_metrics
 from ppml.servers.api.request_strings import RequestStringsInterceptor
 from ppml.servers.api.server import ServerTls, create_server
@@ -32,6 +33,9 @@ from ppml.servers.control.follower import Follower
 from ppml.servers.control.holds import Holds
 from ppml.servers.control.leader import Leader
 from ppml.servers.control.uploads import UploadCoordinator, UploadGate
+from ppml.servers.he.contexts import ContextStore
+from ppml.servers.he.models import HeModelRegistry
+from ppml.servers.he.service import HeService
 from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
@@ -50,6 +54,7 @@ from ppml.v1 import (
     coordinator_pb2_grpc,
     datasets_pb2_grpc,
     federation_pb2_grpc,
+    he_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     status_pb2_grpc,
@@ -164,6 +169,8 @@ class ComputeServer:
             on_job_done,
         )
         self.inference = InferenceService(env)
+        # single-server CKKS inference: this server's own models, the clients' public keys
+        self.he = HeService(ContextStore(party.data_dir), HeModelRegistry(party.data_dir))
         self.evaluations = EvaluationService(env)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
@@ -206,6 +213,9 @@ class ComputeServer:
             ),
             lambda s: federation_pb2_grpc.add_FederationServicer_to_server(
                 FederationServicer(self.federations), s
+            ),
+            lambda s: he_pb2_grpc.add_HeInferenceServicer_to_server(
+                HeInferenceServicer(self.he), s
             ),
             lambda s: status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(self.report), s),
             lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s),

@@ -132,8 +132,20 @@ class HePlan:
         }
         buf = io.BytesIO()
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        np.savez(buf, allow_pickle=False, **arrays)
+        np.savez_compressed(buf, allow_pickle=False, **arrays)
         return buf.getvalue()
+
+    def skeleton(self) -> HePlan:
+        """The same plan with every weight zero: the shapes a client lays its input out by."""
+        conv = None
+        if self.conv is not None:
+            c = self.conv
+            conv = Conv(np.zeros_like(c.weight), np.zeros_like(c.bias), c.stride, c.padding)
+        steps: list[Step] = [
+            Affine(np.zeros_like(s.matrix), np.zeros_like(s.bias)) if isinstance(s, Affine) else s
+            for s in self.steps
+        ]
+        return HePlan(self.input_shape, conv, tuple(steps))
 
     @staticmethod
     def from_bytes(data: bytes) -> HePlan:

@@ -12,9 +12,9 @@ keys) save half their polynomials as a seed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from tenseal import sealapi
@@ -71,5 +71,8 @@ def galois_elements(params: CkksParamSet) -> list[int]:
     return [pow(3, step % params.slots, two_n) for step in params.rotation_steps()]
 
 
-def loader(kind: Callable[[], Any]) -> Callable[[sealapi.SEALContext, bytes], Any]:
-    return lambda context, data: load(kind(), context, data)
+def fingerprint(parts: dict[str, bytes]) -> str:
+    """SHA-256 (hex) naming a set of evaluation keys: client and server compute it alike."""
+    return hashlib.sha256(
+        b"".join(hashlib.sha256(parts[name]).digest() for name in sorted(parts))
+    ).hexdigest()

@@ -67,15 +67,31 @@ class CompiledPlan:
         self.evaluator.mod_switch_to_inplace(out, self.context.last_parms_id())
         return out
 
+    def warm(self) -> None:
+        """Encode every plaintext now, following the levels and scales a request takes."""
+        data = self.context.first_context_data()
+        scale = 2.0**self.params.scale_bits
+        for index, op in enumerate(self.ops):
+            parms_id = list(data.parms_id())
+            prime = float(data.parms().coeff_modulus()[-1].value())
+            data = data.next_context_data()
+            if isinstance(op, SquareOp):
+                scale = scale * scale / prime
+                continue
+            for o, out in enumerate(op.outputs):
+                for key, vec in out.terms.items():
+                    self._plain((index, o, *key), vec, parms_id, prime)
+                self._plain((index, o, "bias"), out.bias, list(data.parms_id()), scale)
+
     def _plain(
-        self, key: tuple[object, ...], values: object, ct: sealapi.Ciphertext, scale: float
+        self, key: tuple[object, ...], values: object, parms_id: list[int], scale: float
     ) -> sealapi.Plaintext:
-        full = (*key, tuple(ct.parms_id()), scale)
+        full = (*key, tuple(parms_id), scale)
         with self._lock:
             found = self._cache.get(full)
         if found is None:
             found = sealapi.Plaintext()
-            self.encoder.encode(list(values), ct.parms_id(), scale, found)  # type: ignore[call-overload]
+            self.encoder.encode(list(values), parms_id, scale, found)  # type: ignore[call-overload]
             with self._lock:
                 self._cache[full] = found
         return found
@@ -97,7 +113,9 @@ class CompiledPlan:
             for b, g in sorted(pairs):
                 if b != at:
                     rotated, at = self._rot(rotated, b - at, keys), b
-                pt = self._plain((index, o, ic, g, b), out.terms[(ic, g, b)], rotated, prime)
+                pt = self._plain(
+                    (index, o, ic, g, b), out.terms[(ic, g, b)], rotated.parms_id(), prime
+                )
                 term = sealapi.Ciphertext()
                 ev.multiply_plain(rotated, pt, term)
                 if g in inner:
@@ -110,7 +128,7 @@ class CompiledPlan:
         total = self._horner(inner, op.giant, keys)
         for step in op.fold:
             ev.add_inplace(total, self._rot(total, step, keys))
-        bias = self._plain((index, o, "bias"), out.bias, total, total.scale)
+        bias = self._plain((index, o, "bias"), out.bias, total.parms_id(), total.scale)
         ev.add_plain_inplace(total, bias)
         return total
 
