@@ -10,6 +10,7 @@ in :mod:`ppml.client.datasets_api` and :mod:`ppml.client.training_api`.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 import uuid
@@ -32,7 +33,7 @@ from ppml.client.model_export import ModelSource, export_model
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.proto import shares
-from ppml.proto.deploy.topology import load_config
+from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain.architecture import ModelMeta
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.wire import serde
@@ -55,6 +56,17 @@ class ModelListing:
     complete: bool  # every server holds it
 
 
+def he_key_dir(
+    config: ClusterConfig, token: str, monitor: bool, path: Path, from_file: bool
+) -> Path:
+    """Where this identity's CKKS keys live: beside its token file, or, for a token passed
+    in, in a folder named by the token's hash beside the topology file."""
+    token_file = config.monitor_token_file if monitor else config.client_token_file
+    if from_file and token_file is not None:
+        return token_file.with_name(token_file.name + ".ckks")
+    return path.resolve().parent / "ckks-keys" / hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
     """Client of a ppml cluster (all compute servers, in rank order)."""
 
@@ -69,14 +81,14 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
     ) -> Cluster:
         """Connect using a topology file; the token defaults to its ``[client]`` token file."""
         config = load_config(path)
+        from_file = token is None
         if token is None:
             token_file = config.monitor_token_file if monitor else config.client_token_file
             token = token_file.read_text().strip() if token_file else ""
         endpoints = [Endpoint(p.name, p.grpc_address) for p in config.parties]
         cluster = cls(endpoints, token, config.ca_cert, timeout, insecure)
-        token_file = config.monitor_token_file if monitor else config.client_token_file
-        if token_file is not None:  # CKKS keys live beside the identity's token
-            cluster.he_key_dir = token_file.with_name(token_file.name + ".ckks")
+        # CKKS keys live beside the identity's token (a token passed in: beside the config)
+        cluster.he_key_dir = he_key_dir(config, token, monitor, Path(path), from_file)
         return cluster
 
     # ------------------------------------------------------------ models

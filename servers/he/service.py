@@ -1,0 +1,208 @@
+"""The CKKS inference service of one server: contexts, models, predictions.
+
+Every request is checked before any evaluation: the model and the caller's
+right to it, the layout, the caller's stored context and the fingerprint the
+request names, the number of ciphertexts, and each ciphertext's size, level,
+scale and shape. A refused request changes nothing stored. Evaluations run
+one at a time (SEAL's bindings hold the GIL; a queue is fairer than
+interleaving), each request's groups in turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tenseal import sealapi
+
+from ppml.proto.errors import ErrorCode, PpmlError
+from ppml.proto.he import seal_io
+from ppml.proto.he.layout import MODES
+from ppml.proto.he.params import param_set
+from ppml.servers.he.contexts import ContextHeader, ContextInfo, ContextStore
+from ppml.servers.he.models import HeModel, HeModelRegistry
+
+MAX_ROWS = 1024
+_WINDOW = 4096
+
+
+@dataclass
+class HeStats:
+    requests: int = 0
+    errors: int = 0
+    images: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+
+
+@dataclass(frozen=True)
+class HePrediction:
+    ciphertexts: list[bytes]
+    seconds: float
+
+
+def _bad(detail: str) -> PpmlError:
+    return PpmlError(ErrorCode.INVALID_CIPHERTEXT, detail)
+
+
+def max_ciphertext_bytes(set_name: str) -> int:
+    """A fresh ciphertext uncompressed, plus SEAL's header: no valid one is larger."""
+    p = param_set(set_name)
+    return 2 * p.poly_modulus_degree * (len(p.coeff_mod_bit_sizes) - 1) * 8 + 4096
+
+
+class HeService:
+    def __init__(self, contexts: ContextStore, models: HeModelRegistry) -> None:
+        self.contexts = contexts
+        self.models = models
+        self._run_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats: dict[str, HeStats] = {}
+
+    # -- contexts and models ------------------------------------------------
+    def upload_context(
+        self, identity: str, header: ContextHeader, parts: Iterable[tuple[str, bytes]]
+    ) -> ContextInfo:
+        return self.contexts.upload(identity, header, parts)
+
+    def register(
+        self,
+        model_id: str,
+        name: str,
+        owner: str,
+        set_name: str,
+        plan: bytes,
+        allowed: tuple[str, ...],
+    ) -> HeModel:
+        return self.models.register(model_id, name, owner, set_name, plan, allowed)
+
+    # -- predictions --------------------------------------------------------
+    def predict(
+        self,
+        caller: str,
+        model_id: str,
+        layout: str,
+        fingerprint: str,
+        rows: int,
+        blobs: list[bytes],
+    ) -> HePrediction:
+        start = time.perf_counter()
+        label = model_id
+        try:
+            model = self.models.get(model_id, caller)
+            result = self._predict(caller, model, layout, fingerprint, rows, blobs)
+        except PpmlError:
+            self._record(label if self._known(model_id) else "(unknown)", 0, 0, 0, None)
+            raise
+        self._record(
+            model_id, rows, sum(map(len, blobs)), sum(map(len, result)), time.perf_counter() - start
+        )
+        return HePrediction(result, time.perf_counter() - start)
+
+    def _known(self, model_id: str) -> bool:
+        try:
+            self.models.get(model_id, "")
+        except PpmlError as e:
+            return e.code != ErrorCode.MODEL_NOT_FOUND
+        return True
+
+    def _predict(
+        self,
+        caller: str,
+        model: HeModel,
+        layout: str,
+        fingerprint: str,
+        rows: int,
+        blobs: list[bytes],
+    ) -> list[bytes]:
+        if layout not in MODES:
+            raise PpmlError(
+                ErrorCode.INVALID_ARGUMENT, f"layout must be one of {MODES}, not {layout[:20]!r}"
+            )
+        stored, keys = self.contexts.keys(caller, model.param_set)
+        if fingerprint != stored:
+            raise PpmlError(
+                ErrorCode.CONTEXT_MISMATCH,
+                f"the ciphertexts name context {fingerprint[:16]!r}, but your stored "
+                f"{model.param_set} context is {stored[:16]!r}: encrypt under your own "
+                "context (or upload it again)",
+            )
+        compiled = model.compiled[layout]
+        params = compiled.params
+        per_group = compiled.layout.images_per_group(params.slots)
+        if not 1 <= rows <= MAX_ROWS:
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, f"rows must be 1..{MAX_ROWS}, not {rows}")
+        groups = -(-rows // per_group)
+        expected = groups * compiled.layout.ciphertexts
+        if len(blobs) != expected:
+            raise _bad(
+                f"{rows} rows in the {layout} layout take {groups} group(s) of "
+                f"{compiled.layout.ciphertexts} ciphertext(s): {expected}, not {len(blobs)}"
+            )
+        limit = max_ciphertext_bytes(params.name)
+        context = seal_io.seal_context(params)
+        scale = 2.0**params.scale_bits
+        cts = []
+        for i, blob in enumerate(blobs):
+            if len(blob) > limit:
+                raise _bad(
+                    f"ciphertext {i} is {len(blob)} bytes; at most {limit} under {params.name}"
+                )
+            try:
+                ct = seal_io.load(sealapi.Ciphertext(), context, blob)
+            except (ValueError, RuntimeError) as e:
+                raise _bad(f"ciphertext {i} does not load under {params.name}: {e}") from None
+            if ct.parms_id() != context.first_parms_id():
+                raise _bad(
+                    f"ciphertext {i} is not at the top level of {params.name} "
+                    "(encrypt fresh; do not mod-switch)"
+                )
+            if ct.size() != 2 or not ct.is_ntt_form() or ct.is_transparent():
+                raise _bad(f"ciphertext {i} is not a fresh two-part CKKS ciphertext")
+            if not np.isclose(ct.scale, scale, rtol=0, atol=scale * 1e-9):
+                raise _bad(
+                    f"ciphertext {i} has scale 2^{np.log2(ct.scale):.2f}; "
+                    f"{params.name} expects 2^{params.scale_bits}"
+                )
+            cts.append(ct)
+        out = []
+        width = compiled.layout.ciphertexts
+        with self._run_lock:
+            for g in range(groups):
+                result = compiled.run(cts[g * width : (g + 1) * width], keys)
+                out.append(seal_io.to_bytes(result))
+        return out
+
+    # -- metrics ------------------------------------------------------------
+    def _record(
+        self, model_id: str, images: int, bytes_in: int, bytes_out: int, seconds: float | None
+    ) -> None:
+        with self._stats_lock:
+            stats = self._stats.setdefault(model_id, HeStats())
+            stats.requests += 1
+            if seconds is None:
+                stats.errors += 1
+                return
+            stats.images += images
+            stats.bytes_in += bytes_in
+            stats.bytes_out += bytes_out
+            stats.latencies_ms.append(seconds * 1000.0)
+
+    def stats(self) -> dict[str, HeStats]:
+        with self._stats_lock:
+            return {
+                k: HeStats(
+                    v.requests,
+                    v.errors,
+                    v.images,
+                    v.bytes_in,
+                    v.bytes_out,
+                    deque(v.latencies_ms, maxlen=_WINDOW),
+                )
+                for k, v in self._stats.items()
+            }
