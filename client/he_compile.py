@@ -6,8 +6,8 @@ and returns a :class:`~ppml.proto.he.plan.HePlan`:
 * an optional first ``nn.Conv2d``, with an ``nn.BatchNorm2d`` right after it
   folded into its weight and bias; a :class:`Square` must follow;
 * :class:`Square` activations, which split the rest into segments;
-* every segment is linear (Linear, Flatten, AvgPool2d, BatchNorm1d/2d,
-  Dropout, Identity) and collapses into one affine map ``A x + c``, computed
+* every segment is linear (Linear, Flatten, AvgPool2d, BatchNorm1d/2d with
+  running statistics, Dropout, Dropout2d, Identity) and collapses into one affine map ``A x + c``, computed
   numerically in float64: ``c`` is the segment at 0 and column ``j`` of ``A``
   is the segment at the unit vector ``e_j``, less ``c``, each evaluated on
   the shape the tensor has at that point of the model. Inputs to the first
@@ -47,7 +47,7 @@ _LINEAR: tuple[type[nn.Module], ...] = (
 )
 _SUPPORTED = (
     "a first Conv2d, Linear, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, "
-    "Identity and ppml.client.he_compile.Square"
+    "Dropout2d, Identity and ppml.client.he_compile.Square"
 )
 
 _Layer = tuple[str, nn.Module]  # (name as in model.named_modules(), module)
