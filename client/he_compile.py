@@ -7,12 +7,12 @@ and returns a :class:`~ppml.proto.he.plan.HePlan`:
   folded into its weight and bias; a :class:`Square` must follow;
 * :class:`Square` activations, which split the rest into segments;
 * every segment is linear (Linear, Flatten, AvgPool2d, BatchNorm1d/2d with
-  running statistics, Dropout, Dropout2d, Identity) and collapses into one affine map ``A x + c``, computed
-  numerically in float64: ``c`` is the segment at 0 and column ``j`` of ``A``
-  is the segment at the unit vector ``e_j``, less ``c``, each evaluated on
-  the shape the tensor has at that point of the model. Inputs to the first
-  affine map after the convolution are therefore in torch's Flatten order,
-  channel by channel;
+  running statistics, Dropout, Dropout2d, Identity) and collapses into one
+  affine map ``A x + c``, computed numerically in float64: ``c`` is the
+  segment at 0 and column ``j`` of ``A`` is the segment at the unit vector
+  ``e_j``, less ``c``, each evaluated on the shape the tensor has at that
+  point of the model. Inputs to the first affine map after the convolution
+  are therefore in torch's Flatten order, channel by channel;
 * the model ends with an affine segment.
 
 Anything else (ReLU, MaxPool2d, a custom module, ...) is refused with a
