@@ -50,6 +50,24 @@ class FastPool:
 
 
 @dataclass(frozen=True)
+class HeModelServing:
+    """Single-server CKKS inference of one model on this server (ciphertexts only)."""
+
+    model_id: str  # "(unknown)" for requests naming no model stored here
+    requests: int  # every request, successful or not
+    errors: int  # requests refused or failed
+    images: int  # images in successful requests
+    latency: Latency  # successful requests only
+    bytes_in: int = 0  # ciphertext bytes received in successful requests
+    bytes_out: int = 0  # ciphertext bytes returned
+
+    @property
+    def ok(self) -> int:
+        """Requests that succeeded."""
+        return max(0, self.requests - self.errors)
+
+
+@dataclass(frozen=True)
 class StatusReport:
     rank: int
     world_size: int
@@ -78,3 +96,6 @@ class StatusReport:
     datasets_stored: int = 0
     training_jobs: dict[str, int] = field(default_factory=dict)  # state -> jobs
     fast_pool: FastPool = field(default_factory=FastPool)
+    he_models: list[HeModelServing] = field(default_factory=list)
+    # client identity -> CKKS contexts (public evaluation keys) stored for it
+    he_contexts: dict[str, int] = field(default_factory=dict)

@@ -334,6 +334,38 @@ def _fields_from_message(cls: type[T], sub: Message) -> T:
 # ---------------------------------------------------------------- status
 
 
+def _latency_to_proto(latency: st.Latency) -> status_pb2.LatencySummary:
+    return status_pb2.LatencySummary(**dataclasses.asdict(latency))
+
+
+def _latency_from_proto(msg: status_pb2.LatencySummary) -> st.Latency:
+    return st.Latency(msg.count, msg.p50_ms, msg.p95_ms, msg.p99_ms)
+
+
+def _he_model_to_proto(m: st.HeModelServing) -> status_pb2.HeModelStats:
+    return status_pb2.HeModelStats(
+        model_id=m.model_id,
+        requests=m.requests,
+        errors=m.errors,
+        images=m.images,
+        latency=_latency_to_proto(m.latency),
+        ciphertext_bytes_in=m.bytes_in,
+        ciphertext_bytes_out=m.bytes_out,
+    )
+
+
+def _he_model_from_proto(msg: status_pb2.HeModelStats) -> st.HeModelServing:
+    return st.HeModelServing(
+        model_id=msg.model_id,
+        requests=msg.requests,
+        errors=msg.errors,
+        images=msg.images,
+        latency=_latency_from_proto(msg.latency),
+        bytes_in=msg.ciphertext_bytes_in,
+        bytes_out=msg.ciphertext_bytes_out,
+    )
+
+
 def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
     return status_pb2.ServerStatus(
         rank=report.rank,
@@ -353,12 +385,7 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
                 model_id=m.model_id,
                 requests=m.requests,
                 batches=m.batches,
-                latency=status_pb2.LatencySummary(
-                    count=m.latency.count,
-                    p50_ms=m.latency.p50_ms,
-                    p95_ms=m.latency.p95_ms,
-                    p99_ms=m.latency.p99_ms,
-                ),
+                latency=_latency_to_proto(m.latency),
                 errors=m.errors,
             )
             for m in report.models
@@ -381,6 +408,8 @@ def status_to_proto(report: st.StatusReport) -> status_pb2.ServerStatus:
         datasets_stored=report.datasets_stored,
         training_jobs=report.training_jobs,
         fast_pool=status_pb2.FastPoolStats(**dataclasses.asdict(report.fast_pool)),
+        he_models=[_he_model_to_proto(m) for m in report.he_models],
+        he_contexts=report.he_contexts,
     )
 
 
@@ -403,7 +432,7 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
                 m.model_id,
                 m.requests,
                 m.batches,
-                st.Latency(m.latency.count, m.latency.p50_ms, m.latency.p95_ms, m.latency.p99_ms),
+                _latency_from_proto(m.latency),
                 dict(m.errors),
             )
             for m in msg.models
@@ -423,6 +452,8 @@ def status_from_proto(msg: status_pb2.ServerStatus) -> st.StatusReport:
         fast_pool=st.FastPool(
             **{f.name: getattr(msg.fast_pool, f.name) for f in dataclasses.fields(st.FastPool)}
         ),
+        he_models=[_he_model_from_proto(m) for m in msg.he_models],
+        he_contexts=dict(msg.he_contexts),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,11 +38,13 @@ class Snapshot:
     last_error: str
 
 
-def _latency(values: deque[float]) -> Latency:
-    if not values:
+def latency_summary(values: Iterable[float]) -> Latency:
+    """Count and p50/p95/p99 of ``values`` (ms); zeros when there are none."""
+    array = np.fromiter(values, dtype=float)
+    if not array.size:
         return Latency(0, 0.0, 0.0, 0.0)
-    p50, p95, p99 = np.percentile(np.fromiter(values, dtype=float), [50, 95, 99])
-    return Latency(len(values), float(p50), float(p95), float(p99))
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return Latency(int(array.size), float(p50), float(p95), float(p99))
 
 
 class ServerMetrics:
@@ -93,7 +96,9 @@ class ServerMetrics:
                 requests_total=self._requests,
                 errors=dict(self._errors),
                 models=[
-                    ModelServing(k, v.requests, v.batches, _latency(v.latencies_ms), dict(v.errors))
+                    ModelServing(
+                        k, v.requests, v.batches, latency_summary(v.latencies_ms), dict(v.errors)
+                    )
                     for k, v in self._models.items()
                 ],
                 batch_sizes=dict(self._batch_sizes),

@@ -528,6 +528,19 @@ def test_leader_status_round_trip() -> None:
     assert serde.status_from_proto(wire) == report
 
 
+def test_he_status_round_trip() -> None:
+    he = st.HeModelServing("poly", 9, 2, 260, st.Latency(7, 80.5, 410.0, 1200.25), 3 << 30, 40_000)
+    unknown = st.HeModelServing("(unknown)", 1, 1, 0, st.Latency())
+    report = replace(_report(), he_models=[he, unknown], he_contexts={"office-1": 2, "client": 1})
+    wire = status_pb2.ServerStatus.FromString(serde.status_to_proto(report).SerializeToString())
+    assert serde.status_from_proto(wire) == report
+    assert wire.he_models[0].ciphertext_bytes_in == 3 << 30
+    assert wire.he_models[0].ciphertext_bytes_out == 40_000
+    assert wire.he_models[0].latency.p99_ms == 1200.25
+    assert dict(wire.he_contexts) == {"office-1": 2, "client": 1}
+    assert (he.ok, unknown.ok) == (7, 0)
+
+
 def test_model_serving_ok_excludes_errors() -> None:
     serving = st.ModelServing("m", 9, 3, st.Latency(7), {"INVALID_ARGUMENT": 2})
     assert serving.ok == 7

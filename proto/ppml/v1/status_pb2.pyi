@@ -198,6 +198,54 @@ class FastPoolStats(_message.Message):
 Global___FastPoolStats: _TypeAlias = FastPoolStats  # noqa: Y015
 
 @_typing.final
+class HeModelStats(_message.Message):
+    """Single-server CKKS inference of one model on this server (servers/he)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_BYTES_IN_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_BYTES_OUT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """"(unknown)": requests naming no model stored here"""
+    requests: _builtins.int
+    """every request, successful or not"""
+    errors: _builtins.int
+    """requests refused or failed"""
+    images: _builtins.int
+    """images in successful requests"""
+    ciphertext_bytes_in: _builtins.int
+    """ciphertexts received, successful requests"""
+    ciphertext_bytes_out: _builtins.int
+    """ciphertexts returned"""
+    @_builtins.property
+    def latency(self) -> Global___LatencySummary:
+        """successful requests only"""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        images: _builtins.int = ...,
+        latency: Global___LatencySummary | None = ...,
+        ciphertext_bytes_in: _builtins.int = ...,
+        ciphertext_bytes_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_bytes_in", b"ciphertext_bytes_in", "ciphertext_bytes_out", b"ciphertext_bytes_out", "errors", b"errors", "images", b"images", "latency", b"latency", "model_id", b"model_id", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeModelStats: _TypeAlias = HeModelStats  # noqa: Y015
+
+@_typing.final
 class ServerStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -281,6 +329,26 @@ class ServerStatus(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HeContextsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RANK_FIELD_NUMBER: _builtins.int
     WORLD_SIZE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -307,6 +375,8 @@ class ServerStatus(_message.Message):
     TRAINING_JOBS_FIELD_NUMBER: _builtins.int
     RUNNING_JOB_FIELD_NUMBER: _builtins.int
     FAST_POOL_FIELD_NUMBER: _builtins.int
+    HE_MODELS_FIELD_NUMBER: _builtins.int
+    HE_CONTEXTS_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     version: _builtins.str
@@ -358,6 +428,14 @@ class ServerStatus(_message.Message):
 
     @_builtins.property
     def fast_pool(self) -> Global___FastPoolStats: ...
+    @_builtins.property
+    def he_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeModelStats]: ...
+    @_builtins.property
+    def he_contexts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """client identity -> CKKS contexts (public evaluation keys, one per
+        parameter set) this server stores for it
+        """
+
     def __init__(
         self,
         *,
@@ -387,10 +465,12 @@ class ServerStatus(_message.Message):
         training_jobs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         running_job: _builtins.str = ...,
         fast_pool: Global___FastPoolStats | None = ...,
+        he_models: _abc.Iterable[Global___HeModelStats] | None = ...,
+        he_contexts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fast_pool", b"fast_pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "fast_pool", b"fast_pool", "grpc_address", b"grpc_address", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "running_job", b"running_job", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "datasets_stored", b"datasets_stored", "dealer_connected", b"dealer_connected", "dealer_requests", b"dealer_requests", "dealer_sessions", b"dealer_sessions", "errors", b"errors", "fast_pool", b"fast_pool", "grpc_address", b"grpc_address", "he_contexts", b"he_contexts", "he_models", b"he_models", "heartbeats", b"heartbeats", "last_error", b"last_error", "links_up", b"links_up", "models", b"models", "models_stored", b"models_stored", "mpc_cost", b"mpc_cost", "mpc_epoch", b"mpc_epoch", "name", b"name", "queue_depth", b"queue_depth", "rank", b"rank", "requests_total", b"requests_total", "running_job", b"running_job", "serving", b"serving", "tls", b"tls", "training_jobs", b"training_jobs", "uptime_s", b"uptime_s", "version", b"version", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
