@@ -36,6 +36,14 @@ endpoint and the ``Status`` RPC always agree. Families::
     ppml_fast_pool_fill_rate     gauge    images per second added to the pools, last minute
     ppml_fast_refilled_total     counter  bundles added by refill jobs
     ppml_fast_forwards_total     counter  source ("pool" or "dealer": asked on demand)
+    ppml_he_requests_total       counter  model: CKKS predict requests, successful or not
+    ppml_he_errors_total         counter  model: CKKS predict requests refused or failed
+    ppml_he_images_total         counter  model: images in successful CKKS requests
+    ppml_he_ciphertext_bytes_total  counter  model, direction ("in" or "out")
+    ppml_he_latency_ms           gauge    model, quantile (0.5 / 0.95 / 0.99) over the
+                                          last 4096 successful CKKS requests of that model
+    ppml_he_contexts             gauge    identity: CKKS contexts (public evaluation
+                                          keys, one per parameter set) stored for it
 
 Labels are ids, names and codes only, never values derived from secrets.
 """
@@ -141,7 +149,7 @@ def status_metrics(report: StatusReport) -> list[Metric]:
     for state, count in sorted(report.training_jobs.items()):
         training.add_metric([state], count)
     families.append(training)
-    return families + _fast_pool_metrics(report)
+    return families + _fast_pool_metrics(report) + _he_metrics(report)
 
 
 def _fast_pool_metrics(report: StatusReport) -> list[Metric]:
@@ -163,6 +171,44 @@ def _fast_pool_metrics(report: StatusReport) -> list[Metric]:
         ),
         forwards,
     ]
+
+
+def _he_metrics(report: StatusReport) -> list[Metric]:
+    """Single-server CKKS inference: per model, and the stored contexts per identity."""
+    requests = CounterMetricFamily(
+        "ppml_he_requests_total", "CKKS predict requests by model", labels=["model"]
+    )
+    errors = CounterMetricFamily(
+        "ppml_he_errors_total", "CKKS predict requests refused or failed", labels=["model"]
+    )
+    images = CounterMetricFamily(
+        "ppml_he_images_total", "Images in successful CKKS predict requests", labels=["model"]
+    )
+    traffic = CounterMetricFamily(
+        "ppml_he_ciphertext_bytes_total",
+        "Ciphertext bytes of successful CKKS predict requests",
+        labels=["model", "direction"],
+    )
+    latency = GaugeMetricFamily(
+        "ppml_he_latency_ms",
+        "Latency of recent successful CKKS predict requests (ms)",
+        labels=["model", "quantile"],
+    )
+    for model in report.he_models:
+        requests.add_metric([model.model_id], model.requests)
+        errors.add_metric([model.model_id], model.errors)
+        images.add_metric([model.model_id], model.images)
+        traffic.add_metric([model.model_id, "in"], model.bytes_in)
+        traffic.add_metric([model.model_id, "out"], model.bytes_out)
+        if model.latency.count:
+            for quantile, attr in _QUANTILES:
+                latency.add_metric([model.model_id, quantile], getattr(model.latency, attr))
+    contexts = GaugeMetricFamily(
+        "ppml_he_contexts", "CKKS contexts stored per client identity", labels=["identity"]
+    )
+    for identity, count in sorted(report.he_contexts.items()):
+        contexts.add_metric([identity], count)
+    return [requests, errors, images, traffic, latency, contexts]
 
 
 class StatusCollector(Collector):

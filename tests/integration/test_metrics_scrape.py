@@ -1,4 +1,4 @@
-"""Prometheus endpoint and status fields of real servers after real traffic."""
+"""Prometheus endpoint and status fields of real servers after real traffic (MPC and CKKS)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ppml.proto import shares
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.deploy.topology import PartyConfig
 from ppml.proto.wire import serde
+from ppml.training.poly_cnn import IMAGE_SHAPE, poly_cnn
 from ppml.v1 import inference_pb2, inference_pb2_grpc
 
 OK_REQUESTS = 7
@@ -141,3 +142,38 @@ def test_leader_reports_the_dealers_requests(cluster2: Cluster, model_id: str) -
     crypten_kinds = {"additive", "square", "binary", "wraps", "B2A", "trunc"}
     assert set(leader.dealer_requests) <= crypten_kinds | {"fast_setup", "fast_bundles"}
     assert cluster2.status()[1].dealer_requests == {}
+
+
+@pytest.fixture(scope="module")
+def he_model_id(cluster2: Cluster) -> str:
+    """A CKKS model on server 0 (untrained: the figures, not its accuracy, are checked)."""
+    model_id = cluster2.he_register(poly_cnn(), IMAGE_SHAPE, name="metrics-ckks")
+    result = cluster2.predict_ckks(model_id, torch.full((2, *IMAGE_SHAPE), 0.5))
+    assert tuple(result.output.shape) == (2, 10)
+    return model_id
+
+
+def test_ckks_serving_in_status_and_scrape(
+    local2: LocalCluster, cluster2: Cluster, he_model_id: str
+) -> None:
+    leader, follower = cluster2.status()
+    (serving,) = [m for m in leader.he_models if m.model_id == he_model_id]
+    assert (serving.requests, serving.errors, serving.images) == (1, 0, 2)
+    assert serving.latency.count == 1 and serving.latency.p50_ms > 0
+    assert serving.bytes_in > 0 and serving.bytes_out > 0
+    contexts = leader.he_contexts.get("local-user", 0)
+    assert contexts >= 1  # its evaluation keys, uploaded before the first prediction
+    assert not [m for m in follower.he_models if m.model_id == he_model_id]
+
+    status, text = _scrape(local2, local2.config.parties[0], _monitor_token(local2))
+    assert status == 200
+    samples = _samples(text)
+    model = (("model", he_model_id),)
+    assert samples[("ppml_he_requests_total", model)] == 1
+    assert samples[("ppml_he_images_total", model)] == 2
+    assert samples[("ppml_he_errors_total", model)] == 0
+    bytes_in = (("direction", "in"), ("model", he_model_id))
+    assert samples[("ppml_he_ciphertext_bytes_total", bytes_in)] == serving.bytes_in
+    p50 = ("ppml_he_latency_ms", (("model", he_model_id), ("quantile", "0.5")))
+    assert samples[p50] == serving.latency.p50_ms
+    assert samples[("ppml_he_contexts", (("identity", "local-user"),))] == contexts

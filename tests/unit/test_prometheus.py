@@ -143,6 +143,48 @@ def test_families_have_the_documented_types() -> None:
         assert types[f"ppml_{gauge}"] == "gauge"
 
 
+def test_ckks_serving_per_model_and_contexts_per_identity() -> None:
+    he = [
+        st.HeModelServing("poly", 9, 2, 260, st.Latency(7, 80.5, 410.0, 1200.0), 3 << 30, 40_000),
+        st.HeModelServing("(unknown)", 1, 1, 0, st.Latency()),
+    ]
+    report = _report(he_models=he, he_contexts={"office-1": 2, "client": 1})
+    text = generate_latest(make_registry(lambda: report)).decode()
+    samples = _parse(text)
+
+    def by_labels(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {k[1]: v for k, v in samples.items() if k[0] == name}
+
+    poly, unknown = (("model", "poly"),), (("model", "(unknown)"),)
+    assert by_labels("ppml_he_requests_total") == {poly: 9, unknown: 1}
+    assert by_labels("ppml_he_errors_total") == {poly: 2, unknown: 1}
+    assert by_labels("ppml_he_images_total") == {poly: 260, unknown: 0}
+    assert by_labels("ppml_he_ciphertext_bytes_total") == {
+        (("direction", "in"), ("model", "poly")): float(3 << 30),
+        (("direction", "out"), ("model", "poly")): 40_000,
+        (("direction", "in"), ("model", "(unknown)")): 0,
+        (("direction", "out"), ("model", "(unknown)")): 0,
+    }
+    assert by_labels("ppml_he_latency_ms") == {  # models with successes only
+        (("model", "poly"), ("quantile", "0.5")): 80.5,
+        (("model", "poly"), ("quantile", "0.95")): 410.0,
+        (("model", "poly"), ("quantile", "0.99")): 1200.0,
+    }
+    assert by_labels("ppml_he_contexts") == {
+        (("identity", "client"),): 1,
+        (("identity", "office-1"),): 2,
+    }
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    for counter in ("requests", "errors", "images", "ciphertext_bytes"):
+        assert types[f"ppml_he_{counter}"] == "counter"
+    assert types["ppml_he_latency_ms"] == types["ppml_he_contexts"] == "gauge"
+
+
+def test_no_ckks_traffic_gives_empty_families() -> None:
+    samples = _scrape(_report())
+    assert not [k for k in samples if k[0].startswith("ppml_he_")]
+
+
 def test_empty_report_still_exposes_the_basics() -> None:
     report = st.StatusReport(0, 2, "", 0.0, False, False, 0, "", 0, 0, 0, 0)
     samples = _scrape(report)
