@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-from ppml.dashboard import charts, federations, frames, history, jobs
+from ppml.dashboard import charts, ckks, federations, frames, history, jobs
 from ppml.dashboard.data import ClusterSnapshot, ServerSnapshot
 
 DOWN_STYLE = "background-color: #fde0e0; color: #8b0000; font-weight: 600"
@@ -148,6 +148,31 @@ def render_serving(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) -
         st.caption("Errors by status code: no failed requests.")
     else:
         _chart(charts.errors_by_code(errors))
+
+
+# ---------------------------------------------------------------- CKKS inference
+
+
+def render_ckks(snapshot: ClusterSnapshot) -> None:
+    st.header("CKKS inference")
+    models = ckks.he_models(snapshot)
+    contexts = ckks.he_contexts(snapshot)
+    if models.empty and contexts.empty:
+        st.info("No CKKS predictions yet: a model registered for CKKS inference appears here.")
+        return
+    st.caption(
+        "Single-server inference on ciphertexts under each client's own keys: requests, "
+        "latency (recent successful requests) and ciphertext traffic per model."
+    )
+    if models.empty:
+        st.caption("CKKS models: no predictions yet.")
+    else:
+        st.table(_table(models, (*FREE_TEXT, "model id")), hide_index=True)
+    if contexts.empty:
+        st.caption("No CKKS contexts (evaluation keys) stored.")
+    else:
+        st.caption("CKKS contexts (public evaluation keys, one per parameter set) per client.")
+        st.table(_table(contexts, (*FREE_TEXT, "identity")), hide_index=True)
 
 
 # ---------------------------------------------------------------- MPC cost
@@ -319,6 +344,7 @@ def render_page(
     )
     render_overview(snapshot)
     render_serving(snapshot, past)
+    render_ckks(snapshot)
     render_mpc_cost(snapshot, past)
     render_registry(snapshot)
     render_federations(snapshot)

@@ -29,7 +29,7 @@ from streamlit.testing.v1 import AppTest
 
 from ppml.client import cli
 from ppml.client.deploy.local import free_port
-from ppml.dashboard import federations, frames, history, jobs
+from ppml.dashboard import ckks, federations, frames, history, jobs
 from ppml.dashboard.app import SOURCE_KEY, parse_args
 from ppml.dashboard.data import (
     ClusterSnapshot,
@@ -45,7 +45,14 @@ from ppml.proto import shares
 from ppml.proto.domain import federations as fed
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import JobInfo, JobState, TrainingSpec
-from ppml.proto.domain.status import FastPool, JobCost, Latency, ModelServing, StatusReport
+from ppml.proto.domain.status import (
+    FastPool,
+    HeModelServing,
+    JobCost,
+    Latency,
+    ModelServing,
+    StatusReport,
+)
 from ppml.proto.wire import federations as fed_wire
 from ppml.proto.wire import serde
 from ppml.v1 import (
@@ -162,6 +169,7 @@ def test_zero_traffic_shows_empty_states() -> None:
     info = texts(at.info)
     for empty in (
         "No predictions yet",
+        "No CKKS predictions yet",
         "No MPC jobs yet",
         "No models shared yet",
         "No datasets yet",
@@ -658,6 +666,37 @@ def test_fast_engine_pools_are_shown_per_server() -> None:
     idle = [ServerSnapshot("server-0", 0, "a:1", "SERVING", _report(0, mpc_cost=cost))]
     at = run_app([_snapshot(1.0, idle)])
     assert "No fast-engine bundle pools in use." in texts(at.caption)
+
+
+def test_ckks_inference_per_model_and_contexts_per_identity() -> None:
+    poly = HeModelServing("he-poly", 9, 2, 250, Latency(7, 80.0, 410.0, 1200.0), 60_000_000,
+                          2_500_000)  # fmt: skip
+    unknown = HeModelServing("(unknown)", 1, 1, 0, Latency())
+    leader = _report(0, he_models=[poly, unknown], he_contexts={"office-1": 2, "client": 1})
+    servers = [
+        ServerSnapshot("server-0", 0, "a:0", "SERVING", leader),
+        ServerSnapshot("server-1", 1, "a:1", "SERVING", _report(1)),
+        ServerSnapshot("server-2", 2, "a:2", "DOWN"),
+    ]
+    snapshot = _snapshot(1.0, servers)
+
+    models = ckks.he_models(snapshot)
+    assert list(models["model id"]) == ["he-poly", "(unknown)"]
+    row = models.iloc[0]
+    assert (row["server"], row["requests"], row["errors"], row["images"]) == ("server-0", 9, 2, 250)
+    assert (row["p50 ms"], row["p95 ms"], row["p99 ms"]) == (80.0, 410.0, 1200.0)
+    assert (row["MB in"], row["MB out"], row["KB/image"]) == (60.0, 2.5, 250.0)
+    assert models.iloc[1]["KB/image"] == 0.0  # no images: no division by zero
+    contexts = ckks.he_contexts(snapshot)
+    assert contexts.to_dict("records") == [
+        {"server": "server-0", "identity": "client", "contexts": 1},
+        {"server": "server-0", "identity": "office-1", "contexts": 2},
+    ]
+
+    at = run_app([snapshot])
+    assert list(_table_with(at, "KB/image")["model id"]) == ["he-poly", "(unknown)"]
+    assert list(_table_with(at, "identity")["contexts"]) == [1, 2]
+    assert "No CKKS predictions yet" not in texts(at.info)
 
 
 def test_dealer_requests_are_charted() -> None:
