@@ -2,7 +2,8 @@
 
 Everything a caller needs is importable from here: the :class:`Cluster`
 client, :class:`LocalCluster` (the embedded default: servers and a dealer on
-loopback), the settings types (:class:`DpSettings`) and every SDK error, all
+loopback), the settings types (:class:`DpSettings`), the CKKS activation
+(:class:`Square`) and every SDK error, all
 subclasses of :class:`PpmlClientError`.
 """
 
@@ -14,6 +15,7 @@ from ppml.client.errors import (
     AuthenticationFailed,
     BudgetExhausted,
     ContextMismatch,
+    ContextNotFound,
     DatasetExists,
     DatasetNotFound,
     DeadlineExceeded,
@@ -24,6 +26,8 @@ from ppml.client.errors import (
     FederationFinished,
     FederationNotFound,
     InputShapeMismatch,
+    InvalidCiphertext,
+    InvalidContext,
     InvalidDataset,
     InvalidFederation,
     InvalidModel,
@@ -51,6 +55,8 @@ from ppml.client.errors import (
 )
 from ppml.client.exported import ExportedModel
 from ppml.client.federation import Federation, JoinReport, RoundProgress
+from ppml.client.he_api import HeModelInfo, HePrediction
+from ppml.client.he_compile import Square
 from ppml.client.model_export import UnsupportedModelError
 from ppml.client.training_api import Evaluation
 from ppml.client.training_job import TrainingJob
@@ -62,6 +68,7 @@ __all__ = [
     "BudgetExhausted",
     "Cluster",
     "ContextMismatch",
+    "ContextNotFound",
     "DatasetExists",
     "DatasetListing",
     "DatasetNotFound",
@@ -77,7 +84,11 @@ __all__ = [
     "FederationFailed",
     "FederationFinished",
     "FederationNotFound",
+    "HeModelInfo",
+    "HePrediction",
     "InputShapeMismatch",
+    "InvalidCiphertext",
+    "InvalidContext",
     "InvalidDataset",
     "InvalidFederation",
     "InvalidModel",
@@ -102,6 +113,7 @@ __all__ = [
     "RoundClosed",
     "RoundProgress",
     "ServerUnavailable",
+    "Square",
     "TrainingCancelled",
     "TrainingFailed",
     "TrainingJob",

@@ -29,7 +29,6 @@ class CkksParamSet:
     poly_modulus_degree: int
     coeff_mod_bit_sizes: tuple[int, ...]  # first data prime, rescale primes, special prime
     scale_bits: int
-    rotation_giant_step: int = 16
 
     @property
     def slots(self) -> int:
@@ -47,11 +46,6 @@ class CkksParamSet:
     def headroom_bits(self) -> int:
         """Bits left above the scale at the last level: |value| must stay below 2**this."""
         return self.coeff_mod_bit_sizes[0] - self.scale_bits - 1
-
-    def rotation_steps(self) -> tuple[int, ...]:
-        """The only rotations a plan uses: baby steps by 1, giant steps by +-G."""
-        g = self.rotation_giant_step
-        return (1, g, -g)
 
 
 PARAM_SETS: dict[str, CkksParamSet] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,7 +179,7 @@ class HePlan:
                 shape = tuple(int(d) for d in header["input_shape"])
         except PlanError:
             raise
-        except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise PlanError(f"the plan cannot be read: {e}") from None
         return HePlan(shape, conv, tuple(steps))
 
@@ -224,6 +225,8 @@ def _validate(plan: HePlan) -> None:
         oh, ow = plan.conv.windows(plan.input_shape)
         if oh < 1 or ow < 1 or min(plan.conv.stride) < 1 or min(plan.conv.padding) < 0:
             raise PlanError("the convolution leaves no output window")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(plan.conv.bias))):
+            raise PlanError("weights must be finite")
         total += w.size
         width = int(w.shape[0] * oh * ow)
     else:

@@ -65,12 +65,6 @@ def seal_context(params: CkksParamSet) -> sealapi.SEALContext:
     return context
 
 
-def galois_elements(params: CkksParamSet) -> list[int]:
-    """SEAL's Galois elements for the plan's rotation steps (3**step mod 2N)."""
-    two_n = 2 * params.poly_modulus_degree
-    return [pow(3, step % params.slots, two_n) for step in params.rotation_steps()]
-
-
 def fingerprint(parts: dict[str, bytes]) -> str:
     """SHA-256 (hex) naming a set of evaluation keys: client and server compute it alike."""
     return hashlib.sha256(

@@ -43,6 +43,12 @@ class CompiledPlan:
         self.params = params
         self.layout: InputLayout = input_layout(plan, mode, params.slots)
         self.ops: list[Op] = lower(plan, self.layout, params.slots)
+        for op in self.ops:
+            if isinstance(op, LinearOp) and not all(out.terms for out in op.outputs):
+                raise PlanError(
+                    "a layer (or a convolution channel) has only zero weights: "
+                    "drop it or give it weights"
+                )
         self.context = seal_context(params)
         self.encoder = sealapi.CKKSEncoder(self.context)
         self.evaluator = sealapi.Evaluator(self.context)

@@ -4,14 +4,15 @@ slot vectors (``simulate``: no encryption); and plans survive their byte form.""
 from __future__ import annotations
 
 import io
-import zipfile
 
 import numpy as np
 import pytest
 
 from ppml.client.he_compile import compile_plan
 from ppml.proto.he import layout
+from ppml.proto.he.params import param_set
 from ppml.proto.he.plan import Affine, Conv, HePlan, PlanError, Square
+from ppml.servers.he.evaluate import CompiledPlan
 from ppml.servers.he.lower import LinearOp, lower, simulate
 from ppml.training.poly_cnn import mnist_shaped_digits, train_poly_cnn
 
@@ -153,25 +154,27 @@ def test_bad_plan_bytes_are_refused(data: bytes) -> None:
         HePlan.from_bytes(data)
 
 
-# Known gaps in proto/he/plan.py, kept visible: strict, so each turns red once fixed.
-_UNREADABLE = "from_bytes lets EOFError / zipfile.BadZipFile through instead of PlanError"
-_CONV_FINITE = "_validate checks only the affine arrays for finiteness, not the conv's"
-
-
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(b"", marks=pytest.mark.xfail(raises=EOFError, strict=True,
-                                                  reason=_UNREADABLE)),
-        pytest.param(b"PK\x03\x04junk", marks=pytest.mark.xfail(
-            raises=zipfile.BadZipFile, strict=True, reason=_UNREADABLE)),
-        pytest.param(_with(_conv_plan(), "conv_weight", _nan_first),
-                     marks=pytest.mark.xfail(strict=True, reason=_CONV_FINITE)),
-        pytest.param(_with(_conv_plan(), "conv_bias", lambda b: b * np.inf),
-                     marks=pytest.mark.xfail(strict=True, reason=_CONV_FINITE)),
+        b"",
+        b"PK\x03\x04junk",
+        _with(_conv_plan(), "conv_weight", _nan_first),
+        _with(_conv_plan(), "conv_bias", lambda b: b * np.inf),
     ],
     ids=["empty", "broken zip", "nan conv weight", "infinite conv bias"],
 )
-def test_bad_plan_bytes_known_gaps(data: bytes) -> None:
+def test_unreadable_or_non_finite_plans_are_refused(data: bytes) -> None:
     with pytest.raises(PlanError):
         HePlan.from_bytes(data)
+
+
+def test_a_layer_with_only_zero_weights_is_refused_at_compile_time() -> None:
+    plan = _conv_plan()
+    assert plan.conv is not None
+    weight = plan.conv.weight.copy()
+    weight[1] = 0.0
+    zeroed = HePlan(plan.input_shape, Conv(weight, plan.conv.bias, plan.conv.stride,
+                                           plan.conv.padding), plan.steps)
+    with pytest.raises(PlanError, match="only zero weights"):
+        CompiledPlan(zeroed, param_set("n8192-d5"), "batch")
