@@ -41,6 +41,7 @@ class HePrediction:
     server_seconds: float
     bytes_up: int
     bytes_down: int
+    batch_requests: int = 1  # concurrent requests of yours that shared the evaluation
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,10 @@ class HeMixin(ClusterBase):
             ),
         )
         outputs = [
-            slots_layout.unpack(where, keys.decrypt(blob), len(span), info.output_size)
-            for span, blob in zip(spans, reply.ciphertexts, strict=True)
+            slots_layout.unpack(where, keys.decrypt(blob), len(span), info.output_size, skip)
+            for span, blob, skip in zip(
+                spans, reply.ciphertexts, [reply.first_row] + [0] * len(spans), strict=False
+            )
         ]
         return HePrediction(
             torch.from_numpy(np.concatenate(outputs)).float(),
@@ -254,4 +257,5 @@ class HeMixin(ClusterBase):
             reply.server_seconds,
             sum(map(len, blobs)),
             sum(map(len, reply.ciphertexts)),
+            max(1, reply.batch_requests),
         )

@@ -108,10 +108,18 @@ def pack(layout: InputLayout, features: Floats, slots: int) -> list[Floats]:
     return list(out)
 
 
-def unpack(layout: InputLayout, values: Floats, rows: int, outputs: int) -> Floats:
-    """Decoded slots of a group's output ciphertext -> its (rows, outputs) logits."""
-    region = np.asarray(values[: rows * layout.region]).reshape(rows, layout.region)
-    return region[:, :outputs]
+def unpack(
+    layout: InputLayout, values: Floats, rows: int, outputs: int, first_row: int = 0
+) -> Floats:
+    """Decoded slots of a group's output ciphertext -> its (rows, outputs) logits.
+
+    ``first_row``: where the rows start when the server merged concurrent
+    requests into one group (``HePredictResponse.first_row``).
+    """
+    start, stop = first_row * layout.region, (first_row + rows) * layout.region
+    if stop > len(values):
+        raise ValueError(f"rows {first_row}..{first_row + rows} lie outside the group")
+    return np.asarray(values[start:stop]).reshape(rows, layout.region)[:, :outputs]
 
 
 def groups(rows: int, per_group: int) -> list[range]:

@@ -122,4 +122,6 @@ class HeInferenceServicer(he_pb2_grpc.HeInferenceServicer):
             ciphertexts=result.ciphertexts,
             groups=len(result.ciphertexts),
             server_seconds=result.seconds,
+            first_row=result.first_row,
+            batch_requests=result.batch_requests,
         )

@@ -5,7 +5,8 @@ right to it, the layout, the caller's stored context and the fingerprint the
 request names, the number of ciphertexts, and each ciphertext's size, level,
 scale and shape. A refused request changes nothing stored. Evaluations run
 one at a time (SEAL's bindings hold the GIL; a queue is fairer than
-interleaving), each request's groups in turn.
+interleaving), each request's groups in turn; concurrent one-group requests of
+one identity share an evaluation (:mod:`.batching`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.he import seal_io
 from ppml.proto.he.layout import MODES
 from ppml.proto.he.params import param_set
+from ppml.servers.he.batching import Batcher
 from ppml.servers.he.contexts import ContextHeader, ContextInfo, ContextStore
+from ppml.servers.he.evaluate import CompiledPlan, EvalKeys
 from ppml.servers.he.models import HeModel, HeModelRegistry
 
 MAX_ROWS = 1024
@@ -44,6 +47,8 @@ class HeStats:
 class HePrediction:
     ciphertexts: list[bytes]
     seconds: float
+    first_row: int = 0  # where this request's rows start in the first group
+    batch_requests: int = 1  # requests that shared the evaluation
 
 
 def _bad(detail: str) -> PpmlError:
@@ -61,6 +66,8 @@ class HeService:
         self.contexts = contexts
         self.models = models
         self._run_lock = threading.Lock()
+        self._batcher = Batcher(self._run_lock)
+        self._batch_sizes: dict[int, int] = {}
         self._stats_lock = threading.Lock()
         self._stats: dict[str, HeStats] = {}
 
@@ -95,14 +102,16 @@ class HeService:
         label = model_id
         try:
             model = self.models.get(model_id, caller)
-            result = self._predict(caller, model, layout, fingerprint, rows, blobs)
+            result, first_row, requests = self._predict(
+                caller, model, layout, fingerprint, rows, blobs
+            )
         except PpmlError:
             self._record(label if self._known(model_id) else "(unknown)", 0, 0, 0, None)
             raise
         self._record(
             model_id, rows, sum(map(len, blobs)), sum(map(len, result)), time.perf_counter() - start
         )
-        return HePrediction(result, time.perf_counter() - start)
+        return HePrediction(result, time.perf_counter() - start, first_row, requests)
 
     def _known(self, model_id: str) -> bool:
         try:
@@ -119,7 +128,7 @@ class HeService:
         fingerprint: str,
         rows: int,
         blobs: list[bytes],
-    ) -> list[bytes]:
+    ) -> tuple[list[bytes], int, int]:
         if layout not in MODES:
             raise PpmlError(
                 ErrorCode.INVALID_ARGUMENT, f"layout must be one of {MODES}, not {layout[:20]!r}"
@@ -170,13 +179,39 @@ class HeService:
                     f"{params.name} expects 2^{params.scale_bits}"
                 )
             cts.append(ct)
-        out = []
         width = compiled.layout.ciphertexts
+        if layout == "single" and groups == 1 and rows < per_group:
+            shared = self._batcher.submit(
+                (caller, model.model_id, fingerprint),
+                cts[0],
+                rows,
+                per_group,
+                lambda members: self._merged(compiled, members, keys),
+            )
+            with self._stats_lock:
+                self._batch_sizes[shared.requests] = self._batch_sizes.get(shared.requests, 0) + 1
+            return [shared.ciphertext], shared.first_row, shared.requests
+        out = []
         with self._run_lock:
             for g in range(groups):
                 result = compiled.run(cts[g * width : (g + 1) * width], keys)
                 out.append(seal_io.to_bytes(result))
-        return out
+        return out, 0, 1
+
+    def _merged(
+        self,
+        compiled: CompiledPlan,
+        members: list[tuple[sealapi.Ciphertext, int]],
+        keys: EvalKeys,
+    ) -> bytes:
+        """Members' ciphertexts moved to their regions, summed, evaluated once."""
+        evaluator = compiled.evaluator
+        total = members[0][0]
+        for ct, offset in members[1:]:
+            moved = sealapi.Ciphertext()
+            evaluator.rotate_vector(ct, -offset * compiled.layout.region, keys.galois, moved)
+            evaluator.add_inplace(total, moved)
+        return seal_io.to_bytes(compiled.run([total], keys))
 
     # -- metrics ------------------------------------------------------------
     def _record(

@@ -8,6 +8,8 @@ bad-input test ends with a good prediction.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,20 @@ def test_encrypted_predictions_match_the_plaintext_model(
     assert np.abs(single.output.double().numpy() - expected[:3]).max() <= LOGIT_BOUND
     via_predict = owner.predict(model_id, test_x[:1], backend="ckks")
     assert int(via_predict.argmax()) == int(expected[0].argmax())
+
+
+def test_concurrent_requests_of_one_identity_share_an_evaluation(
+    owner: Cluster, poly: torch.nn.Sequential, model_id: str, data: tuple[np.ndarray, ...]
+) -> None:
+    x = data[2][:8]
+    expected = _plain(poly, x)
+    owner.predict_ckks(model_id, x[:1])  # keys and model info are in place
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: owner.predict_ckks(model_id, x[i : i + 1]), range(8)))
+    for i, result in enumerate(results):
+        assert result.layout == "single"
+        assert np.abs(result.output.double().numpy() - expected[i]).max() <= LOGIT_BOUND
+    assert max(r.batch_requests for r in results) >= 2
 
 
 def test_keys_never_leave_the_client(

@@ -281,8 +281,16 @@ class HePredictResponse(_message.Message):
     CIPHERTEXTS_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
     SERVER_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_ROW_FIELD_NUMBER: _builtins.int
+    BATCH_REQUESTS_FIELD_NUMBER: _builtins.int
     groups: _builtins.int
     server_seconds: _builtins.float
+    first_row: _builtins.int
+    """Concurrent one-group "single" requests of one identity, model and context
+    share an evaluation: this request's rows start at image first_row of the
+    (first) group; batch_requests requests shared it.
+    """
+    batch_requests: _builtins.int
     @_builtins.property
     def ciphertexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """One per group, at the last level."""
@@ -293,10 +301,12 @@ class HePredictResponse(_message.Message):
         ciphertexts: _abc.Iterable[_builtins.bytes] | None = ...,
         groups: _builtins.int = ...,
         server_seconds: _builtins.float = ...,
+        first_row: _builtins.int = ...,
+        batch_requests: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts", b"ciphertexts", "groups", b"groups", "server_seconds", b"server_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_requests", b"batch_requests", "ciphertexts", b"ciphertexts", "first_row", b"first_row", "groups", b"groups", "server_seconds", b"server_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
