@@ -13,7 +13,6 @@ Nothing in this package imports CrypTen or the servers.
 """
 
 from ppml.training.privacy.accounting import (
-    NEIGHBOURS,
     RDP_ORDERS,
     BudgetExceeded,
     FixedSizeSampling,
@@ -69,3 +68,11 @@ __all__ = [
     "sampled_step_event",
     "total_noise_std",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "NEIGHBOURS":  # resolved on first use: dp_accounting loads lazily
+        from ppml.training.privacy import accounting
+
+        return accounting.NEIGHBOURS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

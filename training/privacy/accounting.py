@@ -43,11 +43,22 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting import rdp
 
-NEIGHBOURS = dp_accounting.NeighboringRelation.REPLACE_ONE
+
+def _dp() -> Any:
+    """``dp_accounting``, imported on first use: it takes ~2 s, and a server that runs no
+    DP job (every server start in a test run) never needs it."""
+    import dp_accounting
+
+    return dp_accounting
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NEIGHBOURS":  # the replace-one relation every accountant here uses
+        return _dp().NeighboringRelation.REPLACE_ONE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # The RDP orders of every accountant here. dp_accounting's default grid (1.1 to 10.9 by 0.1,
 # 11 to 63, 128 to 1024) costs about 0.7 s per sampled-without-replacement curve, and
 # calibration evaluates about 16 curves while a job starts; this grid costs about a fifth
@@ -87,7 +98,10 @@ class FixedSizeSampling:
 
 def make_accountant() -> Any:
     """A fresh, empty replace-one RDP accountant over :data:`RDP_ORDERS`."""
-    return rdp.RdpAccountant(orders=list(RDP_ORDERS), neighboring_relation=NEIGHBOURS)
+    dp = _dp()
+    return dp.rdp.RdpAccountant(
+        orders=list(RDP_ORDERS), neighboring_relation=dp.NeighboringRelation.REPLACE_ONE
+    )
 
 
 def gaussian_round_event(noise_multiplier: float) -> Any:
@@ -99,7 +113,7 @@ def gaussian_round_event(noise_multiplier: float) -> Any:
     """
     if not noise_multiplier >= 0:
         raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier}")
-    return dp_accounting.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
+    return _dp().GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY)
 
 
 def sampled_step_event(noise_multiplier: float, sampling: FixedSizeSampling) -> Any:
@@ -107,7 +121,7 @@ def sampled_step_event(noise_multiplier: float, sampling: FixedSizeSampling) -> 
     event = gaussian_round_event(noise_multiplier)
     if sampling.sample_size >= sampling.rows or noise_multiplier == 0:
         return event  # every row in every step; or no noise at all (epsilon infinite)
-    return dp_accounting.SampledWithoutReplacementDpEvent(
+    return _dp().SampledWithoutReplacementDpEvent(
         sampling.rows, sampling.sample_size, event
     )
 
@@ -124,7 +138,7 @@ def repeated_event(
     """``count`` rounds (``sampling`` None) or DP-SGD steps, composed."""
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    return dp_accounting.SelfComposedDpEvent(_event(noise_multiplier, sampling), count)
+    return _dp().SelfComposedDpEvent(_event(noise_multiplier, sampling), count)
 
 
 def _supported(accountant: Any, event: Any) -> None:
@@ -161,7 +175,7 @@ def dpsgd_epsilon(
     if steps == 0:
         return 0.0  # nothing released yet (and 0 * an infinite curve is not 0)
     orders, curve = _step_curve(noise_multiplier, sampling)
-    return float(rdp.compute_epsilon(orders, steps * curve, delta)[0])
+    return float(_dp().rdp.compute_epsilon(orders, steps * curve, delta)[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -202,7 +216,7 @@ def calibrate_noise_multiplier(
     _check_delta(delta)
     _supported(make_accountant(), repeated_event(1.0, 1, sampling))
     return float(
-        dp_accounting.calibrate_dp_mechanism(
+        _dp().calibrate_dp_mechanism(
             make_accountant,
             lambda z: repeated_event(z, rounds_or_steps, sampling),
             target_epsilon,
