@@ -170,8 +170,7 @@ def _take_conv(layers: list[_Layer], input_shape: tuple[int, ...]) -> tuple[Conv
         raise PlanError(f"layer {name} (Conv2d): the model must end with a linear layer (Linear)")
     stride, padding = first.stride, first.padding
     assert isinstance(padding, tuple)
-    conv = Conv(weight, bias, (int(stride[0]), int(stride[1])),
-                (int(padding[0]), int(padding[1])))
+    conv = Conv(weight, bias, (int(stride[0]), int(stride[1])), (int(padding[0]), int(padding[1])))
     return conv, start
 
 
@@ -191,8 +190,9 @@ def _check_conv(name: str, conv: nn.Conv2d, input_shape: tuple[int, ...]) -> Non
         raise PlanError(f"layer {name} (Conv2d): {problem}")
 
 
-def _fold_batch_norm(bn: nn.Module, weight: np.ndarray, bias: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _fold_batch_norm(
+    bn: nn.Module, weight: np.ndarray, bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Conv then BatchNorm2d (running statistics) as one conv: scale each output channel."""
     assert isinstance(bn, nn.BatchNorm2d)
     assert bn.running_mean is not None and bn.running_var is not None

@@ -47,8 +47,9 @@ def mnist_shaped_digits(seed: int = 0) -> tuple[Floats32, Labels, Floats32, Labe
     """
     digits = load_digits()
     small = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-    big = nn.functional.interpolate(small, size=IMAGE_SHAPE[1:], mode="bilinear",
-                                    align_corners=False)
+    big = nn.functional.interpolate(
+        small, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=False
+    )
     x = big.numpy().astype(np.float32)
     y = digits.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(
@@ -72,8 +73,9 @@ def poly_cnn() -> nn.Sequential:
     )
 
 
-def train_poly_cnn(train_x: Floats32, train_y: Labels, epochs: int = 20,
-                   seed: int = 0) -> nn.Sequential:
+def train_poly_cnn(
+    train_x: Floats32, train_y: Labels, epochs: int = 20, seed: int = 0
+) -> nn.Sequential:
     """Adam on mini-batches of 64; the same weights for the same data and seed.
 
     Runs on one thread (restored afterwards): the model is tiny, and two

@@ -54,8 +54,9 @@ def _conv_bn_pool() -> nn.Sequential:
 
 def _nested_conv_without_bias() -> nn.Sequential:
     return nn.Sequential(
-        nn.Sequential(nn.Conv2d(2, 3, kernel_size=(2, 3), stride=2, padding=1, bias=False),
-                      Square()),
+        nn.Sequential(
+            nn.Conv2d(2, 3, kernel_size=(2, 3), stride=2, padding=1, bias=False), Square()
+        ),
         nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 3, 6)),
         Square(),
         Square(),
@@ -78,8 +79,7 @@ def _dense() -> nn.Sequential:
 
 
 def _pooled_image() -> nn.Sequential:
-    return nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 5), Square(),
-                         nn.Linear(5, 3))
+    return nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 5), Square(), nn.Linear(5, 3))
 
 
 MODELS = {
@@ -119,8 +119,11 @@ def test_conv_layout_and_folded_batch_norm() -> None:
     head = copy.deepcopy(model[:2]).double().eval()
     with torch.no_grad():
         expected = head(torch.from_numpy(x)).reshape(2, -1).numpy()  # channel-major
-    conv_only = HePlan(plan.input_shape, plan.conv,
-                           (Affine(np.eye(expected.shape[1]), np.zeros(expected.shape[1])),))
+    conv_only = HePlan(
+        plan.input_shape,
+        plan.conv,
+        (Affine(np.eye(expected.shape[1]), np.zeros(expected.shape[1])),),
+    )
     np.testing.assert_allclose(conv_only.forward(x), expected, rtol=1e-9, atol=1e-9)
 
 
@@ -134,32 +137,67 @@ class _Residual(nn.Module):
 
 
 REFUSED = {
-    "relu": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), (4,),
-             "layer 1 (ReLU)"),
-    "nested relu": (lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(Square(), nn.ReLU()),
-                                          nn.Linear(4, 2)), (4,), "layer 1.1 (ReLU)"),
-    "max pool": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), Square(), nn.MaxPool2d(2),
-                                       nn.Flatten(), nn.Linear(8, 2)), (1, 6, 6),
-                 "layer 2 (MaxPool2d)"),
-    "ends with a square": (lambda: nn.Sequential(nn.Linear(4, 4), Square()), (4,),
-                           "layer 1 (Square)"),
-    "container": (lambda: nn.Sequential(nn.Linear(4, 4), Square(), _Residual()), (4,),
-                  "layer 2 (_Residual)"),
+    "relu": (
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
+        (4,),
+        "layer 1 (ReLU)",
+    ),
+    "nested relu": (
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(Square(), nn.ReLU()), nn.Linear(4, 2)),
+        (4,),
+        "layer 1.1 (ReLU)",
+    ),
+    "max pool": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 2, 3), Square(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 2)
+        ),
+        (1, 6, 6),
+        "layer 2 (MaxPool2d)",
+    ),
+    "ends with a square": (
+        lambda: nn.Sequential(nn.Linear(4, 4), Square()),
+        (4,),
+        "layer 1 (Square)",
+    ),
+    "container": (
+        lambda: nn.Sequential(nn.Linear(4, 4), Square(), _Residual()),
+        (4,),
+        "layer 2 (_Residual)",
+    ),
     "container model": (_Residual, (4,), "the model (_Residual)"),
-    "avg pool after the conv": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2),
-                                                      Square(), nn.Flatten(), nn.Linear(8, 2)),
-                                (1, 6, 6), "layer 1 (AvgPool2d)"),
-    "second conv": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), Square(), nn.Conv2d(2, 2, 3),
-                                          nn.Flatten(), nn.Linear(8, 2)), (1, 6, 6),
-                    "layer 2 (Conv2d)"),
-    "grouped conv": (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), Square(), nn.Flatten(),
-                                           nn.Linear(32, 2)), (2, 6, 6), "layer 0 (Conv2d)"),
-    "batch statistics": (lambda: nn.Sequential(nn.Linear(4, 4),
-                                               nn.BatchNorm1d(4, track_running_stats=False),
-                                               Square(), nn.Linear(4, 2)), (4,),
-                         "layer 1 (BatchNorm1d)"),
-    "wrong input shape": (lambda: nn.Sequential(nn.Linear(4, 4), Square(), nn.Linear(5, 2)),
-                          (4,), "layer 2 (Linear)"),
+    "avg pool after the conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), Square(), nn.Flatten(), nn.Linear(8, 2)
+        ),
+        (1, 6, 6),
+        "layer 1 (AvgPool2d)",
+    ),
+    "second conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 2, 3), Square(), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.Linear(8, 2)
+        ),
+        (1, 6, 6),
+        "layer 2 (Conv2d)",
+    ),
+    "grouped conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 2, 3, groups=2), Square(), nn.Flatten(), nn.Linear(32, 2)
+        ),
+        (2, 6, 6),
+        "layer 0 (Conv2d)",
+    ),
+    "batch statistics": (
+        lambda: nn.Sequential(
+            nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), Square(), nn.Linear(4, 2)
+        ),
+        (4,),
+        "layer 1 (BatchNorm1d)",
+    ),
+    "wrong input shape": (
+        lambda: nn.Sequential(nn.Linear(4, 4), Square(), nn.Linear(5, 2)),
+        (4,),
+        "layer 2 (Linear)",
+    ),
 }
 
 

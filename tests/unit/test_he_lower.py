@@ -37,8 +37,12 @@ def _conv_plan() -> HePlan:
     return HePlan(
         (3, 12, 12),
         conv,
-        (Square(), Affine(rng.normal(size=(8, 27)) / 5, rng.normal(size=8)), Square(),
-         Affine(rng.normal(size=(5, 8)), rng.normal(size=5))),
+        (
+            Square(),
+            Affine(rng.normal(size=(8, 27)) / 5, rng.normal(size=8)),
+            Square(),
+            Affine(rng.normal(size=(5, 8)), rng.normal(size=5)),
+        ),
     )
 
 
@@ -47,8 +51,11 @@ def _dense_plan() -> HePlan:
     return HePlan(
         (30,),
         None,
-        (Affine(rng.normal(size=(16, 30)) / 4, rng.normal(size=16)), Square(),
-         Affine(rng.normal(size=(3, 16)), rng.normal(size=3))),
+        (
+            Affine(rng.normal(size=(16, 30)) / 4, rng.normal(size=16)),
+            Square(),
+            Affine(rng.normal(size=(3, 16)), rng.normal(size=3)),
+        ),
     )
 
 
@@ -174,7 +181,10 @@ def test_a_layer_with_only_zero_weights_is_refused_at_compile_time() -> None:
     assert plan.conv is not None
     weight = plan.conv.weight.copy()
     weight[1] = 0.0
-    zeroed = HePlan(plan.input_shape, Conv(weight, plan.conv.bias, plan.conv.stride,
-                                           plan.conv.padding), plan.steps)
+    zeroed = HePlan(
+        plan.input_shape,
+        Conv(weight, plan.conv.bias, plan.conv.stride, plan.conv.padding),
+        plan.steps,
+    )
     with pytest.raises(PlanError, match="only zero weights"):
         CompiledPlan(zeroed, param_set("n8192-d5"), "batch")

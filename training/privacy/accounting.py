@@ -59,6 +59,7 @@ def __getattr__(name: str) -> Any:
         return _dp().NeighboringRelation.REPLACE_ONE
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 # The RDP orders of every accountant here. dp_accounting's default grid (1.1 to 10.9 by 0.1,
 # 11 to 63, 128 to 1024) costs about 0.7 s per sampled-without-replacement curve, and
 # calibration evaluates about 16 curves while a job starts; this grid costs about a fifth
@@ -121,9 +122,7 @@ def sampled_step_event(noise_multiplier: float, sampling: FixedSizeSampling) -> 
     event = gaussian_round_event(noise_multiplier)
     if sampling.sample_size >= sampling.rows or noise_multiplier == 0:
         return event  # every row in every step; or no noise at all (epsilon infinite)
-    return _dp().SampledWithoutReplacementDpEvent(
-        sampling.rows, sampling.sample_size, event
-    )
+    return _dp().SampledWithoutReplacementDpEvent(sampling.rows, sampling.sample_size, event)
 
 
 def _event(noise_multiplier: float, sampling: FixedSizeSampling | None) -> Any:
