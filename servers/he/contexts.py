@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from ppml.servers.he.evaluate import EvalKeys
 PARTS = {"relin_keys": "relin.seal", "galois_keys": "galois.seal"}
 MAX_CONTEXT_BYTES = 192 << 20  # per identity and parameter set (n8192 keys: about 42 MB)
 MAX_IDENTITIES = 256
+MAX_LOADED = 8  # identities whose keys stay in memory; the rest load from disk
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,16 @@ class ContextStore:
         data_dir: Path,
         max_bytes: int = MAX_CONTEXT_BYTES,
         max_identities: int = MAX_IDENTITIES,
+        max_loaded: int = MAX_LOADED,
     ) -> None:
         self._root = Path(data_dir) / "he" / "contexts"
         self._root.mkdir(parents=True, exist_ok=True)
         self._max_bytes = max_bytes
         self._max_identities = max_identities
+        self._max_loaded = max_loaded
         self._lock = threading.Lock()
-        self._loaded: dict[tuple[str, str], tuple[str, EvalKeys]] = {}
+        # keys in memory, least recently used first (about 42 MB each at N = 8192)
+        self._loaded: OrderedDict[tuple[str, str], tuple[str, EvalKeys]] = OrderedDict()
 
     def _dir(self, identity: str, name: str) -> Path:
         return self._root / hashlib.sha256(identity.encode()).hexdigest()[:32] / name
@@ -138,7 +143,7 @@ class ContextStore:
                 )
             info = ContextInfo(params.name, fingerprint, total, time.time())
             self._write(target, identity, info, data)
-            self._loaded[(identity, params.name)] = (fingerprint, keys)
+            self._remember((identity, params.name), (fingerprint, keys))
         return info
 
     def _load_keys(self, name: str, data: dict[str, bytes]) -> EvalKeys:
@@ -200,6 +205,8 @@ class ContextStore:
         """The fingerprint and loaded keys of ``identity``'s context for set ``name``."""
         with self._lock:
             found = self._loaded.get((identity, name))
+            if found is not None:
+                self._loaded.move_to_end((identity, name))
         if found is not None:
             return found
         info = self.info(identity, name)
@@ -207,8 +214,15 @@ class ContextStore:
         data = {part: (folder / f).read_bytes() for part, f in PARTS.items()}
         loaded = (info.fingerprint, self._load_keys(name, data))
         with self._lock:
-            self._loaded[(identity, name)] = loaded
+            self._remember((identity, name), loaded)
         return loaded
+
+    def _remember(self, key: tuple[str, str], value: tuple[str, EvalKeys]) -> None:
+        """Keep ``value`` in memory (caller holds the lock), evicting the least recent."""
+        self._loaded[key] = value
+        self._loaded.move_to_end(key)
+        while len(self._loaded) > self._max_loaded:
+            self._loaded.popitem(last=False)
 
     def delete(self, identity: str, name: str) -> ContextInfo:
         info = self.info(identity, name)
