@@ -135,6 +135,15 @@ class HeMixin(ClusterBase):
         )
         return [HeModelInfo.from_proto(m) for m in reply.models]
 
+    def he_delete(self, model_id: str, server: int = 0) -> None:
+        """Owner only: stop serving a CKKS model and remove its plan from the server."""
+        request = he_pb2.DeleteHeModelRequest(model_id=model_id)
+        self._he_call(
+            server,
+            lambda s: s.he.DeleteModel(request, timeout=self.timeout, metadata=self._metadata),
+        )
+        self.__dict__.get("_he_models", {}).pop((model_id, server), None)
+
     def _he_model(self, model_id: str, server: int) -> HeModelInfo:
         cache: dict[tuple[str, int], HeModelInfo] = self.__dict__.setdefault("_he_models", {})
         if (model_id, server) not in cache:

@@ -107,6 +107,11 @@ class HeInferenceServicer(he_pb2_grpc.HeInferenceServicer):
             models=[_model(m) for m in self._service.models.list(_caller())]
         )
 
+    def DeleteModel(
+        self, request: he_pb2.DeleteHeModelRequest, context: grpc.ServicerContext
+    ) -> he_pb2.HeModelInfo:
+        return _model(self._service.models.delete(request.model_id, _caller()))
+
     def Predict(
         self, request: he_pb2.HePredictRequest, context: grpc.ServicerContext
     ) -> he_pb2.HePredictResponse:

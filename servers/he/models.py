@@ -132,6 +132,22 @@ class HeModelRegistry:
             )
         return model
 
+    def delete(self, model_id: str, caller: str) -> HeModel:
+        """Owner only: the model leaves memory and disk (a damaged entry never half-serves)."""
+        model = self.get(model_id, caller)
+        if caller != model.owner:
+            raise PpmlError(
+                ErrorCode.PERMISSION_DENIED, f"only the owner may delete CKKS model {model_id!r}"
+            )
+        with self._lock:
+            self._models.pop(model_id, None)
+            folder = self._root / model_id
+            if folder.exists():
+                trash = Path(tempfile.mkdtemp(prefix=".deleted-", dir=self._root))
+                folder.rename(trash / model_id)
+                shutil.rmtree(trash, ignore_errors=True)
+        return model
+
     def list(self, caller: str) -> list[HeModel]:
         with self._lock:
             models = list(self._models.values())

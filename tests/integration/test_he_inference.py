@@ -257,3 +257,27 @@ def test_a_restart_keeps_contexts_and_models(
         assert [m.model_id for m in cluster.he_models()] == [model]
         after = cluster.predict_ckks(model, data[2][:2])  # no upload needed
         assert np.abs(after.output.numpy() - before.numpy()).max() < LOGIT_BOUND
+
+
+def test_only_the_owner_deletes_a_model_and_then_it_is_gone(
+    owner: Cluster, offices: dict[str, Cluster]
+) -> None:
+    small = torch.nn.Sequential(torch.nn.Linear(8, 4), Square(), torch.nn.Linear(4, 2))
+    doomed = owner.he_register(small, (8,), name="doomed", allow=["office-1"])
+    x = np.ones((1, 8))
+    assert offices["office-1"].predict_ckks(doomed, x).output.shape == (1, 2)
+    with pytest.raises(PermissionDenied, match="only the owner"):
+        offices["office-1"].he_delete(doomed)
+    owner.he_delete(doomed)
+    assert doomed not in [m.model_id for m in owner.he_models()]
+    with pytest.raises(ModelNotFound):
+        owner.predict_ckks(doomed, x)
+    with pytest.raises(ModelNotFound):
+        offices["office-1"]._he_call(
+            0,
+            lambda s: s.he.Predict(
+                he_pb2.HePredictRequest(model_id=doomed, layout="single", rows=1),
+                timeout=30,
+                metadata=offices["office-1"]._metadata,
+            ),
+        )

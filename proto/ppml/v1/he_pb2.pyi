@@ -217,6 +217,25 @@ class ListHeModelsRequest(_message.Message):
 Global___ListHeModelsRequest: _TypeAlias = ListHeModelsRequest  # noqa: Y015
 
 @_typing.final
+class DeleteHeModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHeModelRequest: _TypeAlias = DeleteHeModelRequest  # noqa: Y015
+
+@_typing.final
 class ListHeModelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

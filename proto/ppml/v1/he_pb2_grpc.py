@@ -59,6 +59,11 @@ class HeInferenceStub:
                 request_serializer=ppml_dot_v1_dot_he__pb2.ListHeModelsRequest.SerializeToString,
                 response_deserializer=ppml_dot_v1_dot_he__pb2.ListHeModelsResponse.FromString,
                 _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/ppml.v1.HeInference/DeleteModel',
+                request_serializer=ppml_dot_v1_dot_he__pb2.DeleteHeModelRequest.SerializeToString,
+                response_deserializer=ppml_dot_v1_dot_he__pb2.HeModelInfo.FromString,
+                _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/ppml.v1.HeInference/Predict',
                 request_serializer=ppml_dot_v1_dot_he__pb2.HePredictRequest.SerializeToString,
@@ -108,6 +113,13 @@ class HeInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteModel(self, request, context):
+        """Owner only: stop serving a model and remove its plan from this server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Predict(self, request, context):
         """Evaluate a model on ciphertexts made under the caller's stored context;
         the reply holds one ciphertext per group, decryptable only by the caller.
@@ -143,6 +155,11 @@ def add_HeInferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=ppml_dot_v1_dot_he__pb2.ListHeModelsRequest.FromString,
                     response_serializer=ppml_dot_v1_dot_he__pb2.ListHeModelsResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=ppml_dot_v1_dot_he__pb2.DeleteHeModelRequest.FromString,
+                    response_serializer=ppml_dot_v1_dot_he__pb2.HeModelInfo.SerializeToString,
             ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
@@ -285,6 +302,33 @@ class HeInference:
             '/ppml.v1.HeInference/ListModels',
             ppml_dot_v1_dot_he__pb2.ListHeModelsRequest.SerializeToString,
             ppml_dot_v1_dot_he__pb2.ListHeModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppml.v1.HeInference/DeleteModel',
+            ppml_dot_v1_dot_he__pb2.DeleteHeModelRequest.SerializeToString,
+            ppml_dot_v1_dot_he__pb2.HeModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

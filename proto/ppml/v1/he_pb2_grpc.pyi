@@ -53,6 +53,8 @@ class HeInferenceStub:
     (ppml.proto.he.plan), checked against the parameter set's depth.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_he_pb2.ListHeModelsRequest, _he_pb2.ListHeModelsResponse]
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_he_pb2.DeleteHeModelRequest, _he_pb2.HeModelInfo]
+    """Owner only: stop serving a model and remove its plan from this server."""
     Predict: _grpc.UnaryUnaryMultiCallable[_he_pb2.HePredictRequest, _he_pb2.HePredictResponse]
     """Evaluate a model on ciphertexts made under the caller's stored context;
     the reply holds one ciphertext per group, decryptable only by the caller.
@@ -77,6 +79,8 @@ class HeInferenceAsyncStub(HeInferenceStub):
     (ppml.proto.he.plan), checked against the parameter set's depth.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_he_pb2.ListHeModelsRequest, _he_pb2.ListHeModelsResponse]  # type: ignore[assignment]
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_he_pb2.DeleteHeModelRequest, _he_pb2.HeModelInfo]  # type: ignore[assignment]
+    """Owner only: stop serving a model and remove its plan from this server."""
     Predict: _aio.UnaryUnaryMultiCallable[_he_pb2.HePredictRequest, _he_pb2.HePredictResponse]  # type: ignore[assignment]
     """Evaluate a model on ciphertexts made under the caller's stored context;
     the reply holds one ciphertext per group, decryptable only by the caller.
@@ -128,6 +132,14 @@ class HeInferenceServicer(metaclass=_abc_1.ABCMeta):
         request: _he_pb2.ListHeModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_he_pb2.ListHeModelsResponse, _abc.Awaitable[_he_pb2.ListHeModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _he_pb2.DeleteHeModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_he_pb2.HeModelInfo, _abc.Awaitable[_he_pb2.HeModelInfo]]:
+        """Owner only: stop serving a model and remove its plan from this server."""
 
     @_abc_1.abstractmethod
     def Predict(
