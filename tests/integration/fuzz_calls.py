@@ -33,6 +33,7 @@ from ppml.v1 import (
     coordinator_pb2,
     datasets_pb2,
     federation_pb2,
+    he_pb2,
     inference_pb2,
     registry_pb2,
     status_pb2,
@@ -58,7 +59,8 @@ class Rpc:
 
 def _rpcs() -> dict[str, Rpc]:
     modules = (
-        registry_pb2, inference_pb2, datasets_pb2, training_pb2, federation_pb2, status_pb2
+        registry_pb2, inference_pb2, datasets_pb2, training_pb2, federation_pb2, status_pb2,
+        he_pb2,
     )  # fmt: skip
     found = {}
     for module in (*modules, coordinator_pb2, health_pb2):

@@ -82,14 +82,17 @@ from hypothesis import strategies as st
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
+from ppml.client.he_compile import Square, compile_plan
 from ppml.proto.deploy.channels import client_channel
 from ppml.proto.domain import federations as fed
+from ppml.proto.he import layout as he_layout
 from ppml.proto.wire import serde
 from ppml.training import ckks
 from ppml.v1 import (
     coordinator_pb2,
     datasets_pb2,
     federation_pb2,
+    he_pb2,
     inference_pb2,
     registry_pb2,
     status_pb2,
@@ -661,6 +664,133 @@ def _cancel_leftover_jobs(caller: Caller) -> None:
                 channel.unary_unary("/ppml.v1.Training/CancelJob")(
                     request, timeout=60, metadata=metadata
                 )
+
+
+@dataclass(frozen=True, repr=False)
+class CkksMaterial:
+    """A CKKS model of the client's, its stored keys, and good bytes to mutate."""
+
+    model_id: str
+    fingerprint: str
+    ciphertext: bytes  # one image, single layout, under the client's keys
+    relin: bytes  # the head of the client's relinearisation keys
+    plan: bytes
+    expected: np.ndarray
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text("CkksMaterial(...)")
+
+
+HE_MODEL = "fuzz-he"
+
+
+@pytest.fixture(scope="module")
+def he_material(fuzz: Fuzz) -> Iterator[CkksMaterial]:
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 4), Square(), torch.nn.Linear(4, 2))
+    x = np.linspace(-1, 1, FEATURES)[None, :]
+    with Cluster.from_config(fuzz.caller.local.config_path) as sdk:
+        sdk.he_register(model, (FEATURES,), model_id=HE_MODEL)
+        fingerprint = sdk.he_upload_keys()
+        keys = sdk._he_keys("n8192-d5")
+        plan = compile_plan(model, (FEATURES,))
+        where = he_layout.input_layout(plan, "single", keys.params.slots)
+        feats = he_layout.input_features(plan, x)
+        blob = keys.encrypt(he_layout.pack(where, feats, keys.params.slots)[0])
+        yield CkksMaterial(
+            HE_MODEL,
+            fingerprint,
+            blob,
+            keys.public_parts()["relin_keys"][:200_000],
+            plan.to_bytes(),
+            plan.forward(x),
+        )
+
+
+def _mutated(good: bytes) -> st.SearchStrategy[bytes]:
+    def flip(args: tuple[int, list[tuple[int, int]]]) -> bytes:
+        cut, flips = args
+        out = bytearray(good[: max(1, len(good) - cut)])
+        for pos, value in flips:
+            out[pos % len(out)] = value
+        return bytes(out)
+
+    flips = st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), max_size=6)
+    return st.one_of(
+        st.just(good),
+        st.tuples(st.sampled_from([0, 0, 0, 1, 17, len(good) // 2]), flips).map(flip),
+        st.binary(max_size=2048),
+        st.just(good + bytes(64)),
+    )
+
+
+@FUZZ
+@given(data=st.data())
+def test_ckks_garbage(
+    fuzz: Fuzz, baseline: Baseline, he_material: CkksMaterial, data: st.DataObject
+) -> None:
+    """CKKS inference with mutated ciphertexts, keys and plans, and odd headers."""
+    fuzz.caller.family = "ckks garbage"
+    rpc = data.draw(st.sampled_from(["Predict"] * 4 + ["UploadContext", "RegisterModel"]))
+    token = data.draw(st.sampled_from(["client"] * 4 + ["analyst", "monitor", "none"]))
+    server = data.draw(st.sampled_from([0, 0, 0, 1]), label="server")
+    if rpc == "Predict":
+        request = he_pb2.HePredictRequest(
+            model_id=data.draw(
+                st.sampled_from([he_material.model_id, he_material.model_id, fresh_id()])
+            ),
+            layout=data.draw(st.sampled_from(["single", "single", "batch", "", "x" * 30])),
+            context_fingerprint=data.draw(
+                st.sampled_from([he_material.fingerprint] * 3 + ["", "0" * 64])
+            ),
+            rows=data.draw(st.sampled_from([1, 1, 1, 0, 4, 5, 2**32 - 1])),
+            ciphertexts=data.draw(st.lists(_mutated(he_material.ciphertext), max_size=3)),
+        )
+        body: Any = request.SerializeToString()
+    elif rpc == "UploadContext":
+        header = he_pb2.ContextChunk(
+            param_set=data.draw(st.sampled_from(["n8192-d5", "n8192-d5", "n16384-d8", "zz"])),
+            poly_modulus_degree=data.draw(st.sampled_from([8192, 8192, 4096, 0])),
+            coeff_mod_bit_sizes=data.draw(
+                st.sampled_from([[38, 28, 28, 28, 28, 28, 40], [60] * 5, []])
+            ),
+        )
+        parts = data.draw(
+            st.lists(
+                st.builds(
+                    lambda part, blob: he_pb2.ContextChunk(part=part, data=blob),
+                    st.sampled_from(["relin_keys", "galois_keys", "secret_key", "x"]),
+                    _mutated(he_material.relin),
+                ),
+                max_size=3,
+            )
+        )
+        body = [m.SerializeToString() for m in [header, *parts]]
+    else:
+        body = he_pb2.RegisterHeModelRequest(
+            model_id=fresh_id(),
+            param_set=data.draw(st.sampled_from(["n8192-d5", "n16384-d8", ""])),
+            plan=data.draw(_mutated(he_material.plan)),
+        ).SerializeToString()
+    fuzz.caller.send(f"HeInference/{rpc}", server, body, token, _deadline(data))
+
+
+def test_ckks_still_serves_after_fuzzing(fuzz: Fuzz, he_material: CkksMaterial) -> None:
+    with Cluster.from_config(fuzz.caller.local.config_path) as sdk:
+        x = np.linspace(-1, 1, FEATURES)[None, :]
+        got = sdk.predict_ckks(he_material.model_id, x).output.double().numpy()
+        assert np.abs(got - he_material.expected).max() < 1e-2
+        assert (
+            sdk._he_call(
+                0,
+                lambda s: s.he.GetContext(
+                    he_pb2.GetContextRequest(param_set="n8192-d5"),
+                    timeout=30,
+                    metadata=sdk._metadata,
+                ),
+            ).fingerprint
+            == he_material.fingerprint
+        )  # no fuzzed upload replaced the stored keys
 
 
 def test_the_cluster_is_intact_after_fuzzing(
