@@ -3,7 +3,9 @@ slot vectors (``simulate``: no encryption); and plans survive their byte form.""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -188,3 +190,23 @@ def test_a_layer_with_only_zero_weights_is_refused_at_compile_time() -> None:
     )
     with pytest.raises(PlanError, match="only zero weights"):
         CompiledPlan(zeroed, param_set("n8192-d5"), "batch")
+
+
+def test_mutated_plan_bytes_are_refused_as_plan_errors_only() -> None:
+    good = _conv_plan().to_bytes()
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        data = bytearray(good[: len(good) - int(rng.choice([0, 0, 1, 17, len(good) // 2]))])
+        for pos in rng.integers(0, len(data), size=int(rng.integers(1, 6))):
+            data[int(pos)] = int(rng.integers(0, 256))
+        with contextlib.suppress(PlanError):  # anything else would be an INTERNAL on a server
+            HePlan.from_bytes(bytes(data))
+
+
+def test_a_zip_bomb_is_refused_before_it_unpacks() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("header.npy", bytes(64 << 20))  # 64 MiB of zeros, ~64 KiB packed
+    assert len(buf.getvalue()) < 1 << 20
+    with pytest.raises(PlanError, match="unpacks to"):
+        HePlan.from_bytes(buf.getvalue())
