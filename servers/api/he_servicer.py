@@ -74,7 +74,7 @@ class HeInferenceServicer(he_pb2_grpc.HeInferenceServicer):
         header = ContextHeader(
             first.param_set, first.poly_modulus_degree, tuple(first.coeff_mod_bit_sizes)
         )
-        info = self._service.upload_context(_caller(), header, _parts(first, request_iterator))
+        info = self._service.contexts.upload(_caller(), header, _parts(first, request_iterator))
         return _context(info)
 
     def GetContext(
@@ -90,7 +90,7 @@ class HeInferenceServicer(he_pb2_grpc.HeInferenceServicer):
     def RegisterModel(
         self, request: he_pb2.RegisterHeModelRequest, context: grpc.ServicerContext
     ) -> he_pb2.HeModelInfo:
-        model = self._service.register(
+        model = self._service.models.register(
             request.model_id,
             request.name,
             _caller(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +24,7 @@ from ppml.proto.he import seal_io
 from ppml.proto.he.layout import MODES
 from ppml.proto.he.params import param_set
 from ppml.servers.he.batching import Batcher
-from ppml.servers.he.contexts import ContextHeader, ContextInfo, ContextStore
+from ppml.servers.he.contexts import ContextStore
 from ppml.servers.he.evaluate import CompiledPlan, EvalKeys
 from ppml.servers.he.models import HeModel, HeModelRegistry
 
@@ -70,23 +69,6 @@ class HeService:
         self._batch_sizes: dict[int, int] = {}
         self._stats_lock = threading.Lock()
         self._stats: dict[str, HeStats] = {}
-
-    # -- contexts and models ------------------------------------------------
-    def upload_context(
-        self, identity: str, header: ContextHeader, parts: Iterable[tuple[str, bytes]]
-    ) -> ContextInfo:
-        return self.contexts.upload(identity, header, parts)
-
-    def register(
-        self,
-        model_id: str,
-        name: str,
-        owner: str,
-        set_name: str,
-        plan: bytes,
-        allowed: tuple[str, ...],
-    ) -> HeModel:
-        return self.models.register(model_id, name, owner, set_name, plan, allowed)
 
     # -- predictions --------------------------------------------------------
     def predict(
