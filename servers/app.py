@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ppml.proto.deploy.tokens import load_auth_file
 from ppml.proto.deploy.topology import ClusterConfig
 from ppml.proto.domain import commands as cmd
-from ppml.proto.domain.status import FastPool, HeModelServing, StatusReport
+from ppml.proto.domain.status import FastPool, StatusReport
 from ppml.servers import kinds
 from ppml.servers.api.auth import TokenAuthInterceptor
 from ppml.servers.api.errors import ErrorMappingInterceptor
@@ -35,7 +35,7 @@ from ppml.servers.control.leader import Leader
 from ppml.servers.control.uploads import UploadCoordinator, UploadGate
 from ppml.servers.he.contexts import ContextStore
 from ppml.servers.he.models import HeModelRegistry
-from ppml.servers.he.service import HeService, HeStats
+from ppml.servers.he.service import HeService
 from ppml.servers.kinds.base import KindEnv
 from ppml.servers.kinds.evaluate import EvaluationService
 from ppml.servers.kinds.predict import InferenceService
@@ -47,7 +47,7 @@ from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
 from ppml.servers.store.jobs import JOB_CODEC, JobManager
 from ppml.servers.store.limits import Limits
-from ppml.servers.store.metrics import ServerMetrics, latency_summary
+from ppml.servers.store.metrics import ServerMetrics
 from ppml.servers.store.models import ModelRegistry
 from ppml.servers.store.storage import FileModelStore, FileShareStore
 from ppml.v1 import (
@@ -69,22 +69,6 @@ def _version() -> str:
         return metadata.version("ppml")
     except metadata.PackageNotFoundError:
         return "dev"
-
-
-def he_serving(stats: dict[str, HeStats]) -> list[HeModelServing]:
-    """The status report's CKKS figures, one per model id, sorted by id."""
-    return [
-        HeModelServing(
-            model_id=model_id,
-            requests=s.requests,
-            errors=s.errors,
-            images=s.images,
-            latency=latency_summary(s.latencies_ms),
-            bytes_in=s.bytes_in,
-            bytes_out=s.bytes_out,
-        )
-        for model_id, s in sorted(stats.items())
-    ]
 
 
 class ComputeServer:
@@ -297,7 +281,7 @@ class ComputeServer:
             dealer_sessions=dealer.sessions,
             running_job=self.worker.running,
             fast_pool=self.fast.stats() if self.fast is not None else FastPool(),
-            he_models=he_serving(self.he.stats()),
+            he_models=self.he.serving(),
             he_contexts=self.he.contexts.counts(),
         )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tenseal import sealapi
 
+from ppml.proto.domain.status import HeModelServing
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.proto.he import seal_io
 from ppml.proto.he.layout import MODES
@@ -27,6 +28,7 @@ from ppml.servers.he.batching import Batcher
 from ppml.servers.he.contexts import ContextStore
 from ppml.servers.he.evaluate import CompiledPlan, EvalKeys
 from ppml.servers.he.models import HeModel, HeModelRegistry
+from ppml.servers.store.metrics import latency_summary
 
 MAX_ROWS = 1024
 _WINDOW = 4096
@@ -66,7 +68,6 @@ class HeService:
         self.models = models
         self._run_lock = threading.Lock()
         self._batcher = Batcher(self._run_lock)
-        self._batch_sizes: dict[int, int] = {}
         self._stats_lock = threading.Lock()
         self._stats: dict[str, HeStats] = {}
 
@@ -170,8 +171,6 @@ class HeService:
                 per_group,
                 lambda members: self._merged(compiled, members, keys),
             )
-            with self._stats_lock:
-                self._batch_sizes[shared.requests] = self._batch_sizes.get(shared.requests, 0) + 1
             return [shared.ciphertext], shared.first_row, shared.requests
         out = []
         with self._run_lock:
@@ -210,16 +209,18 @@ class HeService:
             stats.bytes_out += bytes_out
             stats.latencies_ms.append(seconds * 1000.0)
 
-    def stats(self) -> dict[str, HeStats]:
+    def serving(self) -> list[HeModelServing]:
+        """The status report's CKKS figures, one per model id, sorted by id."""
         with self._stats_lock:
-            return {
-                k: HeStats(
-                    v.requests,
-                    v.errors,
-                    v.images,
-                    v.bytes_in,
-                    v.bytes_out,
-                    deque(v.latencies_ms, maxlen=_WINDOW),
+            return [
+                HeModelServing(
+                    model_id=model_id,
+                    requests=s.requests,
+                    errors=s.errors,
+                    images=s.images,
+                    latency=latency_summary(s.latencies_ms),
+                    bytes_in=s.bytes_in,
+                    bytes_out=s.bytes_out,
                 )
-                for k, v in self._stats.items()
-            }
+                for model_id, s in sorted(self._stats.items())
+            ]
