@@ -9,10 +9,11 @@ Two measurements in one run, for each element count ``n``:
 * the fast engine's fused ReLU + truncation gate
   (:class:`ppml.servers.mpc.fast.gates.ReluTrunc`): the dealer's key
   generation for ``n`` elements, and both parties' evaluation run at once in
-  two threads of this process with the one opening of the masked
-  pre-activation between them (a queue, no network). Its rounds and online
-  bytes follow from the protocol (one opening of ``n`` ring elements per
-  party); the dealer's material is the key size per element.
+  two threads of this process with the two openings between them (a queue,
+  no network): the masked pre-activation, then one masked sign bit per
+  element. Its rounds and online bytes follow from the protocol (``n`` ring
+  elements and ``n`` bits per party); the dealer's material is the key size
+  per element.
 
 Inputs are pre-activations at scale ``2^32`` (the output of a linear layer
 before truncation); both sides are checked against plaintext ReLU, the
@@ -102,7 +103,7 @@ def run_fast(reps: int) -> dict[str, Any]:
             def party(b: int, ex: Any = ex, shares: Any = shares, keys: Any = keys) -> Any:
                 with np.errstate(over="ignore"):
                     opened = ex[b](shares[b] + keys[b].mask) + shares[b] + keys[b].mask
-                return ReluTrunc.eval(p, keys[b], opened, FixedKeyPRG())
+                return ReluTrunc.eval(p, keys[b], opened, FixedKeyPRG(), ex[b])
 
             started = time.perf_counter()
             y0, y1 = run_pair(lambda: party(0), lambda: party(1))
@@ -114,8 +115,8 @@ def run_fast(reps: int) -> dict[str, Any]:
         out[str(n)] = {
             "p50_ms": 1000 * statistics.median(eval_times),
             "dealer_gen_p50_ms": 1000 * statistics.median(gen_times),
-            "rounds": 1,
-            "bytes": 8 * n,  # one opening: n ring elements sent by each party
+            "rounds": 2,
+            "bytes": 8 * n + n // 8,  # n ring elements, then n sign bits, sent by each party
             "dealer_bytes_per_party": key_bytes,
             "key_bytes_per_element": key_bytes / n,
             "dcf_depth": p.depth,

@@ -102,7 +102,7 @@ def test_key_size_matches_formula_and_serialised_arrays(
     assert sum(a.nbytes for name, a in arrays.items() if name != "k.meta") == k0.nbytes
 
 
-@pytest.mark.parametrize("lanes", [(48, 48, 16), (1, 63, 32), (16,)])
+@pytest.mark.parametrize("lanes", [(48, 48, 16), (1, 63, 32), (16,), (1,)])
 def test_narrow_lanes_hold_modulo_their_width(lanes: tuple[int, ...]) -> None:
     n, depth = 400, 20
     alpha = _domain(RNG.uint64(n), depth)
@@ -245,3 +245,19 @@ def test_rejects_runs_that_do_not_cover_the_key() -> None:
     bad["k.nonces"] = bad["k.nonces"] | np.array([0, 1 << 16], dtype=np.uint64)
     with pytest.raises(ValueError):
         dcf.DCFKey.from_arrays(bad, "k")
+
+
+def test_a_one_bit_payload_expands_one_block_per_level() -> None:
+    """Lanes (1,): the level's value bit comes from the state block (one AES block per element
+    and level, not two), and is cleared from the state, so it never feeds the next level."""
+    n, depth = 64, 12
+    alpha = _domain(RNG.uint64(n), depth)
+    keys = dcf.gen(alpha, np.ones((1, n), dtype=np.int64), depth, RNG, None, (1,))
+    x = _domain(RNG.uint64(n), depth)
+    rec = _Recording()
+    dcf.evaluate(keys[0], x, rec)
+    assert [a.shape[:-1] for a in rec.inputs[:depth]] == [(1, n)] * depth
+    for level in range(1, depth):  # bit 1 of the input is the level tweak's alone (prg doc)
+        bit1 = (rec.inputs[level][..., 0] >> np.uint64(1)) & np.uint64(1)
+        assert np.all(bit1 == (level + 1) & 1)
+    assert np.array_equal(_reconstruct(keys, x) & 1, (x < alpha).astype(np.int64)[None])

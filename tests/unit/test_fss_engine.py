@@ -99,7 +99,8 @@ def test_network_a_matches_plaintext(batch: int) -> None:
     x = torch.rand(batch, 784)
     y, c0, c1 = _infer(NETWORK_A, dealer, key, models, x)
     assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
-    assert c0 == c1 == (6, 8 * batch * (784 + 4 * 128 + 10))
+    sign_bits = 2 * 8 * -(-128 * batch // 64)  # each ReLU layer opens 128 bits, in int64 words
+    assert c0 == c1 == (8, 8 * batch * (784 + 4 * 128 + 10) + sign_bits)
 
 
 def _quantised(net: torch.nn.Module) -> torch.nn.Module:
@@ -213,7 +214,7 @@ def test_conv_flatten_linear_model() -> None:
     x = torch.rand(3, 1, 8, 8)
     y, c0, _ = _infer(spec, dealer, key, models, x)
     assert np.abs(y - net(x).detach().numpy()).max() <= 1e-3
-    assert c0 == (4, 8 * 3 * (64 + 256 + 256 + 10))
+    assert c0 == (5, 8 * 3 * (64 + 256 + 256 + 10) + 3 * 256 // 8)  # + the ReLU's sign bits
 
 
 def _bit_frequencies(a: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.gates import GATES, GateKey, GateParams, ReluTrunc, Trunc, split
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
+from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.prg import KeyedPRG
 
 RNG = KeyedPRG()
@@ -17,15 +18,39 @@ NARROW = GateParams(16, 31)  # the former default: L = 48 < 64, narrow DCF lanes
 F = DEFAULT.frac_bits
 
 
+def _eval_both(
+    gate: type[ReluTrunc] | type[Trunc],
+    p: GateParams,
+    keys: tuple[GateKey, GateKey],
+    opened: np.ndarray,
+    seen: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both parties' output shares, evaluated in two threads (ReLU opens a bit between them);
+    ``seen`` collects party 0's (sent, received) arrays."""
+    ex0, ex1 = queue_exchanges()
+
+    def spy(mine: np.ndarray) -> np.ndarray:
+        peer = ex0(mine)
+        if seen is not None:
+            seen.append((mine, peer))
+        return peer
+
+    return run_pair(
+        lambda: gate.eval(p, keys[0], opened, None, spy),
+        lambda: gate.eval(p, keys[1], opened, None, ex1),
+    )
+
+
 def _run_gate(
     gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray, out_bits: int = 64
 ) -> np.ndarray:
     """Share z, mask, open, evaluate both keys, reconstruct."""
-    k0, k1 = gate.gen(p, z.size, RNG, None, out_bits)
+    keys = gate.gen(p, z.size, RNG, None, out_bits)
     z0, z1 = split(z, RNG)
     with np.errstate(over="ignore"):
-        opened = (z0 + k0.mask) + (z1 + k1.mask)
-        return gate.eval(p, k0, opened) + gate.eval(p, k1, opened)
+        opened = (z0 + keys[0].mask) + (z1 + keys[1].mask)
+        y0, y1 = _eval_both(gate, p, keys, opened)
+        return y0 + y1
 
 
 def _check(gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray) -> np.ndarray:
@@ -130,7 +155,7 @@ def test_one_party_output_share_is_uniform_whatever_z() -> None:
         z0, z1 = split(z, RNG)
         with np.errstate(over="ignore"):
             opened = (z0 + k0.mask) + (z1 + k1.mask)
-        share = ReluTrunc.eval(DEFAULT, k0, opened)
+        share, _ = _eval_both(ReluTrunc, DEFAULT, (k0, k1), opened)
         top = (share.view(np.uint64) >> np.uint64(60)).astype(np.int64)
         counts = np.bincount(top, minlength=16)
         assert counts.min() > n / 16 * 0.8 and counts.max() < n / 16 * 1.2
@@ -150,12 +175,12 @@ def test_key_bytes_per_element() -> None:
     def per_element(p: GateParams, gate: type[ReluTrunc] | type[Trunc], out_bits: int) -> float:
         return (gate.gen(p, 10, RNG, None, out_bits)[0].nbytes - NONCE_BYTES) / 10
 
-    assert per_element(DEFAULT, ReluTrunc, DEFAULT.low_bits) == 1711
+    assert per_element(DEFAULT, ReluTrunc, DEFAULT.low_bits) == 911
     assert per_element(DEFAULT, Trunc, 64) == 1031
     low = NARROW.low_bits
-    assert per_element(NARROW, ReluTrunc, low) == 1023
+    assert per_element(NARROW, ReluTrunc, low) == 623
     assert per_element(NARROW, Trunc, 64) == 823
-    assert per_element(NARROW, ReluTrunc, 64) == 1215
+    assert per_element(NARROW, ReluTrunc, 64) == 623  # the one-bit lane does not widen
     with pytest.raises(ValueError):
         NARROW.lanes("relu", low - 1)
 
@@ -182,3 +207,27 @@ def test_linear_and_conv_match_torch_on_small_integers() -> None:
     got = conv.apply(x, conv.transpose(w))
     assert got.shape == (2, *conv.out_shape) == tuple(want.shape)
     assert np.array_equal(got, want.numpy().astype(np.int64))
+
+
+def test_relu_opens_a_uniform_bit_whatever_the_sign() -> None:
+    """The second round opens D XOR rho: half ones for all-positive and all-negative z alike."""
+    n = 8192
+    for value in (5 << (2 * F), -(5 << (2 * F))):
+        z = np.full(n, value, dtype=np.int64)
+        k0, k1 = ReluTrunc.gen(DEFAULT, n, RNG)
+        z0, z1 = split(z, RNG)
+        with np.errstate(over="ignore"):
+            opened = (z0 + k0.mask) + (z1 + k1.mask)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        y0, y1 = _eval_both(ReluTrunc, DEFAULT, (k0, k1), opened, seen)
+        ((mine, peer),) = seen
+        bits = np.unpackbits(mine.view(np.uint8)) ^ np.unpackbits(peer.view(np.uint8))
+        assert abs(float(bits[:n].mean()) - 0.5) < 0.03  # 6 sd
+        with np.errstate(over="ignore"):
+            assert np.all(y0 + y1 == max(value >> F, 0))
+
+
+def test_relu_needs_the_exchange() -> None:
+    k0, _ = ReluTrunc.gen(DEFAULT, 3, RNG)
+    with pytest.raises(ValueError, match="exchange"):
+        ReluTrunc.eval(DEFAULT, k0, np.zeros(3, dtype=np.int64))

@@ -54,6 +54,13 @@ length, :data:`NONCE_BYTES`). The gates use depth 47 by default
 correction words and nonces are the same in both parties' keys; only the root seed
 differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
 blocks, plus one final call, for all ``n`` elements together.
+
+One one-bit lane (``lane_bits == (1,)``, the ReLU gate's comparison bit) is
+expanded compactly: a level's value bit is bit 1 of the expanded state block
+itself (bit 0 is the control bit), cleared from the state before the
+correction, so the seed carries 126 fresh bits into the next level and the
+value bit is a PRG output bit used nowhere else. One AES block per element
+and level instead of two, in evaluation and in key generation alike.
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ from ppml.servers.mpc.fast.prg import (
 
 _ONE = np.uint64(1)
 _CLEAR_LSB = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
+_VALUE_BIT = np.uint64(1)  # a one-bit payload's level value: bit 1 of the expanded block
+_CLEAR_VALUE_BIT = np.uint64(0xFFFF_FFFF_FFFF_FFFD)
 _SIDE_BIT = np.uint64(16)  # tweak_table puts the row (the side) at bit 16 of the high word
 _LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
 _FINAL_SALT = 1  # tweaks of the final state-to-group conversion
@@ -86,6 +95,11 @@ Runs = npt.NDArray[np.int64]
 def value_blocks(width: int) -> int:
     """AES blocks needed per expansion for ``width`` ring elements (two per block)."""
     return (width + 1) // 2
+
+
+def _compact(lane_bits: tuple[int, ...]) -> bool:
+    """One one-bit lane: its level values ride in the state block (no value blocks)."""
+    return lane_bits == (1,)
 
 
 @dataclass(frozen=True)
@@ -365,7 +379,8 @@ def gen(
     if len(lanes) != k or not all(1 <= b <= 64 for b in lanes):
         raise ValueError("need one lane width in 1..64 per payload element")
     masks = _lane_masks(lanes).view(np.int64)
-    nv = value_blocks(k)
+    compact = _compact(lanes)
+    nv = 0 if compact else value_blocks(k)
     prg = prg or FixedKeyPRG()
     state = rng.seeds(2 * n).reshape(2, n, 2)
     nonces = instance_start(rng)[None] if n else np.zeros((0, 2), dtype=np.uint64)
@@ -386,7 +401,11 @@ def gen(
             t = state[:, :, 0] & _ONE  # (party, n)
             out = prg.mmo(_at_level(state, i)[:, None, None] ^ tw)  # (party, side, block, n, 2)
             lo, hi = out[:, :, 0, :, 0], out[:, :, 0, :, 1]  # (party, side, n)
-            vals = _words(out[:, :, 1:], k).view(np.int64)  # (party, side, k, n)
+            if compact:  # the value bit leaves the state: the seed keeps 126 fresh bits
+                vals = ((lo >> _VALUE_BIT) & _ONE).view(np.int64)[:, :, None]  # (party, side, 1, n)
+                lo &= _CLEAR_VALUE_BIT
+            else:
+                vals = _words(out[:, :, 1:], k).view(np.int64)  # (party, side, k, n)
             lo_keep, lo_lose = (
                 np.where(keep, lo[:, 1], lo[:, 0]),
                 np.where(keep, lo[:, 0], lo[:, 1]),
@@ -428,7 +447,8 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     if x.size != key.size:
         raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
     n, k = key.size, key.width
-    nv = value_blocks(k)
+    compact = _compact(key.lane_bits)
+    nv = 0 if compact else value_blocks(k)
     prg = prg or FixedKeyPRG()
     ids = key.instance_tweaks
     tw = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
@@ -444,11 +464,16 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
             t = state[:, 0] & _ONE
             tcw = (key.t_cw[i] >> side.astype(np.uint8)) & np.uint8(1)
             state = out[0]
+            if compact:
+                acc[0] += ((state[:, 0] >> _VALUE_BIT) & _ONE).view(np.int64)
+                state[:, 0] &= _CLEAR_VALUE_BIT
+            else:
+                acc_blocks += out[1:]
             state[:, 0] ^= (key.seed_cw[i, 0] | tcw) * t
             state[:, 1] ^= key.seed_cw[i, 1] * t
-            acc_blocks += out[1:]
             acc += key.v_cw[i] * t.view(np.int64)
-        acc += _words(acc_blocks, k).view(np.int64)
+        if not compact:
+            acc += _words(acc_blocks, k).view(np.int64)
         acc += _convert(prg, state, k, ids)
         acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:

@@ -16,10 +16,12 @@ Protocol for one forward of a batch (parties P0, P1; dealer D):
   still input-independent;
 * online (:func:`forward`), given additive shares of the fixed-point input:
   open ``x^ = x + r_0`` (1 round); then per stage: local matmul giving shares
-  of ``z + r_z``, open (1 round), gate to shares of the output, and unless it
-  is the last stage add shares of the next mask and open (1 round). The
-  output is additive shares of the fixed-point logits. Rounds: ``2 * stages``
-  (6 for Network A), each a single simultaneous exchange of one int64 array.
+  of ``z + r_z``, open (1 round), gate to shares of the output (a ReLU gate
+  opens one masked bit per element: 1 round), and unless it is the last stage
+  add shares of the next mask and open (1 round). The output is additive
+  shares of the fixed-point logits. Rounds: ``2 * stages`` plus one per ReLU
+  layer (8 for Network A), each a single simultaneous exchange of one int64
+  array.
 
 Range: with the default :class:`~ppml.servers.mpc.fast.gates.GateParams`
 (depth 47, ``L = 64``) the gates are exact (to stochastic rounding) for every
@@ -274,7 +276,8 @@ def forward(
         for i, (st, sb) in enumerate(zip(stages, bundle.stages, strict=True)):
             z_masked = st.op.apply(x_hat, model.weights_t[i]) + prep.offsets[i]
             opened = ex.open(z_masked)
-            y = GATES[st.gate].eval(spec.params, sb.gate, opened, prg).reshape(z_masked.shape)
+            y = GATES[st.gate].eval(spec.params, sb.gate, opened, prg, ex)
+            y = y.reshape(z_masked.shape)
             if i + 1 == len(stages):
                 return y, ex.stats
             nxt = bundle.stages[i + 1].in_mask

@@ -37,47 +37,59 @@ The wrap ``w = 1{a < c}`` (``V = a - c + 2^(n+1) w``) is also affine in ``B``
 given ``msb(a)`` (public) and ``m = msb(c)`` (dealer): ``w = m + (1 - m) B`` if
 ``msb(a) = 0``, ``w = m B`` if ``msb(a) = 1``.
 
-ReLU: ``y = D T`` with ``D = 1{T >= 0}``, so ``y = ReLU(T)``, equal to
-``ReLU(z / 2^f)`` within 1 ulp (0 for every ``z < 0``). With ``s = 1 - 2m``,
-``h = 2^n``, ``K = 2^(n+1)``::
+ReLU: ``y = D T`` with ``D = 1{T >= 0} = msb(a) XOR m XOR B``, so ``y =
+ReLU(T)``, equal to ``ReLU(z / 2^f)`` within 1 ulp (0 for every ``z < 0``).
+The DCF here has a one-bit payload (``beta = 1`` in ``Z_2``): the parties get
+XOR shares of ``B`` only, and select with one more opening. The dealer draws
+a uniform bit ``rho`` per element and shares, additively over ``Z_2^64``,
+``m, c, rho, rho c, rho m``. The low bit of an additive share is an XOR share
+of the value's low bit, so each party knows XOR shares of ``m`` and ``rho``
+without extra material, and the parties open ``e = D XOR rho`` (one round,
+one bit per element). Then ``D = e + (1 - 2e) rho`` and likewise ``D c`` and
+``m D`` are local. With ``h = 2^n``, ``K = 2^(n+1)`` and the carry facts
+above (``msb(a) = 0``: ``D w = D``; ``msb(a) = 1``: ``D w = m B = m D``)::
 
-    msb(a) = 0:  y = (m + sB) (a - h - c + K)
-    msb(a) = 1:  y = (1 - m - sB) (a - h - c) + K m B
+    msb(a) = 0:  y = (a - h + K) D - D c
+    msb(a) = 1:  y = (a - h) D - D c + K m D
 
-Every term is a public number times a share of one of ``sB, scB, mB`` (the DCF
-payload ``beta = (s, s c, m)``) or of one of ``m, c, m c`` (plain shares from
-the dealer): local, no further round. Truncation alone uses payload
-``(1 - m, m)`` and constants ``(c, m)``.
+Truncation alone uses a DCF with payload ``(1 - m, m)`` and constants
+``(c, m)``, and no further round.
 
 Output width. A gate feeding another layer only needs its output correct mod
 ``2^L``: the next layer is linear over the ring and the next gate reads only
 ``o mod 2^L``; the opened ``y + r`` stays uniform because the next mask ``r``
 is uniform over all 64 bits. So gates take ``out_bits`` (``L`` between
 layers, 64 for the model output) and the DCF lanes carry only what that
-needs: ReLU ``(out, out, out - n - 1)`` bits (``K m B`` is a multiple of
-``K = 2^(n+1)``), truncation ``(out - n - 1)`` twice. This shrinks a key, not
-the computation.
+needs: truncation ``(out - n - 1)`` bits twice (its terms are multiples of
+``K = 2^(n+1)``); ReLU's one-bit lane needs nothing more. This shrinks a key,
+not the computation.
 
 Security (per party): the opened ``o`` is uniform because ``r`` is uniform and
-fresh; the DCF key reveals nothing about ``alpha, beta`` (DCF security); the
-constant shares are uniform (the other party's share is a fresh uniform
-value). So a party's view of a gate is independent of ``z``.
+fresh; the opened ``e`` is uniform because ``rho`` is a fresh uniform bit that
+appears nowhere else; the DCF key reveals nothing about ``alpha, beta`` (DCF
+security); the constant shares are uniform (the other party's share is a
+fresh uniform value). So a party's view of a gate is independent of ``z``.
 
 Key size per element and party: 8 (mask) + 8 * consts + DCF key
 (:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at the default
-``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (lanes 64,
-64, 16: 18 bytes) 8 + 24 + 1679 = 1711 bytes; truncation at the output
-(lanes 16, 16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n = 31``, range
-``|v| < 2^15``: 1023 and 823 bytes.) Plus, per key set (one gate of one
-bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
+``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (5 constants,
+one one-bit lane) 8 + 40 + 863 = 911 bytes, against 1,711 for the former
+three-lane payload ``(s, s c, m)`` that needed no second round; truncation at
+the output (lanes 16, 16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n =
+31``, range ``|v| < 2^15``: 623 and 823 bytes.) Plus, per key set (one gate
+of one bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
+Online, ReLU costs two rounds (the opening of ``o`` and of ``e``, ``n / 8``
+bytes), truncation one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from ppml.servers.mpc.fast import dcf
 from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring
@@ -103,8 +115,10 @@ class GateParams:
         """DCF lane widths of gate ``kind`` whose output is needed mod ``2^out_bits``."""
         if not self.low_bits <= out_bits <= 64:
             raise ValueError("out_bits must lie in [low_bits, 64]")
+        if kind == "relu":
+            return (1,)  # XOR shares of the comparison bit B
         wrap = max(1, out_bits - self.depth - 1)  # lanes multiplied by K = 2^(n+1)
-        return (out_bits, out_bits, wrap) if kind == "relu" else (wrap, wrap)
+        return (wrap, wrap)
 
     @property
     def real_bound(self) -> float:
@@ -217,11 +231,27 @@ def _public(p: GateParams, opened: Ring) -> _Public:
     )
 
 
+Exchange = Callable[[Ring], Ring]
+
+
+def _open_bits(mine: npt.NDArray[np.uint8], exchange: Exchange) -> npt.NDArray[np.uint8]:
+    """XOR-open a vector of bits in one round: packed eight to a byte, sent as int64 words."""
+    packed = np.packbits(mine)
+    words = np.zeros(-(-packed.size // 8) * 8, dtype=np.uint8)
+    words[: packed.size] = packed
+    peer = exchange(words.view(np.int64)).view(np.uint8)
+    return np.unpackbits(peer, count=mine.size) ^ mine
+
+
 class ReluTrunc:
-    """``y = ReLU(T)``, ``T`` = z / 2^f stochastically rounded (module doc). One DCF, width 3."""
+    """``y = ReLU(T)``, ``T`` = z / 2^f stochastically rounded (module doc).
+
+    One DCF with a one-bit payload, then one opening of the masked sign bit.
+    """
 
     kind: ClassVar[str] = "relu"
-    width: ClassVar[int] = 3
+    width: ClassVar[int] = 1
+    rounds: ClassVar[int] = 1  # beyond the opening of ``o``
 
     @staticmethod
     def gen(
@@ -230,28 +260,41 @@ class ReluTrunc:
         """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
         r = rng.ring(n)
         q = _mask_parts(p, r)
+        rho = (rng.uint64(n) & np.uint64(1)).astype(np.int64)
         with np.errstate(over="ignore"):
-            s = 1 - 2 * q.m
-            beta = np.stack([s, s * q.c, q.m])
-            consts = np.stack([q.m, q.c, q.m * q.c], axis=1)
+            consts = np.stack([q.m, q.c, rho, rho * q.c, rho * q.m], axis=1)
+        beta = np.ones((1, n), dtype=np.int64)
         k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("relu", out_bits))
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
         return GateKey("relu", r0, c0, k0), GateKey("relu", r1, c1, k1)
 
     @staticmethod
-    def eval(p: GateParams, key: GateKey, opened: Ring, prg: FixedKeyPRG | None = None) -> Ring:
-        """Party: shares (n,) of ``ReLU(T)`` from the opened ``o = z + r``."""
+    def eval(
+        p: GateParams,
+        key: GateKey,
+        opened: Ring,
+        prg: FixedKeyPRG | None = None,
+        exchange: Exchange | None = None,
+    ) -> Ring:
+        """Party: shares (n,) of ``ReLU(T)`` from the opened ``o = z + r``; one exchange."""
+        if exchange is None:
+            raise ValueError("the ReLU gate opens a bit: it needs the exchange with the peer")
         u = _public(p, opened)
-        out = dcf.evaluate(key.dcf, u.low, prg)
-        sb, scb, mb = out
-        mu, gamma, pi = key.consts[:, 0], key.consts[:, 1], key.consts[:, 2]
-        e = 1 if key.dcf.party == 0 else 0
-        h, big_k = 1 << p.depth, 1 << (p.depth + 1)
+        b = dcf.evaluate(key.dcf, u.low, prg)[0]
+        mu, gamma, rho, rho_c, rho_m = key.consts.T
+        first = key.dcf.party == 0
+        mine = (b ^ rho ^ mu).astype(np.uint8) & np.uint8(1)  # XOR share of D XOR rho
+        if first:
+            mine ^= u.high.astype(np.uint8)
+        e = _open_bits(mine, exchange).astype(np.int64)
+        flip = 1 - 2 * e
+        big_k = 1 << (p.depth + 1)
         with np.errstate(over="ignore"):
-            a1 = u.a - h
-            y_low = (a1 + big_k) * (mu + sb) - pi - scb
-            y_high = a1 * (e - mu - sb) - gamma + pi + scb + big_k * mb
-        return np.where(u.high, y_high, y_low)
+            d = flip * rho + (e if first else 0)
+            dc = e * gamma + flip * rho_c
+            md = e * mu + flip * rho_m
+            a1 = u.a - (1 << p.depth)
+            return np.where(u.high, a1 * d - dc + big_k * md, (a1 + big_k) * d - dc)
 
 
 class Trunc:
@@ -259,6 +302,7 @@ class Trunc:
 
     kind: ClassVar[str] = "trunc"
     width: ClassVar[int] = 2
+    rounds: ClassVar[int] = 0
 
     @staticmethod
     def gen(
@@ -274,8 +318,14 @@ class Trunc:
         return GateKey("trunc", r0, c0, k0), GateKey("trunc", r1, c1, k1)
 
     @staticmethod
-    def eval(p: GateParams, key: GateKey, opened: Ring, prg: FixedKeyPRG | None = None) -> Ring:
-        """Party: shares (n,) of ``T`` from the opened ``o = z + r``."""
+    def eval(
+        p: GateParams,
+        key: GateKey,
+        opened: Ring,
+        prg: FixedKeyPRG | None = None,
+        exchange: Exchange | None = None,
+    ) -> Ring:
+        """Party: shares (n,) of ``T`` from the opened ``o = z + r``; no exchange."""
         u = _public(p, opened)
         out = dcf.evaluate(key.dcf, u.low, prg)
         gamma, mu = key.consts[:, 0], key.consts[:, 1]
