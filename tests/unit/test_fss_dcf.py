@@ -87,6 +87,7 @@ def test_shares_of_each_party_look_uniform() -> None:
         (47, (64, 64, 16), 1679),
         (47, (16, 16), 1007),
         (64, (64,), 1624),
+        (47, (1,), 816),
     ],
 )
 def test_key_size_matches_formula_and_serialised_arrays(
@@ -261,3 +262,16 @@ def test_a_one_bit_payload_expands_one_block_per_level() -> None:
         bit1 = (rec.inputs[level][..., 0] >> np.uint64(1)) & np.uint64(1)
         assert np.all(bit1 == (level + 1) & 1)
     assert np.array_equal(_reconstruct(keys, x) & 1, (x < alpha).astype(np.int64)[None])
+
+
+def test_a_one_bit_key_packs_its_level_values_into_the_control_byte() -> None:
+    n, depth = 9, 10
+    k0, _ = dcf.gen(_domain(RNG.uint64(n), depth), np.ones((1, n), dtype=np.int64), depth, RNG,
+                    None, (1,))  # fmt: skip
+    arrays = k0.to_arrays("k")
+    assert not any(".v_cw" in name for name in arrays) and arrays["k.t_cw"].dtype == np.uint8
+    back = dcf.DCFKey.from_arrays(arrays, "k")
+    assert np.array_equal(back.v_cw, k0.v_cw) and np.array_equal(back.t_cw, k0.t_cw)
+    bad = dict(arrays, **{"k.t_cw": arrays["k.t_cw"] | np.uint8(8)})
+    with pytest.raises(ValueError, match="above the value bit"):
+        dcf.DCFKey.from_arrays(bad, "k")

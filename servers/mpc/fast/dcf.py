@@ -46,7 +46,8 @@ correction words (depth, 2, n), value corrections (depth, k, n), payloads
 and outputs (k, n).
 
 Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
-bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
+bytes with ``P = sum(ceil(b_i / 8))`` (``16 + depth * 17 + 1`` for one one-bit
+lane, whose level values ride in the control-bit byte) (root seed; per level a seed correction,
 both control-bit corrections in one byte and a value correction; a final value
 correction); ``P = 8k`` for full lanes; plus 24 bytes per key set (nonce and
 length, :data:`NONCE_BYTES`). The gates use depth 47 by default
@@ -158,9 +159,12 @@ class DCFKey:
             f"{prefix}.nonces": self.nonces,
             f"{prefix}.runs": self.runs.astype(np.uint64),
         }
+        if _compact(self.lane_bits):  # the level's value bit rides in bit 2 of t_cw
+            out[f"{prefix}.t_cw"] = self.t_cw | (self.v_cw[:, 0].astype(np.uint8) << np.uint8(2))
         for i, b in enumerate(self.lane_bits):
-            for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
-                out[f"{prefix}.v_cw{i}.{j}"] = chunk
+            if not _compact(self.lane_bits):
+                for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
+                    out[f"{prefix}.v_cw{i}.{j}"] = chunk
             for j, chunk in enumerate(_pack(self.final_cw[i], b)):
                 out[f"{prefix}.final_cw{i}.{j}"] = chunk
         return out
@@ -170,12 +174,20 @@ class DCFKey:
         """Inverse of :meth:`to_arrays`; checks shapes and dtypes."""
         meta = arrays[f"{prefix}.meta"]
         lanes = tuple(int(b) for b in meta[1:])
+        t_cw = np.ascontiguousarray(arrays[f"{prefix}.t_cw"], dtype=np.uint8)
+        if _compact(lanes):
+            if t_cw.size and int(t_cw.max()) >> 3:
+                raise ValueError("DCF key t_cw has bits above the value bit")
+            v_cw = (t_cw >> np.uint8(2)).astype(np.int64)[:, None]
+            t_cw = t_cw & np.uint8(3)
+        else:
+            v_cw = np.stack([_lane(arrays, f"{prefix}.v_cw{i}", b) for i, b in enumerate(lanes)], 1)
         key = cls(
             party=int(meta[0]),
             seeds=np.ascontiguousarray(arrays[f"{prefix}.seeds"], dtype=np.uint64),
             seed_cw=np.ascontiguousarray(arrays[f"{prefix}.seed_cw"], dtype=np.uint64),
-            t_cw=np.ascontiguousarray(arrays[f"{prefix}.t_cw"], dtype=np.uint8),
-            v_cw=np.stack([_lane(arrays, f"{prefix}.v_cw{i}", b) for i, b in enumerate(lanes)], 1),
+            t_cw=t_cw,
+            v_cw=v_cw,
             final_cw=np.stack(
                 [_lane(arrays, f"{prefix}.final_cw{i}", b) for i, b in enumerate(lanes)]
             ),
@@ -259,7 +271,8 @@ def _runs(raw: np.ndarray) -> Runs:
 def key_bytes_per_element(depth: int, lane_bits: tuple[int, ...]) -> int:
     """Serialised bytes per element of one party's key (see the module docstring)."""
     payload = sum((b + 7) // 8 for b in lane_bits)
-    return 16 + depth * (16 + 1 + payload) + payload
+    level = 0 if _compact(lane_bits) else payload  # a one-bit value rides in the t_cw byte
+    return 16 + depth * (16 + 1 + level) + payload
 
 
 def _lane_masks(lane_bits: tuple[int, ...]) -> U64:
