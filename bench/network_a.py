@@ -63,27 +63,54 @@ def _latency(cluster: Cluster, model_id: str, images: torch.Tensor, n: int) -> d
 
 
 def _client_process(
-    config: str, model_id: str, clients: int, per_client: int, go: Any, done: Any
+    config: str,
+    model_id: str,
+    clients: int,
+    phases: list[int],
+    starts: list[Any],
+    done: Any,
 ) -> None:
-    """One load-generator process: ``clients`` SDK instances, one thread each."""
+    """One load-generator process: ``clients`` SDK instances, one thread each.
+
+    After one warm-up call per client it reports ``("ready", [], [], 0.0)``; then,
+    for each phase, it waits for that phase's start event, has every client make
+    ``phases[i]`` sequential single-image calls, and reports ``("done",
+    latencies_ms, errors, cpu_s)``: each call's latency (``perf_counter`` around
+    ``predict``), the calls that failed, and the CPU seconds this process spent
+    in the phase by its own clock, all threads included.
+    """
     torch.set_num_threads(1)
     images = torch.rand(256, 784, generator=torch.Generator().manual_seed(2))
     sdks = [Cluster.from_config(config) for _ in range(clients)]
     for sdk in sdks:  # warm each client's channels
         sdk.predict(model_id, images[0].unsqueeze(0))
+    done.put(("ready", [], [], 0.0))
 
-    def run(sdk: Cluster, k: int) -> None:
-        for j in range(per_client):
-            sdk.predict(model_id, images[(k + j) % len(images)].unsqueeze(0), timeout=120)
+    def run(sdk: Cluster, k: int, n: int, latencies: list[float], errors: list[str]) -> None:
+        try:
+            for j in range(n):
+                started = time.perf_counter()
+                sdk.predict(model_id, images[(k + j) % len(images)].unsqueeze(0), timeout=120)
+                latencies.append((time.perf_counter() - started) * 1000)
+        except Exception as exc:  # reported to the driver, which fails the run
+            errors.append(repr(exc))
 
-    threads = [threading.Thread(target=run, args=(s, k)) for k, s in enumerate(sdks)]
-    done.put("ready")
-    go.wait()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    done.put("finished")
+    for n, start in zip(phases, starts, strict=True):
+        start.wait()
+        cpu_before = time.process_time()
+        latencies: list[float] = []
+        errors: list[str] = []
+        threads = [
+            threading.Thread(target=run, args=(s, k, n, latencies, errors))
+            for k, s in enumerate(sdks)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done.put(("done", latencies, errors, time.process_time() - cpu_before))
+    for sdk in sdks:
+        sdk.close()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -92,65 +119,154 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _throughput(
-    local: LocalCluster, model_id: str, clients: int, per_client: int, processes: int
+def _quiet(pids: dict[str, int], timeout: float = 20.0) -> dict[str, float]:
+    """The CPU seconds of ``pids`` once they idle: under 2 clock ticks in all over 0.25 s.
+
+    Work a phase leaves behind (pools refilled after the last answer, the
+    dealer making their material) then counts in the phase; on a machine that
+    never quiets, the reading after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    while True:
+        time.sleep(0.25)
+        now = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        ticks = sum(now.values()) - sum(last.values())
+        if ticks * os.sysconf("SC_CLK_TCK") < 2 or time.monotonic() > deadline:
+            return now
+        last = now
+
+
+def _leader_counts(
+    probe: Cluster, at_least: int = 0, timeout: float = 10.0
+) -> tuple[tuple[int, int, int, float], dict[int, int]]:
+    """The leader's predict cost and batch sizes once its accounting caught up.
+
+    A job is counted just after its answers go out; this reads until two
+    reads 0.1 s apart agree and ``at_least`` requests are counted in batches
+    (on a machine too busy for that, the reading after ``timeout`` seconds).
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        report = probe.status()[0]
+        cost = next((c for c in report.mpc_cost if c.kind == "predict"), None)
+        now = (
+            (cost.jobs, cost.rounds, cost.bytes, cost.seconds) if cost else (0, 0, 0, 0.0),
+            dict(report.batch_sizes),
+        )
+        counted = sum(k * v for k, v in now[1].items())
+        if (now == last and counted >= at_least) or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.1)
+
+
+def _collect(done: Any, processes: int, timeout: float) -> tuple[list[float], float]:
+    """One report from each client process: all latencies (ms) and their CPU seconds."""
+    latencies: list[float] = []
+    cpu = 0.0
+    for _ in range(processes):
+        _, lat, errors, seconds = done.get(timeout=timeout)
+        if errors:
+            raise RuntimeError(f"{len(errors)} client(s) failed, first: {errors[0]}")
+        latencies += lat
+        cpu += seconds
+    return latencies, cpu
+
+
+def concurrent_load(
+    local: LocalCluster,
+    model_id: str,
+    clients: int,
+    per_client: int,
+    processes: int,
+    warmup_per_client: int = 0,
 ) -> dict[str, Any]:
     """``clients`` concurrent single-image clients spread over ``processes`` processes.
 
     One Python process cannot play 64 gRPC clients fast enough on two cores
     (each call costs it milliseconds of GIL-bound work), so the load comes
-    from several processes, as it would from many machines.
+    from several processes, as it would from many machines. With
+    ``warmup_per_client``, every client first makes that many untimed calls
+    at the same concurrency (the servers' pools fill for the batch sizes this
+    load makes); then each makes ``per_client`` timed ones. The figures cover
+    the timed phase only: wall time from its start to the last client's end,
+    each call's latency as its client saw it, the servers' and the dealer's
+    CPU seconds (``/proc``) and the client processes' own (their CPU clocks).
     """
+    processes = max(1, min(processes, clients))
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    phases = [n for n in (warmup_per_client, per_client) if n]
     ctx = multiprocessing.get_context("spawn")
-    go, done = ctx.Event(), ctx.Queue()
-    share = clients // processes
+    starts, done = [ctx.Event() for _ in phases], ctx.Queue()
     procs = [
         ctx.Process(
             target=_client_process,
-            args=(str(local.config_path), model_id, share, per_client, go, done),
+            args=(str(local.config_path), model_id, share, phases, starts, done),
+            daemon=True,
         )
-        for _ in range(processes)
+        for share in shares
     ]
     for proc in procs:
         proc.start()
     for _ in procs:
-        assert done.get(timeout=300) == "ready"
+        assert done.get(timeout=300)[0] == "ready"
     pids = {name: p.pid for name, p in local.processes.items()}
-    pids.update({f"client-{i}": p.pid for i, p in enumerate(procs) if p.pid is not None})
     with Cluster.from_config(local.config_path) as probe:
-        before = _predict_cost(probe)
-        cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-        go.set()
+        if len(phases) > 1:
+            starts[0].set()
+            _collect(done, processes, 600)
+        before, sizes_before = _leader_counts(probe)
+        cpu_before = _quiet(pids)
+        starts[-1].set()
         began = time.perf_counter()
-        for _ in procs:
-            assert done.get(timeout=600) == "finished"
+        latencies, client_cpu = _collect(done, processes, 600)
         elapsed = time.perf_counter() - began
-        cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-        after = _predict_cost(probe)
-        sizes = probe.status()[0].batch_sizes
+        images = clients * per_client
+        counted_before = sum(k * v for k, v in sizes_before.items())
+        after, sizes = _leader_counts(probe, counted_before + images)
+        cpu_after = _quiet(pids)
+        cpu = {name: cpu_after[name] - cpu_before[name] for name in pids}
     for proc in procs:
-        proc.join()
-    images = share * processes * per_client
+        proc.join(timeout=60)
     jobs = max(1, after[0] - before[0])
+    cpu["clients"] = client_cpu
+    parties = sum(v for k, v in cpu.items() if k.startswith("server-") or k == "dealer")
     return {
-        "clients": share * processes,
+        "clients": clients,
         "processes": processes,
+        "per_client": per_client,
         "images": images,
+        "requests_in_batches": sum(k * v for k, v in sizes.items()) - counted_before,
         "seconds": elapsed,
         "throughput_ips": images / elapsed,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99)),
+            "mean": float(np.mean(latencies)),
+            "max": float(np.max(latencies)),
+        },
         "jobs": after[0] - before[0],
         "mean_batch": images / jobs,
         "rounds_per_job": (after[1] - before[1]) / jobs,
         "bytes_per_job": (after[2] - before[2]) / jobs,
         "mpc_seconds": after[3] - before[3],
+        "batch_sizes": {
+            str(k): v - sizes_before.get(k, 0)
+            for k, v in sorted(sizes.items())
+            if v > sizes_before.get(k, 0)
+        },
         "batch_sizes_all_time": {str(k): v for k, v in sorted(sizes.items())},
         # CPU seconds each process spent in the timed phase (the VM has os.cpu_count() cores)
         "cpu_seconds": cpu,
         "cpu_ms_per_image": {
-            "clients": 1000 * sum(v for k, v in cpu.items() if k.startswith("client-")) / images,
+            "clients": 1000 * client_cpu / images,
             "servers": 1000 * sum(v for k, v in cpu.items() if k.startswith("server-")) / images,
-            "dealer": 1000 * sum(v for k, v in cpu.items() if k == "dealer") / images,
+            "dealer": 1000 * cpu.get("dealer", 0.0) / images,
         },
+        "cpu_ms_per_image_by_process": {k: 1000 * v / images for k, v in cpu.items()},
+        "cpu_ms_per_image_servers_and_dealer": 1000 * parties / images,
         "cores": os.cpu_count(),
     }
 
@@ -174,7 +290,7 @@ def run_service(
                 with torch.no_grad():
                     diff = (cluster.predict(model_id, images[:8]) - model(images[:8])).abs().max()
                 latency = _latency(cluster, model_id, images, n)
-            throughput = _throughput(local, model_id, clients, per_client, processes)
+            throughput = concurrent_load(local, model_id, clients, per_client, processes)
             with Cluster.from_config(local.config_path) as cluster:
                 pool = dataclasses.asdict(cluster.status()[0].fast_pool)
     return {
