@@ -275,3 +275,37 @@ def test_a_one_bit_key_packs_its_level_values_into_the_control_byte() -> None:
     bad = dict(arrays, **{"k.t_cw": arrays["k.t_cw"] | np.uint8(8)})
     with pytest.raises(ValueError, match="above the value bit"):
         dcf.DCFKey.from_arrays(bad, "k")
+
+
+def test_any_slice_keeps_every_elements_id_and_evaluates() -> None:
+    """take(start, stop) of a joined key: the ids are the whole key's, through the wire too,
+    and the slice evaluates to the same comparisons."""
+    depth, sizes = 8, (5, 7)
+    alpha = _domain(RNG.uint64(sum(sizes)), depth)
+    beta = RNG.ring((2, sum(sizes)))
+    parts = [
+        dcf.gen(alpha[a:b], beta[:, a:b], depth, RNG, None, (64, 64))
+        for a, b in ((0, sizes[0]), (sizes[0], sum(sizes)))
+    ]
+    joined = [dcf.DCFKey.concat([p[b] for p in parts]) for b in (0, 1)]
+    ids = joined[0].instance_tweaks
+    x = _domain(RNG.uint64(sum(sizes)), depth)
+    want = np.where(x < alpha, beta, 0)
+    for start, stop in ((0, 12), (2, 4), (3, 9), (5, 12), (7, 8)):
+        cut = [k.take(start, stop) for k in joined]
+        back = dcf.DCFKey.from_arrays(cut[1].to_arrays("k"), "k")
+        assert np.array_equal(back.instance_tweaks, ids[start:stop])
+        assert int(back.runs.sum()) == stop - start
+        assert np.array_equal(_reconstruct((cut[0], back), x[start:stop]), want[:, start:stop])
+    assert joined[0].take(4, 4).size == 0
+
+
+def test_a_slice_carries_the_nonce_into_its_top_bits() -> None:
+    """A key set whose 80-bit start is 2^64 - 3 below a carry: cut after 5 elements, the
+    slice's ids are still start + 5 .. (the low word wrapped, the top word went up)."""
+    k0, _ = dcf.gen(np.zeros(8, dtype=np.uint64), RNG.ring((1, 8)), 4, RNG)
+    edge = replace(k0, nonces=np.array([[2**64 - 3, 7]], dtype=np.uint64))
+    ids = edge.instance_tweaks
+    cut = edge.take(5, 8)
+    assert np.array_equal(cut.nonces, np.array([[2, 8]], dtype=np.uint64))
+    assert np.array_equal(cut.instance_tweaks, ids[5:])

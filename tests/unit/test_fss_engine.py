@@ -177,6 +177,25 @@ def test_the_head_of_a_bundle_serves_fewer_rows() -> None:
             wide[0].head(rows)
 
 
+def test_bundles_made_in_one_pass_each_serve_a_forward() -> None:
+    """preprocess_many cuts one generation into bundles: each is a whole, independent bundle
+    (through the wire format), with fresh masks of its own."""
+    net = _network_a()
+    dealer, key, models = _setup(NETWORK_A, net)
+    made = dealer.preprocess_many(NETWORK_A, key, 2, 3)
+    assert len(made) == 3 and all(a.batch == b.batch == 2 for a, b in made)
+    for pair in made:
+        bundles = [Bundle.from_bytes(b.to_bytes()) for b in pair]
+        x = torch.rand(2, 784) * 4 - 2
+        assert np.abs(_run(models, bundles, x) - net(x).detach().numpy()).max() <= 1e-3
+    masks = [pair[0].stages[0].in_mask for pair in made]
+    assert not np.array_equal(masks[0], masks[1])
+    with pytest.raises(ValueError):
+        made[0][0].rows(1, 3)
+    with pytest.raises(ValueError):
+        dealer.preprocess_many(NETWORK_A, key, 2, 0)
+
+
 def test_the_wire_container_round_trips_and_refuses_what_it_does_not_know() -> None:
     arrays = {
         "a": np.arange(-3, 3, dtype=np.int64).reshape(2, 3),

@@ -165,17 +165,24 @@ class Bundle:
         """
         if not 1 <= rows <= self.batch:
             raise ValueError(f"cannot take {rows} rows of a bundle for {self.batch}")
-        if rows == self.batch:
-            return self
-        stages = tuple(
-            StageBundle(
-                s.in_mask[:rows],
-                s.weight_mask_product[:rows],
-                s.gate.head(rows * (s.gate.size // self.batch)),
-            )
-            for s in self.stages
-        )
-        return Bundle(self.party, rows, stages)
+        return self if rows == self.batch else self.rows(0, rows)
+
+    def rows(self, start: int, stop: int) -> Bundle:
+        """The material of samples ``start .. stop - 1``, as a bundle of its own (views).
+
+        Every sample's material is independent of the others', so a dealer can
+        make many bundles in one pass and cut them apart; each part is single
+        use, like any bundle.
+        """
+        if not 0 <= start < stop <= self.batch:
+            raise ValueError(f"cannot take rows {start}..{stop} of a bundle for {self.batch}")
+        stages = []
+        for s in self.stages:
+            per = s.gate.size // self.batch
+            gate = s.gate.take(start * per, stop * per)
+            mask, product = s.in_mask[start:stop], s.weight_mask_product[start:stop]
+            stages.append(StageBundle(mask, product, gate))
+        return Bundle(self.party, stop - start, tuple(stages))
 
     def to_bytes(self) -> bytes:
         """Container bytes (:func:`arrays_to_bytes`); DCF lanes keep only their low bytes."""

@@ -217,22 +217,35 @@ class DCFKey:
 
     def head(self, n: int) -> DCFKey:
         """Keys of the first ``n`` instances (views; each keeps its instance id)."""
-        n = max(0, min(n, self.size))
-        starts = np.cumsum(self.runs) - self.runs
-        sets = int(np.searchsorted(starts, n))  # the key sets that start before n
-        runs = self.runs[:sets].copy()
-        if sets:
-            runs[-1] = n - int(starts[sets - 1])
+        return self.take(0, n)
+
+    def take(self, start: int, stop: int) -> DCFKey:
+        """Keys of instances ``start .. stop - 1`` (views; each keeps its instance id).
+
+        A key set cut at ``start`` continues from ``nonce + (start - its first)``
+        (mod 2^80), so every element's id is what it was in the whole key.
+        """
+        start, stop = max(0, min(start, self.size)), max(0, min(stop, self.size))
+        stop = max(start, stop)
+        ends = np.cumsum(self.runs)
+        firsts = ends - self.runs
+        keep = (ends > start) & (firsts < stop)
+        runs = np.minimum(ends[keep], stop) - np.maximum(firsts[keep], start)
+        skipped = (np.maximum(firsts[keep], start) - firsts[keep]).astype(np.uint64)
+        nonces = self.nonces[keep].copy()
+        low = nonces[:, 0] + skipped  # wraps mod 2^64: carry into the top 16 bits
+        nonces[:, 1] = (nonces[:, 1] + (low < nonces[:, 0]).astype(np.uint64)) & np.uint64(0xFFFF)
+        nonces[:, 0] = low
         return DCFKey(
             self.party,
-            self.seeds[:n],
-            self.seed_cw[:, :, :n],
-            self.t_cw[:, :n],
-            self.v_cw[:, :, :n],
-            self.final_cw[:, :n],
+            self.seeds[start:stop],
+            self.seed_cw[:, :, start:stop],
+            self.t_cw[:, start:stop],
+            self.v_cw[:, :, start:stop],
+            self.final_cw[:, start:stop],
             self.lane_bits,
-            self.nonces[:sets],
-            runs,
+            nonces,
+            runs.astype(np.int64),
         )
 
     def check(self) -> None:

@@ -140,6 +140,24 @@ class Dealer:
                 out[b].append(StageBundle(rb, fb, keys[b]))
         return Bundle(0, batch, tuple(out[0])), Bundle(1, batch, tuple(out[1]))
 
+    def preprocess_many(
+        self, spec: ModelSpec, model_key: bytes, batch: int, count: int
+    ) -> list[tuple[Bundle, Bundle]]:
+        """``count`` bundle pairs for forwards of ``batch`` samples, made in one pass.
+
+        One :meth:`preprocess` of ``batch * count`` samples, cut into parts
+        (:meth:`Bundle.rows`): the same material as ``count`` separate calls,
+        but every gate's key generation runs once over all of it (small
+        bundles are otherwise dominated by per-level overhead).
+        """
+        if count < 1:
+            raise ValueError("count must be positive")
+        both = self.preprocess(spec, model_key, batch * count)
+        return [
+            (both[0].rows(j * batch, (j + 1) * batch), both[1].rows(j * batch, (j + 1) * batch))
+            for j in range(count)
+        ]
+
 
 @dataclass
 class CommStats:

@@ -149,7 +149,13 @@ class GateKey:
 
     def head(self, n: int) -> GateKey:
         """The material of the first ``n`` instances (views)."""
-        return GateKey(self.kind, self.mask[:n], self.consts[:n], self.dcf.head(n))
+        return self.take(0, n)
+
+    def take(self, start: int, stop: int) -> GateKey:
+        """The material of instances ``start .. stop - 1`` (views)."""
+        return GateKey(
+            self.kind, self.mask[start:stop], self.consts[start:stop], self.dcf.take(start, stop)
+        )
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {

@@ -47,6 +47,7 @@ MAX_ELEMENTS = 1 << 20  # wire values in one reply (about 370 MB of keys per par
 
 MAX_STOCK_BYTES = 256 << 20  # bundles made ahead, both parties' parts
 MAX_STOCKED_PAIRS = 16  # (setup, batch) pairs kept in stock, most recently asked
+MAKE_ROWS = 64  # samples one pass of the stock maker generates at most (several small bundles)
 
 Payloads = tuple[tuple[int, list[bytes]], tuple[int, list[bytes]]]
 Pair = tuple[bytes, bytes]  # party 0's and party 1's serialised bundle
@@ -113,8 +114,8 @@ class FastDealing:
             raise ValueError(f"{count} bundles of batch {batch}: out of range")
         bucket = batch & (batch - 1) == 0  # pools use powers of two; other sizes are one-offs
         pairs = self._from_stock((setup_id, batch), count) if bucket else []
-        while len(pairs) < count:
-            pairs.append(_make(self._engine, spec, key, batch))
+        if len(pairs) < count:
+            pairs += _make(self._engine, spec, key, batch, count - len(pairs))
         first = self._serial + 1
         self._serial += count
         return (first, [p[0] for p in pairs]), (first, [p[1] for p in pairs])
@@ -140,14 +141,15 @@ class FastDealing:
             self._cond.notify_all()
             return taken
 
-    def _short(self) -> tuple[tuple[int, int], fe.ModelSpec, bytes] | None:
-        """The most recently asked pair below its stock, if there is room (lock held)."""
+    def _short(self) -> tuple[tuple[int, int], fe.ModelSpec, bytes, int] | None:
+        """The most recently asked pair below its stock and how many it lacks, if there is
+        room (lock held)."""
         if self._stock_bytes >= MAX_STOCK_BYTES:
             return None
         for pair in reversed(self._stock):
             found = self._setups.get(pair[0])
             if found is not None and len(self._stock[pair]) < self._target:
-                return pair, found[0], found[1]
+                return pair, found[0], found[1], self._target - len(self._stock[pair])
         return None
 
     def _make_ahead(self) -> None:
@@ -159,12 +161,12 @@ class FastDealing:
                     self._cond.wait()
                 if self._closed or job is None:
                     return
-            pair, spec, key = job
-            made = _make(engine, spec, key, pair[1])
+            pair, spec, key, missing = job
+            made = _make(engine, spec, key, pair[1], max(1, min(missing, MAKE_ROWS // pair[1])))
             with self._cond:
                 if pair in self._stock and not self._closed:
-                    self._stock[pair].append(made)
-                    self._stock_bytes += len(made[0]) + len(made[1])
+                    self._stock[pair].extend(made)
+                    self._stock_bytes += sum(len(a) + len(b) for a, b in made)
 
 
 def frames(payload: tuple[int, list[bytes]]) -> list[bytes]:
@@ -193,6 +195,8 @@ def read_reply(header: object, read_frame: Callable[[], bytearray]) -> tuple[int
     return number, blobs
 
 
-def _make(engine: fe.Dealer, spec: fe.ModelSpec, key: bytes, batch: int) -> Pair:
-    both = engine.preprocess(spec, key, batch)
-    return both[0].to_bytes(), both[1].to_bytes()
+def _make(engine: fe.Dealer, spec: fe.ModelSpec, key: bytes, batch: int, count: int) -> list[Pair]:
+    """``count`` serialised bundle pairs, generated in one pass (:meth:`Dealer.preprocess_many`)."""
+    return [
+        (a.to_bytes(), b.to_bytes()) for a, b in engine.preprocess_many(spec, key, batch, count)
+    ]
