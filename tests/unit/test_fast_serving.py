@@ -22,6 +22,7 @@ from ppml.proto.domain.architecture import Architecture
 from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
 from ppml.servers.kinds.refill import RefillJob, RefillPlanner
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
+from ppml.servers.mpc.fast.service import dealing as dealing_module
 from ppml.servers.mpc.fast.service import spec as fast_spec
 from ppml.servers.mpc.fast.service.dealing import FastDealing
 from ppml.servers.mpc.fast.service.party import FastInference
@@ -246,12 +247,33 @@ def test_the_dealer_makes_bundles_ahead_once_asked_and_stops_when_closed() -> No
     while dealing.stocked(setup_id, 1) < 2:
         assert time.monotonic() < deadline, "no bundles made ahead"
         time.sleep(0.01)
-    (second, made), _ = dealing.bundles(setup_id, 1, 3)  # two from stock, one made now
+    (second, made), _ = dealing.bundles(setup_id, 1, 3)  # from stock, the rest made now
     assert second == 2 and len(made) == 3 and len(set(made)) == 3
     dealing.close()
     assert dealing.stocked(setup_id, 1) == 0
     with pytest.raises(ValueError):
         dealing.bundles(setup_id + 1, 1, 1)
+
+
+def test_the_dealer_restocks_small_bundles_many_to_a_pass_once_down_to_half() -> None:
+    dealing = FastDealing(stock=2)
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    (setup_id, _), _ = dealing.setup(fast_spec.to_wire(fm.spec))
+    target = dealing_module.STOCK_ROWS  # batch 1: STOCK_ROWS bundles, more than stock=2
+    dealing.bundles(setup_id, 1, 1)
+    deadline = time.monotonic() + 60
+    while dealing.stocked(setup_id, 1) < target:
+        assert time.monotonic() < deadline, "the stock did not fill"
+        time.sleep(0.01)
+    dealing.bundles(setup_id, 1, 2)
+    time.sleep(0.3)  # no restock above half: the maker waits
+    assert dealing.stocked(setup_id, 1) == target - 2
+    dealing.bundles(setup_id, 1, target // 2 - 2)  # down to half: restocked to full
+    while dealing.stocked(setup_id, 1) < target:
+        assert time.monotonic() < deadline, "the stock was not made again"
+        time.sleep(0.01)
+    dealing.close()
 
 
 def test_the_refill_planner_waits_for_idle_time_and_a_short_pool() -> None:

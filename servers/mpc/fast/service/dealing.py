@@ -19,9 +19,13 @@ memory for the session only.
 
 Ahead of time: once a (setup, batch) has been asked for, with ``batch`` a
 power of two (the parties' pool buckets), a background thread
-keeps ``stock`` bundles of it made (at most ``MAX_STOCK_BYTES`` in all, the
-most recently asked pairs first), so a request is mostly a transfer. Each
-bundle is handed out once, then forgotten.
+keeps ``stock`` bundles of it made, or ``STOCK_ROWS`` samples' worth of small
+ones (at most ``MAX_STOCK_BYTES`` in all, the most recently asked pairs
+first), so a request is mostly a transfer. It restocks a pair once it is down
+to half, many bundles in one pass (:meth:`Dealer.preprocess_many
+<ppml.servers.mpc.fast.engine.Dealer.preprocess_many>`): key generation has a
+per-level cost that one small bundle at a time would pay again and again.
+Each bundle is handed out once, then forgotten.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ MAX_ELEMENTS = 1 << 20  # wire values in one reply (about 370 MB of keys per par
 MAX_STOCK_BYTES = 256 << 20  # bundles made ahead, both parties' parts
 MAX_STOCKED_PAIRS = 16  # (setup, batch) pairs kept in stock, most recently asked
 MAKE_ROWS = 64  # samples one pass of the stock maker generates at most (several small bundles)
+STOCK_ROWS = 16  # small buckets keep at least this many samples in stock, made in few passes
 
 Payloads = tuple[tuple[int, list[bytes]], tuple[int, list[bytes]]]
 Pair = tuple[bytes, bytes]  # party 0's and party 1's serialised bundle
@@ -68,6 +73,7 @@ class FastDealing:
         self._target = stock
         self._stock: OrderedDict[tuple[int, int], deque[Pair]] = OrderedDict()
         self._stock_bytes = 0
+        self._filling: set[tuple[int, int]] = set()  # pairs that went short, until full again
         self._cond = threading.Condition()
         self._closed = False
         self._maker: threading.Thread | None = None
@@ -131,7 +137,8 @@ class FastDealing:
             queue = self._stock.setdefault(pair, deque())
             self._stock.move_to_end(pair)
             while len(self._stock) > MAX_STOCKED_PAIRS:
-                _, dropped = self._stock.popitem(last=False)
+                gone, dropped = self._stock.popitem(last=False)
+                self._filling.discard(gone)
                 self._stock_bytes -= sum(len(a) + len(b) for a, b in dropped)
             taken = [queue.popleft() for _ in range(min(count, len(queue)))]
             self._stock_bytes -= sum(len(a) + len(b) for a, b in taken)
@@ -141,15 +148,25 @@ class FastDealing:
             self._cond.notify_all()
             return taken
 
+    def _stock_target(self, batch: int) -> int:
+        """Bundles of ``batch`` samples to keep: ``stock``, or ``STOCK_ROWS`` samples' worth."""
+        return max(self._target, STOCK_ROWS // batch) if self._target > 0 else 0
+
     def _short(self) -> tuple[tuple[int, int], fe.ModelSpec, bytes, int] | None:
-        """The most recently asked pair below its stock and how many it lacks, if there is
-        room (lock held)."""
+        """The most recently asked pair to restock and how many it lacks, if there is room
+        (lock held). A pair is short once down to half its target and stays short until
+        full, so small bundles are made many to a pass, not one after each request."""
         if self._stock_bytes >= MAX_STOCK_BYTES:
             return None
         for pair in reversed(self._stock):
             found = self._setups.get(pair[0])
-            if found is not None and len(self._stock[pair]) < self._target:
-                return pair, found[0], found[1], self._target - len(self._stock[pair])
+            have, target = len(self._stock[pair]), self._stock_target(pair[1])
+            if have <= target // 2:
+                self._filling.add(pair)
+            elif have >= target:
+                self._filling.discard(pair)
+            if found is not None and pair in self._filling:
+                return pair, found[0], found[1], target - have
         return None
 
     def _make_ahead(self) -> None:
