@@ -309,3 +309,23 @@ def test_a_slice_carries_the_nonce_into_its_top_bits() -> None:
     cut = edge.take(5, 8)
     assert np.array_equal(cut.nonces, np.array([[2, 8]], dtype=np.uint64))
     assert np.array_equal(cut.instance_tweaks, ids[5:])
+
+
+@pytest.mark.parametrize("lanes", [(1,), (16, 16), (64, 64, 16)])
+def test_both_tree_walks_query_the_same_blocks_and_give_the_same_shares(
+    lanes: tuple[int, ...],
+) -> None:
+    """The tabled walk (few elements) and the level-by-level walk feed the PRG the very same
+    tweaked inputs, level by level, and end with the same shares, for both parties."""
+    n, depth = 300, 20
+    alpha = _domain(RNG.uint64(n), depth)
+    keys = dcf.gen(alpha, RNG.ring((len(lanes), n)), depth, RNG, None, lanes)
+    x = np.concatenate([_domain(RNG.uint64(n - 2), depth), alpha[:2]])
+    for key in keys:
+        tabled, walked = _Recording(), _Recording()
+        a = dcf.evaluate(key, x, tabled, tabled=True)
+        b = dcf.evaluate(key, x, walked, tabled=False)
+        assert np.array_equal(a, b)
+        assert len(tabled.inputs) == len(walked.inputs) == depth + 1
+        for u, v in zip(tabled.inputs, walked.inputs, strict=True):
+            assert np.array_equal(u, v)

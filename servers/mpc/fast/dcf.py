@@ -464,42 +464,28 @@ def gen(
     )
 
 
-def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
+TABLED_ELEMENTS = 1 << 14  # depth * n up to which evaluate tables the public inputs first
+
+
+def evaluate(
+    key: DCFKey, x: U64, prg: FixedKeyPRG | None = None, tabled: bool | None = None
+) -> Ring:
     """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,).
 
     Lane ``i`` is reduced to ``[0, 2^b_i)``; only its residue mod ``2^b_i`` is meaningful.
+    ``tabled`` picks the tree walk (default: by size, :data:`TABLED_ELEMENTS`); both give
+    the same shares.
     """
     x = _check_domain(x, key.depth, "x")
     if x.size != key.size:
         raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
     n, k = key.size, key.width
-    compact = _compact(key.lane_bits)
-    nv = 0 if compact else value_blocks(k)
     prg = prg or FixedKeyPRG()
     ids = key.instance_tweaks
-    tw = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
-    state = key.seeds
-    acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
-    acc = np.zeros((k, n), dtype=np.int64)
+    if tabled is None:
+        tabled = key.depth * n <= TABLED_ELEMENTS
     with np.errstate(over="ignore"):
-        for i in range(key.depth):
-            side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
-            tweaked = _at_level(state, i)
-            tweaked[:, 1] ^= side << _SIDE_BIT
-            out = prg.mmo(tweaked[None] ^ tw)  # (block, n, 2)
-            t = state[:, 0] & _ONE
-            tcw = (key.t_cw[i] >> side.astype(np.uint8)) & np.uint8(1)
-            state = out[0]
-            if compact:
-                acc[0] += ((state[:, 0] >> _VALUE_BIT) & _ONE).view(np.int64)
-                state[:, 0] &= _CLEAR_VALUE_BIT
-            else:
-                acc_blocks += out[1:]
-            state[:, 0] ^= (key.seed_cw[i, 0] | tcw) * t
-            state[:, 1] ^= key.seed_cw[i, 1] * t
-            acc += key.v_cw[i] * t.view(np.int64)
-        if not compact:
-            acc += _words(acc_blocks, k).view(np.int64)
+        state, acc = (_walk_tabled if tabled else _walk)(key, x, prg, ids)
         acc += _convert(prg, state, k, ids)
         acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
@@ -507,3 +493,80 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
         if any(b < 64 for b in key.lane_bits):
             acc &= _lane_masks(key.lane_bits).view(np.int64)
     return acc
+
+
+def _walk(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
+    """The tree walk level by level: the final states and the levels' value shares (k, n).
+
+    Each level computes its own public inputs; for many elements this is the
+    least memory traffic.
+    """
+    n, k = key.size, key.width
+    compact = _compact(key.lane_bits)
+    nv = 0 if compact else value_blocks(k)
+    tw = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]  # side-0 tweaks (block, n, 2)
+    state = key.seeds
+    acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
+    acc = np.zeros((k, n), dtype=np.int64)
+    for i in range(key.depth):
+        side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
+        tweaked = _at_level(state, i)
+        tweaked[:, 1] ^= side << _SIDE_BIT
+        out = prg.mmo(tweaked[None] ^ tw)  # (block, n, 2)
+        t = state[:, 0] & _ONE
+        tcw = (key.t_cw[i] >> side.astype(np.uint8)) & np.uint8(1)
+        state = out[0]
+        if compact:
+            acc[0] += ((state[:, 0] >> _VALUE_BIT) & _ONE).view(np.int64)
+            state[:, 0] &= _CLEAR_VALUE_BIT
+        else:
+            acc_blocks += out[1:]
+        state[:, 0] ^= (key.seed_cw[i, 0] | tcw) * t
+        state[:, 1] ^= key.seed_cw[i, 1] * t
+        acc += key.v_cw[i] * t.view(np.int64)
+    if not compact:
+        acc += _words(acc_blocks, k).view(np.int64)
+    return state, acc
+
+
+def _walk_tabled(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
+    """The same walk with every public input tabled for all levels first.
+
+    The path's sides, the MMO inputs' tweaks (instance and block, level in the
+    low word and side in the high word, as :func:`_at_level` and :func:`_walk`
+    set them) and the seed corrections with the chosen side's control-bit
+    correction: a level then costs a few array operations, which is what
+    matters for few elements (a single image), where each operation's fixed
+    cost dominates.
+    """
+    n, k, depth = key.size, key.width, key.depth
+    compact = _compact(key.lane_bits)
+    nv = 0 if compact else value_blocks(k)
+    shifts = np.arange(depth - 1, -1, -1, dtype=np.uint64)[:, None]
+    sides = (x[None] >> shifts) & _ONE  # (depth, n)
+    tweaks = np.empty((depth, 1 + nv, n, 2), dtype=np.uint64)
+    tweaks[:] = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]
+    tweaks[..., 0] ^= (np.arange(1, depth + 1, dtype=np.uint64) << _LEVEL_SHIFT)[:, None, None]
+    tweaks[..., 1] ^= (sides << _SIDE_BIT)[:, None]
+    tcw = (key.t_cw >> sides.astype(np.uint8)) & np.uint8(1)
+    corrections = np.stack([key.seed_cw[:, 0] | tcw, key.seed_cw[:, 1]], axis=-1)  # (depth, n, 2)
+    state = key.seeds
+    ts = np.empty((depth, n, 1), dtype=np.uint64)  # the control bit entering each level
+    raw = np.empty((depth, n), dtype=np.uint64) if compact else None
+    acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
+    for i in range(depth):
+        np.bitwise_and(state[:, :1], _ONE, out=ts[i])
+        out = prg.mmo(state[None] ^ tweaks[i])  # (block, n, 2)
+        state = out[0]
+        if raw is not None:
+            raw[i] = state[:, 0]
+            state[:, 0] &= _CLEAR_VALUE_BIT
+        else:
+            acc_blocks += out[1:]
+        state ^= corrections[i] * ts[i]
+    acc = (key.v_cw * ts[:, :, 0].view(np.int64)[:, None]).sum(axis=0)  # wraps, like the ring
+    if raw is not None:
+        acc[0] += ((raw >> _VALUE_BIT) & _ONE).view(np.int64).sum(axis=0)
+    else:
+        acc += _words(acc_blocks, k).view(np.int64)
+    return state, acc
