@@ -155,7 +155,8 @@ class FastDealing:
     def _short(self) -> tuple[tuple[int, int], fe.ModelSpec, bytes, int] | None:
         """The most recently asked pair to restock and how many it lacks, if there is room
         (lock held). A pair is short once down to half its target and stays short until
-        full, so small bundles are made many to a pass, not one after each request."""
+        full, and a pass makes at least half a target, so small bundles are made many to a
+        pass even while requests keep taking them, not one or two after each request."""
         if self._stock_bytes >= MAX_STOCK_BYTES:
             return None
         for pair in reversed(self._stock):
@@ -166,7 +167,7 @@ class FastDealing:
             elif have >= target:
                 self._filling.discard(pair)
             if found is not None and pair in self._filling:
-                return pair, found[0], found[1], target - have
+                return pair, found[0], found[1], max(target - have, target // 2)
         return None
 
     def _make_ahead(self) -> None:
