@@ -92,7 +92,7 @@ def test_fast_path_matches_plaintext_on_edge_values_then_uses_the_pool(
     setups = _settled_setups(cluster2)
     assert setups >= 1
 
-    # idle: refill jobs fill the pool of the bucket in use (8 for 6 rows), on both servers
+    # idle: refill jobs fill the pools of the buckets in use (4 and 2 for 6 rows), on both servers
     _wait(
         "the pools to fill",
         lambda: all(r.fast_pool.bundles >= 4 for r in cluster2.status()),
@@ -103,7 +103,7 @@ def test_fast_path_matches_plaintext_on_edge_values_then_uses_the_pool(
     assert all(r.fast_pool.refilled > 0 for r in filled)
     for row in range(len(x)):  # single images too: bucket 1 is filled after its first miss
         _check(cluster2, model_id, model, x[row : row + 1])
-    _check(cluster2, model_id, model, x)  # 6 of a pooled bundle's 8 rows
+    _check(cluster2, model_id, model, x)  # 6 rows on pooled bundles of 4 and 2
     final = cluster2.status()
     assert final[0].fast_pool.hits > filled[0].fast_pool.hits
     assert final[0].fast_pool.hits == final[1].fast_pool.hits

@@ -130,9 +130,12 @@ def test_cover_rows_covers_every_batch_with_few_powers_of_two() -> None:
         for rows in range(1, 200):
             sizes = cover_rows(rows, largest)
             assert all(s <= largest and s & (s - 1) == 0 for s in sizes)
-            assert rows <= sum(sizes) < rows + sizes[-1] and sizes.count(largest) >= len(sizes) - 1
-    assert cover_rows(37, 64) == [64] and cover_rows(100, 64) == [64, 64]
-    assert cover_rows(3, 64) == [4] and cover_rows(128, 64) == [64, 64]
+            assert rows <= sum(sizes) < rows + sizes[-1] and sizes == sorted(sizes, reverse=True)
+            rest = rows % largest
+            assert len(sizes) - rows // largest <= 3 and 4 * (sum(sizes) - rows) < max(rest, 1)
+    assert cover_rows(37, 64) == [32, 4, 1] and cover_rows(100, 64) == [64, 32, 4]
+    assert cover_rows(3, 64) == [2, 1] and cover_rows(128, 64) == [64, 64]
+    assert cover_rows(57, 64) == [32, 16, 16] and cover_rows(63, 64) == [32, 16, 16]
     assert largest_bucket(64) == 64 and largest_bucket(100) == 64 and largest_bucket(1) == 1
 
 
@@ -176,17 +179,17 @@ def test_fast_predictions_match_plaintext_with_setup_pool_and_fallback() -> None
     assert links.requests == ["fast_setup", "fast_bundles"]
     assert parties[0].stats().misses == 1
 
-    while parties[0].next_refill() is not None:  # 3 rows: bucket 4 was wanted
+    while parties[0].next_refill() is not None:  # 3 rows: buckets 2 and 1 were wanted
         _refill(links, parties)
-    assert parties[0].stats().bundles == parties[1].stats().bundles == 2
-    assert parties[0].stats().images == 8
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 4
+    assert parties[0].stats().images == 6
     links.requests.clear()
-    got = _predict(links, parties, handles, x)  # 3 of a pooled bundle's 4 rows...
+    got = _predict(links, parties, handles, x)  # 3 rows on pooled bundles of 2 and 1...
     assert _close(got, expected)
     assert parties[0].stats().hits == parties[1].stats().hits == 1
-    # ...and no on-demand request, but the pool fell to half its depth: a refill rode along
+    # ...and no on-demand request, but the pools fell to half their depth: a refill rode along
     assert links.requests == ["fast_bundles"]
-    assert parties[0].stats().bundles == parties[1].stats().bundles == 2
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 3
     links.requests.clear()
     got = _predict(links, parties, handles, x)
     assert _close(got, expected) and links.requests == ["fast_bundles"]

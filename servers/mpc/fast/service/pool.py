@@ -2,12 +2,14 @@
 
 A *bucket* is a batch size that is a power of two, at most the leader's
 ``max_batch_rows``; a job of ``rows`` rows uses the buckets of
-:func:`cover_rows`: as many full largest buckets as fit, and for the rest
-one bundle of the next power of two, of which only the first rows are used
-(:meth:`~ppml.servers.mpc.fast.bundle.Bundle.head`; the unused rows' masks
-are never opened and are dropped with the bundle). Odd batch sizes then
-draw on few pools, instead of keeping a pool for every bit of every size
-ever seen filled. Both parties fill and pop
+:func:`cover_rows`: as many full largest buckets as fit, and for the rest at
+most :data:`REST_PIECES` more, the largest powers of two that fit and, last,
+the next power of two above what is left, of which only the first rows are
+used (:meth:`~ppml.servers.mpc.fast.bundle.Bundle.head`; the unused rows'
+masks are never opened and are dropped with the bundle). The dealer's
+material for unused rows is wasted work, so the rest is covered closely
+(49 rows: 32 + 16 + 1, nothing unused; one bundle of 64 would waste 15 rows'
+keys), in few pieces (each one more bundle to join). Both parties fill and pop
 their pools in the same order (refill and predict jobs run in the leader's
 sequence), so the pools hold the same bundles (checked by serial number) on
 both. A bundle is popped once and never put back: reusing one would reveal
@@ -31,16 +33,25 @@ from ppml.servers.mpc.fast.bundle import Bundle
 RATE_WINDOW_S = 60.0
 
 
+REST_PIECES = 3  # buckets at most, after the full largest ones, for the rest of a batch
+
+
 def cover_rows(rows: int, largest: int) -> list[int]:
     """Powers of two, largest first, each at most ``largest`` (a power of two), covering rows.
 
-    Full ``largest`` buckets, then the smallest power of two that holds the
-    rest: the sum exceeds ``rows`` by less than the last bucket.
+    Full ``largest`` buckets, then the largest powers of two that fit in the
+    rest, and last (the :data:`REST_PIECES`-th) the smallest power of two that
+    holds what is left: the sum exceeds ``rows`` by less than the last bucket,
+    and by less than a quarter of the rest.
     """
     if rows < 1 or largest < 1 or largest & (largest - 1):
         raise ValueError("rows must be positive and largest a power of two")
     out = [largest] * (rows // largest)
     rest = rows % largest
+    for _ in range(REST_PIECES - 1):
+        if rest:
+            out.append(1 << (rest.bit_length() - 1))
+            rest -= out[-1]
     if rest:
         out.append(1 << (rest - 1).bit_length())
     return out
