@@ -10,6 +10,7 @@ in :mod:`ppml.client.datasets_api` and :mod:`ppml.client.training_api`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -30,6 +31,7 @@ from ppml.client.federation_api import FederationMixin
 from ppml.client.he_api import HeMixin
 from ppml.client.input_checks import check_rows
 from ppml.client.model_export import ModelSource, export_model
+from ppml.client.request_check import check_request
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.proto import shares
@@ -255,17 +257,18 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
         self._check_input(model_id, array.shape)
         parts = shares.share(shares.encode(array), self.parties)
         request_id = request_id or uuid.uuid4().hex
+        requests = [
+            inference_pb2.PredictRequest(request_id=request_id, model_id=model_id) for _ in parts
+        ]
+        for request, part in zip(requests, parts, strict=True):
+            serde.share_to_proto(part, out=request.input)  # in place: the data is copied once
+        check_request(requests[0])  # the same strings go to every server (InvalidName: none sent)
         deadline = timeout or self.timeout
-
-        def send(server: ServerStubs, rank: int) -> grpc.Future:
-            request = inference_pb2.PredictRequest(
-                request_id=request_id, model_id=model_id, input=serde.share_to_proto(parts[rank])
-            )
-            return server.inference.Predict.future(
-                request, timeout=deadline, metadata=self._metadata
-            )
-
-        replies: list[inference_pb2.PredictResponse] = self._call_all(send)
+        calls = [
+            functools.partial(server.predict, request, timeout=deadline, metadata=self._metadata)
+            for server, request in zip(self._servers, requests, strict=True)
+        ]
+        replies: list[inference_pb2.PredictResponse] = self._call_each(calls)
         outputs = [serde.share_from_proto(r.output, what="output") for r in replies]
         value = shares.decode(shares.reconstruct(outputs))
         return Prediction(

@@ -8,8 +8,10 @@ nothing goes out. The refusal looks exactly like a server's (an
 INVALID_NAME``), so every SDK path turns it into
 :class:`~ppml.client.errors.InvalidName` as it would a server's answer. (A
 request stream, the data set upload, has its header checked with
-:func:`check_request` where it is built.) The servers enforce the same rules
-on their own.
+:func:`check_request` where it is built, and so does ``Cluster.predict``, once
+for the requests of every server, before it sends them on the unchecked
+``Inference/Predict`` stub of :class:`~ppml.client.transport.ServerStubs`.) The
+servers enforce the same rules on their own.
 """
 
 from __future__ import annotations

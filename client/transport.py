@@ -12,6 +12,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Self = TypeVar("Self", bound="ClusterBase")
 
+# Threads that make blocking calls for :meth:`ClusterBase._call_each`. Not a real
+# bound: a thread starts only when every other one is busy. A bound that made one
+# server's call wait behind other predictions would leave the servers that did get
+# theirs waiting for its share until their deadline.
+MAX_CALL_THREADS = 1024
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -56,11 +63,18 @@ class Endpoint:
 
 
 class ServerStubs:
-    """One server's channel and the stub of every service on it."""
+    """One server's channel and the stub of every service on it.
 
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+    Every stub but ``predict`` checks its request's strings before sending
+    (:func:`checked_channel`); ``predict``, the hot path, is the raw
+    ``Inference/Predict`` method, for callers that :func:`check_request` the
+    request themselves, once for all servers.
+    """
+
+    def __init__(self, endpoint: Endpoint, raw: grpc.Channel) -> None:
         self.name = endpoint.name
-        self.channel = channel
+        self.channel = channel = checked_channel(raw)
+        self.predict = inference_pb2_grpc.InferenceStub(raw).Predict
         self.registry = registry_pb2_grpc.ModelRegistryStub(channel)
         self.inference = inference_pb2_grpc.InferenceStub(channel)
         self.status = status_pb2_grpc.StatusStub(channel)
@@ -95,11 +109,10 @@ class ClusterBase:
         if insecure:
             log.warning("connecting WITHOUT TLS (insecure): shares and tokens travel in the clear")
             ca_cert = None
-        self._servers = [
-            ServerStubs(e, checked_channel(client_channel(e.address, ca_cert))) for e in endpoints
-        ]
+        self._servers = [ServerStubs(e, client_channel(e.address, ca_cert)) for e in endpoints]
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
+        self._call_threads = futures.ThreadPoolExecutor(MAX_CALL_THREADS, "ppml-call")
 
     @property
     def parties(self) -> int:
@@ -259,6 +272,28 @@ class ClusterBase:
             raise most_relevant(errors)
         return results
 
+    def _call_each(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Make one blocking call per server at once; return the results in rank order.
+
+        The cheaper twin of :meth:`_call_all` for the hot path (no future and no
+        gRPC polling thread per call): the calls run on threads kept between
+        calls. The first failure is raised at once, as the most relevant of
+        the errors known by then; the other calls cannot be cancelled, so they
+        end on their own (or when the cluster is closed).
+        """
+        pending = [self._call_threads.submit(call) for call in calls]
+        done, _ = futures.wait(pending, return_when=futures.FIRST_EXCEPTION)
+        errors: list[PpmlClientError] = []
+        for rank, future in enumerate(pending):
+            err = future.exception() if future in done else None
+            if isinstance(err, grpc.RpcError):
+                errors.append(from_rpc_error(err, self._servers[rank].name))
+            elif err is not None:
+                raise err
+        if errors:
+            raise most_relevant(errors)
+        return [future.result() for future in pending]
+
     def _retry(self, fn: Callable[[], T], attempts: int = 4) -> T:
         """Retry only on UNAVAILABLE, with exponential backoff."""
         delay = 0.2
@@ -274,7 +309,8 @@ class ClusterBase:
 
     def close(self) -> None:
         for server in self._servers:
-            server.channel.close()
+            server.channel.close()  # also ends the calls still in flight
+        self._call_threads.shutdown(wait=False)
 
     def __enter__(self: Self) -> Self:
         return self

@@ -61,11 +61,10 @@ def share(secret: Ring, parties: int) -> list[Ring]:
     if parties < 2:
         raise ValueError("secret sharing needs at least 2 parties")
     secret = np.asarray(secret, dtype=np.int64)
-    masks = [random_ring(secret.shape) for _ in range(parties - 1)]
+    masks = random_ring((parties - 1, *secret.shape))  # one CSPRNG draw for every mask
     first = secret.copy()
     with np.errstate(over="ignore"):
-        for mask in masks:
-            first -= mask
+        first -= masks.sum(axis=0, dtype=np.int64)  # integer sums wrap mod 2**64
     return [first, *masks]
 
 

@@ -41,15 +41,21 @@ T = TypeVar("T")
 # ---------------------------------------------------------------- shares
 
 
-def share_to_proto(share: Ring) -> common_pb2.ShareTensor:
-    """An int64 share as shape + DTYPE_RING64 + little-endian bytes."""
+def share_to_proto(
+    share: Ring, out: common_pb2.ShareTensor | None = None
+) -> common_pb2.ShareTensor:
+    """An int64 share as shape + DTYPE_RING64 + little-endian bytes.
+
+    ``out``: fill this message (e.g. a request's share field) instead of a new
+    one, so that the data is not copied once more into its parent.
+    """
     array = np.ascontiguousarray(share, dtype="<i8")
-    return common_pb2.ShareTensor(
-        shape=list(array.shape),
-        dtype=common_pb2.DTYPE_RING64,
-        data=array.tobytes(),
-        fractional_bits=FRACTIONAL_BITS,
-    )
+    msg = common_pb2.ShareTensor() if out is None else out
+    msg.shape[:] = array.shape
+    msg.dtype = common_pb2.DTYPE_RING64
+    msg.data = array.tobytes()
+    msg.fractional_bits = FRACTIONAL_BITS
+    return msg
 
 
 def share_from_proto(msg: common_pb2.ShareTensor, what: str = "share") -> Ring:

@@ -19,7 +19,7 @@ from ppml.servers import kinds
 from ppml.servers.kinds.heartbeat import HeartbeatJob
 from ppml.servers.kinds.predict import PredictJob
 from ppml.servers.kinds.refill import RefillJob
-from ppml.v1 import common_pb2, coordinator_pb2, registry_pb2, status_pb2
+from ppml.v1 import common_pb2, coordinator_pb2, inference_pb2, registry_pb2, status_pb2
 
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
@@ -65,6 +65,18 @@ def test_share_to_proto_accepts_non_contiguous_and_big_endian() -> None:
     np.testing.assert_array_equal(serde.share_from_proto(serde.share_to_proto(value)), value)
     big = np.array([1, -1, 300], dtype=">i8")
     np.testing.assert_array_equal(serde.share_from_proto(serde.share_to_proto(big)), [1, -1, 300])
+
+
+def test_share_to_proto_fills_a_requests_field_in_place() -> None:
+    request = inference_pb2.PredictRequest(request_id="r1", model_id="m1")
+    serde.share_to_proto(np.arange(6, dtype=np.int64).reshape(3, 2), out=request.input)
+    value = np.array([[INT64_MIN, -1, INT64_MAX]], dtype=np.int64)
+    filled = serde.share_to_proto(value, out=request.input)  # a second fill replaces the first
+    assert filled is request.input
+    wire = inference_pb2.PredictRequest.FromString(request.SerializeToString())
+    assert (wire.request_id, wire.model_id) == ("r1", "m1")
+    assert wire.input == serde.share_to_proto(value)
+    np.testing.assert_array_equal(serde.share_from_proto(wire.input), value)
 
 
 def test_share_from_proto_result_is_writable_copy() -> None:
