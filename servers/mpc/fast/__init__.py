@@ -11,8 +11,9 @@ Modules, one concept each:
   PRG for DCF trees;
 * :mod:`.dcf` -- vectorised distributed comparison functions (BCG+21), vector
   payloads;
-* :mod:`.gates` -- FSS gates on masked wires: ReLU fused with truncation,
-  truncation alone (stochastic rounding, error < 1 ulp, no wrap errors);
+* :mod:`.gates` -- FSS gates on masked wires: ReLU fused with truncation (a
+  one-bit DCF, then one opened masked sign bit), truncation alone
+  (stochastic rounding, error < 1 ulp, no wrap errors);
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
   at model registration), int64 matmul via torch;
 * :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward
@@ -21,10 +22,10 @@ Modules, one concept each:
   counting;
 * :mod:`.local` -- two parties in one process (queues, threads) for tests.
 
-Cost for SecureML Network A per forward, per party: 6 rounds, 8 * (784 +
-4 * 128 + 10) = 10,448 bytes per image online; 458,846 bytes per image of
-dealer material at the default gate depth 47 (DCF keys are 96 % of it;
-280,638 at depth 31, whose gates only took ``|v| < 2^15``).
+Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
+4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 243,552 bytes
+per image of dealer material at the default gate depth 47 (DCF keys are
+93 % of it; before the one-bit DReLU gate 458,846, with 6 rounds).
 
 Wiring it into a server (:mod:`.service`: ``dealing.py``, ``pool.py``, ``party.py``):
 
