@@ -276,7 +276,11 @@ class Leader:
         wakes = [p.next_wakeup(self._last_job) for p in self._planners]
         until = min([now + 1.0, *(w for w in wakes if w is not None)])
         if self.state != "up" or self._in_flight:
-            return max(0.001, min(1.0, until - now))
+            # Nothing can be dispatched before the job ends or the session is up, and both
+            # notify: a wake-up already due (a batch waiting to go) would only spin this
+            # loop every millisecond against the worker. Wait for one still ahead.
+            ahead = [w for w in wakes if w is not None and w > now]
+            return max(0.001, min([1.0, *(w - now for w in ahead)]))
         for planner in self._planners:
             chosen = planner.next_job(now, self._last_job)
             if chosen is not None:

@@ -361,6 +361,22 @@ def test_after_a_batched_job_waits_for_its_clients_to_return() -> None:
     assert job is not None and job.request_ids == ("a", "b", "c", "d")
 
 
+def test_the_return_window_ends_once_as_many_clients_are_back() -> None:
+    """Three clients answered together come back: after the quiet gap they go, without
+    waiting out the window (which would add it to every cycle of a steady load)."""
+    s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
+    s.job_done("m1", requests=3, now=1.0)
+    _announce_all(s, "a", now=1.01)
+    _announce_all(s, "b", now=1.011)
+    assert s.next_job(now=1.02) is None  # quiet, but one of the three is still on its way
+    assert s.next_wakeup() == pytest.approx(1.3)
+    _announce_all(s, "c", now=1.021)
+    assert s.next_wakeup() == pytest.approx(1.026)  # the quiet gap after c, not the window
+    assert s.next_job(now=1.025) is None
+    job = s.next_job(now=1.026)
+    assert job is not None and job.request_ids == ("a", "b", "c")
+
+
 def test_return_window_is_bounded() -> None:
     s = _scheduler(2, max_batch_rows=64, max_wait_s=0.005, max_delay_s=0.3)
     s.job_done("m1", requests=5, now=1.0)
