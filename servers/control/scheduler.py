@@ -201,7 +201,7 @@ class Scheduler:
             full
             or overdue
             or self._sequential(oldest.model_id)
-            or (quiet and not self._returning(oldest.model_id, now))
+            or (quiet and not self._returning(oldest.model_id, now, len(batch)))
         ):
             return None
         for entry in chosen:
@@ -218,19 +218,14 @@ class Scheduler:
             return False
         return sum(1 for e in self._tracked.values() if e.model_id == model_id) == 1
 
-    def _returning(self, model_id: str, now: float) -> bool:
+    def _returning(self, model_id: str, now: float, ready: int) -> bool:
         """Are the clients of the last multi-request job for this model likely on their way?
 
-        Only while fewer requests for it are ready than that job answered: once
+        Only while fewer requests for it are ``ready`` than that job answered: once
         as many are back, waiting longer would only add the window to each cycle.
         """
         requests, done_at = self._last_batch.get(model_id, (0, 0.0))
-        return requests > 1 and now - done_at < self.return_window_s and (
-            self._ready_for(model_id) < requests
-        )
-
-    def _ready_for(self, model_id: str) -> int:
-        return sum(1 for e in self._ready.values() if e.model_id == model_id)
+        return requests > 1 and now - done_at < self.return_window_s and ready < requests
 
     def job_done(self, model_id: str | None, requests: int, now: float) -> None:
         """The worker finished a job (``model_id`` None for non-predict jobs)."""
@@ -249,7 +244,8 @@ class Scheduler:
             if self._sequential(oldest.model_id):
                 quiet_at = oldest.ready_at
             requests, done_at = self._last_batch.get(oldest.model_id, (0, 0.0))
-            if requests > 1 and self._ready_for(oldest.model_id) < requests:
+            ready = sum(1 for e in self._ready.values() if e.model_id == oldest.model_id)
+            if requests > 1 and ready < requests:
                 quiet_at = max(quiet_at, done_at + self.return_window_s)
             times.append(quiet_at)
         return min(times) if times else None

@@ -46,11 +46,11 @@ correction words (depth, 2, n), value corrections (depth, k, n), payloads
 and outputs (k, n).
 
 Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
-bytes with ``P = sum(ceil(b_i / 8))`` (``16 + depth * 17 + 1`` for one one-bit
-lane, whose level values ride in the control-bit byte) (root seed; per level a seed correction,
+bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
 both control-bit corrections in one byte and a value correction; a final value
-correction); ``P = 8k`` for full lanes; plus 24 bytes per key set (nonce and
-length, :data:`NONCE_BYTES`). The gates use depth 47 by default
+correction); ``P = 8k`` for full lanes, and ``16 + depth * 17 + 1`` for one
+one-bit lane, whose level values ride in the control-bit byte; plus 24 bytes
+per key set (nonce and length, :data:`NONCE_BYTES`). The gates use depth 47 by default
 (:mod:`~ppml.servers.mpc.fast.gates`). The
 correction words and nonces are the same in both parties' keys; only the root seed
 differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
@@ -159,10 +159,11 @@ class DCFKey:
             f"{prefix}.nonces": self.nonces,
             f"{prefix}.runs": self.runs.astype(np.uint64),
         }
-        if _compact(self.lane_bits):  # the level's value bit rides in bit 2 of t_cw
+        compact = _compact(self.lane_bits)
+        if compact:  # the level's value bit rides in bit 2 of t_cw
             out[f"{prefix}.t_cw"] = self.t_cw | (self.v_cw[:, 0].astype(np.uint8) << np.uint8(2))
         for i, b in enumerate(self.lane_bits):
-            if not _compact(self.lane_bits):
+            if not compact:
                 for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
                     out[f"{prefix}.v_cw{i}.{j}"] = chunk
             for j, chunk in enumerate(_pack(self.final_cw[i], b)):
