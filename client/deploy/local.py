@@ -10,6 +10,7 @@ the CLI (``ppml cluster up``) and the integration tests.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -57,10 +58,43 @@ def spawn_command(cmd: list[str], die_with_parent: bool) -> list[str]:
     return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOW_PORT = 20000  # local clusters listen between here and the ephemeral range
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, for a process about to listen there.
+
+    Chosen below the kernel's ephemeral range where it has one: a port the
+    kernel picked (bind to 0) is one it may hand to some outgoing connection's
+    local end before the new listener binds it ("Address already in use", a
+    cluster that fails to start). Below that range only listeners compete, and
+    the port is checked free; a port is not handed out twice by one process.
+    The choice is public, so the random source is not a secret one.
+    """
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.SystemRandom()
+    for _ in range(200 if low > _LOW_PORT else 0):
+        port = rng.randrange(_LOW_PORT, low)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no such range (or all busy): let the kernel pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def write_local_topology(

@@ -263,3 +263,12 @@ def test_grpc_certificate_for_another_host_is_named(cluster, tmp_path: Path) -> 
     s1 = _by_peer(reports, "grpc")["s1"]
     assert s1.reachable and not s1.tls_ok  # type: ignore[attr-defined]
     assert "not valid for that host" in s1.detail  # type: ignore[attr-defined]
+
+
+def test_free_ports_avoid_the_ephemeral_range_and_never_repeat() -> None:
+    """Outgoing connections take their local port from the ephemeral range; a listener's
+    port chosen there could be taken before it binds (a cluster failing to start)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(20000 <= port < low for port in ports)
