@@ -18,7 +18,7 @@ Rules:
 * inside the servers: api -> kinds -> control, mpc -> store, never upwards;
   inside the MPC engine: mpc (epochs, session, worker, dealer) -> training,
   aggregation, fast.service -> network -> randomness -> core; fast imports
-  nothing else of the servers.
+  nothing else of the servers; rep3 (replicated, three parties) only fast.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SERVER_LAYERS = [  # a layer may import its own and lower layers only
     ("ppml.servers.store",),
     ("ppml.servers.he",),  # CKKS inference: SEAL through TenSEAL, no MPC
     ("ppml.servers.mpc.fast",),  # pure numpy: imports nothing else of the servers
+    ("ppml.servers.mpc.rep3",),  # pure numpy, three parties: fast's PRG and layers only
     ("ppml.servers.mpc.core",),  # CrypTen as ppml runs it
     ("ppml.servers.mpc.randomness",),
     ("ppml.servers.mpc.network",),
