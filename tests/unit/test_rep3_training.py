@@ -1,0 +1,260 @@
+"""Training on replicated shares (rep3.train, rep3.nonlinear): three parties as threads."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ppml.servers.mpc.fast.engine import ModelSpec, ReLU
+from ppml.servers.mpc.fast.linear import Conv2d, Linear
+from ppml.servers.mpc.fast.prg import KeyedPRG, Ring
+from ppml.servers.mpc.rep3 import engine, keys, nonlinear, rss, train
+from ppml.servers.mpc.rep3.local import QueueNet, mesh, run_three
+from ppml.servers.mpc.rep3.rounds import Array, run
+from ppml.training.batches import BatchPlan
+
+RNG = KeyedPRG()
+SCALE = 1 << 16
+
+
+def split3(x: Ring) -> list[Ring]:
+    s1, s2 = RNG.ring(x.shape), RNG.ring(x.shape)
+    return [x - s1 - s2, s1, s2]
+
+
+def encode(x: Array) -> Ring:
+    return np.rint(np.asarray(x, dtype=np.float64) * SCALE).astype(np.int64)
+
+
+def three(body: Callable[[keys.Correlated, QueueNet], Any]) -> tuple[list[Any], list[QueueNet]]:
+    """Run ``body(corr, net)`` on each party after key agreement; results and nets."""
+    nets = mesh()
+
+    def party(i: int) -> Any:
+        corr = run(nets[i], keys.agree(i))
+        return body(corr, nets[i])
+
+    return run_three([lambda i=i: party(i) for i in range(3)], timeout_s=300.0), list(nets)
+
+
+def on_shares(op: Callable[[keys.Correlated, rss.Shared], Any], x: Array) -> tuple[Array, int]:
+    """Open ``op`` applied to a sharing of the real array ``x``; also the rounds it took."""
+    x_sh = split3(encode(x))
+
+    def body(corr: keys.Correlated, net: QueueNet) -> tuple[Array, int]:
+        xs = run(net, rss.reshare(corr, x_sh[corr.rank]))
+        before = net.rounds
+        out = run(net, op(corr, xs))
+        used = net.rounds - before
+        return run(net, rss.open_all(corr.rank, out)), used
+
+    results, _ = three(body)
+    assert all(np.array_equal(r[0], results[0][0]) for r in results)
+    return results[0][0].astype(np.float64) / SCALE, max(r[1] for r in results)
+
+
+def softmax(z: Array) -> Array:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    out: Array = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+# --------------------------------------------------------------------------- nonlinear ops
+
+
+def test_maximum_is_exact_with_ties_odd_widths_and_large_spreads() -> None:
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 7, 10):
+        x = rng.uniform(-300, 300, size=(50, k))
+        x[0] = 5.0  # all tied
+        x[1, -1] = 1e4  # the odd one out wins
+        x[2] = -1e4
+        got, used = on_shares(nonlinear.maximum, x)
+        assert got.shape == (50, 1)
+        assert np.array_equal(got[:, 0], encode(x).max(axis=1) / SCALE)
+        assert used == 11 * int(np.ceil(np.log2(k)))
+
+
+def test_exp_is_within_its_bound_over_the_whole_range() -> None:
+    n = nonlinear.EXP_SQUARINGS
+    x = np.concatenate(
+        [
+            np.linspace(-(2.0**n), 0, 2001),
+            [-2.0, -1.0, -(2.0**-16), 0.0, -(2.0**n)],
+            -np.logspace(-4, 2, 200),
+        ]
+    )
+    x = encode(x) / SCALE  # the values exactly as shared
+    got, used = on_shares(nonlinear.exp_neg, x)
+    bound = 4 * np.exp(-2) / 2**n + 2.0**-16 + 2.0 ** (n + 1 - 28)
+    err = got - np.exp(x)
+    assert np.abs(err).max() <= bound
+    assert err.min() >= -bound and got.min() >= 0
+    assert got[x == 0].min() == pytest.approx(1.0, abs=2**-15)
+    assert used == 3 * n
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(1.0, 10.0), (0.5, 4.0)])
+def test_reciprocal_is_within_its_bound_on_its_range(lo: float, hi: float) -> None:
+    s = np.concatenate([np.linspace(lo, hi, 1500), [lo, hi, (lo + hi) / 2]])
+    s = encode(s) / SCALE
+    got, used = on_shares(lambda corr, xs: nonlinear.reciprocal(corr, xs, lo, hi), s)
+    assert np.abs(got - 1 / s).max() <= nonlinear.reciprocal_error(lo, hi)
+    assert used == 3 + 6 * nonlinear.RECIPROCAL_STEPS
+
+
+def test_softmax_is_within_its_bound_and_takes_98_rounds_for_ten_classes() -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1, size=(200, 10)) * rng.uniform(0.1, 12, size=(200, 1))
+    z[0] = 0.0  # uniform
+    z[1] = [40.0] + [-60.0] * 9  # spread 100: one-hot
+    z[2, :2] = 7.0  # two tied leaders
+    got, used = on_shares(nonlinear.softmax, z)
+    err = np.abs(got - softmax(encode(z) / SCALE))
+    assert err.max() <= nonlinear.softmax_error(10)
+    assert err.max() < 5e-3  # measured about 2e-3: the exp's underestimate near x = -2
+    assert np.abs(got.sum(axis=1) - 1).max() < 2e-2
+    assert used == 98
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _init(sizes: list[int], seed: int) -> tuple[list[Array], list[Array]]:
+    """Public test weights (He-uniform), as a model owner would encode them (16 bits)."""
+    rng = np.random.default_rng(seed)
+    ws, bs = [], []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        bound = np.sqrt(6 / fan_in)
+        ws.append(encode(rng.uniform(-bound, bound, (fan_out, fan_in))) / SCALE)
+        bs.append(encode(rng.uniform(-0.1, 0.1, fan_out)) / SCALE)
+    return ws, bs
+
+
+def _spec(sizes: list[int]) -> ModelSpec:
+    layers: list[Any] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers += [Linear(fan_in, fan_out), ReLU()]
+    return ModelSpec(tuple(layers[:-1]), (sizes[0],))
+
+
+def _plain_step(ws: list[Array], bs: list[Array], x: Array, y: Array, lr: float) -> None:
+    """One float64 SGD step, in place, with the same ReLU convention (keep where z >= 0)."""
+    inputs, masks, h = [], [], x
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        inputs.append(h)
+        z = h @ w.T + b
+        masks.append(z >= 0)
+        h = z * masks[-1] if i < len(ws) - 1 else z
+    g = (softmax(h) - y) / len(x)
+    for i in reversed(range(len(ws))):
+        dw, db = g.T @ inputs[i], g.sum(axis=0)
+        if i:
+            g = (g @ ws[i]) * masks[i - 1]
+        ws[i] -= lr * dw
+        bs[i] -= lr * db
+
+
+def _predict(ws: list[Array], bs: list[Array], x: Array) -> Array:
+    h = x
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        h = h @ w.T + b
+        if i < len(ws) - 1:
+            h = np.maximum(h, 0)
+    out: Array = h.argmax(axis=1)
+    return out
+
+
+def _mpc_train(
+    sizes: list[int],
+    ws: list[Array],
+    bs: list[Array],
+    owners: list[tuple[Array, Array]],
+    plan: BatchPlan,
+    epochs: int,
+    lr: float,
+) -> tuple[list[Array], list[Array], list[QueueNet]]:
+    """Each owner shares its rows; the three servers train; the trained model reconstructed."""
+    spec = _spec(sizes)
+    w_sh = [split3(encode(w)) for w in ws]
+    b_sh = [split3(encode(b)) for b in bs]
+    x_sh = [split3(encode(x)) for x, _ in owners]
+    y_sh = [split3(encode(y)) for _, y in owners]
+
+    def body(corr: keys.Correlated, net: QueueNet) -> tuple[list[Ring], list[Ring | None]]:
+        r = corr.rank
+        model = run(net, engine.share_model(corr, spec, [w[r] for w in w_sh], [b[r] for b in b_sh]))
+        x = np.concatenate([s[r] for s in x_sh])  # the owners' rows, share by share
+        y = np.concatenate([s[r] for s in y_sh])
+        trained = run(net, train.train(corr, spec, model, x, y, lr=lr, plan=plan, epochs=epochs))
+        return train.export(corr, spec, trained)
+
+    results, nets = three(body)
+    w_out = [sum(r[0][i] for r in results) / SCALE for i in range(len(ws))]
+    b_out = [sum(r[1][i] for r in results) / SCALE for i in range(len(bs))]
+    return w_out, b_out, nets
+
+
+def test_one_step_gradient_equals_plaintext() -> None:
+    """With lr = 1, the weight change is minus the mean gradient (to fixed-point error)."""
+    sizes = [20, 16, 16, 5]
+    ws, bs = _init(sizes, seed=3)
+    rng = np.random.default_rng(4)
+    x = encode(rng.uniform(0, 1, (16, 20))) / SCALE
+    y = np.eye(5)[rng.integers(0, 5, 16)]
+    plan = BatchPlan(16, 16, seed=0)
+    w1, b1, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, epochs=1, lr=1.0)
+    pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
+    _plain_step(pw, pb, x[plan.indices(0)], y[plan.indices(0)], lr=1.0)
+    for got, want, before in zip(w1 + b1, pw + pb, ws + bs, strict=True):
+        grad_mpc, grad = before - got, before - want
+        assert np.abs(grad).max() > 1e-3  # the step moved every layer
+        # worst case max|h| * softmax_error(5); measured 5.5e-4 (gradients up to 0.33)
+        assert np.abs(grad_mpc - grad).max() < 2e-3
+    # party 1 is in every round: key agreement, model and data setup, then the step:
+    # forward, softmax of 5 classes (maximum in 3 levels), backward with the updates alongside
+    softmax_rounds = 3 * 11 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3
+    assert nets[1].rounds - 3 == (12 + 12 + 3) + softmax_rounds + (4 + 4 + 3)
+
+
+def test_digits_training_matches_plaintext_accuracy() -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x_all = encode(digits.data / 16.0) / SCALE
+    y_all = np.eye(10)[digits.target]
+    order = np.random.default_rng(7).permutation(len(x_all))
+    train_rows, test_rows = order[:1200], order[1200:]
+    x, y = x_all[train_rows], y_all[train_rows]
+    owners = [(x[k::3], y[k::3]) for k in range(3)]  # three owners' rows, concatenated
+    x, y = np.concatenate([o[0] for o in owners]), np.concatenate([o[1] for o in owners])
+    sizes, lr, epochs = [64, 32, 10], 0.5, 4
+    plan = BatchPlan(len(x), 64, seed=11)  # 76 steps
+    ws, bs = _init(sizes, seed=5)
+
+    w_mpc, b_mpc, _ = _mpc_train(sizes, ws, bs, owners, plan, epochs, lr)
+    pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
+    for step in range(epochs * plan.batches_per_epoch):
+        rows = plan.indices(step)
+        _plain_step(pw, pb, x[rows], y[rows], lr)
+
+    target = digits.target[test_rows]
+    acc_mpc = float(np.mean(_predict(w_mpc, b_mpc, x_all[test_rows]) == target))
+    acc_plain = float(np.mean(_predict(pw, pb, x_all[test_rows]) == target))
+    assert acc_plain > 0.9  # the reference learned
+    assert abs(acc_mpc - acc_plain) <= 0.02, (acc_mpc, acc_plain)
+    moved = max(np.abs(a - b).max() for a, b in zip(pw, ws, strict=True))
+    apart = max(np.abs(a - b).max() for a, b in zip(w_mpc, pw, strict=True))
+    assert apart < 0.1 < moved, (apart, moved)
+
+
+def test_training_refuses_convolutions_and_a_relu_on_the_logits() -> None:
+    conv = ModelSpec((Conv2d(1, 2, 3, (4, 4)), ReLU(), Linear(8, 2)), (1, 4, 4))
+    with pytest.raises(ValueError, match="Linear"):
+        train.check_spec(conv)
+    with pytest.raises(ValueError, match="logits"):
+        train.check_spec(ModelSpec((Linear(4, 2), ReLU()), (4,)))
