@@ -42,6 +42,7 @@ from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.mpc import epochs
 from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.mpc.fast.service.party import FastInference
+from ppml.servers.mpc.rep3.service import party as replicated
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
@@ -85,7 +86,12 @@ class ComputeServer:
         dataset_store = FileShareStore(party.data_dir, DATASET_CODEC)
         limits = Limits(config.limits, config.serving.max_batch_rows, model_store, dataset_store)
         self.uploads = UploadGate({"dataset": dataset_store, "model": model_store}, self._submit)
-        self.registry = ModelRegistry(model_store, limits, gate=self.uploads)
+        self.registry = ModelRegistry(
+            model_store,
+            limits,
+            gate=self.uploads,
+            refuse=None if config.has_dealer else replicated.unsupported,
+        )
         self.datasets = DatasetRegistry(dataset_store, limits, gate=self.uploads)
         self.upload_coordinator: UploadCoordinator | None = None
         self.leader: Leader | None = None
@@ -97,6 +103,7 @@ class ComputeServer:
             self.registry,
             self._submit,
             config.limits,
+            config.mpc_jobs_refused,
         )
         self.federations = FederationManager(
             party.name,
@@ -105,13 +112,15 @@ class ComputeServer:
             self.registry,
             self._submit,
             config.limits,
+            config.mpc_jobs_refused,
         )
         serving = config.serving
         self.fast = (
             FastInference(serving.max_batch_rows, serving.fast_pool_bundles)
-            if config.world_size == 2 and serving.fast_inference
+            if config.world_size == 2 and serving.fast_inference and config.has_dealer
             else None
         )
+        self.replicated = None if config.has_dealer else replicated.ReplicatedInference()
         env = KindEnv(
             rank,
             config,
@@ -125,6 +134,7 @@ class ComputeServer:
             lambda: self.worker.serving,
             self.federations,
             self.fast,
+            self.replicated,
         )
         self.kinds = kinds.build(env)
         if rank == 0:

@@ -1,4 +1,4 @@
-"""A whole cluster on loopback: N compute servers + dealer, TLS on, own CA.
+"""A whole cluster on loopback: N compute servers + dealer (or 3 and none), TLS on, own CA.
 
 ``LocalCluster`` writes the same topology file a multi-host deployment uses
 (``DIR/cluster.toml``), a private CA and per-server certificates, bearer
@@ -103,9 +103,11 @@ def write_local_topology(
     serving: dict[str, float] | None = None,
     limits: dict[str, float] | None = None,
     clients: tuple[str, ...] = (),
+    engine: str = "dealer",
 ) -> Path:
     """Create CA, certificates, tokens, auth files and ``cluster.toml`` in ``directory``.
 
+    ``engine = "replicated"`` (three parties) writes no dealer at all.
     Every server and the dealer gets its own peer token (its identity on its
     link to the leader is its name); two client identities (``local-user``,
     the default, and ``analyst``) and a read-only ``monitor`` are written too,
@@ -120,7 +122,8 @@ def write_local_topology(
     write_secret(secrets_dir / "client.token", client)
     write_secret(secrets_dir / "monitor.token", monitor)
     names = [f"server-{rank}" for rank in range(parties)]
-    peers = {name: new_token() for name in [*names, "dealer"]}
+    dealer = engine == "dealer"
+    peers = {name: new_token() for name in [*names, *(["dealer"] if dealer else [])]}
     for name, token in peers.items():
         write_secret(secrets_dir / f"{name}.peer.token", token)
     extra = {name: new_token() for name in clients}
@@ -139,6 +142,7 @@ def write_local_topology(
         "[cluster]",
         'name = "local"',
         'ca_cert = "tls/ca.pem"',
+        *([] if dealer else [f'engine = "{engine}"']),
         "",
     ]
     for name in names:
@@ -157,15 +161,18 @@ def write_local_topology(
             f'peer_token_file = "secrets/{name}.peer.token"',
             "",
         ]
-    issue_server_cert(ca, directory / "tls", "dealer", ["127.0.0.1", "localhost"])
+    if dealer:
+        issue_server_cert(ca, directory / "tls", "dealer", ["127.0.0.1", "localhost"])
+        lines += [
+            "[dealer]",
+            'name = "dealer"',
+            'peer_token_file = "secrets/dealer.peer.token"',
+            f'mpc_address = "127.0.0.1:{free_port()}"',
+            'tls_cert = "tls/dealer.pem"',
+            'tls_key = "tls/dealer.key"',
+            "",
+        ]
     lines += [
-        "[dealer]",
-        'name = "dealer"',
-        'peer_token_file = "secrets/dealer.peer.token"',
-        f'mpc_address = "127.0.0.1:{free_port()}"',
-        'tls_cert = "tls/dealer.pem"',
-        'tls_key = "tls/dealer.key"',
-        "",
         "[client]",
         'token_file = "secrets/client.token"',
         'monitor_token_file = "secrets/monitor.token"',
@@ -226,10 +233,12 @@ class LocalCluster:
         limits: dict[str, float] | None = None,
         detached: bool = False,
         clients: tuple[str, ...] = (),
+        engine: str = "dealer",
     ) -> None:
         """``detached``: the processes outlive this one (``ppml cluster up``); by default
         they get SIGTERM when it dies, however it dies. ``clients``: more client
-        identities (their tokens in ``secrets/<name>.token``, see :meth:`token`)."""
+        identities (their tokens in ``secrets/<name>.token``, see :meth:`token`).
+        ``engine = "replicated"``: three servers and no dealer process."""
         if parties < 2:
             raise ValueError("a cluster needs at least 2 non-colluding compute servers")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="ppml-cluster-")
@@ -240,6 +249,7 @@ class LocalCluster:
         self._limits = limits
         self._detached = detached
         self._clients = clients
+        self._engine = engine
         self._startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self.directory / "cluster.toml"
@@ -277,11 +287,17 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         if not self.config_path.exists():
             write_local_topology(
-                self.directory, self.parties, self._serving, self._limits, self._clients
+                self.directory,
+                self.parties,
+                self._serving,
+                self._limits,
+                self._clients,
+                self._engine,
             )
         for rank in range(self.parties):
             self.start_server(rank)
-        self.start_dealer()
+        if self.config.has_dealer:
+            self.start_dealer()
         try:
             self.wait_serving(self._startup_timeout)
         except BaseException:

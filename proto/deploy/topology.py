@@ -20,7 +20,7 @@ data paths of the process it runs. Example::
     peer_token_file = "secrets/server-0.peer.token"  # its own identity on the leader's link
     metrics_port = 9100                # optional: Prometheus /metrics on the grpc host
 
-    [dealer]
+    [dealer]                           # not with engine = "replicated" (see ENGINES)
     name = "dealer"
     peer_token_file = "secrets/dealer.peer.token"
     mpc_address = "127.0.0.1:29600"    # every party dials the dealer here (mutual TLS)
@@ -50,6 +50,16 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """The topology file is missing, malformed or inconsistent."""
+
+
+DEALER_ENGINE = "dealer"
+REPLICATED_ENGINE = "replicated"
+ENGINES = {
+    # N >= 2 servers and a dealer (CrypTen's TTP; two servers also get the fast engine)
+    DEALER_ENGINE: "servers and a dealer",
+    # exactly 3 servers, no dealer: 2-out-of-3 replicated sharing (ppml.servers.mpc.rep3)
+    REPLICATED_ENGINE: "three servers, no dealer",
+}
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,6 @@ class DealerConfig:
         return host, int(port)
 
 
-
 @dataclass(frozen=True)
 class ClusterConfig:
     path: Path
@@ -177,10 +186,31 @@ class ClusterConfig:
     monitor_token_file: Path | None
     serving: ServingConfig = field(default_factory=ServingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    engine: str = DEALER_ENGINE  # [cluster] engine: a key of ENGINES
 
     @property
     def world_size(self) -> int:
         return len(self.parties)
+
+    @property
+    def has_dealer(self) -> bool:
+        return self.engine == DEALER_ENGINE
+
+    @property
+    def mpc_jobs_refused(self) -> str | None:
+        """Why training, evaluation and federations cannot run on this cluster (None: they can)."""
+        if self.has_dealer:
+            return None
+        return (
+            "this cluster runs engine = 'replicated' (three servers, no dealer), which serves "
+            "predictions only so far; train, evaluate and federate on a cluster with a dealer, "
+            "then share the trained model here"
+        )
+
+    @property
+    def leader_links(self) -> int:
+        """Control links the leader waits for: every follower, and the dealer if there is one."""
+        return self.world_size if self.has_dealer else self.world_size - 1
 
     @property
     def dealer_name(self) -> str:
@@ -300,6 +330,20 @@ def load_config(path: str | Path) -> ClusterConfig:
             f"{path}: [cluster] peer_token_file is gone: give each [[parties]] entry and the "
             "[dealer] its own peer_token_file (each link to the leader has its own identity)"
         )
+    engine = cluster.get("engine", DEALER_ENGINE)
+    if engine not in ENGINES:
+        known = ", ".join(f"{k!r} ({v})" for k, v in ENGINES.items())
+        raise ConfigError(f"{path}: [cluster] engine must be one of {known}; got {engine!r}")
+    if engine == REPLICATED_ENGINE and len(parties) != 3:
+        raise ConfigError(
+            f"{path}: engine = 'replicated' runs on exactly 3 [[parties]]; this file has "
+            f"{len(parties)}"
+        )
+    if engine == REPLICATED_ENGINE and "dealer" in raw:
+        raise ConfigError(
+            f"{path}: engine = 'replicated' has no dealer; remove the [dealer] section "
+            "(three servers make their own randomness from pairwise keys)"
+        )
     dealer = raw.get("dealer", {})
     client = raw.get("client", {})
     return ClusterConfig(
@@ -325,4 +369,5 @@ def load_config(path: str | Path) -> ClusterConfig:
         ),
         serving=_numbers(raw.get("serving", {}), ServingConfig, "serving"),
         limits=_numbers(raw.get("limits", {}), LimitsConfig, "limits"),
+        engine=engine,
     )

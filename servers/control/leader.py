@@ -102,7 +102,8 @@ class Leader:
         """
         ws = self._config.world_size
         expected = "dealer" if hello.rank == ws else "party"
-        if not 1 <= hello.rank <= ws or hello.role != expected:
+        last = ws if self._config.has_dealer else ws - 1
+        if not 1 <= hello.rank <= last or hello.role != expected:
             raise PpmlError(
                 ErrorCode.INVALID_ARGUMENT, f"bad hello: rank {hello.rank} role {hello.role!r}"
             )
@@ -265,7 +266,7 @@ class Leader:
         for planner in self._planners:
             for drop in planner.expire(now, self._names):
                 self._apply_drop(drop.ids, drop.reason)
-        if self.state == "down" and len(self._links) == self._config.world_size:
+        if self.state == "down" and len(self._links) == self._config.leader_links:
             if now >= self._retry_at and not self._in_flight:
                 self.epoch += 1
                 self.state = "joining"

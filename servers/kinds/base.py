@@ -21,6 +21,7 @@ from ppml.servers.control.holds import Holds
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.mpc.fast.service.party import FastInference
+from ppml.servers.mpc.rep3.service.party import ReplicatedInference
 from ppml.servers.store.datasets import DatasetRegistry
 from ppml.servers.store.federations import FederationManager
 from ppml.servers.store.jobs import JobManager
@@ -46,6 +47,7 @@ class KindEnv:
     is_serving: Callable[[], bool]
     federations: FederationManager
     fast: FastInference | None = None  # two-party clusters with fast inference on
+    replicated: ReplicatedInference | None = None  # engine = "replicated" (no dealer)
 
 
 @dataclass(frozen=True)

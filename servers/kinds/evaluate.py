@@ -77,6 +77,9 @@ class EvaluationService:
         time_remaining: float | None,
     ) -> EvaluationOutcome:
         check_id(request_id, "request_id")
+        refused = self._env.config.mpc_jobs_refused
+        if refused is not None:
+            raise PpmlError(ErrorCode.INVALID_ARGUMENT, refused)
         held_as = scoped_id(KIND, caller, request_id)
         model = self._env.models.usable(model_id, caller)
         data = self._env.datasets.usable(dataset_id, caller)

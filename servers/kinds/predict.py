@@ -9,8 +9,11 @@
   each request gets its rows of this server's output share. With two
   compute parties and a model of layers the fast engine runs, the forward is
   the fast engine's (``servers/mpc/fast/service/party.py``: weights masked once per
-  session, dealer bundles pooled ahead by the ``refill`` kind, 6 exchanges
-  over the party link); otherwise CrypTen's. Same output shares either way.
+  session, dealer bundles pooled ahead by the ``refill`` kind, 8 exchanges
+  over the party link); on a cluster of three servers with no dealer
+  (``engine = "replicated"``) it is the replicated engine's
+  (``servers/mpc/rep3/service/party.py``); otherwise CrypTen's. Same output
+  shares either way.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ppml.servers.control.scheduler import Scheduler
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
 from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.fast.service.party import CommChannel
+from ppml.servers.mpc.rep3.service.party import CommNet
 from ppml.servers.store.metrics import UNKNOWN_MODEL
 from ppml.servers.store.models import LoadedModel
 
@@ -232,6 +236,14 @@ class PredictKind(JobKind):
             else:
                 parts.append(hold.value.share)
         stacked = np.concatenate(parts, axis=0)
+        replicated = self.env.replicated
+        if replicated is not None:  # three servers, no dealer: the only engine there is
+            spec = replicated.model_for(handle.meta.architecture)
+            if spec is None:  # refused at upload; a model stored before cannot run here
+                raise RuntimeError(f"model {job.model_id!r} does not run on the replicated engine")
+            out = replicated.predict(CommNet(), job.model_id, handle, spec, stacked)
+            self._answer(seq, job, taken, out)
+            return JobStats(present[0].value.model_id, len(taken))
         fast = self.env.fast
         model = fast.model_for(handle.meta.architecture) if fast is not None else None
         if fast is not None and model is not None:
@@ -242,23 +254,29 @@ class PredictKind(JobKind):
                     MPCTensor.from_shares(torch.from_numpy(stacked))
                 )
             out = output.share.numpy()
+        self._answer(seq, job, taken, out)
+        if fast is not None and model is not None:  # after the answers: a refill that rode along
+            fast.finish(CommChannel())
+        return JobStats(present[0].value.model_id, len(taken))
+
+    @staticmethod
+    def _answer(seq: int, job: PredictJob, taken: list[Hold | None], out: np.ndarray) -> None:
+        """Each caller gets its rows of this server's output share."""
         offset = 0
         for hold, rows in zip(taken, job.rows, strict=True):
             if hold is not None and not hold.future.done():
                 outcome = PredictOutcome(out[offset : offset + rows].copy(), len(taken), seq)
                 hold.future.set_result(outcome)
             offset += rows
-        if fast is not None and model is not None:  # after the answers: a refill that rode along
-            fast.finish(CommChannel())
-        return JobStats(present[0].value.model_id, len(taken))
 
     def abort(self, job: PredictJob, taken: list[Hold | None], reason: str) -> None:
         for hold in taken:
             if hold is not None:
                 hold.fail(reason)
-        if self.env.fast is not None:  # a failed job may have popped bundles on one side only
-            self.env.fast.session_lost()
+        self.session_lost(reason)  # a failed job may have popped bundles on one side only
 
     def session_lost(self, reason: str) -> None:
         if self.env.fast is not None:
             self.env.fast.session_lost()
+        if self.env.replicated is not None:
+            self.env.replicated.session_lost()

@@ -22,8 +22,10 @@ def new_tag() -> str:
 
 
 def peers(config: ClusterConfig) -> tuple[Peer, ...]:
-    """Every party in rank order, then the dealer: names and MPC addresses."""
+    """Every party in rank order, then the dealer (if the cluster has one): names and addresses."""
     out = [Peer(p.name, *p.mpc_host_port) for p in config.parties]
+    if not config.has_dealer:
+        return tuple(out)
     dealer = config.dealer
     if dealer.mpc_address is None:
         raise ConfigError("[dealer] needs an mpc_address: every party dials the dealer there")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ppml.servers.mpc.core import truncation, ttp_plan
+from ppml.servers.mpc.core import no_dealer, truncation, ttp_plan
 from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.network import transport
 from ppml.servers.mpc.network.mesh import SessionParams
@@ -31,11 +31,16 @@ def install() -> None:
     transport.install()
     ttp_plan.install()
     truncation.install()
+    no_dealer.install()
 
 
-def configure_crypten() -> None:
-    """Settings every ppml MPC process uses: the dealer's triples, counted traffic."""
-    crypten.cfg.mpc.provider = "TTP"
+def configure_crypten(dealer: bool = True) -> None:
+    """Settings every ppml MPC process uses: the dealer's triples, counted traffic.
+
+    A session without a dealer (``engine = "replicated"``) gets a provider that
+    refuses every request for triples (:mod:`ppml.servers.mpc.core.no_dealer`).
+    """
+    crypten.cfg.mpc.provider = "TTP" if dealer else no_dealer.NAME
     crypten.cfg.communicator.verbose = True
 
 
@@ -45,7 +50,7 @@ def join(params: SessionParams) -> None:
     Raises ``RuntimeError`` if the mesh is not complete within the join timeout.
     """
     install()
-    configure_crypten()
+    configure_crypten(dealer=len(params.peers) > params.world_size)
     transport.configure(params)
     crypten.init()
 

@@ -199,8 +199,11 @@ class FederationManager:
         models: ModelRegistry,
         announcer: Announcer,
         limits: LimitsConfig | None = None,
+        refused: str | None = None,
     ) -> None:
+        """``refused``: why this cluster runs no federations (None: it does)."""
         self._name = server_name
+        self._refused = refused
         self._rank = rank
         self._store = store
         self._models = models
@@ -241,6 +244,8 @@ class FederationManager:
         initial_encrypted: bytes = b"",
     ) -> fed.FederationInfo:
         """Validate everything, keep the federation and announce it to the leader."""
+        if self._refused is not None:
+            raise PpmlError(ErrorCode.INVALID_FEDERATION, self._refused)
         check_id(federation_id, "federation_id")
         check_id(model_id, "model_id")
         check_name(name, "name", ErrorCode.INVALID_FEDERATION)  # the result model's name

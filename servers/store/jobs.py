@@ -203,8 +203,11 @@ class JobManager:
         models: ModelRegistry,
         announcer: Announcer,
         limits: LimitsConfig | None = None,
+        refused: str | None = None,
     ) -> None:
+        """``refused``: why this cluster runs no training jobs (None: it does)."""
         self._name = server_name
+        self._refused = refused
         self._limits = limits or LimitsConfig()
         self._store = store
         self._datasets = datasets
@@ -236,6 +239,8 @@ class JobManager:
         spec: TrainingSpec,
     ) -> JobInfo:
         """Validate everything, persist the job QUEUED and announce it to the leader."""
+        if self._refused is not None:
+            raise PpmlError(ErrorCode.INVALID_JOB, self._refused)
         check_id(job_id, "job_id")
         check_id(model_id, "model_id")
         check_name(name, "name")  # the trained model's name: refused now, not after training

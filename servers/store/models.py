@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ppml.proto.domain.architecture import Architecture, ModelMeta, infer_output_shape
@@ -42,9 +43,12 @@ class ModelRegistry:
         limits: Limits | None = None,
         cache_size: int = 8,
         gate: UploadGate | None = None,
+        refuse: Callable[[Architecture], str | None] | None = None,
     ) -> None:
+        """``refuse``: why this cluster's engine cannot run an architecture (None: it can)."""
         self._store = store
         self._gate = gate
+        self._refuse = refuse
         self._limits = limits or Limits()
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_size = cache_size
@@ -86,6 +90,9 @@ class ModelRegistry:
                 f"layers produce output shape {list(output_shape)}, "
                 f"architecture says {list(architecture.output_shape)}",
             )
+        why = self._refuse(architecture) if self._refuse is not None else None
+        if why is not None:
+            raise PpmlError(ErrorCode.INVALID_MODEL, why)
         self._limits.check_model(owner, architecture)
         meta = ModelMeta(
             model_id,

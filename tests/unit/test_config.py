@@ -253,3 +253,39 @@ def test_fast_pool_bundles_may_be_zero_but_not_negative(tmp_path: Path) -> None:
     bad = _write(tmp_path, _two_parties("[serving]\nfast_pool_bundles = -1\n"))
     with pytest.raises(ConfigError, match=r"fast_pool_bundles must be a positive number or 0"):
         load_config(bad)
+
+
+# ---------------------------------------------------------------- engines
+
+
+def test_replicated_engine_takes_three_parties_and_no_dealer(tmp_path: Path) -> None:
+    config = load_config(write_local_topology(tmp_path, 3, engine="replicated"))
+    assert config.engine == "replicated" and not config.has_dealer
+    assert config.leader_links == 2  # the two followers, no dealer
+    assert config.mpc_jobs_refused is not None and "replicated" in config.mpc_jobs_refused
+    dealer = load_config(write_local_topology(tmp_path / "d", 3))
+    assert dealer.engine == "dealer" and dealer.has_dealer and dealer.leader_links == 3
+    assert dealer.mpc_jobs_refused is None
+
+
+def test_replicated_engine_refuses_other_party_counts(tmp_path: Path) -> None:
+    text = '[cluster]\nengine = "replicated"\n' + _two_parties()
+    with pytest.raises(ConfigError, match="exactly 3"):
+        load_config(_write(tmp_path, text))
+
+
+def test_replicated_engine_refuses_a_dealer_section(tmp_path: Path) -> None:
+    text = (
+        '[cluster]\nengine = "replicated"\n'
+        + _two_parties()
+        + _party("c", 5003, 6003)
+        + '[dealer]\nmpc_address = "127.0.0.1:7000"\n'
+    )
+    with pytest.raises(ConfigError, match="no dealer"):
+        load_config(_write(tmp_path, text))
+
+
+def test_an_unknown_engine_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    text = '[cluster]\nengine = "spdz"\n' + _two_parties()
+    with pytest.raises(ConfigError, match=r"'dealer'.*'replicated'"):
+        load_config(_write(tmp_path, text))

@@ -17,7 +17,7 @@ Rules:
 * ``ppml.client`` and ``ppml.dashboard`` never import ``ppml.servers`` (nor CrypTen);
 * inside the servers: api -> kinds -> control, mpc -> store, never upwards;
   inside the MPC engine: mpc (epochs, session, worker, dealer) -> training,
-  aggregation, fast.service -> network -> randomness -> core; fast imports
+  aggregation, fast.service, rep3.service -> network -> randomness -> core; fast imports
   nothing else of the servers; rep3 (replicated, three parties) only fast.
 """
 
@@ -50,7 +50,12 @@ SERVER_LAYERS = [  # a layer may import its own and lower layers only
     ("ppml.servers.mpc.core",),  # CrypTen as ppml runs it
     ("ppml.servers.mpc.randomness",),
     ("ppml.servers.mpc.network",),
-    ("ppml.servers.mpc.training", "ppml.servers.mpc.aggregation", "ppml.servers.mpc.fast.service"),
+    (
+        "ppml.servers.mpc.training",
+        "ppml.servers.mpc.aggregation",
+        "ppml.servers.mpc.fast.service",
+        "ppml.servers.mpc.rep3.service",
+    ),
     ("ppml.servers.control", "ppml.servers.mpc"),  # mpc: epochs, session, worker, dealer
     ("ppml.servers.kinds",),
     ("ppml.servers.api",),

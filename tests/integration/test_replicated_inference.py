@@ -1,0 +1,143 @@
+"""Predictions on three servers with no dealer (``engine = "replicated"``), real processes, TLS.
+
+The cluster has no dealer process and no [dealer] section; the servers'
+sessions use the replicated engine (``ppml.servers.mpc.rep3``). Checks
+against plaintext (edge values included), batching of concurrent clients, a
+convolution, a model the engine cannot run (refused at upload, naming the
+layer), and that no CrypTen operation that needs a dealer can run there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
+from ppml.client.errors import InvalidModel, InvalidRequest
+from ppml.proto.deploy.topology import load_config
+
+ULP = 2.0**-16
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    directory = tmp_path_factory.mktemp("replicated")
+    with LocalCluster(
+        parties=3, directory=directory, engine="replicated", serving={"max_wait_ms": 5}
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def cluster(replicated: LocalCluster) -> Iterator[Cluster]:
+    with Cluster.from_config(replicated.config_path) as sdk:
+        yield sdk
+
+
+def _exact(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights exact in 16 fractional bits, so plaintext is the reference."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    return model.double().eval()
+
+
+def _f32(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model).float()
+
+
+def test_the_cluster_runs_without_any_dealer(replicated: LocalCluster) -> None:
+    config = load_config(replicated.config_path)
+    assert not config.has_dealer and config.world_size == 3
+    assert "dealer" not in replicated.processes
+    assert "[dealer]" not in Path(replicated.config_path).read_text()
+
+
+def test_mlp_predictions_match_plaintext_edges_included(cluster: Cluster) -> None:
+    torch.manual_seed(5)
+    model = _exact(
+        torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+            torch.nn.Linear(16, 4),
+        )
+    )  # fmt: skip
+    cluster.share_model(_f32(model), torch.zeros(1, 8), model_id="rep-mlp")
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(6, 8)) * 2**16) / 2**16
+    x[0] = 0.0
+    x[1] = [ULP, -ULP, ULP, 0, -ULP, 0, ULP, -ULP]
+    x[2] = 1000.0 * np.sign(rng.normal(size=8))
+    x[3] = [-3000.0, 2500.0, 0, 0, 1.5, -1.5, ULP, 0]
+    xt = torch.from_numpy(x)
+    got = cluster.predict("rep-mlp", xt.float()).double()
+    with torch.no_grad():
+        plain = model(xt)
+    assert got.shape == plain.shape
+    assert (got - plain).abs().max().item() < TOLERANCE
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_rows(cluster: Cluster) -> None:
+    torch.manual_seed(6)
+    model = _exact(
+        torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    )
+    cluster.share_model(_f32(model), torch.zeros(1, 6), model_id="rep-batch")
+    inputs = [torch.randn(1 + i % 3, 6).double() for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda x: cluster.predict("rep-batch", x.float()), inputs))
+    for x, got in zip(inputs, results, strict=True):
+        with torch.no_grad():
+            assert (got.double() - model(x)).abs().max().item() < TOLERANCE
+
+
+def test_a_convolution_runs_on_the_replicated_engine(cluster: Cluster) -> None:
+    torch.manual_seed(7)
+    model = _exact(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(64, 10),
+        )
+    )  # fmt: skip
+    cluster.share_model(_f32(model), torch.zeros(1, 1, 8, 8), model_id="rep-cnn")
+    x = torch.rand(4, 1, 8, 8).double()
+    got = cluster.predict("rep-cnn", x.float()).double()
+    with torch.no_grad():
+        assert (got - model(x)).abs().max().item() < TOLERANCE
+
+
+def test_a_model_the_engine_cannot_run_is_refused_naming_the_layer(cluster: Cluster) -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    with pytest.raises(InvalidModel, match=r"MaxPool2d.*replicated"):
+        cluster.share_model(model, torch.zeros(1, 1, 8, 8), model_id="rep-pool")
+    assert "rep-pool" not in [m.meta.model_id for m in cluster.list_models()]
+    # the cluster keeps serving
+    torch.manual_seed(8)
+    ok = _exact(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    cluster.share_model(_f32(ok), torch.zeros(1, 4), model_id="rep-after")
+    x = torch.rand(2, 4).double()
+    with torch.no_grad():
+        assert (cluster.predict("rep-after", x.float()).double() - ok(x)).abs().max() < TOLERANCE
+
+
+def test_training_and_evaluation_are_refused_clearly_and_nothing_is_kept(cluster: Cluster) -> None:
+    x = torch.rand(40, 4)
+    y = torch.randint(0, 2, (40,))
+    data = cluster.share_dataset(x, y, num_classes=2, dataset_id="rep-data")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with pytest.raises(InvalidRequest, match=r"replicated.*predictions only"):
+        cluster.train(model, [data], epochs=1, batch_size=8, lr=0.1, sample_input=x[:1])
+    assert cluster.list_jobs() == []
+    cluster.share_model(_f32(_exact(model)), x[:1], model_id="rep-eval")
+    with pytest.raises(InvalidRequest, match=r"replicated.*predictions only"):
+        cluster.evaluate("rep-eval", data)
