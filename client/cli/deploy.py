@@ -7,6 +7,10 @@ Examples::
         --party hospital-a=10.0.0.1:50051:29500:9100 --party hospital-b=10.0.0.2:50051:29500 \\
         --dealer dealer=10.0.0.3:29600 --client analyst --monitor ops
 
+    # three servers and no dealer: the replicated engine (engine = "replicated")
+    ppml deploy init --out ./bundles --party a=10.0.0.1:50051:29500 \
+        --party b=10.0.0.2:50051:29500 --party c=10.0.0.3:50051:29500 --client analyst
+
     # trust set-up (b): each organisation keeps its key; the CA operator only signs
     ppml deploy csr --name hospital-b --host 10.0.0.2 --out ./mykey     # at hospital-b
     ppml deploy init --out ./bundles ... --csr hospital-b=hospital-b.csr # at the CA operator
@@ -44,7 +48,7 @@ def _csr_args(values: list[str]) -> dict[str, bytes]:
 def cmd_init(args: argparse.Namespace) -> int:
     plan = Plan(
         parties=tuple(parse_party(spec) for spec in args.party),
-        dealer=parse_dealer(args.dealer),
+        dealer=parse_dealer(args.dealer) if args.dealer else None,
         clients=tuple(args.client),
         monitors=tuple(args.monitor),
         cluster_name=args.name,
@@ -54,7 +58,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     rows: list[list[object]] = []
     for rank, party in enumerate(plan.parties):
         rows.append([party.name, f"server, rank {rank}", party.host, bundles.hosts[party.name]])
-    rows.append([plan.dealer.name, "dealer", plan.dealer.host, bundles.hosts[plan.dealer.name]])
+    if plan.dealer is not None:
+        dealer = plan.dealer
+        rows.append([dealer.name, "dealer", dealer.host, bundles.hosts[dealer.name]])
     for name, path in bundles.clients.items():
         rows.append([name, "monitor" if name in plan.monitors else "client", "-", path])
     print(table(["name", "role", "host", "bundle"], rows))
@@ -125,7 +131,11 @@ def register(groups: Any) -> None:
         metavar="NAME=HOST:GRPC_PORT:MPC_PORT[:METRICS_PORT]",
         help="a compute server, in rank order (the first leads); at least two",
     )
-    init.add_argument("--dealer", required=True, metavar="NAME=HOST:MPC_PORT")
+    init.add_argument(
+        "--dealer",
+        metavar="NAME=HOST:MPC_PORT",
+        help="the dealer; leave it out for three servers on the replicated engine (no dealer)",
+    )
     init.add_argument("--client", action="append", default=[], metavar="NAME")
     init.add_argument(
         "--monitor",

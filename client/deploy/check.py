@@ -74,7 +74,7 @@ def identity_of(config: ClusterConfig, name: str) -> Identity:
     for party in config.parties:
         if party.name == name:
             return Identity(name, "party", party.rank, party.tls_cert, party.tls_key)
-    if config.dealer.name == name:
+    if config.has_dealer and config.dealer.name == name:
         dealer = config.dealer
         return Identity(name, "dealer", config.world_size, dealer.tls_cert, dealer.tls_key)
     return Identity(name, "client", None, None, None)
@@ -91,7 +91,7 @@ def links_for(config: ClusterConfig, me: Identity) -> list[Link]:
     assert me.rank is not None
     for party in config.parties[me.rank + 1 :]:
         links.append(Link("mpc", party.name, party.mpc_address, True))
-    if me.role == "party":
+    if me.role == "party" and config.has_dealer:
         if config.dealer.mpc_address is None:
             raise ConfigError("[dealer] has no mpc_address: every party dials the dealer there")
         links.append(Link("mpc", config.dealer.name, config.dealer.mpc_address, True))

@@ -64,10 +64,13 @@ class DealerSpec:
 
 @dataclass(frozen=True)
 class Plan:
-    """Who runs where: parties in rank order (rank 0 leads), the dealer, the clients."""
+    """Who runs where: parties in rank order (rank 0 leads), the dealer, the clients.
+
+    No dealer: three parties on the replicated engine (``engine = "replicated"``).
+    """
 
     parties: tuple[PartySpec, ...]
-    dealer: DealerSpec
+    dealer: DealerSpec | None
     clients: tuple[str, ...]
     monitors: tuple[str, ...] = ()
     cluster_name: str = "ppml"
@@ -76,8 +79,9 @@ class Plan:
 
     @property
     def servers(self) -> tuple[str, ...]:
-        """Every process with an MPC identity: the parties, then the dealer."""
-        return (*(p.name for p in self.parties), self.dealer.name)
+        """Every process with an MPC identity: the parties, then the dealer (if any)."""
+        dealer = () if self.dealer is None else (self.dealer.name,)
+        return (*(p.name for p in self.parties), *dealer)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,11 @@ def parse_dealer(spec: str) -> DealerSpec:
 def check_plan(plan: Plan) -> None:
     if len(plan.parties) < 2:
         raise ProvisionError("a cluster needs at least two compute servers (--party, twice)")
+    if plan.dealer is None and len(plan.parties) != 3:
+        raise ProvisionError(
+            "without --dealer a cluster runs the replicated engine, on exactly three servers "
+            f"(--party, three times); this plan has {len(plan.parties)}: add --dealer or a party"
+        )
     names = [*plan.servers, *plan.clients, *plan.monitors]
     for name in names:
         _check_name(name)
@@ -159,7 +168,11 @@ def check_plan(plan: Plan) -> None:
         *((p.host, p.grpc_port, f"{p.name} gRPC") for p in plan.parties),
         *((p.host, p.mpc_port, f"{p.name} MPC") for p in plan.parties),
         *((p.host, p.metrics_port, f"{p.name} metrics") for p in plan.parties if p.metrics_port),
-        (plan.dealer.host, plan.dealer.mpc_port, f"{plan.dealer.name} MPC"),
+        *(
+            ((plan.dealer.host, plan.dealer.mpc_port, f"{plan.dealer.name} MPC"),)
+            if plan.dealer is not None
+            else ()
+        ),
     ]
     for host, port, what in listeners:
         assert port is not None
@@ -177,6 +190,7 @@ def topology_text(plan: Plan, client: str | None = None, monitor: str | None = N
         "[cluster]",
         f'name = "{plan.cluster_name}"',
         'ca_cert = "tls/ca.pem"',
+        *([] if plan.dealer is not None else ['engine = "replicated"  # three servers, no dealer']),
         "",
     ]
     for party in plan.parties:
@@ -197,15 +211,16 @@ def topology_text(plan: Plan, client: str | None = None, monitor: str | None = N
             "",
         ]
     dealer = plan.dealer
-    lines += [
-        "[dealer]",
-        f'name = "{dealer.name}"',
-        f'mpc_address = "{dealer.host}:{dealer.mpc_port}"',
-        f'tls_cert = "tls/{dealer.name}.pem"',
-        f'tls_key = "tls/{dealer.name}.key"',
-        f'peer_token_file = "secrets/{dealer.name}.peer.token"',
-        "",
-    ]
+    if dealer is not None:
+        lines += [
+            "[dealer]",
+            f'name = "{dealer.name}"',
+            f'mpc_address = "{dealer.host}:{dealer.mpc_port}"',
+            f'tls_cert = "tls/{dealer.name}.pem"',
+            f'tls_key = "tls/{dealer.name}.key"',
+            f'peer_token_file = "secrets/{dealer.name}.peer.token"',
+            "",
+        ]
     if client is not None or monitor is not None:
         lines.append("[client]")
         if client is not None:
@@ -256,7 +271,8 @@ def provision(out: Path, plan: Plan, csrs: Mapping[str, bytes] | None = None) ->
     ]
     topology = topology_text(plan)
     hosts = {p.name: p.host for p in plan.parties}
-    hosts[plan.dealer.name] = plan.dealer.host
+    if plan.dealer is not None:
+        hosts[plan.dealer.name] = plan.dealer.host
     bundles: dict[str, Path] = {}
     for name in plan.servers:
         bundle = _bundle_dir(out / name)
@@ -275,7 +291,7 @@ def provision(out: Path, plan: Plan, csrs: Mapping[str, bytes] | None = None) ->
         write_secret(bundle / "secrets" / f"{name}.peer.token", peers[name])
         os.chmod(bundle / "secrets", 0o700)
         (bundle / "cluster.toml").write_text(topology)
-        if name == plan.dealer.name:
+        if plan.dealer is not None and name == plan.dealer.name:
             run = "ppml-dealer --config cluster.toml"
         else:
             rank = [p.name for p in plan.parties].index(name)

@@ -335,3 +335,28 @@ def test_inconsistent_plans_are_refused(tmp_path: Path) -> None:
     provision(tmp_path / "z", _plan())
     with pytest.raises(ProvisionError, match="not empty"):
         provision(tmp_path / "z", _plan())
+
+
+def test_three_parties_and_no_dealer_provision_the_replicated_engine(tmp_path: Path) -> None:
+    plan = Plan(parties=tuple(parse_party(p) for p in PARTIES), dealer=None, clients=("alice",))
+    out = provision(tmp_path / "out", plan)
+    assert sorted(out.hosts) == ["s0", "s1", "s2"]  # no dealer bundle
+    for name in out.hosts:
+        config = load_config(out.hosts[name] / "cluster.toml")
+        assert config.engine == "replicated" and not config.has_dealer
+        assert "[dealer]" not in (out.hosts[name] / "cluster.toml").read_text()
+    two = Plan(parties=tuple(parse_party(p) for p in PARTIES[:2]), dealer=None, clients=("c",))
+    with pytest.raises(ProvisionError, match="exactly three servers"):
+        provision(tmp_path / "two", two)
+
+
+def test_cli_init_without_a_dealer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["deploy", "init", "--out", str(tmp_path / "b"), "--client", "alice"]
+    for party in PARTIES:
+        args += ["--party", party]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert "dealer" not in shown.split("CA key")[0]
+    assert load_config(tmp_path / "b" / "s1" / "cluster.toml").engine == "replicated"
