@@ -258,3 +258,48 @@ def test_training_refuses_convolutions_and_a_relu_on_the_logits() -> None:
         train.check_spec(conv)
     with pytest.raises(ValueError, match="logits"):
         train.check_spec(ModelSpec((Linear(4, 2), ReLU()), (4,)))
+
+
+def test_what_a_party_receives_in_a_training_step_is_uniform_for_all_zero_inputs() -> None:
+    """Every word a party receives in a step (forward, softmax, backward, update) looks uniform.
+
+    This catches a value sent unmasked (a reshare without its zero share, a
+    truncation without its mask); an opening sends uniform components and is
+    ruled out by reading the protocol, not by this test.
+    """
+    sizes = [8, 6, 3]
+    spec = _spec(sizes)
+    zeros = [np.zeros((6, 8), np.int64), np.zeros(6, np.int64)]
+    zeros += [np.zeros((3, 6), np.int64), np.zeros(3, np.int64)]
+    seen: dict[int, list[Array]] = {0: [], 1: [], 2: []}
+
+    class Recording(QueueNet):
+        def exchange(self, send: dict[int, list[Array]], expect: dict[int, Any]) -> Any:
+            got = super().exchange(send, expect)
+            for arrays in got.values():
+                seen[self.rank].extend(arrays)
+            return got
+
+    nets = mesh()
+    for n in nets:
+        n.__class__ = Recording
+
+    def party(i: int) -> None:
+        corr = run(nets[i], keys.agree(i))
+        model = run(nets[i], engine.share_model(corr, spec, zeros[0::2], zeros[1::2]))
+        seen[i].clear()  # the key and the setup are not part of the step
+        x, y = run(
+            nets[i],
+            train.share_data(corr, np.zeros((64, 8), np.int64), np.zeros((64, 3), np.int64)),
+        )
+        run(nets[i], train.sgd_step(corr, spec, model, x, y, lr=0.5))
+
+    run_three([lambda i=i: party(i) for i in range(3)])
+    for rank, arrays in seen.items():
+        words = np.concatenate([a.reshape(-1).view(np.int64) for a in arrays])
+        assert words.size > 5_000
+        # an unmasked value here would be a small integer (inputs 0, probabilities 0.1, bits);
+        # a uniform word is below 2^32 in size with probability 2^-31
+        assert np.abs(words).min() >= 1 << 32, rank
+        ones = np.unpackbits(words.view(np.uint8)).mean()
+        assert abs(ones - 0.5) < 0.003, (rank, ones)
