@@ -191,7 +191,18 @@ def run_rep3(
                 cmd += ["--n", str(n), "--m", str(m)]
                 if profile and profile[0] == rank:
                     spy = Path(sys.executable).with_name("py-spy")
-                    cmd = [str(spy), "record", "-r", "500", "-f", "raw", "-o", profile[1], "--", *cmd]
+                    cmd = [
+                        str(spy),
+                        "record",
+                        "-r",
+                        "500",
+                        "-f",
+                        "raw",
+                        "-o",
+                        profile[1],
+                        "--",
+                        *cmd,
+                    ]
                 procs.append(subprocess.Popen(cmd, pass_fds=(lst.fileno(),)))
             for lst in listeners:
                 lst.close()
@@ -293,12 +304,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="batch-1 forwards")
     ap.add_argument("--m", type=int, default=30, help="batch-64 forwards")
-    ap.add_argument("--crypten-n", type=int, default=30, help="raw CrypTen batch-1 forwards (0: skip)")
+    ap.add_argument(
+        "--crypten-n", type=int, default=30, help="raw CrypTen batch-1 forwards (0: skip)"
+    )
     ap.add_argument("--crypten-m", type=int, default=5, help="raw CrypTen batch-64 forwards")
     ap.add_argument("--json", default=None, help="write the result JSON here")
     ap.add_argument("--profile-party", type=int, default=None, help="py-spy this party (0-2)")
     ap.add_argument("--profile-out", default="rep3_profile.txt", help="py-spy raw output")
-    ap.add_argument("--role", choices=["rep3", "party", "ttp"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--role", choices=["rep3", "party", "ttp"], default=None, help=argparse.SUPPRESS
+    )
     ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--fd", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--ports", default="", help=argparse.SUPPRESS)

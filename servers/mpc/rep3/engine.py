@@ -28,15 +28,18 @@ Fixed point: 16 fractional bits (the wire contract); products at scale
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ppml.servers.mpc.fast.engine import ModelSpec
+from ppml.servers.mpc.fast.linear import Linear, WeightedOp
 from ppml.servers.mpc.fast.prg import Ring
 from ppml.servers.mpc.rep3 import trunc
 from ppml.servers.mpc.rep3.keys import Correlated
+from ppml.servers.mpc.rep3.ringmm import RingMatrix
 from ppml.servers.mpc.rep3.rounds import Steps, gather
-from ppml.servers.mpc.rep3.rss import Shared, matmul_local, reshare, to_additive
+from ppml.servers.mpc.rep3.rss import Shared, reshare, to_additive
 from ppml.servers.mpc.rep3.select import relu_trunc
 
 FRAC_BITS = 16
@@ -44,10 +47,41 @@ FRAC_BITS = 16
 
 @dataclass(frozen=True)
 class SharedModel:
-    """Replicated weights (in the layout ``op.apply`` takes) and biases, per stage."""
+    """Replicated weights (in the layout ``op.apply`` takes) and biases, per stage.
+
+    Never changed in place (a training step makes a new model): what
+    :meth:`local_product` derives from the weights is kept with them.
+    """
 
     weights: tuple[Shared, ...]
     biases: tuple[Shared | None, ...]
+
+    @cached_property
+    def _stacked(self) -> dict[int, RingMatrix]:
+        return {}
+
+    @cached_property
+    def _sums(self) -> dict[int, Ring]:
+        return {}
+
+    def local_product(self, i: int, op: WeightedOp, h: Shared) -> Ring:
+        """This party's additive share of stage ``i``'s product, as ``matmul_local`` gives it.
+
+        ``x_a (w_a + w_b) + x_b w_a``, with what depends on the weights only made
+        on first use: for a Linear stage the stacked ``[[w_a + w_b], [w_a]]``
+        (one ring product of ``[x_a, x_b]``), for others ``w_a + w_b``.
+        """
+        w = self.weights[i]
+        if isinstance(op, Linear):
+            if i not in self._stacked:
+                self._stacked[i] = RingMatrix(np.concatenate([w.a + w.b, w.a]))
+            b = h.shape[0]
+            x = np.concatenate([h.a.reshape(b, -1), h.b.reshape(b, -1)], axis=1)
+            return self._stacked[i].left_mul(x)
+        if i not in self._sums:
+            self._sums[i] = w.a + w.b
+        out: Ring = op.apply(h.a, self._sums[i]) + op.apply(h.b, w.a)
+        return out
 
 
 def share_model(
@@ -79,7 +113,7 @@ def forward(corr: Correlated, spec: ModelSpec, model: SharedModel, x: Ring) -> S
     last = len(spec.stages) - 1
     for i, stage in enumerate(spec.stages):
         op = stage.op
-        z = matmul_local(op.apply, h, model.weights[i])
+        z = model.local_product(i, op, h)
         bias = model.biases[i]
         if bias is not None:  # each party adds its own component: the three sum to the bias
             z = z + op.bias_term(bias.a) * np.int64(1 << FRAC_BITS)
