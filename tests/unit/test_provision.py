@@ -358,5 +358,6 @@ def test_cli_init_without_a_dealer(tmp_path: Path, capsys: pytest.CaptureFixture
         main(args)
     assert exit_.value.code == 0
     shown = capsys.readouterr().out
-    assert "dealer" not in shown.split("CA key")[0]
+    roles = [line.split()[1] for line in shown.split("CA key")[0].splitlines()[2:] if line.strip()]
+    assert "dealer" not in roles and roles.count("server,") == 3
     assert load_config(tmp_path / "b" / "s1" / "cluster.toml").engine == "replicated"
