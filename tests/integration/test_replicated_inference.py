@@ -10,15 +10,18 @@ layer), and that no CrypTen operation that needs a dealer can run there.
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from ppml.client import Cluster
+from ppml.client import Cluster, PredictionAborted, ServerUnavailable
 from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import InvalidModel, InvalidRequest
 from ppml.proto.deploy.topology import load_config
@@ -141,3 +144,58 @@ def test_training_and_evaluation_are_refused_clearly_and_nothing_is_kept(cluster
     cluster.share_model(_f32(_exact(model)), x[:1], model_id="rep-eval")
     with pytest.raises(InvalidRequest, match=r"replicated.*predictions only"):
         cluster.evaluate("rep-eval", data)
+
+
+def test_a_server_killed_mid_job_gives_clear_errors_then_the_cluster_serves_again(
+    replicated: LocalCluster, cluster: Cluster
+) -> None:
+    """Last in the module: it kills and restarts server-2 (which masks truncations)."""
+    torch.manual_seed(9)
+    model = _exact(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(512, 10),
+        )
+    )  # fmt: skip
+    cluster.share_model(_f32(model), torch.zeros(1, 1, 8, 8), model_id="rep-survivor")
+    big = torch.randn(2048, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    outcome: dict[str, Any] = {}
+
+    def request() -> None:
+        started = time.monotonic()
+        try:
+            cluster.predict("rep-survivor", big, timeout=60)
+            outcome["result"] = "answered"
+        except Exception as exc:  # recorded and asserted below
+            outcome["error"] = exc
+        outcome["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=request)
+    with Cluster.from_config(replicated.config_path) as monitor:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while monitor.status()[2].running_job != "predict" and not outcome:
+            assert time.monotonic() < deadline, "the prediction's MPC job never ran"
+            time.sleep(0.02)
+    assert not outcome, f"the request ended before the kill: {outcome}"
+    replicated.kill("server-2")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), ServerUnavailable | PredictionAborted), outcome
+    assert outcome["elapsed"] < 30
+    with pytest.raises((ServerUnavailable, PredictionAborted)):
+        cluster.predict("rep-survivor", big[:2], timeout=10)  # two servers alone cannot answer
+    replicated.start_server(2)
+    replicated.wait_serving(timeout=120)
+    small = big[:4].double()
+    with torch.no_grad():
+        expected = model(small)
+    deadline = time.monotonic() + 60
+    while True:  # the restarted server rejoins the next epoch
+        try:
+            got = cluster.predict("rep-survivor", small.float(), timeout=20).double()
+            break
+        except (ServerUnavailable, PredictionAborted):
+            assert time.monotonic() < deadline, "the cluster did not serve again"
+            time.sleep(0.5)
+    assert (got - expected).abs().max().item() < TOLERANCE
