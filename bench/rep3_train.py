@@ -92,7 +92,7 @@ def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
             idx = plan.indices(step)
             bx, by = type(xs)(xs.a[idx], xs.b[idx]), type(ys)(ys.a[idx], ys.b[idx])
             r0, s0, t0, c0 = net.rounds, net.bytes_sent, time.perf_counter(), time.thread_time()
-            model = run(net, train.sgd_step(corr, spec, model, bx, by, lr))
+            model, _ = run(net, train.sgd_step(corr, spec, model, bx, by, train.Sgd(lr)))
             wall.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
             rounds.append(net.rounds - r0)

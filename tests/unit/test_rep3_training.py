@@ -142,8 +142,13 @@ def _spec(sizes: list[int]) -> ModelSpec:
     return ModelSpec(tuple(layers[:-1]), (sizes[0],))
 
 
-def _plain_step(ws: list[Array], bs: list[Array], x: Array, y: Array, lr: float) -> None:
-    """One float64 SGD step, in place, with the same ReLU convention (keep where z >= 0)."""
+def _plain_step(
+    ws: list[Array], bs: list[Array], x: Array, y: Array, sgd: train.Sgd, bufs: list[Array]
+) -> None:
+    """One float64 step of PyTorch's SGD, in place (``bufs``: momentum buffers, [] at first).
+
+    The same ReLU convention as the engine: the gradient passes where ``z >= 0``.
+    """
     inputs, masks, h = [], [], x
     for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
         inputs.append(h)
@@ -151,12 +156,22 @@ def _plain_step(ws: list[Array], bs: list[Array], x: Array, y: Array, lr: float)
         masks.append(z >= 0)
         h = z * masks[-1] if i < len(ws) - 1 else z
     g = (softmax(h) - y) / len(x)
+    grads: list[Array] = [np.empty(0)] * (2 * len(ws))
     for i in reversed(range(len(ws))):
-        dw, db = g.T @ inputs[i], g.sum(axis=0)
+        grads[i], grads[len(ws) + i] = g.T @ inputs[i], g.sum(axis=0)
         if i:
             g = (g @ ws[i]) * masks[i - 1]
-        ws[i] -= lr * dw
-        bs[i] -= lr * db
+    params = ws + bs
+    first = not bufs
+    for k, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        d = grad + sgd.weight_decay * param
+        if sgd.momentum:
+            if first:
+                bufs.append(d.copy())
+            else:
+                bufs[k] = sgd.momentum * bufs[k] + d
+            d = bufs[k]
+        param -= sgd.lr * d
 
 
 def _predict(ws: list[Array], bs: list[Array], x: Array) -> Array:
@@ -176,7 +191,7 @@ def _mpc_train(
     owners: list[tuple[Array, Array]],
     plan: BatchPlan,
     epochs: int,
-    lr: float,
+    sgd: train.Sgd,
 ) -> tuple[list[Array], list[Array], list[QueueNet]]:
     """Each owner shares its rows; the three servers train; the trained model reconstructed."""
     spec = _spec(sizes)
@@ -190,7 +205,7 @@ def _mpc_train(
         model = run(net, engine.share_model(corr, spec, [w[r] for w in w_sh], [b[r] for b in b_sh]))
         x = np.concatenate([s[r] for s in x_sh])  # the owners' rows, share by share
         y = np.concatenate([s[r] for s in y_sh])
-        trained = run(net, train.train(corr, spec, model, x, y, lr=lr, plan=plan, epochs=epochs))
+        trained = run(net, train.train(corr, spec, model, x, y, sgd=sgd, plan=plan, epochs=epochs))
         return train.export(corr, spec, trained)
 
     results, nets = three(body)
@@ -207,9 +222,9 @@ def test_one_step_gradient_equals_plaintext() -> None:
     x = encode(rng.uniform(0, 1, (16, 20))) / SCALE
     y = np.eye(5)[rng.integers(0, 5, 16)]
     plan = BatchPlan(16, 16, seed=0)
-    w1, b1, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, epochs=1, lr=1.0)
+    w1, b1, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, 1, train.Sgd(1.0))
     pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
-    _plain_step(pw, pb, x[plan.indices(0)], y[plan.indices(0)], lr=1.0)
+    _plain_step(pw, pb, x[plan.indices(0)], y[plan.indices(0)], train.Sgd(1.0), [])
     for got, want, before in zip(w1 + b1, pw + pb, ws + bs, strict=True):
         grad_mpc, grad = before - got, before - want
         assert np.abs(grad).max() > 1e-3  # the step moved every layer
@@ -219,6 +234,32 @@ def test_one_step_gradient_equals_plaintext() -> None:
     # forward, softmax of 5 classes (maximum in 3 levels), backward with the updates alongside
     softmax_rounds = 3 * 11 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3
     assert nets[1].rounds - 3 == (12 + 12 + 3) + softmax_rounds + (4 + 4 + 3)
+
+
+def test_momentum_and_weight_decay_follow_pytorchs_sgd() -> None:
+    sizes = [12, 8, 4]
+    ws, bs = _init(sizes, seed=6)
+    rng = np.random.default_rng(8)
+    x = encode(rng.uniform(0, 1, (40, 12))) / SCALE
+    y = np.eye(4)[rng.integers(0, 4, 40)]
+    plan, sgd = BatchPlan(40, 8, seed=2), train.Sgd(0.5, momentum=0.9, weight_decay=0.05)
+    w_mpc, b_mpc, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, 1, sgd)
+    pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
+    bufs: list[Array] = []
+    for step in range(plan.batches_per_epoch):  # 5 steps
+        _plain_step(pw, pb, x[plan.indices(step)], y[plan.indices(step)], sgd, bufs)
+    plain_no_momentum = [w.copy() for w in ws], [b.copy() for b in bs]
+    for step in range(plan.batches_per_epoch):
+        rows = plan.indices(step)
+        _plain_step(*plain_no_momentum, x[rows], y[rows], train.Sgd(0.5), [])
+    for got, want, other in zip(
+        w_mpc + b_mpc, pw + pb, plain_no_momentum[0] + plain_no_momentum[1], strict=True
+    ):
+        assert np.abs(got - want).max() < 5e-3
+        assert np.abs(other - want).max() > 0.05  # momentum and decay made a difference
+    # no round added: 5 steps of (forward, 4-class softmax, backward) after the setup
+    step_rounds = (12 + 3) + (2 * 11 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
+    assert nets[1].rounds - 3 == 5 * step_rounds
 
 
 def test_digits_training_matches_plaintext_accuracy() -> None:
@@ -232,15 +273,15 @@ def test_digits_training_matches_plaintext_accuracy() -> None:
     x, y = x_all[train_rows], y_all[train_rows]
     owners = [(x[k::3], y[k::3]) for k in range(3)]  # three owners' rows, concatenated
     x, y = np.concatenate([o[0] for o in owners]), np.concatenate([o[1] for o in owners])
-    sizes, lr, epochs = [64, 32, 10], 0.5, 4
+    sizes, sgd, epochs = [64, 32, 10], train.Sgd(0.5), 4
     plan = BatchPlan(len(x), 64, seed=11)  # 76 steps
     ws, bs = _init(sizes, seed=5)
 
-    w_mpc, b_mpc, _ = _mpc_train(sizes, ws, bs, owners, plan, epochs, lr)
+    w_mpc, b_mpc, _ = _mpc_train(sizes, ws, bs, owners, plan, epochs, sgd)
     pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
     for step in range(epochs * plan.batches_per_epoch):
         rows = plan.indices(step)
-        _plain_step(pw, pb, x[rows], y[rows], lr)
+        _plain_step(pw, pb, x[rows], y[rows], sgd, [])
 
     target = digits.target[test_rows]
     acc_mpc = float(np.mean(_predict(w_mpc, b_mpc, x_all[test_rows]) == target))
@@ -292,7 +333,7 @@ def test_what_a_party_receives_in_a_training_step_is_uniform_for_all_zero_inputs
             nets[i],
             train.share_data(corr, np.zeros((64, 8), np.int64), np.zeros((64, 3), np.int64)),
         )
-        run(nets[i], train.sgd_step(corr, spec, model, x, y, lr=0.5))
+        run(nets[i], train.sgd_step(corr, spec, model, x, y, train.Sgd(0.5)))
 
     run_three([lambda i=i: party(i) for i in range(3)])
     for rank, arrays in seen.items():

@@ -30,13 +30,17 @@ One step on a batch of ``B`` rows (:func:`sgd_step`):
   ``g W^T`` (transposing replicated weights is local), truncated (2),
   reshared (1) and multiplied by the kept ReLU bit (1): 4 rounds, with the
   old weights (all gradients before any update).
-* update, beside the next layer's backward (:func:`~.rounds.gather`): the
-  public step ``c = round(lr / B * 2^20)`` multiplies ``dW`` and ``db``
-  locally, one truncation by ``16 + 20`` (resp. ``20``) bits brings them to
-  scale ``2^16`` (2 rounds) and a reshare (1) makes them replicated:
-  ``W <- W - c dW / 2^36``. The learning rate is thus ``lr`` to a relative
-  ``2^-21 B / lr``, and a step must stay below ``2^10`` per weight (the
-  truncation's range at scale ``2^52``).
+* update, beside the next layer's backward (:func:`~.rounds.gather`), as
+  PyTorch's SGD with momentum ``mu`` and weight decay ``wd`` (:class:`Sgd`),
+  kept as the step ``u = lr * buffer``: ``u <- mu u + lr/B dW + lr wd W`` and
+  ``W <- W - u``. The three terms are summed locally at scale ``2^52``
+  (``dW`` at ``2^32`` times the public ``round(lr / B * 2^20)``, ``u`` and
+  ``W`` at ``2^16`` times ``round(mu 2^36)`` and ``round(lr wd 2^36)``), one
+  truncation by 36 bits brings ``u`` to ``2^16`` (2 rounds) and a reshare
+  (1) makes it replicated; biases likewise at ``2^36``, truncated by 20. No
+  round is added by momentum or weight decay. The learning rate is thus
+  ``lr`` to a relative ``2^-21 B / lr``, and ``|u|`` must stay below
+  ``2^10`` per parameter (the truncation's range at scale ``2^52``).
 
 Rounds per step for 784-128-128-10 (10 classes): forward 27, softmax 98,
 backward and updates 11: 136. Nothing is opened; every message is a
@@ -88,12 +92,28 @@ def check_spec(spec: ModelSpec) -> None:
         raise ValueError("the last layer gives the logits: no ReLU after it")
 
 
-def step_factor(lr: float, batch: int) -> int:
-    """The public integer ``round(lr / batch * 2^LR_BITS)`` that scales a summed gradient."""
-    c = round(lr / batch * (1 << LR_BITS))
-    if not 0 < c < 1 << 40:
-        raise ValueError(f"learning rate {lr} at batch {batch} is outside the fixed-point range")
-    return c
+@dataclass(frozen=True)
+class Sgd:
+    """Public hyperparameters, as PyTorch's SGD (no dampening, no Nesterov)."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr < 1 << 10:
+            raise ValueError(f"the learning rate must lie in (0, 1024), got {self.lr}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.weight_decay < 1:
+            raise ValueError("momentum and weight decay must lie in [0, 1)")
+
+    def factors(self, batch: int, bits: int) -> tuple[int, int, int]:
+        """Public integers: ``lr / batch`` at ``LR_BITS`` fractional bits, ``momentum`` and
+        ``lr * weight_decay`` at ``bits``."""
+        c = round(self.lr / batch * (1 << LR_BITS))
+        if c < 1:
+            raise ValueError(f"learning rate {self.lr} at batch {batch} rounds to 0")
+        one = 1 << bits
+        return c, round(self.momentum * one), round(self.lr * self.weight_decay * one)
 
 
 def share_data(corr: Correlated, x: Ring, y: Ring) -> Steps[tuple[Shared, Shared]]:
@@ -134,23 +154,38 @@ def forward(
 
 
 def sgd_step(
-    corr: Correlated, spec: ModelSpec, model: SharedModel, x: Shared, y: Shared, lr: float
-) -> Steps[SharedModel]:
-    """One SGD step on the replicated batch ``x`` with one-hot ``y``; the updated model."""
-    c = step_factor(lr, x.shape[0])
+    corr: Correlated,
+    spec: ModelSpec,
+    model: SharedModel,
+    x: Shared,
+    y: Shared,
+    sgd: Sgd,
+    last: SharedModel | None = None,
+) -> Steps[tuple[SharedModel, SharedModel | None]]:
+    """One step on the replicated batch ``x`` with one-hot ``y``: the model and this step.
+
+    ``last`` is the previous step (``lr`` times the momentum buffer, one per
+    parameter), needed only with momentum; None before the first.
+    """
     logits, trace = yield from forward(corr, spec, model, x)
     p = yield from softmax(corr, logits)
     g = p - y
-    weights: list[Shared] = list(model.weights)
-    biases: list[Shared | None] = list(model.biases)
-    for i in reversed(range(len(spec.stages))):
-        update = _update(corr, model.weights[i], model.biases[i], trace.inputs[i], g, c)
+    batch = x.shape[0]
+    n = len(spec.stages)
+    weights, biases = list(model.weights), list(model.biases)
+    steps_w: list[Shared] = list(model.weights)  # placeholders until each layer's update
+    steps_b: list[Shared | None] = [None] * n
+    for i in reversed(range(n)):
+        before = (None, None) if last is None else (last.weights[i], last.biases[i])
+        update = _update(corr, (weights[i], biases[i]), before, trace.inputs[i], g, sgd, batch)
         if i == 0:
-            weights[i], biases[i] = yield from update
+            done = yield from update
         else:
             below = _backward(corr, model.weights[i], g, trace.kept[i - 1])
-            (weights[i], biases[i]), g = yield from gather(update, below)
-    return SharedModel(tuple(weights), tuple(biases))
+            done, g = yield from gather(update, below)
+        weights[i], biases[i], steps_w[i], steps_b[i] = done
+    trained = SharedModel(tuple(weights), tuple(biases))
+    return trained, (SharedModel(tuple(steps_w), tuple(steps_b)) if sgd.momentum else None)
 
 
 def train(
@@ -160,7 +195,7 @@ def train(
     x: Ring,
     y: Ring,
     *,
-    lr: float,
+    sgd: Sgd,
     plan: Batches,
     epochs: int,
 ) -> Steps[SharedModel]:
@@ -175,10 +210,11 @@ def train(
             f"labels have shape {y.shape}, the model gives {spec.stages[-1].op.out_shape}"
         )
     xs, ys = yield from share_data(corr, x, y)
+    last: SharedModel | None = None
     for step in range(epochs * plan.batches_per_epoch):
         rows = plan.indices(step)
         batch_x, batch_y = Shared(xs.a[rows], xs.b[rows]), Shared(ys.a[rows], ys.b[rows])
-        model = yield from sgd_step(corr, spec, model, batch_x, batch_y, lr)
+        model, last = yield from sgd_step(corr, spec, model, batch_x, batch_y, sgd, last)
     return model
 
 
@@ -200,16 +236,44 @@ def _additive_to_shared(corr: Correlated, z: Ring, m: int) -> Steps[Shared]:
 
 
 def _update(
-    corr: Correlated, w: Shared, b: Shared | None, h: Shared, g: Shared, c: int
-) -> Steps[tuple[Shared, Shared | None]]:
-    """``W - c h^T g / 2^36`` and ``b - c sum(g) / 2^20``: 3 rounds."""
+    corr: Correlated,
+    param: tuple[Shared, Shared | None],
+    last: tuple[Shared | None, Shared | None],
+    h: Shared,
+    g: Shared,
+    sgd: Sgd,
+    batch: int,
+) -> Steps[tuple[Shared, Shared | None, Shared, Shared | None]]:
+    """New weight and bias, and the steps taken: ``u = mu u' + lr/B dW + lr wd W``; 3 rounds.
+
+    The weight's terms are summed at scale ``2^52`` (``dW`` at ``2^32`` times
+    ``lr/B`` at ``2^20``; ``u'`` and ``W`` at ``2^16`` times factors at ``2^36``)
+    and truncated once by 36 bits; the bias's at ``2^36``, truncated by 20.
+    """
+    w, b = param
+    c, mu, decay = sgd.factors(batch, FRAC_BITS + LR_BITS)
     dw = matmul_local(ring_matmul, h.map(lambda a: np.ascontiguousarray(a.T)), g)
-    parts = [_additive_to_shared(corr, dw * np.int64(c), FRAC_BITS + LR_BITS)]
+    z: Ring = dw * np.int64(c)
+    for term, factor in ((last[0], mu), (w, decay)):
+        if term is not None and factor:
+            mine: Ring = term.a * np.int64(factor)  # component ``rank``: the three sum to it
+            z = z + mine
+    parts = [_additive_to_shared(corr, z, FRAC_BITS + LR_BITS)]
     if b is not None:
+        _, mu_b, decay_b = sgd.factors(batch, LR_BITS)
         db = g.map(lambda a: a.sum(axis=0)).scale(c)
+        for term_b, factor in ((last[1], mu_b), (b, decay_b)):
+            if term_b is not None and factor:
+                db = db + term_b.scale(factor)
         parts.append(truncate(corr, db, LR_BITS))
     steps = yield from gather(*parts)
-    return w - steps[0], (b - steps[1] if b is not None else None)
+    step_b = steps[1] if b is not None else None
+    return (
+        w - steps[0],
+        (b - step_b if b is not None and step_b is not None else None),
+        steps[0],
+        step_b,
+    )
 
 
 def _backward(corr: Correlated, w: Shared, g: Shared, kept: Shared | None) -> Steps[Shared]:
