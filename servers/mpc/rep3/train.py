@@ -54,22 +54,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppml.servers.mpc.fast.engine import ModelSpec
-from ppml.servers.mpc.fast.linear import Linear, ring_matmul
+from ppml.servers.mpc.fast.linear import Linear
 from ppml.servers.mpc.fast.prg import Ring
 from ppml.servers.mpc.rep3 import trunc
 from ppml.servers.mpc.rep3.compare import negative
 from ppml.servers.mpc.rep3.engine import FRAC_BITS, SharedModel
 from ppml.servers.mpc.rep3.keys import Correlated
 from ppml.servers.mpc.rep3.nonlinear import softmax, truncate
+from ppml.servers.mpc.rep3.ringmm import ring_matmul
 from ppml.servers.mpc.rep3.rounds import Steps, gather
-from ppml.servers.mpc.rep3.rss import (
-    Shared,
-    matmul_local,
-    mul,
-    reshare,
-    to_additive,
-    xor_public,
-)
+from ppml.servers.mpc.rep3.rss import Shared, mul, reshare, to_additive, xor_public
 from ppml.servers.mpc.rep3.select import bit_to_arith
 from ppml.training.batches import Batches
 
@@ -136,7 +130,7 @@ def forward(
     kept: list[Shared | None] = []
     for i, stage in enumerate(spec.stages):
         inputs.append(h)
-        z = matmul_local(stage.op.apply, h, model.weights[i])
+        z = model.local_product(i, stage.op, h)
         bias = model.biases[i]
         if bias is not None:  # each party adds its own component: the three sum to the bias
             z = z + stage.op.bias_term(bias.a) * np.int64(1 << FRAC_BITS)
@@ -252,7 +246,7 @@ def _update(
     """
     w, b = param
     c, mu, decay = sgd.factors(batch, FRAC_BITS + LR_BITS)
-    dw = matmul_local(ring_matmul, h.map(lambda a: np.ascontiguousarray(a.T)), g)
+    dw = _product(h.map(np.transpose), g)
     z: Ring = dw * np.int64(c)
     for term, factor in ((last[0], mu), (w, decay)):
         if term is not None and factor:
@@ -278,8 +272,13 @@ def _update(
 
 def _backward(corr: Correlated, w: Shared, g: Shared, kept: Shared | None) -> Steps[Shared]:
     """The gradient to the layer below, ``(g W^T) * [z >= 0]``: 3 rounds, 4 after a ReLU."""
-    gh = matmul_local(ring_matmul, g, w.map(lambda a: np.ascontiguousarray(a.T)))
+    gh = _product(g, w.map(np.transpose))
     below = yield from _additive_to_shared(corr, gh, FRAC_BITS)
     if kept is None:
         return below
     return (yield from mul(corr, kept, below))
+
+
+def _product(x: Shared, w: Shared) -> Ring:
+    """Additive share of ``x @ w`` (2-D): ``x_a (w_a + w_b) + x_b w_a`` as one ring product."""
+    return ring_matmul(np.concatenate([x.a, x.b], axis=1), np.concatenate([w.a + w.b, w.a]))
