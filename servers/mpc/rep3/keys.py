@@ -28,6 +28,7 @@ import numpy as np
 
 from ppml.servers.mpc.fast.prg import KEY_BYTES, U64, KeyedPRG, Ring, new_key
 from ppml.servers.mpc.rep3.rounds import Array, Expect, Round, Steps
+from ppml.servers.mpc.rep3.stream import ReadAhead
 
 PARTIES = 3
 _KEY = Expect((KEY_BYTES,), np.dtype(np.uint8))
@@ -50,11 +51,12 @@ class Correlated:
         if own == nxt:
             raise ValueError("the two pairwise keys must differ")
         self.rank = rank
-        self._own = KeyedPRG.derived(own, b"ppml.rep3/rss")
-        self._nxt = KeyedPRG.derived(nxt, b"ppml.rep3/rss")
+        # read ahead in blocks: the same words in the same order, far fewer cipher calls
+        self._own = ReadAhead(KeyedPRG.derived(own, b"ppml.rep3/rss"))
+        self._nxt = ReadAhead(KeyedPRG.derived(nxt, b"ppml.rep3/rss"))
         self._pair = {
-            prev_of(rank): KeyedPRG.derived(own, b"ppml.rep3/pair"),
-            next_of(rank): KeyedPRG.derived(nxt, b"ppml.rep3/pair"),
+            prev_of(rank): ReadAhead(KeyedPRG.derived(own, b"ppml.rep3/pair")),
+            next_of(rank): ReadAhead(KeyedPRG.derived(nxt, b"ppml.rep3/pair")),
         }
 
     def zero(self, shape: tuple[int, ...]) -> Ring:

@@ -24,14 +24,24 @@ import socket
 import struct
 import time
 
+import numpy as np
+
 from ppml.servers.mpc.rep3.keys import PARTIES
 from ppml.servers.mpc.rep3.rounds import Array, Expect, Received, pack, unpack
 
 _HEADER = struct.Struct("<Q")
+_NOW = socket.MSG_DONTWAIT
 
 
 class SocketNet:
-    """One party's end of a TCP mesh; counts its rounds and the payload bytes it sends."""
+    """One party's end of a TCP mesh; counts its rounds and the payload bytes it sends.
+
+    A round sends first (every frame usually fits the kernel's buffers at
+    once), then reads each expected frame with blocking reads: one system
+    call per message in the common case, no polling. Frames that do not fit
+    are pumped with ``select`` while reading, so that no two parties wait on
+    each other's full buffers. The timeout is the kernel's (``SO_RCVTIMEO``).
+    """
 
     def __init__(self, rank: int, socks: dict[int, socket.socket], timeout_s: float = 60.0) -> None:
         if set(socks) != {p for p in range(PARTIES) if p != rank}:
@@ -41,43 +51,78 @@ class SocketNet:
         self._timeout_s = timeout_s
         self.rounds = 0
         self.bytes_sent = 0
+        whole, frac = divmod(timeout_s, 1.0)
+        limit = struct.pack("ll", int(whole), int(frac * 1e6))
         for s in socks.values():
-            s.setblocking(False)
+            s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
 
     def exchange(self, send: dict[int, list[Array]], expect: dict[int, list[Expect]]) -> Received:
-        """Send every peer its frame while reading the expected frames, without blocking on one."""
+        """Send every peer its frame, then read every expected frame."""
         if not send and not expect:
             return {}
         self.rounds += 1
-        outgoing: dict[int, memoryview] = {}
+        unsent: dict[int, memoryview] = {}
         for peer, arrays in send.items():
-            body = pack(arrays)
-            self.bytes_sent += len(body)
-            outgoing[peer] = memoryview(_HEADER.pack(len(body)) + body)
-        incoming = {peer: _Frame(sum(s.nbytes for s in specs)) for peer, specs in expect.items()}
-        deadline = time.monotonic() + self._timeout_s
-        while outgoing or any(not f.done for f in incoming.values()):
-            progress = False
-            for peer in list(outgoing):
+            rest = self._send_now(self._socks[peer], arrays)
+            if rest is not None:
+                unsent[peer] = rest
+        frames = {peer: _Frame(peer, specs) for peer, specs in expect.items()}
+        if unsent:
+            self._pump(unsent, frames)
+        for peer, frame in frames.items():
+            sock = self._socks[peer]
+            while not frame.done:
                 try:
-                    sent = self._socks[peer].send(outgoing[peer])
+                    frame.read(sock, 0)
+                except BlockingIOError:  # SO_RCVTIMEO expired
+                    raise TimeoutError(
+                        f"party {self.rank}: no progress in {self._timeout_s} s"
+                    ) from None
+        return {peer: frame.arrays() for peer, frame in frames.items()}
+
+    def _send_now(self, sock: socket.socket, arrays: list[Array]) -> memoryview | None:
+        """Send what the kernel takes without waiting; the unsent rest of the frame, if any."""
+        parts = [np.ascontiguousarray(a) for a in arrays]
+        size = sum(a.nbytes for a in parts)
+        self.bytes_sent += size
+        header = _HEADER.pack(size)
+        try:
+            sent = sock.sendmsg([header, *(memoryview(a).cast("B") for a in parts)], [], _NOW)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(header) + size:
+            return None
+        return memoryview(header + pack(parts))[sent:]
+
+    def _pump(self, unsent: dict[int, memoryview], frames: dict[int, _Frame]) -> None:
+        """Send the rest of large frames while reading what arrives, until all is sent."""
+        deadline = time.monotonic() + self._timeout_s
+        while unsent:
+            progress = False
+            for peer in list(unsent):
+                try:
+                    sent = self._socks[peer].send(unsent[peer], _NOW)
                 except BlockingIOError:
                     continue
                 progress = True
-                outgoing[peer] = outgoing[peer][sent:]
-                if not outgoing[peer]:
-                    del outgoing[peer]
-            for peer, frame in incoming.items():
-                if not frame.done and frame.read(self._socks[peer], peer):
-                    progress = True
+                unsent[peer] = unsent[peer][sent:]
+                if not unsent[peer]:
+                    del unsent[peer]
+            for peer, frame in frames.items():
+                try:
+                    if not frame.done:
+                        frame.read(self._socks[peer], _NOW)
+                        progress = True
+                except BlockingIOError:
+                    pass
             if not progress:
                 left = deadline - time.monotonic()
-                readers = [self._socks[p] for p, f in incoming.items() if not f.done]
-                writers = [self._socks[p] for p in outgoing]
+                readers = [self._socks[p] for p, f in frames.items() if not f.done]
+                writers = [self._socks[p] for p in unsent]
                 if left <= 0 or not any(select.select(readers, writers, [], left)[:2]):
                     raise TimeoutError(f"party {self.rank}: no progress in {self._timeout_s} s")
-        return {peer: unpack(frame.body, expect[peer]) for peer, frame in incoming.items()}
 
     def close(self) -> None:
         for s in self._socks.values():
@@ -85,36 +130,35 @@ class SocketNet:
 
 
 class _Frame:
-    """One expected frame being read: header first, then a body of the expected size."""
+    """One expected frame being read (header and body in one buffer), never past its end."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._header = bytearray(_HEADER.size)
-        self.body = bytearray(size)
-        self._got = 0  # bytes of header + body read so far
+    def __init__(self, peer: int, specs: list[Expect]) -> None:
+        self.peer = peer
+        self.specs = specs
+        self.size = sum(s.nbytes for s in specs)
+        self.buf = bytearray(_HEADER.size + self.size)
+        self._view = memoryview(self.buf)
+        self._got = 0
 
     @property
     def done(self) -> bool:
-        return self._got == _HEADER.size + self.size
+        return self._got == len(self.buf)
 
-    def read(self, sock: socket.socket, peer: int) -> bool:
-        """Read what is available; False if nothing was. Raises on a closed link or wrong size."""
-        if self._got < _HEADER.size:
-            view = memoryview(self._header)[self._got :]
-        else:
-            view = memoryview(self.body)[self._got - _HEADER.size :]
-        try:
-            k = sock.recv_into(view)
-        except BlockingIOError:
-            return False
+    def read(self, sock: socket.socket, flags: int) -> None:
+        """One ``recv``; raises BlockingIOError if nothing came, and on a closed link or bad size."""
+        had = self._got
+        k = sock.recv_into(self._view[had:], 0, flags)
         if k == 0:
-            raise ConnectionError(f"party {peer} closed the link")
+            raise ConnectionError(f"party {self.peer} closed the link")
         self._got += k
-        if self._got == _HEADER.size:
-            (length,) = _HEADER.unpack(self._header)
+        if had < _HEADER.size <= self._got:
+            (length,) = _HEADER.unpack_from(self.buf)
             if length != self.size:
-                raise ValueError(f"party {peer} sent {length} bytes, expected {self.size}")
-        return True
+                raise ValueError(f"party {self.peer} sent {length} bytes, expected {self.size}")
+
+    def arrays(self) -> list[Array]:
+        """The arrays of the body (:func:`~ppml.servers.mpc.rep3.rounds.unpack`'s layout)."""
+        return unpack(self._view[_HEADER.size :], self.specs)
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
