@@ -43,6 +43,7 @@ from ppml.servers.mpc import epochs
 from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.mpc.fast.service.party import FastInference
 from ppml.servers.mpc.rep3.service import party as replicated
+from ppml.servers.mpc.rep3.service import training as replicated_training
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
 from ppml.servers.store.federations import FEDERATION_CODEC, FederationManager
@@ -103,7 +104,7 @@ class ComputeServer:
             self.registry,
             self._submit,
             config.limits,
-            config.mpc_jobs_refused,
+            None if config.has_dealer else replicated_training.unsupported_training,
         )
         self.federations = FederationManager(
             party.name,

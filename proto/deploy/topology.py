@@ -198,13 +198,13 @@ class ClusterConfig:
 
     @property
     def mpc_jobs_refused(self) -> str | None:
-        """Why training, evaluation and federations cannot run on this cluster (None: they can)."""
+        """Why evaluations and federations cannot run on this cluster (None: they can)."""
         if self.has_dealer:
             return None
         return (
             "this cluster runs engine = 'replicated' (three servers, no dealer), which serves "
-            "predictions only so far; train, evaluate and federate on a cluster with a dealer, "
-            "then share the trained model here"
+            "predictions and training jobs so far; evaluate and federate on a cluster with a "
+            "dealer"
         )
 
     @property

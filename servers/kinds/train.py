@@ -3,8 +3,9 @@
 The gRPC side is :class:`~ppml.servers.store.jobs.JobManager` (validation,
 persisted state, progress); its jobs run through the leader's long-work
 queue step by step, one job at a time, after evaluations. Each party keeps
-the job's secret state (:class:`~ppml.servers.mpc.training.trainer.TrainingRun`) in
-memory between steps; it is lost when the party leaves the MPC session.
+the job's secret state (:class:`~ppml.servers.mpc.training.trainer.TrainingRun`, or
+on a replicated cluster :class:`~ppml.servers.mpc.rep3.service.training.ReplicatedTrainingRun`)
+in memory between steps; it is lost when the party leaves the MPC session.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
+from ppml.servers.mpc.rep3.service.training import ReplicatedTrainingRun
 from ppml.servers.mpc.training.trainer import TrainingRun
 from ppml.servers.store.jobs import TRAIN_KIND
 
@@ -32,7 +34,7 @@ class TrainKind(JobKind):
 
     def __init__(self, env: KindEnv) -> None:
         super().__init__(env)
-        self._runs: dict[str, TrainingRun] = {}  # jobs in progress on this party
+        self._runs: dict[str, TrainingRun | ReplicatedTrainingRun] = {}  # in progress here
 
     def step_job(self, step: Step) -> TrainStep:
         return TrainStep(step.job_id, step.step)
@@ -41,8 +43,13 @@ class TrainKind(JobKind):
         jobs = self.env.jobs
         run = self._runs.get(job.job_id)
         if job.step == 0:
-            plan = self.env.config.serving.plan_dealer_requests
-            run = TrainingRun(jobs.inputs(job.job_id), plan)
+            replicated = self.env.replicated
+            if replicated is not None:  # three servers, no dealer
+                run = ReplicatedTrainingRun(jobs.inputs(job.job_id), replicated)
+            else:
+                run = TrainingRun(
+                    jobs.inputs(job.job_id), self.env.config.serving.plan_dealer_requests
+                )
             self._runs[job.job_id] = run
             jobs.started(job.job_id)
         elif run is None:

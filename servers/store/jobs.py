@@ -203,11 +203,11 @@ class JobManager:
         models: ModelRegistry,
         announcer: Announcer,
         limits: LimitsConfig | None = None,
-        refused: str | None = None,
+        refuse: Callable[[Architecture, TrainingSpec], str | None] | None = None,
     ) -> None:
-        """``refused``: why this cluster runs no training jobs (None: it does)."""
+        """``refuse``: why this cluster's engine cannot run a job (None: it can)."""
         self._name = server_name
-        self._refused = refused
+        self._refuse = refuse
         self._limits = limits or LimitsConfig()
         self._store = store
         self._datasets = datasets
@@ -239,8 +239,6 @@ class JobManager:
         spec: TrainingSpec,
     ) -> JobInfo:
         """Validate everything, persist the job QUEUED and announce it to the leader."""
-        if self._refused is not None:
-            raise PpmlError(ErrorCode.INVALID_JOB, self._refused)
         check_id(job_id, "job_id")
         check_id(model_id, "model_id")
         check_name(name, "name")  # the trained model's name: refused now, not after training
@@ -262,6 +260,9 @@ class JobManager:
                 raise ValueError("the layers do not produce the declared output shape")
         except ValueError as exc:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
+        why = self._refuse(architecture, spec) if self._refuse is not None else None
+        if why is not None:
+            raise PpmlError(ErrorCode.INVALID_JOB, why)
         datasets = [self._datasets.usable(d, owner) for d in spec.dataset_ids]
         rows = check_data_fits(architecture, spec, datasets)
         noise = dp_plan(architecture, spec, rows).noise_multiplier if spec.dp else 0.0

@@ -25,6 +25,9 @@ from ppml.client import Cluster, PredictionAborted, ServerUnavailable
 from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import InvalidModel, InvalidRequest
 from ppml.proto.deploy.topology import load_config
+from ppml.proto.domain.jobs import TrainingSpec
+from ppml.training.datasets import Dataset, partition
+from ppml.training.plaintext import train_plaintext
 
 ULP = 2.0**-16
 TOLERANCE = 1e-3
@@ -133,16 +136,60 @@ def test_a_model_the_engine_cannot_run_is_refused_naming_the_layer(cluster: Clus
         assert (cluster.predict("rep-after", x.float()).double() - ok(x)).abs().max() < TOLERANCE
 
 
-def test_training_and_evaluation_are_refused_clearly_and_nothing_is_kept(cluster: Cluster) -> None:
+def test_digits_from_three_owners_train_to_plaintext_accuracy(
+    cluster: Cluster, digits: Any
+) -> None:
+    owners = partition(
+        Dataset(digits.x_train.double().numpy(), digits.y_train.numpy(), 10, "digits"),
+        3,
+        "iid",
+        seed=0,
+    )
+    ids = [
+        cluster.share_dataset(o.features, o.labels, name=f"owner-{i}", num_classes=10)
+        for i, o in enumerate(owners)
+    ]
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    hyper = {"epochs": 2, "batch_size": 64, "lr": 0.5, "momentum": 0.5}
+    job = cluster.train(
+        model, ids, **hyper, seed=7, name="rep-digits", sample_input=digits.x_test[:1]
+    )
+    model_id = job.result(timeout=240)
+    assert job.status().state == "succeeded"
+
+    features = np.concatenate([o.features for o in owners])
+    labels = np.concatenate([o.labels for o in owners])
+    spec = TrainingSpec(tuple(ids), seed=7, **hyper)  # type: ignore[arg-type]
+    plain = _accuracy(train_plaintext(model, features, labels, spec, 10), digits)
+    served = float(
+        (cluster.predict(model_id, digits.x_test).argmax(1) == digits.y_test).float().mean()
+    )
+    assert plain > 0.85
+    assert abs(served - plain) <= 0.02, (served, plain)
+    exported = cluster.export_model(model_id).to_torch()
+    assert _accuracy(exported, digits) == pytest.approx(served, abs=0.01)
+
+
+def _accuracy(model: torch.nn.Module, digits: Any) -> float:
+    with torch.no_grad():
+        return float((model(digits.x_test).argmax(1) == digits.y_test).float().mean())
+
+
+def test_what_the_engine_cannot_do_yet_is_refused_clearly(cluster: Cluster) -> None:
     x = torch.rand(40, 4)
     y = torch.randint(0, 2, (40,))
     data = cluster.share_dataset(x, y, num_classes=2, dataset_id="rep-data")
     model = torch.nn.Sequential(torch.nn.Linear(4, 2))
-    with pytest.raises(InvalidRequest, match=r"replicated.*predictions only"):
-        cluster.train(model, [data], epochs=1, batch_size=8, lr=0.1, sample_input=x[:1])
-    assert cluster.list_jobs() == []
+    before = len(cluster.list_jobs())
+    with pytest.raises(InvalidRequest, match=r"DP-SGD.*replicated"):
+        cluster.train(
+            model, [data], epochs=1, batch_size=8, lr=0.1, sample_input=x[:1], dp_clip_norm=1.0,
+            dp_noise_multiplier=1.0,
+        )  # fmt: skip
+    assert len(cluster.list_jobs()) == before
     cluster.share_model(_f32(_exact(model)), x[:1], model_id="rep-eval")
-    with pytest.raises(InvalidRequest, match=r"replicated.*predictions only"):
+    with pytest.raises(InvalidRequest, match=r"replicated.*evaluate and federate"):
         cluster.evaluate("rep-eval", data)
 
 

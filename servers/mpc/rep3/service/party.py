@@ -113,13 +113,17 @@ class ReplicatedInference:
         self._corr = None
         self._models.clear()
 
+    def correlated(self, net: CommNet) -> keys.Correlated:
+        """The session's pairwise keys, agreed on first use (one round, every server alike)."""
+        if self._corr is None:
+            self._corr = run(net, keys.agree(net.rank))
+        return self._corr
+
     def predict(
         self, net: CommNet, model_id: str, handle: Any, fm: fast_spec.FastModel, x: Ring
     ) -> Ring:
         """This server's additive share of the outputs for its input share ``x``."""
-        if self._corr is None:
-            self._corr = run(net, keys.agree(net.rank))
-        corr = self._corr
+        corr = self.correlated(net)
         state = self._models.get(model_id)
         # the stored model's metadata (with its upload time) tells a new upload from a reload
         current = state is not None and state.handle.meta == handle.meta

@@ -1,0 +1,130 @@
+"""A server's side of a training job on the replicated engine, step by step.
+
+The same contract as the CrypTen path's
+:class:`~ppml.servers.mpc.training.trainer.TrainingRun` (the ``train`` kind
+drives either): one mini-batch per ``step``, the job's secret state in this
+object between steps, the trained model's additive shares at the end. The
+first step makes the job's data and initial model replicated (one round);
+the batch order is public (:class:`~ppml.training.batches.BatchPlan`, from
+the job's seed). The protocol is :mod:`ppml.servers.mpc.rep3.train`.
+
+What the engine trains (checked when the job is submitted,
+:func:`unsupported_training`): chains of Linear layers, each optionally
+followed by ReLU, with softmax cross-entropy and SGD (momentum and weight
+decay allowed). DP-SGD, standardising, revealed metrics and other losses or
+optimisers need a cluster with a dealer for now; such a job is refused with
+that reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ppml.proto.domain.architecture import Architecture
+from ppml.proto.domain.jobs import TrainingSpec
+from ppml.proto.shares import Ring
+from ppml.servers.mpc.fast.service import spec as fast_spec
+from ppml.servers.mpc.rep3 import train
+from ppml.servers.mpc.rep3.engine import SharedModel, share_model
+from ppml.servers.mpc.rep3.rounds import run
+from ppml.servers.mpc.rep3.rss import Shared
+from ppml.servers.mpc.rep3.service.party import CommNet, ReplicatedInference, unsupported
+from ppml.servers.store.jobs import RunInputs, StepOutcome
+from ppml.training.batches import BatchPlan
+
+ENGINE = "this cluster's engine (engine = 'replicated')"
+
+
+def unsupported_training(architecture: Architecture, spec: TrainingSpec) -> str | None:
+    """Why the replicated engine cannot run this training job (None: it can)."""
+    why = unsupported(architecture)
+    if why is not None:
+        return why
+    model = fast_spec.fast_model(architecture)
+    assert model is not None  # unsupported() said it runs
+    try:
+        train.check_spec(model.spec)
+        train.Sgd(spec.lr, spec.momentum, spec.weight_decay)
+    except ValueError as exc:
+        return f"{exc} on {ENGINE}"
+    options = [
+        (spec.loss != "cross_entropy", f"loss {spec.loss!r} (it trains with cross_entropy)"),
+        (spec.optimizer != "sgd", f"optimizer {spec.optimizer!r} (it trains with sgd)"),
+        (spec.dp, "DP-SGD"),
+        (spec.standardize, "standardize"),
+        (spec.reveal_metrics, "reveal_metrics"),
+    ]
+    for refused, what in options:
+        if refused:
+            return f"{what} does not run on {ENGINE} yet; use a cluster with a dealer for it"
+    return None
+
+
+class ReplicatedTrainingRun:
+    """A job's secret state on this server: replicated model, data, last step (momentum)."""
+
+    def __init__(self, inputs: RunInputs, engine: ReplicatedInference) -> None:
+        model = fast_spec.fast_model(inputs.architecture)
+        if model is None:  # refused at submission
+            raise RuntimeError("the job's model does not run on the replicated engine")
+        self._fm = model
+        self._inputs = inputs
+        self._engine = engine
+        self.spec = inputs.spec
+        self._sgd = train.Sgd(self.spec.lr, self.spec.momentum, self.spec.weight_decay)
+        self._rows = sum(int(f.shape[0]) for f in inputs.features)
+        self._plan = BatchPlan(self._rows, self.spec.batch_size, self.spec.seed)
+        self.steps_total = self.spec.epochs * self._plan.batches_per_epoch
+        self._data: tuple[Shared, Shared] | None = None
+        self._model: SharedModel | None = None
+        self._last: SharedModel | None = None
+        self._epoch_started = time.perf_counter()
+        self._epoch_samples = 0
+
+    def _start(self, net: CommNet) -> tuple[tuple[Shared, Shared], SharedModel]:
+        corr = self._engine.correlated(net)
+        spec, index = self._fm.spec, self._fm.layer_index
+        initial = self._inputs.initial
+        weights = [initial[f"{i}.weight"] for i in index]
+        biases = [initial.get(f"{i}.bias") for i in index]
+        features = np.concatenate(self._inputs.features, axis=0)
+        labels = np.concatenate(self._inputs.labels, axis=0)
+        model = run(net, share_model(corr, spec, weights, biases))
+        data = run(net, train.share_data(corr, features.reshape(self._rows, -1), labels))
+        return data, model
+
+    def step(self, step: int) -> StepOutcome:
+        net = CommNet()
+        if self._data is None or self._model is None:
+            self._data, self._model = self._start(net)
+        corr = self._engine.correlated(net)
+        epoch, batch = self._plan.locate(step)
+        if batch == 0:
+            self._epoch_started, self._epoch_samples = time.perf_counter(), 0
+        rows = self._plan.indices(step)
+        xs, ys = self._data
+        x, y = Shared(xs.a[rows], xs.b[rows]), Shared(ys.a[rows], ys.b[rows])
+        self._model, self._last = run(
+            net, train.sgd_step(corr, self._fm.spec, self._model, x, y, self._sgd, self._last)
+        )
+        self._epoch_samples += len(rows)
+        rate = self._epoch_samples / max(1e-9, time.perf_counter() - self._epoch_started)
+        return StepOutcome(
+            epoch + 1, batch + 1, len(rows), rate, None, step + 1 >= self.steps_total
+        )
+
+    def trained(self) -> tuple[Architecture, dict[str, Ring]]:
+        """The model to register: architecture and this server's additive parameter shares."""
+        if self._model is None:
+            raise RuntimeError("the job has taken no step")
+        corr = self._engine.correlated(CommNet())
+        weights, biases = train.export(corr, self._fm.spec, self._model)
+        out: dict[str, Any] = {}
+        for i, w, b in zip(self._fm.layer_index, weights, biases, strict=True):
+            out[f"{i}.weight"] = w
+            if b is not None:
+                out[f"{i}.bias"] = b
+        return self._inputs.architecture, out
