@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ppml.servers.mpc.fast.engine import ModelSpec, ReLU
+from ppml.servers.mpc.fast.engine import Flatten, ModelSpec, ReLU
 from ppml.servers.mpc.fast.linear import Conv2d, Linear
 from ppml.servers.mpc.fast.prg import KeyedPRG, Ring
-from ppml.servers.mpc.rep3 import engine, keys, nonlinear, rss, train
+from ppml.servers.mpc.rep3 import engine, keys, nonlinear, patches, rss, train
 from ppml.servers.mpc.rep3.local import QueueNet, mesh, run_three
 from ppml.servers.mpc.rep3.rounds import Array, run
 from ppml.training.batches import BatchPlan
@@ -185,7 +185,7 @@ def _predict(ws: list[Array], bs: list[Array], x: Array) -> Array:
 
 
 def _mpc_train(
-    sizes: list[int],
+    spec: ModelSpec,
     ws: list[Array],
     bs: list[Array],
     owners: list[tuple[Array, Array]],
@@ -194,7 +194,6 @@ def _mpc_train(
     sgd: train.Sgd,
 ) -> tuple[list[Array], list[Array], list[QueueNet]]:
     """Each owner shares its rows; the three servers train; the trained model reconstructed."""
-    spec = _spec(sizes)
     w_sh = [split3(encode(w)) for w in ws]
     b_sh = [split3(encode(b)) for b in bs]
     x_sh = [split3(encode(x)) for x, _ in owners]
@@ -222,7 +221,7 @@ def test_one_step_gradient_equals_plaintext() -> None:
     x = encode(rng.uniform(0, 1, (16, 20))) / SCALE
     y = np.eye(5)[rng.integers(0, 5, 16)]
     plan = BatchPlan(16, 16, seed=0)
-    w1, b1, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, 1, train.Sgd(1.0))
+    w1, b1, nets = _mpc_train(_spec(sizes), ws, bs, [(x, y)], plan, 1, train.Sgd(1.0))
     pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
     _plain_step(pw, pb, x[plan.indices(0)], y[plan.indices(0)], train.Sgd(1.0), [])
     for got, want, before in zip(w1 + b1, pw + pb, ws + bs, strict=True):
@@ -243,7 +242,7 @@ def test_momentum_and_weight_decay_follow_pytorchs_sgd() -> None:
     x = encode(rng.uniform(0, 1, (40, 12))) / SCALE
     y = np.eye(4)[rng.integers(0, 4, 40)]
     plan, sgd = BatchPlan(40, 8, seed=2), train.Sgd(0.5, momentum=0.9, weight_decay=0.05)
-    w_mpc, b_mpc, nets = _mpc_train(sizes, ws, bs, [(x, y)], plan, 1, sgd)
+    w_mpc, b_mpc, nets = _mpc_train(_spec(sizes), ws, bs, [(x, y)], plan, 1, sgd)
     pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
     bufs: list[Array] = []
     for step in range(plan.batches_per_epoch):  # 5 steps
@@ -277,7 +276,7 @@ def test_digits_training_matches_plaintext_accuracy() -> None:
     plan = BatchPlan(len(x), 64, seed=11)  # 76 steps
     ws, bs = _init(sizes, seed=5)
 
-    w_mpc, b_mpc, _ = _mpc_train(sizes, ws, bs, owners, plan, epochs, sgd)
+    w_mpc, b_mpc, _ = _mpc_train(_spec(sizes), ws, bs, owners, plan, epochs, sgd)
     pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
     for step in range(epochs * plan.batches_per_epoch):
         rows = plan.indices(step)
@@ -293,12 +292,61 @@ def test_digits_training_matches_plaintext_accuracy() -> None:
     assert apart < 0.1 < moved, (apart, moved)
 
 
-def test_training_refuses_convolutions_and_a_relu_on_the_logits() -> None:
-    conv = ModelSpec((Conv2d(1, 2, 3, (4, 4)), ReLU(), Linear(8, 2)), (1, 4, 4))
+def test_training_refuses_logits_from_a_convolution_or_through_a_relu() -> None:
+    conv_last = ModelSpec((Linear(16, 8), Conv2d(2, 2, 3, (2, 2), padding=1)), (16,))
     with pytest.raises(ValueError, match="Linear"):
-        train.check_spec(conv)
+        train.check_spec(conv_last)
     with pytest.raises(ValueError, match="logits"):
         train.check_spec(ModelSpec((Linear(4, 2), ReLU()), (4,)))
+
+
+CONV = Conv2d(2, 3, 3, (6, 6), stride=2, padding=1)
+
+
+def test_patches_match_the_convolution_and_their_adjoint_is_col2im() -> None:
+    x = RNG.ring((4, *CONV.in_shape))
+    w_t = RNG.ring((2 * 3 * 3, 3))
+    conv_out = CONV.apply(x, w_t)
+    assert np.array_equal(patches.out_rows(CONV, conv_out), patches.patches(CONV, x) @ w_t)
+    cols = RNG.ring(patches.patches(CONV, x).shape)
+    # <patches(x), cols> == <x, adjoint(cols)> in the ring
+    left = np.sum(patches.patches(CONV, x) * cols)
+    right = np.sum(x * patches.patches_adjoint(CONV, cols, 4))
+    assert left == right
+
+
+def test_one_step_gradient_of_a_cnn_equals_torch_autograd() -> None:
+    import torch
+
+    torch.manual_seed(9)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 4, 2),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    ).double()
+    # the second convolution's input gradient goes through col2im to the first
+    second = Conv2d(3, 4, 2, (3, 3))
+    spec = ModelSpec((CONV, ReLU(), second, ReLU(), Flatten(), Linear(16, 4)), (2, 6, 6))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(encode(p.numpy()) / SCALE))
+    weighted = [m for m in net if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    ws = [m.weight.detach().numpy().copy() for m in weighted]
+    bs = [m.bias.detach().numpy().copy() for m in weighted]
+    rng = np.random.default_rng(10)
+    x = encode(rng.uniform(-1, 1, (16, 2, 6, 6))) / SCALE
+    y = np.eye(4)[rng.integers(0, 4, 16)]
+    w1, b1, _ = _mpc_train(spec, ws, bs, [(x, y)], BatchPlan(16, 16, seed=0), 1, train.Sgd(1.0))
+    loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    for m, got_w, got_b, w0, b0 in zip(weighted, w1, b1, ws, bs, strict=True):
+        assert m.weight.grad is not None and m.bias.grad is not None
+        for got, before, grad in ((got_w, w0, m.weight.grad), (got_b, b0, m.bias.grad)):
+            assert np.abs(grad.numpy()).max() > 1e-3
+            assert np.abs((before - got) - grad.numpy()).max() < 2e-3
 
 
 def test_what_a_party_receives_in_a_training_step_is_uniform_for_all_zero_inputs() -> None:

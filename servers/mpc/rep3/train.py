@@ -1,10 +1,11 @@
 """Training on replicated shares: minibatch SGD with softmax cross-entropy, no dealer.
 
-Model: the fast engine's :class:`~ppml.servers.mpc.fast.engine.ModelSpec` with
-Linear layers only (each optionally followed by ReLU, Flatten anywhere; the
-last layer gives the logits, no ReLU after it), held as the inference
-engine's :class:`~ppml.servers.mpc.rep3.engine.SharedModel` (weights in the
-``(in, out)`` layout, from :func:`~ppml.servers.mpc.rep3.engine.share_model`).
+Model: the fast engine's :class:`~ppml.servers.mpc.fast.engine.ModelSpec`, a
+chain of Linear and Conv2d layers, each optionally followed by ReLU, Flatten
+anywhere; the last layer, a Linear without ReLU, gives the logits. It is held
+as the inference engine's :class:`~ppml.servers.mpc.rep3.engine.SharedModel`
+(weights in the ``(in, out)`` layout, from
+:func:`~ppml.servers.mpc.rep3.engine.share_model`).
 
 Inputs, all in the SDK's wire form (each server one additive share, 16
 fractional bits): the initial weights and biases, the features
@@ -20,14 +21,18 @@ One step on a batch of ``B`` rows (:func:`sgd_step`):
   ``2^32`` (local); with ReLU: reshare (1 round), the sign circuit of ``z``
   (8) with its truncation riding along, the kept bit ``[z >= 0]`` made
   arithmetic (2) and multiplied in (1): 12 rounds; the stage's input ``h``
-  and the arithmetic bit are kept for backward. The last layer: truncate (2)
-  and reshare (1).
+  and the arithmetic bit are kept for backward (the derivative is taken as 1
+  at ``z = 0``; PyTorch takes 0 there). The last layer: truncate (2) and
+  reshare (1).
 * output gradient: ``g = softmax(z) - y`` (:func:`~.nonlinear.softmax`, 98
   rounds for 10 classes; its error bound per probability is the gradient's
   error here; ``1/B`` is folded into the learning rate).
-* backward, from the last layer down: ``dW = h^T g`` (local, additive at
-  ``2^32``) and ``db = sum_rows g`` (local); the gradient to the layer below
-  ``g W^T`` (transposing replicated weights is local), truncated (2),
+* backward, from the last layer down: ``dW = P^T G`` (local, additive at
+  ``2^32``; ``P`` the input's patches, ``G`` the output gradient as one row per
+  output position, :mod:`.patches`: for Linear the rows themselves, for
+  Conv2d im2col's) and ``db`` the column sums of ``G`` (local); the gradient
+  to the layer below ``G W^T`` (transposing replicated weights is local; for
+  Conv2d then col2im, local too), truncated (2),
   reshared (1) and multiplied by the kept ReLU bit (1): 4 rounds, with the
   old weights (all gradients before any update).
 * update, beside the next layer's backward (:func:`~.rounds.gather`), as
@@ -54,13 +59,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppml.servers.mpc.fast.engine import ModelSpec
-from ppml.servers.mpc.fast.linear import Linear
+from ppml.servers.mpc.fast.linear import Linear, WeightedOp
 from ppml.servers.mpc.fast.prg import Ring
 from ppml.servers.mpc.rep3 import trunc
 from ppml.servers.mpc.rep3.compare import negative
 from ppml.servers.mpc.rep3.engine import FRAC_BITS, SharedModel
 from ppml.servers.mpc.rep3.keys import Correlated
 from ppml.servers.mpc.rep3.nonlinear import softmax, truncate
+from ppml.servers.mpc.rep3.patches import out_rows, patches, patches_adjoint
 from ppml.servers.mpc.rep3.ringmm import ring_matmul
 from ppml.servers.mpc.rep3.rounds import Steps, gather
 from ppml.servers.mpc.rep3.rss import Shared, mul, reshare, to_additive, xor_public
@@ -79,9 +85,9 @@ class Trace:
 
 
 def check_spec(spec: ModelSpec) -> None:
-    """Raise ValueError unless the chain is trainable here (Linear layers, logits last)."""
-    if not all(isinstance(stage.op, Linear) for stage in spec.stages):
-        raise ValueError("training on replicated shares takes Linear layers only")
+    """Raise ValueError unless the chain is trainable here (logits from a Linear layer last)."""
+    if not isinstance(spec.stages[-1].op, Linear):
+        raise ValueError("the last layer gives the logits: it must be Linear")
     if spec.stages[-1].gate != "trunc":
         raise ValueError("the last layer gives the logits: no ReLU after it")
 
@@ -171,11 +177,12 @@ def sgd_step(
     steps_b: list[Shared | None] = [None] * n
     for i in reversed(range(n)):
         before = (None, None) if last is None else (last.weights[i], last.biases[i])
-        update = _update(corr, (weights[i], biases[i]), before, trace.inputs[i], g, sgd, batch)
+        op = spec.stages[i].op
+        update = _update(corr, op, (weights[i], biases[i]), before, trace.inputs[i], g, sgd, batch)
         if i == 0:
             done = yield from update
         else:
-            below = _backward(corr, model.weights[i], g, trace.kept[i - 1])
+            below = _backward(corr, op, model.weights[i], g, trace.kept[i - 1])
             done, g = yield from gather(update, below)
         weights[i], biases[i], steps_w[i], steps_b[i] = done
     trained = SharedModel(tuple(weights), tuple(biases))
@@ -231,6 +238,7 @@ def _additive_to_shared(corr: Correlated, z: Ring, m: int) -> Steps[Shared]:
 
 def _update(
     corr: Correlated,
+    op: WeightedOp,
     param: tuple[Shared, Shared | None],
     last: tuple[Shared | None, Shared | None],
     h: Shared,
@@ -246,7 +254,8 @@ def _update(
     """
     w, b = param
     c, mu, decay = sgd.factors(batch, FRAC_BITS + LR_BITS)
-    dw = _product(h.map(np.transpose), g)
+    rows = g.map(lambda a: out_rows(op, a))  # one row per output position
+    dw = _product(h.map(lambda a: patches(op, a).T), rows)
     z: Ring = dw * np.int64(c)
     for term, factor in ((last[0], mu), (w, decay)):
         if term is not None and factor:
@@ -255,7 +264,7 @@ def _update(
     parts = [_additive_to_shared(corr, z, FRAC_BITS + LR_BITS)]
     if b is not None:
         _, mu_b, decay_b = sgd.factors(batch, LR_BITS)
-        db = g.map(lambda a: a.sum(axis=0)).scale(c)
+        db = rows.map(lambda a: a.sum(axis=0)).scale(c)
         for term_b, factor in ((last[1], mu_b), (b, decay_b)):
             if term_b is not None and factor:
                 db = db + term_b.scale(factor)
@@ -270,13 +279,17 @@ def _update(
     )
 
 
-def _backward(corr: Correlated, w: Shared, g: Shared, kept: Shared | None) -> Steps[Shared]:
+def _backward(
+    corr: Correlated, op: WeightedOp, w: Shared, g: Shared, kept: Shared | None
+) -> Steps[Shared]:
     """The gradient to the layer below, ``(g W^T) * [z >= 0]``: 3 rounds, 4 after a ReLU."""
-    gh = _product(g, w.map(np.transpose))
+    cols = _product(g.map(lambda a: out_rows(op, a)), w.map(np.transpose))
+    gh = patches_adjoint(op, cols, g.shape[0])  # linear: on additive shares as they are
     below = yield from _additive_to_shared(corr, gh, FRAC_BITS)
     if kept is None:
         return below
-    return (yield from mul(corr, kept, below))
+    shape = kept.shape  # the layer below's output (a Flatten may lie between)
+    return (yield from mul(corr, kept, below.map(lambda a: a.reshape(shape))))
 
 
 def _product(x: Shared, w: Shared) -> Ring:
