@@ -106,6 +106,7 @@ def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
             "bytes_sent_per_step": sent[-1],
         }
 
+    load = os.getloadavg()[0]  # the machine may be shared: wall times depend on it
     t0 = time.perf_counter()
     results = run_three([lambda r=r: party(r) for r in range(3)], timeout_s=3600.0)
     total = time.perf_counter() - t0
@@ -114,6 +115,7 @@ def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
         "network": "784-128-128-10 (Network A shape), ReLU, softmax cross-entropy",
         "setting": "three parties as threads of one process, queue links (no sockets)",
         "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": load,
         "batch": batch,
         "steps_timed": steps,
         "lr": lr,
