@@ -107,8 +107,11 @@ class Sgd:
             raise ValueError("momentum and weight decay must lie in [0, 1)")
 
     def factors(self, batch: int, bits: int) -> tuple[int, int, int]:
-        """Public integers: ``lr / batch`` at ``LR_BITS`` fractional bits, ``momentum`` and
-        ``lr * weight_decay`` at ``bits``."""
+        """The public integers ``(lr / batch, momentum, lr * weight_decay)`` in fixed point.
+
+        The first has ``LR_BITS`` fractional bits (it multiplies a gradient
+        summed over the batch), the other two ``bits``.
+        """
         c = round(self.lr / batch * (1 << LR_BITS))
         if c < 1:
             raise ValueError(f"learning rate {self.lr} at batch {batch} rounds to 0")
