@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ppml.servers.mpc.fast.prg import U64
 from ppml.servers.mpc.rep3.keys import Correlated
 from ppml.servers.mpc.rep3.rounds import Steps
-from ppml.servers.mpc.rep3.rss import Shared, and_bits
+from ppml.servers.mpc.rep3.rss import Shared, and_bits, reshare
 
 ROUNDS = 8
 _ONE = np.uint64(1)
@@ -64,7 +65,7 @@ def negative(corr: Correlated, x: Shared) -> Steps[Shared]:
     while k < 64:
         shifted_g = shl(g, k)
         if k < 32:
-            both = yield from and_bits(corr, _stack(prop, prop), _stack(shifted_g, shl(prop, k)))
+            both = yield from reshare(corr, _and_pair(prop, shifted_g, shl(prop, k)))
             half = both.shape[0] // 2
             g = g ^ both.map(lambda a, h=half: a[:h])
             prop = both.map(lambda a, h=half: a[h:])
@@ -75,5 +76,12 @@ def negative(corr: Correlated, x: Shared) -> Steps[Shared]:
     return Shared(top.a >> _TOP, top.b >> _TOP)
 
 
-def _stack(x: Shared, y: Shared) -> Shared:
-    return Shared(np.concatenate([x.a, y.a]), np.concatenate([x.b, y.b]))
+def _and_pair(x: Shared, y: Shared, z: Shared) -> U64:
+    """``and_local`` of ``[x, x]`` and ``[y, z]`` stacked, written in place (no stacked copies)."""
+    n = x.a.shape[0]
+    out = np.empty((2 * n, *x.a.shape[1:]), dtype=np.uint64)
+    for half, w in ((out[:n], y), (out[n:], z)):
+        np.bitwise_xor(w.a, w.b, out=half)
+        half &= x.a
+        half ^= x.b & w.a
+    return out

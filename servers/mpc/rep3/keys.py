@@ -61,12 +61,14 @@ class Correlated:
 
     def zero(self, shape: tuple[int, ...]) -> Ring:
         """This party's share of an additive sharing of 0 (fresh, uniform alone)."""
-        out: Ring = self._own.ring(shape) - self._nxt.ring(shape)
+        out: Ring = self._own.ring(shape)  # a fresh slice of the read-ahead block: ours to change
+        out -= self._nxt.ring(shape)
         return out
 
     def zero_bits(self, shape: tuple[int, ...]) -> U64:
         """This party's share of an XOR sharing of 0."""
-        out: U64 = self._own.uint64(shape) ^ self._nxt.uint64(shape)
+        out: U64 = self._own.uint64(shape)
+        out ^= self._nxt.uint64(shape)
         return out
 
     def random(self, shape: tuple[int, ...]) -> tuple[Ring, Ring]:
