@@ -277,12 +277,15 @@ def run_service(
     per_client: int,
     processes: int = 4,
     serving_overrides: dict[str, float] | None = None,
+    parties: int = 2,
+    engine: str = "dealer",
 ) -> dict[str, Any]:
+    """Network A through the SDK on a LocalCluster of ``parties`` servers and ``engine``."""
     model = network_a()
     images = torch.rand(256, 784, generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
         serving = {"max_batch_rows": 64, **(serving_overrides or {})}
-        with LocalCluster(2, Path(tmp) / "c", serving=serving) as local:
+        with LocalCluster(parties, Path(tmp) / "c", serving=serving, engine=engine) as local:
             with Cluster.from_config(local.config_path) as cluster:
                 model_id = cluster.share_model(model, images[:1], name="network-a")
                 for i in range(5):  # warm up

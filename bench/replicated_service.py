@@ -1,0 +1,111 @@
+"""Three servers, no dealer: Network A through the SDK on the replicated engine, one run.
+
+In this order, on this machine:
+
+* the replicated engine alone (:func:`rep3_engine.run_rep3`: three party
+  processes over plain loopback TCP, no TLS, no gRPC): batch-1 p50 and
+  batch-64 throughput, rounds and bytes;
+* the service on a ``LocalCluster(3, engine="replicated")`` (three servers,
+  no dealer process, TLS, SDK): sequential single-image p50/p95, the
+  servers' own rounds, bytes and MPC milliseconds per job (from their
+  status), and ``--clients`` concurrent single-image clients in separate
+  processes;
+* the same on today's 3-server CrypTen path (``LocalCluster(3)``: three
+  servers and a dealer), unless ``--skip-crypten``;
+* optionally MP-SPDZ's ``ring`` protocol (``--mpspdz CHECKOUT --mpspdz-script
+  run_network_a.sh``, with ``replicated-ring-party.x`` built).
+
+The service overhead is itemised as: SDK p50 = the servers' MPC time per job
++ the rest (client share/reconstruct, gRPC and TLS, the hold and the
+leader's dispatch), next to the engine alone's p50 over TCP.
+
+Run::
+
+    .venv/bin/python bench/replicated_service.py --json bench/results/replicated_service_run1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_a import run_service
+from rep3_engine import run_rep3
+
+
+def run_mpspdz_ring(checkout: Path, script: Path) -> dict[str, Any]:
+    """MP-SPDZ ``ring`` (3-party replicated, semi-honest) from the peer's own script."""
+    env = dict(os.environ, MPSPDZ=str(checkout), PROTOCOL="ring")
+    out = subprocess.run(
+        ["bash", str(script)], env=env, check=True, capture_output=True, text=True, timeout=3600
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["bs64_throughput_ips"] = 64_000 / float(result["bs64_ms"])
+    return result
+
+
+def _service(n: int, clients: int, per_client: int, processes: int, engine: str) -> dict[str, Any]:
+    result = run_service(n, clients, per_client, processes, parties=3, engine=engine)
+    batch1 = result["batch1"]
+    batch1["other_ms"] = batch1["p50_ms"] - batch1["mpc_ms_per_job"]
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    rows = []
+    engine = result["engine_alone"]
+    rows.append(
+        f"engine alone (TCP): batch-1 p50 {engine['batch1']['p50_ms']:.2f} ms, "
+        f"batch 64 {engine['batch64']['throughput_ips']:.0f} img/s"
+    )
+    for key in ("replicated", "crypten_path"):
+        if key in result:
+            b1, load = result[key]["batch1"], result[key]["concurrent"]
+            rows.append(
+                f"{key}: SDK p50 {b1['p50_ms']:.1f} ms (MPC {b1['mpc_ms_per_job']:.1f} ms/job, "
+                f"rest {b1['other_ms']:.1f}), {b1['rounds']:.0f} rounds, "
+                f"{b1['bytes'] / 1000:.1f} kB/job; {load['throughput_ips']:.0f} img/s concurrent"
+            )
+    if "mpspdz_ring" in result:
+        mp = result["mpspdz_ring"]
+        rows.append(
+            f"MP-SPDZ ring: batch 1 {mp['bs1_ms']} ms, {mp['bs64_throughput_ips']:.0f} img/s"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="sequential single-image requests")
+    parser.add_argument("--engine-n", type=int, default=100, help="engine-alone batch-1 forwards")
+    parser.add_argument("--engine-m", type=int, default=20, help="engine-alone batch-64 forwards")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument("--skip-crypten", action="store_true", help="no 3-server CrypTen path")
+    parser.add_argument("--mpspdz", type=Path, help="MP-SPDZ checkout, replicated-ring built")
+    parser.add_argument("--mpspdz-script", type=Path, help="the peer's run_network_a.sh")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    load = (args.clients, args.per_client, args.client_processes)
+    result: dict[str, Any] = {"engine_alone": run_rep3(args.engine_n, args.engine_m)}
+    result["replicated"] = _service(args.n, *load, engine="replicated")
+    if not args.skip_crypten:
+        result["crypten_path"] = _service(args.n, *load, engine="dealer")
+    if args.mpspdz and args.mpspdz_script:
+        result["mpspdz_ring"] = run_mpspdz_ring(args.mpspdz, args.mpspdz_script)
+    print(json.dumps(result, indent=2))
+    print(summary(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
