@@ -12,7 +12,7 @@ import pytest
 from ppml.servers.mpc.fast.engine import Flatten, ModelSpec, ReLU
 from ppml.servers.mpc.fast.linear import Conv2d, Linear
 from ppml.servers.mpc.fast.prg import KeyedPRG, Ring
-from ppml.servers.mpc.rep3 import engine, keys, nonlinear, patches, rss, train
+from ppml.servers.mpc.rep3 import engine, keys, metrics, nonlinear, patches, rss, train
 from ppml.servers.mpc.rep3.local import QueueNet, mesh, run_three
 from ppml.servers.mpc.rep3.rounds import Array, run
 from ppml.training.batches import BatchPlan
@@ -119,6 +119,34 @@ def test_softmax_is_within_its_bound_and_takes_98_rounds_for_ten_classes() -> No
     assert err.max() < 5e-3  # measured about 2e-3: the exp's underestimate near x = -2
     assert np.abs(got.sum(axis=1) - 1).max() < 2e-2
     assert used == 98
+
+
+def test_log_is_within_its_bound_on_the_softmax_sums_range() -> None:
+    s = encode(np.concatenate([np.linspace(1, 10, 1500), [1.0, 10.0, np.e]])) / SCALE
+    got, used = on_shares(lambda corr, xs: nonlinear.log(corr, xs, 1.0, 10.0), s)
+    assert np.abs(got - np.log(s)).max() <= nonlinear.log_error(1.0, 10.0)
+    assert used == 3 + 27 * nonlinear.LOG_STEPS
+
+
+def test_correct_count_counts_labels_at_the_maximum_ties_included() -> None:
+    rng = np.random.default_rng(12)
+    z = rng.normal(0, 3, (60, 10))
+    z[0, :2] = 50.0  # tied maximum at classes 0 and 1
+    labels = rng.integers(0, 10, 60)
+    labels[0] = 1
+    y_sh, z_sh = split3(encode(np.eye(10)[labels])), split3(encode(z))
+
+    def body(corr: keys.Correlated, net: QueueNet) -> Ring:
+        zs = run(net, rss.reshare(corr, z_sh[corr.rank]))
+        ys = run(net, rss.reshare(corr, y_sh[corr.rank]))
+        return run(net, metrics.correct_count(corr, zs, ys))
+
+    shares, _ = three(body)
+    assert all(s.shape == () for s in shares)
+    zq = encode(z)  # the values as shared
+    at_max = zq[np.arange(60), labels] == zq.max(axis=1)
+    assert at_max[0] and zq[0].argmax() != labels[0]  # the tied row counts for either class
+    assert sum(shares) == SCALE * int(at_max.sum())
 
 
 # --------------------------------------------------------------------------- training
@@ -259,6 +287,39 @@ def test_momentum_and_weight_decay_follow_pytorchs_sgd() -> None:
     # no round added: 5 steps of (forward, 4-class softmax, backward) after the setup
     step_rounds = (12 + 3) + (2 * 11 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
     assert nets[1].rounds - 3 == 5 * step_rounds
+
+
+def test_a_step_with_loss_reports_the_batchs_cross_entropy_and_takes_the_same_step() -> None:
+    sizes = [10, 8, 5]
+    spec = _spec(sizes)
+    ws, bs = _init(sizes, seed=13)
+    rng = np.random.default_rng(14)
+    x = encode(rng.uniform(0, 1, (24, 10))) / SCALE
+    y = np.eye(5)[rng.integers(0, 5, 24)]
+    y[-1] = 0  # a padding row: no label, adds 0
+    w_sh, b_sh = [split3(encode(w)) for w in ws], [split3(encode(b)) for b in bs]
+    x_sh, y_sh = split3(encode(x)), split3(encode(y))
+
+    def body(corr: keys.Correlated, net: QueueNet) -> tuple[Ring, list[Ring], int]:
+        r = corr.rank
+        model = run(net, engine.share_model(corr, spec, [w[r] for w in w_sh], [b[r] for b in b_sh]))
+        xs, ys = run(net, train.share_data(corr, x_sh[r], y_sh[r]))
+        before = net.rounds
+        trained, _, loss = run(
+            net, train.sgd_step_with_loss(corr, spec, model, xs, ys, train.Sgd(1.0))
+        )
+        return loss, train.export(corr, spec, trained)[0], net.rounds - before
+
+    results, _ = three(body)
+    logits = np.maximum(x @ ws[0].T + bs[0], 0) @ ws[1].T + bs[1]
+    want = -np.sum(y * np.log(softmax(logits))) / len(x)
+    assert abs(sum(r[0] for r in results) / SCALE - want) <= nonlinear.log_error(1.0, 5.0) + 1e-3
+    pw, pb = [w.copy() for w in ws], [b.copy() for b in bs]
+    _plain_step(pw, pb, x, y, train.Sgd(1.0), [])
+    for i, want_w in enumerate(pw):
+        assert np.abs(sum(r[1][i] for r in results) / SCALE - want_w).max() < 2e-3
+    step = (12 + 3) + (3 * 11 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
+    assert max(r[2] for r in results) == step - (4 + 3) + (3 + 27 * nonlinear.LOG_STEPS + 2)
 
 
 def test_digits_training_matches_plaintext_accuracy() -> None:

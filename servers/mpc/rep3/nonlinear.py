@@ -1,4 +1,4 @@
-"""Softmax on replicated shares: row maximum, exp, reciprocal (for training's output gradient).
+"""Softmax on replicated shares: row maximum, exp, reciprocal, and log for the loss.
 
 All values are fixed point with 16 fractional bits (``FRAC_BITS``) unless
 stated; every product is truncated with :mod:`.trunc` (off by at most one
@@ -36,6 +36,16 @@ its error:
   practice at most about ``3e-3``, the exp's underestimate near ``x = -2``).
   Rounds for 10 classes: 44 + 24 + 27 + 3 = 98.
 
+* :func:`log` -- ``ln s`` for ``s`` in a public ``[lo, hi]`` within
+  ``[1, e^4]`` (for the loss, on the softmax's sum, ``[1, k]``): the line
+  closest to ``ln`` on the range (error ``e_0``, 0.31 for ``[1, 10]``), then
+  ``k`` Newton steps for ``e^y = s``, ``y <- y - 1 + s e^-y`` (default 3; the
+  exp as above, on ``-y`` in ``[-4, 0]``), each taking the error ``e`` to at
+  most ``e^|e| e^2 / 2`` plus the exp's error times ``s``: about
+  ``(ln s)^2 / 2^n`` near the root. Bound (:func:`log_error`): ``0.023`` on
+  ``[1, 10]`` (measured about ``0.011``); good enough for a reported loss.
+  Rounds: 3 + 27 per step (84).
+
 Every message is a reshared product, a truncation's masked opening or a
 select's masked input (see the modules they come from); nothing is opened.
 """
@@ -56,6 +66,7 @@ from ppml.servers.mpc.rep3.select import select
 FRAC_BITS = 16
 EXP_SQUARINGS = 8
 RECIPROCAL_STEPS = 4
+LOG_STEPS = 3
 _INNER = 28  # scale of exp's intermediate squares (values in [0, 1])
 
 
@@ -141,12 +152,64 @@ def reciprocal(
 
 def softmax(corr: Correlated, z: Shared, squarings: int = EXP_SQUARINGS) -> Steps[Shared]:
     """Softmax over the last axis of replicated logits (16 fractional bits)."""
+    p, _, _ = yield from softmax_parts(corr, z, squarings)
+    return p
+
+
+def softmax_parts(
+    corr: Correlated, z: Shared, squarings: int = EXP_SQUARINGS
+) -> Steps[tuple[Shared, Shared, Shared]]:
+    """Softmax, the row maximum ``m`` and ``s = sum_j exp(z_j - m)`` (both (..., 1))."""
     k = z.shape[-1]
     top = yield from maximum(corr, z)
     e = yield from exp_neg(corr, z - top, squarings)
     total = e.map(lambda v: v.sum(axis=-1, keepdims=True))
     inv = yield from reciprocal(corr, total, 1.0, float(max(k, 2)))
-    return (yield from mul_trunc(corr, e, inv))
+    p = yield from mul_trunc(corr, e, inv)
+    return p, top, total
+
+
+def log_start(lo: float, hi: float) -> tuple[float, float, float]:
+    """``(a, b, e_0)``: the line ``a + b s`` closest to ``ln s`` on ``[lo, hi]``, its error."""
+    if not 0 < lo < hi:
+        raise ValueError("need 0 < lo < hi")
+    b = (math.log(hi) - math.log(lo)) / (hi - lo)
+    touch = 1 / b  # where ln's slope is the chord's: the widest gap
+    gap = math.log(touch) - (math.log(lo) + b * (touch - lo))
+    return math.log(lo) - b * lo + gap / 2, b, gap / 2
+
+
+def log_error(
+    lo: float, hi: float, steps: int = LOG_STEPS, squarings: int = EXP_SQUARINGS
+) -> float:
+    """The documented bound on ``|log(s) - ln s|`` for ``s`` in ``[lo, hi]``."""
+    e = log_start(lo, hi)[2]
+    fixed = hi * (2.0**-FRAC_BITS + 2.0 ** (squarings + 1 - _INNER)) + 2.0**-FRAC_BITS
+    for _ in range(steps):
+        exp_err = math.exp(e) * (math.log(hi) + e) ** 2 / 2**squarings + fixed
+        e = math.exp(e) * e * e / 2 + exp_err
+    return e
+
+
+def log(
+    corr: Correlated,
+    s: Shared,
+    lo: float,
+    hi: float,
+    steps: int = LOG_STEPS,
+    squarings: int = EXP_SQUARINGS,
+) -> Steps[Shared]:
+    """``ln s`` for ``s`` in the public ``[lo, hi]`` (``lo >= 1``): 3 + 27 rounds per step."""
+    if lo < 1 or math.log(hi) > 4:
+        raise ValueError("log takes a range within [1, e^4]")
+    a, b, _ = log_start(lo, hi)
+    bs = yield from public_factor(corr, s, b)
+    y = add_public(corr.rank, bs, round(a * (1 << FRAC_BITS)))
+    for _ in range(steps):  # Newton for e^y = s: y <- y - 1 + s e^-y
+        e = yield from exp_neg(corr, -y, squarings)
+        se = yield from mul_trunc(corr, s, e)
+        y = add_public(corr.rank, y + se, -(1 << FRAC_BITS))
+    return y
 
 
 def softmax_error(classes: int, squarings: int = EXP_SQUARINGS) -> float:
