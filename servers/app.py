@@ -42,6 +42,7 @@ from ppml.servers.kinds.predict import InferenceService
 from ppml.servers.mpc import epochs
 from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.mpc.fast.service.party import FastInference
+from ppml.servers.mpc.rep3.service import aggregate as replicated_aggregate
 from ppml.servers.mpc.rep3.service import party as replicated
 from ppml.servers.mpc.rep3.service import training as replicated_training
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
@@ -113,7 +114,7 @@ class ComputeServer:
             self.registry,
             self._submit,
             config.limits,
-            config.mpc_jobs_refused,
+            None if config.has_dealer else replicated_aggregate.unsupported_federation,
         )
         serving = config.serving
         self.fast = (

@@ -20,6 +20,11 @@ round's deadline passes. The job:
 3. otherwise aggregates: in MPC (:mod:`ppml.servers.mpc.aggregation.aggregate`), adding
    this party's share of the average to its share of the global model, or,
    with CKKS, the leader sums the ciphertexts and keeps the encrypted sum;
+   on a cluster with ``engine = "replicated"`` (three servers, no dealer) the
+   range check and the average run on that engine
+   (:mod:`ppml.servers.mpc.rep3.service.aggregate`, opening the same: the
+   validity bits and the total weight), and DP federations are refused there
+   when created;
 4. spends the round's privacy cost (DP) and opens the next round, or
    registers the final model.
 
@@ -45,6 +50,7 @@ from ppml.servers.kinds import end
 from ppml.servers.kinds.base import Drop, JobKind, JobStats, KindEnv, Planner
 from ppml.servers.mpc.aggregation import aggregate as agg
 from ppml.servers.mpc.aggregation import update_checks
+from ppml.servers.mpc.rep3.service import aggregate as rep3_aggregate
 from ppml.servers.store.federations import (
     ANNOUNCE_TIMEOUT_S,
     CREATED,
@@ -126,7 +132,11 @@ class FederateKind(JobKind):
         if not weights:
             return tuple(included), ()
         low, high = fed.weight_bounds(inputs.info.spec.dp.enabled)
-        sane = update_checks.weights_in_range([w for w in weights if w is not None], low, high)
+        present = [w for w in weights if w is not None]
+        if self.env.replicated is not None:  # three servers, no dealer
+            sane = rep3_aggregate.weights_in_range(self.env.replicated, present, low, high)
+        else:
+            sane = update_checks.weights_in_range(present, low, high)
         if len(sane) != len(included):  # MPC submissions always carry a weight
             raise RuntimeError("an MPC submission without a weight share")
         refused = tuple(p for p, ok in zip(included, sane, strict=True) if not ok)
@@ -154,12 +164,16 @@ class FederateKind(JobKind):
         dp = None
         if info.spec.dp.enabled:
             dp = agg.DpNoise(info.spec.dp.clip_norm, info.noise_multiplier)
-        result = agg.aggregate(
-            info.architecture,
-            [s.update for s in subs if s.update is not None],
-            [s.weight for s in subs if s.weight is not None],
-            dp,
-        )
+        updates = [s.update for s in subs if s.update is not None]
+        weights = [s.weight for s in subs if s.weight is not None]
+        if self.env.replicated is not None:  # DP federations are refused there at creation
+            if dp is not None:
+                raise RuntimeError("a DP federation on the replicated engine")
+            result = rep3_aggregate.aggregate(
+                self.env.replicated, info.architecture, updates, weights
+            )
+        else:
+            result = agg.aggregate(info.architecture, updates, weights, dp)
         shapes = info.architecture.parameter_shapes()
         offset = 0
         new_global = {}

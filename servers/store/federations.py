@@ -199,11 +199,11 @@ class FederationManager:
         models: ModelRegistry,
         announcer: Announcer,
         limits: LimitsConfig | None = None,
-        refused: str | None = None,
+        refuse: Callable[[Architecture, fed.FederationSpec], str | None] | None = None,
     ) -> None:
-        """``refused``: why this cluster runs no federations (None: it does)."""
+        """``refuse``: why this cluster's engine cannot run a federation (None: it can)."""
         self._name = server_name
-        self._refused = refused
+        self._refuse = refuse
         self._rank = rank
         self._store = store
         self._models = models
@@ -244,8 +244,6 @@ class FederationManager:
         initial_encrypted: bytes = b"",
     ) -> fed.FederationInfo:
         """Validate everything, keep the federation and announce it to the leader."""
-        if self._refused is not None:
-            raise PpmlError(ErrorCode.INVALID_FEDERATION, self._refused)
         check_id(federation_id, "federation_id")
         check_id(model_id, "model_id")
         check_name(name, "name", ErrorCode.INVALID_FEDERATION)  # the result model's name
@@ -256,6 +254,9 @@ class FederationManager:
                 raise ValueError("the layers do not produce the declared output shape")
         except ValueError as exc:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
+        why = self._refuse(architecture, spec) if self._refuse is not None else None
+        if why is not None:
+            raise _invalid(why)
         if spec.backend == "ckks" and self._rank == 0:
             self._check_ckks(architecture, spec, public_context, initial_encrypted)
         active = sum(1 for i in self._all() if i.owner == owner and not i.state.terminal)
