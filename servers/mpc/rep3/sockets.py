@@ -7,9 +7,11 @@ moves bytes between processes on one host or a trusted network.
 
 Wire format, per round and peer: one frame, an 8-byte little-endian length
 then :func:`~ppml.servers.mpc.rep3.rounds.pack`'s bytes of the round's
-arrays for that peer. The receiver knows the sizes it expects
-(:class:`~ppml.servers.mpc.rep3.rounds.Expect`), so a frame of any other
-length is refused before its body is read.
+arrays for that peer (sent straight from the arrays with ``sendmsg``). The
+receiver knows the sizes it expects
+(:class:`~ppml.servers.mpc.rep3.rounds.Expect`): it never reads past the
+expected frame, refuses one whose header gives another length, and hands
+the arrays out as views of the frame's buffer (no copy).
 
 Mesh set-up (:func:`connect`): each party listens; it connects to every
 lower-ranked party's listener and says its rank in one byte, and accepts the
@@ -27,7 +29,7 @@ import time
 import numpy as np
 
 from ppml.servers.mpc.rep3.keys import PARTIES
-from ppml.servers.mpc.rep3.rounds import Array, Expect, Received, pack, unpack
+from ppml.servers.mpc.rep3.rounds import Array, Expect, Received, pack
 
 _HEADER = struct.Struct("<Q")
 _NOW = socket.MSG_DONTWAIT
@@ -89,7 +91,9 @@ class SocketNet:
         self.bytes_sent += size
         header = _HEADER.pack(size)
         try:
-            sent = sock.sendmsg([header, *(memoryview(a).cast("B") for a in parts)], [], _NOW)
+            sent = sock.sendmsg(
+                [header, *(a.reshape(-1).view(np.uint8).data for a in parts)], [], _NOW
+            )
         except BlockingIOError:
             sent = 0
         if sent == len(header) + size:
@@ -145,7 +149,7 @@ class _Frame:
         return self._got == len(self.buf)
 
     def read(self, sock: socket.socket, flags: int) -> None:
-        """One ``recv``; raises BlockingIOError if nothing came, and on a closed link or bad size."""
+        """One ``recv``: BlockingIOError if nothing came; raises on a closed link or a bad size."""
         had = self._got
         k = sock.recv_into(self._view[had:], 0, flags)
         if k == 0:
@@ -157,8 +161,19 @@ class _Frame:
                 raise ValueError(f"party {self.peer} sent {length} bytes, expected {self.size}")
 
     def arrays(self) -> list[Array]:
-        """The arrays of the body (:func:`~ppml.servers.mpc.rep3.rounds.unpack`'s layout)."""
-        return unpack(self._view[_HEADER.size :], self.specs)
+        """The arrays of the body, as :func:`~ppml.servers.mpc.rep3.rounds.unpack` splits it.
+
+        Views of this frame's own buffer (fresh per frame, writable), not copies.
+        """
+        out: list[Array] = []
+        offset = _HEADER.size
+        for s in self.specs:
+            n = s.nbytes
+            out.append(
+                np.frombuffer(self.buf, s.dtype, n // s.dtype.itemsize, offset).reshape(s.shape)
+            )
+            offset += n
+        return out
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
