@@ -15,9 +15,10 @@ and bytes sent per step per party, and each party thread's own CPU time
 thread) gives ``samples_per_s_one_core_per_party``: the rate if each party
 had a core of its own and the links cost nothing, a bound for a LAN.
 
-Run::
+Run (``--loss`` times :func:`~ppml.servers.mpc.rep3.train.sgd_step_with_loss`
+instead, the step that also hands out a share of the batch's loss)::
 
-    .venv/bin/python bench/rep3_train.py --steps 5 --json bench/results/rep3_train_run1.json
+    .venv/bin/python bench/rep3_train.py --steps 8 --json bench/results/rep3_train_run1.json
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _split3(x: np.ndarray) -> list[np.ndarray]:
     return [x - s1 - s2, s1, s2]
 
 
-def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
+def bench(batch: int, steps: int, lr: float, loss: bool) -> dict[str, Any]:
     import torch
 
     from ppml.servers.mpc.rep3 import engine, keys, train
@@ -92,7 +93,11 @@ def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
             idx = plan.indices(step)
             bx, by = type(xs)(xs.a[idx], xs.b[idx]), type(ys)(ys.a[idx], ys.b[idx])
             r0, s0, t0, c0 = net.rounds, net.bytes_sent, time.perf_counter(), time.thread_time()
-            model, _ = run(net, train.sgd_step(corr, spec, model, bx, by, train.Sgd(lr)))
+            if loss:
+                step_loss = train.sgd_step_with_loss(corr, spec, model, bx, by, train.Sgd(lr))
+                model, _, _ = run(net, step_loss)
+            else:
+                model, _ = run(net, train.sgd_step(corr, spec, model, bx, by, train.Sgd(lr)))
             wall.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
             rounds.append(net.rounds - r0)
@@ -119,6 +124,7 @@ def bench(batch: int, steps: int, lr: float) -> dict[str, Any]:
         "batch": batch,
         "steps_timed": steps,
         "lr": lr,
+        "with_loss": loss,
         "step_ms_p50": p0["step_ms_p50"],
         "samples_per_s": batch / (p0["step_ms_p50"] / 1e3),
         "cpu_ms_per_step_per_party": [r["cpu_ms_per_step"] for r in results],
@@ -136,9 +142,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--loss", action="store_true", help="sgd_step_with_loss (metrics)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    out = bench(args.batch, args.steps, args.lr)
+    out = bench(args.batch, args.steps, args.lr, args.loss)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
