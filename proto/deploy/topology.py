@@ -197,17 +197,6 @@ class ClusterConfig:
         return self.engine == DEALER_ENGINE
 
     @property
-    def mpc_jobs_refused(self) -> str | None:
-        """Why evaluations and federations cannot run on this cluster (None: they can)."""
-        if self.has_dealer:
-            return None
-        return (
-            "this cluster runs engine = 'replicated' (three servers, no dealer), which serves "
-            "predictions and training jobs so far; evaluate and federate on a cluster with a "
-            "dealer"
-        )
-
-    @property
     def leader_links(self) -> int:
         """Control links the leader waits for: every follower, and the dealer if there is one."""
         return self.world_size if self.has_dealer else self.world_size - 1

@@ -4,7 +4,9 @@ The caller sends the same request id to every server; each validates it,
 holds it, and announces it to the leader, which runs it (long-work queue,
 before training steps) as one MPC job once every server holds it. Each
 server returns only its share of the number of correct predictions; the
-caller adds the shares up.
+caller adds the shares up. On a cluster with ``engine = "replicated"`` (three
+servers, no dealer) the job runs on that engine
+(:mod:`ppml.servers.mpc.rep3.service.evaluation`), returning the same shares.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ppml.proto.shares import Ring
 from ppml.servers.control.holds import Hold, scoped_id
 from ppml.servers.control.job_queue import Policy, Step
 from ppml.servers.kinds.base import JobKind, JobStats, KindEnv
+from ppml.servers.mpc.rep3.service import evaluation as rep3_evaluation
 from ppml.servers.mpc.training.trainer import evaluate
 from ppml.servers.store.models import LoadedModel
 from ppml.training.losses import LossMismatch, accuracy_kind
@@ -77,9 +80,6 @@ class EvaluationService:
         time_remaining: float | None,
     ) -> EvaluationOutcome:
         check_id(request_id, "request_id")
-        refused = self._env.config.mpc_jobs_refused
-        if refused is not None:
-            raise PpmlError(ErrorCode.INVALID_ARGUMENT, refused)
         held_as = scoped_id(KIND, caller, request_id)
         model = self._env.models.usable(model_id, caller)
         data = self._env.datasets.usable(dataset_id, caller)
@@ -143,13 +143,18 @@ class EvaluateKind(JobKind):
         value: EvaluationInput = taken.value
         features, labels = self.env.datasets.shares(value.dataset_id)
         architecture = value.model.meta.architecture
-        correct = evaluate(
-            self.env.model_cache.get(value.model),
-            features,
-            labels,
-            value.accuracy,
-            architecture.input_shape,
-        )
+        if self.env.replicated is not None:  # three servers, no dealer
+            correct = rep3_evaluation.evaluate(
+                self.env.replicated, value.model, features, labels, value.accuracy
+            )
+        else:
+            correct = evaluate(
+                self.env.model_cache.get(value.model),
+                features,
+                labels,
+                value.accuracy,
+                architecture.input_shape,
+            )
         if not taken.future.done():
             taken.future.set_result(EvaluationOutcome(correct, value.rows, seq))
         return JobStats(value.model.meta.model_id, 1)

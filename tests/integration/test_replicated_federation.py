@@ -1,8 +1,10 @@
-"""Federations on three servers with no dealer (``engine = "replicated"``): real processes, TLS.
+"""Federations and evaluations on three servers with no dealer (``engine = "replicated"``).
 
-The range check of each participant's secret weight and the average run on
-the replicated engine (``servers/mpc/rep3/service/aggregate.py``); no
-CrypTen operation that needs a dealer can run on this cluster. Three office
+Real processes, TLS. The range check of each participant's secret weight
+and the average run on the replicated engine
+(``servers/mpc/rep3/service/aggregate.py``), as does an evaluation's
+correct count (``servers/mpc/rep3/service/evaluation.py``); no CrypTen
+operation that needs a dealer can run on this cluster. Three office
 identities join from their own SDK connections, in threads.
 """
 
@@ -219,3 +221,45 @@ def test_a_ckks_federation_runs_too(owner: Cluster, offices: dict[str, Cluster])
         for n, v in before.items()
     }
     assert _max_error(after, expected) < 1e-3
+
+
+def _exact(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights exact in 16 fractional bits, so plaintext is the reference."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 2**16) / 2**16)
+    return model
+
+
+def _near_ties(scores: torch.Tensor, margin: float = 1e-3) -> int:
+    """Rows whose decision the fixed point's few units may flip (none in practice)."""
+    if scores.shape[1] == 1:
+        return int((scores.abs() < margin).sum())
+    top2 = scores.topk(2, dim=1).values
+    return int(((top2[:, 0] - top2[:, 1]) < margin).sum())
+
+
+@pytest.mark.parametrize("classes", [3, 2])
+def test_an_evaluation_counts_as_plaintext_and_reveals_only_the_count(
+    owner: Cluster, classes: int
+) -> None:
+    """argmax (3 classes) and sign (one output, 2 classes), as the CrypTen path scores them."""
+    generator = torch.Generator().manual_seed(classes)  # public: test data
+    x = torch.round(torch.randn(300, 6, generator=generator) * 2**16) / 2**16
+    teacher = torch.randn(6, 3, generator=generator)
+    y = (x @ teacher).argmax(dim=1) % classes
+    outputs = classes if classes > 2 else 1
+    torch.manual_seed(classes)  # public: the model's initial weights
+    model = _exact(
+        torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, outputs))
+    )
+    data = owner.share_dataset(x, y, num_classes=classes, dataset_id=f"rep-eval-data-{classes}")
+    model_id = owner.share_model(model, x[:1], model_id=f"rep-eval-model-{classes}")
+    with torch.no_grad():
+        scores = model.double()(x.double())
+    predicted = scores.argmax(dim=1) if outputs > 1 else (scores[:, 0] > 0).long()
+    expected = int((predicted == y).sum())
+    result = owner.evaluate(model_id, data, timeout=60)
+    assert result.rows == 300
+    assert abs(result.correct - expected) <= _near_ties(scores)
+    assert 0 < result.correct < 300  # a real count, not all or nothing

@@ -262,10 +262,8 @@ def test_replicated_engine_takes_three_parties_and_no_dealer(tmp_path: Path) -> 
     config = load_config(write_local_topology(tmp_path, 3, engine="replicated"))
     assert config.engine == "replicated" and not config.has_dealer
     assert config.leader_links == 2  # the two followers, no dealer
-    assert config.mpc_jobs_refused is not None and "replicated" in config.mpc_jobs_refused
     dealer = load_config(write_local_topology(tmp_path / "d", 3))
     assert dealer.engine == "dealer" and dealer.has_dealer and dealer.leader_links == 3
-    assert dealer.mpc_jobs_refused is None
 
 
 def test_replicated_engine_refuses_other_party_counts(tmp_path: Path) -> None:

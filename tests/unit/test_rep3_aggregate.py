@@ -16,7 +16,7 @@ from ppml.proto.domain import federations as fed
 from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.servers.mpc.fast.prg import KeyedPRG, Ring
-from ppml.servers.mpc.rep3 import divide, keys, ranges, rss
+from ppml.servers.mpc.rep3 import accuracy, divide, keys, ranges, rss
 from ppml.servers.mpc.rep3.local import QueueNet, mesh, run_three
 from ppml.servers.mpc.rep3.rounds import run
 from ppml.servers.mpc.rep3.service import aggregate
@@ -179,3 +179,42 @@ def test_dp_and_engine_less_layers_are_refused_naming_them() -> None:
     affine = Architecture((dl.Linear(4, 3), dl.Affine((3,)), dl.Linear(3, 2)), (4,), (2,))
     why = aggregate.unsupported_federation(affine, plain)
     assert why is not None and "Affine" in why
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10])
+def test_count_correct_argmax_matches_plaintext(classes: int) -> None:
+    rng = np.random.default_rng(classes)  # public: test values
+    rows = 64
+    outputs = rng.normal(0, 3, (rows, classes))
+    outputs[0] = 1e4 * np.eye(classes)[0]  # large, and edges of the fixed-point range
+    outputs[1] = -1e4 * np.eye(classes)[1]
+    truth = rng.integers(0, classes, rows)
+    truth[:8] = np.argmax(outputs[:8], axis=1)  # some rows right for sure
+    onehot = np.eye(classes)[truth]
+    o_sh = split3(np.rint(outputs * SCALE).astype(np.int64))
+    y_sh = split3(np.rint(onehot * SCALE).astype(np.int64))
+    results, _ = three(
+        lambda corr, net: run(
+            net, accuracy.count_correct(corr, o_sh[corr.rank], y_sh[corr.rank], "argmax")
+        )
+    )
+    assert all(r.shape == () for r in results)
+    count = float(sum(results)) / SCALE
+    assert count == float(np.sum(np.argmax(outputs, axis=1) == truth))
+    assert 8 <= count < rows
+
+
+def test_count_correct_sign_matches_plaintext() -> None:
+    rng = np.random.default_rng(7)  # public: test values
+    outputs = rng.normal(0, 2, (50, 1))
+    outputs[:3, 0] = [0.0, 2**-16, -(2**-16)]  # gt(0): 0 is class 0
+    truth = rng.integers(0, 2, 50)
+    o_sh = split3(np.rint(outputs * SCALE).astype(np.int64))
+    y_sh = split3(np.rint(np.eye(2)[truth] * SCALE).astype(np.int64))
+    results, _ = three(
+        lambda corr, net: run(
+            net, accuracy.count_correct(corr, o_sh[corr.rank], y_sh[corr.rank], "sign")
+        )
+    )
+    count = float(sum(results)) / SCALE
+    assert count == float(np.sum((outputs[:, 0] > 0) == (truth == 1)))
