@@ -152,11 +152,16 @@ def test_digits_from_three_owners_train_to_plaintext_accuracy(
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     hyper = {"epochs": 2, "batch_size": 64, "lr": 0.5, "momentum": 0.5}
+    test_id = cluster.share_dataset(digits.x_test, digits.y_test, name="rep-test", num_classes=10)
     job = cluster.train(
-        model, ids, **hyper, seed=7, name="rep-digits", sample_input=digits.x_test[:1]
-    )
+        model, ids, **hyper, seed=7, name="rep-digits", sample_input=digits.x_test[:1],
+        validation=test_id, reveal_metrics=True,
+    )  # fmt: skip
     model_id = job.result(timeout=240)
     assert job.status().state == "succeeded"
+    epochs = job.metrics()
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert epochs[1].loss < epochs[0].loss  # the owner's own reconstruction of the shares
 
     features = np.concatenate([o.features for o in owners])
     labels = np.concatenate([o.labels for o in owners])
@@ -167,6 +172,7 @@ def test_digits_from_three_owners_train_to_plaintext_accuracy(
     )
     assert plain > 0.85
     assert abs(served - plain) <= 0.02, (served, plain)
+    assert epochs[-1].accuracy == pytest.approx(served, abs=0.01)  # validation = the test set
     exported = cluster.export_model(model_id).to_torch()
     assert _accuracy(exported, digits) == pytest.approx(served, abs=0.01)
 

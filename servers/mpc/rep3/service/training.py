@@ -9,11 +9,16 @@ the batch order is public (:class:`~ppml.training.batches.BatchPlan`, from
 the job's seed). The protocol is :mod:`ppml.servers.mpc.rep3.train`.
 
 What the engine trains (checked when the job is submitted,
-:func:`unsupported_training`): chains of Linear layers, each optionally
-followed by ReLU, with softmax cross-entropy and SGD (momentum and weight
-decay allowed). DP-SGD, standardising, revealed metrics and other losses or
-optimisers need a cluster with a dealer for now; such a job is refused with
-that reason.
+:func:`unsupported_training`): chains of Linear and Conv2d layers, each
+optionally followed by ReLU, ending in a Linear layer, with softmax
+cross-entropy and SGD (momentum and weight decay allowed). With
+``reveal_metrics`` each epoch hands the owner shares of its mean training
+loss (:func:`~ppml.servers.mpc.rep3.metrics.mean_cross_entropy`, computed
+beside each step's backward pass) and of the validation set's correct
+count (:func:`~ppml.servers.mpc.rep3.metrics.correct_count`), as the
+CrypTen path does; nothing is opened on the servers. DP-SGD, standardising
+and other losses or optimisers need a cluster with a dealer for now; such a
+job is refused with that reason.
 """
 
 from __future__ import annotations
@@ -24,18 +29,20 @@ from typing import Any
 import numpy as np
 
 from ppml.proto.domain.architecture import Architecture
-from ppml.proto.domain.jobs import TrainingSpec
+from ppml.proto.domain.jobs import EpochMetrics, TrainingSpec
 from ppml.proto.shares import Ring
 from ppml.servers.mpc.fast.service import spec as fast_spec
-from ppml.servers.mpc.rep3 import train
+from ppml.servers.mpc.rep3 import metrics, train, trunc
 from ppml.servers.mpc.rep3.engine import SharedModel, share_model
-from ppml.servers.mpc.rep3.rounds import run
+from ppml.servers.mpc.rep3.keys import Correlated
+from ppml.servers.mpc.rep3.rounds import Steps, run
 from ppml.servers.mpc.rep3.rss import Shared
 from ppml.servers.mpc.rep3.service.party import CommNet, ReplicatedInference, unsupported
 from ppml.servers.store.jobs import RunInputs, StepOutcome
 from ppml.training.batches import BatchPlan
 
 ENGINE = "this cluster's engine (engine = 'replicated')"
+_MEAN_BITS = 20
 
 
 def unsupported_training(architecture: Architecture, spec: TrainingSpec) -> str | None:
@@ -55,7 +62,6 @@ def unsupported_training(architecture: Architecture, spec: TrainingSpec) -> str 
         (spec.optimizer != "sgd", f"optimizer {spec.optimizer!r} (it trains with sgd)"),
         (spec.dp, "DP-SGD"),
         (spec.standardize, "standardize"),
-        (spec.reveal_metrics, "reveal_metrics"),
     ]
     for refused, what in options:
         if refused:
@@ -83,6 +89,8 @@ class ReplicatedTrainingRun:
         self._last: SharedModel | None = None
         self._epoch_started = time.perf_counter()
         self._epoch_samples = 0
+        self._loss_sum: Ring | None = None  # additive share of the epoch's summed batch losses
+        self._validation: tuple[Shared, Shared] | None = None
 
     def _start(self, net: CommNet) -> tuple[tuple[Shared, Shared], SharedModel]:
         corr = self._engine.correlated(net)
@@ -93,7 +101,12 @@ class ReplicatedTrainingRun:
         features = np.concatenate(self._inputs.features, axis=0)
         labels = np.concatenate(self._inputs.labels, axis=0)
         model = run(net, share_model(corr, spec, weights, biases))
-        data = run(net, train.share_data(corr, features.reshape(self._rows, -1), labels))
+        shape = (self._rows, *self._inputs.architecture.input_shape)
+        data = run(net, train.share_data(corr, features.reshape(shape), labels))
+        if self.spec.reveal_metrics and self._inputs.validation is not None:
+            xv, yv = self._inputs.validation
+            shape = (int(xv.shape[0]), *self._inputs.architecture.input_shape)
+            self._validation = run(net, train.share_data(corr, xv.reshape(shape), yv))
         return data, model
 
     def step(self, step: int) -> StepOutcome:
@@ -104,17 +117,43 @@ class ReplicatedTrainingRun:
         epoch, batch = self._plan.locate(step)
         if batch == 0:
             self._epoch_started, self._epoch_samples = time.perf_counter(), 0
+            self._loss_sum = None
         rows = self._plan.indices(step)
         xs, ys = self._data
         x, y = Shared(xs.a[rows], xs.b[rows]), Shared(ys.a[rows], ys.b[rows])
-        self._model, self._last = run(
-            net, train.sgd_step(corr, self._fm.spec, self._model, x, y, self._sgd, self._last)
-        )
+        spec = self._fm.spec
+        if self.spec.reveal_metrics:
+            self._model, self._last, loss = run(
+                net, train.sgd_step_with_loss(corr, spec, self._model, x, y, self._sgd, self._last)
+            )
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        else:
+            self._model, self._last = run(
+                net, train.sgd_step(corr, spec, self._model, x, y, self._sgd, self._last)
+            )
         self._epoch_samples += len(rows)
         rate = self._epoch_samples / max(1e-9, time.perf_counter() - self._epoch_started)
+        last_of_epoch = batch == self._plan.batches_per_epoch - 1
+        found = None
+        if self.spec.reveal_metrics and last_of_epoch:
+            found = self._epoch_metrics(net, corr, epoch + 1, batch + 1)
         return StepOutcome(
-            epoch + 1, batch + 1, len(rows), rate, None, step + 1 >= self.steps_total
+            epoch + 1, batch + 1, len(rows), rate, found, step + 1 >= self.steps_total
         )
+
+    def _epoch_metrics(
+        self, net: CommNet, corr: Correlated, epoch: int, batches: int
+    ) -> EpochMetrics:
+        """Shares of the epoch's mean loss and the validation correct count (nothing opened)."""
+        assert self._loss_sum is not None and self._model is not None
+        mean_loss = run(net, _mean(corr, self._loss_sum, batches))
+        correct, rows = np.zeros((), dtype=np.int64), 0
+        if self._validation is not None:
+            xv, yv = self._validation
+            logits, _ = run(net, train.forward(corr, self._fm.spec, self._model, xv))
+            correct = run(net, metrics.correct_count(corr, logits, yv))
+            rows = int(xv.shape[0])
+        return EpochMetrics(epoch, mean_loss, correct, rows)
 
     def trained(self) -> tuple[Architecture, dict[str, Ring]]:
         """The model to register: architecture and this server's additive parameter shares."""
@@ -128,3 +167,12 @@ class ReplicatedTrainingRun:
             if b is not None:
                 out[f"{i}.bias"] = b
         return self._inputs.architecture, out
+
+
+def _mean(corr: Correlated, total: Ring, count: int) -> Steps[Ring]:
+    """An additive share of ``total / count`` (public count): one product, one truncation."""
+    factor = np.int64(round((1 << _MEAN_BITS) / count))
+    scaled = np.asarray(total, dtype=np.int64).reshape(1) * factor
+    mean = yield from trunc.from_additive(corr, scaled, _MEAN_BITS)
+    out: Ring = (mean + corr.zero(mean.shape)).reshape(())
+    return out
