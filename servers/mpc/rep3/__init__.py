@@ -19,6 +19,10 @@ Modules, one concept each:
 * :mod:`.compare` -- the sign of a shared value (binary adder circuit, 8 rounds);
 * :mod:`.trunc` -- truncation that cannot wrap (2 rounds);
 * :mod:`.select` -- bit times value (3 rounds), ReLU with truncation;
+* :mod:`.ranges` -- whether a value lies outside public bounds, exact (9 rounds);
+* :mod:`.divide` -- division by a public integer that cannot wrap (2 rounds),
+  opening a sum re-randomised (1 round): a federation's average;
+* :mod:`.accuracy` -- shares of a model's correct count (argmax or sign);
 * :mod:`.engine` -- model setup and the forward of a layer chain;
 * :mod:`.local` -- three parties in one process (tests, benchmarks).
 
