@@ -6,6 +6,7 @@ result checked against plaintext on grids that include the ring's edges.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -193,11 +194,12 @@ def test_count_correct_argmax_matches_plaintext(classes: int) -> None:
     onehot = np.eye(classes)[truth]
     o_sh = split3(np.rint(outputs * SCALE).astype(np.int64))
     y_sh = split3(np.rint(onehot * SCALE).astype(np.int64))
-    results, _ = three(
+    results, rounds = three(
         lambda corr, net: run(
             net, accuracy.count_correct(corr, o_sh[corr.rank], y_sh[corr.rank], "argmax")
         )
     )
+    assert max(rounds) == 1 + 1 + 8 + math.ceil(math.log2(classes)) + 2  # input reshare first
     assert all(r.shape == () for r in results)
     count = float(sum(results)) / SCALE
     assert count == float(np.sum(np.argmax(outputs, axis=1) == truth))

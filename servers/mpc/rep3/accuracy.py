@@ -55,16 +55,20 @@ def count_correct(corr: Correlated, outputs: Ring, labels: Ring, kind: str) -> S
     if outputs.ndim != 2 or labels.ndim != 2 or outputs.shape[0] != labels.shape[0]:
         raise ValueError("outputs and labels must be (rows, columns) with the same rows")
     if kind == "argmax":
-        right = yield from _argmax_right(corr, outputs, labels)
+        o, y = yield from gather(_replicated(corr, outputs), _replicated(corr, labels))
+        right = yield from argmax_hits(corr, o, y)
     else:
         right = yield from _sign_right(corr, outputs, labels)
     total = right.map(lambda a: a.sum(axis=0, keepdims=True))
     return to_additive(corr, total).reshape(())
 
 
-def _argmax_right(corr: Correlated, outputs: Ring, labels: Ring) -> Steps[Shared]:
-    """Arithmetic 0/1 per row, at scale ``2^16``: the true class's output is a maximum."""
-    o, y = yield from gather(_replicated(corr, outputs), _replicated(corr, labels))
+def argmax_hits(corr: Correlated, o: Shared, y: Shared) -> Steps[Shared]:
+    """Arithmetic 0/1 per row, at scale ``2^16``: the true class's output is a maximum.
+
+    ``o`` (rows, C) and one-hot ``y`` replicated, 16 fractional bits;
+    ``1 + 8 + ceil(log2 C) + 2`` rounds (15 for 10 classes): no row maximum needed.
+    """
     if o.shape != y.shape:
         raise ValueError(f"outputs {o.shape} and one-hot labels {y.shape} differ")
     t = yield from reshare(corr, mul_local(y, o).sum(axis=1))  # scale 2^32
