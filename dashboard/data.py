@@ -183,7 +183,7 @@ class LiveSource:
             token = token_file.read_text().strip() if token_file else ""
         ca = None if insecure else config.ca_cert
         self.cluster_name = config.name
-        self.dealer_name = config.dealer_name
+        self.dealer_name = config.dealer_name if config.has_dealer else ""  # "": no dealer
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._endpoints = [

@@ -142,12 +142,18 @@ def format_uptime(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+NO_DEALER = "NONE"
+
+
 def dealer_state(snapshot: ClusterSnapshot) -> tuple[str, str]:
-    """("CONNECTED" | "DISCONNECTED" | "UNKNOWN", why), as the leader sees the dealer.
+    """("CONNECTED" | "DISCONNECTED" | "UNKNOWN" | "NONE", why), as the leader sees the dealer.
 
     The dealer has no RPC of its own: the leader's status says whether it is
-    connected (``dealer_connected``).
+    connected (``dealer_connected``). A cluster on the replicated engine has
+    none (``snapshot.dealer`` is empty).
     """
+    if not snapshot.dealer:
+        return NO_DEALER, "three servers and no dealer (engine = 'replicated')"
     leader = snapshot.leader
     if leader is None or leader.status is None:
         return "UNKNOWN", "leader unreachable"
@@ -157,7 +163,7 @@ def dealer_state(snapshot: ClusterSnapshot) -> tuple[str, str]:
 
 
 def overview(snapshot: ClusterSnapshot) -> pd.DataFrame:
-    """One row per compute server, then the dealer."""
+    """One row per compute server, then the dealer (if the cluster has one)."""
     rows: list[dict[str, object]] = []
     for s in snapshot.servers:
         r = s.status
@@ -179,6 +185,8 @@ def overview(snapshot: ClusterSnapshot) -> pd.DataFrame:
             }
         )
     state, why = dealer_state(snapshot)
+    if state == NO_DEALER:
+        return pd.DataFrame(rows).astype(str)
     rows.append(
         {
             "name": snapshot.dealer,

@@ -71,8 +71,9 @@ def _alert(server: ServerSnapshot) -> None:
     elif not server.up:
         detail = server.status.last_error if server.status else ""
         st.warning(
-            f"**{server.name}** is {server.health}: its MPC session with every peer and the "
-            f"dealer is not up, so it cannot serve predictions. {escape_markdown(detail)}",
+            f"**{server.name}** is {server.health}: its MPC session with every peer (and the "
+            f"dealer, if any) is not up, so it cannot serve predictions. "
+            f"{escape_markdown(detail)}",
             icon=":material/warning:",
         )
     elif server.error:
@@ -91,6 +92,8 @@ def render_overview(snapshot: ClusterSnapshot) -> None:
         st.success(
             f"All {up} compute servers and the dealer are up.", icon=":material/check_circle:"
         )
+    elif up == len(snapshot.servers) and dealer == frames.NO_DEALER:
+        st.success(f"All {up} compute servers are up ({why}).", icon=":material/check_circle:")
 
     leader = snapshot.leader
     report = leader.status if leader else None
@@ -195,7 +198,9 @@ def render_mpc_cost(snapshot: ClusterSnapshot, past: Sequence[ClusterSnapshot]) 
     if not throughput.empty:
         _chart(charts.mpc_bytes_per_second(throughput))
     dealer = frames.dealer_requests(snapshot)
-    if dealer.empty:
+    if not snapshot.dealer:
+        st.caption("This cluster has no dealer: its servers make their own randomness.")
+    elif dealer.empty:
         st.caption("The dealer has not reported any requests yet.")
     else:
         st.caption("Requests the dealer served (as reported to the leader over its link).")

@@ -128,6 +128,17 @@ def test_overview_lists_every_server_and_the_dealer(traffic: list[ClusterSnapsho
     assert "All 2 compute servers and the dealer are up" in texts(at.success)
 
 
+def test_a_cluster_without_a_dealer_is_all_green(traffic: list[ClusterSnapshot]) -> None:
+    """engine = "replicated": no dealer row, no dealer alarm, the servers' state alone."""
+    snapshots = [replace(s, dealer="") for s in traffic]
+    at = run_app(snapshots)
+    table = at.table[0].value
+    assert list(table["name"]) == ["server-0", "server-1"]
+    assert not at.error
+    assert "no dealer" in texts(at.success) and "replicated" in texts(at.success)
+    assert at.metric[1].value == "NONE"
+
+
 def test_down_server_is_named_and_red() -> None:
     at = run_app(load_snapshots(FIXTURES / "server_down.json"), refreshes=2)
     errors = texts(at.error)
