@@ -278,8 +278,10 @@ class LocalCluster:
         name = "client" if identity == "local-user" else identity
         return (self.directory / "secrets" / f"{name}.token").read_text().strip()
 
-    def start_server(self, rank: int) -> None:
-        self._spawn(f"server-{rank}", ["ppml.servers.main", "--rank", str(rank)])
+    def start_server(self, rank: int, entry: str = "ppml.servers.main") -> None:
+        """Start (or restart) rank ``rank``; ``entry``: the module to run (tests may start a
+        test build from the tests folder; ``ppml-server`` itself has no such switch)."""
+        self._spawn(f"server-{rank}", [entry, "--rank", str(rank)])
 
     def start_dealer(self) -> None:
         self._spawn("dealer", ["ppml.servers.mpc.dealer"])
