@@ -91,9 +91,7 @@ class SocketNet:
         self.bytes_sent += size
         header = _HEADER.pack(size)
         try:
-            sent = sock.sendmsg(
-                [header, *(a.reshape(-1).view(np.uint8).data for a in parts)], [], _NOW
-            )
+            sent = sock.sendmsg([header, *(a.data for a in parts)], [], _NOW)
         except BlockingIOError:
             sent = 0
         if sent == len(header) + size:
