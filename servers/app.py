@@ -44,6 +44,7 @@ from ppml.servers.mpc.core.model import ModelCache
 from ppml.servers.mpc.fast.service.party import FastInference
 from ppml.servers.mpc.rep3.service import aggregate as replicated_aggregate
 from ppml.servers.mpc.rep3.service import party as replicated
+from ppml.servers.mpc.rep3.service import spec as replicated_spec
 from ppml.servers.mpc.rep3.service import training as replicated_training
 from ppml.servers.mpc.worker import JobCallback, JoinCallback, MpcWorker
 from ppml.servers.store.datasets import DATASET_CODEC, DatasetRegistry
@@ -92,7 +93,7 @@ class ComputeServer:
             model_store,
             limits,
             gate=self.uploads,
-            refuse=None if config.has_dealer else replicated.unsupported,
+            refuse=None if config.has_dealer else replicated_spec.unsupported,
         )
         self.datasets = DatasetRegistry(dataset_store, limits, gate=self.uploads)
         self.upload_coordinator: UploadCoordinator | None = None

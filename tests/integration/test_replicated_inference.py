@@ -119,13 +119,21 @@ def test_a_convolution_runs_on_the_replicated_engine(cluster: Cluster) -> None:
         assert (got - model(x)).abs().max().item() < TOLERANCE
 
 
+def test_a_pooled_cnn_with_batchnorm_and_dropout_matches_plaintext(
+    cluster: Cluster, cnn: torch.nn.Module, digits: Any
+) -> None:
+    """The integration suite's digits CNN: BatchNorm (folded), MaxPool, AvgPool, Dropout."""
+    images = digits.x_test[:16].reshape(-1, 1, 8, 8)
+    model_id = cluster.share_model(cnn, images[:1], name="rep-pooled-cnn")
+    got = cluster.predict(model_id, images)
+    with torch.no_grad():
+        assert (got - cnn(images)).abs().max().item() < 1e-2
+
+
 def test_a_model_the_engine_cannot_run_is_refused_naming_the_layer(cluster: Cluster) -> None:
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(64, 10),
-    )  # fmt: skip
-    with pytest.raises(InvalidModel, match=r"MaxPool2d.*replicated"):
-        cluster.share_model(model, torch.zeros(1, 1, 8, 8), model_id="rep-pool")
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)).eval()
+    with pytest.raises(InvalidModel, match=r"Affine.*replicated"):  # a BatchNorm kept as Affine
+        cluster.share_model(model, torch.zeros(1, 4), model_id="rep-pool")
     assert "rep-pool" not in [m.meta.model_id for m in cluster.list_models()]
     # the cluster keeps serving
     torch.manual_seed(8)

@@ -35,6 +35,7 @@ import numpy as np
 from ppml.servers.mpc.fast.engine import ModelSpec
 from ppml.servers.mpc.fast.linear import Linear, WeightedOp
 from ppml.servers.mpc.fast.prg import Ring
+from ppml.servers.mpc.rep3 import pool as pooling
 from ppml.servers.mpc.rep3 import trunc
 from ppml.servers.mpc.rep3.keys import Correlated
 from ppml.servers.mpc.rep3.ringmm import RingMatrix
@@ -43,6 +44,30 @@ from ppml.servers.mpc.rep3.rss import Shared, reshare, to_additive
 from ppml.servers.mpc.rep3.select import relu_trunc
 
 FRAC_BITS = 16
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A weighted layer, its gate (``relu`` or ``trunc``) and the pooling after it, if any."""
+
+    op: WeightedOp
+    gate: str
+    pool: pooling.Pool | None = None
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What this engine runs: the fast engine's stages, each optionally followed by pooling."""
+
+    stages: tuple[Stage, ...]
+    input_shape: tuple[int, ...]
+
+
+def as_chain(spec: ModelSpec | Chain) -> Chain:
+    """A fast-engine spec (no pooling) as a :class:`Chain`; a chain as it is."""
+    if isinstance(spec, Chain):
+        return spec
+    return Chain(tuple(Stage(s.op, s.gate) for s in spec.stages), tuple(spec.input_shape))
 
 
 @dataclass(frozen=True)
@@ -85,9 +110,10 @@ class SharedModel:
 
 
 def share_model(
-    corr: Correlated, spec: ModelSpec, weights: list[Ring], biases: list[Ring | None]
+    corr: Correlated, spec: ModelSpec | Chain, weights: list[Ring], biases: list[Ring | None]
 ) -> Steps[SharedModel]:
     """This server's additive shares of every stage's weight and bias, made replicated: 1 round."""
+    spec = as_chain(spec)
     if len(weights) != len(spec.stages) or len(biases) != len(spec.stages):
         raise ValueError("one weight and one bias (or None) per weighted layer")
     parts = []
@@ -105,8 +131,9 @@ def share_model(
     return SharedModel(tuple(out_w), tuple(out_b))
 
 
-def forward(corr: Correlated, spec: ModelSpec, model: SharedModel, x: Ring) -> Steps[Ring]:
+def forward(corr: Correlated, spec: ModelSpec | Chain, model: SharedModel, x: Ring) -> Steps[Ring]:
     """Additive output shares (batch, *out) from additive input shares (batch, *input_shape)."""
+    spec = as_chain(spec)
     if tuple(x.shape[1:]) != tuple(spec.input_shape):
         raise ValueError(f"input has shape {x.shape}, the model takes (batch, *{spec.input_shape})")
     h = yield from reshare(corr, np.ascontiguousarray(x, dtype=np.int64))
@@ -120,13 +147,15 @@ def forward(corr: Correlated, spec: ModelSpec, model: SharedModel, x: Ring) -> S
         if stage.gate == "relu":
             zs = yield from reshare(corr, z)
             h = yield from relu_trunc(corr, zs, FRAC_BITS)
-            if i == last:
-                return to_additive(corr, h)
-        elif i == last:
+        elif i == last and stage.pool is None:
             y = yield from trunc.from_additive(corr, z, FRAC_BITS)
             out: Ring = y + corr.zero(y.shape)
             return out
         else:
             y = yield from trunc.from_additive(corr, z, FRAC_BITS)
             h = yield from reshare(corr, y)
+        if stage.pool is not None:
+            h = yield from pooling.apply(corr, stage.pool, h)
+        if i == last:
+            return to_additive(corr, h)
     raise AssertionError("unreachable: a spec has at least one stage")

@@ -34,7 +34,8 @@ class FastModel:
     output_shape: tuple[int, ...]
 
 
-def _conv(layer: dl.Conv2d, shape: tuple[int, ...]) -> fl.Conv2d | None:
+def conv_layer(layer: dl.Conv2d, shape: tuple[int, ...]) -> fl.Conv2d | None:
+    """The engines' Conv2d for ``layer`` on inputs of ``shape``, or None if they lack it."""
     square = all(len(set(p)) == 1 for p in (layer.kernel_size, layer.stride, layer.padding))
     if not square or layer.dilation != (1, 1) or layer.groups != 1 or len(shape) != 3:
         return None
@@ -59,7 +60,7 @@ def fast_model(architecture: arch.Architecture) -> FastModel | None:
         if isinstance(layer, dl.Linear):
             converted = fl.Linear(layer.in_features, layer.out_features, layer.bias)
         elif isinstance(layer, dl.Conv2d):
-            converted = _conv(layer, shape)
+            converted = conv_layer(layer, shape)
         elif isinstance(layer, dl.ReLU):
             converted = fe.ReLU()
         elif isinstance(layer, dl.Flatten):

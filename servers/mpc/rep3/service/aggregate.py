@@ -44,7 +44,8 @@ from ppml.servers.mpc.rep3 import divide, ranges
 from ppml.servers.mpc.rep3.keys import Correlated
 from ppml.servers.mpc.rep3.rounds import Steps, run
 from ppml.servers.mpc.rep3.rss import open_all, reshare
-from ppml.servers.mpc.rep3.service.party import CommNet, ReplicatedInference, unsupported
+from ppml.servers.mpc.rep3.service.party import CommNet, ReplicatedInference
+from ppml.servers.mpc.rep3.service.spec import unsupported
 
 ENGINE = "this cluster's engine (engine = 'replicated')"
 

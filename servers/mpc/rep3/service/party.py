@@ -26,32 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.servers.mpc.core.crypten_compat import crypten
 from ppml.servers.mpc.fast.prg import Ring
-from ppml.servers.mpc.fast.service import spec as fast_spec
 from ppml.servers.mpc.rep3 import engine, keys
 from ppml.servers.mpc.rep3.rounds import Array, Expect, Received, pack, run, unpack
-
-RUNS = "chains of Linear and Conv2d layers (square kernels), each optionally followed by ReLU"
-_LAYERS = (dl.Linear, dl.Conv2d, dl.ReLU, dl.Flatten)
-
-
-def unsupported(architecture: Architecture) -> str | None:
-    """Why the replicated engine cannot run ``architecture``, naming the layer; None if it can."""
-    for i, layer in enumerate(architecture.layers):
-        if not isinstance(layer, _LAYERS):
-            return (
-                f"layer {i} ({type(layer).__name__}) does not run on this cluster's engine "
-                f"(engine = 'replicated' runs {RUNS}, with Flatten anywhere)"
-            )
-    if fast_spec.fast_model(architecture) is None:
-        return (
-            "this layer chain does not run on this cluster's engine "
-            f"(engine = 'replicated' runs {RUNS}, with Flatten anywhere)"
-        )
-    return None
+from ppml.servers.mpc.rep3.service.spec import Rep3Model, rep3_model
 
 
 class CommNet:
@@ -97,16 +77,16 @@ class ReplicatedInference:
         self._max_models = max_models
         self._corr: keys.Correlated | None = None
         self._models: OrderedDict[str, ModelState] = OrderedDict()
-        self._specs: dict[Architecture, fast_spec.FastModel | None] = {}
+        self._specs: dict[Architecture, Rep3Model | None] = {}
         self._lock = threading.Lock()
 
-    def model_for(self, architecture: Architecture) -> fast_spec.FastModel | None:
+    def model_for(self, architecture: Architecture) -> Rep3Model | None:
         """The engine's view of an architecture, or None if it has a layer the engine lacks."""
         with self._lock:
             if architecture not in self._specs:
                 if len(self._specs) >= 256:  # a cache of public facts: start it afresh
                     self._specs.clear()
-                self._specs[architecture] = fast_spec.fast_model(architecture)
+                self._specs[architecture] = rep3_model(architecture)
             return self._specs[architecture]
 
     def session_lost(self) -> None:
@@ -119,9 +99,7 @@ class ReplicatedInference:
             self._corr = run(net, keys.agree(net.rank))
         return self._corr
 
-    def predict(
-        self, net: CommNet, model_id: str, handle: Any, fm: fast_spec.FastModel, x: Ring
-    ) -> Ring:
+    def predict(self, net: CommNet, model_id: str, handle: Any, fm: Rep3Model, x: Ring) -> Ring:
         """This server's additive share of the outputs for its input share ``x``."""
         corr = self.correlated(net)
         state = self._models.get(model_id)
