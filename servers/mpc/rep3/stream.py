@@ -15,6 +15,8 @@ write into what it got.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ppml.servers.mpc.fast.prg import U64, KeyedPRG, Ring
@@ -31,25 +33,22 @@ class ReadAhead:
         self._buf = np.empty(0, dtype=np.uint64)
         self._pos = 0
 
-    def _take(self, n: int) -> U64:
-        end = self._pos + n
-        if end > self._buf.size:
-            left = self._buf[self._pos :]
-            buf = np.empty(left.size + max(self._block_words, n), dtype=np.uint64)
-            buf[: left.size] = left
-            self._prg.fill(buf[left.size :])
-            self._buf, self._pos, end = buf, 0, n
-        out = self._buf[self._pos : end]
-        self._pos = end
-        return out
+    def _refill(self, n: int) -> None:
+        """A new block holding the unread rest of the old one, then at least ``n`` fresh words."""
+        left = self._buf[self._pos :]
+        buf = np.empty(left.size + max(self._block_words, n), dtype=np.uint64)
+        buf[: left.size] = left
+        self._prg.fill(buf[left.size :])
+        self._buf, self._pos = buf, 0
 
     def uint64(self, shape: tuple[int, ...] | int) -> U64:
         """The next words of the stream as a uint64 array of ``shape``."""
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
-        size = 1
-        for d in dims:
-            size *= d
-        return self._take(size).reshape(dims)
+        n = shape if isinstance(shape, int) else math.prod(shape)
+        if self._pos + n > self._buf.size:
+            self._refill(n)
+        start = self._pos
+        self._pos = start + n
+        return self._buf[start : self._pos].reshape(shape)
 
     def ring(self, shape: tuple[int, ...] | int) -> Ring:
         """The next words of the stream as ring elements (int64) of ``shape``."""
