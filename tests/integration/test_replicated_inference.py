@@ -90,6 +90,18 @@ def test_mlp_predictions_match_plaintext_edges_included(cluster: Cluster) -> Non
     assert (got - plain).abs().max().item() < TOLERANCE
 
 
+def test_network_a_matches_plaintext(cluster: Cluster) -> None:
+    """SecureML Network A (784-128-128-10, ReLU), the benchmarks' model shape."""
+    torch.manual_seed(0)
+    layers = (torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128))
+    model = _exact(torch.nn.Sequential(*layers, torch.nn.ReLU(), torch.nn.Linear(128, 10)))
+    cluster.share_model(_f32(model), torch.zeros(1, 784), model_id="rep-network-a")
+    x = torch.rand(8, 784).double()
+    got = cluster.predict("rep-network-a", x.float()).double()
+    with torch.no_grad():
+        assert (got - model(x)).abs().max().item() < 1e-2
+
+
 def test_concurrent_clients_are_batched_and_each_gets_its_own_rows(cluster: Cluster) -> None:
     torch.manual_seed(6)
     model = _exact(
