@@ -12,6 +12,9 @@ In this order, on this machine:
   processes;
 * the same on today's 3-server CrypTen path (``LocalCluster(3)``: three
   servers and a dealer), unless ``--skip-crypten``;
+* training: Network A at batch 128 for ``--train-steps`` steps through the
+  SDK on a replicated cluster (``bench/training.py``'s job, samples/s and
+  the servers' rounds and bytes per step);
 * optionally MP-SPDZ's ``ring`` protocol (``--mpspdz CHECKOUT --mpspdz-script
   run_network_a.sh``, with ``replicated-ring-party.x`` built).
 
@@ -31,12 +34,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from network_a import run_service
 from rep3_engine import run_rep3
+
+from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
+from training import run_service as run_training_service
 
 
 def run_mpspdz_ring(checkout: Path, script: Path) -> dict[str, Any]:
@@ -57,6 +65,15 @@ def _service(n: int, clients: int, per_client: int, processes: int, engine: str)
     return result
 
 
+def _training(steps: int, batch: int) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(3, Path(tmp) / "c", engine="replicated") as local,
+        Cluster.from_config(local.config_path) as cluster,
+    ):
+        return run_training_service(cluster, steps, batch)
+
+
 def summary(result: dict[str, Any]) -> str:
     rows = []
     engine = result["engine_alone"]
@@ -72,6 +89,8 @@ def summary(result: dict[str, Any]) -> str:
                 f"rest {b1['other_ms']:.1f}), {b1['rounds']:.0f} rounds, "
                 f"{b1['bytes'] / 1000:.1f} kB/job; {load['throughput_ips']:.0f} img/s concurrent"
             )
+    if "training" in result:
+        rows.append(f"training, batch 128: {json.dumps(result['training'])[:300]}")
     if "mpspdz_ring" in result:
         mp = result["mpspdz_ring"]
         rows.append(
@@ -89,6 +108,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--skip-crypten", action="store_true", help="no 3-server CrypTen path")
+    parser.add_argument("--train-steps", type=int, default=16, help="batch-128 steps; 0 skips")
     parser.add_argument("--mpspdz", type=Path, help="MP-SPDZ checkout, replicated-ring built")
     parser.add_argument("--mpspdz-script", type=Path, help="the peer's run_network_a.sh")
     parser.add_argument("--json", type=Path, default=None)
@@ -98,6 +118,8 @@ def main() -> None:
     result["replicated"] = _service(args.n, *load, engine="replicated")
     if not args.skip_crypten:
         result["crypten_path"] = _service(args.n, *load, engine="dealer")
+    if args.train_steps:
+        result["training"] = _training(args.train_steps, 128)
     if args.mpspdz and args.mpspdz_script:
         result["mpspdz_ring"] = run_mpspdz_ring(args.mpspdz, args.mpspdz_script)
     print(json.dumps(result, indent=2))
