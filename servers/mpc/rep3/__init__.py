@@ -18,7 +18,7 @@ Modules, one concept each:
   operations, one-round products (elementwise, matmul, AND), resharing;
 * :mod:`.compare` -- the sign of a shared value (binary adder circuit, 8 rounds);
 * :mod:`.trunc` -- truncation that cannot wrap (2 rounds);
-* :mod:`.select` -- bit times value (3 rounds), ReLU with truncation;
+* :mod:`.select` -- bit times value (2 rounds), ReLU with truncation;
 * :mod:`.ranges` -- whether a value lies outside public bounds, exact (9 rounds);
 * :mod:`.divide` -- division by a public integer that cannot wrap (2 rounds),
   opening a sum re-randomised (1 round): a federation's average;
@@ -26,6 +26,6 @@ Modules, one concept each:
 * :mod:`.engine` -- model setup and the forward of a layer chain;
 * :mod:`.local` -- three parties in one process (tests, benchmarks).
 
-Cost for SecureML Network A per forward: 27 rounds; per image and party
+Cost for SecureML Network A per forward: 25 rounds; per image and party
 about 46 kB sent (the sign circuits are 80 % of it).
 """

@@ -67,8 +67,8 @@ def negative(corr: Correlated, x: Shared) -> Steps[Shared]:
         if k < 32:
             both = yield from reshare(corr, _and_pair(prop, shifted_g, shl(prop, k)))
             half = both.shape[0] // 2
-            g = g ^ both.map(lambda a, h=half: a[:h])
-            prop = both.map(lambda a, h=half: a[h:])
+            g = g ^ Shared(both.a[:half], both.b[:half])
+            prop = Shared(both.a[half:], both.b[half:])
         else:
             g = g ^ (yield from and_bits(corr, prop, shifted_g))
         k *= 2

@@ -14,12 +14,12 @@ anywhere); its layer objects give the bilinear ``apply``.
     (:func:`~ppml.servers.mpc.rep3.rss.matmul_local`) plus the bias at product
     scale;
   - followed by ReLU: reshare (1), then sign circuit with the truncation
-    alongside (8), then select (3): 12 rounds;
+    alongside (8), then select (2): 11 rounds;
   - a hidden layer without ReLU: truncate (2), reshare (1);
   - the last layer: truncate (2); each party hands back its additive share
     plus a fresh zero share.
 
-  Network A (784-128-128-10, ReLU): 1 + 12 + 12 + 2 = 27 rounds.
+  Network A (784-128-128-10, ReLU): 1 + 11 + 11 + 2 = 25 rounds.
 
 Fixed point: 16 fractional bits (the wire contract); products at scale
 ``2^32`` are truncated back, exact to one unit for values below ``2^30``.

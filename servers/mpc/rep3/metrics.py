@@ -16,7 +16,7 @@ owner who asked for metrics to add up; nothing is opened here.
   maximal logits: the row maximum (:func:`~.nonlinear.maximum`), the sign of
   ``z_j - m`` gives the indicator of the maximal entries (8 + 2 rounds), a
   local product with the one-hot labels, summed. A row whose maximum is tied
-  counts if its label is among the tied classes. 54 rounds after the
+  counts if its label is among the tied classes. 50 rounds after the
   logits.
 """
 

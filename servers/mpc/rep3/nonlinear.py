@@ -7,7 +7,7 @@ its error:
 
 * :func:`maximum` -- the row maximum over the last axis, exact: a tournament
   of ``ceil(log2 k)`` levels, each a sign circuit on the differences and a
-  select (8 + 3 rounds per level; 44 rounds for 10 classes).
+  select (8 + 2 rounds per level; 40 rounds for 10 classes).
 * :func:`exp_neg` -- ``exp(x)`` for ``x`` in ``[-2^n, 0]`` as
   ``(1 + x / 2^n)^(2^n)``: ``n`` squarings (default ``n = 8``), 3 rounds each.
   ``1 + x/2^n`` is formed locally at scale ``2^28`` (exact: ``x``'s shares
@@ -88,7 +88,7 @@ def public_factor(corr: Correlated, x: Shared, c: float, m: int = FRAC_BITS) -> 
 
 
 def maximum(corr: Correlated, x: Shared) -> Steps[Shared]:
-    """Exact maximum over the last axis, kept as a length-1 axis; 11 rounds per halving."""
+    """Exact maximum over the last axis, kept as a length-1 axis; 10 rounds per halving."""
     rank = corr.rank
     while x.shape[-1] > 1:
         k = x.shape[-1]

@@ -2,7 +2,7 @@
 
 * :func:`max_pool` -- each window's exact maximum, by the tournament of
   :func:`~ppml.servers.mpc.rep3.nonlinear.maximum` over the window's
-  ``k * k`` values: 11 rounds per halving (22 for 2x2 windows). Exact: a
+  ``k * k`` values: 10 rounds per halving (20 for 2x2 windows). Exact: a
   difference ``a - b`` of two values below ``2^62`` never wraps.
 * :func:`avg_pool` -- the window sum is local; dividing by ``k^2`` is a
   truncation (2 rounds) and a reshare (1): by ``log2(k^2)`` bits when

@@ -127,8 +127,8 @@ def mul(corr: Correlated, x: Shared, y: Shared) -> Steps[Shared]:
 
 def and_local(x: Shared, y: Shared) -> U64:
     """XOR shares of the bitwise AND (before :func:`reshare`)."""
-    out: U64 = (x.a & (y.a ^ y.b)) ^ (x.b & y.a)
-    return out
+    out = (x.a & (y.a ^ y.b)) ^ (x.b & y.a)
+    return np.asarray(out, dtype=np.uint64)
 
 
 def and_bits(corr: Correlated, x: Shared, y: Shared) -> Steps[Shared]:

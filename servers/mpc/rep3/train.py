@@ -47,10 +47,10 @@ One step on a batch of ``B`` rows (:func:`sgd_step`):
   ``lr`` to a relative ``2^-21 B / lr``, and ``|u|`` must stay below
   ``2^10`` per parameter (the truncation's range at scale ``2^52``).
 
-Rounds per step for 784-128-128-10 (10 classes): forward 27, softmax 98,
-backward and updates 11: 136. :func:`sgd_step_with_loss` also hands out a
+Rounds per step for 784-128-128-10 (10 classes): forward 27, softmax 94,
+backward and updates 11: 132. :func:`sgd_step_with_loss` also hands out a
 share of the batch's mean loss (:mod:`.metrics`) computed beside the
-backward pass: 86 rounds where the backward took 11, 211 in all. Nothing is
+backward pass: 86 rounds where the backward took 11, 207 in all. Nothing is
 opened; every message is a reshared product, a truncation's masked opening
 or a select's masked input.
 """
