@@ -260,7 +260,7 @@ def test_one_step_gradient_equals_plaintext() -> None:
     # party 1 is in every round: key agreement, model and data setup, then the step:
     # forward, softmax of 5 classes (maximum in 3 levels), backward with the updates alongside
     softmax_rounds = 3 * 10 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3
-    assert nets[1].rounds - 3 == (12 + 12 + 3) + softmax_rounds + (4 + 4 + 3)
+    assert nets[1].rounds - 3 == (11 + 11 + 3) + softmax_rounds + (4 + 4 + 3)
 
 
 def test_momentum_and_weight_decay_follow_pytorchs_sgd() -> None:
@@ -285,7 +285,7 @@ def test_momentum_and_weight_decay_follow_pytorchs_sgd() -> None:
         assert np.abs(got - want).max() < 5e-3
         assert np.abs(other - want).max() > 0.05  # momentum and decay made a difference
     # no round added: 5 steps of (forward, 4-class softmax, backward) after the setup
-    step_rounds = (12 + 3) + (2 * 10 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
+    step_rounds = (11 + 3) + (2 * 10 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
     assert nets[1].rounds - 3 == 5 * step_rounds
 
 
@@ -318,7 +318,7 @@ def test_a_step_with_loss_reports_the_batchs_cross_entropy_and_takes_the_same_st
     _plain_step(pw, pb, x, y, train.Sgd(1.0), [])
     for i, want_w in enumerate(pw):
         assert np.abs(sum(r[1][i] for r in results) / SCALE - want_w).max() < 2e-3
-    step = (12 + 3) + (3 * 10 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
+    step = (11 + 3) + (3 * 10 + 3 * nonlinear.EXP_SQUARINGS + 27 + 3) + (4 + 3)
     assert max(r[2] for r in results) == step - (4 + 3) + (3 + 27 * nonlinear.LOG_STEPS + 2)
 
 

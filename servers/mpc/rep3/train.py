@@ -19,12 +19,13 @@ One step on a batch of ``B`` rows (:func:`sgd_step`):
 
 * forward, per layer ``i``: ``z = h W + b`` as three additive shares at scale
   ``2^32`` (local); with ReLU: reshare (1 round), the sign circuit of ``z``
-  (8) with its truncation riding along, the kept bit ``[z >= 0]`` made
-  arithmetic (2) and multiplied in (1): 12 rounds; the stage's input ``h``
+  (8) with its truncation riding along, then side by side the kept bit
+  ``[z >= 0]`` made arithmetic and the select of the truncated value (2):
+  11 rounds; the stage's input ``h``
   and the arithmetic bit are kept for backward (the derivative is taken as 1
   at ``z = 0``; PyTorch takes 0 there). The last layer: truncate (2) and
   reshare (1).
-* output gradient: ``g = softmax(z) - y`` (:func:`~.nonlinear.softmax`, 98
+* output gradient: ``g = softmax(z) - y`` (:func:`~.nonlinear.softmax`, 94
   rounds for 10 classes; its error bound per probability is the gradient's
   error here; ``1/B`` is folded into the learning rate).
 * backward, from the last layer down: ``dW = P^T G`` (local, additive at
@@ -47,10 +48,10 @@ One step on a batch of ``B`` rows (:func:`sgd_step`):
   ``lr`` to a relative ``2^-21 B / lr``, and ``|u|`` must stay below
   ``2^10`` per parameter (the truncation's range at scale ``2^52``).
 
-Rounds per step for 784-128-128-10 (10 classes): forward 27, softmax 94,
-backward and updates 11: 132. :func:`sgd_step_with_loss` also hands out a
+Rounds per step for 784-128-128-10 (10 classes): forward 25, softmax 94,
+backward and updates 11: 130. :func:`sgd_step_with_loss` also hands out a
 share of the batch's mean loss (:mod:`.metrics`) computed beside the
-backward pass: 86 rounds where the backward took 11, 207 in all. Nothing is
+backward pass: 86 rounds where the backward took 11, 205 in all. Nothing is
 opened; every message is a reshared product, a truncation's masked opening
 or a select's masked input.
 """
@@ -74,7 +75,7 @@ from ppml.servers.mpc.rep3.patches import out_rows, patches, patches_adjoint
 from ppml.servers.mpc.rep3.ringmm import ring_matmul
 from ppml.servers.mpc.rep3.rounds import Steps, gather
 from ppml.servers.mpc.rep3.rss import Shared, mul, reshare, to_additive, xor_public
-from ppml.servers.mpc.rep3.select import bit_to_arith
+from ppml.servers.mpc.rep3.select import bit_to_arith, select
 from ppml.training.batches import Batches
 
 LR_BITS = 20
@@ -150,8 +151,9 @@ def forward(
         if stage.gate == "relu":
             zs = yield from reshare(corr, z)
             below, y = yield from gather(negative(corr, zs), truncate(corr, zs))
-            bit = yield from bit_to_arith(corr, xor_public(corr.rank, below, 1))
-            h = yield from mul(corr, bit, y)
+            keep = xor_public(corr.rank, below, 1)
+            # the kept bit for backward and the ReLU's output, side by side: 2 rounds
+            bit, h = yield from gather(bit_to_arith(corr, keep), select(corr, keep, y))
             kept.append(bit)
         else:
             y_add = yield from trunc.from_additive(corr, z, FRAC_BITS)
