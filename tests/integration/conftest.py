@@ -104,6 +104,25 @@ def local3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.stop()
 
 
+# Three servers and no dealer (engine = "replicated"): one cluster for the replicated modules,
+# with client tokens for their federation offices. A module that kills or swaps a server
+# puts it back before it ends.
+REPLICATED_OFFICES = ("office-1", "office-2", "office-3")
+
+
+@pytest.fixture(scope="session")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    directory = tmp_path_factory.mktemp("replicated")
+    with LocalCluster(
+        parties=3,
+        directory=directory,
+        engine="replicated",
+        serving={"max_wait_ms": 5},
+        clients=REPLICATED_OFFICES,
+    ) as local:
+        yield local
+
+
 # Federation tests: a module names its offices (some of ``FEDERATION_OFFICES``) in a
 # module-level ``OFFICES`` tuple and uses ``local``, ``owner`` and ``offices`` (a module
 # defining its own ``local`` keeps it). Their federations are their own (ids, invitations),

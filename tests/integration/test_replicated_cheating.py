@@ -37,19 +37,23 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def cheating(
-    tmp_path_factory: pytest.TempPathFactory,
+    replicated: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalCluster, Path]]:
-    directory = tmp_path_factory.mktemp("cheating")
-    plan = directory / "cheat.txt"
+    """The session's replicated cluster with server 1 swapped for the test build, then back."""
+    plan = tmp_path_factory.mktemp("cheating") / "cheat.txt"
     plan.write_text("")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # the environment the test build starts with
         patch.setenv("PPML_TEST_CHEAT_FILE", str(plan))
         patch.setenv("PYTHONPATH", f"{HERE}:{os.environ.get('PYTHONPATH', '')}")
-        with LocalCluster(parties=3, directory=directory, engine="replicated") as local:
-            local.kill("server-1")
-            local.start_server(1, entry="cheating_server")
-            local.wait_serving(timeout=120)
-            yield local, plan
+        replicated.kill("server-1")
+        replicated.start_server(1, entry="cheating_server")
+    try:
+        replicated.wait_serving(timeout=120)
+        yield replicated, plan
+    finally:
+        replicated.kill("server-1")
+        replicated.start_server(1)
+        replicated.wait_serving(timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,10 @@ TOLERANCE = 2e-4  # fixed point: encodings and the division's two units (2^-15),
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory = tmp_path_factory.mktemp("replicated-federations")
-    with LocalCluster(parties=3, directory=directory, engine="replicated", clients=OFFICES) as c:
-        yield c
+def local(replicated: LocalCluster) -> LocalCluster:
+    """The session's replicated cluster (tests/integration/conftest.py: its clients include
+    every office named here)."""
+    return replicated
 
 
 @pytest.fixture(scope="module")

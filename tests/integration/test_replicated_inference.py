@@ -34,15 +34,6 @@ TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory = tmp_path_factory.mktemp("replicated")
-    with LocalCluster(
-        parties=3, directory=directory, engine="replicated", serving={"max_wait_ms": 5}
-    ) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
 def cluster(replicated: LocalCluster) -> Iterator[Cluster]:
     with Cluster.from_config(replicated.config_path) as sdk:
         yield sdk
