@@ -87,6 +87,12 @@ def gather(*protocols: Steps[Any]) -> Steps[list[Any]]:
     for i, proto in enumerate(protocols):
         _advance(proto, None, i, pending, results)
     while pending:
+        if len(pending) == 1:  # the others are done: pass this one's rounds through as they are
+            ((i, step),) = pending.items()
+            got = yield step
+            pending = {}
+            _advance(protocols[i], got, i, pending, results)
+            continue
         current = sorted(pending.items())
         merged = Round()
         for _, step in current:
