@@ -108,8 +108,12 @@ def component(rank: int, j: int, value: Array | None, like: Array) -> Shared:
 def reshare(corr: Correlated, z: Array) -> Steps[Shared]:
     """Three additive (3-out-of-3) shares to replicated form: one round, one array per party."""
     rank = corr.rank
-    binary = z.dtype == np.uint64
-    mine = z ^ corr.zero_bits(z.shape) if binary else z + corr.zero(z.shape)
+    if z.dtype == np.uint64:  # masked in place in the fresh zero share (one array less)
+        mine: Array = corr.zero_bits(z.shape)
+        mine ^= z
+    else:
+        mine = corr.zero(z.shape)
+        mine += z
     got = yield Round(send={prev_of(rank): [mine]}, expect={next_of(rank): [Expect.like(mine)]})
     return Shared(mine, got[next_of(rank)][0])
 
