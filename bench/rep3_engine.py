@@ -320,6 +320,8 @@ def main() -> None:
     ap.add_argument("--dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.n < 1 or args.m < 1:
+        ap.error("--n and --m must be at least 1")
     if args.role == "rep3":
         ports = [int(p) for p in args.ports.split(",")]
         _party_main(args.rank, args.fd, ports, Path(args.dir), args.n, args.m)
