@@ -65,9 +65,13 @@ CONFIGS = {
 RTTS_MS = (10.0, 40.0)
 
 
-def run_mpspdz(checkout: Path, script: Path, reps1: int, reps64: int) -> dict[str, Any]:
-    """MP-SPDZ dealer-ring figures for Network A from the peer's own script."""
-    env = dict(os.environ, MPSPDZ=str(checkout), REPS1=str(reps1), REPS64=str(reps64))
+def run_mpspdz(
+    checkout: Path, script: Path, reps1: int, reps64: int, protocol: str = "dealer-ring"
+) -> dict[str, Any]:
+    """MP-SPDZ figures for Network A from the peer's own script (``PROTOCOL=protocol``)."""
+    env = dict(
+        os.environ, MPSPDZ=str(checkout), REPS1=str(reps1), REPS64=str(reps64), PROTOCOL=protocol
+    )
     out = subprocess.run(
         ["bash", str(script)], env=env, check=True, capture_output=True, text=True, timeout=3600
     ).stdout

@@ -31,31 +31,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_service import run_mpspdz
 from network_a import run_service
 from rep3_engine import run_rep3
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
 from training import run_service as run_training_service
-
-
-def run_mpspdz_ring(checkout: Path, script: Path) -> dict[str, Any]:
-    """MP-SPDZ ``ring`` (3-party replicated, semi-honest) from the peer's own script."""
-    env = dict(os.environ, MPSPDZ=str(checkout), PROTOCOL="ring")
-    out = subprocess.run(
-        ["bash", str(script)], env=env, check=True, capture_output=True, text=True, timeout=3600
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["bs64_throughput_ips"] = 64_000 / float(result["bs64_ms"])
-    return result
 
 
 def _service(n: int, clients: int, per_client: int, processes: int, engine: str) -> dict[str, Any]:
@@ -121,7 +109,7 @@ def main() -> None:
     if args.train_steps:
         result["training"] = _training(args.train_steps, 128)
     if args.mpspdz and args.mpspdz_script:
-        result["mpspdz_ring"] = run_mpspdz_ring(args.mpspdz, args.mpspdz_script)
+        result["mpspdz_ring"] = run_mpspdz(args.mpspdz, args.mpspdz_script, 20, 5, "ring")
     print(json.dumps(result, indent=2))
     print(summary(result))
     if args.json:
