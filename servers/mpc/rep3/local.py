@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 
 class QueueNet:
-    """One party's end of an in-process mesh; counts its rounds and the bytes it sends."""
+    """One party's end of an in-process mesh; counts its rounds and the bytes it sends, and
+    keeps every array it receives in ``received`` (for tests of what a party sees)."""
 
     def __init__(
         self, rank: int, boxes: dict[tuple[int, int], queue.Queue[list[Array]]], timeout_s: float
@@ -28,6 +29,7 @@ class QueueNet:
         self._timeout_s = timeout_s
         self.rounds = 0
         self.bytes_sent = 0
+        self.received: list[Array] = []
 
     def exchange(self, send: dict[int, list[Array]], expect: dict[int, list[Expect]]) -> Received:
         if not send and not expect:
@@ -42,6 +44,7 @@ class QueueNet:
             if [Expect.like(a) for a in arrays] != specs:
                 raise ValueError(f"party {self.rank}: party {peer} sent other arrays than expected")
             got[peer] = arrays
+            self.received.extend(arrays)
         return got
 
 
