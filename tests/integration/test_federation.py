@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from dp_accounting import rdp
+from garbage_updates import submit_garbage_weight
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
@@ -495,27 +496,6 @@ def _expected_average(
     }
 
 
-def _garbage_weight_submit(
-    cluster: Cluster, fid: str, round_no: int, update: dict[str, np.ndarray]
-) -> None:
-    """A real update's shares, but the weight share is random bytes on every server."""
-    per_server = shares.share_named(update, cluster.parties)
-
-    def send(server: Any, rank: int) -> Any:
-        garbage = np.frombuffer(secrets.token_bytes(8), dtype=np.int64).copy()
-        request = federation_pb2.SubmitUpdateRequest(
-            federation_id=fid,
-            round=round_no,
-            update=serde.named_shares_to_proto(per_server[rank]),
-            weight=serde.share_to_proto(garbage),
-        )
-        return server.federation.SubmitUpdate.future(
-            request, timeout=30, metadata=cluster._metadata
-        )
-
-    cluster._call_all(send)
-
-
 def test_garbage_updates_are_refused_or_dropped_while_predictions_go_on(
     owner: Cluster, offices: dict[str, Cluster]
 ) -> None:
@@ -562,7 +542,7 @@ def test_garbage_updates_are_refused_or_dropped_while_predictions_go_on(
         )
         fid = handle.federation_id
         before = mpc_global_model(owner, fid)[1]
-        _garbage_weight_submit(offices[OFFICES[2]], fid, 1, {k: v * 50 for k, v in before.items()})
+        submit_garbage_weight(offices[OFFICES[2]], fid, 1, {k: v * 50 for k, v in before.items()})
         seeds = {name: 20 + i for i, name in enumerate(rows)}
         trains = {name: _fixed(seeds[name], rows[name]) for name in rows}
         reports = _join_all(offices, fid, trains)

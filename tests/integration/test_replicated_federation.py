@@ -10,7 +10,6 @@ identities join from their own SDK connections, in threads.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,16 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from garbage_updates import submit_garbage_weight
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
 from ppml.client.errors import InvalidFederation
 from ppml.client.federation import mpc_global_model
-from ppml.proto import shares
 from ppml.proto.deploy.topology import load_config
 from ppml.proto.domain import federations as fed
-from ppml.proto.wire import serde
-from ppml.v1 import federation_pb2
 
 OFFICES = ("office-1", "office-2", "office-3")
 SAMPLE = torch.zeros(1, 5)
@@ -139,27 +136,6 @@ def test_a_federation_runs_on_three_servers_with_no_dealer(
     assert handle.info().state is fed.FederationState.SUCCEEDED
 
 
-def _garbage_weight_submit(
-    cluster: Cluster, fid: str, round_no: int, update: dict[str, np.ndarray]
-) -> None:
-    """A real update's shares, but the weight share is random bytes on every server."""
-    per_server = shares.share_named(update, cluster.parties)
-
-    def send(server: Any, rank: int) -> Any:
-        garbage = np.frombuffer(secrets.token_bytes(8), dtype=np.int64).copy()
-        request = federation_pb2.SubmitUpdateRequest(
-            federation_id=fid,
-            round=round_no,
-            update=serde.named_shares_to_proto(per_server[rank]),
-            weight=serde.share_to_proto(garbage),
-        )
-        return server.federation.SubmitUpdate.future(
-            request, timeout=30, metadata=cluster._metadata
-        )
-
-    cluster._call_all(send)
-
-
 def test_a_garbage_weight_is_dropped_and_the_others_average_applies(
     owner: Cluster, offices: dict[str, Cluster]
 ) -> None:
@@ -169,7 +145,7 @@ def test_a_garbage_weight_is_dropped_and_the_others_average_applies(
     fid = handle.federation_id
     before = mpc_global_model(owner, fid)[1]
     shapes = {n: tuple(v.shape) for n, v in before.items()}
-    _garbage_weight_submit(offices[OFFICES[2]], fid, 1, {k: v * 50 for k, v in before.items()})
+    submit_garbage_weight(offices[OFFICES[2]], fid, 1, {k: v * 50 for k, v in before.items()})
     rows = {OFFICES[0]: 7, OFFICES[1]: 21}
     seeds = {OFFICES[0]: 20, OFFICES[1]: 21}
     reports = _join_all(offices, fid, {o: _fixed(seeds[o], rows[o]) for o in rows})
