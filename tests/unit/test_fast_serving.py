@@ -145,15 +145,18 @@ def test_spec_mapping_and_wire_round_trip() -> None:
         (1, 8, 8),
         (10,),
     )
-    for architecture in (ARCH, cnn):
-        fm = fast_spec.fast_model(architecture)
-        assert fm is not None
-        assert fast_spec.from_wire(fast_spec.to_wire(fm.spec)) == fm.spec
     pooled = Architecture(
         (dl.Conv2d(1, 4, (3, 3)), dl.MaxPool2d((2, 2), (2, 2))), (1, 8, 8), (4, 3, 3)
     )
+    for architecture in (ARCH, cnn, pooled):
+        fm = fast_spec.fast_model(architecture)
+        assert fm is not None
+        assert fast_spec.from_wire(fast_spec.to_wire(fm.spec)) == fm.spec
+    padded = Architecture(
+        (dl.Conv2d(1, 4, (3, 3)), dl.MaxPool2d((2, 2), (2, 2), (1, 1))), (1, 8, 8), (4, 4, 4)
+    )
     odd = Architecture((dl.Conv2d(1, 4, (3, 1)),), (1, 8, 8), (4, 6, 8))
-    assert fast_spec.fast_model(pooled) is None and fast_spec.fast_model(odd) is None
+    assert fast_spec.fast_model(padded) is None and fast_spec.fast_model(odd) is None
     for bad in (
         (),
         ((6,), (("linear", 6, -1, True),)),

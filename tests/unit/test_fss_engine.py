@@ -165,7 +165,7 @@ def test_the_head_of_a_bundle_serves_fewer_rows() -> None:
     dealer, key, models = _setup(NETWORK_A, net)
     wide = [Bundle.from_bytes(b.to_bytes()) for b in dealer.preprocess(NETWORK_A, key, 8)]
     bundles = [b.head(5) for b in wide]
-    nonces = len(wide[0].stages) * NONCE_BYTES  # one DCF nonce per stage, whatever the rows
+    nonces = len(wide[0].gates) * NONCE_BYTES  # one DCF nonce per gate, whatever the rows
     assert (
         bundles[0].batch == 5 and bundles[0].nbytes - nonces == 5 * (wide[0].nbytes - nonces) // 8
     )
@@ -188,7 +188,7 @@ def test_bundles_made_in_one_pass_each_serve_a_forward() -> None:
         bundles = [Bundle.from_bytes(b.to_bytes()) for b in pair]
         x = torch.rand(2, 784) * 4 - 2
         assert np.abs(_run(models, bundles, x) - net(x).detach().numpy()).max() <= 1e-3
-    masks = [pair[0].stages[0].in_mask for pair in made]
+    masks = [pair[0].masks[0] for pair in made]
     assert not np.array_equal(masks[0], masks[1])
     with pytest.raises(ValueError):
         made[0][0].rows(1, 3)

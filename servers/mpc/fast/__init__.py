@@ -16,11 +16,19 @@ Modules, one concept each:
   (stochastic rounding, error < 1 ulp, no wrap errors);
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
   at model registration), int64 matmul via torch;
+* :mod:`.pooling` -- pooling windows over shares, the max tournament's sizes;
+* :mod:`.nodes` -- the public model: node kinds (weighted layers, ReLU, Add,
+  pooling, Flatten) and :class:`~.nodes.ModelSpec`, a chain or a DAG;
+* :mod:`.graph` -- a model's plan: lazy scales, shared openings, gates,
+  the dealer material one forward needs;
 * :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward
   bundles and their (de)serialisation;
-* :mod:`.engine` -- architecture, dealer preprocessing, party forward, comm
+* :mod:`.engine` -- dealer preprocessing, party forward (runs the plan), comm
   counting;
 * :mod:`.local` -- two parties in one process (queues, threads) for tests.
+
+Chains and residual networks (DAGs) run alike; a chain's plan is exactly
+the chain engine's (same rounds, bytes and dealer material).
 
 Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
 4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 243,552 bytes

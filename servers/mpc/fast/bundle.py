@@ -110,17 +110,13 @@ class ModelSetup:
 
 
 @dataclass(frozen=True)
-class StageBundle:
-    """Per stage: share of the input mask r, share of F(B, r), gate key."""
-
-    in_mask: Ring
-    weight_mask_product: Ring
-    gate: GateKey
-
-
-@dataclass(frozen=True)
 class Bundle:
     """One party's correlated randomness for one forward of ``batch`` samples.
+
+    In the order of the model's plan (:mod:`.graph`): ``masks``, shares of
+    each opening's mask ``r`` (batch, *shape); ``products``, shares of
+    ``F(B, r)`` per weighted layer (batch, *out_shape); ``gates``, one key set
+    per gate (``batch * per_sample`` instances, sample-major).
 
     Single use: every mask in it hides one value once; running two inputs on
     one bundle would reveal their difference to both parties.
@@ -128,14 +124,21 @@ class Bundle:
 
     party: int
     batch: int
-    stages: tuple[StageBundle, ...]
+    masks: tuple[Ring, ...]
+    products: tuple[Ring, ...]
+    gates: tuple[GateKey, ...]
 
     @property
     def nbytes(self) -> int:
         """Serialised payload bytes (without the container's headers)."""
-        return sum(
-            s.in_mask.nbytes + s.weight_mask_product.nbytes + s.gate.nbytes for s in self.stages
+        return (
+            sum(m.nbytes for m in self.masks)
+            + sum(p.nbytes for p in self.products)
+            + sum(g.nbytes for g in self.gates)
         )
+
+    def _layout(self) -> tuple[int, int, int, int]:
+        return self.party, len(self.masks), len(self.products), len(self.gates)
 
     @classmethod
     def concat(cls, bundles: Sequence[Bundle]) -> Bundle:
@@ -145,17 +148,18 @@ class Bundle:
         can make single-image bundles ahead of time and a party can stack as
         many as the leader's dynamic batch needs.
         """
-        if not bundles or len({(b.party, len(b.stages)) for b in bundles}) != 1:
+        if not bundles or len({b._layout() for b in bundles}) != 1:
             raise ValueError("need one or more bundles of one party and model")
-        stages = tuple(
-            StageBundle(
-                np.concatenate([b.stages[i].in_mask for b in bundles]),
-                np.concatenate([b.stages[i].weight_mask_product for b in bundles]),
-                GateKey.concat([b.stages[i].gate for b in bundles]),
-            )
-            for i in range(len(bundles[0].stages))
+        first = bundles[0]
+        return cls(
+            first.party,
+            sum(b.batch for b in bundles),
+            tuple(np.concatenate([b.masks[i] for b in bundles]) for i in range(len(first.masks))),
+            tuple(
+                np.concatenate([b.products[i] for b in bundles]) for i in range(len(first.products))
+            ),
+            tuple(GateKey.concat([b.gates[i] for b in bundles]) for i in range(len(first.gates))),
         )
-        return cls(bundles[0].party, sum(b.batch for b in bundles), stages)
 
     def head(self, rows: int) -> Bundle:
         """The material of the first ``rows`` samples (views, no copy).
@@ -176,34 +180,43 @@ class Bundle:
         """
         if not 0 <= start < stop <= self.batch:
             raise ValueError(f"cannot take rows {start}..{stop} of a bundle for {self.batch}")
-        stages = []
-        for s in self.stages:
-            per = s.gate.size // self.batch
-            gate = s.gate.take(start * per, stop * per)
-            mask, product = s.in_mask[start:stop], s.weight_mask_product[start:stop]
-            stages.append(StageBundle(mask, product, gate))
-        return Bundle(self.party, stop - start, tuple(stages))
+        gates = []
+        for g in self.gates:
+            per = g.size // self.batch
+            gates.append(g.take(start * per, stop * per))
+        return Bundle(
+            self.party,
+            stop - start,
+            tuple(m[start:stop] for m in self.masks),
+            tuple(p[start:stop] for p in self.products),
+            tuple(gates),
+        )
 
     def to_bytes(self) -> bytes:
         """Container bytes (:func:`arrays_to_bytes`); DCF lanes keep only their low bytes."""
-        arrays: dict[str, np.ndarray] = {"meta": np.array([self.party, self.batch])}
-        for i, s in enumerate(self.stages):
-            arrays[f"s{i}.in_mask"] = s.in_mask
-            arrays[f"s{i}.fbr"] = s.weight_mask_product
-            arrays.update(s.gate.to_arrays(f"s{i}.gate"))
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.array(
+                [self.party, self.batch, len(self.masks), len(self.products), len(self.gates)]
+            )
+        }
+        arrays.update({f"m{i}": m for i, m in enumerate(self.masks)})
+        arrays.update({f"p{i}": p for i, p in enumerate(self.products)})
+        for i, g in enumerate(self.gates):
+            arrays.update(g.to_arrays(f"g{i}"))
         return arrays_to_bytes(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray) -> Bundle:
-        """Inverse of :meth:`to_bytes`."""
+        """Inverse of :meth:`to_bytes`; ValueError if malformed."""
         a = arrays_from_bytes(data)
-        n = len({k.split(".")[0] for k in a if k != "meta"})
-        stages = tuple(
-            StageBundle(
-                a[f"s{i}.in_mask"].astype(np.int64),
-                a[f"s{i}.fbr"].astype(np.int64),
-                GateKey.from_arrays(a, f"s{i}.gate"),
+        try:
+            party, batch, masks, products, gates = (int(v) for v in a["meta"])
+            return cls(
+                party,
+                batch,
+                tuple(a[f"m{i}"].astype(np.int64) for i in range(masks)),
+                tuple(a[f"p{i}"].astype(np.int64) for i in range(products)),
+                tuple(GateKey.from_arrays(a, f"g{i}") for i in range(gates)),
             )
-            for i in range(n)
-        )
-        return cls(int(a["meta"][0]), int(a["meta"][1]), stages)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"malformed bundle: {exc}") from None

@@ -1,27 +1,31 @@
 """Dealer-assisted two-party inference on masked wires: dealer preprocessing and party forward.
 
-Model: a chain of weighted layers (:class:`Linear`, :class:`Conv2d`), each
-optionally followed by :class:`ReLU`; :class:`Flatten` may appear anywhere and
-only reshapes. A *stage* is one weighted layer plus its gate: ReLU with
-truncation (:class:`~ppml.servers.mpc.fast.gates.ReluTrunc`) if a ReLU follows,
-else truncation alone (:class:`~ppml.servers.mpc.fast.gates.Trunc`).
+Model: a :class:`~ppml.servers.mpc.fast.nodes.ModelSpec`, a chain or a DAG
+of weighted layers (:class:`Linear`, :class:`Conv2d`), ReLU, residual Add,
+average and max pooling and Flatten. :func:`~ppml.servers.mpc.fast.graph.plan_of`
+turns it into steps: openings of weighted layers' inputs, local matmuls,
+gates (:class:`~ppml.servers.mpc.fast.gates.ReluTrunc` for ReLU and max
+comparisons, :class:`~ppml.servers.mpc.fast.gates.Trunc` where only
+truncation is needed) and local sums, reshapes and window sums.
 
 Protocol for one forward of a batch (parties P0, P1; dealer D):
 
 * once per model: D derives weight masks from a model key and shares them
   (:meth:`Dealer.model_setup`); the parties open ``W^ = W - B``
   (:meth:`PartyModel.open`, one round);
-* offline: D makes one :class:`Bundle` per party (:meth:`Dealer.preprocess`);
-  each party folds it with ``W^`` into per-stage offsets (:func:`prepare`),
-  still input-independent;
-* online (:func:`forward`), given additive shares of the fixed-point input:
-  open ``x^ = x + r_0`` (1 round); then per stage: local matmul giving shares
-  of ``z + r_z``, open (1 round), gate to shares of the output (a ReLU gate
-  opens one masked bit per element: 1 round), and unless it is the last stage
-  add shares of the next mask and open (1 round). The output is additive
-  shares of the fixed-point logits. Rounds: ``2 * stages`` plus one per ReLU
-  layer (8 for Network A), each a single simultaneous exchange of one int64
-  array.
+* offline: D makes one :class:`Bundle` per party (:meth:`Dealer.preprocess`):
+  per opening a mask ``r``, per weighted layer ``F(B, r)``, per gate a key
+  set, all shared; each party folds it with ``W^`` into per-layer offsets
+  (:func:`prepare`), still input-independent;
+* online (:func:`forward`), given additive shares of the fixed-point input,
+  the plan's steps in order: an opening is one round (``x^ = x + r``); a
+  weighted layer is local (``F(W_i, x^)`` plus the offset: shares of the
+  pre-activation at ``2^(2f)``); a gate adds its key's mask shares, opens (one
+  round) and evaluates (ReLU opens one masked bit: one more round); a max
+  tournament level is one ReLU gate over all its comparisons. The output is
+  additive shares of the fixed-point last node. For a chain: ``2 * stages``
+  rounds plus one per ReLU layer (8 for Network A), each a single
+  simultaneous exchange of one int64 array.
 
 Range: with the default :class:`~ppml.servers.mpc.fast.gates.GateParams`
 (depth 47, ``L = 64``) the gates are exact (to stochastic rounding) for every
@@ -30,77 +34,62 @@ layer whose true output is larger wraps the ring in its matmul, as in any
 engine on this number format.
 
 Security: every opened value is a secret plus a fresh uniform mask known only
-to D, every share a party receives is uniform (the other share is fresh), and
-DCF keys hide their thresholds and payloads; so each party's view is
-independent of the input and of the weights (see linear.py and gates.py for
-the per-gate arguments). D receives nothing from the parties.
+to D, used for that one opening (an opening's mask ``r`` is shared by the
+weighted layers reading it, but opened once), every share a party receives
+is uniform (the other share is fresh), and DCF keys hide their thresholds and
+payloads; so each party's view is independent of the input and of the
+weights (see linear.py, gates.py and graph.py for the per-step arguments).
+D receives nothing from the parties.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 import numpy as np
 
-from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup, StageBundle
-from ppml.servers.mpc.fast.gates import GATES, GateParams, split
-from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp, weight_mask
+from ppml.servers.mpc.fast import graph
+from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
+from ppml.servers.mpc.fast.gates import GATES, split
+from ppml.servers.mpc.fast.graph import plan_of
+from ppml.servers.mpc.fast.linear import Conv2d, Linear, weight_mask
+from ppml.servers.mpc.fast.nodes import (
+    Add,
+    AvgPool,
+    Flatten,
+    Layer,
+    MaxPool,
+    ModelSpec,
+    ReLU,
+    Stage,
+)
+from ppml.servers.mpc.fast.pooling import window_sums, windows
 from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, Ring
 
+__all__ = [
+    "Add",
+    "AvgPool",
+    "Bundle",
+    "CommStats",
+    "Conv2d",
+    "CountingExchange",
+    "Dealer",
+    "Flatten",
+    "Layer",
+    "Linear",
+    "MaxPool",
+    "ModelSetup",
+    "ModelSpec",
+    "PartyModel",
+    "Prepared",
+    "ReLU",
+    "Stage",
+    "forward",
+    "prepare",
+]
+
 Exchange = Callable[[Ring], Ring]
-
-
-@dataclass(frozen=True)
-class ReLU:
-    """Marks a ReLU after the previous weighted layer."""
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """Reshape to (batch, -1); no computation."""
-
-
-Layer = Linear | Conv2d | ReLU | Flatten
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One weighted layer and the gate after it (``relu`` or ``trunc``)."""
-
-    op: WeightedOp
-    gate: str
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Public architecture: layers, per-sample input shape, fixed-point parameters."""
-
-    layers: tuple[Layer, ...]
-    input_shape: tuple[int, ...]
-    params: GateParams = field(default_factory=GateParams)
-
-    @cached_property
-    def stages(self) -> tuple[Stage, ...]:
-        """Validated stages; raises ValueError for an unsupported chain or shape mismatch."""
-        stages: list[Stage] = []
-        size = int(np.prod(self.input_shape))
-        for layer in self.layers:
-            if isinstance(layer, Flatten):
-                continue
-            if isinstance(layer, ReLU):
-                if not stages or stages[-1].gate == "relu":
-                    raise ValueError("ReLU must follow a Linear or Conv2d layer")
-                stages[-1] = Stage(stages[-1].op, "relu")
-                continue
-            if int(np.prod(layer.in_shape)) != size:
-                raise ValueError(f"{layer} expects {layer.in_shape}, gets {size} values")
-            stages.append(Stage(layer, "trunc"))
-            size = int(np.prod(layer.out_shape))
-        if not stages:
-            raise ValueError("the model has no Linear or Conv2d layer")
-        return tuple(stages)
 
 
 class Dealer:
@@ -115,30 +104,40 @@ class Dealer:
         self._prg = FixedKeyPRG()
 
     def model_setup(self, spec: ModelSpec, model_key: bytes) -> tuple[ModelSetup, ModelSetup]:
-        """Shares of every layer's weight mask (one-time, per model)."""
+        """Shares of every weighted layer's weight mask (one-time, per model)."""
         pairs = [
-            split(weight_mask(model_key, i, st.op), self._rng) for i, st in enumerate(spec.stages)
+            split(weight_mask(model_key, i, op), self._rng)
+            for i, op in enumerate(plan_of(spec).weighted)
         ]
-        return tuple(  # type: ignore[return-value]
-            ModelSetup(b, tuple(p[b] for p in pairs)) for b in (0, 1)
-        )
+        return ModelSetup(0, tuple(p[0] for p in pairs)), ModelSetup(1, tuple(p[1] for p in pairs))
 
     def preprocess(self, spec: ModelSpec, model_key: bytes, batch: int) -> tuple[Bundle, Bundle]:
         """Bundles for one forward of ``batch`` samples (fresh masks and keys)."""
         if batch < 1:
             raise ValueError("batch must be positive")
-        out: tuple[list[StageBundle], list[StageBundle]] = ([], [])
-        for i, st in enumerate(spec.stages):
-            r = self._rng.ring((batch, *st.op.in_shape))
-            fbr = st.op.apply(r, st.op.transpose(weight_mask(model_key, i, st.op)))
-            n = int(np.prod(fbr.shape))
-            out_bits = 64 if i + 1 == len(spec.stages) else spec.params.low_bits
-            keys = GATES[st.gate].gen(spec.params, n, self._rng, self._prg, out_bits)
-            for b, (rb, fb) in enumerate(
-                zip(split(r, self._rng), split(fbr, self._rng), strict=True)
-            ):
-                out[b].append(StageBundle(rb, fb, keys[b]))
-        return Bundle(0, batch, tuple(out[0])), Bundle(1, batch, tuple(out[1]))
+        plan = plan_of(spec)
+        masks = [self._rng.ring((batch, *shape)) for shape in plan.masks]
+        products = [
+            op.apply(masks[m], op.transpose(weight_mask(model_key, i, op)))
+            for i, (op, m) in enumerate(zip(plan.weighted, plan.weighted_mask, strict=True))
+        ]
+        keys = [
+            GATES[g.kind].gen(spec.params, batch * g.per_sample, self._rng, self._prg, g.out_bits)
+            for g in plan.gates
+        ]
+        mask_parts = [split(m, self._rng) for m in masks]
+        product_parts = [split(p, self._rng) for p in products]
+
+        def part(b: int) -> Bundle:
+            return Bundle(
+                b,
+                batch,
+                tuple(m[b] for m in mask_parts),
+                tuple(p[b] for p in product_parts),
+                tuple(k[b] for k in keys),
+            )
+
+        return part(0), part(1)
 
     def preprocess_many(
         self, spec: ModelSpec, model_key: bytes, batch: int, count: int
@@ -214,12 +213,12 @@ class PartyModel:
         ``weights``/``biases``: this party's additive shares at scale 2^f, one
         per weighted layer (bias ``None`` for a layer without one).
         """
-        stages = spec.stages
-        if not len(weights) == len(biases) == len(setup.mask_shares) == len(stages):
+        ops = plan_of(spec).weighted
+        if not len(weights) == len(biases) == len(setup.mask_shares) == len(ops):
             raise ValueError("need one weight share, bias share and mask share per layer")
         ws = [
-            np.asarray(w, dtype=np.int64).reshape(st.op.weight_shape)
-            for w, st in zip(weights, stages, strict=True)
+            np.asarray(w, dtype=np.int64).reshape(op.weight_shape)
+            for w, op in zip(weights, ops, strict=True)
         ]
         with np.errstate(over="ignore"):
             mine = np.concatenate(
@@ -227,13 +226,13 @@ class PartyModel:
             )
         flat = CountingExchange(exchange).open(mine)
         masked, at = [], 0
-        for w, st in zip(ws, stages, strict=True):
-            masked.append(st.op.transpose(flat[at : at + w.size]))
+        for w, op in zip(ws, ops, strict=True):
+            masked.append(op.transpose(flat[at : at + w.size]))
             at += w.size
         return cls(
             spec,
             setup.party,
-            tuple(st.op.transpose(w) for w, st in zip(ws, stages, strict=True)),
+            tuple(op.transpose(w) for w, op in zip(ws, ops, strict=True)),
             tuple(None if b is None else np.asarray(b, dtype=np.int64) for b in biases),
             tuple(masked),
         )
@@ -241,28 +240,89 @@ class PartyModel:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A bundle folded with ``W^``: per stage, the offset added to ``F(W_i, x^)``."""
+    """A bundle folded with ``W^``: per weighted layer, the offset added to ``F(W_i, x^)``."""
 
     bundle: Bundle
     offsets: tuple[Ring, ...]
 
 
 def prepare(model: PartyModel, bundle: Bundle) -> Prepared:
-    """Input-independent party work: ``offset = bias_i 2^f - F(W^, r_i) - F(B, r)_i + r_z,i``."""
+    """Input-independent party work: ``offset = bias_i 2^f - F(W^, r_i) - F(B, r)_i``."""
     if bundle.party != model.party:
         raise ValueError("bundle is for the other party")
+    plan = plan_of(model.spec)
+    if (len(bundle.masks), len(bundle.products), len(bundle.gates)) != (
+        len(plan.masks),
+        len(plan.weighted),
+        len(plan.gates),
+    ):
+        raise ValueError("bundle is for another model")
     offsets = []
     f = model.spec.params.frac_bits
     with np.errstate(over="ignore"):
-        for st, sb, masked, bias in zip(
-            model.spec.stages, bundle.stages, model.masked_t, model.biases, strict=True
-        ):
-            off = sb.gate.mask.reshape(bundle.batch, *st.op.out_shape) - sb.weight_mask_product
-            off -= st.op.apply(sb.in_mask, masked)
+        for i, op in enumerate(plan.weighted):
+            off = -bundle.products[i] - op.apply(
+                bundle.masks[plan.weighted_mask[i]], model.masked_t[i]
+            )
+            bias = model.biases[i]
             if bias is not None:
-                off += st.op.bias_term(bias) << np.int64(f)
+                off += op.bias_term(bias) << np.int64(f)
             offsets.append(off)
     return Prepared(bundle, tuple(offsets))
+
+
+class _Run:
+    """One party's state during one forward: value shares, opened inputs, the exchange."""
+
+    def __init__(
+        self, model: PartyModel, prep: Prepared, ex: CountingExchange, prg: FixedKeyPRG
+    ) -> None:
+        self.model, self.prep, self.ex, self.prg = model, prep, ex, prg
+        self.bundle = prep.bundle
+        self.plan = plan_of(model.spec)
+        self.lift = np.int64(1 << model.spec.params.frac_bits)
+        self.values: dict[int, Ring] = {}
+        self.opened: dict[int, Ring] = {}
+
+    def gate(self, index: int, v: Ring) -> Ring:
+        """Open ``v + r`` with gate ``index``'s mask and evaluate: shares, shaped like ``v``."""
+        key = self.bundle.gates[index]
+        opened = self.ex.open(v.reshape(-1) + key.mask)
+        y = GATES[key.kind].eval(self.model.spec.params, key, opened, self.prg, self.ex)
+        return y.reshape(v.shape)
+
+    def step(self, s: graph.Step) -> None:
+        vals, batch = self.values, self.bundle.batch
+        if isinstance(s, graph.Open):
+            x = vals[s.src].reshape(batch, -1) + self.bundle.masks[s.mask].reshape(batch, -1)
+            self.opened[s.mask] = self.ex.open(x)
+        elif isinstance(s, graph.Matmul):
+            op = self.plan.weighted[s.layer]
+            z = op.apply(self.opened[s.mask], self.model.weights_t[s.layer])
+            vals[s.dst] = z + self.prep.offsets[s.layer]
+        elif isinstance(s, graph.Gate):
+            vals[s.dst] = self.gate(s.gate, vals[s.src] * self.lift if s.lift else vals[s.src])
+        elif isinstance(s, graph.Sum):
+            a = vals[s.a] * self.lift if s.lift_a else vals[s.a]
+            b = vals[s.b] * self.lift if s.lift_b else vals[s.b]
+            vals[s.dst] = a.reshape(b.shape) + b
+        elif isinstance(s, graph.Reshape):
+            vals[s.dst] = vals[s.src].reshape(batch, -1)
+        elif isinstance(s, graph.Average):
+            shape = self.plan.values[s.src].shape
+            vals[s.dst] = window_sums(vals[s.src], shape, s.kernel, s.stride) * np.int64(s.factor)
+        else:
+            vals[s.dst] = self.maximum(s)
+
+    def maximum(self, s: graph.Maximum) -> Ring:
+        """Each window's maximum: per level, ``max(a, b) = b + ReLU(a - b)`` for all pairs."""
+        cand = windows(self.values[s.src], self.plan.values[s.src].shape, s.kernel, s.stride)
+        for g in s.gates:
+            pairs = cand.shape[2] // 2
+            a, b = cand[:, :, 0 : 2 * pairs : 2], cand[:, :, 1 : 2 * pairs : 2]
+            best = b + self.gate(g, (a - b) * self.lift)
+            cand = np.concatenate([best, cand[:, :, 2 * pairs :]], axis=2)
+        return cand.reshape(cand.shape[0], *self.plan.values[s.dst].shape)
 
 
 def forward(
@@ -279,25 +339,15 @@ def forward(
     shape both ways. Both parties must call this with matching bundles.
     """
     prep = material if isinstance(material, Prepared) else prepare(model, material)
-    bundle, spec = prep.bundle, model.spec
+    spec = model.spec
     x_share = np.asarray(x_share, dtype=np.int64)
-    if x_share.shape != (bundle.batch, *spec.input_shape):
-        raise ValueError(f"input share has shape {x_share.shape}, bundle is for {bundle.batch}")
-    ex = CountingExchange(exchange)
-    prg = prg or FixedKeyPRG()
-    stages = spec.stages
-    with np.errstate(over="ignore"):
-        mine = x_share.reshape(bundle.batch, -1) + bundle.stages[0].in_mask.reshape(
-            bundle.batch, -1
+    if x_share.shape != (prep.bundle.batch, *spec.input_shape):
+        raise ValueError(
+            f"input share has shape {x_share.shape}, bundle is for {prep.bundle.batch}"
         )
-        x_hat = ex.open(mine)
-        for i, (st, sb) in enumerate(zip(stages, bundle.stages, strict=True)):
-            z_masked = st.op.apply(x_hat, model.weights_t[i]) + prep.offsets[i]
-            opened = ex.open(z_masked)
-            y = GATES[st.gate].eval(spec.params, sb.gate, opened, prg, ex)
-            y = y.reshape(z_masked.shape)
-            if i + 1 == len(stages):
-                return y, ex.stats
-            nxt = bundle.stages[i + 1].in_mask
-            x_hat = ex.open(y.reshape(nxt.shape) + nxt)
-    raise AssertionError("unreachable")
+    run = _Run(model, prep, CountingExchange(exchange), prg or FixedKeyPRG())
+    run.values[0] = x_share
+    with np.errstate(over="ignore"):
+        for step in run.plan.steps:
+            run.step(step)
+    return run.values[run.plan.output], run.ex.stats

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ppml.servers.mpc.fast import engine as fe
+from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.prg import new_key
 from ppml.servers.mpc.fast.service import spec as fast_spec
 
@@ -95,7 +96,7 @@ class FastDealing:
 
     def setup(self, wire: object) -> Payloads:
         spec = fast_spec.from_wire(wire)
-        weights = sum(int(np.prod(st.op.weight_shape)) for st in spec.stages)
+        weights = sum(int(np.prod(op.weight_shape)) for op in spec.weighted)
         if weights > MAX_WEIGHTS:
             raise ValueError(f"{weights} weights; the dealer sets up at most {MAX_WEIGHTS}")
         self._next_setup += 1
@@ -114,8 +115,7 @@ class FastDealing:
         if found is None:
             raise ValueError(f"no fast setup {setup_id} in this session")
         spec, key = found
-        per_sample = sum(int(np.prod(st.op.in_shape)) + int(np.prod(st.op.out_shape))
-                         for st in spec.stages)  # fmt: skip
+        per_sample = plan_of(spec).elements_per_sample()
         if batch < 1 or count < 1 or per_sample * batch * count > MAX_ELEMENTS:
             raise ValueError(f"{count} bundles of batch {batch}: out of range")
         bucket = batch & (batch - 1) == 0  # pools use powers of two; other sizes are one-offs

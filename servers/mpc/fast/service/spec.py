@@ -1,14 +1,19 @@
 """Which stored models the fast engine can serve, and its public spec of them.
 
-The fast engine (:mod:`ppml.servers.mpc.fast`) runs chains of Linear and
-Conv2d layers (square kernel, equal stride and padding, no dilation or
-groups), each optionally followed by ReLU, with Flatten anywhere. Any other
-layer (pooling, Affine) keeps a model on the CrypTen path.
+The fast engine (:mod:`ppml.servers.mpc.fast`) runs chains and DAGs
+(residual networks) of Linear and Conv2d layers (square kernel, equal stride
+and padding, no dilation or groups), ReLU, Add, Flatten, and average and max
+pooling (square window and stride, no padding). Any other layer (Affine,
+padded or rectangular pooling) keeps a model on the CrypTen path.
 
 The spec is public (the architecture is). :func:`to_wire` and
 :func:`from_wire` turn it into nested tuples of ints, bools and strings, the
 only form a party sends the dealer (the dealer unpickles with CrypTen's
-restricted loader).
+restricted loader): ``(input_shape, rows)`` for a chain, ``(input_shape,
+rows, inputs)`` for a DAG, ``inputs`` one tuple of source indices per row
+(``-1``: the model input). :func:`from_wire` validates strictly: known row
+kinds with sizes in range, at most :data:`MAX_WIRE_LAYERS` rows, every
+source an earlier row, each row's arity, and a plan the engine can run.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from dataclasses import dataclass
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import layers as dl
-from ppml.servers.mpc.fast import engine as fe
 from ppml.servers.mpc.fast import linear as fl
+from ppml.servers.mpc.fast import nodes as fn
+from ppml.servers.mpc.fast.graph import plan_of
 
-Wire = tuple[tuple[int, ...], tuple[tuple[object, ...], ...]]
-MAX_WIRE_LAYERS = 64
+Wire = (
+    tuple[tuple[int, ...], tuple[tuple[object, ...], ...]]
+    | tuple[tuple[int, ...], tuple[tuple[object, ...], ...], tuple[tuple[int, ...], ...]]
+)
+MAX_WIRE_LAYERS = 256  # a ResNet-50 has about 180 nodes
 MAX_DIM = 1 << 16
 
 
@@ -29,7 +38,7 @@ MAX_DIM = 1 << 16
 class FastModel:
     """A fast-engine spec and, per stage, the index of its layer in the architecture."""
 
-    spec: fe.ModelSpec
+    spec: fn.ModelSpec
     layer_index: tuple[int, ...]
     output_shape: tuple[int, ...]
 
@@ -50,42 +59,67 @@ def conv_layer(layer: dl.Conv2d, shape: tuple[int, ...]) -> fl.Conv2d | None:
     )
 
 
+def _pool(layer: dl.MaxPool2d | dl.AvgPool2d) -> fn.Node | None:
+    square = all(len(set(p)) == 1 for p in (layer.kernel_size, layer.stride))
+    if not square or layer.padding != (0, 0):
+        return None
+    kind = fn.MaxPool if isinstance(layer, dl.MaxPool2d) else fn.AvgPool
+    return kind(layer.kernel_size[0], layer.stride[0])
+
+
+def _node(layer: dl.Layer, shape: tuple[int, ...]) -> fn.Node | None:
+    """The engine's node for ``layer`` reading ``shape``, or None if it lacks it."""
+    if isinstance(layer, dl.Linear):
+        return fl.Linear(layer.in_features, layer.out_features, layer.bias)
+    if isinstance(layer, dl.Conv2d):
+        return conv_layer(layer, shape)
+    if isinstance(layer, dl.MaxPool2d | dl.AvgPool2d):
+        return _pool(layer)
+    simple: dict[type, fn.Node] = {dl.ReLU: fn.ReLU(), dl.Flatten: fn.Flatten(), dl.Add: fn.Add()}
+    return simple.get(type(layer))
+
+
+def _sources(architecture: arch.Architecture, index: int) -> tuple[int, ...]:
+    sources = getattr(architecture, "sources", None)  # chains only before the DAG architecture
+    return tuple(sources(index)) if sources is not None else (index - 1,)
+
+
 def fast_model(architecture: arch.Architecture) -> FastModel | None:
     """The fast engine's view of ``architecture``, or None if it has a layer the engine lacks."""
-    out: list[fe.Layer] = []
+    nodes: list[fn.Node] = []
     index: list[int] = []
-    shape = tuple(architecture.input_shape)
+    inputs: list[tuple[int, ...]] = []
+    shapes: dict[int, tuple[int, ...]] = {fn.MODEL_INPUT: tuple(architecture.input_shape)}
     for i, layer in enumerate(architecture.layers):
-        converted: fe.Layer | None
-        if isinstance(layer, dl.Linear):
-            converted = fl.Linear(layer.in_features, layer.out_features, layer.bias)
-        elif isinstance(layer, dl.Conv2d):
-            converted = conv_layer(layer, shape)
-        elif isinstance(layer, dl.ReLU):
-            converted = fe.ReLU()
-        elif isinstance(layer, dl.Flatten):
-            converted = fe.Flatten()
-        else:
+        sources = _sources(architecture, i)
+        if not all(fn.MODEL_INPUT <= s < i for s in sources) or not sources:
             return None
-        if converted is None:
+        node = _node(layer, shapes[sources[0]])
+        if node is None:
             return None
-        if isinstance(converted, fl.Linear | fl.Conv2d):
-            index.append(i)
-        out.append(converted)
         try:
-            shape = layer.out_shape(shape)
-        except ValueError:
+            if len(sources) == 1:
+                shapes[i] = tuple(layer.out_shape(shapes[sources[0]]))
+            else:
+                shapes[i] = tuple(layer.join_shapes(tuple(shapes[s] for s in sources)))
+        except (ValueError, AttributeError):
             return None
-    spec = fe.ModelSpec(tuple(out), tuple(architecture.input_shape))
+        if isinstance(node, fl.Linear | fl.Conv2d):
+            index.append(i)
+        nodes.append(node)
+        inputs.append(sources)
+    chain = all(s == (i - 1,) for i, s in enumerate(inputs))
+    spec = fn.ModelSpec(
+        tuple(nodes), tuple(architecture.input_shape), inputs=() if chain else tuple(inputs)
+    )
     try:
-        if len(spec.stages) != len(index):  # a ReLU not after a weighted layer, etc.
-            return None
+        plan_of(spec)
     except ValueError:
         return None
     return FastModel(spec, tuple(index), tuple(architecture.output_shape))
 
 
-def to_wire(spec: fe.ModelSpec) -> Wire:
+def to_wire(spec: fn.ModelSpec) -> Wire:
     """Plain nested tuples describing ``spec`` (for the dealer)."""
     rows: list[tuple[object, ...]] = []
     for layer in spec.layers:
@@ -96,11 +130,18 @@ def to_wire(spec: fe.ModelSpec) -> Wire:
                 ("conv2d", layer.in_channels, layer.out_channels, layer.kernel_size,
                  *layer.in_hw, layer.stride, layer.padding, layer.bias)
             )  # fmt: skip
-        elif isinstance(layer, fe.ReLU):
-            rows.append(("relu",))
+        elif isinstance(layer, fn.AvgPool | fn.MaxPool):
+            rows.append((_POOLS[type(layer)], layer.kernel, layer.stride))
         else:
-            rows.append(("flatten",))
-    return tuple(spec.input_shape), tuple(rows)
+            rows.append((_SIMPLE[type(layer)],))
+    if not spec.inputs:
+        return tuple(spec.input_shape), tuple(rows)
+    return tuple(spec.input_shape), tuple(rows), tuple(tuple(s) for s in spec.inputs)
+
+
+_POOLS: dict[type, str] = {fn.AvgPool: "avgpool", fn.MaxPool: "maxpool"}
+_SIMPLE: dict[type, str] = {fn.ReLU: "relu", fn.Flatten: "flatten", fn.Add: "add"}
+_SIMPLE_NODES: dict[str, fn.Node] = {"relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add()}
 
 
 def _ints(values: tuple[object, ...], count: int, low: int = 1) -> tuple[int, ...]:
@@ -112,34 +153,51 @@ def _ints(values: tuple[object, ...], count: int, low: int = 1) -> tuple[int, ..
     return tuple(int(v) for v in values)  # type: ignore[call-overload]
 
 
-def from_wire(wire: object) -> fe.ModelSpec:
+def _row(row: object) -> fn.Node:
+    if not isinstance(row, tuple) or not row or not isinstance(row[-1], bool | str | int):
+        raise ValueError("bad layer row")
+    kind = row[0]
+    if kind == "linear" and len(row) == 4 and isinstance(row[3], bool):
+        n_in, n_out = _ints(row[1:3], 2)
+        return fl.Linear(n_in, n_out, row[3])
+    if kind == "conv2d" and len(row) == 9 and isinstance(row[8], bool):
+        c_in, c_out, k, h, w, s = _ints(row[1:7], 6)
+        (p,) = _ints(row[7:8], 1, low=0)
+        return fl.Conv2d(c_in, c_out, k, (h, w), s, p, row[8])
+    if kind in ("avgpool", "maxpool") and len(row) == 3:
+        k, s = _ints(row[1:3], 2)
+        return fn.AvgPool(k, s) if kind == "avgpool" else fn.MaxPool(k, s)
+    if isinstance(kind, str) and kind in _SIMPLE_NODES and len(row) == 1:
+        return _SIMPLE_NODES[kind]
+    raise ValueError(f"unknown layer row {row[:1]!r}")
+
+
+def _inputs(raw: object, nodes: list[fn.Node]) -> tuple[tuple[int, ...], ...]:
+    """Validated source lists: one per node, of its arity, each an earlier node or -1."""
+    if not isinstance(raw, tuple) or len(raw) != len(nodes):
+        raise ValueError("a DAG spec needs one input list per layer")
+    out = []
+    for i, (sources, node) in enumerate(zip(raw, nodes, strict=True)):
+        if not isinstance(sources, tuple) or len(sources) != fn.arity(node):
+            raise ValueError(f"layer {i} takes {fn.arity(node)} inputs")
+        if not all(type(s) is int and fn.MODEL_INPUT <= s < i for s in sources):
+            raise ValueError(f"layer {i} reads {sources!r}: each must be an earlier layer or -1")
+        out.append(tuple(int(s) for s in sources))
+    return tuple(out)
+
+
+def from_wire(wire: object) -> fn.ModelSpec:
     """Inverse of :func:`to_wire`, validated (the dealer receives it from the network)."""
-    if not (isinstance(wire, tuple) and len(wire) == 2):
-        raise ValueError("a fast spec is (input_shape, layers)")
-    shape_raw, rows = wire
+    if not (isinstance(wire, tuple) and len(wire) in (2, 3)):
+        raise ValueError("a fast spec is (input_shape, layers[, inputs])")
+    shape_raw, rows = wire[0], wire[1]
     if not isinstance(shape_raw, tuple) or not isinstance(rows, tuple):
-        raise ValueError("a fast spec is (input_shape, layers)")
+        raise ValueError("a fast spec is (input_shape, layers[, inputs])")
     if not 1 <= len(rows) <= MAX_WIRE_LAYERS or not 1 <= len(shape_raw) <= 3:
         raise ValueError("too many layers or a bad input shape")
     input_shape = _ints(shape_raw, len(shape_raw))
-    layers: list[fe.Layer] = []
-    for row in rows:
-        if not isinstance(row, tuple) or not row or not isinstance(row[-1], bool | str):
-            raise ValueError("bad layer row")
-        kind = row[0]
-        if kind == "linear" and len(row) == 4 and isinstance(row[3], bool):
-            n_in, n_out = _ints(row[1:3], 2)
-            layers.append(fl.Linear(n_in, n_out, row[3]))
-        elif kind == "conv2d" and len(row) == 9 and isinstance(row[8], bool):
-            c_in, c_out, k, h, w, s = _ints(row[1:7], 6)
-            (p,) = _ints(row[7:8], 1, low=0)
-            layers.append(fl.Conv2d(c_in, c_out, k, (h, w), s, p, row[8]))
-        elif kind == "relu" and len(row) == 1:
-            layers.append(fe.ReLU())
-        elif kind == "flatten" and len(row) == 1:
-            layers.append(fe.Flatten())
-        else:
-            raise ValueError(f"unknown layer row {row[:1]!r}")
-    spec = fe.ModelSpec(tuple(layers), input_shape)
-    _ = spec.stages  # raises ValueError for a chain the engine cannot run
+    nodes = [_row(row) for row in rows]
+    inputs = _inputs(wire[2], nodes) if len(wire) == 3 else ()
+    spec = fn.ModelSpec(tuple(nodes), input_shape, inputs=inputs)
+    plan_of(spec)  # raises ValueError for a model the engine cannot run
     return spec

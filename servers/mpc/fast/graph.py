@@ -1,0 +1,322 @@
+"""The plan of a fast-engine model: which values are opened, which gates run, in what order.
+
+:func:`plan_of` compiles a :class:`~ppml.servers.mpc.fast.nodes.ModelSpec`
+(a chain or a DAG) into a straight-line list of steps over *values* (value 0
+is the model input), and lists the dealer material one forward needs:
+opening masks, weight-mask products, gate keys. Dealer and parties derive
+the same plan from the same public spec.
+
+Scales. Every value carries its fixed-point scale: ``2^f`` (the input, a
+gate's output, sums and maxima of those) or ``2^(2f)`` (a weighted layer's
+or an average's output, before truncation). Truncation is lazy: a value
+stays at ``2^(2f)`` until something needs ``2^f``:
+
+* a weighted layer needs its input at ``2^f``, opened once as ``x^ = x + r``
+  (:class:`Open`); every weighted layer reading the same value shares that
+  opening and mask (a ResNet block's conv and 1x1 shortcut conv) and gets its
+  own ``F(B, r)`` product shares;
+* ReLU of a ``2^(2f)`` value is the fused ReLU + truncation gate; of a
+  ``2^f`` value, the same gate on the value lifted locally by ``2^f`` (shares
+  times ``2^f``);
+* Add of a ``2^(2f)`` and a ``2^f`` value lifts the latter locally, so a
+  residual block's ``ReLU(conv(...) + x)`` is one gate;
+* average and max pooling and the model output need ``2^f``: a ``2^(2f)``
+  value gets a truncation gate first (one per value, shared by its readers).
+
+Gate masks. Every gate opens ``v + r`` with its own fresh uniform ``r``
+(shares in the gate key, added locally before the opening: no extra round),
+whatever ``v`` is: a weighted layer's output, a sum, a lifted value or a
+difference of two values.
+
+Output width. Gates read only ``o mod 2^L`` (:mod:`.gates`), so a gate's
+output needs to be right only mod ``2^L`` unless it reaches the model output
+through local steps alone (sum, reshape, average, max); those gates get
+64-bit output lanes (:attr:`GateSpec.out_bits`).
+
+Rounds: one per :class:`Open`, one per :class:`Gate` plus the gate's own
+(ReLU: one more), two per level of a max tournament. A chain's plan is
+exactly the chain engine's: per weighted layer an opening and a gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ppml.servers.mpc.fast.gates import GATES
+from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
+from ppml.servers.mpc.fast.nodes import (
+    MODEL_INPUT,
+    Add,
+    AvgPool,
+    Flatten,
+    MaxPool,
+    ModelSpec,
+    ReLU,
+    arity,
+)
+from ppml.servers.mpc.fast.pooling import average_factor, pooled_shape, tournament
+
+F, FF = 1, 2  # scales 2^f and 2^(2f)
+
+
+@dataclass(frozen=True)
+class Value:
+    shape: tuple[int, ...]  # per sample
+    scale: int  # F or FF
+
+
+@dataclass(frozen=True)
+class Open:
+    """Public ``x^ = value[src] + masks[mask]``: one round."""
+
+    src: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """``value[dst]`` = shares of ``F(W_layer, x)`` from the opened ``x^`` of ``mask`` (local)."""
+
+    dst: int
+    layer: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``value[dst] = gate(value[src] * (2^f if lift else 1))`` with key ``gates[gate]``."""
+
+    dst: int
+    src: int
+    gate: int
+    kind: str
+    lift: bool
+
+
+@dataclass(frozen=True)
+class Sum:
+    """``value[dst] = value[a] * 2^f^lift_a + value[b] * 2^f^lift_b`` (local)."""
+
+    dst: int
+    a: int
+    b: int
+    lift_a: bool
+    lift_b: bool
+
+
+@dataclass(frozen=True)
+class Reshape:
+    dst: int
+    src: int
+
+
+@dataclass(frozen=True)
+class Average:
+    """Window sums times ``factor = round(2^f / kernel^2)``: scale ``2^f`` to ``2^(2f)`` (local)."""
+
+    dst: int
+    src: int
+    kernel: int
+    stride: int
+    factor: int
+
+
+@dataclass(frozen=True)
+class Maximum:
+    """Tournament over each window, one ReLU gate per level (``gates``), scale ``2^f``."""
+
+    dst: int
+    src: int
+    kernel: int
+    stride: int
+    gates: tuple[int, ...]
+
+
+Step = Open | Matmul | Gate | Sum | Reshape | Average | Maximum
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """One gate key set: its kind, instances per sample, output lanes' width."""
+
+    kind: str
+    per_sample: int
+    out_bits: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    values: tuple[Value, ...]
+    masks: tuple[tuple[int, ...], ...]  # per-sample shape of each opening's mask
+    weighted: tuple[WeightedOp, ...]
+    weighted_mask: tuple[int, ...]  # the opening each weighted layer reads
+    gates: tuple[GateSpec, ...]
+    output: int
+
+    @property
+    def rounds(self) -> int:
+        """Online exchanges of one forward."""
+        total = 0
+        for s in self.steps:
+            if isinstance(s, Open):
+                total += 1
+            elif isinstance(s, Gate):
+                total += 1 + GATES[s.kind].rounds
+            elif isinstance(s, Maximum):
+                total += 2 * len(s.gates)
+        return total
+
+    def elements_per_sample(self) -> int:
+        """Masked wire values per sample: openings plus gate instances."""
+        return sum(_size(m) for m in self.masks) + sum(g.per_sample for g in self.gates)
+
+
+class _Builder:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.values: list[Value] = [Value(tuple(spec.input_shape), F)]
+        self.steps: list[Step] = []
+        self.masks: list[tuple[int, ...]] = []
+        self.weighted: list[WeightedOp] = []
+        self.weighted_mask: list[int] = []
+        self.gates: list[tuple[str, int]] = []
+        self._opened: dict[int, int] = {}
+        self._truncated: dict[int, int] = {}
+
+    def value(self, shape: tuple[int, ...], scale: int) -> int:
+        self.values.append(Value(tuple(shape), scale))
+        return len(self.values) - 1
+
+    def gate(self, kind: str, src: int) -> int:
+        v = self.values[src]
+        self.gates.append((kind, _size(v.shape)))
+        dst = self.value(v.shape, F)
+        self.steps.append(Gate(dst, src, len(self.gates) - 1, kind, v.scale == F))
+        return dst
+
+    def at_f(self, src: int) -> int:
+        """``src`` at scale 2^f: itself, or its (shared) truncation."""
+        if self.values[src].scale == F:
+            return src
+        if src not in self._truncated:
+            self._truncated[src] = self.gate("trunc", src)
+        return self._truncated[src]
+
+    def opened(self, src: int) -> int:
+        """The opening of ``src`` at 2^f (one per value, shared by its weighted readers)."""
+        src = self.at_f(src)
+        if src not in self._opened:
+            self.masks.append(self.values[src].shape)
+            self._opened[src] = len(self.masks) - 1
+            self.steps.append(Open(src, self._opened[src]))
+        return self._opened[src]
+
+    def node(self, node: object, srcs: list[int]) -> int:
+        shapes = [self.values[s].shape for s in srcs]
+        if isinstance(node, Linear | Conv2d):
+            if _size(node.in_shape) != _size(shapes[0]):
+                raise ValueError(f"{node} expects {node.in_shape}, gets {shapes[0]}")
+            mask = self.opened(srcs[0])
+            self.weighted.append(node)
+            self.weighted_mask.append(mask)
+            dst = self.value(node.out_shape, FF)
+            self.steps.append(Matmul(dst, len(self.weighted) - 1, mask))
+            return dst
+        if isinstance(node, ReLU):
+            return self.gate("relu", srcs[0])
+        if isinstance(node, Flatten):
+            dst = self.value((_size(shapes[0]),), self.values[srcs[0]].scale)
+            self.steps.append(Reshape(dst, srcs[0]))
+            return dst
+        if isinstance(node, Add):
+            if shapes[0] != shapes[1]:
+                raise ValueError(f"Add of shapes {shapes[0]} and {shapes[1]}")
+            sa, sb = (self.values[s].scale for s in srcs)
+            dst = self.value(shapes[0], max(sa, sb))
+            self.steps.append(Sum(dst, srcs[0], srcs[1], sa < sb, sb < sa))
+            return dst
+        if isinstance(node, AvgPool | MaxPool):
+            return self.pool(node, srcs[0])
+        raise ValueError(f"the fast engine has no node {type(node).__name__}")
+
+    def pool(self, node: AvgPool | MaxPool, src: int) -> int:
+        src = self.at_f(src)
+        shape = pooled_shape(self.values[src].shape, node.kernel, node.stride)
+        if isinstance(node, AvgPool):
+            factor = average_factor(node.kernel, self.spec.params.frac_bits)
+            dst = self.value(shape, FF)
+            self.steps.append(Average(dst, src, node.kernel, node.stride, factor))
+            return dst
+        positions = _size(shape)
+        first = len(self.gates)
+        for pairs in tournament(node.kernel * node.kernel):
+            self.gates.append(("relu", positions * pairs))
+        dst = self.value(shape, F)
+        gates = tuple(range(first, len(self.gates)))
+        self.steps.append(Maximum(dst, src, node.kernel, node.stride, gates))
+        return dst
+
+
+def _check_sources(spec: ModelSpec) -> None:
+    if spec.inputs and len(spec.inputs) != len(spec.layers):
+        raise ValueError(f"{len(spec.inputs)} input lists for {len(spec.layers)} nodes")
+    for i, node in enumerate(spec.layers):
+        srcs = spec.sources(i)
+        if len(srcs) != arity(node):
+            raise ValueError(f"node {i} takes {arity(node)} inputs, given {len(srcs)}")
+        if not all(type(s) is int and MODEL_INPUT <= s < i for s in srcs):
+            raise ValueError(f"node {i} reads {srcs}: each must be an earlier node or -1")
+
+
+def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]]:
+    """Values and gates whose outputs reach the model output through local steps only."""
+    values, gates = {output}, set[int]()
+    for s in reversed(plan_steps):
+        if isinstance(s, Sum) and s.dst in values:
+            values |= {s.a, s.b}
+        elif isinstance(s, Reshape | Average) and s.dst in values:
+            values.add(s.src)
+        elif isinstance(s, Maximum) and s.dst in values:
+            values.add(s.src)
+            gates.update(s.gates)
+        elif isinstance(s, Gate) and s.dst in values:
+            gates.add(s.gate)
+    return values, gates
+
+
+@lru_cache(maxsize=128)
+def plan_of(spec: ModelSpec) -> Plan:
+    """The plan of ``spec``; ValueError if the engine cannot run it (bad graph or shapes)."""
+    if not spec.layers:
+        raise ValueError("the model has no nodes")
+    _check_sources(spec)
+    b = _Builder(spec)
+    node_value: dict[int, int] = {MODEL_INPUT: 0}
+    for i, node in enumerate(spec.layers):
+        node_value[i] = b.node(node, [node_value[s] for s in spec.sources(i)])
+    if not b.weighted:
+        raise ValueError("the model has no Linear or Conv2d layer")
+    output = b.at_f(node_value[len(spec.layers) - 1])
+    _, full = _full_width(b.steps, output)
+    low = spec.params.low_bits
+    gates = tuple(
+        GateSpec(kind, n, 64 if g in full else low) for g, (kind, n) in enumerate(b.gates)
+    )
+    return Plan(
+        tuple(b.steps),
+        tuple(b.values),
+        tuple(b.masks),
+        tuple(b.weighted),
+        tuple(b.weighted_mask),
+        gates,
+        output,
+    )
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out

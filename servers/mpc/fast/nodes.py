@@ -1,0 +1,141 @@
+"""The fast engine's public model: node kinds and :class:`ModelSpec`, a chain or a DAG of them.
+
+A model is a list of nodes in topological order. Node ``i`` reads the outputs
+of the nodes ``spec.sources(i)`` (``-1`` is the model input); with ``inputs``
+empty the model is a chain (node ``i`` reads node ``i - 1``). The model's
+output is the last node's output. Node kinds:
+
+* :class:`~ppml.servers.mpc.fast.linear.Linear`,
+  :class:`~ppml.servers.mpc.fast.linear.Conv2d` -- weighted layers (weights
+  secret-shared, the layer public);
+* :class:`ReLU`, :class:`Flatten` (reshape to ``(batch, -1)``);
+* :class:`Add` -- two inputs of one shape (a residual connection);
+* :class:`AvgPool`, :class:`MaxPool` -- square window ``kernel``, ``stride``,
+  no padding, on (C, H, W).
+
+How a spec runs, gate by gate, is :mod:`.graph`'s business; this module only
+holds the public description (what the dealer and both parties agree on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar, TypeAlias
+
+from ppml.servers.mpc.fast.gates import GateParams
+from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
+
+MODEL_INPUT = -1
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """``max(x, 0)`` element-wise."""
+
+    arity: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Reshape to (batch, -1); no computation."""
+
+    arity: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class Add:
+    """``a + b`` for two inputs of one shape (a residual connection)."""
+
+    arity: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """Mean over square ``kernel`` x ``kernel`` windows every ``stride``, no padding."""
+
+    kernel: int
+    stride: int
+    arity: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    """Maximum over square ``kernel`` x ``kernel`` windows every ``stride``, no padding."""
+
+    kernel: int
+    stride: int
+    arity: ClassVar[int] = 1
+
+
+Node: TypeAlias = Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool
+Layer: TypeAlias = Node  # the name the chain engine used
+
+
+def arity(node: Node) -> int:
+    """How many inputs ``node`` reads."""
+    return 1 if isinstance(node, Linear | Conv2d) else node.arity
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One weighted layer and the gate after it (``relu`` or ``trunc``): a chain's unit."""
+
+    op: WeightedOp
+    gate: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Public architecture: nodes, their inputs (``()``: a chain), input shape, parameters."""
+
+    layers: tuple[Node, ...]
+    input_shape: tuple[int, ...]
+    params: GateParams = field(default_factory=GateParams)
+    inputs: tuple[tuple[int, ...], ...] = ()
+
+    def sources(self, index: int) -> tuple[int, ...]:
+        """The nodes whose outputs feed node ``index`` (:data:`MODEL_INPUT` for the input)."""
+        return self.inputs[index] if self.inputs else (index - 1,)
+
+    @property
+    def weighted(self) -> tuple[WeightedOp, ...]:
+        """The weighted layers in order (one weight mask, one weight share each)."""
+        return tuple(n for n in self.layers if isinstance(n, Linear | Conv2d))
+
+    @cached_property
+    def stages(self) -> tuple[Stage, ...]:
+        """The spec as a chain of weighted layers each optionally followed by ReLU.
+
+        For engines that run only such chains (the replicated engine); raises
+        ValueError for anything else (a DAG, pooling, a ReLU not right after a
+        weighted layer, a shape mismatch).
+        """
+        if self.inputs and any(s != (i - 1,) for i, s in enumerate(self.inputs)):
+            raise ValueError("the model is a graph, not a chain")
+        stages: list[Stage] = []
+        size = _size(self.input_shape)
+        for layer in self.layers:
+            if isinstance(layer, Flatten):
+                continue
+            if isinstance(layer, ReLU):
+                if not stages or stages[-1].gate == "relu":
+                    raise ValueError("ReLU must follow a Linear or Conv2d layer")
+                stages[-1] = Stage(stages[-1].op, "relu")
+                continue
+            if not isinstance(layer, Linear | Conv2d):
+                raise ValueError(f"{type(layer).__name__} is not a chain layer")
+            if _size(layer.in_shape) != size:
+                raise ValueError(f"{layer} expects {layer.in_shape}, gets {size} values")
+            stages.append(Stage(layer, "trunc"))
+            size = _size(layer.out_shape)
+        if not stages:
+            raise ValueError("the model has no Linear or Conv2d layer")
+        return tuple(stages)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
