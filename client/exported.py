@@ -15,9 +15,13 @@ def to_torch(
     architecture: arch.Architecture,
     weights: dict[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
-) -> nn.Sequential:
-    """A PyTorch Sequential with ``weights`` (names ``"{layer}.{param}"``) loaded."""
-    model = nn.Sequential(*arch.build_modules(architecture, nn)).to(dtype)
+) -> nn.Module:
+    """A PyTorch module with ``weights`` (names ``"{layer}.{param}"``) loaded.
+
+    A ``Sequential`` for a chain; for a graph (a residual network), a module
+    whose children are named like a ``Sequential``'s (``arch.graph_class``).
+    """
+    model = arch.build_model(architecture, nn).to(dtype)
     model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True)
     return model.eval()
 
@@ -29,5 +33,5 @@ class ExportedModel:
     meta: ModelMeta
     weights: dict[str, torch.Tensor]
 
-    def to_torch(self) -> nn.Sequential:
+    def to_torch(self) -> nn.Module:
         return to_torch(self.meta.architecture, self.weights)

@@ -13,6 +13,7 @@ import io
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ _SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.AvgPool2d,
     nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
     nn.Flatten,
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -87,12 +89,7 @@ def export_model(
     arch, weights = parse_onnx(proto)
     if isinstance(model, nn.Module):
         assert sample_input is not None
-        arch = Architecture(
-            arch.layers,
-            arch.input_shape,
-            arch.output_shape,
-            meta={**arch.meta, "source": f"torch:{type(model).__name__}"},
-        )
+        arch = replace(arch, meta={**arch.meta, "source": f"torch:{type(model).__name__}"})
         _check_reproduces(model, arch, weights, sample_input)
     return arch, weights
 
@@ -188,7 +185,7 @@ def _check_reproduces(
     error = (got - expected).abs().max().item() if got.shape == expected.shape else np.inf
     if not error <= 1e-3 * (1.0 + expected.abs().max().item()):
         raise UnsupportedModelError(
-            f"the exported chain ({arch.describe()}) does not reproduce the model's output "
+            f"the exported graph ({arch.describe()}) does not reproduce the model's output "
             f"(max abs error {error:.3g}); the model's forward uses unsupported operations"
         )
 
@@ -207,7 +204,7 @@ def _load(loader: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
 def plaintext_forward(
     arch: Architecture, weights: dict[str, np.ndarray], x: torch.Tensor
 ) -> torch.Tensor:
-    """Run the chain in float64 torch: the reference for what the servers compute in MPC."""
+    """Run the layers in float64 torch: the reference for what the servers compute in MPC."""
     if tuple(x.shape[1:]) != arch.input_shape:
         raise ValueError(
             f"input of shape {tuple(x.shape)} does not match (batch, "

@@ -1,7 +1,9 @@
-"""Turn a chain-shaped ONNX graph into the public layers of an :class:`Architecture`.
+"""Turn an ONNX graph into the public layers of an :class:`Architecture`.
 
 Only what the MPC servers can run is accepted: one input, one output, and a
-single chain of the ops in :data:`SUPPORTED_OPS` between them. Weights must be
+graph of the ops in :data:`SUPPORTED_OPS` between them, where only ``Add``
+joins two activations (a residual connection) and every layer leads to the
+output. Weights must be
 initializers (or ``Constant`` nodes); the small ``Shape``/``Gather``/``Concat``
 subgraphs the torch exporter emits for ``x.view(x.size(0), -1)`` are evaluated
 symbolically and accepted when they flatten to ``(batch, -1)``.
@@ -20,6 +22,8 @@ import onnx
 from onnx import numpy_helper
 
 from ppml.proto.domain.architecture import (
+    MODEL_INPUT,
+    Add,
     Affine,
     Architecture,
     AvgPool2d,
@@ -35,9 +39,11 @@ Dim = int | str  # a str is a symbolic (batch) dimension
 Shape = tuple[Dim, ...]  # an activation's full shape, batch dimension first
 
 SUPPORTED_OPS = (
-    "Gemm, MatMul (+ Add), Conv, Relu, AveragePool, MaxPool, Flatten, Reshape to (batch, -1), "
-    "BatchNormalization, Dropout, Identity"
+    "Gemm, MatMul (+ Add), Conv, Relu, AveragePool, MaxPool, GlobalAveragePool, Flatten, "
+    "Reshape to (batch, -1), BatchNormalization, Add of two activations (residual), "
+    "Dropout, Identity"
 )
+_JOINS = frozenset({"Add"})  # ops that may take two activations
 _SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice"})
 
 
@@ -50,21 +56,27 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _unsupported(node: onnx.NodeProto, why: str = "is not supported") -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"{_label(node)} {why}; supported: a single chain of {SUPPORTED_OPS}"
-    )
+    return UnsupportedModelError(f"{_label(node)} {why}; supported: a graph of {SUPPORTED_OPS}")
 
 
 @dataclass
 class _Step:
-    """One emitted layer and its float64 parameters (mutable until folding is done)."""
+    """One emitted layer, its sources and its float64 parameters (mutable until folding is done)."""
 
     layer: Layer
     params: dict[str, np.ndarray]
+    sources: tuple[int, ...]
 
 
-class _ChainParser:
-    """Walks the graph from its input to its output, emitting one layer per op."""
+Value = tuple[int, Shape]  # an activation: the step that computes it (MODEL_INPUT: none), its shape
+
+
+class _GraphParser:
+    """Walks the graph's nodes in topological order, emitting one layer per op.
+
+    Activations may feed several nodes, and :class:`Add` joins two of them
+    (a residual connection); every other op takes one activation.
+    """
 
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
@@ -82,9 +94,10 @@ class _ChainParser:
         self.producer: dict[str, onnx.NodeProto] = {}
         self.shape_valued: set[str] = set()
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        self.act_shapes: dict[str, Shape] = {}
+        self.act_nodes: list[onnx.NodeProto] = []
+        self.values: dict[str, Value] = {}
+        self.fused: set[int] = set()  # id() of nodes another handler has absorbed
         self.steps: list[_Step] = []
-        self.fold_target: _Step | None = None
         self._classify(graph)
 
     def _classify(self, graph: onnx.GraphProto) -> None:
@@ -103,18 +116,16 @@ class _ChainParser:
             ):
                 self.shape_valued.update(node.output)
             elif any(i in acts for i in ins):
-                data = [i for i in ins if i in acts]
-                if len(data) > 1:
-                    raise _unsupported(
-                        node,
-                        "combines several activations (residual or "
-                        "branching graphs are not supported)",
-                    )
+                data = list(dict.fromkeys(i for i in ins if i in acts))
+                if len([i for i in ins if i in acts]) > 1 and node.op_type not in _JOINS:
+                    raise _unsupported(node, "combines several activations")
                 shapes = [i for i in ins if i in self.shape_valued]
                 if shapes and (node.op_type != "Reshape" or shapes != [node.input[1]]):
                     raise _unsupported(node, "uses a tensor's shape as data")
                 acts.update(o for o in node.output if o)
-                self.consumers[data[0]].append(node)
+                for name in data:
+                    self.consumers[name].append(node)
+                self.act_nodes.append(node)
             else:
                 raise _unsupported(
                     node,
@@ -122,39 +133,49 @@ class _ChainParser:
                 )
 
     def parse(self) -> tuple[list[_Step], Shape]:
-        """Walk the chain; returns the layers and the output's full shape."""
-        handlers: dict[str, Callable[[onnx.NodeProto, Shape], tuple[str, Shape]]] = {
+        """Emit every activation node's layer; returns the layers and the output's full shape."""
+        handlers: dict[str, Callable[[onnx.NodeProto, Value], tuple[str, Value]]] = {
             "Gemm": self._gemm,
             "MatMul": self._matmul,
             "Conv": self._conv,
             "Relu": self._relu,
             "AveragePool": self._pool,
             "MaxPool": self._pool,
+            "GlobalAveragePool": self._global_pool,
             "Flatten": self._flatten,
             "Reshape": self._reshape,
             "BatchNormalization": self._batchnorm,
+            "Add": self._add,
             "Dropout": self._skip,
             "Identity": self._skip,
         }
-        cur, shape = self.input_name, self.input_shape
-        while True:
-            self.act_shapes[cur] = shape
-            users = self.consumers[cur]
-            if cur == self.output_name and not users:
-                return self.steps, shape
-            if len(users) != 1 or cur == self.output_name:
-                listed = ", ".join(_label(n) for n in users) or "nothing"
-                what = "the graph output" if cur == self.output_name else "tensor"
-                raise UnsupportedModelError(
-                    f"the graph is not a single chain: {what} {cur!r} feeds {listed}"
-                )
-            node = users[0]
-            if node.input[0] != cur or node.op_type not in handlers:
+        self.values[self.input_name] = (MODEL_INPUT, self.input_shape)
+        for node in self.act_nodes:
+            if id(node) in self.fused:
+                continue
+            if node.op_type not in handlers or node.input[0] not in self.values:
                 raise _unsupported(node)
             for extra in node.output[1:]:
                 if extra and (self.consumers.get(extra) or extra == self.output_name):
                     raise _unsupported(node, f"with its extra output {extra!r} used")
-            cur, shape = handlers[node.op_type](node, shape)
+            name, value = handlers[node.op_type](node, self.values[node.input[0]])
+            self.values[name] = value
+        return self.steps, self._output_shape()
+
+    def _output_shape(self) -> Shape:
+        """The output's shape, once every layer is known to lead to it."""
+        index, shape = self.values[self.output_name]
+        if index == MODEL_INPUT:
+            raise UnsupportedModelError("the graph computes nothing: its output is its input")
+        used = {s for step in self.steps for s in step.sources}
+        unused = [i for i in range(len(self.steps)) if i != index and i not in used]
+        if unused or index != len(self.steps) - 1:
+            dead = self.steps[unused[0] if unused else -1].layer.describe()
+            raise UnsupportedModelError(
+                f"the graph computes a value its output never uses ({dead}); "
+                "remove the unused branch"
+            )
+        return shape
 
     # -- helpers ---------------------------------------------------------------
 
@@ -173,9 +194,11 @@ class _ChainParser:
             raise _unsupported(node, f"is missing input #{index}")
         return value
 
-    def _emit(self, step: _Step, foldable: bool = False) -> None:
-        self.steps.append(step)
-        self.fold_target = step if foldable else None
+    def _emit(self, node: onnx.NodeProto, layer: Layer, params: dict[str, np.ndarray],
+              sources: tuple[int, ...], shape: Shape) -> tuple[str, Value]:  # fmt: skip
+        """Append a layer computing ``node``'s first output; returns that output's value."""
+        self.steps.append(_Step(layer, params, sources))
+        return node.output[0], (len(self.steps) - 1, shape)
 
     def _spatial(
         self, node: onnx.NodeProto, attrs: dict[str, Any], shape: Shape
@@ -190,21 +213,38 @@ class _ChainParser:
             raise _unsupported(node, f"with asymmetric padding {pads} / auto_pad={pad_mode}")
         return (int(shape[2]), int(shape[3])), _pair(attrs.get("strides", [1, 1])), _pair(pads[:2])
 
-    # -- op handlers: each returns the output tensor name and its shape --------
+    def _sole_producer(self, name: str) -> _Step | None:
+        """The step computing ``name`` if a BatchNorm reading it may fold into it.
 
-    def _gemm(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        attrs = _attrs(node)
+        That is a Linear/Conv2d whose output reaches ``name`` through skipped
+        ops only, each tensor on the way read by one node and not the output.
+        """
+        while True:
+            if len(self.consumers[name]) != 1 or name == self.output_name:
+                return None
+            node = self.producer.get(name)
+            if node is None or node.op_type not in ("Dropout", "Identity"):
+                break
+            name = node.input[0]
+        index = self.values[name][0]
+        step = None if index == MODEL_INPUT else self.steps[index]
+        return step if step is not None and isinstance(step.layer, Linear | Conv2d) else None
+
+    # -- op handlers: each returns the output tensor's name and value ----------
+
+    def _gemm(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        attrs, shape = _attrs(node), x[1]
         if attrs.get("transA", 0) or len(shape) != 2:
             raise _unsupported(node, "needs a 2-D activation and transA=0")
         b = self._need(node, 1)
         weight = (b if attrs.get("transB", 0) else b.T) * attrs.get("alpha", 1.0)
         c = self._param(node, 2)
         bias = None if c is None else _vector(node, c, weight.shape[0]) * attrs.get("beta", 1.0)
-        return node.output[0], self._linear(node, shape, weight, bias)
+        return self._linear(node, node.output[0], x, weight, bias)
 
-    def _matmul(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        if len(shape) != 2:
-            raise _unsupported(node, f"on a {len(shape)}-D activation (needs 2-D)")
+    def _matmul(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        if len(x[1]) != 2:
+            raise _unsupported(node, f"on a {len(x[1])}-D activation (needs 2-D)")
         weight, out, bias = self._need(node, 1).T, node.output[0], None
         users = self.consumers[out]
         if len(users) == 1 and users[0].op_type == "Add" and out != self.output_name:
@@ -213,20 +253,23 @@ class _ChainParser:
             if other in self.consts:
                 bias = _vector(add, np.asarray(self.consts[other], np.float64), weight.shape[0])
                 out = add.output[0]
-        return out, self._linear(node, shape, weight, bias)
+                self.fused.add(id(add))
+        return self._linear(node, out, x, weight, bias)
 
     def _linear(
-        self, node: onnx.NodeProto, shape: Shape, weight: np.ndarray, bias: np.ndarray | None
-    ) -> Shape:
+        self, node: onnx.NodeProto, out: str, x: Value, weight: np.ndarray,
+        bias: np.ndarray | None,
+    ) -> tuple[str, Value]:  # fmt: skip
+        src, shape = x
         if weight.ndim != 2 or weight.shape[1] != shape[1]:
             raise _unsupported(node, f"has weight {weight.shape} for {shape[1]} input features")
         params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
         layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        self._emit(_Step(layer, params), foldable=True)
-        return (shape[0], weight.shape[0])
+        _, value = self._emit(node, layer, params, (src,), (shape[0], weight.shape[0]))
+        return out, value
 
-    def _conv(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        attrs, weight = _attrs(node), self._need(node, 1)
+    def _conv(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        attrs, weight, (src, shape) = _attrs(node), self._need(node, 1), x
         (h, w), stride, pad = self._spatial(node, attrs, shape)
         groups = int(attrs.get("group", 1))
         if weight.ndim != 4 or shape[1] != weight.shape[1] * groups:
@@ -243,11 +286,10 @@ class _ChainParser:
             int(shape[1]), weight.shape[0], kernel, stride, pad, dil, groups, bias=bias is not None
         )
         params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
-        self._emit(_Step(layer, params), foldable=True)
-        return node.output[0], (shape[0], weight.shape[0], *out)
+        return self._emit(node, layer, params, (src,), (shape[0], weight.shape[0], *out))
 
-    def _pool(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        attrs = _attrs(node)
+    def _pool(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        attrs, (src, shape) = _attrs(node), x
         (h, w), stride, pad = self._spatial(node, attrs, shape)
         kernel = _pair(attrs["kernel_shape"])
         if attrs.get("ceil_mode", 0):
@@ -259,27 +301,46 @@ class _ChainParser:
         is_avg = node.op_type == "AveragePool"
         if is_avg and any(pad) and not attrs.get("count_include_pad", 0):
             raise _unsupported(node, "with padding and count_include_pad=0 is not supported")
-        self._emit(_Step((AvgPool2d if is_avg else MaxPool2d)(kernel, stride, pad), {}))
         out = [
             (n + 2 * p - k) // s + 1 for n, p, k, s in zip((h, w), pad, kernel, stride, strict=True)
         ]
-        return node.output[0], (shape[0], shape[1], *out)
+        layer = (AvgPool2d if is_avg else MaxPool2d)(kernel, stride, pad)
+        return self._emit(node, layer, {}, (src,), (shape[0], shape[1], *out))
 
-    def _relu(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        self._emit(_Step(ReLU(), {}))
-        return node.output[0], shape
+    def _global_pool(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        """``GlobalAveragePool`` (torch's ``AdaptiveAvgPool2d(1)``): one window over the image."""
+        src, shape = x
+        (h, w), _, _ = self._spatial(node, {}, shape)
+        layer = AvgPool2d((h, w), (h, w))
+        return self._emit(node, layer, {}, (src,), (shape[0], shape[1], 1, 1))
 
-    def _flatten(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
+    def _relu(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        return self._emit(node, ReLU(), {}, (x[0],), x[1])
+
+    def _add(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        """A residual connection: the sum of two activations of one shape."""
+        other = node.input[1] if len(node.input) == 2 else ""
+        if other not in self.values:
+            raise _unsupported(node, "adds a constant to an activation (only a bias after MatMul)")
+        y = self.values[other]
+        if x[1] != y[1]:
+            raise _unsupported(node, f"adds activations of shapes {x[1]} and {y[1]} (no broadcast)")
+        return self._emit(node, Add(), {}, (x[0], y[0]), x[1])
+
+    def _flatten(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
         axis = _attrs(node).get("axis", 1)
-        if axis % len(shape) != 1:
+        if axis % len(x[1]) != 1:
             raise _unsupported(node, f"with axis={axis} (only axis=1)")
-        return self._flat(node, shape)
+        return self._flat(node, x)
 
-    def _flat(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        self._emit(_Step(Flatten(), {}))
-        return node.output[0], (shape[0], math.prod(int(d) for d in shape[1:]))
+    def _flat(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        src, shape = x
+        return self._emit(
+            node, Flatten(), {}, (src,), (shape[0], math.prod(int(d) for d in shape[1:]))
+        )
 
-    def _reshape(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
+    def _reshape(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        shape = x[1]
         target = self._shape_value(node, node.input[1])[0]
         features = math.prod(int(d) for d in shape[1:])
         if _attrs(node).get("allowzero", 0) and 0 in target:
@@ -292,11 +353,11 @@ class _ChainParser:
                 or target == (-1, features)
             )
         ):
-            return self._flat(node, shape)
+            return self._flat(node, x)
         raise _unsupported(node, f"to {list(target)} (only flattening to (batch, -1))")
 
-    def _batchnorm(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
-        attrs = _attrs(node)
+    def _batchnorm(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
+        attrs, (src, shape) = _attrs(node), x
         if attrs.get("training_mode", 0) or len(shape) < 2:
             raise _unsupported(node, "in training mode or on a 1-D activation")
         gamma, beta, mean, var = (self._need(node, i) for i in range(1, 5))
@@ -304,7 +365,7 @@ class _ChainParser:
         shift = beta - mean * scale
         if scale.shape != (shape[1],):
             raise _unsupported(node, f"has {scale.shape} statistics for {shape[1]} channels")
-        target = self.fold_target
+        target = self._sole_producer(node.input[0])
         if target is not None:  # fold into the preceding Conv2d / Linear
             w, b = target.params["weight"], target.params.get("bias", np.zeros_like(scale))
             target.params = {
@@ -313,18 +374,16 @@ class _ChainParser:
             }
             assert isinstance(target.layer, Linear | Conv2d)
             target.layer = replace(target.layer, bias=True)
-        else:
-            ashape = (int(shape[1]),) + (1,) * (len(shape) - 2)
-            params = {"scale": scale.reshape(ashape), "shift": shift.reshape(ashape)}
-            self._emit(_Step(Affine(ashape), params))
-        self.fold_target = None
-        return node.output[0], shape
+            return node.output[0], x
+        ashape = (int(shape[1]),) + (1,) * (len(shape) - 2)
+        params = {"scale": scale.reshape(ashape), "shift": shift.reshape(ashape)}
+        return self._emit(node, Affine(ashape), params, (src,), shape)
 
-    def _skip(self, node: onnx.NodeProto, shape: Shape) -> tuple[str, Shape]:
+    def _skip(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
         training = self._param(node, 2) if node.op_type == "Dropout" else None
         if training is not None and training.any():
             raise _unsupported(node, "in training mode")
-        return node.output[0], shape
+        return node.output[0], x
 
     def _shape_value(self, user: onnx.NodeProto, name: str) -> tuple[tuple[Dim, ...], bool]:
         """Symbolic value of a shape tensor: its elements and whether it is a scalar."""
@@ -336,8 +395,8 @@ class _ChainParser:
         node = self.producer[name]
         attrs, op = _attrs(node), node.op_type
         args = [self._shape_value(node, i) for i in node.input[1 if op == "Shape" else 0 :] if i]
-        if op == "Shape" and node.input[0] in self.act_shapes:
-            dims = self.act_shapes[node.input[0]]
+        if op == "Shape" and node.input[0] in self.values:
+            dims = self.values[node.input[0]][1]
             return dims[attrs.get("start", 0) : attrs.get("end", len(dims))], False
         if op in ("Cast", "Identity"):
             return args[0]
@@ -409,8 +468,9 @@ def _vector(node: onnx.NodeProto, value: np.ndarray, size: int) -> np.ndarray:
 
 def parse_onnx(model: onnx.ModelProto) -> tuple[Architecture, dict[str, np.ndarray]]:
     """A loaded ONNX model -> (public architecture, float64 weights by parameter name)."""
-    parser = _ChainParser(model)
+    parser = _GraphParser(model)
     steps, out_shape = parser.parse()
+    chain = all(step.sources == (i - 1,) for i, step in enumerate(steps))
     weights = {
         f"{index}.{name}": np.ascontiguousarray(value, dtype=np.float64)
         for index, step in enumerate(steps)
@@ -421,5 +481,6 @@ def parse_onnx(model: onnx.ModelProto) -> tuple[Architecture, dict[str, np.ndarr
         input_shape=tuple(int(d) for d in parser.input_shape[1:]),
         output_shape=tuple(int(d) for d in out_shape[1:]),
         meta={"producer": f"{model.producer_name} {model.producer_version}".strip()},
+        inputs=() if chain else tuple(step.sources for step in steps),
     )
     return arch, weights

@@ -2,19 +2,26 @@
 
 Layer types and sizes are public (docs/architecture.md); weights are secret. An
 :class:`Architecture` is a chain of layers applied in order to an input of
-shape ``(batch, *input_shape)``. Each layer's secret parameters are named
+shape ``(batch, *input_shape)``, or, when ``inputs`` is given, a directed
+acyclic graph of them: layer ``i`` takes the outputs of the layers
+``inputs[i]`` (``-1`` is the model input; every index points backwards, so
+the layers are in topological order) and the last layer's output is the
+model's. A residual network is such a graph, joined by :class:`Add` layers.
+Each layer's secret parameters are named
 ``"{index}.{name}"``; :meth:`Architecture.parameter_shapes` lists them, and
 that list is exactly what a model upload must carry, one share per name.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ppml.proto.domain import layers
 from ppml.proto.domain.datasets import DataSource, grants
 from ppml.proto.domain.layers import (
+    Add,
     Affine,
     AvgPool2d,
     Conv2d,
@@ -28,14 +35,27 @@ from ppml.proto.domain.layers import (
 Pair = layers.Pair
 
 
+MODEL_INPUT = -1  # the source index of the model's input in ``Architecture.inputs``
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """A chain of layers, plus the per-sample input and output shapes."""
+    """Layers (a chain, or a graph through ``inputs``), plus per-sample input and output shapes."""
 
     layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     meta: dict[str, str] = field(default_factory=dict, compare=False)
+    inputs: tuple[tuple[int, ...], ...] = ()  # per layer, its sources; () for a chain
+
+    def sources(self, index: int) -> tuple[int, ...]:
+        """The layers whose outputs feed layer ``index`` (:data:`MODEL_INPUT` for the input)."""
+        return self.inputs[index] if self.inputs else (index - 1,)
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether every layer takes exactly the previous layer's output."""
+        return all(self.sources(i) == (i - 1,) for i in range(len(self.layers)))
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every secret parameter's name and shape, in layer order."""
@@ -46,8 +66,19 @@ class Architecture:
         return shapes
 
     def describe(self) -> str:
-        """A short human-readable summary, e.g. ``Linear(784→128) → ReLU``."""
-        return " → ".join(layer.describe() for layer in self.layers)
+        """A short human-readable summary, e.g. ``Linear(784→128) → ReLU``.
+
+        A layer that does not take the previous one's output names its
+        sources: ``Add[2, 5]``, ``Conv2d(16→32, 1x1)[input]``.
+        """
+        parts = []
+        for index, layer in enumerate(self.layers):
+            sources = self.sources(index)
+            names = ("input" if s == MODEL_INPUT else str(s) for s in sources)
+            parts.append(
+                layer.describe() + ("" if sources == (index - 1,) else f"[{', '.join(names)}]")
+            )
+        return " → ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -81,15 +112,47 @@ class ModelMeta:
         return total
 
 
+def check_graph(a: Architecture) -> None:
+    """ValueError unless ``inputs`` is empty or a graph the layers can run.
+
+    One source list per layer, each of the layer's arity, every index
+    pointing backwards (or at the model input), and every layer's output
+    used by a later layer except the last one's (no dead branches).
+    """
+    if not a.inputs:
+        return
+    if len(a.inputs) != len(a.layers):
+        raise ValueError(f"{len(a.inputs)} input lists for {len(a.layers)} layers")
+    used: set[int] = set()
+    for index, (layer, sources) in enumerate(zip(a.layers, a.inputs, strict=True)):
+        name = f"layer {index} ({type(layer).__name__})"
+        if len(sources) != layer.ARITY:
+            raise ValueError(f"{name} takes {layer.ARITY} input(s), is given {len(sources)}")
+        if any(not MODEL_INPUT <= s < index for s in sources):
+            raise ValueError(f"{name} takes inputs {list(sources)}: each must be an earlier layer")
+        used.update(sources)
+    unused = [i for i in range(len(a.layers) - 1) if i not in used]
+    if unused:
+        raise ValueError(f"the output of layer {unused[0]} is never used")
+
+
 def infer_output_shape(a: Architecture) -> tuple[int, ...]:
-    """Propagate one sample's shape through the chain; ValueError on a mismatch."""
-    shape = a.input_shape
+    """Propagate one sample's shape through the layers; ValueError on a mismatch."""
+    shapes = layer_shapes(a)
+    return shapes[-1] if shapes else a.input_shape
+
+
+def layer_shapes(a: Architecture) -> list[tuple[int, ...]]:
+    """One sample's shape after each layer; ValueError on a mismatch or a bad graph."""
+    check_graph(a)
+    shapes: list[tuple[int, ...]] = []
     for index, layer in enumerate(a.layers):
+        ins = tuple(a.input_shape if s == MODEL_INPUT else shapes[s] for s in a.sources(index))
         try:
-            shape = layer.out_shape(shape)
+            shapes.append(layer.join_shapes(ins))
         except ValueError as exc:
             raise ValueError(f"layer {index} ({type(layer).__name__}) {exc}") from None
-    return shape
+    return shapes
 
 
 def build_modules(a: Architecture, nn: Any) -> list[Any]:
@@ -97,7 +160,40 @@ def build_modules(a: Architecture, nn: Any) -> list[Any]:
     return [layer.module(nn) for layer in a.layers]
 
 
+def build_model(a: Architecture, nn: Any) -> Any:
+    """The whole model as one module: a ``Sequential`` for a chain, else a :func:`graph_class`."""
+    modules = build_modules(a, nn)
+    if a.is_chain:
+        return nn.Sequential(*modules)
+    return graph_class(nn)(modules, tuple(a.sources(i) for i in range(len(a.layers))))
+
+
+@functools.cache
+def graph_class(nn: Any) -> type:
+    """A module running layer modules over a graph, for ``torch.nn`` or ``crypten.nn``.
+
+    Its children are named ``"0"``, ``"1"``, ... like a ``Sequential``'s, so
+    parameter names (``"{index}.{name}"``) are the architecture's.
+    """
+
+    def init(self: Any, modules: list[Any], sources: tuple[tuple[int, ...], ...]) -> None:
+        nn.Module.__init__(self)
+        for index, module in enumerate(modules):
+            self.register_module(str(index), module)
+        self.sources = sources
+
+    def forward(self: Any, x: Any) -> Any:
+        outs: list[Any] = []
+        for module, sources in zip(self._modules.values(), self.sources, strict=True):
+            outs.append(module(*(x if s == MODEL_INPUT else outs[s] for s in sources)))
+        return outs[-1]
+
+    return type("Graph", (nn.Module,), {"__init__": init, "forward": forward})
+
+
 __all__ = [
+    "MODEL_INPUT",
+    "Add",
     "Affine",
     "Architecture",
     "AvgPool2d",
@@ -109,6 +205,10 @@ __all__ = [
     "ModelMeta",
     "Pair",
     "ReLU",
+    "build_model",
     "build_modules",
+    "check_graph",
+    "graph_class",
     "infer_output_shape",
+    "layer_shapes",
 ]

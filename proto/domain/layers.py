@@ -38,6 +38,7 @@ def register(kind: str) -> Callable[[_L], _L]:
 
 class LayerBase:
     KIND: ClassVar[str] = ""
+    ARITY: ClassVar[int] = 1  # how many tensors the layer takes (Add: 2)
 
     def check(self) -> None:
         """Raise ValueError if the fields are out of range."""
@@ -49,6 +50,12 @@ class LayerBase:
     def out_shape(self, shape: Shape) -> Shape:
         """One sample's shape after this layer; ValueError if ``shape`` does not fit."""
         return shape
+
+    def join_shapes(self, shapes: tuple[Shape, ...]) -> Shape:
+        """One sample's shape after this layer, given each input's shape (``ARITY`` of them)."""
+        if len(shapes) != self.ARITY:
+            raise ValueError(f"takes {self.ARITY} input(s), gets {len(shapes)}")
+        return self.out_shape(shapes[0])
 
     def module(self, nn: Any) -> Any:
         raise NotImplementedError
@@ -222,6 +229,34 @@ class Flatten(LayerBase):
         return nn.Flatten()
 
 
+@register("add")
+@dataclass(frozen=True)
+class Add(LayerBase):
+    """Element-wise sum of two tensors of one shape: a residual (skip) connection."""
+
+    ARITY: ClassVar[int] = 2
+
+    def join_shapes(self, shapes: tuple[Shape, ...]) -> Shape:
+        if len(shapes) != 2:
+            raise ValueError(f"takes 2 inputs, gets {len(shapes)}")
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"adds tensors of different shapes {shapes[0]} and {shapes[1]}")
+        return shapes[0]
+
+    def module(self, nn: Any) -> Any:
+        return add_class(nn)()
+
+
+@functools.cache
+def add_class(nn: Any) -> type:
+    """The two-input ``a + b`` module class for ``torch.nn`` or ``crypten.nn``."""
+
+    def forward(self: Any, a: Any, b: Any) -> Any:
+        return a + b
+
+    return type("Add", (nn.Module,), {"forward": forward})
+
+
 @register("affine")
 @dataclass(frozen=True)
 class Affine(LayerBase):
@@ -274,4 +309,4 @@ def affine_class(nn: Any) -> type:
     return type("Affine", (nn.Module,), {"__init__": init, "forward": forward})
 
 
-Layer = Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine
+Layer = Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine | Add

@@ -119,6 +119,7 @@ def architecture_to_proto(a: arch.Architecture) -> common_pb2.Architecture:
         layers=[layer_to_proto(layer) for layer in a.layers],
         input_shape=a.input_shape,
         output_shape=a.output_shape,
+        inputs=[common_pb2.LayerInputs(sources=sources) for sources in a.inputs],
     )
 
 
@@ -130,7 +131,13 @@ def architecture_from_proto(msg: common_pb2.Architecture) -> arch.Architecture:
     if not input_shape or any(d <= 0 for d in input_shape + output_shape) or not output_shape:
         raise PpmlError(ErrorCode.INVALID_MODEL, "input_shape/output_shape must be positive")
     layers = tuple(layer_from_proto(layer, i) for i, layer in enumerate(msg.layers))
-    return arch.Architecture(layers, input_shape, output_shape)
+    inputs = tuple(tuple(int(s) for s in entry.sources) for entry in msg.inputs)
+    architecture = arch.Architecture(layers, input_shape, output_shape, inputs=inputs)
+    try:
+        arch.check_graph(architecture)
+    except ValueError as exc:
+        raise PpmlError(ErrorCode.INVALID_MODEL, f"architecture: {exc}") from None
+    return architecture
 
 
 # ---------------------------------------------------------------- registry

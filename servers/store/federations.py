@@ -40,6 +40,7 @@ from ppml.proto.names import check_name, quote
 from ppml.proto.shares import Ring
 from ppml.proto.wire import federations as wire
 from ppml.servers.store.events import EventLog
+from ppml.servers.store.jobs import graph_refusal
 from ppml.servers.store.limits import check_identities
 from ppml.servers.store.model_ids import Claim
 from ppml.servers.store.models import ModelRegistry
@@ -254,7 +255,9 @@ class FederationManager:
                 raise ValueError("the layers do not produce the declared output shape")
         except ValueError as exc:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
-        why = self._refuse(architecture, spec) if self._refuse is not None else None
+        why = graph_refusal(architecture)
+        if why is None and self._refuse is not None:
+            why = self._refuse(architecture, spec)
         if why is not None:
             raise _invalid(why)
         if spec.backend == "ckks" and self._rank == 0:

@@ -96,6 +96,16 @@ def _invalid(detail: str) -> PpmlError:
     return PpmlError(ErrorCode.INVALID_JOB, detail)
 
 
+def graph_refusal(architecture: Architecture) -> str | None:
+    """Why a graph model (one with a residual connection) cannot be trained; None for a chain."""
+    if architecture.is_chain:
+        return None
+    return (
+        f"the model is a graph ({architecture.describe()}): models with residual connections "
+        "are served (predict, evaluate) but not trained or federated yet; train a chain of layers"
+    )
+
+
 def _holder(job_id: str) -> str:
     """Who holds a job's model id from its start until its model is stored or it ends."""
     return f"training job {job_id!r}"
@@ -260,7 +270,9 @@ class JobManager:
                 raise ValueError("the layers do not produce the declared output shape")
         except ValueError as exc:
             raise PpmlError(ErrorCode.INVALID_MODEL, str(exc)) from None
-        why = self._refuse(architecture, spec) if self._refuse is not None else None
+        why = graph_refusal(architecture)
+        if why is None and self._refuse is not None:
+            why = self._refuse(architecture, spec)
         if why is not None:
             raise PpmlError(ErrorCode.INVALID_JOB, why)
         datasets = [self._datasets.usable(d, owner) for d in spec.dataset_ids]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ppml.proto import names
 from ppml.proto.deploy.topology import LimitsConfig
-from ppml.proto.domain.architecture import Architecture, ModelMeta
+from ppml.proto.domain.architecture import Architecture, ModelMeta, layer_shapes
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.errors import ErrorCode, PpmlError
 from ppml.servers.store.storage import ShareStore
@@ -128,10 +128,8 @@ class Limits:
 
 def _sizes(architecture: Architecture) -> list[int]:
     """Values per row of the input and of every layer's output."""
-    sizes, shape = [], architecture.input_shape
-    for layer in (None, *architecture.layers):
-        if layer is not None:
-            shape = layer.out_shape(shape)
+    sizes = []
+    for shape in (architecture.input_shape, *layer_shapes(architecture)):
         count = 1
         for dim in shape:
             count *= dim

@@ -14,6 +14,7 @@ from torch import nn
 
 from ppml.client.model_export import UnsupportedModelError, export_model, plaintext_forward
 from ppml.proto.domain.architecture import (
+    Add,
     Affine,
     Architecture,
     AvgPool2d,
@@ -276,12 +277,102 @@ class _Residual(nn.Module):
         return x + self.fc(x)
 
 
-def test_residual_onnx_is_rejected_by_node() -> None:
-    data = _onnx_bytes(_Residual(), torch.randn(2, 4))
-    with pytest.raises(UnsupportedModelError, match=r"node '/Add' \(Add\)"):
-        export_model(data)
-    with pytest.raises(UnsupportedModelError, match=r"\(Add\)"):
-        export_model(_Residual(), torch.randn(2, 4))
+def test_residual_onnx_exports_as_a_graph() -> None:
+    model = _Residual()
+    arch, weights = export_model(_onnx_bytes(model, torch.randn(2, 4)))
+    assert arch.layers == (Linear(4, 4), Add())
+    assert arch.inputs == ((-1,), (-1, 0)) and not arch.is_chain  # x + fc(x)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(plaintext_forward(arch, weights, x), model(x).double(), atol=1e-6)
+
+
+class _Block(nn.Module):
+    """A ResNet basic block: conv-bn-relu-conv-bn plus a shortcut, then relu."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + self.short(x))
+
+
+class _TinyResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.blocks = nn.Sequential(_Block(4, 4, 1), _Block(4, 8, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def test_resnet_exports_as_a_graph_with_batchnorm_folded() -> None:
+    model = _TinyResNet()
+    _randomize_batchnorm(model)
+    arch, weights = export_model(model, torch.randn(2, 1, 8, 8))
+    kinds = [type(layer).__name__ for layer in arch.layers]
+    assert kinds.count("Add") == 2 and kinds.count("Conv2d") == 6
+    assert "Affine" not in kinds  # every BatchNorm folded into its convolution
+    assert AvgPool2d((4, 4), (4, 4)) in arch.layers  # the global pool
+    add = kinds.index("Add")
+    assert arch.sources(add) == (add - 1, 1)  # the identity skip: from the stem's ReLU
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x).double()
+    assert torch.allclose(plaintext_forward(arch, weights, x), expected, atol=1e-5)
+
+
+class _SharedConv(nn.Module):
+    """A BatchNorm whose convolution also feeds the skip: it cannot fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_batchnorm_on_a_shared_activation_stays_an_affine_layer() -> None:
+    model = _SharedConv()
+    _randomize_batchnorm(model)
+    arch, weights = export_model(model, torch.randn(2, 2, 5, 5))
+    assert [type(layer) for layer in arch.layers] == [Conv2d, Affine, Add]
+    assert arch.inputs == ((-1,), (0,), (1, 0))
+    x = torch.randn(3, 2, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(
+            plaintext_forward(arch, weights, x), model.eval()(x).double(), atol=1e-5
+        )
+
+
+class _Product(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x)
+
+
+def test_product_of_two_activations_is_rejected_by_node() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"node '/Mul' \(Mul\) combines several"):
+        export_model(_onnx_bytes(_Product(), torch.randn(2, 4)))
 
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(2, ceil_mode=True)])

@@ -172,6 +172,7 @@ EVERY_LAYER: list[arch.Layer] = [
     arch.Flatten(),
     arch.Affine((4, 1, 1)),
     arch.Affine((7,)),
+    arch.Add(),
 ]
 
 
@@ -214,6 +215,60 @@ def test_architecture_round_trip() -> None:
     assert back == a
     assert back.parameter_shapes() == a.parameter_shapes()
     assert arch.infer_output_shape(back) == (2,)
+
+
+def _residual() -> arch.Architecture:
+    """conv -> relu -> conv, plus the input (identity skip) -> relu -> flatten -> linear."""
+    return arch.Architecture(
+        layers=(
+            arch.Conv2d(2, 2, (3, 3), padding=(1, 1)),
+            arch.ReLU(),
+            arch.Conv2d(2, 2, (3, 3), padding=(1, 1)),
+            arch.Add(),
+            arch.ReLU(),
+            arch.Flatten(),
+            arch.Linear(32, 3),
+        ),
+        input_shape=(2, 4, 4),
+        output_shape=(3,),
+        inputs=((-1,), (0,), (1,), (2, -1), (3,), (4,), (5,)),
+    )
+
+
+def test_graph_architecture_round_trip() -> None:
+    a = _residual()
+    msg = common_pb2.Architecture.FromString(serde.architecture_to_proto(a).SerializeToString())
+    back = serde.architecture_from_proto(msg)
+    assert back == a and back.inputs == a.inputs
+    assert not back.is_chain and _cnn().is_chain
+    assert arch.infer_output_shape(back) == (3,)
+    assert "Add[2, input]" in back.describe()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (((-1,), (0,), (1,), (2,), (3,), (4,), (5,)), "takes 2 input"),
+        (((-1,), (0,), (1,), (2, 5), (3,), (4,), (5,)), "each must be an earlier layer"),
+        (((-1,), (0,), (1,), (2, -2), (3,), (4,), (5,)), "each must be an earlier layer"),
+        (((-1,), (0,), (1,), (2, -1), (3,), (4,)), "6 input lists for 7 layers"),
+        (((-1,), (-1,), (1,), (2, -1), (3,), (4,), (5,)), "output of layer 0 is never used"),
+    ],
+)
+def test_graph_architecture_from_proto_rejects(
+    inputs: tuple[tuple[int, ...], ...], message: str
+) -> None:
+    msg = serde.architecture_to_proto(replace(_residual(), inputs=inputs))
+    with pytest.raises(PpmlError, match=message) as excinfo:
+        serde.architecture_from_proto(msg)
+    assert _code(excinfo) == ErrorCode.INVALID_MODEL
+
+
+def test_add_of_two_shapes_is_a_shape_error() -> None:
+    a = _residual()
+    bad = replace(a, layers=(*a.layers[:2], arch.Conv2d(2, 2, (3, 3)), *a.layers[3:]))
+    with pytest.raises(ValueError, match=r"layer 3 \(Add\) adds tensors of different shapes"):
+        arch.infer_output_shape(bad)
 
 
 def _arch_msg(**changes: object) -> common_pb2.Architecture:

@@ -290,6 +290,7 @@ class Layer(_message.Message):
     MAX_POOL2D_FIELD_NUMBER: _builtins.int
     FLATTEN_FIELD_NUMBER: _builtins.int
     AFFINE_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def linear(self) -> Global___Linear: ...
     @_builtins.property
@@ -304,6 +305,8 @@ class Layer(_message.Message):
     def flatten(self) -> Global___Flatten: ...
     @_builtins.property
     def affine(self) -> Global___Affine: ...
+    @_builtins.property
+    def add(self) -> Global___Add: ...
     def __init__(
         self,
         *,
@@ -314,16 +317,56 @@ class Layer(_message.Message):
         max_pool2d: Global___Pool2d | None = ...,
         flatten: Global___Flatten | None = ...,
         affine: Global___Affine | None = ...,
+        add: Global___Add | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine", "add"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Layer: _TypeAlias = Layer  # noqa: Y015
+
+@_typing.final
+class Add(_message.Message):
+    """The sum of two tensors of one shape (a residual connection)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Add: _TypeAlias = Add  # noqa: Y015
+
+@_typing.final
+class LayerInputs(_message.Message):
+    """The layers whose outputs one layer takes; -1 is the model's input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerInputs: _TypeAlias = LayerInputs  # noqa: Y015
 
 @_typing.final
 class Architecture(_message.Message):
@@ -336,6 +379,7 @@ class Architecture(_message.Message):
     LAYERS_FIELD_NUMBER: _builtins.int
     INPUT_SHAPE_FIELD_NUMBER: _builtins.int
     OUTPUT_SHAPE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Layer]: ...
     @_builtins.property
@@ -346,16 +390,23 @@ class Architecture(_message.Message):
     def output_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """one sample, without the batch dimension"""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerInputs]:
+        """Empty for a chain (layer i takes layer i - 1's output); else one entry per
+        layer, every source an earlier layer or -1 (a graph, e.g. a ResNet).
+        """
+
     def __init__(
         self,
         *,
         layers: _abc.Iterable[Global___Layer] | None = ...,
         input_shape: _abc.Iterable[_builtins.int] | None = ...,
         output_shape: _abc.Iterable[_builtins.int] | None = ...,
+        inputs: _abc.Iterable[Global___LayerInputs] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_shape", b"input_shape", "layers", b"layers", "output_shape", b"output_shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_shape", b"input_shape", "inputs", b"inputs", "layers", b"layers", "output_shape", b"output_shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,21 +23,20 @@ def build_layers(architecture: arch.Architecture) -> list[Any]:
 def build_shared_model(
     architecture: arch.Architecture, shares: dict[str, Ring], trainable: bool = False
 ) -> Any:
-    """A CrypTen Sequential whose parameters are MPCTensors over ``shares``.
+    """A CrypTen model (a Sequential, or a graph) whose parameters are MPCTensors over ``shares``.
 
     In eval mode, or in train mode with gradients on every parameter when
     ``trainable``.
     """
     from crypten.mpc import MPCTensor
 
-    layers = build_layers(architecture)
-    for index, module in enumerate(layers):
+    model = arch.build_model(architecture, crypten.nn)
+    for index, module in enumerate(model._modules.values()):
         for name in architecture.layers[index].params():
             parameter = MPCTensor.from_shares(torch.from_numpy(shares[f"{index}.{name}"].copy()))
             parameter.requires_grad = trainable
             module.set_parameter(name, parameter)
         module.encrypted = True
-    model = crypten.nn.Sequential(*layers)
     model.encrypted = True
     return model.train() if trainable else model.eval()
 

@@ -49,6 +49,8 @@ def _pool(layer: dl.MaxPool2d | dl.AvgPool2d, shape: tuple[int, ...]) -> Pool | 
 
 def rep3_model(architecture: arch.Architecture) -> Rep3Model | None:
     """The engine's view of ``architecture``, or None if it has something the engine lacks."""
+    if not architecture.is_chain:
+        return None
     stages: list[Stage] = []
     index: list[int] = []
     shape = tuple(architecture.input_shape)
