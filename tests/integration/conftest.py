@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
+from ppml.training.resnet import digits_resnet
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,14 @@ def cnn(digits: Digits) -> torch.nn.Module:
     )
     images = digits.x_train.reshape(-1, 1, 8, 8)
     return _train(body, images, digits.y_train, 300)
+
+
+@pytest.fixture(scope="session")
+def resnet(digits: Digits) -> torch.nn.Module:
+    """training/resnet.py's digits ResNet (2 residual blocks, one with a 1x1 shortcut), trained."""
+    torch.manual_seed(4)
+    images = digits.x_train.reshape(-1, 1, 8, 8)
+    return _train(digits_resnet(), images, digits.y_train, 300)
 
 
 def _start(tmp: Path, parties: int, **serving: float) -> LocalCluster:
