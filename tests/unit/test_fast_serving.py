@@ -205,6 +205,39 @@ def test_fast_predictions_match_plaintext_with_setup_pool_and_fallback() -> None
     assert _close(got, expected)
 
 
+def test_a_residual_model_is_served_through_dealer_setup_and_bundles() -> None:
+    """A DAG travels to the dealer as a wire spec (with its inputs) and serves like a chain."""
+    residual = Architecture(
+        (dl.Linear(6, 6), dl.ReLU(), dl.Linear(6, 6), dl.Add(), dl.ReLU(), dl.Linear(6, 3)),
+        (6,),
+        (3,),
+        inputs=((-1,), (0,), (1,), (2, -1), (3,), (4,)),
+    )
+    fm = fast_spec.fast_model(residual)
+    assert fm is not None and fm.layer_index == (0, 2, 5) and len(fast_spec.to_wire(fm.spec)) == 3
+    torch.manual_seed(2)
+    lins = [torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)]
+    values = {
+        f"{i}.{name}": encode(getattr(lin, name).detach().numpy())
+        for i, lin in zip(fm.layer_index, lins, strict=True)
+        for name in ("weight", "bias")
+    }
+    handles = _split(values)
+    x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    expected = lins[2](torch.relu(lins[1](torch.relu(lins[0](xt))) + xt)).detach().numpy()
+    links, xs = Links(), share(encode(x), 2)
+    parties = (FastInference(64, 2), FastInference(64, 2))
+
+    def party(rank: int) -> np.ndarray:
+        return parties[rank].predict(FakeChannel(links, rank), "r", handles[rank], fm, xs[rank])
+
+    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
+    with np.errstate(over="ignore"):
+        assert _close(decode(y0 + y1), expected)
+    assert links.requests == ["fast_setup", "fast_bundles"]
+
+
 def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
     pool = BundlePool(depth=2)
     assert pool.take("m", [1]) is None
