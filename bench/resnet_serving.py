@@ -1,0 +1,119 @@
+"""A ResNet-20-shaped CIFAR network served by ppml, beside raw CrypTen, in one run.
+
+Back to back on this machine:
+
+* raw CrypTen (:mod:`raw_crypten_resnet`): 2 parties + TTP over gloo, no
+  service, CrypTen's own ONNX import of the same model;
+* the service (:class:`~ppml.client.deploy.local.LocalCluster`, TLS, SDK) with
+  2 servers + dealer and with 3 servers + dealer: the model is shared through
+  the SDK (``share_model``: exported as a graph, BatchNorm folded), then
+  sequential single-image requests (p50, the servers' own rounds and bytes
+  per job) and batch-``B`` requests (throughput).
+
+The model is ``training/resnet.py``'s :func:`resnet20` with public random
+weights (seed 0), on 32x32x3 inputs. Images are uniform in [0, 1).
+
+Run: ``.venv/bin/python bench/resnet_serving.py --json bench/results/resnet_serving_run1.json``
+(``--n`` single-image requests, ``--m`` batch requests of ``--batch`` images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_a import _latency
+from raw_crypten_resnet import IMAGE, run_resnet_baseline
+from raw_crypten_resnet import summary as raw_summary
+
+from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
+from ppml.training.resnet import resnet20
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)  # public: benchmark weights, not secrets
+    return resnet20().eval()
+
+
+def run_service(parties: int, n: int, m: int, batch: int) -> dict[str, Any]:
+    """Share ResNet-20 through the SDK on a local cluster; time single and batched requests."""
+    model = _model()
+    images = torch.rand(max(n, batch), *IMAGE, generator=torch.Generator().manual_seed(1))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(parties, Path(tmp) / "c") as local,
+        Cluster.from_config(local.config_path, timeout=3600.0) as cluster,
+    ):
+        started = time.perf_counter()
+        model_id = cluster.share_model(model, images[:1], name="resnet20")
+        share_s = time.perf_counter() - started
+        warm = cluster.predict(model_id, images[:1])
+        with torch.no_grad():
+            error = float((warm - model(images[:1])).abs().max())
+        single = _latency(cluster, model_id, images, n)
+        started = time.perf_counter()
+        for _ in range(m):
+            cluster.predict(model_id, images[:batch])
+        wall = time.perf_counter() - started
+    return {
+        "parties": parties,
+        "share_model_s": share_s,
+        "max_abs_error_vs_plaintext": error,
+        "single": single,
+        "batch": {"size": batch, "p50_ms": 1e3 * wall / m, "throughput_ips": batch * m / wall},
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [raw_summary(result["raw_crypten"])]
+    raw1 = result["raw_crypten"]["batch1"]
+    raw_ips = result["raw_crypten"]["batch"]["throughput_ips"]
+    for key in ("two_servers", "three_servers"):
+        r = result.get(key)
+        if r is None:
+            continue
+        s, b = r["single"], r["batch"]
+        lines.append(
+            f"ppml, {r['parties']} servers + dealer: single p50 {s['p50_ms']:.0f} ms "
+            f"({raw1['p50_ms'] / s['p50_ms']:.2f}x faster than raw), {s['rounds']:.0f} rounds "
+            f"(raw {raw1['rounds']}), {s['bytes'] / 1e6:.1f} MB/job; batch {b['size']} "
+            f"{b['throughput_ips']:.2f} img/s ({b['throughput_ips'] / raw_ips:.2f}x raw); "
+            f"max |error| {r['max_abs_error_vs_plaintext']:.2e}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=3, help="sequential single-image requests")
+    parser.add_argument("--m", type=int, default=1, help="batch requests")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"  # as the servers and the raw baseline run
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    result["raw_crypten"] = run_resnet_baseline(args.n, args.m, args.batch)
+    names = {2: "two_servers", 3: "three_servers"}
+    for parties in args.parties:
+        result[names[parties]] = run_service(parties, args.n, args.m, args.batch)
+    result["loadavg_after"] = os.getloadavg()
+    print(summary(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
