@@ -3,7 +3,8 @@
 The digits ResNet (``training/resnet.py``: a stem, a block with an identity
 skip, a block with a 1x1 stride-2 shortcut convolution, global average pool)
 is trained here in plaintext, secret-shared through the SDK and served on 2
-servers and on 3 servers. Over the whole held-out set, encrypted predictions
+servers (the fast engine, its material fetched from the dealer in several
+replies) and on 3 servers (CrypTen). Over the whole held-out set, encrypted predictions
 must match the plaintext argmax on at least 99.5 % of the images and the
 logits must stay within 1e-2. Training, federating, and the replicated engine
 refuse a graph by name; the owner's export rebuilds the graph in torch.
@@ -42,7 +43,10 @@ def test_a_resnet_is_served_on_two_servers(
     info = cluster2.get_model(model_id)
     assert not info.architecture.is_chain
     assert [type(layer).__name__ for layer in info.architecture.layers].count("Add") == 2
-    _check_served(cluster2, model_id, resnet, digits)
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    _check_served(cluster2, model_id, resnet, digits)  # 360 images: more than one dealer reply
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]  # one job, on the fast engine
     exported = cluster2.export_model(model_id).to_torch()
     with torch.no_grad():
         assert torch.allclose(exported(x), resnet(x), atol=1e-3)

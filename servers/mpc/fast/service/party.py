@@ -45,6 +45,7 @@ from ppml.proto.domain.architecture import Architecture
 from ppml.proto.domain.status import FastPool
 from ppml.servers.mpc.fast import engine as fe
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
+from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.prg import Ring
 from ppml.servers.mpc.fast.service import dealing as fast_dealing
 from ppml.servers.mpc.fast.service import spec as fast_spec
@@ -109,6 +110,12 @@ class ModelState:
     handle: Any  # the stored model (LoadedModel) whose shares were opened
     setup_id: int
     model: fe.PartyModel
+    max_rows: int  # rows of material one dealer reply may carry for this model
+
+
+def max_rows(spec: fe.ModelSpec) -> int:
+    """Rows of a model's bundles one dealer reply may carry (its per-reply element limit)."""
+    return fast_dealing.MAX_ELEMENTS // plan_of(spec).elements_per_sample()
 
 
 class FastInference:
@@ -130,7 +137,10 @@ class FastInference:
             if architecture not in self._specs:
                 if len(self._specs) >= 256:  # a cache of public facts: start it afresh
                     self._specs.clear()
-                self._specs[architecture] = fast_spec.fast_model(architecture)
+                fm = fast_spec.fast_model(architecture)
+                if fm is not None and max_rows(fm.spec) < 1:
+                    fm = None  # one image's material is more than a dealer reply may carry
+                self._specs[architecture] = fm
             return self._specs[architecture]
 
     def stats(self) -> FastPool:
@@ -154,7 +164,7 @@ class FastInference:
         self, ch: Channel, model_id: str, handle: Any, fm: fast_spec.FastModel, x: Ring
     ) -> Ring:
         rows = int(x.shape[0])
-        sizes = cover_rows(rows, self._largest)
+        sizes = cover_rows(rows, min(self._largest, largest_bucket(max_rows(fm.spec))))
         if ch.rank == 0:
             state = self._models.get(model_id)
             setup = state is None or state.handle is not handle
@@ -180,13 +190,22 @@ class FastInference:
         if taken:
             bundle = Bundle.concat([p.bundle for p in taken]).head(rows)
         else:
-            self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, rows, 1))
-            bundle = Bundle.from_bytes(self._reply(ch)[1][0])
+            bundle = self._fetch(ch, state, rows)
         if riding:
             self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, *riding))
             self._riding = (model_id, *riding)
         y, _ = fe.forward(state.model, bundle, np.asarray(x, dtype=np.int64), ch.exchange)
         return y.reshape(rows, *fm.output_shape)
+
+    def _fetch(self, ch: Channel, state: ModelState, rows: int) -> Bundle:
+        """Material for ``rows`` rows straight from the dealer, in replies within its limit."""
+        parts = []
+        for start in range(0, rows, state.max_rows):
+            self._ask(
+                ch, fast_dealing.BUNDLES, (state.setup_id, min(state.max_rows, rows - start), 1)
+            )
+            parts.append(Bundle.from_bytes(self._reply(ch)[1][0]))
+        return parts[0] if len(parts) == 1 else Bundle.concat(parts)
 
     def finish(self, ch: Channel) -> None:
         """Take the bundles of a refill that rode on the last prediction, if any."""
@@ -206,6 +225,11 @@ class FastInference:
             return ()
         _, bucket, count = want
         return bucket, min(count, max(1, sizes.count(bucket)))
+
+    def _refill_count(self, model_id: str, bucket: int, count: int) -> int:
+        """``count``, cut to what one dealer reply may carry of this model's bundles."""
+        state = self._models.get(model_id)
+        return count if state is None else max(1, min(count, state.max_rows // bucket))
 
     def refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         """Add ``count`` bundles of ``bucket`` rows to ``model_id``'s pool (both parties)."""
@@ -260,7 +284,8 @@ class FastInference:
         if short is None:
             return None
         model_id, bucket, missing = short
-        return model_id, bucket, max(1, min(missing, REFILL_ROWS // bucket))
+        count = max(1, min(missing, REFILL_ROWS // bucket))
+        return model_id, bucket, self._refill_count(model_id, bucket, count)
 
     def _setup(
         self, ch: Channel, model_id: str, handle: Any, fm: fast_spec.FastModel
@@ -274,7 +299,7 @@ class FastInference:
         weights = [shares[f"{i}.weight"] for i in fm.layer_index]
         biases = [shares.get(f"{i}.bias") for i in fm.layer_index]
         model = fe.PartyModel.open(fm.spec, setup, weights, biases, ch.exchange)
-        state = ModelState(handle, setup_id, model)
+        state = ModelState(handle, setup_id, model, max_rows(fm.spec))
         self._models[model_id] = state
         while len(self._models) > self._max_models:
             evicted, _ = self._models.popitem(last=False)
