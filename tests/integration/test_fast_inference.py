@@ -5,8 +5,9 @@ pre-activations at the ends of the fixed-point range, -2^31 and 2^31 - 128,
 which the gates cover whole), a digits MLP whose idle hidden units sit around
 -2e5 (wrong at the former gate depth 31, range |v| < 2^15), the pool (refill
 jobs in idle time, then a forward with no dealer request), batching of
-concurrent clients, a convolution, and the CrypTen path where the fast engine does not
-apply (a layer it lacks on 2 servers; any model on 3 servers).
+concurrent clients, a convolution, a CNN with max and average pooling, and the
+CrypTen path where the fast engine does not apply (a layer it lacks on 2
+servers; any model on 3 servers).
 """
 
 from __future__ import annotations
@@ -130,15 +131,33 @@ def test_concurrent_clients_are_batched_on_the_fast_path(local2: LocalCluster) -
     assert max(r.batch_requests for r in results) > 1
 
 
-def test_a_layer_the_fast_engine_lacks_stays_on_crypten(
+def test_the_pooling_cnn_runs_on_the_fast_path(
     cluster2: Cluster, cnn: torch.nn.Module, digits: Any
 ) -> None:
     x = digits.x_test[:4].reshape(-1, 1, 8, 8)
     model_id = cluster2.share_model(cnn, x[:1], name="pooling-cnn")
-    before = [r.fast_pool for r in cluster2.status()]
+    before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     got = cluster2.predict(model_id, x)
     with torch.no_grad():
         plain = cnn(x)
+    assert (got - plain).abs().max().item() < 1e-2
+    after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
+    assert after == [b + 1 for b in before]  # max and average pooling on the masked wires
+
+
+def test_a_layer_the_fast_engine_lacks_stays_on_crypten(cluster2: Cluster, digits: Any) -> None:
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(  # a BatchNorm after the ReLU cannot fold: a secret Affine layer
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10),
+    ).eval()  # fmt: skip
+    x = digits.x_test[:4].reshape(-1, 1, 8, 8)
+    model_id = cluster2.share_model(model, x[:1], name="affine-cnn")
+    assert "Affine" in cluster2.get_model(model_id).architecture.describe()
+    before = [r.fast_pool for r in cluster2.status()]
+    got = cluster2.predict(model_id, x)
+    with torch.no_grad():
+        plain = model(x)
     assert (got - plain).abs().max().item() < 1e-2
     after = [r.fast_pool for r in cluster2.status()]
     assert [(p.hits, p.misses) for p in after] == [(p.hits, p.misses) for p in before]

@@ -21,6 +21,7 @@ from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
 from ppml.servers.kinds.refill import RefillJob, RefillPlanner
+from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.service import dealing as dealing_module
 from ppml.servers.mpc.fast.service import spec as fast_spec
@@ -236,6 +237,30 @@ def test_a_residual_model_is_served_through_dealer_setup_and_bundles() -> None:
     with np.errstate(over="ignore"):
         assert _close(decode(y0 + y1), expected)
     assert links.requests == ["fast_setup", "fast_bundles"]
+
+
+def test_a_job_larger_than_one_dealer_reply_runs_as_several_forwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for 2 rows of material per reply, 5 rows take 3 replies and 3 forwards."""
+    model, values = _plain_model()
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    per_image = plan_of(fm.spec).elements_per_sample()
+    monkeypatch.setattr(dealing_module, "MAX_ELEMENTS", 2 * per_image)
+    handles = _split(values)
+    x = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    links, xs = Links(), share(encode(x), 2)
+    parties = (FastInference(64, 0), FastInference(64, 0))
+
+    def party(rank: int) -> np.ndarray:
+        return parties[rank].predict(FakeChannel(links, rank), "m", handles[rank], fm, xs[rank])
+
+    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
+    with np.errstate(over="ignore"):
+        assert _close(decode(y0 + y1), expected)
+    assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
 
 
 def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:

@@ -113,6 +113,17 @@ class ModelState:
     max_rows: int  # rows of material one dealer reply may carry for this model
 
 
+def _groups(bundles: list[Bundle], limit: int) -> list[list[Bundle]]:
+    """``bundles`` in order, in runs of at most ``limit`` rows (one forward each)."""
+    groups: list[list[Bundle]] = []
+    for bundle in bundles:
+        if groups and sum(b.batch for b in groups[-1]) + bundle.batch <= limit:
+            groups[-1].append(bundle)
+        else:
+            groups.append([bundle])
+    return groups
+
+
 def max_rows(spec: fe.ModelSpec) -> int:
     """Rows of a model's bundles one dealer reply may carry (its per-reply element limit)."""
     return fast_dealing.MAX_ELEMENTS // plan_of(spec).elements_per_sample()
@@ -187,25 +198,39 @@ class FastInference:
         state = self._setup(ch, model_id, handle, fm) if setup else self._models[model_id]
         self._models.move_to_end(model_id)
         self.pool.record(bool(taken))
+        xs = np.asarray(x, dtype=np.int64)
+        outs: list[Ring] = []
         if taken:
-            bundle = Bundle.concat([p.bundle for p in taken]).head(rows)
-        else:
-            bundle = self._fetch(ch, state, rows)
-        if riding:
-            self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, *riding))
-            self._riding = (model_id, *riding)
-        y, _ = fe.forward(state.model, bundle, np.asarray(x, dtype=np.int64), ch.exchange)
+            if riding:
+                self._ask_refill(ch, model_id, state, riding)
+            start = 0
+            for group in _groups([p.bundle for p in taken], state.max_rows):
+                count = min(sum(b.batch for b in group), rows - start)
+                bundle = (group[0] if len(group) == 1 else Bundle.concat(group)).head(count)
+                outs.append(self._forward(ch, state, bundle, xs[start : start + count]))
+                start += count
+        else:  # one reply of material per forward, so a job never holds more than one
+            for start in range(0, rows, state.max_rows):
+                count = min(state.max_rows, rows - start)
+                self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, count, 1))
+                bundle = Bundle.from_bytes(self._reply(ch)[1][0])
+                if riding and start + count == rows:
+                    self._ask_refill(ch, model_id, state, riding)
+                outs.append(self._forward(ch, state, bundle, xs[start : start + count]))
+        y = outs[0] if len(outs) == 1 else np.concatenate(outs)
         return y.reshape(rows, *fm.output_shape)
 
-    def _fetch(self, ch: Channel, state: ModelState, rows: int) -> Bundle:
-        """Material for ``rows`` rows straight from the dealer, in replies within its limit."""
-        parts = []
-        for start in range(0, rows, state.max_rows):
-            self._ask(
-                ch, fast_dealing.BUNDLES, (state.setup_id, min(state.max_rows, rows - start), 1)
-            )
-            parts.append(Bundle.from_bytes(self._reply(ch)[1][0]))
-        return parts[0] if len(parts) == 1 else Bundle.concat(parts)
+    def _ask_refill(
+        self, ch: Channel, model_id: str, state: ModelState, riding: tuple[int, int]
+    ) -> None:
+        """Ask for a refill that rides on this prediction; :meth:`finish` takes it."""
+        self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, *riding))
+        self._riding = (model_id, *riding)
+
+    @staticmethod
+    def _forward(ch: Channel, state: ModelState, bundle: Bundle, x: Ring) -> Ring:
+        y, _ = fe.forward(state.model, bundle, x, ch.exchange)
+        return y
 
     def finish(self, ch: Channel) -> None:
         """Take the bundles of a refill that rode on the last prediction, if any."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ppml.proto.domain.architecture import Architecture
+from ppml.proto.domain.architecture import Architecture, AvgPool2d, MaxPool2d
 from ppml.proto.domain.jobs import EpochMetrics, TrainingSpec
 from ppml.proto.shares import Ring
 from ppml.servers.mpc.fast.service import spec as fast_spec
@@ -51,9 +51,11 @@ def unsupported_training(architecture: Architecture, spec: TrainingSpec) -> str 
     why = unsupported(architecture)
     if why is not None:
         return why
-    model = fast_spec.fast_model(architecture)
-    if model is None:  # it serves, so only pooling can be in the way
+    if any(isinstance(layer, MaxPool2d | AvgPool2d) for layer in architecture.layers):
         return f"pooling layers do not train on {ENGINE} yet (they serve)"
+    model = fast_spec.fast_model(architecture)
+    if model is None:
+        return f"this model does not train on {ENGINE}"
     try:
         train.check_spec(model.spec)
         train.Sgd(spec.lr, spec.momentum, spec.weight_decay)
