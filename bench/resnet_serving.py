@@ -4,6 +4,9 @@ Back to back on this machine:
 
 * raw CrypTen (:mod:`raw_crypten_resnet`): 2 parties + TTP over gloo, no
   service, CrypTen's own ONNX import of the same model;
+* the fast engine alone (:mod:`fast_resnet`: two party processes, the dealer
+  in the parent, no TLS or service): online latency and throughput, rounds,
+  bytes and the dealer's material per image;
 * the service (:class:`~ppml.client.deploy.local.LocalCluster`, TLS, SDK) with
   2 servers + dealer and with 3 servers + dealer: the model is shared through
   the SDK (``share_model``: exported as a graph, BatchNorm folded), then
@@ -31,6 +34,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_resnet import _summary as engine_summary
+from fast_resnet import run as run_engine_alone
 from network_a import _latency
 from raw_crypten_resnet import IMAGE, run_resnet_baseline
 from raw_crypten_resnet import summary as raw_summary
@@ -76,6 +81,8 @@ def run_service(parties: int, n: int, m: int, batch: int) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> str:
     lines = [raw_summary(result["raw_crypten"])]
+    if "engine_alone" in result:
+        lines.append(engine_summary(result["engine_alone"]))
     raw1 = result["raw_crypten"]["batch1"]
     raw_ips = result["raw_crypten"]["batch"]["throughput_ips"]
     for key in ("two_servers", "three_servers"):
@@ -99,12 +106,15 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=1, help="batch requests")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--parties", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--skip-engine", action="store_true", help="no fast-engine-alone run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # as the servers and the raw baseline run
     torch.set_num_threads(1)
     result: dict[str, Any] = {"loadavg_before": os.getloadavg()}
     result["raw_crypten"] = run_resnet_baseline(args.n, args.m, args.batch)
+    if not args.skip_engine:
+        result["engine_alone"] = run_engine_alone(args.n, args.m)
     names = {2: "two_servers", 3: "three_servers"}
     for parties in args.parties:
         result[names[parties]] = run_service(parties, args.n, args.m, args.batch)
