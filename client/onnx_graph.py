@@ -2,8 +2,9 @@
 
 Only what the MPC servers can run is accepted: one input, one output, and a
 graph of the ops in :data:`SUPPORTED_OPS` between them, where only ``Add``
-joins two activations (a residual connection) and every layer leads to the
-output. Weights must be
+(a residual connection) and ``MatMul`` (attention) join two activations and
+every layer leads to the output; a transformer's ops are handled in
+:mod:`ppml.client.onnx_transformer`. Weights must be
 initializers (or ``Constant`` nodes); the small ``Shape``/``Gather``/``Concat``
 subgraphs the torch exporter emits for ``x.view(x.size(0), -1)`` are evaluated
 symbolically and accepted when they flatten to ``(batch, -1)``.
@@ -14,13 +15,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ppml.client.onnx_common import Dim, Shape, UnsupportedModelError, Value
+from ppml.client.onnx_common import Step as _Step
+from ppml.client.onnx_common import attrs as _attrs
+from ppml.client.onnx_common import unsupported as _unsupported
+from ppml.client.onnx_transformer import TransformerOps
 from ppml.proto.domain.architecture import (
     MODEL_INPUT,
     Add,
@@ -35,43 +41,11 @@ from ppml.proto.domain.architecture import (
     ReLU,
 )
 
-Dim = int | str  # a str is a symbolic (batch) dimension
-Shape = tuple[Dim, ...]  # an activation's full shape, batch dimension first
-
-SUPPORTED_OPS = (
-    "Gemm, MatMul (+ Add), Conv, Relu, AveragePool, MaxPool, GlobalAveragePool, Flatten, "
-    "Reshape to (batch, -1), BatchNormalization, Add of two activations (residual), "
-    "Dropout, Identity"
-)
-_JOINS = frozenset({"Add"})  # ops that may take two activations
+_JOINS = frozenset({"Add", "MatMul", "Mul"})  # ops that may take two activations
 _SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice"})
 
 
-class UnsupportedModelError(ValueError):
-    """The model uses a layer or a graph structure that the MPC servers cannot run."""
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return f"node {node.name or node.output[0]!r} ({node.op_type})"
-
-
-def _unsupported(node: onnx.NodeProto, why: str = "is not supported") -> UnsupportedModelError:
-    return UnsupportedModelError(f"{_label(node)} {why}; supported: a graph of {SUPPORTED_OPS}")
-
-
-@dataclass
-class _Step:
-    """One emitted layer, its sources and its float64 parameters (mutable until folding is done)."""
-
-    layer: Layer
-    params: dict[str, np.ndarray]
-    sources: tuple[int, ...]
-
-
-Value = tuple[int, Shape]  # an activation: the step that computes it (MODEL_INPUT: none), its shape
-
-
-class _GraphParser:
+class _GraphParser(TransformerOps):
     """Walks the graph's nodes in topological order, emitting one layer per op.
 
     Activations may feed several nodes, and :class:`Add` joins two of them
@@ -126,6 +100,12 @@ class _GraphParser:
                 for name in data:
                     self.consumers[name].append(node)
                 self.act_nodes.append(node)
+            elif any(i in self.shape_valued for i in ins):
+                raise _unsupported(
+                    node,
+                    "computes from x.shape at run time; give the model static sizes "
+                    "(module attributes) so that its export has constant shapes",
+                )
             else:
                 raise _unsupported(
                     node,
@@ -148,17 +128,19 @@ class _GraphParser:
             "Add": self._add,
             "Dropout": self._skip,
             "Identity": self._skip,
+            **self.transformer_handlers(),
         }
         self.values[self.input_name] = (MODEL_INPUT, self.input_shape)
         for node in self.act_nodes:
             if id(node) in self.fused:
                 continue
-            if node.op_type not in handlers or node.input[0] not in self.values:
+            first = next((i for i in node.input if i in self.values), None)
+            if node.op_type not in handlers or first is None:
                 raise _unsupported(node)
             for extra in node.output[1:]:
                 if extra and (self.consumers.get(extra) or extra == self.output_name):
                     raise _unsupported(node, f"with its extra output {extra!r} used")
-            name, value = handlers[node.op_type](node, self.values[node.input[0]])
+            name, value = handlers[node.op_type](node, self.values[first])
             self.values[name] = value
         return self.steps, self._output_shape()
 
@@ -243,8 +225,9 @@ class _GraphParser:
         return self._linear(node, node.output[0], x, weight, bias)
 
     def _matmul(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
-        if len(x[1]) != 2:
-            raise _unsupported(node, f"on a {len(x[1])}-D activation (needs 2-D)")
+        """``x @ W`` (+ a constant bias Add) on the last dim: a Linear; or of two activations."""
+        if node.input[1] in self.values or node.input[0] not in self.values:
+            return self._matmul_join(node, x)
         weight, out, bias = self._need(node, 1).T, node.output[0], None
         users = self.consumers[out]
         if len(users) == 1 and users[0].op_type == "Add" and out != self.output_name:
@@ -261,11 +244,11 @@ class _GraphParser:
         bias: np.ndarray | None,
     ) -> tuple[str, Value]:  # fmt: skip
         src, shape = x
-        if weight.ndim != 2 or weight.shape[1] != shape[1]:
-            raise _unsupported(node, f"has weight {weight.shape} for {shape[1]} input features")
+        if len(shape) < 2 or weight.ndim != 2 or weight.shape[1] != shape[-1]:
+            raise _unsupported(node, f"has weight {weight.shape} for input {shape}")
         params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
         layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        _, value = self._emit(node, layer, params, (src,), (shape[0], weight.shape[0]))
+        _, value = self._emit(node, layer, params, (src,), (*shape[:-1], weight.shape[0]))
         return out, value
 
     def _conv(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
@@ -318,10 +301,14 @@ class _GraphParser:
         return self._emit(node, ReLU(), {}, (x[0],), x[1])
 
     def _add(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
-        """A residual connection: the sum of two activations of one shape."""
+        """A residual connection (two activations of one shape), or a constant :class:`Bias`."""
         other = node.input[1] if len(node.input) == 2 else ""
+        if node.input[0] not in self.values:
+            other = node.input[0]
+        if other in self.consts:
+            return self._bias(node, x, self.consts[other])
         if other not in self.values:
-            raise _unsupported(node, "adds a constant to an activation (only a bias after MatMul)")
+            raise _unsupported(node, "adds something other than an activation or a constant")
         y = self.values[other]
         if x[1] != y[1]:
             raise _unsupported(node, f"adds activations of shapes {x[1]} and {y[1]} (no broadcast)")
@@ -354,7 +341,10 @@ class _GraphParser:
             )
         ):
             return self._flat(node, x)
-        raise _unsupported(node, f"to {list(target)} (only flattening to (batch, -1))")
+        head = 0 if target and target[0] == shape[0] else target[0] if target else -2
+        if isinstance(head, str) or any(isinstance(d, str) for d in target[1:]):
+            raise _unsupported(node, f"to {list(target)} (only the batch first, static sizes)")
+        return self._static_reshape(node, x, (head, *(int(d) for d in target[1:])))
 
     def _batchnorm(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
         attrs, (src, shape) = _attrs(node), x
@@ -437,10 +427,6 @@ def _declared_shape(value: onnx.ValueInfoProto) -> Shape:
         )
     batch = dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or "N")
     return (batch, *(int(d) for d in rest if d is not None))
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:

@@ -21,15 +21,26 @@ from typing import Any
 from ppml.proto.domain import layers
 from ppml.proto.domain.datasets import DataSource, grants
 from ppml.proto.domain.layers import (
+    GELU,
     Add,
     Affine,
     AvgPool2d,
+    Bias,
     Conv2d,
     Flatten,
     Layer,
+    LayerNorm,
     Linear,
+    MatMul,
     MaxPool2d,
+    Mean,
     ReLU,
+    Reshape,
+    Scale,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    Transpose,
 )
 
 Pair = layers.Pair
@@ -192,19 +203,30 @@ def graph_class(nn: Any) -> type:
 
 
 __all__ = [
+    "GELU",
     "MODEL_INPUT",
     "Add",
     "Affine",
     "Architecture",
     "AvgPool2d",
+    "Bias",
     "Conv2d",
     "Flatten",
     "Layer",
+    "LayerNorm",
     "Linear",
+    "MatMul",
     "MaxPool2d",
+    "Mean",
     "ModelMeta",
     "Pair",
     "ReLU",
+    "Reshape",
+    "Scale",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "Transpose",
     "build_model",
     "build_modules",
     "check_graph",

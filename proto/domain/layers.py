@@ -9,63 +9,23 @@ sample's shape (:meth:`out_shape`), and how to build it as a module of a
 ``torch.nn``-like namespace (:meth:`module`): ``torch.nn`` for a plaintext
 model on the owner's machine, ``crypten.nn`` for one party's MPC model.
 
-Adding a layer kind means one class here with ``@register("name")`` and its
-message in ``common.proto`` (plus its ONNX pattern in the client's parser).
+This module holds the kinds of convolutional and residual networks; a
+transformer's kinds are in :mod:`.tensor_layers` and :mod:`.nonlinear_layers`
+(what every kind is: :mod:`.layer_kind`). Adding a layer kind means one class
+with ``@register("name")`` in one of them, its message in ``common.proto``
+and its member of :data:`Layer` (plus its ONNX pattern in the client's parser).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-Pair = tuple[int, int]
-Shape = tuple[int, ...]
-
-KINDS: dict[str, type[LayerBase]] = {}
-_L = TypeVar("_L", bound="type[LayerBase]")
-
-
-def register(kind: str) -> Callable[[_L], _L]:
-    def add(cls: _L) -> _L:
-        cls.KIND = kind
-        KINDS[kind] = cls
-        return cls
-
-    return add
-
-
-class LayerBase:
-    KIND: ClassVar[str] = ""
-    ARITY: ClassVar[int] = 1  # how many tensors the layer takes (Add: 2)
-
-    def check(self) -> None:
-        """Raise ValueError if the fields are out of range."""
-
-    def params(self) -> dict[str, Shape]:
-        """Secret parameters: name -> shape."""
-        return {}
-
-    def out_shape(self, shape: Shape) -> Shape:
-        """One sample's shape after this layer; ValueError if ``shape`` does not fit."""
-        return shape
-
-    def join_shapes(self, shapes: tuple[Shape, ...]) -> Shape:
-        """One sample's shape after this layer, given each input's shape (``ARITY`` of them)."""
-        if len(shapes) != self.ARITY:
-            raise ValueError(f"takes {self.ARITY} input(s), gets {len(shapes)}")
-        return self.out_shape(shapes[0])
-
-    def module(self, nn: Any) -> Any:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        return type(self).__name__
-
-
-def _positive(*values: int) -> bool:
-    return all(v > 0 for v in values)
+from ppml.proto.domain.layer_kind import KINDS, LayerBase, Pair, Shape, register
+from ppml.proto.domain.layer_kind import positive as _positive
+from ppml.proto.domain.nonlinear_layers import GELU, LayerNorm, Sigmoid, Softmax, Tanh
+from ppml.proto.domain.tensor_layers import Bias, MatMul, Mean, Reshape, Scale, Transpose
 
 
 def _pair_ok(pair: Pair, minimum: int) -> bool:
@@ -75,7 +35,11 @@ def _pair_ok(pair: Pair, minimum: int) -> bool:
 @register("linear")
 @dataclass(frozen=True)
 class Linear(LayerBase):
-    """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``."""
+    """``y = x @ weight.T + bias`` over the last dim; weight ``(out, in)``, bias ``(out,)``.
+
+    One sample ``(..., in)`` becomes ``(..., out)``: a feature vector, or every
+    token of a sequence ``(tokens, in)`` (a transformer's projections).
+    """
 
     in_features: int
     out_features: int
@@ -92,9 +56,9 @@ class Linear(LayerBase):
         return shapes
 
     def out_shape(self, shape: Shape) -> Shape:
-        if shape != (self.in_features,):
-            raise ValueError(f"expects ({self.in_features},), gets {shape}")
-        return (self.out_features,)
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"expects (..., {self.in_features}), gets {shape}")
+        return (*shape[:-1], self.out_features)
 
     def module(self, nn: Any) -> Any:
         return nn.Linear(self.in_features, self.out_features, bias=self.bias)
@@ -309,4 +273,38 @@ def affine_class(nn: Any) -> type:
     return type("Affine", (nn.Module,), {"__init__": init, "forward": forward})
 
 
-Layer = Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine | Add
+Layer = (
+    Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine | Add
+    | MatMul | Transpose | Reshape | Scale | Bias | Mean
+    | Softmax | LayerNorm | GELU | Tanh | Sigmoid
+)  # fmt: skip
+
+__all__ = [
+    "GELU",
+    "KINDS",
+    "Add",
+    "Affine",
+    "AvgPool2d",
+    "Bias",
+    "Conv2d",
+    "Flatten",
+    "Layer",
+    "LayerBase",
+    "LayerNorm",
+    "Linear",
+    "MatMul",
+    "MaxPool2d",
+    "Mean",
+    "Pair",
+    "ReLU",
+    "Reshape",
+    "Scale",
+    "Shape",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "Transpose",
+    "add_class",
+    "affine_class",
+    "register",
+]

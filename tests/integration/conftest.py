@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
 from ppml.training.resnet import digits_resnet
+from ppml.training.transformer import digits_transformer
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ def resnet(digits: Digits) -> torch.nn.Module:
     torch.manual_seed(4)
     images = digits.x_train.reshape(-1, 1, 8, 8)
     return _train(digits_resnet(), images, digits.y_train, 300)
+
+
+@pytest.fixture(scope="session")
+def transformer(digits: Digits) -> torch.nn.Module:
+    """training/transformer.py's digits transformer (8 tokens of 8 features, 1 layer), trained."""
+    torch.manual_seed(5)
+    tokens = digits.x_train.reshape(-1, 8, 8)
+    return _train(digits_transformer(), tokens, digits.y_train, 300)
 
 
 def _start(tmp: Path, parties: int, **serving: float) -> LocalCluster:

@@ -248,24 +248,24 @@ def test_lstm_is_rejected_by_layer_name() -> None:
     assert "Linear" in str(info.value)  # the supported layers are listed
 
 
-def test_sigmoid_module_is_rejected_by_layer_name() -> None:
-    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
-    with pytest.raises(UnsupportedModelError, match=r"layer '1' \(Sigmoid\)"):
+def test_elu_module_is_rejected_by_layer_name() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ELU())
+    with pytest.raises(UnsupportedModelError, match=r"layer '1' \(ELU\)"):
         export_model(model, torch.randn(2, 4))
 
 
-class _FunctionalSigmoid(nn.Module):
+class _FunctionalElu(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(x))
+        return nn.functional.elu(self.fc(x))
 
 
-def test_functional_sigmoid_is_rejected_by_onnx_node() -> None:
-    with pytest.raises(UnsupportedModelError, match=r"node '/Sigmoid' \(Sigmoid\)"):
-        export_model(_FunctionalSigmoid(), torch.randn(2, 4))
+def test_functional_elu_is_rejected_by_onnx_node() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"node '/Elu' \(Elu\)"):
+        export_model(_FunctionalElu(), torch.randn(2, 4))
 
 
 class _Residual(nn.Module):
@@ -371,7 +371,7 @@ class _Product(nn.Module):
 
 
 def test_product_of_two_activations_is_rejected_by_node() -> None:
-    with pytest.raises(UnsupportedModelError, match=r"node '/Mul' \(Mul\) combines several"):
+    with pytest.raises(UnsupportedModelError, match=r"node '/Mul' \(Mul\) multiplies two"):
         export_model(_onnx_bytes(_Product(), torch.randn(2, 4)))
 
 

@@ -173,6 +173,18 @@ EVERY_LAYER: list[arch.Layer] = [
     arch.Affine((4, 1, 1)),
     arch.Affine((7,)),
     arch.Add(),
+    arch.Linear(8, 16),  # on the last dim of (tokens, 8) as well
+    arch.MatMul(),
+    arch.Transpose((1, 0, 2)),
+    arch.Reshape((8, 2, 8)),
+    arch.Softmax(),
+    arch.LayerNorm(16, eps=1e-6),
+    arch.GELU(),
+    arch.Tanh(),
+    arch.Sigmoid(),
+    arch.Scale(0.3535533905932738),
+    arch.Bias((8, 16)),
+    arch.Mean(0),
 ]
 
 

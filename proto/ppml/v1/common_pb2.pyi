@@ -291,6 +291,17 @@ class Layer(_message.Message):
     FLATTEN_FIELD_NUMBER: _builtins.int
     AFFINE_FIELD_NUMBER: _builtins.int
     ADD_FIELD_NUMBER: _builtins.int
+    MATMUL_FIELD_NUMBER: _builtins.int
+    TRANSPOSE_FIELD_NUMBER: _builtins.int
+    RESHAPE_FIELD_NUMBER: _builtins.int
+    SOFTMAX_FIELD_NUMBER: _builtins.int
+    LAYER_NORM_FIELD_NUMBER: _builtins.int
+    GELU_FIELD_NUMBER: _builtins.int
+    TANH_FIELD_NUMBER: _builtins.int
+    SIGMOID_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    BIAS_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def linear(self) -> Global___Linear: ...
     @_builtins.property
@@ -307,6 +318,28 @@ class Layer(_message.Message):
     def affine(self) -> Global___Affine: ...
     @_builtins.property
     def add(self) -> Global___Add: ...
+    @_builtins.property
+    def matmul(self) -> Global___MatMul: ...
+    @_builtins.property
+    def transpose(self) -> Global___Transpose: ...
+    @_builtins.property
+    def reshape(self) -> Global___Reshape: ...
+    @_builtins.property
+    def softmax(self) -> Global___Softmax: ...
+    @_builtins.property
+    def layer_norm(self) -> Global___LayerNorm: ...
+    @_builtins.property
+    def gelu(self) -> Global___GELU: ...
+    @_builtins.property
+    def tanh(self) -> Global___Tanh: ...
+    @_builtins.property
+    def sigmoid(self) -> Global___Sigmoid: ...
+    @_builtins.property
+    def scale(self) -> Global___Scale: ...
+    @_builtins.property
+    def bias(self) -> Global___Bias: ...
+    @_builtins.property
+    def mean(self) -> Global___Mean: ...
     def __init__(
         self,
         *,
@@ -318,16 +351,240 @@ class Layer(_message.Message):
         flatten: Global___Flatten | None = ...,
         affine: Global___Affine | None = ...,
         add: Global___Add | None = ...,
+        matmul: Global___MatMul | None = ...,
+        transpose: Global___Transpose | None = ...,
+        reshape: Global___Reshape | None = ...,
+        softmax: Global___Softmax | None = ...,
+        layer_norm: Global___LayerNorm | None = ...,
+        gelu: Global___GELU | None = ...,
+        tanh: Global___Tanh | None = ...,
+        sigmoid: Global___Sigmoid | None = ...,
+        scale: Global___Scale | None = ...,
+        bias: Global___Bias | None = ...,
+        mean: Global___Mean | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "conv2d", b"conv2d", "flatten", b"flatten", "kind", b"kind", "linear", b"linear", "max_pool2d", b"max_pool2d", "relu", b"relu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine", "add"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine", "add", "matmul", "transpose", "reshape", "softmax", "layer_norm", "gelu", "tanh", "sigmoid", "scale", "bias", "mean"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Layer: _TypeAlias = Layer  # noqa: Y015
+
+@_typing.final
+class MatMul(_message.Message):
+    """A transformer's layers; shapes are one sample's (no batch dimension).
+    The product of two activations over their last two dims (e.g. Q K^T).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatMul: _TypeAlias = MatMul  # noqa: Y015
+
+@_typing.final
+class Transpose(_message.Message):
+    """Output dim i is input dim perm[i]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def perm(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        perm: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["perm", b"perm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transpose: _TypeAlias = Transpose  # noqa: Y015
+
+@_typing.final
+class Reshape(_message.Message):
+    """A static per-sample target shape with the input's element count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHAPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reshape: _TypeAlias = Reshape  # noqa: Y015
+
+@_typing.final
+class Softmax(_message.Message):
+    """Over the last dim."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Softmax: _TypeAlias = Softmax  # noqa: Y015
+
+@_typing.final
+class LayerNorm(_message.Message):
+    """Over the last dim (size); parameters "{i}.weight" and "{i}.bias" of (size)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    EPS_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    eps: _builtins.float
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        eps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eps", b"eps", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerNorm: _TypeAlias = LayerNorm  # noqa: Y015
+
+@_typing.final
+class GELU(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GELU: _TypeAlias = GELU  # noqa: Y015
+
+@_typing.final
+class Tanh(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tanh: _TypeAlias = Tanh  # noqa: Y015
+
+@_typing.final
+class Sigmoid(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sigmoid: _TypeAlias = Sigmoid  # noqa: Y015
+
+@_typing.final
+class Scale(_message.Message):
+    """Multiplies by a public constant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FACTOR_FIELD_NUMBER: _builtins.int
+    factor: _builtins.float
+    def __init__(
+        self,
+        *,
+        factor: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["factor", b"factor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Scale: _TypeAlias = Scale  # noqa: Y015
+
+@_typing.final
+class Bias(_message.Message):
+    """Adds the parameter "{i}.bias" of this shape (broadcasting to one sample)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHAPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bias: _TypeAlias = Bias  # noqa: Y015
+
+@_typing.final
+class Mean(_message.Message):
+    """The mean over one per-sample dim, which is dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AXIS_FIELD_NUMBER: _builtins.int
+    axis: _builtins.int
+    def __init__(
+        self,
+        *,
+        axis: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axis", b"axis"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mean: _TypeAlias = Mean  # noqa: Y015
 
 @_typing.final
 class Add(_message.Message):
