@@ -37,6 +37,7 @@ def register(kind: str) -> Callable[[_L], _L]:
 class LayerBase:
     KIND: ClassVar[str] = ""
     ARITY: ClassVar[int] = 1  # how many tensors the layer takes (Add: 2)
+    TRAINABLE: ClassVar[bool] = True  # whether a training job or a federation may use it
 
     def check(self) -> None:
         """Raise ValueError if the fields are out of range."""
@@ -63,7 +64,9 @@ class LayerBase:
 
 
 class OpLayer(LayerBase):
-    """A kind computed by its own :meth:`forward` in an :func:`op_class` module."""
+    """A kind computed by its own :meth:`forward` in an :func:`op_class` module (served only)."""
+
+    TRAINABLE: ClassVar[bool] = False
 
     def forward(self, xs: tuple[Any, ...], params: dict[str, Any], plain: bool) -> Any:
         """The output for inputs ``xs`` (batch first) and parameters by name.

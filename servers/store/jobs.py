@@ -97,13 +97,25 @@ def _invalid(detail: str) -> PpmlError:
 
 
 def graph_refusal(architecture: Architecture) -> str | None:
-    """Why a graph model (one with a residual connection) cannot be trained; None for a chain."""
-    if architecture.is_chain:
-        return None
-    return (
-        f"the model is a graph ({architecture.describe()}): models with residual connections "
-        "are served (predict, evaluate) but not trained or federated yet; train a chain of layers"
-    )
+    """Why a model cannot be trained or federated; None if it can.
+
+    A graph (one with a residual connection) cannot, nor a chain with a layer
+    kind that is only served (``TRAINABLE`` false: a transformer's kinds).
+    """
+    if not architecture.is_chain:
+        return (
+            f"the model is a graph ({architecture.describe()}): models with residual "
+            "connections are served (predict, evaluate) but not trained or federated yet; "
+            "train a chain of layers"
+        )
+    for index, layer in enumerate(architecture.layers):
+        if not layer.TRAINABLE:
+            return (
+                f"layer {index} ({type(layer).__name__}) is served (predict, evaluate) but not "
+                "trained or federated yet; train a chain of Linear, Conv2d, pooling, Flatten, "
+                "Affine and ReLU layers"
+            )
+    return None
 
 
 def _holder(job_id: str) -> str:

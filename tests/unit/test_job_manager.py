@@ -396,6 +396,16 @@ def test_architecture_with_wrong_output_shape_is_an_invalid_model(world: World) 
     _assert_nothing_stored(world)
 
 
+def test_a_chain_with_a_served_only_layer_kind_is_refused_by_name(world: World) -> None:
+    architecture = arch.Architecture(
+        (arch.Linear(4, 8), arch.GELU(), arch.Linear(8, 2)), (4,), (2,)
+    )
+    with pytest.raises(PpmlError, match=r"layer 1 \(GELU\) is served .* not trained") as excinfo:
+        world.jobs.start("job-1", "m", "", OWNER, architecture, _initial(architecture), _spec())
+    assert _code(excinfo) == ErrorCode.INVALID_JOB
+    _assert_nothing_stored(world)
+
+
 def test_caller_not_allowed_on_a_dataset(world: World) -> None:
     _upload(world.datasets, "private", owner=OTHER)
     with pytest.raises(PpmlError) as excinfo:
