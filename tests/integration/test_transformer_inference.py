@@ -4,7 +4,9 @@ training/transformer.py's digits transformer (8x8 digits as 8 tokens of 8
 features; attention with 2 heads, GELU feed-forward, LayerNorms, mean
 pooling) is trained here in plaintext, secret-shared through the SDK and
 served on 2 servers (the fast engine lacks its layers, so CrypTen runs it)
-and on 3 servers. Over the whole held-out set (360 rows), encrypted
+and on 3 servers. Each non-linear layer is also served alone on 2 servers,
+over the input range its docstring states (edges included), and must stay
+within its documented error bound. Over the whole held-out set (360 rows), encrypted
 predictions must match the plaintext argmax on at least 99.5 % of the rows
 and the logits must stay within :data:`LOGIT_TOLERANCE`. A longer sequence
 is refused by the SDK and by a server, which keeps serving; the replicated
@@ -13,7 +15,9 @@ engine refuses the model naming a layer.
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -81,6 +85,52 @@ def test_a_transformer_is_served_on_three_servers(
     with Cluster.from_config(local3.config_path) as cluster:
         model_id = cluster.share_model(transformer, _tokens(digits.x_test[:1]))
         _check_served(cluster, model_id, transformer, digits)
+
+
+def _rows(low: float, high: float) -> torch.Tensor:
+    """4 rows of 64 values from ``low`` to ``high``, both edges included."""
+    return torch.linspace(low, high, 256).reshape(4, 64)
+
+
+def _spans() -> torch.Tensor:
+    """Softmax rows spanning 0.5 to 40 (each row's minimum and maximum its edges)."""
+    steps = torch.linspace(0.0, 1.0, 64)
+    return torch.stack([steps * span for span in (0.5, 4.0, 20.0, 40.0)])
+
+
+def _variances() -> torch.Tensor:
+    """LayerNorm rows of mean 0 and variance 0.03 ... 150 (the stated range's edges)."""
+    sign = torch.tensor([1.0, -1.0] * 32)
+    return torch.stack([sign * math.sqrt(v) for v in (0.03, 0.1, 10.0, 150.0)])
+
+
+# (the layer, its torch function, inputs over its stated range, its documented bound)
+LAYERS: dict[str, tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.Tensor,
+                        float]] = {
+    "GELU": (torch.nn.GELU(), torch.nn.functional.gelu, _rows(-12, 12), 2e-3),
+    "Tanh": (torch.nn.Tanh(), torch.tanh, _rows(-12, 12), 6e-3),
+    "Sigmoid": (torch.nn.Sigmoid(), torch.sigmoid, _rows(-12, 12), 3e-3),
+    "Softmax": (torch.nn.Softmax(-1), lambda x: torch.softmax(x, -1), _spans(), 4e-3),
+    # relative 1.5e-3 of normalised values of size 1
+    "LayerNorm": (torch.nn.LayerNorm(64), lambda x: torch.nn.functional.layer_norm(x, (64,)),
+                  _variances(), 1.5e-3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_each_approximation_stays_within_its_documented_bound(cluster2: Cluster, kind: str) -> None:
+    layer, function, x, bound = LAYERS[kind]
+    identity = torch.nn.Linear(64, 64)  # a model starts with a secret layer
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(64))
+        identity.bias.zero_()
+    model_id = cluster2.share_model(torch.nn.Sequential(identity, layer), x[:1])
+    try:
+        got = cluster2.predict(model_id, x).double()
+    finally:
+        cluster2.delete_model(model_id)
+    error = (got - function(x.double())).abs().max().item()
+    assert error <= bound, (kind, error)
 
 
 def test_a_longer_sequence_is_refused_and_the_server_keeps_serving(
