@@ -4,10 +4,11 @@ Only what the MPC servers can run is accepted: one input, one output, and a
 graph of the ops in :data:`SUPPORTED_OPS` between them, where only ``Add``
 (a residual connection) and ``MatMul`` (attention) join two activations and
 every layer leads to the output; a transformer's ops are handled in
-:mod:`ppml.client.onnx_transformer`. Weights must be
-initializers (or ``Constant`` nodes); the small ``Shape``/``Gather``/``Concat``
-subgraphs the torch exporter emits for ``x.view(x.size(0), -1)`` are evaluated
-symbolically and accepted when they flatten to ``(batch, -1)``.
+:mod:`ppml.client.onnx_transformer`. Weights must be initializers (or
+``Constant`` nodes); the small ``Shape``/``Gather``/``Concat`` subgraphs the
+torch exporter emits for ``x.view(x.size(0), ...)`` are evaluated
+symbolically and accepted when they keep the batch first and the other sizes
+static; arithmetic on ``x.shape`` is refused by node.
 """
 
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""A BERT-tiny-shaped transformer encoder served by ppml on 2 and 3 servers (CrypTen path).
+
+The model is ``training/transformer.py``'s :func:`bert_tiny_like` (sequence
+128, hidden 128, 2 heads, FFN 512, 2 encoder layers, mean pooling, 2
+classes) with public random weights (seed 0); inputs are standard normal
+``(128, 128)`` token embeddings. Through the service
+(:class:`~ppml.client.deploy.local.LocalCluster`, TLS, SDK) with 2 servers +
+dealer and with 3 servers + dealer: the model is shared through the SDK,
+then ``--n`` sequential single-sequence requests (p50, p95, the servers' own
+rounds and bytes per job) and the largest logit error against plaintext.
+Neither the fast engine nor the replicated engine runs these layers: both
+clusters serve on CrypTen. The layers' own errors: ``bench/transformer_layers.py``.
+
+Run: ``.venv/bin/python bench/transformer_serving.py --n 3 --json
+bench/results/transformer_serving_run1.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_a import _latency
+
+from ppml.client import Cluster
+from ppml.client.deploy.local import LocalCluster
+from ppml.training.transformer import bert_tiny_like
+
+SEQ, HIDDEN = 128, 128
+
+
+def run_service(parties: int, n: int) -> dict[str, Any]:
+    """Share the model through the SDK on a local cluster; time single-sequence requests."""
+    torch.manual_seed(0)  # public: benchmark weights, not secrets
+    model = bert_tiny_like(seq=SEQ, hidden=HIDDEN).eval()
+    x = torch.randn(max(n, 1), SEQ, HIDDEN, generator=torch.Generator().manual_seed(1))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(parties, Path(tmp) / "c") as local,
+        Cluster.from_config(local.config_path, timeout=3600.0) as cluster,
+    ):
+        started = time.perf_counter()
+        model_id = cluster.share_model(model, x[:1], name="bert-tiny-like")
+        share_s = time.perf_counter() - started
+        layers = len(cluster.get_model(model_id).architecture.layers)
+        warm = cluster.predict(model_id, x[:1])
+        with torch.no_grad():
+            error = float((warm - model(x[:1])).abs().max())
+        single = _latency(cluster, model_id, x, n)
+    return {
+        "parties": parties,
+        "layers": layers,
+        "share_model_s": share_s,
+        "max_abs_error_vs_plaintext": error,
+        "single": single,
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = []
+    for key in ("two_servers", "three_servers"):
+        r = result[key]
+        s = r["single"]
+        lines.append(
+            f"{r['parties']} servers + dealer ({r['layers']} layers): single p50 "
+            f"{s['p50_ms']:,.0f} ms (p95 {s['p95_ms']:,.0f}), {s['rounds']:,.0f} rounds and "
+            f"{s['bytes'] / 1e6:,.1f} MB per job, share_model {r['share_model_s']:.1f} s, "
+            f"max logit error {r['max_abs_error_vs_plaintext']:.1e}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--n", type=int, default=3, help="sequential single-sequence requests")
+    ap.add_argument("--json", default=None, help="write the result JSON here")
+    args = ap.parse_args()
+    if args.n < 1:
+        ap.error("--n must be at least 1")
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {
+        "load_average_start": list(os.getloadavg()),
+        "two_servers": run_service(2, args.n),
+        "three_servers": run_service(3, args.n),
+        "load_average_end": list(os.getloadavg()),
+    }
+    print(summary(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
