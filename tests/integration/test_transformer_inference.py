@@ -4,13 +4,13 @@ training/transformer.py's digits transformer (8x8 digits as 8 tokens of 8
 features; attention with 2 heads, GELU feed-forward, LayerNorms, mean
 pooling) is trained here in plaintext, secret-shared through the SDK and
 served on 2 servers (the fast engine lacks its layers, so CrypTen runs it)
-and on 3 servers. Each non-linear layer is also served alone on 2 servers,
-over the input range its docstring states (edges included), and must stay
-within its documented error bound. Over the whole held-out set (360 rows), encrypted
+and on 3 servers. Over the whole held-out set (360 rows), encrypted
 predictions must match the plaintext argmax on at least 99.5 % of the rows
-and the logits must stay within :data:`LOGIT_TOLERANCE`. A longer sequence
-is refused by the SDK and by a server, which keeps serving; the replicated
-engine refuses the model naming a layer.
+and the logits must stay within :data:`LOGIT_TOLERANCE`. Each non-linear
+layer is also served alone on 2 servers over the input range its docstring
+states (edges included) and must stay within its documented error bound. A
+longer sequence is refused by the SDK and by a server, which keeps serving;
+the replicated engine refuses the model naming a layer.
 """
 
 from __future__ import annotations
