@@ -152,6 +152,10 @@ class TransformerOps:
         weight = self._vector_input(node, 1, size, 1.0)
         bias = self._vector_input(node, 2, size, 0.0)
         layer = LayerNorm(size, float(found.get("epsilon", 1e-5)))
+        try:
+            layer.check()
+        except ValueError as exc:
+            raise unsupported(node, str(exc)) from None
         return self._emit(node, layer, {"weight": weight, "bias": bias}, (src,), shape)
 
     def _vector_input(
@@ -213,9 +217,12 @@ class TransformerOps:
         return half.output[0], [erf, add, mul, half]
 
     def _scale(self, node: onnx.NodeProto, x: Value, factor: float) -> tuple[str, Value]:
-        if not math.isfinite(factor) or factor == 0:
-            raise unsupported(node, f"scales by {factor}")
-        return self._emit(node, Scale(factor), {}, (x[0],), x[1])
+        layer = Scale(factor)
+        try:
+            layer.check()
+        except ValueError as exc:
+            raise unsupported(node, str(exc)) from None
+        return self._emit(node, layer, {}, (x[0],), x[1])
 
     def _bias(self, node: onnx.NodeProto, x: Value, value: np.ndarray) -> tuple[str, Value]:
         """An activation plus a constant (a positional embedding): a :class:`Bias` layer."""

@@ -72,8 +72,8 @@ class LayerNorm(OpLayer):
     def check(self) -> None:
         if self.size <= 0:
             raise ValueError("LayerNorm size must be positive")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"LayerNorm eps must be finite and >= 0, got {self.eps}")
+        if not (math.isfinite(self.eps) and 0 <= self.eps <= 1.0):
+            raise ValueError(f"LayerNorm eps must be in [0, 1], got {self.eps}")
 
     def params(self) -> dict[str, Shape]:
         return {"weight": (self.size,), "bias": (self.size,)}

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ppml.proto.domain.layer_kind import OpLayer, Shape, positive, register
+from ppml.proto.shares import FRACTIONAL_BITS
+
+SCALE_RANGE = (2.0**-FRACTIONAL_BITS, 2.0**FRACTIONAL_BITS)  # |factor| a fixed-point value can be
 
 
 @register("matmul")
@@ -93,13 +96,18 @@ class Reshape(OpLayer):
 @register("scale")
 @dataclass(frozen=True)
 class Scale(OpLayer):
-    """``x * factor`` for a public constant, e.g. attention's ``1 / sqrt(d_head)``."""
+    """``x * factor`` for a public constant, e.g. attention's ``1 / sqrt(d_head)``.
+
+    ``|factor|`` is in :data:`SCALE_RANGE` (2^-16 to 2^16): the servers encode it
+    in fixed point with 16 fractional bits.
+    """
 
     factor: float
 
     def check(self) -> None:
-        if not math.isfinite(self.factor) or self.factor == 0:
-            raise ValueError(f"Scale factor must be finite and non-zero, got {self.factor}")
+        low, high = SCALE_RANGE
+        if not (math.isfinite(self.factor) and low <= abs(self.factor) <= high):
+            raise ValueError(f"Scale factor must have a size in [2^-16, 2^16], got {self.factor}")
 
     def forward(self, xs: tuple[Any, ...], params: dict[str, Any], plain: bool) -> Any:
         return xs[0] * self.factor

@@ -188,6 +188,7 @@ class _Fn(nn.Module):
         (lambda y: y * y, r"\(Mul\) multiplies two activations"),
         (lambda y: y * torch.arange(4.0), r"\(Mul\) multiplies by something other than a scalar"),
         (lambda y: 2.0 / y, r"\(Reciprocal\) is not supported"),
+        (lambda y: y * 1e-6, r"\(Mul\) Scale factor must have a size in"),
         (lambda y: nn.functional.gelu(y, approximate="tanh"), r"\(Pow\)|\(Tanh\)|\(Mul\)"),
         (lambda y: nn.functional.layer_norm(y, (3, 4)), r"\(LayerNormalization\) over axes"),
     ],
