@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ppml.servers.mpc.fast.beaver import Triple
 from ppml.servers.mpc.fast.gates import GateKey
 from ppml.servers.mpc.fast.prg import Ring
 
@@ -116,7 +117,9 @@ class Bundle:
     In the order of the model's plan (:mod:`.graph`): ``masks``, shares of
     each opening's mask ``r`` (batch, *shape); ``products``, shares of
     ``F(B, r)`` per weighted layer (batch, *out_shape); ``gates``, one key set
-    per gate (``batch * per_sample`` instances, sample-major).
+    per gate (``batch * per_sample`` instances, sample-major); ``triples``,
+    shares of one matrix Beaver triple per MatMul of two activations
+    (:mod:`.beaver`; each array (batch, *shape)).
 
     Single use: every mask in it hides one value once; running two inputs on
     one bundle would reveal their difference to both parties.
@@ -127,6 +130,7 @@ class Bundle:
     masks: tuple[Ring, ...]
     products: tuple[Ring, ...]
     gates: tuple[GateKey, ...]
+    triples: tuple[Triple, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -135,10 +139,11 @@ class Bundle:
             sum(m.nbytes for m in self.masks)
             + sum(p.nbytes for p in self.products)
             + sum(g.nbytes for g in self.gates)
+            + sum(t.nbytes for t in self.triples)
         )
 
-    def _layout(self) -> tuple[int, int, int, int]:
-        return self.party, len(self.masks), len(self.products), len(self.gates)
+    def _layout(self) -> tuple[int, int, int, int, int]:
+        return self.party, len(self.masks), len(self.products), len(self.gates), len(self.triples)
 
     @classmethod
     def concat(cls, bundles: Sequence[Bundle]) -> Bundle:
@@ -159,6 +164,9 @@ class Bundle:
                 np.concatenate([b.products[i] for b in bundles]) for i in range(len(first.products))
             ),
             tuple(GateKey.concat([b.gates[i] for b in bundles]) for i in range(len(first.gates))),
+            tuple(
+                Triple.concat([b.triples[i] for b in bundles]) for i in range(len(first.triples))
+            ),
         )
 
     def head(self, rows: int) -> Bundle:
@@ -190,33 +198,44 @@ class Bundle:
             tuple(m[start:stop] for m in self.masks),
             tuple(p[start:stop] for p in self.products),
             tuple(gates),
+            tuple(t.rows(start, stop) for t in self.triples),
         )
 
     def to_bytes(self) -> bytes:
         """Container bytes (:func:`arrays_to_bytes`); DCF lanes keep only their low bytes."""
-        arrays: dict[str, np.ndarray] = {
-            "meta": np.array(
-                [self.party, self.batch, len(self.masks), len(self.products), len(self.gates)]
-            )
-        }
+        arrays: dict[str, np.ndarray] = {"meta": np.array((self.party, *self._sizes()))}
         arrays.update({f"m{i}": m for i, m in enumerate(self.masks)})
         arrays.update({f"p{i}": p for i, p in enumerate(self.products)})
         for i, g in enumerate(self.gates):
             arrays.update(g.to_arrays(f"g{i}"))
+        for i, t in enumerate(self.triples):
+            arrays.update({f"t{i}a": t.a, f"t{i}b": t.b, f"t{i}c": t.c})
         return arrays_to_bytes(arrays)
+
+    def _sizes(self) -> tuple[int, ...]:
+        """Batch and counts as ``meta`` stores them (the triples' count only when there are any)."""
+        counts = (self.batch, len(self.masks), len(self.products), len(self.gates))
+        return counts + ((len(self.triples),) if self.triples else ())
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray) -> Bundle:
         """Inverse of :meth:`to_bytes`; ValueError if malformed."""
         a = arrays_from_bytes(data)
         try:
-            party, batch, masks, products, gates = (int(v) for v in a["meta"])
+            meta = [int(v) for v in a["meta"]]
+            if len(meta) not in (5, 6):
+                raise ValueError(f"meta of {len(meta)} values")
+            party, batch, masks, products, gates = meta[:5]
+            triples = meta[5] if len(meta) == 6 else 0
             return cls(
                 party,
                 batch,
                 tuple(a[f"m{i}"].astype(np.int64) for i in range(masks)),
                 tuple(a[f"p{i}"].astype(np.int64) for i in range(products)),
                 tuple(GateKey.from_arrays(a, f"g{i}") for i in range(gates)),
+                tuple(
+                    Triple(*(a[f"t{i}{x}"].astype(np.int64) for x in "abc")) for i in range(triples)
+                ),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"malformed bundle: {exc}") from None

@@ -2,7 +2,9 @@
 
 Model: a :class:`~ppml.servers.mpc.fast.nodes.ModelSpec`, a chain or a DAG
 of weighted layers (:class:`Linear`, :class:`Conv2d`), ReLU, residual Add,
-average and max pooling and Flatten. :func:`~ppml.servers.mpc.fast.graph.plan_of`
+average and max pooling and Flatten, and a transformer's linear half
+(:mod:`.tensor_ops`: MatMul of two activations, Transpose, Reshape, Scale,
+Bias, Mean). :func:`~ppml.servers.mpc.fast.graph.plan_of`
 turns it into steps: openings of weighted layers' inputs, local matmuls,
 gates (:class:`~ppml.servers.mpc.fast.gates.ReluTrunc` for ReLU and max
 comparisons, :class:`~ppml.servers.mpc.fast.gates.Trunc` where only
@@ -15,8 +17,9 @@ Protocol for one forward of a batch (parties P0, P1; dealer D):
   (:meth:`PartyModel.open`, one round);
 * offline: D makes one :class:`Bundle` per party (:meth:`Dealer.preprocess`):
   per opening a mask ``r``, per weighted layer ``F(B, r)``, per gate a key
-  set, all shared; each party folds it with ``W^`` into per-layer offsets
-  (:func:`prepare`), still input-independent;
+  set, per MatMul of two activations a matrix Beaver triple, all shared;
+  each party folds it with ``W^`` into per-layer offsets (:func:`prepare`),
+  still input-independent;
 * online (:func:`forward`), given additive shares of the fixed-point input,
   the plan's steps in order: an opening is one round (``x^ = x + r``); a
   weighted layer is local (``F(W_i, x^)`` plus the offset: shares of the
@@ -49,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ppml.servers.mpc.fast import graph
+from ppml.servers.mpc.fast import beaver, graph, tensor_ops
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.gates import GATES, split
 from ppml.servers.mpc.fast.graph import plan_of
@@ -125,6 +128,7 @@ class Dealer:
             GATES[g.kind].gen(spec.params, batch * g.per_sample, self._rng, self._prg, g.out_bits)
             for g in plan.gates
         ]
+        triples = [beaver.deal(batch, a, b, self._rng) for a, b in plan.triples]
         mask_parts = [split(m, self._rng) for m in masks]
         product_parts = [split(p, self._rng) for p in products]
 
@@ -135,6 +139,7 @@ class Dealer:
                 tuple(m[b] for m in mask_parts),
                 tuple(p[b] for p in product_parts),
                 tuple(k[b] for k in keys),
+                tuple(t[b] for t in triples),
             )
 
         return part(0), part(1)
@@ -191,13 +196,18 @@ class CountingExchange:
 
 @dataclass(frozen=True)
 class PartyModel:
-    """What a party keeps per model: its weight/bias shares and the opened ``W^`` (transposed)."""
+    """What a party keeps per model: its weight/bias shares and the opened ``W^`` (transposed).
+
+    ``params``: its shares of each :class:`~.tensor_ops.Bias` node's parameter
+    (at 2^f; never opened).
+    """
 
     spec: ModelSpec
     party: int
     weights_t: tuple[Ring, ...]
     biases: tuple[Ring | None, ...]
     masked_t: tuple[Ring, ...]
+    params: tuple[Ring, ...] = ()
 
     @classmethod
     def open(
@@ -207,15 +217,24 @@ class PartyModel:
         weights: Sequence[Ring],
         biases: Sequence[Ring | None],
         exchange: Exchange,
+        params: Sequence[Ring] = (),
     ) -> PartyModel:
         """One-time: open ``W^ = W - B`` for every layer in one round (all layers concatenated).
 
         ``weights``/``biases``: this party's additive shares at scale 2^f, one
-        per weighted layer (bias ``None`` for a layer without one).
+        per weighted layer (bias ``None`` for a layer without one); ``params``:
+        its shares of each Bias node's parameter, in node order.
         """
-        ops = plan_of(spec).weighted
+        plan = plan_of(spec)
+        ops = plan.weighted
         if not len(weights) == len(biases) == len(setup.mask_shares) == len(ops):
             raise ValueError("need one weight share, bias share and mask share per layer")
+        if len(params) != len(plan.params):
+            raise ValueError(f"need {len(plan.params)} Bias parameter shares, got {len(params)}")
+        own = tuple(
+            np.asarray(p, dtype=np.int64).reshape(shape)
+            for p, shape in zip(params, plan.params, strict=True)
+        )
         ws = [
             np.asarray(w, dtype=np.int64).reshape(op.weight_shape)
             for w, op in zip(weights, ops, strict=True)
@@ -235,6 +254,7 @@ class PartyModel:
             tuple(op.transpose(w) for w, op in zip(ws, ops, strict=True)),
             tuple(None if b is None else np.asarray(b, dtype=np.int64) for b in biases),
             tuple(masked),
+            own,
         )
 
 
@@ -251,10 +271,11 @@ def prepare(model: PartyModel, bundle: Bundle) -> Prepared:
     if bundle.party != model.party:
         raise ValueError("bundle is for the other party")
     plan = plan_of(model.spec)
-    if (len(bundle.masks), len(bundle.products), len(bundle.gates)) != (
+    if (len(bundle.masks), len(bundle.products), len(bundle.gates), len(bundle.triples)) != (
         len(plan.masks),
         len(plan.weighted),
         len(plan.gates),
+        len(plan.triples),
     ):
         raise ValueError("bundle is for another model")
     offsets = []
@@ -307,7 +328,19 @@ class _Run:
             b = vals[s.b] * self.lift if s.lift_b else vals[s.b]
             vals[s.dst] = a.reshape(b.shape) + b
         elif isinstance(s, graph.Reshape):
-            vals[s.dst] = vals[s.src].reshape(batch, -1)
+            vals[s.dst] = vals[s.src].reshape(batch, *self.plan.values[s.dst].shape)
+        elif isinstance(s, graph.Permute):
+            vals[s.dst] = tensor_ops.permute(vals[s.src], s.perm)
+        elif isinstance(s, graph.Product):
+            triple = self.bundle.triples[s.triple]
+            opened = self.ex.open(beaver.masked(vals[s.a], vals[s.b], triple))
+            vals[s.dst] = beaver.product(self.model.party, opened, triple)
+        elif isinstance(s, graph.Multiply):
+            x = vals[s.src] if s.axis is None else tensor_ops.axis_sum(vals[s.src], s.axis)
+            vals[s.dst] = x * np.int64(s.factor)
+        elif isinstance(s, graph.AddParam):
+            param = self.model.params[s.param]
+            vals[s.dst] = vals[s.src] + (param * self.lift if s.lift else param)
         elif isinstance(s, graph.Average):
             shape = self.plan.values[s.src].shape
             vals[s.dst] = window_sums(vals[s.src], shape, s.kernel, s.stride) * np.int64(s.factor)

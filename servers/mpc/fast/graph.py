@@ -21,7 +21,12 @@ stays at ``2^(2f)`` until something needs ``2^f``:
 * Add of a ``2^(2f)`` and a ``2^f`` value lifts the latter locally, so a
   residual block's ``ReLU(conv(...) + x)`` is one gate;
 * average and max pooling and the model output need ``2^f``: a ``2^(2f)``
-  value gets a truncation gate first (one per value, shared by its readers).
+  value gets a truncation gate first (one per value, shared by its readers);
+* so do both operands of a MatMul of two activations (:class:`Product`, a
+  Beaver triple: one opening of both masked operands), a Scale and a Mean
+  (each a public fixed-point multiplier: output at ``2^(2f)``);
+* Transpose and Reshape keep the scale; a Bias's shares (at ``2^f``) are
+  lifted by ``2^f`` onto a ``2^(2f)`` value.
 
 Gate masks. Every gate opens ``v + r`` with its own fresh uniform ``r``
 (shares in the gate key, added locally before the opening: no extra round),
@@ -34,7 +39,8 @@ through local steps alone (sum, reshape, average, max); those gates get
 64-bit output lanes (:attr:`GateSpec.out_bits`).
 
 Rounds: one per :class:`Open`, one per :class:`Gate` plus the gate's own
-(ReLU: one more), two per level of a max tournament. A chain's plan is
+(ReLU: one more), two per level of a max tournament, one per
+:class:`Product`. A chain's plan is
 exactly the chain engine's: per weighted layer an opening and a gate. A
 ResNet basic block is 6 rounds (open, ReLU, open, ReLU after the Add);
 independent gates at the same depth are not merged into one exchange.
@@ -50,15 +56,22 @@ Security, per step (per party; the dealer receives nothing):
   value, a difference), then the gate's own argument (gates.py); two gates on
   one value open it under independent masks, which reveals only their
   difference ``r - r'``, independent of the value;
-* :class:`Sum`, :class:`Reshape`, :class:`Average`, lifting: local linear
-  maps of each party's own shares (public constants only): nothing is sent.
+* :class:`Product`: ``X - A`` and ``Y - B`` with the triple's fresh uniform
+  ``A, B`` (beaver.py);
+* :class:`Sum`, :class:`Reshape`, :class:`Permute`, :class:`Average`,
+  :class:`Multiply`, :class:`AddParam`, lifting: local linear maps of each
+  party's own shares (public constants only; a Bias adds the party's share of
+  a secret): nothing is sent.
 
 Error, per step (units of the real value): a truncation (either gate) is
 stochastic rounding, ``< 2^-f``, unbiased; a lifted value's low ``f`` bits
 are 0, so ReLU of it and each max comparison (``ReLU(lift(a - b))``) add no
 error at all; an average over ``k x k`` multiplies by ``round(2^f / k^2) /
 2^f``, a relative error of at most ``k^2 / 2^(f+1)`` (0 for 2x2, 4x4, 8x8,
-about 7e-5 for 3x3 at ``f = 16``); sums add their inputs' errors. So a
+about 7e-5 for 3x3 at ``f = 16``), likewise a Mean over ``n`` (``n / 2^(f+1)``)
+and a Scale (``2^-(f+1) / |factor|``, see tensor_ops.py); a Product is exact
+but multiplies its operands' errors by the other operand; sums add their
+inputs' errors. So a
 network's error is the chain engine's (one ulp per truncation, carried
 through the following layers' weights) plus the averages' relative error:
 on the order of 1e-4 for a ResNet-20 on unit-scale inputs with O(1)
@@ -70,6 +83,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ppml.servers.mpc.fast import tensor_ops as tops
 from ppml.servers.mpc.fast.gates import GATES
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
 from ppml.servers.mpc.fast.nodes import (
@@ -134,8 +148,49 @@ class Sum:
 
 @dataclass(frozen=True)
 class Reshape:
+    """``value[dst]`` = ``value[src]`` reshaped to its own shape (local)."""
+
     dst: int
     src: int
+
+
+@dataclass(frozen=True)
+class Permute:
+    """``value[dst]`` = ``value[src]`` with its sample dims permuted (local)."""
+
+    dst: int
+    src: int
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Product:
+    """``value[dst] = value[a] @ value[b]`` with Beaver triple ``triples[triple]``: one round."""
+
+    dst: int
+    a: int
+    b: int
+    triple: int
+
+
+@dataclass(frozen=True)
+class Multiply:
+    """``value[dst]`` = (``value[src]`` summed over ``axis`` unless None) * ``factor`` (local)."""
+
+    dst: int
+    src: int
+    factor: int
+    axis: int | None
+
+
+@dataclass(frozen=True)
+class AddParam:
+    """``value[dst] = value[src] + params[param] * (2^f if lift else 1)`` (local)."""
+
+    dst: int
+    src: int
+    param: int
+    lift: bool
 
 
 @dataclass(frozen=True)
@@ -160,7 +215,10 @@ class Maximum:
     gates: tuple[int, ...]
 
 
-Step = Open | Matmul | Gate | Sum | Reshape | Average | Maximum
+Step = (
+    Open | Matmul | Gate | Sum | Reshape | Average | Maximum
+    | Permute | Product | Multiply | AddParam
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +239,13 @@ class Plan:
     weighted_mask: tuple[int, ...]  # the opening each weighted layer reads
     gates: tuple[GateSpec, ...]
     output: int
+    triples: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # operand shapes
+    params: tuple[tuple[int, ...], ...] = ()  # each Bias's parameter shape
+
+    def triple_shapes(self, index: int) -> tuple[tuple[int, ...], ...]:
+        """Per-sample shapes of triple ``index``'s ``A``, ``B`` and ``C = A @ B``."""
+        a, b = self.triples[index]
+        return a, b, tops.MatMul.out_shape(a, b)
 
     @property
     def rounds(self) -> int:
@@ -193,11 +258,14 @@ class Plan:
                 total += 1 + GATES[s.kind].rounds
             elif isinstance(s, Maximum):
                 total += 2 * len(s.gates)
+            elif isinstance(s, Product):
+                total += 1
         return total
 
     def elements_per_sample(self) -> int:
-        """Masked wire values per sample: openings plus gate instances."""
-        return sum(_size(m) for m in self.masks) + sum(g.per_sample for g in self.gates)
+        """Dealer-made values per sample: openings, triples' elements, gate instances."""
+        triples = sum(_size(s) for t in range(len(self.triples)) for s in self.triple_shapes(t))
+        return sum(_size(m) for m in self.masks) + triples + sum(g.per_sample for g in self.gates)
 
 
 class _Builder:
@@ -209,6 +277,8 @@ class _Builder:
         self.weighted: list[WeightedOp] = []
         self.weighted_mask: list[int] = []
         self.gates: list[tuple[str, int]] = []
+        self.triples: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        self.params: list[tuple[int, ...]] = []
         self._opened: dict[int, int] = {}
         self._truncated: dict[int, int] = {}
 
@@ -243,7 +313,9 @@ class _Builder:
     def node(self, node: object, srcs: list[int]) -> int:
         shapes = [self.values[s].shape for s in srcs]
         if isinstance(node, Linear | Conv2d):
-            if _size(node.in_shape) != _size(shapes[0]):
+            if _size(node.in_shape) != _size(shapes[0]) or (
+                isinstance(node, Linear) and node.lead and node.in_shape != shapes[0]
+            ):
                 raise ValueError(f"{node} expects {node.in_shape}, gets {shapes[0]}")
             mask = self.opened(srcs[0])
             self.weighted.append(node)
@@ -266,6 +338,43 @@ class _Builder:
             return dst
         if isinstance(node, AvgPool | MaxPool):
             return self.pool(node, srcs[0])
+        return self.tensor(node, srcs)
+
+    def tensor(self, node: object, srcs: list[int]) -> int:
+        """A transformer's tensor node (tensor_ops.py)."""
+        src = srcs[0]
+        shape, scale = self.values[src].shape, self.values[src].scale
+        if isinstance(node, tops.MatMul):
+            a, b = self.at_f(srcs[0]), self.at_f(srcs[1])
+            operands = (self.values[a].shape, self.values[b].shape)
+            dst = self.value(node.out_shape(*operands), FF)
+            self.triples.append(operands)
+            self.steps.append(Product(dst, a, b, len(self.triples) - 1))
+            return dst
+        if isinstance(node, tops.Reshape):
+            dst = self.value(node.out_shape(shape), scale)
+            self.steps.append(Reshape(dst, src))
+            return dst
+        if isinstance(node, tops.Transpose):
+            dst = self.value(node.out_shape(shape), scale)
+            self.steps.append(Permute(dst, src, node.perm))
+            return dst
+        if isinstance(node, tops.Bias):
+            dst = self.value(node.out_shape(shape), scale)
+            self.params.append(node.shape)
+            self.steps.append(AddParam(dst, src, len(self.params) - 1, scale == FF))
+            return dst
+        if isinstance(node, tops.Scale | tops.Mean):
+            out = node.out_shape(shape)
+            at_f = self.at_f(src)
+            if isinstance(node, tops.Scale):
+                factor, axis = node.multiplier, None
+            else:
+                factor = tops.reciprocal(shape[node.axis], self.spec.params.frac_bits)
+                axis = node.axis
+            dst = self.value(out, FF)
+            self.steps.append(Multiply(dst, at_f, factor, axis))
+            return dst
         raise ValueError(f"the fast engine has no node {type(node).__name__}")
 
     def pool(self, node: AvgPool | MaxPool, src: int) -> int:
@@ -303,7 +412,7 @@ def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]
     for s in reversed(plan_steps):
         if isinstance(s, Sum) and s.dst in values:
             values |= {s.a, s.b}
-        elif isinstance(s, Reshape | Average) and s.dst in values:
+        elif isinstance(s, Reshape | Average | Permute | Multiply | AddParam) and s.dst in values:
             values.add(s.src)
         elif isinstance(s, Maximum) and s.dst in values:
             values.add(s.src)
@@ -339,6 +448,8 @@ def plan_of(spec: ModelSpec) -> Plan:
         tuple(b.weighted_mask),
         gates,
         output,
+        tuple(b.triples),
+        tuple(b.params),
     )
 
 

@@ -57,27 +57,36 @@ def ring_matmul(a: Ring, b: Ring) -> Ring:
 
 @dataclass(frozen=True)
 class Linear:
-    """``y = x W^T + b`` with ``W`` of shape (out_features, in_features)."""
+    """``y = x W^T + b`` with ``W`` of shape (out_features, in_features).
+
+    ``lead`` empty: one sample is a vector (any input of ``in_features``
+    values, flattened). ``lead`` e.g. ``(tokens,)``: one sample is ``(*lead,
+    in_features)`` and every row of it is mapped, ``(*lead, out_features)``
+    out (a transformer's projections); the masked-weight scheme is unchanged,
+    the rows are just more rows of one matmul.
+    """
 
     in_features: int
     out_features: int
     bias: bool = True
+    lead: tuple[int, ...] = ()
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return (self.in_features,)
+        return (*self.lead, self.in_features)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        return (self.out_features,)
+        return (*self.lead, self.out_features)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
         return (self.out_features, self.in_features)
 
     def apply(self, x: Ring, weight_t: Ring) -> Ring:
-        """``x (batch, in) @ weight_t (in, out)``; weights are passed transposed (see transpose)."""
-        return ring_matmul(x.reshape(x.shape[0], self.in_features), weight_t)
+        """``x (batch, *lead, in) @ weight_t (in, out)``; weights come transposed (transpose)."""
+        rows = ring_matmul(x.reshape(-1, self.in_features), weight_t)
+        return rows.reshape(x.shape[0], *self.out_shape)
 
     def transpose(self, weight: Ring) -> Ring:
         """The layout :meth:`apply` wants: (in, out), C-contiguous."""

@@ -11,7 +11,11 @@ output is the last node's output. Node kinds:
 * :class:`ReLU`, :class:`Flatten` (reshape to ``(batch, -1)``);
 * :class:`Add` -- two inputs of one shape (a residual connection);
 * :class:`AvgPool`, :class:`MaxPool` -- square window ``kernel``, ``stride``,
-  no padding, on (C, H, W).
+  no padding, on (C, H, W);
+* a transformer's linear half (:mod:`.tensor_ops`): :class:`MatMul` of two
+  activations, :class:`Transpose`, :class:`Reshape`, :class:`Scale`,
+  :class:`Bias` (a secret parameter), :class:`Mean`; with a Linear on the
+  last dim of an N-D sample (``Linear.lead``).
 
 How a spec runs, gate by gate, is :mod:`.graph`'s business; this module only
 holds the public description (what the dealer and both parties agree on).
@@ -25,6 +29,7 @@ from typing import ClassVar, TypeAlias
 
 from ppml.servers.mpc.fast.gates import GateParams
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
+from ppml.servers.mpc.fast.tensor_ops import Bias, MatMul, Mean, Reshape, Scale, Transpose
 
 MODEL_INPUT = -1
 
@@ -68,7 +73,10 @@ class MaxPool:
     arity: ClassVar[int] = 1
 
 
-Node: TypeAlias = Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool
+Node: TypeAlias = (
+    Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool
+    | MatMul | Transpose | Reshape | Scale | Bias | Mean
+)  # fmt: skip
 Layer: TypeAlias = Node  # the name the chain engine used
 
 
@@ -103,6 +111,11 @@ class ModelSpec:
         """The weighted layers in order (one weight mask, one weight share each)."""
         return tuple(n for n in self.layers if isinstance(n, Linear | Conv2d))
 
+    @property
+    def biases(self) -> tuple[Bias, ...]:
+        """The :class:`Bias` nodes in order (one secret parameter share each)."""
+        return tuple(n for n in self.layers if isinstance(n, Bias))
+
     @cached_property
     def stages(self) -> tuple[Stage, ...]:
         """The spec as a chain of weighted layers each optionally followed by ReLU.
@@ -123,8 +136,8 @@ class ModelSpec:
                     raise ValueError("ReLU must follow a Linear or Conv2d layer")
                 stages[-1] = Stage(stages[-1].op, "relu")
                 continue
-            if not isinstance(layer, Linear | Conv2d):
-                raise ValueError(f"{type(layer).__name__} is not a chain layer")
+            if not isinstance(layer, Linear | Conv2d) or (isinstance(layer, Linear) and layer.lead):
+                raise ValueError(f"{layer} is not a chain layer")
             if _size(layer.in_shape) != size:
                 raise ValueError(f"{layer} expects {layer.in_shape}, gets {size} values")
             stages.append(Stage(layer, "trunc"))

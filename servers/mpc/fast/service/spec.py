@@ -4,7 +4,11 @@ The fast engine (:mod:`ppml.servers.mpc.fast`) runs chains and DAGs
 (residual networks) of Linear and Conv2d layers (square kernel, equal stride
 and padding, no dilation or groups), ReLU, Add, Flatten, and average and max
 pooling (square window and stride, no padding). Any other layer (Affine,
-padded or rectangular pooling) keeps a model on the CrypTen path.
+padded or rectangular pooling) keeps a model on the CrypTen path, and so do
+a transformer's layers: the engine runs their linear half (MatMul of two
+activations, Transpose, Reshape, Scale, Bias, Mean, Linear on tokens; see
+:mod:`ppml.servers.mpc.fast.tensor_ops`) but not yet Softmax, LayerNorm,
+GELU, Tanh or Sigmoid, so :func:`fast_model` maps none of them.
 
 The spec is public (the architecture is). :func:`to_wire` and
 :func:`from_wire` turn it into nested tuples of ints, bools and strings, the
@@ -13,17 +17,29 @@ restricted loader): ``(input_shape, rows)`` for a chain, ``(input_shape,
 rows, inputs)`` for a DAG, ``inputs`` one tuple of source indices per row
 (``-1``: the model input). :func:`from_wire` validates strictly: known row
 kinds with sizes in range, at most :data:`MAX_WIRE_LAYERS` rows, every
-source an earlier row, each row's arity, and a plan the engine can run.
+source an earlier row, each row's arity, and a plan the engine can run (shapes
+that agree: a Reshape's element count, a Transpose's permutation, a MatMul's
+operands, a Bias's broadcast) with no value over :data:`MAX_VALUE_ELEMENTS`
+per sample.
+
+Rows: ``("linear", in, out, bias, *lead)`` (``lead``: up to
+:data:`~ppml.servers.mpc.fast.tensor_ops.MAX_RANK` - 1 dims before the
+features), ``("conv2d", ...)``, ``("avgpool" | "maxpool", kernel, stride)``,
+``("relu",)``, ``("flatten",)``, ``("add",)``, ``("matmul",)``,
+``("transpose", *perm)``, ``("reshape", *shape)``, ``("scale", multiplier)``
+(the factor in fixed point at ``2^16``), ``("bias", *shape)``, ``("mean", axis)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import layers as dl
 from ppml.servers.mpc.fast import linear as fl
 from ppml.servers.mpc.fast import nodes as fn
+from ppml.servers.mpc.fast import tensor_ops as tops
 from ppml.servers.mpc.fast.graph import plan_of
 
 Wire = (
@@ -32,6 +48,7 @@ Wire = (
 )
 MAX_WIRE_LAYERS = 256  # a ResNet-50 has about 180 nodes
 MAX_DIM = 1 << 16
+MAX_VALUE_ELEMENTS = 1 << 22  # per sample, any value of the plan
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,7 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
     rows: list[tuple[object, ...]] = []
     for layer in spec.layers:
         if isinstance(layer, fl.Linear):
-            rows.append(("linear", layer.in_features, layer.out_features, layer.bias))
+            rows.append(("linear", layer.in_features, layer.out_features, layer.bias, *layer.lead))
         elif isinstance(layer, fl.Conv2d):
             rows.append(
                 ("conv2d", layer.in_channels, layer.out_channels, layer.kernel_size,
@@ -132,6 +149,14 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
             )  # fmt: skip
         elif isinstance(layer, fn.AvgPool | fn.MaxPool):
             rows.append((_POOLS[type(layer)], layer.kernel, layer.stride))
+        elif isinstance(layer, tops.Transpose):
+            rows.append(("transpose", *layer.perm))
+        elif isinstance(layer, tops.Reshape | tops.Bias):
+            rows.append(("reshape" if isinstance(layer, tops.Reshape) else "bias", *layer.shape))
+        elif isinstance(layer, tops.Scale):
+            rows.append(("scale", layer.multiplier))
+        elif isinstance(layer, tops.Mean):
+            rows.append(("mean", layer.axis))
         else:
             rows.append((_SIMPLE[type(layer)],))
     if not spec.inputs:
@@ -140,8 +165,12 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
 
 
 _POOLS: dict[type, str] = {fn.AvgPool: "avgpool", fn.MaxPool: "maxpool"}
-_SIMPLE: dict[type, str] = {fn.ReLU: "relu", fn.Flatten: "flatten", fn.Add: "add"}
-_SIMPLE_NODES: dict[str, fn.Node] = {"relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add()}
+_SIMPLE: dict[type, str] = {
+    fn.ReLU: "relu", fn.Flatten: "flatten", fn.Add: "add", tops.MatMul: "matmul"
+}  # fmt: skip
+_SIMPLE_NODES: dict[str, fn.Node] = {
+    "relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add(), "matmul": tops.MatMul()
+}  # fmt: skip
 
 
 def _ints(values: tuple[object, ...], count: int, low: int = 1) -> tuple[int, ...]:
@@ -157,9 +186,9 @@ def _row(row: object) -> fn.Node:
     if not isinstance(row, tuple) or not row or not isinstance(row[-1], bool | str | int):
         raise ValueError("bad layer row")
     kind = row[0]
-    if kind == "linear" and len(row) == 4 and isinstance(row[3], bool):
+    if kind == "linear" and 4 <= len(row) < 4 + tops.MAX_RANK and isinstance(row[3], bool):
         n_in, n_out = _ints(row[1:3], 2)
-        return fl.Linear(n_in, n_out, row[3])
+        return fl.Linear(n_in, n_out, row[3], _ints(row[4:], len(row) - 4))
     if kind == "conv2d" and len(row) == 9 and isinstance(row[8], bool):
         c_in, c_out, k, h, w, s = _ints(row[1:7], 6)
         (p,) = _ints(row[7:8], 1, low=0)
@@ -169,7 +198,28 @@ def _row(row: object) -> fn.Node:
         return fn.AvgPool(k, s) if kind == "avgpool" else fn.MaxPool(k, s)
     if isinstance(kind, str) and kind in _SIMPLE_NODES and len(row) == 1:
         return _SIMPLE_NODES[kind]
-    raise ValueError(f"unknown layer row {row[:1]!r}")
+    return _tensor_row(kind, row[1:])
+
+
+def _tensor_row(kind: object, args: tuple[object, ...]) -> fn.Node:
+    """A transformer node's row; its shapes are checked against its input by the plan."""
+    rank = 1 <= len(args) <= tops.MAX_RANK
+    if kind == "transpose" and rank:
+        perm = _ints(args, len(args), low=0)
+        if sorted(perm) != list(range(len(perm))):
+            raise ValueError(f"transpose {perm} is not a permutation")
+        return tops.Transpose(perm)
+    if kind in ("reshape", "bias") and rank:
+        shape = _ints(args, len(args))
+        return tops.Reshape(shape) if kind == "reshape" else tops.Bias(shape)
+    if kind == "mean" and len(args) == 1:
+        (axis,) = _ints(args, 1, low=0)
+        return tops.Mean(axis)
+    if kind == "scale" and len(args) == 1 and type(args[0]) is int:
+        scale = tops.Scale(args[0])
+        scale.out_shape(())  # a non-zero multiplier in range
+        return scale
+    raise ValueError(f"unknown layer row ({kind!r}, ...)")
 
 
 def _inputs(raw: object, nodes: list[fn.Node]) -> tuple[tuple[int, ...], ...]:
@@ -199,5 +249,7 @@ def from_wire(wire: object) -> fn.ModelSpec:
     nodes = [_row(row) for row in rows]
     inputs = _inputs(wire[2], nodes) if len(wire) == 3 else ()
     spec = fn.ModelSpec(tuple(nodes), input_shape, inputs=inputs)
-    plan_of(spec)  # raises ValueError for a model the engine cannot run
+    plan = plan_of(spec)  # raises ValueError for a model the engine cannot run
+    if max(math.prod(v.shape) for v in plan.values) > MAX_VALUE_ELEMENTS:
+        raise ValueError(f"a value of more than {MAX_VALUE_ELEMENTS} elements per sample")
     return spec
