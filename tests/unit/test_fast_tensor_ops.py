@@ -275,7 +275,8 @@ def test_fixed_point_factors() -> None:
     s = Scale.of(FACTOR, 16)
     assert abs(s.multiplier / SCALE - FACTOR) <= 2**-17
     assert reciprocal(8, 16) == 1 << 13 and abs(reciprocal(3, 16) / SCALE - 1 / 3) <= 2**-17
-    for bad in (2**-18, 2.0**16):
+    assert Scale.of(2.0**16, 16).multiplier == 1 << 32  # the largest factor a Scale layer has
+    for bad in (2**-18, 2.0**17):
         with pytest.raises(ValueError):
             Scale.of(bad, 16)
 

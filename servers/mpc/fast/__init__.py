@@ -25,6 +25,8 @@ Modules, one concept each:
 * :mod:`.nodes` -- the public model: node kinds (weighted layers, ReLU, Add,
   pooling, Flatten, the tensor nodes) and :class:`~.nodes.ModelSpec`, a chain
   or a DAG;
+* :mod:`.steps` -- a plan's values and steps (openings, gates, products,
+  local maps);
 * :mod:`.graph` -- a model's plan: lazy scales, shared openings, gates,
   the dealer material one forward needs;
 * :mod:`.bundle` -- what the dealer sends: per-model setup, per-forward

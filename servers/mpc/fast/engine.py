@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ppml.servers.mpc.fast import beaver, graph, tensor_ops
+from ppml.servers.mpc.fast import beaver, steps, tensor_ops
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.gates import GATES, split
 from ppml.servers.mpc.fast.graph import plan_of
@@ -312,42 +312,42 @@ class _Run:
         y = GATES[key.kind].eval(self.model.spec.params, key, opened, self.prg, self.ex)
         return y.reshape(v.shape)
 
-    def step(self, s: graph.Step) -> None:
+    def step(self, s: steps.Step) -> None:
         vals, batch = self.values, self.bundle.batch
-        if isinstance(s, graph.Open):
+        if isinstance(s, steps.Open):
             x = vals[s.src].reshape(batch, -1) + self.bundle.masks[s.mask].reshape(batch, -1)
             self.opened[s.mask] = self.ex.open(x)
-        elif isinstance(s, graph.Matmul):
+        elif isinstance(s, steps.Matmul):
             op = self.plan.weighted[s.layer]
             z = op.apply(self.opened[s.mask], self.model.weights_t[s.layer])
             vals[s.dst] = z + self.prep.offsets[s.layer]
-        elif isinstance(s, graph.Gate):
+        elif isinstance(s, steps.Gate):
             vals[s.dst] = self.gate(s.gate, vals[s.src] * self.lift if s.lift else vals[s.src])
-        elif isinstance(s, graph.Sum):
+        elif isinstance(s, steps.Sum):
             a = vals[s.a] * self.lift if s.lift_a else vals[s.a]
             b = vals[s.b] * self.lift if s.lift_b else vals[s.b]
             vals[s.dst] = a.reshape(b.shape) + b
-        elif isinstance(s, graph.Reshape):
+        elif isinstance(s, steps.Reshape):
             vals[s.dst] = vals[s.src].reshape(batch, *self.plan.values[s.dst].shape)
-        elif isinstance(s, graph.Permute):
+        elif isinstance(s, steps.Permute):
             vals[s.dst] = tensor_ops.permute(vals[s.src], s.perm)
-        elif isinstance(s, graph.Product):
+        elif isinstance(s, steps.Product):
             triple = self.bundle.triples[s.triple]
             opened = self.ex.open(beaver.masked(vals[s.a], vals[s.b], triple))
             vals[s.dst] = beaver.product(self.model.party, opened, triple)
-        elif isinstance(s, graph.Multiply):
+        elif isinstance(s, steps.Multiply):
             x = vals[s.src] if s.axis is None else tensor_ops.axis_sum(vals[s.src], s.axis)
             vals[s.dst] = x * np.int64(s.factor)
-        elif isinstance(s, graph.AddParam):
+        elif isinstance(s, steps.AddParam):
             param = self.model.params[s.param]
             vals[s.dst] = vals[s.src] + (param * self.lift if s.lift else param)
-        elif isinstance(s, graph.Average):
+        elif isinstance(s, steps.Average):
             shape = self.plan.values[s.src].shape
             vals[s.dst] = window_sums(vals[s.src], shape, s.kernel, s.stride) * np.int64(s.factor)
         else:
             vals[s.dst] = self.maximum(s)
 
-    def maximum(self, s: graph.Maximum) -> Ring:
+    def maximum(self, s: steps.Maximum) -> Ring:
         """Each window's maximum: per level, ``max(a, b) = b + ReLU(a - b)`` for all pairs."""
         cand = windows(self.values[s.src], self.plan.values[s.src].shape, s.kernel, s.stride)
         for g in s.gates:

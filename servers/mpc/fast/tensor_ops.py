@@ -38,7 +38,7 @@ import numpy as np
 from ppml.servers.mpc.fast.prg import Ring
 
 MAX_RANK = 4  # dims of one sample's value (a head split is 3)
-MAX_MULTIPLIER = 1 << 31  # |Scale.multiplier|: a factor up to 2^15 at f = 16
+MAX_MULTIPLIER = 1 << 32  # |Scale.multiplier|: factors up to 2^16 at f = 16, as the domain allows
 
 Shape = tuple[int, ...]
 
@@ -101,7 +101,7 @@ class Scale:
     def out_shape(self, shape: Shape) -> Shape:
         m = self.multiplier
         if type(m) is not int or m == 0 or abs(m) > MAX_MULTIPLIER:
-            raise ValueError(f"Scale multiplier {m!r} must be a non-zero int up to 2^31")
+            raise ValueError(f"Scale multiplier {m!r} must be a non-zero int up to 2^32")
         return shape
 
 

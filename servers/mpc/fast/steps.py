@@ -1,0 +1,135 @@
+"""The steps of a fast-engine plan: the values one forward computes and how each is made.
+
+:mod:`.graph` compiles a model into these; :mod:`.engine` runs them in order.
+Values are numbered (value 0 is the model input) and each carries its
+per-sample shape and fixed-point scale (:data:`F`: ``2^f``, :data:`FF`:
+``2^(2f)``). Only :class:`Open`, :class:`Gate`, :class:`Maximum` and
+:class:`Product` exchange anything; the rest are local maps of each party's
+own shares. The security and error argument per step is in graph.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+F, FF = 1, 2  # scales 2^f and 2^(2f)
+
+
+@dataclass(frozen=True)
+class Value:
+    shape: tuple[int, ...]  # per sample
+    scale: int  # F or FF
+
+
+@dataclass(frozen=True)
+class Open:
+    """Public ``x^ = value[src] + masks[mask]``: one round."""
+
+    src: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """``value[dst]`` = shares of ``F(W_layer, x)`` from the opened ``x^`` of ``mask`` (local)."""
+
+    dst: int
+    layer: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``value[dst] = gate(value[src] * (2^f if lift else 1))`` with key ``gates[gate]``."""
+
+    dst: int
+    src: int
+    gate: int
+    kind: str
+    lift: bool
+
+
+@dataclass(frozen=True)
+class Sum:
+    """``value[dst] = value[a] * 2^f^lift_a + value[b] * 2^f^lift_b`` (local)."""
+
+    dst: int
+    a: int
+    b: int
+    lift_a: bool
+    lift_b: bool
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """``value[dst]`` = ``value[src]`` reshaped to its own shape (local)."""
+
+    dst: int
+    src: int
+
+
+@dataclass(frozen=True)
+class Permute:
+    """``value[dst]`` = ``value[src]`` with its sample dims permuted (local)."""
+
+    dst: int
+    src: int
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Product:
+    """``value[dst] = value[a] @ value[b]`` with Beaver triple ``triples[triple]``: one round."""
+
+    dst: int
+    a: int
+    b: int
+    triple: int
+
+
+@dataclass(frozen=True)
+class Multiply:
+    """``value[dst]`` = (``value[src]`` summed over ``axis`` unless None) * ``factor`` (local)."""
+
+    dst: int
+    src: int
+    factor: int
+    axis: int | None
+
+
+@dataclass(frozen=True)
+class AddParam:
+    """``value[dst] = value[src] + params[param] * (2^f if lift else 1)`` (local)."""
+
+    dst: int
+    src: int
+    param: int
+    lift: bool
+
+
+@dataclass(frozen=True)
+class Average:
+    """Window sums times ``factor = round(2^f / kernel^2)``: scale ``2^f`` to ``2^(2f)`` (local)."""
+
+    dst: int
+    src: int
+    kernel: int
+    stride: int
+    factor: int
+
+
+@dataclass(frozen=True)
+class Maximum:
+    """Tournament over each window, one ReLU gate per level (``gates``), scale ``2^f``."""
+
+    dst: int
+    src: int
+    kernel: int
+    stride: int
+    gates: tuple[int, ...]
+
+
+Step = (
+    Open | Matmul | Gate | Sum | Reshape | Average | Maximum
+    | Permute | Product | Multiply | AddParam
+)  # fmt: skip
