@@ -24,8 +24,16 @@ import torch.nn.functional as tf
 
 from ppml.servers.mpc.fast import beaver
 from ppml.servers.mpc.fast.bundle import Bundle
-from ppml.servers.mpc.fast.engine import Add, Dealer, ModelSetup, ModelSpec, PartyModel, forward
-from ppml.servers.mpc.fast.gates import split
+from ppml.servers.mpc.fast.engine import (
+    Add,
+    Dealer,
+    ModelSetup,
+    ModelSpec,
+    PartyModel,
+    ReLU,
+    forward,
+)
+from ppml.servers.mpc.fast.gates import GateParams, split
 from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.linear import Linear
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
@@ -327,3 +335,19 @@ def _bad(rows: tuple[tuple[object, ...], ...], shape: tuple[int, ...] = (T, D)) 
 def test_malformed_tensor_wire_specs_are_refused(bad: object) -> None:
     with pytest.raises(ValueError):
         fast_spec.from_wire(bad)
+
+
+def test_gates_reaching_the_output_through_tensor_steps_keep_64_bits() -> None:
+    """With L = 48 < 64, a ReLU read by the output through Transpose or Bias keeps full lanes."""
+    narrow = GateParams(16, 31)
+    layers = (Linear(D, 4, lead=(T,)), ReLU(), Transpose((1, 0)), Bias((4, 1)))
+    spec = ModelSpec(layers, (T, D), narrow)
+    assert [g.out_bits for g in plan_of(spec).gates] == [64]
+    params = _params(spec, 6)
+    dealer, key, models = _models(spec, params)
+    x = _inputs(2, seed=6)
+    y, _, _ = _forward(models, dealer.preprocess(spec, key, 2), x)
+    ref = np.maximum(np.einsum("btd,od->bto", x, params[0][0][0]) + params[0][0][1], 0)
+    assert np.abs(y - (ref.transpose(0, 2, 1) + params[1][0])).max() <= 1e-4
+    scaled = ModelSpec((Linear(D, 4, lead=(T,)), ReLU(), Scale(3)), (T, D), narrow)
+    assert [g.out_bits for g in plan_of(scaled).gates] == [48, 64]  # a trunc after the Scale
