@@ -64,6 +64,9 @@ class _GraphParser(TransformerOps):
                 f"the graph must have exactly one input and one output, "
                 f"found {len(inputs)} inputs and {len(graph.output)} outputs"
             )
+        self.opset = max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1
+        )
         self.input_name, self.output_name = inputs[0].name, graph.output[0].name
         self.input_shape = _declared_shape(inputs[0])
         self.producer: dict[str, onnx.NodeProto] = {}

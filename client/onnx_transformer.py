@@ -43,6 +43,7 @@ class TransformerOps:
     fused: set[int]
     output_name: str
     steps: list[Step]
+    opset: int  # the default domain's version
 
     def _emit(self, node: onnx.NodeProto, layer: Layer, params: dict[str, np.ndarray],
               sources: tuple[int, ...], shape: Shape) -> tuple[str, Value]:  # fmt: skip
@@ -137,7 +138,9 @@ class TransformerOps:
         return self._emit(node, Reshape(tuple(rest)), {}, (src,), (shape[0], *rest))
 
     def _softmax(self, node: onnx.NodeProto, x: Value) -> tuple[str, Value]:
-        if self._axis(node, int(attrs(node).get("axis", -1)), x[1]) != len(x[1]) - 2:
+        """Over the last axis (before opset 13, over the dims from ``axis`` on: the same then)."""
+        axis = int(attrs(node).get("axis", -1 if self.opset >= 13 else 1))
+        if self._axis(node, axis, x[1]) != len(x[1]) - 2:
             raise unsupported(node, "over an axis other than the last")
         return self._emit(node, Softmax(), {}, (x[0],), x[1])
 

@@ -200,6 +200,16 @@ def test_unsupported_transformer_ops_are_refused_by_node(
         export_model(_Fn(fn), torch.zeros(2, 3, 4))
 
 
+def test_softmax_before_opset_13_defaults_to_axis_1() -> None:
+    def graph(opset: int) -> bytes:
+        node = helper.make_node("Softmax", ["x"], ["y"], name="sm")
+        return _graph_bytes([node], ["n", 3, 4], ["n", 3, 4], {}, opset=opset)
+
+    assert export_model(graph(13))[0].layers == (Softmax(),)
+    with pytest.raises(UnsupportedModelError, match=r"'sm' \(Softmax\) over an axis other"):
+        export_model(graph(11))  # softmax over 3 x 4 values at once
+
+
 def test_an_identity_transpose_emits_no_layer() -> None:
     data = _graph_bytes(
         [
