@@ -4,7 +4,8 @@ The digits ResNet (``training/resnet.py``: a stem, a block with an identity
 skip, a block with a 1x1 stride-2 shortcut convolution, global average pool)
 is trained here in plaintext, secret-shared through the SDK and served on 2
 servers (the fast engine, its material fetched from the dealer in several
-replies) and on 3 servers (CrypTen). Over the whole held-out set, encrypted predictions
+replies) and on 3 servers (CrypTen), where it is also evaluated on a shared
+data set. Over the whole held-out set, encrypted predictions
 must match the plaintext argmax on at least 99.5 % of the images and the
 logits must stay within 1e-2. Training, federating, and the replicated engine
 refuse a graph by name; the owner's export rebuilds the graph in torch.
@@ -58,6 +59,15 @@ def test_a_resnet_is_served_on_three_servers(
     with Cluster.from_config(local3.config_path) as cluster:
         model_id = cluster.share_model(resnet, digits.x_test[:1].reshape(-1, 1, 8, 8))
         _check_served(cluster, model_id, resnet, digits)
+        data = cluster.share_dataset(digits.x_test, digits.y_test, num_classes=10)
+        result = cluster.evaluate(model_id, data, timeout=120)
+    with torch.no_grad():
+        scores = resnet(digits.x_test.reshape(-1, 1, 8, 8))
+    top2 = scores.topk(2, dim=1).values
+    near_ties = int(((top2[:, 0] - top2[:, 1]) < LOGIT_TOLERANCE).sum())
+    expected = int((scores.argmax(1) == digits.y_test).sum())
+    assert result.rows == len(digits.y_test)
+    assert abs(result.correct - expected) <= near_ties, (result.correct, expected)
 
 
 def test_training_a_graph_is_refused_by_name(cluster2: Cluster, resnet: torch.nn.Module) -> None:
