@@ -9,10 +9,13 @@ dealer and with 3 servers + dealer: the model is shared through the SDK,
 then ``--n`` sequential single-sequence requests (p50, p95, the servers' own
 rounds and bytes per job) and the largest logit error against plaintext.
 Neither the fast engine nor the replicated engine runs these layers: both
-clusters serve on CrypTen. The layers' own errors: ``bench/transformer_layers.py``.
+clusters serve on CrypTen. First, in the same run, the raw CrypTen baseline
+of the same model (:mod:`transformer_layers`: 2 parties + TTP, plain CrypTen
+SPMD, no service; ``--skip-raw`` leaves it out). The layers' own errors:
+``bench/transformer_layers.py``.
 
 Run: ``.venv/bin/python bench/transformer_serving.py --n 3 --json
-bench/results/transformer_serving_run1.json``
+bench/results/transformer_serving_run2.json``
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from network_a import _latency
+from transformer_layers import run as run_layers
 
 from ppml.client import Cluster
 from ppml.client.deploy.local import LocalCluster
@@ -67,6 +71,12 @@ def run_service(parties: int, n: int) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> str:
     lines = []
+    raw = result.get("raw_crypten")
+    if raw is not None:
+        lines.append(
+            f"raw CrypTen (2 parties + TTP, no service), batch 1: {1e3 * raw['seconds']:,.0f} ms, "
+            f"{raw['rounds']:,} rounds, {raw['bytes'] / 1e6:,.1f} MB sent by party 0"
+        )
     for key in ("two_servers", "three_servers"):
         r = result[key]
         s = r["single"]
@@ -83,12 +93,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=3, help="sequential single-sequence requests")
     ap.add_argument("--json", default=None, help="write the result JSON here")
+    ap.add_argument("--skip-raw", action="store_true", help="no raw CrypTen baseline")
     args = ap.parse_args()
     if args.n < 1:
         ap.error("--n must be at least 1")
     torch.set_num_threads(1)
     result: dict[str, Any] = {
         "load_average_start": list(os.getloadavg()),
+        "raw_crypten": None if args.skip_raw else run_layers(1)["bert"],
         "two_servers": run_service(2, args.n),
         "three_servers": run_service(3, args.n),
         "load_average_end": list(os.getloadavg()),
