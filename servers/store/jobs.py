@@ -22,7 +22,7 @@ import numpy as np
 
 from ppml.proto.deploy.topology import LimitsConfig
 from ppml.proto.domain import commands as cmd
-from ppml.proto.domain.architecture import Architecture, infer_output_shape
+from ppml.proto.domain.architecture import Architecture, Linear, infer_output_shape, layer_shapes
 from ppml.proto.domain.datasets import DatasetMeta
 from ppml.proto.domain.jobs import (
     OPTIMIZERS,
@@ -108,10 +108,16 @@ def graph_refusal(architecture: Architecture) -> str | None:
             "connections are served (predict, evaluate) but not trained or federated yet; "
             "train a chain of layers"
         )
+    try:
+        shapes = [architecture.input_shape, *layer_shapes(architecture)]
+    except ValueError:
+        return None  # the shape check that follows names the mismatch
     for index, layer in enumerate(architecture.layers):
-        if not layer.TRAINABLE:
+        token_wise = isinstance(layer, Linear) and len(shapes[index]) > 1
+        if not layer.TRAINABLE or token_wise:
+            what = "a Linear on each token" if token_wise else type(layer).__name__
             return (
-                f"layer {index} ({type(layer).__name__}) is served (predict, evaluate) but not "
+                f"layer {index} ({what}) is served (predict, evaluate) but not "
                 "trained or federated yet; train a chain of Linear, Conv2d, pooling, Flatten, "
                 "Affine and ReLU layers"
             )

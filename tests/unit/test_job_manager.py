@@ -914,3 +914,16 @@ def test_dp_refuses_layers_without_per_example_gradients(world: World) -> None:
             _spec(dp_clip_norm=1.0, dp_noise_multiplier=1.0),
         )  # fmt: skip
     assert _code(excinfo) == ErrorCode.INVALID_JOB
+
+
+def test_what_is_served_but_not_trained_is_refused_by_name() -> None:
+    from ppml.proto.domain.architecture import GELU, Add, Architecture, Flatten, Linear
+    from ppml.servers.store.jobs import graph_refusal
+
+    assert graph_refusal(Architecture((Linear(4, 3),), (4,), (3,))) is None
+    tokens = Architecture((Linear(8, 4), Flatten(), Linear(32, 2)), (8, 8), (2,))
+    assert "layer 0 (a Linear on each token)" in (graph_refusal(tokens) or "")
+    gelu = Architecture((Linear(4, 4), GELU(), Linear(4, 2)), (4,), (2,))
+    assert "layer 1 (GELU)" in (graph_refusal(gelu) or "")
+    residual = Architecture((Linear(4, 4), Add()), (4,), (4,), inputs=((-1,), (0, -1)))
+    assert "residual connections" in (graph_refusal(residual) or "")
