@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as tf
+from fast_pair import encode, forward_pair
 
 from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
@@ -30,7 +31,6 @@ from ppml.servers.mpc.fast.engine import (
     ModelSpec,
     PartyModel,
     ReLU,
-    forward,
 )
 from ppml.servers.mpc.fast.gates import GateParams, split
 from ppml.servers.mpc.fast.graph import plan_of
@@ -42,10 +42,6 @@ from ppml.servers.mpc.fast.service import spec as fast_spec
 RNG = KeyedPRG()
 SCALE = 1 << 16
 Params = list[tuple[np.ndarray, np.ndarray]]  # per weighted layer: float64 weight, bias
-
-
-def _encode(a: np.ndarray) -> Ring:
-    return np.rint(a * SCALE).astype(np.int64)
 
 
 def _params(spec: ModelSpec, seed: int) -> Params:
@@ -90,8 +86,8 @@ def _plain(spec: ModelSpec, params: Params, x: np.ndarray) -> np.ndarray:
 def _models(spec: ModelSpec, params: Params) -> tuple[Dealer, bytes, tuple[PartyModel, PartyModel]]:
     dealer, key = Dealer(), new_key()
     setups = dealer.model_setup(spec, key)
-    w = [split(_encode(a), RNG) for a, _ in params]
-    b = [split(_encode(c), RNG) for _, c in params]
+    w = [split(encode(a), RNG) for a, _ in params]
+    b = [split(encode(c), RNG) for _, c in params]
     ex = queue_exchanges()
 
     def party(i: int) -> Callable[[], PartyModel]:
@@ -101,38 +97,13 @@ def _models(spec: ModelSpec, params: Params) -> tuple[Dealer, bytes, tuple[Party
     return dealer, key, run_pair(party(0), party(1))
 
 
-def _forward(
-    models: tuple[PartyModel, PartyModel],
-    bundles: tuple[Bundle, Bundle],
-    x: np.ndarray,
-    spy: list[Ring] | None = None,
-) -> tuple[np.ndarray, int, int]:
-    """Reconstructed float outputs, rounds and bytes sent by party 0."""
-    xs = split(_encode(x), RNG)
-    ex0, ex1 = queue_exchanges()
-
-    def watched(mine: Ring) -> Ring:
-        peer = ex0(mine)
-        if spy is not None:
-            spy.append(peer.copy())
-        return peer
-
-    (y0, s0), (y1, s1) = run_pair(
-        lambda: forward(models[0], bundles[0], xs[0], watched),
-        lambda: forward(models[1], bundles[1], xs[1], ex1),
-    )
-    assert (s0.rounds, s0.bytes_sent) == (s1.rounds, s1.bytes_sent)
-    with np.errstate(over="ignore"):
-        return (y0 + y1).astype(np.float64) / SCALE, s0.rounds, s0.bytes_sent
-
-
 def _run(spec: ModelSpec, x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """Engine output (through the wire formats), reference output, rounds."""
     params = _params(spec, seed)
     dealer, key, models = _models(spec, params)
     pair = dealer.preprocess(spec, key, x.shape[0])
     bundles = (Bundle.from_bytes(pair[0].to_bytes()), Bundle.from_bytes(pair[1].to_bytes()))
-    y, rounds, _ = _forward(models, bundles, x)
+    y, rounds, _ = forward_pair(models, bundles, x)
     return y, _plain(spec, params, x), rounds
 
 
@@ -270,14 +241,14 @@ def test_dag_bundles_cut_stack_and_serve_forwards_with_a_uniform_view() -> None:
     stacked = tuple(Bundle.concat([m[b] for m in made[1:]]) for b in (0, 1))
     x = _inputs((3, 16, 16), batch=2, seed=5)
     ref = _plain(spec, params, x)
-    y, _, sent = _forward(models, (stacked[0], stacked[1]), x)
+    y, _, sent = forward_pair(models, (stacked[0], stacked[1]), x)
     assert np.abs(y - ref).max() <= 1e-2
-    single, _, sent1 = _forward(models, made[0], x[:1])
+    single, _, sent1 = forward_pair(models, made[0], x[:1])
     assert np.abs(single - ref[:1]).max() <= 1e-2 and 2 * sent1 - sent < 2 * 8 * 30
     for value in (0.0, 50.0):  # what party 0 receives online has uniform bits either way
         seen: list[Ring] = []
         pair = dealer.preprocess(spec, key, 4)
-        _forward(models, pair, np.full((4, 3, 16, 16), value), seen)
+        forward_pair(models, pair, np.full((4, 3, 16, 16), value), seen)
         view = np.concatenate([s.reshape(-1) for s in seen])
         freq = np.unpackbits(view.view(np.uint8).reshape(-1, 8), axis=1).mean(axis=0)
         assert np.all(np.abs(freq - 0.5) < 0.01), freq

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as tf
+from fast_pair import encode, forward_pair
 
 from ppml.servers.mpc.fast import beaver
 from ppml.servers.mpc.fast.bundle import Bundle
@@ -31,7 +32,6 @@ from ppml.servers.mpc.fast.engine import (
     ModelSpec,
     PartyModel,
     ReLU,
-    forward,
 )
 from ppml.servers.mpc.fast.gates import GateParams, split
 from ppml.servers.mpc.fast.graph import plan_of
@@ -136,16 +136,12 @@ def _plain(spec: ModelSpec, params: Params, x: np.ndarray) -> np.ndarray:
     return values[len(spec.layers) - 1].numpy()
 
 
-def _encode(a: np.ndarray) -> Ring:
-    return np.rint(a * SCALE).astype(np.int64)
-
-
 def _models(spec: ModelSpec, params: Params) -> tuple[Dealer, bytes, tuple[PartyModel, PartyModel]]:
     dealer, key = Dealer(), new_key()
     setups = dealer.model_setup(spec, key)
-    w = [split(_encode(a), RNG) for a, _ in params[0]]
-    b = [split(_encode(c), RNG) for _, c in params[0]]
-    p = [split(_encode(c), RNG) for c in params[1]]
+    w = [split(encode(a), RNG) for a, _ in params[0]]
+    b = [split(encode(c), RNG) for _, c in params[0]]
+    p = [split(encode(c), RNG) for c in params[1]]
     ex = queue_exchanges()
 
     def party(i: int) -> Callable[[], PartyModel]:
@@ -155,31 +151,6 @@ def _models(spec: ModelSpec, params: Params) -> tuple[Dealer, bytes, tuple[Party
         )
 
     return dealer, key, run_pair(party(0), party(1))
-
-
-def _forward(
-    models: tuple[PartyModel, PartyModel],
-    bundles: tuple[Bundle, Bundle],
-    x: np.ndarray,
-    spy: list[Ring] | None = None,
-) -> tuple[np.ndarray, int, int]:
-    """Reconstructed float outputs, rounds and bytes sent by party 0."""
-    xs = split(_encode(x), RNG)
-    ex0, ex1 = queue_exchanges()
-
-    def watched(mine: Ring) -> Ring:
-        peer = ex0(mine)
-        if spy is not None:
-            spy.append(peer.copy())
-        return peer
-
-    (y0, s0), (y1, s1) = run_pair(
-        lambda: forward(models[0], bundles[0], xs[0], watched),
-        lambda: forward(models[1], bundles[1], xs[1], ex1),
-    )
-    assert (s0.rounds, s0.bytes_sent) == (s1.rounds, s1.bytes_sent)
-    with np.errstate(over="ignore"):
-        return (y0 + y1).astype(np.float64) / SCALE, s0.rounds, s0.bytes_sent
 
 
 def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -210,7 +181,7 @@ def test_an_attention_block_matches_float64_in_its_planned_rounds() -> None:
     pair = dealer.preprocess(spec, key, 3)
     bundles = (Bundle.from_bytes(pair[0].to_bytes()), Bundle.from_bytes(pair[1].to_bytes()))
     x = _inputs(3)
-    y, rounds, sent = _forward(models, bundles, x)
+    y, rounds, sent = forward_pair(models, bundles, x)
     ref = _plain(spec, params, x)
     assert np.abs(ref).max() > 0.1
     assert np.abs(y - ref).max() <= 5e-4
@@ -229,7 +200,7 @@ def test_a_linear_on_tokens_maps_every_row() -> None:
     params = _params(spec, 2)
     dealer, key, models = _models(spec, params)
     x = _inputs(2, seed=4)
-    y, rounds, _ = _forward(models, dealer.preprocess(spec, key, 2), x)
+    y, rounds, _ = forward_pair(models, dealer.preprocess(spec, key, 2), x)
     assert y.shape == (2, T, 3)
     assert np.abs(y - _plain(spec, params, x)).max() <= 1e-4
     assert rounds == 2  # open, the output's trunc
@@ -246,14 +217,14 @@ def test_bundles_with_triples_cut_stack_and_keep_a_uniform_view() -> None:
     assert stacked[0].batch == 2 and len(stacked[0].triples) == 2
     x = _inputs(2, seed=5)
     ref = _plain(spec, params, x)
-    y, _, _ = _forward(models, (stacked[0], stacked[1]), x)
+    y, _, _ = forward_pair(models, (stacked[0], stacked[1]), x)
     assert np.abs(y - ref).max() <= 5e-4
     head = tuple(Bundle.from_bytes(b.head(1).to_bytes()) for b in made[0])
-    single, _, _ = _forward(models, (head[0], head[1]), x[:1])
+    single, _, _ = forward_pair(models, (head[0], head[1]), x[:1])
     assert np.abs(single - ref[:1]).max() <= 5e-4
     for value in (0.0, 50.0):  # what party 0 receives online has uniform bits either way
         seen: list[Ring] = []
-        _forward(models, dealer.preprocess(spec, key, 16), np.full((16, T, D), value), seen)
+        forward_pair(models, dealer.preprocess(spec, key, 16), np.full((16, T, D), value), seen)
         view = np.concatenate([s.reshape(-1) for s in seen])
         freq = np.unpackbits(view.view(np.uint8).reshape(-1, 8), axis=1).mean(axis=0)
         assert np.all(np.abs(freq - 0.5) < 6 * 0.5 / math.sqrt(view.size)), freq
@@ -272,8 +243,8 @@ def test_a_party_needs_one_share_per_bias_parameter() -> None:
     spec = attention_block()
     setup = Dealer().model_setup(spec, new_key())[0]
     params = _params(spec)
-    w = [_encode(a) for a, _ in params[0]]
-    b = [_encode(c) for _, c in params[0]]
+    w = [encode(a) for a, _ in params[0]]
+    b = [encode(c) for _, c in params[0]]
     with pytest.raises(ValueError, match="Bias parameter"):
         PartyModel.open(spec, setup, w, b, lambda a: a, [])
 
@@ -346,7 +317,7 @@ def test_gates_reaching_the_output_through_tensor_steps_keep_64_bits() -> None:
     params = _params(spec, 6)
     dealer, key, models = _models(spec, params)
     x = _inputs(2, seed=6)
-    y, _, _ = _forward(models, dealer.preprocess(spec, key, 2), x)
+    y, _, _ = forward_pair(models, dealer.preprocess(spec, key, 2), x)
     ref = np.maximum(np.einsum("btd,od->bto", x, params[0][0][0]) + params[0][0][1], 0)
     assert np.abs(y - (ref.transpose(0, 2, 1) + params[1][0])).max() <= 1e-4
     scaled = ModelSpec((Linear(D, 4, lead=(T,)), ReLU(), Scale(3)), (T, D), narrow)
