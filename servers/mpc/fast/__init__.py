@@ -14,6 +14,13 @@ Modules, one concept each:
 * :mod:`.gates` -- FSS gates on masked wires: ReLU fused with truncation (a
   one-bit DCF, then one opened masked sign bit), truncation alone
   (stochastic rounding, error < 1 ulp, no wrap errors);
+* :mod:`.spline` -- a piecewise-linear FSS spline gate (BCG+21 style): one
+  DCF of depth ``n + 1`` with payload ``(1, r)`` evaluated at one point per
+  breakpoint plus one, one opening, output at ``2^(2f)``;
+* :mod:`.activations` -- GELU, tanh and sigmoid as spline tables, each within
+  1e-2 everywhere (8, 10 and 6 breakpoints);
+* :mod:`.gate_table` -- every gate kind by name (the one table the plan and
+  the engine ask);
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened
   at model registration), int64 matmul via torch;
 * :mod:`.pooling` -- pooling windows over shares, the max tournament's sizes;
@@ -40,8 +47,10 @@ the chain engine's (same rounds, bytes and dealer material). A transformer's
 linear half runs too (an attention block without softmax in
 tests/unit/test_fast_tensor_ops.py: 14 rounds, 13,600 bytes per party per
 image online, 957 KB of dealer material per party per image, 99 % of it
-truncation keys); Softmax, LayerNorm and GELU have no gates yet, so
-:func:`.service.spec.fast_model` leaves transformers on CrypTen.
+truncation keys). GELU, Tanh and Sigmoid run as spline gates (1,624 bytes
+of key per element and party, one round each); Softmax and LayerNorm have no
+gates yet, so :func:`.service.spec.fast_model` leaves transformers (and any
+model with these activations) on CrypTen.
 
 Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
 4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 243,552 bytes

@@ -54,7 +54,8 @@ import numpy as np
 
 from ppml.servers.mpc.fast import beaver, steps, tensor_ops
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
-from ppml.servers.mpc.fast.gates import GATES, split
+from ppml.servers.mpc.fast.gate_table import GATES
+from ppml.servers.mpc.fast.gates import split
 from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, weight_mask
 from ppml.servers.mpc.fast.nodes import (

@@ -25,6 +25,10 @@ stays at ``2^(2f)`` until something needs ``2^f``:
 * so do both operands of a MatMul of two activations (:class:`Product`, a
   Beaver triple: one opening of both masked operands), a Scale and a Mean
   (each a public fixed-point multiplier: output at ``2^(2f)``);
+* a GELU, Tanh or Sigmoid is a spline gate (spline.py, activations.py):
+  input at ``2^f`` (a ``2^(2f)`` value is truncated first: one more gate and
+  round), output at ``2^(2f)`` (slopes at ``2^f`` times the input), so its
+  readers truncate lazily like a weighted layer's;
 * Transpose and Reshape keep the scale; a Bias's shares (at ``2^f``) are
   lifted by ``2^f`` onto a ``2^(2f)`` value.
 
@@ -39,7 +43,7 @@ through local steps alone (sum, reshape, transpose, average, max, bias);
 those gates get 64-bit output lanes (:attr:`GateSpec.out_bits`).
 
 Rounds: one per :class:`Open`, one per :class:`Gate` plus the gate's own
-(ReLU: one more), two per level of a max tournament, one per
+(ReLU: one more; a spline gate: none), two per level of a max tournament, one per
 :class:`Product`. A chain's plan is exactly the chain engine's: per weighted
 layer an opening and a gate. A ResNet basic block is 6 rounds (open, ReLU,
 open, ReLU after the Add); independent gates at the same depth are not
@@ -64,7 +68,9 @@ Security, per step (per party; the dealer receives nothing):
   a secret): nothing is sent.
 
 Error, per step (units of the real value): a truncation (either gate) is
-stochastic rounding, ``< 2^-f``, unbiased; a lifted value's low ``f`` bits
+stochastic rounding, ``< 2^-f``, unbiased; a spline gate is exact in the ring
+for its fixed-point table, within its documented bound of the activation
+(1e-2 for GELU, tanh and sigmoid, activations.py); a lifted value's low ``f`` bits
 are 0, so ReLU of it and each max comparison (``ReLU(lift(a - b))``) add no
 error at all; an average over ``k x k`` multiplies by ``round(2^f / k^2) /
 2^f``, a relative error of at most ``k^2 / 2^(f+1)`` (0 for 2x2, 4x4, 8x8,
@@ -85,9 +91,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ppml.servers.mpc.fast import tensor_ops as tops
-from ppml.servers.mpc.fast.gates import GATES
+from ppml.servers.mpc.fast.activations import SPLINES
+from ppml.servers.mpc.fast.gate_table import GATES
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
 from ppml.servers.mpc.fast.nodes import (
+    GELU,
     MODEL_INPUT,
     Add,
     AvgPool,
@@ -95,6 +103,8 @@ from ppml.servers.mpc.fast.nodes import (
     MaxPool,
     ModelSpec,
     ReLU,
+    Sigmoid,
+    Tanh,
     arity,
 )
 from ppml.servers.mpc.fast.pooling import average_factor, pooled_shape, tournament
@@ -189,6 +199,18 @@ class _Builder:
         self.steps.append(Gate(dst, src, len(self.gates) - 1, kind, v.scale == F))
         return dst
 
+    def spline(self, kind: str, src: int) -> int:
+        """A spline gate (spline.py): input at 2^f (truncated first if need be), output 2^(2f)."""
+        p = self.spec.params
+        if any(abs(b) >= 1 << p.depth for b in SPLINES[kind].fixed(p.frac_bits).breakpoints):
+            raise ValueError(f"{kind}'s breakpoints lie outside the gate range of depth {p.depth}")
+        src = self.at_f(src)
+        shape = self.values[src].shape
+        self.gates.append((kind, _size(shape)))
+        dst = self.value(shape, FF)
+        self.steps.append(Gate(dst, src, len(self.gates) - 1, kind, False))
+        return dst
+
     def at_f(self, src: int) -> int:
         """``src`` at scale 2^f: itself, or its (shared) truncation."""
         if self.values[src].scale == F:
@@ -221,6 +243,8 @@ class _Builder:
             return dst
         if isinstance(node, ReLU):
             return self.gate("relu", srcs[0])
+        if isinstance(node, GELU | Tanh | Sigmoid):
+            return self.spline(node.kind, srcs[0])
         if isinstance(node, Flatten):
             dst = self.value((_size(shapes[0]),), self.values[srcs[0]].scale)
             self.steps.append(Reshape(dst, srcs[0]))

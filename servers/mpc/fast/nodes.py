@@ -9,6 +9,8 @@ output is the last node's output. Node kinds:
   :class:`~ppml.servers.mpc.fast.linear.Conv2d` -- weighted layers (weights
   secret-shared, the layer public);
 * :class:`ReLU`, :class:`Flatten` (reshape to ``(batch, -1)``);
+* :class:`GELU`, :class:`Tanh`, :class:`Sigmoid` -- element-wise activations
+  as spline gates (:mod:`.activations`, each within 1e-2);
 * :class:`Add` -- two inputs of one shape (a residual connection);
 * :class:`AvgPool`, :class:`MaxPool` -- square window ``kernel``, ``stride``,
   no padding, on (C, H, W);
@@ -39,6 +41,33 @@ class ReLU:
     """``max(x, 0)`` element-wise."""
 
     arity: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class GELU:
+    """``x Phi(x)`` element-wise, as the spline :data:`~.activations.GELU` (within 1e-2)."""
+
+    arity: ClassVar[int] = 1
+    kind: ClassVar[str] = "gelu"
+
+
+@dataclass(frozen=True)
+class Tanh:
+    """``tanh(x)`` element-wise, as the spline :data:`~.activations.TANH` (within 1e-2)."""
+
+    arity: ClassVar[int] = 1
+    kind: ClassVar[str] = "tanh"
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """``1 / (1 + exp(-x))`` element-wise, as the spline :data:`~.activations.SIGMOID`."""
+
+    arity: ClassVar[int] = 1
+    kind: ClassVar[str] = "sigmoid"
+
+
+Activation: TypeAlias = GELU | Tanh | Sigmoid
 
 
 @dataclass(frozen=True)
@@ -74,7 +103,7 @@ class MaxPool:
 
 
 Node: TypeAlias = (
-    Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool
+    Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool | GELU | Tanh | Sigmoid
     | MatMul | Transpose | Reshape | Scale | Bias | Mean
 )  # fmt: skip
 Layer: TypeAlias = Node  # the name the chain engine used

@@ -7,8 +7,10 @@ pooling (square window and stride, no padding). Any other layer (Affine,
 padded or rectangular pooling) keeps a model on the CrypTen path, and so do
 a transformer's layers: the engine runs their linear half (MatMul of two
 activations, Transpose, Reshape, Scale, Bias, Mean, Linear on tokens; see
-:mod:`ppml.servers.mpc.fast.tensor_ops`) but not yet Softmax, LayerNorm,
-GELU, Tanh or Sigmoid, so :func:`fast_model` maps none of them.
+:mod:`ppml.servers.mpc.fast.tensor_ops`) and GELU, Tanh and Sigmoid as spline
+gates (:mod:`ppml.servers.mpc.fast.activations`), but not yet Softmax or
+LayerNorm, so :func:`fast_model` maps none of them (nor GELU, Tanh or
+Sigmoid: no model is served with them until a transformer can be).
 
 The spec is public (the architecture is). :func:`to_wire` and
 :func:`from_wire` turn it into nested tuples of ints, bools and strings, the
@@ -26,6 +28,7 @@ Rows: ``("linear", in, out, bias, *lead)`` (``lead``: up to
 :data:`~ppml.servers.mpc.fast.tensor_ops.MAX_RANK` - 1 dims before the
 features), ``("conv2d", ...)``, ``("avgpool" | "maxpool", kernel, stride)``,
 ``("relu",)``, ``("flatten",)``, ``("add",)``, ``("matmul",)``,
+``("gelu",)``, ``("tanh",)``, ``("sigmoid",)``,
 ``("transpose", *perm)``, ``("reshape", *shape)``, ``("scale", multiplier)``
 (the factor in fixed point at ``2^16``), ``("bias", *shape)``, ``("mean", axis)``.
 """
@@ -165,12 +168,11 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
 
 
 _POOLS: dict[type, str] = {fn.AvgPool: "avgpool", fn.MaxPool: "maxpool"}
-_SIMPLE: dict[type, str] = {
-    fn.ReLU: "relu", fn.Flatten: "flatten", fn.Add: "add", tops.MatMul: "matmul"
-}  # fmt: skip
 _SIMPLE_NODES: dict[str, fn.Node] = {
-    "relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add(), "matmul": tops.MatMul()
+    "relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add(), "matmul": tops.MatMul(),
+    "gelu": fn.GELU(), "tanh": fn.Tanh(), "sigmoid": fn.Sigmoid(),
 }  # fmt: skip
+_SIMPLE: dict[type, str] = {type(node): kind for kind, node in _SIMPLE_NODES.items()}
 
 
 def _ints(values: tuple[object, ...], count: int, low: int = 1) -> tuple[int, ...]:

@@ -1,0 +1,222 @@
+"""The fast engine's spline gate (spline.py) and GELU, tanh, sigmoid on it (activations.py).
+
+Against float64: each table over its whole input range (a dense grid, the
+tails, the ring's extremes, every breakpoint and its neighbours one ulp
+away), within its stated bound; the gate exactly equal to the fixed-point
+table on masked wires, exhaustively over every input and every mask residue
+at a small depth (every wrap case), and at the default depth with masks at
+the wrap edges; in the engine: rounds as planned (one opening per spline
+gate), a party's view uniform, bundles cut, stacked and serialised, the wire
+format strict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fast_pair import encode, forward_pair
+from scipy.special import erf
+
+from ppml.proto.domain import layers as dl
+from ppml.proto.domain import nonlinear_layers as nl
+from ppml.proto.domain.architecture import Architecture
+from ppml.servers.mpc.fast import nodes, steps
+from ppml.servers.mpc.fast.activations import GELU, SIGMOID, SPLINE_GATES, SPLINES, TANH
+from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
+from ppml.servers.mpc.fast.engine import Dealer, PartyModel
+from ppml.servers.mpc.fast.gate_table import GATES
+from ppml.servers.mpc.fast.gates import GateParams, split
+from ppml.servers.mpc.fast.graph import plan_of
+from ppml.servers.mpc.fast.linear import Linear
+from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
+from ppml.servers.mpc.fast.nodes import Add, ModelSpec, Sigmoid, Tanh
+from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, Ring, new_key
+from ppml.servers.mpc.fast.service import spec as fast_spec
+from ppml.servers.mpc.fast.spline import Spline, deal
+
+RNG = KeyedPRG()
+PRG = FixedKeyPRG()
+DEFAULT = GateParams()
+FRAC = DEFAULT.frac_bits
+REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gelu": lambda x: 0.5 * x * (1 + erf(x / math.sqrt(2))),
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 0.5 * (1 + np.tanh(x / 2)),  # no overflow in the tails
+}
+TOP = 2.0**31 - 2.0**-16  # the largest input of the default range, |v| < 2^31
+
+
+def _fixed_reference(spline: Spline, p: GateParams, xs: Ring) -> list[int]:
+    """The table in exact integers: ``S_i X + C_i`` at ``2^(2f)`` for ring inputs ``X``."""
+    fx = spline.fixed(p.frac_bits)
+    piece = np.searchsorted(np.array(fx.breakpoints), xs, side="right")
+    return [fx.slopes[i] * int(x) + fx.intercepts[i] for i, x in zip(piece, xs, strict=True)]
+
+
+def _gate(spline: Spline, p: GateParams, xs: Ring, r: Ring | None = None) -> list[int]:
+    """Both parties' outputs for ring inputs ``xs`` (masks ``r`` or fresh), reconstructed."""
+    gate = SPLINE_GATES[spline.name]
+    k0, k1 = gate.gen(p, xs.size, RNG, PRG) if r is None else deal(p, r, RNG, PRG, spline.name)
+    with np.errstate(over="ignore"):
+        opened = xs + k0.mask + k1.mask
+        y = gate.eval(p, k0, opened, PRG) + gate.eval(p, k1, opened, PRG)
+    return [int(v) for v in y]
+
+
+def _edges(spline: Spline) -> np.ndarray:
+    """Every breakpoint and one ulp either side, the ring's extremes, zero."""
+    ulp = 2.0**-FRAC
+    b = np.array(spline.breakpoints)
+    return np.concatenate([b, b - ulp, b + ulp, [-TOP - ulp, TOP, 0.0, -ulp, ulp]])
+
+
+@pytest.mark.parametrize("name", sorted(SPLINES))
+def test_each_table_is_within_its_bound_everywhere(name: str) -> None:
+    spline, ref = SPLINES[name], REFERENCE[name]
+    dense = np.linspace(-40, 40, 1_600_001)
+    tails = np.concatenate([np.geomspace(40, TOP, 2000), -np.geomspace(40, TOP + 2.0**-16, 2000)])
+    x = np.concatenate([dense, tails, _edges(spline)])
+    assert np.abs(spline(x) - ref(x)).max() <= spline.bound
+    fixed = np.rint(x * 2.0**FRAC).astype(np.int64)  # the table as the gate computes it
+    exact = np.array(_fixed_reference(spline, DEFAULT, fixed), dtype=np.float64) / 2.0 ** (2 * FRAC)
+    assert np.abs(exact - ref(fixed / 2.0**FRAC)).max() <= spline.bound
+    assert spline.bound == 1e-2 and len(spline.pieces) == len(spline.breakpoints) + 1
+
+
+def test_breakpoint_counts_as_documented() -> None:
+    assert [len(s.breakpoints) for s in (GELU, TANH, SIGMOID)] == [8, 10, 6]
+    assert GELU.pieces[0] == (0.0, 0.0) and GELU.pieces[-1] == (1.0, 0.0)
+    assert TANH.pieces[0] == (0.0, -1.0) and SIGMOID.pieces[-1] == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(SPLINES))
+def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(name: str) -> None:
+    p = GateParams(frac_bits=2, depth=5)  # inputs in [-32, 32): d = 6 bits, 64 mask residues
+    xs = np.repeat(np.arange(-32, 32, dtype=np.int64), 64)
+    high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(63)
+    r = (high | np.tile(np.arange(64, dtype=np.uint64), 64)).view(np.int64)
+    assert _gate(SPLINES[name], p, xs, r) == _fixed_reference(SPLINES[name], p, xs)
+
+
+@pytest.mark.parametrize("name", sorted(SPLINES))
+def test_gate_is_the_table_at_the_default_depth_with_wrapping_masks(name: str) -> None:
+    spline = SPLINES[name]
+    edges = np.rint(_edges(spline) * 2.0**FRAC).astype(np.int64)
+    xs = np.concatenate([edges, np.rint(np.linspace(-6, 6, 301) * 2.0**FRAC).astype(np.int64)])
+    d = DEFAULT.depth + 1
+    residues = [0, 1, (1 << d) - 1, 1 << (d - 1), (1 << (d - 1)) - 1]
+    for low in residues:  # r' at the wrap edges: o' = u + r' wraps for most or few u
+        high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64((1 << d) - 1)
+        r = (high | np.uint64(low)).view(np.int64)
+        assert _gate(spline, DEFAULT, xs, r) == _fixed_reference(spline, DEFAULT, xs)
+    for x in edges:  # masks that put o' just either side of each breakpoint's threshold
+        for shift in (-1, 0, 1):
+            u = int(x) + (1 << DEFAULT.depth)
+            r = np.array([((1 << d) - u + shift) % (1 << d)], dtype=np.uint64).view(np.int64)
+            one = np.array([x], dtype=np.int64)
+            assert _gate(spline, DEFAULT, one, r) == _fixed_reference(spline, DEFAULT, one)
+    assert _gate(spline, DEFAULT, xs) == _fixed_reference(spline, DEFAULT, xs)  # fresh masks
+
+
+def test_key_bytes_per_element_do_not_depend_on_the_table() -> None:
+    for gate in SPLINE_GATES.values():
+        k0, k1 = gate.gen(DEFAULT, 100, RNG, PRG)
+        assert k0.nbytes == k1.nbytes == 100 * (8 + 16 + 48 * 33 + 16) + 24  # 1,624 per element
+        assert gate.rounds == 0 and GATES[gate.kind] is gate
+    narrow = SPLINE_GATES["gelu"].gen(GateParams(16, 31), 10, RNG, PRG)[0]
+    assert narrow.nbytes == 10 * (8 + 16 + 32 * 33 + 16) + 24
+
+
+def test_gate_refuses_a_depth_too_small_for_its_breakpoints() -> None:
+    small = GateParams(frac_bits=16, depth=17)  # |v| < 2: GELU's breakpoint 2.7 does not fit
+    with pytest.raises(ValueError, match="breakpoints"):
+        plan_of(ModelSpec((Linear(2, 2), nodes.GELU()), (2,), small))
+
+
+def _identity_models(spec: ModelSpec) -> tuple[Dealer, bytes, tuple[PartyModel, PartyModel]]:
+    """Party models whose every Linear is the identity (no bias), so inputs reach the gates."""
+    dealer, key = Dealer(), new_key()
+    setups = dealer.model_setup(spec, key)
+    eye = [split(encode(np.eye(op.out_features, op.in_features)), RNG) for op in spec.weighted]
+    ex = queue_exchanges()
+
+    def party(i: int) -> Callable[[], PartyModel]:
+        setup = ModelSetup.from_bytes(setups[i].to_bytes())
+        weights = [w[i] for w in eye]
+        return lambda: PartyModel.open(spec, setup, weights, [None] * len(eye), ex[i])
+
+    return dealer, key, run_pair(party(0), party(1))
+
+
+def _stacked() -> ModelSpec:
+    """identity -> GELU -> identity -> Tanh, and Sigmoid of the input added to it (a DAG)."""
+    layers = (Linear(6, 6, False), nodes.GELU(), Linear(6, 6, False), Tanh(), Sigmoid(), Add())
+    return ModelSpec(layers, (6,), inputs=((-1,), (0,), (1,), (2,), (-1,), (3, 4)))
+
+
+def _stacked_reference(x: np.ndarray) -> np.ndarray:
+    return REFERENCE["tanh"](REFERENCE["gelu"](x)) + REFERENCE["sigmoid"](x)
+
+
+def test_engine_runs_spline_gates_in_the_planned_rounds_within_their_bounds() -> None:
+    spec = _stacked()
+    plan = plan_of(spec)
+    kinds = [g.kind for g in plan.gates]
+    assert sorted(k for k in kinds if k != "trunc") == ["gelu", "sigmoid", "tanh"]
+    gate_steps = [s for s in plan.steps if isinstance(s, steps.Gate)]
+    opens = sum(isinstance(s, steps.Open) for s in plan.steps)
+    assert plan.rounds == opens + len(gate_steps)  # one opening per gate, nothing more
+    assert all(plan.values[s.dst].scale == steps.FF for s in gate_steps if s.kind != "trunc")
+    dealer, key, models = _identity_models(spec)
+    x = np.concatenate([np.linspace(-5, 5, 24).reshape(4, 6), np.full((1, 6), 1e4)])
+    pair = dealer.preprocess(spec, key, x.shape[0])
+    y, rounds, _ = forward_pair(models, pair, x)
+    assert rounds == plan.rounds
+    # tanh(GELU) within 1e-2 + 1.1e-2 (tanh' <= 1, input rounding); sigmoid 1e-2; truncations
+    assert np.abs(y - _stacked_reference(x)).max() <= 3.1e-2
+
+
+def test_bundles_cut_stack_serialise_and_keep_a_uniform_view() -> None:
+    spec = _stacked()
+    dealer, key, models = _identity_models(spec)
+    made = dealer.preprocess_many(spec, key, 1, 3)
+    stacked = tuple(Bundle.concat([m[b] for m in made[1:]]) for b in (0, 1))
+    wired = tuple(Bundle.from_bytes(b.to_bytes()) for b in stacked)
+    x = np.array([[-3.0, -0.5, 0.0, 0.25, 1.5, 40.0], [2.703125, -2.703125, 0.765625, 7, -7, 3]])
+    ref = _stacked_reference(x)
+    y, _, _ = forward_pair(models, (wired[0], wired[1]), x)
+    assert np.abs(y - ref).max() <= 3.1e-2
+    single, _, _ = forward_pair(models, made[0], x[:1])
+    assert np.abs(single - ref[:1]).max() <= 3.1e-2
+    head = tuple(b.head(1) for b in wired)
+    assert head[0].gates[1].kind == "gelu" and head[0].gates[1].size == 6
+    for value in (0.0, 1e5):  # what party 0 receives online has uniform bits either way
+        seen: list[Ring] = []
+        forward_pair(models, dealer.preprocess(spec, key, 256), np.full((256, 6), value), seen)
+        view = np.concatenate([s.reshape(-1) for s in seen])
+        freq = np.unpackbits(view.view(np.uint8).reshape(-1, 8), axis=1).mean(axis=0)
+        assert np.all(np.abs(freq - 0.5) < 0.02), freq
+
+
+def test_wire_round_trip_and_strict_rows() -> None:
+    spec = _stacked()
+    wire = fast_spec.to_wire(spec)
+    assert [r for r in wire[1] if r[0] in SPLINES] == [("gelu",), ("tanh",), ("sigmoid",)]
+    assert fast_spec.from_wire(wire) == spec
+    chain = ModelSpec((Linear(3, 3), Sigmoid()), (3,))
+    assert fast_spec.from_wire(fast_spec.to_wire(chain)) == chain
+    bad_rows = (("gelu", 1), ("gelu", True), ("GELU",), ("tanh", "x"), ("sigmoid", None))
+    for bad in (*bad_rows, ("softmax",)):
+        with pytest.raises(ValueError):
+            fast_spec.from_wire(((3,), (("linear", 3, 3, True), bad)))
+    with pytest.raises(ValueError):  # an activation reading two inputs
+        fast_spec.from_wire(((3,), (("linear", 3, 3, True), ("gelu",)), ((-1,), (0, -1))))
+
+
+@pytest.mark.parametrize("layer", [nl.GELU(), nl.Tanh(), nl.Sigmoid()])
+def test_fast_model_still_leaves_activations_on_crypten(layer: object) -> None:
+    arch = Architecture((dl.Linear(4, 4), layer, dl.Linear(4, 2)), (4,), (2,))
+    assert fast_spec.fast_model(arch) is None
