@@ -23,8 +23,16 @@ from scipy.special import erf
 from ppml.proto.domain import layers as dl
 from ppml.proto.domain import nonlinear_layers as nl
 from ppml.proto.domain.architecture import Architecture
-from ppml.servers.mpc.fast import nodes, steps
-from ppml.servers.mpc.fast.activations import GELU, SIGMOID, SPLINE_GATES, SPLINES, TANH
+from ppml.servers.mpc.fast import nodes, spline_fit, steps
+from ppml.servers.mpc.fast.activations import (
+    EXP,
+    GELU,
+    RECIPROCAL,
+    SIGMOID,
+    SPLINE_GATES,
+    SPLINES,
+    TANH,
+)
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
 from ppml.servers.mpc.fast.engine import Dealer, PartyModel
 from ppml.servers.mpc.fast.gate_table import GATES
@@ -45,6 +53,8 @@ REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gelu": lambda x: 0.5 * x * (1 + erf(x / math.sqrt(2))),
     "tanh": np.tanh,
     "sigmoid": lambda x: 0.5 * (1 + np.tanh(x / 2)),  # no overflow in the tails
+    "exp": np.exp,
+    "reciprocal": lambda x: 1 / x,
 }
 TOP = 2.0**31 - 2.0**-16  # the largest input of the default range, |v| < 2^31
 
@@ -67,37 +77,45 @@ def _gate(spline: Spline, p: GateParams, xs: Ring, r: Ring | None = None) -> lis
 
 
 def _edges(spline: Spline) -> np.ndarray:
-    """Every breakpoint and one ulp either side, the ring's extremes, zero."""
+    """Every breakpoint and one ulp either side, the ring's extremes, zero: those in its domain."""
     ulp = 2.0**-FRAC
     b = np.array(spline.breakpoints)
-    return np.concatenate([b, b - ulp, b + ulp, [-TOP - ulp, TOP, 0.0, -ulp, ulp]])
+    x = np.concatenate([b, b - ulp, b + ulp, [-TOP - ulp, TOP, 0.0, -ulp, ulp, -16.0, 1.0, 64.0]])
+    return x[(x >= spline.domain[0]) & (x <= spline.domain[1])]
 
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_each_table_is_within_its_bound_everywhere(name: str) -> None:
     spline, ref = SPLINES[name], REFERENCE[name]
-    dense = np.linspace(-40, 40, 1_600_001)
+    lo, hi = spline.domain
+    dense = np.linspace(max(lo, -40), min(hi, 40), 1_600_001)
     tails = np.concatenate([np.geomspace(40, TOP, 2000), -np.geomspace(40, TOP + 2.0**-16, 2000)])
+    tails = tails[(tails >= lo) & (tails <= hi)]
     x = np.concatenate([dense, tails, _edges(spline)])
     assert np.abs(spline(x) - ref(x)).max() <= spline.bound
     fixed = np.rint(x * 2.0**FRAC).astype(np.int64)  # the table as the gate computes it
     exact = np.array(_fixed_reference(spline, DEFAULT, fixed), dtype=np.float64) / 2.0 ** (2 * FRAC)
     assert np.abs(exact - ref(fixed / 2.0**FRAC)).max() <= spline.bound
-    assert spline.bound == 1e-2 and len(spline.pieces) == len(spline.breakpoints) + 1
+    assert len(spline.pieces) == len(spline.breakpoints) + 1
 
 
-def test_breakpoint_counts_as_documented() -> None:
-    assert [len(s.breakpoints) for s in (GELU, TANH, SIGMOID)] == [8, 10, 6]
+def test_breakpoint_counts_and_bounds_as_documented() -> None:
+    tables = (GELU, TANH, SIGMOID, EXP, RECIPROCAL)
+    assert [len(s.breakpoints) for s in tables] == [8, 10, 6, 17, 20]
+    assert [s.bound for s in tables] == [1e-2] * 3 + [1e-3] * 2
+    assert EXP.domain == (-math.inf, 0.0) and RECIPROCAL.domain == (1.0, 64.0)
     assert GELU.pieces[0] == (0.0, 0.0) and GELU.pieces[-1] == (1.0, 0.0)
     assert TANH.pieces[0] == (0.0, -1.0) and SIGMOID.pieces[-1] == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(name: str) -> None:
-    p = GateParams(frac_bits=2, depth=5)  # inputs in [-32, 32): d = 6 bits, 64 mask residues
-    xs = np.repeat(np.arange(-32, 32, dtype=np.int64), 64)
-    high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(63)
-    r = (high | np.tile(np.arange(64, dtype=np.uint64), 64)).view(np.int64)
+    # inputs in [-2^n, 2^n), d = n + 1 bits: every input with every mask residue mod 2^d
+    p = GateParams(frac_bits=1, depth=7) if name == "reciprocal" else GateParams(2, 5)
+    size = 1 << (p.depth + 1)
+    xs = np.repeat(np.arange(-size // 2, size // 2, dtype=np.int64), size)
+    high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(size - 1)
+    r = (high | np.tile(np.arange(size, dtype=np.uint64), size)).view(np.int64)
     assert _gate(SPLINES[name], p, xs, r) == _fixed_reference(SPLINES[name], p, xs)
 
 
@@ -112,13 +130,27 @@ def test_gate_is_the_table_at_the_default_depth_with_wrapping_masks(name: str) -
         high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64((1 << d) - 1)
         r = (high | np.uint64(low)).view(np.int64)
         assert _gate(spline, DEFAULT, xs, r) == _fixed_reference(spline, DEFAULT, xs)
-    for x in edges:  # masks that put o' just either side of each breakpoint's threshold
-        for shift in (-1, 0, 1):
-            u = int(x) + (1 << DEFAULT.depth)
-            r = np.array([((1 << d) - u + shift) % (1 << d)], dtype=np.uint64).view(np.int64)
-            one = np.array([x], dtype=np.int64)
-            assert _gate(spline, DEFAULT, one, r) == _fixed_reference(spline, DEFAULT, one)
+    # masks that put o' = u + r' mod 2^d at 2^d - 1, 0 and 1: just before, at and after the wrap
+    near = np.repeat(edges, 3)
+    u = near.view(np.uint64) + np.uint64(1 << DEFAULT.depth)
+    shift = np.tile(np.array([-1, 0, 1], dtype=np.int64), edges.size).view(np.uint64)
+    r = ((np.uint64(1 << d) - u + shift) & np.uint64((1 << d) - 1)).view(np.int64)
+    assert _gate(spline, DEFAULT, near, r) == _fixed_reference(spline, DEFAULT, near)
     assert _gate(spline, DEFAULT, xs) == _fixed_reference(spline, DEFAULT, xs)  # fresh masks
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "low", "high", "eps", "quantum"),
+    [
+        ("sigmoid", REFERENCE["sigmoid"], lambda x: 0 * x, lambda x: 0 * x + 1, 0.0095, None),
+        ("exp", np.exp, lambda x: 0 * x, 0.0, 0.00095, 2.0**-16),
+    ],
+)
+def test_tables_are_what_the_fitter_makes(
+    name: str, fn: spline_fit.Fn, low: object, high: object, eps: float, quantum: float | None
+) -> None:
+    breaks, pieces = spline_fit.table(fn, low, high, eps, quantum)
+    assert tuple(breaks) == SPLINES[name].breakpoints and tuple(pieces) == SPLINES[name].pieces
 
 
 def test_key_bytes_per_element_do_not_depend_on_the_table() -> None:

@@ -18,7 +18,9 @@ Modules, one concept each:
   DCF of depth ``n + 1`` with payload ``(1, r)`` evaluated at one point per
   breakpoint plus one, one opening, output at ``2^(2f)``;
 * :mod:`.activations` -- GELU, tanh and sigmoid as spline tables, each within
-  1e-2 everywhere (8, 10 and 6 breakpoints);
+  1e-2 everywhere (8, 10 and 6 breakpoints); exp on ``x <= 0`` and the
+  reciprocal on ``[1, 64]`` within 1e-3 (17 and 20), for a later softmax;
+* :mod:`.spline_fit` -- how those tables were fitted (offline);
 * :mod:`.gate_table` -- every gate kind by name (the one table the plan and
   the engine ask);
 * :mod:`.linear` -- Linear / Conv2d with weights masked once (``W - B`` opened

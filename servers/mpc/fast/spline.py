@@ -43,16 +43,18 @@ shares, with public ``o``, ``dS_j``, ``dC_j`` -- i.e. the coefficients
 re-expressed as a polynomial in ``o`` shifted by ``r``. One opening, no further
 round. The result is exact in the ring: it equals ``S_i X + C_i`` for the ring
 input ``X`` in piece ``i``, and never wraps while ``|S_i X + C_i| < 2^63``,
-which holds for the activations here (the outer pieces have slope 0 or 1, so
-``|g| <= |x| + 1 < 2^31`` real, below ``2^63`` at scale ``2^32``; the inner
-pieces have ``|x| <= 5``). If the input is only right mod ``2^L`` (a gate
-output between layers, gates.py) so is the output, and that is all its
-readers use.
+which holds for the tables here (activations.py: the outer pieces have
+``|slope| <= 1`` and ``|intercept| <= 2``, so ``|g| <= |x| + 2 < 2^31 + 2``
+real, below ``2^63`` at scale ``2^32``; the inner pieces have ``|x| <= 64``).
+If the input is only right mod ``2^L`` (a gate output between layers,
+gates.py) so is the output, and that is all its readers use.
 
 Error. The spline's own approximation error (activations.py, per function)
 plus the coefficients' rounding: ``|S_i 2^-f - s_i| <= 2^-(f+1)`` times
-``|x|`` (0 on the outer pieces, whose slopes 0 and 1 are exact; ``<= 5 *
-2^-17`` on inner pieces) and ``2^-(2f+1)`` for the intercept; then the
+``|x|`` (0 where the table's slopes are multiples of ``2^-f``: the outer
+pieces' 0 and 1, and every slope of exp and reciprocal; ``<= 5 * 2^-17`` on
+GELU's, tanh's and sigmoid's inner pieces) and ``2^-(2f+1)`` for the
+intercept; tests/unit/test_fast_spline.py checks the rounded table itself; then the
 truncation after it, stochastic rounding ``< 2^-f``. Comparisons are exact (no
 carry: they run on the input's full ``d`` bits), so a point exactly at a
 breakpoint gets the right piece.
@@ -72,6 +74,7 @@ Nothing else is received, so a party's view is independent of ``x``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import ClassVar
@@ -99,13 +102,16 @@ class Spline:
     """A public piecewise-linear function: ``pieces[i]`` = (slope, intercept) on ``[b_i, b_(i+1))``.
 
     ``bound``: the documented absolute error against the function it approximates
-    (approximation and fixed-point rounding, before the truncation that follows).
+    on ``domain`` (closed interval; approximation and fixed-point rounding,
+    before the truncation that follows). Outside ``domain`` the outer pieces
+    extend linearly and nothing is promised.
     """
 
     name: str
     breakpoints: tuple[float, ...]
     pieces: tuple[tuple[float, float], ...]
     bound: float
+    domain: tuple[float, float] = (-math.inf, math.inf)
 
     def __post_init__(self) -> None:
         b = self.breakpoints

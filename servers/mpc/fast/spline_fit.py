@@ -1,0 +1,105 @@
+"""How the spline tables of activations.py were made: greedy minimax pieces on a dyadic grid.
+
+Offline only (the tables are literals, so both parties and the dealer agree
+on them bit for bit whatever their floating point); tests/unit/test_fast_spline.py
+refits some tables to show they come from here. See activations.py for the
+procedure in words and the resulting bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+Fn = Callable[[np.ndarray], np.ndarray]
+STEP = 1 / 64  # breakpoint grid: exact in fixed point at 16 fractional bits
+TAIL = 40.0  # how far past an edge the asymptote is checked (on 200,001 points)
+
+
+def line(fn: Fn, a: float, b: float, quantum: float | None) -> tuple[float, float, float]:
+    """The minimax line of ``fn`` on ``[a, b]`` (800 points), rounded: slope, intercept, error.
+
+    ``quantum``: round the slope to a multiple of it and the intercept to 7
+    decimals; ``None``: both to 6 decimals. The error is measured after rounding.
+    """
+    x = np.linspace(a, b, 800)
+    y = fn(x)
+
+    def spread(s: float) -> float:
+        d = y - s * x
+        return float(d.max() - d.min())
+
+    lo, hi = -3.0, 3.0
+    for _ in range(100):  # the spread is convex in the slope: ternary search
+        m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        lo, hi = (lo, m2) if spread(m1) < spread(m2) else (m1, hi)
+    s = (lo + hi) / 2
+    s = round(s / quantum) * quantum if quantum else round(s, 6)
+    d = y - s * x
+    c = round(float(d.max() + d.min()) / 2, 7 if quantum else 6)
+    return s, c, float(np.abs(d - c).max())
+
+
+def edge(fn: Fn, asymptote: Fn, eps: float, sign: int) -> float:
+    """The innermost grid point from which ``asymptote`` is within ``eps`` on the whole tail."""
+    b = 0.0
+    while True:
+        x = sign * (b + np.linspace(0, TAIL, 200_001))
+        if np.abs(fn(x) - asymptote(x)).max() <= eps:
+            return sign * b
+        b += STEP
+
+
+def fit(
+    fn: Fn, lo: float, hi: float, eps: float, quantum: float | None = None
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Breakpoints strictly inside ``(lo, hi)`` and the pieces covering ``[lo, hi]``, greedily."""
+    breaks: list[float] = []
+    pieces: list[tuple[float, float]] = []
+    a = lo
+    while a < hi:
+        b, best = a + STEP, None
+        while True:
+            s, c, err = line(fn, a, min(b, hi), quantum)
+            if err > eps:
+                break
+            best = (min(b, hi), s, c)
+            if b >= hi:
+                break
+            b += STEP
+        if best is None:
+            raise ValueError(f"no piece from {a} within {eps}")
+        a = best[0]
+        breaks.append(a)
+        pieces.append((best[1], best[2]))
+    return breaks[:-1], pieces
+
+
+def table(
+    fn: Fn, low: Fn | float, high: Fn | float, eps: float, quantum: float | None = None
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """A whole table: an asymptote (a function) or a domain edge (a number) on each side.
+
+    An asymptote ``y = s x + c`` is a piece of its own from :func:`edge` outwards.
+    """
+    lo = edge(fn, low, eps, -1) if callable(low) else low
+    hi = edge(fn, high, eps, 1) if callable(high) else high
+    breaks, pieces = fit(fn, lo, hi, eps, quantum)
+    if callable(low):
+        breaks, pieces = [lo, *breaks], [_coefficients(low), *pieces]
+    if callable(high):
+        breaks, pieces = [*breaks, hi], [*pieces, _coefficients(high)]
+    return breaks, pieces
+
+
+def _coefficients(asymptote: Fn) -> tuple[float, float]:
+    c = float(asymptote(np.zeros(1))[0])
+    return float(asymptote(np.ones(1))[0]) - c, c
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
