@@ -34,7 +34,7 @@ from ppml.servers.mpc.fast.activations import (
     TANH,
 )
 from ppml.servers.mpc.fast.bundle import Bundle, ModelSetup
-from ppml.servers.mpc.fast.engine import Dealer, PartyModel
+from ppml.servers.mpc.fast.engine import Dealer, PartyModel, prepare
 from ppml.servers.mpc.fast.gate_table import GATES
 from ppml.servers.mpc.fast.gates import GateParams, split
 from ppml.servers.mpc.fast.graph import plan_of
@@ -231,6 +231,15 @@ def test_bundles_cut_stack_serialise_and_keep_a_uniform_view() -> None:
         view = np.concatenate([s.reshape(-1) for s in seen])
         freq = np.unpackbits(view.view(np.uint8).reshape(-1, 8), axis=1).mean(axis=0)
         assert np.all(np.abs(freq - 0.5) < 0.02), freq
+
+
+def test_a_bundle_whose_gate_kinds_differ_from_the_plan_is_refused() -> None:
+    spec = ModelSpec((Linear(3, 3), Sigmoid()), (3,))
+    other = ModelSpec((Linear(3, 3), Tanh()), (3,))
+    dealer, key, models = _identity_models(spec)
+    wrong = dealer.preprocess(other, key, 1)[0]
+    with pytest.raises(ValueError, match="another model"):
+        prepare(models[0], wrong)
 
 
 def test_wire_round_trip_and_strict_rows() -> None:

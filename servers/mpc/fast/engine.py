@@ -8,7 +8,8 @@ Bias, Mean). :func:`~ppml.servers.mpc.fast.graph.plan_of`
 turns it into steps: openings of weighted layers' inputs, local matmuls,
 gates (:class:`~ppml.servers.mpc.fast.gates.ReluTrunc` for ReLU and max
 comparisons, :class:`~ppml.servers.mpc.fast.gates.Trunc` where only
-truncation is needed) and local sums, reshapes and window sums.
+truncation is needed, a spline gate of :mod:`.spline` per GELU, Tanh or
+Sigmoid; all by name in :mod:`.gate_table`) and local sums, reshapes and window sums.
 
 Protocol for one forward of a batch (parties P0, P1; dealer D):
 
@@ -277,7 +278,7 @@ def prepare(model: PartyModel, bundle: Bundle) -> Prepared:
         len(plan.weighted),
         len(plan.gates),
         len(plan.triples),
-    ):
+    ) or any(k.kind != g.kind for k, g in zip(bundle.gates, plan.gates, strict=True)):
         raise ValueError("bundle is for another model")
     offsets = []
     f = model.spec.params.frac_bits
