@@ -24,6 +24,7 @@ from ppml.proto.domain import layers as dl
 from ppml.proto.domain import nonlinear_layers as nl
 from ppml.proto.domain.architecture import Architecture
 from ppml.servers.mpc.fast import nodes, spline_fit, steps
+from ppml.servers.mpc.fast import spline as spline_module
 from ppml.servers.mpc.fast.activations import (
     EXP,
     GELU,
@@ -151,6 +152,17 @@ def test_tables_are_what_the_fitter_makes(
 ) -> None:
     breaks, pieces = spline_fit.table(fn, low, high, eps, quantum)
     assert tuple(breaks) == SPLINES[name].breakpoints and tuple(pieces) == SPLINES[name].pieces
+
+
+def test_stacked_and_row_by_row_evaluation_give_the_same_shares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = SPLINE_GATES["tanh"]
+    k0, _ = gate.gen(DEFAULT, 300, RNG, PRG)
+    opened = RNG.ring(300)
+    stacked = gate.eval(DEFAULT, k0, opened, PRG)  # 11 * 300 points: one evaluation
+    monkeypatch.setattr(spline_module, "STACKED_POINTS", 0)
+    assert np.array_equal(gate.eval(DEFAULT, k0, opened, PRG), stacked)
 
 
 def test_key_bytes_per_element_do_not_depend_on_the_table() -> None:

@@ -63,7 +63,11 @@ Key size per element and party: 8 (mask) + a DCF of depth ``d`` with two
 64-bit lanes, ``16 + d * (17 + 16) + 16`` bytes (dcf.py): 1,624 bytes at the
 default ``n = 47`` (``d = 48``), whatever the number of breakpoints (the
 dealer's key depends only on ``r``, not on the function); plus the DCF's
-per-key-set nonce. Evaluation: ``k + 1`` DCF evaluations per element.
+per-key-set nonce. Evaluation: ``k + 1`` DCF evaluations per element (for
+few elements in one call over copies of the key, :func:`_evaluate`). Measured
+on this repository's 2-core machine, per 10,000 elements: dealer key
+generation about 0.1 s per function; a party's evaluation 0.08 s (sigmoid)
+to 0.28 s (reciprocal), about 14 ms per breakpoint.
 
 Security (per party): the opened ``o`` is uniform (``r`` fresh and uniform
 over ``Z_2^64``); the DCF key reveals nothing about its threshold ``r'`` or
@@ -188,14 +192,35 @@ class SplineGate:
         top = (o.view(np.uint64) + np.uint64(h)) & low  # o' = (o + h) mod 2^d
         first = key.dcf.party == 0
         mine = np.stack([np.full_like(o, 1 if first else 0), key.mask])  # shares of (1, r)
+        betas = [np.uint64(b + h) for b in fx.breakpoints]
+        points = np.stack([top, *((top - beta) & low for beta in betas)])
         with np.errstate(over="ignore"):
-            wrap = dcf.evaluate(key.dcf, top, prg)  # shares of (1, r) 1{o' < r'}
+            at = _evaluate(key.dcf, points, prg)
+            wrap = at[0]  # shares of (1, r) 1{o' < r'}
             out = (fx.slopes[-1] * o + fx.intercepts[-1]) * int(first) - fx.slopes[-1] * key.mask
-            for j, b in enumerate(fx.breakpoints):
-                beta = np.uint64(b + h)
-                below = dcf.evaluate(key.dcf, (top - beta) & low, prg) - wrap
+            for j, beta in enumerate(betas):
+                below = at[j + 1] - wrap
                 below += mine * (top < beta).astype(np.int64)  # shares of (1, r) 1{x < b_j}
                 d_s = fx.slopes[j + 1] - fx.slopes[j]
                 d_c = fx.intercepts[j + 1] - fx.intercepts[j]
                 out -= np.int64(d_s) * (o * below[0] - below[1]) + np.int64(d_c) * below[0]
         return out
+
+
+STACKED_POINTS = 1 << 13  # up to this many points in all, one DCF evaluation over copies of the key
+
+
+def _evaluate(key: dcf.DCFKey, points: np.ndarray, prg: FixedKeyPRG | None) -> Ring:
+    """Shares (m, k, n) of the key's outputs at each row of public ``points`` (m, n).
+
+    Few elements: one evaluation of ``m`` copies of the key (each keeps its
+    instance ids), so the tree walk's per-level cost is paid once, not ``m``
+    times (about 3x faster for one image); many: one evaluation per row (less memory).
+    """
+    m, n = points.shape
+    if m * n <= STACKED_POINTS:
+        stacked = dcf.DCFKey.concat([key] * m)
+        return (
+            dcf.evaluate(stacked, points.reshape(-1), prg).reshape(key.width, m, n).swapaxes(0, 1)
+        )
+    return np.stack([dcf.evaluate(key, row, prg) for row in points])
