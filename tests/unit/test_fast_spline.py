@@ -223,6 +223,20 @@ def test_engine_runs_spline_gates_in_the_planned_rounds_within_their_bounds() ->
     assert np.abs(y - _stacked_reference(x)).max() <= 3.1e-2
 
 
+def test_narrow_gates_between_layers_feed_spline_gates_right_mod_2_to_the_l() -> None:
+    narrow = GateParams(16, 31)  # L = 48: truncations between layers are right mod 2^48 only
+    layers = (Linear(6, 6, False), nodes.GELU(), Linear(6, 6, False), Sigmoid())
+    spec = ModelSpec(layers, (6,), narrow)
+    gates = plan_of(spec).gates
+    assert [g.kind for g in gates] == ["trunc", "gelu", "trunc", "trunc", "sigmoid", "trunc"]
+    assert [g.out_bits for g in gates] == [48] * 5 + [64]
+    dealer, key, models = _identity_models(spec)
+    x = np.linspace(-6, 6, 36).reshape(6, 6)
+    y, _, _ = forward_pair(models, dealer.preprocess(spec, key, 6), x)
+    ref = REFERENCE["sigmoid"](REFERENCE["gelu"](x))
+    assert np.abs(y - ref).max() <= 2.1e-2  # sigmoid' <= 1/4: 1e-2 + 1e-2 / 4 + truncations
+
+
 def test_bundles_cut_stack_serialise_and_keep_a_uniform_view() -> None:
     spec = _stacked()
     dealer, key, models = _identity_models(spec)
