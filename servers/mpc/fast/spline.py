@@ -43,9 +43,11 @@ shares, with public ``o``, ``dS_j``, ``dC_j`` -- i.e. the coefficients
 re-expressed as a polynomial in ``o`` shifted by ``r``. One opening, no further
 round. The result is exact in the ring: it equals ``S_i X + C_i`` for the ring
 input ``X`` in piece ``i``, and never wraps while ``|S_i X + C_i| < 2^63``,
-which holds for the tables here (activations.py: the outer pieces have
-``|slope| <= 1`` and ``|intercept| <= 2``, so ``|g| <= |x| + 2 < 2^31 + 2``
-real, below ``2^63`` at scale ``2^32``; the inner pieces have ``|x| <= 64``).
+which holds for the tables here (activations.py: each outer piece is
+``x``, a constant of size at most 1, or has ``|slope| <= 0.985`` and
+``|intercept| <= 2`` (exp's last, the reciprocal's first), so ``|g| < 2^31``
+real on the whole range, below ``2^63`` at scale ``2^32``; the inner pieces
+have ``|x| <= 64``).
 If the input is only right mod ``2^L`` (a gate output between layers,
 gates.py) so is the output, and that is all its readers use.
 
