@@ -398,3 +398,24 @@ def test_module_needs_sample_input_unless_its_first_layer_is_linear() -> None:
         export_model(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Flatten()))
     arch, _ = export_model(nn.Linear(2, 2))
     assert arch.input_shape == (2,)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + y
+
+
+def test_a_graph_with_two_inputs_is_rejected_before_anything_is_sent() -> None:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _TwoInputs().eval(), (torch.randn(1, 4), torch.randn(1, 4)), buffer,  # type: ignore[arg-type]
+            dynamo=False, opset_version=17, input_names=["x", "y"], output_names=["out"],
+        )  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="exactly one input and one output, found 2"):
+        export_model(buffer.getvalue())
