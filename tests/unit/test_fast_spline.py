@@ -29,6 +29,7 @@ from ppml.servers.mpc.fast.activations import (
     EXP,
     GELU,
     RECIPROCAL,
+    ROW_RECIPROCAL,
     SIGMOID,
     SPLINE_GATES,
     SPLINES,
@@ -56,6 +57,7 @@ REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda x: 0.5 * (1 + np.tanh(x / 2)),  # no overflow in the tails
     "exp": np.exp,
     "reciprocal": lambda x: 1 / x,
+    "row_reciprocal": lambda x: 1 / x,
 }
 TOP = 2.0**31 - 2.0**-16  # the largest input of the default range, |v| < 2^31
 
@@ -100,6 +102,16 @@ def test_each_table_is_within_its_bound_everywhere(name: str) -> None:
     assert len(spline.pieces) == len(spline.breakpoints) + 1
 
 
+def test_the_row_reciprocal_is_within_its_relative_bound() -> None:
+    x = np.concatenate([np.linspace(1.0, 130.0, 2_000_001), _edges(ROW_RECIPROCAL)])
+    fixed = np.rint(x * 2.0**FRAC).astype(np.int64)
+    exact = np.array(_fixed_reference(ROW_RECIPROCAL, DEFAULT, fixed), dtype=np.float64)
+    assert np.abs(exact / 2.0 ** (2 * FRAC) * fixed / 2.0**FRAC - 1).max() <= 1e-3
+    assert len(ROW_RECIPROCAL.breakpoints) == 63 and ROW_RECIPROCAL.domain == (1.0, 130.0)
+    below = np.linspace(0.997, 1.0, 1001)  # a sum just under 1: the maximum's exp, truncations
+    assert np.abs(ROW_RECIPROCAL(below) * below - 1).max() <= 1.1e-3
+
+
 def test_breakpoint_counts_and_bounds_as_documented() -> None:
     tables = (GELU, TANH, SIGMOID, EXP, RECIPROCAL)
     assert [len(s.breakpoints) for s in tables] == [8, 10, 6, 17, 20]
@@ -112,7 +124,8 @@ def test_breakpoint_counts_and_bounds_as_documented() -> None:
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(name: str) -> None:
     # inputs in [-2^n, 2^n), d = n + 1 bits: every input with every mask residue mod 2^d
-    p = GateParams(frac_bits=1, depth=7) if name == "reciprocal" else GateParams(2, 5)
+    small = {"reciprocal": GateParams(frac_bits=1, depth=7), "row_reciprocal": GateParams(1, 8)}
+    p = small.get(name, GateParams(2, 5))
     size = 1 << (p.depth + 1)
     xs = np.repeat(np.arange(-size // 2, size // 2, dtype=np.int64), size)
     high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(size - 1)

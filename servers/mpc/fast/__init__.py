@@ -19,7 +19,8 @@ Modules, one concept each:
   breakpoint plus one, one opening, output at ``2^(2f)``;
 * :mod:`.activations` -- GELU, tanh and sigmoid as spline tables, each within
   1e-2 everywhere (8, 10 and 6 breakpoints); exp on ``x <= 0`` and the
-  reciprocal on ``[1, 64]`` within 1e-3 (17 and 20), for a later softmax;
+  reciprocal on ``[1, 64]`` within 1e-3 (17 and 20); softmax's row
+  reciprocal on ``[1, 130]`` within 1e-3 relative (63);
 * :mod:`.spline_fit` -- how those tables were fitted (offline);
 * :mod:`.gate_table` -- every gate kind by name (the one table the plan and
   the engine ask);
@@ -29,10 +30,10 @@ Modules, one concept each:
 * :mod:`.tensor_ops` -- a transformer's linear half: MatMul of two
   activations, Transpose, Reshape, Scale, Bias, Mean (Linear on tokens is
   :class:`.linear.Linear` with ``lead``);
-* :mod:`.beaver` -- matrix Beaver triples: a product of two secret
-  activations in one opening;
+* :mod:`.beaver` -- matrix and element-wise Beaver triples: a product of two
+  secret activations in one opening;
 * :mod:`.nodes` -- the public model: node kinds (weighted layers, ReLU, Add,
-  pooling, Flatten, the tensor nodes) and :class:`~.nodes.ModelSpec`, a chain
+  pooling, Flatten, Softmax, the tensor nodes) and :class:`~.nodes.ModelSpec`, a chain
   or a DAG;
 * :mod:`.steps` -- a plan's values and steps (openings, gates, products,
   local maps);

@@ -26,6 +26,13 @@ are related (``x @ xᵀ``). The shares ``A_i, B_i, C_i`` a party receives are
 uniform (the other party's share is a fresh uniform value). Reusing a triple
 would reveal ``X - X'``: a triple is part of a single-use bundle.
 
+Elementwise (:func:`deal` with ``elementwise``, then :func:`hadamard`): the
+same with ``C = A * B`` element by element, ``B`` of a shape that broadcasts
+to ``A``'s (each dim 1 or ``A``'s: a row's reciprocal times its entries);
+``Z_i = [i = 0] E F + E B_i + A_i F + C_i`` with ``*`` for ``@``. Same
+soundness argument (fresh uniform ``A, B`` per opening), same exactness; one
+round, ``8 (|X| + |Y|)`` bytes sent, ``8 (2 |X| + |Y|)`` bytes of material.
+
 Cost, per product and sample, with ``|X| = n k``, ``|Y| = k m``, ``|Z| = n m``
 (times the leading dims): one round, ``8 (|X| + |Y|)`` bytes sent per party;
 ``8 (|X| + |Y| + |Z|)`` bytes of dealer material per party; two ring matmuls
@@ -78,14 +85,23 @@ class Triple:
 
 
 def deal(
-    batch: int, a_shape: tuple[int, ...], b_shape: tuple[int, ...], rng: KeyedPRG
+    batch: int,
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    rng: KeyedPRG,
+    elementwise: bool = False,
 ) -> tuple[Triple, Triple]:
-    """Both parties' shares of a fresh triple for ``batch`` samples (the dealer's side)."""
+    """Both parties' shares of a fresh triple for ``batch`` samples (the dealer's side).
+
+    ``C = A @ B``, or ``A * B`` (``B`` broadcast to ``A``) if ``elementwise``.
+    """
     a = rng.ring((batch, *a_shape))
     b = rng.ring((batch, *b_shape))
     a0, a1 = split(a, rng)
     b0, b1 = split(b, rng)
-    c0, c1 = split(ring_bmm(a, b), rng)
+    with np.errstate(over="ignore"):
+        c = a * b if elementwise else ring_bmm(a, b)
+    c0, c1 = split(c, rng)
     return Triple(a0, b0, c0), Triple(a1, b1, c1)
 
 
@@ -104,3 +120,12 @@ def product(party: int, opened: Ring, t: Triple) -> Ring:
     with np.errstate(over="ignore"):
         b = t.b + f if party == 0 else t.b  # party 0 adds E F as E (B_0 + F)
         return ring_bmm(e, b) + ring_bmm(t.a, f) + t.c
+
+
+def hadamard(party: int, opened: Ring, t: Triple) -> Ring:
+    """This party's share of ``X * Y`` (``Y`` broadcast to ``X``) from the opened ``E, F``."""
+    e = opened[: t.a.size].reshape(t.a.shape)
+    f = opened[t.a.size :].reshape(t.b.shape)
+    with np.errstate(over="ignore"):
+        b = t.b + f if party == 0 else t.b
+        return e * b + t.a * f + t.c

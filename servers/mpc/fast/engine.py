@@ -130,7 +130,10 @@ class Dealer:
             GATES[g.kind].gen(spec.params, batch * g.per_sample, self._rng, self._prg, g.out_bits)
             for g in plan.gates
         ]
-        triples = [beaver.deal(batch, a, b, self._rng) for a, b in plan.triples]
+        triples = [
+            beaver.deal(batch, a, b, self._rng, plan.is_elementwise(t))
+            for t, (a, b) in enumerate(plan.triples)
+        ]
         mask_parts = [split(m, self._rng) for m in masks]
         product_parts = [split(p, self._rng) for p in products]
 
@@ -337,6 +340,19 @@ class _Run:
             triple = self.bundle.triples[s.triple]
             opened = self.ex.open(beaver.masked(vals[s.a], vals[s.b], triple))
             vals[s.dst] = beaver.product(self.model.party, opened, triple)
+        elif isinstance(s, steps.Hadamard):
+            triple = self.bundle.triples[s.triple]
+            opened = self.ex.open(beaver.masked(vals[s.a], vals[s.b], triple))
+            vals[s.dst] = beaver.hadamard(self.model.party, opened, triple).reshape(
+                batch, *self.plan.values[s.dst].shape
+            )
+        elif isinstance(s, steps.Center):
+            row = vals[s.sub].reshape(*vals[s.sub].shape, 1)
+            vals[s.dst] = vals[s.src] - row
+        elif isinstance(s, steps.RowMax):
+            shape = self.plan.values[s.src].shape
+            cand = vals[s.src].reshape(batch, -1, shape[-1])
+            vals[s.dst] = self.tournament(cand, s.gates).reshape(batch, *shape[:-1])
         elif isinstance(s, steps.Multiply):
             x = vals[s.src] if s.axis is None else tensor_ops.axis_sum(vals[s.src], s.axis)
             vals[s.dst] = x * np.int64(s.factor)
@@ -352,12 +368,17 @@ class _Run:
     def maximum(self, s: steps.Maximum) -> Ring:
         """Each window's maximum: per level, ``max(a, b) = b + ReLU(a - b)`` for all pairs."""
         cand = windows(self.values[s.src], self.plan.values[s.src].shape, s.kernel, s.stride)
-        for g in s.gates:
+        cand = self.tournament(cand, s.gates)
+        return cand.reshape(cand.shape[0], *self.plan.values[s.dst].shape)
+
+    def tournament(self, cand: Ring, gates: tuple[int, ...]) -> Ring:
+        """(batch, positions, 1): the maximum of each (batch, position, :) row of ``cand``."""
+        for g in gates:
             pairs = cand.shape[2] // 2
             a, b = cand[:, :, 0 : 2 * pairs : 2], cand[:, :, 1 : 2 * pairs : 2]
             best = b + self.gate(g, (a - b) * self.lift)
             cand = np.concatenate([best, cand[:, :, 2 * pairs :]], axis=2)
-        return cand.reshape(cand.shape[0], *self.plan.values[s.dst].shape)
+        return cand
 
 
 def forward(

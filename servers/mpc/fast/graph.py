@@ -29,6 +29,24 @@ stays at ``2^(2f)`` until something needs ``2^f``:
   input at ``2^f`` (a ``2^(2f)`` value is truncated first: one more gate and
   round), output at ``2^(2f)`` (slopes at ``2^f`` times the input), so its
   readers truncate lazily like a weighted layer's;
+* an element-wise product of two activations (:class:`Hadamard`, the second
+  broadcast to the first) is an element-wise Beaver triple: operands at
+  ``2^f``, output at ``2^(2f)``, one opening of both, exact in the ring;
+* a Softmax over the last axis (rows of ``n <= 128``): the input at ``2^f``;
+  each row's maximum by a ReLU tournament along the row (:class:`RowMax`, as
+  max pooling's: ``ceil(log2 n)`` levels, exact); ``x - max`` (local,
+  ``<= 0``); the exp spline (truncated to ``2^f``); the row sum (local,
+  ``2^f``); the row-reciprocal spline (activations.py, relative error
+  ``<= 1e-3`` on ``[1, 130]``: the sum is at least the maximum's exp, about
+  1, and at most ``n (1 + 1e-3)``), truncated; the entries times their row's
+  reciprocal (an element-wise product). Rounds: ``2 ceil(log2 n) + 5``
+  (plus the input's truncation if it is at ``2^(2f)``): 19 for 128 entries.
+  Error per entry ``p_i`` of a row with sum ``s``: with ``delta_j`` the exp's
+  error on entry ``j`` plus ``2^-f`` (``1e-3``, or ``e^d`` where the table is
+  0, below -6.97) and ``D = sum_j delta_j``, ``|p^_i - p_i| <= (delta_i + p_i
+  D) / (s - D) (1 + rho) + rho p_i + 3 2^-f``, ``rho = 1.1e-3``
+  (tests/unit/test_fast_softmax.py; measured at most 1.6e-3 on rows of 8
+  and 1.1e-3 on rows of 128 with spreads up to 40, 1.5e-5 on flat rows of 128);
 * Transpose and Reshape keep the scale; a Bias's shares (at ``2^f``) are
   lifted by ``2^f`` onto a ``2^(2f)`` value.
 
@@ -43,10 +61,11 @@ through local steps alone (sum, reshape, transpose, average, max, bias);
 those gates get 64-bit output lanes (:attr:`GateSpec.out_bits`).
 
 Rounds: one per :class:`Open`, one per :class:`Gate` plus the gate's own
-(ReLU: one more; a spline gate: none), two per level of a max tournament, one per
-:class:`Product`. A chain's plan is exactly the chain engine's: per weighted
-layer an opening and a gate. A ResNet basic block is 6 rounds (open, ReLU,
-open, ReLU after the Add); independent gates at the same depth are not
+(ReLU: one more; a spline gate: none), two per level of a max tournament
+(pooling's or a row's), one per :class:`Product` or :class:`Hadamard`. A
+chain's plan is exactly the chain engine's: per weighted layer an opening
+and a gate. A ResNet basic block is 6 rounds (open, ReLU, open, ReLU after
+the Add); independent gates at the same depth are not
 merged into one exchange.
 
 Security, per step (per party; the dealer receives nothing):
@@ -60,10 +79,10 @@ Security, per step (per party; the dealer receives nothing):
   value, a difference), then the gate's own argument (gates.py); two gates on
   one value open it under independent masks, which reveals only their
   difference ``r - r'``, independent of the value;
-* :class:`Product`: ``X - A`` and ``Y - B`` with the triple's fresh uniform
-  ``A, B`` (beaver.py);
+* :class:`Product`, :class:`Hadamard`: ``X - A`` and ``Y - B`` with the
+  triple's fresh uniform ``A, B`` (beaver.py);
 * :class:`Sum`, :class:`Reshape`, :class:`Permute`, :class:`Average`,
-  :class:`Multiply`, :class:`AddParam`, lifting: local linear maps of each
+  :class:`Multiply`, :class:`AddParam`, :class:`Center`, lifting: local linear maps of each
   party's own shares (public constants only; a Bias adds the party's share of
   a secret): nothing is sent.
 
@@ -96,6 +115,7 @@ from ppml.servers.mpc.fast.gate_table import GATES
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
 from ppml.servers.mpc.fast.nodes import (
     GELU,
+    MAX_ROW,
     MODEL_INPUT,
     Add,
     AvgPool,
@@ -104,6 +124,7 @@ from ppml.servers.mpc.fast.nodes import (
     ModelSpec,
     ReLU,
     Sigmoid,
+    Softmax,
     Tanh,
     arity,
 )
@@ -112,8 +133,10 @@ from ppml.servers.mpc.fast.steps import (
     FF,
     AddParam,
     Average,
+    Center,
     F,
     Gate,
+    Hadamard,
     Matmul,
     Maximum,
     Multiply,
@@ -121,6 +144,7 @@ from ppml.servers.mpc.fast.steps import (
     Permute,
     Product,
     Reshape,
+    RowMax,
     Step,
     Sum,
     Value,
@@ -147,11 +171,15 @@ class Plan:
     output: int
     triples: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # operand shapes
     params: tuple[tuple[int, ...], ...] = ()  # each Bias's parameter shape
+    elementwise: tuple[bool, ...] = ()  # per triple: C = A * B (else A @ B)
+
+    def is_elementwise(self, index: int) -> bool:
+        return bool(self.elementwise) and self.elementwise[index]
 
     def triple_shapes(self, index: int) -> tuple[tuple[int, ...], ...]:
-        """Per-sample shapes of triple ``index``'s ``A``, ``B`` and ``C = A @ B``."""
+        """Per-sample shapes of triple ``index``'s ``A``, ``B`` and ``C = A @ B`` (or ``A * B``)."""
         a, b = self.triples[index]
-        return a, b, tops.MatMul.out_shape(a, b)
+        return a, b, a if self.is_elementwise(index) else tops.MatMul.out_shape(a, b)
 
     @property
     def rounds(self) -> int:
@@ -162,9 +190,9 @@ class Plan:
                 total += 1
             elif isinstance(s, Gate):
                 total += 1 + GATES[s.kind].rounds
-            elif isinstance(s, Maximum):
+            elif isinstance(s, Maximum | RowMax):
                 total += 2 * len(s.gates)
-            elif isinstance(s, Product):
+            elif isinstance(s, Product | Hadamard):
                 total += 1
         return total
 
@@ -185,6 +213,7 @@ class _Builder:
         self.gates: list[tuple[str, int]] = []
         self.triples: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         self.params: list[tuple[int, ...]] = []
+        self.elementwise: list[bool] = []
         self._opened: dict[int, int] = {}
         self._truncated: dict[int, int] = {}
 
@@ -258,7 +287,47 @@ class _Builder:
             return dst
         if isinstance(node, AvgPool | MaxPool):
             return self.pool(node, srcs[0])
+        if isinstance(node, Softmax):
+            return self.softmax(srcs[0])
         return self.tensor(node, srcs)
+
+    def hadamard(self, a: int, b: int) -> int:
+        """``a * b`` element-wise (``b`` broadcast to ``a``), both at 2^f: a Beaver triple."""
+        a, b = self.at_f(a), self.at_f(b)
+        sa, sb = self.values[a].shape, self.values[b].shape
+        if len(sa) != len(sb) or any(y not in (1, x) for x, y in zip(sa, sb, strict=True)):
+            raise ValueError(f"cannot multiply {sa} by {sb} element-wise")
+        self.triples.append((sa, sb))
+        self.elementwise.append(True)
+        dst = self.value(sa, FF)
+        self.steps.append(Hadamard(dst, a, b, len(self.triples) - 1))
+        return dst
+
+    def row_max(self, src: int) -> int:
+        """Each row's maximum over the last axis (at 2^f): a ReLU tournament."""
+        shape = self.values[src].shape
+        first = len(self.gates)
+        for pairs in tournament(shape[-1]):
+            self.gates.append(("relu", _size(shape[:-1]) * pairs))
+        dst = self.value(shape[:-1], F)
+        self.steps.append(RowMax(dst, src, tuple(range(first, len(self.gates)))))
+        return dst
+
+    def softmax(self, src: int) -> int:
+        """``exp(x - max) / sum`` over the last axis (graph doc, Softmax)."""
+        x = self.at_f(src)
+        shape = self.values[x].shape
+        if not 1 <= shape[-1] <= MAX_ROW:
+            raise ValueError(f"softmax rows of {shape[-1]} entries (at most {MAX_ROW})")
+        centred = self.value(shape, F)
+        self.steps.append(Center(centred, x, self.row_max(x)))
+        e = self.at_f(self.spline("exp", centred))
+        total = self.value(shape[:-1], F)
+        self.steps.append(Multiply(total, e, 1, len(shape) - 1))
+        inv = self.at_f(self.spline("row_reciprocal", total))
+        column = self.value((*shape[:-1], 1), F)
+        self.steps.append(Reshape(column, inv))
+        return self.hadamard(e, column)
 
     def tensor(self, node: object, srcs: list[int]) -> int:
         """A transformer's tensor node (tensor_ops.py)."""
@@ -269,6 +338,7 @@ class _Builder:
             operands = (self.values[a].shape, self.values[b].shape)
             dst = self.value(node.out_shape(*operands), FF)
             self.triples.append(operands)
+            self.elementwise.append(False)
             self.steps.append(Product(dst, a, b, len(self.triples) - 1))
             return dst
         if isinstance(node, tops.Reshape):
@@ -334,7 +404,9 @@ def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]
             values |= {s.a, s.b}
         elif isinstance(s, Reshape | Average | Permute | Multiply | AddParam) and s.dst in values:
             values.add(s.src)
-        elif isinstance(s, Maximum) and s.dst in values:
+        elif isinstance(s, Center) and s.dst in values:
+            values |= {s.src, s.sub}
+        elif isinstance(s, Maximum | RowMax) and s.dst in values:
             values.add(s.src)
             gates.update(s.gates)
         elif isinstance(s, Gate) and s.dst in values:
@@ -370,6 +442,7 @@ def plan_of(spec: ModelSpec) -> Plan:
         output,
         tuple(b.triples),
         tuple(b.params),
+        tuple(b.elementwise),
     )
 
 

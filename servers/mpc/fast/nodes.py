@@ -11,6 +11,8 @@ output is the last node's output. Node kinds:
 * :class:`ReLU`, :class:`Flatten` (reshape to ``(batch, -1)``);
 * :class:`GELU`, :class:`Tanh`, :class:`Sigmoid` -- element-wise activations
   as spline gates (:mod:`.activations`, each within 1e-2);
+* :class:`Softmax` -- over the last axis: a row maximum (ReLU tournament),
+  exp and row-reciprocal spline gates, an element-wise Beaver product;
 * :class:`Add` -- two inputs of one shape (a residual connection);
 * :class:`AvgPool`, :class:`MaxPool` -- square window ``kernel``, ``stride``,
   no padding, on (C, H, W);
@@ -69,6 +71,15 @@ class Sigmoid:
 
 Activation: TypeAlias = GELU | Tanh | Sigmoid
 
+MAX_ROW = 128  # softmax rows: the row reciprocal's domain [1, 130] holds their sums
+
+
+@dataclass(frozen=True)
+class Softmax:
+    """Softmax over the last axis of rows of at most :data:`MAX_ROW` entries (graph.py)."""
+
+    arity: ClassVar[int] = 1
+
 
 @dataclass(frozen=True)
 class Flatten:
@@ -104,7 +115,7 @@ class MaxPool:
 
 Node: TypeAlias = (
     Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool | GELU | Tanh | Sigmoid
-    | MatMul | Transpose | Reshape | Scale | Bias | Mean
+    | MatMul | Transpose | Reshape | Scale | Bias | Mean | Softmax
 )  # fmt: skip
 Layer: TypeAlias = Node  # the name the chain engine used
 

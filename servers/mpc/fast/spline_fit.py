@@ -18,11 +18,15 @@ STEP = 1 / 64  # breakpoint grid: exact in fixed point at 16 fractional bits
 TAIL = 40.0  # how far past an edge the asymptote is checked (on 200,001 points)
 
 
-def line(fn: Fn, a: float, b: float, quantum: float | None) -> tuple[float, float, float]:
+def line(
+    fn: Fn, a: float, b: float, quantum: float | None, relative: bool = False
+) -> tuple[float, float, float]:
     """The minimax line of ``fn`` on ``[a, b]`` (800 points), rounded: slope, intercept, error.
 
     ``quantum``: round the slope to a multiple of it and the intercept to 7
-    decimals; ``None``: both to 6 decimals. The error is measured after rounding.
+    decimals; ``None``: both to 6 decimals. The error is measured after rounding;
+    ``relative``: divided by the smallest ``|fn|`` on the interval (the line is
+    still the absolute minimax one, so the relative error is over-, not under-stated).
     """
     x = np.linspace(a, b, 800)
     y = fn(x)
@@ -39,7 +43,8 @@ def line(fn: Fn, a: float, b: float, quantum: float | None) -> tuple[float, floa
     s = round(s / quantum) * quantum if quantum else round(s, 6)
     d = y - s * x
     c = round(float(d.max() + d.min()) / 2, 7 if quantum else 6)
-    return s, c, float(np.abs(d - c).max())
+    err = float(np.abs(d - c).max())
+    return s, c, err / float(np.abs(y).min()) if relative else err
 
 
 def edge(fn: Fn, asymptote: Fn, eps: float, sign: int) -> float:
@@ -53,16 +58,19 @@ def edge(fn: Fn, asymptote: Fn, eps: float, sign: int) -> float:
 
 
 def fit(
-    fn: Fn, lo: float, hi: float, eps: float, quantum: float | None = None
+    fn: Fn, lo: float, hi: float, eps: float, quantum: float | None = None, relative: bool = False
 ) -> tuple[list[float], list[tuple[float, float]]]:
-    """Breakpoints strictly inside ``(lo, hi)`` and the pieces covering ``[lo, hi]``, greedily."""
+    """Breakpoints strictly inside ``(lo, hi)`` and the pieces covering ``[lo, hi]``, greedily.
+
+    ``relative``: ``eps`` bounds the error relative to ``|fn|`` (:func:`line`).
+    """
     breaks: list[float] = []
     pieces: list[tuple[float, float]] = []
     a = lo
     while a < hi:
         b, best = a + STEP, None
         while True:
-            s, c, err = line(fn, a, min(b, hi), quantum)
+            s, c, err = line(fn, a, min(b, hi), quantum, relative)
             if err > eps:
                 break
             best = (min(b, hi), s, c)

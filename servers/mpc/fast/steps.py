@@ -3,8 +3,8 @@
 :mod:`.graph` compiles a model into these; :mod:`.engine` runs them in order.
 Values are numbered (value 0 is the model input) and each carries its
 per-sample shape and fixed-point scale (:data:`F`: ``2^f``, :data:`FF`:
-``2^(2f)``). Only :class:`Open`, :class:`Gate`, :class:`Maximum` and
-:class:`Product` exchange anything; the rest are local maps of each party's
+``2^(2f)``). Only :class:`Open`, :class:`Gate`, :class:`Maximum`, :class:`RowMax`,
+:class:`Product` and :class:`Hadamard` exchange anything; the rest are local maps of each party's
 own shares. The security and error argument per step is in graph.py.
 """
 
@@ -129,7 +129,35 @@ class Maximum:
     gates: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Hadamard:
+    """``value[dst] = value[a] * value[b]`` element-wise (``b`` broadcast), triple ``triple``."""
+
+    dst: int
+    a: int
+    b: int
+    triple: int
+
+
+@dataclass(frozen=True)
+class RowMax:
+    """Each row's maximum over the last axis (dropped): a tournament as :class:`Maximum`'s."""
+
+    dst: int
+    src: int
+    gates: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Center:
+    """``value[dst] = value[src] - value[sub]`` broadcast along the last axis (local)."""
+
+    dst: int
+    src: int
+    sub: int
+
+
 Step = (
     Open | Matmul | Gate | Sum | Reshape | Average | Maximum
-    | Permute | Product | Multiply | AddParam
+    | Permute | Product | Multiply | AddParam | Hadamard | RowMax | Center
 )  # fmt: skip
