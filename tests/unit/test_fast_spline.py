@@ -30,6 +30,7 @@ from ppml.servers.mpc.fast.activations import (
     GELU,
     RECIPROCAL,
     ROW_RECIPROCAL,
+    RSQRT,
     SIGMOID,
     SPLINE_GATES,
     SPLINES,
@@ -58,6 +59,7 @@ REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp,
     "reciprocal": lambda x: 1 / x,
     "row_reciprocal": lambda x: 1 / x,
+    "rsqrt": lambda x: 1 / np.sqrt(x),
 }
 TOP = 2.0**31 - 2.0**-16  # the largest input of the default range, |v| < 2^31
 
@@ -112,6 +114,15 @@ def test_the_row_reciprocal_is_within_its_relative_bound() -> None:
     assert np.abs(ROW_RECIPROCAL(below) * below - 1).max() <= 1.1e-3
 
 
+def test_rsqrt_is_within_its_relative_bound_and_flat_below_its_domain() -> None:
+    x = np.concatenate([np.linspace(1 / 32, 160.0, 2_000_001), _edges(RSQRT)])
+    fixed = np.rint(x * 2.0**FRAC).astype(np.int64)
+    exact = np.array(_fixed_reference(RSQRT, DEFAULT, fixed), dtype=np.float64)
+    assert np.abs(exact / 2.0 ** (2 * FRAC) * np.sqrt(fixed / 2.0**FRAC) - 1).max() <= 1e-3
+    assert len(RSQRT.breakpoints) == 63 and RSQRT.pieces[0][0] == 0.0
+    assert np.all(RSQRT(np.array([-1.0, 0.0, 0.01])) == RSQRT.pieces[0][1])
+
+
 def test_breakpoint_counts_and_bounds_as_documented() -> None:
     tables = (GELU, TANH, SIGMOID, EXP, RECIPROCAL)
     assert [len(s.breakpoints) for s in tables] == [8, 10, 6, 17, 20]
@@ -124,7 +135,11 @@ def test_breakpoint_counts_and_bounds_as_documented() -> None:
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(name: str) -> None:
     # inputs in [-2^n, 2^n), d = n + 1 bits: every input with every mask residue mod 2^d
-    small = {"reciprocal": GateParams(frac_bits=1, depth=7), "row_reciprocal": GateParams(1, 8)}
+    small = {
+        "reciprocal": GateParams(frac_bits=1, depth=7),
+        "row_reciprocal": GateParams(1, 8),
+        "rsqrt": GateParams(0, 8),
+    }
     p = small.get(name, GateParams(2, 5))
     size = 1 << (p.depth + 1)
     xs = np.repeat(np.arange(-size // 2, size // 2, dtype=np.int64), size)

@@ -204,7 +204,9 @@ class PartyModel:
     """What a party keeps per model: its weight/bias shares and the opened ``W^`` (transposed).
 
     ``params``: its shares of each :class:`~.tensor_ops.Bias` node's parameter
-    (at 2^f; never opened).
+    and each :class:`~.nodes.LayerNorm`'s weight then bias, in node order
+    (at 2^f; never opened: a LayerNorm weight enters Beaver products masked
+    by fresh triples).
     """
 
     spec: ModelSpec
@@ -228,7 +230,8 @@ class PartyModel:
 
         ``weights``/``biases``: this party's additive shares at scale 2^f, one
         per weighted layer (bias ``None`` for a layer without one); ``params``:
-        its shares of each Bias node's parameter, in node order.
+        its shares of each Bias node's parameter and each LayerNorm's weight and
+        bias, in node order (shapes as ``plan_of(spec).params``).
         """
         plan = plan_of(spec)
         ops = plan.weighted
@@ -353,6 +356,11 @@ class _Run:
             shape = self.plan.values[s.src].shape
             cand = vals[s.src].reshape(batch, -1, shape[-1])
             vals[s.dst] = self.tournament(cand, s.gates).reshape(batch, *shape[:-1])
+        elif isinstance(s, steps.Shift):
+            vals[s.dst] = vals[s.src] + np.int64(s.const if self.model.party == 0 else 0)
+        elif isinstance(s, steps.Load):
+            param = self.model.params[s.param]
+            vals[s.dst] = np.ascontiguousarray(np.broadcast_to(param, (batch, *param.shape)))
         elif isinstance(s, steps.Multiply):
             x = vals[s.src] if s.axis is None else tensor_ops.axis_sum(vals[s.src], s.axis)
             vals[s.dst] = x * np.int64(s.factor)

@@ -13,6 +13,9 @@ output is the last node's output. Node kinds:
   as spline gates (:mod:`.activations`, each within 1e-2);
 * :class:`Softmax` -- over the last axis: a row maximum (ReLU tournament),
   exp and row-reciprocal spline gates, an element-wise Beaver product;
+* :class:`LayerNorm` -- over the last dim: a local mean, an element-wise
+  Beaver square, a reciprocal-square-root spline, the weight by an
+  element-wise product, the bias added;
 * :class:`Add` -- two inputs of one shape (a residual connection);
 * :class:`AvgPool`, :class:`MaxPool` -- square window ``kernel``, ``stride``,
   no padding, on (C, H, W);
@@ -82,6 +85,19 @@ class Softmax:
 
 
 @dataclass(frozen=True)
+class LayerNorm:
+    """Normalise over the last dim (``dim`` entries), then a secret weight and bias (graph.py).
+
+    Two secret parameters of shape ``(dim,)``, the weight then the bias (each
+    party's shares in :attr:`PartyModel.params` order).
+    """
+
+    dim: int
+    eps: float = 1e-5
+    arity: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
 class Flatten:
     """Reshape to (batch, -1); no computation."""
 
@@ -115,7 +131,7 @@ class MaxPool:
 
 Node: TypeAlias = (
     Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool | GELU | Tanh | Sigmoid
-    | MatMul | Transpose | Reshape | Scale | Bias | Mean | Softmax
+    | MatMul | Transpose | Reshape | Scale | Bias | Mean | Softmax | LayerNorm
 )  # fmt: skip
 Layer: TypeAlias = Node  # the name the chain engine used
 

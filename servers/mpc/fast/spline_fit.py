@@ -58,17 +58,24 @@ def edge(fn: Fn, asymptote: Fn, eps: float, sign: int) -> float:
 
 
 def fit(
-    fn: Fn, lo: float, hi: float, eps: float, quantum: float | None = None, relative: bool = False
+    fn: Fn,
+    lo: float,
+    hi: float,
+    eps: float,
+    quantum: float | None = None,
+    relative: bool = False,
+    step: float = STEP,
 ) -> tuple[list[float], list[tuple[float, float]]]:
     """Breakpoints strictly inside ``(lo, hi)`` and the pieces covering ``[lo, hi]``, greedily.
 
-    ``relative``: ``eps`` bounds the error relative to ``|fn|`` (:func:`line`).
+    ``relative``: ``eps`` bounds the error relative to ``|fn|`` (:func:`line`);
+    ``step``: the breakpoint grid (a power of two at least ``2^-f`` keeps them exact).
     """
     breaks: list[float] = []
     pieces: list[tuple[float, float]] = []
     a = lo
     while a < hi:
-        b, best = a + STEP, None
+        b, best = a + step, None
         while True:
             s, c, err = line(fn, a, min(b, hi), quantum, relative)
             if err > eps:
@@ -76,7 +83,7 @@ def fit(
             best = (min(b, hi), s, c)
             if b >= hi:
                 break
-            b += STEP
+            b += step
         if best is None:
             raise ValueError(f"no piece from {a} within {eps}")
         a = best[0]

@@ -157,7 +157,24 @@ class Center:
     sub: int
 
 
+@dataclass(frozen=True)
+class Shift:
+    """``value[dst] = value[src] + const`` (a public constant at the value's scale; local)."""
+
+    dst: int
+    src: int
+    const: int
+
+
+@dataclass(frozen=True)
+class Load:
+    """``value[dst]`` = ``params[param]`` for each sample (this party's share; local)."""
+
+    dst: int
+    param: int
+
+
 Step = (
     Open | Matmul | Gate | Sum | Reshape | Average | Maximum
-    | Permute | Product | Multiply | AddParam | Hadamard | RowMax | Center
+    | Permute | Product | Multiply | AddParam | Hadamard | RowMax | Center | Shift | Load
 )  # fmt: skip
