@@ -1,14 +1,15 @@
-"""A small transformer encoder served between real processes (TLS, SDK) on the CrypTen path.
+"""A small transformer encoder served between real processes (TLS, SDK): fast engine and CrypTen.
 
 training/transformer.py's digits transformer (8x8 digits as 8 tokens of 8
 features; attention with 2 heads, GELU feed-forward, LayerNorms, mean
 pooling) is trained here in plaintext, secret-shared through the SDK and
-served on 2 servers (the fast engine lacks its layers, so CrypTen runs it)
-and on 3 servers. Over the whole held-out set (360 rows), encrypted
+served on 2 servers (the fast engine runs every layer of it) and on 3
+servers (CrypTen). Over the whole held-out set (360 rows), encrypted
 predictions must match the plaintext argmax on at least 99.5 % of the rows
 and the logits must stay within :data:`LOGIT_TOLERANCE`. Each non-linear
-layer is also served alone on 2 servers over the input range its docstring
-states (edges included) and must stay within its documented error bound. A
+layer is also served alone on 2 servers (the fast engine) over the input
+range CrypTen's docstring states (edges included) and must stay within the
+fast engine's documented bound there. A
 longer sequence is refused by the SDK and by a server, which keeps serving;
 the replicated engine refuses the model naming a layer.
 """
@@ -36,9 +37,14 @@ from ppml.v1 import inference_pb2, inference_pb2_grpc
 # softmax <= 4e-3 per attention weight, LayerNorm 1.5e-3 relative, GELU 2e-3. An
 # attention output sums 8 values (|v| < ~3 here) with such weights: <= 8 * 4e-3 * 3
 # ~ 0.1 before the output projection and the LayerNorm that renormalises it; the
-# head sums 16 features with weights < ~1. Measured on the 360 held-out rows: 0.053
-# (2 servers) and 0.055 (3 servers) for logits up to 13; 0.15 leaves ~3x headroom
-# for the truncations' randomness.
+# head sums 16 features with weights < ~1. Measured on CrypTen over the 360 held-out
+# rows: 0.053 (2 servers) and 0.055 (3 servers) for logits up to 13; 0.15 leaves ~3x
+# headroom for the truncations' randomness. The fast engine (2 servers since it maps
+# transformers) has per-entry softmax error about 1e-3 on 8-token rows (graph.py), its
+# LayerNorm 1e-3 relative and GELU 1e-2 absolute: its attention term is no larger, the
+# GELU term (32 hidden units, each off by <= 1e-2, into a 16-wide projection with weights
+# < ~1, then renormalised) is of the same order; it passes under the same 0.15 (its
+# logit error was not separately measured).
 LOGIT_TOLERANCE = 0.15
 TOKENS = 8
 
@@ -63,7 +69,7 @@ def model_id(cluster2: Cluster, transformer: torch.nn.Module, digits: Any) -> st
     return cluster2.share_model(transformer, _tokens(digits.x_test[:1]), name="digits-transformer")
 
 
-def test_a_transformer_is_served_on_two_servers_by_crypten(
+def test_a_transformer_is_served_on_two_servers_by_the_fast_engine(
     cluster2: Cluster, model_id: str, transformer: torch.nn.Module, digits: Any
 ) -> None:
     kinds = [type(layer).__name__ for layer in cluster2.get_model(model_id).architecture.layers]
@@ -72,7 +78,7 @@ def test_a_transformer_is_served_on_two_servers_by_crypten(
     before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     _check_served(cluster2, model_id, transformer, digits)
     after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
-    assert after == before  # not the fast engine
+    assert after == [b + 1 for b in before]  # one fast job (pool hit or miss) per server
     exported = cluster2.export_model(model_id).to_torch()
     x = _tokens(digits.x_test[:4])
     with torch.no_grad():
@@ -104,16 +110,19 @@ def _variances() -> torch.Tensor:
     return torch.stack([sign * math.sqrt(v) for v in (0.03, 0.1, 10.0, 150.0)])
 
 
-# (the layer, its torch function, inputs over its stated range, its documented bound)
+# (the layer, its torch function, inputs over CrypTen's stated range, the fast engine's bound
+# there, which serves them on 2 servers: servers/mpc/fast/activations.py and graph.py). GELU,
+# tanh, sigmoid: 1e-2 plus the output's truncation (2^-16). Softmax rows of 64 spanning up to
+# 40: graph.py's per-entry bound is at most 4.2e-3 on these rows. LayerNorm of values +-1
+# (variance 0.03 .. 150): |z| (1e-3 + 3 2^-16 / (2 v)) + 2^-16 (2 / sqrt(v) + |c| + 3) <= 2.1e-3.
 LAYERS: dict[str, tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.Tensor,
                         float]] = {
-    "GELU": (torch.nn.GELU(), torch.nn.functional.gelu, _rows(-12, 12), 2e-3),
-    "Tanh": (torch.nn.Tanh(), torch.tanh, _rows(-12, 12), 6e-3),
-    "Sigmoid": (torch.nn.Sigmoid(), torch.sigmoid, _rows(-12, 12), 3e-3),
-    "Softmax": (torch.nn.Softmax(-1), lambda x: torch.softmax(x, -1), _spans(), 4e-3),
-    # relative 1.5e-3 of normalised values of size 1
+    "GELU": (torch.nn.GELU(), torch.nn.functional.gelu, _rows(-12, 12), 1.002e-2),
+    "Tanh": (torch.nn.Tanh(), torch.tanh, _rows(-12, 12), 1.002e-2),
+    "Sigmoid": (torch.nn.Sigmoid(), torch.sigmoid, _rows(-12, 12), 1.002e-2),
+    "Softmax": (torch.nn.Softmax(-1), lambda x: torch.softmax(x, -1), _spans(), 4.5e-3),
     "LayerNorm": (torch.nn.LayerNorm(64), lambda x: torch.nn.functional.layer_norm(x, (64,)),
-                  _variances(), 1.5e-3),
+                  _variances(), 2.1e-3),
 }  # fmt: skip
 
 

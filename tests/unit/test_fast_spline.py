@@ -115,11 +115,11 @@ def test_the_row_reciprocal_is_within_its_relative_bound() -> None:
 
 
 def test_rsqrt_is_within_its_relative_bound_and_flat_below_its_domain() -> None:
-    x = np.concatenate([np.linspace(1 / 32, 160.0, 2_000_001), _edges(RSQRT)])
+    x = np.concatenate([np.linspace(3 / 128, 160.0, 2_000_001), _edges(RSQRT)])
     fixed = np.rint(x * 2.0**FRAC).astype(np.int64)
     exact = np.array(_fixed_reference(RSQRT, DEFAULT, fixed), dtype=np.float64)
     assert np.abs(exact / 2.0 ** (2 * FRAC) * np.sqrt(fixed / 2.0**FRAC) - 1).max() <= 1e-3
-    assert len(RSQRT.breakpoints) == 63 and RSQRT.pieces[0][0] == 0.0
+    assert len(RSQRT.breakpoints) == 66 and RSQRT.pieces[0][0] == 0.0
     assert np.all(RSQRT(np.array([-1.0, 0.0, 0.01])) == RSQRT.pieces[0][1])
 
 
@@ -304,14 +304,25 @@ def test_wire_round_trip_and_strict_rows() -> None:
     chain = ModelSpec((Linear(3, 3), Sigmoid()), (3,))
     assert fast_spec.from_wire(fast_spec.to_wire(chain)) == chain
     bad_rows = (("gelu", 1), ("gelu", True), ("GELU",), ("tanh", "x"), ("sigmoid", None))
-    for bad in (*bad_rows, ("softmax",)):
+    for bad in (*bad_rows, ("softmax", 1), ("layer_norm", 3), ("layer_norm", 3, 1 << 17)):
         with pytest.raises(ValueError):
             fast_spec.from_wire(((3,), (("linear", 3, 3, True), bad)))
     with pytest.raises(ValueError):  # an activation reading two inputs
         fast_spec.from_wire(((3,), (("linear", 3, 3, True), ("gelu",)), ((-1,), (0, -1))))
 
 
-@pytest.mark.parametrize("layer", [nl.GELU(), nl.Tanh(), nl.Sigmoid()])
-def test_fast_model_still_leaves_activations_on_crypten(layer: object) -> None:
+@pytest.mark.parametrize("layer", [nl.GELU(), nl.Tanh(), nl.Sigmoid(), nl.Softmax()])
+def test_fast_model_maps_activations_and_softmax(layer: object) -> None:
     arch = Architecture((dl.Linear(4, 4), layer, dl.Linear(4, 2)), (4,), (2,))
-    assert fast_spec.fast_model(arch) is None
+    model = fast_spec.fast_model(arch)
+    assert model is not None and model.layer_index == (0, 2)
+    assert fast_spec.from_wire(fast_spec.to_wire(model.spec)) == model.spec
+
+
+def test_fast_model_maps_layer_norm_with_its_parameters_and_refuses_long_softmax_rows() -> None:
+    arch = Architecture((dl.Linear(4, 4), nl.LayerNorm(4, 1e-5), dl.Linear(4, 2)), (4,), (2,))
+    model = fast_spec.fast_model(arch)
+    assert model is not None and model.params == ((1, "weight"), (1, "bias"))
+    assert fast_spec.from_wire(fast_spec.to_wire(model.spec)) == model.spec
+    long_rows = Architecture((dl.Linear(129, 129), nl.Softmax()), (129,), (129,))
+    assert fast_spec.fast_model(long_rows) is None  # rows of at most 128: CrypTen serves it

@@ -297,7 +297,11 @@ def _bad(rows: tuple[tuple[object, ...], ...], shape: tuple[int, ...] = (T, D)) 
         _bad((("linear", D, D, True, 4),)),  # tokens 4 of 8
         _bad((("linear", D, D, True, T, 1, 1, 1),)),  # too many lead dims
         _bad((("linear", D, D, True, T, True),)),
-        _bad((("softmax",),)),
+        _bad((("softmax", 1),)),  # softmax takes no argument
+        _bad((("layer_norm", 8, 0),)),  # normalises 8 of 16 features
+        _bad((("layer_norm", D),)),  # no eps
+        _bad((("layer_norm", D, 1.0),)),  # eps in fixed point (an int)
+        ((T, 129), (("softmax",), ("linear", 129, 2, True, T)), ((-1,), (0,))),  # rows of 129
         ((T, D), (("linear", D, D, True, T), ("matmul",)), ((-1,), (0, -1))),  # (8,16)@(8,16)
         ((T, D), (("linear", D, D, True, T), ("matmul",)), ((-1,), (0,))),  # one operand
         ((4096, 4096), (("transpose", 1, 0), ("linear", 4096, 2, True, 4096)), ((-1,), (0,))),

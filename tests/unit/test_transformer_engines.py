@@ -1,4 +1,4 @@
-"""The fast and replicated engines leave a transformer to CrypTen, or refuse it naming a layer."""
+"""The fast engine maps a transformer; the replicated engine refuses it naming a layer."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from ppml.servers.mpc.rep3.service.spec import rep3_model, unsupported
 from ppml.training.transformer import digits_transformer
 
 
-def test_the_fast_engine_has_no_model_for_a_transformer() -> None:
+def test_the_fast_engine_maps_every_layer_of_a_transformer() -> None:
     architecture, _ = export_model(digits_transformer(), torch.zeros(1, 8, 8))
-    assert fast_model(architecture) is None  # so 2 servers run it on CrypTen
+    model = fast_model(architecture)  # so 2 servers run it on the fast engine
+    assert model is not None and len(model.spec.layers) == len(architecture.layers)
+    kinds = {type(layer).__name__ for layer in architecture.layers}
+    assert {"Softmax", "LayerNorm", "GELU", "MatMul", "Bias"} <= kinds
+    # the Bias (positional embedding) and each LayerNorm's weight and bias, in layer order
+    names = [name for _, name in model.params]
+    assert names == ["bias", "weight", "bias", "weight", "bias"]
 
 
 def test_the_replicated_engine_refuses_a_linear_on_tokens() -> None:

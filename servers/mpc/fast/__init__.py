@@ -51,9 +51,13 @@ linear half runs too (an attention block without softmax in
 tests/unit/test_fast_tensor_ops.py: 14 rounds, 13,600 bytes per party per
 image online, 957 KB of dealer material per party per image, 99 % of it
 truncation keys). GELU, Tanh and Sigmoid run as spline gates (1,624 bytes
-of key per element and party, one round each); Softmax and LayerNorm have no
-gates yet, so :func:`.service.spec.fast_model` leaves transformers (and any
-model with these activations) on CrypTen.
+of key per element and party, one round each); Softmax over rows of up to
+128 (a ReLU tournament for the row maximum, exp and row-reciprocal splines,
+an element-wise Beaver product: ``2 ceil(log2 n) + 5`` rounds) and LayerNorm
+(an element-wise Beaver square, an rsqrt spline, two element-wise products:
+10 rounds) complete a transformer (graph.py states each one's error bound),
+so :func:`.service.spec.fast_model` maps training/transformer.py's models
+and 2-server clusters serve them on this engine.
 
 Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
 4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 243,552 bytes

@@ -34,45 +34,18 @@ sigmoid     6            7       1e-2 (9.5e-3)         all reals
 exp         17           18      1e-3 (9.5e-4)         ``x <= 0``
 reciprocal  20           21      1e-3 (9.5e-4)         ``[1, 64]``
 row recip.  63           64      1e-3 relative (9.5e-4)  ``[1, 130]``
-rsqrt       63           64      1e-3 relative (9.5e-4)  ``[1/32, 160]``
+rsqrt       66           67      1e-3 relative (9.5e-4)  ``[3/128, 160]``
 ==========  ===========  ======  ====================  ==================
 
-``rsqrt`` (LayerNorm's ``1 / sqrt(var + eps)``) was fitted as ``h(u) = 1 /
-sqrt(u / 32)`` on ``u = 32 v`` (so its slopes lie in the fitter's search
-bracket) with ``fit(h, 1, 32, 9.5e-4, 2**-21, relative=True, step=2**-7)``
-and ``fit(h, 32, 5120, ..., step=0.5)`` (breakpoints on the ``2^-12`` and
-``2^-6`` grids in ``v``, slopes multiples of ``2^-16``); then a flat first
-piece below ``1/32`` (the fitted first piece's value there, 5.652), so the
-output never exceeds 8.2 for any input and a nearly flat row (variance under
-1/32: nothing is promised) gets a bounded factor. Relative error ``<= 1e-3``
-on ``[1/32, 160]`` (absolute ``<= 6e-3``, at ``1/32``).
-
-``row_reciprocal`` (softmax's, nodes.py :class:`~.nodes.Softmax`) was fitted
-with ``spline_fit.fit(lambda x: 1 / x, 1.0, 130.0, 9.5e-4, 2**-16,
-relative=True)``: each piece's error is at most 9.5e-4 times the smallest
-``1/x`` on it, so ``|g(s) - 1/s| <= 1e-3 / s`` on ``[1, 130]`` (a row of up
-to 128 entries whose exps are each within 1e-3 sums to at most 128.2); its
-absolute bound, at ``s = 1``, is 1e-3. Many breakpoints cost little there:
-it runs once per row, not per entry.
-
-exp and reciprocal are for softmax (not yet planned): ``exp(x - max)`` has
-``x - max <= 0`` (and is 0 below -6.96875, where ``e^x < 9.5e-4``; at -16
-the table gives 0 against 1.1e-7), and the row sum of those is in ``[1,
-n]`` for ``n`` entries, so a reciprocal on ``[1, 64]`` covers rows of up to
-64 tokens. Their fits round each slope to a multiple of ``2^-16`` before
-centring the intercept, so the ring table has no slope-rounding error (which
-would be up to ``64 * 2^-17 = 4.9e-4`` for the reciprocal). For a softmax
-entry ``p_i = e_i / s`` (``s >= 1``, ``n`` entries) computed as ``E_i R(S)``
-with ``|E_j - e_j| <= 1e-3`` and ``|R(S) - 1/S| <= 1e-3``, the error is at
-most about ``1e-3`` (reciprocal) ``+ 1e-3`` (the entry's exp) ``+ n 1e-3
-p_i`` (the sum's error, relative to ``s >= 1``): small for peaked rows,
-up to ``n 1e-3`` relative for flat ones. A Newton step (two products) would
-square the reciprocal's relative error if that is too coarse. (Not yet
-measured in a softmax: nothing plans it.)
-
-Key size does not depend on the table (spline.py: 1,624 bytes per element at
-the default depth); evaluation costs one DCF evaluation per breakpoint plus
-one, so fewer breakpoints are faster, not smaller.
+``rsqrt`` (LayerNorm's ``1 / sqrt(var + eps)``) was fitted with
+``fit(lambda v: 1 / np.sqrt(v), 3 / 128, 1, 9.5e-4, 2**-16, relative=True,
+step=2**-12, bracket=200)`` and ``fit(..., 1, 160, ..., step=2**-6)`` (the
+breakpoint at 1 joins them; slopes are multiples of ``2^-16``); then a flat
+first piece below ``3/128`` (the fitted first piece's value there, 6.5264886),
+so the output never exceeds 6.53 for any input and a nearly flat row
+(variance under 3/128: nothing is promised) gets a bounded factor. Relative
+error ``<= 1e-3`` on ``[3/128, 160]`` (absolute ``<= 7e-3``, at ``3/128``):
+it covers CrypTen's stated LayerNorm range ``[0.03, 150]``.
 """
 
 from __future__ import annotations
@@ -378,31 +351,34 @@ ROW_RECIPROCAL = Spline(
 RSQRT = Spline(
     "rsqrt",
     (
-        0.03125,
-        0.035888671875,
-        0.041259765625,
-        0.04736328125,
-        0.054443359375,
-        0.0625,
-        0.07177734375,
-        0.08251953125,
-        0.0947265625,
-        0.10888671875,
-        0.125,
-        0.1435546875,
-        0.1650390625,
-        0.189697265625,
-        0.218017578125,
-        0.250732421875,
-        0.288330078125,
-        0.33154296875,
-        0.381103515625,
-        0.438232421875,
-        0.50390625,
-        0.579345703125,
-        0.666259765625,
-        0.76611328125,
-        0.881103515625,
+        0.0234375,
+        0.02685546875,
+        0.03076171875,
+        0.03515625,
+        0.040283203125,
+        0.046142578125,
+        0.052978515625,
+        0.060791015625,
+        0.06982421875,
+        0.080078125,
+        0.092041015625,
+        0.105712890625,
+        0.12158203125,
+        0.1396484375,
+        0.160400390625,
+        0.184326171875,
+        0.2119140625,
+        0.24365234375,
+        0.280029296875,
+        0.322021484375,
+        0.370361328125,
+        0.42578125,
+        0.489501953125,
+        0.56298828125,
+        0.6474609375,
+        0.74462890625,
+        0.856201171875,
+        0.984619140625,
         1.0,
         1.140625,
         1.296875,
@@ -443,32 +419,35 @@ RSQRT = Spline(
         154.15625,
     ),
     (
-        (0.0, 5.651948),
-        (-81.53695678710938, 8.1999779),
-        (-66.19770812988281, 7.6497313),
-        (-53.76322937011719, 7.1370922),
-        (-43.6683349609375, 6.6591709),
-        (-35.468505859375, 6.2130855),
-        (-28.827667236328125, 5.79826),
-        (-23.4044189453125, 5.4091765),
-        (-19.0081787109375, 5.0466869),
-        (-15.4390869140625, 4.7087448),
-        (-12.540008544921875, 4.3933146),
-        (-10.192123413085938, 4.0999895),
-        (-8.27471923828125, 3.8248665),
-        (-6.713836669921875, 3.5674232),
-        (-5.448699951171875, 3.3275783),
-        (-4.4200592041015625, 3.1034341),
-        (-3.5840911865234375, 2.8939599),
-        (-2.906585693359375, 2.6987352),
-        (-2.3578643798828125, 2.5169286),
-        (-1.912689208984375, 2.347366),
-        (-1.5511932373046875, 2.1890441),
-        (-1.2581787109375, 2.0414848),
-        (-1.0204010009765625, 1.903809),
-        (-0.8274688720703125, 1.7753465),
-        (-0.670989990234375, 1.6555361),
-        (-0.5495147705078125, 1.54874),
+        (0.0, 6.5264886),
+        (-125.750732421875, 9.4737714),
+        (-102.55038452148438, 8.8511005),
+        (-83.79501342773438, 8.2746431),
+        (-68.45002746582031, 7.7353019),
+        (-55.82135009765625, 7.2268929),
+        (-45.45271301269531, 6.7485972),
+        (-36.96229553222656, 6.2990878),
+        (-30.048690795898438, 5.8790012),
+        (-24.43853759765625, 5.4875829),
+        (-19.864852905273438, 5.1214479),
+        (-16.1297607421875, 4.7779049),
+        (-13.09051513671875, 4.4567569),
+        (-10.623809814453125, 4.1570808),
+        (-8.630355834960938, 3.8788646),
+        (-7.0083160400390625, 3.6188295),
+        (-5.687164306640625, 3.3754407),
+        (-4.6132659912109375, 3.1480024),
+        (-3.7430572509765625, 2.9361134),
+        (-3.0366058349609375, 2.7383922),
+        (-2.462188720703125, 2.5535271),
+        (-1.996856689453125, 2.3812999),
+        (-1.6199493408203125, 2.220917),
+        (-1.313751220703125, 2.0711161),
+        (-1.0651702880859375, 1.9312544),
+        (-0.8636474609375, 1.8008551),
+        (-0.7003631591796875, 1.6793463),
+        (-0.567962646484375, 1.5660521),
+        (-0.5058441162109375, 1.5058328),
         (-0.4527740478515625, 1.4519892),
         (-0.3725738525390625, 1.3605956),
         (-0.3057708740234375, 1.2739355),
@@ -508,8 +487,8 @@ RSQRT = Spline(
         (-0.0002899169921875, 0.1251576),
         (-0.0002593994140625, 0.1205448),
     ),
-    6e-3,
-    (1 / 32, 160.0),
+    7e-3,
+    (3 / 128, 160.0),
 )
 ROW_RECIPROCAL_RELATIVE = 1e-3  # |g(s) s - 1| on its domain (fit: 9.5e-4)
 

@@ -19,14 +19,15 @@ TAIL = 40.0  # how far past an edge the asymptote is checked (on 200,001 points)
 
 
 def line(
-    fn: Fn, a: float, b: float, quantum: float | None, relative: bool = False
+    fn: Fn, a: float, b: float, quantum: float | None, relative: bool = False, bracket: float = 3.0
 ) -> tuple[float, float, float]:
     """The minimax line of ``fn`` on ``[a, b]`` (800 points), rounded: slope, intercept, error.
 
     ``quantum``: round the slope to a multiple of it and the intercept to 7
     decimals; ``None``: both to 6 decimals. The error is measured after rounding;
     ``relative``: divided by the smallest ``|fn|`` on the interval (the line is
-    still the absolute minimax one, so the relative error is over-, not under-stated).
+    still the absolute minimax one, so the relative error is over-, not under-stated);
+    ``bracket``: the slope is searched in ``[-bracket, bracket]``.
     """
     x = np.linspace(a, b, 800)
     y = fn(x)
@@ -35,7 +36,7 @@ def line(
         d = y - s * x
         return float(d.max() - d.min())
 
-    lo, hi = -3.0, 3.0
+    lo, hi = -bracket, bracket
     for _ in range(100):  # the spread is convex in the slope: ternary search
         m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
         lo, hi = (lo, m2) if spread(m1) < spread(m2) else (m1, hi)
@@ -65,11 +66,13 @@ def fit(
     quantum: float | None = None,
     relative: bool = False,
     step: float = STEP,
+    bracket: float = 3.0,
 ) -> tuple[list[float], list[tuple[float, float]]]:
     """Breakpoints strictly inside ``(lo, hi)`` and the pieces covering ``[lo, hi]``, greedily.
 
     ``relative``: ``eps`` bounds the error relative to ``|fn|`` (:func:`line`);
-    ``step``: the breakpoint grid (a power of two at least ``2^-f`` keeps them exact).
+    ``step``: the breakpoint grid (a power of two at least ``2^-f`` keeps them exact);
+    ``bracket``: the slopes' search range (:func:`line`).
     """
     breaks: list[float] = []
     pieces: list[tuple[float, float]] = []
@@ -77,7 +80,7 @@ def fit(
     while a < hi:
         b, best = a + step, None
         while True:
-            s, c, err = line(fn, a, min(b, hi), quantum, relative)
+            s, c, err = line(fn, a, min(b, hi), quantum, relative, bracket)
             if err > eps:
                 break
             best = (min(b, hi), s, c)

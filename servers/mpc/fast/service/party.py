@@ -323,7 +323,8 @@ class FastInference:
         shares = handle.shares
         weights = [shares[f"{i}.weight"] for i in fm.layer_index]
         biases = [shares.get(f"{i}.bias") for i in fm.layer_index]
-        model = fe.PartyModel.open(fm.spec, setup, weights, biases, ch.exchange)
+        params = [shares[f"{i}.{name}"] for i, name in fm.params]  # Bias, LayerNorm
+        model = fe.PartyModel.open(fm.spec, setup, weights, biases, ch.exchange, params)
         state = ModelState(handle, setup_id, model, max_rows(fm.spec))
         self._models[model_id] = state
         while len(self._models) > self._max_models:

@@ -3,14 +3,18 @@
 The fast engine (:mod:`ppml.servers.mpc.fast`) runs chains and DAGs
 (residual networks) of Linear and Conv2d layers (square kernel, equal stride
 and padding, no dilation or groups), ReLU, Add, Flatten, and average and max
-pooling (square window and stride, no padding). Any other layer (Affine,
-padded or rectangular pooling) keeps a model on the CrypTen path, and so do
-a transformer's layers: the engine runs their linear half (MatMul of two
-activations, Transpose, Reshape, Scale, Bias, Mean, Linear on tokens; see
-:mod:`ppml.servers.mpc.fast.tensor_ops`) and GELU, Tanh and Sigmoid as spline
-gates (:mod:`ppml.servers.mpc.fast.activations`), but not yet Softmax or
-LayerNorm, so :func:`fast_model` maps none of them (nor GELU, Tanh or
-Sigmoid: no model is served with them until a transformer can be).
+pooling (square window and stride, no padding), and a transformer's layers:
+Linear on the last dim of an N-D value (``Linear.lead``), MatMul of two
+activations, Transpose, Reshape, Scale, Bias, Mean
+(:mod:`ppml.servers.mpc.fast.tensor_ops`), Softmax over the last axis (rows
+of at most 128), LayerNorm (eps in fixed point at ``2^-16``: an eps below
+``2^-17`` counts as 0), and GELU, Tanh and Sigmoid as spline gates
+(:mod:`ppml.servers.mpc.fast.activations`). Any other layer (Affine, padded
+or rectangular pooling, a Scale factor the plan refuses, longer softmax
+rows) keeps a model on the CrypTen path: :func:`fast_model` returns None.
+Secret parameters other than weighted layers' (a Bias's, a LayerNorm's
+weight and bias) are listed in :attr:`FastModel.params` for
+``PartyModel.open``.
 
 The spec is public (the architecture is). :func:`to_wire` and
 :func:`from_wire` turn it into nested tuples of ints, bools and strings, the
@@ -28,7 +32,8 @@ Rows: ``("linear", in, out, bias, *lead)`` (``lead``: up to
 :data:`~ppml.servers.mpc.fast.tensor_ops.MAX_RANK` - 1 dims before the
 features), ``("conv2d", ...)``, ``("avgpool" | "maxpool", kernel, stride)``,
 ``("relu",)``, ``("flatten",)``, ``("add",)``, ``("matmul",)``,
-``("gelu",)``, ``("tanh",)``, ``("sigmoid",)``,
+``("gelu",)``, ``("tanh",)``, ``("sigmoid",)``, ``("softmax",)``,
+``("layer_norm", dim, eps)`` (eps in fixed point at ``2^16``),
 ``("transpose", *perm)``, ``("reshape", *shape)``, ``("scale", multiplier)``
 (the factor in fixed point at ``2^16``), ``("bias", *shape)``, ``("mean", axis)``.
 """
@@ -40,6 +45,8 @@ from dataclasses import dataclass
 
 from ppml.proto.domain import architecture as arch
 from ppml.proto.domain import layers as dl
+from ppml.proto.domain import nonlinear_layers as nl
+from ppml.proto.domain import tensor_layers as tl
 from ppml.servers.mpc.fast import linear as fl
 from ppml.servers.mpc.fast import nodes as fn
 from ppml.servers.mpc.fast import tensor_ops as tops
@@ -56,11 +63,17 @@ MAX_VALUE_ELEMENTS = 1 << 22  # per sample, any value of the plan
 
 @dataclass(frozen=True)
 class FastModel:
-    """A fast-engine spec and, per stage, the index of its layer in the architecture."""
+    """A fast-engine spec and, per stage, the index of its layer in the architecture.
+
+    ``params``: per secret parameter of the plan (Bias nodes, LayerNorm
+    weights and biases, in ``plan_of(spec).params`` order) its layer index and
+    name in the architecture (the share ``f"{index}.{name}"``).
+    """
 
     spec: fn.ModelSpec
     layer_index: tuple[int, ...]
     output_shape: tuple[int, ...]
+    params: tuple[tuple[int, str], ...] = ()
 
 
 def conv_layer(layer: dl.Conv2d, shape: tuple[int, ...]) -> fl.Conv2d | None:
@@ -87,16 +100,45 @@ def _pool(layer: dl.MaxPool2d | dl.AvgPool2d) -> fn.Node | None:
     return kind(layer.kernel_size[0], layer.stride[0])
 
 
+EPS_BITS = 16  # a LayerNorm's eps in fixed point (the wire carries ints)
+
+
+def _tensor_node(layer: object) -> fn.Node | None:
+    """A transformer layer's node (tensor_layers.py, nonlinear_layers.py), or None."""
+    if isinstance(layer, tl.Transpose):
+        return tops.Transpose(tuple(layer.perm))
+    if isinstance(layer, tl.Reshape):
+        return tops.Reshape(tuple(layer.shape))
+    if isinstance(layer, tl.Bias):
+        return tops.Bias(tuple(layer.shape))
+    if isinstance(layer, tl.Mean):
+        return tops.Mean(layer.axis)
+    if isinstance(layer, tl.Scale):
+        try:
+            return tops.Scale.of(layer.factor, fn.GateParams().frac_bits)
+        except ValueError:
+            return None
+    if isinstance(layer, nl.LayerNorm):
+        eps = round(layer.eps * (1 << EPS_BITS)) / (1 << EPS_BITS)
+        return fn.LayerNorm(layer.size, eps)
+    simple: dict[type, fn.Node] = {
+        tl.MatMul: tops.MatMul(), nl.Softmax: fn.Softmax(), nl.GELU: fn.GELU(),
+        nl.Tanh: fn.Tanh(), nl.Sigmoid: fn.Sigmoid(),
+    }  # fmt: skip
+    return simple.get(type(layer))
+
+
 def _node(layer: dl.Layer, shape: tuple[int, ...]) -> fn.Node | None:
     """The engine's node for ``layer`` reading ``shape``, or None if it lacks it."""
     if isinstance(layer, dl.Linear):
-        return fl.Linear(layer.in_features, layer.out_features, layer.bias)
+        lead = tuple(shape[:-1])
+        return fl.Linear(layer.in_features, layer.out_features, layer.bias, lead)
     if isinstance(layer, dl.Conv2d):
         return conv_layer(layer, shape)
     if isinstance(layer, dl.MaxPool2d | dl.AvgPool2d):
         return _pool(layer)
     simple: dict[type, fn.Node] = {dl.ReLU: fn.ReLU(), dl.Flatten: fn.Flatten(), dl.Add: fn.Add()}
-    return simple.get(type(layer))
+    return simple.get(type(layer)) or _tensor_node(layer)
 
 
 def _sources(architecture: arch.Architecture, index: int) -> tuple[int, ...]:
@@ -108,6 +150,7 @@ def fast_model(architecture: arch.Architecture) -> FastModel | None:
     """The fast engine's view of ``architecture``, or None if it has a layer the engine lacks."""
     nodes: list[fn.Node] = []
     index: list[int] = []
+    params: list[tuple[int, str]] = []
     inputs: list[tuple[int, ...]] = []
     shapes: dict[int, tuple[int, ...]] = {fn.MODEL_INPUT: tuple(architecture.input_shape)}
     for i, layer in enumerate(architecture.layers):
@@ -126,6 +169,10 @@ def fast_model(architecture: arch.Architecture) -> FastModel | None:
             return None
         if isinstance(node, fl.Linear | fl.Conv2d):
             index.append(i)
+        elif isinstance(node, tops.Bias):
+            params.append((i, "bias"))
+        elif isinstance(node, fn.LayerNorm):
+            params += [(i, "weight"), (i, "bias")]
         nodes.append(node)
         inputs.append(sources)
     chain = all(s == (i - 1,) for i, s in enumerate(inputs))
@@ -136,7 +183,7 @@ def fast_model(architecture: arch.Architecture) -> FastModel | None:
         plan_of(spec)
     except ValueError:
         return None
-    return FastModel(spec, tuple(index), tuple(architecture.output_shape))
+    return FastModel(spec, tuple(index), tuple(architecture.output_shape), tuple(params))
 
 
 def to_wire(spec: fn.ModelSpec) -> Wire:
@@ -160,6 +207,8 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
             rows.append(("scale", layer.multiplier))
         elif isinstance(layer, tops.Mean):
             rows.append(("mean", layer.axis))
+        elif isinstance(layer, fn.LayerNorm):
+            rows.append(("layer_norm", layer.dim, round(layer.eps * (1 << EPS_BITS))))
         else:
             rows.append((_SIMPLE[type(layer)],))
     if not spec.inputs:
@@ -170,7 +219,7 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
 _POOLS: dict[type, str] = {fn.AvgPool: "avgpool", fn.MaxPool: "maxpool"}
 _SIMPLE_NODES: dict[str, fn.Node] = {
     "relu": fn.ReLU(), "flatten": fn.Flatten(), "add": fn.Add(), "matmul": tops.MatMul(),
-    "gelu": fn.GELU(), "tanh": fn.Tanh(), "sigmoid": fn.Sigmoid(),
+    "gelu": fn.GELU(), "tanh": fn.Tanh(), "sigmoid": fn.Sigmoid(), "softmax": fn.Softmax(),
 }  # fmt: skip
 _SIMPLE: dict[type, str] = {type(node): kind for kind, node in _SIMPLE_NODES.items()}
 
@@ -217,6 +266,12 @@ def _tensor_row(kind: object, args: tuple[object, ...]) -> fn.Node:
     if kind == "mean" and len(args) == 1:
         (axis,) = _ints(args, 1, low=0)
         return tops.Mean(axis)
+    if kind == "layer_norm" and len(args) == 2:
+        (dim,) = _ints(args[:1], 1)
+        (eps,) = _ints(args[1:], 1, low=0)
+        if eps > 1 << EPS_BITS:
+            raise ValueError("LayerNorm eps above 1")
+        return fn.LayerNorm(dim, eps / (1 << EPS_BITS))
     if kind == "scale" and len(args) == 1 and type(args[0]) is int:
         scale = tops.Scale(args[0])
         scale.out_shape(())  # a non-zero multiplier in range
