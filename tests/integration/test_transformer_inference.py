@@ -4,8 +4,9 @@ training/transformer.py's digits transformer (8x8 digits as 8 tokens of 8
 features; attention with 2 heads, GELU feed-forward, LayerNorms, mean
 pooling) is trained here in plaintext, secret-shared through the SDK and
 served on 2 servers (the fast engine runs every layer of it) and on 3
-servers (CrypTen). Over the whole held-out set (360 rows), encrypted
-predictions must match the plaintext argmax on at least 99.5 % of the rows
+servers (CrypTen). Over the held-out set (all 360 rows on 3 servers, the
+first 180 on the fast engine, whose dealer keys are the slow part here),
+encrypted predictions must match the plaintext argmax on at least 99.5 % of the rows
 and the logits must stay within :data:`LOGIT_TOLERANCE`. Each non-linear
 layer is also served alone on 2 servers (the fast engine) over the input
 range CrypTen's docstring states (edges included) and must stay within the
@@ -53,15 +54,17 @@ def _tokens(rows: torch.Tensor) -> torch.Tensor:
     return rows.reshape(-1, TOKENS, 8)
 
 
-def _check_served(cluster: Cluster, model_id: str, model: torch.nn.Module, digits: Any) -> None:
-    x = _tokens(digits.x_test)
+def _check_served(
+    cluster: Cluster, model_id: str, model: torch.nn.Module, digits: Any, rows: int = 360
+) -> None:
+    x, y = _tokens(digits.x_test[:rows]), digits.y_test[:rows]
     got = cluster.predict(model_id, x).double()
     with torch.no_grad():
         plain = model.eval()(x).double()
     agree = float((got.argmax(1) == plain.argmax(1)).float().mean())
     assert agree >= 0.995, agree
     assert (got - plain).abs().max().item() < LOGIT_TOLERANCE, (got - plain).abs().max().item()
-    assert float((plain.argmax(1) == digits.y_test).float().mean()) > 0.9  # a real model
+    assert float((plain.argmax(1) == y).float().mean()) > 0.9  # a real model
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,9 @@ def test_a_transformer_is_served_on_two_servers_by_the_fast_engine(
     for kind in ("MatMul", "Softmax", "LayerNorm", "GELU", "Bias", "Mean", "Transpose"):
         assert kind in kinds, kinds
     before = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
-    _check_served(cluster2, model_id, transformer, digits)
+    # half the held-out set: on loopback the dealer's spline keys make this the suite's
+    # slowest prediction (40 s for all 360 rows; CrypTen on 3 servers takes 6.5 s)
+    _check_served(cluster2, model_id, transformer, digits, rows=180)
     after = [r.fast_pool.hits + r.fast_pool.misses for r in cluster2.status()]
     assert after == [b + 1 for b in before]  # one fast job (pool hit or miss) per server
     exported = cluster2.export_model(model_id).to_torch()
