@@ -186,6 +186,40 @@ def _encode(t: Any) -> np.ndarray:
     return np.rint(t.detach().double().numpy() * SCALE).astype(np.int64)
 
 
+def run_party_pair(
+    script: str,
+    args: list[str],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    wrap0: list[str] | None = None,
+) -> None:
+    """Run ``script --role party --rank R --fd FD *args`` for R = 0, 1 over one socketpair.
+
+    Party 0's command may be wrapped (``wrap0``, e.g. a profiler). Waits for
+    both; kills what is left at ``timeout_s``; raises unless both exit 0.
+    """
+    s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    procs = []
+    for rank, sock in enumerate((s0, s1)):
+        cmd = [sys.executable, script, "--role", "party", "--rank", str(rank)]
+        cmd += ["--fd", str(sock.fileno()), *args]
+        if rank == 0 and wrap0:
+            cmd = [*wrap0, *cmd]
+        procs.append(subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env))
+    s0.close()
+    s1.close()
+    try:
+        for p in procs:
+            p.wait(timeout=timeout_s)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"party exit codes {[p.returncode for p in procs]}")
+
+
 def run_fast(n: int, m: int, profile: str | None, timeout_s: float = 1800.0) -> dict[str, Any]:
     """Dealer here, two party processes over a socket pair; returns the figures."""
     import torch
@@ -234,29 +268,14 @@ def run_fast(n: int, m: int, profile: str | None, timeout_s: float = 1800.0) -> 
                 "setup_bytes_per_party": sum(a.nbytes for a in setups[0].mask_shares),
             }
 
-        s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        procs = []
+        wrap0: list[str] = []
+        if profile:
+            spy = Path(sys.executable).with_name("py-spy")
+            spy_cmd = str(spy) if spy.exists() else "py-spy"
+            wrap0 = [spy_cmd, "record", "-r", "250", "-f", "raw", "-o", profile, "--"]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        for rank, sock in enumerate((s0, s1)):
-            cmd = [sys.executable, __file__, "--role", "party", "--rank", str(rank)]
-            cmd += ["--fd", str(sock.fileno()), "--dir", tmp, "--n", str(n), "--m", str(m)]
-            if rank == 0 and profile:
-                spy = Path(sys.executable).with_name("py-spy")
-                spy_cmd = str(spy) if spy.exists() else "py-spy"
-                cmd = [spy_cmd, "record", "-r", "250", "-f", "raw", "-o", profile, "--", *cmd]
-            procs.append(subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env))
-        s0.close()
-        s1.close()
-        try:
-            for p in procs:
-                p.wait(timeout=timeout_s)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        if any(p.returncode for p in procs):
-            raise RuntimeError(f"party exit codes {[p.returncode for p in procs]}")
+        args = ["--dir", tmp, "--n", str(n), "--m", str(m)]
+        run_party_pair(__file__, args, timeout_s, env, wrap0)
         r0, r1 = (json.loads((work / f"result{b}.json").read_text()) for b in (0, 1))
         o0, o1 = (np.load(work / f"out{b}.npz") for b in (0, 1))
         err = 0.0

@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fast_engine import SocketExchange  # noqa: E402
+from fast_engine import SocketExchange, run_party_pair  # noqa: E402
 
 SCALE = 1 << 16
 BATCH = 16
@@ -219,24 +218,7 @@ def run(n: int, m: int, timeout_s: float = 1800.0) -> dict[str, Any]:
                 "dealer_preprocess_p50_s": statistics.median(times),
                 "bundle_bytes_per_party_per_image": nbytes / batch,
             }
-        s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        procs = []
-        for rank, sock in enumerate((s0, s1)):
-            cmd = [sys.executable, __file__, "--role", "party", "--rank", str(rank)]
-            cmd += ["--fd", str(sock.fileno()), "--dir", tmp, "--n", str(n), "--m", str(m)]
-            procs.append(subprocess.Popen(cmd, pass_fds=(sock.fileno(),)))
-        s0.close()
-        s1.close()
-        try:
-            for p in procs:
-                p.wait(timeout=timeout_s)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        if any(p.returncode for p in procs):
-            raise RuntimeError(f"party exit codes {[p.returncode for p in procs]}")
+        run_party_pair(__file__, ["--dir", tmp, "--n", str(n), "--m", str(m)], timeout_s)
         r0 = json.loads((work / "result0.json").read_text())
         o0, o1 = (np.load(work / f"out{b}.npz") for b in (0, 1))
         err, peak = 0.0, 0.0

@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fast_engine import SocketExchange  # noqa: E402
+from fast_engine import SocketExchange, run_party_pair  # noqa: E402
 
 SCALE = 1 << 16
 
@@ -139,24 +138,7 @@ def run(n: int, timeout_s: float = 1800.0) -> dict[str, Any]:
             for party in (0, 1):
                 (work / f"bundle{party}_{i}.bin").write_bytes(pair[party].to_bytes())
             del pair
-        s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        procs = []
-        for rank, sock in enumerate((s0, s1)):
-            cmd = [sys.executable, __file__, "--role", "party", "--rank", str(rank)]
-            cmd += ["--fd", str(sock.fileno()), "--dir", tmp, "--n", str(n)]
-            procs.append(subprocess.Popen(cmd, pass_fds=(sock.fileno(),)))
-        s0.close()
-        s1.close()
-        try:
-            for p in procs:
-                p.wait(timeout=timeout_s)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        if any(p.returncode for p in procs):
-            raise RuntimeError(f"party exit codes {[p.returncode for p in procs]}")
+        run_party_pair(__file__, ["--dir", tmp, "--n", str(n)], timeout_s)
         r0 = json.loads((work / "result0.json").read_text())
         with np.errstate(over="ignore"):
             y = (np.load(work / "out0.npy") + np.load(work / "out1.npy")) / SCALE
