@@ -26,7 +26,7 @@ from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.service import dealing as dealing_module
 from ppml.servers.mpc.fast.service import spec as fast_spec
 from ppml.servers.mpc.fast.service.dealing import FastDealing
-from ppml.servers.mpc.fast.service.party import FastInference
+from ppml.servers.mpc.fast.service.party import FastInference, max_rows
 from ppml.servers.mpc.fast.service.pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 ARCH = Architecture((dl.Linear(6, 5), dl.ReLU(), dl.Linear(5, 3, bias=False)), (6,), (3,))
@@ -261,6 +261,41 @@ def test_a_job_larger_than_one_dealer_reply_runs_as_several_forwards(
     with np.errstate(over="ignore"):
         assert _close(decode(y0 + y1), expected)
     assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
+
+
+def test_a_model_whose_one_sample_fills_a_reply_gets_one_sample_per_reply_and_a_pool_of_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample over the per-reply limit (BERT-tiny's case) travels alone in a reply; its pool
+    holds one bundle; a sample over ``MAX_SAMPLE_ELEMENTS`` keeps the model off the engine."""
+    model, values = _plain_model()
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    per_image = plan_of(fm.spec).elements_per_sample()
+    monkeypatch.setattr(dealing_module, "MAX_ELEMENTS", per_image - 1)
+    monkeypatch.setattr(dealing_module, "MAX_SAMPLE_ELEMENTS", per_image)
+    assert max_rows(fm.spec) == 1
+    handles = _split(values)
+    x = np.random.default_rng(5).normal(size=(3, 6)).astype(np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    links, xs = Links(), share(encode(x), 2)
+    parties = (FastInference(64, 4), FastInference(64, 4))
+
+    def party(rank: int) -> np.ndarray:
+        return parties[rank].predict(FakeChannel(links, rank), "m", handles[rank], fm, xs[rank])
+
+    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
+    with np.errstate(over="ignore"):
+        assert _close(decode(y0 + y1), expected)
+    assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
+    assert parties[0].next_refill() == ("m", 1, 1)  # a pool of one bundle, not of 4
+    dealer = FastDealing(stock=0)
+    setup_id = dealer.setup(fast_spec.to_wire(fm.spec))[0][0]
+    assert len(dealer.bundles(setup_id, 1, 1)[0][1]) == 1
+    with pytest.raises(ValueError, match="out of range"):
+        dealer.bundles(setup_id, 2, 1)  # two such samples never share a reply
+    monkeypatch.setattr(dealing_module, "MAX_SAMPLE_ELEMENTS", per_image - 1)
+    assert max_rows(fm.spec) == 0
 
 
 def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:

@@ -49,6 +49,9 @@ FUNCTIONS = (SETUP, BUNDLES)
 MAX_SETUPS = 64  # per session; the oldest is forgotten (its bundles can no longer be made)
 MAX_WEIGHTS = 20_000_000  # weights of one model (the servers' own limit)
 MAX_ELEMENTS = 1 << 20  # wire values in one reply (about 370 MB of keys per party at depth 47)
+# A model whose one sample needs more than MAX_ELEMENTS gets one sample per reply, up to this
+# many values (a BERT-tiny-shaped encoder: 2.2 M, about 1.3 GB per party); beyond, none.
+MAX_SAMPLE_ELEMENTS = 3 << 20
 
 MAX_STOCK_BYTES = 256 << 20  # bundles made ahead, both parties' parts
 MAX_STOCKED_PAIRS = 16  # (setup, batch) pairs kept in stock, most recently asked
@@ -116,7 +119,7 @@ class FastDealing:
             raise ValueError(f"no fast setup {setup_id} in this session")
         spec, key = found
         per_sample = plan_of(spec).elements_per_sample()
-        if batch < 1 or count < 1 or per_sample * batch * count > MAX_ELEMENTS:
+        if batch < 1 or count < 1 or per_sample * batch * count > reply_limit(per_sample):
             raise ValueError(f"{count} bundles of batch {batch}: out of range")
         bucket = batch & (batch - 1) == 0  # pools use powers of two; other sizes are one-offs
         pairs = self._from_stock((setup_id, batch), count) if bucket else []
@@ -185,6 +188,11 @@ class FastDealing:
                 if pair in self._stock and not self._closed:
                     self._stock[pair].extend(made)
                     self._stock_bytes += sum(len(a) + len(b) for a, b in made)
+
+
+def reply_limit(per_sample: int) -> int:
+    """Wire values one reply may carry for a model of ``per_sample`` values per sample."""
+    return max(MAX_ELEMENTS, per_sample) if per_sample <= MAX_SAMPLE_ELEMENTS else MAX_ELEMENTS
 
 
 def frames(payload: tuple[int, list[bytes]]) -> list[bytes]:

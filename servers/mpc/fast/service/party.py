@@ -125,8 +125,13 @@ def _groups(bundles: list[Bundle], limit: int) -> list[list[Bundle]]:
 
 
 def max_rows(spec: fe.ModelSpec) -> int:
-    """Rows of a model's bundles one dealer reply may carry (its per-reply element limit)."""
-    return fast_dealing.MAX_ELEMENTS // plan_of(spec).elements_per_sample()
+    """Rows of a model's bundles one dealer reply may carry (its per-reply element limit).
+
+    At least one for a model up to :data:`~.dealing.MAX_SAMPLE_ELEMENTS` per sample; 0 (the
+    model stays on the CrypTen path) beyond.
+    """
+    per_sample = plan_of(spec).elements_per_sample()
+    return fast_dealing.reply_limit(per_sample) // per_sample
 
 
 class FastInference:
@@ -193,8 +198,8 @@ class FastInference:
             taken = self.pool.take(model_id, sizes) if serials else None
             if serials and (taken is None or tuple(p.serial for p in taken) != serials):
                 raise RuntimeError("fast bundle pools differ between the parties")
-        for size in sizes:
-            self.pool.want(model_id, size)
+        for size in sizes:  # a pool holds at most one reply's material (max_rows) per bucket
+            self.pool.want(model_id, size, max(1, max_rows(fm.spec) // size))
         state = self._setup(ch, model_id, handle, fm) if setup else self._models[model_id]
         self._models.move_to_end(model_id)
         self.pool.record(bool(taken))

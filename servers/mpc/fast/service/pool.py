@@ -78,15 +78,18 @@ class BundlePool:
         self._pools: OrderedDict[str, dict[int, deque[Pooled]]] = OrderedDict()
         self._filled: deque[tuple[float, int]] = deque()  # (when, images) of recent refills
         self._filling: set[tuple[str, int]] = set()  # pools that went short, until full again
+        self._depths: dict[tuple[str, int], int] = {}  # per pool, at most self._depth
         self._refilled = self._hits = self._misses = 0
 
-    def want(self, model_id: str, bucket: int) -> None:
-        """Demand seen for ``bucket``: keep it filled from now on (never with depth 0)."""
+    def want(self, model_id: str, bucket: int, most: int | None = None) -> None:
+        """Demand seen for ``bucket``: keep it filled from now on (never with depth 0), with at
+        most ``most`` bundles if that is below the pool's depth (a large model's bundles)."""
         if self._depth < 1:
             return
         with self._lock:
             self._pools.setdefault(model_id, {}).setdefault(bucket, deque())
             self._pools.move_to_end(model_id)
+            self._depths[(model_id, bucket)] = min(self._depth, most or self._depth)
 
     def take(self, model_id: str, sizes: list[int]) -> list[Pooled] | None:
         """Pop one bundle per entry of ``sizes``, or nothing (a miss) if any is missing."""
@@ -128,26 +131,30 @@ class BundlePool:
             for model_id in reversed(self._pools):
                 pools = self._pools[model_id]
                 for bucket, queue in pools.items():
-                    if len(queue) <= self._depth // 2:
+                    depth = self._depths.get((model_id, bucket), self._depth)
+                    if len(queue) <= depth // 2:
                         self._filling.add((model_id, bucket))
-                    elif len(queue) >= self._depth:
+                    elif len(queue) >= depth:
                         self._filling.discard((model_id, bucket))
                 short = [(len(q), b) for b, q in pools.items() if (model_id, b) in self._filling]
                 if short:
                     have, bucket = min(short)
-                    return model_id, bucket, self._depth - have
+                    depth = self._depths.get((model_id, bucket), self._depth)
+                    return model_id, bucket, depth - have
             return None
 
     def drop_model(self, model_id: str) -> None:
         with self._lock:
             self._pools.pop(model_id, None)
             self._filling = {f for f in self._filling if f[0] != model_id}
+            self._depths = {k: v for k, v in self._depths.items() if k[0] != model_id}
 
     def clear(self) -> None:
         """The session ended: every bundle is gone (the dealer's keys are too)."""
         with self._lock:
             self._pools.clear()
             self._filling.clear()
+            self._depths.clear()
 
     def stats(self) -> FastPool:
         with self._lock:
