@@ -74,7 +74,8 @@ def _fixed_reference(spline: Spline, p: GateParams, xs: Ring) -> list[int]:
 def _gate(spline: Spline, p: GateParams, xs: Ring, r: Ring | None = None) -> list[int]:
     """Both parties' outputs for ring inputs ``xs`` (masks ``r`` or fresh), reconstructed."""
     gate = SPLINE_GATES[spline.name]
-    k0, k1 = gate.gen(p, xs.size, RNG, PRG) if r is None else deal(p, r, RNG, PRG, spline.name)
+    depth = spline.depth(p)
+    k0, k1 = gate.gen(p, xs.size, RNG, PRG) if r is None else deal(depth, r, RNG, PRG, spline.name)
     with np.errstate(over="ignore"):
         opened = xs + k0.mask + k1.mask
         y = gate.eval(p, k0, opened, PRG) + gate.eval(p, k1, opened, PRG)
@@ -154,23 +155,52 @@ def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(nam
 
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
-def test_gate_is_the_table_at_the_default_depth_with_wrapping_masks(name: str) -> None:
+def test_gate_is_the_table_on_its_range_at_the_default_depth_with_wrapping_masks(name: str) -> None:
     spline = SPLINES[name]
+    n = spline.depth(DEFAULT)
+    assert n == spline.range_bits + FRAC < DEFAULT.depth  # the table's range, not the ReLU's
     edges = np.rint(_edges(spline) * 2.0**FRAC).astype(np.int64)
-    xs = np.concatenate([edges, np.rint(np.linspace(-6, 6, 301) * 2.0**FRAC).astype(np.int64)])
-    d = DEFAULT.depth + 1
+    edges = edges[(edges >= -(1 << n)) & (edges < 1 << n)]
+    ends = np.array([-(1 << n), -(1 << n) + 1, (1 << n) - 2, (1 << n) - 1], dtype=np.int64)
+    grid = np.rint(np.linspace(-6, 6, 301) * 2.0**FRAC).astype(np.int64)
+    xs = np.concatenate([edges, ends, grid])
+    d = n + 1
     residues = [0, 1, (1 << d) - 1, 1 << (d - 1), (1 << (d - 1)) - 1]
     for low in residues:  # r' at the wrap edges: o' = u + r' wraps for most or few u
         high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64((1 << d) - 1)
         r = (high | np.uint64(low)).view(np.int64)
         assert _gate(spline, DEFAULT, xs, r) == _fixed_reference(spline, DEFAULT, xs)
     # masks that put o' = u + r' mod 2^d at 2^d - 1, 0 and 1: just before, at and after the wrap
-    near = np.repeat(edges, 3)
-    u = near.view(np.uint64) + np.uint64(1 << DEFAULT.depth)
-    shift = np.tile(np.array([-1, 0, 1], dtype=np.int64), edges.size).view(np.uint64)
+    near = np.repeat(np.concatenate([edges, ends]), 3)
+    u = near.view(np.uint64) + np.uint64(1 << n)
+    shift = np.tile(np.array([-1, 0, 1], dtype=np.int64), near.size // 3).view(np.uint64)
     r = ((np.uint64(1 << d) - u + shift) & np.uint64((1 << d) - 1)).view(np.int64)
     assert _gate(spline, DEFAULT, near, r) == _fixed_reference(spline, DEFAULT, near)
     assert _gate(spline, DEFAULT, xs) == _fixed_reference(spline, DEFAULT, xs)  # fresh masks
+
+
+@pytest.mark.parametrize("name", ["gelu", "exp", "rsqrt"])
+def test_outside_its_range_a_gate_applies_the_piece_of_the_input_wrapped_into_it(name: str) -> None:
+    # documented: for x outside [-2^n, 2^n) the output is S_i x + C_i with i the piece of
+    # x's representative mod 2^(n+1) in the range (exact arithmetic on the true x)
+    spline = SPLINES[name]
+    n = spline.depth(DEFAULT)
+    fx = spline.fixed(FRAC)
+    big = np.array([1 << n, (1 << n) + 5, -(1 << n) - 1, 3 << n, -(7 << n) + 12345], dtype=np.int64)
+    xs = np.concatenate([big, RNG.ring(64) >> np.int64(33)])  # and random |x| < 2^31
+    wrapped = ((xs + (1 << n)) & ((1 << (n + 1)) - 1)) - (1 << n)
+    piece = np.searchsorted(np.array(fx.breakpoints), wrapped, side="right")
+    want = [fx.slopes[i] * int(x) + fx.intercepts[i] for i, x in zip(piece, xs, strict=True)]
+    assert _gate(spline, DEFAULT, xs) == want
+
+
+def test_a_table_refuses_breakpoints_or_a_domain_outside_its_range() -> None:
+    with pytest.raises(ValueError, match="range"):
+        Spline("t", (-1.0, 4.0), ((0, 0), (1, 0), (0, 4)), 0.0, range_bits=2)  # 4 >= 2^2
+    with pytest.raises(ValueError, match="range"):
+        Spline("t", (1.0,), ((0, 0), (1, 0)), 0.0, (0.0, 8.0), range_bits=3)
+    ok = Spline("t", (-4.0, 3.5), ((0, 0), (1, 0), (0, 4)), 0.0, range_bits=2)
+    assert ok.depth(DEFAULT) == 18 and ok.depth(GateParams(16, 10)) == 10  # p's if narrower
 
 
 @pytest.mark.parametrize(
@@ -198,13 +228,18 @@ def test_stacked_and_row_by_row_evaluation_give_the_same_shares(
     assert np.array_equal(gate.eval(DEFAULT, k0, opened, PRG), stacked)
 
 
-def test_key_bytes_per_element_do_not_depend_on_the_table() -> None:
+def test_key_bytes_per_element_depend_on_the_tables_range_only() -> None:
     for gate in SPLINE_GATES.values():
         k0, k1 = gate.gen(DEFAULT, 100, RNG, PRG)
-        assert k0.nbytes == k1.nbytes == 100 * (8 + 16 + 48 * 33 + 16) + 24  # 1,624 per element
+        d = gate.spline.range_bits + FRAC + 1  # the depth of the table's range
+        assert k0.nbytes == k1.nbytes == 100 * (8 + 16 + d * 33 + 16) + 24
         assert gate.rounds == 0 and GATES[gate.kind] is gate
-    narrow = SPLINE_GATES["gelu"].gen(GateParams(16, 31), 10, RNG, PRG)[0]
-    assert narrow.nbytes == 10 * (8 + 16 + 32 * 33 + 16) + 24
+    gelu = SPLINE_GATES["gelu"].gen(DEFAULT, 1, RNG, PRG)[0]
+    assert gelu.nbytes == 997 + 24  # d = 29
+    narrow = SPLINE_GATES["gelu"].gen(GateParams(16, 20), 10, RNG, PRG)[0]
+    assert narrow.nbytes == 10 * (8 + 16 + 21 * 33 + 16) + 24  # p's range if narrower
+    with pytest.raises(ValueError, match="depth"):  # a key of another depth is refused
+        SPLINE_GATES["gelu"].eval(GateParams(16, 20), gelu, RNG.ring(1), PRG)
 
 
 def test_gate_refuses_a_depth_too_small_for_its_breakpoints() -> None:
@@ -248,7 +283,7 @@ def test_engine_runs_spline_gates_in_the_planned_rounds_within_their_bounds() ->
     assert plan.rounds == opens + len(gate_steps)  # one opening per gate, nothing more
     assert all(plan.values[s.dst].scale == steps.FF for s in gate_steps if s.kind != "trunc")
     dealer, key, models = _identity_models(spec)
-    x = np.concatenate([np.linspace(-5, 5, 24).reshape(4, 6), np.full((1, 6), 1e4)])
+    x = np.concatenate([np.linspace(-5, 5, 24).reshape(4, 6), np.full((1, 6), 4000.0)])
     pair = dealer.preprocess(spec, key, x.shape[0])
     y, rounds, _ = forward_pair(models, pair, x)
     assert rounds == plan.rounds

@@ -18,7 +18,7 @@ Modules, one concept each:
   DCF of depth ``n + 1`` with payload ``(1, r)`` evaluated at one point per
   breakpoint plus one, one opening, output at ``2^(2f)``;
 * :mod:`.activations` -- GELU, tanh and sigmoid as spline tables, each within
-  1e-2 everywhere (8, 10 and 6 breakpoints); exp on ``x <= 0`` and the
+  1e-2 on ``|x| < 4096`` (8, 10 and 6 breakpoints); exp on ``x <= 0`` and the
   reciprocal on ``[1, 64]`` within 1e-3 (17 and 20); softmax's row
   reciprocal on ``[1, 130]`` within 1e-3 relative (63);
 * :mod:`.spline_fit` -- how those tables were fitted (offline);
@@ -50,8 +50,8 @@ the chain engine's (same rounds, bytes and dealer material). A transformer's
 linear half runs too (an attention block without softmax in
 tests/unit/test_fast_tensor_ops.py: 14 rounds, 13,600 bytes per party per
 image online, 957 KB of dealer material per party per image, 99 % of it
-truncation keys). GELU, Tanh and Sigmoid run as spline gates (1,624 bytes
-of key per element and party, one round each); Softmax over rows of up to
+truncation keys). GELU, Tanh and Sigmoid run as spline gates (997 bytes
+of key per element and party for inputs ``|x| < 4096``, one round each); Softmax over rows of up to
 128 (a ReLU tournament for the row maximum, exp and row-reciprocal splines,
 an element-wise Beaver product: ``2 ceil(log2 n) + 5`` rounds) and LayerNorm
 (an element-wise Beaver square, an rsqrt spline, two element-wise products:

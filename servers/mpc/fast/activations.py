@@ -1,4 +1,4 @@
-"""Spline tables (:mod:`.spline`): GELU, tanh, sigmoid within 1e-2 everywhere; exp, reciprocal.
+"""Spline tables (:mod:`.spline`): GELU, tanh, sigmoid within 1e-2 on |x| < 4096; exp, 1/x, rsqrt.
 
 Each table was fitted greedily by :func:`.spline_fit.fit` on a ``2^-6``
 grid of breakpoints (so every breakpoint is exact in fixed point), with a
@@ -20,18 +20,42 @@ edge (8.2e-3 there, 0 in the limit); tanh: ``1 - tanh(|x|) <= 9.2e-3`` for
 ``|x| >= 2.6875``; sigmoid: ``sigmoid(-|x|) <= 9.4e-3`` for ``|x| >=
 4.65625``.
 
-Bounds (absolute, all real inputs the gate supports, ``|x| < 2^31`` at the
-defaults), approximation plus coefficient rounding (``<= 5 * 2^-17 + 2^-33``
-on inner pieces, 0 on the exact outer ones); the truncation after the gate
-adds ``< 2^-16``:
+Ranges (each table's ``range_bits`` R: its gate's inputs must satisfy ``|x|
+< 2^R``, comparisons are exact there; spline.py, Range, says exactly what
+comes out beyond: the piece of ``x`` wrapped mod ``2^(R+1)`` applied to the
+true ``x``). A gate's DCF depth is ``R + f + 1`` (29 for R = 12 at ``f =
+16``, against 48 for the ReLU gates' ``|x| < 2^31``), its key and its walk
+shrink with it:
+
+* GELU, tanh, sigmoid: ``R = 12`` (``|x| < 4096``): a pre-activation; every
+  breakpoint is within 4.7 of 0 and the outer pieces are the asymptotes, so
+  the range only bounds how far out they are exact.
+* exp: ``R = 12``: softmax's ``x - max``, which is ``<= 0`` exactly (the row
+  maximum is exact), so the range is a row's spread ``max - min <= 4096``;
+  a wider row gets, for its entries below ``max - 4096``, some piece of the
+  table applied to them (possibly large and negative), so nothing is
+  promised for that row.
+* reciprocal: ``R = 7`` (``|x| < 128``; its domain is ``[1, 64]``).
+* row reciprocal: ``R = 8`` (``|s| < 256``): a row sum of at most 128 exps,
+  each at most ``1 + 1e-3`` and at least 0, so ``s`` in ``[0, 128.2]`` for
+  rows whose spread is in exp's range.
+* rsqrt: ``R = 10`` (``var + eps < 1024``): LayerNorm's variance, ``>= 0``
+  exactly (a sum of Beaver squares, truncated); above 160 nothing was
+  promised before either (the last piece falls below 0 at 464); on ``[1024,
+  2048)`` the input wraps to a negative representative and gets the flat
+  6.53, further out some piece applied to the true input.
+
+Bounds (absolute, every real input in the gate's range), approximation plus
+coefficient rounding (``<= 5 * 2^-17 + 2^-33`` on inner pieces, 0 on the
+exact outer ones); the truncation after the gate adds ``< 2^-16``:
 
 ==========  ===========  ======  ====================  ==================
 function    breakpoints  pieces  bound (fit)           on
 ==========  ===========  ======  ====================  ==================
-GELU        8            9       1e-2 (9.5e-3)         all reals
-tanh        10           11      1e-2 (9.5e-3)         all reals
-sigmoid     6            7       1e-2 (9.5e-3)         all reals
-exp         17           18      1e-3 (9.5e-4)         ``x <= 0``
+GELU        8            9       1e-2 (9.5e-3)         ``|x| < 4096``
+tanh        10           11      1e-2 (9.5e-3)         ``|x| < 4096``
+sigmoid     6            7       1e-2 (9.5e-3)         ``|x| < 4096``
+exp         17           18      1e-3 (9.5e-4)         ``[-4096, 0]``
 reciprocal  20           21      1e-3 (9.5e-4)         ``[1, 64]``
 row recip.  63           64      1e-3 relative (9.5e-4)  ``[1, 130]``
 rsqrt       66           67      1e-3 relative (9.5e-4)  ``[3/128, 160]``
@@ -55,6 +79,8 @@ import math
 from ppml.servers.mpc.fast.spline import Spline, SplineGate
 
 BOUND = 1e-2
+ACTIVATION_RANGE_BITS = 12  # GELU, tanh, sigmoid: inputs |x| < 4096 (module doc, Ranges)
+EXP_RANGE_BITS = 12  # softmax's x - max in (-4096, 0]
 
 GELU = Spline(
     "gelu",
@@ -71,6 +97,7 @@ GELU = Spline(
         (1.0, 0.0),
     ),
     BOUND,
+    range_bits=ACTIVATION_RANGE_BITS,
 )
 
 TANH = Spline(
@@ -101,6 +128,7 @@ TANH = Spline(
         (0.0, 1.0),
     ),
     BOUND,
+    range_bits=ACTIVATION_RANGE_BITS,
 )
 
 SIGMOID = Spline(
@@ -116,6 +144,7 @@ SIGMOID = Spline(
         (0.0, 1.0),
     ),
     BOUND,
+    range_bits=ACTIVATION_RANGE_BITS,
 )
 
 EXP = Spline(
@@ -161,6 +190,7 @@ EXP = Spline(
     ),
     1e-3,
     (-math.inf, 0.0),
+    range_bits=EXP_RANGE_BITS,
 )
 RECIPROCAL = Spline(
     "reciprocal",
@@ -211,6 +241,7 @@ RECIPROCAL = Spline(
     ),
     1e-3,
     (1.0, 64.0),
+    range_bits=7,  # |x| < 128
 )
 ROW_RECIPROCAL = Spline(
     "row_reciprocal",
@@ -347,6 +378,7 @@ ROW_RECIPROCAL = Spline(
     ),
     1e-3,
     (1.0, 130.0),
+    range_bits=8,  # a row sum of at most 128 exps (each <= 1 + 1e-3): |s| < 256
 )
 RSQRT = Spline(
     "rsqrt",
@@ -489,6 +521,7 @@ RSQRT = Spline(
     ),
     7e-3,
     (3 / 128, 160.0),
+    range_bits=10,  # var + eps < 1024
 )
 ROW_RECIPROCAL_RELATIVE = 1e-3  # |g(s) s - 1| on its domain (fit: 9.5e-4)
 

@@ -10,9 +10,23 @@ and the plan's lazy truncation applies (graph.py).
 Wire. The parties hold shares of ``x`` at ``2^f`` (the plan truncates a
 ``2^(2f)`` value first), add shares of the key's fresh uniform mask ``r`` and
 open ``o = x + r (mod 2^64)`` (the engine's one round). With ``n`` the gate
-depth (:class:`~.gates.GateParams`), ``d = n + 1``, ``h = 2^n``: inputs must
-satisfy ``x in [-2^n, 2^n)``, i.e. real ``|v| < 2^(n-f)`` (``2^31`` at the
-defaults, the gates' range); breakpoints must too.
+depth, ``d = n + 1``, ``h = 2^n``: inputs must satisfy ``x in [-2^n, 2^n)``,
+i.e. real ``|v| < 2^(n-f)``; breakpoints must too.
+
+Range. Each table states its own (:attr:`Spline.range_bits` ``R``, set once in
+activations.py: real inputs ``|v| < 2^R``), so ``n = R + f``
+(:meth:`Spline.depth`), or the plan's ReLU depth ``p.depth`` if that is
+smaller (values are only right mod ``2^L``, gates.py). Dealer and parties
+derive ``n`` from the same public table and :class:`~.gates.GateParams`; a
+party refuses a key of another depth. Outside the range nothing is promised,
+and exactly this happens: the comparisons see ``x`` mod ``2^d`` only, so the
+gate selects the piece ``i`` of ``x``'s representative ``x'`` in ``[-2^n,
+2^n)`` (``x' = x mod 2^d``, centred) and outputs ``S_i x + C_i`` on the true
+``x`` (e.g. GELU of ``4096 + t`` for small ``t > 0`` is 0, of ``-4096 - t``
+is ``-4096 - t``; exp of ``x - max < -4096`` can be any of its pieces applied
+to ``x``, a large negative value included). Which piece depends only on ``x``,
+not on the mask: the output is deterministic, not random, and the party's
+view is unchanged (Security).
 
 Comparisons (one DCF, evaluated at ``k + 1`` public points). Let ``u = x + h``
 in ``[0, 2^d)``, ``r' = r mod 2^d``, ``o' = (o + h) mod 2^d = (u + r') mod
@@ -62,20 +76,21 @@ carry: they run on the input's full ``d`` bits), so a point exactly at a
 breakpoint gets the right piece.
 
 Key size per element and party: 8 (mask) + a DCF of depth ``d`` with two
-64-bit lanes, ``16 + d * (17 + 16) + 16`` bytes (dcf.py): 1,624 bytes at the
-default ``n = 47`` (``d = 48``), whatever the number of breakpoints (the
-dealer's key depends only on ``r``, not on the function); plus the DCF's
-per-key-set nonce. Evaluation: ``k + 1`` DCF evaluations per element (for
-few elements in one call over copies of the key, :func:`_evaluate`). Measured
-on this repository's 2-core machine, per 10,000 elements: dealer key
-generation about 0.1 s per function; a party's evaluation 0.08 s (sigmoid)
-to 0.28 s (reciprocal), about 14 ms per breakpoint.
+64-bit lanes, ``16 + d * (17 + 16) + 16`` bytes (dcf.py), whatever the number
+of breakpoints (the dealer's key depends only on ``r`` and the range, not on
+the function); plus the DCF's per-key-set nonce. At ``f = 16``: 997 bytes for
+GELU, tanh, sigmoid and exp (``R = 12``, ``d = 29``), 931 for rsqrt (``d =
+27``), 865 for the row reciprocal (``d = 25``), 832 for the reciprocal (``d
+= 24``); 1,624 at the ReLU gates' ``d = 48``. Evaluation: ``k + 1`` DCF
+evaluations of depth ``d`` per element (for few elements in one call over
+copies of the key, :func:`_evaluate`).
 
 Security (per party): the opened ``o`` is uniform (``r`` fresh and uniform
-over ``Z_2^64``); the DCF key reveals nothing about its threshold ``r'`` or
-its payload ``(1, r)`` (DCF security, dcf.py), and evaluating it at several
-public points is something any key holder can do; the mask share is uniform.
-Nothing else is received, so a party's view is independent of ``x``.
+over ``Z_2^64``, whatever the depth: only the DCF's threshold is ``r mod
+2^d``); the DCF key reveals nothing about its threshold ``r'`` or its payload
+``(1, r)`` (DCF security, dcf.py), and evaluating it at several public points
+is something any key holder can do; the mask share is uniform. Nothing else
+is received, so a party's view is independent of ``x``, in the range or not.
 """
 
 from __future__ import annotations
@@ -110,7 +125,9 @@ class Spline:
     ``bound``: the documented absolute error against the function it approximates
     on ``domain`` (closed interval; approximation and fixed-point rounding,
     before the truncation that follows). Outside ``domain`` the outer pieces
-    extend linearly and nothing is promised.
+    extend linearly and nothing is promised. ``range_bits`` R: the gate's
+    inputs must satisfy ``|x| < 2^R`` (module doc, Range); breakpoints and
+    the domain's finite ends lie inside it.
     """
 
     name: str
@@ -118,11 +135,20 @@ class Spline:
     pieces: tuple[tuple[float, float], ...]
     bound: float
     domain: tuple[float, float] = (-math.inf, math.inf)
+    range_bits: int = 31
 
     def __post_init__(self) -> None:
         b = self.breakpoints
         if len(self.pieces) != len(b) + 1 or any(x >= y for x, y in pairwise(b)):
             raise ValueError("a spline needs increasing breakpoints and one more piece")
+        edge = 2.0**self.range_bits
+        ends = [e for e in self.domain if math.isfinite(e)]
+        if not 0 <= self.range_bits <= 62 or any(not -edge <= x < edge for x in (*b, *ends)):
+            raise ValueError(f"{self.name}: breakpoints or domain outside its range")
+
+    def depth(self, p: GateParams) -> int:
+        """The gate's ``n`` under ``p``: the table's range at ``2^f``, or ``p``'s if narrower."""
+        return min(p.depth, self.range_bits + p.frac_bits)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The spline in float64 (a reference; the gate computes :meth:`fixed`)."""
@@ -141,10 +167,10 @@ class Spline:
 
 
 def deal(
-    p: GateParams, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str
+    n: int, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str
 ) -> tuple[GateKey, GateKey]:
     """Keys for masks ``r`` (n,): a DCF ``p -> (1, r) 1{p < r mod 2^d}`` of depth ``d = n + 1``."""
-    depth = p.depth + 1
+    depth = n + 1
     low = r.view(np.uint64) & np.uint64((1 << depth) - 1)
     beta = np.stack([np.ones_like(r), r])
     k0, k1 = dcf.gen(low, beta, depth, rng, prg, LANES)
@@ -172,7 +198,7 @@ class SplineGate:
         out_bits: int = 64,
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates, fresh uniform masks (full lanes whatever ``out_bits``)."""
-        return deal(p, rng.ring(n), rng, prg, self.kind)
+        return deal(self.spline.depth(p), rng.ring(n), rng, prg, self.kind)
 
     def eval(
         self,
@@ -185,11 +211,13 @@ class SplineGate:
         """Party: shares (n,) of ``S_i x + C_i`` at ``2^(2f)`` from the opened ``o = x + r``."""
         if key.kind != self.kind:
             raise ValueError(f"a {key.kind} key for the {self.kind} gate")
-        fx = self.spline.fixed(p.frac_bits)
-        h = 1 << p.depth
+        fx, depth = self.spline.fixed(p.frac_bits), self.spline.depth(p)
+        h = 1 << depth
         if any(not -h <= b < h for b in fx.breakpoints):
-            raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{p.depth}")
-        low = np.uint64((1 << (p.depth + 1)) - 1)
+            raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{depth}")
+        if key.dcf.depth != depth + 1:
+            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth}, not {depth + 1}")
+        low = np.uint64((1 << (depth + 1)) - 1)
         o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1)
         top = (o.view(np.uint64) + np.uint64(h)) & low  # o' = (o + h) mod 2^d
         first = key.dcf.party == 0
