@@ -289,6 +289,19 @@ def test_a_model_whose_one_sample_fills_a_reply_gets_one_sample_per_reply_and_a_
         assert _close(decode(y0 + y1), expected)
     assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
     assert parties[0].next_refill() == ("m", 1, 1)  # a pool of one bundle, not of 4
+    links.requests.clear()
+    run_pair(*(lambda rank=rank: parties[rank].refill(FakeChannel(links, rank), "m", 1, 1)
+               for rank in (0, 1)))  # fmt: skip
+    one = [
+        lambda rank=rank: parties[rank].predict(
+            FakeChannel(links, rank), "m", handles[rank], fm, xs[rank][:1]
+        )
+        for rank in (0, 1)
+    ]
+    y0, y1 = run_pair(*one)  # pooled, and no refill rides on it for such a model
+    with np.errstate(over="ignore"):
+        assert _close(decode(y0 + y1), expected[:1])
+    assert links.requests == ["fast_bundles"] and parties[0].stats().hits == 1
     dealer = FastDealing(stock=0)
     setup_id = dealer.setup(fast_spec.to_wire(fm.spec))[0][0]
     assert len(dealer.bundles(setup_id, 1, 1)[0][1]) == 1

@@ -24,7 +24,12 @@ serials against its own pool.
   the bundles in :meth:`FastInference.finish`, which the predict kind calls
   after it has answered the job's callers. A client that waits for each
   answer (no idle gap long enough for a refill job) keeps its pool filled
-  this way instead of asking the dealer inside every forward.
+  this way instead of asking the dealer inside every forward. Not for a
+  *large* model, one whose single sample needs more than a normal reply
+  (:func:`large`): making its material takes far longer than its forward
+  (BERT-tiny: about 14 s of dealer time against a few seconds online), so a
+  riding refill would hold up the next job; its pool is refilled by refill
+  jobs in idle time.
 
 Everything here dies with the session (:meth:`FastInference.session_lost`):
 the dealer's keys live for one session too.
@@ -134,6 +139,11 @@ def max_rows(spec: fe.ModelSpec) -> int:
     return fast_dealing.reply_limit(per_sample) // per_sample
 
 
+def large(spec: fe.ModelSpec) -> bool:
+    """One sample's material needs more than a normal dealer reply (it travels alone)."""
+    return plan_of(spec).elements_per_sample() > fast_dealing.MAX_ELEMENTS
+
+
 class FastInference:
     """Per server: which models run fast, their setups and bundle pools (see module doc)."""
 
@@ -187,7 +197,7 @@ class FastInference:
             if setup:
                 self.pool.drop_model(model_id)
             taken = None if setup else self.pool.take(model_id, sizes)
-            riding = () if setup else self._riding_refill(model_id, sizes)
+            riding = () if setup or large(fm.spec) else self._riding_refill(model_id, sizes)
             ch.send_plan((setup, tuple(p.serial for p in taken or ()), riding))
         else:
             setup, serials, riding = ch.recv_plan()
