@@ -32,11 +32,12 @@ from ppml.client.he_api import HeMixin
 from ppml.client.input_checks import check_rows
 from ppml.client.model_export import ModelSource, export_model
 from ppml.client.request_check import check_request
+from ppml.client.token_input import TokenRows, encode_tokens
 from ppml.client.training_api import Evaluation, TrainingMixin
 from ppml.client.transport import Endpoint, ServerStubs
 from ppml.proto import shares
 from ppml.proto.deploy.topology import ClusterConfig, load_config
-from ppml.proto.domain.architecture import ModelMeta
+from ppml.proto.domain.architecture import Architecture, ModelMeta
 from ppml.proto.domain.status import StatusReport
 from ppml.proto.wire import serde
 from ppml.v1 import inference_pb2, registry_pb2, status_pb2
@@ -225,7 +226,7 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
     def predict(
         self,
         model_id: str,
-        x: torch.Tensor | np.ndarray,
+        x: torch.Tensor | np.ndarray | TokenRows,
         timeout: float | None = None,
         backend: str = "mpc",
     ) -> torch.Tensor:
@@ -234,9 +235,14 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
         ``backend="mpc"`` (the default) secret-shares ``x`` across every server;
         ``backend="ckks"`` encrypts it under this identity's CKKS key for one
         server's own model (:meth:`predict_ckks`, :meth:`he_register`).
+        A token model takes a batch of token-id sequences (ragged lists, or
+        an integer array), each at most the model's length: the SDK pads
+        them with the model's pad id to that length (the servers never learn
+        a sequence's true length) and shares them one-hot.
         """
         if backend == "ckks":
-            return self.predict_ckks(model_id, x, timeout=timeout).output
+            rows = x if isinstance(x, torch.Tensor | np.ndarray) else np.asarray(x)
+            return self.predict_ckks(model_id, rows, timeout=timeout).output
         if backend != "mpc":
             raise ValueError(f"backend must be 'mpc' or 'ckks', not {backend!r}")
         return self.predict_detailed(model_id, x, timeout).output
@@ -244,17 +250,17 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
     def predict_detailed(
         self,
         model_id: str,
-        x: torch.Tensor | np.ndarray,
+        x: torch.Tensor | np.ndarray | TokenRows,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Prediction:
         """The prediction with how it was batched; ``request_id`` is yours to choose or fresh.
 
         Raises :class:`InputShapeMismatch` before anything is sent when ``x``'s rows do not
-        have the model's input shape (read once per model from its public metadata).
+        have the model's input shape (read once per model from its public metadata), and
+        :class:`InvalidTokens` when a token model's ids do not fit it (:meth:`predict`).
         """
-        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        self._check_input(model_id, array.shape)
+        array = self._input(model_id, x)
         parts = shares.share(shares.encode(array), self.parties)
         request_id = request_id or uuid.uuid4().hex
         requests = [
@@ -275,12 +281,20 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
             torch.from_numpy(value).float(), min(r.batch_requests for r in replies), request_id
         )
 
-    def _check_input(self, model_id: str, shape: tuple[int, ...]) -> None:
-        known: dict[str, tuple[int, ...]] = self.__dict__.setdefault("_input_shapes", {})
-        if model_id in known and tuple(shape[1:]) == known[model_id]:
-            return
-        known[model_id] = tuple(self.get_model(model_id).architecture.input_shape)  # fresh
-        check_rows(known[model_id], shape, f"model {model_id}")
+    def _input(self, model_id: str, x: torch.Tensor | np.ndarray | TokenRows) -> np.ndarray:
+        """``x`` as the model's input rows (a token model's one-hot), checked against it."""
+        known: dict[str, Architecture] = self.__dict__.setdefault("_input_architectures", {})
+        for fresh in (False, True):  # a cached architecture, then (on a mismatch) a fresh one
+            if fresh or model_id not in known:
+                known[model_id] = self.get_model(model_id).architecture
+            architecture = known[model_id]
+            if architecture.tokens is not None:
+                return encode_tokens(x, architecture.tokens, f"model {model_id}")
+            array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            if tuple(array.shape[1:]) == tuple(architecture.input_shape):
+                return array
+        check_rows(architecture.input_shape, array.shape, f"model {model_id}")
+        return array
 
     # ------------------------------------------------------------ monitoring
 

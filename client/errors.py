@@ -160,6 +160,11 @@ class InputShapeMismatch(InvalidShare):
     """Rows of another width (or shape) than the model's input; raised before anything is sent."""
 
 
+class InvalidTokens(InputShapeMismatch):
+    """Token ids a token model cannot take (not integers, outside ``[0, vocab)``, a sequence
+    longer than the model's length); raised before anything is sent."""
+
+
 class UpdateShapeMismatch(InvalidFederation):
     """A local training returned a model whose parameters differ from the federation's model
     (another shape, a missing or an extra layer); raised before anything is sent."""

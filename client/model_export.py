@@ -25,6 +25,7 @@ from ppml.client.exported import to_torch
 from ppml.client.input_checks import check_rows
 from ppml.client.onnx_graph import UnsupportedModelError, parse_onnx
 from ppml.proto.domain.architecture import Architecture
+from ppml.proto.domain.tokens import one_hot
 
 __all__ = ["UnsupportedModelError", "export_model", "plaintext_forward"]
 
@@ -40,6 +41,7 @@ _SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm2d,
     nn.Dropout,
     nn.Dropout2d,
+    nn.Embedding,
     nn.Identity,
     nn.LayerNorm,
     nn.GELU,
@@ -59,6 +61,7 @@ ModelSource = nn.Module | str | os.PathLike[str] | bytes  # a torch module or an
 def export_model(
     model: ModelSource,
     sample_input: torch.Tensor | None = None,
+    pad_id: int | None = None,
 ) -> tuple[Architecture, dict[str, np.ndarray]]:
     """Return ``(architecture, weights)`` for a torch module or an ONNX model.
 
@@ -66,7 +69,11 @@ def export_model(
         model: a ``torch.nn.Module``, or an ONNX model as a file path or as bytes.
         sample_input: an example input batch (batch dimension first) for tracing a
             torch module; optional when its first layer is a ``Linear`` (a row of
-            zeros of its input width is used), required otherwise.
+            zeros of its input width is used), required otherwise. For a token
+            model (an ``nn.Embedding`` reading the input), integer token ids of
+            shape ``(batch, length)``, ``length`` the model's maximum.
+        pad_id: a token model's padding id (the SDK pads shorter sequences with
+            it); by default the embedding's ``padding_idx``, else 0.
 
     Returns:
         The public architecture, and float64 weights keyed exactly like
@@ -91,12 +98,21 @@ def export_model(
         proto = _load(lambda: onnx.load(path))
     else:
         raise TypeError(f"cannot export a {type(model).__name__}: expected a module or ONNX")
-    arch, weights = parse_onnx(proto)
+    if pad_id is None:
+        pad_id = _padding_idx(model) if isinstance(model, nn.Module) else 0
+    arch, weights = parse_onnx(proto, pad_id)
     if isinstance(model, nn.Module):
         assert sample_input is not None
         arch = replace(arch, meta={**arch.meta, "source": f"torch:{type(model).__name__}"})
         _check_reproduces(model, arch, weights, sample_input)
     return arch, weights
+
+
+def _padding_idx(model: nn.Module) -> int:
+    """The first embedding's ``padding_idx`` (0 when it has none or there is none)."""
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    index = None if embedding is None else embedding.padding_idx
+    return 0 if index is None else int(index) % embedding.num_embeddings  # type: ignore[union-attr]
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
@@ -109,6 +125,11 @@ def _sample_for(model: nn.Module, sample_input: torch.Tensor | None) -> torch.Te
     if sample_input is None:
         if isinstance(first, nn.Linear):
             return torch.zeros(1, first.in_features)
+        if isinstance(first, nn.Embedding):
+            raise ValueError(
+                "a token model needs sample_input=, integer token ids of shape (batch, length), "
+                "length the model's maximum, e.g. torch.zeros(1, 16, dtype=torch.long)"
+            )
         raise ValueError(
             "a torch module whose first layer is not a Linear needs sample_input=, an example "
             "batch of shape (batch, ...), e.g. torch.zeros(1, 1, 28, 28)"
@@ -158,6 +179,7 @@ def _torch_to_onnx(model: nn.Module, sample_input: torch.Tensor) -> onnx.ModelPr
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # nn.Embedding(padding_idx)
             torch.onnx.export(
                 model.eval(),
                 (sample_input.detach(),),
@@ -186,6 +208,8 @@ def _check_reproduces(
     finally:
         for module, training in flags:
             module.training = training
+    if arch.tokens is not None:
+        x = torch.from_numpy(one_hot(x.numpy(), arch.tokens.vocab))
     got = plaintext_forward(arch, weights, x)
     error = (got - expected).abs().max().item() if got.shape == expected.shape else np.inf
     if not error <= 1e-3 * (1.0 + expected.abs().max().item()):

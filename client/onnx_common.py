@@ -20,6 +20,7 @@ SUPPORTED_OPS = (
     "BatchNormalization, Add of two activations (residual) or of a constant (bias), "
     "MatMul of two activations, Softmax and LayerNormalization (last axis), Gelu (or its Erf "
     "form), Tanh, Sigmoid, Mul/Div by a scalar constant, ReduceMean over one axis, "
+    "Gather (an embedding of integer token ids, or x[:, i]), Concat of activations, "
     "Dropout, Identity"
 )
 

@@ -27,6 +27,7 @@ from ppml.client.onnx_common import Dim, Shape, UnsupportedModelError, Value
 from ppml.client.onnx_common import Step as _Step
 from ppml.client.onnx_common import attrs as _attrs
 from ppml.client.onnx_common import unsupported as _unsupported
+from ppml.client.onnx_tokens import TokenOps
 from ppml.client.onnx_transformer import TransformerOps
 from ppml.proto.domain.architecture import (
     MODEL_INPUT,
@@ -40,13 +41,15 @@ from ppml.proto.domain.architecture import (
     Linear,
     MaxPool2d,
     ReLU,
+    TokenInput,
 )
 
-_JOINS = frozenset({"Add", "MatMul", "Mul"})  # ops that may take two activations
+_JOINS = frozenset({"Add", "MatMul", "Mul", "Concat"})  # ops that may take two activations
+_INTEGER = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
 _SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice"})
 
 
-class _GraphParser(TransformerOps):
+class _GraphParser(TransformerOps, TokenOps):
     """Walks the graph's nodes in topological order, emitting one layer per op.
 
     Activations may feed several nodes, and :class:`Add` joins two of them
@@ -69,6 +72,8 @@ class _GraphParser(TransformerOps):
         )
         self.input_name, self.output_name = inputs[0].name, graph.output[0].name
         self.input_shape = _declared_shape(inputs[0])
+        self.token_ids = inputs[0].type.tensor_type.elem_type in _INTEGER  # token model
+        self.vocab: int | None = None
         self.producer: dict[str, onnx.NodeProto] = {}
         self.shape_valued: set[str] = set()
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -132,6 +137,8 @@ class _GraphParser(TransformerOps):
             "Add": self._add,
             "Dropout": self._skip,
             "Identity": self._skip,
+            "Gather": self._gather,
+            "Concat": self._concat,
             **self.transformer_handlers(),
         }
         self.values[self.input_name] = (MODEL_INPUT, self.input_shape)
@@ -139,6 +146,12 @@ class _GraphParser(TransformerOps):
             if id(node) in self.fused:
                 continue
             first = next((i for i in node.input if i in self.values), None)
+            if (
+                self.token_ids
+                and self.input_name in node.input
+                and not (node.op_type == "Gather" and list(node.input).index(self.input_name) == 1)
+            ):
+                raise _unsupported(node, "reads the token ids: only an embedding (table[ids]) may")
             if node.op_type not in handlers or first is None:
                 raise _unsupported(node)
             for extra in node.output[1:]:
@@ -456,10 +469,30 @@ def _vector(node: onnx.NodeProto, value: np.ndarray, size: int) -> np.ndarray:
     raise _unsupported(node, f"has a bias of shape {value.shape} for {size} features")
 
 
-def parse_onnx(model: onnx.ModelProto) -> tuple[Architecture, dict[str, np.ndarray]]:
-    """A loaded ONNX model -> (public architecture, float64 weights by parameter name)."""
+def parse_onnx(
+    model: onnx.ModelProto, pad_id: int = 0
+) -> tuple[Architecture, dict[str, np.ndarray]]:
+    """A loaded ONNX model -> (public architecture, float64 weights by parameter name).
+
+    A graph whose input is integer is a token model (:mod:`ppml.proto.domain.tokens`):
+    its architecture takes the one-hot ids, sequences padded with ``pad_id``.
+    """
     parser = _GraphParser(model)
     steps, out_shape = parser.parse()
+    input_shape = tuple(int(d) for d in parser.input_shape[1:])
+    tokens = None
+    if parser.token_ids:
+        if parser.vocab is None or len(input_shape) != 1:
+            raise UnsupportedModelError(
+                f"an integer input of shape {input_shape} must be (batch, length) token ids "
+                "read by an embedding"
+            )
+        tokens = TokenInput(parser.vocab, input_shape[0], pad_id)
+        try:
+            tokens.check()
+        except ValueError as exc:
+            raise UnsupportedModelError(str(exc)) from None
+        input_shape = tokens.input_shape
     chain = all(step.sources == (i - 1,) for i, step in enumerate(steps))
     weights = {
         f"{index}.{name}": np.ascontiguousarray(value, dtype=np.float64)
@@ -468,9 +501,10 @@ def parse_onnx(model: onnx.ModelProto) -> tuple[Architecture, dict[str, np.ndarr
     }
     arch = Architecture(
         layers=tuple(step.layer for step in steps),
-        input_shape=tuple(int(d) for d in parser.input_shape[1:]),
+        input_shape=input_shape,
         output_shape=tuple(int(d) for d in out_shape[1:]),
         meta={"producer": f"{model.producer_name} {model.producer_version}".strip()},
         inputs=() if chain else tuple(step.sources for step in steps),
+        tokens=tokens,
     )
     return arch, weights

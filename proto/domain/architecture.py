@@ -10,6 +10,8 @@ model's. A residual network is such a graph, joined by :class:`Add` layers.
 Each layer's secret parameters are named
 ``"{index}.{name}"``; :meth:`Architecture.parameter_shapes` lists them, and
 that list is exactly what a model upload must carry, one share per name.
+A token model (``tokens`` set, :mod:`.tokens`) takes integer token ids that
+the client one-hot encodes to ``input_shape = (length, vocab)``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ppml.proto.domain.layers import (
     Affine,
     AvgPool2d,
     Bias,
+    Concat,
     Conv2d,
     Flatten,
     Layer,
@@ -37,11 +40,13 @@ from ppml.proto.domain.layers import (
     ReLU,
     Reshape,
     Scale,
+    Select,
     Sigmoid,
     Softmax,
     Tanh,
     Transpose,
 )
+from ppml.proto.domain.tokens import TokenInput
 
 Pair = layers.Pair
 
@@ -58,6 +63,7 @@ class Architecture:
     output_shape: tuple[int, ...]
     meta: dict[str, str] = field(default_factory=dict, compare=False)
     inputs: tuple[tuple[int, ...], ...] = ()  # per layer, its sources; () for a chain
+    tokens: TokenInput | None = None  # token ids, one-hot of input_shape (tokens.py)
 
     def sources(self, index: int) -> tuple[int, ...]:
         """The layers whose outputs feed layer ``index`` (:data:`MODEL_INPUT` for the input)."""
@@ -121,6 +127,18 @@ class ModelMeta:
                 count *= dim
             total += count
         return total
+
+
+def check_tokens(a: Architecture) -> None:
+    """ValueError unless ``tokens`` is unset or in range and matches ``input_shape``."""
+    if a.tokens is None:
+        return
+    a.tokens.check()
+    if tuple(a.input_shape) != a.tokens.input_shape:
+        raise ValueError(
+            f"a token model's input shape must be (length, vocab) = {a.tokens.input_shape}, "
+            f"got {tuple(a.input_shape)}"
+        )
 
 
 def check_graph(a: Architecture) -> None:
@@ -210,6 +228,7 @@ __all__ = [
     "Architecture",
     "AvgPool2d",
     "Bias",
+    "Concat",
     "Conv2d",
     "Flatten",
     "Layer",
@@ -223,13 +242,16 @@ __all__ = [
     "ReLU",
     "Reshape",
     "Scale",
+    "Select",
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "TokenInput",
     "Transpose",
     "build_model",
     "build_modules",
     "check_graph",
+    "check_tokens",
     "graph_class",
     "infer_output_shape",
     "layer_shapes",

@@ -25,7 +25,16 @@ from typing import Any, ClassVar
 from ppml.proto.domain.layer_kind import KINDS, LayerBase, Pair, Shape, register
 from ppml.proto.domain.layer_kind import positive as _positive
 from ppml.proto.domain.nonlinear_layers import GELU, LayerNorm, Sigmoid, Softmax, Tanh
-from ppml.proto.domain.tensor_layers import Bias, MatMul, Mean, Reshape, Scale, Transpose
+from ppml.proto.domain.tensor_layers import (
+    Bias,
+    Concat,
+    MatMul,
+    Mean,
+    Reshape,
+    Scale,
+    Select,
+    Transpose,
+)
 
 
 def _pair_ok(pair: Pair, minimum: int) -> bool:
@@ -275,7 +284,7 @@ def affine_class(nn: Any) -> type:
 
 Layer = (
     Linear | Conv2d | ReLU | AvgPool2d | MaxPool2d | Flatten | Affine | Add
-    | MatMul | Transpose | Reshape | Scale | Bias | Mean
+    | MatMul | Transpose | Reshape | Scale | Bias | Mean | Select | Concat
     | Softmax | LayerNorm | GELU | Tanh | Sigmoid
 )  # fmt: skip
 
@@ -286,6 +295,7 @@ __all__ = [
     "Affine",
     "AvgPool2d",
     "Bias",
+    "Concat",
     "Conv2d",
     "Flatten",
     "Layer",
@@ -299,6 +309,7 @@ __all__ = [
     "ReLU",
     "Reshape",
     "Scale",
+    "Select",
     "Shape",
     "Sigmoid",
     "Softmax",

@@ -9,7 +9,8 @@ product (exact up to the fixed-point truncation, 2^-16 per product term);
 :class:`Transpose`, :class:`Reshape` and :class:`Bias` move or add shares
 locally (exact); :class:`Scale` multiplies by the factor encoded in fixed
 point (absolute error of the factor at most 2^-17) and :class:`Mean` divides
-by a public count (one truncation, error at most about 2^-16).
+by a public count (one truncation, error at most about 2^-16). :class:`Select`
+(CLS pooling) and :class:`Concat` pick and join shares locally (exact).
 """
 
 from __future__ import annotations
@@ -169,3 +170,59 @@ class Mean(OpLayer):
 
     def describe(self) -> str:
         return f"Mean(axis {self.axis})"
+
+
+@register("select")
+@dataclass(frozen=True)
+class Select(OpLayer):
+    """Entry ``index`` of one sample dim ``axis`` (dropped), e.g. CLS pooling ``x[:, 0]``."""
+
+    axis: int
+    index: int
+
+    def check(self) -> None:
+        if self.axis < 0 or self.index < 0:
+            raise ValueError(f"Select axis and index must be >= 0, got {self.axis}, {self.index}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if self.axis >= len(shape) or self.index >= shape[self.axis]:
+            raise ValueError(f"has no entry {self.index} on axis {self.axis} of {shape}")
+        return shape[: self.axis] + shape[self.axis + 1 :]
+
+    def forward(self, xs: tuple[Any, ...], params: dict[str, Any], plain: bool) -> Any:
+        return xs[0][(slice(None),) * (self.axis + 1) + (self.index,)]
+
+    def describe(self) -> str:
+        return f"Select(axis {self.axis}, {self.index})"
+
+
+@register("concat")
+@dataclass(frozen=True)
+class Concat(OpLayer):
+    """Two activations joined along one sample dim ``axis`` (the other dims equal)."""
+
+    ARITY: ClassVar[int] = 2
+    axis: int
+
+    def check(self) -> None:
+        if self.axis < 0:
+            raise ValueError(f"Concat axis must be a sample dim >= 0, got {self.axis}")
+
+    def join_shapes(self, shapes: tuple[Shape, ...]) -> Shape:
+        if len(shapes) != 2:
+            raise ValueError(f"takes 2 inputs, gets {len(shapes)}")
+        a, b = shapes
+        k = self.axis
+        if k >= len(a) or len(a) != len(b) or a[:k] + a[k + 1 :] != b[:k] + b[k + 1 :]:
+            raise ValueError(f"cannot join {a} and {b} along axis {k}")
+        return (*a[:k], a[k] + b[k], *a[k + 1 :])
+
+    def forward(self, xs: tuple[Any, ...], params: dict[str, Any], plain: bool) -> Any:
+        if plain:
+            import torch
+
+            return torch.cat(list(xs), self.axis + 1)
+        return type(xs[0]).cat(list(xs), dim=self.axis + 1)  # MPCTensor.cat, as crypten.cat
+
+    def describe(self) -> str:
+        return f"Concat(axis {self.axis})"

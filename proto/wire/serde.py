@@ -115,12 +115,15 @@ def layer_from_proto(msg: common_pb2.Layer, index: int) -> arch.Layer:
 
 
 def architecture_to_proto(a: arch.Architecture) -> common_pb2.Architecture:
-    return common_pb2.Architecture(
+    msg = common_pb2.Architecture(
         layers=[layer_to_proto(layer) for layer in a.layers],
         input_shape=a.input_shape,
         output_shape=a.output_shape,
         inputs=[common_pb2.LayerInputs(sources=sources) for sources in a.inputs],
     )
+    if a.tokens is not None:
+        _fields_to_message(a.tokens, msg.tokens)
+    return msg
 
 
 def architecture_from_proto(msg: common_pb2.Architecture) -> arch.Architecture:
@@ -132,8 +135,12 @@ def architecture_from_proto(msg: common_pb2.Architecture) -> arch.Architecture:
         raise PpmlError(ErrorCode.INVALID_MODEL, "input_shape/output_shape must be positive")
     layers = tuple(layer_from_proto(layer, i) for i, layer in enumerate(msg.layers))
     inputs = tuple(tuple(int(s) for s in entry.sources) for entry in msg.inputs)
-    architecture = arch.Architecture(layers, input_shape, output_shape, inputs=inputs)
+    tokens = _fields_from_message(arch.TokenInput, msg.tokens) if msg.HasField("tokens") else None
+    architecture = arch.Architecture(
+        layers, input_shape, output_shape, inputs=inputs, tokens=tokens
+    )
     try:
+        arch.check_tokens(architecture)
         arch.check_graph(architecture)
     except ValueError as exc:
         raise PpmlError(ErrorCode.INVALID_MODEL, f"architecture: {exc}") from None

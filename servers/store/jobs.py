@@ -100,8 +100,15 @@ def graph_refusal(architecture: Architecture) -> str | None:
     """Why a model cannot be trained or federated; None if it can.
 
     A graph (one with a residual connection) cannot, nor a chain with a layer
-    kind that is only served (``TRAINABLE`` false: a transformer's kinds).
+    kind that is only served (``TRAINABLE`` false: a transformer's kinds),
+    nor a token model (its input is one-hot token ids, not a data set's rows).
     """
+    if architecture.tokens is not None:
+        return (
+            "the model takes token ids (an embedding of a "
+            f"{architecture.tokens.vocab}-token vocabulary): token models are served (predict) "
+            "but not trained or federated; train a model on feature rows"
+        )
     if not architecture.is_chain:
         return (
             f"the model is a graph ({architecture.describe()}): models with residual "

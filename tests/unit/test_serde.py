@@ -185,6 +185,8 @@ EVERY_LAYER: list[arch.Layer] = [
     arch.Scale(0.3535533905932738),
     arch.Bias((8, 16)),
     arch.Mean(0),
+    arch.Select(0, 3),
+    arch.Concat(1),
 ]
 
 

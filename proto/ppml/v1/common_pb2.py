@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ppml/v1/common.proto\x12\x07ppml.v1\"b\n\x0bShareTensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.ppml.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66ractional_bits\x18\x04 \x01(\r\"?\n\nNamedShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05share\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\"A\n\x06Linear\x12\x13\n\x0bin_features\x18\x01 \x01(\x03\x12\x14\n\x0cout_features\x18\x02 \x01(\x03\x12\x0c\n\x04\x62ias\x18\x03 \x01(\x08\"\x99\x01\n\x06\x43onv2d\x12\x13\n\x0bin_channels\x18\x01 \x01(\x03\x12\x14\n\x0cout_channels\x18\x02 \x01(\x03\x12\x13\n\x0bkernel_size\x18\x03 \x03(\x03\x12\x0e\n\x06stride\x18\x04 \x03(\x03\x12\x0f\n\x07padding\x18\x05 \x03(\x03\x12\x10\n\x08\x64ilation\x18\x06 \x03(\x03\x12\x0e\n\x06groups\x18\x07 \x01(\x03\x12\x0c\n\x04\x62ias\x18\x08 \x01(\x08\">\n\x06Pool2d\x12\x13\n\x0bkernel_size\x18\x01 \x03(\x03\x12\x0e\n\x06stride\x18\x02 \x03(\x03\x12\x0f\n\x07padding\x18\x03 \x03(\x03\"\x17\n\x06\x41\x66\x66ine\x12\r\n\x05shape\x18\x01 \x03(\x03\"\x06\n\x04ReLU\"\t\n\x07\x46latten\"\xa9\x05\n\x05Layer\x12!\n\x06linear\x18\x01 \x01(\x0b\x32\x0f.ppml.v1.LinearH\x00\x12!\n\x06\x63onv2d\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.Conv2dH\x00\x12\x1d\n\x04relu\x18\x03 \x01(\x0b\x32\r.ppml.v1.ReLUH\x00\x12%\n\navg_pool2d\x18\x04 \x01(\x0b\x32\x0f.ppml.v1.Pool2dH\x00\x12%\n\nmax_pool2d\x18\x05 \x01(\x0b\x32\x0f.ppml.v1.Pool2dH\x00\x12#\n\x07\x66latten\x18\x06 \x01(\x0b\x32\x10.ppml.v1.FlattenH\x00\x12!\n\x06\x61\x66\x66ine\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.AffineH\x00\x12\x1b\n\x03\x61\x64\x64\x18\x08 \x01(\x0b\x32\x0c.ppml.v1.AddH\x00\x12!\n\x06matmul\x18\t \x01(\x0b\x32\x0f.ppml.v1.MatMulH\x00\x12\'\n\ttranspose\x18\n \x01(\x0b\x32\x12.ppml.v1.TransposeH\x00\x12#\n\x07reshape\x18\x0b \x01(\x0b\x32\x10.ppml.v1.ReshapeH\x00\x12#\n\x07softmax\x18\x0c \x01(\x0b\x32\x10.ppml.v1.SoftmaxH\x00\x12(\n\nlayer_norm\x18\r \x01(\x0b\x32\x12.ppml.v1.LayerNormH\x00\x12\x1d\n\x04gelu\x18\x0e \x01(\x0b\x32\r.ppml.v1.GELUH\x00\x12\x1d\n\x04tanh\x18\x0f \x01(\x0b\x32\r.ppml.v1.TanhH\x00\x12#\n\x07sigmoid\x18\x10 \x01(\x0b\x32\x10.ppml.v1.SigmoidH\x00\x12\x1f\n\x05scale\x18\x11 \x01(\x0b\x32\x0e.ppml.v1.ScaleH\x00\x12\x1d\n\x04\x62ias\x18\x12 \x01(\x0b\x32\r.ppml.v1.BiasH\x00\x12\x1d\n\x04mean\x18\x13 \x01(\x0b\x32\r.ppml.v1.MeanH\x00\x42\x06\n\x04kind\"\x08\n\x06MatMul\"\x19\n\tTranspose\x12\x0c\n\x04perm\x18\x01 \x03(\x03\"\x18\n\x07Reshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\t\n\x07Softmax\"&\n\tLayerNorm\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0b\n\x03\x65ps\x18\x02 \x01(\x01\"\x06\n\x04GELU\"\x06\n\x04Tanh\"\t\n\x07Sigmoid\"\x17\n\x05Scale\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x01\"\x15\n\x04\x42ias\x12\r\n\x05shape\x18\x01 \x03(\x03\"\x14\n\x04Mean\x12\x0c\n\x04\x61xis\x18\x01 \x01(\x03\"\x05\n\x03\x41\x64\x64\"\x1e\n\x0bLayerInputs\x12\x0f\n\x07sources\x18\x01 \x03(\x05\"\x7f\n\x0c\x41rchitecture\x12\x1e\n\x06layers\x18\x01 \x03(\x0b\x32\x0e.ppml.v1.Layer\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\x12$\n\x06inputs\x18\x04 \x03(\x0b\x32\x14.ppml.v1.LayerInputs\"@\n\nDataSource\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x03(\t*0\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44TYPE_RING64\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ppml/v1/common.proto\x12\x07ppml.v1\"b\n\x0bShareTensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.ppml.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66ractional_bits\x18\x04 \x01(\r\"?\n\nNamedShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05share\x18\x02 \x01(\x0b\x32\x14.ppml.v1.ShareTensor\"A\n\x06Linear\x12\x13\n\x0bin_features\x18\x01 \x01(\x03\x12\x14\n\x0cout_features\x18\x02 \x01(\x03\x12\x0c\n\x04\x62ias\x18\x03 \x01(\x08\"\x99\x01\n\x06\x43onv2d\x12\x13\n\x0bin_channels\x18\x01 \x01(\x03\x12\x14\n\x0cout_channels\x18\x02 \x01(\x03\x12\x13\n\x0bkernel_size\x18\x03 \x03(\x03\x12\x0e\n\x06stride\x18\x04 \x03(\x03\x12\x0f\n\x07padding\x18\x05 \x03(\x03\x12\x10\n\x08\x64ilation\x18\x06 \x03(\x03\x12\x0e\n\x06groups\x18\x07 \x01(\x03\x12\x0c\n\x04\x62ias\x18\x08 \x01(\x08\">\n\x06Pool2d\x12\x13\n\x0bkernel_size\x18\x01 \x03(\x03\x12\x0e\n\x06stride\x18\x02 \x03(\x03\x12\x0f\n\x07padding\x18\x03 \x03(\x03\"\x17\n\x06\x41\x66\x66ine\x12\r\n\x05shape\x18\x01 \x03(\x03\"\x06\n\x04ReLU\"\t\n\x07\x46latten\"\xef\x05\n\x05Layer\x12!\n\x06linear\x18\x01 \x01(\x0b\x32\x0f.ppml.v1.LinearH\x00\x12!\n\x06\x63onv2d\x18\x02 \x01(\x0b\x32\x0f.ppml.v1.Conv2dH\x00\x12\x1d\n\x04relu\x18\x03 \x01(\x0b\x32\r.ppml.v1.ReLUH\x00\x12%\n\navg_pool2d\x18\x04 \x01(\x0b\x32\x0f.ppml.v1.Pool2dH\x00\x12%\n\nmax_pool2d\x18\x05 \x01(\x0b\x32\x0f.ppml.v1.Pool2dH\x00\x12#\n\x07\x66latten\x18\x06 \x01(\x0b\x32\x10.ppml.v1.FlattenH\x00\x12!\n\x06\x61\x66\x66ine\x18\x07 \x01(\x0b\x32\x0f.ppml.v1.AffineH\x00\x12\x1b\n\x03\x61\x64\x64\x18\x08 \x01(\x0b\x32\x0c.ppml.v1.AddH\x00\x12!\n\x06matmul\x18\t \x01(\x0b\x32\x0f.ppml.v1.MatMulH\x00\x12\'\n\ttranspose\x18\n \x01(\x0b\x32\x12.ppml.v1.TransposeH\x00\x12#\n\x07reshape\x18\x0b \x01(\x0b\x32\x10.ppml.v1.ReshapeH\x00\x12#\n\x07softmax\x18\x0c \x01(\x0b\x32\x10.ppml.v1.SoftmaxH\x00\x12(\n\nlayer_norm\x18\r \x01(\x0b\x32\x12.ppml.v1.LayerNormH\x00\x12\x1d\n\x04gelu\x18\x0e \x01(\x0b\x32\r.ppml.v1.GELUH\x00\x12\x1d\n\x04tanh\x18\x0f \x01(\x0b\x32\r.ppml.v1.TanhH\x00\x12#\n\x07sigmoid\x18\x10 \x01(\x0b\x32\x10.ppml.v1.SigmoidH\x00\x12\x1f\n\x05scale\x18\x11 \x01(\x0b\x32\x0e.ppml.v1.ScaleH\x00\x12\x1d\n\x04\x62ias\x18\x12 \x01(\x0b\x32\r.ppml.v1.BiasH\x00\x12\x1d\n\x04mean\x18\x13 \x01(\x0b\x32\r.ppml.v1.MeanH\x00\x12!\n\x06select\x18\x14 \x01(\x0b\x32\x0f.ppml.v1.SelectH\x00\x12!\n\x06\x63oncat\x18\x15 \x01(\x0b\x32\x0f.ppml.v1.ConcatH\x00\x42\x06\n\x04kind\"\x08\n\x06MatMul\"\x19\n\tTranspose\x12\x0c\n\x04perm\x18\x01 \x03(\x03\"\x18\n\x07Reshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\t\n\x07Softmax\"&\n\tLayerNorm\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0b\n\x03\x65ps\x18\x02 \x01(\x01\"\x06\n\x04GELU\"\x06\n\x04Tanh\"\t\n\x07Sigmoid\"\x17\n\x05Scale\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x01\"\x15\n\x04\x42ias\x12\r\n\x05shape\x18\x01 \x03(\x03\"\x14\n\x04Mean\x12\x0c\n\x04\x61xis\x18\x01 \x01(\x03\"%\n\x06Select\x12\x0c\n\x04\x61xis\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\"\x16\n\x06\x43oncat\x12\x0c\n\x04\x61xis\x18\x01 \x01(\x03\";\n\nTokenInput\x12\r\n\x05vocab\x18\x01 \x01(\x03\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x0e\n\x06pad_id\x18\x03 \x01(\x03\"\x05\n\x03\x41\x64\x64\"\x1e\n\x0bLayerInputs\x12\x0f\n\x07sources\x18\x01 \x03(\x05\"\xa4\x01\n\x0c\x41rchitecture\x12\x1e\n\x06layers\x18\x01 \x03(\x0b\x32\x0e.ppml.v1.Layer\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\x12$\n\x06inputs\x18\x04 \x03(\x0b\x32\x14.ppml.v1.LayerInputs\x12#\n\x06tokens\x18\x05 \x01(\x0b\x32\x13.ppml.v1.TokenInput\"@\n\nDataSource\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x03(\t*0\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44TYPE_RING64\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ppml.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1658
-  _globals['_DTYPE']._serialized_end=1706
+  _globals['_DTYPE']._serialized_start=1890
+  _globals['_DTYPE']._serialized_end=1938
   _globals['_SHARETENSOR']._serialized_start=33
   _globals['_SHARETENSOR']._serialized_end=131
   _globals['_NAMEDSHARE']._serialized_start=133
@@ -50,35 +50,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLATTEN']._serialized_start=518
   _globals['_FLATTEN']._serialized_end=527
   _globals['_LAYER']._serialized_start=530
-  _globals['_LAYER']._serialized_end=1211
-  _globals['_MATMUL']._serialized_start=1213
-  _globals['_MATMUL']._serialized_end=1221
-  _globals['_TRANSPOSE']._serialized_start=1223
-  _globals['_TRANSPOSE']._serialized_end=1248
-  _globals['_RESHAPE']._serialized_start=1250
-  _globals['_RESHAPE']._serialized_end=1274
-  _globals['_SOFTMAX']._serialized_start=1276
-  _globals['_SOFTMAX']._serialized_end=1285
-  _globals['_LAYERNORM']._serialized_start=1287
-  _globals['_LAYERNORM']._serialized_end=1325
-  _globals['_GELU']._serialized_start=1327
-  _globals['_GELU']._serialized_end=1333
-  _globals['_TANH']._serialized_start=1335
-  _globals['_TANH']._serialized_end=1341
-  _globals['_SIGMOID']._serialized_start=1343
-  _globals['_SIGMOID']._serialized_end=1352
-  _globals['_SCALE']._serialized_start=1354
-  _globals['_SCALE']._serialized_end=1377
-  _globals['_BIAS']._serialized_start=1379
-  _globals['_BIAS']._serialized_end=1400
-  _globals['_MEAN']._serialized_start=1402
-  _globals['_MEAN']._serialized_end=1422
-  _globals['_ADD']._serialized_start=1424
-  _globals['_ADD']._serialized_end=1429
-  _globals['_LAYERINPUTS']._serialized_start=1431
-  _globals['_LAYERINPUTS']._serialized_end=1461
-  _globals['_ARCHITECTURE']._serialized_start=1463
-  _globals['_ARCHITECTURE']._serialized_end=1590
-  _globals['_DATASOURCE']._serialized_start=1592
-  _globals['_DATASOURCE']._serialized_end=1656
+  _globals['_LAYER']._serialized_end=1281
+  _globals['_MATMUL']._serialized_start=1283
+  _globals['_MATMUL']._serialized_end=1291
+  _globals['_TRANSPOSE']._serialized_start=1293
+  _globals['_TRANSPOSE']._serialized_end=1318
+  _globals['_RESHAPE']._serialized_start=1320
+  _globals['_RESHAPE']._serialized_end=1344
+  _globals['_SOFTMAX']._serialized_start=1346
+  _globals['_SOFTMAX']._serialized_end=1355
+  _globals['_LAYERNORM']._serialized_start=1357
+  _globals['_LAYERNORM']._serialized_end=1395
+  _globals['_GELU']._serialized_start=1397
+  _globals['_GELU']._serialized_end=1403
+  _globals['_TANH']._serialized_start=1405
+  _globals['_TANH']._serialized_end=1411
+  _globals['_SIGMOID']._serialized_start=1413
+  _globals['_SIGMOID']._serialized_end=1422
+  _globals['_SCALE']._serialized_start=1424
+  _globals['_SCALE']._serialized_end=1447
+  _globals['_BIAS']._serialized_start=1449
+  _globals['_BIAS']._serialized_end=1470
+  _globals['_MEAN']._serialized_start=1472
+  _globals['_MEAN']._serialized_end=1492
+  _globals['_SELECT']._serialized_start=1494
+  _globals['_SELECT']._serialized_end=1531
+  _globals['_CONCAT']._serialized_start=1533
+  _globals['_CONCAT']._serialized_end=1555
+  _globals['_TOKENINPUT']._serialized_start=1557
+  _globals['_TOKENINPUT']._serialized_end=1616
+  _globals['_ADD']._serialized_start=1618
+  _globals['_ADD']._serialized_end=1623
+  _globals['_LAYERINPUTS']._serialized_start=1625
+  _globals['_LAYERINPUTS']._serialized_end=1655
+  _globals['_ARCHITECTURE']._serialized_start=1658
+  _globals['_ARCHITECTURE']._serialized_end=1822
+  _globals['_DATASOURCE']._serialized_start=1824
+  _globals['_DATASOURCE']._serialized_end=1888
 # @@protoc_insertion_point(module_scope)

@@ -302,6 +302,8 @@ class Layer(_message.Message):
     SCALE_FIELD_NUMBER: _builtins.int
     BIAS_FIELD_NUMBER: _builtins.int
     MEAN_FIELD_NUMBER: _builtins.int
+    SELECT_FIELD_NUMBER: _builtins.int
+    CONCAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def linear(self) -> Global___Linear: ...
     @_builtins.property
@@ -340,6 +342,10 @@ class Layer(_message.Message):
     def bias(self) -> Global___Bias: ...
     @_builtins.property
     def mean(self) -> Global___Mean: ...
+    @_builtins.property
+    def select(self) -> Global___Select: ...
+    @_builtins.property
+    def concat(self) -> Global___Concat: ...
     def __init__(
         self,
         *,
@@ -362,12 +368,14 @@ class Layer(_message.Message):
         scale: Global___Scale | None = ...,
         bias: Global___Bias | None = ...,
         mean: Global___Mean | None = ...,
+        select: Global___Select | None = ...,
+        concat: Global___Concat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "concat", b"concat", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "select", b"select", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "affine", b"affine", "avg_pool2d", b"avg_pool2d", "bias", b"bias", "concat", b"concat", "conv2d", b"conv2d", "flatten", b"flatten", "gelu", b"gelu", "kind", b"kind", "layer_norm", b"layer_norm", "linear", b"linear", "matmul", b"matmul", "max_pool2d", b"max_pool2d", "mean", b"mean", "relu", b"relu", "reshape", b"reshape", "scale", b"scale", "select", b"select", "sigmoid", b"sigmoid", "softmax", b"softmax", "tanh", b"tanh", "transpose", b"transpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine", "add", "matmul", "transpose", "reshape", "softmax", "layer_norm", "gelu", "tanh", "sigmoid", "scale", "bias", "mean"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["linear", "conv2d", "relu", "avg_pool2d", "max_pool2d", "flatten", "affine", "add", "matmul", "transpose", "reshape", "softmax", "layer_norm", "gelu", "tanh", "sigmoid", "scale", "bias", "mean", "select", "concat"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -587,6 +595,80 @@ class Mean(_message.Message):
 Global___Mean: _TypeAlias = Mean  # noqa: Y015
 
 @_typing.final
+class Select(_message.Message):
+    """Entry `index` of per-sample dim `axis`, which is dropped (CLS pooling)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AXIS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    axis: _builtins.int
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        axis: _builtins.int = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axis", b"axis", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Select: _TypeAlias = Select  # noqa: Y015
+
+@_typing.final
+class Concat(_message.Message):
+    """Two tensors joined along per-sample dim `axis` (the other dims equal)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AXIS_FIELD_NUMBER: _builtins.int
+    axis: _builtins.int
+    def __init__(
+        self,
+        *,
+        axis: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axis", b"axis"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Concat: _TypeAlias = Concat  # noqa: Y015
+
+@_typing.final
+class TokenInput(_message.Message):
+    """A token model's input: per sample, `length` token ids in [0, vocab), padded
+    with `pad_id` by the client and sent one-hot, so input_shape is (length, vocab).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOCAB_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    PAD_ID_FIELD_NUMBER: _builtins.int
+    vocab: _builtins.int
+    length: _builtins.int
+    pad_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        vocab: _builtins.int = ...,
+        length: _builtins.int = ...,
+        pad_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "pad_id", b"pad_id", "vocab", b"vocab"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenInput: _TypeAlias = TokenInput  # noqa: Y015
+
+@_typing.final
 class Add(_message.Message):
     """The sum of two tensors of one shape (a residual connection)."""
 
@@ -637,6 +719,7 @@ class Architecture(_message.Message):
     INPUT_SHAPE_FIELD_NUMBER: _builtins.int
     OUTPUT_SHAPE_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Layer]: ...
     @_builtins.property
@@ -653,6 +736,10 @@ class Architecture(_message.Message):
         layer, every source an earlier layer or -1 (a graph, e.g. a ResNet).
         """
 
+    @_builtins.property
+    def tokens(self) -> Global___TokenInput:
+        """unset: the input is real-valued"""
+
     def __init__(
         self,
         *,
@@ -660,10 +747,11 @@ class Architecture(_message.Message):
         input_shape: _abc.Iterable[_builtins.int] | None = ...,
         output_shape: _abc.Iterable[_builtins.int] | None = ...,
         inputs: _abc.Iterable[Global___LayerInputs] | None = ...,
+        tokens: Global___TokenInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_shape", b"input_shape", "inputs", b"inputs", "layers", b"layers", "output_shape", b"output_shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_shape", b"input_shape", "inputs", b"inputs", "layers", b"layers", "output_shape", b"output_shape", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -339,6 +339,12 @@ class _Run:
             vals[s.dst] = vals[s.src].reshape(batch, *self.plan.values[s.dst].shape)
         elif isinstance(s, steps.Permute):
             vals[s.dst] = tensor_ops.permute(vals[s.src], s.perm)
+        elif isinstance(s, steps.Pick):
+            vals[s.dst] = tensor_ops.select(vals[s.src], s.axis, s.index)
+        elif isinstance(s, steps.Join):
+            a = vals[s.a] * self.lift if s.lift_a else vals[s.a]
+            b = vals[s.b] * self.lift if s.lift_b else vals[s.b]
+            vals[s.dst] = tensor_ops.concat(a, b, s.axis)
         elif isinstance(s, steps.Product):
             triple = self.bundle.triples[s.triple]
             opened = self.ex.open(beaver.masked(vals[s.a], vals[s.b], triple))

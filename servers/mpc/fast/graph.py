@@ -64,7 +64,9 @@ stays at ``2^(2f)`` until something needs ``2^f``:
   measured at most 2.9e-3 on rows of 8 and 128 with ``|w| <= 2``, i.e. about
   6e-4 relative to ``|w| (|z| + 1)``); a row whose variance is below 3/128
   gets the factor 6.53 (nothing promised);
-* Transpose and Reshape keep the scale; a Bias's shares (at ``2^f``) are
+* Transpose, Reshape and Select keep the scale; a Concat joins at the
+  larger of its operands' scales, lifting a ``2^f`` operand locally (as Add);
+  a Bias's shares (at ``2^f``) are
   lifted by ``2^f`` onto a ``2^(2f)`` value.
 
 Gate masks. Every gate opens ``v + r`` with its own fresh uniform ``r``
@@ -98,7 +100,8 @@ Security, per step (per party; the dealer receives nothing):
   difference ``r - r'``, independent of the value;
 * :class:`Product`, :class:`Hadamard`: ``X - A`` and ``Y - B`` with the
   triple's fresh uniform ``A, B`` (beaver.py);
-* :class:`Sum`, :class:`Reshape`, :class:`Permute`, :class:`Average`,
+* :class:`Sum`, :class:`Reshape`, :class:`Permute`, :class:`Pick`, :class:`Join`,
+  :class:`Average`,
   :class:`Multiply`, :class:`AddParam`, :class:`Center`, :class:`Shift`,
   :class:`Load`, lifting: local linear maps of each
   party's own shares (public constants only; a Bias adds the party's share of
@@ -156,12 +159,14 @@ from ppml.servers.mpc.fast.steps import (
     F,
     Gate,
     Hadamard,
+    Join,
     Load,
     Matmul,
     Maximum,
     Multiply,
     Open,
     Permute,
+    Pick,
     Product,
     Reshape,
     RowMax,
@@ -403,6 +408,15 @@ class _Builder:
             dst = self.value(node.out_shape(shape), scale)
             self.steps.append(Permute(dst, src, node.perm))
             return dst
+        if isinstance(node, tops.Select):
+            dst = self.value(node.out_shape(shape), scale)
+            self.steps.append(Pick(dst, src, node.axis, node.index))
+            return dst
+        if isinstance(node, tops.Concat):
+            sa, sb = (self.values[s].scale for s in srcs)
+            dst = self.value(node.join(shape, self.values[srcs[1]].shape), max(sa, sb))
+            self.steps.append(Join(dst, srcs[0], srcs[1], node.axis, sa < sb, sb < sa))
+            return dst
         if isinstance(node, tops.Bias):
             dst = self.value(node.out_shape(shape), scale)
             self.params.append(node.shape)
@@ -454,9 +468,9 @@ def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]
     """Values and gates whose outputs reach the model output through local steps only."""
     values, gates = {output}, set[int]()
     for s in reversed(plan_steps):
-        if isinstance(s, Sum) and s.dst in values:
+        if isinstance(s, Sum | Join) and s.dst in values:
             values |= {s.a, s.b}
-        elif isinstance(s, Reshape | Average | Permute | Multiply | AddParam | Shift) and (
+        elif isinstance(s, Reshape | Average | Permute | Multiply | AddParam | Shift | Pick) and (
             s.dst in values
         ):
             values.add(s.src)

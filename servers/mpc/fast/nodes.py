@@ -21,7 +21,8 @@ output is the last node's output. Node kinds:
   no padding, on (C, H, W);
 * a transformer's linear half (:mod:`.tensor_ops`): :class:`MatMul` of two
   activations, :class:`Transpose`, :class:`Reshape`, :class:`Scale`,
-  :class:`Bias` (a secret parameter), :class:`Mean`; with a Linear on the
+  :class:`Bias` (a secret parameter), :class:`Mean`, :class:`Select` (CLS
+  pooling), :class:`Concat`; with a Linear on the
   last dim of an N-D sample (``Linear.lead``).
 
 How a spec runs, gate by gate, is :mod:`.graph`'s business; this module only
@@ -36,7 +37,16 @@ from typing import ClassVar, TypeAlias
 
 from ppml.servers.mpc.fast.gates import GateParams
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, WeightedOp
-from ppml.servers.mpc.fast.tensor_ops import Bias, MatMul, Mean, Reshape, Scale, Transpose
+from ppml.servers.mpc.fast.tensor_ops import (
+    Bias,
+    Concat,
+    MatMul,
+    Mean,
+    Reshape,
+    Scale,
+    Select,
+    Transpose,
+)
 
 MODEL_INPUT = -1
 
@@ -132,6 +142,7 @@ class MaxPool:
 Node: TypeAlias = (
     Linear | Conv2d | ReLU | Flatten | Add | AvgPool | MaxPool | GELU | Tanh | Sigmoid
     | MatMul | Transpose | Reshape | Scale | Bias | Mean | Softmax | LayerNorm
+    | Select | Concat
 )  # fmt: skip
 Layer: TypeAlias = Node  # the name the chain engine used
 

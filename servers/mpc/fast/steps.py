@@ -174,7 +174,31 @@ class Load:
     param: int
 
 
+@dataclass(frozen=True)
+class Pick:
+    """``value[dst]`` = entry ``index`` of ``value[src]``'s sample dim ``axis`` (local)."""
+
+    dst: int
+    src: int
+    axis: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Join:
+    """``value[dst]`` = ``value[a]`` and ``value[b]`` (each lifted as :class:`Sum`'s) along
+    sample dim ``axis`` (local)."""
+
+    dst: int
+    a: int
+    b: int
+    axis: int
+    lift_a: bool
+    lift_b: bool
+
+
 Step = (
     Open | Matmul | Gate | Sum | Reshape | Average | Maximum
     | Permute | Product | Multiply | AddParam | Hadamard | RowMax | Center | Shift | Load
+    | Pick | Join
 )  # fmt: skip

@@ -1,5 +1,5 @@
 """A transformer's tensor nodes on the fast engine: MatMul of two activations, Transpose,
-Reshape, Scale, Bias, Mean; their per-sample shapes and their local maps on shares.
+Reshape, Scale, Bias, Mean, Select, Concat; their per-sample shapes and local maps on shares.
 
 Public descriptions (dealer and parties agree on them); how a model runs them
 is :mod:`.graph`'s business. Shapes are per sample (no batch dim). Per node:
@@ -22,6 +22,11 @@ is :mod:`.graph`'s business. Shapes are per sample (no batch dim). Per node:
   ``round(2^f / n)`` (:func:`reciprocal`): input at ``2^f``, output at
   ``2^(2f)``; relative error at most ``n / 2^(f+1)``, none when ``n`` is a
   power of two up to ``2^f``.
+* :class:`Select` -- entry ``index`` of sample dim ``axis`` (CLS pooling):
+  each party picks its own shares; exact, the scale is kept.
+* :class:`Concat` -- two values joined along sample dim ``axis``: each party
+  joins its own shares, a ``2^f`` operand lifted by ``2^f`` when the other is
+  at ``2^(2f)`` (as Add's); exact.
 
 All but MatMul are local linear maps of a party's own shares with public
 constants: nothing is sent, nothing is revealed.
@@ -133,6 +138,34 @@ class Mean:
         return shape[: self.axis] + shape[self.axis + 1 :]
 
 
+@dataclass(frozen=True)
+class Select:
+    """Entry ``index`` of sample dim ``axis`` (dropped)."""
+
+    axis: int
+    index: int
+    arity: ClassVar[int] = 1
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if not 0 <= self.axis < len(shape) or not 0 <= self.index < shape[self.axis]:
+            raise ValueError(f"no entry {self.index} on axis {self.axis} of {shape}")
+        return shape[: self.axis] + shape[self.axis + 1 :]
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Two values joined along sample dim ``axis`` (their other dims equal)."""
+
+    axis: int
+    arity: ClassVar[int] = 2
+
+    def join(self, a: Shape, b: Shape) -> Shape:
+        k = self.axis
+        if not 0 <= k < len(a) or len(a) != len(b) or a[:k] + a[k + 1 :] != b[:k] + b[k + 1 :]:
+            raise ValueError(f"cannot join {a} and {b} along axis {k}")
+        return (*a[:k], a[k] + b[k], *a[k + 1 :])
+
+
 def reciprocal(n: int, frac_bits: int) -> int:
     """``round(2^f / n)``: the public fixed-point ``1 / n``; ValueError if it rounds to 0."""
     factor = ((1 << frac_bits) + n // 2) // n
@@ -150,3 +183,13 @@ def axis_sum(x: Ring, axis: int) -> Ring:
     """Shares ``(batch, *shape)`` summed over sample dim ``axis`` (mod 2^64)."""
     with np.errstate(over="ignore"):
         return x.sum(axis=axis + 1, dtype=np.int64)
+
+
+def select(x: Ring, axis: int, index: int) -> Ring:
+    """Shares ``(batch, *shape)`` at entry ``index`` of sample dim ``axis`` (dropped)."""
+    return np.ascontiguousarray(np.take(x, index, axis=axis + 1))
+
+
+def concat(a: Ring, b: Ring, axis: int) -> Ring:
+    """Shares ``(batch, *shape)`` of two values joined along sample dim ``axis``."""
+    return np.concatenate([a, b], axis=axis + 1)

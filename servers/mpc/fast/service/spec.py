@@ -5,7 +5,7 @@ The fast engine (:mod:`ppml.servers.mpc.fast`) runs chains and DAGs
 and padding, no dilation or groups), ReLU, Add, Flatten, and average and max
 pooling (square window and stride, no padding), and a transformer's layers:
 Linear on the last dim of an N-D value (``Linear.lead``), MatMul of two
-activations, Transpose, Reshape, Scale, Bias, Mean
+activations, Transpose, Reshape, Scale, Bias, Mean, Select, Concat
 (:mod:`ppml.servers.mpc.fast.tensor_ops`), Softmax over the last axis (rows
 of at most 128), LayerNorm (eps in fixed point at ``2^-16``: an eps below
 ``2^-17`` counts as 0), and GELU, Tanh and Sigmoid as spline gates
@@ -35,7 +35,8 @@ features), ``("conv2d", ...)``, ``("avgpool" | "maxpool", kernel, stride)``,
 ``("gelu",)``, ``("tanh",)``, ``("sigmoid",)``, ``("softmax",)``,
 ``("layer_norm", dim, eps)`` (eps in fixed point at ``2^16``),
 ``("transpose", *perm)``, ``("reshape", *shape)``, ``("scale", multiplier)``
-(the factor in fixed point at ``2^16``), ``("bias", *shape)``, ``("mean", axis)``.
+(the factor in fixed point at ``2^16``), ``("bias", *shape)``, ``("mean", axis)``,
+``("select", axis, index)``, ``("concat", axis)``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def _tensor_node(layer: object) -> fn.Node | None:
         return tops.Bias(tuple(layer.shape))
     if isinstance(layer, tl.Mean):
         return tops.Mean(layer.axis)
+    if isinstance(layer, tl.Select):
+        return tops.Select(layer.axis, layer.index)
+    if isinstance(layer, tl.Concat):
+        return tops.Concat(layer.axis)
     if isinstance(layer, tl.Scale):
         try:
             return tops.Scale.of(layer.factor, fn.GateParams().frac_bits)
@@ -205,8 +210,10 @@ def to_wire(spec: fn.ModelSpec) -> Wire:
             rows.append(("reshape" if isinstance(layer, tops.Reshape) else "bias", *layer.shape))
         elif isinstance(layer, tops.Scale):
             rows.append(("scale", layer.multiplier))
-        elif isinstance(layer, tops.Mean):
-            rows.append(("mean", layer.axis))
+        elif isinstance(layer, tops.Mean | tops.Concat):
+            rows.append(("mean" if isinstance(layer, tops.Mean) else "concat", layer.axis))
+        elif isinstance(layer, tops.Select):
+            rows.append(("select", layer.axis, layer.index))
         elif isinstance(layer, fn.LayerNorm):
             rows.append(("layer_norm", layer.dim, round(layer.eps * (1 << EPS_BITS))))
         else:
@@ -263,9 +270,12 @@ def _tensor_row(kind: object, args: tuple[object, ...]) -> fn.Node:
     if kind in ("reshape", "bias") and rank:
         shape = _ints(args, len(args))
         return tops.Reshape(shape) if kind == "reshape" else tops.Bias(shape)
-    if kind == "mean" and len(args) == 1:
+    if kind in ("mean", "concat") and len(args) == 1:
         (axis,) = _ints(args, 1, low=0)
-        return tops.Mean(axis)
+        return tops.Mean(axis) if kind == "mean" else tops.Concat(axis)
+    if kind == "select" and len(args) == 2:
+        axis, index = _ints(args, 2, low=0)
+        return tops.Select(axis, index)
     if kind == "layer_norm" and len(args) == 2:
         (dim,) = _ints(args[:1], 1)
         (eps,) = _ints(args[1:], 1, low=0)

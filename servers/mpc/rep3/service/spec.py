@@ -91,6 +91,11 @@ def rep3_model(architecture: arch.Architecture) -> Rep3Model | None:
 
 def unsupported(architecture: arch.Architecture) -> str | None:
     """Why the engine cannot run ``architecture``, naming the layer; None if it can."""
+    if architecture.tokens is not None:
+        return (
+            "a token model (an embedding of token ids) does not run on this cluster's engine "
+            f"(engine = 'replicated' runs {RUNS}); a cluster with a dealer serves it"
+        )
     for i, layer in enumerate(architecture.layers):
         if not isinstance(layer, _LAYERS):
             return (
