@@ -109,3 +109,18 @@ def test_new_keys_evaluate_right_under_the_reference_too(lanes: tuple[int, ...])
 def test_empty_keys_evaluate_to_nothing() -> None:
     keys = dcf.gen(np.zeros(0, dtype=np.uint64), RNG.ring((2, 0)), 10, RNG, PRG)
     assert dcf.evaluate(keys[0], np.zeros(0, dtype=np.uint64), PRG).shape == (2, 0)
+
+
+@pytest.mark.parametrize("lanes", [(1,), (64, 64, 16)])
+def test_more_elements_than_a_chunk_match_the_reference(lanes: tuple[int, ...]) -> None:
+    """Key generation and evaluation walk the elements in chunks: past a chunk's end too."""
+    n, depth = max(dcf.GEN_CHUNK, dcf.WALK_CHUNK) + 123, 9
+    alpha = _domain(RNG.uint64(n), depth)
+    beta = RNG.ring((len(lanes), n))
+    key = new_key()
+    got = dcf.gen(alpha, beta, depth, KeyedPRG(key), PRG, lanes)
+    want = ref.gen(alpha, beta, depth, KeyedPRG(key), PRG, lanes)
+    assert all(_same_keys(g, w) for g, w in zip(got, want, strict=True))
+    x = _domain(RNG.uint64(n), depth)
+    for k in got:
+        assert np.array_equal(dcf.evaluate(k, x, PRG), ref.evaluate(k, x, PRG, tabled=False))

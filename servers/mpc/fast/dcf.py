@@ -390,6 +390,9 @@ def _convert(prg: FixedKeyPRG, states: U64, width: int, ids: U64) -> Ring:
     return _words(out, width).view(np.int64)
 
 
+GEN_CHUNK = 2048  # elements the dealer walks together: a level's arrays stay in L2
+
+
 def gen(
     alpha: U64,
     beta: Ring,
@@ -430,17 +433,23 @@ def gen(
     t_cw = np.empty((depth, n), dtype=np.uint8)
     v_cw = np.empty((depth, k, n), dtype=np.int64)
     kernels = _kernels()
-    inp = np.empty((2, 2, 1 + nv, n, 2), dtype=np.uint64)  # (party, side, block, n, 2)
-    kernels.gen_prepare(state, ids, table_hi, inp)
+    flat_state, flat_ids = state.reshape(2, 2 * n), np.ascontiguousarray(ids).reshape(-1)
     beta = np.ascontiguousarray(beta)
     lane_masks = np.ascontiguousarray(masks[:, 0])
+    scratch = np.empty((2, min(n, GEN_CHUNK)), dtype=np.int64)
     with np.errstate(over="ignore"):
-        for i in range(depth):
-            out = prg.mmo(inp)
-            kernels.gen_level(
-                out, state, alpha, depth, i, beta, lane_masks, compact, v_alpha,
-                seed_cw, t_cw, v_cw, ids, table_hi, inp,
-            )  # fmt: skip
+        for j0 in range(0, n, GEN_CHUNK):
+            m = min(GEN_CHUNK, n - j0)
+            inp = np.empty((2, 2, 1 + nv, m, 2), dtype=np.uint64)  # (party, side, block, m, 2)
+            flat_inp = inp.reshape(2, 2, 1 + nv, 2 * m)
+            kernels.gen_prepare(flat_state, j0, flat_ids, table_hi, flat_inp)
+            for i in range(depth):
+                out = prg.mmo(inp)
+                kernels.gen_level(
+                    out.reshape(2, 2, 1 + nv, 2 * m), flat_state, alpha, depth, i, j0, beta,
+                    lane_masks, compact, v_alpha, seed_cw, t_cw, v_cw, flat_ids, table_hi,
+                    flat_inp, scratch,
+                )  # fmt: skip
         conv = _convert(prg, state, k, ids)  # (party, k, n)
         sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
         final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks

@@ -138,97 +138,165 @@ def eval_level(
 
 
 @_jit
-def gen_prepare(state: np.ndarray, ids: np.ndarray, table_hi: np.ndarray, inp: np.ndarray) -> None:
-    """Level 0's MMO input ``inp`` (party, side, block, n, 2) from both parties' roots (2, n, 2).
-
-    ``table_hi`` (side, block): the tweak table's high words (its low words are 0).
-    """
-    _gen_input(state, 0, ids, table_hi, inp)
-
-
-@_jit
-def _gen_input(
-    state: np.ndarray, level: int, ids: np.ndarray, table_hi: np.ndarray, inp: np.ndarray
+def gen_prepare(
+    state: np.ndarray, j0: int, ids: np.ndarray, table_hi: np.ndarray, inp: np.ndarray
 ) -> None:
-    lw = _level_word(level)
-    for j in range(state.shape[1]):
-        _gen_input_at(state, j, lw, ids, table_hi, inp)
+    """Level 0's MMO input ``inp`` (party, side, block, 2m) for elements ``j0 .. j0 + m - 1``.
+
+    ``state`` (party, 2n) and ``ids`` (2n,) are flat views of (.., n, 2)
+    arrays; ``table_hi`` (side, block) the tweak table's high words (its low
+    words are 0). Entry (p, s, b) of element ``j``: party ``p``'s state XOR
+    the level word (low word), ``table_hi[s, b]`` (high word) and ``ids[j]``.
+    """
+    lw = _level_word(0)
+    for c in range(inp.shape[3] // 2):
+        j = j0 + c
+        for p in range(2):
+            lo = state[p, 2 * j] ^ lw ^ ids[2 * j]
+            hi = state[p, 2 * j + 1] ^ ids[2 * j + 1]
+            for s in range(2):
+                for b in range(inp.shape[2]):
+                    inp[p, s, b, 2 * c] = lo
+                    inp[p, s, b, 2 * c + 1] = hi ^ table_hi[s, b]
 
 
 @_jit
-def _gen_input_at(
-    state: np.ndarray, j: int, lw: np.uint64, ids: np.ndarray, table_hi: np.ndarray,
-    inp: np.ndarray,
-) -> None:  # fmt: skip
-    for p in range(2):
-        lo = state[p, j, 0] ^ lw ^ ids[j, 0]
-        hi = state[p, j, 1] ^ ids[j, 1]
-        for s in range(2):
-            for b in range(inp.shape[2]):
-                inp[p, s, b, j, 0] = lo
-                inp[p, s, b, j, 1] = hi ^ table_hi[s, b]
+def _pick(bit_mask: np.uint64, zero: np.uint64, one: np.uint64) -> np.uint64:
+    """``one`` where ``bit_mask`` is all ones, ``zero`` where it is 0 (no branch)."""
+    return zero ^ ((zero ^ one) & bit_mask)
+
+
+@_jit
+def _ipick(bit: np.int64, zero: np.int64, one: np.int64) -> np.int64:
+    """``one`` if ``bit`` (0 or 1) else ``zero``, on ring values (no branch)."""
+    return zero ^ ((zero ^ one) & (np.int64(0) - bit))
 
 
 @_jit
 def gen_level(
-    out: np.ndarray, state: np.ndarray, alpha: np.ndarray, depth: int, level: int,
+    out: np.ndarray, state: np.ndarray, alpha: np.ndarray, depth: int, level: int, j0: int,
     beta: np.ndarray, masks: np.ndarray, compact: bool, v_alpha: np.ndarray,
     seed_cw: np.ndarray, t_cw: np.ndarray, v_cw: np.ndarray,
-    ids: np.ndarray, table_hi: np.ndarray, inp: np.ndarray,
+    ids: np.ndarray, table_hi: np.ndarray, inp: np.ndarray, scratch: np.ndarray,
 ) -> None:  # fmt: skip
-    """The dealer's level ``level``: correction words from the expansions ``out``.
+    """The dealer's level ``level`` for elements ``j0 ..``: correction words from ``out``.
 
-    ``out`` (party, side, block, n, 2) expands both parties' states (2, n, 2).
-    Per element, with ``a`` alpha's bit (keep the right child iff 1): the seed
-    correction is the lost side's two states XORed (bit 0 cleared), the control
-    bit corrections ``tl = t_0L ^ t_1L ^ a ^ 1`` and ``tr = t_0R ^ t_1R ^ a``,
-    the value correction ``sign (v_1,lose - v_0,lose - V + beta a) mod 2^b``
-    with ``sign = 1 - 2 t_1`` and ``V`` (``v_alpha``) updated by the kept side;
-    each party's next state is its kept child, corrected under its control bit.
-    Writes ``seed_cw[level]``, ``t_cw[level]``, ``v_cw[level]``, then the next
-    level's MMO input to ``inp`` below the last level.
+    ``out`` (party, side, block, 2m) expands both parties' states (flat as in
+    :func:`gen_prepare`). Per element, with ``a`` alpha's bit (keep the right
+    child iff 1): the seed correction is the lost side's two states XORed (bit
+    0 cleared), the control-bit corrections ``tl = t_0L ^ t_1L ^ a ^ 1`` and
+    ``tr = t_0R ^ t_1R ^ a``, the value correction of lane ``w``
+    ``sign (v_1,lose - v_0,lose - V + beta a) mod 2^b_w`` with ``sign = 1 - 2 t_1``
+    and ``V`` (``v_alpha``) then updated by the kept side; each party's next
+    state is its kept child, corrected under its control bit. Writes
+    ``seed_cw[level]``, ``t_cw[level]``, ``v_cw[level]`` and, below the last
+    level, the next level's MMO input to ``inp``. Lanes 0 and 1 and the first
+    value block are done in the element loop, further ones (rare) in passes
+    after it, with ``a`` and ``sign`` kept in ``scratch`` (2, m).
     """
-    n, k = state.shape[1], beta.shape[0]
+    m = out.shape[3] // 2
+    k, nb = beta.shape[0], out.shape[2]
+    k2 = min(1, k - 1)
+    vb = min(1, nb - 1)
     shift = np.uint64(depth - 1 - level)
     last = level + 1 == depth
     lw = _level_word(level + 1)
-    lo = np.empty((2, 2), dtype=np.uint64)
-    hi = np.empty((2, 2), dtype=np.uint64)
-    vals = np.empty((2, 2, k), dtype=np.int64)
-    for j in range(n):
-        a = (alpha[j] >> shift) & _ONE
-        keep, lose = int(a), 1 - int(a)
-        for p in range(2):
-            for s in range(2):
-                blo = out[p, s, 0, j, 0]
-                if compact:
-                    vals[p, s, 0] = np.int64((blo >> _VALUE_SHIFT) & _ONE)
-                    blo &= _CLEAR_VALUE_BIT
-                else:
-                    for w in range(k):
-                        vals[p, s, w] = np.int64(out[p, s, 1 + w // 2, j, w % 2])
-                lo[p, s] = blo
-                hi[p, s] = out[p, s, 0, j, 1]
-        t0 = state[0, j, 0] & _ONE
-        t1 = state[1, j, 0] & _ONE
-        scw_lo = (lo[0, lose] ^ lo[1, lose]) & _CLEAR_LSB
-        scw_hi = hi[0, lose] ^ hi[1, lose]
-        sign = np.int64(1) - np.int64(2) * np.int64(t1)
+    j1 = j0 + m
+    xa, ids = alpha[j0:j1], ids[2 * j0 : 2 * j1]
+    st0, st1 = state[0, 2 * j0 : 2 * j1], state[1, 2 * j0 : 2 * j1]
+    scw0, scw1, tcw = seed_cw[level, 0, j0:j1], seed_cw[level, 1, j0:j1], t_cw[level, j0:j1]
+    va0, va1 = v_alpha[0, j0:j1], v_alpha[k2, j0:j1]
+    b0, b1 = beta[0, j0:j1], beta[k2, j0:j1]
+    vc0, vc1 = v_cw[level, 0, j0:j1], v_cw[level, k2, j0:j1]
+    mask0, mask1 = masks[0], masks[k2]
+    o00, o01, o10, o11 = out[0, 0, 0], out[0, 1, 0], out[1, 0, 0], out[1, 1, 0]
+    w00, w01, w10, w11 = out[0, 0, vb], out[0, 1, vb], out[1, 0, vb], out[1, 1, vb]
+    for c in range(m):
+        a = (xa[c] >> shift) & _ONE
+        am = _ZERO - a
         ai = np.int64(a)
-        for w in range(k):
-            vcw = sign * (vals[1, lose, w] - vals[0, lose, w] - v_alpha[w, j])
-            vcw = (vcw + sign * beta[w, j] * ai) & masks[w]
-            v_alpha[w, j] = v_alpha[w, j] - vals[1, keep, w] + vals[0, keep, w] + sign * vcw
-            v_cw[level, w, j] = vcw
-        tl = (lo[0, 0] ^ lo[1, 0] ^ a ^ _ONE) & _ONE
-        tr = (lo[0, 1] ^ lo[1, 1] ^ a) & _ONE
-        tcw_keep = tr if keep else tl
-        seed_cw[level, 0, j] = scw_lo
-        seed_cw[level, 1, j] = scw_hi
-        t_cw[level, j] = np.uint8(tl | (tr << _ONE))
-        state[0, j, 0] = lo[0, keep] ^ (t0 * (scw_lo | tcw_keep))
-        state[0, j, 1] = hi[0, keep] ^ (t0 * scw_hi)
-        state[1, j, 0] = lo[1, keep] ^ (t1 * (scw_lo | tcw_keep))
-        state[1, j, 1] = hi[1, keep] ^ (t1 * scw_hi)
+        lo00, lo01, lo10, lo11 = o00[2 * c], o01[2 * c], o10[2 * c], o11[2 * c]
+        hi00, hi01, hi10, hi11 = o00[2 * c + 1], o01[2 * c + 1], o10[2 * c + 1], o11[2 * c + 1]
+        if compact:  # the value bit leaves the state: the seed keeps 126 fresh bits
+            v00 = np.int64((lo00 >> _VALUE_SHIFT) & _ONE)
+            v01 = np.int64((lo01 >> _VALUE_SHIFT) & _ONE)
+            v10 = np.int64((lo10 >> _VALUE_SHIFT) & _ONE)
+            v11 = np.int64((lo11 >> _VALUE_SHIFT) & _ONE)
+            lo00 &= _CLEAR_VALUE_BIT
+            lo01 &= _CLEAR_VALUE_BIT
+            lo10 &= _CLEAR_VALUE_BIT
+            lo11 &= _CLEAR_VALUE_BIT
+        else:
+            v00, v01 = np.int64(w00[2 * c]), np.int64(w01[2 * c])
+            v10, v11 = np.int64(w10[2 * c]), np.int64(w11[2 * c])
+        t0m = _ZERO - (st0[2 * c] & _ONE)
+        t1 = st1[2 * c] & _ONE
+        t1m = _ZERO - t1
+        sign = np.int64(1) - np.int64(2) * np.int64(t1)
+        lo0k, lo1k = _pick(am, lo00, lo01), _pick(am, lo10, lo11)
+        hi0k, hi1k = _pick(am, hi00, hi01), _pick(am, hi10, hi11)
+        scw_lo = (_pick(am, lo01, lo00) ^ _pick(am, lo11, lo10)) & _CLEAR_LSB
+        scw_hi = _pick(am, hi01, hi00) ^ _pick(am, hi11, hi10)
+        v0k, v1k = _ipick(ai, v00, v01), _ipick(ai, v10, v11)
+        v0l, v1l = _ipick(ai, v01, v00), _ipick(ai, v11, v10)
+        vcw = (sign * (v1l - v0l - va0[c]) + sign * b0[c] * ai) & mask0
+        va0[c] = va0[c] - v1k + v0k + sign * vcw
+        vc0[c] = vcw
+        if k > 1 and not compact:
+            v00, v01 = np.int64(w00[2 * c + 1]), np.int64(w01[2 * c + 1])
+            v10, v11 = np.int64(w10[2 * c + 1]), np.int64(w11[2 * c + 1])
+            v0k, v1k = _ipick(ai, v00, v01), _ipick(ai, v10, v11)
+            v0l, v1l = _ipick(ai, v01, v00), _ipick(ai, v11, v10)
+            vcw = (sign * (v1l - v0l - va1[c]) + sign * b1[c] * ai) & mask1
+            va1[c] = va1[c] - v1k + v0k + sign * vcw
+            vc1[c] = vcw
+        if k > 2:
+            scratch[0, c], scratch[1, c] = ai, sign
+        tl = (lo00 ^ lo10 ^ a ^ _ONE) & _ONE
+        tr = (lo01 ^ lo11 ^ a) & _ONE
+        corr = scw_lo | _pick(am, tl, tr)
+        scw0[c], scw1[c] = scw_lo, scw_hi
+        tcw[c] = np.uint8(tl | (tr << _ONE))
+        s0lo, s0hi = lo0k ^ (t0m & corr), hi0k ^ (t0m & scw_hi)
+        s1lo, s1hi = lo1k ^ (t1m & corr), hi1k ^ (t1m & scw_hi)
+        st0[2 * c], st0[2 * c + 1] = s0lo, s0hi
+        st1[2 * c], st1[2 * c + 1] = s1lo, s1hi
         if not last:
-            _gen_input_at(state, j, lw, ids, table_hi, inp)
+            l0, h0 = s0lo ^ lw ^ ids[2 * c], s0hi ^ ids[2 * c + 1]
+            l1, h1 = s1lo ^ lw ^ ids[2 * c], s1hi ^ ids[2 * c + 1]
+            for b in range(min(2, nb)):
+                for side in range(2):
+                    th = table_hi[side, b]
+                    inp[0, side, b, 2 * c], inp[0, side, b, 2 * c + 1] = l0, h0 ^ th
+                    inp[1, side, b, 2 * c], inp[1, side, b, 2 * c + 1] = l1, h1 ^ th
+    if k > 2:
+        _gen_lanes(out, level, j0, beta, masks, v_alpha, v_cw, scratch)
+    if not last:
+        for b in range(2, nb):
+            for p in range(2):
+                for s in range(2):
+                    d, src, dst = table_hi[s, b] ^ table_hi[s, 0], inp[p, s, 0], inp[p, s, b]
+                    for c in range(m):
+                        dst[2 * c], dst[2 * c + 1] = src[2 * c], src[2 * c + 1] ^ d
+
+
+@_jit
+def _gen_lanes(
+    out: np.ndarray, level: int, j0: int, beta: np.ndarray, masks: np.ndarray,
+    v_alpha: np.ndarray, v_cw: np.ndarray, scratch: np.ndarray,
+) -> None:  # fmt: skip
+    """:func:`gen_level`'s value corrections of lanes 2.. (``scratch``: ``a`` and ``sign``)."""
+    m = out.shape[3] // 2
+    for w in range(2, beta.shape[0]):
+        bl, h = 1 + w // 2, w % 2
+        w00, w01, w10, w11 = out[0, 0, bl], out[0, 1, bl], out[1, 0, bl], out[1, 1, bl]
+        va, bw, vc, mask = v_alpha[w, j0:], beta[w, j0:], v_cw[level, w, j0:], masks[w]
+        for c in range(m):
+            ai, sign = scratch[0, c], scratch[1, c]
+            v00, v01 = np.int64(w00[2 * c + h]), np.int64(w01[2 * c + h])
+            v10, v11 = np.int64(w10[2 * c + h]), np.int64(w11[2 * c + h])
+            v0k, v1k = _ipick(ai, v00, v01), _ipick(ai, v10, v11)
+            v0l, v1l = _ipick(ai, v01, v00), _ipick(ai, v11, v10)
+            vcw = (sign * (v1l - v0l - va[c]) + sign * bw[c] * ai) & mask
+            va[c] = va[c] - v1k + v0k + sign * vcw
+            vc[c] = vcw
