@@ -32,10 +32,13 @@ Protocol for one forward of a batch (parties P0, P1; dealer D):
   simultaneous exchange of one int64 array.
 
 Range: with the default :class:`~ppml.servers.mpc.fast.gates.GateParams`
-(depth 47, ``L = 64``) the gates are exact (to stochastic rounding) for every
-pre-activation the ring holds, ``|v| < 2^31`` at product scale ``2^32``; a
-layer whose true output is larger wraps the ring in its matmul, as in any
-engine on this number format.
+(depth 47, ``L = 64``) the ReLU and truncation gates are exact (to
+stochastic rounding) for every pre-activation the ring holds, ``|v| < 2^31``
+at product scale ``2^32``; a layer whose true output is larger wraps the
+ring in its matmul, as in any engine on this number format. Each spline gate
+has its table's narrower range (activations.py: ``|x| < 4096`` for GELU,
+tanh, sigmoid and softmax's exp) and beyond it outputs one of its table's
+pieces applied to the input (spline.py, Range).
 
 Security: every opened value is a secret plus a fresh uniform mask known only
 to D, used for that one opening (an opening's mask ``r`` is shared by the
