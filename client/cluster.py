@@ -25,7 +25,7 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from ppml.client.datasets_api import DatasetListing, DatasetsMixin
-from ppml.client.errors import ServerUnavailable
+from ppml.client.errors import InvalidTokens, ServerUnavailable
 from ppml.client.exported import ExportedModel
 from ppml.client.federation_api import FederationMixin
 from ppml.client.he_api import HeMixin
@@ -103,6 +103,7 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
         name: str = "",
         model_id: str | None = None,
         allow: Sequence[str] = (),
+        pad_id: int | None = None,
     ) -> str:
         """Secret-share a torch module (exported via ONNX) or an ONNX file; returns its id.
 
@@ -113,8 +114,13 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
         ``allow`` lists the identities (besides you) that may predict with it
         and evaluate it (``"*"``: any client); by default only you may. Change
         it later with :meth:`grant_model` / :meth:`revoke_model`.
+
+        A token model (an ``nn.Embedding`` on its input) is exported from
+        ``sample_input`` integer ids ``(batch, length)``, ``length`` its
+        maximum; ``pad_id`` (default: the embedding's ``padding_idx``, else
+        0) is what :meth:`predict` pads shorter sequences with.
         """
-        architecture, weights = export_model(model, sample_input)
+        architecture, weights = export_model(model, sample_input, pad_id)
         model_id = model_id or uuid.uuid4().hex[:16]
         per_server = shares.share_named(weights, self.parties)
         arch_msg = serde.architecture_to_proto(architecture)
@@ -289,7 +295,12 @@ class Cluster(DatasetsMixin, TrainingMixin, FederationMixin, HeMixin):
                 known[model_id] = self.get_model(model_id).architecture
             architecture = known[model_id]
             if architecture.tokens is not None:
-                return encode_tokens(x, architecture.tokens, f"model {model_id}")
+                try:
+                    return encode_tokens(x, architecture.tokens, f"model {model_id}")
+                except InvalidTokens:
+                    if fresh:
+                        raise
+                    continue
             array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
             if tuple(array.shape[1:]) == tuple(architecture.input_shape):
                 return array

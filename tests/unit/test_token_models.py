@@ -221,3 +221,26 @@ def test_bad_token_ids_raise_before_anything_is_sent(rows: object, match: str) -
     with pytest.raises(InvalidTokens, match=match) as info:
         encode_tokens(rows, TOKENS)  # type: ignore[arg-type]
     assert isinstance(info.value, InputShapeMismatch)
+
+
+class _Meta:
+    def __init__(self, architecture: arch.Architecture) -> None:
+        self.architecture = architecture
+
+
+def test_the_sdk_reads_the_token_input_from_the_model_and_sends_nothing_bad() -> None:
+    from ppml.client import Cluster
+
+    cluster = Cluster.__new__(Cluster)  # no servers: anything sent would fail
+    asked: list[str] = []
+
+    def get_model(model_id: str) -> _Meta:
+        asked.append(model_id)
+        return _Meta(_token_arch(TokenInput(V, L, 3)))
+
+    cluster.get_model = get_model  # type: ignore[method-assign]
+    x = cluster._input("m", [[1, 2], [4]])
+    assert x.shape == (2, L, V) and x[1].argmax(-1).tolist() == [4, 3, 3, 3, 3, 3]
+    with pytest.raises(InvalidTokens, match="row 0, position 0"):
+        cluster.predict_detailed("m", [[V]])
+    assert asked == ["m", "m"]  # read once, then fresh once on the bad input
