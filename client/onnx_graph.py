@@ -8,7 +8,9 @@ every layer leads to the output; a transformer's ops are handled in
 ``Constant`` nodes); the small ``Shape``/``Gather``/``Concat`` subgraphs the
 torch exporter emits for ``x.view(x.size(0), ...)`` are evaluated
 symbolically and accepted when they keep the batch first and the other sizes
-static; arithmetic on ``x.shape`` is refused by node.
+static; arithmetic on ``x.shape`` is refused by node. A graph whose input
+is integer token ids is a token model: only embeddings (``Gather`` of a
+table) may read the ids (:mod:`ppml.client.onnx_tokens`).
 """
 
 from __future__ import annotations

@@ -86,9 +86,11 @@ class Architecture:
         """A short human-readable summary, e.g. ``Linear(784→128) → ReLU``.
 
         A layer that does not take the previous one's output names its
-        sources: ``Add[2, 5]``, ``Conv2d(16→32, 1x1)[input]``.
+        sources: ``Add[2, 5]``, ``Conv2d(16→32, 1x1)[input]``. A token model
+        starts with ``Tokens(vocab, length)``.
         """
-        parts = []
+        tokens = self.tokens
+        parts = [] if tokens is None else [f"Tokens({tokens.vocab}, {tokens.length})"]
         for index, layer in enumerate(self.layers):
             sources = self.sources(index)
             names = ("input" if s == MODEL_INPUT else str(s) for s in sources)

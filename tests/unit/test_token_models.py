@@ -120,6 +120,7 @@ def test_an_embedding_becomes_a_linear_on_one_hot_tokens() -> None:
     assert a.layers[0] == arch.Linear(V, D, bias=False)
     assert np.allclose(weights["0.weight"], model.embed.weight.detach().numpy().T)
     assert a.tokens == TokenInput(V, L, 5) and a.input_shape == (L, V)
+    assert a.describe().startswith(f"Tokens({V}, {L}) → Linear({V}→{D})")
     ids = _ids(4)
     got = plaintext_forward(a, weights, torch.from_numpy(one_hot(ids.numpy(), V)))
     with torch.no_grad():
