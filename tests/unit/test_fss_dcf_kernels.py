@@ -124,3 +124,8 @@ def test_more_elements_than_a_chunk_match_the_reference(lanes: tuple[int, ...]) 
     x = _domain(RNG.uint64(n), depth)
     for k in got:
         assert np.array_equal(dcf.evaluate(k, x, PRG), ref.evaluate(k, x, PRG, tabled=False))
+
+
+def test_warm_loads_the_kernels() -> None:
+    dcf.warm()
+    assert dcf._kernels().eval_level.signatures and dcf._kernels().gen_level.signatures

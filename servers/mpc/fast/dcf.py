@@ -356,6 +356,18 @@ def _kernels() -> ModuleType:
     return dcf_kernels
 
 
+def warm() -> None:
+    """Load (or, on a fresh checkout, compile) the kernels now rather than at the first use.
+
+    A process that will evaluate DCFs soon calls it at start-up: importing numba costs
+    about 0.7 s per process and compiling, once per checkout, a few seconds.
+    """
+    for lanes in ((1,), (64, 64, 64)):
+        beta = np.zeros((len(lanes), 1), dtype=np.int64)
+        key, _ = gen(np.zeros(1, dtype=np.uint64), beta, 2, KeyedPRG(), None, lanes)
+        evaluate(key, np.zeros(1, dtype=np.uint64))
+
+
 def _tweaks(sides: int, blocks: int, ids: U64, salt: int) -> U64:
     """Tweak table XOR each element's instance tweak ``ids`` (n, 2): (sides, blocks, n, 2)."""
     table = tweak_table(sides, blocks, salt)
