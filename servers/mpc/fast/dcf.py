@@ -41,9 +41,14 @@ keeps each part's nonce and length (``nonces``, ``runs``) and
 :meth:`DCFKey.head` trims them, so every element keeps its id when pooled
 bundles are joined and cut. The ids are folded into the per-element tweak
 table once per call: no extra AES or XOR per level. Arrays are laid out so
-that numpy's inner loops run over the ``n`` elements (structure of arrays):
+that the inner loops run over the ``n`` elements (structure of arrays):
 correction words (depth, 2, n), value corrections (depth, k, n), payloads
-and outputs (k, n).
+and outputs (k, n). The AES calls are ``cryptography``'s (OpenSSL, AES-NI);
+the element-wise work of a level around them (select the side, correct
+under the control bit, accumulate the values, tweak the next level's input)
+is one compiled pass (:mod:`~ppml.servers.mpc.fast.dcf_kernels`, numba), and
+elements are walked in chunks (:data:`WALK_CHUNK`, :data:`GEN_CHUNK`) so a
+level's arrays stay in cache.
 
 Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
 bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
@@ -53,8 +58,8 @@ one-bit lane, whose level values ride in the control-bit byte; plus 24 bytes
 per key set (nonce and length, :data:`NONCE_BYTES`). The gates use depth 47 by default
 (:mod:`~ppml.servers.mpc.fast.gates`). The
 correction words and nonces are the same in both parties' keys; only the root seed
-differs. Evaluation costs ``depth`` AES calls over ``n * (1 + ceil(k/2))``
-blocks, plus one final call, for all ``n`` elements together.
+differs. Evaluation costs ``depth`` AES calls per chunk of elements, over
+``n * (1 + ceil(k/2))`` blocks in all, plus one final call.
 
 One one-bit lane (``lane_bits == (1,)``, the ReLU gate's comparison bit) is
 expanded compactly: a level's value bit is bit 1 of the expanded state block
