@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	# crypten's metadata requires sklearn/torchvision; its real needs are in pyproject.toml.
 	# Installed last and with --no-deps, so pip's resolver never reports those as conflicts.
 	$(PY) -m pip install -q --no-deps crypten==0.4.1
+	# compile the fast engine's DCF kernels once (numba, cached in servers/mpc/fast/__pycache__)
+	$(PY) -c "from ppml.servers.mpc.fast import dcf; dcf.warm()"
 	touch $(STAMP)
 
 demo: $(STAMP)
