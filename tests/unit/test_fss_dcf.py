@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import dcf_reference
 import numpy as np
 import pytest
 
@@ -312,20 +313,21 @@ def test_a_slice_carries_the_nonce_into_its_top_bits() -> None:
 
 
 @pytest.mark.parametrize("lanes", [(1,), (16, 16), (64, 64, 16)])
-def test_both_tree_walks_query_the_same_blocks_and_give_the_same_shares(
+def test_the_compiled_walk_queries_the_blocks_of_the_numpy_walks_and_gives_their_shares(
     lanes: tuple[int, ...],
 ) -> None:
-    """The tabled walk (few elements) and the level-by-level walk feed the PRG the very same
-    tweaked inputs, level by level, and end with the same shares, for both parties."""
+    """The compiled walk feeds the PRG the very same tweaked inputs, level by level, as both
+    numpy walks it replaced (tests/unit/dcf_reference.py: tabled and level by level), and
+    ends with the same shares, for both parties."""
     n, depth = 300, 20
     alpha = _domain(RNG.uint64(n), depth)
     keys = dcf.gen(alpha, RNG.ring((len(lanes), n)), depth, RNG, None, lanes)
     x = np.concatenate([_domain(RNG.uint64(n - 2), depth), alpha[:2]])
     for key in keys:
-        tabled, walked = _Recording(), _Recording()
-        a = dcf.evaluate(key, x, tabled, tabled=True)
-        b = dcf.evaluate(key, x, walked, tabled=False)
-        assert np.array_equal(a, b)
-        assert len(tabled.inputs) == len(walked.inputs) == depth + 1
-        for u, v in zip(tabled.inputs, walked.inputs, strict=True):
-            assert np.array_equal(u, v)
+        compiled, tabled, walked = _Recording(), _Recording(), _Recording()
+        a = dcf.evaluate(key, x, compiled)
+        assert np.array_equal(a, dcf_reference.evaluate(key, x, tabled, tabled=True))
+        assert np.array_equal(a, dcf_reference.evaluate(key, x, walked, tabled=False))
+        assert len(compiled.inputs) == len(tabled.inputs) == len(walked.inputs) == depth + 1
+        for u, v, w in zip(compiled.inputs, tabled.inputs, walked.inputs, strict=True):
+            assert np.array_equal(u, v) and np.array_equal(u, w)

@@ -478,17 +478,11 @@ def gen(
 WALK_CHUNK = 4096  # elements walked together: a level's arrays (~150 B each) stay in L2
 
 
-def evaluate(
-    key: DCFKey, x: U64, prg: FixedKeyPRG | None = None, tabled: bool | None = None
-) -> Ring:
+def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     """This party's shares (k, n) of ``beta * 1{x < alpha}`` at the public points ``x`` (n,).
 
     Lane ``i`` is reduced to ``[0, 2^b_i)``; only its residue mod ``2^b_i`` is meaningful.
-    ``tabled`` is ignored: the walk that tabled every level's public inputs first (it
-    saved numpy's per-operation cost for few elements) and the level-by-level walk are
-    one compiled walk now, which feeds the PRG the same inputs.
     """
-    del tabled
     x = _check_domain(x, key.depth, "x")
     if x.size != key.size:
         raise ValueError(f"{x.size} inputs for {key.size} DCF keys")
