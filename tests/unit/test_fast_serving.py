@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,27 +240,46 @@ def test_a_residual_model_is_served_through_dealer_setup_and_bundles() -> None:
     assert links.requests == ["fast_setup", "fast_bundles"]
 
 
+def _serve_plain(
+    rows: int, depth: int
+) -> tuple[Links, tuple[FastInference, FastInference], Callable[[int], Any], np.ndarray]:
+    """Both parties over one queue pair, the plain model's shares and ``rows`` shared rows:
+    ``forward(k)`` serves the first ``k`` rows on both parties and returns the decoded
+    outputs; ``expected`` is the plaintext model's."""
+    model, values = _plain_model()
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    handles = _split(values)
+    x = np.random.default_rng(rows).normal(size=(rows, 6)).astype(np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    links, xs = Links(), share(encode(x), 2)
+    parties = (FastInference(64, depth), FastInference(64, depth))
+
+    def forward(k: int) -> np.ndarray:
+        def party(rank: int) -> np.ndarray:
+            channel = FakeChannel(links, rank)
+            return parties[rank].predict(channel, "m", handles[rank], fm, xs[rank][:k])
+
+        y0, y1 = run_pair(lambda: party(0), lambda: party(1))
+        with np.errstate(over="ignore"):
+            return decode(y0 + y1)
+
+    return links, parties, forward, expected
+
+
+def _per_image() -> int:
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    return plan_of(fm.spec).elements_per_sample()
+
+
 def test_a_job_larger_than_one_dealer_reply_runs_as_several_forwards(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With room for 2 rows of material per reply, 5 rows take 3 replies and 3 forwards."""
-    model, values = _plain_model()
-    fm = fast_spec.fast_model(ARCH)
-    assert fm is not None
-    per_image = plan_of(fm.spec).elements_per_sample()
-    monkeypatch.setattr(dealing_module, "MAX_ELEMENTS", 2 * per_image)
-    handles = _split(values)
-    x = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
-    expected = model(torch.from_numpy(x)).detach().numpy()
-    links, xs = Links(), share(encode(x), 2)
-    parties = (FastInference(64, 0), FastInference(64, 0))
-
-    def party(rank: int) -> np.ndarray:
-        return parties[rank].predict(FakeChannel(links, rank), "m", handles[rank], fm, xs[rank])
-
-    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
-    with np.errstate(over="ignore"):
-        assert _close(decode(y0 + y1), expected)
+    monkeypatch.setattr(dealing_module, "MAX_ELEMENTS", 2 * _per_image())
+    links, _, forward, expected = _serve_plain(5, 0)
+    assert _close(forward(5), expected)
     assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
 
 
@@ -268,39 +288,19 @@ def test_a_model_whose_one_sample_fills_a_reply_gets_one_sample_per_reply_and_a_
 ) -> None:
     """A sample over the per-reply limit (BERT-tiny's case) travels alone in a reply; its pool
     holds one bundle; a sample over ``MAX_SAMPLE_ELEMENTS`` keeps the model off the engine."""
-    model, values = _plain_model()
-    fm = fast_spec.fast_model(ARCH)
-    assert fm is not None
-    per_image = plan_of(fm.spec).elements_per_sample()
+    per_image = _per_image()
     monkeypatch.setattr(dealing_module, "MAX_ELEMENTS", per_image - 1)
     monkeypatch.setattr(dealing_module, "MAX_SAMPLE_ELEMENTS", per_image)
-    assert max_rows(fm.spec) == 1
-    handles = _split(values)
-    x = np.random.default_rng(5).normal(size=(3, 6)).astype(np.float32)
-    expected = model(torch.from_numpy(x)).detach().numpy()
-    links, xs = Links(), share(encode(x), 2)
-    parties = (FastInference(64, 4), FastInference(64, 4))
-
-    def party(rank: int) -> np.ndarray:
-        return parties[rank].predict(FakeChannel(links, rank), "m", handles[rank], fm, xs[rank])
-
-    y0, y1 = run_pair(lambda: party(0), lambda: party(1))
-    with np.errstate(over="ignore"):
-        assert _close(decode(y0 + y1), expected)
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None and max_rows(fm.spec) == 1
+    links, parties, forward, expected = _serve_plain(3, 4)
+    assert _close(forward(3), expected)
     assert links.requests == ["fast_setup"] + ["fast_bundles"] * 3
     assert parties[0].next_refill() == ("m", 1, 1)  # a pool of one bundle, not of 4
     links.requests.clear()
     run_pair(*(lambda rank=rank: parties[rank].refill(FakeChannel(links, rank), "m", 1, 1)
                for rank in (0, 1)))  # fmt: skip
-    one = [
-        lambda rank=rank: parties[rank].predict(
-            FakeChannel(links, rank), "m", handles[rank], fm, xs[rank][:1]
-        )
-        for rank in (0, 1)
-    ]
-    y0, y1 = run_pair(*one)  # pooled, and no refill rides on it for such a model
-    with np.errstate(over="ignore"):
-        assert _close(decode(y0 + y1), expected[:1])
+    assert _close(forward(1), expected[:1])  # pooled, and no refill rides on it
     assert links.requests == ["fast_bundles"] and parties[0].stats().hits == 1
     dealer = FastDealing(stock=0)
     setup_id = dealer.setup(fast_spec.to_wire(fm.spec))[0][0]
