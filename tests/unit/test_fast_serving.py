@@ -302,11 +302,14 @@ def test_a_model_whose_one_sample_fills_a_reply_gets_one_sample_per_reply_and_a_
                for rank in (0, 1)))  # fmt: skip
     assert _close(forward(1), expected[:1])  # pooled, and no refill rides on it
     assert links.requests == ["fast_bundles"] and parties[0].stats().hits == 1
-    dealer = FastDealing(stock=0)
+    dealer = FastDealing(stock=4)
     setup_id = dealer.setup(fast_spec.to_wire(fm.spec))[0][0]
     assert len(dealer.bundles(setup_id, 1, 1)[0][1]) == 1
+    time.sleep(0.2)
+    assert dealer.stocked(setup_id, 1) == 0  # made on demand only: never stocked ahead
     with pytest.raises(ValueError, match="out of range"):
         dealer.bundles(setup_id, 2, 1)  # two such samples never share a reply
+    dealer.close()
     monkeypatch.setattr(dealing_module, "MAX_SAMPLE_ELEMENTS", per_image - 1)
     assert max_rows(fm.spec) == 0
 

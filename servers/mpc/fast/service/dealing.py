@@ -24,8 +24,11 @@ ones (at most ``MAX_STOCK_BYTES`` in all, the most recently asked pairs
 first), so a request is mostly a transfer. It restocks a pair once it is down
 to half, many bundles in one pass (:meth:`Dealer.preprocess_many
 <ppml.servers.mpc.fast.engine.Dealer.preprocess_many>`): key generation has a
-per-level cost that one small bundle at a time would pay again and again.
-Each bundle is handed out once, then forgotten.
+per-level cost that one small bundle at a time would pay again and again. A
+pass makes at most one reply's worth (``MAX_ELEMENTS``), and a large model's
+bundles (one sample over ``MAX_ELEMENTS``: a BERT-tiny-shaped encoder's are
+1.16 GB per party) are never stocked, only made when asked for. Each bundle
+is handed out once, then forgotten.
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ class FastDealing:
         per_sample = plan_of(spec).elements_per_sample()
         if batch < 1 or count < 1 or per_sample * batch * count > reply_limit(per_sample):
             raise ValueError(f"{count} bundles of batch {batch}: out of range")
-        bucket = batch & (batch - 1) == 0  # pools use powers of two; other sizes are one-offs
+        # pools use powers of two (other sizes are one-offs); a large model's bundles (one
+        # sample over MAX_ELEMENTS) are made on demand only, never stocked
+        bucket = batch & (batch - 1) == 0 and per_sample * batch <= MAX_ELEMENTS
         pairs = self._from_stock((setup_id, batch), count) if bucket else []
         if len(pairs) < count:
             pairs += _make(self._engine, spec, key, batch, count - len(pairs))
@@ -183,11 +188,17 @@ class FastDealing:
                 if self._closed or job is None:
                     return
             pair, spec, key, missing = job
-            made = _make(engine, spec, key, pair[1], max(1, min(missing, MAKE_ROWS // pair[1])))
+            most = min(MAKE_ROWS // pair[1], MAX_ELEMENTS // _elements(spec, pair[1]))
+            made = _make(engine, spec, key, pair[1], max(1, min(missing, most)))
             with self._cond:
                 if pair in self._stock and not self._closed:
                     self._stock[pair].extend(made)
                     self._stock_bytes += sum(len(a) + len(b) for a, b in made)
+
+
+def _elements(spec: fe.ModelSpec, batch: int) -> int:
+    """Wire values of one bundle of ``batch`` samples."""
+    return plan_of(spec).elements_per_sample() * batch
 
 
 def reply_limit(per_sample: int) -> int:
