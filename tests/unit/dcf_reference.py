@@ -27,6 +27,9 @@ from ppml.servers.mpc.fast.dcf import (
     _lane_masks,
     _tweaks,
     _words,
+    leaf_bits,
+    leaf_correction,
+    leaf_levels,
     value_blocks,
 )
 from ppml.servers.mpc.fast.prg import (
@@ -74,12 +77,13 @@ def gen(
     state[0, :, 0] &= _CLEAR_LSB  # t_0 = 0
     state[1, :, 0] |= _ONE  # t_1 = 1
     roots = state.copy()
+    leaf = leaf_levels(depth, lanes)  # early termination: the tree stops above the leaves
     v_alpha = np.zeros((k, n), dtype=np.int64)
-    seed_cw = np.empty((depth, 2, n), dtype=np.uint64)
-    t_cw = np.empty((depth, n), dtype=np.uint8)
-    v_cw = np.empty((depth, k, n), dtype=np.int64)
+    seed_cw = np.empty((depth - leaf, 2, n), dtype=np.uint64)
+    t_cw = np.empty((depth - leaf, n), dtype=np.uint8)
+    v_cw = np.empty((depth - leaf, k, n), dtype=np.int64)
     with np.errstate(over="ignore"):
-        for i in range(depth):
+        for i in range(depth - leaf):
             a = (alpha >> np.uint64(depth - 1 - i)) & _ONE
             keep = a.astype(bool)  # keep the right child iff alpha's bit is 1
             t = state[:, :, 0] & _ONE  # (party, n)
@@ -114,11 +118,15 @@ def gen(
             seed_cw[i, 0], seed_cw[i, 1] = scw_lo, scw_hi
             t_cw[i] = (tl | (tr << _ONE)).astype(np.uint8)
             v_cw[i] = vcw
-        conv = _convert(prg, state, k, ids)  # (party, k, n)
-        sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
-        final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
+        if leaf:
+            final_cw = leaf_correction(prg, state, alpha, beta[0], v_alpha[0], ids)
+        else:
+            conv = _convert(prg, state, k, ids)  # (party, k, n)
+            sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
+            final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
     return tuple(
-        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes, nonces, runs) for b in (0, 1)
+        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes, nonces, runs, leaf)
+        for b in (0, 1)
     )
 
 
@@ -141,8 +149,11 @@ def evaluate(
         tabled = key.depth * n <= 1 << 14
     with np.errstate(over="ignore"):
         state, acc = (_walk_tabled if tabled else _walk)(key, x, prg, ids)
-        acc += _convert(prg, state, k, ids)
-        acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
+        if key.leaf:
+            acc[0] += leaf_bits(prg, key, state, x, ids)
+        else:
+            acc += _convert(prg, state, k, ids)
+            acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
             np.negative(acc, out=acc)
         if any(b < 64 for b in key.lane_bits):
@@ -163,7 +174,7 @@ def _walk(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
     state = key.seeds
     acc_blocks = np.zeros((nv, n, 2), dtype=np.uint64)
     acc = np.zeros((k, n), dtype=np.int64)
-    for i in range(key.depth):
+    for i in range(key.levels):
         side = (x >> np.uint64(key.depth - 1 - i)) & _ONE
         tweaked = _at_level(state, i)
         tweaked[:, 1] ^= side << _SIDE_BIT
@@ -194,10 +205,10 @@ def _walk_tabled(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, 
     matters for few elements (a single image), where each operation's fixed
     cost dominates.
     """
-    n, k, depth = key.size, key.width, key.depth
+    n, k, depth = key.size, key.width, key.levels
     compact = _compact(key.lane_bits)
     nv = 0 if compact else value_blocks(k)
-    shifts = np.arange(depth - 1, -1, -1, dtype=np.uint64)[:, None]
+    shifts = np.arange(key.depth - 1, key.depth - 1 - depth, -1, dtype=np.uint64)[:, None]
     sides = (x[None] >> shifts) & _ONE  # (depth, n)
     tweaks = np.empty((depth, 1 + nv, n, 2), dtype=np.uint64)
     tweaks[:] = _tweaks(1, 1 + nv, ids, _LEVEL_SALT)[0]

@@ -88,7 +88,9 @@ def test_shares_of_each_party_look_uniform() -> None:
         (47, (64, 64, 16), 1679),
         (47, (16, 16), 1007),
         (64, (64,), 1624),
-        (47, (1,), 816),
+        (47, (1,), 712),  # early termination: 40 levels and a 16-byte leaf (816 without)
+        (8, (1,), 49),
+        (7, (1,), 136),  # too shallow to terminate early: 7 levels and a one-bit final
     ],
 )
 def test_key_size_matches_formula_and_serialised_arrays(
@@ -258,8 +260,10 @@ def test_a_one_bit_payload_expands_one_block_per_level() -> None:
     x = _domain(RNG.uint64(n), depth)
     rec = _Recording()
     dcf.evaluate(keys[0], x, rec)
-    assert [a.shape[:-1] for a in rec.inputs[:depth]] == [(1, n)] * depth
-    for level in range(1, depth):  # bit 1 of the input is the level tweak's alone (prg doc)
+    levels = depth - dcf.LEAF_LEVELS  # early termination: the leaf is one more block
+    assert keys[0].levels == levels and len(rec.inputs) == levels + 1
+    assert [a.shape[:-1] for a in rec.inputs] == [(1, n)] * (levels + 1)
+    for level in range(1, levels):  # bit 1 of the input is the level tweak's alone (prg doc)
         bit1 = (rec.inputs[level][..., 0] >> np.uint64(1)) & np.uint64(1)
         assert np.all(bit1 == (level + 1) & 1)
     assert np.array_equal(_reconstruct(keys, x) & 1, (x < alpha).astype(np.int64)[None])
@@ -328,6 +332,43 @@ def test_the_compiled_walk_queries_the_blocks_of_the_numpy_walks_and_gives_their
         a = dcf.evaluate(key, x, compiled)
         assert np.array_equal(a, dcf_reference.evaluate(key, x, tabled, tabled=True))
         assert np.array_equal(a, dcf_reference.evaluate(key, x, walked, tabled=False))
-        assert len(compiled.inputs) == len(tabled.inputs) == len(walked.inputs) == depth + 1
+        calls = key.levels + 1  # the walked levels and the final conversion (or the leaf)
+        assert len(compiled.inputs) == len(tabled.inputs) == len(walked.inputs) == calls
         for u, v, w in zip(compiled.inputs, tabled.inputs, walked.inputs, strict=True):
             assert np.array_equal(u, v) and np.array_equal(u, w)
+
+
+@pytest.mark.parametrize("depth", [8, 9])
+def test_early_termination_is_exact_for_every_threshold_and_input(depth: int) -> None:
+    """A one-bit key deeper than LEAF_LEVELS stops 7 levels early and packs its leaves:
+    every threshold against every input of the domain, both parties' XOR shares."""
+    size = 1 << depth
+    alpha = np.repeat(np.arange(size, dtype=np.uint64), size)
+    x = np.tile(np.arange(size, dtype=np.uint64), size)
+    keys = dcf.gen(alpha, np.ones((1, alpha.size), dtype=np.int64), depth, RNG, None, (1,))
+    assert [k.leaf for k in keys] == [dcf.LEAF_LEVELS] * 2
+    assert keys[0].levels == depth - dcf.LEAF_LEVELS and keys[0].final_cw.shape == (2, alpha.size)
+    assert np.array_equal(_reconstruct(keys, x)[0] & 1, (x < alpha).astype(np.int64))
+
+
+def test_only_deep_one_bit_keys_terminate_early() -> None:
+    assert dcf.leaf_levels(47, (1,)) == dcf.leaf_levels(8, (1,)) == dcf.LEAF_LEVELS
+    assert dcf.leaf_levels(7, (1,)) == 0  # a leaf would cover the whole domain
+    assert dcf.leaf_levels(47, (2,)) == dcf.leaf_levels(47, (64, 64)) == 0
+
+
+def test_a_leaf_key_round_trips_and_a_missing_or_stray_leaf_is_refused() -> None:
+    n, depth = 20, 47
+    alpha = _domain(RNG.uint64(n), depth)
+    k0, k1 = dcf.gen(alpha, np.ones((1, n), dtype=np.int64), depth, RNG, None, (1,))
+    arrays = k0.to_arrays("k")
+    assert arrays["k.leaf"].shape == (2, n) and not any(".final_cw" in a for a in arrays)
+    back = dcf.DCFKey.from_arrays(arrays, "k")
+    assert back.leaf == dcf.LEAF_LEVELS and back.depth == depth
+    x = _domain(RNG.uint64(n), depth)
+    assert np.array_equal(_reconstruct((back, k1), x)[0] & 1, (x < alpha).astype(np.int64))
+    with pytest.raises(ValueError, match="needs its leaf"):
+        dcf.DCFKey.from_arrays({k: v for k, v in arrays.items() if k != "k.leaf"}, "k")
+    wide = dcf.gen(alpha, RNG.ring((1, n)), depth, RNG, None, (64,))[0].to_arrays("k")
+    with pytest.raises(ValueError, match="not a one-bit key"):
+        dcf.DCFKey.from_arrays(dict(wide, **{"k.leaf": arrays["k.leaf"]}), "k")

@@ -54,7 +54,8 @@ Key size per element and party, serialised: ``16 + depth * (17 + P) + P``
 bytes with ``P = sum(ceil(b_i / 8))`` (root seed; per level a seed correction,
 both control-bit corrections in one byte and a value correction; a final value
 correction); ``P = 8k`` for full lanes, and ``16 + depth * 17 + 1`` for one
-one-bit lane, whose level values ride in the control-bit byte; plus 24 bytes
+one-bit lane, whose level values ride in the control-bit byte (with early
+termination, below, ``16 + (depth - 7) * 17 + 16``); plus 24 bytes
 per key set (nonce and length, :data:`NONCE_BYTES`). The gates use depth 47 by default
 (:mod:`~ppml.servers.mpc.fast.gates`). The
 correction words and nonces are the same in both parties' keys; only the root seed
@@ -67,6 +68,26 @@ itself (bit 0 is the control bit), cleared from the state before the
 correction, so the seed carries 126 fresh bits into the next level and the
 value bit is a PRG output bit used nowhere else. One AES block per element
 and level instead of two, in evaluation and in key generation alike.
+
+Early termination (one one-bit lane, ``depth > LEAF_LEVELS``). The tree stops
+:data:`LEAF_LEVELS` (7) levels above the inputs: a node there covers 128
+consecutive inputs, and its converted state is one 128-bit block whose bit
+``x mod 128`` is the node's leaf value (as a DPF's leaves are packed, Boyle,
+Gilboa, Ishai, "Function Secret Sharing: Improvements and Extensions", CCS
+2016). On alpha's path the dealer's leaf correction (``final_cw``, (2, n),
+the block's two words) is ``C_0 ^ C_1 ^ L ^ V``, with ``C_b`` party ``b``'s
+converted state, ``L`` the block whose bit ``j`` is ``beta * 1{j < alpha mod 128}``
+and ``V`` all ones when the parties' level values on alpha's path differ
+(``v_alpha`` odd), else 0; a party XORs it in under its control bit and adds
+bit ``x mod 128`` of the result to its level values. On alpha's path exactly
+one party holds the control bit, so the two leaf bits XOR to ``L``'s bit
+plus ``V``, and with the level values the output is ``1{x < alpha}``; off it
+both parties' states and control bits are equal, the leaf bits cancel and
+the level values already hold the answer. Security is the tree's: each
+party's leaf correction is masked by the other party's converted on-path
+state, a PRG output it never sees. So a key has ``depth - 7`` levels (17
+bytes each) and a 16-byte leaf, 103 bytes less per element, and evaluation
+``depth - 6`` AES blocks per element instead of ``depth + 1``.
 """
 
 from __future__ import annotations
@@ -96,6 +117,9 @@ _LEVEL_SALT = 0  # tweaks of the per-level expansion (side, block)
 _FINAL_SALT = 1  # tweaks of the final state-to-group conversion
 _LEVEL_SHIFT = np.uint64(1)  # level + 1 in bits 1..7 of the tweak's low word (bit 0: control bit)
 NONCE_BYTES = 24  # per key set: its 80-bit nonce (two uint64) and its length (one uint64)
+LEAF_LEVELS = 7  # early termination: a one-bit key's last 7 levels are one 128-bit leaf
+_LEAF_MASK = np.uint64((1 << LEAF_LEVELS) - 1)
+_WORD_BITS = np.uint64(63)
 Runs = npt.NDArray[np.int64]
 
 
@@ -109,6 +133,11 @@ def _compact(lane_bits: tuple[int, ...]) -> bool:
     return lane_bits == (1,)
 
 
+def leaf_levels(depth: int, lane_bits: tuple[int, ...]) -> int:
+    """Levels a key of ``depth`` and ``lane_bits`` folds into its leaf (module doc)."""
+    return LEAF_LEVELS if _compact(lane_bits) and depth > LEAF_LEVELS else 0
+
+
 @dataclass(frozen=True)
 class DCFKey:
     """One party's keys for ``n`` DCF instances of one depth and payload width.
@@ -119,7 +148,10 @@ class DCFKey:
     control-bit correction; ``v_cw`` (depth, k, n) int64; ``final_cw`` (k, n);
     ``lane_bits`` the modulus exponent of each payload lane; ``nonces`` (s, 2)
     uint64 the 80-bit instance-id start of each of the ``s`` key sets this key
-    joins, ``runs`` (s,) their lengths (positive, summing to n).
+    joins, ``runs`` (s,) their lengths (positive, summing to n). A key with
+    ``leaf`` (``LEAF_LEVELS``, one one-bit lane: early termination) has
+    ``depth - leaf`` tree levels and its 128-bit leaf correction as the two
+    words of ``final_cw`` (2, n).
     """
 
     party: int
@@ -131,10 +163,17 @@ class DCFKey:
     lane_bits: tuple[int, ...]
     nonces: U64
     runs: Runs
+    leaf: int = 0
+
+    @property
+    def levels(self) -> int:
+        """Tree levels walked: ``depth`` less the levels folded into the leaf."""
+        return int(self.seed_cw.shape[0])
 
     @property
     def depth(self) -> int:
-        return int(self.seed_cw.shape[0])
+        """Input bits: the inputs lie in ``[0, 2^depth)``."""
+        return self.levels + self.leaf
 
     @property
     def size(self) -> int:
@@ -142,7 +181,7 @@ class DCFKey:
 
     @property
     def width(self) -> int:
-        return int(self.final_cw.shape[0])
+        return len(self.lane_bits)
 
     @property
     def nbytes(self) -> int:
@@ -168,6 +207,9 @@ class DCFKey:
         compact = _compact(self.lane_bits)
         if compact:  # the level's value bit rides in bit 2 of t_cw
             out[f"{prefix}.t_cw"] = self.t_cw | (self.v_cw[:, 0].astype(np.uint8) << np.uint8(2))
+        if self.leaf:  # the leaf correction, whole
+            out[f"{prefix}.leaf"] = self.final_cw.view(np.uint64)
+            return out
         for i, b in enumerate(self.lane_bits):
             if not compact:
                 for j, chunk in enumerate(_pack(self.v_cw[:, i], b)):
@@ -189,18 +231,29 @@ class DCFKey:
             t_cw = t_cw & np.uint8(3)
         else:
             v_cw = np.stack([_lane(arrays, f"{prefix}.v_cw{i}", b) for i, b in enumerate(lanes)], 1)
+        leaf = 0
+        if f"{prefix}.leaf" in arrays:
+            leaf = leaf_levels(int(t_cw.shape[0]) + LEAF_LEVELS, lanes)
+            if not leaf or arrays[f"{prefix}.leaf"].dtype != np.uint64:
+                raise ValueError("DCF key has a leaf but is not a one-bit key, or a bad leaf")
+            final_cw = np.ascontiguousarray(arrays[f"{prefix}.leaf"]).view(np.int64)
+        else:
+            if leaf_levels(int(t_cw.shape[0]), lanes):
+                raise ValueError("a one-bit DCF key of this depth needs its leaf")
+            final_cw = np.stack(
+                [_lane(arrays, f"{prefix}.final_cw{i}", b) for i, b in enumerate(lanes)]
+            )
         key = cls(
             party=int(meta[0]),
             seeds=np.ascontiguousarray(arrays[f"{prefix}.seeds"], dtype=np.uint64),
             seed_cw=np.ascontiguousarray(arrays[f"{prefix}.seed_cw"], dtype=np.uint64),
             t_cw=t_cw,
             v_cw=v_cw,
-            final_cw=np.stack(
-                [_lane(arrays, f"{prefix}.final_cw{i}", b) for i, b in enumerate(lanes)]
-            ),
+            final_cw=final_cw,
             lane_bits=lanes,
             nonces=np.ascontiguousarray(arrays[f"{prefix}.nonces"], dtype=np.uint64),
             runs=_runs(arrays[f"{prefix}.runs"]),
+            leaf=leaf,
         )
         key.check()
         return key
@@ -208,7 +261,7 @@ class DCFKey:
     @classmethod
     def concat(cls, keys: list[DCFKey]) -> DCFKey:
         """Keys for all elements of ``keys`` in order (same party, depth and lanes)."""
-        if len({(k.party, k.depth, k.lane_bits) for k in keys}) != 1:
+        if len({(k.party, k.depth, k.lane_bits, k.leaf) for k in keys}) != 1:
             raise ValueError("can only concatenate keys of one party, depth and lanes")
         return cls(
             keys[0].party,
@@ -220,6 +273,7 @@ class DCFKey:
             keys[0].lane_bits,
             np.concatenate([k.nonces for k in keys]),
             np.concatenate([k.runs for k in keys]),
+            keys[0].leaf,
         )
 
     def head(self, n: int) -> DCFKey:
@@ -253,13 +307,16 @@ class DCFKey:
             self.lane_bits,
             nonces,
             runs.astype(np.int64),
+            self.leaf,
         )
 
     def check(self) -> None:
         """Raise ValueError unless the arrays have consistent shapes."""
-        d, n, k = self.depth, self.size, self.width
+        d, n, k = self.levels, self.size, self.width
         if self.party not in (0, 1):
             raise ValueError("DCF key party must be 0 or 1")
+        if self.leaf != leaf_levels(self.depth, self.lane_bits):
+            raise ValueError("DCF key's leaf does not match its depth and lanes")
         if len(self.lane_bits) != k or not all(1 <= b <= 64 for b in self.lane_bits):
             raise ValueError("DCF key needs one lane width in 1..64 per payload element")
         shapes = {
@@ -267,7 +324,7 @@ class DCFKey:
             "seed_cw": (self.seed_cw.shape, (d, 2, n)),
             "t_cw": (self.t_cw.shape, (d, n)),
             "v_cw": (self.v_cw.shape, (d, k, n)),
-            "final_cw": (self.final_cw.shape, (k, n)),
+            "final_cw": (self.final_cw.shape, (2 if self.leaf else k, n)),
             "nonces": (self.nonces.shape, (self.runs.shape[0], 2)),
         }
         for name, (got, want) in shapes.items():
@@ -292,6 +349,9 @@ def key_bytes_per_element(depth: int, lane_bits: tuple[int, ...]) -> int:
     """Serialised bytes per element of one party's key (see the module docstring)."""
     payload = sum((b + 7) // 8 for b in lane_bits)
     level = 0 if _compact(lane_bits) else payload  # a one-bit value rides in the t_cw byte
+    leaf = leaf_levels(depth, lane_bits)
+    if leaf:  # early termination: 16 bytes of leaf instead of the last levels and the final
+        return 16 + (depth - leaf) * (16 + 1) + 16
     return 16 + depth * (16 + 1 + level) + payload
 
 
@@ -445,10 +505,12 @@ def gen(
     state[0, :, 0] &= _CLEAR_LSB  # t_0 = 0
     state[1, :, 0] |= _ONE  # t_1 = 1
     roots = state.copy()
+    leaf = leaf_levels(depth, lanes)
+    levels = depth - leaf
     v_alpha = np.zeros((k, n), dtype=np.int64)
-    seed_cw = np.empty((depth, 2, n), dtype=np.uint64)
-    t_cw = np.empty((depth, n), dtype=np.uint8)
-    v_cw = np.empty((depth, k, n), dtype=np.int64)
+    seed_cw = np.empty((levels, 2, n), dtype=np.uint64)
+    t_cw = np.empty((levels, n), dtype=np.uint8)
+    v_cw = np.empty((levels, k, n), dtype=np.int64)
     kernels = _kernels()
     flat_state, flat_ids = state.reshape(2, 2 * n), np.ascontiguousarray(ids).reshape(-1)
     beta = np.ascontiguousarray(beta)
@@ -460,19 +522,57 @@ def gen(
             inp = np.empty((2, 2, 1 + nv, m, 2), dtype=np.uint64)  # (party, side, block, m, 2)
             flat_inp = inp.reshape(2, 2, 1 + nv, 2 * m)
             kernels.gen_prepare(flat_state, j0, flat_ids, table_hi, flat_inp)
-            for i in range(depth):
+            for i in range(levels):
                 out = prg.mmo(inp)
                 kernels.gen_level(
                     out.reshape(2, 2, 1 + nv, 2 * m), flat_state, alpha, depth, i, j0, beta,
                     lane_masks, compact, v_alpha, seed_cw, t_cw, v_cw, flat_ids, table_hi,
                     flat_inp, scratch,
                 )  # fmt: skip
-        conv = _convert(prg, state, k, ids)  # (party, k, n)
-        sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
-        final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
+        if leaf:
+            final_cw = leaf_correction(prg, state, alpha, beta[0], v_alpha[0], ids)
+        else:
+            conv = _convert(prg, state, k, ids)  # (party, k, n)
+            sign = 1 - 2 * (state[1, :, 0] & _ONE).view(np.int64)
+            final_cw = (sign * (conv[1] - conv[0] - v_alpha)) & masks
     return tuple(  # type: ignore[return-value]
-        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes, nonces, runs) for b in (0, 1)
+        DCFKey(b, roots[b], seed_cw, t_cw, v_cw, final_cw, lanes, nonces, runs, leaf)
+        for b in (0, 1)
     )
+
+
+def leaf_correction(
+    prg: FixedKeyPRG, state: U64, alpha: U64, beta: Ring, v_alpha: Ring, ids: U64
+) -> Ring:
+    """The dealer's leaf corrections (2, n): ``C_0 ^ C_1 ^ L ^ V`` (module doc, early termination).
+
+    ``state`` (party, n, 2): both parties' states at alpha's node; ``beta`` (n,) the
+    one-bit payloads (``L`` is 0 where it is even); ``v_alpha`` (n,) the difference of
+    the parties' level values there (only the parities matter).
+    """
+    conv = _convert(prg, state, 2, ids).view(np.uint64)  # (party, 2, n): each state's block
+    low = alpha & _LEAF_MASK  # L: bits 0 .. low - 1 set
+    below = np.empty((2, low.size), dtype=np.uint64)
+    for w in range(2):
+        bits = np.clip(low.astype(np.int64) - 64 * w, 0, 64).astype(np.uint64)
+        full = bits == np.uint64(64)
+        shifted = np.left_shift(_ONE, np.where(full, np.uint64(0), bits)) - _ONE
+        below[w] = np.where(full, ~np.uint64(0), shifted)
+    below &= np.uint64(0) - (beta.view(np.uint64) & _ONE)  # beta even: the leaf holds 0s
+    differ = np.uint64(0) - (v_alpha.view(np.uint64) & _ONE)  # all ones if v_alpha is odd
+    out: Ring = (conv[0] ^ conv[1] ^ below ^ differ).view(np.int64)
+    return out
+
+
+def leaf_bits(prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64) -> Ring:
+    """This party's leaf bits (n,): bit ``x mod 128`` of its converted state, corrected."""
+    block = _convert(prg, state, 2, ids).view(np.uint64)  # (2, n)
+    t = np.uint64(0) - (state[:, 0] & _ONE)  # all ones under the control bit
+    block ^= key.final_cw.view(np.uint64) & t
+    low = x & _LEAF_MASK
+    word = np.where(low >> np.uint64(6) == _ONE, block[1], block[0])
+    out: Ring = ((word >> (low & _WORD_BITS)) & _ONE).view(np.int64)
+    return out
 
 
 WALK_CHUNK = 4096  # elements walked together: a level's arrays (~150 B each) stay in L2
@@ -491,8 +591,11 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     ids = key.instance_tweaks
     with np.errstate(over="ignore"):
         state, acc = _walk(key, x, prg, ids)
-        acc += _convert(prg, state, k, ids)
-        acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
+        if key.leaf:
+            acc[0] += leaf_bits(prg, key, state, x, ids)
+        else:
+            acc += _convert(prg, state, k, ids)
+            acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
         if key.party == 1:
             np.negative(acc, out=acc)
         if any(b < 64 for b in key.lane_bits):
@@ -524,7 +627,7 @@ def _walk(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
         inp = np.empty((1 + nv, m, 2), dtype=np.uint64)
         flat_inp = inp.reshape(1 + nv, 2 * m)
         kernels.eval_prepare(flat_state, x, key.depth, j0, flat_ids, block_hi, flat_inp)
-        for i in range(key.depth):
+        for i in range(key.levels):
             out = prg.mmo(inp)  # (block, m, 2)
             kernels.eval_level(
                 out.reshape(1 + nv, 2 * m), flat_state, x, key.depth, i, j0, seed_cw, t_cw,

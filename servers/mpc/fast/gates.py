@@ -73,10 +73,11 @@ fresh uniform value). So a party's view of a gate is independent of ``z``.
 Key size per element and party: 8 (mask) + 8 * consts + DCF key
 (:func:`~ppml.servers.mpc.fast.dcf.key_bytes_per_element`); at the default
 ``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (5 constants,
-one one-bit lane) 8 + 40 + 816 = 864 bytes, against 1,711 for the former
-three-lane payload ``(s, s c, m)`` that needed no second round; truncation at
-the output (lanes 16, 16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n =
-31``, range ``|v| < 2^15``: 592 and 823 bytes.) Plus, per key set (one gate
+one one-bit lane, its DCF terminated 7 levels early) 8 + 40 + 712 = 760 bytes
+(864 before early termination, 1,711 for the former three-lane payload ``(s,
+s c, m)`` that needed no second round); truncation at the output (lanes 16,
+16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n = 31``, range ``|v| <
+2^15``: 488 and 823 bytes.) Plus, per key set (one gate
 of one bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
 Online, ReLU costs two rounds (the opening of ``o`` and of ``e``, ``n / 8``
 bytes), truncation one.
