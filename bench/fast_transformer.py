@@ -9,7 +9,8 @@ tokens), random public weights (``torch.manual_seed(0)``), inputs N(0, 1)
 Setting as bench/fast_resnet.py: two party processes over an AF_UNIX socket
 pair, one torch thread each; the dealer is the parent process, its bundles
 handed over through files (not timed). Figures: batch-1 online latency (p50
-of ``--n`` forwards after one warm-up), rounds, online bytes per party,
+of ``--n`` forwards after one warm-up) and each party's CPU time over it (p50 of
+process time: less sensitive to a shared machine), rounds, online bytes per party,
 dealer material (bundle bytes per party per request) and the dealer's time,
 and the largest logit error against the float64 torch model.
 
@@ -83,22 +84,24 @@ def _party_main(rank: int, fd: int, workdir: Path, n: int) -> None:
         ex,
         [data[f"{i}.{name}"] for i, name in fm.params],
     )
-    online, prep_ms, stats, y = [], [], None, None
+    online, cpu, prep_ms, stats, y = [], [], [], None, None
     for i in range(n + 1):
         bundle = Bundle.from_bytes((workdir / f"bundle{rank}_{i}.bin").read_bytes())
         t0 = time.perf_counter()
         prep = prepare(model, bundle)
         prep_ms.append(1e3 * (time.perf_counter() - t0))
         ex.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         y, stats = forward(model, prep, data["x"], ex)
         online.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
         del bundle, prep
     assert stats is not None and y is not None
     np.save(workdir / f"out{rank}.npy", y)
     res = {
         "online_ms": online[1:],
         "online_p50_ms": statistics.median(online[1:]),
+        "online_cpu_p50_ms": statistics.median(cpu[1:]),
         "party_prepare_p50_ms": statistics.median(prep_ms),
         "rounds": stats.rounds,
         "bytes_sent": stats.bytes_sent,
@@ -140,6 +143,8 @@ def run(n: int, timeout_s: float = 1800.0) -> dict[str, Any]:
             del pair
         run_party_pair(__file__, ["--dir", tmp, "--n", str(n)], timeout_s)
         r0 = json.loads((work / "result0.json").read_text())
+        r1 = json.loads((work / "result1.json").read_text())
+        r0["online_cpu_p50_ms_party1"] = r1["online_cpu_p50_ms"]
         with np.errstate(over="ignore"):
             y = (np.load(work / "out0.npy") + np.load(work / "out1.npy")) / SCALE
     with torch.no_grad():
@@ -179,6 +184,8 @@ def _summary(r: dict[str, Any]) -> str:
             f"batch 1: online p50 {b1['online_p50_ms']:.0f} ms, {b1['rounds']} rounds, "
             f"{b1['bytes_sent'] / 1e6:.2f} MB sent per party; party prepare "
             f"{b1['party_prepare_p50_ms']:.0f} ms",
+            f"online CPU per party (p50, process time): {b1['online_cpu_p50_ms']:.0f} ms, "
+            f"{b1['online_cpu_p50_ms_party1']:.0f} ms",
             f"dealer material per party per request: {r['bundle_bytes_per_party'] / 1e6:.1f} MB;"
             f" dealer time {r['dealer_preprocess_p50_s']:.2f} s",
             f"max |encrypted - float64| logit: {r['max_abs_logit_err']:.2e}",
