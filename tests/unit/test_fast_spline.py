@@ -65,17 +65,26 @@ TOP = 2.0**31 - 2.0**-16  # the largest input of the default range, |v| < 2^31
 
 
 def _fixed_reference(spline: Spline, p: GateParams, xs: Ring) -> list[int]:
-    """The table in exact integers: ``S_i X + C_i`` at ``2^(2f)`` for ring inputs ``X``."""
+    """The table in exact integers: piece ``i`` at ring inputs ``X``, at ``2^((m + 1) f)``."""
     fx = spline.fixed(p.frac_bits)
     piece = np.searchsorted(np.array(fx.breakpoints), xs, side="right")
-    return [fx.slopes[i] * int(x) + fx.intercepts[i] for i, x in zip(piece, xs, strict=True)]
+    return [fx.at(i, int(x)) for i, x in zip(piece, xs, strict=True)]
+
+
+def _ring(values: list[int]) -> list[int]:
+    """Exact integers mod 2^64, as signed 64-bit values (what the gate's shares sum to)."""
+    return [(v + (1 << 63)) % (1 << 64) - (1 << 63) for v in values]
 
 
 def _gate(spline: Spline, p: GateParams, xs: Ring, r: Ring | None = None) -> list[int]:
     """Both parties' outputs for ring inputs ``xs`` (masks ``r`` or fresh), reconstructed."""
     gate = SPLINE_GATES[spline.name]
     depth = spline.depth(p)
-    k0, k1 = gate.gen(p, xs.size, RNG, PRG) if r is None else deal(depth, r, RNG, PRG, spline.name)
+    k0, k1 = (
+        gate.gen(p, xs.size, RNG, PRG)
+        if r is None
+        else deal(depth, r, RNG, PRG, spline.name, spline.degree)
+    )
     with np.errstate(over="ignore"):
         opened = xs + k0.mask + k1.mask
         y = gate.eval(p, k0, opened, PRG) + gate.eval(p, k1, opened, PRG)
@@ -100,7 +109,8 @@ def test_each_table_is_within_its_bound_everywhere(name: str) -> None:
     x = np.concatenate([dense, tails, _edges(spline)])
     assert np.abs(spline(x) - ref(x)).max() <= spline.bound
     fixed = np.rint(x * 2.0**FRAC).astype(np.int64)  # the table as the gate computes it
-    exact = np.array(_fixed_reference(spline, DEFAULT, fixed), dtype=np.float64) / 2.0 ** (2 * FRAC)
+    scale = 2.0 ** ((spline.degree + 1) * FRAC)
+    exact = np.array(_fixed_reference(spline, DEFAULT, fixed), dtype=np.float64) / scale
     assert np.abs(exact - ref(fixed / 2.0**FRAC)).max() <= spline.bound
     assert len(spline.pieces) == len(spline.breakpoints) + 1
 
@@ -126,10 +136,12 @@ def test_rsqrt_is_within_its_relative_bound_and_flat_below_its_domain() -> None:
 
 def test_breakpoint_counts_and_bounds_as_documented() -> None:
     tables = (GELU, TANH, SIGMOID, EXP, RECIPROCAL)
-    assert [len(s.breakpoints) for s in tables] == [8, 10, 6, 17, 20]
+    assert [len(s.breakpoints) for s in tables] == [4, 10, 6, 5, 20]
+    assert [s.degree for s in tables] == [2, 1, 1, 2, 1]
     assert [s.bound for s in tables] == [1e-2] * 3 + [1e-3] * 2
     assert EXP.domain == (-math.inf, 0.0) and RECIPROCAL.domain == (1.0, 64.0)
-    assert GELU.pieces[0] == (0.0, 0.0) and GELU.pieces[-1] == (1.0, 0.0)
+    assert GELU.pieces[0] == (0.0, 0.0, 0.0) and GELU.pieces[-1] == (0.0, 1.0, 0.0)
+    assert EXP.pieces[0] == (0.0, 0.0, 0.0)  # exact 0 far out; the last piece ends at 0
     assert TANH.pieces[0] == (0.0, -1.0) and SIGMOID.pieces[-1] == (0.0, 1.0)
 
 
@@ -156,7 +168,7 @@ def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(nam
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_gate_is_the_table_on_its_range_at_the_default_depth_with_wrapping_masks(name: str) -> None:
-    spline = SPLINES[name]
+    spline = SPLINES[name]  # exact mod 2^64 (exp's last piece exceeds it at x > 0, off its domain)
     n = spline.depth(DEFAULT)
     assert n == spline.range_bits + FRAC < DEFAULT.depth  # the table's range, not the ReLU's
     edges = np.rint(_edges(spline) * 2.0**FRAC).astype(np.int64)
@@ -169,29 +181,33 @@ def test_gate_is_the_table_on_its_range_at_the_default_depth_with_wrapping_masks
     for low in residues:  # r' at the wrap edges: o' = u + r' wraps for most or few u
         high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64((1 << d) - 1)
         r = (high | np.uint64(low)).view(np.int64)
-        assert _gate(spline, DEFAULT, xs, r) == _fixed_reference(spline, DEFAULT, xs)
+        assert _gate(spline, DEFAULT, xs, r) == _ring(_fixed_reference(spline, DEFAULT, xs))
     # masks that put o' = u + r' mod 2^d at 2^d - 1, 0 and 1: just before, at and after the wrap
     near = np.repeat(np.concatenate([edges, ends]), 3)
     u = near.view(np.uint64) + np.uint64(1 << n)
     shift = np.tile(np.array([-1, 0, 1], dtype=np.int64), near.size // 3).view(np.uint64)
     r = ((np.uint64(1 << d) - u + shift) & np.uint64((1 << d) - 1)).view(np.int64)
-    assert _gate(spline, DEFAULT, near, r) == _fixed_reference(spline, DEFAULT, near)
-    assert _gate(spline, DEFAULT, xs) == _fixed_reference(spline, DEFAULT, xs)  # fresh masks
+    assert _gate(spline, DEFAULT, near, r) == _ring(_fixed_reference(spline, DEFAULT, near))
+    assert _gate(spline, DEFAULT, xs) == _ring(_fixed_reference(spline, DEFAULT, xs))  # fresh masks
 
 
 @pytest.mark.parametrize("name", ["gelu", "exp", "rsqrt"])
 def test_outside_its_range_a_gate_applies_the_piece_of_the_input_wrapped_into_it(name: str) -> None:
-    # documented: for x outside [-2^n, 2^n) the output is S_i x + C_i with i the piece of
-    # x's representative mod 2^(n+1) in the range (exact arithmetic on the true x)
+    # documented: for x outside [-2^n, 2^n) the output is piece i at x, with i the piece of
+    # x's representative mod 2^(n+1) in the range (ring arithmetic on the true x: mod 2^64)
     spline = SPLINES[name]
     n = spline.depth(DEFAULT)
     fx = spline.fixed(FRAC)
     big = np.array([1 << n, (1 << n) + 5, -(1 << n) - 1, 3 << n, -(7 << n) + 12345], dtype=np.int64)
+    inner = np.array([-2.0, -1.0, 0.5, 1.5]) * 2.0**FRAC  # wrapped into inner pieces
+    wraps = np.array([1, -3, 5, -1], dtype=np.int64) << np.int64(n + 1)
+    big = np.concatenate([big, wraps + inner.astype(np.int64)])
     xs = np.concatenate([big, RNG.ring(64) >> np.int64(33)])  # and random |x| < 2^31
     wrapped = ((xs + (1 << n)) & ((1 << (n + 1)) - 1)) - (1 << n)
     piece = np.searchsorted(np.array(fx.breakpoints), wrapped, side="right")
-    want = [fx.slopes[i] * int(x) + fx.intercepts[i] for i, x in zip(piece, xs, strict=True)]
+    want = _ring([fx.at(i, int(x)) for i, x in zip(piece, xs, strict=True)])
     assert _gate(spline, DEFAULT, xs) == want
+    assert len(set(piece.tolist())) > 2  # inner pieces too (quadratic ones for GELU and exp)
 
 
 def test_a_table_refuses_breakpoints_or_a_domain_outside_its_range() -> None:
@@ -203,17 +219,32 @@ def test_a_table_refuses_breakpoints_or_a_domain_outside_its_range() -> None:
     assert ok.depth(DEFAULT) == 18 and ok.depth(GateParams(16, 10)) == 10  # p's if narrower
 
 
+def test_a_quadratic_table_keeps_lines_outside_where_its_domain_is_unbounded() -> None:
+    parabola = (0.5, 0.0, 0.0)
+    with pytest.raises(ValueError, match="outer piece"):  # x^2 / 2 out to the range
+        Spline("t", (-1.0,), ((0, 0, 0), parabola), 0.0, range_bits=4)
+    with pytest.raises(ValueError, match="one degree"):
+        Spline("t", (-1.0,), ((0, 0), parabola), 0.0, range_bits=4)
+    with pytest.raises(ValueError, match="one degree"):
+        Spline("t", (-1.0,), ((0, 0, 0, 0), (1, 0, 0, 0)), 0.0, range_bits=4)  # cubic
+    ok = Spline("t", (-1.0,), ((0, 0, 0), parabola), 0.0, (-math.inf, 2.0), range_bits=4)
+    assert ok.degree == 2 and ok(np.array([-3.0, 2.0])).tolist() == [0.0, 2.0]
+    fx = ok.fixed(FRAC)
+    assert fx.pieces[1] == (1 << 15, 0, 0) and fx.at(1, 2 << FRAC) == 2 << (3 * FRAC)
+
+
 @pytest.mark.parametrize(
     ("name", "fn", "low", "high", "eps", "quantum"),
     [
         ("sigmoid", REFERENCE["sigmoid"], lambda x: 0 * x, lambda x: 0 * x + 1, 0.0095, None),
-        ("exp", np.exp, lambda x: 0 * x, 0.0, 0.00095, 2.0**-16),
+        ("exp", np.exp, lambda x: 0 * x, 0.0, 0.00095, None),
     ],
 )
 def test_tables_are_what_the_fitter_makes(
     name: str, fn: spline_fit.Fn, low: object, high: object, eps: float, quantum: float | None
 ) -> None:
-    breaks, pieces = spline_fit.table(fn, low, high, eps, quantum)
+    degree = SPLINES[name].degree
+    breaks, pieces = spline_fit.table(fn, low, high, eps, quantum, degree)
     assert tuple(breaks) == SPLINES[name].breakpoints and tuple(pieces) == SPLINES[name].pieces
 
 
@@ -232,12 +263,15 @@ def test_key_bytes_per_element_depend_on_the_tables_range_only() -> None:
     for gate in SPLINE_GATES.values():
         k0, k1 = gate.gen(DEFAULT, 100, RNG, PRG)
         d = gate.spline.range_bits + FRAC + 1  # the depth of the table's range
-        assert k0.nbytes == k1.nbytes == 100 * (8 + 16 + d * 33 + 16) + 24
+        lanes = gate.spline.degree + 1  # payload (1, r) or (1, r, r^2); r^2's shares: 8 bytes
+        per = 8 + 8 * (lanes - 2) + 16 + d * (17 + 8 * lanes) + 8 * lanes
+        assert k0.nbytes == k1.nbytes == 100 * per + 24
         assert gate.rounds == 0 and GATES[gate.kind] is gate
     gelu = SPLINE_GATES["gelu"].gen(DEFAULT, 1, RNG, PRG)[0]
-    assert gelu.nbytes == 997 + 24  # d = 29
+    assert gelu.nbytes == 1245 + 24  # d = 29, three lanes
+    assert SPLINE_GATES["tanh"].gen(DEFAULT, 1, RNG, PRG)[0].nbytes == 997 + 24  # two lanes
     narrow = SPLINE_GATES["gelu"].gen(GateParams(16, 20), 10, RNG, PRG)[0]
-    assert narrow.nbytes == 10 * (8 + 16 + 21 * 33 + 16) + 24  # p's range if narrower
+    assert narrow.nbytes == 10 * (8 + 8 + 16 + 21 * 41 + 24) + 24  # p's range if narrower
     with pytest.raises(ValueError, match="depth"):  # a key of another depth is refused
         SPLINE_GATES["gelu"].eval(GateParams(16, 20), gelu, RNG.ring(1), PRG)
 
@@ -277,11 +311,13 @@ def test_engine_runs_spline_gates_in_the_planned_rounds_within_their_bounds() ->
     spec = _stacked()
     plan = plan_of(spec)
     kinds = [g.kind for g in plan.gates]
-    assert sorted(k for k in kinds if k != "trunc") == ["gelu", "sigmoid", "tanh"]
+    assert sorted(k for k in kinds if k != "trunc") == ["gelu", "sigmoid", "tanh", "trunc_wide"]
     gate_steps = [s for s in plan.steps if isinstance(s, steps.Gate)]
     opens = sum(isinstance(s, steps.Open) for s in plan.steps)
     assert plan.rounds == opens + len(gate_steps)  # one opening per gate, nothing more
-    assert all(plan.values[s.dst].scale == steps.FF for s in gate_steps if s.kind != "trunc")
+    scales = {s.kind: plan.values[s.dst].scale for s in gate_steps}  # quadratic GELU: 2^(3f)
+    want = {"gelu": steps.FFF, "trunc_wide": steps.F, "tanh": steps.FF, "sigmoid": steps.FF}
+    assert scales == {**want, "trunc": steps.F}, scales
     dealer, key, models = _identity_models(spec)
     x = np.concatenate([np.linspace(-5, 5, 24).reshape(4, 6), np.full((1, 6), 4000.0)])
     pair = dealer.preprocess(spec, key, x.shape[0])
@@ -296,8 +332,9 @@ def test_narrow_gates_between_layers_feed_spline_gates_right_mod_2_to_the_l() ->
     layers = (Linear(6, 6, False), nodes.GELU(), Linear(6, 6, False), Sigmoid())
     spec = ModelSpec(layers, (6,), narrow)
     gates = plan_of(spec).gates
-    assert [g.kind for g in gates] == ["trunc", "gelu", "trunc", "trunc", "sigmoid", "trunc"]
-    assert [g.out_bits for g in gates] == [48] * 5 + [64]
+    assert [g.kind for g in gates] == ["trunc", "gelu", "trunc_wide", "trunc", "sigmoid", "trunc"]
+    # GELU squares its input: the truncation feeding it is right mod 2^64 (full lanes)
+    assert [g.out_bits for g in gates] == [64, 64, 48, 48, 48, 64]
     dealer, key, models = _identity_models(spec)
     x = np.linspace(-6, 6, 36).reshape(6, 6)
     y, _, _ = forward_pair(models, dealer.preprocess(spec, key, 6), x)
@@ -366,3 +403,19 @@ def test_fast_model_maps_layer_norm_with_its_parameters_and_refuses_long_softmax
     assert fast_spec.from_wire(fast_spec.to_wire(model.spec)) == model.spec
     long_rows = Architecture((dl.Linear(129, 129), nl.Softmax()), (129,), (129,))
     assert fast_spec.fast_model(long_rows) is None  # rows of at most 128: CrypTen serves it
+
+
+def test_the_wide_truncation_divides_by_2_to_the_2f_over_the_whole_ring() -> None:
+    # after a quadratic spline (values at 2^(3f)): z / 2^(2f) stochastically rounded, any z
+    gate = GATES["trunc_wide"]
+    ends = [-(1 << 63), (1 << 63) - (1 << 32), 0, -1, 1, 12345 << 32, -(4095 << 48)]
+    z = np.concatenate([RNG.ring(4000), np.array(ends, dtype=np.int64)])
+    k0, k1 = gate.gen(DEFAULT, z.size, RNG, PRG, DEFAULT.low_bits - 16)  # full lanes anyway
+    assert k0.dcf.depth == 63 - 2 * FRAC and k0.kind == "trunc_wide"
+    with np.errstate(over="ignore"):
+        opened = z + k0.mask + k1.mask
+        y = gate.eval(DEFAULT, k0, opened, PRG) + gate.eval(DEFAULT, k1, opened, PRG)
+    carry = y - (z >> np.int64(2 * FRAC))
+    assert set(np.unique(carry).tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="trunc_wide"):  # a key of another depth
+        gate.eval(GateParams(12, 47), k0, opened, PRG)

@@ -165,7 +165,7 @@ def test_gate_key_round_trip_and_registry() -> None:
     k0, _ = GATES["relu"].gen(DEFAULT, 5, RNG)
     k = GateKey.from_arrays(k0.to_arrays("g"), "g")
     assert k.kind == "relu" and np.array_equal(k.consts, k0.consts)
-    assert set(GATES) == {"relu", "trunc"}
+    assert set(GATES) == {"relu", "trunc", "trunc_wide"}
 
 
 def test_key_bytes_per_element() -> None:

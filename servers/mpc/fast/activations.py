@@ -10,9 +10,20 @@ asymptote), each piece is the minimax line (slope by ternary search,
 intercept centring the error) over the longest grid interval within
 tolerance, its coefficients rounded (GELU, tanh, sigmoid: 6 decimals; exp,
 reciprocal: slope to ``2^-16``, intercept to 7 decimals) before the error is
-measured. tests/unit/test_fast_spline.py checks every table, as the ring
-computes it, against float64 on a dense grid, the tails, the breakpoints
-and the ring's extremes, and refits two of them.
+measured. GELU and exp are quadratic (``degree=2``): the same greedy walk
+with, between the asymptotes, each piece the minimax parabola over the
+longest grid interval within tolerance (:func:`.spline_fit.parabola`: a
+linear programme on 2,000 points; ``a`` rounded to ``2^-16``, exact at ``f =
+16``, then the minimax line for that ``a``, rounded to 10 decimals, before
+the error is measured); made by ``table(gelu, 0, x, 9.5e-3, degree=2)`` and
+``table(exp, 0, 0.0, 9.5e-4, degree=2)``. A parabola follows a curve over a
+far wider interval than a line (error ``~ w^3`` against ``w^2``), so GELU
+needs 4 breakpoints instead of the linear table's 8 and exp 5 instead of 17,
+each one DCF evaluation fewer per element (spline.py: with one more payload
+lane, 3 AES blocks per level instead of 2, so exp's gate does half the work
+and GELU's 5/6 of it). tests/unit/test_fast_spline.py checks every table, as
+the ring computes it, against float64 on a dense grid, the tails, the
+breakpoints and the ring's extremes, and refits two of them (sigmoid, exp).
 
 Tails. GELU: ``|GELU(x) - x| = x Phi(-x)`` for ``x >= 2.703125`` and
 ``|GELU(x)| = |x| Phi(x)`` for ``x <= -2.703125`` both decrease away from the
@@ -33,8 +44,10 @@ shrink with it:
 * exp: ``R = 12``: softmax's ``x - max``, which is ``<= 0`` exactly (the row
   maximum is exact), so the range is a row's spread ``max - min <= 4096``;
   a wider row gets, for its entries below ``max - 4096``, some piece of the
-  table applied to them (possibly large and negative), so nothing is
-  promised for that row.
+  table applied to them in the ring (a parabola of such an input wraps mod
+  ``2^64``: any value), so nothing is promised for that row. The last piece
+  is a parabola (``domain`` ends at 0 on that side), used only on
+  ``[-0.515625, 0]``; the input is never positive.
 * reciprocal: ``R = 7`` (``|x| < 128``; its domain is ``[1, 64]``).
 * row reciprocal: ``R = 8`` (``|s| < 256``): a row sum of at most 128 exps,
   each at most ``1 + 1e-3`` and at least 0, so ``s`` in ``[0, 128.2]`` for
@@ -46,20 +59,23 @@ shrink with it:
   6.53, further out some piece applied to the true input.
 
 Bounds (absolute, every real input in the gate's range), approximation plus
-coefficient rounding (``<= 5 * 2^-17 + 2^-33`` on inner pieces, 0 on the
-exact outer ones); the truncation after the gate adds ``< 2^-16``:
+coefficient rounding (linear tables: ``<= 5 * 2^-17 + 2^-33`` on inner
+pieces; quadratic: below ``1e-9``; 0 on the exact outer ones); the
+truncation after the gate adds ``< 2^-16`` (by ``2f`` after a quadratic
+one, gates.py :class:`~.gates.TruncWide`: the same bound). Measured, the
+ring tables' largest errors are 9.33e-3 (GELU) and 9.50e-4 (exp):
 
-==========  ===========  ======  ====================  ==================
-function    breakpoints  pieces  bound (fit)           on
-==========  ===========  ======  ====================  ==================
-GELU        8            9       1e-2 (9.5e-3)         ``|x| < 4096``
-tanh        10           11      1e-2 (9.5e-3)         ``|x| < 4096``
-sigmoid     6            7       1e-2 (9.5e-3)         ``|x| < 4096``
-exp         17           18      1e-3 (9.5e-4)         ``[-4096, 0]``
-reciprocal  20           21      1e-3 (9.5e-4)         ``[1, 64]``
-row recip.  63           64      1e-3 relative (9.5e-4)  ``[1, 130]``
-rsqrt       66           67      1e-3 relative (9.5e-4)  ``[3/128, 160]``
-==========  ===========  ======  ====================  ==================
+==========  ===========  ======  ======  ====================  ==================
+function    breakpoints  pieces  degree  bound (fit)           on
+==========  ===========  ======  ======  ====================  ==================
+GELU        4            5       2       1e-2 (9.5e-3)         ``|x| < 4096``
+tanh        10           11      1       1e-2 (9.5e-3)         ``|x| < 4096``
+sigmoid     6            7       1       1e-2 (9.5e-3)         ``|x| < 4096``
+exp         5            6       2       1e-3 (9.5e-4)         ``[-4096, 0]``
+reciprocal  20           21      1       1e-3 (9.5e-4)         ``[1, 64]``
+row recip.  63           64      1       1e-3 rel. (9.5e-4)    ``[1, 130]``
+rsqrt       66           67      1       1e-3 rel. (9.5e-4)    ``[3/128, 160]``
+==========  ===========  ======  ======  ====================  ==================
 
 ``rsqrt`` (LayerNorm's ``1 / sqrt(var + eps)``) was fitted with
 ``fit(lambda v: 1 / np.sqrt(v), 3 / 128, 1, 9.5e-4, 2**-16, relative=True,
@@ -84,17 +100,13 @@ EXP_RANGE_BITS = 12  # softmax's x - max in (-4096, 0]
 
 GELU = Spline(
     "gelu",
-    (-2.703125, -1.4375, -0.640625, -0.171875, 0.265625, 0.765625, 2.515625, 2.703125),
+    (-2.703125, -0.734375, 1.09375, 2.703125),
     (
-        (0.0, 0.0),
-        (-0.078177, -0.211115),
-        (-0.073916, -0.223614),
-        (0.198225, -0.049341),
-        (0.536784, 0.008601),
-        (0.870123, -0.079915),
-        (1.095015, -0.244527),
-        (1.030195, -0.090765),
-        (1.0, 0.0),
+        (0.0, 0.0, 0.0),
+        (-0.010284423828125, -0.1264104124, -0.2665117212),
+        (0.331817626953125, 0.500037523, 0.0091792632),
+        (-0.03521728515625, 1.2241841667, -0.3554537396),
+        (0.0, 1.0, 0.0),
     ),
     BOUND,
     range_bits=ACTIVATION_RANGE_BITS,
@@ -149,44 +161,14 @@ SIGMOID = Spline(
 
 EXP = Spline(
     "exp",
+    (-6.96875, -3.78125, -2.265625, -1.265625, -0.515625),
     (
-        -6.96875,
-        -4.796875,
-        -3.765625,
-        -3.09375,
-        -2.59375,
-        -2.1875,
-        -1.859375,
-        -1.578125,
-        -1.328125,
-        -1.109375,
-        -0.90625,
-        -0.734375,
-        -0.578125,
-        -0.421875,
-        -0.28125,
-        -0.15625,
-        -0.03125,
-    ),
-    (
-        (0.0, 0.0),
-        (0.0033721923828125, 0.0235041),
-        (0.0144500732421875, 0.0766233),
-        (0.0330047607421875, 0.1465138),
-        (0.0588226318359375, 0.2263974),
-        (0.0922088623046875, 0.3129565),
-        (0.1327972412109375, 0.4017983),
-        (0.1798858642578125, 0.4893566),
-        (0.2344512939453125, 0.5754399),
-        (0.2961883544921875, 0.6574637),
-        (0.3656463623046875, 0.7344615),
-        (0.4408416748046875, 0.8027355),
-        (0.519317626953125, 0.8603874),
-        (0.607147216796875, 0.9110301),
-        (0.70416259765625, 0.9520151),
-        (0.804046630859375, 0.9801927),
-        (0.911102294921875, 0.9968156),
-        (0.9845428466796875, 0.9999401),
+        (0.0, 0.0, 0.0),
+        (0.00299072265625, 0.0384129664, 0.1243410631),
+        (0.0258026123046875, 0.2082325413, 0.4421736224),
+        (0.0877838134765625, 0.4864683942, 0.7562279935),
+        (0.208221435546875, 0.7885489147, 0.9474514635),
+        (0.3890533447265625, 0.9797835479, 0.9994455231),
     ),
     1e-3,
     (-math.inf, 0.0),

@@ -1,4 +1,4 @@
-"""FSS gates on masked wires: fused ReLU + truncation, and truncation alone.
+"""FSS gates on masked wires: fused ReLU + truncation, and truncation alone (by f or 2f).
 
 Wire convention. A linear layer leaves the two parties with additive shares
 ``z_0 + z_1 = z (mod 2^64)`` of a pre-activation at scale ``2^(2f)``. The
@@ -86,7 +86,7 @@ bytes), truncation one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -343,4 +343,49 @@ class Trunc:
             return e * (u.a - h) - gamma + big_k * w
 
 
-GATES: dict[str, type[ReluTrunc] | type[Trunc]] = {g.kind: g for g in (ReluTrunc, Trunc)}
+class TruncWide:
+    """``y = z / 2^(2f)`` stochastically rounded: :class:`Trunc` at ``f' = 2f``, ``n' = 63 - 2f``.
+
+    After a quadratic spline gate (spline.py), whose output is at ``2^(3f)``.
+    ``L' = n' + 1 + f' = 64``: the range is the whole ring, ``z`` in ``[-2^63,
+    2^63 - 2^(2f)]`` (real ``|v| < 2^(63 - 3f)``, 2^15 at ``f = 16``: every
+    value the ring holds at that scale), read in full, so the input must be
+    right mod ``2^64`` (graph.py marks its sources full-width) and the lanes
+    are full-width whatever ``out_bits``. Error and security as :class:`Trunc`
+    (``< 2^-f``, stochastic rounding, no large-error event); its DCF has depth
+    ``63 - 2f`` (31 at ``f = 16``, against 47 for a truncation by ``f``).
+    """
+
+    kind: ClassVar[str] = "trunc_wide"
+    width: ClassVar[int] = 2
+    rounds: ClassVar[int] = 0
+
+    @staticmethod
+    def params(p: GateParams) -> GateParams:
+        return GateParams(2 * p.frac_bits, 63 - 2 * p.frac_bits)
+
+    @staticmethod
+    def gen(
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+    ) -> tuple[GateKey, GateKey]:
+        """Dealer: keys for ``n`` gates with fresh uniform masks (64-bit output lanes)."""
+        keys = Trunc.gen(TruncWide.params(p), n, rng, prg, 64)
+        return replace(keys[0], kind=TruncWide.kind), replace(keys[1], kind=TruncWide.kind)
+
+    @staticmethod
+    def eval(
+        p: GateParams,
+        key: GateKey,
+        opened: Ring,
+        prg: FixedKeyPRG | None = None,
+        exchange: Exchange | None = None,
+    ) -> Ring:
+        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``; no exchange."""
+        if key.dcf.depth != TruncWide.params(p).depth:
+            raise ValueError(f"a trunc_wide key of depth {key.dcf.depth}")
+        return Trunc.eval(TruncWide.params(p), key, opened, prg, exchange)
+
+
+GATES: dict[str, type[ReluTrunc] | type[Trunc] | type[TruncWide]] = {
+    g.kind: g for g in (ReluTrunc, Trunc, TruncWide)
+}

@@ -28,7 +28,11 @@ stays at ``2^(2f)`` until something needs ``2^f``:
 * a GELU, Tanh or Sigmoid is a spline gate (spline.py, activations.py):
   input at ``2^f`` (a ``2^(2f)`` value is truncated first: one more gate and
   round), output at ``2^(2f)`` (slopes at ``2^f`` times the input), so its
-  readers truncate lazily like a weighted layer's;
+  readers truncate lazily like a weighted layer's; a quadratic table's
+  (GELU's, and softmax's exp) output is at ``2^(3f)`` (:data:`FFF`) and is
+  truncated by ``2f`` at once (a ``trunc_wide`` gate, gates.py: one round,
+  as the readers' lazy truncation was, unless a reader took ``2^(2f)``, an
+  Add or Concat with a weighted layer's output);
 * an element-wise product of two activations (:class:`Hadamard`, the second
   broadcast to the first) is an element-wise Beaver triple: operands at
   ``2^f``, output at ``2^(2f)``, one opening of both, exact in the ring;
@@ -76,8 +80,11 @@ difference of two values.
 
 Output width. Gates read only ``o mod 2^L`` (:mod:`.gates`), so a gate's
 output needs to be right only mod ``2^L`` unless it reaches the model output
-through local steps alone (sum, reshape, transpose, average, max, bias);
-those gates get 64-bit output lanes (:attr:`GateSpec.out_bits`).
+through local steps alone (sum, reshape, transpose, average, max, bias), or
+the input of a gate that uses all 64 bits (:data:`FULL_INPUT`: a quadratic
+spline squares its input, ``trunc_wide`` reads it whole); those gates get
+64-bit output lanes (:attr:`GateSpec.out_bits`). At the default ``L = 64``
+every gate has them anyway.
 
 Rounds: one per :class:`Open`, one per :class:`Gate` plus the gate's own
 (ReLU: one more; a spline gate: none), two per level of a max tournament
@@ -153,6 +160,7 @@ from ppml.servers.mpc.fast.nodes import (
 from ppml.servers.mpc.fast.pooling import average_factor, pooled_shape, tournament
 from ppml.servers.mpc.fast.steps import (
     FF,
+    FFF,
     AddParam,
     Average,
     Center,
@@ -255,16 +263,24 @@ class _Builder:
         return dst
 
     def spline(self, kind: str, src: int) -> int:
-        """A spline gate (spline.py): input at 2^f (truncated first if need be), output 2^(2f)."""
-        p = self.spec.params
-        if any(abs(b) >= 1 << p.depth for b in SPLINES[kind].fixed(p.frac_bits).breakpoints):
+        """A spline gate (spline.py): input at 2^f (truncated first if need be).
+
+        Degree 1: output at 2^(2f), truncated lazily; degree 2: output at 2^(3f),
+        truncated at once to 2^f by a ``trunc_wide`` gate (gates.py).
+        """
+        p, table = self.spec.params, SPLINES[kind]
+        if any(abs(b) >= 1 << p.depth for b in table.fixed(p.frac_bits).breakpoints):
             raise ValueError(f"{kind}'s breakpoints lie outside the gate range of depth {p.depth}")
+        if table.degree > 1 and table.range_bits + 3 * p.frac_bits > 62:
+            raise ValueError(f"{kind}'s values at 2^(3f) do not fit the ring at f = {p.frac_bits}")
         src = self.at_f(src)
         shape = self.values[src].shape
         self.gates.append((kind, _size(shape)))
-        dst = self.value(shape, FF)
+        dst = self.value(shape, FF if table.degree == 1 else FFF)
         self.steps.append(Gate(dst, src, len(self.gates) - 1, kind, False))
-        return dst
+        if table.degree == 1:
+            return dst
+        return self.gate("trunc_wide", dst)
 
     def at_f(self, src: int) -> int:
         """``src`` at scale 2^f: itself, or its (shared) truncation."""
@@ -464,8 +480,13 @@ def _check_sources(spec: ModelSpec) -> None:
             raise ValueError(f"node {i} reads {srcs}: each must be an earlier node or -1")
 
 
+FULL_INPUT = frozenset({"trunc_wide", *(k for k, s in SPLINES.items() if s.degree > 1)})
+"""Gates that use their input's every bit (quadratic splines square it; trunc_wide reads 64)."""
+
+
 def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]]:
-    """Values and gates whose outputs reach the model output through local steps only."""
+    """Values and gates whose outputs must be right mod 2^64: those reaching the model output,
+    or the input of a :data:`FULL_INPUT` gate, through local steps only."""
     values, gates = {output}, set[int]()
     for s in reversed(plan_steps):
         if isinstance(s, Sum | Join) and s.dst in values:
@@ -479,8 +500,11 @@ def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]
         elif isinstance(s, Maximum | RowMax) and s.dst in values:
             values.add(s.src)
             gates.update(s.gates)
-        elif isinstance(s, Gate) and s.dst in values:
-            gates.add(s.gate)
+        elif isinstance(s, Gate):
+            if s.dst in values:
+                gates.add(s.gate)
+            if s.kind in FULL_INPUT:
+                values.add(s.src)
     return values, gates
 
 

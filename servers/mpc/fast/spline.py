@@ -1,11 +1,20 @@
-"""A piecewise-linear FSS spline gate on masked wires (after BCG+21's spline gates).
+"""A piecewise-polynomial FSS spline gate on masked wires (after BCG+21's spline gates).
 
-Function. A public spline with breakpoints ``b_1 < ... < b_k`` and ``k + 1``
-pieces ``(s_i, c_i)``: ``g(x) = s_i x + c_i`` on ``[b_i, b_(i+1))`` (``b_0 =
--inf``, ``b_(k+1) = +inf``). In the ring (:meth:`Spline.fixed`): ``B_j =
-round(b_j 2^f)``, ``S_i = round(s_i 2^f)``, ``C_i = round(c_i 2^(2f))``, so for
-an input ``x`` at scale ``2^f`` the output ``S_i x + C_i`` is at ``2^(2f)``
-and the plan's lazy truncation applies (graph.py).
+Function. A public spline of degree ``m`` (1 or 2) with breakpoints ``b_1 <
+... < b_k`` and ``k + 1`` pieces, polynomials ``P_i`` of degree at most ``m``:
+``g(x) = P_i(x)`` on ``[b_i, b_(i+1))`` (``b_0 = -inf``, ``b_(k+1) = +inf``).
+Degree 1: ``P_i(x) = s_i x + c_i``; degree 2: ``P_i(x) = a_i x^2 + s_i x +
+c_i``. In the ring (:meth:`Spline.fixed`): ``B_j = round(b_j 2^f)`` and the
+coefficient of ``x^t`` at ``2^((m + 1 - t) f)``: degree 1, ``S_i = round(s_i
+2^f)``, ``C_i = round(c_i 2^(2f))``, so for an input ``x`` at scale ``2^f``
+the output ``S_i x + C_i`` is at ``2^(2f)`` and the plan's lazy truncation
+applies (graph.py); degree 2, ``A_i = round(a_i 2^f)``, ``S_i = round(s_i
+2^(2f))``, ``C_i = round(c_i 2^(3f))``, output ``A_i x^2 + S_i x + C_i`` at
+``2^(3f)``, which the plan truncates by ``2f`` at once (gates.py,
+:class:`~.gates.TruncWide`). A quadratic piece covers a far wider interval
+than a line within the same bound, so a table needs far fewer breakpoints
+(activations.py: exp 5 instead of 17, GELU 4 instead of 8), and the gate's
+work is one DCF evaluation per breakpoint (below).
 
 Wire. The parties hold shares of ``x`` at ``2^f`` (the plan truncates a
 ``2^(2f)`` value first), add shares of the key's fresh uniform mask ``r`` and
@@ -21,12 +30,14 @@ derive ``n`` from the same public table and :class:`~.gates.GateParams`; a
 party refuses a key of another depth. Outside the range nothing is promised,
 and exactly this happens: the comparisons see ``x`` mod ``2^d`` only, so the
 gate selects the piece ``i`` of ``x``'s representative ``x'`` in ``[-2^n,
-2^n)`` (``x' = x mod 2^d``, centred) and outputs ``S_i x + C_i`` on the true
-``x`` (e.g. GELU of ``4096 + t`` for small ``t > 0`` is 0, of ``-4096 - t``
+2^n)`` (``x' = x mod 2^d``, centred) and outputs ``P_i`` of the true ``x``
+(e.g. GELU of ``4096 + t`` for small ``t > 0`` is 0, of ``-4096 - t``
 is ``-4096 - t``; exp of ``x - max < -4096`` can be any of its pieces applied
-to ``x``, a large negative value included). Which piece depends only on ``x``,
-not on the mask: the output is deterministic, not random, and the party's
-view is unchanged (Security).
+to ``x``, a large negative value included). A quadratic piece is applied in
+the ring: ``A_i x^2`` of a large ``x`` wraps mod ``2^64``, so such an output
+is some deterministic ring value, as meaningless as the linear case's. Which
+piece depends only on ``x``, not on the mask: the output is deterministic,
+not random, and the party's view is unchanged (Security).
 
 Comparisons (one DCF, evaluated at ``k + 1`` public points). Let ``u = x + h``
 in ``[0, 2^d)``, ``r' = r mod 2^d``, ``o' = (o + h) mod 2^d = (u + r') mod
@@ -43,53 +54,74 @@ r') mod 2^d`` in ``[0, 2^d)``, ``u - beta_j = m - 2^d t`` with ``t = 1{v_j <
 r'} - w + 1{o' < beta_j}``. As ``u - beta_j`` lies in ``(-2^d, 2^d)``, ``t``
 is 0 or 1, and ``u < beta_j`` iff ``t = 1``. Every wrap case (of ``u + r'``, of
 ``o' - beta_j``, of ``v_j - r'``) is one of these indicators. The dealer's key
-is one DCF of depth ``d`` with threshold ``r'`` and payload ``(1, r)``: the
-parties get shares of ``1{p < r'}`` and of ``r 1{p < r'}`` at any public
-``p``; the public indicator ``1{o' < beta_j}`` multiplies shares of ``(1, r)``
-that each party already has (``(1, r_0)`` and ``(0, r_1)`` from its mask
-share). So both ``e_j = 1{x < b_j}`` and ``r e_j`` are shared.
+is one DCF of depth ``d`` with threshold ``r'`` and payload ``(1, r, ..,
+r^m)`` (all mod ``2^64``): the parties get shares of ``r^t 1{p < r'}``, ``t
+<= m``, at any public ``p``; the public indicator ``1{o' < beta_j}``
+multiplies shares of ``(1, r, .., r^m)`` that each party already has
+(``(1, r_0)`` and ``(0, r_1)`` from its mask share; ``r^2``'s shares are the
+key's one constant, degree 2 only). So ``e_j = 1{x < b_j}`` and ``r^t e_j``
+are shared.
 
-Output. ``g(x) = S_k x + C_k - sum_j e_j (dS_j x + dC_j)`` with ``dS_j = S_j -
-S_(j-1)``, ``dC_j = C_j - C_(j-1)``: the active piece's coefficients as
-coefficient differences at the breakpoints. With ``x = o - r (mod 2^64)``,
-``e_j (dS_j x + dC_j) = dS_j (o e_j - r e_j) + dC_j e_j``: linear in the
-shares, with public ``o``, ``dS_j``, ``dC_j`` -- i.e. the coefficients
-re-expressed as a polynomial in ``o`` shifted by ``r``. One opening, no further
-round. The result is exact in the ring: it equals ``S_i X + C_i`` for the ring
-input ``X`` in piece ``i``, and never wraps while ``|S_i X + C_i| < 2^63``,
-which holds for the tables here (activations.py: each outer piece is
-``x``, a constant of size at most 1, or has ``|slope| <= 0.985`` and
-``|intercept| <= 2`` (exp's last, the reciprocal's first), so ``|g| < 2^31``
-real on the whole range, below ``2^63`` at scale ``2^32``; the inner pieces
-have ``|x| <= 64``).
-If the input is only right mod ``2^L`` (a gate output between layers,
-gates.py) so is the output, and that is all its readers use.
+Output. ``g(x) = P_k(x) - sum_j e_j dP_j(x)`` with ``dP_j = P_j - P_(j-1)``
+(coefficient differences): the active piece as differences at the
+breakpoints. With ``x = o - r (mod 2^64)``, ``x^t = sum_u C(t, u) o^(t-u)
+(-r)^u``, so ``e_j dP_j(x)`` is a sum of public multiples (powers of ``o``
+times ``dP_j``'s coefficients) of the shares of ``r^u e_j``; degree 1:
+``dS_j (o e_j - r e_j) + dC_j e_j``; degree 2 adds ``dA_j (o^2 e_j - 2 o r
+e_j + r^2 e_j)``; and ``P_k(x)`` itself is the same with ``e = 1`` (party 0's
+constant 1). Linear in the shares: one opening, no further round. The result
+is exact in the ring: it equals ``P_i(X) mod 2^64`` for the ring input ``X``
+in piece ``i`` (the telescoping sum is exact mod ``2^64`` whatever its
+terms), and is ``P_i(X)`` itself while ``|P_i(X)| < 2^63``, which holds for
+the tables here on their ranges: degree 1 (activations.py: each outer piece
+is ``x``, a constant of size at most 1, or has ``|slope| <= 0.985`` and
+``|intercept| <= 2`` (the reciprocal's first), so ``|g| < 2^31`` real on the
+whole range, below ``2^63`` at scale ``2^32``; the inner pieces have ``|x|
+<= 64``); degree 2 at ``2^(3f)`` (``2^48``: ``|g| < 2^15`` real): GELU's outer
+pieces are ``0`` and ``x`` with ``|x| < 4096``, exp's first is 0 and its
+last is used on its domain ``[-0.515625, 0]`` only (``x - max <= 0``: for ``x
+> 0``, off its domain, the parabola would exceed the ring), the inner pieces
+have ``|x| <= 7`` and ``|a|, |s|, |c| < 1.3``; graph.py refuses a quadratic
+table whose range would not fit (``R + 3f > 62``). If the input is only right
+mod ``2^L`` (a gate output between layers, gates.py) so is the output, and
+that is all a degree-1 gate's readers use; a quadratic gate's output is
+truncated by ``2f`` on all 64 bits, so graph.py gives the gates feeding it
+full-width lanes (its input is then right mod ``2^64``).
 
 Error. The spline's own approximation error (activations.py, per function)
-plus the coefficients' rounding: ``|S_i 2^-f - s_i| <= 2^-(f+1)`` times
-``|x|`` (0 where the table's slopes are multiples of ``2^-f``: the outer
-pieces' 0 and 1, and every slope of exp and reciprocal; ``<= 5 * 2^-17`` on
-GELU's, tanh's and sigmoid's inner pieces) and ``2^-(2f+1)`` for the
-intercept; tests/unit/test_fast_spline.py checks the rounded table itself; then the
-truncation after it, stochastic rounding ``< 2^-f``. Comparisons are exact (no
+plus the coefficients' rounding: degree 1, ``|S_i 2^-f - s_i| <= 2^-(f+1)``
+times ``|x|`` (0 where the table's slopes are multiples of ``2^-f``: the
+outer pieces' 0 and 1, and every slope of the reciprocals; ``<= 5 * 2^-17``
+on tanh's and sigmoid's inner pieces) and ``2^-(2f+1)`` for the intercept;
+degree 2: 0 for ``a`` (the tables' ``a`` are multiples of ``2^-16``, exact
+at ``f = 16``), ``2^-(2f+1) |x|`` for the slope and ``2^-(3f+1)`` for the
+intercept, below ``1e-9``; tests/unit/test_fast_spline.py checks the rounded table
+itself; then the truncation after it, stochastic rounding ``< 2^-f`` (by
+``f`` or, degree 2, by ``2f``: the same bound). Comparisons are exact (no
 carry: they run on the input's full ``d`` bits), so a point exactly at a
 breakpoint gets the right piece.
 
-Key size per element and party: 8 (mask) + a DCF of depth ``d`` with two
-64-bit lanes, ``16 + d * (17 + 16) + 16`` bytes (dcf.py), whatever the number
-of breakpoints (the dealer's key depends only on ``r`` and the range, not on
-the function); plus the DCF's per-key-set nonce. At ``f = 16``: 997 bytes for
-GELU, tanh, sigmoid and exp (``R = 12``, ``d = 29``), 931 for rsqrt (``d =
-27``), 865 for the row reciprocal (``d = 25``), 832 for the reciprocal (``d
-= 24``); 1,624 at the ReLU gates' ``d = 48``. Evaluation: ``k + 1`` DCF
+Key size per element and party: 8 (mask) + ``8 (m - 1)`` (shares of
+``r^2``) + a DCF of depth ``d`` with ``m + 1`` 64-bit lanes, ``16 + d * (17 +
+8 (m + 1)) + 8 (m + 1)`` bytes (dcf.py), whatever the number of breakpoints
+(the dealer's key depends only on ``r``, the range and the degree, not on
+the function); plus the DCF's per-key-set nonce. At ``f = 16``: 997 bytes
+for tanh and sigmoid (``R = 12``, ``d = 29``), 1,245 for GELU and exp (the
+same, degree 2), 931 for rsqrt (``d = 27``), 865 for the row reciprocal (``d
+= 25``), 832 for the reciprocal (``d = 24``). Evaluation: ``k + 1`` DCF
 evaluations of depth ``d`` per element (for few elements in one call over
-copies of the key, :func:`_evaluate`).
+copies of the key, :func:`_evaluate`), each ``1 + ceil((m + 1) / 2)`` AES
+blocks per level (2 for degree 1, 3 for degree 2, dcf.py): exp's ``18 * 2``
+blocks per level and element become ``6 * 3``, GELU's ``9 * 2`` become ``5 *
+3``; and the truncation after a quadratic gate walks ``63 - 2f`` levels (31)
+instead of 47.
 
 Security (per party): the opened ``o`` is uniform (``r`` fresh and uniform
 over ``Z_2^64``, whatever the depth: only the DCF's threshold is ``r mod
 2^d``); the DCF key reveals nothing about its threshold ``r'`` or its payload
-``(1, r)`` (DCF security, dcf.py), and evaluating it at several public points
-is something any key holder can do; the mask share is uniform. Nothing else
+``(1, r, .., r^m)`` (DCF security, dcf.py), and evaluating it at several public
+points is something any key holder can do; the mask share and the share of
+``r^2`` are uniform (the other share is fresh). Nothing else
 is received, so a party's view is independent of ``x``, in the range or not.
 """
 
@@ -106,33 +138,54 @@ from ppml.servers.mpc.fast import dcf
 from ppml.servers.mpc.fast.gates import Exchange, GateKey, GateParams, split
 from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, Ring
 
-LANES = (64, 64)  # payload (1, r): the comparison bit and r times it, both in Z_2^64
+MAX_DEGREE = 2  # quadratic pieces at most: their values are at 2^(3f), x^3 would need 2^(4f)
 
 
 @dataclass(frozen=True)
 class FixedSpline:
-    """A spline in the ring: breakpoints at ``2^f``, slopes at ``2^f``, intercepts at ``2^(2f)``."""
+    """A spline of degree ``m`` in the ring: breakpoints at ``2^f``; piece ``i``'s coefficient of
+    ``x^k`` (``pieces[i][m - k]``, highest degree first) at ``2^((m + 1 - k) f)``, so for an
+    input at ``2^f`` every piece's value is at ``2^((m + 1) f)`` (:attr:`scale`, in units of f).
+    """
 
     breakpoints: tuple[int, ...]
-    slopes: tuple[int, ...]
-    intercepts: tuple[int, ...]
+    pieces: tuple[tuple[int, ...], ...]
+
+    @property
+    def degree(self) -> int:
+        return len(self.pieces[0]) - 1
+
+    @property
+    def scale(self) -> int:
+        return self.degree + 1
+
+    def at(self, i: int, x: int) -> int:
+        """Piece ``i`` at the ring input ``x``, in exact integers (Horner)."""
+        out = 0
+        for c in self.pieces[i]:
+            out = out * x + c
+        return out
 
 
 @dataclass(frozen=True)
 class Spline:
-    """A public piecewise-linear function: ``pieces[i]`` = (slope, intercept) on ``[b_i, b_(i+1))``.
+    """A public piecewise-polynomial function: ``pieces[i]`` on ``[b_i, b_(i+1))``.
 
-    ``bound``: the documented absolute error against the function it approximates
-    on ``domain`` (closed interval; approximation and fixed-point rounding,
-    before the truncation that follows). Outside ``domain`` the outer pieces
-    extend linearly and nothing is promised. ``range_bits`` R: the gate's
-    inputs must satisfy ``|x| < 2^R`` (module doc, Range); breakpoints and
-    the domain's finite ends lie inside it.
+    Each piece is its coefficients, highest degree first: ``(slope, intercept)``
+    (degree 1) or ``(a, slope, intercept)`` for ``a x^2 + slope x + intercept``
+    (degree 2; an outer piece must have ``a = 0`` unless ``domain`` ends on
+    its side, so inputs far out, up to the range, get an exact line, module
+    doc). ``bound``: the documented absolute error against the function it
+    approximates on ``domain`` (closed interval; approximation and fixed-point
+    rounding, before the truncation that follows). Outside ``domain`` the
+    outer pieces extend and nothing is promised. ``range_bits`` R: the gate's
+    inputs must satisfy ``|x| < 2^R`` (module doc, Range); breakpoints and the
+    domain's finite ends lie inside it.
     """
 
     name: str
     breakpoints: tuple[float, ...]
-    pieces: tuple[tuple[float, float], ...]
+    pieces: tuple[tuple[float, ...], ...]
     bound: float
     domain: tuple[float, float] = (-math.inf, math.inf)
     range_bits: int = 31
@@ -141,10 +194,20 @@ class Spline:
         b = self.breakpoints
         if len(self.pieces) != len(b) + 1 or any(x >= y for x, y in pairwise(b)):
             raise ValueError("a spline needs increasing breakpoints and one more piece")
+        m = self.degree
+        if not 1 <= m <= MAX_DEGREE or any(len(c) != m + 1 for c in self.pieces):
+            raise ValueError(f"{self.name}: pieces of one degree, 1 to {MAX_DEGREE}")
+        unbounded = (self.pieces[0], self.domain[0]), (self.pieces[-1], self.domain[1])
+        if m > 1 and any(c[0] != 0 and math.isinf(end) for c, end in unbounded):
+            raise ValueError(f"{self.name}: an outer piece must be a line unless its side ends")
         edge = 2.0**self.range_bits
         ends = [e for e in self.domain if math.isfinite(e)]
         if not 0 <= self.range_bits <= 62 or any(not -edge <= x < edge for x in (*b, *ends)):
             raise ValueError(f"{self.name}: breakpoints or domain outside its range")
+
+    @property
+    def degree(self) -> int:
+        return len(self.pieces[0]) - 1
 
     def depth(self, p: GateParams) -> int:
         """The gate's ``n`` under ``p``: the table's range at ``2^f``, or ``p``'s if narrower."""
@@ -153,41 +216,47 @@ class Spline:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The spline in float64 (a reference; the gate computes :meth:`fixed`)."""
         i = np.searchsorted(np.asarray(self.breakpoints), x, side="right")
-        slope, intercept = (np.asarray(c)[i] for c in zip(*self.pieces, strict=True))
-        return slope * x + intercept
+        out = np.zeros(np.shape(x))
+        for c in zip(*self.pieces, strict=True):
+            out = out * x + np.asarray(c)[i]
+        return out
 
     def fixed(self, frac_bits: int) -> FixedSpline:
         """The ring coefficients at ``frac_bits`` fractional bits (rounded to nearest)."""
         one = 1 << frac_bits
         return FixedSpline(
             tuple(round(b * one) for b in self.breakpoints),
-            tuple(round(s * one) for s, _ in self.pieces),
-            tuple(round(c * one * one) for _, c in self.pieces),
+            tuple(tuple(round(c * one ** (i + 1)) for i, c in enumerate(p)) for p in self.pieces),
         )
 
 
 def deal(
-    n: int, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str
+    n: int, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str, degree: int = 1
 ) -> tuple[GateKey, GateKey]:
-    """Keys for masks ``r`` (n,): a DCF ``p -> (1, r) 1{p < r mod 2^d}`` of depth ``d = n + 1``."""
+    """Keys for masks ``r`` (n,): a DCF ``p -> (1, r, .., r^m) 1{p < r mod 2^d}`` of depth ``d = n
+    + 1`` (``m`` the degree), and shares of ``r^2 .. r^m`` (the key's constants)."""
     depth = n + 1
     low = r.view(np.uint64) & np.uint64((1 << depth) - 1)
-    beta = np.stack([np.ones_like(r), r])
-    k0, k1 = dcf.gen(low, beta, depth, rng, prg, LANES)
+    with np.errstate(over="ignore"):
+        powers = [np.ones_like(r), r]
+        for _ in range(degree - 1):
+            powers.append(powers[-1] * r)
+    k0, k1 = dcf.gen(low, np.stack(powers), depth, rng, prg, (64,) * (degree + 1))
     r0, r1 = split(r, rng)
-    empty = np.zeros((r.size, 0), dtype=np.int64)
-    return GateKey(kind, r0, empty, k0), GateKey(kind, r1, empty.copy(), k1)
+    high = np.stack(powers[2:], axis=1) if degree > 1 else np.zeros((r.size, 0), dtype=np.int64)
+    c0, c1 = split(high, rng)
+    return GateKey(kind, r0, c0, k0), GateKey(kind, r1, c1, k1)
 
 
 class SplineGate:
     """The gate of one public spline (module doc): one opening, no further round."""
 
-    width: ClassVar[int] = 2
     rounds: ClassVar[int] = 0
 
     def __init__(self, spline: Spline) -> None:
         self.spline = spline
         self.kind = spline.name
+        self.width = spline.degree + 1
 
     def gen(
         self,
@@ -198,7 +267,8 @@ class SplineGate:
         out_bits: int = 64,
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates, fresh uniform masks (full lanes whatever ``out_bits``)."""
-        return deal(self.spline.depth(p), rng.ring(n), rng, prg, self.kind)
+        s = self.spline
+        return deal(s.depth(p), rng.ring(n), rng, prg, self.kind, s.degree)
 
     def eval(
         self,
@@ -208,33 +278,55 @@ class SplineGate:
         prg: FixedKeyPRG | None = None,
         exchange: Exchange | None = None,
     ) -> Ring:
-        """Party: shares (n,) of ``S_i x + C_i`` at ``2^(2f)`` from the opened ``o = x + r``."""
+        """Party: shares (n,) of piece ``i`` at ``x``, at ``2^((m + 1) f)``, from ``o = x + r``."""
         if key.kind != self.kind:
             raise ValueError(f"a {key.kind} key for the {self.kind} gate")
         fx, depth = self.spline.fixed(p.frac_bits), self.spline.depth(p)
         h = 1 << depth
         if any(not -h <= b < h for b in fx.breakpoints):
             raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{depth}")
-        if key.dcf.depth != depth + 1:
-            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth}, not {depth + 1}")
+        if key.dcf.depth != depth + 1 or key.dcf.width != self.width:
+            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth} (need {depth + 1})")
         low = np.uint64((1 << (depth + 1)) - 1)
         o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1)
         top = (o.view(np.uint64) + np.uint64(h)) & low  # o' = (o + h) mod 2^d
         first = key.dcf.party == 0
-        mine = np.stack([np.full_like(o, 1 if first else 0), key.mask])  # shares of (1, r)
+        # shares of (1, r, .., r^m): the mask's, the constants'
+        mine = np.stack([np.full_like(o, 1 if first else 0), key.mask, *key.consts.T])
         betas = [np.uint64(b + h) for b in fx.breakpoints]
         points = np.stack([top, *((top - beta) & low for beta in betas)])
         with np.errstate(over="ignore"):
             at = _evaluate(key.dcf, points, prg)
-            wrap = at[0]  # shares of (1, r) 1{o' < r'}
-            out = (fx.slopes[-1] * o + fx.intercepts[-1]) * int(first) - fx.slopes[-1] * key.mask
+            wrap = at[0]  # shares of (1, r, ..) 1{o' < r'}
+            out = _times_piece(list(fx.pieces[-1]), o, mine)  # the last piece, e = 1
             for j, beta in enumerate(betas):
                 below = at[j + 1] - wrap
-                below += mine * (top < beta).astype(np.int64)  # shares of (1, r) 1{x < b_j}
-                d_s = fx.slopes[j + 1] - fx.slopes[j]
-                d_c = fx.intercepts[j + 1] - fx.intercepts[j]
-                out -= np.int64(d_s) * (o * below[0] - below[1]) + np.int64(d_c) * below[0]
+                below += mine * (top < beta).astype(np.int64)  # shares of (1, r, ..) 1{x < b_j}
+                diff = [b - a for a, b in zip(fx.pieces[j], fx.pieces[j + 1], strict=True)]
+                out -= _times_piece(diff, o, below)
         return out
+
+
+def _times_piece(coefficients: list[int], o: Ring, below: Ring) -> Ring:
+    """Shares of ``e P(x)`` for ``x = o - r``, from shares ``below[t]`` of ``r^t e`` (t <= m).
+
+    ``P`` has ``coefficients`` highest degree first; ``x^k = sum_t C(k, t) o^(k-t) (-r)^t``, so
+    ``e P(x) = sum_t (-1)^t below[t] sum_(k >= t) c_k C(k, t) o^(k - t)``: linear in the shares.
+    """
+    m = len(coefficients) - 1
+    c = coefficients[::-1]  # c[k]: the coefficient of x^k
+    out = np.zeros_like(o)
+    for t in range(m + 1):
+        factor = np.zeros_like(o)
+        for k in range(m, t - 1, -1):  # Horner in o over sum_k c_k C(k, t) o^(k - t)
+            factor = factor * o + _signed(c[k] * math.comb(k, t))
+        out += (-1) ** t * factor * below[t]
+    return out
+
+
+def _signed(v: int) -> np.int64:
+    """``v`` mod ``2^64`` as an int64."""
+    return np.int64(((v + (1 << 63)) % (1 << 64)) - (1 << 63))
 
 
 STACKED_POINTS = 1 << 15  # up to this many points in all, one DCF evaluation over copies of the key

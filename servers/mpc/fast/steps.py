@@ -3,7 +3,8 @@
 :mod:`.graph` compiles a model into these; :mod:`.engine` runs them in order.
 Values are numbered (value 0 is the model input) and each carries its
 per-sample shape and fixed-point scale (:data:`F`: ``2^f``, :data:`FF`:
-``2^(2f)``). Only :class:`Open`, :class:`Gate`, :class:`Maximum`, :class:`RowMax`,
+``2^(2f)``, :data:`FFF`: ``2^(3f)``, a quadratic spline's output, read only by
+its truncation). Only :class:`Open`, :class:`Gate`, :class:`Maximum`, :class:`RowMax`,
 :class:`Product` and :class:`Hadamard` exchange anything; the rest are local maps of each party's
 own shares. The security and error argument per step is in graph.py.
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-F, FF = 1, 2  # scales 2^f and 2^(2f)
+F, FF, FFF = 1, 2, 3  # scales 2^f, 2^(2f) and 2^(3f) (a quadratic spline's, graph.py)
 
 
 @dataclass(frozen=True)
 class Value:
     shape: tuple[int, ...]  # per sample
-    scale: int  # F or FF
+    scale: int  # F, FF or FFF
 
 
 @dataclass(frozen=True)
