@@ -260,7 +260,9 @@ def test_network_a_chain_keeps_its_rounds_bytes_and_dealer_material() -> None:
     assert plan.rounds == 8 and [g.kind for g in plan.gates] == ["relu", "relu", "trunc"]
     assert fast_spec.to_wire(spec)[1][1] == ("relu",) and len(fast_spec.to_wire(spec)) == 2
     bundle = Dealer().preprocess(spec, new_key(), 4)[0]
-    assert bundle.nbytes == 967_840  # what the chain-only engine made (9cbada3), byte for byte
+    # what the chain-only engine made (9cbada3), byte for byte, less the ReLU keys' early
+    # termination: 104 bytes per element and party (dcf.py), 256 ReLUs per image, 4 images
+    assert bundle.nbytes == 967_840 - 4 * 256 * 104 == 861_344
     assert len(bundle.masks) == len(bundle.products) == 3
 
 
@@ -330,3 +332,15 @@ def test_a_valid_dag_wire_spec_is_accepted() -> None:
     assert spec.sources(2) == (1, -1) and isinstance(spec.layers[2], Add)
     with pytest.raises(ValueError):
         _ = spec.stages  # the replicated engine's chain view refuses a graph
+
+
+def test_a_large_truncation_is_one_bit_gate_and_a_small_one_is_not() -> None:
+    """Linear(784 -> 1024) then Linear(1024 -> 10): the 1,024-value hidden layer is truncated by a
+    trunc_bit gate (one more round), the 10 outputs by trunc; both match float64."""
+    spec = ModelSpec((Linear(784, 1024), Linear(1024, 10)), (784,))
+    plan = plan_of(spec)
+    assert [g.kind for g in plan.gates] == ["trunc_bit", "trunc"]
+    y, ref, rounds = _run(spec, _inputs((784,)))
+    assert np.abs(y - ref).max() <= 2e-3
+    # open x; trunc_bit: open its masked input, then its bit; open h; trunc: open its input
+    assert rounds == plan.rounds == 5

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from ppml.servers.mpc.fast.dcf import NONCE_BYTES
-from ppml.servers.mpc.fast.gates import GATES, GateKey, GateParams, ReluTrunc, Trunc, split
+from ppml.servers.mpc.fast.gates import (
+    GATES,
+    GateKey,
+    GateParams,
+    ReluTrunc,
+    Trunc,
+    TruncBit,
+    split,
+)
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.prg import KeyedPRG
@@ -16,10 +24,11 @@ RNG = KeyedPRG()
 DEFAULT = GateParams()
 NARROW = GateParams(16, 31)  # the former default: L = 48 < 64, narrow DCF lanes between layers
 F = DEFAULT.frac_bits
+Gate = type[ReluTrunc] | type[Trunc] | type[TruncBit]
 
 
 def _eval_both(
-    gate: type[ReluTrunc] | type[Trunc],
+    gate: Gate,
     p: GateParams,
     keys: tuple[GateKey, GateKey],
     opened: np.ndarray,
@@ -41,9 +50,7 @@ def _eval_both(
     )
 
 
-def _run_gate(
-    gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray, out_bits: int = 64
-) -> np.ndarray:
+def _run_gate(gate: Gate, p: GateParams, z: np.ndarray, out_bits: int = 64) -> np.ndarray:
     """Share z, mask, open, evaluate both keys, reconstruct."""
     keys = gate.gen(p, z.size, RNG, None, out_bits)
     z0, z1 = split(z, RNG)
@@ -53,7 +60,7 @@ def _run_gate(
         return y0 + y1
 
 
-def _check(gate: type[ReluTrunc] | type[Trunc], p: GateParams, z: np.ndarray) -> np.ndarray:
+def _check(gate: Gate, p: GateParams, z: np.ndarray) -> np.ndarray:
     """y is floor(z / 2^f) + carry (ReLU'd for the ReLU gate), carry 0 when z's low bits are 0."""
     y = _run_gate(gate, p, z)
     floor = z >> np.int64(p.frac_bits)
@@ -71,11 +78,9 @@ def _bounds(p: GateParams) -> tuple[int, int]:
     return -(1 << (p.depth + p.frac_bits)), (1 << (p.depth + p.frac_bits)) - (1 << p.frac_bits)
 
 
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
 @pytest.mark.parametrize(("f", "depth"), [(2, 3), (0, 4), (3, 1), (4, 6)])
-def test_exhaustive_small_parameters(
-    gate: type[ReluTrunc] | type[Trunc], f: int, depth: int
-) -> None:
+def test_exhaustive_small_parameters(gate: Gate, f: int, depth: int) -> None:
     p = GateParams(f, depth)
     lo, hi = _bounds(p)
     z = np.repeat(np.arange(lo, hi + 1, dtype=np.int64), 8)  # 8 fresh masks per value
@@ -93,8 +98,8 @@ def _edges(p: GateParams) -> np.ndarray:
     return np.array([v for v in vals if lo <= v <= hi], dtype=np.int64)
 
 
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
-def test_default_parameters_edges_and_random(gate: type[ReluTrunc] | type[Trunc]) -> None:
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
+def test_default_parameters_edges_and_random(gate: Gate) -> None:
     """The default range is the whole ring: every z down to -2^63 and up to 2^63 - 2^f."""
     lo, hi = _bounds(DEFAULT)
     assert (lo, hi) == (-(2**63), 2**63 - 2**F)
@@ -111,10 +116,8 @@ def test_default_parameters_edges_and_random(gate: type[ReluTrunc] | type[Trunc]
 
 
 @pytest.mark.parametrize("p", [DEFAULT, NARROW])
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc])
-def test_between_layers_output_is_right_modulo_low_bits(
-    gate: type[ReluTrunc] | type[Trunc], p: GateParams
-) -> None:
+@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
+def test_between_layers_output_is_right_modulo_low_bits(gate: Gate, p: GateParams) -> None:
     """With out_bits = L keys are smaller and y is exact modulo 2^L (all the next layer uses)."""
     lo, hi = _bounds(p)
     rand = RNG.ring(3000) >> np.int64(64 - p.depth - F - 1)
@@ -165,18 +168,19 @@ def test_gate_key_round_trip_and_registry() -> None:
     k0, _ = GATES["relu"].gen(DEFAULT, 5, RNG)
     k = GateKey.from_arrays(k0.to_arrays("g"), "g")
     assert k.kind == "relu" and np.array_equal(k.consts, k0.consts)
-    assert set(GATES) == {"relu", "trunc", "trunc_wide"}
+    assert set(GATES) == {"relu", "trunc", "trunc_wide", "trunc_bit"}
 
 
 def test_key_bytes_per_element() -> None:
     """The sizes stated in gates.py's docstring (plus one DCF nonce per key set), and
     full-width ReLU at the model output."""
 
-    def per_element(p: GateParams, gate: type[ReluTrunc] | type[Trunc], out_bits: int) -> float:
+    def per_element(p: GateParams, gate: Gate, out_bits: int) -> float:
         return (gate.gen(p, 10, RNG, None, out_bits)[0].nbytes - NONCE_BYTES) / 10
 
     assert per_element(DEFAULT, ReluTrunc, DEFAULT.low_bits) == 760  # 864 without early exit
     assert per_element(DEFAULT, Trunc, 64) == 1031
+    assert per_element(DEFAULT, TruncBit, 64) == per_element(DEFAULT, TruncBit, 48 + 16) == 752
     low = NARROW.low_bits
     assert per_element(NARROW, ReluTrunc, low) == 488
     assert per_element(NARROW, Trunc, 64) == 823
@@ -231,3 +235,29 @@ def test_relu_needs_the_exchange() -> None:
     k0, _ = ReluTrunc.gen(DEFAULT, 3, RNG)
     with pytest.raises(ValueError, match="exchange"):
         ReluTrunc.eval(DEFAULT, k0, np.zeros(3, dtype=np.int64))
+
+
+def test_truncation_from_one_bit_is_stochastic_rounding_and_its_opening_is_uniform() -> None:
+    """TruncBit: k + 1/4 ulp comes out k + 1 a quarter of the time, like Trunc; the one
+    opened bit per element is uniform whatever z (it is masked by the dealer's fresh rho)."""
+    n = 20000
+    z = np.full(n, (7 << F) + (1 << (F - 2)), dtype=np.int64)
+    y = _run_gate(TruncBit, DEFAULT, z)
+    assert set(np.unique(y).tolist()) <= {7, 8}
+    assert abs(float(np.mean(y == 8)) - 0.25) < 0.02
+    for value in (0, -(5 << (2 * F))):
+        keys = TruncBit.gen(DEFAULT, n, RNG)
+        z0, z1 = split(np.full(n, value, dtype=np.int64), RNG)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        with np.errstate(over="ignore"):
+            opened = (z0 + keys[0].mask) + (z1 + keys[1].mask)
+        _eval_both(TruncBit, DEFAULT, keys, opened, seen)
+        ((sent, got),) = seen
+        e = np.unpackbits(sent.view(np.uint8), count=n) ^ np.unpackbits(got.view(np.uint8), count=n)
+        assert abs(float(e.mean()) - 0.5) < 0.02
+
+
+def test_truncation_from_one_bit_needs_the_exchange() -> None:
+    keys = TruncBit.gen(DEFAULT, 3, RNG)
+    with pytest.raises(ValueError, match="needs the exchange"):
+        TruncBit.eval(DEFAULT, keys[0], np.zeros(3, dtype=np.int64))

@@ -86,7 +86,7 @@ both parties' states and control bits are equal, the leaf bits cancel and
 the level values already hold the answer. Security is the tree's: each
 party's leaf correction is masked by the other party's converted on-path
 state, a PRG output it never sees. So a key has ``depth - 7`` levels (17
-bytes each) and a 16-byte leaf, 103 bytes less per element, and evaluation
+bytes each) and a 16-byte leaf, 104 bytes less per element, and evaluation
 ``depth - 6`` AES blocks per element instead of ``depth + 1``.
 """
 

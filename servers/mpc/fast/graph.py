@@ -236,6 +236,11 @@ class Plan:
         return sum(_size(m) for m in self.masks) + triples + sum(g.per_sample for g in self.gates)
 
 
+BIT_TRUNC_ELEMENTS = 1024
+"""Values per sample from which a truncation is a ``trunc_bit`` gate (gates.py): one more
+round, for 27 % less key and about half the evaluation per element; below it, ``trunc``."""
+
+
 class _Builder:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -287,7 +292,8 @@ class _Builder:
         if self.values[src].scale == F:
             return src
         if src not in self._truncated:
-            self._truncated[src] = self.gate("trunc", src)
+            large = _size(self.values[src].shape) >= BIT_TRUNC_ELEMENTS
+            self._truncated[src] = self.gate("trunc_bit" if large else "trunc", src)
         return self._truncated[src]
 
     def opened(self, src: int) -> int:
