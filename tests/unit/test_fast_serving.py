@@ -25,6 +25,7 @@ from ppml.servers.kinds.refill import RefillJob, RefillPlanner
 from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.service import dealing as dealing_module
+from ppml.servers.mpc.fast.service import party as party_module
 from ppml.servers.mpc.fast.service import spec as fast_spec
 from ppml.servers.mpc.fast.service.dealing import FastDealing
 from ppml.servers.mpc.fast.service.party import FastInference, max_rows
@@ -312,6 +313,41 @@ def test_a_model_whose_one_sample_fills_a_reply_gets_one_sample_per_reply_and_a_
     dealer.close()
     monkeypatch.setattr(dealing_module, "MAX_SAMPLE_ELEMENTS", per_image - 1)
     assert max_rows(fm.spec) == 0
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_riding_refill_is_asked_before_the_forward_or_after_the_answers(
+    monkeypatch: pytest.MonkeyPatch, late: bool
+) -> None:
+    """A small model asks the dealer for its riding refill before the forward (overlapping
+    it); one above EARLY_RIDE_ELEMENTS per sample only in finish, once the callers have
+    their answers. Either way both pools are refilled alike and predictions stay right."""
+    if late:
+        monkeypatch.setattr(party_module, "EARLY_RIDE_ELEMENTS", _per_image() - 1)
+    links = Links()
+    parties = (FastInference(64, 2), FastInference(64, 2))
+    plain, values = _plain_model()
+    handles = _split(values)
+    x = np.random.default_rng(3).normal(size=(1, 6)).astype(np.float32)
+    expected = plain(torch.from_numpy(x)).detach().numpy()
+    _predict(links, parties, handles, x)  # setup and on demand
+    while parties[0].next_refill() is not None:
+        _refill(links, parties)
+    fm = fast_spec.fast_model(ARCH)
+    assert fm is not None
+    xs = share(encode(x), 2)
+    links.requests.clear()
+    channels = (FakeChannel(links, 0), FakeChannel(links, 1))
+    y0, y1 = run_pair(
+        *(lambda r=r: parties[r].predict(channels[r], "m", handles[r], fm, xs[r]) for r in (0, 1))
+    )
+    with np.errstate(over="ignore"):
+        assert _close(decode(y0 + y1), expected)
+    assert links.requests == ([] if late else ["fast_bundles"])  # pooled; the refill is due
+    run_pair(*(lambda r=r: parties[r].finish(channels[r]) for r in (0, 1)))
+    assert links.requests == ["fast_bundles"]
+    assert parties[0].stats().bundles == parties[1].stats().bundles == 2  # full again
+    assert _close(_predict(links, parties, handles, x), expected)
 
 
 def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:

@@ -29,7 +29,13 @@ serials against its own pool.
   (:func:`large`): making its material takes far longer than its forward
   (BERT-tiny: about 14 s of dealer time against a few seconds online), so a
   riding refill would hold up the next job; its pool is refilled by refill
-  jobs in idle time.
+  jobs in idle time. A model with more than :data:`EARLY_RIDE_ELEMENTS`
+  dealer values per sample (a ResNet-20: about 200,000, 146 MB of keys per
+  party) asks for its riding refill in :meth:`FastInference.finish`, after
+  the answers, not before the forward: making and sending that much material
+  takes CPU the forward needs when the dealer shares the servers' cores (on
+  this 2-core machine it made a pool-warm ResNet-20 request 250-300 ms
+  slower), so its answer goes out first.
 
 Everything here dies with the session (:meth:`FastInference.session_lost`):
 the dealer's keys live for one session too.
@@ -57,6 +63,7 @@ from ppml.servers.mpc.fast.service import spec as fast_spec
 from ppml.servers.mpc.fast.service.pool import BundlePool, Pooled, cover_rows, largest_bucket
 
 REFILL_ROWS = 8  # images one refill job asks the dealer for (at least one bundle)
+EARLY_RIDE_ELEMENTS = 1 << 14  # above this per sample, a riding refill is asked after answering
 
 
 class Channel(Protocol):
@@ -152,7 +159,9 @@ class FastInference:
         self._largest = largest_bucket(max_batch_rows)
         self._max_models = max_models
         self._models: OrderedDict[str, ModelState] = OrderedDict()
-        self._riding: tuple[str, int, int] | None = None  # refill asked in predict, due in finish
+        # a refill riding on the last prediction, due in finish: (model, bucket, count) and the
+        # dealer's setup id when it is still to be asked there (late), else None (asked already)
+        self._riding: tuple[str, int, int, int | None] | None = None
         self._owed = 0  # dealer replies asked for and not yet read
         self._specs: dict[Architecture, fast_spec.FastModel | None] = {}
         self._lock = threading.Lock()
@@ -238,9 +247,13 @@ class FastInference:
     def _ask_refill(
         self, ch: Channel, model_id: str, state: ModelState, riding: tuple[int, int]
     ) -> None:
-        """Ask for a refill that rides on this prediction; :meth:`finish` takes it."""
+        """Ask for a refill that rides on this prediction (now, or in :meth:`finish` for a
+        model above :data:`EARLY_RIDE_ELEMENTS`); :meth:`finish` takes it."""
+        if plan_of(state.model.spec).elements_per_sample() > EARLY_RIDE_ELEMENTS:
+            self._riding = (model_id, *riding, state.setup_id)
+            return
         self._ask(ch, fast_dealing.BUNDLES, (state.setup_id, *riding))
-        self._riding = (model_id, *riding)
+        self._riding = (model_id, *riding, None)
 
     @staticmethod
     def _forward(ch: Channel, state: ModelState, bundle: Bundle, x: Ring) -> Ring:
@@ -251,8 +264,11 @@ class FastInference:
         """Take the bundles of a refill that rode on the last prediction, if any."""
         riding, self._riding = self._riding, None
         if riding is not None:
+            model_id, bucket, count, late = riding
             with self._dealer_in_step(ch):
-                self._take_refill(ch, *riding)
+                if late is not None:
+                    self._ask(ch, fast_dealing.BUNDLES, (late, bucket, count))
+                self._take_refill(ch, model_id, bucket, count)
 
     def _riding_refill(self, model_id: str, sizes: list[int]) -> tuple[int, int] | tuple[()]:
         """``(bucket, count)`` if this model's pool is the one to refill next (rank 0).
