@@ -134,6 +134,14 @@ def test_rsqrt_is_within_its_relative_bound_and_flat_below_its_domain() -> None:
     assert np.all(RSQRT(np.array([-1.0, 0.0, 0.01])) == RSQRT.pieces[0][1])
 
 
+def test_exp_stays_in_0_1_on_its_domain_as_the_row_sums_range_assumes() -> None:
+    # activations.py, row reciprocal: each exp in [0, 1 + 1e-3], so a row sum in [0, 128.2]
+    x = np.concatenate([np.linspace(-4096, 0, 400_001), np.linspace(-8, 0, 400_001), _edges(EXP)])
+    fixed = np.rint(x * 2.0**FRAC).astype(np.int64)
+    ring = np.array(_fixed_reference(EXP, DEFAULT, fixed), dtype=np.float64) / 2.0 ** (3 * FRAC)
+    assert ring.min() >= 0 and ring.max() <= 1 + 1e-3
+
+
 def test_breakpoint_counts_and_bounds_as_documented() -> None:
     tables = (GELU, TANH, SIGMOID, EXP, RECIPROCAL)
     assert [len(s.breakpoints) for s in tables] == [4, 10, 6, 5, 20]
@@ -234,17 +242,18 @@ def test_a_quadratic_table_keeps_lines_outside_where_its_domain_is_unbounded() -
 
 
 @pytest.mark.parametrize(
-    ("name", "fn", "low", "high", "eps", "quantum"),
+    ("name", "fn", "low", "high", "eps", "inner"),
     [
         ("sigmoid", REFERENCE["sigmoid"], lambda x: 0 * x, lambda x: 0 * x + 1, 0.0095, None),
         ("exp", np.exp, lambda x: 0 * x, 0.0, 0.00095, None),
+        ("gelu", spline_fit.gelu, lambda x: 0 * x, lambda x: x, 0.0095, 0.0051),
     ],
 )
 def test_tables_are_what_the_fitter_makes(
-    name: str, fn: spline_fit.Fn, low: object, high: object, eps: float, quantum: float | None
+    name: str, fn: spline_fit.Fn, low: object, high: object, eps: float, inner: float | None
 ) -> None:
     degree = SPLINES[name].degree
-    breaks, pieces = spline_fit.table(fn, low, high, eps, quantum, degree)
+    breaks, pieces = spline_fit.table(fn, low, high, eps, None, degree, inner)
     assert tuple(breaks) == SPLINES[name].breakpoints and tuple(pieces) == SPLINES[name].pieces
 
 

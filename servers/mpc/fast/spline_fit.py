@@ -152,15 +152,17 @@ def table(
     eps: float,
     quantum: float | None = None,
     degree: int = 1,
+    inner: float | None = None,
 ) -> tuple[list[float], list[tuple[float, ...]]]:
     """A whole table: an asymptote (a function) or a domain edge (a number) on each side.
 
     An asymptote ``y = s x + c`` is a piece of its own from :func:`edge` outwards
-    (a line at any ``degree``: ``(0, s, c)`` for 2).
+    (a line at any ``degree``: ``(0, s, c)`` for 2), within ``eps``; the pieces
+    between are fitted within ``inner`` (default ``eps``).
     """
     lo = edge(fn, low, eps, -1) if callable(low) else low
     hi = edge(fn, high, eps, 1) if callable(high) else high
-    breaks, pieces = fit(fn, lo, hi, eps, quantum, degree=degree)
+    breaks, pieces = fit(fn, lo, hi, eps if inner is None else inner, quantum, degree=degree)
     if callable(low):
         breaks, pieces = [lo, *breaks], [_coefficients(low, degree), *pieces]
     if callable(high):
