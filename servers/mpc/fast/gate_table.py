@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ppml.servers.mpc.fast.activations import SPLINE_GATES
+from ppml.servers.mpc.fast.activations import SPLINE_GATES, SPLINES
 from ppml.servers.mpc.fast.gates import GATES as FIXED_GATES
 from ppml.servers.mpc.fast.gates import Exchange, GateKey, GateParams
 from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, Ring
+from ppml.servers.mpc.fast.spline import SplineBitGate
 
 
 class GateKind(Protocol):
@@ -42,4 +43,7 @@ class GateKind(Protocol):
     ) -> Ring: ...
 
 
-GATES: dict[str, GateKind] = {**FIXED_GATES, **SPLINE_GATES}
+SPLINE_BIT_GATES: dict[str, SplineBitGate] = {
+    g.kind: g for g in (SplineBitGate(s) for s in SPLINES.values())
+}
+GATES: dict[str, GateKind] = {**FIXED_GATES, **SPLINE_GATES, **SPLINE_BIT_GATES}

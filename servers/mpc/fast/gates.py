@@ -252,7 +252,7 @@ def _public(p: GateParams, opened: Ring) -> _Public:
 Exchange = Callable[[Ring], Ring]
 
 
-def _open_bits(mine: npt.NDArray[np.uint8], exchange: Exchange) -> npt.NDArray[np.uint8]:
+def open_bits(mine: npt.NDArray[np.uint8], exchange: Exchange) -> npt.NDArray[np.uint8]:
     """XOR-open a vector of bits in one round: packed eight to a byte, sent as int64 words."""
     packed = np.packbits(mine)
     words = np.zeros(-(-packed.size // 8) * 8, dtype=np.uint8)
@@ -304,7 +304,7 @@ class ReluTrunc:
         mine = (b ^ rho ^ mu).astype(np.uint8) & np.uint8(1)  # XOR share of D XOR rho
         if first:
             mine ^= u.high.astype(np.uint8)
-        e = _open_bits(mine, exchange).astype(np.int64)
+        e = open_bits(mine, exchange).astype(np.int64)
         flip = 1 - 2 * e
         big_k = 1 << (p.depth + 1)
         with np.errstate(over="ignore"):
@@ -442,7 +442,7 @@ class TruncBit:
         gamma, mu, rho, rho_m = key.consts.T
         first = key.dcf.party == 0
         mine = (b ^ rho).astype(np.uint8) & np.uint8(1)  # XOR share of B XOR rho
-        e = _open_bits(mine, exchange).astype(np.int64)
+        e = open_bits(mine, exchange).astype(np.int64)
         flip = 1 - 2 * e
         h, big_k = 1 << p.depth, 1 << (p.depth + 1)
         with np.errstate(over="ignore"):

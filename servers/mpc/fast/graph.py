@@ -158,6 +158,7 @@ from ppml.servers.mpc.fast.nodes import (
     arity,
 )
 from ppml.servers.mpc.fast.pooling import average_factor, pooled_shape, tournament
+from ppml.servers.mpc.fast.spline import BIT_SUFFIX
 from ppml.servers.mpc.fast.steps import (
     FF,
     FFF,
@@ -237,8 +238,9 @@ class Plan:
 
 
 BIT_TRUNC_ELEMENTS = 1024
-"""Values per sample from which a truncation is a ``trunc_bit`` gate (gates.py): one more
-round, for 27 % less key and about half the evaluation per element; below it, ``trunc``."""
+"""Values per sample from which a truncation is a ``trunc_bit`` gate (gates.py) and a spline
+a ``<name>_bit`` gate (spline.py): one more round each, for smaller keys and far less
+evaluation per element (a quarter for a quadratic spline); below it, ``trunc`` and ``<name>``."""
 
 
 class _Builder:
@@ -280,9 +282,10 @@ class _Builder:
             raise ValueError(f"{kind}'s values at 2^(3f) do not fit the ring at f = {p.frac_bits}")
         src = self.at_f(src)
         shape = self.values[src].shape
-        self.gates.append((kind, _size(shape)))
+        large = _size(shape) >= BIT_TRUNC_ELEMENTS  # comparisons from one-bit DCFs (spline.py)
+        self.gates.append((f"{kind}{BIT_SUFFIX}" if large else kind, _size(shape)))
         dst = self.value(shape, FF if table.degree == 1 else FFF)
-        self.steps.append(Gate(dst, src, len(self.gates) - 1, kind, False))
+        self.steps.append(Gate(dst, src, len(self.gates) - 1, self.gates[-1][0], False))
         if table.degree == 1:
             return dst
         return self.gate("trunc_wide", dst)
@@ -486,7 +489,9 @@ def _check_sources(spec: ModelSpec) -> None:
             raise ValueError(f"node {i} reads {srcs}: each must be an earlier node or -1")
 
 
-FULL_INPUT = frozenset({"trunc_wide", *(k for k, s in SPLINES.items() if s.degree > 1)})
+FULL_INPUT = frozenset(
+    {"trunc_wide", *(k + x for k, s in SPLINES.items() if s.degree > 1 for x in ("", BIT_SUFFIX))}
+)
 """Gates that use their input's every bit (quadratic splines square it; trunc_wide reads 64)."""
 
 
