@@ -10,7 +10,6 @@ import torch
 
 from ppml.proto.deploy.topology import load_config
 from ppml.servers.app import ComputeServer
-from ppml.servers.mpc import heap
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # stop serving, then exit
 
@@ -27,7 +26,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = load_config(args.config)
     torch.set_num_threads(config.serving.torch_threads)
-    heap.keep_freed_memory()  # the dealer's bundles arrive and are dropped all the time
     # The stop signals are blocked in every thread (threads inherit the mask) and taken by
     # sigwait here. A Python handler that sets an Event deadlocks when the signal lands while
     # this thread holds that Event's lock inside Event.wait: the server then never stops.

@@ -39,7 +39,7 @@ from typing import Any
 from ppml.proto.deploy.topology import ClusterConfig, load_config
 from ppml.proto.domain import commands as cmd
 from ppml.servers.control.leader_link import LeaderLink
-from ppml.servers.mpc import epochs, heap
+from ppml.servers.mpc import epochs
 from ppml.servers.mpc import session as mpc_session
 from ppml.servers.mpc.core import truncation, ttp_plan
 from ppml.servers.mpc.core.crypten_compat import crypten
@@ -170,7 +170,6 @@ def run(config: ClusterConfig, insecure: bool) -> None:
     import torch
 
     torch.set_num_threads(config.serving.torch_threads)
-    heap.keep_freed_memory()  # bundles are made and dropped all the time: reuse their pages
     token_file = config.dealer.peer_token_file
     token = token_file.read_text().strip() if token_file else ""
     joins: queue.Queue[cmd.JoinEpoch] = queue.Queue()
