@@ -14,6 +14,7 @@ from ppml.servers.mpc.fast.gates import (
     ReluTrunc,
     Trunc,
     TruncBit,
+    TruncWideBit,
     split,
 )
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
@@ -168,7 +169,7 @@ def test_gate_key_round_trip_and_registry() -> None:
     k0, _ = GATES["relu"].gen(DEFAULT, 5, RNG)
     k = GateKey.from_arrays(k0.to_arrays("g"), "g")
     assert k.kind == "relu" and np.array_equal(k.consts, k0.consts)
-    assert set(GATES) == {"relu", "trunc", "trunc_wide", "trunc_bit"}
+    assert set(GATES) == {"relu", "trunc", "trunc_wide", "trunc_bit", "trunc_wide_bit"}
 
 
 def test_key_bytes_per_element() -> None:
@@ -261,3 +262,20 @@ def test_truncation_from_one_bit_needs_the_exchange() -> None:
     keys = TruncBit.gen(DEFAULT, 3, RNG)
     with pytest.raises(ValueError, match="needs the exchange"):
         TruncBit.eval(DEFAULT, keys[0], np.zeros(3, dtype=np.int64))
+
+
+def test_the_wide_truncation_from_one_bit_divides_by_2_to_the_2f_over_the_whole_ring() -> None:
+    """trunc_wide_bit (after a quadratic spline in a large layer): z / 2^(2f) stochastically
+    rounded for any z in the ring, a one-bit DCF of depth 63 - 2f, one exchange."""
+    ends = [-(1 << 63), (1 << 63) - (1 << 32), 0, -1, 1, 12345 << 32, -(4095 << 48)]
+    z = np.concatenate([RNG.ring(4000), np.array(ends, dtype=np.int64)])
+    keys = TruncWideBit.gen(DEFAULT, z.size, RNG)
+    assert keys[0].dcf.depth == 63 - 2 * F and keys[0].dcf.lane_bits == (1,)
+    assert keys[0].kind == "trunc_wide_bit" and GATES["trunc_wide_bit"] is TruncWideBit
+    with np.errstate(over="ignore"):
+        opened = z + keys[0].mask + keys[1].mask
+        y0, y1 = _eval_both(TruncWideBit, DEFAULT, keys, opened)  # type: ignore[arg-type]
+        carry = y0 + y1 - (z >> np.int64(2 * F))
+    assert set(np.unique(carry).tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="trunc_wide_bit"):  # a key of another depth
+        TruncWideBit.eval(GateParams(12, 47), keys[0], opened)

@@ -452,6 +452,38 @@ class TruncBit:
             return (u.a - h if first else 0) - gamma + big_k * w
 
 
-GATES: dict[str, type[ReluTrunc] | type[Trunc] | type[TruncWide] | type[TruncBit]] = {
-    g.kind: g for g in (ReluTrunc, Trunc, TruncWide, TruncBit)
-}
+class TruncWideBit:
+    """:class:`TruncWide` from one bit: :class:`TruncBit` at ``f' = 2f``, ``n' = 63 - 2f``.
+
+    For large layers (graph.py), as ``trunc_bit`` for ``trunc``: one more round, a
+    one-bit DCF of depth 31 (25 AES blocks per element instead of 63).
+    """
+
+    kind: ClassVar[str] = "trunc_wide_bit"
+    width: ClassVar[int] = 1
+    rounds: ClassVar[int] = 1
+
+    @staticmethod
+    def gen(
+        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+    ) -> tuple[GateKey, GateKey]:
+        """Dealer: keys for ``n`` gates with fresh uniform masks."""
+        keys = TruncBit.gen(TruncWide.params(p), n, rng, prg, 64)
+        return replace(keys[0], kind=TruncWideBit.kind), replace(keys[1], kind=TruncWideBit.kind)
+
+    @staticmethod
+    def eval(
+        p: GateParams,
+        key: GateKey,
+        opened: Ring,
+        prg: FixedKeyPRG | None = None,
+        exchange: Exchange | None = None,
+    ) -> Ring:
+        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``; one exchange."""
+        if key.dcf.depth != TruncWide.params(p).depth:
+            raise ValueError(f"a trunc_wide_bit key of depth {key.dcf.depth}")
+        return TruncBit.eval(TruncWide.params(p), key, opened, prg, exchange)
+
+
+FixedGate = type[ReluTrunc] | type[Trunc] | type[TruncWide] | type[TruncBit] | type[TruncWideBit]
+GATES: dict[str, FixedGate] = {g.kind: g for g in (ReluTrunc, Trunc, TruncWide, TruncBit, TruncWideBit)}

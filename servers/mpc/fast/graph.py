@@ -288,7 +288,7 @@ class _Builder:
         self.steps.append(Gate(dst, src, len(self.gates) - 1, self.gates[-1][0], False))
         if table.degree == 1:
             return dst
-        return self.gate("trunc_wide", dst)
+        return self.gate("trunc_wide_bit" if large else "trunc_wide", dst)
 
     def at_f(self, src: int) -> int:
         """``src`` at scale 2^f: itself, or its (shared) truncation."""
@@ -490,7 +490,11 @@ def _check_sources(spec: ModelSpec) -> None:
 
 
 FULL_INPUT = frozenset(
-    {"trunc_wide", *(k + x for k, s in SPLINES.items() if s.degree > 1 for x in ("", BIT_SUFFIX))}
+    {
+        "trunc_wide",
+        "trunc_wide_bit",
+        *(k + x for k, s in SPLINES.items() if s.degree > 1 for x in ("", BIT_SUFFIX)),
+    }
 )
 """Gates that use their input's every bit (quadratic splines square it; trunc_wide reads 64)."""
 
