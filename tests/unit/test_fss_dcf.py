@@ -174,15 +174,15 @@ def test_every_tree_level_expands_under_its_own_tweak() -> None:
 
 
 class _Recording(FixedKeyPRG):
-    """The fixed-key PRG, keeping a copy of every MMO call's input blocks."""
+    """The fixed-key PRG, keeping a copy of every MMO (or bare AES) call's input blocks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs: list[np.ndarray] = []
 
-    def mmo(self, blocks: np.ndarray) -> np.ndarray:
+    def aes_into(self, blocks: np.ndarray, buf: np.ndarray) -> np.ndarray:  # mmo calls it too
         self.inputs.append(np.array(blocks, copy=True))
-        return super().mmo(blocks)
+        return super().aes_into(blocks, buf)
 
 
 def test_every_mmo_input_is_tweaked_per_instance_and_key_set() -> None:

@@ -607,10 +607,10 @@ def _walk(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
     """The tree walk: the final states (n, 2) and the levels' value shares (k, n).
 
     Elements go in chunks of :data:`WALK_CHUNK`, each walked from root to leaf:
-    per level one MMO call over the chunk's input blocks (block, m, 2) and one
+    per level one AES call over the chunk's input blocks (block, m, 2) and one
     compiled pass (:func:`~ppml.servers.mpc.fast.dcf_kernels.eval_level`) that
-    absorbs its output and writes the next level's input, so a level's arrays
-    stay in the core's cache.
+    completes the MMO (XORs the input into the AES output), absorbs it and
+    writes the next level's input, so a level's arrays stay in the core's cache.
     """
     n, k = key.size, key.width
     compact = _compact(key.lane_bits)
@@ -622,13 +622,14 @@ def _walk(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, Ring]:
     acc = np.zeros((k, n), dtype=np.int64)
     tmask = np.empty(min(n, WALK_CHUNK), dtype=np.int64)
     kernels = _kernels()
+    buf = np.empty((1 + nv) * min(n, WALK_CHUNK) * 16 + 16, dtype=np.uint8)  # AES output
     for j0 in range(0, n, WALK_CHUNK):
         m = min(WALK_CHUNK, n - j0)
         inp = np.empty((1 + nv, m, 2), dtype=np.uint64)
         flat_inp = inp.reshape(1 + nv, 2 * m)
         kernels.eval_prepare(flat_state, x, key.depth, j0, flat_ids, block_hi, flat_inp)
         for i in range(key.levels):
-            out = prg.mmo(inp)  # (block, m, 2)
+            out = prg.aes_into(inp, buf)  # (block, m, 2); the kernel XORs inp in (MMO)
             kernels.eval_level(
                 out.reshape(1 + nv, 2 * m), flat_state, x, key.depth, i, j0, seed_cw, t_cw,
                 v_cw, compact, acc, flat_ids, block_hi, flat_inp, tmask,

@@ -75,7 +75,9 @@ def eval_level(
     seed_cw: np.ndarray, t_cw: np.ndarray, v_cw: np.ndarray, compact: bool, acc: np.ndarray,
     ids: np.ndarray, block_hi: np.ndarray, inp: np.ndarray, tmask: np.ndarray,
 ) -> None:  # fmt: skip
-    """Absorb level ``level``'s MMO output ``out`` (blocks, 2m) of elements ``j0 ..``.
+    """Absorb level ``level``'s MMO output of elements ``j0 ..``: ``out`` (blocks, 2m) is the
+    AES output alone, and the MMO's ``XOR input`` is done here, from ``inp`` before it is
+    overwritten with the next level's input.
 
     Per element ``j``: the next state is block 0, its value bit taken out when
     ``compact`` (one one-bit lane: ``acc[0, j] +=`` bit 1), else ``acc[w, j] +=``
@@ -105,16 +107,16 @@ def eval_level(
     for c in range(m):
         tm = _ZERO - (st[2 * c] & _ONE)  # all ones under the entering control bit
         itm = np.int64(tm)
-        s0, s1 = o0[2 * c], o0[2 * c + 1]
+        s0, s1 = o0[2 * c] ^ i0[2 * c], o0[2 * c + 1] ^ i0[2 * c + 1]
         xj = xs[c]
         tcw = (np.uint64(tc[c]) >> ((xj >> shift) & _ONE)) & _ONE
         if compact:
             a0[c] += np.int64((s0 >> _VALUE_SHIFT) & _ONE) + (v0[c] & itm)
             s0 &= _CLEAR_VALUE_BIT
         else:
-            a0[c] += np.int64(o1[2 * c]) + (v0[c] & itm)
+            a0[c] += np.int64(o1[2 * c] ^ i1[2 * c]) + (v0[c] & itm)
             if k > 1:
-                a1[c] += np.int64(o1[2 * c + 1]) + (v1[c] & itm)
+                a1[c] += np.int64(o1[2 * c + 1] ^ i1[2 * c + 1]) + (v1[c] & itm)
         if k > 2:
             tmask[c] = itm
         s0 ^= (slo[c] | tcw) & tm
@@ -126,10 +128,11 @@ def eval_level(
             i0[2 * c], i0[2 * c + 1] = lo, hi ^ bh0
             if nb > 1:
                 i1[2 * c], i1[2 * c + 1] = lo, hi ^ bh1
-    for w in range(2, k):
+    for w in range(2, k):  # blocks 2.. of inp still hold this level's input
         row, v, o, h = acc[w, j0:j1], v_cw[level, w, j0:j1], out[1 + w // 2], w % 2
+        blk = inp[1 + w // 2]
         for c in range(m):
-            row[c] += np.int64(o[2 * c + h]) + (v[c] & tmask[c])
+            row[c] += np.int64(o[2 * c + h] ^ blk[2 * c + h]) + (v[c] & tmask[c])
     if not last:
         for b in range(2, nb):
             d, dst = block_hi[b] ^ bh0, inp[b]

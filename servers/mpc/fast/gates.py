@@ -486,4 +486,6 @@ class TruncWideBit:
 
 
 FixedGate = type[ReluTrunc] | type[Trunc] | type[TruncWide] | type[TruncBit] | type[TruncWideBit]
-GATES: dict[str, FixedGate] = {g.kind: g for g in (ReluTrunc, Trunc, TruncWide, TruncBit, TruncWideBit)}
+GATES: dict[str, FixedGate] = {
+    g.kind: g for g in (ReluTrunc, Trunc, TruncWide, TruncBit, TruncWideBit)
+}

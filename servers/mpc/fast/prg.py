@@ -189,9 +189,15 @@ class FixedKeyPRG:
     def mmo(self, blocks: U64) -> U64:
         """``AES_K(b) XOR b`` for every 128-bit block of ``blocks`` (shape ``(..., 2)``)."""
         blocks = np.ascontiguousarray(blocks, dtype=np.uint64)
-        n = blocks.nbytes
-        buf = np.empty(n + 16, dtype=np.uint8)
-        self._enc.update_into(blocks.reshape(-1).view(np.uint8).data, buf.data)
-        out = buf[:n].view(np.uint64).reshape(blocks.shape)
+        out = self.aes_into(blocks, np.empty(blocks.nbytes + 16, dtype=np.uint8))
         out ^= blocks
+        return out
+
+    def aes_into(self, blocks: U64, buf: npt.NDArray[np.uint8]) -> U64:
+        """``AES_K(b)`` alone (the caller XORs ``b`` in) for the C-contiguous ``blocks``,
+        written into ``buf`` (``blocks.nbytes + 16`` bytes, reusable): a view of it, shaped
+        as ``blocks``."""
+        n = blocks.nbytes
+        self._enc.update_into(blocks.reshape(-1).view(np.uint8).data, buf.data)
+        out: U64 = buf[:n].view(np.uint64).reshape(blocks.shape)
         return out
