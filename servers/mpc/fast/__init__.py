@@ -51,7 +51,8 @@ linear half runs too (an attention block without softmax in
 tests/unit/test_fast_tensor_ops.py: 14 rounds, 13,600 bytes per party per
 image online, 957 KB of dealer material per party per image, 99 % of it
 truncation keys). GELU, Tanh and Sigmoid run as spline gates (997 bytes
-of key per element and party for inputs ``|x| < 4096``, one round each); Softmax over rows of up to
+of key per element and party for inputs ``|x| < 4096``, GELU's quadratic
+pieces 1,245; one round each, or two as one-bit gates in large layers); Softmax over rows of up to
 128 (a ReLU tournament for the row maximum, exp and row-reciprocal splines,
 an element-wise Beaver product: ``2 ceil(log2 n) + 5`` rounds) and LayerNorm
 (an element-wise Beaver square, an rsqrt spline, two element-wise products:
@@ -60,13 +61,17 @@ so :func:`.service.spec.fast_model` maps training/transformer.py's models
 and 2-server clusters serve them on this engine.
 
 Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
-4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 243,552 bytes
+4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 215,390 bytes
 per image of dealer material at the default gate depth 47 (DCF keys are
-93 % of it; before the one-bit DReLU gate 458,846, with 6 rounds).
+89 % of it; 243,552 before the one-bit keys' early termination, 458,846
+before the one-bit DReLU gate, with 6 rounds).
 
 ResNet-20 shape on CIFAR (bench/fast_resnet.py, default parameters): 60
-rounds and 3.03 MB sent per party per image online; 166 MB of dealer
-material per party per image (188,416 ReLU gates, 93 % of it DCF keys).
+rounds and 3.03 MB sent per party per image online; 146 MB of dealer
+material per party per image (188,416 ReLU gates, 92 % of it DCF keys).
+In layers of 1,024 or more values per sample, truncations and splines are
+one-bit gates (gates.py, spline.py: one more round each, smaller keys and
+far less evaluation); Network A keeps its gates.
 
 Wiring it into a server (:mod:`.service`: ``dealing.py``, ``pool.py``, ``party.py``):
 
