@@ -9,12 +9,12 @@ import torch
 from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.gates import (
     GATES,
+    TRUNC_WIDE_BIT,
     GateKey,
     GateParams,
     ReluTrunc,
     Trunc,
     TruncBit,
-    TruncWideBit,
     split,
 )
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
@@ -269,13 +269,13 @@ def test_the_wide_truncation_from_one_bit_divides_by_2_to_the_2f_over_the_whole_
     rounded for any z in the ring, a one-bit DCF of depth 63 - 2f, one exchange."""
     ends = [-(1 << 63), (1 << 63) - (1 << 32), 0, -1, 1, 12345 << 32, -(4095 << 48)]
     z = np.concatenate([RNG.ring(4000), np.array(ends, dtype=np.int64)])
-    keys = TruncWideBit.gen(DEFAULT, z.size, RNG)
+    keys = TRUNC_WIDE_BIT.gen(DEFAULT, z.size, RNG)
     assert keys[0].dcf.depth == 63 - 2 * F and keys[0].dcf.lane_bits == (1,)
-    assert keys[0].kind == "trunc_wide_bit" and GATES["trunc_wide_bit"] is TruncWideBit
+    assert keys[0].kind == "trunc_wide_bit" and GATES["trunc_wide_bit"] is TRUNC_WIDE_BIT
     with np.errstate(over="ignore"):
         opened = z + keys[0].mask + keys[1].mask
-        y0, y1 = _eval_both(TruncWideBit, DEFAULT, keys, opened)  # type: ignore[arg-type]
+        y0, y1 = _eval_both(TRUNC_WIDE_BIT, DEFAULT, keys, opened)
         carry = y0 + y1 - (z >> np.int64(2 * F))
     assert set(np.unique(carry).tolist()) == {0, 1}
     with pytest.raises(ValueError, match="trunc_wide_bit"):  # a key of another depth
-        TruncWideBit.eval(GateParams(12, 47), keys[0], opened)
+        TRUNC_WIDE_BIT.eval(GateParams(12, 47), keys[0], opened)

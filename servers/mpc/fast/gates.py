@@ -354,49 +354,6 @@ class Trunc:
             return e * (u.a - h) - gamma + big_k * w
 
 
-class TruncWide:
-    """``y = z / 2^(2f)`` stochastically rounded: :class:`Trunc` at ``f' = 2f``, ``n' = 63 - 2f``.
-
-    After a quadratic spline gate (spline.py), whose output is at ``2^(3f)``.
-    ``L' = n' + 1 + f' = 64``: the range is the whole ring, ``z`` in ``[-2^63,
-    2^63 - 2^(2f)]`` (real ``|v| < 2^(63 - 3f)``, 2^15 at ``f = 16``: every
-    value the ring holds at that scale), read in full, so the input must be
-    right mod ``2^64`` (graph.py marks its sources full-width) and the lanes
-    are full-width whatever ``out_bits``. Error and security as :class:`Trunc`
-    (``< 2^-f``, stochastic rounding, no large-error event); its DCF has depth
-    ``63 - 2f`` (31 at ``f = 16``, against 47 for a truncation by ``f``).
-    """
-
-    kind: ClassVar[str] = "trunc_wide"
-    width: ClassVar[int] = 2
-    rounds: ClassVar[int] = 0
-
-    @staticmethod
-    def params(p: GateParams) -> GateParams:
-        return GateParams(2 * p.frac_bits, 63 - 2 * p.frac_bits)
-
-    @staticmethod
-    def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
-    ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks (64-bit output lanes)."""
-        keys = Trunc.gen(TruncWide.params(p), n, rng, prg, 64)
-        return replace(keys[0], kind=TruncWide.kind), replace(keys[1], kind=TruncWide.kind)
-
-    @staticmethod
-    def eval(
-        p: GateParams,
-        key: GateKey,
-        opened: Ring,
-        prg: FixedKeyPRG | None = None,
-        exchange: Exchange | None = None,
-    ) -> Ring:
-        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``; no exchange."""
-        if key.dcf.depth != TruncWide.params(p).depth:
-            raise ValueError(f"a trunc_wide key of depth {key.dcf.depth}")
-        return Trunc.eval(TruncWide.params(p), key, opened, prg, exchange)
-
-
 class TruncBit:
     """``y = T`` = z / 2^f stochastically rounded, from a one-bit DCF (module doc: from one bit).
 
@@ -452,40 +409,62 @@ class TruncBit:
             return (u.a - h if first else 0) - gamma + big_k * w
 
 
-class TruncWideBit:
-    """:class:`TruncWide` from one bit: :class:`TruncBit` at ``f' = 2f``, ``n' = 63 - 2f``.
+class WideTrunc:
+    """``y = z / 2^(2f)`` stochastically rounded: the truncation gate ``base`` at ``f' = 2f``,
+    ``n' = 63 - 2f`` (``trunc_wide`` on :class:`Trunc`, ``trunc_wide_bit`` on :class:`TruncBit`).
 
-    For large layers (graph.py), as ``trunc_bit`` for ``trunc``: one more round, a
-    one-bit DCF of depth 31 (25 AES blocks per element instead of 63).
+    After a quadratic spline gate (spline.py), whose output is at ``2^(3f)``.
+    ``L' = n' + 1 + f' = 64``: the range is the whole ring, ``z`` in ``[-2^63,
+    2^63 - 2^(2f)]`` (real ``|v| < 2^(63 - 3f)``, 2^15 at ``f = 16``: every
+    value the ring holds at that scale), read in full, so the input must be
+    right mod ``2^64`` (graph.py marks its sources full-width) and the lanes
+    are full-width whatever ``out_bits``. Error, security and rounds as the
+    base gate's (``< 2^-f``, stochastic rounding, no large-error event); its
+    DCF has depth ``63 - 2f`` (31 at ``f = 16``, against 47 for a truncation
+    by ``f``): 25 AES blocks per element from one bit, 63 with two lanes.
     """
 
-    kind: ClassVar[str] = "trunc_wide_bit"
-    width: ClassVar[int] = 1
-    rounds: ClassVar[int] = 1
+    def __init__(self, base: type[Trunc] | type[TruncBit], kind: str) -> None:
+        self.base = base
+        self.kind = kind
+        self.width = base.width
+        self.rounds = base.rounds
 
     @staticmethod
+    def params(p: GateParams) -> GateParams:
+        return GateParams(2 * p.frac_bits, 63 - 2 * p.frac_bits)
+
     def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+        self,
+        p: GateParams,
+        n: int,
+        rng: KeyedPRG,
+        prg: FixedKeyPRG | None = None,
+        out_bits: int = 64,
     ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks."""
-        keys = TruncBit.gen(TruncWide.params(p), n, rng, prg, 64)
-        return replace(keys[0], kind=TruncWideBit.kind), replace(keys[1], kind=TruncWideBit.kind)
+        """Dealer: keys for ``n`` gates with fresh uniform masks (64-bit output lanes)."""
+        keys = self.base.gen(self.params(p), n, rng, prg, 64)
+        return replace(keys[0], kind=self.kind), replace(keys[1], kind=self.kind)
 
-    @staticmethod
     def eval(
+        self,
         p: GateParams,
         key: GateKey,
         opened: Ring,
         prg: FixedKeyPRG | None = None,
         exchange: Exchange | None = None,
     ) -> Ring:
-        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``; one exchange."""
-        if key.dcf.depth != TruncWide.params(p).depth:
-            raise ValueError(f"a trunc_wide_bit key of depth {key.dcf.depth}")
-        return TruncBit.eval(TruncWide.params(p), key, opened, prg, exchange)
+        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``."""
+        if key.dcf.depth != self.params(p).depth:
+            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth}")
+        return self.base.eval(self.params(p), key, opened, prg, exchange)
 
 
-FixedGate = type[ReluTrunc] | type[Trunc] | type[TruncWide] | type[TruncBit] | type[TruncWideBit]
+TRUNC_WIDE = WideTrunc(Trunc, "trunc_wide")
+TRUNC_WIDE_BIT = WideTrunc(TruncBit, "trunc_wide_bit")  # large layers (graph.py)
+
+
+FixedGate = type[ReluTrunc] | type[Trunc] | type[TruncBit] | WideTrunc
 GATES: dict[str, FixedGate] = {
-    g.kind: g for g in (ReluTrunc, Trunc, TruncWide, TruncBit, TruncWideBit)
+    g.kind: g for g in (ReluTrunc, Trunc, TruncBit, TRUNC_WIDE, TRUNC_WIDE_BIT)
 }

@@ -11,7 +11,7 @@ the output ``S_i x + C_i`` is at ``2^(2f)`` and the plan's lazy truncation
 applies (graph.py); degree 2, ``A_i = round(a_i 2^f)``, ``S_i = round(s_i
 2^(2f))``, ``C_i = round(c_i 2^(3f))``, output ``A_i x^2 + S_i x + C_i`` at
 ``2^(3f)``, which the plan truncates by ``2f`` at once (gates.py,
-:class:`~.gates.TruncWide`). A quadratic piece covers a far wider interval
+:class:`~.gates.WideTrunc`). A quadratic piece covers a far wider interval
 than a line within the same bound, so a table needs far fewer breakpoints
 (activations.py: exp 5 instead of 17, GELU 4 instead of 8), and the gate's
 work is one DCF evaluation per breakpoint (below).
