@@ -21,6 +21,7 @@ from fast_pair import encode, forward_pair
 from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.servers.mpc.fast.bundle import Bundle
+from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.engine import (
     Add,
     AvgPool,
@@ -257,12 +258,13 @@ def test_dag_bundles_cut_stack_and_serve_forwards_with_a_uniform_view() -> None:
 def test_network_a_chain_keeps_its_rounds_bytes_and_dealer_material() -> None:
     spec = ModelSpec((Linear(784, 128), ReLU(), Linear(128, 128), ReLU(), Linear(128, 10)), (784,))
     plan = plan_of(spec)
-    assert plan.rounds == 8 and [g.kind for g in plan.gates] == ["relu", "relu", "trunc"]
+    assert plan.rounds == 8 and [g.kind for g in plan.gates] == ["relu", "relu", "trunc_top"]
     assert fast_spec.to_wire(spec)[1][1] == ("relu",) and len(fast_spec.to_wire(spec)) == 2
     bundle = Dealer().preprocess(spec, new_key(), 4)[0]
     # what the chain-only engine made (9cbada3), byte for byte, less the ReLU keys' early
-    # termination: 104 bytes per element and party (dcf.py), 256 ReLUs per image, 4 images
-    assert bundle.nbytes == 967_840 - 4 * 256 * 104 == 861_344
+    # termination (104 bytes per element and party, dcf.py; 256 ReLUs per image, 4 images) and
+    # the output truncation's DCF (1,031 -> 24 bytes per element, 10 per image; one nonce)
+    assert bundle.nbytes == 967_840 - 4 * 256 * 104 - 4 * 10 * (1031 - 24) - NONCE_BYTES
     assert len(bundle.masks) == len(bundle.products) == 3
 
 
@@ -334,13 +336,15 @@ def test_a_valid_dag_wire_spec_is_accepted() -> None:
         _ = spec.stages  # the replicated engine's chain view refuses a graph
 
 
-def test_a_large_truncation_is_one_bit_gate_and_a_small_one_is_not() -> None:
-    """Linear(784 -> 1024) then Linear(1024 -> 10): the 1,024-value hidden layer is truncated by a
-    trunc_bit gate (one more round), the 10 outputs by trunc; both match float64."""
+def test_every_truncation_is_a_top_bit_gate_of_one_round() -> None:
+    """Linear(784 -> 1024) then Linear(1024 -> 10): the hidden layer and the outputs are each
+    truncated by a trunc_top gate (its opening only, 24 bytes per element); both match float64."""
     spec = ModelSpec((Linear(784, 1024), Linear(1024, 10)), (784,))
     plan = plan_of(spec)
-    assert [g.kind for g in plan.gates] == ["trunc_bit", "trunc"]
+    assert [g.kind for g in plan.gates] == ["trunc_top", "trunc_top"]
     y, ref, rounds = _run(spec, _inputs((784,)))
     assert np.abs(y - ref).max() <= 2e-3
-    # open x; trunc_bit: open its masked input, then its bit; open h; trunc: open its input
-    assert rounds == plan.rounds == 5
+    # open x; trunc_top: open its masked input; open h; trunc_top: open its input
+    assert rounds == plan.rounds == 4
+    bundle = Dealer().preprocess(spec, new_key(), 1)[0]
+    assert sum(g.nbytes for g in bundle.gates) == 24 * (1024 + 10)

@@ -320,13 +320,18 @@ def test_engine_runs_spline_gates_in_the_planned_rounds_within_their_bounds() ->
     spec = _stacked()
     plan = plan_of(spec)
     kinds = [g.kind for g in plan.gates]
-    assert sorted(k for k in kinds if k != "trunc") == ["gelu", "sigmoid", "tanh", "trunc_wide"]
+    assert sorted(k for k in kinds if k != "trunc_top") == [
+        "gelu",
+        "sigmoid",
+        "tanh",
+        "trunc_top_wide",
+    ]
     gate_steps = [s for s in plan.steps if isinstance(s, steps.Gate)]
     opens = sum(isinstance(s, steps.Open) for s in plan.steps)
     assert plan.rounds == opens + len(gate_steps)  # one opening per gate, nothing more
     scales = {s.kind: plan.values[s.dst].scale for s in gate_steps}  # quadratic GELU: 2^(3f)
-    want = {"gelu": steps.FFF, "trunc_wide": steps.F, "tanh": steps.FF, "sigmoid": steps.FF}
-    assert scales == {**want, "trunc": steps.F}, scales
+    want = {"gelu": steps.FFF, "trunc_top_wide": steps.F, "tanh": steps.FF, "sigmoid": steps.FF}
+    assert scales == {**want, "trunc_top": steps.F}, scales
     dealer, key, models = _identity_models(spec)
     x = np.concatenate([np.linspace(-5, 5, 24).reshape(4, 6), np.full((1, 6), 4000.0)])
     pair = dealer.preprocess(spec, key, x.shape[0])
@@ -341,7 +346,8 @@ def test_narrow_gates_between_layers_feed_spline_gates_right_mod_2_to_the_l() ->
     layers = (Linear(6, 6, False), nodes.GELU(), Linear(6, 6, False), Sigmoid())
     spec = ModelSpec(layers, (6,), narrow)
     gates = plan_of(spec).gates
-    assert [g.kind for g in gates] == ["trunc", "gelu", "trunc_wide", "trunc", "sigmoid", "trunc"]
+    kinds = ["trunc_top", "gelu", "trunc_top_wide", "trunc_top", "sigmoid", "trunc_top"]
+    assert [g.kind for g in gates] == kinds
     # GELU squares its input: the truncation feeding it is right mod 2^64 (full lanes)
     assert [g.out_bits for g in gates] == [64, 64, 48, 48, 48, 64]
     dealer, key, models = _identity_models(spec)
@@ -414,17 +420,20 @@ def test_fast_model_maps_layer_norm_with_its_parameters_and_refuses_long_softmax
     assert fast_spec.fast_model(long_rows) is None  # rows of at most 128: CrypTen serves it
 
 
-def test_the_wide_truncation_divides_by_2_to_the_2f_over_the_whole_ring() -> None:
-    # after a quadratic spline (values at 2^(3f)): z / 2^(2f) stochastically rounded, any z
-    gate = GATES["trunc_wide"]
-    ends = [-(1 << 63), (1 << 63) - (1 << 32), 0, -1, 1, 12345 << 32, -(4095 << 48)]
-    z = np.concatenate([RNG.ring(4000), np.array(ends, dtype=np.int64)])
-    k0, k1 = gate.gen(DEFAULT, z.size, RNG, PRG, DEFAULT.low_bits - 16)  # full lanes anyway
-    assert k0.dcf.depth == 63 - 2 * FRAC and k0.kind == "trunc_wide"
+def test_the_wide_truncation_divides_by_2_to_the_2f_over_its_whole_range() -> None:
+    # after a quadratic spline (values at 2^(3f)): z / 2^(2f) stochastically rounded, every z in
+    # [-2^62, 2^62), the range the plan's table check (range_bits + 3f <= 62) guarantees
+    gate = GATES["trunc_top_wide"]
+    ends = [-(1 << 62), (1 << 62) - 1, 0, -1, 1, 12345 << 32, -(4095 << 48), 4095 << 48]
+    z = np.concatenate([RNG.ring(4000) >> np.int64(2), np.array(ends, dtype=np.int64)])
+    k0, k1 = gate.gen(DEFAULT, z.size, RNG, PRG, DEFAULT.low_bits - 16)  # reads 64 bits anyway
+    assert k0.dcf is None and k0.kind == "trunc_top_wide" and k0.nbytes == 24 * z.size
     with np.errstate(over="ignore"):
         opened = z + k0.mask + k1.mask
         y = gate.eval(DEFAULT, k0, opened, PRG) + gate.eval(DEFAULT, k1, opened, PRG)
+        narrow = gate.eval(GateParams(16, 31), k0, opened) + gate.eval(
+            GateParams(16, 31), k1, opened
+        )
     carry = y - (z >> np.int64(2 * FRAC))
     assert set(np.unique(carry).tolist()) == {0, 1}
-    with pytest.raises(ValueError, match="trunc_wide"):  # a key of another depth
-        gate.eval(GateParams(12, 47), k0, opened, PRG)
+    assert np.array_equal(narrow, y)  # the wide gate reads all 64 bits whatever the plan's L

@@ -175,7 +175,7 @@ def test_an_attention_block_matches_float64_in_its_planned_rounds() -> None:
     spec = attention_block()
     plan = plan_of(spec)
     assert len(plan.triples) == 2 and plan.params == ((T, D),)
-    assert [g.kind for g in plan.gates] == ["trunc"] * 9
+    assert [g.kind for g in plan.gates] == ["trunc_top"] * 9
     params = _params(spec, 1)
     dealer, key, models = _models(spec, params)
     pair = dealer.preprocess(spec, key, 3)

@@ -9,12 +9,11 @@ import torch
 from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.gates import (
     GATES,
-    TRUNC_WIDE_BIT,
+    TRUNC_TOP,
     GateKey,
     GateParams,
     ReluTrunc,
-    Trunc,
-    TruncBit,
+    TruncTop,
     split,
 )
 from ppml.servers.mpc.fast.linear import Conv2d, Linear, ring_matmul
@@ -25,7 +24,7 @@ RNG = KeyedPRG()
 DEFAULT = GateParams()
 NARROW = GateParams(16, 31)  # the former default: L = 48 < 64, narrow DCF lanes between layers
 F = DEFAULT.frac_bits
-Gate = type[ReluTrunc] | type[Trunc] | type[TruncBit]
+Gate = type[ReluTrunc] | TruncTop
 
 
 def _eval_both(
@@ -75,40 +74,52 @@ def _check(gate: Gate, p: GateParams, z: np.ndarray) -> np.ndarray:
     return y
 
 
-def _bounds(p: GateParams) -> tuple[int, int]:
+def _bounds(p: GateParams, gate: Gate = ReluTrunc) -> tuple[int, int]:
+    """ReLU's range, or (truncation alone) one bit less: [-2^(L-2), 2^(L-2))."""
+    if gate is TRUNC_TOP:
+        return -(1 << (p.low_bits - 2)), (1 << (p.low_bits - 2)) - 1
     return -(1 << (p.depth + p.frac_bits)), (1 << (p.depth + p.frac_bits)) - (1 << p.frac_bits)
 
 
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
+def _uniform(n: int, p: GateParams, gate: Gate) -> np.ndarray:
+    """n values uniform over the gate's range."""
+    lo, hi = _bounds(p, gate)
+    return np.clip(RNG.ring(n) >> np.int64(64 - lo.bit_length()), lo, hi)
+
+
+@pytest.mark.parametrize("gate", [ReluTrunc, TRUNC_TOP])
 @pytest.mark.parametrize(("f", "depth"), [(2, 3), (0, 4), (3, 1), (4, 6)])
 def test_exhaustive_small_parameters(gate: Gate, f: int, depth: int) -> None:
     p = GateParams(f, depth)
-    lo, hi = _bounds(p)
+    lo, hi = _bounds(p, gate)
     z = np.repeat(np.arange(lo, hi + 1, dtype=np.int64), 8)  # 8 fresh masks per value
     _check(gate, p, z)
 
 
-def _edges(p: GateParams) -> np.ndarray:
+def _edges(p: GateParams, gate: Gate = ReluTrunc) -> np.ndarray:
     """Around 0, the range's ends and (default range) large pre-activations at scale 2^(2f)."""
-    lo, hi = _bounds(p)
+    lo, hi = _bounds(p, gate)
     one = 1 << F  # 2^-16 in real units after truncation, i.e. 1 ulp of the output
     vals = [0, 1, -1, one, -one, one - 1, -one + 1, one + 1, -one - 1, 2 * one, -2 * one]
     vals += [lo, lo + 1, lo + one, hi, hi - 1, hi - one, 12345 << F, -(12345 << F)]
-    real = [2e5, 1e6, 2.0**15, 2.0**15 + 0.5, 2.0**30, 2.0**31 - 1.0, 2.0**31 - 2.0**-16]
+    real = [2e5, 1e6, 2.0**15, 2.0**15 + 0.5, 2.0**29, 2.0**30, 2.0**31 - 1.0, 2.0**31 - 2.0**-16]
     vals += [v for r in real for v in (int(r * 2**32), -int(r * 2**32), int(r * 2**32) + 12345)]
     return np.array([v for v in vals if lo <= v <= hi], dtype=np.int64)
 
 
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
-def test_default_parameters_edges_and_random(gate: Gate) -> None:
-    """The default range is the whole ring: every z down to -2^63 and up to 2^63 - 2^f."""
-    lo, hi = _bounds(DEFAULT)
-    assert (lo, hi) == (-(2**63), 2**63 - 2**F)
-    edges = _edges(DEFAULT)
-    large = {int(r * 2**32) * sign for r in (2e5, 1e6, 2.0**30) for sign in (1, -1)}
-    assert large <= set(edges.tolist())  # all in range now (none was at depth 31)
-    rand = RNG.ring(4000) >> np.int64(64 - DEFAULT.depth - F - 1)  # uniform over [lo, -lo)
-    z = np.concatenate([np.repeat(edges, 20), np.clip(rand, lo, hi)])
+@pytest.mark.parametrize(
+    ("gate", "ends", "top"),
+    [(ReluTrunc, (-(2**63), 2**63 - 2**F), 2.0**30), (TRUNC_TOP, (-(2**62), 2**62 - 1), 2.0**29)],
+)
+def test_default_parameters_edges_and_random(gate: Gate, ends: tuple[int, int], top: float) -> None:
+    """ReLU's default range is the whole ring (every z from -2^63 to 2^63 - 2^f); truncation
+    alone takes half of it, [-2^62, 2^62): |v| < 2^30 at product scale 2^32."""
+    assert _bounds(DEFAULT, gate) == ends
+    edges = _edges(DEFAULT, gate)
+    assert {ends[0], ends[1]} <= set(edges.tolist())
+    large = {int(r * 2**32) * sign for r in (2e5, 1e6, top) for sign in (1, -1)}
+    assert large <= set(edges.tolist())  # all in range (none was at depth 31)
+    z = np.concatenate([np.repeat(edges, 20), _uniform(4000, DEFAULT, gate)])
     y = _check(gate, DEFAULT, z)
     if gate is ReluTrunc:
         assert np.all(y[z < 0] == 0)
@@ -117,12 +128,11 @@ def test_default_parameters_edges_and_random(gate: Gate) -> None:
 
 
 @pytest.mark.parametrize("p", [DEFAULT, NARROW])
-@pytest.mark.parametrize("gate", [ReluTrunc, Trunc, TruncBit])
+@pytest.mark.parametrize("gate", [ReluTrunc, TRUNC_TOP])
 def test_between_layers_output_is_right_modulo_low_bits(gate: Gate, p: GateParams) -> None:
-    """With out_bits = L keys are smaller and y is exact modulo 2^L (all the next layer uses)."""
-    lo, hi = _bounds(p)
-    rand = RNG.ring(3000) >> np.int64(64 - p.depth - F - 1)
-    z = np.concatenate([np.repeat(_edges(p), 10), np.clip(rand, lo, hi)])
+    """With out_bits = L, y is exact modulo 2^L (all the next layer uses); the gates read only
+    o mod 2^L, so inputs right mod 2^L are enough."""
+    z = np.concatenate([np.repeat(_edges(p, gate), 10), _uniform(3000, p, gate)])
     y = _run_gate(gate, p, z, p.low_bits)
     floor = z >> np.int64(F)
     relu = gate is ReluTrunc
@@ -146,7 +156,7 @@ def test_truncation_is_stochastic_rounding_unbiased() -> None:
     """z = k + 1/4 ulp: the output is k + 1 with probability 1/4 (fresh masks)."""
     n = 20000
     z = np.full(n, (7 << F) + (1 << (F - 2)), dtype=np.int64)
-    y = _run_gate(Trunc, DEFAULT, z)
+    y = _run_gate(TRUNC_TOP, DEFAULT, z)
     assert set(np.unique(y).tolist()) <= {7, 8}
     assert abs(float(np.mean(y == 8)) - 0.25) < 0.02
 
@@ -168,8 +178,20 @@ def test_one_party_output_share_is_uniform_whatever_z() -> None:
 def test_gate_key_round_trip_and_registry() -> None:
     k0, _ = GATES["relu"].gen(DEFAULT, 5, RNG)
     k = GateKey.from_arrays(k0.to_arrays("g"), "g")
-    assert k.kind == "relu" and np.array_equal(k.consts, k0.consts)
-    assert set(GATES) == {"relu", "trunc", "trunc_wide", "trunc_bit", "trunc_wide_bit"}
+    assert k.kind == "relu" and np.array_equal(k.consts, k0.consts) and k.party == 0
+    _, t1 = GATES["trunc_top"].gen(DEFAULT, 5, RNG)
+    t = GateKey.from_arrays(t1.to_arrays("g"), "g")
+    assert t.kind == "trunc_top" and t.dcf is None and t.party == 1
+    assert np.array_equal(t.consts, t1.consts) and t.take(1, 3).party == 1
+    assert GateKey.concat([t, t.head(2)]).size == 7
+    with pytest.raises(ValueError, match="without DCF"):
+        _ = t.fss
+    with pytest.raises(ValueError, match="one kind and party"):
+        GateKey.concat([t, GATES["trunc_top"].gen(DEFAULT, 5, RNG)[0]])
+    bad = {**t1.to_arrays("g"), "g.owner": np.array([2])}
+    with pytest.raises(ValueError, match="owner"):
+        GateKey.from_arrays(bad, "g")
+    assert set(GATES) == {"relu", "trunc_top", "trunc_top_wide"}
 
 
 def test_key_bytes_per_element() -> None:
@@ -180,12 +202,11 @@ def test_key_bytes_per_element() -> None:
         return (gate.gen(p, 10, RNG, None, out_bits)[0].nbytes - NONCE_BYTES) / 10
 
     assert per_element(DEFAULT, ReluTrunc, DEFAULT.low_bits) == 760  # 864 without early exit
-    assert per_element(DEFAULT, Trunc, 64) == 1031
-    assert per_element(DEFAULT, TruncBit, 64) == per_element(DEFAULT, TruncBit, 48 + 16) == 752
     low = NARROW.low_bits
     assert per_element(NARROW, ReluTrunc, low) == 488
-    assert per_element(NARROW, Trunc, 64) == 823
     assert per_element(NARROW, ReluTrunc, 64) == 488  # the one-bit lane does not widen
+    for p in (DEFAULT, NARROW):  # mask and two constants, no DCF and so no nonce
+        assert TRUNC_TOP.gen(p, 10, RNG, None, p.low_bits)[0].nbytes == 24 * 10
     with pytest.raises(ValueError):
         NARROW.lanes("relu", low - 1)
 
@@ -238,44 +259,33 @@ def test_relu_needs_the_exchange() -> None:
         ReluTrunc.eval(DEFAULT, k0, np.zeros(3, dtype=np.int64))
 
 
-def test_truncation_from_one_bit_is_stochastic_rounding_and_its_opening_is_uniform() -> None:
-    """TruncBit: k + 1/4 ulp comes out k + 1 a quarter of the time, like Trunc; the one
-    opened bit per element is uniform whatever z (it is masked by the dealer's fresh rho)."""
-    n = 20000
-    z = np.full(n, (7 << F) + (1 << (F - 2)), dtype=np.int64)
-    y = _run_gate(TruncBit, DEFAULT, z)
-    assert set(np.unique(y).tolist()) <= {7, 8}
-    assert abs(float(np.mean(y == 8)) - 0.25) < 0.02
-    for value in (0, -(5 << (2 * F))):
-        keys = TruncBit.gen(DEFAULT, n, RNG)
+def test_top_bit_truncation_needs_no_exchange_and_its_shares_are_uniform() -> None:
+    """trunc_top evaluates with no exchange (the opening of o is all it sees); party 0's output
+    share (top 4 bits) is uniform whether z is 0 or 5.0, its constants being fresh shares."""
+    n = 16000
+    for value in (0, 5 << (2 * F)):
+        k0, k1 = TRUNC_TOP.gen(DEFAULT, n, RNG)
         z0, z1 = split(np.full(n, value, dtype=np.int64), RNG)
-        seen: list[tuple[np.ndarray, np.ndarray]] = []
         with np.errstate(over="ignore"):
-            opened = (z0 + keys[0].mask) + (z1 + keys[1].mask)
-        _eval_both(TruncBit, DEFAULT, keys, opened, seen)
-        ((sent, got),) = seen
-        e = np.unpackbits(sent.view(np.uint8), count=n) ^ np.unpackbits(got.view(np.uint8), count=n)
-        assert abs(float(e.mean()) - 0.5) < 0.02
+            opened = (z0 + k0.mask) + (z1 + k1.mask)
+            share = TRUNC_TOP.eval(DEFAULT, k0, opened)  # no exchange given: none needed
+            y = share + TRUNC_TOP.eval(DEFAULT, k1, opened)
+        assert set(np.unique(y).tolist()) == {value >> F}
+        counts = np.bincount((share.view(np.uint64) >> np.uint64(60)).astype(np.int64))
+        assert counts.min() > n / 16 * 0.8 and counts.max() < n / 16 * 1.2
 
 
-def test_truncation_from_one_bit_needs_the_exchange() -> None:
-    keys = TruncBit.gen(DEFAULT, 3, RNG)
-    with pytest.raises(ValueError, match="needs the exchange"):
-        TruncBit.eval(DEFAULT, keys[0], np.zeros(3, dtype=np.int64))
+def test_top_bit_truncation_outside_its_range_can_be_wrong() -> None:
+    """The documented range is a real bound: well beyond 2^(L-2) the top bit no longer tells
+    the wrap, and some outputs are off by 2^(L-1-f) (out of range, not insecure)."""
+    n = 4000
+    z = np.full(n, (1 << 62) + (1 << 61), dtype=np.int64)
+    y = _run_gate(TRUNC_TOP, DEFAULT, z)
+    assert np.any(np.abs(y - (z >> np.int64(F))) > 1)
 
 
-def test_the_wide_truncation_from_one_bit_divides_by_2_to_the_2f_over_the_whole_ring() -> None:
-    """trunc_wide_bit (after a quadratic spline in a large layer): z / 2^(2f) stochastically
-    rounded for any z in the ring, a one-bit DCF of depth 63 - 2f, one exchange."""
-    ends = [-(1 << 63), (1 << 63) - (1 << 32), 0, -1, 1, 12345 << 32, -(4095 << 48)]
-    z = np.concatenate([RNG.ring(4000), np.array(ends, dtype=np.int64)])
-    keys = TRUNC_WIDE_BIT.gen(DEFAULT, z.size, RNG)
-    assert keys[0].dcf.depth == 63 - 2 * F and keys[0].dcf.lane_bits == (1,)
-    assert keys[0].kind == "trunc_wide_bit" and GATES["trunc_wide_bit"] is TRUNC_WIDE_BIT
-    with np.errstate(over="ignore"):
-        opened = z + keys[0].mask + keys[1].mask
-        y0, y1 = _eval_both(TRUNC_WIDE_BIT, DEFAULT, keys, opened)
-        carry = y0 + y1 - (z >> np.int64(2 * F))
-    assert set(np.unique(carry).tolist()) == {0, 1}
-    with pytest.raises(ValueError, match="trunc_wide_bit"):  # a key of another depth
-        TRUNC_WIDE_BIT.eval(GateParams(12, 47), keys[0], opened)
+def test_top_bit_truncation_by_zero_bits_is_exact() -> None:
+    p = GateParams(0, 8)
+    lo, hi = _bounds(p, TRUNC_TOP)
+    z = np.arange(lo, hi + 1, dtype=np.int64)
+    assert np.array_equal(_run_gate(TRUNC_TOP, p, z), z)

@@ -12,8 +12,9 @@ Modules, one concept each:
 * :mod:`.dcf` -- vectorised distributed comparison functions (BCG+21), vector
   payloads;
 * :mod:`.gates` -- FSS gates on masked wires: ReLU fused with truncation (a
-  one-bit DCF, then one opened masked sign bit), truncation alone
-  (stochastic rounding, error < 1 ulp, no wrap errors);
+  one-bit DCF, then one opened masked sign bit), truncation alone from the
+  mask's top bit (no DCF; stochastic rounding, error < 1 ulp, no wrap errors
+  within one bit of headroom);
 * :mod:`.spline` -- a piecewise-linear FSS spline gate (BCG+21 style): one
   DCF of depth ``n + 1`` with payload ``(1, r)`` evaluated at one point per
   breakpoint plus one, one opening, output at ``2^(2f)``;
@@ -49,8 +50,8 @@ Chains and residual networks (DAGs) run alike; a chain's plan is exactly
 the chain engine's (same rounds, bytes and dealer material). A transformer's
 linear half runs too (an attention block without softmax in
 tests/unit/test_fast_tensor_ops.py: 14 rounds, 13,600 bytes per party per
-image online, 957 KB of dealer material per party per image, 99 % of it
-truncation keys). GELU, Tanh and Sigmoid run as spline gates (997 bytes
+image online, 34 KB of dealer material per party per image; 957 KB while
+truncations took DCF keys). GELU, Tanh and Sigmoid run as spline gates (997 bytes
 of key per element and party for inputs ``|x| < 4096``, GELU's quadratic
 pieces 1,245; one round each, or two as one-bit gates in large layers); Softmax over rows of up to
 128 (a ReLU tournament for the row maximum, exp and row-reciprocal splines,
@@ -61,17 +62,20 @@ so :func:`.service.spec.fast_model` maps training/transformer.py's models
 and 2-server clusters serve them on this engine.
 
 Cost for SecureML Network A per forward, per party: 8 rounds, 8 * (784 +
-4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 215,390 bytes
+4 * 128 + 10) + 2 * 128 / 8 = 10,480 bytes per image online; 205,296 bytes
 per image of dealer material at the default gate depth 47 (DCF keys are
-89 % of it; 243,552 before the one-bit keys' early termination, 458,846
-before the one-bit DReLU gate, with 6 rounds).
+89 % of it; 215,390 while the output's truncation took a DCF, 243,552
+before the one-bit keys' early termination, 458,846 before the one-bit
+DReLU gate, with 6 rounds).
 
 ResNet-20 shape on CIFAR (bench/fast_resnet.py, default parameters): 60
 rounds and 3.03 MB sent per party per image online; 146 MB of dealer
 material per party per image (188,416 ReLU gates, 92 % of it DCF keys).
-In layers of 1,024 or more values per sample, truncations and splines are
-one-bit gates (gates.py, spline.py: one more round each, smaller keys and
-far less evaluation); Network A keeps its gates.
+In layers of 1,024 or more values per sample, splines are one-bit gates
+(spline.py: one more round each, smaller keys and far less evaluation).
+A BERT-tiny-shaped encoder (bench/fast_transformer.py): 123 rounds, 15.1 MB
+sent per party and 191 MB of dealer material per party and request (772 MB
+while truncations took one-bit DCFs, with 156 rounds).
 
 Wiring it into a server (:mod:`.service`: ``dealing.py``, ``pool.py``, ``party.py``):
 

@@ -67,7 +67,7 @@ Bounds (absolute, every real input in the gate's range), approximation plus
 coefficient rounding (linear tables: ``<= 5 * 2^-17 + 2^-33`` on inner
 pieces; quadratic: below ``1e-9``; 0 on the exact outer ones); the
 truncation after the gate adds ``< 2^-16`` (by ``2f`` after a quadratic
-one, gates.py :class:`~.gates.WideTrunc`: the same bound). Measured, the
+one, gates.py :class:`~.gates.TruncTop`: the same bound). Measured, the
 ring tables' largest errors are 9.28e-3 (GELU, at its asymptotes' edges
 ``+-2.703125``; 5.1e-3 between them) and 9.50e-4 (exp):
 

@@ -7,7 +7,7 @@ average and max pooling and Flatten, and a transformer's linear half
 Bias, Mean). :func:`~ppml.servers.mpc.fast.graph.plan_of`
 turns it into steps: openings of weighted layers' inputs, local matmuls,
 gates (:class:`~ppml.servers.mpc.fast.gates.ReluTrunc` for ReLU and max
-comparisons, :class:`~ppml.servers.mpc.fast.gates.Trunc` where only
+comparisons, :class:`~ppml.servers.mpc.fast.gates.TruncTop` where only
 truncation is needed, a spline gate of :mod:`.spline` per GELU, Tanh or
 Sigmoid; all by name in :mod:`.gate_table`) and local sums, reshapes and window sums.
 
@@ -32,10 +32,12 @@ Protocol for one forward of a batch (parties P0, P1; dealer D):
   simultaneous exchange of one int64 array.
 
 Range: with the default :class:`~ppml.servers.mpc.fast.gates.GateParams`
-(depth 47, ``L = 64``) the ReLU and truncation gates are exact (to
-stochastic rounding) for every pre-activation the ring holds, ``|v| < 2^31``
-at product scale ``2^32``; a layer whose true output is larger wraps the
-ring in its matmul, as in any engine on this number format. Each spline gate
+(depth 47, ``L = 64``) the ReLU gate is exact (to stochastic rounding) for
+every pre-activation the ring holds, ``|v| < 2^31`` at product scale
+``2^32``, and truncation alone for half that range, ``|v| < 2^30`` (gates.py:
+one bit of headroom replaces its comparison); a layer whose true output is
+larger than the ring holds wraps it in its matmul, as in any engine on this
+number format. Each spline gate
 has its table's narrower range (activations.py: ``|x| < 4096`` for GELU,
 tanh, sigmoid and softmax's exp) and beyond it outputs one of its table's
 pieces applied to the input (spline.py, Range).

@@ -1,6 +1,6 @@
 """Every gate kind the fast engine runs, by name: the one table planning and the engine ask.
 
-``relu``, ``trunc`` and ``trunc_wide`` (gates.py), and one spline gate per activation
+``relu``, ``trunc_top`` and ``trunc_top_wide`` (gates.py), and one spline gate per activation
 (activations.py, spline.py). A gate kind is its ``kind`` name, ``rounds``
 beyond the opening of its masked input, ``gen`` (dealer: key pairs for ``n``
 instances) and ``eval`` (party: output shares from the opened input).

@@ -9,26 +9,28 @@ additive shares of its output at scale ``2^f``; the engine then adds shares of
 the next wire's mask and opens again.
 
 Parameters (:class:`GateParams`): ``f`` fractional bits, ``n`` the depth of
-the comparison. Supported input range: ``z`` in ``[-2^(n+f), 2^(n+f) - 2^f]``,
-i.e. real pre-activations in ``[-2^(n-f), 2^(n-f) - 2^-f]``. Default ``n =
-47``, ``f = 16``, so ``L = n + 1 + f = 64`` and the range is the whole ring:
-every ``z`` in ``[-2^63, 2^63 - 2^16]``, i.e. ``|v| < 2^31`` (the largest
-pre-activation a fixed-point product at scale ``2^32`` can hold; a linear
-layer whose true output is larger has already wrapped the ring, in any
-engine). A smaller ``n`` shrinks keys and evaluation but makes values
-outside ``|v| < 2^(n-f)`` wrong (not insecure) without an error.
+the comparison, ``L = n + 1 + f``. ReLU's input range: ``z`` in ``[-2^(n+f),
+2^(n+f) - 2^f]``, i.e. real pre-activations in ``[-2^(n-f), 2^(n-f) -
+2^-f]``. Default ``n = 47``, ``f = 16``, so ``L = 64`` and the range is the
+whole ring: every ``z`` in ``[-2^63, 2^63 - 2^16]``, i.e. ``|v| < 2^31`` (the
+largest pre-activation a fixed-point product at scale ``2^32`` can hold; a
+linear layer whose true output is larger has already wrapped the ring, in
+any engine). A smaller ``n`` shrinks keys and evaluation but makes values
+outside ``|v| < 2^(n-f)`` wrong (not insecure) without an error. Truncation
+alone (:class:`TruncTop`) takes half that range: ``z`` in ``[-2^(L-2),
+2^(L-2))``, ``|v| < 2^30`` at the default.
 
-Truncation (both gates), with ``L = n + 1 + f``, ``u = z + 2^(n+f)`` in
-``[0, 2^L)``, ``x = (o + 2^(n+f)) mod 2^L = (u + r) mod 2^L``, ``a = x >> f``,
-``c = (r mod 2^L) >> f``: the high parts give ``V = (a - c) mod 2^(n+1)``, which
-equals ``(u >> f) + carry`` with ``carry = 1{x mod 2^f < r mod 2^f}``, and never
-wraps inside the range. So ``T = V - 2^n = floor(z / 2^f) + carry``. We do not
+ReLU's truncation, with ``u = z + 2^(n+f)`` in ``[0, 2^L)``, ``x = (o +
+2^(n+f)) mod 2^L = (u + r) mod 2^L``, ``a = x >> f``, ``c = (r mod 2^L) >>
+f``: the high parts give ``V = (a - c) mod 2^(n+1)``, which equals ``(u >>
+f) + carry`` with ``carry = 1{x mod 2^f < r mod 2^f}``, and never wraps
+inside the range. So ``T = V - 2^n = floor(z / 2^f) + carry``. We do not
 remove the carry: given the uniform mask, ``carry`` is 1 with probability
-``(z mod 2^f) / 2^f``, so ``T`` is z / 2^f *stochastically rounded*: unbiased,
-``|T - z / 2^f| < 1`` ulp, always, with no large-error event (the range
-assumption, not a 2^-k chance, rules out the wrap that makes SecureML-style
-local truncation fail). Exact floor would need a second DCF on the low ``f``
-bits and, fused with ReLU, a product of two DCF outputs (one more round).
+``(z mod 2^f) / 2^f``, so ``T`` is z / 2^f *stochastically rounded*:
+unbiased, ``|T - z / 2^f| < 1`` ulp, always, with no large-error event (the
+range assumption, not a 2^-k chance, rules out the wrap that makes
+SecureML-style local truncation fail). Exact floor would need a second DCF
+on the low ``f`` bits and a product of two DCF outputs (one more round).
 
 Comparison: ``T >= 0`` iff bit ``n`` of ``V`` is set, and that bit is
 ``msb(a) XOR msb(c) XOR B`` with ``B = 1{a mod 2^n < c mod 2^n}``: one DCF of
@@ -52,28 +54,32 @@ above (``msb(a) = 0``: ``D w = D``; ``msb(a) = 1``: ``D w = m B = m D``)::
     msb(a) = 0:  y = (a - h + K) D - D c
     msb(a) = 1:  y = (a - h) D - D c + K m D
 
-Truncation alone uses a DCF with payload ``(1 - m, m)`` and constants
-``(c, m)``, and no further round.
+Truncation from the top bit (:class:`TruncTop`: ``trunc_top`` by ``s = f``
+reading ``o mod 2^L``, ``trunc_top_wide`` by ``s = 2f`` after a quadratic
+spline, reading all 64 bits). No comparison is needed when the input leaves
+one bit of headroom, as in Dalskov, Escudero and Keller's truncation for
+``Z_2^k`` (and the replicated engine's, rep3/trunc.py). With ``u = z +
+2^(L-2)`` in ``[0, 2^(L-1))``, ``R = r mod 2^L``, ``R' = R mod 2^(L-1)``, ``t``
+= bit ``L - 1`` of ``R``, and ``x = (o + 2^(L-2)) mod 2^L = (u + R) mod 2^L``:
+``u + R' < 2^L``, so with ``b = 1{u + R' >= 2^(L-1)}`` the public bit ``L -
+1`` of ``x`` is ``s_x = b XOR t`` and ``x' = x mod 2^(L-1) = u + R' - 2^(L-1)
+b``. Hence ``b = s_x + t - 2 s_x t`` is affine in shares of ``t``, and::
 
-Truncation from one bit (:class:`TruncBit`, for large layers). The same
-``T``, with ``B`` as XOR shares from a one-bit DCF (early-terminated, as
-ReLU's) turned into additive shares as ReLU turns ``D``: the dealer adds a
-uniform bit ``rho`` and shares ``c, m, rho, m rho``; the parties open ``e = B
-XOR rho`` (one round, one bit per element), then ``B = e + (1 - 2e) rho`` and
-``m B = e m + (1 - 2e) m rho`` are local and ``w`` is affine in them as above.
-One more round than :class:`Trunc`, for a key of 8 + 32 + 712 = 752 bytes at
-``n = 47`` instead of 1,031 and about half the evaluation (one AES block per
-level instead of two, 41 levels instead of 48). Its opened ``e`` is uniform
-(``rho`` is fresh), so a party's view stays independent of ``z``.
+    T = (x' >> s) - (R' >> s) + 2^(L-1-s) b - 2^(L-2-s) = floor(z / 2^s) + carry
+
+with ``carry = 1{x' mod 2^s < R' mod 2^s}``: the same stochastic rounding as
+ReLU's, ``|T - z / 2^s| < 1`` ulp, no large-error event inside the range.
+The dealer shares ``c = R' >> s`` and ``t``; party 0 adds the public terms.
+``T`` is an integer combination of exact shares, so it is right mod ``2^64``
+whatever ``out_bits``. No DCF and no round beyond the opening of ``o``: 24
+bytes per element (mask and two constants), against 752 to 1,031 for the
+DCF truncations it replaced (one-bit or two-lane, one round more or none).
 
 Output width. A gate feeding another layer only needs its output correct mod
 ``2^L``: the next layer is linear over the ring and the next gate reads only
 ``o mod 2^L``; the opened ``y + r`` stays uniform because the next mask ``r``
 is uniform over all 64 bits. So gates take ``out_bits`` (``L`` between
-layers, 64 for the model output) and the DCF lanes carry only what that
-needs: truncation ``(out - n - 1)`` bits twice (its terms are multiples of
-``K = 2^(n+1)``); ReLU's one-bit lane needs nothing more. This shrinks a key,
-not the computation.
+layers, 64 for the model output); ReLU's one-bit lane needs nothing more.
 
 Security (per party): the opened ``o`` is uniform because ``r`` is uniform and
 fresh; the opened ``e`` is uniform because ``rho`` is a fresh uniform bit that
@@ -86,10 +92,9 @@ Key size per element and party: 8 (mask) + 8 * consts + DCF key
 ``n = 47`` (``L = 64``, so ``out_bits`` is 64 everywhere): ReLU (5 constants,
 one one-bit lane, its DCF terminated 7 levels early) 8 + 40 + 712 = 760 bytes
 (864 before early termination, 1,711 for the former three-lane payload ``(s,
-s c, m)`` that needed no second round); truncation at the output (lanes 16,
-16: 4 bytes) 8 + 16 + 1007 = 1031 bytes. (At ``n = 31``, range ``|v| <
-2^15``: 488 and 823 bytes.) Plus, per key set (one gate
-of one bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
+s c, m)`` that needed no second round), 488 at ``n = 31`` (range ``|v| <
+2^15``); truncation 24 bytes. Plus, per key set (one ReLU gate of one
+bundle), the DCF's nonce: :data:`~ppml.servers.mpc.fast.dcf.NONCE_BYTES`.
 Online, ReLU costs two rounds (the opening of ``o`` and of ``e``, ``n / 8``
 bytes), truncation one.
 """
@@ -97,13 +102,14 @@ bytes), truncation one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from ppml.servers.mpc.fast import dcf
+from ppml.servers.mpc.fast.dcf import DCFKey
 from ppml.servers.mpc.fast.prg import U64, FixedKeyPRG, KeyedPRG, Ring
 
 
@@ -124,13 +130,12 @@ class GateParams:
         return self.depth + 1 + self.frac_bits
 
     def lanes(self, kind: str, out_bits: int) -> tuple[int, ...]:
-        """DCF lane widths of gate ``kind`` whose output is needed mod ``2^out_bits``."""
+        """DCF lane widths of gate ``kind`` (``relu``) whose output is needed mod ``2^out_bits``."""
         if not self.low_bits <= out_bits <= 64:
             raise ValueError("out_bits must lie in [low_bits, 64]")
-        if kind == "relu":
-            return (1,)  # XOR shares of the comparison bit B
-        wrap = max(1, out_bits - self.depth - 1)  # lanes multiplied by K = 2^(n+1)
-        return (wrap, wrap)
+        if kind != "relu":
+            raise ValueError(f"no DCF lanes for a {kind} gate")
+        return (1,)  # XOR shares of the comparison bit B
 
     @property
     def real_bound(self) -> float:
@@ -143,13 +148,27 @@ class GateKey:
     """One party's material for ``n`` gate instances.
 
     ``mask``: (n,) share of the input-wire mask r; ``consts``: (n, c) shares of
-    dealer-known constants; ``dcf``: DCF keys for the n instances.
+    dealer-known constants; ``dcf``: DCF keys for the n instances, or None for
+    a gate that compares nothing (:class:`TruncTop`), whose key then names its
+    party in ``owner``.
     """
 
     kind: str
     mask: Ring
     consts: Ring
-    dcf: dcf.DCFKey
+    dcf: DCFKey | None
+    owner: int = -1
+
+    @property
+    def party(self) -> int:
+        return self.dcf.party if self.dcf is not None else self.owner
+
+    @property
+    def fss(self) -> DCFKey:
+        """The DCF keys of a gate that compares (every kind but :class:`TruncTop`)."""
+        if self.dcf is None:
+            raise ValueError(f"a {self.kind} key without DCF keys")
+        return self.dcf
 
     @property
     def size(self) -> int:
@@ -157,7 +176,7 @@ class GateKey:
 
     @property
     def nbytes(self) -> int:
-        return self.mask.nbytes + self.consts.nbytes + self.dcf.nbytes
+        return self.mask.nbytes + self.consts.nbytes + (self.dcf.nbytes if self.dcf else 0)
 
     def head(self, n: int) -> GateKey:
         """The material of the first ``n`` instances (views)."""
@@ -166,36 +185,50 @@ class GateKey:
     def take(self, start: int, stop: int) -> GateKey:
         """The material of instances ``start .. stop - 1`` (views)."""
         return GateKey(
-            self.kind, self.mask[start:stop], self.consts[start:stop], self.dcf.take(start, stop)
+            self.kind,
+            self.mask[start:stop],
+            self.consts[start:stop],
+            self.dcf.take(start, stop) if self.dcf is not None else None,
+            self.owner,
         )
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {
+        out: dict[str, np.ndarray] = {
             f"{prefix}.kind": np.frombuffer(self.kind.encode(), dtype=np.uint8).copy(),
             f"{prefix}.mask": self.mask,
             f"{prefix}.consts": self.consts,
-            **self.dcf.to_arrays(f"{prefix}.dcf"),
         }
+        if self.dcf is None:
+            return {**out, f"{prefix}.owner": np.array([self.owner], dtype=np.int64)}
+        return {**out, **self.dcf.to_arrays(f"{prefix}.dcf")}
 
     @classmethod
     def concat(cls, keys: list[GateKey]) -> GateKey:
         """Material for all elements of ``keys`` in order (one kind)."""
-        if len({k.kind for k in keys}) != 1:
-            raise ValueError("can only concatenate gate keys of one kind")
+        if len({k.kind for k in keys}) != 1 or len({k.party for k in keys}) != 1:
+            raise ValueError("can only concatenate gate keys of one kind and party")
+        fss = [k.dcf for k in keys if k.dcf is not None]
+        if fss and len(fss) != len(keys):
+            raise ValueError("can only concatenate gate keys all with or all without DCF keys")
         return cls(
             keys[0].kind,
             np.concatenate([k.mask for k in keys]),
             np.concatenate([k.consts for k in keys]),
-            dcf.DCFKey.concat([k.dcf for k in keys]),
+            DCFKey.concat(fss) if fss else None,
+            keys[0].owner,
         )
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> GateKey:
+        owner = arrays.get(f"{prefix}.owner")
+        if owner is not None and (owner.shape != (1,) or int(owner[0]) not in (0, 1)):
+            raise ValueError(f"{prefix}: a gate key's owner must be party 0 or 1")
         return cls(
             kind=bytes(arrays[f"{prefix}.kind"].astype(np.uint8)).decode(),
             mask=np.ascontiguousarray(arrays[f"{prefix}.mask"], dtype=np.int64),
             consts=np.ascontiguousarray(arrays[f"{prefix}.consts"], dtype=np.int64),
-            dcf=dcf.DCFKey.from_arrays(arrays, f"{prefix}.dcf"),
+            dcf=None if owner is not None else DCFKey.from_arrays(arrays, f"{prefix}.dcf"),
+            owner=-1 if owner is None else int(owner[0]),
         )
 
 
@@ -298,9 +331,9 @@ class ReluTrunc:
         if exchange is None:
             raise ValueError("the ReLU gate opens a bit: it needs the exchange with the peer")
         u = _public(p, opened)
-        b = dcf.evaluate(key.dcf, u.low, prg)[0]
+        b = dcf.evaluate(key.fss, u.low, prg)[0]
         mu, gamma, rho, rho_c, rho_m = key.consts.T
-        first = key.dcf.party == 0
+        first = key.party == 0
         mine = (b ^ rho ^ mu).astype(np.uint8) & np.uint8(1)  # XOR share of D XOR rho
         if first:
             mine ^= u.high.astype(np.uint8)
@@ -315,124 +348,25 @@ class ReluTrunc:
             return np.where(u.high, a1 * d - dc + big_k * md, (a1 + big_k) * d - dc)
 
 
-class Trunc:
-    """``y = T`` = z / 2^f stochastically rounded (module doc). One DCF, width 2."""
+class TruncTop:
+    """``y = T`` = z / 2^s stochastically rounded with no DCF: the wrap from the mask's top bit
+    (module doc: truncation from the top bit). ``s = f`` (``trunc_top``) or ``2f``
+    (``trunc_top_wide``, after a quadratic spline, reading all 64 bits).
 
-    kind: ClassVar[str] = "trunc"
-    width: ClassVar[int] = 2
+    Key per element: the mask share and shares of ``c = (r mod 2^(L-1)) >> s`` and
+    ``t`` = bit ``L - 1`` of ``r``: 24 bytes. No round beyond the opening of ``o``.
+    """
+
+    width: ClassVar[int] = 0
     rounds: ClassVar[int] = 0
 
-    @staticmethod
-    def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
-    ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
-        r = rng.ring(n)
-        q = _mask_parts(p, r)
-        beta = np.stack([1 - q.m, q.m])
-        consts = np.stack([q.c, q.m], axis=1)
-        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("trunc", out_bits))
-        (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
-        return GateKey("trunc", r0, c0, k0), GateKey("trunc", r1, c1, k1)
-
-    @staticmethod
-    def eval(
-        p: GateParams,
-        key: GateKey,
-        opened: Ring,
-        prg: FixedKeyPRG | None = None,
-        exchange: Exchange | None = None,
-    ) -> Ring:
-        """Party: shares (n,) of ``T`` from the opened ``o = z + r``; no exchange."""
-        u = _public(p, opened)
-        out = dcf.evaluate(key.dcf, u.low, prg)
-        gamma, mu = key.consts[:, 0], key.consts[:, 1]
-        e = 1 if key.dcf.party == 0 else 0
-        h, big_k = 1 << p.depth, 1 << (p.depth + 1)
-        with np.errstate(over="ignore"):
-            w = np.where(u.high, out[1], mu + out[0])
-            return e * (u.a - h) - gamma + big_k * w
-
-
-class TruncBit:
-    """``y = T`` = z / 2^f stochastically rounded, from a one-bit DCF (module doc: from one bit).
-
-    Trunc's arithmetic with the comparison bit ``B`` as XOR shares from a
-    one-bit DCF (early-terminated, as the ReLU gate's) and turned into additive
-    shares with one opening of ``B XOR rho``: a smaller key and about half the
-    evaluation of :class:`Trunc` (one AES block per level, not two), for one
-    more round. Constants ``c, m, rho, m rho``.
-    """
-
-    kind: ClassVar[str] = "trunc_bit"
-    width: ClassVar[int] = 1
-    rounds: ClassVar[int] = 1  # beyond the opening of ``o``
-
-    @staticmethod
-    def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
-    ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks (any ``out_bits``: one bit)."""
-        p.lanes("trunc", out_bits)  # the same range check as Trunc
-        r = rng.ring(n)
-        q = _mask_parts(p, r)
-        rho = (rng.uint64(n) & np.uint64(1)).astype(np.int64)
-        consts = np.stack([q.c, q.m, rho, rho * q.m], axis=1)
-        beta = np.ones((1, n), dtype=np.int64)
-        k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, (1,))
-        (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
-        return GateKey(TruncBit.kind, r0, c0, k0), GateKey(TruncBit.kind, r1, c1, k1)
-
-    @staticmethod
-    def eval(
-        p: GateParams,
-        key: GateKey,
-        opened: Ring,
-        prg: FixedKeyPRG | None = None,
-        exchange: Exchange | None = None,
-    ) -> Ring:
-        """Party: shares (n,) of ``T`` from the opened ``o = z + r``; one exchange (bits)."""
-        if exchange is None:
-            raise ValueError("this truncation opens a bit: it needs the exchange with the peer")
-        u = _public(p, opened)
-        b = dcf.evaluate(key.dcf, u.low, prg)[0]
-        gamma, mu, rho, rho_m = key.consts.T
-        first = key.dcf.party == 0
-        mine = (b ^ rho).astype(np.uint8) & np.uint8(1)  # XOR share of B XOR rho
-        e = open_bits(mine, exchange).astype(np.int64)
-        flip = 1 - 2 * e
-        h, big_k = 1 << p.depth, 1 << (p.depth + 1)
-        with np.errstate(over="ignore"):
-            bits = flip * rho + (e if first else 0)  # B
-            mb = e * mu + flip * rho_m  # m B
-            w = np.where(u.high, mb, mu + bits - mb)
-            return (u.a - h if first else 0) - gamma + big_k * w
-
-
-class WideTrunc:
-    """``y = z / 2^(2f)`` stochastically rounded: the truncation gate ``base`` at ``f' = 2f``,
-    ``n' = 63 - 2f`` (``trunc_wide`` on :class:`Trunc`, ``trunc_wide_bit`` on :class:`TruncBit`).
-
-    After a quadratic spline gate (spline.py), whose output is at ``2^(3f)``.
-    ``L' = n' + 1 + f' = 64``: the range is the whole ring, ``z`` in ``[-2^63,
-    2^63 - 2^(2f)]`` (real ``|v| < 2^(63 - 3f)``, 2^15 at ``f = 16``: every
-    value the ring holds at that scale), read in full, so the input must be
-    right mod ``2^64`` (graph.py marks its sources full-width) and the lanes
-    are full-width whatever ``out_bits``. Error, security and rounds as the
-    base gate's (``< 2^-f``, stochastic rounding, no large-error event); its
-    DCF has depth ``63 - 2f`` (31 at ``f = 16``, against 47 for a truncation
-    by ``f``): 25 AES blocks per element from one bit, 63 with two lanes.
-    """
-
-    def __init__(self, base: type[Trunc] | type[TruncBit], kind: str) -> None:
-        self.base = base
+    def __init__(self, kind: str, wide: bool) -> None:
         self.kind = kind
-        self.width = base.width
-        self.rounds = base.rounds
+        self.wide = wide
 
-    @staticmethod
-    def params(p: GateParams) -> GateParams:
-        return GateParams(2 * p.frac_bits, 63 - 2 * p.frac_bits)
+    def shift_and_bits(self, p: GateParams) -> tuple[int, int]:
+        """``(s, L)``: the shift, and the low bits of ``o`` read (64 when wide)."""
+        return (2 * p.frac_bits, 64) if self.wide else (p.frac_bits, p.low_bits)
 
     def gen(
         self,
@@ -442,9 +376,16 @@ class WideTrunc:
         prg: FixedKeyPRG | None = None,
         out_bits: int = 64,
     ) -> tuple[GateKey, GateKey]:
-        """Dealer: keys for ``n`` gates with fresh uniform masks (64-bit output lanes)."""
-        keys = self.base.gen(self.params(p), n, rng, prg, 64)
-        return replace(keys[0], kind=self.kind), replace(keys[1], kind=self.kind)
+        """Dealer: keys for ``n`` gates with fresh uniform masks (output right mod 2^64)."""
+        s, bits = self.shift_and_bits(p)
+        if not 0 <= s <= bits - 2:
+            raise ValueError(f"{self.kind}: shift {s} does not fit {bits} bits")
+        r = rng.ring(n)
+        low = r.view(np.uint64) & _low_mask(bits - 1)
+        top = (r.view(np.uint64) >> np.uint64(bits - 1)) & np.uint64(1)
+        consts = np.stack([(low >> np.uint64(s)).astype(np.int64), top.astype(np.int64)], axis=1)
+        (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
+        return GateKey(self.kind, r0, c0, None, 0), GateKey(self.kind, r1, c1, None, 1)
 
     def eval(
         self,
@@ -454,17 +395,23 @@ class WideTrunc:
         prg: FixedKeyPRG | None = None,
         exchange: Exchange | None = None,
     ) -> Ring:
-        """Party: shares (n,) of ``z / 2^(2f)`` from the opened ``o = z + r``."""
-        if key.dcf.depth != self.params(p).depth:
-            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth}")
-        return self.base.eval(self.params(p), key, opened, prg, exchange)
+        """Party: shares (n,) of ``T`` from the opened ``o = z + r``; no exchange, no AES."""
+        s, bits = self.shift_and_bits(p)
+        x = (opened.reshape(-1).view(np.uint64) + np.uint64(1 << (bits - 2))) & _low_mask(bits)
+        high = (x >> np.uint64(bits - 1)).astype(bool)
+        c, t = key.consts[:, 0], key.consts[:, 1]
+        step = np.int64(1 << (bits - 1 - s))
+        with np.errstate(over="ignore"):
+            out: Ring = np.where(high, -t, t) * step - c
+            if key.party == 0:
+                low = ((x & _low_mask(bits - 1)) >> np.uint64(s)).astype(np.int64)
+                out += low + high.astype(np.int64) * step - np.int64(1 << (bits - 2 - s))
+        return out
 
 
-TRUNC_WIDE = WideTrunc(Trunc, "trunc_wide")
-TRUNC_WIDE_BIT = WideTrunc(TruncBit, "trunc_wide_bit")  # large layers (graph.py)
+TRUNC_TOP = TruncTop("trunc_top", wide=False)
+TRUNC_TOP_WIDE = TruncTop("trunc_top_wide", wide=True)
 
 
-FixedGate = type[ReluTrunc] | type[Trunc] | type[TruncBit] | WideTrunc
-GATES: dict[str, FixedGate] = {
-    g.kind: g for g in (ReluTrunc, Trunc, TruncBit, TRUNC_WIDE, TRUNC_WIDE_BIT)
-}
+FixedGate = type[ReluTrunc] | TruncTop
+GATES: dict[str, FixedGate] = {g.kind: g for g in (ReluTrunc, TRUNC_TOP, TRUNC_TOP_WIDE)}

@@ -30,9 +30,9 @@ stays at ``2^(2f)`` until something needs ``2^f``:
   round), output at ``2^(2f)`` (slopes at ``2^f`` times the input), so its
   readers truncate lazily like a weighted layer's; a quadratic table's
   (GELU's, and softmax's exp) output is at ``2^(3f)`` (:data:`FFF`) and is
-  truncated by ``2f`` at once (a ``trunc_wide`` gate, gates.py: one round,
-  as the readers' lazy truncation was, unless a reader took ``2^(2f)``, an
-  Add or Concat with a weighted layer's output);
+  truncated by ``2f`` at once (a ``trunc_top_wide`` gate, gates.py: one
+  round, as the readers' lazy truncation was, unless a reader took
+  ``2^(2f)``, an Add or Concat with a weighted layer's output);
 * an element-wise product of two activations (:class:`Hadamard`, the second
   broadcast to the first) is an element-wise Beaver triple: operands at
   ``2^f``, output at ``2^(2f)``, one opening of both, exact in the ring;
@@ -82,7 +82,7 @@ Output width. Gates read only ``o mod 2^L`` (:mod:`.gates`), so a gate's
 output needs to be right only mod ``2^L`` unless it reaches the model output
 through local steps alone (sum, reshape, transpose, average, max, bias), or
 the input of a gate that uses all 64 bits (:data:`FULL_INPUT`: a quadratic
-spline squares its input, ``trunc_wide`` reads it whole); those gates get
+spline squares its input, ``trunc_top_wide`` reads it whole); those gates get
 64-bit output lanes (:attr:`GateSpec.out_bits`). At the default ``L = 64``
 every gate has them anyway.
 
@@ -238,9 +238,9 @@ class Plan:
 
 
 BIT_TRUNC_ELEMENTS = 1024
-"""Values per sample from which a truncation is a ``trunc_bit`` gate (gates.py) and a spline
-a ``<name>_bit`` gate (spline.py): one more round each, for smaller keys and far less
-evaluation per element (a quarter for a quadratic spline); below it, ``trunc`` and ``<name>``."""
+"""Values per sample from which a spline is a ``<name>_bit`` gate (spline.py): one more round,
+for smaller keys and far less evaluation per element (a quarter for a quadratic spline); below
+it, ``<name>``. (Every truncation is a ``trunc_top`` gate, gates.py: no DCF, no extra round.)"""
 
 
 class _Builder:
@@ -273,7 +273,7 @@ class _Builder:
         """A spline gate (spline.py): input at 2^f (truncated first if need be).
 
         Degree 1: output at 2^(2f), truncated lazily; degree 2: output at 2^(3f),
-        truncated at once to 2^f by a ``trunc_wide`` gate (gates.py).
+        truncated at once to 2^f by a ``trunc_top_wide`` gate (gates.py).
         """
         p, table = self.spec.params, SPLINES[kind]
         if any(abs(b) >= 1 << p.depth for b in table.fixed(p.frac_bits).breakpoints):
@@ -288,15 +288,14 @@ class _Builder:
         self.steps.append(Gate(dst, src, len(self.gates) - 1, self.gates[-1][0], False))
         if table.degree == 1:
             return dst
-        return self.gate("trunc_wide_bit" if large else "trunc_wide", dst)
+        return self.gate("trunc_top_wide", dst)
 
     def at_f(self, src: int) -> int:
         """``src`` at scale 2^f: itself, or its (shared) truncation."""
         if self.values[src].scale == F:
             return src
         if src not in self._truncated:
-            large = _size(self.values[src].shape) >= BIT_TRUNC_ELEMENTS
-            self._truncated[src] = self.gate("trunc_bit" if large else "trunc", src)
+            self._truncated[src] = self.gate("trunc_top", src)
         return self._truncated[src]
 
     def opened(self, src: int) -> int:
@@ -491,12 +490,11 @@ def _check_sources(spec: ModelSpec) -> None:
 
 FULL_INPUT = frozenset(
     {
-        "trunc_wide",
-        "trunc_wide_bit",
+        "trunc_top_wide",
         *(k + x for k, s in SPLINES.items() if s.degree > 1 for x in ("", BIT_SUFFIX)),
     }
 )
-"""Gates that use their input's every bit (quadratic splines square it; trunc_wide reads 64)."""
+"""Gates that use their input's every bit (quadratic splines square it; trunc_top_wide reads 64)."""
 
 
 def _full_width(plan_steps: list[Step], output: int) -> tuple[set[int], set[int]]:

@@ -11,7 +11,7 @@ the output ``S_i x + C_i`` is at ``2^(2f)`` and the plan's lazy truncation
 applies (graph.py); degree 2, ``A_i = round(a_i 2^f)``, ``S_i = round(s_i
 2^(2f))``, ``C_i = round(c_i 2^(3f))``, output ``A_i x^2 + S_i x + C_i`` at
 ``2^(3f)``, which the plan truncates by ``2f`` at once (gates.py,
-:class:`~.gates.WideTrunc`). A quadratic piece covers a far wider interval
+:class:`~.gates.TruncTop`, ``trunc_top_wide``). A quadratic piece covers a far wider interval
 than a line within the same bound, so a table needs far fewer breakpoints
 (activations.py: exp 5 instead of 17, GELU 4 instead of 8), and the gate's
 work is one DCF evaluation per breakpoint (below).
@@ -304,12 +304,12 @@ class SplineGate:
         h = 1 << depth
         if any(not -h <= b < h for b in fx.breakpoints):
             raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{depth}")
-        if key.dcf.depth != depth + 1 or key.dcf.width != self._dcf_width:
-            raise ValueError(f"a {self.kind} key of depth {key.dcf.depth} (need {depth + 1})")
+        if key.fss.depth != depth + 1 or key.fss.width != self._dcf_width:
+            raise ValueError(f"a {self.kind} key of depth {key.fss.depth} (need {depth + 1})")
         low = np.uint64((1 << (depth + 1)) - 1)
         o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1)
         top = (o.view(np.uint64) + np.uint64(h)) & low  # o' = (o + h) mod 2^d
-        first = key.dcf.party == 0
+        first = key.fss.party == 0
         # shares of (1, r, .., r^m): the mask's, the constants'
         powers = key.consts[:, : self.spline.degree - 1].T  # r^2 .. r^m (a bit gate has more)
         mine = np.stack([np.full_like(o, 1 if first else 0), key.mask, *powers])
@@ -336,7 +336,7 @@ class SplineGate:
     ) -> Ring:
         """Shares (k + 1, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
         ``points``: the DCF's payload, evaluated at every point."""
-        return _evaluate(key.dcf, points, prg)
+        return _evaluate(key.fss, points, prg)
 
 
 class SplineBitGate(SplineGate):
@@ -376,7 +376,7 @@ class SplineBitGate(SplineGate):
             raise ValueError("this spline gate opens bits: it needs the exchange with the peer")
         k, n = points.shape
         m = mine.shape[0] - 1
-        bits = _evaluate(key.dcf, points, prg)[:, 0]  # (k, n) XOR shares
+        bits = _evaluate(key.fss, points, prg)[:, 0]  # (k, n) XOR shares
         rho = key.consts[:, m - 1 :].T.reshape(k, m + 1, n)  # per point: rho, rho r, .., rho r^m
         masked = ((bits ^ rho[:, 0]) & 1).astype(np.uint8)
         e = open_bits(masked.reshape(-1), exchange).astype(np.int64).reshape(k, 1, n)
