@@ -21,7 +21,7 @@ from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.engine import Dealer, PartyModel
 from ppml.servers.mpc.fast.gate_table import GATES, SPLINE_BIT_GATES
 from ppml.servers.mpc.fast.gates import GateKey, GateParams, split
-from ppml.servers.mpc.fast.graph import BIT_TRUNC_ELEMENTS, plan_of
+from ppml.servers.mpc.fast.graph import BIT_SPLINE_ELEMENTS, plan_of
 from ppml.servers.mpc.fast.linear import Linear
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.nodes import ModelSpec, Tanh
@@ -145,7 +145,7 @@ def test_the_plan_takes_bit_gates_for_large_layers_only_and_serves_them() -> Non
     """Linear(8 -> 1024), tanh, Linear(1024 -> 2): the 1,024-wide layer's tanh is a bit gate (one
     more round), the small model's is not (truncations are trunc_top either way); within tanh's
     bound."""
-    wide = BIT_TRUNC_ELEMENTS
+    wide = BIT_SPLINE_ELEMENTS
     small = ModelSpec((Linear(8, 16, False), Tanh(), Linear(16, 2, False)), (8,))
     spec = ModelSpec((Linear(8, wide, False), Tanh(), Linear(wide, 2, False)), (8,))
     assert [g.kind for g in plan_of(small).gates] == ["trunc_top", "tanh", "trunc_top", "trunc_top"]

@@ -237,7 +237,7 @@ class Plan:
         return sum(_size(m) for m in self.masks) + triples + sum(g.per_sample for g in self.gates)
 
 
-BIT_TRUNC_ELEMENTS = 1024
+BIT_SPLINE_ELEMENTS = 1024
 """Values per sample from which a spline is a ``<name>_bit`` gate (spline.py): one more round,
 for smaller keys and far less evaluation per element (a quarter for a quadratic spline); below
 it, ``<name>``. (Every truncation is a ``trunc_top`` gate, gates.py: no DCF, no extra round.)"""
@@ -282,7 +282,7 @@ class _Builder:
             raise ValueError(f"{kind}'s values at 2^(3f) do not fit the ring at f = {p.frac_bits}")
         src = self.at_f(src)
         shape = self.values[src].shape
-        large = _size(shape) >= BIT_TRUNC_ELEMENTS  # comparisons from one-bit DCFs (spline.py)
+        large = _size(shape) >= BIT_SPLINE_ELEMENTS  # comparisons from one-bit DCFs (spline.py)
         self.gates.append((f"{kind}{BIT_SUFFIX}" if large else kind, _size(shape)))
         dst = self.value(shape, FF if table.degree == 1 else FFF)
         self.steps.append(Gate(dst, src, len(self.gates) - 1, self.gates[-1][0], False))
