@@ -84,8 +84,8 @@ def check_string(
     if bad is not None:
         raise PpmlError(
             code,
-            f"{what} holds the unprintable character {bad} (control and format characters, "
-            f"such as NUL or a right-to-left override, are refused): {quote(value)}",
+            f"{what} holds the unprintable character {bad} (control or format characters "
+            f"such as NUL or a bidi override are refused): {quote(value)}",
         )
     return value
 

@@ -102,6 +102,16 @@ def test_a_quote_of_escaped_characters_stays_bounded() -> None:
         assert shown.endswith(f"... ({len(text)} characters)")
 
 
+@pytest.mark.parametrize("fill", ["\U000119e5", "\x1f", "\U0010fffd", "a"])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_the_refusal_of_an_unprintable_name_stays_under_300_characters(fill: str, n: int) -> None:
+    """The longest quotes: escaped astral or control characters (found by the property test
+    below at 302 characters before the message was shortened)."""
+    with pytest.raises(PpmlError) as err:
+        check_name("\x1f" + fill * (n - 1), "name")
+    assert len(err.value.public_message) < 300
+
+
 @given(st.text(max_size=MAX_NAME_CHARS))
 def test_any_text_is_accepted_exactly_when_every_character_is_printable(text: str) -> None:
     printable = all(unicodedata.category(c) not in UNPRINTABLE for c in text)
