@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from fast_pair import encode, forward_pair
+from spline_reference import gate_outputs
 
 from ppml.servers.mpc.fast.activations import GELU, SPLINE_GATES, SPLINES
 from ppml.servers.mpc.fast.bundle import ModelSetup
@@ -21,7 +22,7 @@ from ppml.servers.mpc.fast.dcf import NONCE_BYTES
 from ppml.servers.mpc.fast.engine import Dealer, PartyModel
 from ppml.servers.mpc.fast.gate_table import GATES, SPLINE_BIT_GATES
 from ppml.servers.mpc.fast.gates import GateKey, GateParams, split
-from ppml.servers.mpc.fast.graph import BIT_SPLINE_ELEMENTS, plan_of
+from ppml.servers.mpc.fast.graph import BIT_SPLINE_POINTS, plan_of
 from ppml.servers.mpc.fast.linear import Linear
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.nodes import ModelSpec, Tanh
@@ -43,13 +44,14 @@ def _both(gate: object, keys: tuple[GateKey, GateKey], opened: Ring) -> tuple[Ri
     )
 
 
-def _outputs(gate: object, xs: Ring) -> Ring:
+def _outputs(gate: object, xs: Ring) -> tuple[Ring, Ring]:
+    """The reconstructed outputs for inputs ``xs`` under fresh masks, and the masks."""
     keys = gate.gen(DEFAULT, xs.size, RNG, PRG)  # type: ignore[attr-defined]
     with np.errstate(over="ignore"):
-        opened = xs + keys[0].mask + keys[1].mask
-        y0, y1 = _both(gate, keys, opened)
+        masks = keys[0].mask + keys[1].mask
+        y0, y1 = _both(gate, keys, xs + masks)
         out: Ring = y0 + y1
-    return out
+    return out, masks
 
 
 def _inputs(spline: Spline) -> Ring:
@@ -64,22 +66,15 @@ def _inputs(spline: Spline) -> Ring:
     return xs[(xs >= lo) & (xs <= hi)]
 
 
-def _reference(spline: Spline, xs: Ring) -> list[int]:
-    fx = spline.fixed(FRAC)
-    piece = np.searchsorted(np.array(fx.breakpoints), xs, side="right")
-    exact = [fx.at(i, int(x)) for i, x in zip(piece, xs, strict=True)]
-    return [(v + (1 << 63)) % (1 << 64) - (1 << 63) for v in exact]
-
-
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_the_bit_gate_gives_the_payload_gates_ring_values(name: str) -> None:
     spline = SPLINES[name]
     xs = _inputs(spline)
-    want = _reference(spline, xs)
     bit = SPLINE_BIT_GATES[f"{name}_bit"]
     assert bit.rounds == 1 and GATES[bit.kind] is bit
-    assert _outputs(bit, xs).tolist() == want
-    assert _outputs(SPLINE_GATES[name], xs).tolist() == want
+    for gate in (bit, SPLINE_GATES[name]):  # the pieces the masks select (spline_reference.py)
+        out, masks = _outputs(gate, xs)
+        assert out.tolist() == gate_outputs(spline, DEFAULT, xs, masks)
 
 
 def _opened_bits(value: int, n: int) -> np.ndarray:
@@ -115,9 +110,9 @@ def test_the_opened_bits_are_uniform_whatever_the_input(value: int) -> None:
 def test_a_bit_gates_key_is_smaller_and_it_needs_the_exchange() -> None:
     gate = SPLINE_BIT_GATES["gelu_bit"]
     k0, _ = gate.gen(DEFAULT, 10, RNG, PRG)
-    assert (k0.nbytes - NONCE_BYTES) / 10 == 8 + 8 + 8 * 5 * 3 + 406 == 542  # spline.py
+    assert (k0.nbytes - NONCE_BYTES) / 10 == 8 + 8 + 8 * 5 * 3 + 236 == 372  # spline.py, d = 19
     payload, _ = SPLINE_GATES["gelu"].gen(DEFAULT, 10, RNG, PRG)
-    assert (payload.nbytes - NONCE_BYTES) / 10 == 1245  # mask, r^2 and three 64-bit lanes
+    assert (payload.nbytes - NONCE_BYTES) / 10 == 835  # mask, r^2 and three 64-bit lanes
     with pytest.raises(ValueError, match="needs the exchange"):
         gate.eval(DEFAULT, k0, np.zeros(10, dtype=np.int64), PRG)
     with pytest.raises(ValueError):
@@ -142,10 +137,13 @@ def _models(
 
 
 def test_the_plan_takes_bit_gates_for_large_layers_only_and_serves_them() -> None:
-    """Linear(8 -> 1024), tanh, Linear(1024 -> 2): the 1,024-wide layer's tanh is a bit gate (one
-    more round), the small model's is not (truncations are trunc_top either way); within tanh's
-    bound."""
-    wide = BIT_SPLINE_ELEMENTS
+    """Linear(8 -> 745), tanh, Linear(745 -> 2): the wide layer's tanh (745 * 11 comparisons) is
+    a bit gate (one more round), the small model's is not (truncations are trunc_top either
+    way); within tanh's bound."""
+    wide = -(-BIT_SPLINE_POINTS // 11)
+    assert wide == 745 and (wide - 1) * 11 < BIT_SPLINE_POINTS
+    narrow = ModelSpec((Linear(8, wide - 1, False), Tanh()), (8,))
+    assert [g.kind for g in plan_of(narrow).gates] == ["trunc_top", "tanh", "trunc_top"]
     small = ModelSpec((Linear(8, 16, False), Tanh(), Linear(16, 2, False)), (8,))
     spec = ModelSpec((Linear(8, wide, False), Tanh(), Linear(wide, 2, False)), (8,))
     assert [g.kind for g in plan_of(small).gates] == ["trunc_top", "tanh", "trunc_top", "trunc_top"]

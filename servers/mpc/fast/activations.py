@@ -37,11 +37,11 @@ edge (9.3e-3 there, 0 in the limit); tanh: ``1 - tanh(|x|) <= 9.2e-3`` for
 4.65625``.
 
 Ranges (each table's ``range_bits`` R: its gate's inputs must satisfy ``|x|
-< 2^R``, comparisons are exact there; spline.py, Range, says exactly what
-comes out beyond: the piece of ``x`` wrapped mod ``2^(R+1)`` applied to the
-true ``x``). A gate's DCF depth is ``R + f + 1`` (29 for R = 12 at ``f =
-16``, against 48 for the ReLU gates' ``|x| < 2^31``), its key and its walk
-shrink with it:
+< 2^R``; spline.py, Range, says exactly what comes out beyond: the piece of
+``x`` wrapped mod ``2^(R+1)`` applied to the true ``x``). A gate's DCF depth
+is ``R + f + 1`` at full resolution (29 for R = 12 at ``f = 16``, against
+48 for the ReLU gates' ``|x| < 2^31``) and ``R + c + 1`` at ``2^-c``
+(Resolution, below); its key and its walk shrink with it:
 
 * GELU, tanh, sigmoid: ``R = 12`` (``|x| < 4096``): a pre-activation; every
   breakpoint is within 4.7 of 0 and the outer pieces are the asymptotes, so
@@ -62,6 +62,29 @@ shrink with it:
   promised before either (the last piece falls below 0 at 464); on ``[1024,
   2048)`` the input wraps to a negative representative and gets the flat
   6.53, further out some piece applied to the true input.
+
+Resolution (each table's ``comparison_bits`` c, spline.py, Resolution: the
+comparisons drop the input's bits below ``2^-c``, and on ``[b - 2^-c, b)``
+below each breakpoint ``b`` the gate may apply the piece to the right).
+Chosen per table as the coarsest grid, among those its breakpoints lie on,
+on which the right neighbour stays within the table's bound over those
+windows (measured in float64 over each window, then checked in the ring by
+tests/unit/test_fast_spline.py); the largest neighbour errors there:
+
+* GELU, ``c = 6``: 9.67e-3 (at 2.6875, where ``x`` stands in for GELU;
+  ``c = 8`` would give 9.38e-3);
+* exp, ``c = 8``: 9.93e-4 (``c = 6`` would give 1.25e-3, over its bound);
+* tanh, sigmoid, ``c = 10``: 9.62e-3 and 9.53e-3 (at ``c = 6``: 1.21e-2
+  and 1.04e-2);
+* reciprocal, row reciprocal, ``c = 10``: 9.86e-4 absolute and 9.29e-4
+  relative;
+* rsqrt: full resolution (its grid below 1 is ``2^-12``, and there the
+  neighbour is 1.3e-3 relative off: over its bound).
+
+The DCF depth drops by ``f - c``: GELU from 29 to 19, exp to 21, the
+others by 6; about a third of GELU's evaluation, a fifth of exp's. The
+range loses its top ``2^-c`` (spline.py): GELU's is ``[-4096, 4096 -
+2^-6)``.
 
 Bounds (absolute, every real input in the gate's range), approximation plus
 coefficient rounding (linear tables: ``<= 5 * 2^-17 + 2^-33`` on inner
@@ -103,6 +126,9 @@ from ppml.servers.mpc.fast.spline import Spline, SplineGate
 BOUND = 1e-2
 ACTIVATION_RANGE_BITS = 12  # GELU, tanh, sigmoid: inputs |x| < 4096 (module doc, Ranges)
 EXP_RANGE_BITS = 12  # softmax's x - max in (-4096, 0]
+GELU_COMPARISON_BITS = 6  # comparisons resolve 2^-6 (module doc, Resolution)
+EXP_COMPARISON_BITS = 8
+LINEAR_COMPARISON_BITS = 10  # tanh, sigmoid, the reciprocals
 
 GELU = Spline(
     "gelu",
@@ -116,6 +142,7 @@ GELU = Spline(
     ),
     BOUND,
     range_bits=ACTIVATION_RANGE_BITS,
+    comparison_bits=GELU_COMPARISON_BITS,
 )
 
 TANH = Spline(
@@ -147,6 +174,7 @@ TANH = Spline(
     ),
     BOUND,
     range_bits=ACTIVATION_RANGE_BITS,
+    comparison_bits=LINEAR_COMPARISON_BITS,
 )
 
 SIGMOID = Spline(
@@ -163,6 +191,7 @@ SIGMOID = Spline(
     ),
     BOUND,
     range_bits=ACTIVATION_RANGE_BITS,
+    comparison_bits=LINEAR_COMPARISON_BITS,
 )
 
 EXP = Spline(
@@ -179,6 +208,7 @@ EXP = Spline(
     1e-3,
     (-math.inf, 0.0),
     range_bits=EXP_RANGE_BITS,
+    comparison_bits=EXP_COMPARISON_BITS,
 )
 RECIPROCAL = Spline(
     "reciprocal",
@@ -230,6 +260,7 @@ RECIPROCAL = Spline(
     1e-3,
     (1.0, 64.0),
     range_bits=7,  # |x| < 128
+    comparison_bits=LINEAR_COMPARISON_BITS,
 )
 ROW_RECIPROCAL = Spline(
     "row_reciprocal",
@@ -367,6 +398,7 @@ ROW_RECIPROCAL = Spline(
     1e-3,
     (1.0, 130.0),
     range_bits=8,  # a row sum of at most 128 exps (each <= 1 + 1e-3): |s| < 256
+    comparison_bits=LINEAR_COMPARISON_BITS,
 )
 RSQRT = Spline(
     "rsqrt",

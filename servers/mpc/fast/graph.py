@@ -237,10 +237,12 @@ class Plan:
         return sum(_size(m) for m in self.masks) + triples + sum(g.per_sample for g in self.gates)
 
 
-BIT_SPLINE_ELEMENTS = 1024
-"""Values per sample from which a spline is a ``<name>_bit`` gate (spline.py): one more round,
-for smaller keys and far less evaluation per element (a quarter for a quadratic spline); below
-it, ``<name>``. (Every truncation is a ``trunc_top`` gate, gates.py: no DCF, no extra round.)"""
+BIT_SPLINE_POINTS = 8192
+"""Comparisons per sample (values times the table's breakpoints plus one) from which a spline
+is a ``<name>_bit`` gate (spline.py): one more round, for smaller keys and far less evaluation
+per comparison (a quarter for a quadratic spline); below it, ``<name>``. A transformer's GELU,
+exp, rsqrt and row reciprocal are bit gates; a small layer's activation is not. (Every
+truncation is a ``trunc_top`` gate, gates.py: no DCF, no extra round.)"""
 
 
 class _Builder:
@@ -282,7 +284,8 @@ class _Builder:
             raise ValueError(f"{kind}'s values at 2^(3f) do not fit the ring at f = {p.frac_bits}")
         src = self.at_f(src)
         shape = self.values[src].shape
-        large = _size(shape) >= BIT_SPLINE_ELEMENTS  # comparisons from one-bit DCFs (spline.py)
+        points = _size(shape) * (len(table.breakpoints) + 1)
+        large = points >= BIT_SPLINE_POINTS  # comparisons from one-bit DCFs (spline.py)
         self.gates.append((f"{kind}{BIT_SUFFIX}" if large else kind, _size(shape)))
         dst = self.value(shape, FF if table.degree == 1 else FFF)
         self.steps.append(Gate(dst, src, len(self.gates) - 1, self.gates[-1][0], False))

@@ -62,6 +62,29 @@ multiplies shares of ``(1, r, .., r^m)`` that each party already has
 key's one constant, degree 2 only). So ``e_j = 1{x < b_j}`` and ``r^t e_j``
 are shared.
 
+Resolution (a table's :attr:`Spline.comparison_bits` ``c``; ``s = f - c``,
+:meth:`Spline.shift`, when ``c < f``). The comparisons need not read the
+input's low ``s`` bits when every breakpoint lies on the ``2^-c`` grid (all
+of activations.py's but rsqrt's do): they run on the top ``d - s`` bits,
+with ``o'_h = o' >> s``, ``r'_h = r' >> s`` (the DCF's threshold, depth ``d
+- s``) and ``beta_j >> s`` (exact: ``beta_j``'s low ``s`` bits are 0), the
+same formula. As ``u + r' = o' + 2^d w``, ``o'_h - r'_h = floor(u / 2^s) +
+c - 2^(d-s) w`` with ``c`` the carry out of the low bits (``c = 1`` iff
+``(u mod 2^s) + (r' mod 2^s) >= 2^s``), so the formula compares ``u_h =
+floor(u / 2^s) + c`` (mod ``2^(d-s)``) with ``beta_j / 2^s``: that is
+``1{u < beta_j}`` unless ``c = 1`` and ``floor(u / 2^s) = beta_j / 2^s -
+1``, i.e. ``x`` in ``[b_j - 2^s, b_j)`` (real ``[b_j - 2^-c, b_j)``), where
+it is 0: there the gate applies piece ``j + 1``, the right neighbour,
+instead of piece ``j``, as the mask's low bits fall (each table's bound
+holds for the neighbour on these windows too: activations.py, measured in
+tests/unit/test_fast_spline.py); and ``u_h`` wraps to 0 for ``x`` in the
+range's top ``2^s`` (``u >= 2^d - 2^s``), which then gets piece 0: the range
+is ``[-2^n, 2^n - 2^s)`` (``[-4096, 4096 - 2^-6)`` for GELU). The output is
+otherwise as below. The DCF is ``s`` levels shallower: GELU's 29 become 19
+(``c = 6``), exp's 21 (``c = 8``). Security is unchanged: the threshold
+``r'_h`` is a function of ``r``, hidden by the DCF, and which piece a window
+gets changes nothing a party sees.
+
 Comparisons from bits (:class:`SplineBitGate`, kind ``<name>_bit``, for large
 layers, graph.py). The same comparisons from a *one-bit* DCF with threshold
 ``r'`` (payload 1, early-terminated, dcf.py): the parties get XOR shares of
@@ -74,17 +97,18 @@ they hold: the same shares of ``r^t 1{p < r'}`` as the payload gives, and
 the rest of the gate is unchanged (the output is the same ring value). Each
 ``e_p`` is uniform (``rho_p`` is fresh and used once), so the view stays
 independent of ``x``. Cost: one more round and ``8 (k + 1)(m + 1)`` bytes of
-constants per element, for a DCF key of ``16 + (d - 7) 17 + 16`` bytes (406
-at ``d = 29``, against 1,245 for a quadratic table's three 64-bit lanes) and
-``d - 6`` AES blocks per point instead of ``3 d + 1``: GELU 8 + 8 + 120 + 406
-= 542 bytes per element instead of 1,245, and about a quarter of the
+constants per element, for a DCF key of ``16 + (d - 7) 17 + 16`` bytes (236
+at GELU's ``d = 19``, against 835 for a quadratic table's three 64-bit lanes)
+and ``d - 6`` AES blocks per point instead of ``3 d + 1``: GELU 8 + 8 + 120 +
+236 = 372 bytes per element instead of 835, and about a quarter of the
 evaluation.
 
 Output. ``g(x) = P_k(x) - sum_j e_j dP_j(x)`` with ``dP_j = P_j - P_(j-1)``
 (coefficient differences): the active piece as differences at the
-breakpoints. With ``x = o - r (mod 2^64)``, ``x^t = sum_u C(t, u) o^(t-u)
-(-r)^u``, so ``e_j dP_j(x)`` is a sum of public multiples (powers of ``o``
-times ``dP_j``'s coefficients) of the shares of ``r^u e_j``; degree 1:
+breakpoints (one compiled pass over the elements,
+:mod:`~ppml.servers.mpc.fast.spline_kernels`). With ``x = o - r (mod
+2^64)``, ``x^t = sum_u C(t, u) o^(t-u) (-r)^u``, so ``e_j dP_j(x)`` is a sum
+of public multiples (powers of ``o`` times ``dP_j``'s coefficients) of the shares of ``r^u e_j``; degree 1:
 ``dS_j (o e_j - r e_j) + dC_j e_j``; degree 2 adds ``dA_j (o^2 e_j - 2 o r
 e_j + r^2 e_j)``; and ``P_k(x)`` itself is the same with ``e = 1`` (party 0's
 constant 1). Linear in the shares: one opening, no further round. The result
@@ -106,8 +130,9 @@ that is all a degree-1 gate's readers use; a quadratic gate's output is
 truncated by ``2f`` on all 64 bits, so graph.py gives the gates feeding it
 full-width lanes (its input is then right mod ``2^64``).
 
-Error. The spline's own approximation error (activations.py, per function)
-plus the coefficients' rounding: degree 1, ``|S_i 2^-f - s_i| <= 2^-(f+1)``
+Error. The spline's own approximation error (activations.py, per function;
+on the resolution's windows, the right neighbour's) plus the coefficients'
+rounding: degree 1, ``|S_i 2^-f - s_i| <= 2^-(f+1)``
 times ``|x|`` (0 where the table's slopes are multiples of ``2^-f``: the
 outer pieces' 0 and 1, and every slope of the reciprocals; ``<= 5 * 2^-17``
 on tanh's and sigmoid's inner pieces) and ``2^-(2f+1)`` for the intercept;
@@ -115,18 +140,20 @@ degree 2: 0 for ``a`` (the tables' ``a`` are multiples of ``2^-16``, exact
 at ``f = 16``), ``2^-(2f+1) |x|`` for the slope and ``2^-(3f+1)`` for the
 intercept, below ``1e-9``; tests/unit/test_fast_spline.py checks the rounded table
 itself; then the truncation after it, stochastic rounding ``< 2^-f`` (by
-``f`` or, degree 2, by ``2f``: the same bound). Comparisons are exact (no
-carry: they run on the input's full ``d`` bits), so a point exactly at a
-breakpoint gets the right piece.
+``f`` or, degree 2, by ``2f``: the same bound). At full resolution the
+comparisons are exact (no carry: they run on the input's full ``d`` bits);
+at ``2^-c`` only the windows below the breakpoints may get the neighbour,
+and a point exactly at a breakpoint still gets its own piece.
 
 Key size per element and party: 8 (mask) + ``8 (m - 1)`` (shares of
-``r^2``) + a DCF of depth ``d`` with ``m + 1`` 64-bit lanes, ``16 + d * (17 +
-8 (m + 1)) + 8 (m + 1)`` bytes (dcf.py), whatever the number of breakpoints
-(the dealer's key depends only on ``r``, the range and the degree, not on
-the function); plus the DCF's per-key-set nonce. At ``f = 16``: 997 bytes
-for tanh and sigmoid (``R = 12``, ``d = 29``), 1,245 for GELU and exp (the
-same, degree 2), 931 for rsqrt (``d = 27``), 865 for the row reciprocal (``d
-= 25``), 832 for the reciprocal (``d = 24``). Evaluation: ``k + 1`` DCF
+``r^2``) + a DCF of depth ``d`` (less ``s``) with ``m + 1`` 64-bit lanes,
+``16 + d * (17 + 8 (m + 1)) + 8 (m + 1)`` bytes (dcf.py), whatever the
+number of breakpoints (the dealer's key depends only on ``r``, the range,
+the resolution and the degree, not on the function); plus the DCF's
+per-key-set nonce. At ``f = 16``: 799 bytes for tanh and sigmoid (``R =
+12``, ``c = 10``: ``d = 23``), 835 for GELU (``d = 19``) and 917 for exp
+(``d = 21``), 931 for rsqrt (full resolution, ``d = 27``), 667 for the row
+reciprocal (``d = 19``), 634 for the reciprocal (``d = 18``). Evaluation: ``k + 1`` DCF
 evaluations of depth ``d`` per element (for few elements in one call over
 copies of the key, :func:`_evaluate`), each ``1 + ceil((m + 1) / 2)`` AES
 blocks per level (2 for degree 1, 3 for degree 2, dcf.py): exp's ``18 * 2``
@@ -145,9 +172,11 @@ is received, so a party's view is independent of ``x``, in the range or not.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from itertools import pairwise
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
@@ -207,6 +236,7 @@ class Spline:
     bound: float
     domain: tuple[float, float] = (-math.inf, math.inf)
     range_bits: int = 31
+    comparison_bits: int | None = None
 
     def __post_init__(self) -> None:
         b = self.breakpoints
@@ -222,6 +252,9 @@ class Spline:
         ends = [e for e in self.domain if math.isfinite(e)]
         if not 0 <= self.range_bits <= 62 or any(not -edge <= x < edge for x in (*b, *ends)):
             raise ValueError(f"{self.name}: breakpoints or domain outside its range")
+        c = self.comparison_bits
+        if c is not None and (c < 0 or any((x * 2.0**c) % 1 for x in b)):
+            raise ValueError(f"{self.name}: breakpoints off the comparisons' grid of 2^-{c}")
 
     @property
     def degree(self) -> int:
@@ -230,6 +263,15 @@ class Spline:
     def depth(self, p: GateParams) -> int:
         """The gate's ``n`` under ``p``: the table's range at ``2^f``, or ``p``'s if narrower."""
         return min(p.depth, self.range_bits + p.frac_bits)
+
+    def shift(self, p: GateParams) -> int:
+        """The low input bits the comparisons drop under ``p`` (module doc, Resolution)."""
+        c = self.comparison_bits
+        return 0 if c is None else max(0, p.frac_bits - c)
+
+    def key_depth(self, p: GateParams) -> int:
+        """The DCF's depth: the input's ``n + 1`` bits less those the comparisons drop."""
+        return self.depth(p) + 1 - self.shift(p)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The spline in float64 (a reference; the gate computes :meth:`fixed`)."""
@@ -249,12 +291,19 @@ class Spline:
 
 
 def deal(
-    n: int, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str, degree: int = 1
+    n: int,
+    r: Ring,
+    rng: KeyedPRG,
+    prg: FixedKeyPRG | None,
+    kind: str,
+    degree: int = 1,
+    shift: int = 0,
 ) -> tuple[GateKey, GateKey]:
-    """Keys for masks ``r`` (n,): a DCF ``p -> (1, r, .., r^m) 1{p < r mod 2^d}`` of depth ``d = n
-    + 1`` (``m`` the degree), and shares of ``r^2 .. r^m`` (the key's constants)."""
-    depth = n + 1
-    low = r.view(np.uint64) & np.uint64((1 << depth) - 1)
+    """Keys for masks ``r`` (n,): a DCF ``p -> (1, r, .., r^m) 1{p < r'}`` with ``r' = (r mod
+    2^(n + 1)) >> shift`` of depth ``n + 1 - shift`` (``m`` the degree), and shares of ``r^2 ..
+    r^m`` (the key's constants)."""
+    depth = n + 1 - shift
+    low = _threshold(r, n, shift)
     with np.errstate(over="ignore"):
         powers = [np.ones_like(r), r]
         for _ in range(degree - 1):
@@ -287,7 +336,7 @@ class SplineGate:
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates, fresh uniform masks (full lanes whatever ``out_bits``)."""
         s = self.spline
-        return deal(s.depth(p), rng.ring(n), rng, prg, self.kind, s.degree)
+        return deal(s.depth(p), rng.ring(n), rng, prg, self.kind, s.degree, s.shift(p))
 
     def eval(
         self,
@@ -301,42 +350,38 @@ class SplineGate:
         if key.kind != self.kind:
             raise ValueError(f"a {key.kind} key for the {self.kind} gate")
         fx, depth = self.spline.fixed(p.frac_bits), self.spline.depth(p)
-        h = 1 << depth
-        if any(not -h <= b < h for b in fx.breakpoints):
+        h, shift, bits = 1 << depth, self.spline.shift(p), self.spline.key_depth(p)
+        if any(not -h <= b < h or b % (1 << shift) for b in fx.breakpoints):
             raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{depth}")
-        if key.fss.depth != depth + 1 or key.fss.width != self._dcf_width:
-            raise ValueError(f"a {self.kind} key of depth {key.fss.depth} (need {depth + 1})")
-        low = np.uint64((1 << (depth + 1)) - 1)
+        if key.fss.depth != bits or key.fss.width != self._dcf_width:
+            raise ValueError(f"a {self.kind} key of depth {key.fss.depth} (need {bits})")
+        low = np.uint64((1 << bits) - 1)
         o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1)
-        top = (o.view(np.uint64) + np.uint64(h)) & low  # o' = (o + h) mod 2^d
-        first = key.fss.party == 0
-        # shares of (1, r, .., r^m): the mask's, the constants'
-        powers = key.consts[:, : self.spline.degree - 1].T  # r^2 .. r^m (a bit gate has more)
-        mine = np.stack([np.full_like(o, 1 if first else 0), key.mask, *powers])
-        betas = [np.uint64(b + h) for b in fx.breakpoints]
+        # o' = (o + h) mod 2^(n + 1), its top ``bits`` bits (all of them unless shift > 0)
+        top = ((o.view(np.uint64) + np.uint64(h)) >> np.uint64(shift)) & low
+        betas = np.array([(b + h) >> shift for b in fx.breakpoints], dtype=np.uint64)
         points = np.stack([top, *((top - beta) & low for beta in betas)])
-        with np.errstate(over="ignore"):
-            at = self._comparisons(key, points, mine, prg, exchange)
-            wrap = at[0]  # shares of (1, r, ..) 1{o' < r'}
-            out = _times_piece(list(fx.pieces[-1]), o, mine)  # the last piece, e = 1
-            for j, beta in enumerate(betas):
-                below = at[j + 1] - wrap
-                below += mine * (top < beta).astype(np.int64)  # shares of (1, r, ..) 1{x < b_j}
-                diff = [b - a for a, b in zip(fx.pieces[j], fx.pieces[j + 1], strict=True)]
-                out -= _times_piece(diff, o, below)
+        mask = np.ascontiguousarray(key.mask, dtype=np.int64)
+        consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m (and a bit gate's)
+        first = key.party == 0
+        at = self._comparisons(key, points, prg, exchange, mask, consts)
+        out = np.empty_like(o)
+        kernels = _kernels()
+        kernels.piece_sum(o, top, at, betas, _coefficients(fx), mask, consts, first, out)
         return out
 
     @staticmethod
     def _comparisons(
         key: GateKey,
         points: np.ndarray,
-        mine: Ring,
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
+        mask: Ring,
+        consts: Ring,
     ) -> Ring:
         """Shares (k + 1, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
         ``points``: the DCF's payload, evaluated at every point."""
-        return _evaluate(key.fss, points, prg)
+        return np.ascontiguousarray(_evaluate(key.fss, points, prg))
 
 
 class SplineBitGate(SplineGate):
@@ -360,39 +405,49 @@ class SplineBitGate(SplineGate):
         """Dealer: keys for ``n`` gates, fresh uniform masks."""
         s = self.spline
         points = len(s.breakpoints) + 1
-        return deal_bits(s.depth(p), rng.ring(n), rng, prg, self.kind, s.degree, points)
+        r = rng.ring(n)
+        return deal_bits(s.depth(p), r, rng, prg, self.kind, s.degree, points, s.shift(p))
 
     @staticmethod
     def _comparisons(
         key: GateKey,
         points: np.ndarray,
-        mine: Ring,
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
+        mask: Ring,
+        consts: Ring,
     ) -> Ring:
         """As :meth:`SplineGate._comparisons`, from XOR shares of the bits ``c = 1{p < r'}``:
         open ``e = c ^ rho`` per point (one round), then ``r^t c = e r^t + (1 - 2e) rho r^t``."""
         if exchange is None:
             raise ValueError("this spline gate opens bits: it needs the exchange with the peer")
         k, n = points.shape
-        m = mine.shape[0] - 1
+        m = (consts.shape[1] + 2) // (k + 1) - 1  # columns: r^2 .. r^m, then k (m + 1) products
         bits = _evaluate(key.fss, points, prg)[:, 0]  # (k, n) XOR shares
-        rho = key.consts[:, m - 1 :].T.reshape(k, m + 1, n)  # per point: rho, rho r, .., rho r^m
-        masked = ((bits ^ rho[:, 0]) & 1).astype(np.uint8)
-        e = open_bits(masked.reshape(-1), exchange).astype(np.int64).reshape(k, 1, n)
-        with np.errstate(over="ignore"):  # mine: shares of (1, r, .., r^m), party 0 holding the 1
-            out: Ring = e * mine[None] + (1 - 2 * e) * rho
+        rho = consts[:, m - 1 :: m + 1].T  # per point: rho's shares (its low bit, XOR shares)
+        masked = ((bits ^ rho) & 1).astype(np.uint8)
+        e = open_bits(masked.reshape(-1), exchange).reshape(k, n)
+        out = np.empty((k, m + 1, n), dtype=np.int64)
+        _kernels().bit_products(e, consts, mask, key.party == 0, m, out)
         return out
 
 
 def deal_bits(
-    n: int, r: Ring, rng: KeyedPRG, prg: FixedKeyPRG | None, kind: str, degree: int, points: int
+    n: int,
+    r: Ring,
+    rng: KeyedPRG,
+    prg: FixedKeyPRG | None,
+    kind: str,
+    degree: int,
+    points: int,
+    shift: int = 0,
 ) -> tuple[GateKey, GateKey]:
-    """Keys for masks ``r`` (n,): a one-bit DCF ``p -> 1{p < r mod 2^d}`` of depth ``d = n + 1``,
-    and shares of ``r^2 .. r^m`` then, for each of the ``points`` evaluations, of a fresh
-    uniform bit ``rho`` and ``rho r, .., rho r^m`` (the key's constants)."""
-    depth = n + 1
-    low = r.view(np.uint64) & np.uint64((1 << depth) - 1)
+    """Keys for masks ``r`` (n,): a one-bit DCF ``p -> 1{p < r'}`` (``r'`` as :func:`deal`'s, of
+    depth ``n + 1 - shift``), and shares of ``r^2 .. r^m`` then, for each of the ``points``
+    evaluations, of a fresh uniform bit ``rho`` and ``rho r, .., rho r^m`` (the key's
+    constants)."""
+    depth = n + 1 - shift
+    low = _threshold(r, n, shift)
     size = r.size
     with np.errstate(over="ignore"):
         powers = [np.ones_like(r), r]
@@ -406,24 +461,44 @@ def deal_bits(
     return GateKey(kind, r0, c0, k0), GateKey(kind, r1, c1, k1)
 
 
+def _threshold(r: Ring, n: int, shift: int) -> np.ndarray:
+    """The DCF's threshold ``r' = (r mod 2^(n + 1)) >> shift`` (uint64)."""
+    return (r.view(np.uint64) & np.uint64((1 << (n + 1)) - 1)) >> np.uint64(shift)
+
+
 BIT_SUFFIX = "_bit"  # a spline's gate kind from one-bit comparisons: its name and this
 
 
-def _times_piece(coefficients: list[int], o: Ring, below: Ring) -> Ring:
-    """Shares of ``e P(x)`` for ``x = o - r``, from shares ``below[t]`` of ``r^t e`` (t <= m).
+@functools.lru_cache(maxsize=64)
+def _coefficients(fx: FixedSpline) -> np.ndarray:
+    """``coef[j, t, u]`` (int64, mod ``2^64``) for :func:`~.spline_kernels.piece_sum`.
 
-    ``P`` has ``coefficients`` highest degree first; ``x^k = sum_t C(k, t) o^(k-t) (-r)^t``, so
-    ``e P(x) = sum_t (-1)^t below[t] sum_(k >= t) c_k C(k, t) o^(k - t)``: linear in the shares.
+    ``e P(x)`` for ``x = o - r`` from shares ``below[t]`` of ``r^t e``: as
+    ``x^k = sum_t C(k, t) o^(k-t) (-r)^t``, ``e P(x) = sum_t below[t] (-1)^t
+    sum_(k >= t) c_k C(k, t) o^(k - t)``, linear in the shares; ``coef[j, t,
+    u]`` is ``(-1)^t c_(t + u) C(t + u, t)`` for ``P = dP_j = P_(j+1) - P_j``
+    (``j < k``) and for the last piece ``P_k`` (``j = k``).
     """
-    m = len(coefficients) - 1
-    c = coefficients[::-1]  # c[k]: the coefficient of x^k
-    out = np.zeros_like(o)
-    for t in range(m + 1):
-        factor = np.zeros_like(o)
-        for k in range(m, t - 1, -1):  # Horner in o over sum_k c_k C(k, t) o^(k - t)
-            factor = factor * o + _signed(c[k] * math.comb(k, t))
-        out += (-1) ** t * factor * below[t]
-    return out
+    m = len(fx.pieces[0]) - 1
+    polys = [
+        [b - a for a, b in zip(fx.pieces[j], fx.pieces[j + 1], strict=True)]
+        for j in range(len(fx.breakpoints))
+    ]
+    polys.append(list(fx.pieces[-1]))
+    coef = np.zeros((len(polys), m + 1, m + 1), dtype=np.int64)
+    for j, poly in enumerate(polys):
+        c = poly[::-1]  # c[k]: the coefficient of x^k
+        for t in range(m + 1):
+            for u in range(m + 1 - t):
+                coef[j, t, u] = _signed((-1) ** t * c[t + u] * math.comb(t + u, t))
+    return coef
+
+
+def _kernels() -> ModuleType:
+    """:mod:`~ppml.servers.mpc.fast.spline_kernels`, imported on first use (numba, ~0.7 s)."""
+    from ppml.servers.mpc.fast import spline_kernels
+
+    return spline_kernels
 
 
 def _signed(v: int) -> np.int64:

@@ -1,0 +1,97 @@
+"""Compiled passes of the spline gate's output (:mod:`~ppml.servers.mpc.fast.spline`).
+
+After its comparisons, a party holds shares of ``r^t 1{p < r'}`` at each of
+the gate's ``k + 1`` points (``t <= m``) and combines them, with public
+powers of the opened ``o``, into its share of the active piece (spline.py,
+Output). In numpy that was a dozen passes over ``(k + 1, m + 1, n)`` arrays
+and their temporaries, about a third of a large GELU gate's time; here it is
+one numba loop over the elements (:func:`piece_sum`), and one more for a
+one-bit gate's products (:func:`bit_products`). The arithmetic is exactly
+the numpy version's: ``int64`` wrapping mod ``2^64``; ``uint64`` only where
+masked inputs are compared, never mixed with ``int64`` in one operation
+(numba would promote them to float64).
+
+Compiled lazily on first use and cached next to this file, as
+:mod:`~ppml.servers.mpc.fast.dcf_kernels`; spline.py imports this module on
+first use only (numba costs about 0.7 s per process).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def _mine(t: int, i: int, first: bool, mask: np.ndarray, consts: np.ndarray) -> np.int64:
+    """This party's share of ``r^t`` for element ``i``: party 0's 1, the mask, the constants."""
+    if t == 0:
+        return np.int64(1) if first else np.int64(0)
+    if t == 1:
+        return mask[i]
+    return consts[i, t - 2]
+
+
+@_jit
+def bit_products(
+    e: np.ndarray, consts: np.ndarray, mask: np.ndarray, first: bool, m: int, out: np.ndarray
+) -> None:
+    """``out[p, t, i]``: shares of ``r^t c_p = e_p r^t + (1 - 2 e_p) rho_p r^t``.
+
+    ``e`` (k, n): the opened bits; ``consts[i, m - 1 + p (m + 1) + t]``: the
+    shares of ``rho_p r^t`` (spline.py, :func:`~.spline.deal_bits`).
+    """
+    k, n = e.shape
+    for i in range(n):
+        for p in range(k):
+            ep = np.int64(e[p, i])
+            for t in range(m + 1):
+                rho = consts[i, m - 1 + p * (m + 1) + t]
+                out[p, t, i] = ep * _mine(t, i, first, mask, consts) + (1 - 2 * ep) * rho
+
+
+@_jit
+def piece_sum(
+    o: np.ndarray,
+    top: np.ndarray,
+    at: np.ndarray,
+    betas: np.ndarray,
+    coef: np.ndarray,
+    mask: np.ndarray,
+    consts: np.ndarray,
+    first: bool,
+    out: np.ndarray,
+) -> None:
+    """``out[i]``: shares of ``P_k(x) - sum_j e_j dP_j(x)`` (spline.py, Output).
+
+    ``at[p, t, i]``: shares of ``r^t 1{p < r'}`` at point ``p`` (0: ``o'``
+    itself, the wrap; ``j + 1``: ``o' - beta_j``). ``coef[j, t, u]``: the
+    coefficient of ``o^u`` in ``(-1)^t`` times the factor of ``r^t``, for
+    ``dP_j`` (``j < k``) and the last piece ``P_k`` (``j = k``).
+    """
+    k = betas.size
+    m1 = at.shape[1]
+    for i in range(o.size):
+        oi = o[i]
+        acc = np.int64(0)
+        for t in range(m1):
+            mine = _mine(t, i, first, mask, consts)
+            wrap = at[0, t, i]
+            acc += _poly(coef, k, t, oi) * mine
+            for j in range(k):
+                below = at[j + 1, t, i] - wrap
+                if top[i] < betas[j]:
+                    below += mine
+                acc -= _poly(coef, j, t, oi) * below
+        out[i] = acc
+
+
+@_jit
+def _poly(coef: np.ndarray, j: int, t: int, o: np.int64) -> np.int64:
+    """``sum_u coef[j, t, u] o^u`` (Horner, wrapping)."""
+    acc = np.int64(0)
+    for u in range(coef.shape[2] - 1, -1, -1):
+        acc = acc * o + coef[j, t, u]
+    return acc
