@@ -108,27 +108,28 @@ Output. ``g(x) = P_k(x) - sum_j e_j dP_j(x)`` with ``dP_j = P_j - P_(j-1)``
 breakpoints (one compiled pass over the elements,
 :mod:`~ppml.servers.mpc.fast.spline_kernels`). With ``x = o - r (mod
 2^64)``, ``x^t = sum_u C(t, u) o^(t-u) (-r)^u``, so ``e_j dP_j(x)`` is a sum
-of public multiples (powers of ``o`` times ``dP_j``'s coefficients) of the shares of ``r^u e_j``; degree 1:
-``dS_j (o e_j - r e_j) + dC_j e_j``; degree 2 adds ``dA_j (o^2 e_j - 2 o r
-e_j + r^2 e_j)``; and ``P_k(x)`` itself is the same with ``e = 1`` (party 0's
-constant 1). Linear in the shares: one opening, no further round. The result
-is exact in the ring: it equals ``P_i(X) mod 2^64`` for the ring input ``X``
-in piece ``i`` (the telescoping sum is exact mod ``2^64`` whatever its
-terms), and is ``P_i(X)`` itself while ``|P_i(X)| < 2^63``, which holds for
-the tables here on their ranges: degree 1 (activations.py: each outer piece
-is ``x``, a constant of size at most 1, or has ``|slope| <= 0.985`` and
-``|intercept| <= 2`` (the reciprocal's first), so ``|g| < 2^31`` real on the
-whole range, below ``2^63`` at scale ``2^32``; the inner pieces have ``|x|
-<= 64``); degree 2 at ``2^(3f)`` (``2^48``: ``|g| < 2^15`` real): GELU's outer
-pieces are ``0`` and ``x`` with ``|x| < 4096``, exp's first is 0 and its
-last is used on its domain ``[-0.515625, 0]`` only (``x - max <= 0``: for ``x
-> 0``, off its domain, the parabola would exceed the ring), the inner pieces
-have ``|x| <= 7`` and ``|a|, |s|, |c| < 1.3``; graph.py refuses a quadratic
-table whose range would not fit (``R + 3f > 62``). If the input is only right
-mod ``2^L`` (a gate output between layers, gates.py) so is the output, and
-that is all a degree-1 gate's readers use; a quadratic gate's output is
-truncated by ``2f`` on all 64 bits, so graph.py gives the gates feeding it
-full-width lanes (its input is then right mod ``2^64``).
+of public multiples (powers of ``o`` times ``dP_j``'s coefficients) of the
+shares of ``r^u e_j``; degree 1: ``dS_j (o e_j - r e_j) + dC_j e_j``; degree
+2 adds ``dA_j (o^2 e_j - 2 o r e_j + r^2 e_j)``; and ``P_k(x)`` itself is
+the same with ``e = 1`` (party 0's constant 1). Linear in the shares: one
+opening, no further round. The result is exact in the ring: it equals
+``P_i(X) mod 2^64`` for the ring input ``X`` in piece ``i`` (the telescoping
+sum is exact mod ``2^64`` whatever its terms), and is ``P_i(X)`` itself
+while ``|P_i(X)| < 2^63``, which holds for the tables here on their ranges:
+degree 1 (activations.py: each outer piece is ``x``, a constant of size at
+most 1, or has ``|slope| <= 0.985`` and ``|intercept| <= 2`` (the
+reciprocal's first), so ``|g| < 2^31`` real on the whole range, below
+``2^63`` at scale ``2^32``; the inner pieces have ``|x| <= 64``); degree 2
+at ``2^(3f)`` (``2^48``: ``|g| < 2^15`` real): GELU's outer pieces are ``0``
+and ``x`` with ``|x| < 4096``, exp's first is 0 and its last is used on its
+domain ``[-0.515625, 0]`` only (``x - max <= 0``: for ``x > 0``, off its
+domain, the parabola would exceed the ring), the inner pieces have ``|x| <=
+7`` and ``|a|, |s|, |c| < 1.3``; graph.py refuses a quadratic table whose
+range would not fit (``R + 3f > 62``). If the input is only right mod
+``2^L`` (a gate output between layers, gates.py) so is the output, and that
+is all a degree-1 gate's readers use; a quadratic gate's output is truncated
+by ``2f`` on all 64 bits, so graph.py gives the gates feeding it full-width
+lanes (its input is then right mod ``2^64``).
 
 Error. The spline's own approximation error (activations.py, per function;
 on the resolution's windows, the right neighbour's) plus the coefficients'
