@@ -13,6 +13,7 @@ from ppml.servers.mpc.fast.gates import (
     GateKey,
     GateParams,
     ReluTrunc,
+    RowMaxRelu,
     TruncTop,
     split,
 )
@@ -191,7 +192,34 @@ def test_gate_key_round_trip_and_registry() -> None:
     bad = {**t1.to_arrays("g"), "g.owner": np.array([2])}
     with pytest.raises(ValueError, match="owner"):
         GateKey.from_arrays(bad, "g")
-    assert set(GATES) == {"relu", "trunc_top", "trunc_top_wide"}
+    assert set(GATES) == {"relu", "relu_row", "trunc_top", "trunc_top_wide"}
+
+
+def test_the_row_max_relu_is_relu_on_its_narrower_range() -> None:
+    """relu_row (a softmax row's max): depth 13 + f = 29, so |v| < 2^13 at product scale 2^32:
+    exact ReLU with stochastic rounding there, ends included; a smaller key; a ReLU key of
+    the full depth refused, and vice versa."""
+    narrow = RowMaxRelu.params(DEFAULT)
+    assert narrow == GateParams(F, 29) and RowMaxRelu.params(GateParams(16, 20)).depth == 20
+    lo, hi = -(1 << (29 + F)), (1 << (29 + F)) - (1 << F)  # real [-8192, 8192 - 2^-16]
+    one = 1 << F
+    edges = [lo, lo + 1, lo + one, hi, hi - 1, hi - one, 0, 1, -1, one, -one, 4096 << (2 * F)]
+    z = np.concatenate(
+        [np.repeat(np.array(edges, dtype=np.int64), 20), _uniform(4000, narrow, ReluTrunc)]
+    )
+    y = _run_gate(RowMaxRelu, DEFAULT, z)
+    floor = np.maximum(z >> np.int64(F), 0)
+    exact = (z & (one - 1)) == 0
+    assert np.all((y == floor) | ((y == floor + 1) & ~exact) & (z >= 0))
+    assert np.all(y[z < 0] == 0)
+    k0, _ = RowMaxRelu.gen(DEFAULT, 10, RNG)
+    assert k0.kind == "relu_row" and k0.fss.depth == 29
+    assert (k0.nbytes - NONCE_BYTES) / 10 == 8 + 40 + 16 + (29 - 7) * 17 + 16 == 454
+    full, _ = ReluTrunc.gen(DEFAULT, 10, RNG)
+    with pytest.raises(ValueError, match="depth"):
+        RowMaxRelu.eval(DEFAULT, full, np.zeros(10, dtype=np.int64), None, lambda a: a)
+    with pytest.raises(ValueError, match="depth"):
+        ReluTrunc.eval(DEFAULT, k0, np.zeros(10, dtype=np.int64), None, lambda a: a)
 
 
 def test_key_bytes_per_element() -> None:

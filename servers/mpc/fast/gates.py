@@ -303,12 +303,26 @@ class ReluTrunc:
     kind: ClassVar[str] = "relu"
     width: ClassVar[int] = 1
     rounds: ClassVar[int] = 1  # beyond the opening of ``o``
+    range_bits: ClassVar[int | None] = None  # the plan's range (``p.depth``), or this if narrower
 
-    @staticmethod
+    @classmethod
+    def params(cls, p: GateParams) -> GateParams:
+        """``p``, its depth capped at ``range_bits + f`` when the gate states a range."""
+        if cls.range_bits is None or cls.range_bits + p.frac_bits >= p.depth:
+            return p
+        return GateParams(p.frac_bits, cls.range_bits + p.frac_bits)
+
+    @classmethod
     def gen(
-        p: GateParams, n: int, rng: KeyedPRG, prg: FixedKeyPRG | None = None, out_bits: int = 64
+        cls,
+        p: GateParams,
+        n: int,
+        rng: KeyedPRG,
+        prg: FixedKeyPRG | None = None,
+        out_bits: int = 64,
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates with fresh uniform masks, output needed mod 2^out_bits."""
+        p = cls.params(p)
         r = rng.ring(n)
         q = _mask_parts(p, r)
         rho = (rng.uint64(n) & np.uint64(1)).astype(np.int64)
@@ -317,10 +331,11 @@ class ReluTrunc:
         beta = np.ones((1, n), dtype=np.int64)
         k0, k1 = dcf.gen(q.alpha, beta, p.depth, rng, prg, p.lanes("relu", out_bits))
         (r0, r1), (c0, c1) = split(r, rng), split(consts, rng)
-        return GateKey("relu", r0, c0, k0), GateKey("relu", r1, c1, k1)
+        return GateKey(cls.kind, r0, c0, k0), GateKey(cls.kind, r1, c1, k1)
 
-    @staticmethod
+    @classmethod
     def eval(
+        cls,
         p: GateParams,
         key: GateKey,
         opened: Ring,
@@ -330,6 +345,9 @@ class ReluTrunc:
         """Party: shares (n,) of ``ReLU(T)`` from the opened ``o = z + r``; one exchange."""
         if exchange is None:
             raise ValueError("the ReLU gate opens a bit: it needs the exchange with the peer")
+        p = cls.params(p)
+        if key.fss.depth != p.depth:
+            raise ValueError(f"a {cls.kind} key of depth {key.fss.depth} (need {p.depth})")
         u = _public(p, opened)
         b = dcf.evaluate(key.fss, u.low, prg)[0]
         mu, gamma, rho, rho_c, rho_m = key.consts.T
@@ -346,6 +364,17 @@ class ReluTrunc:
             md = e * mu + flip * rho_m
             a1 = u.a - (1 << p.depth)
             return np.where(u.high, a1 * d - dc + big_k * md, (a1 + big_k) * d - dc)
+
+
+class RowMaxRelu(ReluTrunc):
+    """The ReLU gate of a softmax row's maximum (``max(a, b) = b + ReLU(a - b)``) on the row's
+    range: ``|a - b| < 2^13``, twice the row spread of 4096 that the exp table takes
+    (activations.py), so its DCF is 29 levels deep instead of 47 (module doc, Parameters).
+    Beyond it the comparison is wrong (never the view), and so is that row's softmax, as it
+    already is past exp's range."""
+
+    kind: ClassVar[str] = "relu_row"
+    range_bits: ClassVar[int | None] = 13
 
 
 class TruncTop:
@@ -414,4 +443,6 @@ TRUNC_TOP_WIDE = TruncTop("trunc_top_wide", wide=True)
 
 
 FixedGate = type[ReluTrunc] | TruncTop
-GATES: dict[str, FixedGate] = {g.kind: g for g in (ReluTrunc, TRUNC_TOP, TRUNC_TOP_WIDE)}
+GATES: dict[str, FixedGate] = {
+    g.kind: g for g in (ReluTrunc, RowMaxRelu, TRUNC_TOP, TRUNC_TOP_WIDE)
+}

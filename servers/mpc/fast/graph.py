@@ -363,7 +363,7 @@ class _Builder:
         shape = self.values[src].shape
         first = len(self.gates)
         for pairs in tournament(shape[-1]):
-            self.gates.append(("relu", _size(shape[:-1]) * pairs))
+            self.gates.append(("relu_row", _size(shape[:-1]) * pairs))  # gates.RowMaxRelu
         dst = self.value(shape[:-1], F)
         self.steps.append(RowMax(dst, src, tuple(range(first, len(self.gates)))))
         return dst
