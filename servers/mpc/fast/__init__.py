@@ -71,11 +71,12 @@ DReLU gate, with 6 rounds).
 ResNet-20 shape on CIFAR (bench/fast_resnet.py, default parameters): 60
 rounds and 3.03 MB sent per party per image online; 146 MB of dealer
 material per party per image (188,416 ReLU gates, 92 % of it DCF keys).
-In layers of 1,024 or more values per sample, splines are one-bit gates
+A spline making 8,192 or more comparisons per sample is a one-bit gate
 (spline.py: one more round each, smaller keys and far less evaluation).
-A BERT-tiny-shaped encoder (bench/fast_transformer.py): 123 rounds, 15.1 MB
-sent per party and 191 MB of dealer material per party and request (772 MB
-while truncations took one-bit DCFs, with 156 rounds).
+A BERT-tiny-shaped encoder (bench/fast_transformer.py): 129 rounds, 15.1 MB
+sent per party and 140 MB of dealer material per party and request (191 MB
+while comparisons read every input bit, 772 MB while truncations took
+one-bit DCFs, with 156 rounds).
 
 Wiring it into a server (:mod:`.service`: ``dealing.py``, ``pool.py``, ``party.py``):
 
