@@ -27,7 +27,6 @@ from ppml.servers.mpc.fast.dcf import (
     _lane_masks,
     _tweaks,
     _words,
-    leaf_bits,
     leaf_correction,
     leaf_levels,
     value_blocks,
@@ -150,7 +149,7 @@ def evaluate(
     with np.errstate(over="ignore"):
         state, acc = (_walk_tabled if tabled else _walk)(key, x, prg, ids)
         if key.leaf:
-            acc[0] += leaf_bits(prg, key, state, x, ids)
+            acc[0] += _leaf_bits(prg, key, state, x, ids)
         else:
             acc += _convert(prg, state, k, ids)
             acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)
@@ -236,3 +235,14 @@ def _walk_tabled(key: DCFKey, x: U64, prg: FixedKeyPRG, ids: U64) -> tuple[U64, 
     else:
         acc += _words(acc_blocks, k).view(np.int64)
     return state, acc
+
+
+def _leaf_bits(prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64) -> Ring:
+    """This party's leaf bits (n,): bit ``x mod 128`` of its converted state, corrected."""
+    block = _convert(prg, state, 2, ids).view(np.uint64)  # (2, n)
+    t = np.uint64(0) - (state[:, 0] & _ONE)  # all ones under the control bit
+    block ^= key.final_cw.view(np.uint64) & t
+    low = x & np.uint64(127)
+    word = np.where(low >> np.uint64(6) == _ONE, block[1], block[0])
+    out: Ring = ((word >> (low & np.uint64(63))) & _ONE).view(np.int64)
+    return out

@@ -92,6 +92,7 @@ bytes each) and a 16-byte leaf, 104 bytes less per element, and evaluation
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -119,7 +120,6 @@ _LEVEL_SHIFT = np.uint64(1)  # level + 1 in bits 1..7 of the tweak's low word (b
 NONCE_BYTES = 24  # per key set: its 80-bit nonce (two uint64) and its length (one uint64)
 LEAF_LEVELS = 7  # early termination: a one-bit key's last 7 levels are one 128-bit leaf
 _LEAF_MASK = np.uint64((1 << LEAF_LEVELS) - 1)
-_WORD_BITS = np.uint64(63)
 Runs = npt.NDArray[np.int64]
 
 
@@ -189,9 +189,10 @@ class DCFKey:
         per = key_bytes_per_element(self.depth, self.lane_bits)
         return self.size * per + NONCE_BYTES * int(self.runs.shape[0])
 
-    @property
+    @functools.cached_property
     def instance_tweaks(self) -> U64:
-        """(n, 2) tweak words of the elements' instance ids (prg module doc)."""
+        """(n, 2) tweak words of the elements' instance ids (prg module doc; computed once per
+        key, which a spline gate evaluates at several points)."""
         return instance_tweaks(self.nonces, self.runs)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -564,15 +565,22 @@ def leaf_correction(
     return out
 
 
-def leaf_bits(prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64) -> Ring:
-    """This party's leaf bits (n,): bit ``x mod 128`` of its converted state, corrected."""
-    block = _convert(prg, state, 2, ids).view(np.uint64)  # (2, n)
-    t = np.uint64(0) - (state[:, 0] & _ONE)  # all ones under the control bit
-    block ^= key.final_cw.view(np.uint64) & t
-    low = x & _LEAF_MASK
-    word = np.where(low >> np.uint64(6) == _ONE, block[1], block[0])
-    out: Ring = ((word >> (low & _WORD_BITS)) & _ONE).view(np.int64)
-    return out
+def add_leaf_bits(
+    prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64, acc: Ring
+) -> None:
+    """``acc`` (n,) ``+=`` this party's leaf bits: bit ``x mod 128`` of its converted state
+    (``_convert``'s one block), corrected under its control bit; two compiled passes
+    (:func:`~ppml.servers.mpc.fast.dcf_kernels.leaf_prepare`, ``leaf_bits``) around one AES
+    call."""
+    kernels = _kernels()
+    flat_state = np.ascontiguousarray(state).reshape(-1)
+    inp = np.empty((1, *state.shape), dtype=np.uint64)  # one block per element
+    flat_inp = inp.reshape(-1)
+    table_hi = tweak_table(1, 1, _FINAL_SALT)[0, 0, 1]
+    kernels.leaf_prepare(flat_state, np.ascontiguousarray(ids).reshape(-1), table_hi, flat_inp)
+    out = prg.aes_into(inp, np.empty(inp.nbytes + 16, dtype=np.uint8)).reshape(-1)
+    final_cw = np.ascontiguousarray(key.final_cw).view(np.uint64)
+    kernels.leaf_bits(out, flat_inp, flat_state, final_cw, np.ascontiguousarray(x), acc)
 
 
 WALK_CHUNK = 4096  # elements walked together: a level's arrays (~150 B each) stay in L2
@@ -592,7 +600,7 @@ def evaluate(key: DCFKey, x: U64, prg: FixedKeyPRG | None = None) -> Ring:
     with np.errstate(over="ignore"):
         state, acc = _walk(key, x, prg, ids)
         if key.leaf:
-            acc[0] += leaf_bits(prg, key, state, x, ids)
+            add_leaf_bits(prg, key, state, x, ids, acc[0])
         else:
             acc += _convert(prg, state, k, ids)
             acc += key.final_cw * (state[:, 0] & _ONE).view(np.int64)

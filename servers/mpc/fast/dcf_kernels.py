@@ -34,6 +34,9 @@ _VALUE_SHIFT = np.uint64(1)  # a one-bit payload's level value: bit 1 of the exp
 _CLEAR_VALUE_BIT = np.uint64(0xFFFF_FFFF_FFFF_FFFD)
 _SIDE_SHIFT = np.uint64(16)  # the row (side) field of a tweak's high word (prg.tweak_table)
 _LEVEL_SHIFT = np.uint64(1)  # level + 1 in bits 1..7 of the tweak's low word
+_LEAF_BITS = np.uint64(127)  # a leaf's 128 bits: x's low 7 bits pick one
+_HALF_SHIFT = np.uint64(6)  # bit 6 of that: the leaf's high word
+_WORD_MASK = np.uint64(63)
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -303,3 +306,29 @@ def _gen_lanes(
             vcw = (sign * (v1l - v0l - va[c]) + sign * bw[c] * ai) & mask
             va[c] = va[c] - v1k + v0k + sign * vcw
             vc[c] = vcw
+
+
+@_jit
+def leaf_prepare(state: np.ndarray, ids: np.ndarray, table_hi: np.uint64, inp: np.ndarray) -> None:
+    """The leaf's MMO input ``inp`` (flat 2n): each final state XOR its instance tweak, and the
+    final conversion's tweak ``table_hi`` in the high word (dcf.py, ``_convert``, one block)."""
+    for j in range(state.size // 2):
+        inp[2 * j] = state[2 * j] ^ ids[2 * j]
+        inp[2 * j + 1] = state[2 * j + 1] ^ ids[2 * j + 1] ^ table_hi
+
+
+@_jit
+def leaf_bits(
+    out: np.ndarray, inp: np.ndarray, state: np.ndarray, final_cw: np.ndarray, x: np.ndarray,
+    acc: np.ndarray,
+) -> None:  # fmt: skip
+    """``acc[j] +=`` bit ``x mod 128`` of element ``j``'s leaf: the MMO output (``out`` XOR
+    ``inp``), corrected by ``final_cw`` (2, n) under the control bit (dcf.py, leaf_bits)."""
+    for j in range(x.size):
+        t = _ZERO - (state[2 * j] & _ONE)
+        low = x[j] & _LEAF_BITS
+        if low >> _HALF_SHIFT == _ONE:
+            word = out[2 * j + 1] ^ inp[2 * j + 1] ^ (final_cw[1, j] & t)
+        else:
+            word = out[2 * j] ^ inp[2 * j] ^ (final_cw[0, j] & t)
+        acc[j] += np.int64((word >> (low & _WORD_MASK)) & _ONE)
