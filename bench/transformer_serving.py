@@ -11,9 +11,10 @@ rounds and bytes per job) and the largest logit error against plaintext. On
 2 servers the fast engine serves it, one sequence's dealer material (about
 2.2 M values) per dealer reply: the plain requests wait for that material to
 be made and sent; the pool-warm ones (2 servers) are each sent once both
-servers pooled one sequence's material in idle time (as
-``resnet_serving.py``). 3-server clusters serve it on CrypTen. First, in the
-same run, the raw CrypTen baseline
+servers pooled one sequence's material and run no job (idle), alternating
+with ones sent as soon as the pools hold material, while a refill may still
+run (``resnet_serving.py``, ``_pool_warm_latency``). 3-server clusters
+serve it on CrypTen. First, in the same run, the raw CrypTen baseline
 of the same model (:mod:`transformer_layers`: 2 parties + TTP, plain CrypTen
 SPMD, no service; ``--skip-raw`` leaves it out). The layers' own errors:
 ``bench/transformer_layers.py``.
@@ -99,7 +100,8 @@ def summary(result: dict[str, Any]) -> str:
             w = r["single_pool_warm"]
             lines.append(
                 f"  pool warm (material made in idle time): single p50 {w['p50_ms']:,.0f} ms "
-                f"(waited {w['refill_wait_s']:.1f} s for the refill)"
+                f"(waited {w['refill_wait_s']:.1f} s for the refill); sent while a refill "
+                f"still runs: {w['busy_p50_ms']:,.0f} ms"
             )
     return "\n".join(lines)
 
