@@ -181,6 +181,7 @@ from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from ppml.servers.mpc.fast import dcf
 from ppml.servers.mpc.fast.gates import Exchange, GateKey, GateParams, open_bits, split
@@ -365,10 +366,12 @@ class SplineGate:
         mask = np.ascontiguousarray(key.mask, dtype=np.int64)
         consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m (and a bit gate's)
         first = key.party == 0
-        at = self._comparisons(key, points, prg, exchange, mask, consts)
+        at, e = self._comparisons(key, points, prg, exchange, consts)
         out = np.empty_like(o)
-        kernels = _kernels()
-        kernels.piece_sum(o, top, at, betas, _coefficients(fx), mask, consts, first, out)
+        bits = e is not None
+        e = np.zeros((1, 1), dtype=np.uint8) if e is None else e
+        coef = _coefficients(fx)
+        _kernels().piece_sum(o, top, at, e, bits, betas, coef, mask, consts, first, out)
         return out
 
     @staticmethod
@@ -377,12 +380,11 @@ class SplineGate:
         points: np.ndarray,
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
-        mask: Ring,
         consts: Ring,
-    ) -> Ring:
+    ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
         """Shares (k + 1, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
-        ``points``: the DCF's payload, evaluated at every point."""
-        return np.ascontiguousarray(_evaluate(key.fss, points, prg))
+        ``points``: the DCF's payload, evaluated at every point (and no opened bits)."""
+        return np.ascontiguousarray(_evaluate(key.fss, points, prg)), None
 
 
 class SplineBitGate(SplineGate):
@@ -415,11 +417,11 @@ class SplineBitGate(SplineGate):
         points: np.ndarray,
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
-        mask: Ring,
         consts: Ring,
-    ) -> Ring:
+    ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
         """As :meth:`SplineGate._comparisons`, from XOR shares of the bits ``c = 1{p < r'}``:
-        open ``e = c ^ rho`` per point (one round), then ``r^t c = e r^t + (1 - 2e) rho r^t``."""
+        the opened ``e = c ^ rho`` per point (k + 1, n) (one round); the output pass takes
+        ``r^t c = e r^t + (1 - 2e) rho r^t`` from them (no payload shares: an empty array)."""
         if exchange is None:
             raise ValueError("this spline gate opens bits: it needs the exchange with the peer")
         k, n = points.shape
@@ -428,9 +430,7 @@ class SplineBitGate(SplineGate):
         rho = consts[:, m - 1 :: m + 1].T  # per point: rho's shares (its low bit, XOR shares)
         masked = ((bits ^ rho) & 1).astype(np.uint8)
         e = open_bits(masked.reshape(-1), exchange).reshape(k, n)
-        out = np.empty((k, m + 1, n), dtype=np.int64)
-        _kernels().bit_products(e, consts, mask, key.party == 0, m, out)
-        return out
+        return np.zeros((1, 1, 1), dtype=np.int64), e
 
 
 def deal_bits(

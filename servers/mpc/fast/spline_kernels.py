@@ -5,8 +5,8 @@ the gate's ``k + 1`` points (``t <= m``) and combines them, with public
 powers of the opened ``o``, into its share of the active piece (spline.py,
 Output). In numpy that was a dozen passes over ``(k + 1, m + 1, n)`` arrays
 and their temporaries, about a third of a large GELU gate's time; here it is
-one numba loop over the elements (:func:`piece_sum`), and one more for a
-one-bit gate's products (:func:`bit_products`). The arithmetic is exactly
+one numba loop over the elements (:func:`piece_sum`), which also makes a
+one-bit gate's products from its opened bits. The arithmetic is exactly
 the numpy version's: ``int64`` wrapping mod ``2^64``; ``uint64`` only where
 masked inputs are compared, never mixed with ``int64`` in one operation
 (numba would promote them to float64).
@@ -35,28 +35,12 @@ def _mine(t: int, i: int, first: bool, mask: np.ndarray, consts: np.ndarray) -> 
 
 
 @_jit
-def bit_products(
-    e: np.ndarray, consts: np.ndarray, mask: np.ndarray, first: bool, m: int, out: np.ndarray
-) -> None:
-    """``out[p, t, i]``: shares of ``r^t c_p = e_p r^t + (1 - 2 e_p) rho_p r^t``.
-
-    ``e`` (k, n): the opened bits; ``consts[i, m - 1 + p (m + 1) + t]``: the
-    shares of ``rho_p r^t`` (spline.py, :func:`~.spline.deal_bits`).
-    """
-    k, n = e.shape
-    for i in range(n):
-        for p in range(k):
-            ep = np.int64(e[p, i])
-            for t in range(m + 1):
-                rho = consts[i, m - 1 + p * (m + 1) + t]
-                out[p, t, i] = ep * _mine(t, i, first, mask, consts) + (1 - 2 * ep) * rho
-
-
-@_jit
 def piece_sum(
     o: np.ndarray,
     top: np.ndarray,
     at: np.ndarray,
+    e: np.ndarray,
+    bits: bool,
     betas: np.ndarray,
     coef: np.ndarray,
     mask: np.ndarray,
@@ -66,26 +50,42 @@ def piece_sum(
 ) -> None:
     """``out[i]``: shares of ``P_k(x) - sum_j e_j dP_j(x)`` (spline.py, Output).
 
-    ``at[p, t, i]``: shares of ``r^t 1{p < r'}`` at point ``p`` (0: ``o'``
-    itself, the wrap; ``j + 1``: ``o' - beta_j``). ``coef[j, t, u]``: the
-    coefficient of ``o^u`` in ``(-1)^t`` times the factor of ``r^t``, for
-    ``dP_j`` (``j < k``) and the last piece ``P_k`` (``j = k``).
+    The shares of ``r^t 1{p < r'}`` at point ``p`` (0: ``o'`` itself, the
+    wrap; ``j + 1``: ``o' - beta_j``) are ``at[p, t, i]`` (a payload gate) or,
+    if ``bits``, made here from the opened bit ``e[p, i]`` (:func:`_share`).
+    ``coef[j, t, u]``: the coefficient of ``o^u`` in ``(-1)^t`` times the
+    factor of ``r^t``, for ``dP_j`` (``j < k``) and the last piece ``P_k``
+    (``j = k``).
     """
     k = betas.size
-    m1 = at.shape[1]
+    m = coef.shape[1] - 1
     for i in range(o.size):
         oi = o[i]
         acc = np.int64(0)
-        for t in range(m1):
+        for t in range(m + 1):
             mine = _mine(t, i, first, mask, consts)
-            wrap = at[0, t, i]
+            wrap = _share(bits, at, e, consts, m, 0, t, i, mine)
             acc += _poly(coef, k, t, oi) * mine
             for j in range(k):
-                below = at[j + 1, t, i] - wrap
+                below = _share(bits, at, e, consts, m, j + 1, t, i, mine) - wrap
                 if top[i] < betas[j]:
                     below += mine
                 acc -= _poly(coef, j, t, oi) * below
         out[i] = acc
+
+
+@_jit
+def _share(
+    bits: bool, at: np.ndarray, e: np.ndarray, consts: np.ndarray, m: int, p: int, t: int,
+    i: int, mine: np.int64,
+) -> np.int64:  # fmt: skip
+    """Shares of ``r^t 1{p < r'}``: the payload's, or ``e r^t + (1 - 2 e) rho r^t`` from the
+    opened ``e`` and the shares of ``rho_p r^t``, ``consts[i, m - 1 + p (m + 1) + t]``
+    (spline.py, :func:`~.spline.deal_bits`)."""
+    if not bits:
+        return at[p, t, i]
+    ep = np.int64(e[p, i])
+    return ep * mine + (1 - 2 * ep) * consts[i, m - 1 + p * (m + 1) + t]
 
 
 @_jit
