@@ -426,15 +426,12 @@ class TruncTop:
     ) -> Ring:
         """Party: shares (n,) of ``T`` from the opened ``o = z + r``; no exchange, no AES."""
         s, bits = self.shift_and_bits(p)
-        x = (opened.reshape(-1).view(np.uint64) + np.uint64(1 << (bits - 2))) & _low_mask(bits)
-        high = (x >> np.uint64(bits - 1)).astype(bool)
-        c, t = key.consts[:, 0], key.consts[:, 1]
-        step = np.int64(1 << (bits - 1 - s))
-        with np.errstate(over="ignore"):
-            out: Ring = np.where(high, -t, t) * step - c
-            if key.party == 0:
-                low = ((x & _low_mask(bits - 1)) >> np.uint64(s)).astype(np.int64)
-                out += low + high.astype(np.int64) * step - np.int64(1 << (bits - 2 - s))
+        from ppml.servers.mpc.fast import trunc_kernel  # numba: imported on first use
+
+        o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1).view(np.uint64)
+        consts = np.ascontiguousarray(key.consts, dtype=np.int64)
+        out: Ring = np.empty(o.size, dtype=np.int64)
+        trunc_kernel.trunc_top(o, consts, bits, s, key.party == 0, out)
         return out
 
 
