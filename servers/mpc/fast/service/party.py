@@ -228,10 +228,16 @@ class FastInference:
             if riding:
                 self._ask_refill(ch, model_id, state, riding)
             start = 0
+            prepared = {id(p.bundle): p.prepared for p in taken}
             for group in _groups([p.bundle for p in taken], state.max_rows):
                 count = min(sum(b.batch for b in group), rows - start)
-                bundle = (group[0] if len(group) == 1 else Bundle.concat(group)).head(count)
-                outs.append(self._forward(ch, state, bundle, xs[start : start + count]))
+                whole = prepared.get(id(group[0])) if len(group) == 1 else None
+                material = (
+                    whole
+                    if whole is not None and group[0].batch == count
+                    else (group[0] if len(group) == 1 else Bundle.concat(group)).head(count)
+                )
+                outs.append(self._forward(ch, state, material, xs[start : start + count]))
                 start += count
         else:  # one reply of material per forward, so a job never holds more than one
             for start in range(0, rows, state.max_rows):
@@ -256,8 +262,8 @@ class FastInference:
         self._riding = (model_id, *riding, None)
 
     @staticmethod
-    def _forward(ch: Channel, state: ModelState, bundle: Bundle, x: Ring) -> Ring:
-        y, _ = fe.forward(state.model, bundle, x, ch.exchange)
+    def _forward(ch: Channel, state: ModelState, material: Bundle | fe.Prepared, x: Ring) -> Ring:
+        y, _ = fe.forward(state.model, material, x, ch.exchange)
         return y
 
     def finish(self, ch: Channel) -> None:
@@ -328,11 +334,15 @@ class FastInference:
 
     def _take_refill(self, ch: Channel, model_id: str, bucket: int, count: int) -> None:
         first, blobs = self._reply(ch)
-        if model_id in self._models:
+        state = self._models.get(model_id)
+        if state is not None:
             bundles = [Bundle.from_bytes(blob) for blob in blobs]
             if any(b.batch != bucket or b.party != ch.rank for b in bundles):
                 raise RuntimeError("the dealer sent bundles of the wrong size or party")
-            self.pool.put(model_id, bucket, [Pooled(first + i, b) for i, b in enumerate(bundles)])
+            # folded with the model now, in idle time, not inside the request that takes it
+            model = state.model
+            items = [Pooled(first + i, b, fe.prepare(model, b)) for i, b in enumerate(bundles)]
+            self.pool.put(model_id, bucket, items)
 
     def next_refill(self) -> tuple[str, int, int] | None:
         """``(model_id, bucket, count)`` for the next refill job, if a wanted pool is short."""

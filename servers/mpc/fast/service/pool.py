@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from ppml.proto.domain.status import FastPool
 from ppml.servers.mpc.fast.bundle import Bundle
+from ppml.servers.mpc.fast.engine import Prepared
 
 RATE_WINDOW_S = 60.0
 
@@ -66,6 +67,7 @@ def largest_bucket(max_batch_rows: int) -> int:
 class Pooled:
     serial: int  # the dealer's number for this bundle in the session (same on both parties)
     bundle: Bundle
+    prepared: Prepared | None = None  # the bundle folded with the model in idle time
 
 
 class BundlePool:
