@@ -323,7 +323,7 @@ def leaf_bits(
     acc: np.ndarray,
 ) -> None:  # fmt: skip
     """``acc[j] +=`` bit ``x mod 128`` of element ``j``'s leaf: the MMO output (``out`` XOR
-    ``inp``), corrected by ``final_cw`` (2, n) under the control bit (dcf.py, leaf_bits)."""
+    ``inp``), corrected by ``final_cw`` (2, n) under the control bit (dcf.py, add_leaf_bits)."""
     for j in range(x.size):
         t = _ZERO - (state[2 * j] & _ONE)
         low = x[j] & _LEAF_BITS
