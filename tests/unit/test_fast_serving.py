@@ -22,6 +22,9 @@ from ppml.proto.domain import layers as dl
 from ppml.proto.domain.architecture import Architecture
 from ppml.proto.shares import FRACTIONAL_BITS, decode, encode, share
 from ppml.servers.kinds.refill import RefillJob, RefillPlanner
+from ppml.servers.mpc.fast import engine as engine_module
+from ppml.servers.mpc.fast.bundle import Bundle
+from ppml.servers.mpc.fast.engine import Prepared
 from ppml.servers.mpc.fast.graph import plan_of
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.service import dealing as dealing_module
@@ -348,6 +351,36 @@ def test_a_riding_refill_is_asked_before_the_forward_or_after_the_answers(
     assert links.requests == ["fast_bundles"]
     assert parties[0].stats().bundles == parties[1].stats().bundles == 2  # full again
     assert _close(_predict(links, parties, handles, x), expected)
+
+
+def test_pooled_bundles_are_prepared_when_they_land_and_forwards_start_from_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refill folds each bundle with the model as it lands (idle time); a pool-warm
+    prediction whose forward takes one pooled bundle gets that prepared material, an
+    on-demand one a plain bundle (as does a forward over several pooled bundles joined)."""
+    links = Links()
+    parties = (FastInference(64, 2), FastInference(64, 2))
+    plain, values = _plain_model()
+    handles = _split(values)
+    x = np.random.default_rng(4).normal(size=(1, 6)).astype(np.float32)
+    expected = plain(torch.from_numpy(x)).detach().numpy()
+    seen: list[type] = []
+    forward = engine_module.forward
+
+    def spy(model: Any, material: Any, *args: Any) -> Any:
+        seen.append(type(material))
+        return forward(model, material, *args)
+
+    monkeypatch.setattr(engine_module, "forward", spy)
+    assert _close(_predict(links, parties, handles, x), expected)  # setup, then on demand
+    assert seen == [Bundle, Bundle]
+    while parties[0].next_refill() is not None:
+        _refill(links, parties)
+    seen.clear()
+    assert _close(_predict(links, parties, handles, x), expected)  # one pooled bundle
+    assert parties[0].stats().hits == 1
+    assert seen == [Prepared, Prepared]  # one forward per party, no preparing in the request
 
 
 def test_pools_pop_all_or_nothing_and_drop_unwanted_puts() -> None:
