@@ -359,12 +359,7 @@ def test_pooled_bundles_are_prepared_when_they_land_and_forwards_start_from_them
     """A refill folds each bundle with the model as it lands (idle time); a pool-warm
     prediction whose forward takes one pooled bundle gets that prepared material, an
     on-demand one a plain bundle (as does a forward over several pooled bundles joined)."""
-    links = Links()
-    parties = (FastInference(64, 2), FastInference(64, 2))
-    plain, values = _plain_model()
-    handles = _split(values)
-    x = np.random.default_rng(4).normal(size=(1, 6)).astype(np.float32)
-    expected = plain(torch.from_numpy(x)).detach().numpy()
+    links, parties, forward_rows, expected = _serve_plain(1, 2)
     seen: list[type] = []
     forward = engine_module.forward
 
@@ -373,12 +368,12 @@ def test_pooled_bundles_are_prepared_when_they_land_and_forwards_start_from_them
         return forward(model, material, *args)
 
     monkeypatch.setattr(engine_module, "forward", spy)
-    assert _close(_predict(links, parties, handles, x), expected)  # setup, then on demand
+    assert _close(forward_rows(1), expected)  # setup, then on demand
     assert seen == [Bundle, Bundle]
     while parties[0].next_refill() is not None:
         _refill(links, parties)
     seen.clear()
-    assert _close(_predict(links, parties, handles, x), expected)  # one pooled bundle
+    assert _close(forward_rows(1), expected)  # one pooled bundle
     assert parties[0].stats().hits == 1
     assert seen == [Prepared, Prepared]  # one forward per party, no preparing in the request
 
