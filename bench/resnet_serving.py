@@ -69,7 +69,9 @@ def run_service(parties: int, n: int, m: int, batch: int) -> dict[str, Any]:
         with torch.no_grad():
             error = float((warm - model(images[:1])).abs().max())
         single = _latency(cluster, model_id, images, n)
-        warm_pool = _pool_warm_latency(cluster, model_id, images, n) if parties == 2 else None
+        warm_pool = (
+            _pool_warm_latency(local, cluster, model_id, images, n) if parties == 2 else None
+        )
         started = time.perf_counter()
         for _ in range(m):
             cluster.predict(model_id, images[:batch])
@@ -85,23 +87,27 @@ def run_service(parties: int, n: int, m: int, batch: int) -> dict[str, Any]:
 
 
 def _pool_warm_latency(
-    cluster: Cluster, model_id: str, images: torch.Tensor, n: int
+    local: LocalCluster, cluster: Cluster, model_id: str, images: torch.Tensor, n: int
 ) -> dict[str, Any]:
     """Single-image requests each sent to an idle cluster whose servers pooled material.
 
     A service with idle time between requests works like this: the fast
     engine's pool refills while no job runs, so a request finds its dealer
     material made and transferred already. "Idle" is every server reporting
-    no running job (``running_job``) and pooled material, twice 0.2 s apart: a
-    refill that rides on a prediction keeps that job running after its answer,
-    and a request sent then waits for it (``busy_p50_ms``: requests sent as
-    soon as the pools hold one image, as earlier runs measured "pool warm").
+    pooled material and no running job (``running_job``), and then no process
+    of the cluster (servers and dealer) using CPU over :data:`QUIET_S`
+    (:func:`_quiet`): no refill job between two status polls, and the dealer
+    not making material ahead for its stock, which it does in a thread of its
+    own after a refill took its stocked bundles (run 6 and earlier counted a
+    cluster idle on the status alone, so a request could share the cores with
+    the dealer's stock maker). ``busy_p50_ms``: requests sent as soon as the
+    pools hold one image, while a refill may still run.
     """
     times, waits, busy = [], [], []
     for i in range(2 * n):
         idle = i % 2 == 0
         started = time.perf_counter()
-        while not _ready(cluster, idle) or (idle and not _ready(cluster, idle, 0.2)):
+        while not _ready(cluster, idle) or (idle and not _quiet(local)):
             if time.perf_counter() - started > 600:
                 raise RuntimeError("the fast pools did not refill within 600 s")
             time.sleep(0.2)
@@ -116,11 +122,31 @@ def _pool_warm_latency(
     }
 
 
-def _ready(cluster: Cluster, idle: bool, after: float = 0.0) -> bool:
-    """Every server holds pooled material (and, if ``idle``, runs no job), ``after`` s from now."""
-    time.sleep(after)
+def _ready(cluster: Cluster, idle: bool) -> bool:
+    """Every server holds pooled material (and, if ``idle``, runs no job)."""
     reports = cluster.status()
     return all(r.fast_pool.images >= 1 and not (idle and r.running_job) for r in reports)
+
+
+QUIET_S = 0.5  # a cluster is quiet when its processes used at most QUIET_CPU_S over this long
+QUIET_CPU_S = 0.02
+
+
+def _quiet(local: LocalCluster) -> bool:
+    """The cluster's processes (servers and dealer) used almost no CPU over :data:`QUIET_S`."""
+    before = _cpu_seconds(local)
+    time.sleep(QUIET_S)
+    return _cpu_seconds(local) - before <= QUIET_CPU_S
+
+
+def _cpu_seconds(local: LocalCluster) -> float:
+    """User and system CPU time of the cluster's processes so far (Linux ``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for process in local.processes.values():
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def summary(result: dict[str, Any]) -> str:

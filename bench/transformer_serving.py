@@ -66,7 +66,7 @@ def run_service(parties: int, n: int) -> dict[str, Any]:
         with torch.no_grad():
             error = float((warm - model(x[:1])).abs().max())
         single = _latency(cluster, model_id, x, n)
-        warm_pool = _pool_warm_latency(cluster, model_id, x, n) if parties == 2 else None
+        warm_pool = _pool_warm_latency(local, cluster, model_id, x, n) if parties == 2 else None
     return {
         "parties": parties,
         "layers": layers,
