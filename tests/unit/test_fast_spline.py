@@ -171,36 +171,38 @@ def test_breakpoint_counts_and_bounds_as_documented() -> None:
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
 def test_gate_is_the_table_exactly_for_every_input_and_mask_at_a_small_depth(name: str) -> None:
-    # inputs in [-2^n, 2^n), d = n + 1 bits: every input with every mask residue mod 2^d
-    # (the widest tables: a quarter of the residues, and all those at the wrap edges)
+    # inputs in [-2^n, 2^n), d = n + 2 bits (one of headroom): every input with every mask
+    # residue mod 2^d (the widest tables: a quarter of the residues, and all those at the
+    # wrap edges, where r' has its top bit set or not)
     small = {
         "reciprocal": GateParams(frac_bits=1, depth=7),
         "row_reciprocal": GateParams(1, 8),
-        "rsqrt": GateParams(0, 8),
+        "rsqrt": GateParams(1, 9),
     }
     p = small.get(name, GateParams(2, 5))
-    size = 1 << (p.depth + 1)
+    n = SPLINES[name].depth(p)
+    inputs, size = 1 << (n + 1), 1 << (n + 2)
     residues = np.arange(size, dtype=np.uint64)
-    if size > 256:  # the two widest tables: every 4th residue and every one near a wrap edge
+    if size > 512:  # the widest tables: every 4th (16th) residue and every one near a wrap edge
         edges = [0, 1, 2, 3, *(size // 2 + d for d in (-2, -1, 0, 1)), size - 2, size - 1]
-        residues = np.unique(np.concatenate([residues[::4], np.array(edges, dtype=np.uint64)]))
-    xs = np.repeat(np.arange(-size // 2, size // 2, dtype=np.int64), residues.size)
+        step = 4 if size <= 1024 else 16
+        residues = np.unique(np.concatenate([residues[::step], np.array(edges, dtype=np.uint64)]))
+    xs = np.repeat(np.arange(-inputs // 2, inputs // 2, dtype=np.int64), residues.size)
     high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(size - 1)
-    r = (high | np.tile(residues, size)).view(np.int64)
+    r = (high | np.tile(residues, inputs)).view(np.int64)
     assert _gate(SPLINES[name], p, xs, r) == _fixed_reference(SPLINES[name], p, xs)
 
 
 def _table_or_right_neighbour(spline: Spline, xs: Ring, r: Ring) -> None:
-    """The piece the gate selects is the table's, or the next one on ``[b_j - 2^s, b_j)``, or
-    the first on the range's top ``2^s`` (``xs`` in the range)."""
+    """The piece the gate selects is the table's, or the next one on ``[b_j - 2^s, b_j)``
+    (``xs`` in the range)."""
     fx = spline.fixed(FRAC)
     exact = np.searchsorted(np.array(fx.breakpoints), xs, side="right")
     got = selected_pieces(spline, DEFAULT, xs, r)
     window = np.zeros(xs.shape, dtype=bool)
     for _, inputs in windows(spline, DEFAULT):
         window |= np.isin(xs, inputs)
-    top = xs >= (1 << spline.depth(DEFAULT)) - (1 << spline.shift(DEFAULT))  # wraps on a carry
-    assert np.all((got == exact) | (window & (got == exact + 1)) | (top & (got == 0)))
+    assert np.all((got == exact) | (window & (got == exact + 1)))
 
 
 @pytest.mark.parametrize("name", sorted(SPLINES))
@@ -210,12 +212,12 @@ def test_gate_is_the_table_on_its_range_at_the_default_depth_with_wrapping_masks
     assert n == spline.range_bits + FRAC < DEFAULT.depth  # the table's range, not the ReLU's
     assert shift == (0 if spline.comparison_bits is None else FRAC - spline.comparison_bits)
     edges = np.rint(_edges(spline) * 2.0**FRAC).astype(np.int64)
-    top = (1 << n) - (1 << shift)  # the range's top 2^s is lost (spline.py, Resolution)
+    top = 1 << n  # the whole range, its top 2^s included (spline.py, Resolution)
     edges = edges[(edges >= -(1 << n)) & (edges < top)]
     ends = np.array([-(1 << n), -(1 << n) + 1, top - 2, top - 1], dtype=np.int64)
     grid = np.rint(np.linspace(-6, 6, 301) * 2.0**FRAC).astype(np.int64)
     xs = np.concatenate([edges, ends, grid])
-    d = n + 1
+    d = n + 2
     residues = [0, 1, (1 << d) - 1, 1 << (d - 1), (1 << (d - 1)) - 1, (1 << shift) - 1]
     for low in residues:  # r' at the wrap edges: o' = u + r' wraps for most or few u
         high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64((1 << d) - 1)
@@ -236,45 +238,47 @@ def test_gate_is_the_table_on_its_range_at_the_default_depth_with_wrapping_masks
 
 def test_dropped_low_bits_change_the_piece_only_below_a_breakpoint_and_only_on_a_carry() -> None:
     # a table on a 2^-1 grid at f = 3, |x| < 2^2: the comparisons drop 2 of the 6 input bits;
-    # every input with every mask residue mod 2^6 (every carry and wrap case), exactly as modelled
+    # every input with every mask residue mod 2^7 (every carry and wrap case), exactly as modelled
     p = GateParams(frac_bits=3, depth=5)
     table = Spline("t", (-1.5, 0.5), ((0, 0, 0), (1, 1, 0), (0, 1, 0)), 0.0, comparison_bits=1)
-    assert table.depth(p) == 5 and table.shift(p) == 2 and table.key_depth(p) == 4
-    size = 1 << 6
+    assert table.depth(p) == 5 and table.shift(p) == 2 and table.key_depth(p) == 5
+    size = 1 << 7  # mask residues mod 2^(n + 2)
     xs = np.repeat(np.arange(-32, 32, dtype=np.int64), size)
     high = RNG.ring(xs.size).view(np.uint64) & ~np.uint64(size - 1)
-    r = (high | np.tile(np.arange(size, dtype=np.uint64), size)).view(np.int64)
+    r = (high | np.tile(np.arange(size, dtype=np.uint64), 64)).view(np.int64)
     _gate(table, p, xs, r)
     fx = table.fixed(3)
     exact = np.searchsorted(np.array(fx.breakpoints), xs, side="right")
     got = selected_pieces(table, p, xs, r)
     moved = got != exact
     below = np.isin(xs, [-15, -14, -13, 1, 2, 3])  # [b - 2^s, b): b = -12 and 4 at 2^3
-    top = xs >= 28  # u's top 2^s: a carry wraps it to the bottom piece
-    assert set(xs[moved & ~top].tolist()) == {-15, -14, -13, 1, 2, 3}
-    assert np.all(got[moved & below] == exact[moved & below] + 1)
-    assert np.all(got[moved & top] == 0)
+    assert set(xs[moved].tolist()) == {-15, -14, -13, 1, 2, 3}  # the range's top 2^s too
+    assert np.all(got[moved] == exact[moved] + 1)
     assert 0 < moved[below].mean() < 1  # a mask carries for some residues, not others
 
 
 @pytest.mark.parametrize("name", ["gelu", "exp", "rsqrt"])
-def test_outside_its_range_a_gate_applies_the_piece_of_the_input_wrapped_into_it(name: str) -> None:
-    # documented: for x outside [-2^n, 2^n) the output is piece i at x, with i the piece of
-    # x's representative mod 2^(n+1) in the range (ring arithmetic on the true x: mod 2^64)
+def test_outside_its_range_a_gate_applies_a_table_piece_to_the_input(name: str) -> None:
+    # documented (spline.py, Range): for x outside [-2^n, 2^n) the gate applies to x the piece
+    # of x's representative mod 2^(n+2) in [-2^n, 3 2^n) if that lies in the range; above it,
+    # the last piece, or the first when the mask makes the top bits read the wrong wrap
     spline = SPLINES[name]
-    n = spline.depth(DEFAULT)
+    n, k = spline.depth(DEFAULT), len(spline.breakpoints)
     fx = spline.fixed(FRAC)
-    big = np.array([1 << n, (1 << n) + 5, -(1 << n) - 1, 3 << n, -(7 << n) + 12345], dtype=np.int64)
-    inner = np.array([-2.0, -1.0, 0.5, 1.5]) * 2.0**FRAC  # wrapped into inner pieces
-    wraps = np.array([1, -3, 5, -1], dtype=np.int64) << np.int64(n + 1)
-    big = np.concatenate([big, wraps + inner.astype(np.int64)])
-    xs = np.concatenate([big, RNG.ring(64) >> np.int64(33)])  # and random |x| < 2^31
-    wrapped = ((xs + (1 << n)) & ((1 << (n + 1)) - 1)) - (1 << n)
-    piece = np.searchsorted(np.array(fx.breakpoints), wrapped, side="right")
+    inner = (np.array([-2.0, -1.0, 0.5, 1.5]) * 2.0**FRAC).astype(np.int64)
+    wraps = np.array([1, -3, 5, -1], dtype=np.int64) << np.int64(n + 2)
+    xs = np.concatenate([wraps + inner, RNG.ring(64) >> np.int64(33)])  # and random |x| < 2^31
+    wrapped = ((xs + (1 << n)) & ((1 << (n + 2)) - 1)) - (1 << n)
+    in_range = wrapped < (1 << n)
     r = RNG.ring(xs.size)
     _gate(spline, DEFAULT, xs, r)  # the selected piece applied to the true x (spline_reference)
-    _table_or_right_neighbour(spline, wrapped, r)  # the piece x's representative selects
-    assert len(set(piece.tolist())) > 2  # inner pieces too (quadratic ones for GELU and exp)
+    _table_or_right_neighbour(spline, wrapped[in_range], r[in_range])
+    assert len(set(np.searchsorted(np.array(fx.breakpoints), wrapped[in_range]).tolist())) > 2
+    above = np.repeat(np.array([1 << n, (1 << n) + 5, 3 << n, -(1 << n) - 1]), 200)
+    r = RNG.ring(above.size)
+    _gate(spline, DEFAULT, above, r)
+    got = selected_pieces(spline, DEFAULT, above, r)
+    assert set(got.tolist()) == {0, k}  # the last piece, or the first under some masks
 
 
 def test_a_table_refuses_breakpoints_or_a_domain_outside_its_range() -> None:
@@ -330,17 +334,17 @@ def test_stacked_and_row_by_row_evaluation_give_the_same_shares(
 def test_key_bytes_per_element_depend_on_the_tables_range_only() -> None:
     for gate in SPLINE_GATES.values():
         k0, k1 = gate.gen(DEFAULT, 100, RNG, PRG)
-        d = gate.spline.key_depth(DEFAULT)  # the table's range less the bits it drops
-        assert d == gate.spline.range_bits + FRAC + 1 - gate.spline.shift(DEFAULT)
+        d = gate.spline.key_depth(DEFAULT)  # the table's range and headroom less dropped bits
+        assert d == gate.spline.range_bits + FRAC + 2 - gate.spline.shift(DEFAULT)
         lanes = gate.spline.degree + 1  # payload (1, r) or (1, r, r^2); r^2's shares: 8 bytes
-        per = 8 + 8 * (lanes - 2) + 16 + d * (17 + 8 * lanes) + 8 * lanes
+        per = 8 + 8 * (lanes - 2) + 8 * lanes + 16 + d * (17 + 8 * lanes) + 8 * lanes  # T r^t
         assert k0.nbytes == k1.nbytes == 100 * per + 24
         assert gate.rounds == 0 and GATES[gate.kind] is gate
     gelu = SPLINE_GATES["gelu"].gen(DEFAULT, 1, RNG, PRG)[0]
-    assert gelu.nbytes == 835 + 24  # d = 12 + 6 + 1 = 19, three lanes
-    assert SPLINE_GATES["tanh"].gen(DEFAULT, 1, RNG, PRG)[0].nbytes == 799 + 24  # d = 23, two
+    assert gelu.nbytes == 900 + 24  # d = 12 + 6 + 2 = 20, three lanes
+    assert SPLINE_GATES["tanh"].gen(DEFAULT, 1, RNG, PRG)[0].nbytes == 848 + 24  # d = 24, two
     narrow = SPLINE_GATES["gelu"].gen(GateParams(16, 20), 10, RNG, PRG)[0]
-    assert narrow.nbytes == 10 * (8 + 8 + 16 + 11 * 41 + 24) + 24  # p's range if narrower
+    assert narrow.nbytes == 10 * (8 + 8 + 24 + 16 + 12 * 41 + 24) + 24  # p's range if narrower
     with pytest.raises(ValueError, match="depth"):  # a key of another depth is refused
         SPLINE_GATES["gelu"].eval(GateParams(16, 20), gelu, RNG.ring(1), PRG)
 

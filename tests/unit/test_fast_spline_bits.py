@@ -96,7 +96,7 @@ def _opened_bits(value: int, n: int) -> np.ndarray:
         lambda: gate.eval(DEFAULT, keys[1], opened, None, ex1),
     )
     ((mine, peer),) = sent
-    count = (len(GELU.breakpoints) + 1) * n
+    count = len(GELU.breakpoints) * n  # a bit per breakpoint (the wrap needs none)
     bits: np.ndarray = np.unpackbits(mine.view(np.uint8), count=count)
     return bits ^ np.unpackbits(peer.view(np.uint8), count=count)
 
@@ -110,9 +110,9 @@ def test_the_opened_bits_are_uniform_whatever_the_input(value: int) -> None:
 def test_a_bit_gates_key_is_smaller_and_it_needs_the_exchange() -> None:
     gate = SPLINE_BIT_GATES["gelu_bit"]
     k0, _ = gate.gen(DEFAULT, 10, RNG, PRG)
-    assert (k0.nbytes - NONCE_BYTES) / 10 == 8 + 8 + 8 * 5 * 3 + 236 == 372  # spline.py, d = 19
+    assert (k0.nbytes - NONCE_BYTES) / 10 == 8 + 8 + 8 * 3 + 8 * 4 * 3 + 253 == 389  # d = 20
     payload, _ = SPLINE_GATES["gelu"].gen(DEFAULT, 10, RNG, PRG)
-    assert (payload.nbytes - NONCE_BYTES) / 10 == 835  # mask, r^2 and three 64-bit lanes
+    assert (payload.nbytes - NONCE_BYTES) / 10 == 900  # mask, r^2, T r^t and three lanes
     with pytest.raises(ValueError, match="needs the exchange"):
         gate.eval(DEFAULT, k0, np.zeros(10, dtype=np.int64), PRG)
     with pytest.raises(ValueError):

@@ -37,11 +37,12 @@ edge (9.3e-3 there, 0 in the limit); tanh: ``1 - tanh(|x|) <= 9.2e-3`` for
 4.65625``.
 
 Ranges (each table's ``range_bits`` R: its gate's inputs must satisfy ``|x|
-< 2^R``; spline.py, Range, says exactly what comes out beyond: the piece of
-``x`` wrapped mod ``2^(R+1)`` applied to the true ``x``). A gate's DCF depth
-is ``R + f + 1`` at full resolution (29 for R = 12 at ``f = 16``, against
-48 for the ReLU gates' ``|x| < 2^31``) and ``R + c + 1`` at ``2^-c``
-(Resolution, below); its key and its walk shrink with it:
+< 2^R``; spline.py, Range, says exactly what comes out beyond: a piece
+applied to the true ``x``, that of ``x`` wrapped mod ``2^(R+2)`` if this lies
+in the range, else the last or, under some masks, the first). A gate's DCF
+depth is ``R + f + 2`` at full resolution (30 for R = 12 at ``f = 16``,
+against 48 for the ReLU gates' ``|x| < 2^31``) and ``R + c + 2`` at
+``2^-c`` (Resolution, below); its key and its walk shrink with it:
 
 * GELU, tanh, sigmoid: ``R = 12`` (``|x| < 4096``): a pre-activation; every
   breakpoint is within 4.7 of 0 and the outer pieces are the asymptotes, so
@@ -60,8 +61,8 @@ is ``R + f + 1`` at full resolution (29 for R = 12 at ``f = 16``, against
 * rsqrt: ``R = 10`` (``var + eps < 1024``): LayerNorm's variance, ``>= 0``
   exactly (a sum of Beaver squares, truncated); above 160 nothing was
   promised before either (the last piece falls below 0 at 464); on ``[1024,
-  2048)`` the input wraps to a negative representative and gets the flat
-  6.53, further out some piece applied to the true input.
+  3072)`` it gets the last piece or, under some masks, the first (the flat
+  6.53), further out some piece applied to the true input.
 
 Resolution (each table's ``comparison_bits`` c, spline.py, Resolution: the
 comparisons drop the input's bits below ``2^-c``, and on ``[b - 2^-c, b)``
@@ -81,10 +82,10 @@ tests/unit/test_fast_spline.py); the largest neighbour errors there:
 * rsqrt: full resolution (its grid below 1 is ``2^-12``, and there the
   neighbour is 1.3e-3 relative off: over its bound).
 
-The DCF depth drops by ``f - c``: GELU from 29 to 19, exp to 21, the
+The DCF depth drops by ``f - c``: GELU from 30 to 20, exp to 22, the
 others by 6; about a third of GELU's evaluation, a fifth of exp's. The
-range loses its top ``2^-c`` (spline.py): GELU's is ``[-4096, 4096 -
-2^-6)``.
+headroom bit (spline.py, Comparisons) keeps the whole range: GELU's is
+``[-4096, 4096)``.
 
 Bounds (absolute, every real input in the gate's range), approximation plus
 coefficient rounding (linear tables: ``<= 5 * 2^-17 + 2^-33`` on inner

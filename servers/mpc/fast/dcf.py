@@ -565,9 +565,7 @@ def leaf_correction(
     return out
 
 
-def add_leaf_bits(
-    prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64, acc: Ring
-) -> None:
+def add_leaf_bits(prg: FixedKeyPRG, key: DCFKey, state: U64, x: U64, ids: U64, acc: Ring) -> None:
     """``acc`` (n,) ``+=`` this party's leaf bits: bit ``x mod 128`` of its converted state
     (``_convert``'s one block), corrected under its control bit; two compiled passes
     (:func:`~ppml.servers.mpc.fast.dcf_kernels.leaf_prepare`, ``leaf_bits``) around one AES

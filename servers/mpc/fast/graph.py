@@ -238,7 +238,7 @@ class Plan:
 
 
 BIT_SPLINE_POINTS = 8192
-"""Comparisons per sample (values times the table's breakpoints plus one) from which a spline
+"""Values times the table's pieces (its breakpoints plus one) per sample from which a spline
 is a ``<name>_bit`` gate (spline.py): one more round, for smaller keys and far less evaluation
 per comparison (a quarter for a quadratic spline); below it, ``<name>``. A transformer's GELU,
 exp, rsqrt and row reciprocal are bit gates; a small layer's activation is not. (Every
@@ -284,7 +284,7 @@ class _Builder:
             raise ValueError(f"{kind}'s values at 2^(3f) do not fit the ring at f = {p.frac_bits}")
         src = self.at_f(src)
         shape = self.values[src].shape
-        points = _size(shape) * (len(table.breakpoints) + 1)
+        points = _size(shape) * len(table.pieces)
         large = points >= BIT_SPLINE_POINTS  # comparisons from one-bit DCFs (spline.py)
         self.gates.append((f"{kind}{BIT_SUFFIX}" if large else kind, _size(shape)))
         dst = self.value(shape, FF if table.degree == 1 else FFF)

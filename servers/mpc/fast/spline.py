@@ -19,28 +19,34 @@ work is one DCF evaluation per breakpoint (below).
 Wire. The parties hold shares of ``x`` at ``2^f`` (the plan truncates a
 ``2^(2f)`` value first), add shares of the key's fresh uniform mask ``r`` and
 open ``o = x + r (mod 2^64)`` (the engine's one round). With ``n`` the gate
-depth, ``d = n + 1``, ``h = 2^n``: inputs must satisfy ``x in [-2^n, 2^n)``,
-i.e. real ``|v| < 2^(n-f)``; breakpoints must too.
+depth, ``d = n + 2`` (the input's ``n + 1`` bits and one of headroom,
+Comparisons), ``h = 2^n``: inputs must satisfy ``x in [-2^n, 2^n)``, i.e.
+real ``|v| < 2^(n-f)``; breakpoints must too.
 
 Range. Each table states its own (:attr:`Spline.range_bits` ``R``, set once in
 activations.py: real inputs ``|v| < 2^R``), so ``n = R + f``
 (:meth:`Spline.depth`), or the plan's ReLU depth ``p.depth`` if that is
 smaller (values are only right mod ``2^L``, gates.py). Dealer and parties
 derive ``n`` from the same public table and :class:`~.gates.GateParams`; a
-party refuses a key of another depth. Outside the range nothing is promised,
-and exactly this happens: the comparisons see ``x`` mod ``2^d`` only, so the
-gate selects the piece ``i`` of ``x``'s representative ``x'`` in ``[-2^n,
-2^n)`` (``x' = x mod 2^d``, centred) and outputs ``P_i`` of the true ``x``
-(e.g. GELU of ``4096 + t`` for small ``t > 0`` is 0, of ``-4096 - t``
-is ``-4096 - t``; exp of ``x - max < -4096`` can be any of its pieces applied
-to ``x``, a large negative value included). A quadratic piece is applied in
-the ring: ``A_i x^2`` of a large ``x`` wraps mod ``2^64``, so such an output
-is some deterministic ring value, as meaningless as the linear case's. Which
-piece depends only on ``x``, not on the mask: the output is deterministic,
-not random, and the party's view is unchanged (Security).
+party refuses a key of another depth (and one whose ``n + 2`` bits exceed
+``L``: :func:`_check_headroom`). Outside the range nothing is promised, and
+exactly this happens: the comparisons see ``x`` mod ``2^d`` only. If ``x``'s
+representative ``x'`` in ``[-2^n, 3 2^n)`` (``x' = x mod 2^d``) lies in the
+range, the gate selects its piece ``i`` and outputs ``P_i`` of the true
+``x``; if ``x'`` lies above it, the wrap read from the top bits (Comparisons)
+may be the wrong one, and the gate outputs the last piece ``P_k(x)`` or,
+under some masks, the first ``P_0(x)`` (each comparison is still 0 or 1: the
+wrong wrap reads 0 where it is 1, and ``x'`` is above every breakpoint). So
+GELU of ``4096 + t`` for small ``t > 0`` is ``4096 + t`` or 0, of ``-4096 -
+t`` ``-4096 - t`` or 0; exp of ``x - max < -4096`` can be any of its pieces
+applied to ``x``, a large negative value included. A quadratic piece is
+applied in the ring: ``A_i x^2`` of a large ``x`` wraps mod ``2^64``, so such
+an output is some ring value, as meaningless as the linear case's. Which
+piece may depend on the mask there, but the party's view is unchanged
+(Security).
 
-Comparisons (one DCF, evaluated at ``k + 1`` public points). Let ``u = x + h``
-in ``[0, 2^d)``, ``r' = r mod 2^d``, ``o' = (o + h) mod 2^d = (u + r') mod
+Comparisons (one DCF, evaluated at ``k`` public points). Let ``u = x + h``
+in ``[0, 2^(d-1))``, ``r' = r mod 2^d``, ``o' = (o + h) mod 2^d = (u + r') mod
 2^d`` (public), ``beta_j = B_j + h`` and ``v_j = (o' - beta_j) mod 2^d``
 (public). Then::
 
@@ -62,33 +68,47 @@ multiplies shares of ``(1, r, .., r^m)`` that each party already has
 key's one constant, degree 2 only). So ``e_j = 1{x < b_j}`` and ``r^t e_j``
 are shared.
 
+The wrap ``w = 1{o' < r'}`` needs no DCF evaluation of its own: as ``u <
+2^(d-1)`` (the headroom bit), ``w = T (1 - O)`` with ``T`` the top bit of
+``r'`` and ``O`` that of ``o'`` (public). Argument: if ``T = 0``, ``u + r' <
+2^(d-1) + 2^(d-1)``, so ``w = 0``; if ``T = 1``, ``u + r' >= 2^(d-1)``, and
+``w = 1`` gives ``o' = u + r' - 2^d < 2^(d-1)`` (``O = 0``) while ``w = 0``
+gives ``o' = u + r' >= 2^(d-1)`` (``O = 1``). The dealer adds shares of ``T
+r^t`` (``t <= m``) to the key's constants, and ``r^t w = (1 - O) T r^t`` is
+linear in them. The headroom bit makes each of the ``k`` evaluations one
+level deeper and saves the ``(k + 1)``-th: GELU's 5 walks of 19 levels
+become 4 of 20, exp's 6 of 21 become 5 of 22 (about 12 % less evaluation
+per gate, measured).
+
 Resolution (a table's :attr:`Spline.comparison_bits` ``c``; ``s = f - c``,
 :meth:`Spline.shift`, when ``c < f``). The comparisons need not read the
 input's low ``s`` bits when every breakpoint lies on the ``2^-c`` grid (all
 of activations.py's but rsqrt's do): they run on the top ``d - s`` bits,
 with ``o'_h = o' >> s``, ``r'_h = r' >> s`` (the DCF's threshold, depth ``d
 - s``) and ``beta_j >> s`` (exact: ``beta_j``'s low ``s`` bits are 0), the
-same formula. As ``u + r' = o' + 2^d w``, ``o'_h - r'_h = floor(u / 2^s) +
-c - 2^(d-s) w`` with ``c`` the carry out of the low bits (``c = 1`` iff
-``(u mod 2^s) + (r' mod 2^s) >= 2^s``), so the formula compares ``u_h =
-floor(u / 2^s) + c`` (mod ``2^(d-s)``) with ``beta_j / 2^s``: that is
+same formula (``T`` and ``O`` are the top bits of ``r'_h`` and ``o'_h``).
+As ``u + r' = o' + 2^d w``, ``o'_h - r'_h = floor(u / 2^s) + c - 2^(d-s)
+w`` with ``c`` the carry out of the low bits (``c = 1`` iff ``(u mod 2^s) +
+(r' mod 2^s) >= 2^s``), so the formula compares ``u_h = floor(u / 2^s) + c``
+(at most ``2^(d-1-s)``: the wrap argument above holds for it) with ``beta_j /
+2^s``: that is
 ``1{u < beta_j}`` unless ``c = 1`` and ``floor(u / 2^s) = beta_j / 2^s -
 1``, i.e. ``x`` in ``[b_j - 2^s, b_j)`` (real ``[b_j - 2^-c, b_j)``), where
 it is 0: there the gate applies piece ``j + 1``, the right neighbour,
 instead of piece ``j``, as the mask's low bits fall (each table's bound
 holds for the neighbour on these windows too: activations.py, measured in
-tests/unit/test_fast_spline.py); and ``u_h`` wraps to 0 for ``x`` in the
-range's top ``2^s`` (``u >= 2^d - 2^s``), which then gets piece 0: the range
-is ``[-2^n, 2^n - 2^s)`` (``[-4096, 4096 - 2^-6)`` for GELU). The output is
-otherwise as below. The DCF is ``s`` levels shallower: GELU's 29 become 19
-(``c = 6``), exp's 21 (``c = 8``). Security is unchanged: the threshold
+tests/unit/test_fast_spline.py). With the headroom bit ``u_h`` never wraps:
+the range's top ``2^s`` keeps its own pieces (the whole ``[-2^n, 2^n)``, for
+GELU ``[-4096, 4096)``). The output is otherwise as below. The DCF is ``s``
+levels shallower: GELU's 30 become 20 (``c = 6``), exp's 22 (``c = 8``).
+Security is unchanged: the threshold
 ``r'_h`` is a function of ``r``, hidden by the DCF, and which piece a window
 gets changes nothing a party sees.
 
 Comparisons from bits (:class:`SplineBitGate`, kind ``<name>_bit``, for large
 layers, graph.py). The same comparisons from a *one-bit* DCF with threshold
 ``r'`` (payload 1, early-terminated, dcf.py): the parties get XOR shares of
-``c_p = 1{p < r'}`` at each of the ``k + 1`` points. For each point the
+``c_p = 1{p < r'}`` at each of the ``k`` points. For each point the
 dealer also shares a fresh uniform bit ``rho_p`` and ``rho_p r^t`` (``t <=
 m``); the parties open ``e_p = c_p XOR rho_p`` (all points in one round, a
 bit each; XOR shares of ``rho_p`` are the low bits of its additive shares)
@@ -96,11 +116,11 @@ and then ``r^t c_p = e_p r^t + (1 - 2 e_p) rho_p r^t`` is linear in shares
 they hold: the same shares of ``r^t 1{p < r'}`` as the payload gives, and
 the rest of the gate is unchanged (the output is the same ring value). Each
 ``e_p`` is uniform (``rho_p`` is fresh and used once), so the view stays
-independent of ``x``. Cost: one more round and ``8 (k + 1)(m + 1)`` bytes of
-constants per element, for a DCF key of ``16 + (d - 7) 17 + 16`` bytes (236
-at GELU's ``d = 19``, against 835 for a quadratic table's three 64-bit lanes)
-and ``d - 6`` AES blocks per point instead of ``3 d + 1``: GELU 8 + 8 + 120 +
-236 = 372 bytes per element instead of 835, and about a quarter of the
+independent of ``x``. Cost: one more round and ``8 k (m + 1)`` bytes of
+constants per element, for a DCF key of ``16 + (d - 7) 17 + 16`` bytes (253
+at GELU's ``d = 20``, against 860 for a quadratic table's three 64-bit lanes)
+and ``d - 6`` AES blocks per point instead of ``3 d + 1``: GELU 8 + 8 + 24 +
+96 + 253 = 389 bytes per element instead of 900, and about a quarter of the
 evaluation.
 
 Output. ``g(x) = P_k(x) - sum_j e_j dP_j(x)`` with ``dP_j = P_j - P_(j-1)``
@@ -147,14 +167,15 @@ at ``2^-c`` only the windows below the breakpoints may get the neighbour,
 and a point exactly at a breakpoint still gets its own piece.
 
 Key size per element and party: 8 (mask) + ``8 (m - 1)`` (shares of
-``r^2``) + a DCF of depth ``d`` (less ``s``) with ``m + 1`` 64-bit lanes,
-``16 + d * (17 + 8 (m + 1)) + 8 (m + 1)`` bytes (dcf.py), whatever the
-number of breakpoints (the dealer's key depends only on ``r``, the range,
-the resolution and the degree, not on the function); plus the DCF's
-per-key-set nonce. At ``f = 16``: 799 bytes for tanh and sigmoid (``R =
-12``, ``c = 10``: ``d = 23``), 835 for GELU (``d = 19``) and 917 for exp
-(``d = 21``), 931 for rsqrt (full resolution, ``d = 27``), 667 for the row
-reciprocal (``d = 19``), 634 for the reciprocal (``d = 18``). Evaluation: ``k + 1`` DCF
+``r^2``) + ``8 (m + 1)`` (shares of ``T r^t``) + a DCF of depth ``d`` (less
+``s``) with ``m + 1`` 64-bit lanes, ``16 + d * (17 + 8 (m + 1)) + 8 (m +
+1)`` bytes (dcf.py), whatever the number of breakpoints (the dealer's key
+depends only on ``r``, the range, the resolution and the degree, not on the
+function); plus the DCF's per-key-set nonce. At ``f = 16``: 848 bytes for
+tanh and sigmoid (``R = 12``, ``c = 10``: ``d = 24``), 900 for GELU (``d =
+20``) and 982 for exp (``d = 22``), 980 for rsqrt (full resolution, ``d =
+28``), 716 for the row reciprocal (``d = 20``), 683 for the reciprocal
+(``d = 19``). Evaluation: ``k`` DCF
 evaluations of depth ``d`` per element (for few elements in one call over
 copies of the key, :func:`_evaluate`), each ``1 + ceil((m + 1) / 2)`` AES
 blocks per level (2 for degree 1, 3 for degree 2, dcf.py): exp's ``18 * 2``
@@ -166,8 +187,8 @@ Security (per party): the opened ``o`` is uniform (``r`` fresh and uniform
 over ``Z_2^64``, whatever the depth: only the DCF's threshold is ``r mod
 2^d``); the DCF key reveals nothing about its threshold ``r'`` or its payload
 ``(1, r, .., r^m)`` (DCF security, dcf.py), and evaluating it at several public
-points is something any key holder can do; the mask share and the share of
-``r^2`` are uniform (the other share is fresh). Nothing else
+points is something any key holder can do; the mask share and the shares of
+``r^2`` and ``T r^t`` are uniform (the other share is fresh). Nothing else
 is received, so a party's view is independent of ``x``, in the range or not.
 """
 
@@ -272,8 +293,9 @@ class Spline:
         return 0 if c is None else max(0, p.frac_bits - c)
 
     def key_depth(self, p: GateParams) -> int:
-        """The DCF's depth: the input's ``n + 1`` bits less those the comparisons drop."""
-        return self.depth(p) + 1 - self.shift(p)
+        """The DCF's depth: the input's ``n + 1`` bits and one of headroom (module doc,
+        Comparisons), less those the comparisons drop."""
+        return self.depth(p) + 2 - self.shift(p)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The spline in float64 (a reference; the gate computes :meth:`fixed`)."""
@@ -302,18 +324,19 @@ def deal(
     shift: int = 0,
 ) -> tuple[GateKey, GateKey]:
     """Keys for masks ``r`` (n,): a DCF ``p -> (1, r, .., r^m) 1{p < r'}`` with ``r' = (r mod
-    2^(n + 1)) >> shift`` of depth ``n + 1 - shift`` (``m`` the degree), and shares of ``r^2 ..
-    r^m`` (the key's constants)."""
-    depth = n + 1 - shift
+    2^(n + 2)) >> shift`` of depth ``n + 2 - shift`` (``m`` the degree), and shares of ``r^2 ..
+    r^m`` and of ``T r^t`` (``t <= m``, ``T`` the top bit of ``r'``) (the key's constants)."""
+    depth = n + 2 - shift
     low = _threshold(r, n, shift)
     with np.errstate(over="ignore"):
         powers = [np.ones_like(r), r]
         for _ in range(degree - 1):
             powers.append(powers[-1] * r)
+        top = (low >> np.uint64(depth - 1)).astype(np.int64)
+        wrap = [top * power for power in powers]
     k0, k1 = dcf.gen(low, np.stack(powers), depth, rng, prg, (64,) * (degree + 1))
     r0, r1 = split(r, rng)
-    high = np.stack(powers[2:], axis=1) if degree > 1 else np.zeros((r.size, 0), dtype=np.int64)
-    c0, c1 = split(high, rng)
+    c0, c1 = split(np.stack([*powers[2:], *wrap], axis=1), rng)
     return GateKey(kind, r0, c0, k0), GateKey(kind, r1, c1, k1)
 
 
@@ -338,6 +361,7 @@ class SplineGate:
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates, fresh uniform masks (full lanes whatever ``out_bits``)."""
         s = self.spline
+        _check_headroom(s, p)
         return deal(s.depth(p), rng.ring(n), rng, prg, self.kind, s.degree, s.shift(p))
 
     def eval(
@@ -357,22 +381,34 @@ class SplineGate:
             raise ValueError(f"{self.kind}: breakpoints outside the gate's range 2^{depth}")
         if key.fss.depth != bits or key.fss.width != self._dcf_width:
             raise ValueError(f"a {self.kind} key of depth {key.fss.depth} (need {bits})")
+        _check_headroom(self.spline, p)
+        m, k = self.spline.degree, len(fx.breakpoints)
+        if key.consts.shape != (key.mask.size, self._constants(m, k)):
+            raise ValueError(f"a {self.kind} key with {key.consts.shape[-1]} constants per gate")
         low = np.uint64((1 << bits) - 1)
         o = np.ascontiguousarray(opened, dtype=np.int64).reshape(-1)
-        # o' = (o + h) mod 2^(n + 1), its top ``bits`` bits (all of them unless shift > 0)
+        # o' = (o + h) mod 2^(n + 2), its top ``bits`` bits (all of them unless shift > 0)
         top = ((o.view(np.uint64) + np.uint64(h)) >> np.uint64(shift)) & low
         betas = np.array([(b + h) >> shift for b in fx.breakpoints], dtype=np.uint64)
-        points = np.stack([top, *((top - beta) & low for beta in betas)])
+        points = np.stack([(top - beta) & low for beta in betas]).reshape(k, o.size)
         mask = np.ascontiguousarray(key.mask, dtype=np.int64)
-        consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m (and a bit gate's)
+        consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m, T r^t (, rho's)
         first = key.party == 0
         at, e = self._comparisons(key, points, prg, exchange, consts)
         out = np.empty_like(o)
-        bits = e is not None
+        opened_bits = e is not None
         e = np.zeros((1, 1), dtype=np.uint8) if e is None else e
         coef = _coefficients(fx)
-        _kernels().piece_sum(o, top, at, e, bits, betas, coef, mask, consts, first, out)
+        wrap_bit = np.uint64(bits - 1)  # o''s top bit: the wrap is T (1 - that bit)
+        _kernels().piece_sum(
+            o, top, wrap_bit, at, e, opened_bits, betas, coef, mask, consts, first, out
+        )
         return out
+
+    @staticmethod
+    def _constants(m: int, k: int) -> int:
+        """Constants per gate: shares of ``r^2 .. r^m`` and of ``T r^t`` (``t <= m``)."""
+        return 2 * m
 
     @staticmethod
     def _comparisons(
@@ -382,8 +418,10 @@ class SplineGate:
         exchange: Exchange | None,
         consts: Ring,
     ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
-        """Shares (k + 1, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
+        """Shares (k, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
         ``points``: the DCF's payload, evaluated at every point (and no opened bits)."""
+        if not points.shape[0]:  # a table of one piece compares nothing
+            return np.zeros((0, key.fss.width, points.shape[1]), dtype=np.int64), None
         return np.ascontiguousarray(_evaluate(key.fss, points, prg)), None
 
 
@@ -407,9 +445,15 @@ class SplineBitGate(SplineGate):
     ) -> tuple[GateKey, GateKey]:
         """Dealer: keys for ``n`` gates, fresh uniform masks."""
         s = self.spline
-        points = len(s.breakpoints) + 1
+        _check_headroom(s, p)
+        points = len(s.breakpoints)
         r = rng.ring(n)
         return deal_bits(s.depth(p), r, rng, prg, self.kind, s.degree, points, s.shift(p))
+
+    @staticmethod
+    def _constants(m: int, k: int) -> int:
+        """As :meth:`SplineGate._constants`, then ``rho`` and ``rho r^t`` for each point."""
+        return 2 * m + k * (m + 1)
 
     @staticmethod
     def _comparisons(
@@ -420,14 +464,17 @@ class SplineBitGate(SplineGate):
         consts: Ring,
     ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
         """As :meth:`SplineGate._comparisons`, from XOR shares of the bits ``c = 1{p < r'}``:
-        the opened ``e = c ^ rho`` per point (k + 1, n) (one round); the output pass takes
+        the opened ``e = c ^ rho`` per point (k, n) (one round); the output pass takes
         ``r^t c = e r^t + (1 - 2e) rho r^t`` from them (no payload shares: an empty array)."""
         if exchange is None:
             raise ValueError("this spline gate opens bits: it needs the exchange with the peer")
         k, n = points.shape
-        m = (consts.shape[1] + 2) // (k + 1) - 1  # columns: r^2 .. r^m, then k (m + 1) products
-        bits = _evaluate(key.fss, points, prg)[:, 0]  # (k, n) XOR shares
-        rho = consts[:, m - 1 :: m + 1].T  # per point: rho's shares (its low bit, XOR shares)
+        # columns: r^2 .. r^m, T r^t (m + 1), then k (m + 1) products: (m + 1)(k + 2) - 2 in all
+        m = (consts.shape[1] + 2) // (k + 2) - 1
+        bits = (
+            _evaluate(key.fss, points, prg)[:, 0] if k else np.zeros((0, n), dtype=np.int64)
+        )  # (k, n) XOR shares
+        rho = consts[:, 2 * m :: m + 1].T  # per point: rho's shares (its low bit, XOR shares)
         masked = ((bits ^ rho) & 1).astype(np.uint8)
         e = open_bits(masked.reshape(-1), exchange).reshape(k, n)
         return np.zeros((1, 1, 1), dtype=np.int64), e
@@ -444,27 +491,35 @@ def deal_bits(
     shift: int = 0,
 ) -> tuple[GateKey, GateKey]:
     """Keys for masks ``r`` (n,): a one-bit DCF ``p -> 1{p < r'}`` (``r'`` as :func:`deal`'s, of
-    depth ``n + 1 - shift``), and shares of ``r^2 .. r^m`` then, for each of the ``points``
-    evaluations, of a fresh uniform bit ``rho`` and ``rho r, .., rho r^m`` (the key's
-    constants)."""
-    depth = n + 1 - shift
+    depth ``n + 2 - shift``), and shares of ``r^2 .. r^m`` and ``T r^t`` (as :func:`deal`'s)
+    then, for each of the ``points`` evaluations, of a fresh uniform bit ``rho`` and ``rho r,
+    .., rho r^m`` (the key's constants)."""
+    depth = n + 2 - shift
     low = _threshold(r, n, shift)
     size = r.size
     with np.errstate(over="ignore"):
         powers = [np.ones_like(r), r]
         for _ in range(degree - 1):
             powers.append(powers[-1] * r)
+        top = (low >> np.uint64(depth - 1)).astype(np.int64)
+        wrap = [top * power for power in powers]
         rhos = (rng.uint64((points, size)) & np.uint64(1)).astype(np.int64)
         per_point = [rho * power for rho in rhos for power in powers]
     k0, k1 = dcf.gen(low, np.ones((1, size), dtype=np.int64), depth, rng, prg, (1,))
     r0, r1 = split(r, rng)
-    c0, c1 = split(np.stack([*powers[2:], *per_point], axis=1), rng)
+    c0, c1 = split(np.stack([*powers[2:], *wrap, *per_point], axis=1), rng)
     return GateKey(kind, r0, c0, k0), GateKey(kind, r1, c1, k1)
 
 
+def _check_headroom(spline: Spline, p: GateParams) -> None:
+    """The comparisons read ``n + 2`` input bits: they must be right (``n + 2 <= L``)."""
+    if spline.depth(p) + 2 > p.low_bits:
+        raise ValueError(f"{spline.name}: depth {spline.depth(p)} leaves no headroom bit at {p}")
+
+
 def _threshold(r: Ring, n: int, shift: int) -> np.ndarray:
-    """The DCF's threshold ``r' = (r mod 2^(n + 1)) >> shift`` (uint64)."""
-    return (r.view(np.uint64) & np.uint64((1 << (n + 1)) - 1)) >> np.uint64(shift)
+    """The DCF's threshold ``r' = (r mod 2^(n + 2)) >> shift`` (uint64)."""
+    return (r.view(np.uint64) & np.uint64((1 << (n + 2)) - 1)) >> np.uint64(shift)
 
 
 BIT_SUFFIX = "_bit"  # a spline's gate kind from one-bit comparisons: its name and this
