@@ -27,7 +27,7 @@ from ppml.servers.mpc.fast.linear import Linear
 from ppml.servers.mpc.fast.local import queue_exchanges, run_pair
 from ppml.servers.mpc.fast.nodes import ModelSpec, Tanh
 from ppml.servers.mpc.fast.prg import FixedKeyPRG, KeyedPRG, Ring, new_key
-from ppml.servers.mpc.fast.spline import Spline
+from ppml.servers.mpc.fast.spline import Spline, SplineBitGate, SplineGate
 
 RNG = KeyedPRG()
 PRG = FixedKeyPRG()
@@ -99,6 +99,15 @@ def _opened_bits(value: int, n: int) -> np.ndarray:
     count = len(GELU.breakpoints) * n  # a bit per breakpoint (the wrap needs none)
     bits: np.ndarray = np.unpackbits(mine.view(np.uint8), count=count)
     return bits ^ np.unpackbits(peer.view(np.uint8), count=count)
+
+
+def test_a_table_of_one_piece_compares_nothing_and_is_that_piece() -> None:
+    line = Spline("line", (), ((0.5, 1.0),), 0.0, range_bits=4)  # x / 2 + 1 everywhere
+    xs = np.array([-(16 << FRAC), -1, 0, 3 << FRAC, (16 << FRAC) - 1], dtype=np.int64)
+    for gate in (SplineGate(line), SplineBitGate(line)):
+        out, masks = _outputs(gate, xs)
+        assert out.tolist() == gate_outputs(line, DEFAULT, xs, masks)
+        assert out.tolist() == [(x << (FRAC - 1)) + (1 << (2 * FRAC)) for x in xs.tolist()]
 
 
 @pytest.mark.parametrize("value", [0, 3 << FRAC, -(2000 << FRAC)])

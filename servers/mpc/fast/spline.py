@@ -328,12 +328,7 @@ def deal(
     r^m`` and of ``T r^t`` (``t <= m``, ``T`` the top bit of ``r'``) (the key's constants)."""
     depth = n + 2 - shift
     low = _threshold(r, n, shift)
-    with np.errstate(over="ignore"):
-        powers = [np.ones_like(r), r]
-        for _ in range(degree - 1):
-            powers.append(powers[-1] * r)
-        top = (low >> np.uint64(depth - 1)).astype(np.int64)
-        wrap = [top * power for power in powers]
+    powers, wrap = _powers(r, degree, low, depth)
     k0, k1 = dcf.gen(low, np.stack(powers), depth, rng, prg, (64,) * (degree + 1))
     r0, r1 = split(r, rng)
     c0, c1 = split(np.stack([*powers[2:], *wrap], axis=1), rng)
@@ -390,7 +385,8 @@ class SplineGate:
         # o' = (o + h) mod 2^(n + 2), its top ``bits`` bits (all of them unless shift > 0)
         top = ((o.view(np.uint64) + np.uint64(h)) >> np.uint64(shift)) & low
         betas = np.array([(b + h) >> shift for b in fx.breakpoints], dtype=np.uint64)
-        points = np.stack([(top - beta) & low for beta in betas]).reshape(k, o.size)
+        points = np.array([(top - beta) & low for beta in betas], dtype=np.uint64)
+        points = points.reshape(k, o.size)
         mask = np.ascontiguousarray(key.mask, dtype=np.int64)
         consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m, T r^t (, rho's)
         first = key.party == 0
@@ -497,18 +493,25 @@ def deal_bits(
     depth = n + 2 - shift
     low = _threshold(r, n, shift)
     size = r.size
+    powers, wrap = _powers(r, degree, low, depth)
+    rhos = (rng.uint64((points, size)) & np.uint64(1)).astype(np.int64)
     with np.errstate(over="ignore"):
-        powers = [np.ones_like(r), r]
-        for _ in range(degree - 1):
-            powers.append(powers[-1] * r)
-        top = (low >> np.uint64(depth - 1)).astype(np.int64)
-        wrap = [top * power for power in powers]
-        rhos = (rng.uint64((points, size)) & np.uint64(1)).astype(np.int64)
         per_point = [rho * power for rho in rhos for power in powers]
     k0, k1 = dcf.gen(low, np.ones((1, size), dtype=np.int64), depth, rng, prg, (1,))
     r0, r1 = split(r, rng)
     c0, c1 = split(np.stack([*powers[2:], *wrap, *per_point], axis=1), rng)
     return GateKey(kind, r0, c0, k0), GateKey(kind, r1, c1, k1)
+
+
+def _powers(r: Ring, degree: int, low: np.ndarray, depth: int) -> tuple[list[Ring], list[Ring]]:
+    """``(1, r, .., r^m)`` and ``T`` times each (``T`` the top bit of the threshold ``low``,
+    a ``depth``-bit value), mod ``2^64``."""
+    with np.errstate(over="ignore"):
+        powers = [np.ones_like(r), r]
+        for _ in range(degree - 1):
+            powers.append(powers[-1] * r)
+        top = (low >> np.uint64(depth - 1)).astype(np.int64)
+        return powers, [top * power for power in powers]
 
 
 def _check_headroom(spline: Spline, p: GateParams) -> None:
