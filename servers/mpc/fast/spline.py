@@ -390,7 +390,7 @@ class SplineGate:
         mask = np.ascontiguousarray(key.mask, dtype=np.int64)
         consts = np.ascontiguousarray(key.consts, dtype=np.int64)  # r^2 .. r^m, T r^t (, rho's)
         first = key.party == 0
-        at, e = self._comparisons(key, points, prg, exchange, consts)
+        at, e = self._comparisons(key, points, prg, exchange, consts, m)
         out = np.empty_like(o)
         opened_bits = e is not None
         e = np.zeros((1, 1), dtype=np.uint8) if e is None else e
@@ -413,6 +413,7 @@ class SplineGate:
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
         consts: Ring,
+        m: int,
     ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
         """Shares (k, m + 1, n) of ``(1, r, .., r^m) 1{p < r'}`` at each row ``p`` of
         ``points``: the DCF's payload, evaluated at every point (and no opened bits)."""
@@ -458,15 +459,14 @@ class SplineBitGate(SplineGate):
         prg: FixedKeyPRG | None,
         exchange: Exchange | None,
         consts: Ring,
+        m: int,
     ) -> tuple[Ring, npt.NDArray[np.uint8] | None]:
         """As :meth:`SplineGate._comparisons`, from XOR shares of the bits ``c = 1{p < r'}``:
         the opened ``e = c ^ rho`` per point (k, n) (one round); the output pass takes
         ``r^t c = e r^t + (1 - 2e) rho r^t`` from them (no payload shares: an empty array)."""
         if exchange is None:
             raise ValueError("this spline gate opens bits: it needs the exchange with the peer")
-        k, n = points.shape
-        # columns: r^2 .. r^m, T r^t (m + 1), then k (m + 1) products: (m + 1)(k + 2) - 2 in all
-        m = (consts.shape[1] + 2) // (k + 2) - 1
+        k, n = points.shape  # consts: r^2 .. r^m, T r^t (m + 1), then k (m + 1) products
         bits = (
             _evaluate(key.fss, points, prg)[:, 0] if k else np.zeros((0, n), dtype=np.int64)
         )  # (k, n) XOR shares
